@@ -1,0 +1,32 @@
+# peftc: the two README commands are `make demo` and `make test`; both install what they need.
+PYTHON ?= python3
+export OPENBLAS_NUM_THREADS ?= 2
+
+.PHONY: deps build demo test asan bench clean
+
+deps:
+	PYTHON=$(PYTHON) bash scripts/install_deps.sh
+
+build: deps
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e .
+
+demo: build
+	$(PYTHON) -m peftc.demo
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the extension, then the suite under it.
+# torch-backed parity tests are skipped there (torch's own allocator does not run under ASan).
+asan: deps
+	PEFTC_SANITIZE=1 $(PYTHON) setup.py -q build_ext --inplace --force
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  PEFTC_NO_TORCH=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests; status=$$?; \
+	  $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
+
+bench: build
+	$(PYTHON) benchmarks/bench_lora_layer.py
+
+clean:
+	rm -rf build peftc/*.so *.egg-info

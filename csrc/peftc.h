@@ -1,0 +1,105 @@
+/* peftc.h: the public interface of the peftc compute core.
+ *
+ * Every kernel works on raw float32 pointers to C-order arrays with int64_t sizes, takes its
+ * outputs first, then its inputs, then sizes, and returns a peftc_status. Kernels allocate
+ * nothing: callers pass outputs and scratch, and an op that needs scratch has a
+ * *_workspace_size() query. Backward kernels accumulate (+=) into gradient buffers; zeroing them
+ * is the caller's explicit job. A NULL gradient pointer means "not wanted".
+ *
+ * Dimension letters used in every shape comment:
+ *   N   rows (tokens: batch * sequence, flattened)     IC  input features
+ *   OC  output features                                R   adapter rank
+ *   C   classes                                        P   parameter count (flat)
+ *   B   batch     T  sequence length     H  hidden width     NH  attention heads     HS  head size
+ */
+#ifndef PEFTC_H
+#define PEFTC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    PEFTC_OK = 0,
+    PEFTC_ERR_SIZE = 1,    /* a size is negative, or too large for the 32-bit BLAS interface */
+    PEFTC_ERR_ARG = 2,     /* a scalar argument is out of its domain (p outside [0, 1), ...) */
+    PEFTC_ERR_LABEL = 3,   /* a class label outside [0, C) that is not the ignore index */
+    PEFTC_ERR_LAPACK = 4,  /* LAPACK reported failure (no convergence, illegal argument) */
+    PEFTC_ERR_NONFINITE = 5, /* NaN or Inf found where the op cannot proceed */
+} peftc_status;
+
+/* ---- random numbers (rng.c) ------------------------------------------------------------------
+ * A counter-based generator: element i of a draw is a pure function of (seed, offset + i), so
+ * results do not depend on threads or call order, and a dropout mask can be regenerated in the
+ * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
+float peftc_rng_uniform01(uint64_t seed, uint64_t counter);
+peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float hi, uint64_t seed,
+                               uint64_t offset, int64_t P);
+peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed,
+                              uint64_t offset, int64_t P);
+
+/* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ---------- */
+peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float *x /* (P) */, float p,
+                                   uint64_t seed, uint64_t offset, int64_t P);
+peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
+                                    uint64_t seed, uint64_t offset, int64_t P);
+
+/* ---- frozen or trainable linear (linear.c): y = x w^T + b -------------------------------------- */
+peftc_status peftc_linear_forward(float *y /* (N,OC) overwritten */, const float *x /* (N,IC) */,
+                                  const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
+                                  int64_t N, int64_t IC, int64_t OC);
+peftc_status peftc_linear_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                   float *dw /* (OC,IC) accumulated, or NULL */,
+                                   float *db /* (OC) accumulated, or NULL */, const float *dy /* (N,OC) */,
+                                   const float *x /* (N,IC), may be NULL when dw is NULL */,
+                                   const float *w /* (OC,IC) */, int64_t N, int64_t IC, int64_t OC);
+
+/* ---- LoRA (lora.c): y = x w^T + b + s * (dropout(x) a^T bm^T + bb) ---------------------------- */
+peftc_status peftc_lora_forward(float *y /* (N,OC) overwritten */,
+                                float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
+                                float *u /* (N,R) overwritten: xd a^T, kept for backward */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
+                                const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */,
+                                float scale, float p, uint64_t seed, uint64_t offset, int64_t N,
+                                int64_t IC, int64_t OC, int64_t R);
+int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
+peftc_status peftc_lora_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                 float *da /* (R,IC) accumulated, or NULL */,
+                                 float *dbm /* (OC,R) accumulated, or NULL */,
+                                 float *dbb /* (OC) accumulated, or NULL */,
+                                 float *work /* peftc_lora_backward_workspace_size() floats */,
+                                 const float *dy /* (N,OC) */,
+                                 const float *xin /* (N,IC): xd if p > 0, else x */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale,
+                                 float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC,
+                                 int64_t R);
+/* w += sign * s * bm a; b += sign * s * bb (b and bb both NULL or both given); sign is +1 or -1. */
+peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) updated, or NULL */,
+                              const float *a /* (R,IC) */, const float *bm /* (OC,R) */,
+                              const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC,
+                              int64_t OC, int64_t R);
+
+/* ---- loss (loss.c): mean softmax cross-entropy over rows whose label is not ignore_index ------ */
+peftc_status peftc_cross_entropy_forward(float *loss /* (1) overwritten */,
+                                         int64_t *count /* (1) overwritten: rows counted */,
+                                         float *probs /* (N,C) overwritten: softmax, kept for backward */,
+                                         const float *logits /* (N,C) */, const int64_t *labels /* (N) */,
+                                         int64_t ignore_index, int64_t N, int64_t C);
+peftc_status peftc_cross_entropy_backward(float *dlogits /* (N,C) accumulated */, float dloss,
+                                          const float *probs /* (N,C) */, const int64_t *labels /* (N) */,
+                                          int64_t ignore_index, int64_t N, int64_t C);
+
+/* ---- optimizers (optim.c): one step over a flat parameter, same math as torch.optim ---------- */
+peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */,
+                              float *v /* (P) updated */, const float *grad /* (P) */, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int64_t step /* 1-based */,
+                              int64_t P);
+peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) updated, or NULL if momentum == 0 */,
+                            const float *grad /* (P) */, float lr, float momentum, float dampening,
+                            float weight_decay, int nesterov, int64_t step /* 1-based */, int64_t P);
+/* sum of squares of a flat array, accumulated in double (for global gradient-norm clipping) */
+peftc_status peftc_sumsq(double *out /* (1) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_t P);
+
+#endif

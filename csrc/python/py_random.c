@@ -1,0 +1,88 @@
+/* py_random.c: Python entry points for the counter-based generator and dropout. */
+#include "args.h"
+
+static PyObject *py_rng_fill(PyObject *args, int normal)
+{
+    const char *fn = normal ? "rng_normal" : "rng_uniform";
+    PyObject *o_out;
+    float p0, p1;
+    unsigned long long seed, offset;
+    if (!PyArg_ParseTuple(args, "OffKK", &o_out, &p0, &p1, &seed, &offset))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, fn);
+    float *out;
+    if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0)
+        return NULL;
+    if (normal ? !(p1 >= 0.0f) : !(p0 <= p1)) {
+        PyErr_Format(PyExc_ValueError, normal ? "%s: 'std' must be >= 0" : "%s: needs low <= high", fn);
+        return NULL;
+    }
+    const int64_t P = arg_dim(&ck, "P");
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = normal ? peftc_rng_normal(out, p0, p1, seed, offset, P) : peftc_rng_uniform(out, p0, p1, seed, offset, P);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rng_uniform(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_rng_fill(args, 0);
+}
+
+static PyObject *py_rng_normal(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_rng_fill(args, 1);
+}
+
+static PyObject *py_dropout(PyObject *args, int backward)
+{
+    const char *fn = backward ? "dropout_backward" : "dropout_forward";
+    PyObject *o_out, *o_in;
+    float p;
+    unsigned long long seed, offset;
+    if (!PyArg_ParseTuple(args, "OOfKK", &o_out, &o_in, &p, &seed, &offset))
+        return NULL;
+    if (arg_probability(fn, "p", p) < 0)
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, fn);
+    float *out, *in;
+    if (arg_f32(&ck, backward ? "dx" : "out", o_out, "*", ARG_OUT, &out) < 0 ||
+        arg_f32(&ck, backward ? "dout" : "x", o_in, "*", ARG_IN, &in) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t P = arg_dim(&ck, "P");
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = backward ? peftc_dropout_backward(out, in, p, seed, offset, P)
+                  : peftc_dropout_forward(out, in, p, seed, offset, P);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_dropout(args, 0);
+}
+
+static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_dropout(args, 1);
+}
+
+PyMethodDef peftc_py_random_methods[] = {
+    {"rng_uniform", py_rng_uniform, METH_VARARGS, "rng_uniform(out, low, high, seed, offset)"},
+    {"rng_normal", py_rng_normal, METH_VARARGS, "rng_normal(out, mean, std, seed, offset); uses 2 counters each"},
+    {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out, x, p, seed, offset)"},
+    {"dropout_backward", py_dropout_backward, METH_VARARGS, "dropout_backward(dx, dout, p, seed, offset): dx +="},
+    {NULL, NULL, 0, NULL},
+};

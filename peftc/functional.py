@@ -1,0 +1,156 @@
+"""Stateless calls of peftc's C kernels.
+
+Conventions (the same for every function here and in :mod:`peftc.reference`):
+
+* arrays are float32 and C-contiguous (labels: int64); nothing is converted or copied silently;
+  anything else raises ``TypeError``/``ValueError`` naming the argument and its shape;
+* forward functions return their outputs and take an optional ``out=`` (and cache buffers) to
+  write into; the caller's arrays are then returned, not copies;
+* backward functions **accumulate** into the gradient buffers passed to them (``None`` means the
+  gradient is not wanted) and return nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+
+IGNORE_INDEX = -100
+
+
+def _empty(shape: tuple[int, ...], out: np.ndarray | None) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32) if out is None else out
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """y = x weight^T + bias, with x (N, IC), weight (OC, IC), bias (OC,) or None."""
+    y = _empty((x.shape[0], weight.shape[0]), out)
+    _C.linear_forward(y, x, weight, bias)
+    return y
+
+
+def linear_backward(dy: np.ndarray, x: np.ndarray | None, weight: np.ndarray, *, dx: np.ndarray | None = None,
+                    dweight: np.ndarray | None = None, dbias: np.ndarray | None = None) -> None:
+    """Accumulate dx += dy weight, dweight += dy^T x, dbias += sum(dy) into the buffers given."""
+    _C.linear_backward(dx, dweight, dbias, dy, x, weight)
+
+
+def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
+    """PEFT's scale: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    if r <= 0:
+        raise ValueError(f"LoRA rank r must be > 0, got {r}")
+    return float(lora_alpha) / (float(np.sqrt(r)) if use_rslora else float(r))
+
+
+def lora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray,
+                 lora_B: np.ndarray, lora_bias: np.ndarray | None, scaling: float, dropout: float = 0.0,
+                 seed: int = 0, offset: int = 0, *, out: np.ndarray | None = None, xd: np.ndarray | None = None,
+                 u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """y = x W^T + b + scaling * (dropout(x) A^T B^T + lora_bias).
+
+    Returns ``(y, xd, u)``: the output, the dropped adapter input (None when ``dropout == 0``) and
+    ``u = xd A^T``; the last two are what :func:`lora_backward` needs. The dropout mask is element
+    i -> uniform(seed, offset + i) >= dropout.
+    """
+    n, r = x.shape[0], lora_A.shape[0]
+    y = _empty((n, weight.shape[0]), out)
+    if dropout > 0.0 and xd is None:
+        xd = np.empty_like(x)
+    u = _empty((n, r), u)
+    _C.lora_forward(y, xd if dropout > 0.0 else None, u, x, weight, bias, lora_A, lora_B, lora_bias,
+                    scaling, dropout, seed, offset)
+    return y, (xd if dropout > 0.0 else None), u
+
+
+def lora_backward_workspace_size(n: int, in_features: int, r: int, dropout: float) -> int:
+    """Floats of scratch :func:`lora_backward` needs."""
+    return _C.lora_backward_workspace_size(n, in_features, r, dropout)
+
+
+def lora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray, lora_A: np.ndarray,
+                  lora_B: np.ndarray, scaling: float, dropout: float = 0.0, seed: int = 0, offset: int = 0, *,
+                  dx: np.ndarray | None = None, dlora_A: np.ndarray | None = None,
+                  dlora_B: np.ndarray | None = None, dlora_bias: np.ndarray | None = None,
+                  work: np.ndarray | None = None) -> None:
+    """Accumulate the LoRA gradients. ``xin`` is ``xd`` from the forward when dropout > 0, else x."""
+    if work is None:
+        work = np.empty(lora_backward_workspace_size(dy.shape[0], xin.shape[1], lora_A.shape[0], dropout),
+                        dtype=np.float32)
+    _C.lora_backward(dx, dlora_A, dlora_B, dlora_bias, work, dy, xin, u, weight, lora_A, lora_B, scaling,
+                     dropout, seed, offset)
+
+
+def lora_merge(weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray, lora_B: np.ndarray,
+               lora_bias: np.ndarray | None, scaling: float, sign: float = 1.0) -> None:
+    """In place: weight += sign * scaling * B A (and bias += sign * scaling * lora_bias)."""
+    _C.lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign)
+
+
+def dropout_forward(x: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Inverted dropout with the counter-based mask (see :func:`lora_forward`)."""
+    y = np.empty_like(x) if out is None else out
+    _C.dropout_forward(y, x, p, seed, offset)
+    return y
+
+
+def dropout_backward(dout: np.ndarray, p: float, seed: int = 0, offset: int = 0, *, dx: np.ndarray) -> None:
+    """dx += dout * mask / (1 - p), the mask regenerated from (seed, offset)."""
+    _C.dropout_backward(dx, dout, p, seed, offset)
+
+
+def rng_uniform(shape: tuple[int, ...], low: float, high: float, seed: int, offset: int = 0, *,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Uniform [low, high) draws; element i depends only on (seed, offset + i)."""
+    y = _empty(shape, out)
+    _C.rng_uniform(y, low, high, seed, offset)
+    return y
+
+
+def rng_normal(shape: tuple[int, ...], mean: float, std: float, seed: int, offset: int = 0, *,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Normal draws (Box-Muller); element i uses counters 2(offset+i) and 2(offset+i)+1."""
+    y = _empty(shape, out)
+    _C.rng_normal(y, mean, std, seed, offset)
+    return y
+
+
+def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX, *,
+                          probs: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Mean softmax cross-entropy over rows whose label != ignore_index.
+
+    Returns ``(loss, count, probs)``; with no counted row the loss is 0.0 and count 0.
+    """
+    p = np.empty_like(logits) if probs is None else probs
+    loss, count = _C.cross_entropy_forward(p, logits, labels, ignore_index)
+    return loss, count, p
+
+
+def cross_entropy_backward(dloss: float, probs: np.ndarray, labels: np.ndarray,
+                           ignore_index: int = IGNORE_INDEX, *, dlogits: np.ndarray) -> None:
+    """dlogits += dloss * (probs - onehot(labels)) / count."""
+    _C.cross_entropy_backward(dlogits, dloss, probs, labels, ignore_index)
+
+
+def adamw_step(param: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, lr: float, beta1: float,
+               beta2: float, eps: float, weight_decay: float, step: int) -> None:
+    """One AdamW step in place (torch.optim.AdamW's math); ``step`` is 1-based."""
+    _C.adamw_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def sgd_step(param: np.ndarray, momentum_buffer: np.ndarray | None, grad: np.ndarray, lr: float,
+             momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+             step: int = 1) -> None:
+    """One SGD step in place (torch.optim.SGD's math); ``step`` is 1-based."""
+    _C.sgd_step(param, momentum_buffer, grad, lr, momentum, dampening, weight_decay, nesterov, step)
+
+
+def sumsq(x: np.ndarray) -> float:
+    """Sum of squares, accumulated in double."""
+    return _C.sumsq(x)
+
+
+def scale_(x: np.ndarray, alpha: float) -> None:
+    """x *= alpha in place."""
+    _C.scale_inplace(x, alpha)

@@ -1,0 +1,72 @@
+"""Linear: y = x W^T + b over the last axis, weights used in place."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import as_rows
+from ..random import Generator
+from .module import Module, Parameter
+
+
+def kaiming_uniform(generator: Generator, shape: tuple[int, int]) -> np.ndarray:
+    """torch's kaiming_uniform_(a=sqrt(5)) on an (out, in) matrix: U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / np.sqrt(shape[1])
+    return generator.uniform(shape, -bound, bound)
+
+
+class Linear(Module):
+    """A linear layer on the last axis, like ``torch.nn.Linear``.
+
+    ``Linear(in_features, out_features)`` initialises as torch does; ``Linear.from_weights(w, b)``
+    wraps existing arrays without copying them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 generator: Generator | None = None) -> None:
+        g = generator or Generator(0)
+        w = kaiming_uniform(g, (out_features, in_features))
+        b = g.uniform((out_features,), -1.0 / np.sqrt(in_features), 1.0 / np.sqrt(in_features)) if bias else None
+        self._init(w, b)
+
+    @classmethod
+    def from_weights(cls, weight: np.ndarray, bias: np.ndarray | None = None) -> Linear:
+        layer = cls.__new__(cls)
+        layer._init(weight, bias)
+        return layer
+
+    def _init(self, weight: np.ndarray, bias: np.ndarray | None) -> None:
+        if weight.ndim != 2:
+            raise ValueError(f"Linear weight must be 2-D (out_features, in_features), got {weight.shape}")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"Linear bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias) if bias is not None else None
+        self._x: np.ndarray | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        rows = as_rows(x, "x", self.in_features)
+        y = F.linear_forward(rows, self.weight.data, self.bias.data if self.bias is not None else None)
+        self._x = rows
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Linear.backward called before forward")
+        drows = as_rows(dy, "dy", self.out_features)
+        dx = np.zeros_like(self._x)
+        dw = self.weight.grad_buffer()
+        F.linear_backward(drows, self._x if dw is not None else None, self.weight.data, dx=dx, dweight=dw,
+                          dbias=self.bias.grad_buffer() if self.bias is not None else None)
+        return dx.reshape(*dy.shape[:-1], self.in_features)
+
+    def __repr__(self) -> str:
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"

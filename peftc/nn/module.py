@@ -1,0 +1,163 @@
+"""Parameter and Module: the containers every peftc layer is built from.
+
+A Module holds Parameters and child Modules as attributes, runs ``forward`` and, given the
+gradient of its output, ``backward``: it accumulates into its parameters' ``.grad`` and returns
+the gradient of its input. The forward keeps what the backward needs (the "cache").
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class Parameter:
+    """An array plus its gradient. ``grad`` is allocated on first use, and only if ``requires_grad``."""
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data: np.ndarray, requires_grad: bool = True) -> None:
+        if not isinstance(data, np.ndarray) or data.dtype != np.float32 or not data.flags.c_contiguous:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise TypeError(f"Parameter data must be a C-contiguous float32 numpy.ndarray, got {got}")
+        self.data = data
+        self.grad: np.ndarray | None = None
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def grad_buffer(self) -> np.ndarray | None:
+        """The gradient buffer to accumulate into, allocated (zeroed) on first use; None if frozen."""
+        if not self.requires_grad:
+            return None
+        if self.grad is None:
+            self.grad = np.zeros_like(self.data)
+        return self.grad
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, requires_grad={self.requires_grad})"
+
+
+class Module:
+    """Base class: attributes that are Parameters or Modules are registered by assignment order."""
+
+    training: bool = True
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal ---------------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield (f"{prefix}.{name}" if prefix else name), value
+        for name, child in self.named_children():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def get_submodule(self, name: str) -> Module:
+        module: Module = self
+        for part in name.split(".") if name else []:
+            child = getattr(module, part, None) if not isinstance(module, ModuleList) else module[int(part)]
+            if not isinstance(child, Module):
+                raise AttributeError(f"{type(self).__name__} has no submodule {name!r}")
+            module = child
+        return module
+
+    def set_submodule(self, name: str, new: Module) -> None:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = self.get_submodule(parent_name)
+        if isinstance(parent, ModuleList):
+            parent[int(leaf)] = new
+        else:
+            setattr(parent, leaf, new)
+
+    # -- modes and gradients -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def requires_grad_(self, flag: bool = True) -> Module:
+        for p in self.parameters():
+            p.requires_grad = flag
+            if not flag:
+                p.grad = None
+        return self
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.fill(0.0)
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into the existing parameters (shapes must match)."""
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        for name, value in state.items():
+            if name not in params:
+                continue
+            p = params[name]
+            if value.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, expected {p.data.shape}")
+            p.data[...] = value
+
+
+class ModuleList(Module):
+    """A list of modules, named "0", "1", ... in parameter names."""
+
+    def __init__(self, modules: list[Module] | None = None) -> None:
+        self._items: list[Module] = list(modules or [])
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for i, m in enumerate(self._items):
+            yield str(i), m
+
+    def __getitem__(self, i: int) -> Module:
+        return self._items[i]
+
+    def __setitem__(self, i: int, m: Module) -> None:
+        self._items[i] = m
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items)
+
+    def append(self, m: Module) -> None:
+        self._items.append(m)

@@ -1,0 +1,161 @@
+"""Plain-NumPy versions of :mod:`peftc.functional`, written for clarity: the first test oracle.
+
+Same names, arguments and conventions as :mod:`peftc.functional`, except that every function
+accepts any floating dtype (float64 for finite-difference checks) and nothing is checked.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = -100
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def rng_uniform01(seed: int, counters: np.ndarray) -> np.ndarray:
+    """The C generator's uniform [0, 1) draw for each counter (float32, 24 random bits)."""
+    with np.errstate(over="ignore"):
+        base = _mix64(np.asarray([seed], dtype=np.uint64))[0]
+        z = _mix64(base + (counters.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+    return (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, seed: int, offset: int) -> np.ndarray:
+    """Keep-mask (bool) of the counter-based dropout."""
+    n = int(np.prod(shape))
+    counters = np.arange(offset, offset + n, dtype=np.uint64)
+    return (rng_uniform01(seed, counters) >= np.float32(p)).reshape(shape)
+
+
+def rng_uniform(shape, low, high, seed, offset=0, *, out=None):
+    n = int(np.prod(shape))
+    u = rng_uniform01(seed, np.arange(offset, offset + n, dtype=np.uint64)).reshape(shape)
+    return np.float32(low) + np.float32(high - low) * u
+
+
+def rng_normal(shape, mean, std, seed, offset=0, *, out=None):
+    n = int(np.prod(shape))
+    k = 2 * np.arange(offset, offset + n, dtype=np.uint64)
+    u1 = 1.0 - rng_uniform01(seed, k).astype(np.float64)
+    u2 = rng_uniform01(seed, k + np.uint64(1)).astype(np.float64)
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return (mean + std * z).astype(np.float32).reshape(shape)
+
+
+def dropout_forward(x, p, seed=0, offset=0, *, out=None):
+    if p == 0.0:
+        return x.copy()
+    return x * dropout_mask(x.shape, p, seed, offset) / (1.0 - p)
+
+
+def dropout_backward(dout, p, seed=0, offset=0, *, dx):
+    dx += dout * dropout_mask(dout.shape, p, seed, offset) / (1.0 - p)
+
+
+def linear_forward(x, weight, bias=None, *, out=None):
+    y = x @ weight.T
+    return y + bias if bias is not None else y
+
+
+def linear_backward(dy, x, weight, *, dx=None, dweight=None, dbias=None):
+    if dx is not None:
+        dx += dy @ weight
+    if dweight is not None:
+        dweight += dy.T @ x
+    if dbias is not None:
+        dbias += dy.sum(axis=0)
+
+
+def lora_scaling(r, lora_alpha, use_rslora=False):
+    return lora_alpha / (np.sqrt(r) if use_rslora else r)
+
+
+def lora_forward(x, weight, bias, lora_A, lora_B, lora_bias, scaling, dropout=0.0, seed=0, offset=0, *,
+                 out=None, xd=None, u=None):
+    xd = dropout_forward(x, dropout, seed, offset) if dropout > 0.0 else None
+    xin = x if xd is None else xd
+    u = xin @ lora_A.T
+    y = linear_forward(x, weight, bias) + scaling * (u @ lora_B.T)
+    if lora_bias is not None:
+        y = y + scaling * lora_bias
+    return y, xd, u
+
+
+def lora_backward(dy, xin, u, weight, lora_A, lora_B, scaling, dropout=0.0, seed=0, offset=0, *, dx=None,
+                  dlora_A=None, dlora_B=None, dlora_bias=None, work=None):
+    gu = dy @ lora_B
+    if dlora_B is not None:
+        dlora_B += scaling * dy.T @ u
+    if dlora_bias is not None:
+        dlora_bias += scaling * dy.sum(axis=0)
+    if dlora_A is not None:
+        dlora_A += scaling * gu.T @ xin
+    if dx is not None:
+        dx += dy @ weight
+        gxd = scaling * gu @ lora_A
+        if dropout > 0.0:
+            gxd = gxd * dropout_mask(gxd.shape, dropout, seed, offset) / (1.0 - dropout)
+        dx += gxd
+
+
+def lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign=1.0):
+    weight += sign * scaling * lora_B @ lora_A
+    if lora_bias is not None:
+        bias += sign * scaling * lora_bias
+
+
+def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX, *, probs=None):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(shifted - lse)
+    keep = labels != ignore_index
+    count = int(keep.sum())
+    if count == 0:
+        return 0.0, 0, probs
+    nll = -(shifted - lse)[np.nonzero(keep)[0], labels[keep]]
+    return float(nll.mean()), count, probs
+
+
+def cross_entropy_backward(dloss, probs, labels, ignore_index=IGNORE_INDEX, *, dlogits):
+    keep = labels != ignore_index
+    count = int(keep.sum())
+    if count == 0:
+        return
+    g = probs.copy()
+    g[np.nonzero(keep)[0], labels[keep]] -= 1.0
+    dlogits += (dloss / count) * g * keep[:, None]
+
+
+def adamw_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step):
+    param *= 1.0 - lr * weight_decay
+    m += (grad - m) * (1.0 - beta1)
+    v *= beta2
+    v += (1.0 - beta2) * grad * grad
+    denom = np.sqrt(v) / np.sqrt(1.0 - beta2**step) + eps
+    param -= (lr / (1.0 - beta1**step)) * (m / denom)
+
+
+def sgd_step(param, momentum_buffer, grad, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+             step=1):
+    d = grad + weight_decay * param
+    if momentum != 0.0:
+        if step == 1:
+            momentum_buffer[...] = d
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += (1.0 - dampening) * d
+        d = d + momentum * momentum_buffer if nesterov else momentum_buffer.copy()
+    param -= lr * d
+
+
+def sumsq(x):
+    return float(np.sum(x.astype(np.float64) ** 2))
+
+
+def scale_(x, alpha):
+    x *= alpha

@@ -1,0 +1,55 @@
+"""Shared test helpers: tolerance checks that print the error, float64 finite differences, torch."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+
+def assert_close(actual, expected, rtol: float, atol: float, name: str = "") -> None:
+    """np.testing-style closeness that reports max-abs and max-relative error on failure."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    err = np.abs(actual - expected)
+    bound = atol + rtol * np.abs(expected)
+    if not np.all(err <= bound):
+        rel = err / np.maximum(np.abs(expected), 1e-30)
+        raise AssertionError(f"{name}: max abs err {err.max():.3e}, max rel err {rel.max():.3e} "
+                             f"(rtol={rtol}, atol={atol}, {int((err > bound).sum())}/{err.size} elements off)")
+
+
+def numerical_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar f() with respect to x (float64, perturbed in place)."""
+    assert x.dtype == np.float64
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def f32(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """torch (CPU) as an oracle; tests using it skip cleanly where it is absent or disabled."""
+    if os.environ.get("PEFTC_NO_TORCH") == "1":
+        pytest.skip("torch disabled (PEFTC_NO_TORCH=1, e.g. under the sanitizer build)")
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    return torch
