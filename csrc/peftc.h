@@ -102,4 +102,85 @@ peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) up
 peftc_status peftc_sumsq(double *out /* (1) overwritten */, const float *x /* (P) */, int64_t P);
 peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_t P);
 
+/* ==== CNN kernels (conv.c, batchnorm.c, pool.c, activation.c) ===================================
+ * Images are NCHW float32. Extra dimension letters for this family:
+ *   CH  channels (batch norm, pooling)   IH IW  input height, width   OH OW  output height, width
+ *   KH KW  kernel (window) height, width   SH SW  strides   PH PW  zero padding on each side
+ * Output sizes follow torch (floor mode): OH = (IH + 2 PH - KH) / SH + 1, likewise OW. */
+
+/* ---- conv2d (conv.c): y = w * x + b through im2col and one GEMM per image ------------------------
+ * Dilation 1, one group. The column scratch holds one image's (IC*KH*KW, OH*OW) patch matrix and is
+ * shared by forward and backward. */
+int64_t peftc_conv2d_workspace_size(int64_t IC, int64_t KH, int64_t KW, int64_t OH, int64_t OW); /* floats */
+peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
+                                  float *work /* peftc_conv2d_workspace_size() floats */,
+                                  const float *x /* (N,IC,IH,IW) */, const float *w /* (OC,IC,KH,KW) */,
+                                  const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH,
+                                  int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                                  int64_t PH, int64_t PW);
+peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated, or NULL */,
+                                   float *dw /* (OC,IC,KH,KW) accumulated, or NULL */,
+                                   float *db /* (OC) accumulated, or NULL */,
+                                   float *work /* peftc_conv2d_workspace_size() floats */,
+                                   const float *dy /* (N,OC,OH,OW) */,
+                                   const float *x /* (N,IC,IH,IW), may be NULL when dw is NULL */,
+                                   const float *w /* (OC,IC,KH,KW) */, int64_t N, int64_t IC, int64_t IH,
+                                   int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                                   int64_t PH, int64_t PW);
+
+/* ---- batch norm over (N, H, W) per channel (batchnorm.c), torch.nn.functional.batch_norm's math --
+ * training != 0: normalise with the batch statistics (biased variance); if running_mean and
+ *   running_var are given, also update them: r = (1 - momentum) r + momentum * batch statistic, the
+ *   variance term unbiased (m / (m - 1), m = N*IH*IW; needs m > 1). Passing NULL running buffers
+ *   gives the test-batch statistics of BN-adapt / TENT with nothing updated.
+ * training == 0: normalise with the running statistics (both required, read only).
+ * mean and rstd receive the statistics actually used; the backward needs them and x. */
+peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten */,
+                                       float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                       float *running_mean /* (CH) updated, read, or NULL */,
+                                       float *running_var /* (CH) updated, read, or NULL */,
+                                       const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
+                                       const float *beta /* (CH) or NULL */, int training, float momentum,
+                                       float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+/* training says whether the forward used batch statistics (then the gradient flows through them). */
+peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated, or NULL */,
+                                        float *dgamma /* (CH) accumulated, or NULL */,
+                                        float *dbeta /* (CH) accumulated, or NULL */,
+                                        const float *dy /* (N,CH,IH,IW) */, const float *x /* (N,CH,IH,IW) */,
+                                        const float *mean /* (CH) */, const float *rstd /* (CH) */,
+                                        const float *gamma /* (CH) or NULL */, int training, int64_t N,
+                                        int64_t CH, int64_t IH, int64_t IW);
+
+/* ---- pooling (pool.c) ------------------------------------------------------------------------------
+ * Max pooling pads with -inf and records, per output, the flat index ih*IW + iw of its input in the
+ * (IH,IW) plane (the first maximum wins; NaN propagates). Average pooling pads with zeros and divides
+ * by KH*KW (torch's count_include_pad=True). Padding must be at most half the window. */
+peftc_status peftc_maxpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */,
+                                     int64_t *argmax /* (N,CH,OH,OW) overwritten */,
+                                     const float *x /* (N,CH,IH,IW) */, int64_t N, int64_t CH, int64_t IH,
+                                     int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                                     int64_t PW);
+peftc_status peftc_maxpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */,
+                                      const float *dy /* (N,CH,OH,OW) */,
+                                      const int64_t *argmax /* (N,CH,OH,OW) from the forward */, int64_t N,
+                                      int64_t CH, int64_t IH, int64_t IW, int64_t OH, int64_t OW);
+peftc_status peftc_avgpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                                     int64_t SH, int64_t SW, int64_t PH, int64_t PW);
+peftc_status peftc_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
+                                      int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                                      int64_t SH, int64_t SW, int64_t PH, int64_t PW);
+/* global average pooling: y[n, c] = mean over the (IH,IW) plane */
+peftc_status peftc_global_avgpool2d_forward(float *y /* (N,CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                            int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_global_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH) */,
+                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
+
+/* ---- ReLU (activation.c): y = max(x, 0), NaN passes through ---------------------------------------- */
+peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */, const float *x /* (P) */,
+                                int64_t P);
+/* dx += dy where the forward input (or, equivalently, its output) is > 0 */
+peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
+                                 const float *x /* (P) forward input or output */, int64_t P);
+
 #endif

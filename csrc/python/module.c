@@ -6,11 +6,15 @@
 extern PyMethodDef peftc_py_lora_methods[];
 extern PyMethodDef peftc_py_random_methods[];
 extern PyMethodDef peftc_py_train_methods[];
+/* CNN kernels */
+extern PyMethodDef peftc_py_cnn_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
     peftc_py_random_methods,
     peftc_py_train_methods,
+    /* CNN kernels */
+    peftc_py_cnn_methods,
 };
 
 static struct PyModuleDef moduledef = {

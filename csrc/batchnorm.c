@@ -1,0 +1,126 @@
+/* batchnorm.c: 2-D batch normalisation (per channel over N, IH, IW) forward and backward, in the
+ * three ways test-time adaptation needs: training (batch statistics, running buffers updated),
+ * test-batch statistics (batch statistics, nothing updated) and eval (running statistics).
+ * Per-channel sums are accumulated in double. x_hat is recomputed in the backward from x, mean
+ * and rstd rather than stored. No convolution or pooling here. */
+#include <math.h>
+
+#include "peftc.h"
+
+static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0;
+}
+
+/* Biased mean and variance of channel c over the N planes of S values, two passes in double. */
+static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
+                            int64_t S)
+{
+    double sum = 0.0;
+    for (int64_t n = 0; n < N; n++) {
+        const float *p = x + (n * CH + c) * S;
+        for (int64_t s = 0; s < S; s++)
+            sum += p[s];
+    }
+    const double m = sum / (double)(N * S);
+    double sq = 0.0;
+    for (int64_t n = 0; n < N; n++) {
+        const float *p = x + (n * CH + c) * S;
+        for (int64_t s = 0; s < S; s++) {
+            const double d = p[s] - m;
+            sq += d * d;
+        }
+    }
+    *mean = m;
+    *var = sq / (double)(N * S);
+}
+
+peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+                                       const float *x, const float *gamma, const float *beta, int training,
+                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    if (!bn_sizes_ok(N, CH, IH, IW))
+        return PEFTC_ERR_SIZE;
+    const int64_t S = IH * IW, M = N * S;
+    const int update = training && running_mean && running_var;
+    if ((running_mean == NULL) != (running_var == NULL) || !(eps > 0.0f) || !isfinite(eps))
+        return PEFTC_ERR_ARG;
+    if (training && M == 0)
+        return PEFTC_ERR_SIZE;
+    if (!training && !running_mean)
+        return PEFTC_ERR_ARG;
+    if (!training)
+        for (int64_t c = 0; c < CH; c++)
+            if (!(running_var[c] >= 0.0f) || !isfinite(running_var[c]) || !isfinite(running_mean[c]))
+                return PEFTC_ERR_NONFINITE;
+    /* torch refuses to estimate a variance from one value; so do we when it would be recorded */
+    if (update && (M < 2 || !(momentum >= 0.0f && momentum <= 1.0f)))
+        return M < 2 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
+    for (int64_t c = 0; c < CH; c++) {
+        double m, v;
+        if (training) {
+            channel_moments(&m, &v, x, c, N, CH, S);
+            if (update) {
+                running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * m);
+                running_var[c] =
+                    (float)((1.0 - momentum) * running_var[c] + momentum * v * (double)M / (double)(M - 1));
+            }
+        } else {
+            m = running_mean[c];
+            v = running_var[c];
+        }
+        const double r = 1.0 / sqrt(v + (double)eps);
+        mean[c] = (float)m;
+        rstd[c] = (float)r;
+        /* y = (x - m) r g + b = x * scale + shift */
+        const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
+        const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
+        for (int64_t n = 0; n < N; n++) {
+            const float *xp = x + (n * CH + c) * S;
+            float *yp = y + (n * CH + c) * S;
+            for (int64_t s = 0; s < S; s++)
+                yp[s] = xp[s] * scale + shift;
+        }
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, const float *gamma, int training,
+                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    if (!bn_sizes_ok(N, CH, IH, IW))
+        return PEFTC_ERR_SIZE;
+    const int64_t S = IH * IW, M = N * S;
+    for (int64_t c = 0; c < CH; c++) {
+        const double m = mean[c], r = rstd[c];
+        /* sum(dy) and sum(dy * x_hat) over the channel */
+        double sdy = 0.0, sdyx = 0.0;
+        for (int64_t n = 0; n < N; n++) {
+            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
+            for (int64_t s = 0; s < S; s++) {
+                sdy += gp[s];
+                sdyx += gp[s] * ((xp[s] - m) * r);
+            }
+        }
+        if (dgamma)
+            dgamma[c] += (float)sdyx;
+        if (dbeta)
+            dbeta[c] += (float)sdy;
+        if (!dx)
+            continue;
+        const double g = gamma ? gamma[c] : 1.0;
+        const float a = (float)(g * r);
+        /* batch statistics: dx = g r (dy - mean(dy) - x_hat mean(dy x_hat)); eval: dx = g r dy */
+        const float mdy = training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
+        const float mdyx = training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
+        const float mf = (float)m, rf = (float)r;
+        for (int64_t n = 0; n < N; n++) {
+            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
+            float *dp = dx + (n * CH + c) * S;
+            for (int64_t s = 0; s < S; s++)
+                dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+        }
+    }
+    return PEFTC_OK;
+}

@@ -1,0 +1,413 @@
+/* py_cnn.c: Python entry points for the CNN kernels (conv2d, batch norm, pooling, ReLU). Shapes come
+ * from the arrays; window sizes, strides and paddings are scalars, and the output extent they imply
+ * is checked against the output array. Every wrapper is parse, validate, release the GIL, call, map. */
+#include "args.h"
+
+/* Check a window sweep (kernel KH x KW, strides, paddings) over the bound IH, IW and bind OH, OW to
+ * the extent it produces. `pool` adds the pooling rule that padding is at most half the window. */
+static int bind_window(ArgCheck *ck, int64_t KH, int64_t KW, long long SH, long long SW, long long PH, long long PW,
+                       int pool)
+{
+    const int64_t IH = arg_dim(ck, "IH"), IW = arg_dim(ck, "IW");
+    if (SH <= 0 || SW <= 0 || PH < 0 || PW < 0 || KH <= 0 || KW <= 0 || (pool && (2 * PH > KH || 2 * PW > KW))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: needs kernel > 0, stride > 0, padding >= 0%s; got kernel (%lld, %lld), stride (%lld, %lld), "
+                     "padding (%lld, %lld)",
+                     ck->fn, pool ? " and padding <= kernel / 2" : "", (long long)KH, (long long)KW, SH, SW, PH, PW);
+        return -1;
+    }
+    if (IH + 2 * PH < KH || IW + 2 * PW < KW) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: the padded input (%lld + 2*%lld, %lld + 2*%lld) is smaller than the kernel (%lld, %lld)",
+                     ck->fn, (long long)IH, PH, (long long)IW, PW, (long long)KH, (long long)KW);
+        return -1;
+    }
+    if (arg_bind(ck, "OH", (IH + 2 * PH - KH) / SH + 1, "the input height, kernel, stride and padding") < 0 ||
+        arg_bind(ck, "OW", (IW + 2 * PW - KW) / SW + 1, "the input width, kernel, stride and padding") < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *py_conv2d_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    long long IC, KH, KW, OH, OW;
+    if (!PyArg_ParseTuple(args, "LLLLL:conv2d_workspace_size", &IC, &KH, &KW, &OH, &OW))
+        return NULL;
+    if (IC < 0 || KH < 0 || KW < 0 || OH < 0 || OW < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "conv2d_workspace_size: sizes must be >= 0, got IC=%lld KH=%lld KW=%lld OH=%lld OW=%lld", IC, KH,
+                     KW, OH, OW);
+        return NULL;
+    }
+    return PyLong_FromLongLong(peftc_conv2d_workspace_size(IC, KH, KW, OH, OW));
+}
+
+static int check_workspace(ArgCheck *ck)
+{
+    const int64_t need = peftc_conv2d_workspace_size(arg_dim(ck, "IC"), arg_dim(ck, "KH"), arg_dim(ck, "KW"),
+                                                     arg_dim(ck, "OH"), arg_dim(ck, "OW"));
+    if (arg_dim(ck, "W") < need) {
+        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld (conv2d_workspace_size)", ck->fn,
+                     (long long)arg_dim(ck, "W"), (long long)need);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_y, *o_work, *o_x, *o_w, *o_b;
+    long long SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "OOOOOLLLL:conv2d_forward", &o_y, &o_work, &o_x, &o_w, &o_b, &SH, &SW, &PH, &PW))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "conv2d_forward");
+    float *y, *work, *x, *w, *b;
+    if (arg_f32(&ck, "y", o_y, "N OC OH OW", ARG_OUT, &y) < 0 || arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
+        arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC KH KW", ARG_IN, &w) < 0 ||
+        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0 ||
+        bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_conv2d_forward(y, work, x, w, b, arg_dim(&ck, "N"), arg_dim(&ck, "IC"), arg_dim(&ck, "IH"),
+                              arg_dim(&ck, "IW"), arg_dim(&ck, "OC"), arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW,
+                              PH, PW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dw, *o_db, *o_work, *o_dy, *o_x, *o_w;
+    long long SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "OOOOOOOLLLL:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w, &SH,
+                          &SW, &PH, &PW))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "conv2d_backward");
+    float *dx, *dw, *db, *work, *dy, *x, *w;
+    if (arg_f32(&ck, "dx", o_dx, "N IC IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
+        arg_f32(&ck, "dweight", o_dw, "OC IC KH KW", ARG_OUT | ARG_OPTIONAL, &dw) < 0 ||
+        arg_f32(&ck, "dbias", o_db, "OC", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N OC OH OW", ARG_IN, &dy) < 0 ||
+        arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN | (o_dw == Py_None ? ARG_OPTIONAL : 0), &x) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC KH KW", ARG_IN, &w) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    if (arg_dim(&ck, "IH") < 0) {
+        PyErr_SetString(PyExc_ValueError, "conv2d_backward: give dx or x so that the input size is known");
+        return NULL;
+    }
+    if (bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_conv2d_backward(dx, dw, db, work, dy, x, w, arg_dim(&ck, "N"), arg_dim(&ck, "IC"), arg_dim(&ck, "IH"),
+                               arg_dim(&ck, "IW"), arg_dim(&ck, "OC"), arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH,
+                               SW, PH, PW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_y, *o_mean, *o_rstd, *o_rm, *o_rv, *o_x, *o_g, *o_b;
+    int training;
+    float momentum, eps;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOpff:batchnorm2d_forward", &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g,
+                          &o_b, &training, &momentum, &eps))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "batchnorm2d_forward");
+    /* running buffers are written in training mode and only read in eval mode */
+    const int running_flags = (training ? ARG_OUT : ARG_IN) | (training ? ARG_OPTIONAL : 0);
+    float *y, *mean, *rstd, *rm, *rv, *x, *g, *b;
+    if (arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_OUT, &y) < 0 ||
+        arg_f32(&ck, "mean", o_mean, "CH", ARG_OUT, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "CH", ARG_OUT, &rstd) < 0 ||
+        arg_f32(&ck, "running_mean", o_rm, "CH", running_flags, &rm) < 0 ||
+        arg_f32(&ck, "running_var", o_rv, "CH", running_flags, &rv) < 0 ||
+        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 ||
+        arg_f32(&ck, "bias", o_b, "CH", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
+    if ((rm == NULL) != (rv == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "batchnorm2d_forward: give both running_mean and running_var, or neither");
+        return NULL;
+    }
+    if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
+        PyErr_Format(PyExc_ValueError, "batchnorm2d_forward: needs eps > 0 and momentum in [0, 1], got eps=%R momentum=%R",
+                     PyTuple_GET_ITEM(args, 10), PyTuple_GET_ITEM(args, 9));
+        return NULL;
+    }
+    if (training && N * IH * IW < (rm ? 2 : 1)) {
+        PyErr_Format(PyExc_ValueError,
+                     "batchnorm2d_forward: batch statistics need more than %d value(s) per channel, got x of shape "
+                     "(%lld, %lld, %lld, %lld)",
+                     rm ? 1 : 0, (long long)N, (long long)CH, (long long)IH, (long long)IW);
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_batchnorm2d_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW);
+    Py_END_ALLOW_THREADS
+    if (st == PEFTC_ERR_NONFINITE) {
+        PyErr_SetString(PyExc_ValueError,
+                        "batchnorm2d_forward: running_var holds a negative or non-finite value, or running_mean a "
+                        "non-finite one");
+        return NULL;
+    }
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_x, *o_mean, *o_rstd, *o_g;
+    int training;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean, &o_rstd,
+                          &o_g, &training))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "batchnorm2d_backward");
+    float *dx, *dg, *db, *dy, *x, *mean, *rstd, *g;
+    if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
+        arg_f32(&ck, "dweight", o_dg, "CH", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
+        arg_f32(&ck, "dbias", o_db, "CH", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N CH IH IW", ARG_IN, &dy) < 0 ||
+        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "CH", ARG_IN, &rstd) < 0 ||
+        arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, arg_dim(&ck, "N"), arg_dim(&ck, "CH"),
+                                    arg_dim(&ck, "IH"), arg_dim(&ck, "IW"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_y, *o_am, *o_x;
+    long long KH, KW, SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "OOOLLLLLL:maxpool2d_forward", &o_y, &o_am, &o_x, &KH, &KW, &SH, &SW, &PH, &PW))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "maxpool2d_forward");
+    float *y, *x;
+    int64_t *am;
+    if (arg_f32(&ck, "y", o_y, "N CH OH OW", ARG_OUT, &y) < 0 ||
+        arg_i64(&ck, "argmax", o_am, "N CH OH OW", ARG_OUT, &am) < 0 ||
+        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0 ||
+        bind_window(&ck, KH, KW, SH, SW, PH, PW, 1) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_maxpool2d_forward(y, am, x, arg_dim(&ck, "N"), arg_dim(&ck, "CH"), arg_dim(&ck, "IH"),
+                                 arg_dim(&ck, "IW"), KH, KW, SH, SW, PH, PW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dy, *o_am;
+    if (!PyArg_ParseTuple(args, "OOO:maxpool2d_backward", &o_dx, &o_dy, &o_am))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "maxpool2d_backward");
+    float *dx, *dy;
+    int64_t *am;
+    if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT, &dx) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N CH OH OW", ARG_IN, &dy) < 0 ||
+        arg_i64(&ck, "argmax", o_am, "N CH OH OW", ARG_IN, &am) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_maxpool2d_backward(dx, dy, am, arg_dim(&ck, "N"), arg_dim(&ck, "CH"), arg_dim(&ck, "IH"),
+                                  arg_dim(&ck, "IW"), arg_dim(&ck, "OH"), arg_dim(&ck, "OW"));
+    Py_END_ALLOW_THREADS
+    if (st == PEFTC_ERR_ARG) {
+        PyErr_SetString(PyExc_ValueError, "maxpool2d_backward: 'argmax' holds an index outside the (IH, IW) plane");
+        return NULL;
+    }
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_y, *o_x;
+    long long KH, KW, SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "OOLLLLLL:avgpool2d_forward", &o_y, &o_x, &KH, &KW, &SH, &SW, &PH, &PW))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "avgpool2d_forward");
+    float *y, *x;
+    if (arg_f32(&ck, "y", o_y, "N CH OH OW", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
+        arg_no_alias(&ck) < 0 || bind_window(&ck, KH, KW, SH, SW, PH, PW, 1) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_avgpool2d_forward(y, x, arg_dim(&ck, "N"), arg_dim(&ck, "CH"), arg_dim(&ck, "IH"), arg_dim(&ck, "IW"),
+                                 KH, KW, SH, SW, PH, PW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dy;
+    long long KH, KW, SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "OOLLLLLL:avgpool2d_backward", &o_dx, &o_dy, &KH, &KW, &SH, &SW, &PH, &PW))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "avgpool2d_backward");
+    float *dx, *dy;
+    if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT, &dx) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N CH OH OW", ARG_IN, &dy) < 0 || arg_no_alias(&ck) < 0 ||
+        bind_window(&ck, KH, KW, SH, SW, PH, PW, 1) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_avgpool2d_backward(dx, dy, arg_dim(&ck, "N"), arg_dim(&ck, "CH"), arg_dim(&ck, "IH"), arg_dim(&ck, "IW"),
+                                  KH, KW, SH, SW, PH, PW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_global_avgpool2d(PyObject *args, int backward)
+{
+    const char *fn = backward ? "global_avgpool2d_backward" : "global_avgpool2d_forward";
+    PyObject *o_out, *o_in;
+    if (!PyArg_ParseTuple(args, "OO", &o_out, &o_in))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, fn);
+    float *out, *in;
+    if (arg_f32(&ck, backward ? "dx" : "y", o_out, backward ? "N CH IH IW" : "N CH", ARG_OUT, &out) < 0 ||
+        arg_f32(&ck, backward ? "dy" : "x", o_in, backward ? "N CH" : "N CH IH IW", ARG_IN, &in) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
+    if (IH == 0 || IW == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the image plane is empty (IH=%lld, IW=%lld)", fn, (long long)IH,
+                     (long long)IW);
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = backward ? peftc_global_avgpool2d_backward(out, in, N, CH, IH, IW)
+                  : peftc_global_avgpool2d_forward(out, in, N, CH, IH, IW);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_global_avgpool2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_global_avgpool2d(args, 0);
+}
+
+static PyObject *py_global_avgpool2d_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_global_avgpool2d(args, 1);
+}
+
+static PyObject *py_relu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_y, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:relu_forward", &o_y, &o_x))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "relu_forward");
+    float *y, *x;
+    if (arg_f32(&ck, "y", o_y, "*", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_relu_forward(y, x, arg_dim(&ck, "P"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_relu_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dy, *o_x;
+    if (!PyArg_ParseTuple(args, "OOO:relu_backward", &o_dx, &o_dy, &o_x))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "relu_backward");
+    float *dx, *dy, *x;
+    if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dy", o_dy, "*", ARG_IN, &dy) < 0 ||
+        arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_relu_backward(dx, dy, x, arg_dim(&ck, "P"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef peftc_py_cnn_methods[] = {
+    {"conv2d_workspace_size", py_conv2d_workspace_size, METH_VARARGS,
+     "conv2d_workspace_size(IC, KH, KW, OH, OW) -> floats of scratch conv2d_forward/backward need"},
+    {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
+     "conv2d_forward(y, work, x, weight, bias, SH, SW, PH, PW): y = conv(x, weight) + bias"},
+    {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
+     "conv2d_backward(dx, dweight, dbias, work, dy, x, weight, SH, SW, PH, PW): accumulate (None = not wanted)"},
+    {"batchnorm2d_forward", py_batchnorm2d_forward, METH_VARARGS,
+     "batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps)"},
+    {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,
+     "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training): accumulate"},
+    {"maxpool2d_forward", py_maxpool2d_forward, METH_VARARGS,
+     "maxpool2d_forward(y, argmax, x, KH, KW, SH, SW, PH, PW)"},
+    {"maxpool2d_backward", py_maxpool2d_backward, METH_VARARGS, "maxpool2d_backward(dx, dy, argmax): accumulate"},
+    {"avgpool2d_forward", py_avgpool2d_forward, METH_VARARGS, "avgpool2d_forward(y, x, KH, KW, SH, SW, PH, PW)"},
+    {"avgpool2d_backward", py_avgpool2d_backward, METH_VARARGS,
+     "avgpool2d_backward(dx, dy, KH, KW, SH, SW, PH, PW): accumulate"},
+    {"global_avgpool2d_forward", py_global_avgpool2d_forward, METH_VARARGS, "global_avgpool2d_forward(y, x)"},
+    {"global_avgpool2d_backward", py_global_avgpool2d_backward, METH_VARARGS,
+     "global_avgpool2d_backward(dx, dy): accumulate"},
+    {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(y, x): y = max(x, 0)"},
+    {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dx, dy, x): dx += dy where x > 0"},
+    {NULL, NULL, 0, NULL},
+};
