@@ -159,3 +159,128 @@ def sumsq(x):
 
 def scale_(x, alpha):
     x *= alpha
+
+
+# ---- CNN kernels: conv2d, batch norm, pooling, ReLU (NCHW) ----------------------------------------
+
+def _pair(v):
+    return (v, v) if np.isscalar(v) else tuple(v)
+
+
+def _windows(x, kernel_size, stride, padding, fill):
+    """Padded x (N, C, IH, IW) viewed as windows (N, C, OH, OW, KH, KW)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return win[:, :, ::sh, ::sw]
+
+
+def _scatter_windows(dx, g, kernel_size, stride, padding):
+    """dx += the adjoint of _windows for g (N, C, OH, OW, KH, KW)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, c, ih, iw = dx.shape
+    oh, ow = g.shape[2:4]
+    dxp = np.zeros((n, c, ih + 2 * ph, iw + 2 * pw), dtype=dx.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g[:, :, :, :, i, j]
+    dx += dxp[:, :, ph:ph + ih, pw:pw + iw]
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, out=None, work=None):
+    win = _windows(x, weight.shape[2:], stride, padding, 0.0)
+    y = np.einsum("ncyxij,ocij->noyx", win, weight)
+    return y + bias[None, :, None, None] if bias is not None else y
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0, *, dx=None, dweight=None, dbias=None, work=None):
+    if dweight is not None:
+        dweight += np.einsum("noyx,ncyxij->ocij", dy, _windows(x, weight.shape[2:], stride, padding, 0.0))
+    if dbias is not None:
+        dbias += dy.sum(axis=(0, 2, 3))
+    if dx is not None:
+        _scatter_windows(dx, np.einsum("noyx,ocij->ncyxij", dy, weight), weight.shape[2:], stride, padding)
+
+
+def batchnorm2d_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                        eps=1e-5, *, out=None, mean=None, rstd=None):
+    if training:
+        mean = x.mean(axis=(0, 2, 3))
+        var = x.var(axis=(0, 2, 3))
+        if running_mean is not None:
+            m = x.size // x.shape[1]
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean
+            running_var *= 1.0 - momentum
+            running_var += momentum * var * m / (m - 1)
+    else:
+        mean, var = running_mean.copy(), running_var.copy()
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean[None, :, None, None]) * rstd[None, :, None, None]
+    if weight is not None:
+        y = y * weight[None, :, None, None]
+    if bias is not None:
+        y = y + bias[None, :, None, None]
+    return y, mean, rstd
+
+
+def batchnorm2d_backward(dy, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None):
+    xhat = (x - mean[None, :, None, None]) * rstd[None, :, None, None]
+    if dweight is not None:
+        dweight += (dy * xhat).sum(axis=(0, 2, 3))
+    if dbias is not None:
+        dbias += dy.sum(axis=(0, 2, 3))
+    if dx is not None:
+        g = (weight if weight is not None else np.ones_like(mean)) * rstd
+        if training:
+            dy = dy - dy.mean(axis=(0, 2, 3), keepdims=True) - xhat * (dy * xhat).mean(axis=(0, 2, 3), keepdims=True)
+        dx += g[None, :, None, None] * dy
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, padding=0, *, out=None, argmax=None):
+    stride = kernel_size if stride is None else stride
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    win = _windows(x, (kh, kw), (sh, sw), (ph, pw), -np.inf)
+    n, c, oh, ow = win.shape[:4]
+    flat = win.reshape(n, c, oh, ow, kh * kw)
+    k = flat.argmax(axis=-1)
+    y = np.take_along_axis(flat, k[..., None], axis=-1)[..., 0]
+    ih = np.arange(oh)[:, None] * sh - ph + k // kw
+    iw = np.arange(ow)[None, :] * sw - pw + k % kw
+    return y, (ih * x.shape[3] + iw).astype(np.int64)
+
+
+def maxpool2d_backward(dy, argmax, *, dx):
+    n, c, ih, iw = dx.shape
+    planes = dx.reshape(n * c, ih * iw)
+    rows = np.repeat(np.arange(n * c), argmax[0, 0].size)
+    np.add.at(planes, (rows, argmax.reshape(-1)), dy.reshape(-1))
+    dx[...] = planes.reshape(dx.shape)
+
+
+def avgpool2d_forward(x, kernel_size, stride=None, padding=0, *, out=None):
+    stride = kernel_size if stride is None else stride
+    return _windows(x, kernel_size, stride, padding, 0.0).mean(axis=(4, 5))
+
+
+def avgpool2d_backward(dy, kernel_size, stride=None, padding=0, *, dx):
+    stride = kernel_size if stride is None else stride
+    kh, kw = _pair(kernel_size)
+    g = np.broadcast_to((dy / (kh * kw))[..., None, None], dy.shape + (kh, kw))
+    _scatter_windows(dx, g, kernel_size, stride, padding)
+
+
+def global_avgpool2d_forward(x, *, out=None):
+    return x.mean(axis=(2, 3))
+
+
+def global_avgpool2d_backward(dy, *, dx):
+    dx += (dy / (dx.shape[2] * dx.shape[3]))[:, :, None, None]
+
+
+def relu_forward(x, *, out=None):
+    return np.where(x < 0, 0.0, x).astype(x.dtype)
+
+
+def relu_backward(dy, x, *, dx):
+    dx += np.where(x > 0, dy, 0.0)
