@@ -4,3 +4,11 @@ from .lora import LoraLinear
 from .module import Module, ModuleList, Parameter
 
 __all__ = ["Linear", "LoraLinear", "Module", "ModuleList", "Parameter"]
+
+# CNN layers
+from .activation import ReLU  # noqa: E402
+from .batchnorm import BatchNorm2d  # noqa: E402
+from .conv import Conv2d  # noqa: E402
+from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d  # noqa: E402
+
+__all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d", "ReLU"]

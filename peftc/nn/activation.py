@@ -1,0 +1,28 @@
+"""Elementwise activation layers: ReLU."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .module import Module
+
+
+class ReLU(Module):
+    """y = max(x, 0). Caches its output (whose positive set is the input's) for the backward."""
+
+    def __init__(self) -> None:
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._y = F.relu_forward(x)
+        return self._y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError("ReLU.backward called before forward")
+        dx = np.zeros_like(self._y)
+        F.relu_backward(dy, self._y, dx=dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return "ReLU()"

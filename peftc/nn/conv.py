@@ -1,0 +1,88 @@
+"""Conv2d: 2-D convolution over NCHW images (dilation 1, one group), weights used in place."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..random import Generator
+from .module import Module, Parameter
+
+
+class Conv2d(Module):
+    """A convolution layer like ``torch.nn.Conv2d`` (dilation 1, groups 1, zero padding).
+
+    ``Conv2d(in_channels, out_channels, kernel_size)`` initialises as torch does (weight and bias
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels * KH * KW);
+    ``Conv2d.from_weights(w, b, stride, padding)`` wraps existing arrays without copying them.
+    The im2col scratch is kept between calls and reused while the geometry does not change.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
+                 generator: Generator | None = None) -> None:
+        g = generator or Generator(0)
+        kh, kw = F._pair(kernel_size, "kernel_size")
+        bound = 1.0 / np.sqrt(in_channels * kh * kw)
+        w = g.uniform((out_channels, in_channels, kh, kw), -bound, bound)
+        b = g.uniform((out_channels,), -bound, bound) if bias else None
+        self._init(w, b, stride, padding)
+
+    @classmethod
+    def from_weights(cls, weight: np.ndarray, bias: np.ndarray | None = None, stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] = 0) -> Conv2d:
+        layer = cls.__new__(cls)
+        layer._init(weight, bias, stride, padding)
+        return layer
+
+    def _init(self, weight: np.ndarray, bias: np.ndarray | None, stride, padding) -> None:
+        if weight.ndim != 4:
+            raise ValueError(f"Conv2d weight must be 4-D (out_channels, in_channels, KH, KW), got {weight.shape}")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"Conv2d bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias) if bias is not None else None
+        self.stride = F._pair(stride, "stride")
+        self.padding = F._pair(padding, "padding")
+        self._x: np.ndarray | None = None
+        self._work = np.empty(0, dtype=np.float32)
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+    def _workspace(self, x_shape: tuple[int, ...]) -> np.ndarray:
+        if len(x_shape) != 4:
+            raise ValueError(f"Conv2d input must be (N, C, H, W), got shape {tuple(x_shape)}")
+        out_hw = F.conv2d_output_size(x_shape[2:], self.kernel_size, self.stride, self.padding)
+        need = F.conv2d_workspace_size(self.in_channels, self.kernel_size, out_hw)
+        if self._work.size < need:
+            self._work = np.empty(need, dtype=np.float32)
+        return self._work[:need]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = F.conv2d_forward(x, self.weight.data, self.bias.data if self.bias is not None else None, self.stride,
+                             self.padding, work=self._workspace(np.shape(x)))
+        self._x = x
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        dx = np.zeros_like(self._x)
+        dw = self.weight.grad_buffer()
+        F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,
+                          dweight=dw, dbias=self.bias.grad_buffer() if self.bias is not None else None,
+                          work=self._workspace(self._x.shape))
+        return dx
+
+    def __repr__(self) -> str:
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None})")

@@ -1,0 +1,157 @@
+"""CNN layers in peftc.nn (Conv2d, BatchNorm2d, ReLU, pooling): a small network against torch.nn
+in every batch-norm mode, and the module conventions (cache, accumulation, frozen parameters)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peftc import nn
+from peftc.random import Generator
+
+from .conftest import assert_close, f32
+
+
+def small_cnn(seed: int = 0) -> list[nn.Module]:
+    g = Generator(seed)
+    return [nn.Conv2d(2, 4, 3, padding=1, generator=g), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 5, 3, stride=2, padding=1, bias=False, generator=g), nn.BatchNorm2d(5), nn.ReLU(),
+            nn.AvgPool2d(2, 1), nn.GlobalAvgPool2d()]
+
+
+def torch_copy(torch, layers):
+    tl = []
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            t = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                bias=m.bias is not None)
+            t.weight.data = torch.tensor(m.weight.data.copy())
+            if m.bias is not None:
+                t.bias.data = torch.tensor(m.bias.data.copy())
+        elif isinstance(m, nn.BatchNorm2d):
+            t = torch.nn.BatchNorm2d(m.num_features, m.eps, m.momentum)
+            t.weight.data = torch.tensor(m.weight.data.copy())
+            t.bias.data = torch.tensor(m.bias.data.copy())
+            t.running_mean.copy_(torch.tensor(m.running_mean))
+            t.running_var.copy_(torch.tensor(m.running_var))
+        elif isinstance(m, nn.ReLU):
+            t = torch.nn.ReLU()
+        elif isinstance(m, nn.MaxPool2d):
+            t = torch.nn.MaxPool2d(m.kernel_size, m.stride, m.padding)
+        elif isinstance(m, nn.AvgPool2d):
+            t = torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding)
+        else:
+            t = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        tl.append(t)
+    return torch.nn.Sequential(*tl)
+
+
+def run(layers, x, dy):
+    for m in layers:
+        x = m.forward(x)
+    y = x
+    for m in reversed(layers):
+        dy = m.backward(dy)
+    return y, dy
+
+
+def perturb_bn(layers, rng):
+    for m in layers:
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data[...] = 1.0 + 0.3 * f32(rng, m.num_features)
+            m.bias.data[...] = 0.3 * f32(rng, m.num_features)
+            m.running_mean[...] = 0.2 * f32(rng, m.num_features)
+            m.running_var[...] = 0.5 + np.abs(f32(rng, m.num_features))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "test_batch"])
+def test_small_cnn_matches_torch_in_every_batchnorm_mode(rng, torch, mode):
+    layers = small_cnn()
+    perturb_bn(layers, rng)
+    tmodel = torch_copy(torch, layers)
+    for m in layers:
+        if isinstance(m, nn.BatchNorm2d):
+            m.mode = mode
+    if mode == "test_batch":  # what TENT does to torch's BN layers
+        for t in tmodel:
+            if isinstance(t, torch.nn.BatchNorm2d):
+                t.track_running_stats, t.running_mean, t.running_var = False, None, None
+    tmodel.train(mode != "eval")
+    x = f32(rng, 6, 2, 8, 8)
+    dy = f32(rng, 6, 5)
+    y, dx = run(layers, x, dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tmodel(xt)
+    yt.backward(torch.tensor(dy))
+    assert_close(y, yt.detach().numpy(), 1e-5, 1e-5, "y")
+    assert_close(dx, xt.grad.numpy(), 1e-4, 1e-5, "dx")
+    for m, t in zip(layers, tmodel):
+        for name, p in m.named_parameters():
+            assert_close(p.grad, getattr(t, name).grad.numpy(), 1e-4, 1e-5, f"{type(m).__name__}.{name}")
+        if isinstance(m, nn.BatchNorm2d) and mode != "test_batch":
+            assert_close(m.running_mean, t.running_mean.numpy(), 1e-6, 1e-6, "running_mean")
+            assert_close(m.running_var, t.running_var.numpy(), 1e-5, 1e-6, "running_var")
+
+
+def test_batchnorm2d_test_batch_mode_leaves_running_stats_and_trains_only_affine(rng):
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean[...] = 0.5
+    bn.mode = "test_batch"
+    bn.train()  # a later model.train() keeps the batch statistics without updates
+    assert bn.mode == "test_batch"
+    x = f32(rng, 4, 3, 5, 5) + 2.0
+    y = bn.forward(x)
+    assert_close(y.mean(axis=(0, 2, 3)), np.zeros(3), 0, 1e-5, "batch-normalised mean")
+    np.testing.assert_array_equal(bn.running_mean, np.full(3, 0.5, np.float32))
+    np.testing.assert_array_equal(bn.running_var, np.ones(3, np.float32))
+    assert bn.num_batches_tracked == 0
+    bn.backward(f32(rng, *x.shape))
+    assert bn.weight.grad is not None and bn.bias.grad is not None
+    bn.mode = "eval"
+    assert not bn.training and bn.mode == "eval"
+    assert_close(bn.forward(x), (x - 0.5) / np.sqrt(1.0 + bn.eps), 1e-6, 1e-6, "eval uses running stats")
+
+
+def test_frozen_conv_and_bn_still_return_dx_and_allocate_no_grads(rng):
+    layers = small_cnn()
+    for m in layers:
+        m.requires_grad_(False)
+    x = f32(rng, 3, 2, 8, 8)
+    _, dx = run(layers, x, f32(rng, 3, 5))
+    assert dx.shape == x.shape and np.abs(dx).sum() > 0
+    assert all(p.grad is None for m in layers for p in m.parameters())
+
+
+def test_conv2d_backward_accumulates_across_calls(rng):
+    conv = nn.Conv2d(2, 3, 3, padding=1, generator=Generator(1))
+    x, dy = f32(rng, 2, 2, 5, 5), f32(rng, 2, 3, 5, 5)
+    conv.forward(x)
+    conv.backward(dy)
+    once = conv.weight.grad.copy()
+    conv.forward(x)
+    conv.backward(dy)
+    assert_close(conv.weight.grad, 2 * once, 1e-6, 1e-6, "accumulated dweight")
+
+
+def test_conv2d_from_weights_uses_arrays_in_place_and_handles_new_shapes(rng):
+    w, b = f32(rng, 3, 2, 3, 3), f32(rng, 3)
+    conv = nn.Conv2d.from_weights(w, b, stride=1, padding=1)
+    assert conv.weight.data is w
+    assert conv.forward(f32(rng, 2, 2, 6, 6)).shape == (2, 3, 6, 6)
+    assert conv.forward(f32(rng, 1, 2, 9, 7)).shape == (1, 3, 9, 7)  # the scratch grows as needed
+    with pytest.raises(ValueError, match="IC"):
+        conv.forward(f32(rng, 1, 4, 6, 6))
+
+
+def test_conv2d_init_matches_torch_bounds():
+    conv = nn.Conv2d(4, 6, 3, generator=Generator(3))
+    bound = 1.0 / np.sqrt(4 * 9)
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.bias.data).max() <= bound
+    assert np.abs(conv.weight.data).max() > 0.8 * bound
+
+
+def test_batchnorm2d_from_weights_and_invalid_mode():
+    bn = nn.BatchNorm2d.from_weights(np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                                     np.ones(2, np.float32))
+    assert [n for n, _ in bn.named_buffers()] == ["running_mean", "running_var"]
+    with pytest.raises(ValueError, match="mode"):
+        bn.mode = "adapt"
