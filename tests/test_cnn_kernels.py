@@ -252,7 +252,7 @@ def distinct(rng, *shape):
 
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GEOMETRIES)
-def test_maxpool2d_matches_reference_and_torch(rng, torch, kernel, stride, padding):
+def test_maxpool2d_matches_reference(rng, kernel, stride, padding):
     x = distinct(rng, 2, 3, 7, 6)
     y, am = F.maxpool2d_forward(x, kernel, stride, padding)
     y_ref, am_ref = R.maxpool2d_forward(x, kernel, stride, padding)
@@ -264,6 +264,15 @@ def test_maxpool2d_matches_reference_and_torch(rng, torch, kernel, stride, paddi
     dx_ref = np.zeros_like(x)
     R.maxpool2d_backward(dy, am_ref, dx=dx_ref)
     assert_close(dx, dx_ref, 1e-6, 1e-6, "dx vs reference")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", POOL_GEOMETRIES)
+def test_maxpool2d_matches_torch_autograd(rng, torch, kernel, stride, padding):
+    x = distinct(rng, 2, 3, 7, 6)
+    y, am = F.maxpool2d_forward(x, kernel, stride, padding)
+    dy = f32(rng, *y.shape)
+    dx = np.zeros_like(x)
+    F.maxpool2d_backward(dy, am, dx=dx)
     xt = torch.tensor(x, requires_grad=True)
     yt, it = torch.nn.functional.max_pool2d(xt, kernel, stride, padding, return_indices=True)
     yt.backward(torch.tensor(dy))
@@ -297,7 +306,7 @@ def test_maxpool2d_rejects_bad_indices_and_padding(rng):
 
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GEOMETRIES)
-def test_avgpool2d_matches_reference_and_torch(rng, torch, kernel, stride, padding):
+def test_avgpool2d_matches_reference(rng, kernel, stride, padding):
     x = f32(rng, 2, 3, 7, 6)
     y = F.avgpool2d_forward(x, kernel, stride, padding)
     assert_close(y, R.avgpool2d_forward(x, kernel, stride, padding), 1e-6, 1e-6, "y vs reference")
@@ -306,6 +315,15 @@ def test_avgpool2d_matches_reference_and_torch(rng, torch, kernel, stride, paddi
     F.avgpool2d_backward(dy, kernel, stride, padding, dx=dx)
     R.avgpool2d_backward(dy, kernel, stride, padding, dx=dx_ref)
     assert_close(dx, dx_ref, 1e-6, 1e-6, "dx vs reference")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", POOL_GEOMETRIES)
+def test_avgpool2d_matches_torch_autograd(rng, torch, kernel, stride, padding):
+    x = f32(rng, 2, 3, 7, 6)
+    y = F.avgpool2d_forward(x, kernel, stride, padding)
+    dy = f32(rng, *y.shape)
+    dx = np.zeros_like(x)
+    F.avgpool2d_backward(dy, kernel, stride, padding, dx=dx)
     xt = torch.tensor(x, requires_grad=True)
     yt = torch.nn.functional.avg_pool2d(xt, kernel, stride, padding)
     yt.backward(torch.tensor(dy))
@@ -323,7 +341,7 @@ def test_avgpool2d_backward_matches_finite_differences(rng):
     assert_close(dx, num, 1e-5, 1e-5, "dx")
 
 
-def test_global_avgpool2d_matches_reference_finite_differences_and_torch(rng, torch):
+def test_global_avgpool2d_matches_reference_and_finite_differences(rng):
     x = f32(rng, 3, 4, 5, 2)
     x64 = x.astype(np.float64)
     y = F.global_avgpool2d_forward(x)
@@ -333,12 +351,21 @@ def test_global_avgpool2d_matches_reference_finite_differences_and_torch(rng, to
     F.global_avgpool2d_backward(dy, dx=dx)
     num = numerical_grad(lambda: float(np.sum(R.global_avgpool2d_forward(x64) * dy)), x64)
     assert_close(dx, num, 1e-5, 1e-5, "dx vs finite differences")
+
+
+def test_global_avgpool2d_matches_torch_autograd(rng, torch):
+    x = f32(rng, 3, 4, 5, 2)
+    dy = f32(rng, 3, 4)
+    dx = np.zeros_like(x)
+    F.global_avgpool2d_backward(dy, dx=dx)
     xt = torch.tensor(x, requires_grad=True)
-    xt.mean(dim=(2, 3)).backward(torch.tensor(dy))
+    yt = xt.mean(dim=(2, 3))
+    assert_close(F.global_avgpool2d_forward(x), yt.detach().numpy(), 1e-6, 1e-6, "y vs torch")
+    yt.backward(torch.tensor(dy))
     assert_close(dx, xt.grad.numpy(), 1e-6, 1e-6, "dx vs torch")
 
 
-def test_relu_matches_reference_finite_differences_and_torch(rng, torch):
+def test_relu_matches_reference_and_finite_differences(rng):
     x = f32(rng, 3, 4, 5)
     x[np.abs(x) < 1e-3] = 0.5  # keep finite differences away from the kink
     x64 = x.astype(np.float64)
@@ -351,9 +378,18 @@ def test_relu_matches_reference_finite_differences_and_torch(rng, torch):
     np.testing.assert_array_equal(dx, dx_from_y)
     num = numerical_grad(lambda: float(np.sum(R.relu_forward(x64) * dy)), x64)
     assert_close(dx, num, 1e-6, 1e-6, "dx vs finite differences")
-    xt = torch.tensor(x, requires_grad=True)
-    torch.relu(xt).backward(torch.tensor(dy))
-    assert_close(dx, xt.grad.numpy(), 0, 0, "dx vs torch")
     assert np.isnan(F.relu_forward(np.array([np.nan, -1.0], np.float32))[0])
     with pytest.raises(ValueError, match="overlaps"):
         F.relu_forward(x, out=x)
+
+
+def test_relu_matches_torch_autograd(rng, torch):
+    x = f32(rng, 3, 4, 5)
+    dy = f32(rng, *x.shape)
+    dx = np.zeros_like(x)
+    F.relu_backward(dy, x, dx=dx)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.relu(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(F.relu_forward(x), yt.detach().numpy())
+    assert_close(dx, xt.grad.numpy(), 0, 0, "dx vs torch")
