@@ -155,3 +155,21 @@ def test_batchnorm2d_from_weights_and_invalid_mode():
     assert [n for n, _ in bn.named_buffers()] == ["running_mean", "running_var"]
     with pytest.raises(ValueError, match="mode"):
         bn.mode = "adapt"
+
+
+def test_running_statistics_travel_through_state_dict():
+    from peftc.nn import BatchNorm2d, Conv2d, Module
+
+    class Net(Module):
+        def __init__(self):
+            self.conv = Conv2d(1, 2, 3)
+            self.bn = BatchNorm2d(2)
+
+    a, b = Net(), Net()
+    a.bn.running_mean[...] = [0.5, -1.0]
+    a.bn.running_var[...] = [2.0, 3.0]
+    state = a.state_dict()
+    assert "bn.running_mean" in state and "bn.running_var" in state
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.bn.running_mean, [0.5, -1.0])
+    np.testing.assert_array_equal(b.bn.running_var, [2.0, 3.0])

@@ -24,7 +24,7 @@ class BatchNorm2d(Module):
     Set ``bn.mode = "test_batch"`` (or ``bn.use_batch_stats = True``) for TTA; a later
     ``model.train()`` / ``model.eval()`` changes ``training`` only. Without running buffers
     (``track_running_stats=False``) the batch statistics are always used. The running buffers are
-    plain arrays (not Parameters), reachable through :meth:`named_buffers`.
+    plain arrays (not Parameters), reachable through :meth:`named_buffers` and saved in :meth:`state_dict`.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
@@ -76,7 +76,7 @@ class BatchNorm2d(Module):
         self.training = value == "train"
         self.use_batch_stats = {"train": None, "eval": False, "test_batch": True}[value]
 
-    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+    def _own_buffers(self) -> list[tuple[str, np.ndarray]]:
         """The running statistics (empty without track_running_stats)."""
         if self.running_mean is None:
             return []

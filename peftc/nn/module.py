@@ -76,6 +76,16 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
 
+    def _own_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """Non-trainable state arrays of this module itself (running statistics); none by default."""
+        return []
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name, value in self._own_buffers():
+            yield (f"{prefix}.{name}" if prefix else name), value
+        for name, child in self.named_children():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
@@ -119,11 +129,15 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: p.data for name, p in self.named_parameters()}
+        """Parameters and buffers by dotted name (the arrays themselves, not copies)."""
+        state = {name: p.data for name, p in self.named_parameters()}
+        state.update(self.named_buffers())
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the existing parameters (shapes must match)."""
-        params = dict(self.named_parameters())
+        """Copy arrays into the existing parameters and buffers (shapes must match)."""
+        params = {name: p.data for name, p in self.named_parameters()}
+        params.update(self.named_buffers())
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         if strict and (missing or unexpected):
@@ -131,10 +145,10 @@ class Module:
         for name, value in state.items():
             if name not in params:
                 continue
-            p = params[name]
-            if value.shape != p.data.shape:
-                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, expected {p.data.shape}")
-            p.data[...] = value
+            target = params[name]
+            if value.shape != target.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, expected {target.shape}")
+            target[...] = value
 
 
 class ModuleList(Module):
