@@ -50,8 +50,9 @@ class TrainingConfig:
     """Hyper-parameters of a run. ``max_steps`` (if set) overrides ``num_epochs``.
 
     ``warmup_steps`` wins over ``warmup_ratio`` when both are given. ``eval_every`` / ``save_every``
-    are in optimizer steps; ``eval_every=None`` evaluates at the end of each epoch and
-    ``save_every=None`` saves only at the end (when ``output_dir`` is set).
+    are in optimizer steps; ``eval_every=None`` evaluates at the end of each epoch, and the last
+    step is always evaluated (when there are eval data). ``save_every=None`` saves only at the end
+    (when ``output_dir`` is set).
     """
 
     learning_rate: float = 1e-3
@@ -215,6 +216,9 @@ class Trainer:
                     self.batch_in_epoch = 0
         finally:
             bar.close()
+        evaluated = any(e["step"] == self.global_step and "eval_accuracy" in e for e in self.history)
+        if self.global_step >= self.total_steps and self.eval_data is not None and not evaluated:
+            self._log_eval()
         if cfg.output_dir:
             self.save_checkpoint(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
         return self.history

@@ -92,3 +92,13 @@ def test_subsample_per_class_is_seeded_and_capped(glosses):
 def test_missing_wordnet_files_name_the_debian_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="wordnet-base"):
         wn.load_wordnet_glosses(tmp_path)
+
+
+def test_split_of_tiny_classes_never_overlaps():
+    ids = [f"{i:08d}-n" for i in range(7)]
+    labels = np.array([0, 0, 0, 1, 1, 2, 2], dtype=np.int64)
+    parts = wn.stratified_split_indices(ids, labels, seed=3, fractions=(0.0, 0.5, 0.5))
+    rows = np.concatenate(list(parts.values()))
+    assert len(rows) == 7 and len(np.unique(rows)) == 7
+    with pytest.raises(ValueError, match="fractions"):
+        wn.stratified_split_indices(ids, labels, fractions=(0.8, 0.1, 0.2))
