@@ -102,3 +102,9 @@ def test_split_of_tiny_classes_never_overlaps():
     assert len(rows) == 7 and len(np.unique(rows)) == 7
     with pytest.raises(ValueError, match="fractions"):
         wn.stratified_split_indices(ids, labels, fractions=(0.8, 0.1, 0.2))
+
+
+def test_input_texts_can_prefix_the_lemmas(glosses):
+    dog = glosses.subset([glosses.ids.index("02084071-n")])
+    assert dog.input_texts() == dog.texts
+    assert dog.input_texts(with_lemmas=True)[0].startswith("dog, domestic dog, Canis familiaris: a member of")

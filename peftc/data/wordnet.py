@@ -59,6 +59,12 @@ class WordNetGlosses:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def input_texts(self, with_lemmas: bool = False) -> list[str]:
+        """The model inputs: the gloss texts, or ``"lemma, lemma: gloss"`` with ``with_lemmas=True``."""
+        if not with_lemmas:
+            return list(self.texts)
+        return [f"{', '.join(words)}: {text}" for words, text in zip(self.lemmas, self.texts)]
+
     def class_counts(self) -> np.ndarray:
         """(41,) int64: examples per class."""
         return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
