@@ -8,3 +8,9 @@ from .random import Generator
 
 __version__ = "0.1.0"
 __all__ = ["Generator", "functional", "nn", "optim", "reference", "__version__"]
+
+# -- data-trainer family: data sets, schedules, checkpoints, the Trainer ----------------------------
+from . import data, schedule  # noqa: E402
+from .train import Trainer, TrainingConfig  # noqa: E402
+
+__all__ += ["Trainer", "TrainingConfig", "data", "schedule"]

@@ -12,3 +12,8 @@ from .conv import Conv2d  # noqa: E402
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d  # noqa: E402
 
 __all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d", "ReLU"]
+
+# losses
+from .loss import CrossEntropyLoss  # noqa: E402
+
+__all__ += ["CrossEntropyLoss"]
