@@ -1,0 +1,60 @@
+"""SentenceClassifier: a BERT encoder, mean pooling over real tokens, and a linear head.
+
+MiniLM (all-MiniLM-L6-v2) was trained with mean pooling, so the head reads the mean of the last
+hidden state over unmasked tokens, as its sentence embedding does (without the L2 norm). Module
+names follow Hugging Face's ``BertForSequenceClassification`` (``bert.encoder.layer.0...``,
+``classifier``), so adapter files carry the names PEFT would give them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import Dropout, Linear, Module
+from ..random import Generator
+from .bert import BertModel
+
+
+def trim_padding(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the trailing columns that are padding in every row (right-padded batches)."""
+    if attention_mask.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {attention_mask.shape}, input_ids has {input_ids.shape}")
+    used = np.flatnonzero(attention_mask.any(axis=0))
+    t = int(used[-1]) + 1 if used.size else 1
+    if t == input_ids.shape[1]:
+        return input_ids, attention_mask
+    return np.ascontiguousarray(input_ids[:, :t]), np.ascontiguousarray(attention_mask[:, :t])
+
+
+class SentenceClassifier(Module):
+    """``forward(batch)`` with ``batch = {"input_ids", "attention_mask"}`` (int64 (B, T)) -> logits (B, C)."""
+
+    def __init__(self, bert: BertModel, num_labels: int, dropout: float = 0.0, generator: Generator | None = None):
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be >= 2, got {num_labels}")
+        g = generator or Generator(0)
+        self.bert = bert
+        self.dropout = Dropout(dropout, g)
+        self.classifier = Linear(bert.config.hidden_size, num_labels, generator=g)
+        self._cache: tuple | None = None
+
+    def pooled(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Mean of the last hidden state over real tokens: (B, H)."""
+        ids, mask = trim_padding(input_ids, attention_mask)
+        hidden = self.bert(ids, mask)
+        self._cache = (hidden.shape, mask)
+        return F.mean_pool_forward(hidden, mask)
+
+    def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.classifier(self.dropout(self.pooled(batch["input_ids"], batch["attention_mask"])))
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        dpooled = self.dropout.backward(self.classifier.backward(dlogits))
+        if self._cache is None:
+            raise RuntimeError("SentenceClassifier.backward called before forward")
+        if not any(p.requires_grad for p in self.bert.parameters()):
+            return  # a frozen encoder (linear probe): nothing below the head to update
+        shape, mask = self._cache
+        dhidden = np.zeros(shape, dtype=np.float32)
+        F.mean_pool_backward(dpooled, mask, dx=dhidden)
+        self.bert.backward(dhidden)
