@@ -6,23 +6,28 @@
 
 #include "peftc.h"
 
-peftc_status peftc_adamw_step(float *param, float *m, float *v, const float *grad, float lr, float beta1,
-                              float beta2, float eps, float weight_decay, int64_t step, int64_t P)
+peftc_status peftc_adamw_step(float *param, float *m, float *v, const float *grad, double lr, double beta1,
+                              double beta2, double eps, double weight_decay, int64_t step, int64_t P)
 {
     if (P < 0)
         return PEFTC_ERR_SIZE;
-    if (step < 1 || !(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f) || !(eps >= 0.0f))
+    if (step < 1 || !(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0) || !(eps >= 0.0))
         return PEFTC_ERR_ARG;
-    const double bc1 = 1.0 - pow((double)beta1, (double)step);
-    const double bc2_sqrt = sqrt(1.0 - pow((double)beta2, (double)step));
-    const float step_size = (float)((double)lr / bc1);
-    const float decay = 1.0f - lr * weight_decay;
+    /* Hyper-parameters arrive in double and each scalar is rounded to float only once formed, as
+     * torch does: 1 - beta2 from a float beta2 = 0.999f would be off by 1.3e-5 relative. */
+    const float b2 = (float)beta2;
+    const float one_minus_b1 = (float)(1.0 - beta1);
+    const float one_minus_b2 = (float)(1.0 - beta2);
+    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)step)));
+    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)step));
+    const float decay = (float)(1.0 - lr * weight_decay);
+    const float epsf = (float)eps;
     for (int64_t i = 0; i < P; i++) {
         const float g = grad[i];
         param[i] *= decay;
-        m[i] += (g - m[i]) * (1.0f - beta1); /* torch: exp_avg.lerp_(grad, 1 - beta1) */
-        v[i] = v[i] * beta2 + (1.0f - beta2) * g * g;
-        const float denom = sqrtf(v[i]) / (float)bc2_sqrt + eps;
+        m[i] += (g - m[i]) * one_minus_b1; /* torch: exp_avg.lerp_(grad, 1 - beta1) */
+        v[i] = v[i] * b2 + one_minus_b2 * g * g;
+        const float denom = sqrtf(v[i]) / bc2_sqrt + epsf;
         param[i] -= step_size * (m[i] / denom);
     }
     return PEFTC_OK;

@@ -92,8 +92,8 @@ peftc_status peftc_cross_entropy_backward(float *dlogits /* (N,C) accumulated */
 
 /* ---- optimizers (optim.c): one step over a flat parameter, same math as torch.optim ---------- */
 peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */,
-                              float *v /* (P) updated */, const float *grad /* (P) */, float lr, float beta1,
-                              float beta2, float eps, float weight_decay, int64_t step /* 1-based */,
+                              float *v /* (P) updated */, const float *grad /* (P) */, double lr, double beta1,
+                              double beta2, double eps, double weight_decay, int64_t step /* 1-based */,
                               int64_t P);
 peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) updated, or NULL if momentum == 0 */,
                             const float *grad /* (P) */, float lr, float momentum, float dampening,

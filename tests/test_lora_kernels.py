@@ -97,3 +97,34 @@ def test_lora_matches_torch_autograd(rng, torch, p):
     assert_close(y, yt.detach().numpy(), 1e-5, 1e-5, "y")
     for k in grads:
         assert_close(grads[k], t[k].grad.numpy(), 1e-5, 1e-5, f"d{k}")
+
+
+@pytest.mark.parametrize("r,alpha,rslora,expected", [(8, 16.0, False, 2.0), (16, 16.0, True, 4.0), (1, 3.0, True, 3.0)])
+def test_lora_scaling_is_alpha_over_r_or_over_sqrt_r_with_rslora(r, alpha, rslora, expected):
+    assert F.lora_scaling(r, alpha, rslora) == expected
+    assert R.lora_scaling(r, alpha, rslora) == expected
+
+
+@pytest.mark.parametrize("r", [0, -2])
+def test_lora_scaling_rejects_non_positive_rank(r):
+    with pytest.raises(ValueError, match="r"):
+        F.lora_scaling(r, 8.0)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4])
+def test_lora_backward_matches_reference(rng, p):
+    c = lora_case(rng)
+    dy = f32(rng, N, OC)
+    s, seed, offset = 0.75, 5, 17
+    y, xd, u = F.lora_forward(c["x"], c["weight"], c["bias"], c["lora_A"], c["lora_B"], c["lora_bias"], s, p,
+                              seed, offset)
+    xin = xd if p > 0 else c["x"]
+    got = {k: f32(rng, *c[k].shape) for k in ("x", "lora_A", "lora_B", "lora_bias")}
+    want = {k: v.astype(np.float64) for k, v in got.items()}
+    F.lora_backward(dy, xin, u, c["weight"], c["lora_A"], c["lora_B"], s, p, seed, offset, dx=got["x"],
+                    dlora_A=got["lora_A"], dlora_B=got["lora_B"], dlora_bias=got["lora_bias"])
+    R.lora_backward(dy.astype(np.float64), xin.astype(np.float64), u.astype(np.float64), c["weight"], c["lora_A"],
+                    c["lora_B"], s, p, seed, offset, dx=want["x"], dlora_A=want["lora_A"], dlora_B=want["lora_B"],
+                    dlora_bias=want["lora_bias"])
+    for k in got:
+        assert_close(got[k], want[k], 1e-5, 1e-5, f"d{k}")

@@ -59,9 +59,9 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *o_param, *o_m, *o_v, *o_grad;
-    float lr, beta1, beta2, eps, wd;
+    double lr, beta1, beta2, eps, wd;
     long long step;
-    if (!PyArg_ParseTuple(args, "OOOOfffffL:adamw_step", &o_param, &o_m, &o_v, &o_grad, &lr, &beta1, &beta2, &eps,
+    if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &o_param, &o_m, &o_v, &o_grad, &lr, &beta1, &beta2, &eps,
                           &wd, &step))
         return NULL;
     ArgCheck ck;
@@ -71,7 +71,7 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
         arg_f32(&ck, "v", o_v, "*", ARG_OUT, &v) < 0 || arg_f32(&ck, "grad", o_grad, "*", ARG_IN, &grad) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
-    if (step < 1 || !(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f) || !(eps >= 0.0f)) {
+    if (step < 1 || !(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0) || !(eps >= 0.0)) {
         PyErr_Format(PyExc_ValueError, "adamw_step: needs step >= 1, betas in [0, 1) and eps >= 0 (step=%lld)", step);
         return NULL;
     }
