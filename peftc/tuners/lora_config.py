@@ -185,12 +185,9 @@ class LoraConfig:
         return cls.from_dict(data)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write adapter_config.json into save_directory (atomically), with inference_mode true as PEFT does."""
+        """Write adapter_config.json into save_directory (atomically)."""
         os.makedirs(save_directory, exist_ok=True)
-        data = self.to_dict()
-        data["inference_mode"] = True
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        write_bytes_atomic(os.path.join(save_directory, CONFIG_NAME), text.encode("utf-8"))
+        write_bytes_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string().encode("utf-8"))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> LoraConfig:

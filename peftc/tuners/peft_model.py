@@ -189,12 +189,13 @@ class PeftModel(Module):
 
     # -- files -------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write adapter_config.json and adapter_model.safetensors in PEFT's format (each atomically)."""
+        """Write adapter_config.json (inference_mode true, as PEFT writes it) and adapter_model.safetensors
+        in PEFT's format, each atomically."""
         if any(layer.merged for layer in self._lora_layers()):
             raise RuntimeError("save_pretrained on a merged model: call unmerge_adapter() first")
         config = self.active_peft_config
         save_adapter_weights(self.get_base_model(), config.bias, save_directory)
-        config.save_pretrained(save_directory)
+        dataclasses.replace(config, inference_mode=True).save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(cls, model: Module, model_id: str | os.PathLike, adapter_name: str = "default",
