@@ -18,20 +18,21 @@ class ModulesToSaveWrapper(Module):
         self.original_module.requires_grad_(False)
         self.modules_to_save.requires_grad_(True)
         self.disabled = False
-        self._ran: Module | None = None
+        # which module the last forward ran (a flag: a Module attribute would count as a child)
+        self._ran_original: bool | None = None
 
     @property
     def active_module(self) -> Module:
         return self.original_module if self.disabled else self.modules_to_save
 
     def forward(self, *args, **kwargs):
-        self._ran = self.active_module
-        return self._ran.forward(*args, **kwargs)
+        self._ran_original = self.disabled
+        return self.active_module.forward(*args, **kwargs)
 
     def backward(self, dy):
-        if self._ran is None:
+        if self._ran_original is None:
             raise RuntimeError("ModulesToSaveWrapper.backward called before forward")
-        return self._ran.backward(dy)
+        return (self.original_module if self._ran_original else self.modules_to_save).backward(dy)
 
     def __repr__(self) -> str:
         return f"ModulesToSaveWrapper({self.original_module!r})"
