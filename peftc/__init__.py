@@ -8,3 +8,9 @@ from .random import Generator
 
 __version__ = "0.1.0"
 __all__ = ["Generator", "functional", "nn", "optim", "reference", "__version__"]
+
+# -- PEFT-like API (tuners, adapter files) ----------------------------------------------------------
+from . import io, tuners  # noqa: E402
+from .tuners import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+
+__all__ += ["LoraConfig", "PeftModel", "get_peft_model", "io", "tuners"]

@@ -141,3 +141,32 @@ def test_gradients_match_peft_autograd(torch, rng):
             assert_close(by_name[_our_name(name)].grad, p.grad.numpy(), rtol=1e-4, atol=1e-5, name=name)
             checked += 1
     assert checked == len(list(ours.trainable_parameters())) == 26
+
+
+def test_training_steps_change_only_trainable_parameters(rng):
+    from peftc.optim import AdamW
+
+    model = _peft(r=2, lora_dropout=0.1, modules_to_save=["classifier"], bias="lora_only")
+    frozen = {n: p.data.copy() for n, p in model.named_parameters() if not p.requires_grad}
+    x, target = f32(rng, 16, HIDDEN), f32(rng, 16, 3)
+    opt = AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        diff = model(x) - target
+        losses.append(float((diff ** 2).mean()))
+        model.backward((2.0 / diff.size) * diff)
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0], losses
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert np.array_equal(p.data, frozen[name]), name
+
+
+def test_nested_modules_to_save_matches_wrap_the_outer_module_once():
+    model = _peft(target_modules=["intermediate.dense"], modules_to_save=["attention", "self"])
+    layer = model.get_base_model().encoder.layer[0]
+    assert isinstance(layer.attention, ModulesToSaveWrapper)
+    assert not isinstance(layer.attention.modules_to_save.self, ModulesToSaveWrapper)
+    assert layer.attention.self is layer.attention.modules_to_save.self
+    assert np.isfinite(model(np.ones((2, HIDDEN), np.float32))).all()

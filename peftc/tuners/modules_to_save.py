@@ -25,6 +25,13 @@ class ModulesToSaveWrapper(Module):
     def active_module(self) -> Module:
         return self.original_module if self.disabled else self.modules_to_save
 
+    def __getattr__(self, name: str):
+        # model code that reaches into the wrapped module (self.attention.self.query) gets the active module's
+        # attribute; only called for names the wrapper itself lacks
+        if name.startswith("__") or "modules_to_save" not in vars(self):
+            raise AttributeError(name)
+        return getattr(self.active_module, name)
+
     def forward(self, *args, **kwargs):
         self._ran_original = self.disabled
         return self.active_module.forward(*args, **kwargs)

@@ -71,10 +71,15 @@ class PeftModel(Module):
             # PEFT's rule for modules_to_save is a plain (not dotted) suffix match
             names = [n for n, _ in model.named_modules()
                      if n and any(n.endswith(m) for m in config.modules_to_save)]
+            wrapped: list[str] = []
             for name in names:
+                # a match inside a module already copied is part of that copy
+                if any(name.startswith(w + ".") for w in wrapped):
+                    continue
                 module = model.get_submodule(name)
                 if not isinstance(module, ModulesToSaveWrapper):
                     model.set_submodule(name, ModulesToSaveWrapper(module))
+                wrapped.append(name)
 
     @staticmethod
     def _mark_trainable(model: Module, config: LoraConfig) -> None:
