@@ -93,7 +93,9 @@ def make_torch_twin(torch, weights: dict[str, np.ndarray]):
     class Self(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.query, self.key, self.value = nn.Linear(HIDDEN, HIDDEN), nn.Linear(HIDDEN, HIDDEN), nn.Linear(HIDDEN, HIDDEN)
+            self.query = nn.Linear(HIDDEN, HIDDEN)
+            self.key = nn.Linear(HIDDEN, HIDDEN)
+            self.value = nn.Linear(HIDDEN, HIDDEN)
 
     class Attention(nn.Module):
         def __init__(self) -> None:

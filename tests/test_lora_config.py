@@ -13,8 +13,9 @@ FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules"
           "layers_pattern", "task_type", "base_model_name_or_path", "inference_mode")
 
 
-def test_config_defaults_match_peft():
-    peft = pytest.importorskip("peft")
+def test_config_defaults_match_peft(torch):
+    import peft
+
     ours, theirs = LoraConfig(), peft.LoraConfig()
     for name in FIELDS:
         assert getattr(ours, name) == getattr(theirs, name), name
@@ -58,8 +59,9 @@ def test_config_dict_round_trip_keeps_every_field():
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
 
 
-def test_config_written_keys_are_all_known_to_peft(tmp_path):
-    peft = pytest.importorskip("peft")
+def test_config_written_keys_are_all_known_to_peft(tmp_path, torch):
+    import peft
+
     LoraConfig(r=4, target_modules=["query"], rank_pattern={"query": 2}).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "adapter_config.json").read_text())
     known = {f.name for f in dataclasses.fields(peft.LoraConfig)}
@@ -69,8 +71,9 @@ def test_config_written_keys_are_all_known_to_peft(tmp_path):
     assert loaded.r == 4 and set(loaded.target_modules) == {"query"}
 
 
-def test_config_reads_a_file_written_by_peft(tmp_path):
-    peft = pytest.importorskip("peft")
+def test_config_reads_a_file_written_by_peft(tmp_path, torch):
+    import peft
+
     theirs = peft.LoraConfig(r=4, lora_alpha=12, target_modules=["query", "value"], use_rslora=True,
                              rank_pattern={"value": 2}, alpha_pattern={"query": 5}, modules_to_save=["classifier"],
                              task_type="SEQ_CLS")

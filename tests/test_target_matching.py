@@ -40,9 +40,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("kwargs", CASES, ids=[str(i) for i in range(len(CASES))])
-def test_matching_agrees_with_peft_check_target_module_exists(kwargs):
-    pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
+def test_matching_agrees_with_peft_check_target_module_exists(kwargs, torch):
+    import peft
     from peft.tuners.tuners_utils import check_target_module_exists as peft_check
 
     ours, theirs = LoraConfig(**kwargs), peft.LoraConfig(**kwargs)
@@ -52,9 +51,9 @@ def test_matching_agrees_with_peft_check_target_module_exists(kwargs):
 
 @pytest.mark.parametrize("patterns", [["value"], ["layer.1.attention.self.value", "query"], [r"layer\.[01]\..*"],
                                       ["dense", "output.dense"], ["lue"]])
-def test_pattern_keys_agree_with_peft_get_pattern_key(patterns):
-    pytest.importorskip("torch")
-    other = pytest.importorskip("peft.utils.other")
+def test_pattern_keys_agree_with_peft_get_pattern_key(patterns, torch):
+    from peft.utils import other
+
     for key in BERT_NAMES:
         assert get_pattern_key(patterns, key) == other.get_pattern_key(patterns, key), key
 
@@ -70,8 +69,8 @@ def test_all_linear_targets_every_linear_but_the_classifier():
 
 
 def test_rank_and_alpha_patterns_set_per_module_rank_and_scale():
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], rank_pattern={"layer.1.attention.self.value": 2},
-                     alpha_pattern={"value": 3})
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                     rank_pattern={"layer.1.attention.self.value": 2}, alpha_pattern={"value": 3})
     model = get_peft_model(_model(), cfg).get_base_model()
     v0, v1 = model.encoder.layer[0].attention.self.value, model.encoder.layer[1].attention.self.value
     q1 = model.encoder.layer[1].attention.self.query
