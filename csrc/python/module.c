@@ -6,11 +6,14 @@
 extern PyMethodDef peftc_py_lora_methods[];
 extern PyMethodDef peftc_py_random_methods[];
 extern PyMethodDef peftc_py_train_methods[];
+/* transformer encoder family */
+extern PyMethodDef peftc_py_encoder_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
     peftc_py_random_methods,
     peftc_py_train_methods,
+    peftc_py_encoder_methods, /* transformer encoder family */
 };
 
 static struct PyModuleDef moduledef = {
