@@ -4,3 +4,12 @@ from .lora import LoraLinear
 from .module import Module, ModuleList, Parameter
 
 __all__ = ["Linear", "LoraLinear", "Module", "ModuleList", "Parameter"]
+
+# transformer encoder family
+from .activation import GELU  # noqa: E402
+from .attention import SelfAttention  # noqa: E402
+from .dropout import Dropout  # noqa: E402
+from .embedding import BertEmbeddings, Embedding  # noqa: E402
+from .layernorm import LayerNorm  # noqa: E402
+
+__all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "SelfAttention"]
