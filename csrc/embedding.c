@@ -44,7 +44,7 @@ peftc_status peftc_embedding_forward(float *out, const int64_t *ids, const int64
 }
 
 peftc_status peftc_embedding_backward(float *dwte, float *dwpe, float *dwtt, const float *dout, const int64_t *ids,
-                                      const int64_t *types, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP,
+                                      const int64_t *types, int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP,
                                       int64_t NT)
 {
     if (!embedding_sizes_ok(B, T, H, V, NP, NT))
@@ -56,7 +56,7 @@ peftc_status peftc_embedding_backward(float *dwte, float *dwpe, float *dwtt, con
         for (int64_t t = 0; t < T; t++) {
             const int64_t n = b * T + t;
             const float *d = dout + n * H;
-            if (dwte) {
+            if (dwte && ids[n] != padding_idx) {
                 float *g = dwte + ids[n] * H;
                 for (int64_t c = 0; c < H; c++)
                     g[c] += d[c];

@@ -112,12 +112,13 @@ peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const
                                      const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
                                      const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B,
                                      int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
-/* scatter-add of dout into the rows each token read; any gradient table may be NULL */
+/* scatter-add of dout into the rows each token read; any gradient table may be NULL. Tokens whose id
+ * is padding_idx add nothing to dwte (torch's nn.Embedding padding_idx); -1 means no such id. */
 peftc_status peftc_embedding_backward(float *dwte /* (V,H) accumulated, or NULL */,
                                       float *dwpe /* (NP,H) accumulated, or NULL */,
                                       float *dwtt /* (NT,H) accumulated, or NULL */, const float *dout /* (B,T,H) */,
                                       const int64_t *ids /* (B,T) */, const int64_t *types /* (B,T) or NULL */,
-                                      int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
+                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
 
 /* ---- LayerNorm over the last axis (layernorm.c): out = (x - mean) * rstd * w + b ------------ */
 peftc_status peftc_layernorm_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,

@@ -173,12 +173,15 @@ def embedding_forward(input_ids: np.ndarray, token_type_ids: np.ndarray | None, 
     return y
 
 
-def embedding_backward(dout: np.ndarray, input_ids: np.ndarray, token_type_ids: np.ndarray | None, *,
-                       dword_embeddings: np.ndarray | None = None, dposition_embeddings: np.ndarray | None = None,
+def embedding_backward(dout: np.ndarray, input_ids: np.ndarray, token_type_ids: np.ndarray | None,
+                       padding_idx: int | None = None, *, dword_embeddings: np.ndarray | None = None, dposition_embeddings: np.ndarray | None = None,
                        dtoken_type_embeddings: np.ndarray | None = None) -> None:
-    """Scatter-add dout (B, T, H) into the rows of each table that the forward read."""
+    """Scatter-add dout (B, T, H) into the rows of each table that the forward read.
+
+    Tokens whose id is ``padding_idx`` add nothing to the word table (torch's ``padding_idx``).
+    """
     _C.embedding_backward(dword_embeddings, dposition_embeddings, dtoken_type_embeddings, dout, input_ids,
-                          token_type_ids)
+                          token_type_ids, -1 if padding_idx is None else padding_idx)
 
 
 def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = LAYER_NORM_EPS, *,

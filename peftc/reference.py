@@ -173,12 +173,13 @@ def embedding_forward(input_ids, token_type_ids, word_embeddings, position_embed
     return word_embeddings[input_ids] + position_embeddings[:t][None] + token_type_embeddings[types]
 
 
-def embedding_backward(dout, input_ids, token_type_ids, *, dword_embeddings=None, dposition_embeddings=None,
+def embedding_backward(dout, input_ids, token_type_ids, padding_idx=None, *, dword_embeddings=None, dposition_embeddings=None,
                        dtoken_type_embeddings=None):
     h = dout.shape[-1]
     types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     if dword_embeddings is not None:
-        np.add.at(dword_embeddings, input_ids.reshape(-1), dout.reshape(-1, h))
+        keep = input_ids.reshape(-1) != (-1 if padding_idx is None else padding_idx)
+        np.add.at(dword_embeddings, input_ids.reshape(-1)[keep], dout.reshape(-1, h)[keep])
     if dposition_embeddings is not None:
         dposition_embeddings[:dout.shape[1]] += dout.sum(axis=0)
     if dtoken_type_embeddings is not None:

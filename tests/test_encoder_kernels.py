@@ -48,6 +48,21 @@ def test_embedding_backward_scatter_adds_repeated_ids(rng):
     assert_close(got["wpe"][T:], np.zeros((NP - T, H)), 0, 0, "unused positions")
 
 
+def test_embedding_backward_skips_padding_idx_like_torch(rng, torch):
+    c = embed_case(rng)
+    c["ids"][0, 3:] = 0
+    dout = f32(rng, B, T, H)
+    dwte = np.zeros_like(c["wte"])
+    F.embedding_backward(dout, c["ids"], c["types"], 0, dword_embeddings=dwte)
+    want = np.zeros_like(c["wte"])
+    R.embedding_backward(dout, c["ids"], c["types"], 0, dword_embeddings=want)
+    emb = torch.nn.Embedding(V, H, padding_idx=0)
+    emb(torch.tensor(c["ids"])).backward(torch.tensor(dout))
+    assert_close(dwte, want, 1e-5, 1e-5, "dwte vs reference")
+    assert_close(dwte, emb.weight.grad.numpy(), 1e-5, 1e-5, "dwte vs torch")
+    assert np.all(dwte[0] == 0.0)
+
+
 def test_embedding_rejects_ids_out_of_range(rng):
     c = embed_case(rng)
     bad = c["ids"].copy()

@@ -79,7 +79,9 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *o_dwte, *o_dwpe, *o_dwtt, *o_dout, *o_ids, *o_types;
-    if (!PyArg_ParseTuple(args, "OOOOOO:embedding_backward", &o_dwte, &o_dwpe, &o_dwtt, &o_dout, &o_ids, &o_types))
+    long long padding_idx;
+    if (!PyArg_ParseTuple(args, "OOOOOOL:embedding_backward", &o_dwte, &o_dwpe, &o_dwtt, &o_dout, &o_ids, &o_types,
+                          &padding_idx))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "embedding_backward");
@@ -95,7 +97,7 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
     const int64_t T = arg_dim(&ck, "T");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_embedding_backward(dwte, dwpe, dwtt, dout, ids, types, arg_dim(&ck, "B"), T, arg_dim(&ck, "H"),
+    st = peftc_embedding_backward(dwte, dwpe, dwtt, dout, ids, types, padding_idx, arg_dim(&ck, "B"), T, arg_dim(&ck, "H"),
                                   V >= 0 ? V : INT64_MAX, NP >= 0 ? NP : T, NT >= 0 ? NT : INT64_MAX);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
@@ -424,7 +426,7 @@ PyMethodDef peftc_py_encoder_methods[] = {
     {"embedding_forward", py_embedding_forward, METH_VARARGS,
      "embedding_forward(out, input_ids, token_type_ids, word, position, token_type): summed embeddings"},
     {"embedding_backward", py_embedding_backward, METH_VARARGS,
-     "embedding_backward(dword, dposition, dtoken_type, dout, input_ids, token_type_ids): scatter-add"},
+     "embedding_backward(dword, dposition, dtoken_type, dout, input_ids, token_type_ids, padding_idx): scatter-add"},
     {"layernorm_forward", py_layernorm_forward, METH_VARARGS, "layernorm_forward(out, mean, rstd, x, weight, bias, eps)"},
     {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
      "layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd): accumulate"},

@@ -207,7 +207,7 @@ class BertModel(Module):
         emb = BertEmbeddings(Embedding.from_weights(take("embeddings.word_embeddings.weight")),
                              Embedding.from_weights(take("embeddings.position_embeddings.weight")),
                              Embedding.from_weights(take("embeddings.token_type_embeddings.weight")),
-                             norm("embeddings.LayerNorm"), config.hidden_dropout_prob, g)
+                             norm("embeddings.LayerNorm"), config.hidden_dropout_prob, g, config.pad_token_id)
         layers = []
         for i in range(config.num_hidden_layers):
             p = f"encoder.layer.{i}."

@@ -58,17 +58,19 @@ class BertEmbeddings(Module):
 
     Absolute positions 0..T-1. The three tables are :class:`Embedding` children named as in the
     checkpoint (``word_embeddings``, ``position_embeddings``, ``token_type_embeddings``, ``LayerNorm``)
-    but the forward sums them in one fused kernel.
+    but the forward sums them in one fused kernel. As in Hugging Face, the word row ``padding_idx``
+    (config.pad_token_id) gets no gradient.
     """
 
     def __init__(self, word_embeddings: Embedding, position_embeddings: Embedding,
                  token_type_embeddings: Embedding, layer_norm: LayerNorm, dropout: float = 0.0,
-                 generator: Generator | None = None) -> None:
+                 generator: Generator | None = None, padding_idx: int | None = None) -> None:
         self.word_embeddings = word_embeddings
         self.position_embeddings = position_embeddings
         self.token_type_embeddings = token_type_embeddings
         self.LayerNorm = layer_norm
         self.dropout = Dropout(dropout, generator)
+        self.padding_idx = padding_idx
         self._ids: tuple[np.ndarray, np.ndarray | None] | None = None
 
     def forward(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None = None) -> np.ndarray:
@@ -92,5 +94,5 @@ class BertEmbeddings(Module):
         dp = self.position_embeddings.weight.grad_buffer()
         dt = self.token_type_embeddings.weight.grad_buffer()
         if dw is not None or dp is not None or dt is not None:
-            F.embedding_backward(ds, self._ids[0], self._ids[1], dword_embeddings=dw, dposition_embeddings=dp,
+            F.embedding_backward(ds, self._ids[0], self._ids[1], self.padding_idx, dword_embeddings=dw, dposition_embeddings=dp,
                                  dtoken_type_embeddings=dt)
