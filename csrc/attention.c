@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "blas.h"
+#include "fastmath.h"
 
 static int attention_args_ok(float p, int64_t B, int64_t T, int64_t H, int64_t NH)
 {
@@ -18,27 +19,37 @@ static uint64_t att_counter(uint64_t offset, int64_t bh, int64_t i, int64_t T)
 }
 
 /* Row i of one (b, h) score block: scale, exclude masked and (if causal) future keys, softmax in
- * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. */
+ * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. The exp loop
+ * is branch-free so that it vectorises; the sum is a separate loop. */
 static void masked_softmax_row(float *row, const int64_t *keymask, int causal, int64_t i, float scale, int64_t T)
 {
     const int64_t last = causal ? i + 1 : T;
     float mx = -INFINITY;
-    for (int64_t j = 0; j < last; j++)
-        if (!keymask || keymask[j])
-            mx = fmaxf(mx, row[j] * scale);
+    for (int64_t j = 0; j < last; j++) {
+        const float s = row[j] * scale;
+        mx = (!keymask || keymask[j]) && s > mx ? s : mx;
+    }
     if (mx == -INFINITY) {
         for (int64_t j = 0; j < T; j++)
             row[j] = 0.0f;
         return;
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < T; j++) {
-        const float e = j < last && (!keymask || keymask[j]) ? expf(row[j] * scale - mx) : 0.0f;
-        row[j] = e;
-        sum += e;
+    if (keymask) {
+        for (int64_t j = 0; j < last; j++) {
+            const float e = peftc_exp_approx(row[j] * scale - mx);
+            row[j] = keymask[j] ? e : 0.0f;
+        }
+    } else {
+        for (int64_t j = 0; j < last; j++)
+            row[j] = peftc_exp_approx(row[j] * scale - mx);
     }
+    for (int64_t j = last; j < T; j++)
+        row[j] = 0.0f;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < last; j++)
+        sum += row[j];
     const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < T; j++)
+    for (int64_t j = 0; j < last; j++)
         row[j] *= inv;
 }
 

@@ -3,36 +3,15 @@
  * libm's erff and expf are scalar calls that keep these loops from vectorising, and GELU runs on
  * the widest activation of the encoder (N x 4H). So the loops use inline branch-free versions:
  * Phi from the Chebyshev-fitted erfc of Numerical Recipes (fractional error below 1.2e-7 on all
- * reals, so the left tail stays accurate), and exp by Cody-Waite range reduction and a degree-6
- * polynomial (about 2 ulp). The compiler turns both loops into SIMD code. */
+ * reals, so the left tail stays accurate), and the exp of fastmath.h. The compiler turns both
+ * loops into SIMD code. */
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
 
+#include "fastmath.h"
 #include "peftc.h"
 
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
-
-/* e^x for x in about [-87, 88]; clamped outside, so it never overflows to Inf or NaN */
-static inline float exp_approx(float x)
-{
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
-    const float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693145751953125f; /* ln 2 split: high part exact in float */
-    r = r - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
 
 /* Phi(x) = P(Z <= x) = erfc(-x / sqrt 2) / 2 */
 static inline float normal_cdf(float x)
@@ -49,7 +28,7 @@ static inline float normal_cdf(float x)
     p = p * t + 0.37409196f;
     p = p * t + 1.00002368f;
     p = p * t - 1.26551223f;
-    const float half_erfc = 0.5f * t * exp_approx(p - a * a); /* erfc(|x| / sqrt 2) / 2 */
+    const float half_erfc = 0.5f * t * peftc_exp_approx(p - a * a); /* erfc(|x| / sqrt 2) / 2 */
     return x >= 0.0f ? 1.0f - half_erfc : half_erfc;
 }
 
@@ -69,7 +48,7 @@ peftc_status peftc_gelu_backward(float *dx, const float *dout, const float *x, i
         return PEFTC_ERR_SIZE;
     for (int64_t i = 0; i < P; i++) {
         const float xi = x[i];
-        const float pdf = INV_SQRT_2PI * exp_approx(-0.5f * xi * xi);
+        const float pdf = INV_SQRT_2PI * peftc_exp_approx(-0.5f * xi * xi);
         dx[i] += dout[i] * (normal_cdf(xi) + xi * pdf);
     }
     return PEFTC_OK;
