@@ -151,9 +151,11 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
                 float *d = ds + i * T;
                 const float *pr = a + i * T;
                 if (p > 0.0f) {
-                    const uint64_t c0 = att_counter(offset, bh, i, T);
+                    /* a dropped element has pd == 0 < P; where P == 0 the factor P below zeroes it anyway,
+                     * so pd != 0 is the keep-mask and the generator need not run twice */
+                    const float *pdr = pd + i * T;
                     for (int64_t j = 0; j < T; j++)
-                        d[j] = peftc_rng_uniform01(seed, c0 + (uint64_t)j) >= p ? d[j] * keep_scale : 0.0f;
+                        d[j] = pdr[j] != 0.0f ? d[j] * keep_scale : 0.0f;
                 }
                 float dot = 0.0f;
                 for (int64_t j = 0; j < T; j++)
