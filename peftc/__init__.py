@@ -8,3 +8,8 @@ from .random import Generator
 
 __version__ = "0.1.0"
 __all__ = ["Generator", "functional", "nn", "optim", "reference", "__version__"]
+
+# transformer encoder family: the BERT encoder and its checkpoint loader
+from . import models  # noqa: E402
+
+__all__ += ["models"]

@@ -264,3 +264,35 @@ def test_encoder_kernels_leave_inputs_unchanged(rng):
     F.attention_backward(f32(rng, B, T, H), q, k, v, att, NH, 0.2, 1, dq=np.zeros_like(q))
     for a, b0 in zip((q, k, v), before):
         assert np.array_equal(a, b0)
+
+
+def test_encoder_wrappers_reject_layout_problems_without_copying(rng):
+    x, w, b = f32(rng, 4, H), f32(rng, H), f32(rng, H)
+    out = np.empty_like(x)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="'out' is read-only"):
+        F.layernorm_forward(x, w, b, out=out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        F.gelu_forward(f32(rng, 4, 2 * H)[:, ::2])
+    with pytest.raises(ValueError, match="overlaps"):
+        F.gelu_forward(x, out=x)
+    q, k, v = qkv(rng)
+    with pytest.raises(TypeError, match="'q'"):
+        F.attention_forward(q.astype(np.float64), k, v, NH)
+
+
+def test_attention_is_deterministic_across_threads_and_keeps_refcounts(rng):
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    q, k, v = qkv(rng, t=16)
+    mask = np.ones((B, 16), dtype=np.int64)
+    first, _ = F.attention_forward(q, k, v, NH, mask, dropout=0.2, seed=5)
+    counts = [sys.getrefcount(a) for a in (q, k, v, mask)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: F.attention_forward(q, k, v, NH, mask, dropout=0.2, seed=5)[0], range(16)))
+    for o in outs:
+        assert np.array_equal(o, first)
+    for _ in range(200):
+        F.attention_forward(q, k, v, NH, mask)
+    assert [sys.getrefcount(a) for a in (q, k, v, mask)] == counts
