@@ -107,7 +107,8 @@ peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_
  * Token ids are int64; a 0 in a key mask (attention_mask) means padding. */
 
 /* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
-/* Ids outside their table give PEFTC_ERR_LABEL and leave out partly written; NULL types = all 0. */
+/* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
+ * positions are 0..T-1, so T <= NP. */
 peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const int64_t *ids /* (B,T) */,
                                      const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
                                      const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B,
