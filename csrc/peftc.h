@@ -183,4 +183,79 @@ peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */,
 peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
                                  const float *x /* (P) forward input or output */, int64_t P);
 
+/* ==== transformer encoder family (embedding.c, layernorm.c, gelu.c, attention.c, pooling.c) ====
+ * Extra dimension letters: V vocabulary size, NP position-table rows, NT token-type rows.
+ * Token ids are int64; a 0 in a key mask (attention_mask) means padding. */
+
+/* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
+/* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
+ * positions are 0..T-1, so T <= NP. */
+peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const int64_t *ids /* (B,T) */,
+                                     const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
+                                     const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B,
+                                     int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
+/* scatter-add of dout into the rows each token read; any gradient table may be NULL. Tokens whose id
+ * is padding_idx add nothing to dwte (torch's nn.Embedding padding_idx); -1 means no such id. */
+peftc_status peftc_embedding_backward(float *dwte /* (V,H) accumulated, or NULL */,
+                                      float *dwpe /* (NP,H) accumulated, or NULL */,
+                                      float *dwtt /* (NT,H) accumulated, or NULL */, const float *dout /* (B,T,H) */,
+                                      const int64_t *ids /* (B,T) */, const int64_t *types /* (B,T) or NULL */,
+                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
+
+/* ---- LayerNorm over the last axis (layernorm.c): out = (x - mean) * rstd * w + b ------------ */
+peftc_status peftc_layernorm_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,
+                                     float *rstd /* (N) overwritten */, const float *x /* (N,H) */,
+                                     const float *w /* (H) */, const float *b /* (H) */, float eps, int64_t N,
+                                     int64_t H);
+peftc_status peftc_layernorm_backward(float *dx /* (N,H) accumulated, or NULL */,
+                                      float *dw /* (H) accumulated, or NULL */,
+                                      float *db /* (H) accumulated, or NULL */, const float *dout /* (N,H) */,
+                                      const float *x /* (N,H) */, const float *w /* (H) */,
+                                      const float *mean /* (N) */, const float *rstd /* (N) */, int64_t N,
+                                      int64_t H);
+
+/* ---- GELU, exact erf form (gelu.c): out = x * (1 + erf(x / sqrt 2)) / 2 ---------------------- */
+peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
+                                 const float *x /* (P) */, int64_t P);
+
+/* ---- multi-head self-attention core (attention.c) ---------------------------------------------
+ * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
+ *   att = softmax(q_h k_h^T / sqrt(HS), keys with mask 0 and, if causal, keys after the query
+ *         excluded), out_h = dropout_p(att) v_h.
+ * Excluded keys get probability exactly 0; a query row with no visible key gets all-zero
+ * probabilities (and a zero output) instead of NaN. The dropout mask of element (b,h,i,j) is
+ * uniform(seed, offset + ((b*NH + h)*T + i)*T + j) >= p, regenerated in the backward. */
+int64_t peftc_attention_forward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_forward(float *out /* (B,T,H) overwritten */,
+                                     float *att /* (B,NH,T,T) overwritten: probabilities before dropout */,
+                                     float *work /* peftc_attention_forward_workspace_size() floats */,
+                                     const float *q /* (B,T,H) */, const float *k /* (B,T,H) */,
+                                     const float *v /* (B,T,H) */, const int64_t *mask /* (B,T) or NULL */,
+                                     int causal, float p, uint64_t seed, uint64_t offset, int64_t B, int64_t T,
+                                     int64_t H, int64_t NH);
+int64_t peftc_attention_backward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL */,
+                                      float *dk /* (B,T,H) accumulated, or NULL */,
+                                      float *dv /* (B,T,H) accumulated, or NULL */,
+                                      float *work /* peftc_attention_backward_workspace_size() floats */,
+                                      const float *dout /* (B,T,H) */, const float *q /* (B,T,H) */,
+                                      const float *k /* (B,T,H) */, const float *v /* (B,T,H) */,
+                                      const float *att /* (B,NH,T,T) from the forward */, float p, uint64_t seed,
+                                      uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH);
+
+/* ---- pooling and normalisation (pooling.c) ---------------------------------------------------- */
+/* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
+ * a sequence with no kept token pools to zero. */
+peftc_status peftc_mean_pool_forward(float *out /* (B,H) overwritten */, const float *x /* (B,T,H) */,
+                                     const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
+peftc_status peftc_mean_pool_backward(float *dx /* (B,T,H) accumulated */, const float *dout /* (B,H) */,
+                                      const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
+/* out = x / max(||x||_2, eps) per row (torch.nn.functional.normalize); norm keeps ||x||_2 */
+peftc_status peftc_l2_normalize_forward(float *out /* (N,H) overwritten */, float *norm /* (N) overwritten */,
+                                        const float *x /* (N,H) */, float eps, int64_t N, int64_t H);
+peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, const float *dout /* (N,H) */,
+                                         const float *out /* (N,H) from the forward */,
+                                         const float *norm /* (N) */, float eps, int64_t N, int64_t H);
+
 #endif

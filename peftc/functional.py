@@ -328,3 +328,129 @@ def relu_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
 def relu_backward(dy: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     """dx += dy where x > 0; x may be the forward input or its output."""
     _C.relu_backward(dx, dy, x)
+# ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
+LAYER_NORM_EPS = 1e-12  # BERT's config.layer_norm_eps
+NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
+
+
+def embedding_forward(input_ids: np.ndarray, token_type_ids: np.ndarray | None, word_embeddings: np.ndarray,
+                      position_embeddings: np.ndarray, token_type_embeddings: np.ndarray, *,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """out[b, t] = word[ids[b, t]] + position[t] + token_type[types[b, t]] with int64 ids (B, T).
+
+    ``token_type_ids=None`` means type 0 everywhere. Ids outside their table raise ValueError.
+    """
+    y = _empty((*input_ids.shape, word_embeddings.shape[1]), out)
+    _C.embedding_forward(y, input_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings)
+    return y
+
+
+def embedding_backward(dout: np.ndarray, input_ids: np.ndarray, token_type_ids: np.ndarray | None,
+                       padding_idx: int | None = None, *, dword_embeddings: np.ndarray | None = None, dposition_embeddings: np.ndarray | None = None,
+                       dtoken_type_embeddings: np.ndarray | None = None) -> None:
+    """Scatter-add dout (B, T, H) into the rows of each table that the forward read.
+
+    Tokens whose id is ``padding_idx`` add nothing to the word table (torch's ``padding_idx``).
+    """
+    _C.embedding_backward(dword_embeddings, dposition_embeddings, dtoken_type_embeddings, dout, input_ids,
+                          token_type_ids, -1 if padding_idx is None else padding_idx)
+
+
+def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = LAYER_NORM_EPS, *,
+                      out: np.ndarray | None = None, mean: np.ndarray | None = None,
+                      rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm over the last axis of x (N, H). Returns ``(out, mean, rstd)``; the last two feed the backward."""
+    n = x.shape[0]
+    y = _empty(x.shape, out)
+    mean = _empty((n,), mean)
+    rstd = _empty((n,), rstd)
+    _C.layernorm_forward(y, mean, rstd, x, weight, bias, eps)
+    return y, mean, rstd
+
+
+def layernorm_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, rstd: np.ndarray, *,
+                       dx: np.ndarray | None = None, dweight: np.ndarray | None = None,
+                       dbias: np.ndarray | None = None) -> None:
+    """Accumulate the LayerNorm gradients into the buffers given."""
+    _C.layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd)
+
+
+def gelu_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Exact GELU, x * (1 + erf(x / sqrt(2))) / 2, elementwise."""
+    y = np.empty_like(x) if out is None else out
+    _C.gelu_forward(y, x)
+    return y
+
+
+def gelu_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dout * GELU'(x)."""
+    _C.gelu_backward(dx, dout, x)
+
+
+def attention_forward_workspace_size(seq_len: int, dropout: float) -> int:
+    """Floats of scratch :func:`attention_forward` needs."""
+    return _C.attention_forward_workspace_size(seq_len, dropout)
+
+
+def attention_backward_workspace_size(seq_len: int, dropout: float) -> int:
+    """Floats of scratch :func:`attention_backward` needs."""
+    return _C.attention_backward_workspace_size(seq_len, dropout)
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int,
+                      attention_mask: np.ndarray | None = None, causal: bool = False, dropout: float = 0.0,
+                      seed: int = 0, offset: int = 0, *, out: np.ndarray | None = None, att: np.ndarray | None = None,
+                      work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-head scaled dot-product self-attention on projected q, k, v (B, T, H).
+
+    Head h uses columns ``h*HS:(h+1)*HS``; ``attention_mask`` (B, T) int64 has 1 for a kept key, 0
+    for padding (Hugging Face meaning). Returns ``(out, att)``: the merged-head output (B, T, H) and
+    the probabilities before dropout (B, NH, T, T), which the backward needs. Masked keys get
+    probability 0; a query with no visible key gets a zero output. Dropout on the probabilities uses
+    element (b, h, i, j) -> uniform(seed, offset + ((b*NH + h)*T + i)*T + j) >= dropout.
+    """
+    b, t, _ = q.shape
+    y = _empty(q.shape, out)
+    att = _empty((b, num_heads, t, t), att)
+    if work is None and dropout > 0.0:
+        work = np.empty(attention_forward_workspace_size(t, dropout), dtype=np.float32)
+    _C.attention_forward(y, att, work, q, k, v, attention_mask, bool(causal), dropout, seed, offset, num_heads)
+    return y, att
+
+
+def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: np.ndarray,
+                       num_heads: int, dropout: float = 0.0, seed: int = 0, offset: int = 0, *,
+                       dq: np.ndarray | None = None, dk: np.ndarray | None = None, dv: np.ndarray | None = None,
+                       work: np.ndarray | None = None) -> None:
+    """Accumulate dq, dk, dv of :func:`attention_forward` (masks are implied by the zeros of ``att``)."""
+    if work is None:
+        work = np.empty(attention_backward_workspace_size(q.shape[1], dropout), dtype=np.float32)
+    _C.attention_backward(dq, dk, dv, work, dout, q, k, v, att, dropout, seed, offset, num_heads)
+
+
+def mean_pool_forward(x: np.ndarray, attention_mask: np.ndarray | None = None, *,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Mean of x (B, T, H) over the tokens whose mask is nonzero -> (B, H); an all-padding row gives 0."""
+    y = _empty((x.shape[0], x.shape[2]), out)
+    _C.mean_pool_forward(y, x, attention_mask)
+    return y
+
+
+def mean_pool_backward(dout: np.ndarray, attention_mask: np.ndarray | None = None, *, dx: np.ndarray) -> None:
+    """dx[b, t] += dout[b] / count[b] for kept tokens."""
+    _C.mean_pool_backward(dx, dout, attention_mask)
+
+
+def l2_normalize_forward(x: np.ndarray, eps: float = NORMALIZE_EPS, *, out: np.ndarray | None = None,
+                         norm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of x (N, H) divided by max(||row||, eps). Returns ``(out, norm)``."""
+    y = _empty(x.shape, out)
+    norm = _empty((x.shape[0],), norm)
+    _C.l2_normalize_forward(y, norm, x, eps)
+    return y, norm
+
+
+def l2_normalize_backward(dout: np.ndarray, out: np.ndarray, norm: np.ndarray, eps: float = NORMALIZE_EPS, *,
+                          dx: np.ndarray) -> None:
+    """dx += (dout - out (out . dout)) / norm per row (dout / eps where norm <= eps)."""
+    _C.l2_normalize_backward(dx, dout, out, norm, eps)

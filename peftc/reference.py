@@ -284,3 +284,131 @@ def relu_forward(x, *, out=None):
 
 def relu_backward(dy, x, *, dx):
     dx += np.where(x > 0, dy, 0.0)
+# ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
+LAYER_NORM_EPS = 1e-12
+NORMALIZE_EPS = 1e-12
+
+
+def embedding_forward(input_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings, *,
+                      out=None):
+    t = input_ids.shape[1]
+    types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    return word_embeddings[input_ids] + position_embeddings[:t][None] + token_type_embeddings[types]
+
+
+def embedding_backward(dout, input_ids, token_type_ids, padding_idx=None, *, dword_embeddings=None, dposition_embeddings=None,
+                       dtoken_type_embeddings=None):
+    h = dout.shape[-1]
+    types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    if dword_embeddings is not None:
+        keep = input_ids.reshape(-1) != (-1 if padding_idx is None else padding_idx)
+        np.add.at(dword_embeddings, input_ids.reshape(-1)[keep], dout.reshape(-1, h)[keep])
+    if dposition_embeddings is not None:
+        dposition_embeddings[:dout.shape[1]] += dout.sum(axis=0)
+    if dtoken_type_embeddings is not None:
+        np.add.at(dtoken_type_embeddings, types.reshape(-1), dout.reshape(-1, h))
+
+
+def layernorm_forward(x, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
+    mean = x.mean(axis=-1)
+    rstd = 1.0 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=-1) + eps)
+    return (x - mean[:, None]) * rstd[:, None] * weight + bias, mean, rstd
+
+
+def layernorm_backward(dout, x, weight, mean, rstd, *, dx=None, dweight=None, dbias=None):
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    if dweight is not None:
+        dweight += (dout * xhat).sum(axis=0)
+    if dbias is not None:
+        dbias += dout.sum(axis=0)
+    if dx is not None:
+        g = dout * weight
+        dx += rstd[:, None] * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+
+
+def _erf(x):
+    from math import erf
+    return np.vectorize(erf, otypes=[np.float64])(x)
+
+
+def gelu_forward(x, *, out=None):
+    return (0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))).astype(x.dtype)
+
+
+def gelu_backward(dout, x, *, dx):
+    cdf = 0.5 * (1.0 + _erf(x / np.sqrt(2.0)))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    dx += (dout * (cdf + x * pdf)).astype(dx.dtype)
+
+
+def attention_dropout_mask(b, nh, t, p, seed, offset):
+    """Keep-mask (B, NH, T, T) of the attention-probability dropout."""
+    return dropout_mask((b, nh, t, t), p, seed, offset)
+
+
+def _visible(attention_mask, b, t, causal):
+    keys = np.ones((b, t), dtype=bool) if attention_mask is None else attention_mask != 0
+    vis = np.broadcast_to(keys[:, None, None, :], (b, 1, t, t))
+    if causal:
+        vis = vis & np.tril(np.ones((t, t), dtype=bool))
+    return vis
+
+
+def attention_forward(q, k, v, num_heads, attention_mask=None, causal=False, dropout=0.0, seed=0, offset=0, *,
+                      out=None, att=None, work=None):
+    b, t, h = q.shape
+    hs = h // num_heads
+    heads = lambda a: a.reshape(b, t, num_heads, hs).transpose(0, 2, 1, 3)  # noqa: E731
+    s = heads(q) @ heads(k).transpose(0, 1, 3, 2) / np.sqrt(hs)
+    vis = _visible(attention_mask, b, t, causal)
+    s = np.where(vis, s, -np.inf)
+    mx = s.max(axis=-1, keepdims=True)
+    e = np.where(vis, np.exp(s - np.where(np.isfinite(mx), mx, 0.0)), 0.0)
+    den = e.sum(axis=-1, keepdims=True)
+    probs = np.where(den > 0, e / np.where(den > 0, den, 1.0), 0.0)
+    pd = probs
+    if dropout > 0.0:
+        pd = probs * attention_dropout_mask(b, num_heads, t, dropout, seed, offset) / (1.0 - dropout)
+    o = (pd @ heads(v)).transpose(0, 2, 1, 3).reshape(b, t, h)
+    return o.astype(q.dtype), probs.astype(q.dtype)
+
+
+def attention_backward(dout, q, k, v, att, num_heads, dropout=0.0, seed=0, offset=0, *, dq=None, dk=None, dv=None,
+                       work=None):
+    b, t, h = q.shape
+    hs = h // num_heads
+    heads = lambda a: a.reshape(b, t, num_heads, hs).transpose(0, 2, 1, 3)  # noqa: E731
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(b, t, h)  # noqa: E731
+    keep = attention_dropout_mask(b, num_heads, t, dropout, seed, offset) / (1.0 - dropout) if dropout > 0 else 1.0
+    g = heads(dout)
+    if dv is not None:
+        dv += merge((att * keep).transpose(0, 1, 3, 2) @ g)
+    dp = (g @ heads(v).transpose(0, 1, 3, 2)) * keep
+    ds = att * (dp - (att * dp).sum(axis=-1, keepdims=True)) / np.sqrt(hs)
+    if dq is not None:
+        dq += merge(ds @ heads(k))
+    if dk is not None:
+        dk += merge(ds.transpose(0, 1, 3, 2) @ heads(q))
+
+
+def mean_pool_forward(x, attention_mask=None, *, out=None):
+    m = np.ones(x.shape[:2]) if attention_mask is None else (attention_mask != 0).astype(np.float64)
+    count = m.sum(axis=1, keepdims=True)
+    return ((x * m[..., None]).sum(axis=1) / np.maximum(count, 1.0)).astype(x.dtype)
+
+
+def mean_pool_backward(dout, attention_mask=None, *, dx):
+    m = np.ones(dx.shape[:2]) if attention_mask is None else (attention_mask != 0).astype(np.float64)
+    count = np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    dx += (dout[:, None, :] * (m / count)[..., None]).astype(dx.dtype)
+
+
+def l2_normalize_forward(x, eps=NORMALIZE_EPS, *, out=None, norm=None):
+    norm = np.sqrt((x * x).sum(axis=1))
+    return x / np.maximum(norm, eps)[:, None], norm
+
+
+def l2_normalize_backward(dout, out, norm, eps=NORMALIZE_EPS, *, dx):
+    big = (norm > eps)[:, None]
+    dot = (out * dout).sum(axis=1, keepdims=True)
+    dx += np.where(big, (dout - out * dot) / np.maximum(norm, eps)[:, None], dout / eps)

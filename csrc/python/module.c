@@ -8,6 +8,8 @@ extern PyMethodDef peftc_py_random_methods[];
 extern PyMethodDef peftc_py_train_methods[];
 /* CNN kernels */
 extern PyMethodDef peftc_py_cnn_methods[];
+/* transformer encoder family */
+extern PyMethodDef peftc_py_encoder_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -15,6 +17,7 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_train_methods,
     /* CNN kernels */
     peftc_py_cnn_methods,
+    peftc_py_encoder_methods, /* transformer encoder family */
 };
 
 static struct PyModuleDef moduledef = {

@@ -17,3 +17,11 @@ __all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d"
 from .loss import CrossEntropyLoss  # noqa: E402
 
 __all__ += ["CrossEntropyLoss"]
+# transformer encoder family
+from .activation import GELU  # noqa: E402
+from .attention import SelfAttention  # noqa: E402
+from .dropout import Dropout  # noqa: E402
+from .embedding import BertEmbeddings, Embedding  # noqa: E402
+from .layernorm import LayerNorm  # noqa: E402
+
+__all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "SelfAttention"]

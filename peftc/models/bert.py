@@ -1,0 +1,275 @@
+"""A BERT-family encoder (post-LN Transformer blocks) built from a Hugging Face checkpoint folder.
+
+The folder holds ``config.json`` and ``model.safetensors`` (read with the ``safetensors`` NumPy
+API); the arrays are used in place as the module parameters. Module and parameter names are the
+checkpoint's (``encoder.layer.0.attention.self.query`` ...), and every linear layer is a
+:class:`peftc.nn.Linear`, so adapters replace them with :meth:`Module.set_submodule`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, SelfAttention)
+from ..random import Generator
+
+
+@dataclass
+class BertConfig:
+    """The fields of a Hugging Face BERT ``config.json`` that the encoder uses."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BertConfig:
+        cfg = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        if cfg.hidden_act != "gelu":
+            raise ValueError(f"only hidden_act='gelu' (exact erf form) is supported, got {cfg.hidden_act!r}")
+        if cfg.position_embedding_type != "absolute":
+            raise ValueError(f"only absolute position embeddings are supported, got {cfg.position_embedding_type!r}")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of {cfg.num_attention_heads} heads")
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str) -> BertConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+class BertSelfAttention(Module):
+    """query, key, value projections and the attention core (HF ``attention.self``)."""
+
+    def __init__(self, query: Linear, key: Linear, value: Linear, num_heads: int, dropout: float,
+                 generator: Generator) -> None:
+        self.query = query
+        self.key = key
+        self.value = value
+        self.core = SelfAttention(num_heads, dropout, generator=generator)
+
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        return self.core(self.query(x), self.key(x), self.value(x), attention_mask)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dq, dk, dv = self.core.backward(dy)
+        dx = self.query.backward(dq)
+        dx += self.key.backward(dk)
+        dx += self.value.backward(dv)
+        return dx
+
+
+class BertResidualOutput(Module):
+    """dense, dropout, residual add, LayerNorm: HF's ``attention.output`` and ``output`` blocks."""
+
+    def __init__(self, dense: Linear, layer_norm: LayerNorm, dropout: float, generator: Generator) -> None:
+        self.dense = dense
+        self.LayerNorm = layer_norm
+        self.dropout = Dropout(dropout, generator)
+
+    def forward(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        h = self.dropout(self.dense(x))  # a fresh array either way: safe to add into
+        h += residual
+        return self.LayerNorm(h)
+
+    def backward(self, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (dx, dresidual)."""
+        dh = self.LayerNorm.backward(dy)
+        return self.dense.backward(self.dropout.backward(dh)), dh
+
+
+class BertAttention(Module):
+    def __init__(self, self_attention: BertSelfAttention, output: BertResidualOutput) -> None:
+        setattr(self, "self", self_attention)
+        self.output = output
+
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        return self.output(getattr(self, "self")(x, attention_mask), x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dctx, dx = self.output.backward(dy)
+        dx += getattr(self, "self").backward(dctx)
+        return dx
+
+
+class BertIntermediate(Module):
+    def __init__(self, dense: Linear) -> None:
+        self.dense = dense
+        self.intermediate_act_fn = GELU()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.intermediate_act_fn(self.dense(x))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.dense.backward(self.intermediate_act_fn.backward(dy))
+
+
+class BertLayer(Module):
+    """One post-LN block: h = LN(x + attn(x)); out = LN(h + W2 gelu(W1 h))."""
+
+    def __init__(self, attention: BertAttention, intermediate: BertIntermediate, output: BertResidualOutput) -> None:
+        self.attention = attention
+        self.intermediate = intermediate
+        self.output = output
+
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        h = self.attention(x, attention_mask)
+        return self.output(self.intermediate(h), h)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dmid, dh = self.output.backward(dy)
+        dh += self.intermediate.backward(dmid)
+        return self.attention.backward(dh)
+
+
+class BertEncoder(Module):
+    def __init__(self, layers: list[BertLayer]) -> None:
+        self.layer = ModuleList(layers)
+
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        for block in self.layer:
+            x = block(x, attention_mask)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for block in reversed(list(self.layer)):
+            dy = block.backward(dy)
+        return dy
+
+
+def _ids(a: np.ndarray | None, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray) or a.dtype != np.int64 or a.ndim != 2 or not a.flags.c_contiguous:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a C-contiguous int64 (B, T) numpy.ndarray, got {got}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, input_ids has {shape}")
+    return a
+
+
+class BertModel(Module):
+    """The BERT encoder: ``forward(input_ids, attention_mask, token_type_ids)`` -> last hidden state (B, T, H).
+
+    Build it with :meth:`from_pretrained` (a checkpoint folder) or :meth:`from_state_dict`. All
+    parameters start trainable; call ``requires_grad_(False)`` to freeze the backbone before
+    adding adapters. ``backward(dy)`` accumulates into every trainable parameter and skips the
+    embedding block when nothing in it is trainable. No pooler: use :meth:`sentence_embedding`.
+    """
+
+    IGNORED_KEYS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
+
+    def __init__(self, config: BertConfig, embeddings: BertEmbeddings, encoder: BertEncoder) -> None:
+        self.config = config
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self._mask: np.ndarray | None = None
+        self._pool_cache: tuple | None = None
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, config: BertConfig, state: dict[str, np.ndarray], seed: int = 0) -> BertModel:
+        """Wrap the arrays of a Hugging Face BERT state dict in place (keys may carry a ``bert.`` prefix)."""
+        state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
+        used: set[str] = set()
+
+        def take(name: str) -> np.ndarray:
+            if name not in state:
+                raise KeyError(f"checkpoint has no tensor {name!r}")
+            a = state[name]
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=np.float32)  # a half-precision file must be widened once
+            used.add(name)
+            return a
+
+        def linear(prefix: str) -> Linear:
+            return Linear.from_weights(take(prefix + ".weight"), take(prefix + ".bias"))
+
+        def norm(prefix: str) -> LayerNorm:
+            return LayerNorm.from_weights(take(prefix + ".weight"), take(prefix + ".bias"), config.layer_norm_eps)
+
+        g = Generator(seed)
+        emb = BertEmbeddings(Embedding.from_weights(take("embeddings.word_embeddings.weight")),
+                             Embedding.from_weights(take("embeddings.position_embeddings.weight")),
+                             Embedding.from_weights(take("embeddings.token_type_embeddings.weight")),
+                             norm("embeddings.LayerNorm"), config.hidden_dropout_prob, g, config.pad_token_id)
+        layers = []
+        for i in range(config.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            self_att = BertSelfAttention(linear(p + "attention.self.query"), linear(p + "attention.self.key"),
+                                         linear(p + "attention.self.value"), config.num_attention_heads,
+                                         config.attention_probs_dropout_prob, g)
+            att_out = BertResidualOutput(linear(p + "attention.output.dense"), norm(p + "attention.output.LayerNorm"),
+                                         config.hidden_dropout_prob, g)
+            out = BertResidualOutput(linear(p + "output.dense"), norm(p + "output.LayerNorm"),
+                                     config.hidden_dropout_prob, g)
+            layers.append(BertLayer(BertAttention(self_att, att_out), BertIntermediate(linear(p + "intermediate.dense")),
+                                    out))
+        unexpected = sorted(set(state) - used - set(cls.IGNORED_KEYS))
+        if unexpected:
+            raise KeyError(f"checkpoint has tensors the BERT encoder does not use: {unexpected[:5]}")
+        return cls(config, emb, BertEncoder(layers))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0) -> BertModel:
+        """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder."""
+        from safetensors.numpy import load_file
+
+        folder = os.fspath(folder)
+        for name in ("config.json", "model.safetensors"):
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise FileNotFoundError(f"{folder!r} has no {name} (expected a Hugging Face checkpoint folder)")
+        config = BertConfig.from_json(os.path.join(folder, "config.json"))
+        model = cls.from_state_dict(config, load_file(os.path.join(folder, "model.safetensors")), seed)
+        model.eval()
+        return model
+
+    # -- forward / backward ------------------------------------------------------------------------
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32."""
+        input_ids = _ids(input_ids, "input_ids")
+        attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
+        token_type_ids = _ids(token_type_ids, "token_type_ids", input_ids.shape)
+        self._mask = attention_mask
+        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+
+    def backward(self, dy: np.ndarray) -> None:
+        """Accumulate the gradients of all trainable parameters given d(last hidden state)."""
+        dx = self.encoder.backward(dy)
+        self.embeddings.backward(dx)
+
+    def sentence_embedding(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                           token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """Mean of the last hidden state over unmasked tokens, L2-normalised: (B, H) (sentence-transformers)."""
+        hidden = self.forward(input_ids, attention_mask, token_type_ids)
+        pooled = F.mean_pool_forward(hidden, self._mask)
+        emb, norm = F.l2_normalize_forward(pooled)
+        self._pool_cache = (hidden.shape, emb, norm)
+        return emb
+
+    def sentence_embedding_backward(self, demb: np.ndarray) -> None:
+        """Backward of :meth:`sentence_embedding` through pooling, normalisation and the encoder."""
+        if self._pool_cache is None:
+            raise RuntimeError("sentence_embedding_backward called before sentence_embedding")
+        shape, emb, norm = self._pool_cache
+        dpooled = np.zeros_like(emb)
+        F.l2_normalize_backward(demb, emb, norm, dx=dpooled)
+        dhidden = np.zeros(shape, dtype=np.float32)
+        F.mean_pool_backward(dpooled, self._mask, dx=dhidden)
+        self.backward(dhidden)

@@ -1,0 +1,39 @@
+"""Dropout: inverted dropout with a counter-based mask, identity in eval mode or at p = 0.
+
+The mask is regenerated in the backward from (seed, offset), so nothing but the offset is kept.
+At p = 0 or in eval mode the input array itself is returned (no copy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import check_probability
+from ..random import Generator
+from .module import Module
+
+
+class Dropout(Module):
+    """``torch.nn.Dropout(p)`` with a peftc :class:`Generator` as the source of masks."""
+
+    def __init__(self, p: float = 0.5, generator: Generator | None = None) -> None:
+        self.p = check_probability("p", p)
+        self.generator = generator or Generator(0)
+        self._offset: int | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0.0:
+            self._offset = None
+            return x
+        self._offset = self.generator.take(x.size)
+        return F.dropout_forward(x, self.p, self.generator.seed, self._offset)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._offset is None:
+            return dy
+        dx = np.zeros_like(dy)
+        F.dropout_backward(dy, self.p, self.generator.seed, self._offset, dx=dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"

@@ -1,0 +1,53 @@
+"""LayerNorm over the last axis, like ``torch.nn.LayerNorm(H, eps)``; statistics cached for backward."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import as_rows
+from .module import Module, Parameter
+
+
+class LayerNorm(Module):
+    """``LayerNorm(H, eps)`` starts at weight 1, bias 0; ``from_weights(w, b, eps)`` wraps arrays in place."""
+
+    def __init__(self, normalized_shape: int, eps: float = F.LAYER_NORM_EPS) -> None:
+        self._init(np.ones(normalized_shape, dtype=np.float32), np.zeros(normalized_shape, dtype=np.float32), eps)
+
+    @classmethod
+    def from_weights(cls, weight: np.ndarray, bias: np.ndarray, eps: float = F.LAYER_NORM_EPS) -> LayerNorm:
+        layer = cls.__new__(cls)
+        layer._init(weight, bias, eps)
+        return layer
+
+    def _init(self, weight: np.ndarray, bias: np.ndarray, eps: float) -> None:
+        if weight.ndim != 1 or bias.shape != weight.shape:
+            raise ValueError(f"LayerNorm weight and bias must both have shape (H,), got {weight.shape}, {bias.shape}")
+        if not eps >= 0.0:
+            raise ValueError(f"LayerNorm eps must be >= 0, got {eps}")
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias)
+        self.eps = float(eps)
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def normalized_shape(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        rows = as_rows(x, "x", self.normalized_shape)
+        y, mean, rstd = F.layernorm_forward(rows, self.weight.data, self.bias.data, self.eps)
+        self._cache = (rows, mean, rstd)
+        return y.reshape(x.shape)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._cache is None:
+            raise RuntimeError("LayerNorm.backward called before forward")
+        rows, mean, rstd = self._cache
+        dx = np.zeros_like(rows)
+        F.layernorm_backward(as_rows(dy, "dy", self.normalized_shape), rows, self.weight.data, mean, rstd, dx=dx,
+                             dweight=self.weight.grad_buffer(), dbias=self.bias.grad_buffer())
+        return dx.reshape(dy.shape)
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps})"
