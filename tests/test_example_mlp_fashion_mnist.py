@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_ROOT, "t
 
 
 def test_demo_reports_methods_and_reuses_the_cached_base(tmp_path, monkeypatch):
-    from peftc.demo import DemoSettings, run
+    from peftc.examples.mlp_fashion_mnist import DemoSettings, run
 
     monkeypatch.setenv("PEFTC_CACHE", str(tmp_path))
     settings = DemoSettings(hidden=(32,), base_epochs=2, adapt_epochs=3, train_limit=3000, batch_size=64)

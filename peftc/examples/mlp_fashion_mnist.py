@@ -1,6 +1,6 @@
-"""The interim main job (``python -m peftc.demo``): LoRA on Fashion-MNIST, against a linear probe.
+"""Example (``python -m peftc.examples.mlp_fashion_mnist``): LoRA on a small MLP, Fashion-MNIST, against a linear probe.
 
-Until the BERT encoder lands this is what ``make demo`` runs. The story:
+A minimal end-to-end use of peftc's layers and Trainer without the BERT encoder. The story:
 
 1. "Pretraining": an MLP 784-256-256 with a 5-way head is trained on Fashion-MNIST classes 0-4
    (T-shirt/top, Trouser, Pullover, Dress, Coat) and cached under ``$PEFTC_CACHE`` (default
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import load_npz, save_npz_atomic
-from .data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-from .nn import Linear, LoraLinear, Module, ModuleList, ReLU
-from .random import Generator
-from .train import Trainer, TrainingConfig
+from ..checkpoint import load_npz, save_npz_atomic
+from ..data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from ..nn import Linear, LoraLinear, Module, ModuleList, ReLU
+from ..random import Generator
+from ..train import Trainer, TrainingConfig
 
 OLD_CLASSES = 5
 
