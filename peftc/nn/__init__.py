@@ -17,3 +17,8 @@ __all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d"
 from .loss import CrossEntropyLoss  # noqa: E402
 
 __all__ += ["CrossEntropyLoss"]
+
+# Bone / MiSS and Bat
+from .bone import BoneLinear  # noqa: E402
+
+__all__ += ["BoneLinear"]
