@@ -25,7 +25,7 @@ from .modules_to_save import ModulesToSaveWrapper
 AdapterConfig = LoraConfig | BoneConfig
 # the adapter layers peftc injects, and the config class of each peft_type
 ADAPTER_LAYERS = (LoraLinear, BoneLinear)
-CONFIG_CLASSES = {"LORA": LoraConfig, "MISS": BoneConfig}
+CONFIG_CLASSES = {"LORA": LoraConfig, "MISS": BoneConfig, "BONE": BoneConfig}  # BONE: refused with a hint
 
 
 class LoraModel(Module):
