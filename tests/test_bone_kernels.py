@@ -208,7 +208,7 @@ def test_bat_matches_peft_miss_layer_in_torch(rng, torch):
 
 def test_bat_rejects_sizes_not_divisible_by_r(rng):
     x, w = f32(rng, N, 7), f32(rng, 6, 7)
-    with pytest.raises(ValueError, match=r"in_features=7 and out_features=6 to be multiples of r=3"):
+    with pytest.raises(ValueError, match=r"in_features=7 and out_features=6 multiples of r=3"):
         F.bat_forward(x, w, None, f32(rng, 2, 3, 3))
     with pytest.raises(ValueError, match=r"multiples of r=2"):
         F.bat_merge(f32(rng, 6, 4), f32(rng, 2, 2, 2))     # 2 row-blocks for 6 outputs

@@ -27,6 +27,12 @@ def _perturb(model, rng) -> None:
         p.data[...] += f32(rng, *p.shape, scale=0.3)
 
 
+def _our_name(torch_name: str) -> str:
+    """A PEFT parameter name as peftc names the same parameter (no adapter-name segment)."""
+    return torch_name.replace(".miss_block.default", ".miss_block").replace(".modules_to_save.default",
+                                                                           ".modules_to_save")
+
+
 def _x(rng) -> np.ndarray:
     return f32(rng, 2, 5, HIDDEN)
 
@@ -96,7 +102,7 @@ def test_miss_model_gradients_match_peft_autograd(case, rng, torch):
     with torch.no_grad():
         for name, p in theirs.named_parameters():
             if p.requires_grad:
-                key = name.replace(".miss_block.default", ".miss_block").replace(".modules_to_save.default", ".modules_to_save")
+                key = _our_name(name)
                 p.copy_(torch.from_numpy(ours_params[key].data))
     x, dy = _x(rng), f32(rng, 2, 5, 3)
     y = ours(x)
@@ -108,7 +114,7 @@ def test_miss_model_gradients_match_peft_autograd(case, rng, torch):
     assert_close(dx, xt.grad.numpy(), 1e-4, 1e-5, "dx")
     for name, p in theirs.named_parameters():
         if p.requires_grad:
-            key = name.replace(".miss_block.default", ".miss_block").replace(".modules_to_save.default", ".modules_to_save")
+            key = _our_name(name)
             assert_close(ours_params[key].grad, p.grad.numpy(), 1e-4, 1e-5, key)
 
 

@@ -9,8 +9,8 @@ static int bone_check_sizes(const ArgCheck *ck)
     const int64_t OC = arg_dim(ck, "OC"), R = arg_dim(ck, "R"), MR = arg_dim(ck, "MR");
     if (R <= 0 || MR <= 0 || OC % MR != 0) {
         PyErr_Format(PyExc_ValueError,
-                     "%s: the block has shape (r=%lld, %lld); r must be > 0 and out_features=%lld must be a "
-                     "multiple of its columns (mini_r)",
+                     "%s: argument 'miss_block' has shape (r=%lld, %lld) and 'weight' has out_features=%lld; r must "
+                     "be > 0 and out_features a multiple of the block's columns (mini_r)",
                      ck->fn, (long long)R, (long long)MR, (long long)OC);
         return -1;
     }
@@ -23,8 +23,9 @@ static int bat_check_sizes(const ArgCheck *ck)
     const int64_t IC = arg_dim(ck, "IC"), OC = arg_dim(ck, "OC"), R = arg_dim(ck, "R"), NB = arg_dim(ck, "NB");
     if (R <= 0 || IC % R != 0 || OC % R != 0 || NB * R != OC) {
         PyErr_Format(PyExc_ValueError,
-                     "%s: Bat needs in_features=%lld and out_features=%lld to be multiples of r=%lld and a block "
-                     "of shape (out_features/r, r, r); got (%lld, %lld, %lld)",
+                     "%s: Bat needs argument 'weight' shape (out_features, in_features) with in_features=%lld and "
+                     "out_features=%lld multiples of r=%lld, and 'miss_block' shape (out_features/r, r, r); got "
+                     "shape (%lld, %lld, %lld)",
                      ck->fn, (long long)IC, (long long)OC, (long long)R, (long long)NB, (long long)R, (long long)R);
         return -1;
     }

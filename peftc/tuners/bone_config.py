@@ -67,7 +67,8 @@ class BoneConfig(ConfigFiles):
             raise ValueError(f"{name}.bias must be one of {BIAS_OPTIONS}, got {self.bias!r}")
         if self.modules_to_save is not None:
             if not _is_str_list(self.modules_to_save):
-                raise ValueError(f"{name}.modules_to_save must be None or a list of names, got {self.modules_to_save!r}")
+                raise ValueError(f"{name}.modules_to_save must be None or a list of names, "
+                                 f"got {self.modules_to_save!r}")
             self.modules_to_save = list(self.modules_to_save)
         layers = self.layers_to_transform
         if layers is not None:
