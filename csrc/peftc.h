@@ -257,5 +257,53 @@ peftc_status peftc_l2_normalize_forward(float *out /* (N,H) overwritten */, floa
 peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, const float *dout /* (N,H) */,
                                          const float *out /* (N,H) from the forward */,
                                          const float *norm /* (N) */, float eps, int64_t N, int64_t H);
+/* ==== Bone / MiSS and Bat (bone.c) ==============================================================
+ * Extra dimension letters for this family:
+ *   MR  columns of the Bone block: OC for Bone / MiSS "balance", mini_r for MiSS "mini" (OC % MR == 0)
+ *   NB  output row-blocks of Bat: OC / R (Bat needs IC % R == 0 and OC % R == 0)
+ * Bone: y = x w^T + b + s D,  s[n, j] = sum_k dropout(x)[n, k R + j] (zero-padded last shard),
+ *   D[j, o] = d[j, o mod MR]. Bat: w' = w + blockwise (w_{i,k} t_i + t_i), y = x w'^T + b. */
+peftc_status peftc_bone_forward(float *y /* (N,OC) overwritten */,
+                                float *s /* (N,R) overwritten: shard sums, kept for backward */,
+                                float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *b /* (OC) or NULL */, const float *d /* (R,MR) */, float p,
+                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
+                                int64_t MR);
+int64_t peftc_bone_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
+peftc_status peftc_bone_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                 float *dd /* (R,MR) accumulated, or NULL */,
+                                 float *work /* peftc_bone_backward_workspace_size() floats */,
+                                 const float *dy /* (N,OC) */, const float *s /* (N,R) from the forward */,
+                                 const float *w /* (OC,IC) */, const float *d /* (R,MR) */, float p,
+                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
+                                 int64_t MR);
+/* w[o, c] += sign * d[c mod R, o mod MR]; sign is +1 (merge) or -1 (unmerge) */
+peftc_status peftc_bone_merge(float *w /* (OC,IC) updated */, const float *d /* (R,MR) */, float sign, int64_t IC,
+                              int64_t OC, int64_t R, int64_t MR);
+/* weff = w + blockwise (w_{i,k} t_i + t_i); weff and w must not overlap */
+peftc_status peftc_bat_weight(float *weff /* (OC,IC) overwritten */, const float *w /* (OC,IC) */,
+                              const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
+peftc_status peftc_bat_forward(float *y /* (N,OC) overwritten */,
+                               float *weff /* (OC,IC) overwritten: scratch for the effective weight */,
+                               const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                               const float *b /* (OC) or NULL */, const float *t /* (NB,R,R) */, int64_t N,
+                               int64_t IC, int64_t OC, int64_t R);
+int64_t peftc_bat_backward_workspace_size(int64_t IC, int64_t OC); /* floats */
+peftc_status peftc_bat_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                float *dt /* (NB,R,R) accumulated, or NULL */,
+                                float *work /* peftc_bat_backward_workspace_size() floats */,
+                                const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
+                                const float *w /* (OC,IC) */, const float *t /* (NB,R,R) */, int64_t N,
+                                int64_t IC, int64_t OC, int64_t R);
+int64_t peftc_bat_merge_workspace_size(int64_t IC, int64_t R); /* floats */
+/* w <- w + blockwise (w_{i,k} t_i + t_i), in place */
+peftc_status peftc_bat_merge(float *w /* (OC,IC) updated */, float *work /* peftc_bat_merge_workspace_size() */,
+                             const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
+/* w_{i,k} <- (w_{i,k} - t_i) tinv_i with tinv_i = (I + t_i)^{-1}: the inverse of peftc_bat_merge */
+peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
+                               float *work /* peftc_bat_merge_workspace_size() floats */,
+                               const float *t /* (NB,R,R) */, const float *tinv /* (NB,R,R) */, int64_t IC,
+                               int64_t OC, int64_t R);
 
 #endif

@@ -454,3 +454,87 @@ def l2_normalize_backward(dout: np.ndarray, out: np.ndarray, norm: np.ndarray, e
                           dx: np.ndarray) -> None:
     """dx += (dout - out (out . dout)) / norm per row (dout / eps where norm <= eps)."""
     _C.l2_normalize_backward(dx, dout, out, norm, eps)
+
+
+# ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
+
+def bone_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, miss_block: np.ndarray,
+                 dropout: float = 0.0, seed: int = 0, offset: int = 0, *, out: np.ndarray | None = None,
+                 xd: np.ndarray | None = None,
+                 s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Bone / MiSS: y = x W^T + b + s D, s = sum of the r-wide input shards of dropout(x).
+
+    ``miss_block`` is (r, out_features) for "balance" or (r, mini_r) for "mini" (tiled along the
+    outputs). A last partial shard is zero-padded. Returns ``(y, xd, s)``; ``xd`` (None without
+    dropout) and ``s`` (N, r) are what :func:`bone_backward` needs.
+    """
+    n, r = x.shape[0], miss_block.shape[0]
+    y = _empty((n, weight.shape[0]), out)
+    if dropout > 0.0 and xd is None:
+        xd = np.empty_like(x)
+    s = _empty((n, r), s)
+    _C.bone_forward(y, s, xd if dropout > 0.0 else None, x, weight, bias, miss_block, dropout, seed, offset)
+    return y, (xd if dropout > 0.0 else None), s
+
+
+def bone_backward_workspace_size(n: int, in_features: int, r: int, dropout: float) -> int:
+    """Floats of scratch :func:`bone_backward` needs."""
+    return _C.bone_backward_workspace_size(n, in_features, r, dropout)
+
+
+def bone_backward(dy: np.ndarray, s: np.ndarray, weight: np.ndarray, miss_block: np.ndarray, dropout: float = 0.0,
+                  seed: int = 0, offset: int = 0, *, dx: np.ndarray | None = None,
+                  dmiss_block: np.ndarray | None = None, work: np.ndarray | None = None) -> None:
+    """Accumulate the Bone / MiSS gradients of x and the block (None = not wanted)."""
+    if work is None:
+        work = np.empty(bone_backward_workspace_size(dy.shape[0], weight.shape[1], miss_block.shape[0], dropout),
+                        dtype=np.float32)
+    _C.bone_backward(dx, dmiss_block, work, dy, s, weight, miss_block, dropout, seed, offset)
+
+
+def bone_merge(weight: np.ndarray, miss_block: np.ndarray, sign: float = 1.0) -> None:
+    """In place: weight[o, c] += sign * block[c mod r, o mod block_columns]."""
+    _C.bone_merge(weight, miss_block, sign)
+
+
+def bat_weight(weight: np.ndarray, miss_block: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Bat's effective weight: every r x r block W_ik of row-block i becomes W_ik + W_ik T_i + T_i."""
+    weff = _empty(weight.shape, out)
+    _C.bat_weight(weff, weight, miss_block)
+    return weff
+
+
+def bat_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, miss_block: np.ndarray, *,
+                out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Bat: y = x W'^T + b with W' = :func:`bat_weight` (built into ``work``, (out, in) scratch)."""
+    y = _empty((x.shape[0], weight.shape[0]), out)
+    _C.bat_forward(y, _empty(weight.shape, work), x, weight, bias, miss_block)
+    return y
+
+
+def bat_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, miss_block: np.ndarray, *,
+                 dx: np.ndarray | None = None, dmiss_block: np.ndarray | None = None,
+                 work: np.ndarray | None = None) -> None:
+    """Accumulate the Bat gradients of x and the block; ``work`` holds out*in floats (W' is rebuilt)."""
+    _C.bat_backward(dx, dmiss_block, _empty((weight.size,), work), dy, x, weight, miss_block)
+
+
+def bat_merge(weight: np.ndarray, miss_block: np.ndarray) -> None:
+    """In place: weight <- :func:`bat_weight` (weight), with one row-block of scratch."""
+    r = miss_block.shape[-1]
+    _C.bat_merge(weight, np.empty(r * weight.shape[1], dtype=np.float32), miss_block, None)
+
+
+def bat_unmerge(weight: np.ndarray, miss_block: np.ndarray) -> None:
+    """In place: the inverse of :func:`bat_merge`, W_ik <- (W_ik - T_i)(I + T_i)^{-1}.
+
+    The r x r inverses are taken in float32 (as PEFT does); a singular I + T_i is a ValueError.
+    """
+    r = miss_block.shape[-1]
+    try:
+        inverse = np.linalg.inv(np.eye(r, dtype=np.float32) + miss_block).astype(np.float32)
+    except np.linalg.LinAlgError:
+        raise ValueError("bat_unmerge: I + miss_block is singular for some row-block; the merged weight "
+                         "cannot be restored") from None
+    _C.bat_merge(weight, np.empty(r * weight.shape[1], dtype=np.float32), miss_block,
+                 np.ascontiguousarray(inverse))

@@ -412,3 +412,79 @@ def l2_normalize_backward(dout, out, norm, eps=NORMALIZE_EPS, *, dx):
     big = (norm > eps)[:, None]
     dot = (out * dout).sum(axis=1, keepdims=True)
     dx += np.where(big, (dout - out * dot) / np.maximum(norm, eps)[:, None], dout / eps)
+
+
+# ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
+
+def _bone_full_block(miss_block, out_features):
+    """The (r, out) block D: a mini block (r, mini_r) is tiled along the outputs."""
+    return np.tile(miss_block, (1, out_features // miss_block.shape[1]))
+
+
+def _shard_sum(x, r):
+    pad = (-x.shape[1]) % r
+    xp = np.concatenate([x, np.zeros((x.shape[0], pad), dtype=x.dtype)], axis=1)
+    return xp.reshape(x.shape[0], -1, r).sum(axis=1)
+
+
+def bone_forward(x, weight, bias, miss_block, dropout=0.0, seed=0, offset=0, *, out=None, xd=None, s=None):
+    xd = dropout_forward(x, dropout, seed, offset) if dropout > 0.0 else None
+    s = _shard_sum(x if xd is None else xd, miss_block.shape[0])
+    y = linear_forward(x, weight, bias) + s @ _bone_full_block(miss_block, weight.shape[0])
+    return y, xd, s
+
+
+def bone_backward(dy, s, weight, miss_block, dropout=0.0, seed=0, offset=0, *, dx=None, dmiss_block=None,
+                  work=None):
+    r, mr = miss_block.shape
+    if dmiss_block is not None:
+        dmiss_block += (s.T @ dy).reshape(r, -1, mr).sum(axis=1)
+    if dx is not None:
+        dx += dy @ weight
+        gs = dy @ _bone_full_block(miss_block, weight.shape[0]).T
+        gx = np.tile(gs, (1, -(-weight.shape[1] // r)))[:, :weight.shape[1]]
+        if dropout > 0.0:
+            gx = gx * dropout_mask(gx.shape, dropout, seed, offset) / (1.0 - dropout)
+        dx += gx
+
+
+def bone_merge(weight, miss_block, sign=1.0):
+    r = miss_block.shape[0]
+    delta = _bone_full_block(miss_block, weight.shape[0]).T
+    weight += sign * np.tile(delta, (1, -(-weight.shape[1] // r)))[:, :weight.shape[1]]
+
+
+def bat_weight(weight, miss_block, *, out=None):
+    r = miss_block.shape[-1]
+    oc, ic = weight.shape
+    blocks = weight.reshape(oc // r, r, ic // r, r).transpose(0, 2, 1, 3)   # (i, k, a, c)
+    delta = blocks @ miss_block[:, None] + miss_block[:, None]
+    return weight + delta.transpose(0, 2, 1, 3).reshape(oc, ic)
+
+
+def bat_forward(x, weight, bias, miss_block, *, out=None, work=None):
+    return linear_forward(x, bat_weight(weight, miss_block), bias)
+
+
+def bat_backward(dy, x, weight, miss_block, *, dx=None, dmiss_block=None, work=None):
+    r = miss_block.shape[-1]
+    oc, ic = weight.shape
+    if dmiss_block is not None:
+        dw = (dy.T @ x).reshape(oc // r, r, ic // r, r).transpose(0, 2, 1, 3)
+        blocks = weight.reshape(oc // r, r, ic // r, r).transpose(0, 2, 1, 3)
+        dmiss_block += (blocks.transpose(0, 1, 3, 2) @ dw + dw).sum(axis=1)
+    if dx is not None:
+        dx += dy @ bat_weight(weight, miss_block)
+
+
+def bat_merge(weight, miss_block):
+    weight[...] = bat_weight(weight, miss_block)
+
+
+def bat_unmerge(weight, miss_block):
+    r = miss_block.shape[-1]
+    oc, ic = weight.shape
+    inverse = np.linalg.inv(np.eye(r, dtype=miss_block.dtype) + miss_block)
+    blocks = weight.reshape(oc // r, r, ic // r, r).transpose(0, 2, 1, 3)
+    restored = (blocks - miss_block[:, None]) @ inverse[:, None]
+    weight[...] = restored.transpose(0, 2, 1, 3).reshape(oc, ic)

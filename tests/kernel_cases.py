@@ -89,6 +89,32 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("sumsq", [("x", _f(rng, P))], [], set(), any_shape={"x"}),
         _case("scale_inplace", [("x", _f(rng, P))], [0.5], {"x"}, any_shape={"x"}),
     ]
+    # Bone / MiSS and Bat (Bat needs r | in and r | out: a 4 x 4 weight, r = 2)
+    bw = 4
+    cases += [
+        _case("bone_forward", [("y", _f(rng, N, OC)), ("s", _f(rng, N, R)), ("xd", _f(rng, N, IC)),
+                               ("x", _f(rng, N, IC)), ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)),
+                               ("miss_block", _f(rng, R, OC))], [0.3, 11, 2], {"y", "s", "xd"}, optional={"bias"}),
+        _case("bone_backward", [("dx", _f(rng, N, IC)), ("dmiss_block", _f(rng, R, OC)),
+                                ("work", _f(rng, N * R + N * IC)), ("dy", _f(rng, N, OC)), ("s", _f(rng, N, R)),
+                                ("weight", _f(rng, OC, IC)), ("miss_block", _f(rng, R, OC))], [0.3, 11, 2],
+              {"dx", "dmiss_block", "work"}, any_shape={"work"}, optional={"dx", "dmiss_block"}),
+        # any r fits a merge (the r <= in_features rule belongs to the layer), so no size constrains its rows
+        _case("bone_merge", [("weight", _f(rng, OC, IC)), ("miss_block", _f(rng, R, OC))], [1.0], {"weight"},
+              any_shape={"miss_block"}),
+        _case("bat_weight", [("weff", _f(rng, bw, bw)), ("weight", _f(rng, bw, bw)),
+                             ("miss_block", _f(rng, bw // R, R, R))], [], {"weff"}),
+        _case("bat_forward", [("y", _f(rng, N, bw)), ("weff", _f(rng, bw, bw)), ("x", _f(rng, N, bw)),
+                              ("weight", _f(rng, bw, bw)), ("bias", _f(rng, bw)),
+                              ("miss_block", _f(rng, bw // R, R, R))], [], {"y", "weff"}, optional={"bias"}),
+        _case("bat_backward", [("dx", _f(rng, N, bw)), ("dmiss_block", _f(rng, bw // R, R, R)),
+                               ("work", _f(rng, bw * bw)), ("dy", _f(rng, N, bw)), ("x", _f(rng, N, bw)),
+                               ("weight", _f(rng, bw, bw)), ("miss_block", _f(rng, bw // R, R, R))], [],
+              {"dx", "dmiss_block", "work"}, any_shape={"work"}, optional={"dx", "dmiss_block"}),
+        _case("bat_merge", [("weight", _f(rng, bw, bw)), ("work", _f(rng, R * bw)),
+                            ("miss_block", _f(rng, bw // R, R, R)), ("inverse", _f(rng, bw // R, R, R))], [],
+              {"weight", "work"}, any_shape={"work"}, optional={"inverse"}),
+    ]
     # cross_entropy_backward takes dloss between dlogits and probs
     ce = next(c for c in cases if c.fn == "cross_entropy_backward")
     ce.args.insert(1, 0.7)

@@ -10,6 +10,8 @@ extern PyMethodDef peftc_py_train_methods[];
 extern PyMethodDef peftc_py_cnn_methods[];
 /* transformer encoder family */
 extern PyMethodDef peftc_py_encoder_methods[];
+/* Bone / MiSS and Bat */
+extern PyMethodDef peftc_py_bone_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -18,6 +20,8 @@ static PyMethodDef *const method_tables[] = {
     /* CNN kernels */
     peftc_py_cnn_methods,
     peftc_py_encoder_methods, /* transformer encoder family */
+    /* Bone / MiSS and Bat */
+    peftc_py_bone_methods,
 };
 
 static struct PyModuleDef moduledef = {

@@ -2,8 +2,9 @@
 
 Tensor keys follow PEFT with the adapter name removed:
 ``base_model.model.<path>.lora_A.weight`` (r, in), ``<path>.lora_B.weight`` (out, r),
-``<path>.lora_B.bias`` (out,) with lora_bias, ``<path>.base_layer.bias`` for a trained bias of
-a LoRA layer, ``<name>.bias`` for other trained biases (bias="all"), and
+``<path>.lora_B.bias`` (out,) with lora_bias, ``<path>.miss_block`` for Bone / MiSS ((r, out),
+(r, mini_r) or Bat's (out/r, r, r); no ``.weight`` suffix: a bare parameter in PEFT),
+``<path>.base_layer.bias`` for a trained bias of an adapter layer, ``<name>.bias`` for other trained biases (bias="all"), and
 ``<module>.<param>`` for the trained copy of a modules_to_save module.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from ..nn import LoraLinear, Module, Parameter
+from ..nn import BoneLinear, LoraLinear, Module, Parameter
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from .safetensors import load_file, read_header, save_file
 
@@ -24,9 +25,9 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _walk(module: Module, prefix: str = "") -> Iterator[tuple[str, Module]]:
-    """Modules in order, not descending into LoRA layers or modules_to_save wrappers."""
+    """Modules in order, not descending into adapter layers or modules_to_save wrappers."""
     yield prefix, module
-    if isinstance(module, (LoraLinear, ModulesToSaveWrapper)):
+    if isinstance(module, (LoraLinear, BoneLinear, ModulesToSaveWrapper)):
         return
     for name, child in module.named_children():
         yield from _walk(child, _join(prefix, name))
@@ -42,6 +43,10 @@ def adapter_parameters(model: Module, bias: str) -> dict[str, Parameter]:
             out[f"{key}.lora_B.weight"] = module.lora_B
             if module.lora_bias is not None:
                 out[f"{key}.lora_B.bias"] = module.lora_bias
+            if bias != "none" and module.base.bias is not None:
+                out[f"{key}.base_layer.bias"] = module.base.bias
+        elif isinstance(module, BoneLinear):
+            out[f"{key}.miss_block"] = module.miss_block
             if bias != "none" and module.base.bias is not None:
                 out[f"{key}.base_layer.bias"] = module.base.bias
         elif isinstance(module, ModulesToSaveWrapper):

@@ -25,3 +25,8 @@ from .embedding import BertEmbeddings, Embedding  # noqa: E402
 from .layernorm import LayerNorm  # noqa: E402
 
 __all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "SelfAttention"]
+
+# Bone / MiSS and Bat
+from .bone import BoneLinear  # noqa: E402
+
+__all__ += ["BoneLinear"]

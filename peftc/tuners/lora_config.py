@@ -6,15 +6,11 @@ files written by PEFT (keys for PEFT features peftc lacks must hold their neutra
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..io.atomic import write_bytes_atomic
-
-CONFIG_NAME = "adapter_config.json"
+from .config_files import ConfigFiles
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 BIAS_OPTIONS = ("none", "all", "lora_only")
 INIT_OPTIONS = (True, False, "gaussian")
@@ -37,7 +33,7 @@ def _is_str_list(value: Any) -> bool:
 
 
 @dataclass
-class LoraConfig:
+class LoraConfig(ConfigFiles):
     """Configuration of a LoRA adapter (see PEFT's ``LoraConfig``; the same names and defaults).
 
     ``target_modules``: a regex matched against the whole dotted module name, a list of names
@@ -171,28 +167,3 @@ class LoraConfig:
             elif key not in _PEFT_METADATA_KEYS and key != "peft_type":
                 raise ValueError(f"unknown LoraConfig field {key!r}")
         return cls(**kwargs)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> LoraConfig:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{os.fspath(path)} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write adapter_config.json into save_directory (atomically)."""
-        os.makedirs(save_directory, exist_ok=True)
-        write_bytes_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string().encode("utf-8"))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> LoraConfig:
-        """Read adapter_config.json from a folder written by peftc or PEFT."""
-        path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(directory)}")
-        return cls.from_json_file(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..nn import Linear, LoraLinear, Module
+from ..nn import BoneLinear, Linear, LoraLinear, Module
 from .lora_config import LoraConfig
 
 ALL_LINEAR = "all-linear"
@@ -88,7 +88,7 @@ def _adapter_internal_names(model: Module) -> set[str]:
     """Names of modules inside existing LoRA layers (never targets themselves)."""
     inside = set()
     for name, module in model.named_modules():
-        if isinstance(module, LoraLinear):
+        if isinstance(module, (LoraLinear, BoneLinear)):
             inside.update(f"{name}.{sub}" if name else sub for sub, _ in module.named_modules() if sub)
     return inside
 
@@ -121,7 +121,7 @@ def resolve_target_modules(model: Module, config: LoraConfig) -> list[str] | str
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         skip = output_head_names(model) | _adapter_internal_names(model)
         return sorted(name for name, module in model.named_modules()
-                      if isinstance(module, (Linear, LoraLinear)) and name not in skip)
+                      if isinstance(module, (Linear, LoraLinear, BoneLinear)) and name not in skip)
     return targets
 
 
@@ -135,8 +135,8 @@ def find_target_modules(model: Module, config: LoraConfig) -> list[str]:
     for name, module in model.named_modules():
         if not name or name in inside or not check_target_module_exists(config, name):
             continue
-        if isinstance(module, LoraLinear):
-            raise ValueError(f"module {name!r} already has a LoRA adapter; peftc keeps one adapter per model")
+        if isinstance(module, (LoraLinear, BoneLinear)):
+            raise ValueError(f"module {name!r} already has an adapter; peftc keeps one adapter per model")
         if not isinstance(module, Linear):
             raise ValueError(f"target module {name!r} is a {type(module).__name__}; LoRA in peftc supports "
                              f"peftc.nn.Linear only")

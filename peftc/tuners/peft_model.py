@@ -1,4 +1,4 @@
-"""get_peft_model and PeftModel: LoRA injected into any peftc.nn.Module tree, PEFT's user API.
+"""get_peft_model and PeftModel: LoRA or Bone / MiSS injected into any peftc.nn.Module tree, PEFT's user API.
 
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["query", "value"]))
     model.print_trainable_parameters()
@@ -14,17 +14,25 @@ import os
 from collections.abc import Iterator
 
 from ..io.adapter_files import load_adapter_weights, save_adapter_weights
-from ..nn import Linear, LoraLinear, Module, Parameter
+from ..nn import BoneLinear, Linear, LoraLinear, Module, Parameter
 from ..random import Generator
+from .bone_config import BoneConfig
+from .config_files import load_config
 from .lora_config import LoraConfig
 from .matching import find_target_modules, get_pattern_key, resolve_target_modules
 from .modules_to_save import ModulesToSaveWrapper
 
+AdapterConfig = LoraConfig | BoneConfig
+# the adapter layers peftc injects, and the config class of each peft_type
+ADAPTER_LAYERS = (LoraLinear, BoneLinear)
+CONFIG_CLASSES = {"LORA": LoraConfig, "MISS": BoneConfig, "BONE": BoneConfig}  # BONE: refused with a hint
+
 
 class LoraModel(Module):
-    """The user's model with LoRA layers injected (PEFT's ``LoraModel``); ``model`` is the tree itself."""
+    """The user's model with adapter layers injected (PEFT's ``LoraModel`` / ``MissModel``); ``model`` is the tree
+    itself."""
 
-    def __init__(self, model: Module, config: LoraConfig) -> None:
+    def __init__(self, model: Module, config: AdapterConfig) -> None:
         self.model = model
         self.peft_config = {"default": config}
 
@@ -36,12 +44,12 @@ class LoraModel(Module):
 
 
 class PeftModel(Module):
-    """A model with one LoRA adapter ("default"): forward / backward run the adapted model.
+    """A model with one adapter ("default"), LoRA or Bone / MiSS: forward / backward run the adapted model.
 
     Parameter names follow PEFT's layout: ``base_model.model.<module path>...``.
     """
 
-    def __init__(self, model: Module, config: LoraConfig, adapter_name: str = "default",
+    def __init__(self, model: Module, config: AdapterConfig, adapter_name: str = "default",
                  generator: Generator | None = None) -> None:
         if adapter_name != "default":
             raise ValueError(f"peftc keeps one adapter per model, named 'default'; got adapter_name={adapter_name!r}")
@@ -55,16 +63,28 @@ class PeftModel(Module):
 
     # -- construction ------------------------------------------------------------------------------
     @staticmethod
-    def _inject(model: Module, config: LoraConfig, generator: Generator) -> None:
+    def _make_layer(base: Linear, name: str, config: AdapterConfig, generator: Generator) -> Module:
+        """The adapter layer the config's type asks for, around the Linear named ``name``."""
+        if isinstance(config, BoneConfig):
+            try:
+                return BoneLinear(base, r=config.r, init_weights=config.init_weights,
+                                  miss_dropout=config.miss_dropout, mini_r=config.mini_r, generator=generator)
+            except ValueError as exc:
+                raise ValueError(f"module {name!r} (in_features={base.in_features}, "
+                                 f"out_features={base.out_features}): {exc}") from None
+        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
+        return LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout,
+                          use_rslora=config.use_rslora, lora_bias=config.lora_bias,
+                          init_lora_weights=config.init_lora_weights, generator=generator)
+
+    @staticmethod
+    def _inject(model: Module, config: AdapterConfig, generator: Generator) -> None:
         targets = find_target_modules(model, config)
         for name in targets:
             base = model.get_submodule(name)
             assert isinstance(base, Linear)
-            r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
-            alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
-            layer = LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout,
-                               use_rslora=config.use_rslora, lora_bias=config.lora_bias,
-                               init_lora_weights=config.init_lora_weights, generator=generator)
+            layer = PeftModel._make_layer(base, name, config, generator)
             layer.training = base.training
             model.set_submodule(name, layer)
         if config.modules_to_save:
@@ -82,17 +102,19 @@ class PeftModel(Module):
                 wrapped.append(name)
 
     @staticmethod
-    def _mark_trainable(model: Module, config: LoraConfig) -> None:
-        lora_layers = [m for _, m in model.named_modules() if isinstance(m, LoraLinear)]
+    def _mark_trainable(model: Module, config: AdapterConfig) -> None:
+        layers = [m for _, m in model.named_modules() if isinstance(m, ADAPTER_LAYERS)]
         wrappers = [m for _, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
         model.requires_grad_(False)
         if config.inference_mode:
             return
-        for layer in lora_layers:
-            for p in (layer.lora_A, layer.lora_B, layer.lora_bias):
+        for layer in layers:
+            adapter = (layer.miss_block,) if isinstance(layer, BoneLinear) else (layer.lora_A, layer.lora_B,
+                                                                               layer.lora_bias)
+            for p in adapter:
                 if p is not None:
                     p.requires_grad = True
-            if config.bias == "lora_only" and layer.base.bias is not None:
+            if config.bias.endswith("_only") and layer.base.bias is not None:
                 layer.base.bias.requires_grad = True
         if config.bias == "all":
             for name, p in model.named_parameters():
@@ -104,11 +126,11 @@ class PeftModel(Module):
 
     # -- running -----------------------------------------------------------------------------------
     @property
-    def peft_config(self) -> dict[str, LoraConfig]:
+    def peft_config(self) -> dict[str, AdapterConfig]:
         return self.base_model.peft_config
 
     @property
-    def active_peft_config(self) -> LoraConfig:
+    def active_peft_config(self) -> AdapterConfig:
         return self.peft_config[self.active_adapter]
 
     def get_base_model(self) -> Module:
@@ -121,8 +143,9 @@ class PeftModel(Module):
     def backward(self, dy):
         return self.base_model.model.backward(dy)
 
-    def _lora_layers(self) -> list[LoraLinear]:
-        return [m for _, m in self.get_base_model().named_modules() if isinstance(m, LoraLinear)]
+    def _lora_layers(self) -> list[Module]:
+        """The adapter layers (LoraLinear or BoneLinear) in the model."""
+        return [m for _, m in self.get_base_model().named_modules() if isinstance(m, ADAPTER_LAYERS)]
 
     def _wrappers(self) -> list[ModulesToSaveWrapper]:
         return [m for _, m in self.get_base_model().named_modules() if isinstance(m, ModulesToSaveWrapper)]
@@ -147,19 +170,19 @@ class PeftModel(Module):
 
     # -- merging -----------------------------------------------------------------------------------
     def merge_adapter(self) -> None:
-        """Fold every LoRA update into its base weight (forward then costs what the base model costs)."""
+        """Fold every adapter update into its base weight (forward then costs what the base model costs)."""
         for layer in self._lora_layers():
             layer.merge()
 
     def unmerge_adapter(self) -> None:
-        """Undo merge_adapter (exact up to float32 rounding)."""
+        """Undo merge_adapter (exact up to float32 rounding; Bat goes through (I + T)^-1)."""
         for layer in self._lora_layers():
             layer.unmerge()
 
     def _unload(self, merge: bool) -> Module:
         model = self.get_base_model()
         for name, module in list(model.named_modules()):
-            if isinstance(module, LoraLinear):
+            if isinstance(module, ADAPTER_LAYERS):
                 if merge:
                     module.merge()
                 elif module.merged:
@@ -204,14 +227,14 @@ class PeftModel(Module):
 
     @classmethod
     def from_pretrained(cls, model: Module, model_id: str | os.PathLike, adapter_name: str = "default",
-                        is_trainable: bool = False, config: LoraConfig | None = None) -> PeftModel:
+                        is_trainable: bool = False, config: AdapterConfig | None = None) -> PeftModel:
         """Inject the adapter saved in the folder ``model_id`` (by peftc or PEFT) into ``model``.
 
         Without ``is_trainable`` the result is frozen and in eval mode, as in PEFT.
         """
         if not os.path.isdir(model_id):
             raise FileNotFoundError(f"adapter folder not found: {os.fspath(model_id)} (peftc never downloads)")
-        config = config if config is not None else LoraConfig.from_pretrained(model_id)
+        config = config if config is not None else load_config(model_id, CONFIG_CLASSES)
         config = dataclasses.replace(config, inference_mode=not is_trainable)
         peft_model = cls(model, config, adapter_name)
         load_adapter_weights(peft_model.get_base_model(), config.bias, model_id)
@@ -221,16 +244,19 @@ class PeftModel(Module):
 
     def __repr__(self) -> str:
         cfg = self.active_peft_config
-        return (f"PeftModel(LoRA r={cfg.r}, alpha={cfg.lora_alpha}, {len(self._lora_layers())} layers, "
-                f"base={type(self.get_base_model()).__name__})")
+        kind = (f"MiSS {cfg.variant} r={cfg.r}" if isinstance(cfg, BoneConfig)
+                else f"LoRA r={cfg.r}, alpha={cfg.lora_alpha}")
+        return f"PeftModel({kind}, {len(self._lora_layers())} layers, base={type(self.get_base_model()).__name__})"
 
 
-def get_peft_model(model: Module, peft_config: LoraConfig, adapter_name: str = "default",
+def get_peft_model(model: Module, peft_config: AdapterConfig, adapter_name: str = "default",
                    generator: Generator | None = None) -> PeftModel:
     """Wrap ``model`` (changed in place) with the adapter described by ``peft_config``.
 
-    ``generator`` seeds the LoRA initialisation and dropout (default ``Generator(0)``).
+    ``generator`` seeds the adapter initialisation and dropout (default ``Generator(0)``). The
+    config's type picks the adapter: LoraConfig -> LoRA, BoneConfig / MissConfig -> Bone / MiSS / Bat.
     """
-    if not isinstance(peft_config, LoraConfig):
-        raise TypeError(f"peft_config must be a peftc LoraConfig, got {type(peft_config).__name__}")
+    if not isinstance(peft_config, (LoraConfig, BoneConfig)):
+        raise TypeError(f"peft_config must be a peftc LoraConfig or BoneConfig (MissConfig), "
+                        f"got {type(peft_config).__name__}")
     return PeftModel(model, peft_config, adapter_name, generator)
