@@ -17,3 +17,9 @@ __all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d"
 from .loss import CrossEntropyLoss  # noqa: E402
 
 __all__ += ["CrossEntropyLoss"]
+
+# SoRA and Hydra adapters
+from .hydra import HydraLinear  # noqa: E402
+from .sora import SoraLinear  # noqa: E402
+
+__all__ += ["HydraLinear", "SoraLinear"]
