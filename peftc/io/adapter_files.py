@@ -38,10 +38,8 @@ def adapter_parameters(model: Module, bias: str) -> dict[str, Parameter]:
     for path, module in _walk(model):
         key = PREFIX + path
         if isinstance(module, LoraLinear):
-            out[f"{key}.lora_A.weight"] = module.lora_A
-            out[f"{key}.lora_B.weight"] = module.lora_B
-            if module.lora_bias is not None:
-                out[f"{key}.lora_B.bias"] = module.lora_bias
+            for name, p in module.adapter_parameters().items():
+                out[f"{key}.{name}"] = p
             if bias != "none" and module.base.bias is not None:
                 out[f"{key}.base_layer.bias"] = module.base.bias
         elif isinstance(module, ModulesToSaveWrapper):

@@ -1,5 +1,9 @@
 """get_peft_model and PeftModel: LoRA injected into any peftc.nn.Module tree, PEFT's user API.
 
+The config's class picks the layer: LoraConfig -> LoraLinear, SoraConfig -> SoraLinear,
+HydraConfig -> HydraLinear (the last two are LoraLinear subclasses, so everything below treats
+them alike; their files carry peft_type PEFTC_SORA / PEFTC_HYDRA, which PEFT refuses).
+
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["query", "value"]))
     model.print_trainable_parameters()
     ... train on model.trainable_parameters() ...
@@ -14,11 +18,14 @@ import os
 from collections.abc import Iterator
 
 from ..io.adapter_files import load_adapter_weights, save_adapter_weights
-from ..nn import Linear, LoraLinear, Module, Parameter
+from ..nn import HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
 from ..random import Generator
+from .configs import config_from_pretrained
+from .hydra_config import HydraConfig
 from .lora_config import LoraConfig
 from .matching import find_target_modules, get_pattern_key, resolve_target_modules
 from .modules_to_save import ModulesToSaveWrapper
+from .sora_config import SoraConfig
 
 
 class LoraModel(Module):
@@ -60,13 +67,15 @@ class PeftModel(Module):
         for name in targets:
             base = model.get_submodule(name)
             assert isinstance(base, Linear)
-            r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
-            alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
-            layer = LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout,
-                               use_rslora=config.use_rslora, lora_bias=config.lora_bias,
-                               init_lora_weights=config.init_lora_weights, generator=generator)
+            layer = _make_layer(config, base, name, generator)
             layer.training = base.training
             model.set_submodule(name, layer)
+        if isinstance(config, SoraConfig):
+            # the L1 penalty lambda1 * sum|g| / P is over all gate entries of the model
+            gates = [m for _, m in model.named_modules() if isinstance(m, SoraLinear)]
+            total = sum(m.r for m in gates)
+            for m in gates:
+                m.l1_weight = config.sparse_lambda / total
         if config.modules_to_save:
             # PEFT's rule for modules_to_save is a plain (not dotted) suffix match
             names = [n for n, _ in model.named_modules()
@@ -89,9 +98,8 @@ class PeftModel(Module):
         if config.inference_mode:
             return
         for layer in lora_layers:
-            for p in (layer.lora_A, layer.lora_B, layer.lora_bias):
-                if p is not None:
-                    p.requires_grad = True
+            for p in layer.adapter_parameters().values():
+                p.requires_grad = True
             if config.bias == "lora_only" and layer.base.bias is not None:
                 layer.base.bias.requires_grad = True
         if config.bias == "all":
@@ -211,7 +219,7 @@ class PeftModel(Module):
         """
         if not os.path.isdir(model_id):
             raise FileNotFoundError(f"adapter folder not found: {os.fspath(model_id)} (peftc never downloads)")
-        config = config if config is not None else LoraConfig.from_pretrained(model_id)
+        config = config if config is not None else config_from_pretrained(model_id)
         config = dataclasses.replace(config, inference_mode=not is_trainable)
         peft_model = cls(model, config, adapter_name)
         load_adapter_weights(peft_model.get_base_model(), config.bias, model_id)
@@ -221,7 +229,7 @@ class PeftModel(Module):
 
     def __repr__(self) -> str:
         cfg = self.active_peft_config
-        return (f"PeftModel(LoRA r={cfg.r}, alpha={cfg.lora_alpha}, {len(self._lora_layers())} layers, "
+        return (f"PeftModel({cfg.peft_type} r={cfg.r}, alpha={cfg.lora_alpha}, {len(self._lora_layers())} layers, "
                 f"base={type(self.get_base_model()).__name__})")
 
 
@@ -232,5 +240,20 @@ def get_peft_model(model: Module, peft_config: LoraConfig, adapter_name: str = "
     ``generator`` seeds the LoRA initialisation and dropout (default ``Generator(0)``).
     """
     if not isinstance(peft_config, LoraConfig):
-        raise TypeError(f"peft_config must be a peftc LoraConfig, got {type(peft_config).__name__}")
+        raise TypeError(f"peft_config must be a peftc LoraConfig, SoraConfig or HydraConfig, got {type(peft_config).__name__}")
     return PeftModel(model, peft_config, adapter_name, generator)
+
+
+def _make_layer(config: LoraConfig, base: Linear, name: str, generator: Generator) -> LoraLinear:
+    """The adapter layer ``config`` asks for on the module ``name`` (LoRA, SoRA or Hydra)."""
+    r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
+    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
+    if isinstance(config, SoraConfig):
+        return SoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
+                          init_lora_weights=config.init_lora_weights, generator=generator)
+    if isinstance(config, HydraConfig):
+        return HydraLinear(base, r=r, lora_alpha=alpha, seq_r=config.seq_r, seq_alpha=config.seq_alpha,
+                           use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights,
+                           generator=generator)
+    return LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
+                      lora_bias=config.lora_bias, init_lora_weights=config.init_lora_weights, generator=generator)
