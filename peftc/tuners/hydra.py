@@ -25,7 +25,9 @@ from .peft_model import PeftModel
 
 
 def hydra_layers(model: Module) -> dict[str, HydraLinear]:
-    """{module name: HydraLinear} of a model (a PeftModel or its base model)."""
+    """{module name: HydraLinear} of a model (a PeftModel or its base model), named by module path."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
     return {n: m for n, m in model.named_modules() if isinstance(m, HydraLinear)}
 
 

@@ -66,7 +66,9 @@ class SparseAdamW(AdamW):
 
 
 def sora_layers(model: Module) -> dict[str, SoraLinear]:
-    """{module name: SoraLinear} of a model (a PeftModel or its base model)."""
+    """{module name: SoraLinear} of a model (a PeftModel or its base model), named by module path."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
     return {n: m for n, m in model.named_modules() if isinstance(m, SoraLinear)}
 
 
