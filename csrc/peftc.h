@@ -305,5 +305,75 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
                                float *work /* peftc_bat_merge_workspace_size() floats */,
                                const float *t /* (NB,R,R) */, const float *tinv /* (NB,R,R) */, int64_t IC,
                                int64_t OC, int64_t R);
+/* ==== SoRA and Hydra adapters (sora.c, hydra.c) ================================================
+ * Extra dimension letters: RP parallel rank, RS sequential rank (Hydra). */
+
+/* ---- SoRA (sora.c): LoRA with a gate vector g between A and B --------------------------------
+ *   y = x w^T + b + s * dropout(x) a^T diag(g) bm^T
+ * The forward and backward fold g into a copy of bm held in the caller's scratch and run the LoRA
+ * kernels on it, so the GEMM structure is lora.c's. The backward returns the gate gradient
+ * dg_i = sum_o dbg[o,i] bm[o,i] (dbg the gradient of the folded matrix); an L1 term is the caller's. */
+int64_t peftc_sora_forward_workspace_size(int64_t OC, int64_t R); /* floats */
+peftc_status peftc_sora_forward(float *y /* (N,OC) overwritten */,
+                                float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
+                                float *u /* (N,R) overwritten: xd a^T (before the gate), kept for backward */,
+                                float *work /* peftc_sora_forward_workspace_size() floats */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
+                                const float *bm /* (OC,R) */, const float *g /* (R) */, float scale, float p,
+                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
+int64_t peftc_sora_backward_workspace_size(int64_t N, int64_t IC, int64_t OC, int64_t R, float p); /* floats */
+peftc_status peftc_sora_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                 float *da /* (R,IC) accumulated, or NULL */,
+                                 float *dbm /* (OC,R) accumulated, or NULL */,
+                                 float *dg /* (R) accumulated, or NULL */,
+                                 float *work /* peftc_sora_backward_workspace_size() floats */,
+                                 const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, const float *g /* (R) */,
+                                 float scale, float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC,
+                                 int64_t OC, int64_t R);
+/* The proximal step on the gates after an optimizer step, with threshold tau >= 0.
+ * compat == 0: the soft threshold of the SoRA paper, g <- sign(g) max(|g| - tau, 0).
+ * compat != 0: the official code's three successive masked writes (g > tau: g -= tau; then
+ *   g < -tau: g += tau; then |g| < tau: g = 0), which zeroes every |g| < 2 tau except |g| == tau.
+ * NaN stays NaN in both. */
+peftc_status peftc_sora_gate_threshold(float *g /* (P) updated */, float tau, int compat, int64_t P);
+
+/* ---- Hydra (hydra.c): a parallel and a sequential low-rank branch on one frozen linear layer ---
+ *   y0 = x w^T + b,   y = y0 + sp * (x ap^T) bp^T + ss * (y0 as^T) bs^T
+ * No dropout. The sequential branch reads the base output including the bias. */
+peftc_status peftc_hydra_forward(float *y /* (N,OC) overwritten */,
+                                 float *y0 /* (N,OC) overwritten: base output, kept for backward */,
+                                 float *pp /* (N,RP) overwritten: x ap^T, kept for backward */,
+                                 float *q /* (N,RS) overwritten: y0 as^T, kept for backward */,
+                                 const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                 const float *b /* (OC) or NULL */, const float *ap /* (RP,IC) */,
+                                 const float *bp /* (OC,RP) */, const float *as /* (RS,OC) */,
+                                 const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC,
+                                 int64_t OC, int64_t RP, int64_t RS);
+int64_t peftc_hydra_backward_workspace_size(int64_t N, int64_t OC, int64_t RP, int64_t RS); /* floats */
+peftc_status peftc_hydra_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                  float *dap /* (RP,IC) accumulated, or NULL */,
+                                  float *dbp /* (OC,RP) accumulated, or NULL */,
+                                  float *das /* (RS,OC) accumulated, or NULL */,
+                                  float *dbs /* (OC,RS) accumulated, or NULL */,
+                                  float *work /* peftc_hydra_backward_workspace_size() floats */,
+                                  const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
+                                  const float *y0 /* (N,OC) */, const float *pp /* (N,RP) */,
+                                  const float *q /* (N,RS) */, const float *w /* (OC,IC) */,
+                                  const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
+                                  const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp,
+                                  float ss, int64_t N, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
+/* sign = +1 (merge): w <- (I + ss bs as) w + sp bp ap, b <- (I + ss bs as) b.
+ * sign = -1 (unmerge, the inverse): w <- (I + ss bs as)^-1 (w - sp bp ap), b <- (I + ss bs as)^-1 b,
+ * through the Woodbury identity so only the (RS,RS) matrix I + ss as bs is solved (Gaussian
+ * elimination with partial pivoting); PEFTC_ERR_ARG if it is singular. */
+int64_t peftc_hydra_merge_workspace_size(int64_t IC, int64_t RS); /* floats */
+peftc_status peftc_hydra_merge(float *w /* (OC,IC) updated */, float *b /* (OC) updated, or NULL */,
+                               float *work /* peftc_hydra_merge_workspace_size() floats */,
+                               const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
+                               const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp, float ss,
+                               float sign, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
 
 #endif

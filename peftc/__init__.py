@@ -6,9 +6,9 @@ PEFT-like API on top.
 from . import data, functional, io, models, nn, optim, reference, schedule, tuners
 from .random import Generator
 from .train import Trainer, TrainingConfig
-from .tuners import BoneConfig, LoraConfig, MissConfig, PeftModel, get_peft_model
+from .tuners import BoneConfig, HydraConfig, LoraConfig, MissConfig, PeftModel, SoraConfig, get_peft_model
 
 __version__ = "0.1.0"
-__all__ = ["BoneConfig", "Generator", "LoraConfig", "MissConfig", "PeftModel", "Trainer", "TrainingConfig", "data",
-           "functional", "get_peft_model", "io", "models", "nn", "optim", "reference", "schedule", "tuners",
-           "__version__"]
+__all__ = ["BoneConfig", "Generator", "HydraConfig", "LoraConfig", "MissConfig", "PeftModel", "SoraConfig",
+           "Trainer", "TrainingConfig", "data", "functional", "get_peft_model", "io", "models", "nn", "optim",
+           "reference", "schedule", "tuners", "__version__"]

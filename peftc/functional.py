@@ -538,3 +538,85 @@ def bat_unmerge(weight: np.ndarray, miss_block: np.ndarray) -> None:
                          "cannot be restored") from None
     _C.bat_merge(weight, np.empty(r * weight.shape[1], dtype=np.float32), miss_block,
                  np.ascontiguousarray(inverse))
+
+
+# ---- SoRA and Hydra adapters -----------------------------------------------------------------------
+
+def sora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray,
+                 lora_B: np.ndarray, gate: np.ndarray, scaling: float, dropout: float = 0.0, seed: int = 0,
+                 offset: int = 0, *, out: np.ndarray | None = None, xd: np.ndarray | None = None,
+                 u: np.ndarray | None = None, work: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """y = x W^T + b + scaling * dropout(x) A^T diag(gate) B^T (SoRA).
+
+    Returns ``(y, xd, u)`` as :func:`lora_forward` does; ``u = xd A^T`` is taken before the gate.
+    """
+    n, r, oc = x.shape[0], lora_A.shape[0], weight.shape[0]
+    y = _empty((n, oc), out)
+    if dropout > 0.0 and xd is None:
+        xd = np.empty_like(x)
+    u = _empty((n, r), u)
+    if work is None:
+        work = np.empty(_C.sora_forward_workspace_size(oc, r), dtype=np.float32)
+    _C.sora_forward(y, xd if dropout > 0.0 else None, u, work, x, weight, bias, lora_A, lora_B, gate, scaling,
+                    dropout, seed, offset)
+    return y, (xd if dropout > 0.0 else None), u
+
+
+def sora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray, lora_A: np.ndarray,
+                  lora_B: np.ndarray, gate: np.ndarray, scaling: float, dropout: float = 0.0, seed: int = 0,
+                  offset: int = 0, *, dx: np.ndarray | None = None, dlora_A: np.ndarray | None = None,
+                  dlora_B: np.ndarray | None = None, dgate: np.ndarray | None = None,
+                  work: np.ndarray | None = None) -> None:
+    """Accumulate the SoRA gradients (no L1 term). ``xin`` is ``xd`` when dropout > 0, else x."""
+    if work is None:
+        size = _C.sora_backward_workspace_size(dy.shape[0], xin.shape[1], dy.shape[1], lora_A.shape[0], dropout)
+        work = np.empty(size, dtype=np.float32)
+    _C.sora_backward(dx, dlora_A, dlora_B, dgate, work, dy, xin, u, weight, lora_A, lora_B, gate, scaling,
+                     dropout, seed, offset)
+
+
+def sora_gate_threshold(gate: np.ndarray, tau: float, compat: bool = False) -> None:
+    """In place, the proximal step on SoRA gates with threshold ``tau``.
+
+    ``compat=False``: the paper's soft threshold ``sign(g) max(|g| - tau, 0)``. ``compat=True``: the
+    official code's three masked writes, which zero every ``|g| < 2 tau`` (except ``|g| == tau``)
+    and shrink the rest by ``tau``.
+    """
+    _C.sora_gate_threshold(gate, tau, compat)
+
+
+def hydra_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, par_A: np.ndarray,
+                  par_B: np.ndarray, seq_A: np.ndarray, seq_B: np.ndarray, par_scale: float, seq_scale: float, *,
+                  out: np.ndarray | None = None, y0: np.ndarray | None = None, p: np.ndarray | None = None,
+                  q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hydra: y0 = x W^T + b, y = y0 + par_scale (x A_p^T) B_p^T + seq_scale (y0 A_s^T) B_s^T.
+
+    Returns ``(y, y0, p, q)`` with ``p = x A_p^T`` and ``q = y0 A_s^T``, all kept for :func:`hydra_backward`.
+    """
+    n, oc = x.shape[0], weight.shape[0]
+    y, y0 = _empty((n, oc), out), _empty((n, oc), y0)
+    p, q = _empty((n, par_A.shape[0]), p), _empty((n, seq_A.shape[0]), q)
+    _C.hydra_forward(y, y0, p, q, x, weight, bias, par_A, par_B, seq_A, seq_B, par_scale, seq_scale)
+    return y, y0, p, q
+
+
+def hydra_backward(dy: np.ndarray, x: np.ndarray, y0: np.ndarray, p: np.ndarray, q: np.ndarray, weight: np.ndarray,
+                   par_A: np.ndarray, par_B: np.ndarray, seq_A: np.ndarray, seq_B: np.ndarray, par_scale: float,
+                   seq_scale: float, *, dx: np.ndarray | None = None, dpar_A: np.ndarray | None = None,
+                   dpar_B: np.ndarray | None = None, dseq_A: np.ndarray | None = None,
+                   dseq_B: np.ndarray | None = None, work: np.ndarray | None = None) -> None:
+    """Accumulate the Hydra gradients; the input gradient flows through both branches and the frozen W."""
+    if work is None:
+        size = _C.hydra_backward_workspace_size(dy.shape[0], dy.shape[1], par_A.shape[0], seq_A.shape[0])
+        work = np.empty(size, dtype=np.float32)
+    _C.hydra_backward(dx, dpar_A, dpar_B, dseq_A, dseq_B, work, dy, x, y0, p, q, weight, par_A, par_B, seq_A, seq_B,
+                      par_scale, seq_scale)
+
+
+def hydra_merge(weight: np.ndarray, bias: np.ndarray | None, par_A: np.ndarray, par_B: np.ndarray,
+                seq_A: np.ndarray, seq_B: np.ndarray, par_scale: float, seq_scale: float, sign: float = 1.0) -> None:
+    """In place. sign=1: W <- (I + s_s B_s A_s) W + s_p B_p A_p, b <- (I + s_s B_s A_s) b.
+    sign=-1: the exact inverse (Woodbury; ValueError if I + s_s A_s B_s is singular)."""
+    work = np.empty(_C.hydra_merge_workspace_size(weight.shape[1], seq_A.shape[0]), dtype=np.float32)
+    _C.hydra_merge(weight, bias, work, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, sign)

@@ -488,3 +488,79 @@ def bat_unmerge(weight, miss_block):
     blocks = weight.reshape(oc // r, r, ic // r, r).transpose(0, 2, 1, 3)
     restored = (blocks - miss_block[:, None]) @ inverse[:, None]
     weight[...] = restored.transpose(0, 2, 1, 3).reshape(oc, ic)
+
+
+# ---- SoRA and Hydra adapters -----------------------------------------------------------------------
+
+def sora_forward(x, weight, bias, lora_A, lora_B, gate, scaling, dropout=0.0, seed=0, offset=0, *, out=None,
+                 xd=None, u=None, work=None):
+    xd = dropout_forward(x, dropout, seed, offset) if dropout > 0.0 else None
+    xin = x if xd is None else xd
+    u = xin @ lora_A.T
+    y = linear_forward(x, weight, bias) + scaling * ((u * gate) @ lora_B.T)
+    return y, xd, u
+
+
+def sora_backward(dy, xin, u, weight, lora_A, lora_B, gate, scaling, dropout=0.0, seed=0, offset=0, *, dx=None,
+                  dlora_A=None, dlora_B=None, dgate=None, work=None):
+    h = scaling * (dy @ lora_B)          # dL/dV, V = U diag(g)
+    if dlora_B is not None:
+        dlora_B += scaling * dy.T @ (u * gate)
+    if dgate is not None:
+        dgate += (h * u).sum(axis=0)
+    du = h * gate
+    if dlora_A is not None:
+        dlora_A += du.T @ xin
+    if dx is not None:
+        dx += dy @ weight
+        gxd = du @ lora_A
+        if dropout > 0.0:
+            gxd = gxd * dropout_mask(gxd.shape, dropout, seed, offset) / (1.0 - dropout)
+        dx += gxd
+
+
+def sora_gate_threshold(gate, tau, compat=False):
+    g = gate.copy()
+    if compat:
+        g[g > tau] -= tau
+        g[g < -tau] += tau
+        g[np.abs(g) < tau] = 0.0
+    else:
+        g = np.sign(g) * np.maximum(np.abs(g) - tau, 0.0)
+    gate[...] = g
+
+
+def hydra_forward(x, weight, bias, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, *, out=None, y0=None, p=None,
+                  q=None):
+    y0 = linear_forward(x, weight, bias)
+    p = x @ par_A.T
+    q = y0 @ seq_A.T
+    return y0 + par_scale * p @ par_B.T + seq_scale * q @ seq_B.T, y0, p, q
+
+
+def hydra_backward(dy, x, y0, p, q, weight, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, *, dx=None,
+                   dpar_A=None, dpar_B=None, dseq_A=None, dseq_B=None, work=None):
+    gp, gs = dy @ par_B, dy @ seq_B
+    if dpar_B is not None:
+        dpar_B += par_scale * dy.T @ p
+    if dseq_B is not None:
+        dseq_B += seq_scale * dy.T @ q
+    if dpar_A is not None:
+        dpar_A += par_scale * gp.T @ x
+    if dseq_A is not None:
+        dseq_A += seq_scale * gs.T @ y0
+    if dx is not None:
+        dy0 = dy + seq_scale * gs @ seq_A
+        dx += dy0 @ weight + par_scale * gp @ par_A
+
+
+def hydra_merge(weight, bias, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, sign=1.0):
+    m = np.eye(weight.shape[0], dtype=weight.dtype) + seq_scale * seq_B @ seq_A
+    if sign > 0:
+        weight[...] = m @ weight + par_scale * par_B @ par_A
+        if bias is not None:
+            bias[...] = m @ bias
+    else:
+        weight[...] = np.linalg.solve(m, weight - par_scale * par_B @ par_A)
+        if bias is not None:
+            bias[...] = np.linalg.solve(m, bias)

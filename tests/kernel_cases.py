@@ -115,6 +115,40 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
                             ("miss_block", _f(rng, bw // R, R, R)), ("inverse", _f(rng, bw // R, R, R))], [],
               {"weight", "work"}, any_shape={"work"}, optional={"inverse"}),
     ]
+    # SoRA and Hydra adapters (RS: the Hydra sequential rank)
+    RS = 3
+    cases += [
+        _case("sora_forward", [("y", _f(rng, N, OC)), ("xd", _f(rng, N, IC)), ("u", _f(rng, N, R)),
+                               ("work", _f(rng, OC * R)), ("x", _f(rng, N, IC)), ("weight", _f(rng, OC, IC)),
+                               ("bias", _f(rng, OC)), ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)),
+                               ("gate", _f(rng, R))],
+              [0.5, 0.3, 11, 2], {"y", "xd", "u", "work"}, any_shape={"work"}, optional={"bias"}),
+        _case("sora_backward", [("dx", _f(rng, N, IC)), ("dlora_A", _f(rng, R, IC)), ("dlora_B", _f(rng, OC, R)),
+                                ("dgate", _f(rng, R)), ("work", _f(rng, 2 * OC * R + N * R + N * IC)),
+                                ("dy", _f(rng, N, OC)), ("xin", _f(rng, N, IC)), ("u", _f(rng, N, R)),
+                                ("weight", _f(rng, OC, IC)), ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)),
+                                ("gate", _f(rng, R))],
+              [0.5, 0.3, 11, 2], {"dx", "dlora_A", "dlora_B", "dgate", "work"}, any_shape={"work"},
+              optional={"dx", "dlora_A", "dlora_B", "dgate"}),
+        _case("sora_gate_threshold", [("gate", _f(rng, P))], [0.1, False], {"gate"}, any_shape={"gate"}),
+        _case("hydra_forward", [("y", _f(rng, N, OC)), ("y0", _f(rng, N, OC)), ("p", _f(rng, N, R)),
+                                ("q", _f(rng, N, RS)), ("x", _f(rng, N, IC)), ("weight", _f(rng, OC, IC)),
+                                ("bias", _f(rng, OC)), ("par_A", _f(rng, R, IC)), ("par_B", _f(rng, OC, R)),
+                                ("seq_A", _f(rng, RS, OC)), ("seq_B", _f(rng, OC, RS))],
+              [0.5, 0.25], {"y", "y0", "p", "q"}, optional={"bias"}),
+        _case("hydra_backward", [("dx", _f(rng, N, IC)), ("dpar_A", _f(rng, R, IC)), ("dpar_B", _f(rng, OC, R)),
+                                 ("dseq_A", _f(rng, RS, OC)), ("dseq_B", _f(rng, OC, RS)),
+                                 ("work", _f(rng, N * R + N * RS + N * OC)), ("dy", _f(rng, N, OC)),
+                                 ("x", _f(rng, N, IC)), ("y0", _f(rng, N, OC)), ("p", _f(rng, N, R)),
+                                 ("q", _f(rng, N, RS)), ("weight", _f(rng, OC, IC)), ("par_A", _f(rng, R, IC)),
+                                 ("par_B", _f(rng, OC, R)), ("seq_A", _f(rng, RS, OC)), ("seq_B", _f(rng, OC, RS))],
+              [0.5, 0.25], {"dx", "dpar_A", "dpar_B", "dseq_A", "dseq_B", "work"}, any_shape={"work"},
+              optional={"dx", "dpar_A", "dpar_B", "dseq_A", "dseq_B"}),
+        _case("hydra_merge", [("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)),
+                              ("work", _f(rng, RS * IC + RS + RS * RS)), ("par_A", _f(rng, R, IC)),
+                              ("par_B", _f(rng, OC, R)), ("seq_A", _f(rng, RS, OC)), ("seq_B", _f(rng, OC, RS))],
+              [0.5, 0.25, 1.0], {"weight", "bias", "work"}, any_shape={"work"}, optional={"bias"}),
+    ]
     # cross_entropy_backward takes dloss between dlogits and probs
     ce = next(c for c in cases if c.fn == "cross_entropy_backward")
     ce.args.insert(1, 0.7)

@@ -12,6 +12,8 @@ extern PyMethodDef peftc_py_cnn_methods[];
 extern PyMethodDef peftc_py_encoder_methods[];
 /* Bone / MiSS and Bat */
 extern PyMethodDef peftc_py_bone_methods[];
+/* SoRA and Hydra adapters */
+extern PyMethodDef peftc_py_sora_hydra_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -22,6 +24,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_encoder_methods, /* transformer encoder family */
     /* Bone / MiSS and Bat */
     peftc_py_bone_methods,
+    /* SoRA and Hydra adapters */
+    peftc_py_sora_hydra_methods,
 };
 
 static struct PyModuleDef moduledef = {

@@ -38,15 +38,9 @@ def adapter_parameters(model: Module, bias: str) -> dict[str, Parameter]:
     out: dict[str, Parameter] = {}
     for path, module in _walk(model):
         key = PREFIX + path
-        if isinstance(module, LoraLinear):
-            out[f"{key}.lora_A.weight"] = module.lora_A
-            out[f"{key}.lora_B.weight"] = module.lora_B
-            if module.lora_bias is not None:
-                out[f"{key}.lora_B.bias"] = module.lora_bias
-            if bias != "none" and module.base.bias is not None:
-                out[f"{key}.base_layer.bias"] = module.base.bias
-        elif isinstance(module, BoneLinear):
-            out[f"{key}.miss_block"] = module.miss_block
+        if isinstance(module, (LoraLinear, BoneLinear)):
+            for name, p in module.adapter_parameters().items():
+                out[f"{key}.{name}"] = p
             if bias != "none" and module.base.bias is not None:
                 out[f"{key}.base_layer.bias"] = module.base.bias
         elif isinstance(module, ModulesToSaveWrapper):

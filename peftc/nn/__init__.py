@@ -30,3 +30,9 @@ __all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "Self
 from .bone import BoneLinear  # noqa: E402
 
 __all__ += ["BoneLinear"]
+
+# SoRA and Hydra adapters
+from .hydra import HydraLinear  # noqa: E402
+from .sora import SoraLinear  # noqa: E402
+
+__all__ += ["HydraLinear", "SoraLinear"]

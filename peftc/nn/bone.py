@@ -81,6 +81,10 @@ class BoneLinear(Module):
     def _bias(self) -> np.ndarray | None:
         return self.base.bias.data if self.base.bias is not None else None
 
+    def adapter_parameters(self) -> dict[str, Parameter]:
+        """{name in PEFT's file layout (without the module path): Parameter}: the MiSS block (no ``.weight``)."""
+        return {"miss_block": self.miss_block}
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.merged or self.disabled:
             self._cache = None

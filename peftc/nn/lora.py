@@ -66,6 +66,13 @@ class LoraLinear(Module):
         if self.lora_bias is not None:
             self.lora_bias.data.fill(0.0)
 
+    def adapter_parameters(self) -> dict[str, Parameter]:
+        """{name in PEFT's file layout (without the module path): Parameter} of the adapter's own tensors."""
+        out = {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
+        if self.lora_bias is not None:
+            out["lora_B.bias"] = self.lora_bias
+        return out
+
     def _bias(self) -> np.ndarray | None:
         return self.base.bias.data if self.base.bias is not None else None
 

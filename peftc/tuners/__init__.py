@@ -11,3 +11,10 @@ __all__ = ["LoraConfig", "LoraModel", "ModulesToSaveWrapper", "PeftModel", "chec
 from .bone_config import BoneConfig, MissConfig  # noqa: E402
 
 __all__ += ["BoneConfig", "MissConfig"]
+# SoRA and Hydra adapters
+from . import hydra, sora  # noqa: E402
+from .configs import config_from_pretrained  # noqa: E402
+from .hydra_config import HydraConfig  # noqa: E402
+from .sora_config import SoraConfig  # noqa: E402
+
+__all__ += ["HydraConfig", "SoraConfig", "config_from_pretrained", "hydra", "sora"]

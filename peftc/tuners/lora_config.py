@@ -151,10 +151,11 @@ class LoraConfig(ConfigFiles):
     def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
         """Build a config from a dict such as PEFT's adapter_config.json; unknown keys are an error."""
         if not isinstance(data, dict):
-            raise ValueError(f"LoraConfig.from_dict needs a dict, got {type(data).__name__}")
-        peft_type = data.get("peft_type", "LORA")
-        if peft_type != "LORA":
-            raise ValueError(f"adapter config has peft_type {peft_type!r}; LoraConfig reads only 'LORA'")
+            raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
+        expected = next(f.default for f in dataclasses.fields(cls) if f.name == "peft_type")
+        peft_type = data.get("peft_type", expected)
+        if peft_type != expected:
+            raise ValueError(f"adapter config has peft_type {peft_type!r}; {cls.__name__} reads only {expected!r}")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         kwargs = {}
         for key, value in data.items():
@@ -165,5 +166,5 @@ class LoraConfig(ConfigFiles):
                     raise ValueError(f"adapter config sets {key}={value!r}: this PEFT feature is not supported "
                                      f"by peftc")
             elif key not in _PEFT_METADATA_KEYS and key != "peft_type":
-                raise ValueError(f"unknown LoraConfig field {key!r}")
+                raise ValueError(f"unknown {cls.__name__} field {key!r}")
         return cls(**kwargs)

@@ -1,5 +1,9 @@
 """get_peft_model and PeftModel: LoRA or Bone / MiSS injected into any peftc.nn.Module tree, PEFT's user API.
 
+The config's class picks the layer: LoraConfig -> LoraLinear, SoraConfig -> SoraLinear,
+HydraConfig -> HydraLinear (the last two are LoraLinear subclasses, so everything below treats
+them alike; their files carry peft_type PEFTC_SORA / PEFTC_HYDRA, which PEFT refuses).
+
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["query", "value"]))
     model.print_trainable_parameters()
     ... train on model.trainable_parameters() ...
@@ -14,18 +18,19 @@ import os
 from collections.abc import Iterator
 
 from ..io.adapter_files import load_adapter_weights, save_adapter_weights
-from ..nn import BoneLinear, Linear, LoraLinear, Module, Parameter
+from ..nn import BoneLinear, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
 from ..random import Generator
 from .bone_config import BoneConfig
-from .config_files import load_config
+from .configs import config_from_pretrained
+from .hydra_config import HydraConfig
 from .lora_config import LoraConfig
 from .matching import find_target_modules, get_pattern_key, resolve_target_modules
 from .modules_to_save import ModulesToSaveWrapper
+from .sora_config import SoraConfig
 
 AdapterConfig = LoraConfig | BoneConfig
-# the adapter layers peftc injects, and the config class of each peft_type
+# the adapter layers peftc injects (SoraLinear and HydraLinear are LoraLinear subclasses)
 ADAPTER_LAYERS = (LoraLinear, BoneLinear)
-CONFIG_CLASSES = {"LORA": LoraConfig, "MISS": BoneConfig, "BONE": BoneConfig}  # BONE: refused with a hint
 
 
 class LoraModel(Module):
@@ -63,30 +68,20 @@ class PeftModel(Module):
 
     # -- construction ------------------------------------------------------------------------------
     @staticmethod
-    def _make_layer(base: Linear, name: str, config: AdapterConfig, generator: Generator) -> Module:
-        """The adapter layer the config's type asks for, around the Linear named ``name``."""
-        if isinstance(config, BoneConfig):
-            try:
-                return BoneLinear(base, r=config.r, init_weights=config.init_weights,
-                                  miss_dropout=config.miss_dropout, mini_r=config.mini_r, generator=generator)
-            except ValueError as exc:
-                raise ValueError(f"module {name!r} (in_features={base.in_features}, "
-                                 f"out_features={base.out_features}): {exc}") from None
-        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
-        return LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout,
-                          use_rslora=config.use_rslora, lora_bias=config.lora_bias,
-                          init_lora_weights=config.init_lora_weights, generator=generator)
-
-    @staticmethod
     def _inject(model: Module, config: AdapterConfig, generator: Generator) -> None:
         targets = find_target_modules(model, config)
         for name in targets:
             base = model.get_submodule(name)
             assert isinstance(base, Linear)
-            layer = PeftModel._make_layer(base, name, config, generator)
+            layer = _make_layer(config, base, name, generator)
             layer.training = base.training
             model.set_submodule(name, layer)
+        if isinstance(config, SoraConfig):
+            # the L1 penalty lambda1 * sum|g| / P is over all gate entries of the model
+            gates = [m for _, m in model.named_modules() if isinstance(m, SoraLinear)]
+            total = sum(m.r for m in gates)
+            for m in gates:
+                m.l1_weight = config.sparse_lambda / total
         if config.modules_to_save:
             # PEFT's rule for modules_to_save is a plain (not dotted) suffix match
             names = [n for n, _ in model.named_modules()
@@ -109,11 +104,8 @@ class PeftModel(Module):
         if config.inference_mode:
             return
         for layer in layers:
-            adapter = (layer.miss_block,) if isinstance(layer, BoneLinear) else (layer.lora_A, layer.lora_B,
-                                                                               layer.lora_bias)
-            for p in adapter:
-                if p is not None:
-                    p.requires_grad = True
+            for p in layer.adapter_parameters().values():
+                p.requires_grad = True
             if config.bias.endswith("_only") and layer.base.bias is not None:
                 layer.base.bias.requires_grad = True
         if config.bias == "all":
@@ -234,7 +226,7 @@ class PeftModel(Module):
         """
         if not os.path.isdir(model_id):
             raise FileNotFoundError(f"adapter folder not found: {os.fspath(model_id)} (peftc never downloads)")
-        config = config if config is not None else load_config(model_id, CONFIG_CLASSES)
+        config = config if config is not None else config_from_pretrained(model_id)
         config = dataclasses.replace(config, inference_mode=not is_trainable)
         peft_model = cls(model, config, adapter_name)
         load_adapter_weights(peft_model.get_base_model(), config.bias, model_id)
@@ -245,7 +237,7 @@ class PeftModel(Module):
     def __repr__(self) -> str:
         cfg = self.active_peft_config
         kind = (f"MiSS {cfg.variant} r={cfg.r}" if isinstance(cfg, BoneConfig)
-                else f"LoRA r={cfg.r}, alpha={cfg.lora_alpha}")
+                else f"{cfg.peft_type} r={cfg.r}, alpha={cfg.lora_alpha}")
         return f"PeftModel({kind}, {len(self._lora_layers())} layers, base={type(self.get_base_model()).__name__})"
 
 
@@ -257,6 +249,28 @@ def get_peft_model(model: Module, peft_config: AdapterConfig, adapter_name: str 
     config's type picks the adapter: LoraConfig -> LoRA, BoneConfig / MissConfig -> Bone / MiSS / Bat.
     """
     if not isinstance(peft_config, (LoraConfig, BoneConfig)):
-        raise TypeError(f"peft_config must be a peftc LoraConfig or BoneConfig (MissConfig), "
+        raise TypeError(f"peft_config must be a peftc LoraConfig, SoraConfig, HydraConfig or BoneConfig (MissConfig), "
                         f"got {type(peft_config).__name__}")
     return PeftModel(model, peft_config, adapter_name, generator)
+
+
+def _make_layer(config: AdapterConfig, base: Linear, name: str, generator: Generator) -> Module:
+    """The adapter layer ``config`` asks for on the module ``name`` (LoRA, SoRA, Hydra or Bone / MiSS)."""
+    if isinstance(config, BoneConfig):
+        try:
+            return BoneLinear(base, r=config.r, init_weights=config.init_weights, miss_dropout=config.miss_dropout,
+                              mini_r=config.mini_r, generator=generator)
+        except ValueError as exc:
+            raise ValueError(f"module {name!r} (in_features={base.in_features}, "
+                             f"out_features={base.out_features}): {exc}") from None
+    r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
+    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
+    if isinstance(config, SoraConfig):
+        return SoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
+                          init_lora_weights=config.init_lora_weights, generator=generator)
+    if isinstance(config, HydraConfig):
+        return HydraLinear(base, r=r, lora_alpha=alpha, seq_r=config.seq_r, seq_alpha=config.seq_alpha,
+                           use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights,
+                           generator=generator)
+    return LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
+                      lora_bias=config.lora_bias, init_lora_weights=config.init_lora_weights, generator=generator)
