@@ -187,3 +187,17 @@ def test_small_resnet_forward_and_input_gradient_match_torch(torch):
     (ref * torch.tensor(w)).sum().backward()
     assert_close(out, ref.detach().numpy(), 1e-4, 1e-5, "logits")
     assert_close(dx, xt.grad.numpy(), 1e-3, 1e-5, "dx")
+
+
+def test_train_source_model_trains_once_then_loads_from_cache(tmp_path):
+    from peftc.models import SourceConfig, train_source_model
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 96)
+    x = (rng.random((96, 28, 28)) * 0.2 + (y[:, None, None] / 10.0)).astype(np.float32)  # class = brightness
+    cfg = SourceConfig(widths=(4, 8), epochs=3, batch_size=32, learning_rate=1e-2)
+    m1, info1 = train_source_model(cfg, cache=tmp_path, data=(x, y, x, y))
+    m2, info2 = train_source_model(cfg, cache=tmp_path, data=(x, y, x, y))
+    assert not info1["cached"] and info2["cached"] and info1["path"] == info2["path"]
+    assert info1["test_accuracy"] == info2["test_accuracy"] > 0.1
+    assert all(np.array_equal(a, m2.state_dict()[k]) for k, a in m1.state_dict().items())
