@@ -375,5 +375,22 @@ peftc_status peftc_hydra_merge(float *w /* (OC,IC) updated */, float *b /* (OC) 
                                const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
                                const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp, float ss,
                                float sign, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
+/* ---- test-time adaptation (tta.c): softmax entropy, EATA sample selection ------------------------
+ * Entropy per row H_n = -sum_k p_nk log p_nk of p = softmax(logits). */
+peftc_status peftc_softmax_entropy_forward(float *ent /* (N) overwritten */, float *probs /* (N,C) overwritten */,
+                                           const float *logits /* (N,C) */, int64_t N, int64_t C);
+/* dlogits[n] += dent[n] * dH_n/dlogits[n]; rows with dent[n] == 0 are skipped */
+peftc_status peftc_softmax_entropy_backward(float *dlogits /* (N,C) accumulated */, const float *dent /* (N) */,
+                                            const float *probs /* (N,C) from the forward */,
+                                            const float *logits /* (N,C) */, int64_t N, int64_t C);
+/* EATA: row n is selected when H_n < e0 (reliable) and, once the moving average exists,
+ * |cos(ema, p_n)| < d_margin (not redundant). weight[n] = exp(e0 - H_n) if selected, else 0.
+ * ema is set to the mean of the selected p_n on the first batch with a selection
+ * (*ema_set 0 -> 1), else ema = momentum * ema + (1 - momentum) * mean; unchanged when none is
+ * selected. counts = {reliable, selected}. */
+peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *counts /* (2) overwritten */,
+                               float *ema /* (C) read and updated */, int64_t *ema_set /* (1) read and updated */,
+                               const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
+                               float momentum, int64_t N, int64_t C);
 
 #endif

@@ -620,3 +620,32 @@ def hydra_merge(weight: np.ndarray, bias: np.ndarray | None, par_A: np.ndarray, 
     sign=-1: the exact inverse (Woodbury; ValueError if I + s_s A_s B_s is singular)."""
     work = np.empty(_C.hydra_merge_workspace_size(weight.shape[1], seq_A.shape[0]), dtype=np.float32)
     _C.hydra_merge(weight, bias, work, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, sign)
+
+
+# -- test-time adaptation ------------------------------------------------------------------------
+
+def softmax_entropy_forward(logits: np.ndarray, *, ent: np.ndarray | None = None,
+                            probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ent, probs)``: per-row entropy H_n = -sum_k p_nk log p_nk (N,) and p = softmax(logits) (N, C)."""
+    ent = np.empty(logits.shape[0], dtype=np.float32) if ent is None else ent
+    probs = np.empty_like(logits) if probs is None else probs
+    _C.softmax_entropy_forward(ent, probs, logits)
+    return ent, probs
+
+
+def softmax_entropy_backward(dent: np.ndarray, probs: np.ndarray, logits: np.ndarray, *, dlogits: np.ndarray) -> None:
+    """dlogits[n] += dent[n] * p_n * (sum_j p_nj z_nj - z_n); a weighted mean entropy passes dent = w / count."""
+    _C.softmax_entropy_backward(dlogits, dent, probs, logits)
+
+
+def eata_select(ent: np.ndarray, probs: np.ndarray, ema: np.ndarray, ema_set: bool, e0: float, d_margin: float,
+                momentum: float = 0.9, *, weight: np.ndarray | None = None) -> tuple[np.ndarray, int, int, bool]:
+    """EATA's selection: ``(weight, reliable, selected, ema_set)``; ``ema`` (C,) is updated in place.
+
+    weight[n] = exp(e0 - H_n) for rows with H_n < e0 and (once ``ema_set``) |cos(ema, p_n)| < d_margin,
+    else 0. The moving average becomes the mean selected prediction on the first batch with a
+    selection, then ``momentum * ema + (1 - momentum) * mean``.
+    """
+    weight = np.empty_like(ent) if weight is None else weight
+    reliable, selected, ema_set = _C.eata_select(weight, ema, ema_set, ent, probs, e0, d_margin, momentum)
+    return weight, reliable, selected, ema_set

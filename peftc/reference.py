@@ -564,3 +564,34 @@ def hydra_merge(weight, bias, par_A, par_B, seq_A, seq_B, par_scale, seq_scale, 
         weight[...] = np.linalg.solve(m, weight - par_scale * par_B @ par_A)
         if bias is not None:
             bias[...] = np.linalg.solve(m, bias)
+
+
+# -- test-time adaptation ------------------------------------------------------------------------
+
+def softmax_entropy_forward(logits, *, ent=None, probs=None):
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    h = np.log(np.exp(z).sum(axis=1)) - (p * z).sum(axis=1)
+    return h.astype(logits.dtype), p.astype(logits.dtype)
+
+
+def softmax_entropy_backward(dent, probs, logits, *, dlogits):
+    p, z = probs.astype(np.float64), logits.astype(np.float64)
+    dlogits += (dent[:, None] * p * ((p * z).sum(axis=1, keepdims=True) - z)).astype(dlogits.dtype)
+
+
+def eata_select(ent, probs, ema, ema_set, e0, d_margin, momentum=0.9, *, weight=None):
+    keep = ent < e0
+    reliable = int(keep.sum())
+    if ema_set:
+        cos = probs @ ema / (np.linalg.norm(probs, axis=1) * np.linalg.norm(ema))
+        keep &= np.abs(cos) < d_margin
+    w = np.where(keep, 1.0 / np.exp(ent.astype(np.float64) - e0), 0.0).astype(ent.dtype)
+    if weight is not None:
+        weight[...] = w
+    if keep.any():
+        mean = probs[keep].astype(np.float64).mean(axis=0)
+        ema[...] = momentum * ema + (1 - momentum) * mean if ema_set else mean
+        ema_set = True
+    return w, reliable, int(keep.sum()), ema_set

@@ -14,6 +14,8 @@ extern PyMethodDef peftc_py_encoder_methods[];
 extern PyMethodDef peftc_py_bone_methods[];
 /* SoRA and Hydra adapters */
 extern PyMethodDef peftc_py_sora_hydra_methods[];
+/* test-time adaptation kernels */
+extern PyMethodDef peftc_py_tta_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -26,6 +28,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_bone_methods,
     /* SoRA and Hydra adapters */
     peftc_py_sora_hydra_methods,
+    /* test-time adaptation kernels */
+    peftc_py_tta_methods,
 };
 
 static struct PyModuleDef moduledef = {

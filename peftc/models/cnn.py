@@ -1,0 +1,148 @@
+"""A small ResNet-style BatchNorm CNN for 28x28x1 images, and its training on clean Fashion-MNIST.
+
+Layout: stem conv3x3(1 -> c0)-BN-ReLU at 28x28, then one residual basic block per further width
+(conv3x3 stride 2-BN-ReLU-conv3x3-BN, plus a 1x1 stride-2 conv-BN shortcut, add, ReLU):
+28 -> 14 -> 7, global average pooling and a linear head. Every BatchNorm is a
+:class:`peftc.nn.BatchNorm2d`, so test-time adaptation can switch them to test-batch statistics
+and train their affine parameters. The residual add is written out in the block's forward and
+backward (the gradient of a sum is passed to both branches and the branch gradients are summed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..checkpoint import load_npz, save_npz_atomic
+from ..nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, ReLU
+from ..nn.module import Module, ModuleList
+from ..random import Generator
+
+
+class BasicBlock(Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut is identity or conv1x1-BN."""
+
+    def __init__(self, cin: int, cout: int, stride: int, generator: Generator) -> None:
+        self.conv1 = Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, generator=generator)
+        self.bn1 = BatchNorm2d(cout)
+        self.relu1 = ReLU()
+        self.conv2 = Conv2d(cout, cout, 3, padding=1, bias=False, generator=generator)
+        self.bn2 = BatchNorm2d(cout)
+        if stride != 1 or cin != cout:
+            self.short_conv = Conv2d(cin, cout, 1, stride=stride, bias=False, generator=generator)
+            self.short_bn = BatchNorm2d(cout)
+        else:
+            self.short_conv = self.short_bn = None
+        self.relu2 = ReLU()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        h = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        s = x if self.short_conv is None else self.short_bn(self.short_conv(x))
+        return self.relu2(h + s)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        d = self.relu2.backward(dy)
+        dx = self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(d)))))
+        if self.short_conv is None:
+            return dx + d
+        return dx + self.short_conv.backward(self.short_bn.backward(d))
+
+
+class SmallResNet(Module):
+    """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, seed: int = 0) -> None:
+        g = Generator(seed)
+        self.stem_conv = Conv2d(1, widths[0], 3, padding=1, bias=False, generator=g)
+        self.stem_bn = BatchNorm2d(widths[0])
+        self.stem_relu = ReLU()
+        self.blocks = ModuleList([BasicBlock(a, b, 2, g) for a, b in zip(widths, widths[1:])])
+        self.pool = GlobalAvgPool2d()
+        self.head = Linear(widths[-1], num_classes, generator=g)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 3:
+            x = x[:, None]
+        h = self.stem_relu(self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32))))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.pool(h))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        d = self.pool.backward(self.head.backward(dy))
+        for block in reversed(list(self.blocks)):
+            d = block.backward(d)
+        return self.stem_conv.backward(self.stem_bn.backward(self.stem_relu.backward(d)))
+
+    def batchnorms(self) -> list[tuple[str, BatchNorm2d]]:
+        """Every BatchNorm2d with its dotted name, input to output."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+
+
+@dataclass
+class SourceConfig:
+    """How the source model is trained; the cache file name is a hash of these fields."""
+
+    widths: tuple[int, ...] = (12, 24, 48)
+    epochs: int = 2
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    train_limit: int | None = None  # first rows of the training set only (quick checks and tests)
+
+
+def _cache_root(cache: str | os.PathLike | None) -> str:
+    return os.fspath(cache or os.environ.get("PEFTC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "peftc"))
+
+
+def evaluate_accuracy(model: Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    """Accuracy in eval mode (running statistics); the model's mode is restored afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        correct = 0
+        for i in range(0, len(images), batch_size):
+            correct += int((model.forward(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+    finally:
+        model.train(was)
+    return correct / max(len(images), 1)
+
+
+def train_source_model(config: SourceConfig | None = None, cache: str | os.PathLike | None = None,
+                       progress: bool = False, data: tuple | None = None) -> tuple[SmallResNet, dict]:
+    """The source CNN trained with :class:`peftc.train.Trainer` (AdamW, warm-up + linear decay) on clean
+    Fashion-MNIST train, loaded from ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
+
+    ``data`` = (train_x, train_y, test_x, test_y) overrides the Debian loader. Returns
+    ``(model, info)`` with info {"path", "cached", "test_accuracy", "config"}; the model is in eval mode.
+    """
+    from ..data.fashion_mnist import load_fashion_mnist
+    from ..train import Trainer, TrainingConfig
+
+    cfg = config or SourceConfig()
+    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(_cache_root(cache), "models", f"fmnist_resnet_{key}.npz")
+    model = SmallResNet(tuple(cfg.widths), 10, cfg.seed)
+    if data is None:
+        (tx, ty), (vx, vy) = load_fashion_mnist("train"), load_fashion_mnist("test")
+    else:
+        tx, ty, vx, vy = data
+    if os.path.isfile(path):
+        arrays, meta = load_npz(path)
+        model.load_state_dict(arrays)
+        model.eval()
+        return model, {"path": path, "cached": True, "test_accuracy": meta["test_accuracy"], "config": asdict(cfg)}
+    if cfg.train_limit is not None:
+        tx, ty = tx[:cfg.train_limit], ty[:cfg.train_limit]
+    tcfg = TrainingConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                          num_epochs=cfg.epochs, warmup_ratio=0.05, max_grad_norm=5.0, seed=cfg.seed,
+                          progress=progress, input_keys=("x",), log_every=100)
+    Trainer(model, tcfg, {"x": np.ascontiguousarray(tx[:, None]), "labels": ty}).train()
+    acc = evaluate_accuracy(model, vx, vy)
+    save_npz_atomic(path, model.state_dict(), {"kind": "fmnist_resnet", "key": key, "test_accuracy": acc})
+    model.eval()
+    return model, {"path": path, "cached": False, "test_accuracy": acc, "config": asdict(cfg)}

@@ -1,0 +1,203 @@
+"""TTA methods on a tiny BatchNorm ResNet: each runs, TENT lowers entropy, EATA selects by the
+threshold, reset restores the initial state exactly, SAR recovers, the open-set filter masks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from peftc import functional as F
+from peftc.models import SmallResNet
+from peftc.tta import EATA, SAR, TENT, BNAdapt, Source
+from peftc.tta.methods import diversity_backward
+
+from .conftest import assert_close, numerical_grad
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny model whose running statistics do not match the shifted test batch."""
+    model = SmallResNet((4, 8), num_classes=10, seed=0)
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(3):
+        model.forward(rng.random((16, 1, 28, 28), dtype=np.float32))
+    model.eval()
+    x = (rng.random((16, 1, 28, 28), dtype=np.float32) * 0.3 + 0.6).astype(np.float32)
+    return model, x
+
+
+def _mean_entropy(method, x):
+    return float(F.softmax_entropy_forward(method.model.forward(x))[0].mean())
+
+
+@pytest.mark.parametrize("cls", [Source, BNAdapt, TENT, EATA, SAR])
+def test_every_method_returns_logits_and_counts_the_batch(tiny, cls):
+    model, x = tiny
+    kwargs = {"e0_factor": 1.0} if cls in (EATA, SAR) else {}
+    m = cls(model, **kwargs)
+    out = m.forward_and_adapt(x)
+    assert out.shape == (16, 10) and np.isfinite(out).all()
+    assert m.stats["batches"] == 1 and m.stats["samples"] == 16
+
+
+def test_methods_leave_the_given_model_untouched(tiny):
+    model, x = tiny
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    TENT(model, lr=1e-2).forward_and_adapt(x)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bn_adapt_differs_from_source_on_shifted_batch(tiny):
+    model, x = tiny
+    assert not np.allclose(Source(model).forward_and_adapt(x), BNAdapt(model).forward_and_adapt(x))
+
+
+def test_tent_reduces_entropy_on_shifted_batch(tiny):
+    model, x = tiny
+    tent = TENT(model, lr=1e-2)
+    before = _mean_entropy(tent, x)
+    for _ in range(5):
+        tent.forward_and_adapt(x)
+    assert _mean_entropy(tent, x) < before - 1e-3
+    assert tent.stats["steps"] == 5 and tent.stats["backward_samples"] == 80
+
+
+def test_tent_updates_only_batchnorm_affine_parameters(tiny):
+    model, x = tiny
+    tent = TENT(model, lr=1e-2)
+    before = {k: v.copy() for k, v in tent.model.state_dict().items()}
+    tent.forward_and_adapt(x)
+    changed = {k for k, v in tent.model.state_dict().items() if not np.array_equal(before[k], v)}
+    assert changed and all(("bn" in k) and k.endswith(("weight", "bias")) for k in changed), changed
+
+
+@pytest.mark.parametrize("cls", [TENT, EATA, SAR])
+def test_reset_restores_the_initial_state_exactly(tiny, cls):
+    model, x = tiny
+    kwargs = {"e0_factor": 1.0, "lr": 1e-2} if cls in (EATA, SAR) else {"lr": 1e-2}
+    m = cls(model, **kwargs)
+    initial = {k: v.copy() for k, v in m.model.state_dict().items()}
+    first = m.forward_and_adapt(x)
+    m.forward_and_adapt(x)
+    assert any(not np.array_equal(initial[k], v) for k, v in m.model.state_dict().items())
+    m.reset()
+    assert all(np.array_equal(initial[k], v) for k, v in m.model.state_dict().items())
+    assert np.array_equal(m.forward_and_adapt(x), first)
+
+
+def test_eata_adapts_on_exactly_the_samples_below_the_threshold(tiny):
+    model, x = tiny
+    eata = EATA(model, e0_factor=1.0)
+    ent = F.softmax_entropy_forward(eata.model.forward(x))[0]
+    eata.forward_and_adapt(x)
+    expected = int((ent < math.log(10)).sum())
+    assert 0 < expected and eata.stats["reliable"] == expected
+    assert eata.stats["backward_samples"] == expected  # first batch: no redundancy filter yet
+    strict = EATA(model, e0_factor=1e-6)
+    strict.forward_and_adapt(x)
+    assert strict.stats["steps"] == 0 and strict.stats["backward_samples"] == 0
+
+
+def test_eata_fisher_penalty_pulls_towards_source_weights(tiny):
+    model, x = tiny
+    rng = np.random.default_rng(1)
+    clean = rng.random((32, 1, 28, 28), dtype=np.float32)
+    # d_margin above 1: the same batch repeated is never redundant, so every batch takes a step
+    plain = EATA(model, e0_factor=1.0, d_margin=1.01, lr=0.05, optimizer="sgd", momentum=0.0)
+    anchored = EATA(model, fisher_images=clean, e0_factor=1.0, d_margin=1.01, lr=0.05, optimizer="sgd",
+                    momentum=0.0, fisher_alpha=50.0, fisher_batch_size=16)
+    assert all(f.shape == p.shape and (f >= 0).all() for f, p in zip(anchored.fisher, anchored.params))
+    for m in (plain, anchored):
+        for _ in range(3):
+            m.forward_and_adapt(x)
+    drift = [sum(float(np.abs(p.data - t).sum()) for p, t in zip(m.params, m.theta0)) for m in (plain, anchored)]
+    assert plain.stats["steps"] == anchored.stats["steps"] == 3
+    assert drift[1] < drift[0], drift
+
+
+def test_sar_excludes_the_top_block_and_counts_two_backwards(tiny):
+    model, x = tiny
+    sar = SAR(model, e0_factor=1.0, lr=1e-2)
+    names = {id(p) for n, p in sar.model.named_parameters() if n.startswith("blocks.0")}
+    assert not any(id(p) in names for p in sar.params)
+    sar.forward_and_adapt(x)
+    assert sar.stats["backward_samples"] > 16 or sar.stats["steps"] == 0
+
+
+def test_sar_recovers_when_the_loss_average_falls_below_the_bound(tiny):
+    model, x = tiny
+    sar = SAR(model, e0_factor=1.0, lr=1e-2, reset_below=1e9)
+    initial = {k: v.copy() for k, v in sar.model.state_dict().items()}
+    sar.forward_and_adapt(x)
+    assert sar.stats["recoveries"] == 1 and sar.loss_ema is None
+    assert all(np.array_equal(initial[k], v) for k, v in sar.model.state_dict().items())
+
+
+def test_open_set_filter_keeps_all_samples_before_any_update(tiny):
+    model, x = tiny
+    tent = TENT(model, lr=1e-2, open_set=True, diversity_weight=0.0)
+    tent.forward_and_adapt(x)  # adapted == frozen at the first batch: p_a(c_o) == p_o(c_o)
+    assert tent.stats["backward_samples"] == 16
+    probs = F.softmax_entropy_forward(tent.model.forward(x))[1]
+    keep = tent._keep_mask(x, probs)
+    assert keep.dtype == bool and keep.shape == (16,)
+
+
+def test_diversity_gradient_matches_finite_differences(rng):
+    z = rng.standard_normal((5, 4))
+
+    def h_bar():
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        pb = p.mean(0)
+        return float(-(pb * np.log(pb)).sum())
+
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = np.zeros_like(z)
+    assert abs(diversity_backward(p, 1.0, g) - h_bar()) < 1e-12
+    assert_close(g, numerical_grad(h_bar, z), 1e-6, 1e-9, "dH(pbar)/dz")
+
+
+def test_small_resnet_forward_and_input_gradient_match_torch(torch):
+    tF = torch.nn.functional
+    model = SmallResNet((3, 6), num_classes=5, seed=1)
+    for _, bn in model.batchnorms():
+        bn.mode = "test_batch"
+    rng = np.random.default_rng(2)
+    x = rng.random((4, 1, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((4, 5)).astype(np.float32)
+    out = model.forward(x)
+    dx = model.backward(w)
+    t = {k: torch.tensor(v) for k, v in model.state_dict().items()}
+
+    def bn(h, name):
+        return tF.batch_norm(h, None, None, t[name + ".weight"], t[name + ".bias"], training=True, eps=1e-5)
+
+    xt = torch.tensor(x, requires_grad=True)
+    h = tF.relu(bn(tF.conv2d(xt, t["stem_conv.weight"], padding=1), "stem_bn"))
+    for i in range(len(model.blocks)):
+        b = f"blocks.{i}"
+        main = tF.relu(bn(tF.conv2d(h, t[b + ".conv1.weight"], stride=2, padding=1), b + ".bn1"))
+        main = bn(tF.conv2d(main, t[b + ".conv2.weight"], padding=1), b + ".bn2")
+        h = tF.relu(main + bn(tF.conv2d(h, t[b + ".short_conv.weight"], stride=2), b + ".short_bn"))
+    ref = tF.linear(h.mean((2, 3)), t["head.weight"], t["head.bias"])
+    (ref * torch.tensor(w)).sum().backward()
+    assert_close(out, ref.detach().numpy(), 1e-4, 1e-5, "logits")
+    assert_close(dx, xt.grad.numpy(), 1e-3, 1e-5, "dx")
+
+
+def test_train_source_model_trains_once_then_loads_from_cache(tmp_path):
+    from peftc.models import SourceConfig, train_source_model
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 96)
+    x = (rng.random((96, 28, 28)) * 0.2 + (y[:, None, None] / 10.0)).astype(np.float32)  # class = brightness
+    cfg = SourceConfig(widths=(4, 8), epochs=3, batch_size=32, learning_rate=1e-2)
+    m1, info1 = train_source_model(cfg, cache=tmp_path, data=(x, y, x, y))
+    m2, info2 = train_source_model(cfg, cache=tmp_path, data=(x, y, x, y))
+    assert not info1["cached"] and info2["cached"] and info1["path"] == info2["path"]
+    assert info1["test_accuracy"] == info2["test_accuracy"] > 0.1
+    assert all(np.array_equal(a, m2.state_dict()[k]) for k, a in m1.state_dict().items())
