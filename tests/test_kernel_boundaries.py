@@ -165,11 +165,35 @@ BAD_SCALARS = [
     ("adamw_step", "eps", -1e-8, "eps"),
     ("sgd_step", "step", 0, "step"),
     ("sgd_step", "dampening", 0.5, "nesterov"),
+    ("conv2d_forward", "SH", 0, "stride > 0"),
+    ("conv2d_forward", "PW", -1, "padding >= 0"),
+    ("conv2d_forward", "PH", 2**62, "padding"),
+    ("conv2d_backward", "SW", -2, "stride > 0"),
+    ("maxpool2d_forward", "PW", 2, "padding <= kernel / 2"),
+    ("maxpool2d_forward", "KH", 0, "kernel > 0"),
+    ("avgpool2d_forward", "PH", 2**62, "padding"),
+    ("avgpool2d_backward", "KW", 9, "smaller than the kernel"),
+    ("batchnorm2d_forward", "eps", 0.0, "eps > 0"),
+    ("batchnorm2d_forward", "momentum", 1.5, "momentum"),
+    ("batchnorm2d_forward", "momentum", float("nan"), "momentum"),
+    ("layernorm_forward", "eps", -1.0, "eps >= 0"),
+    ("l2_normalize_forward", "eps", 0.0, "'eps'"),
+    ("l2_normalize_backward", "eps", float("nan"), "'eps'"),
+    ("attention_forward", "p", 1.0, "'dropout'"),
+    ("attention_forward", "num_heads", 3, "num_heads"),
+    ("attention_forward", "num_heads", 0, "num_heads"),
+    ("attention_backward", "p", float("nan"), "'dropout'"),
+    ("attention_backward", "num_heads", -2, "num_heads"),
 ]
 SCALAR_POSITION = {
     "dropout_forward": {"p": 2}, "dropout_backward": {"p": 2}, "lora_forward": {"p": 10},
     "lora_backward": {"p": 12}, "lora_merge": {"sign": 6}, "rng_normal": {"std": 2}, "rng_uniform": {"high": 2},
     "adamw_step": {"beta1": 5, "beta2": 6, "eps": 7, "step": 9}, "sgd_step": {"dampening": 5, "step": 8},
+    "conv2d_forward": {"SH": 5, "PH": 7, "PW": 8}, "conv2d_backward": {"SW": 8},
+    "maxpool2d_forward": {"KH": 3, "PW": 8}, "avgpool2d_forward": {"PH": 6}, "avgpool2d_backward": {"KW": 3},
+    "batchnorm2d_forward": {"momentum": 9, "eps": 10}, "layernorm_forward": {"eps": 6},
+    "l2_normalize_forward": {"eps": 3}, "l2_normalize_backward": {"eps": 4},
+    "attention_forward": {"p": 8, "num_heads": 11}, "attention_backward": {"p": 9, "num_heads": 12},
 }
 
 
@@ -246,6 +270,16 @@ def test_labels_equal_to_a_custom_ignore_index_are_accepted():
 def test_workspace_size_rejects_negative_sizes(sizes):
     with pytest.raises(ValueError, match="lora_backward_workspace_size"):
         _C.lora_backward_workspace_size(*sizes, 0.0)
+
+
+@pytest.mark.parametrize("fn,sizes", [("conv2d_workspace_size", (3, 3, 2, -5, 3)),
+                                      ("conv2d_workspace_size", (2**20, 2**20, 2**20, 2**20, 2**20)),
+                                      ("attention_forward_workspace_size", (-1, 0.1)),
+                                      ("attention_forward_workspace_size", (2**32, 0.1)),
+                                      ("attention_backward_workspace_size", (2**40, 0.0))])
+def test_size_queries_reject_negative_or_overflowing_sizes(fn, sizes):
+    with pytest.raises(ValueError, match=fn):
+        getattr(_C, fn)(*sizes)
 
 
 def test_workspace_size_counts_dropout_scratch():
