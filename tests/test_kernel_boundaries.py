@@ -228,6 +228,15 @@ def test_lora_backward_rejects_too_small_workspace():
     _raises(case, case.replaced("work", work[:-1].copy()), ValueError, "'work'", str(work.size))
 
 
+@pytest.mark.parametrize("fn", ["conv2d_forward", "conv2d_backward", "attention_forward", "attention_backward"])
+def test_too_small_or_missing_workspace_raises_value_error(fn):
+    case = make_cases()[fn]
+    work = case.arrays()["work"]
+    _raises(case, case.replaced("work", work[:-1].copy()), ValueError, "'work'", str(work.size))
+    if "work" in case.optional:
+        _raises(case, case.replaced("work", None), ValueError, "'work' is None", str(work.size))
+
+
 def test_lora_merge_rejects_lora_bias_without_base_bias():
     case = make_cases()["lora_merge"]
     _raises(case, case.replaced("bias", None), ValueError, "'lora_bias'", "'bias'")

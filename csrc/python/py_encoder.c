@@ -220,6 +220,10 @@ static int attention_heads(ArgCheck *ck, long long NH)
 
 static int workspace_ok(ArgCheck *ck, int64_t need)
 {
+    if (need > 0 && arg_dim(ck, "W") < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: 'work' is None, needs %lld floats", ck->fn, (long long)need);
+        return -1;
+    }
     if (need > 0 && arg_dim(ck, "W") < need) {
         PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn, (long long)arg_dim(ck, "W"),
                      (long long)need);
