@@ -24,6 +24,7 @@ class KernelCase:
     outputs: set[str]  # arrays the kernel writes
     any_shape: set[str] = field(default_factory=set)  # arrays whose shape no other argument constrains
     optional: set[str] = field(default_factory=set)  # arrays that may be None
+    any_rows: set[str] = field(default_factory=set)  # lookup tables: only their first dimension is free
 
     def call(self, args: list | None = None):
         return getattr(_C, self.fn)(*(self.args if args is None else args))
@@ -33,7 +34,7 @@ class KernelCase:
 
     def copy(self) -> KernelCase:
         args = [a.copy() if isinstance(a, np.ndarray) else a for a in self.args]
-        return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional)
+        return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional, self.any_rows)
 
     def replaced(self, name: str, value) -> list:
         args = list(self.copy().args)
@@ -153,9 +154,124 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     ce = next(c for c in cases if c.fn == "cross_entropy_backward")
     ce.args.insert(1, 0.7)
     ce.names = {"dlogits": 0, "probs": 2, "labels": 3}
+    cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng)
     return {c.fn: c for c in cases}
 
 
+def _positive(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return (0.5 + rng.random(shape)).astype(np.float32)
+
+
+def _cnn_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """NCHW images; no dimension is 1, so a Fortran-ordered copy is never also C-contiguous."""
+    n, ic, ih, iw, oc, ch = 2, 3, 5, 6, 4, 3
+    # conv: kernel (3, 2), stride (1, 2), padding (1, 0) -> (5, 3) output plane
+    conv = [1, 2, 1, 0]
+    work = _f(rng, _C.conv2d_workspace_size(ic, 3, 2, 5, 3))
+    # pooling: kernel (3, 2), stride (2, 2), padding (1, 1) -> (3, 4) output plane
+    pool = [3, 2, 2, 2, 1, 1]
+    x_pool = _f(rng, n, ch, ih, iw)
+    argmax = np.zeros((n, ch, 3, 4), dtype=np.int64)
+    _C.maxpool2d_forward(_f(rng, n, ch, 3, 4), argmax, x_pool, *pool)
+    return [
+        _case("conv2d_forward", [("y", _f(rng, n, oc, 5, 3)), ("work", work.copy()), ("x", _f(rng, n, ic, ih, iw)),
+                                 ("weight", _f(rng, oc, ic, 3, 2)), ("bias", _f(rng, oc))], conv, {"y", "work"},
+              any_shape={"work"}, optional={"bias"}),
+        _case("conv2d_backward", [("dx", _f(rng, n, ic, ih, iw)), ("dweight", _f(rng, oc, ic, 3, 2)),
+                                  ("dbias", _f(rng, oc)), ("work", work.copy()), ("dy", _f(rng, n, oc, 5, 3)),
+                                  ("x", _f(rng, n, ic, ih, iw)), ("weight", _f(rng, oc, ic, 3, 2))], conv,
+              {"dx", "dweight", "dbias", "work"}, any_shape={"work"}, optional={"dx", "dweight", "dbias"}),
+        # training with running buffers: both are then outputs
+        _case("batchnorm2d_forward", [("y", _f(rng, n, ch, ih, iw)), ("mean", _f(rng, ch)), ("rstd", _f(rng, ch)),
+                                      ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch)),
+                                      ("x", _f(rng, n, ch, ih, iw)), ("weight", _f(rng, ch)), ("bias", _f(rng, ch))],
+              [True, 0.1, 1e-5], {"y", "mean", "rstd", "running_mean", "running_var"},
+              optional={"running_mean", "running_var", "weight", "bias"}),
+        _case("batchnorm2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dweight", _f(rng, ch)), ("dbias", _f(rng, ch)),
+                                       ("dy", _f(rng, n, ch, ih, iw)), ("x", _f(rng, n, ch, ih, iw)),
+                                       ("mean", _f(rng, ch)), ("rstd", _positive(rng, ch)), ("weight", _f(rng, ch))],
+              [True], {"dx", "dweight", "dbias"}, optional={"dx", "dweight", "dbias", "weight"}),
+        _case("maxpool2d_forward", [("y", _f(rng, n, ch, 3, 4)), ("argmax", np.zeros((n, ch, 3, 4), np.int64)),
+                                    ("x", x_pool)], pool, {"y", "argmax"}),
+        _case("maxpool2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dy", _f(rng, n, ch, 3, 4)),
+                                     ("argmax", argmax)], [], {"dx"}),
+        _case("avgpool2d_forward", [("y", _f(rng, n, ch, 3, 4)), ("x", _f(rng, n, ch, ih, iw))], pool, {"y"}),
+        _case("avgpool2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dy", _f(rng, n, ch, 3, 4))], pool, {"dx"}),
+        _case("global_avgpool2d_forward", [("y", _f(rng, n, ch)), ("x", _f(rng, n, ch, ih, iw))], [], {"y"}),
+        _case("global_avgpool2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dy", _f(rng, n, ch))], [], {"dx"}),
+        _case("relu_forward", [("y", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"y"}),
+        _case("relu_backward", [("dx", _f(rng, N, IC)), ("dy", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"dx"}),
+    ]
+
+
+def _encoder_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Token batches (B, T) of width H split into NH heads; tables V, NP, NT rows."""
+    b, t, h, nh, v, np_, nt = 2, 3, 4, 2, 7, 5, 2
+    ids = rng.integers(0, v, (b, t))
+    types = rng.integers(0, nt, (b, t))
+    mask = np.array([[1, 1, 0], [1, 1, 1]], dtype=np.int64)
+    tables = {"word_embeddings", "position_embeddings", "token_type_embeddings"}
+    dtables = {"d" + name for name in tables}
+    p, seed, offset = 0.1, 3, 5
+    return [
+        _case("embedding_forward", [("out", _f(rng, b, t, h)), ("input_ids", ids), ("token_type_ids", types),
+                                    ("word_embeddings", _f(rng, v, h)), ("position_embeddings", _f(rng, np_, h)),
+                                    ("token_type_embeddings", _f(rng, nt, h))], [], {"out"},
+              optional={"token_type_ids"}, any_rows=tables),
+        _case("embedding_backward", [("dword_embeddings", _f(rng, v, h)), ("dposition_embeddings", _f(rng, np_, h)),
+                                     ("dtoken_type_embeddings", _f(rng, nt, h)), ("dout", _f(rng, b, t, h)),
+                                     ("input_ids", ids.copy()), ("token_type_ids", types.copy())], [int(ids[0, 0])],
+              dtables, optional=dtables | {"token_type_ids"}, any_rows=dtables),
+        _case("layernorm_forward", [("out", _f(rng, N, IC)), ("mean", _f(rng, N)), ("rstd", _f(rng, N)),
+                                    ("x", _f(rng, N, IC)), ("weight", _f(rng, IC)), ("bias", _f(rng, IC))], [1e-5],
+              {"out", "mean", "rstd"}),
+        _case("layernorm_backward", [("dx", _f(rng, N, IC)), ("dweight", _f(rng, IC)), ("dbias", _f(rng, IC)),
+                                     ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC)), ("weight", _f(rng, IC)),
+                                     ("mean", _f(rng, N)), ("rstd", _positive(rng, N))], [],
+              {"dx", "dweight", "dbias"}, optional={"dx", "dweight", "dbias"}),
+        _case("gelu_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("gelu_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"dx"}),
+        _case("attention_forward", [("out", _f(rng, b, t, h)), ("att", _f(rng, b, nh, t, t)),
+                                    ("work", _f(rng, _C.attention_forward_workspace_size(t, p))),
+                                    ("q", _f(rng, b, t, h)), ("k", _f(rng, b, t, h)), ("v", _f(rng, b, t, h)),
+                                    ("attention_mask", mask)], [False, p, seed, offset, nh], {"out", "att", "work"},
+              any_shape={"work"}, optional={"work", "attention_mask"}),
+        _case("attention_backward", [("dq", _f(rng, b, t, h)), ("dk", _f(rng, b, t, h)), ("dv", _f(rng, b, t, h)),
+                                     ("work", _f(rng, _C.attention_backward_workspace_size(t, p))),
+                                     ("dout", _f(rng, b, t, h)), ("q", _f(rng, b, t, h)), ("k", _f(rng, b, t, h)),
+                                     ("v", _f(rng, b, t, h)), ("att", _positive(rng, b, nh, t, t) / t)],
+              [p, seed, offset, nh], {"dq", "dk", "dv", "work"}, any_shape={"work"}, optional={"dq", "dk", "dv"}),
+        _case("mean_pool_forward", [("out", _f(rng, b, h)), ("x", _f(rng, b, t, h)), ("attention_mask", mask.copy())],
+              [], {"out"}, optional={"attention_mask"}),
+        _case("mean_pool_backward", [("dx", _f(rng, b, t, h)), ("dout", _f(rng, b, h)),
+                                     ("attention_mask", mask.copy())], [], {"dx"}, optional={"attention_mask"}),
+        _case("l2_normalize_forward", [("out", _f(rng, N, IC)), ("norm", _f(rng, N)), ("x", _f(rng, N, IC))], [1e-12],
+              {"out", "norm"}),
+        _case("l2_normalize_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("out", _f(rng, N, IC)),
+                                        ("norm", _positive(rng, N))], [1e-12], {"dx"}),
+    ]
+
+
+def _tta_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Test-time adaptation: softmax entropy and EATA's sample selection."""
+    ent_probs = rng.random((N, C)).astype(np.float32)
+    ent_probs /= ent_probs.sum(axis=1, keepdims=True)
+    return [
+        _case("softmax_entropy_forward", [("ent", _f(rng, N)), ("probs", _f(rng, N, C)), ("logits", _f(rng, N, C))],
+              [], {"ent", "probs"}),
+        _case("softmax_entropy_backward", [("dlogits", _f(rng, N, C)), ("dent", _f(rng, N)),
+                                           ("probs", ent_probs.copy()), ("logits", _f(rng, N, C))], [], {"dlogits"}),
+        # the ema_set flag sits between the arrays: (weight, ema, ema_set, ent, probs, e0, d_margin, momentum)
+        KernelCase("eata_select", [_f(rng, N), ent_probs[0].copy(), True, _positive(rng, N), ent_probs.copy(),
+                                   0.4 * np.log(C), 0.05, 0.9],
+                   {"weight": 0, "ema": 1, "ent": 3, "probs": 4}, {"weight", "ema"}),
+    ]
+
+
+# functions of peftc._C that take only sizes, no arrays: not kernels, so no case
+SIZE_QUERIES = {"lora_backward_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+                "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
+                "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size"}
 CASE_NAMES = sorted(make_cases())
 
 

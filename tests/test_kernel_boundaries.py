@@ -10,7 +10,7 @@ import pytest
 
 from peftc import _C
 
-from .kernel_cases import CASE_NAMES, array_params, make_cases, output_params
+from .kernel_cases import CASE_NAMES, SIZE_QUERIES, array_params, make_cases, output_params
 
 
 def _raises(case, args, exc, *fragments: str):
@@ -25,7 +25,7 @@ def _raises(case, args, exc, *fragments: str):
 
 def test_every_extension_function_has_a_boundary_case():
     exported = {name for name in dir(_C) if not name.startswith("_") and callable(getattr(_C, name))}
-    assert exported - {"lora_backward_workspace_size", "bone_backward_workspace_size"} == set(CASE_NAMES)
+    assert exported - SIZE_QUERIES == set(CASE_NAMES)
 
 
 @pytest.mark.parametrize("fn", CASE_NAMES)
@@ -58,9 +58,12 @@ def test_mismatched_size_raises_value_error_naming_argument_and_shape(fn, name):
     if name in case.any_shape:
         pytest.skip("no other argument constrains this array's size")
     arr = case.arrays()[name]
-    bad = np.zeros((arr.shape[0] + 1, *arr.shape[1:]), dtype=arr.dtype)
+    axis = -1 if name in case.any_rows else 0  # a lookup table may have any number of rows
+    shape = list(arr.shape)
+    shape[axis] += 1
+    bad = np.zeros(shape, dtype=arr.dtype)
     message = _raises(case, case.replaced(name, bad), ValueError, f"'{name}'", "shape")
-    assert str(arr.shape[0] + 1) in message, message
+    assert str(shape[axis]) in message, message
 
 
 @pytest.mark.parametrize("fn,name", array_params())
@@ -114,14 +117,14 @@ def test_read_only_output_raises_value_error(fn, name):
 def test_output_aliasing_another_argument_raises_value_error(fn, name):
     case = make_cases()[fn]
     arrays = case.arrays()
-    partners = [other for other in case.names if other != name and arrays[other].dtype == np.float32]
+    partners = [other for other in case.names if other != name]
     if not partners:
-        pytest.skip("the kernel takes no other float32 array")
+        pytest.skip("the kernel takes no other array")
     for other in partners:
         a, b = arrays[name], arrays[other]
-        buf = np.zeros(max(a.size, b.size), dtype=np.float32)
-        args = case.replaced(name, buf[: a.size].reshape(a.shape))
-        args[case.names[other]] = buf[: b.size].reshape(b.shape)
+        buf = np.zeros(max(a.nbytes, b.nbytes), dtype=np.uint8)  # one buffer seen as each argument's dtype
+        args = case.replaced(name, buf[: a.nbytes].view(a.dtype).reshape(a.shape))
+        args[case.names[other]] = buf[: b.nbytes].view(b.dtype).reshape(b.shape)
         message = _raises(case, args, ValueError, "overlaps")
         assert f"'{name}'" in message or f"'{other}'" in message, message
 
@@ -162,11 +165,35 @@ BAD_SCALARS = [
     ("adamw_step", "eps", -1e-8, "eps"),
     ("sgd_step", "step", 0, "step"),
     ("sgd_step", "dampening", 0.5, "nesterov"),
+    ("conv2d_forward", "SH", 0, "stride > 0"),
+    ("conv2d_forward", "PW", -1, "padding >= 0"),
+    ("conv2d_forward", "PH", 2**62, "padding"),
+    ("conv2d_backward", "SW", -2, "stride > 0"),
+    ("maxpool2d_forward", "PW", 2, "padding <= kernel / 2"),
+    ("maxpool2d_forward", "KH", 0, "kernel > 0"),
+    ("avgpool2d_forward", "PH", 2**62, "padding"),
+    ("avgpool2d_backward", "KW", 9, "smaller than the kernel"),
+    ("batchnorm2d_forward", "eps", 0.0, "eps > 0"),
+    ("batchnorm2d_forward", "momentum", 1.5, "momentum"),
+    ("batchnorm2d_forward", "momentum", float("nan"), "momentum"),
+    ("layernorm_forward", "eps", -1.0, "eps >= 0"),
+    ("l2_normalize_forward", "eps", 0.0, "'eps'"),
+    ("l2_normalize_backward", "eps", float("nan"), "'eps'"),
+    ("attention_forward", "p", 1.0, "'dropout'"),
+    ("attention_forward", "num_heads", 3, "num_heads"),
+    ("attention_forward", "num_heads", 0, "num_heads"),
+    ("attention_backward", "p", float("nan"), "'dropout'"),
+    ("attention_backward", "num_heads", -2, "num_heads"),
 ]
 SCALAR_POSITION = {
     "dropout_forward": {"p": 2}, "dropout_backward": {"p": 2}, "lora_forward": {"p": 10},
     "lora_backward": {"p": 12}, "lora_merge": {"sign": 6}, "rng_normal": {"std": 2}, "rng_uniform": {"high": 2},
     "adamw_step": {"beta1": 5, "beta2": 6, "eps": 7, "step": 9}, "sgd_step": {"dampening": 5, "step": 8},
+    "conv2d_forward": {"SH": 5, "PH": 7, "PW": 8}, "conv2d_backward": {"SW": 8},
+    "maxpool2d_forward": {"KH": 3, "PW": 8}, "avgpool2d_forward": {"PH": 6}, "avgpool2d_backward": {"KW": 3},
+    "batchnorm2d_forward": {"momentum": 9, "eps": 10}, "layernorm_forward": {"eps": 6},
+    "l2_normalize_forward": {"eps": 3}, "l2_normalize_backward": {"eps": 4},
+    "attention_forward": {"p": 8, "num_heads": 11}, "attention_backward": {"p": 9, "num_heads": 12},
 }
 
 
@@ -199,6 +226,15 @@ def test_lora_backward_rejects_too_small_workspace():
     case = make_cases()["lora_backward"]
     work = case.arrays()["work"]
     _raises(case, case.replaced("work", work[:-1].copy()), ValueError, "'work'", str(work.size))
+
+
+@pytest.mark.parametrize("fn", ["conv2d_forward", "conv2d_backward", "attention_forward", "attention_backward"])
+def test_too_small_or_missing_workspace_raises_value_error(fn):
+    case = make_cases()[fn]
+    work = case.arrays()["work"]
+    _raises(case, case.replaced("work", work[:-1].copy()), ValueError, "'work'", str(work.size))
+    if "work" in case.optional:
+        _raises(case, case.replaced("work", None), ValueError, "'work' is None", str(work.size))
 
 
 def test_lora_merge_rejects_lora_bias_without_base_bias():
@@ -245,6 +281,16 @@ def test_workspace_size_rejects_negative_sizes(sizes):
         _C.lora_backward_workspace_size(*sizes, 0.0)
 
 
+@pytest.mark.parametrize("fn,sizes", [("conv2d_workspace_size", (3, 3, 2, -5, 3)),
+                                      ("conv2d_workspace_size", (2**20, 2**20, 2**20, 2**20, 2**20)),
+                                      ("attention_forward_workspace_size", (-1, 0.1)),
+                                      ("attention_forward_workspace_size", (2**32, 0.1)),
+                                      ("attention_backward_workspace_size", (2**40, 0.0))])
+def test_size_queries_reject_negative_or_overflowing_sizes(fn, sizes):
+    with pytest.raises(ValueError, match=fn):
+        getattr(_C, fn)(*sizes)
+
+
 def test_workspace_size_counts_dropout_scratch():
     assert _C.lora_backward_workspace_size(5, 4, 2, 0.0) == 10
     assert _C.lora_backward_workspace_size(5, 4, 2, 0.1) == 30
@@ -255,3 +301,9 @@ def test_wrong_argument_count_raises_type_error(fn):
     case = make_cases()[fn]
     with pytest.raises(TypeError):
         case.call(case.args[:-1])
+
+
+def test_lora_workspace_size_refuses_overflowing_sizes():
+    with pytest.raises(ValueError, match="overflows"):
+        _C.lora_backward_workspace_size(2**40, 2**40, 2**40, 0.1)
+    assert _C.lora_backward_workspace_size(4, 3, 2, 0.1) == 4 * 2 + 4 * 3

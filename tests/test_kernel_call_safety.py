@@ -41,7 +41,8 @@ def test_reference_counts_are_stable_over_many_calls(fn):
 
 def _bad_variants(case) -> list[tuple[str, np.ndarray]]:
     """A wrong dtype, a wrong layout and (where shapes are constrained) a wrong shape for one array."""
-    name = next(n for n in case.names if n not in case.any_shape) if len(case.names) > 1 else next(iter(case.names))
+    free = case.any_shape | case.any_rows
+    name = next(n for n in case.names if n not in free) if len(case.names) > 1 else next(iter(case.names))
     arr = case.arrays()[name]
     strided = np.zeros((*arr.shape, 2), dtype=arr.dtype)[..., 0]
     variants = [(name, arr.astype(np.float64)), (name, strided)]
@@ -151,14 +152,29 @@ def test_concurrent_large_gemms_match_a_single_threaded_call():
 
 @pytest.mark.parametrize("fn,name", [("linear_forward", "y"), ("lora_forward", "y"), ("lora_forward", "u"),
                                      ("lora_forward", "xd"), ("rng_uniform", "out"), ("rng_normal", "out"),
-                                     ("dropout_forward", "out"), ("cross_entropy_forward", "probs")])
+                                     ("dropout_forward", "out"), ("cross_entropy_forward", "probs"),
+                                     ("conv2d_forward", "y"), ("conv2d_forward", "work"), ("conv2d_backward", "work"),
+                                     ("batchnorm2d_forward", "y"), ("batchnorm2d_forward", "mean"),
+                                     ("batchnorm2d_forward", "rstd"), ("maxpool2d_forward", "y"),
+                                     ("maxpool2d_forward", "argmax"), ("avgpool2d_forward", "y"),
+                                     ("global_avgpool2d_forward", "y"), ("relu_forward", "y"),
+                                     ("embedding_forward", "out"), ("layernorm_forward", "out"),
+                                     ("layernorm_forward", "mean"), ("layernorm_forward", "rstd"),
+                                     ("gelu_forward", "out"), ("attention_forward", "out"), ("attention_forward", "att"),
+                                     ("attention_forward", "work"), ("attention_backward", "work"),
+                                     ("mean_pool_forward", "out"), ("l2_normalize_forward", "out"),
+                                     ("l2_normalize_forward", "norm")])
 def test_overwritten_outputs_ignore_their_previous_contents(fn, name):
+    """Outputs marked overwritten, and scratch, may hold anything before the call."""
     case = make_cases()[fn]
-    first = _run(case.copy(), case)[1][name]
+    first = _run(case.copy(), case)[1]
     poisoned = case.copy()
-    poisoned.arrays()[name].fill(np.nan)
+    target = poisoned.arrays()[name]
+    target.fill(np.nan if target.dtype == np.float32 else -1)
     poisoned.call()
-    assert np.array_equal(poisoned.arrays()[name], first)
+    outputs = sorted(case.outputs - {"work"}) if name == "work" else [name]  # scratch: what it feeds
+    for out in outputs:
+        assert np.array_equal(poisoned.arrays()[out], first[out]), f"{fn}: '{out}' depends on '{name}'"
 
 
 # -- zero-copy through peftc.functional ------------------------------------------------------------

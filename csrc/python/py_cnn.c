@@ -3,12 +3,20 @@
  * is checked against the output array. Every wrapper is parse, validate, release the GIL, call, map. */
 #include "args.h"
 
+#include <limits.h>
+
 /* Check a window sweep (kernel KH x KW, strides, paddings) over the bound IH, IW and bind OH, OW to
  * the extent it produces. `pool` adds the pooling rule that padding is at most half the window. */
 static int bind_window(ArgCheck *ck, int64_t KH, int64_t KW, long long SH, long long SW, long long PH, long long PW,
                        int pool)
 {
     const int64_t IH = arg_dim(ck, "IH"), IW = arg_dim(ck, "IW");
+    /* the padded extent IH + 2 PH must not overflow int64 */
+    if (PH > (INT64_MAX - IH) / 2 || PW > (INT64_MAX - IW) / 2) {
+        PyErr_Format(PyExc_ValueError, "%s: padding (%lld, %lld) is too large for the input (%lld, %lld)", ck->fn, PH,
+                     PW, (long long)IH, (long long)IW);
+        return -1;
+    }
     if (SH <= 0 || SW <= 0 || PH < 0 || PW < 0 || KH <= 0 || KW <= 0 || (pool && (2 * PH > KH || 2 * PW > KW))) {
         PyErr_Format(PyExc_ValueError,
                      "%s: needs kernel > 0, stride > 0, padding >= 0%s; got kernel (%lld, %lld), stride (%lld, %lld), "
@@ -38,6 +46,19 @@ static PyObject *py_conv2d_workspace_size(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError,
                      "conv2d_workspace_size: sizes must be >= 0, got IC=%lld KH=%lld KW=%lld OH=%lld OW=%lld", IC, KH,
                      KW, OH, OW);
+        return NULL;
+    }
+    /* refuse a product that overflows int64 rather than return a wrapped size */
+    const long long f[] = {IC, KH, KW, OH, OW};
+    int overflow = 0;
+    for (long long i = 0, prod = 1; i < 5 && prod > 0 && f[i] > 0; i++) {
+        overflow = prod > LLONG_MAX / f[i];
+        prod = overflow ? 0 : prod * f[i];
+    }
+    if (overflow) {
+        PyErr_Format(PyExc_ValueError,
+                     "conv2d_workspace_size: IC=%lld KH=%lld KW=%lld OH=%lld OW=%lld gives more than 2**63 floats", IC,
+                     KH, KW, OH, OW);
         return NULL;
     }
     return PyLong_FromLongLong(peftc_conv2d_workspace_size(IC, KH, KW, OH, OW));
@@ -308,7 +329,8 @@ static PyObject *py_global_avgpool2d(PyObject *args, int backward)
 {
     const char *fn = backward ? "global_avgpool2d_backward" : "global_avgpool2d_forward";
     PyObject *o_out, *o_in;
-    if (!PyArg_ParseTuple(args, "OO", &o_out, &o_in))
+    if (!PyArg_ParseTuple(args, backward ? "OO:global_avgpool2d_backward" : "OO:global_avgpool2d_forward", &o_out,
+                          &o_in))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, fn);

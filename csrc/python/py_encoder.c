@@ -3,6 +3,8 @@
  * validate, release the GIL, call, map the status. */
 #include "args.h"
 
+#include <limits.h>
+
 /* ValueError naming the argument when an id falls outside [0, limit) */
 static int ids_in_range(const char *fn, const char *name, const int64_t *ids, int64_t n, int64_t limit)
 {
@@ -218,6 +220,10 @@ static int attention_heads(ArgCheck *ck, long long NH)
 
 static int workspace_ok(ArgCheck *ck, int64_t need)
 {
+    if (need > 0 && arg_dim(ck, "W") < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: 'work' is None, needs %lld floats", ck->fn, (long long)need);
+        return -1;
+    }
     if (need > 0 && arg_dim(ck, "W") < need) {
         PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn, (long long)arg_dim(ck, "W"),
                      (long long)need);
@@ -228,12 +234,15 @@ static int workspace_ok(ArgCheck *ck, int64_t need)
 
 static PyObject *py_attention_workspace_size(PyObject *args, int backward)
 {
+    const char *fn = backward ? "attention_backward_workspace_size" : "attention_forward_workspace_size";
     long long T;
     float p;
-    if (!PyArg_ParseTuple(args, "Lf", &T, &p))
+    if (!PyArg_ParseTuple(args, backward ? "Lf:attention_backward_workspace_size" : "Lf:attention_forward_workspace_size",
+                          &T, &p))
         return NULL;
-    if (T < 0) {
-        PyErr_Format(PyExc_ValueError, "attention workspace size: T must be >= 0, got %lld", T);
+    /* at most 2 T^2 floats: refuse a T whose square overflows int64 rather than return a wrapped size */
+    if (T < 0 || (T > 0 && T > LLONG_MAX / 2 / T)) {
+        PyErr_Format(PyExc_ValueError, "%s: T must be >= 0 and 2 T^2 must fit in 64 bits, got T=%lld", fn, T);
         return NULL;
     }
     return PyLong_FromLongLong(backward ? peftc_attention_backward_workspace_size(T, p)

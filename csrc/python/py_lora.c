@@ -102,6 +102,12 @@ static PyObject *py_lora_backward_workspace_size(PyObject *self, PyObject *args)
                      N, IC, R);
         return NULL;
     }
+    /* N * (R + IC) floats at most: refuse sizes whose product overflows int64 rather than wrap */
+    if (R > INT64_MAX - IC || (R + IC > 0 && N > INT64_MAX / (R + IC))) {
+        PyErr_Format(PyExc_ValueError, "lora_backward_workspace_size: N=%lld with IC=%lld and R=%lld overflows int64",
+                     N, IC, R);
+        return NULL;
+    }
     return PyLong_FromLongLong(peftc_lora_backward_workspace_size(N, IC, R, p));
 }
 
