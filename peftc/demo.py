@@ -53,9 +53,15 @@ class JobSettings:
     progress: bool = True
 
 
-def tokenize(tokenizer: Tokenizer, glosses: WordNetGlosses) -> dict[str, np.ndarray]:
+def tokenize(tokenizer: Tokenizer, glosses: WordNetGlosses, by_length: bool = False) -> dict[str, np.ndarray]:
+    """Token ids, mask and labels; ``by_length`` orders the rows by token count, so that sequential
+    (evaluation) batches hold glosses of similar length and carry little padding."""
     enc = tokenizer(glosses.input_texts())
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": glosses.labels}
+    data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": glosses.labels}
+    if by_length:
+        order = np.argsort(data["attention_mask"].sum(axis=1), kind="stable")
+        data = {k: np.ascontiguousarray(v[order]) for k, v in data.items()}
+    return data
 
 
 def pooled_features(model: SentenceClassifier, data: dict[str, np.ndarray], batch_size: int = 256,
@@ -68,6 +74,17 @@ def pooled_features(model: SentenceClassifier, data: dict[str, np.ndarray], batc
         batch = take(data, idx)
         out.append(model.pooled(batch["input_ids"], batch["attention_mask"]))
     return np.concatenate(out)
+
+
+def per_class_accuracy(trainer: Trainer, data: dict[str, np.ndarray], num_classes: int) -> list[float | None]:
+    """Test accuracy of each class (None for a class with no test example)."""
+    correct = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    for out, batch in trainer.predict(data):
+        labels = batch["labels"]
+        np.add.at(total, labels, 1)
+        np.add.at(correct, labels, np.argmax(out, axis=-1) == labels)
+    return [float(c / t) if t else None for c, t in zip(correct, total)]
 
 
 def load_splits(s: JobSettings) -> tuple[WordNetGlosses, WordNetGlosses, WordNetGlosses]:
@@ -86,7 +103,8 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     train, val, test = load_splits(s)
     folder = minilm_path()
     tokenizer = Tokenizer(folder, max_length=s.max_length)
-    data = {name: tokenize(tokenizer, split) for name, split in (("train", train), ("val", val), ("test", test))}
+    data = {"train": tokenize(tokenizer, train), "val": tokenize(tokenizer, val, by_length=True),
+            "test": tokenize(tokenizer, test, by_length=True)}
     num_classes = train.num_classes
     log(f"WordNet supersenses: {num_classes} classes; train {len(train)} (at most {s.train_per_class} per class), "
         f"validation {len(val)}, test {len(test)}")
@@ -96,8 +114,9 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     frozen = SentenceClassifier(BertModel.from_pretrained(folder, seed=s.seed), num_classes,
                                 generator=Generator(s.seed))
     frozen.requires_grad_(False)
+    by_length = {"train": tokenize(tokenizer, train, by_length=True), "val": data["val"], "test": data["test"]}
     feats = {name: {"features": pooled_features(frozen, d, progress=s.progress), "labels": d["labels"]}
-             for name, d in data.items()}
+             for name, d in by_length.items()}
     head = Linear(frozen.bert.config.hidden_size, num_classes, generator=Generator(s.seed + 1))
     probe_cfg = TrainingConfig(learning_rate=s.probe_learning_rate, batch_size=s.batch_size, num_epochs=s.probe_epochs,
                                warmup_ratio=0.06, seed=s.seed, input_keys=("features",), progress=s.progress,
@@ -105,6 +124,7 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     probe = Trainer(head, probe_cfg, feats["train"], feats["val"])
     probe.train()
     probe_result = {"val": probe.evaluate(feats["val"]), "test": probe.evaluate(feats["test"]),
+                    "per_class_accuracy": per_class_accuracy(probe, feats["test"], num_classes),
                     "trainable_params": int(head.weight.size + head.bias.size), "seconds": time.perf_counter() - t0}
     log(f"linear probe: test accuracy {probe_result['test']['accuracy']:.4f} "
         f"({probe_result['seconds']:.0f} s)")
@@ -124,6 +144,7 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     history = trainer.train()
     train_seconds = time.perf_counter() - t0
     lora_result = {"val": trainer.evaluate(data["val"]), "test": trainer.evaluate(data["test"]),
+                   "per_class_accuracy": per_class_accuracy(trainer, data["test"], num_classes),
                    "trainable_params": model.get_nb_trainable_parameters()[0], "seconds": time.perf_counter() - t0,
                    "train_seconds": train_seconds, "steps": trainer.global_step}
     log(f"LoRA r={s.r} (query, value) + head: test accuracy {lora_result['test']['accuracy']:.4f} "
@@ -133,7 +154,7 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     verdict = "LoRA beats the linear probe" if gain > 0 else "LoRA does NOT beat the linear probe"
     log(f"{verdict} by {100 * gain:+.2f} accuracy points on {len(test)} test glosses "
         f"(total {time.perf_counter() - t_start:.0f} s)")
-    result = {"settings": asdict(s), "num_classes": num_classes,
+    result = {"settings": asdict(s), "num_classes": num_classes, "class_names": list(train.class_names),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "linear_probe": probe_result, "lora": lora_result, "lora_history": history,
               "total_seconds": time.perf_counter() - t_start}

@@ -163,6 +163,19 @@ int arg_i64(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int
     return check_array(ck, name, obj, dims, flags, NPY_INT64, "int64", (void **)ptr);
 }
 
+int arg_workspace(const ArgCheck *ck, int64_t need)
+{
+    const int64_t have = arg_dim(ck, "W");
+    if (need <= 0 || have >= need)
+        return 0;
+    if (have < 0)
+        PyErr_Format(PyExc_ValueError, "%s: 'work' is None, needs %lld floats", ck->fn, (long long)need);
+    else
+        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn, (long long)have,
+                     (long long)need);
+    return -1;
+}
+
 int arg_no_alias(ArgCheck *ck)
 {
     for (int i = 0; i < ck->narrays; i++) {

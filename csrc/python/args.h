@@ -55,6 +55,8 @@ int arg_i64(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int
 int64_t arg_dim(const ArgCheck *ck, const char *letter);
 /* Bind a letter to a size that comes from a scalar argument rather than an array. */
 int arg_bind(ArgCheck *ck, const char *letter, int64_t size, const char *source);
+/* The scratch array bound to the letter W ("work") holds at least `need` floats (or need is 0). */
+int arg_workspace(const ArgCheck *ck, int64_t need);
 /* After all arrays: fail if any output overlaps another argument. */
 int arg_no_alias(ArgCheck *ck);
 /* Map a non-OK status to a Python exception; returns NULL so wrappers can `return`. */

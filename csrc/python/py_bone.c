@@ -32,16 +32,6 @@ static int bat_check_sizes(const ArgCheck *ck)
     return 0;
 }
 
-static int check_work(const ArgCheck *ck, int64_t need)
-{
-    if (arg_dim(ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn,
-                     (long long)arg_dim(ck, "W"), (long long)need);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_bone_forward(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -114,7 +104,7 @@ static PyObject *py_bone_backward(PyObject *self, PyObject *args)
         bone_check_sizes(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), R = arg_dim(&ck, "R");
-    if (check_work(&ck, peftc_bone_backward_workspace_size(N, IC, R, p)) < 0)
+    if (arg_workspace(&ck, peftc_bone_backward_workspace_size(N, IC, R, p)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -220,7 +210,7 @@ static PyObject *py_bat_backward(PyObject *self, PyObject *args)
         bat_check_sizes(&ck) < 0)
         return NULL;
     const int64_t IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC");
-    if (check_work(&ck, peftc_bat_backward_workspace_size(IC, OC)) < 0)
+    if (arg_workspace(&ck, peftc_bat_backward_workspace_size(IC, OC)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -247,7 +237,7 @@ static PyObject *py_bat_merge(PyObject *self, PyObject *args)
         bat_check_sizes(&ck) < 0)
         return NULL;
     const int64_t IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
-    if (check_work(&ck, peftc_bat_merge_workspace_size(IC, R)) < 0)
+    if (arg_workspace(&ck, peftc_bat_merge_workspace_size(IC, R)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS

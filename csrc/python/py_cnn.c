@@ -68,12 +68,7 @@ static int check_workspace(ArgCheck *ck)
 {
     const int64_t need = peftc_conv2d_workspace_size(arg_dim(ck, "IC"), arg_dim(ck, "KH"), arg_dim(ck, "KW"),
                                                      arg_dim(ck, "OH"), arg_dim(ck, "OW"));
-    if (arg_dim(ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld (conv2d_workspace_size)", ck->fn,
-                     (long long)arg_dim(ck, "W"), (long long)need);
-        return -1;
-    }
-    return 0;
+    return arg_workspace(ck, need);
 }
 
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)

@@ -218,20 +218,6 @@ static int attention_heads(ArgCheck *ck, long long NH)
     return 0;
 }
 
-static int workspace_ok(ArgCheck *ck, int64_t need)
-{
-    if (need > 0 && arg_dim(ck, "W") < 0) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' is None, needs %lld floats", ck->fn, (long long)need);
-        return -1;
-    }
-    if (need > 0 && arg_dim(ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn, (long long)arg_dim(ck, "W"),
-                     (long long)need);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_attention_workspace_size(PyObject *args, int backward)
 {
     const char *fn = backward ? "attention_backward_workspace_size" : "attention_forward_workspace_size";
@@ -287,7 +273,7 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args)
         attention_heads(&ck, NH) < 0)
         return NULL;
     const int64_t B = arg_dim(&ck, "B"), T = arg_dim(&ck, "T"), H = arg_dim(&ck, "H");
-    if (workspace_ok(&ck, peftc_attention_forward_workspace_size(T, p)) < 0)
+    if (arg_workspace(&ck, peftc_attention_forward_workspace_size(T, p)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -323,7 +309,7 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args)
         arg_no_alias(&ck) < 0 || attention_heads(&ck, NH) < 0)
         return NULL;
     const int64_t B = arg_dim(&ck, "B"), T = arg_dim(&ck, "T"), H = arg_dim(&ck, "H");
-    if (workspace_ok(&ck, peftc_attention_backward_workspace_size(T, p)) < 0)
+    if (arg_workspace(&ck, peftc_attention_backward_workspace_size(T, p)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS

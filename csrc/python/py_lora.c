@@ -136,12 +136,8 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
-    const int64_t need = peftc_lora_backward_workspace_size(N, IC, R, p);
-    if (arg_dim(&ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "lora_backward: 'work' has %lld floats, needs %lld (N=%lld IC=%lld R=%lld)",
-                     (long long)arg_dim(&ck, "W"), (long long)need, (long long)N, (long long)IC, (long long)R);
+    if (arg_workspace(&ck, peftc_lora_backward_workspace_size(N, IC, R, p)) < 0)
         return NULL;
-    }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
     st = peftc_lora_backward(dx, da, dbm, dbb, work, dy, xin, u, w, a, bm, scale, p, seed, offset, N, IC, OC, R);

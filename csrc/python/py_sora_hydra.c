@@ -3,16 +3,6 @@
  * buffers are checked against the kernels' *_workspace_size() queries. */
 #include "args.h"
 
-static int check_work(const ArgCheck *ck, int64_t need)
-{
-    if (arg_dim(ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld", ck->fn,
-                     (long long)arg_dim(ck, "W"), (long long)need);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_sora_forward_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -54,7 +44,7 @@ static PyObject *py_sora_forward(PyObject *self, PyObject *args)
         return NULL;
     }
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
-    if (check_work(&ck, peftc_sora_forward_workspace_size(OC, R)) < 0)
+    if (arg_workspace(&ck, peftc_sora_forward_workspace_size(OC, R)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -107,7 +97,7 @@ static PyObject *py_sora_backward(PyObject *self, PyObject *args)
         arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
-    if (check_work(&ck, peftc_sora_backward_workspace_size(N, IC, OC, R, p)) < 0)
+    if (arg_workspace(&ck, peftc_sora_backward_workspace_size(N, IC, OC, R, p)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -217,7 +207,7 @@ static PyObject *py_hydra_backward(PyObject *self, PyObject *args)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC");
     const int64_t RP = arg_dim(&ck, "RP"), RS = arg_dim(&ck, "RS");
-    if (check_work(&ck, peftc_hydra_backward_workspace_size(N, OC, RP, RS)) < 0)
+    if (arg_workspace(&ck, peftc_hydra_backward_workspace_size(N, OC, RP, RS)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -266,7 +256,7 @@ static PyObject *py_hydra_merge(PyObject *self, PyObject *args)
         arg_f32(&ck, "seq_B", o_bs, "OC RS", ARG_IN, &bs) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), RP = arg_dim(&ck, "RP"), RS = arg_dim(&ck, "RS");
-    if (check_work(&ck, peftc_hydra_merge_workspace_size(IC, RS)) < 0)
+    if (arg_workspace(&ck, peftc_hydra_merge_workspace_size(IC, RS)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
