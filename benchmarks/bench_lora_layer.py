@@ -11,7 +11,7 @@ FLOPs counted: frozen GEMMs 4 N d^2 (forward x W^T and backward dy W); adapter G
 6 N r (IC + OC). The frozen GEMMs are also timed alone (peftc's linear forward + dx backward) to
 give the fraction of the machine's sgemm speed, measured in the same run, that they reach.
 
-Run:  python benchmarks/bench_lora_layer.py [--threads 2] [--repeats 7] [--autodetect-core]
+Run:  python benchmarks/bench_lora_layer.py [--threads 2] [--repeats 9] [--autodetect-core]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ TARGET = {"d": 768, "r": 16, "ratio": 1.3, "frozen_fraction": 0.70}
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="only d=768, r=16 (no results file)")
     ap.add_argument("--autodetect-core", action="store_true",
                     help="also run, in a child process, with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset")
@@ -200,7 +200,8 @@ def run_config(np: Any, torch: Any, F: Any, sgemm: float, d: int, r: int, p: flo
 COLUMNS = [("d", "d"), ("r", "r"), ("dropout", "p"), ("peftc_ms", "peftc ms"), ("torch_ms", "torch ms"),
            ("ratio_torch_over_peftc", "torch/peftc"), ("peftc_gflops", "peftc GFLOP/s"),
            ("frozen_fraction_of_sgemm", "frozen GEMMs / sgemm"),
-           ("frozen_in_step_fraction_of_sgemm", "frozen FLOPs per step time / sgemm")]
+           ("frozen_in_step_fraction_of_sgemm", "frozen FLOPs per step time / sgemm"),
+           ("peftc_min_ms", "peftc min ms"), ("torch_min_ms", "torch min ms")]
 
 
 def print_row(row: dict) -> None:
@@ -232,7 +233,8 @@ def measure(args: argparse.Namespace) -> dict:
                 row = run_config(np, torch, F, sgemm["reference_gflops"], d, r, p, args.repeats)
                 print_row(row)
                 rows.append(row)
-    return {"environment": env, "correctness": errors, "sgemm": sgemm, "rows": rows}
+    return {"environment": env, "correctness": errors, "sgemm": sgemm, "rows": rows,
+            "load_average_at_end": os.getloadavg()}
 
 
 def target_lines(run: dict) -> list[str]:
@@ -254,10 +256,14 @@ def run_markdown(title: str, run: dict) -> str:
              f"OpenBLAS core `{env['openblas']['corename']}` ({env['openblas']['num_threads']} threads), "
              f"torch {env.get('torch')} ({env.get('torch_threads')} threads), CPU {env['cpu']}, "
              f"OPENBLAS_CORETYPE={env['variables']['OPENBLAS_CORETYPE']}, "
-             f"OPENBLAS_L2_SIZE={env['variables']['OPENBLAS_L2_SIZE']}.", "",
+             f"OPENBLAS_L2_SIZE={env['variables']['OPENBLAS_L2_SIZE']}. Load average (1 min) "
+             f"{env['load_average_at_start'][0]:.2f} at start, {run['load_average_at_end'][0]:.2f} at end.", "",
              "sgemm through peftc.linear_forward: " + ", ".join(
                  f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in sg.items() if isinstance(v, dict))
              + f"; reference {sg['reference_gflops']:.0f} GFLOP/s.", ""]
+    if max(env["load_average_at_start"][0], run["load_average_at_end"][0]) > 1.0:
+        lines += ["**Other processes loaded the machine during this run; times are inflated and the "
+                  "multi-threaded torch side usually suffers more from it than peftc.**", ""]
     lines += [f"- {t}" for t in target_lines(run)] + [""]
     lines.append(common.markdown_table([label for _, label in COLUMNS],
                                        [[row[key] for key, _ in COLUMNS] for row in run["rows"]]))
