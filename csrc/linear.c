@@ -7,6 +7,8 @@ peftc_status peftc_linear_forward(float *y, const float *x, const float *w, cons
 {
     /* With a bias, y starts as the bias rows and the GEMM accumulates (beta = 1): one pass over y
      * instead of BLAS zeroing it for beta = 0 and a second pass adding the bias afterwards. */
+    if (!peftc_blas_sizes_ok(N, IC, OC))
+        return PEFTC_ERR_SIZE;
     if (b)
         for (int64_t n = 0; n < N; n++)
             for (int64_t o = 0; o < OC; o++)

@@ -11,6 +11,8 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
 {
     if (!(p >= 0.0f && p < 1.0f) || (p > 0.0f) != (xd != NULL))
         return PEFTC_ERR_ARG;
+    if (!peftc_blas_sizes_ok(N, IC, OC) || R < 0)
+        return PEFTC_ERR_SIZE;
     /* Both biases go into y before the GEMMs, which then accumulate: one pass over (N,OC) for the
      * biases instead of BLAS zeroing y and one more pass per bias afterwards. */
     const int has_bias = b != NULL || bb != NULL;
