@@ -2,23 +2,19 @@
  * still returns dx; a trainable head passes them. No LoRA here (lora.c). */
 #include "blas.h"
 
-static void add_bias_rows(float *y, const float *b, int64_t N, int64_t OC)
-{
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t o = 0; o < OC; o++)
-            y[n * OC + o] += b[o];
-}
-
 peftc_status peftc_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t N,
                                   int64_t IC, int64_t OC)
 {
-    /* y (N,OC) = x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
-    peftc_status st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, 0.0f, y, OC);
-    if (st != PEFTC_OK)
-        return st;
+    /* With a bias, y starts as the bias rows and the GEMM accumulates (beta = 1): one pass over y
+     * instead of BLAS zeroing it for beta = 0 and a second pass adding the bias afterwards. */
+    if (!peftc_blas_sizes_ok(N, IC, OC))
+        return PEFTC_ERR_SIZE;
     if (b)
-        add_bias_rows(y, b, N, OC);
-    return PEFTC_OK;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t o = 0; o < OC; o++)
+                y[n * OC + o] = b[o];
+    /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
+    return peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, b ? 1.0f : 0.0f, y, OC);
 }
 
 peftc_status peftc_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,

@@ -11,7 +11,17 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
 {
     if (!(p >= 0.0f && p < 1.0f) || (p > 0.0f) != (xd != NULL))
         return PEFTC_ERR_ARG;
-    peftc_status st = peftc_linear_forward(y, x, w, b, N, IC, OC);
+    if (!peftc_blas_sizes_ok(N, IC, OC) || R < 0)
+        return PEFTC_ERR_SIZE;
+    /* Both biases go into y before the GEMMs, which then accumulate: one pass over (N,OC) for the
+     * biases instead of BLAS zeroing y and one more pass per bias afterwards. */
+    const int has_bias = b != NULL || bb != NULL;
+    if (has_bias)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t o = 0; o < OC; o++)
+                y[n * OC + o] = (b ? b[o] : 0.0f) + (bb ? scale * bb[o] : 0.0f);
+    /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
+    peftc_status st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, has_bias ? 1.0f : 0.0f, y, OC);
     if (st != PEFTC_OK)
         return st;
     const float *xin = x;
@@ -26,14 +36,7 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
     if (st != PEFTC_OK)
         return st;
     /* y (N,OC) += s * u (N,R) bm^T: M=N, N=OC, K=R, lda=R, ldb=R, ldc=OC */
-    st = peftc_sgemm(0, 1, N, OC, R, scale, u, R, bm, R, 1.0f, y, OC);
-    if (st != PEFTC_OK)
-        return st;
-    if (bb)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t o = 0; o < OC; o++)
-                y[n * OC + o] += scale * bb[o];
-    return PEFTC_OK;
+    return peftc_sgemm(0, 1, N, OC, R, scale, u, R, bm, R, 1.0f, y, OC);
 }
 
 int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p)

@@ -1,0 +1,199 @@
+"""Shared helpers for peftc's benchmarks: thread setup, timing, machine sgemm speed, results files.
+
+Call :func:`configure_threads` before NumPy, peftc or torch is imported: OpenBLAS reads
+``OPENBLAS_NUM_THREADS`` once, when the library is loaded. NumPy and peftc are therefore imported
+lazily inside the functions below.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def configure_threads(threads: int) -> None:
+    """Give OpenBLAS, OpenMP and MKL ``threads`` threads; must run before NumPy is imported."""
+    loaded = [m for m in ("numpy", "peftc", "torch") if m in sys.modules]
+    if loaded:
+        raise RuntimeError(f"configure_threads must run before importing {', '.join(loaded)}")
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+
+
+def configure_torch_threads(torch: Any, threads: int) -> None:
+    """Give torch the same thread count as OpenBLAS (intra-op) and one inter-op thread."""
+    torch.set_num_threads(threads)
+
+
+def settle(seconds: float = 0.2) -> None:
+    """Sleep so that idle worker threads of the previous library stop spinning on the cores.
+
+    OpenBLAS workers busy-wait for about 2^28 cycles after each call and OpenMP workers spin after
+    a torch op; timing one side while the other side's threads still spin would charge it for them.
+    """
+    time.sleep(seconds)
+
+
+def _stats(times: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+
+
+def time_median(fn: Callable[[], Any], repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
+    """Settle, run ``fn`` ``warmup`` times untimed, then ``repeats`` timed runs; seconds."""
+    if repeats < 5:
+        raise ValueError(f"need at least 5 repeats for a median, got {repeats}")
+    settle()
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return _stats(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
+    """Time several functions in alternation: per repeat each one settles, runs once untimed, once timed.
+
+    Alternating puts both sides of a comparison under the same machine conditions (frequency, other
+    load); the untimed run before each timed one rewarms caches and wakes the library's threads.
+    """
+    if repeats < 5:
+        raise ValueError(f"need at least 5 repeats for a median, got {repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            settle()
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: _stats(t) for name, t in times.items()}
+
+
+def measure_sgemm(repeats: int = 7) -> dict[str, Any]:
+    """The machine's float32 GEMM speed through peftc's own linear_forward, in GFLOP/s.
+
+    Shapes: (M, N, K) = (4096, 384, 384), a transformer-layer-sized product, and 2048^3, a large
+    square one. ``reference_gflops`` is the better of the two and is what the benchmarks divide by.
+    """
+    import numpy as np
+
+    from peftc import functional as F
+
+    rng = np.random.default_rng(0)
+    shapes = {"4096x384x384": (4096, 384, 384), "2048x2048x2048": (2048, 2048, 2048)}
+    out: dict[str, Any] = {}
+    for name, (m, n, k) in shapes.items():
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        w = rng.standard_normal((n, k), dtype=np.float32)
+        y = np.empty((m, n), dtype=np.float32)
+        t = time_median(lambda: F.linear_forward(x, w, None, out=y), repeats=repeats)
+        out[name] = {"median_s": t["median_s"], "gflops": 2.0 * m * n * k / t["median_s"] / 1e9}
+    out["reference_gflops"] = max(v["gflops"] for v in out.values() if isinstance(v, dict))
+    return out
+
+
+def _openblas_library() -> ctypes.CDLL | None:
+    """The OpenBLAS that peftc's extension linked, found among the libraries mapped into this process."""
+    import peftc._C  # noqa: F401  (maps the library)
+
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        maps = []
+    paths = sorted({line.split()[-1] for line in maps if "libopenblas" in line and "/" in line})
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def openblas_info() -> dict[str, Any]:
+    """Core name, configuration and thread count of the OpenBLAS peftc runs on (None if unknown)."""
+    lib = _openblas_library()
+    if lib is None:
+        return {"corename": None, "config": None, "num_threads": None}
+    lib.openblas_get_config.restype = ctypes.c_char_p
+    return {
+        "corename": lib.openblas_get_corename().decode(),
+        "config": lib.openblas_get_config().decode().strip(),
+        "num_threads": int(lib.openblas_get_num_threads()),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def environment(torch: Any | None = None) -> dict[str, Any]:
+    """What a reader needs to reproduce a number: CPU, BLAS core, threads, relevant variables."""
+    import numpy as np
+
+    env = {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "openblas": openblas_info(),
+        "variables": {v: os.environ.get(v) for v in (*THREAD_VARS, "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        "load_average_at_start": os.getloadavg(),
+    }
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    return env
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; floats are printed with 3 significant decimals."""
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write results/<name>.json and results/<name>.md, each through a temporary file and a rename."""
+    json_path, md_path = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"
+    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+    _atomic_write(md_path, markdown)
+    return json_path, md_path
