@@ -8,6 +8,8 @@ extern PyMethodDef peftc_py_random_methods[];
 extern PyMethodDef peftc_py_train_methods[];
 /* CNN kernels */
 extern PyMethodDef peftc_py_cnn_methods[];
+/* EVA kernels */
+extern PyMethodDef peftc_py_eva_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -15,6 +17,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_train_methods,
     /* CNN kernels */
     peftc_py_cnn_methods,
+    /* EVA kernels */
+    peftc_py_eva_methods,
 };
 
 static struct PyModuleDef moduledef = {
