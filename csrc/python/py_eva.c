@@ -65,7 +65,8 @@ static PyObject *py_ipca_update(PyObject *self, PyObject *args)
     need = peftc_ipca_workspace_size(M, IC, K);
     Py_END_ALLOW_THREADS
     if (need < 0 || arg_dim(&ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "ipca_update: 'work' has %lld floats, needs %lld (M=%lld IC=%lld K=%lld)",
+        PyErr_Format(PyExc_ValueError,
+                     "ipca_update: 'work' has %lld floats, needs %lld for 'x' of shape (%lld, %lld) and K=%lld",
                      (long long)arg_dim(&ck, "W"), (long long)need, (long long)M, (long long)IC, (long long)K);
         return NULL;
     }
