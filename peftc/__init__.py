@@ -11,3 +11,8 @@ from .tuners import LoraConfig, PeftModel, get_peft_model
 __version__ = "0.1.0"
 __all__ = ["Generator", "LoraConfig", "PeftModel", "Trainer", "TrainingConfig", "data", "functional",
            "get_peft_model", "io", "nn", "optim", "reference", "schedule", "tuners", "__version__"]
+
+# EVA (data-driven LoRA initialisation)
+from .tuners import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights  # noqa: E402
+
+__all__ += ["EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"]

@@ -38,7 +38,8 @@ static PyObject *py_ipca_update(PyObject *self, PyObject *args)
     float *comp, *sing, *mean, *var, *evr, *cos, *work, *x;
     if (arg_f32(&ck, "components", o_comp, "K IC", ARG_OUT, &comp) < 0 ||
         arg_f32(&ck, "singular_values", o_sing, "K", ARG_OUT, &sing) < 0 ||
-        arg_f32(&ck, "mean", o_mean, "IC", ARG_OUT, &mean) < 0 || arg_f32(&ck, "var", o_var, "IC", ARG_OUT, &var) < 0 ||
+        arg_f32(&ck, "mean", o_mean, "IC", ARG_OUT, &mean) < 0 ||
+        arg_f32(&ck, "var", o_var, "IC", ARG_OUT, &var) < 0 ||
         arg_f32(&ck, "explained_variance_ratio", o_evr, "K", ARG_OUT, &evr) < 0 ||
         arg_f32(&ck, "cosine", o_cos, "K", ARG_OUT, &cos) < 0 || arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
         arg_f32(&ck, "x", o_x, "M IC", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
