@@ -15,4 +15,14 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 
+/* ---- LAPACK (EVA) --------------------------------------------------------------------------------
+ * Thin SVD of the row-major (rows, cols) matrix a = U diag(s) vt keeping only s and vt, with
+ * p = min(rows, cols). LAPACK's column-major sgesdd runs on a^T (the same memory), whose left singular
+ * vectors are a's right ones, so no transposed copy is made and LAPACKE allocates nothing.
+ * work holds the LAPACK scratch, the integer scratch and the unused (p, rows) factor. */
+int64_t peftc_svd_right_workspace_size(int64_t rows, int64_t cols); /* floats; -1 if LAPACK cannot say */
+peftc_status peftc_svd_right(float *vt /* (p, cols) overwritten */, float *s /* (p) overwritten, descending */,
+                             float *a /* (rows, cols) destroyed */, float *work /* workspace_size() floats */,
+                             int64_t rows, int64_t cols);
+
 #endif

@@ -392,5 +392,22 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                float *ema /* (C) read and updated */, int64_t *ema_set /* (1) read and updated */,
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
+/* ==== EVA kernels (eva.c): incremental PCA of one layer's input rows ==============================
+ * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean
+ * and variance per feature, then one thin SVD of [diag(S) V; X - mean(X); mean correction row].
+ * Extra dimension letters for this family:
+ *   M  rows of this minibatch (tokens left after masking)     K  components kept
+ * n_seen is the number of rows folded in before this call (0 on the first call, when components,
+ * singular and the statistics are only written). The kernel needs K <= IC and, on the first call,
+ * K <= M; NaN or Inf in x returns PEFTC_ERR_NONFINITE with the state untouched. work must be
+ * 8-byte aligned (it also holds double-precision column sums). */
+int64_t peftc_ipca_workspace_size(int64_t M, int64_t IC, int64_t K); /* floats; -1 if LAPACK cannot say */
+peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are unit right-singular vectors */,
+                               float *singular /* (K) updated: singular values, descending */,
+                               float *mean /* (IC) updated */, float *var /* (IC) updated: biased variance */,
+                               float *evr /* (K) overwritten: explained-variance ratio of each component */,
+                               float *cosine /* (K) overwritten: cos(new row k, old row k); 0 on the first call */,
+                               float *work /* peftc_ipca_workspace_size() floats */,
+                               const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
 #endif

@@ -649,3 +649,31 @@ def eata_select(ent: np.ndarray, probs: np.ndarray, ema: np.ndarray, ema_set: bo
     weight = np.empty_like(ent) if weight is None else weight
     reliable, selected, ema_set = _C.eata_select(weight, ema, ema_set, ent, probs, e0, d_margin, momentum)
     return weight, reliable, selected, ema_set
+
+
+# ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
+
+def ipca_workspace_size(n_rows: int, in_features: int, n_components: int) -> int:
+    """Floats of scratch :func:`ipca_update` needs for a minibatch of ``n_rows`` rows."""
+    return _C.ipca_workspace_size(n_rows, in_features, n_components)
+
+
+def ipca_update(x: np.ndarray, components: np.ndarray, singular_values: np.ndarray, mean: np.ndarray,
+                var: np.ndarray, n_seen: int, *, explained_variance_ratio: np.ndarray | None = None,
+                cosine: np.ndarray | None = None, work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the rows x (M, IC) into a running PCA state, like sklearn's ``IncrementalPCA.partial_fit``.
+
+    The state is updated in place: ``components`` (K, IC) (unit right-singular vectors, each row's
+    largest-magnitude entry positive), ``singular_values`` (K,), ``mean`` and ``var`` (IC,) (biased).
+    ``n_seen`` is the number of rows folded in before (0 on the first call: the state is then only
+    written, and M >= K is needed). Returns ``(explained_variance_ratio, cosine)``, both (K,):
+    ``S_k^2 / ((n_seen + M) * sum(var))`` and the cosine between each new and old component
+    (0 on the first call).
+    """
+    k = components.shape[0]
+    evr = _empty((k,), explained_variance_ratio)
+    cos = _empty((k,), cosine)
+    if work is None:
+        work = np.empty(ipca_workspace_size(x.shape[0], x.shape[1] if x.ndim == 2 else 0, k), dtype=np.float32)
+    _C.ipca_update(components, singular_values, mean, var, evr, cos, work, x, n_seen)
+    return evr, cos

@@ -595,3 +595,56 @@ def eata_select(ent, probs, ema, ema_set, e0, d_margin, momentum=0.9, *, weight=
         ema[...] = momentum * ema + (1 - momentum) * mean if ema_set else mean
         ema_set = True
     return w, reliable, int(keep.sum()), ema_set
+
+
+# ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
+
+def ipca_workspace_size(n_rows, in_features, n_components):
+    return 0
+
+
+def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_variance_ratio=None, cosine=None,
+                work=None):
+    """sklearn's IncrementalPCA.partial_fit step in float64 with an exact SVD (see peftc.functional)."""
+    x = np.asarray(x, dtype=np.float64)
+    m = x.shape[0]
+    k = components.shape[0]
+    n = float(n_seen)
+    total = n + m
+    batch_sum = x.sum(axis=0)
+    batch_mean = batch_sum / m
+    new_unnorm = ((x - batch_mean) ** 2).sum(axis=0)
+    if n_seen == 0:
+        new_mean = batch_mean
+        new_var = new_unnorm / total
+        z = x - new_mean
+    else:
+        old_mean = mean.astype(np.float64)
+        last_sum = old_mean * n
+        new_mean = (last_sum + batch_sum) / total
+        ratio = n / m
+        new_var = (var.astype(np.float64) * n + new_unnorm + ratio / total * (last_sum / ratio - batch_sum) ** 2) / total
+        corr = np.sqrt(n / total * m) * (old_mean - batch_mean)
+        z = np.vstack([singular_values.astype(np.float64)[:, None] * components.astype(np.float64),
+                       x - batch_mean, corr[None, :]])
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    vt = vt[:k]
+    s = s[:k]
+    pick = np.argmax(np.abs(vt), axis=1)
+    vt = vt * np.sign(vt[np.arange(k), pick])[:, None]
+    if n_seen == 0:
+        cos = np.zeros(k)
+    else:
+        old = components.astype(np.float64)
+        cos = (vt * old).sum(axis=1) / (np.linalg.norm(vt, axis=1) * np.linalg.norm(old, axis=1))
+    evr = s ** 2 / (total * new_var.sum())
+    components[...] = vt
+    singular_values[...] = s
+    mean[...] = new_mean
+    var[...] = new_var
+    if explained_variance_ratio is not None:
+        explained_variance_ratio[...] = evr
+    if cosine is not None:
+        cosine[...] = cos
+    return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
+            cos.astype(np.float32) if cosine is None else cosine)

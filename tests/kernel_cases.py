@@ -89,6 +89,12 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
               [1e-2, 0.9, 0.0, 0.01, True, 2], {"param", "momentum_buffer"}, optional={"momentum_buffer"}),
         _case("sumsq", [("x", _f(rng, P))], [], set(), any_shape={"x"}),
         _case("scale_inplace", [("x", _f(rng, P))], [0.5], {"x"}, any_shape={"x"}),
+        # EVA kernels: a first incremental-PCA update (n_seen = 0) of K = R components
+        _case("ipca_update", [("components", _f(rng, R, IC)), ("singular_values", _f(rng, R)), ("mean", _f(rng, IC)),
+                              ("var", _f(rng, IC)), ("explained_variance_ratio", _f(rng, R)), ("cosine", _f(rng, R)),
+                              ("work", _f(rng, _C.ipca_workspace_size(N, IC, R))), ("x", _f(rng, N, IC))],
+              [0], {"components", "singular_values", "mean", "var", "explained_variance_ratio", "cosine", "work"},
+              any_shape={"work"}),
     ]
     # Bone / MiSS and Bat (Bat needs r | in and r | out: a 4 x 4 weight, r = 2)
     bw = 4
@@ -271,7 +277,7 @@ def _tta_cases(rng: np.random.Generator) -> list[KernelCase]:
 # functions of peftc._C that take only sizes, no arrays: not kernels, so no case
 SIZE_QUERIES = {"lora_backward_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
-                "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size"}
+                "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size"}
 CASE_NAMES = sorted(make_cases())
 
 

@@ -16,6 +16,8 @@ extern PyMethodDef peftc_py_bone_methods[];
 extern PyMethodDef peftc_py_sora_hydra_methods[];
 /* test-time adaptation kernels */
 extern PyMethodDef peftc_py_tta_methods[];
+/* EVA kernels */
+extern PyMethodDef peftc_py_eva_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_lora_methods,
@@ -30,6 +32,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_sora_hydra_methods,
     /* test-time adaptation kernels */
     peftc_py_tta_methods,
+    /* EVA kernels */
+    peftc_py_eva_methods,
 };
 
 static struct PyModuleDef moduledef = {

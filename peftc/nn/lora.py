@@ -17,7 +17,8 @@ class LoraLinear(Module):
     """LoRA around an existing :class:`Linear` (the base layer's arrays are used in place).
 
     ``init_lora_weights``: True (PEFT's default: Kaiming-uniform A, zero B), "gaussian"
-    (A ~ N(0, 1/r^2), zero B) or False (both random; the layer is then not a no-op).
+    (A ~ N(0, 1/r^2), zero B), False (both random; the layer is then not a no-op) or "eva" (as True
+    until :func:`peftc.tuners.initialize_lora_eva_weights` sets A).
     """
 
     def __init__(self, base: Linear, r: int = 8, lora_alpha: float = 8.0, lora_dropout: float = 0.0,
@@ -52,7 +53,8 @@ class LoraLinear(Module):
 
     def reset_lora_parameters(self, init_lora_weights: bool | str = True) -> None:
         g = self.generator
-        if init_lora_weights is True:
+        if init_lora_weights is True or init_lora_weights == "eva":
+            # "eva": as PEFT, B is zero and A keeps the default init until EVA overwrites it
             self.lora_A.data[...] = kaiming_uniform(g, self.lora_A.shape)
             self.lora_B.data.fill(0.0)
         elif init_lora_weights == "gaussian":
@@ -62,7 +64,8 @@ class LoraLinear(Module):
             self.lora_A.data[...] = kaiming_uniform(g, self.lora_A.shape)
             self.lora_B.data[...] = kaiming_uniform(g, self.lora_B.shape)
         else:
-            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {init_lora_weights!r}")
+            raise ValueError(f"init_lora_weights must be True, False, 'gaussian' or 'eva', "
+                             f"got {init_lora_weights!r}")
         if self.lora_bias is not None:
             self.lora_bias.data.fill(0.0)
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config_files import ConfigFiles
+from .eva_config import EvaConfig
+
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 BIAS_OPTIONS = ("none", "all", "lora_only")
-INIT_OPTIONS = (True, False, "gaussian")
+INIT_OPTIONS = (True, False, "gaussian", "eva")
 
 # PEFT keys that describe the file, not the adapter: accepted with any value, not kept.
 _PEFT_METADATA_KEYS = frozenset({"peft_version", "auto_mapping", "revision", "runtime_config", "megatron_core",
@@ -21,7 +24,7 @@ _PEFT_METADATA_KEYS = frozenset({"peft_version", "auto_mapping", "revision", "ru
 # PEFT features peftc does not implement: accepted only with their neutral (off) value.
 _PEFT_UNSUPPORTED_KEYS = frozenset({
     "fan_in_fan_out", "use_dora", "use_qalora", "target_parameters", "layer_replication",
-    "trainable_token_indices", "alora_invocation_tokens", "megatron_config", "loftq_config", "eva_config",
+    "trainable_token_indices", "alora_invocation_tokens", "megatron_config", "loftq_config",
     "corda_config", "lora_ga_config", "velora_config", "arrow_config", "kasa_config", "monteclora_config",
     "use_bdlora", "ensure_weight_tying"})
 # Keys peftc writes besides its own fields, with the neutral values PEFT expects.
@@ -59,6 +62,7 @@ class LoraConfig(ConfigFiles):
     task_type: str | None = None
     base_model_name_or_path: str | None = None
     inference_mode: bool = False
+    eva_config: EvaConfig | None = None
     peft_type: str = field(default="LORA", init=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +94,7 @@ class LoraConfig(ConfigFiles):
         if not (init is True or init is False or (isinstance(init, str) and init in INIT_OPTIONS)):
             raise ValueError(f"LoraConfig.init_lora_weights must be one of {INIT_OPTIONS} in peftc, "
                              f"got {self.init_lora_weights!r}")
+        self._check_eva()
         self._check_patterns()
         self._check_layers()
         if self.task_type is not None and self.task_type not in TASK_TYPES:
@@ -97,6 +102,19 @@ class LoraConfig(ConfigFiles):
         if self.base_model_name_or_path is not None and not isinstance(self.base_model_name_or_path, str):
             raise ValueError(f"LoraConfig.base_model_name_or_path must be a string or None, "
                              f"got {self.base_model_name_or_path!r}")
+
+    def _check_eva(self) -> None:
+        if isinstance(self.eva_config, dict):
+            self.eva_config = EvaConfig.from_dict(self.eva_config)
+        elif self.eva_config is not None and not isinstance(self.eva_config, EvaConfig):
+            raise ValueError(f"LoraConfig.eva_config must be None, an EvaConfig or a dict, got {self.eva_config!r}")
+        if self.eva_config is not None:
+            self.eva_config.validate()
+        if self.init_lora_weights == "eva" and self.eva_config is None:
+            warnings.warn("init_lora_weights is 'eva' but eva_config is not given: using EvaConfig()", stacklevel=3)
+            self.eva_config = EvaConfig()
+        elif self.init_lora_weights != "eva" and self.eva_config is not None:
+            warnings.warn("eva_config is ignored because init_lora_weights is not 'eva'", stacklevel=3)
 
     def _check_patterns(self) -> None:
         if not isinstance(self.rank_pattern, dict) or not all(
@@ -144,6 +162,7 @@ class LoraConfig(ConfigFiles):
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["rank_pattern"] = dict(self.rank_pattern)
         out["alpha_pattern"] = dict(self.alpha_pattern)
+        out["eva_config"] = self.eva_config.to_dict() if self.eva_config is not None else None
         out.update(_PEFT_NEUTRAL_OUT)
         return dict(sorted(out.items()))
 

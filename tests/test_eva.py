@@ -1,0 +1,356 @@
+"""EVA: the incremental-PCA kernel against the NumPy reference and PEFT's IncrementalPCA, the rank
+redistribution and A initialisation against PEFT's get_eva_state_dict on a torch twin, the config
+bookkeeping against PEFT's initialize_lora_eva_weights, and bad input."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from peftc import functional as F
+from peftc import reference as R
+from peftc.nn import Linear, LoraLinear
+from peftc.tuners import (EvaConfig, IncrementalPCA, LoraConfig, get_eva_state_dict, get_peft_model,
+                          initialize_lora_eva_weights)
+from tests.conftest import assert_close
+from tests.eva_twins import EvaTwin, make_batches, make_torch_twin, make_weights
+
+TARGETS = ["query", "key", "value", "intermediate.dense", "output.dense"]
+
+
+def _spectral_rows(rng, m: int, ic: int, offset: float = 1.0) -> np.ndarray:
+    basis, _ = np.linalg.qr(rng.standard_normal((ic, ic)))
+    return ((rng.standard_normal((m, ic)) * np.geomspace(5, 0.05, ic)) @ basis.T + offset).astype(np.float32)
+
+
+def _state(k: int, ic: int) -> list[np.ndarray]:
+    return [np.zeros((k, ic), np.float32), np.zeros(k, np.float32), np.zeros(ic, np.float32),
+            np.zeros(ic, np.float32)]
+
+
+def _forward(model, batch):
+    return model(batch["x"])
+
+
+# -- the kernel -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,ic,k", [(40, 12, 4), (7, 20, 5), (64, 64, 8)])
+def test_ipca_update_matches_reference_over_several_batches(rng, m, ic, k):
+    got, ref = _state(k, ic), _state(k, ic)
+    n = 0
+    for _ in range(4):
+        x = _spectral_rows(rng, m, ic)
+        evr, cos = F.ipca_update(x, *got, n)
+        evr_r, cos_r = R.ipca_update(x, *ref, n)
+        n += m
+        for a, b, name in zip(got, ref, ("components", "singular", "mean", "var")):
+            assert_close(a, b, 2e-4, 2e-4 * float(np.abs(b).max()), name)
+        assert_close(evr, evr_r, 1e-4, 1e-6, "explained_variance_ratio")
+        assert_close(cos, cos_r, 1e-4, 1e-4, "cosine")
+
+
+def test_ipca_update_matches_peft_incremental_pca(rng, torch):
+    from peft.utils.incremental_pca import IncrementalPCA as PeftIPCA
+    k, ic = 6, 24
+    ours = IncrementalPCA(k, ic)
+    theirs = PeftIPCA(n_components=k, lowrank=False)
+    for m in (40, 30, 55):
+        x = _spectral_rows(rng, m, ic)
+        prev = ours.components_.copy()
+        ours.partial_fit(x)
+        theirs.partial_fit(torch.from_numpy(x))
+        assert_close(ours.components_, theirs.components_.numpy(), 1e-4, 1e-4, "components")
+        assert_close(ours.singular_values_, theirs.singular_values_.numpy(), 1e-5, 1e-5, "singular values")
+        assert_close(ours.mean_, theirs.mean_.numpy(), 1e-5, 1e-5, "mean")
+        assert_close(ours.var_, theirs.var_.numpy(), 1e-5, 1e-5, "var")
+        assert_close(ours.explained_variance_ratio_, theirs.explained_variance_ratio_.numpy(), 1e-5, 1e-7, "evr")
+        if ours.n_samples_seen_ > m:
+            want = torch.nn.functional.cosine_similarity(theirs.components_, torch.from_numpy(prev)).numpy()
+            assert_close(ours.cosine_, want, 1e-4, 1e-4, "cosine")
+    assert ours.n_samples_seen_ == int(theirs.n_samples_seen_)
+
+
+def test_ipca_components_are_orthonormal_with_positive_largest_entry(rng):
+    pca = IncrementalPCA(5, 16)
+    for _ in range(3):
+        pca.partial_fit(_spectral_rows(rng, 20, 16))
+    c = pca.components_.astype(np.float64)
+    assert_close(c @ c.T, np.eye(5), 0, 1e-5, "V V^T")
+    assert np.all(c[np.arange(5), np.argmax(np.abs(c), axis=1)] > 0)
+    assert np.all(np.diff(pca.singular_values_) <= 0)
+
+
+def test_ipca_update_rejects_nonfinite_rows_and_keeps_the_state(rng):
+    pca = IncrementalPCA(3, 8)
+    pca.partial_fit(_spectral_rows(rng, 10, 8))
+    before = [a.copy() for a in (pca.components_, pca.singular_values_, pca.mean_, pca.var_)]
+    x = _spectral_rows(rng, 10, 8)
+    x[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"'x' \(10, 8\) holds NaN"):
+        pca.partial_fit(x)
+    for a, b in zip((pca.components_, pca.singular_values_, pca.mean_, pca.var_), before):
+        assert np.array_equal(a, b)
+
+
+def test_ipca_update_rejects_too_few_rows_on_the_first_call(rng):
+    with pytest.raises(ValueError, match="M=3 rows, too few for K=4"):
+        F.ipca_update(_spectral_rows(rng, 3, 8), *_state(4, 8), 0)
+
+
+def test_ipca_update_rejects_more_components_than_features(rng):
+    with pytest.raises(ValueError, match=r"K=9 must be in \[1, IC=8\]"):
+        F.ipca_update(_spectral_rows(rng, 20, 8), *_state(9, 8), 0)
+
+
+def test_ipca_update_rejects_a_small_workspace(rng):
+    need = F.ipca_workspace_size(10, 8, 3)
+    with pytest.raises(ValueError, match=f"needs {need}"):
+        F.ipca_update(_spectral_rows(rng, 10, 8), *_state(3, 8), 0, work=np.empty(need - 1, np.float32))
+
+
+# -- configuration ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,fragment", [({"rho": 0.5}, "rho must be a finite number >= 1, got 0.5"),
+                                             ({"rho": float("nan")}, "rho"),
+                                             ({"tau": 1.5}, r"tau must be a number in \[0, 1\], got 1.5"),
+                                             ({"tau": -0.1}, "got -0.1")])
+def test_eva_config_rejects_values_outside_their_domain(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        EvaConfig(**kwargs)
+
+
+def test_lora_config_validates_and_round_trips_eva_config(tmp_path):
+    with pytest.raises(ValueError, match="rho"):
+        LoraConfig(init_lora_weights="eva", eva_config={"rho": 0.9})
+    with pytest.warns(UserWarning, match="using EvaConfig"):
+        assert LoraConfig(init_lora_weights="eva").eva_config == EvaConfig()
+    cfg = LoraConfig(r=4, target_modules=["query"], init_lora_weights="eva",
+                     eva_config=EvaConfig(rho=1.5, tau=0.9, whiten=True))
+    cfg.save_pretrained(tmp_path)
+    back = LoraConfig.from_pretrained(tmp_path)
+    assert back.eva_config == cfg.eva_config and back.init_lora_weights == "eva"
+
+
+def test_lora_config_json_with_eva_is_read_by_peft(tmp_path, torch):
+    import peft
+    cfg = LoraConfig(r=4, target_modules=["query"], init_lora_weights="eva", eva_config=EvaConfig(rho=1.5))
+    cfg.save_pretrained(tmp_path)
+    theirs = peft.LoraConfig.from_pretrained(str(tmp_path))
+    assert theirs.init_lora_weights == "eva" and theirs.eva_config.rho == 1.5
+
+
+# -- parity with PEFT's get_eva_state_dict ----------------------------------------------------------------------
+
+def _torch_batches(torch, batches):
+    # PEFT's default mask function reads input_ids even when attention_mask is present
+    return [{"x": torch.from_numpy(b["x"]), "attention_mask": torch.from_numpy(b["attention_mask"]),
+             "input_ids": torch.from_numpy(b["attention_mask"])} for b in batches]
+
+
+PARITY_CASES = [
+    dict(hidden=32, inter=48, layers=2, r=4, rho=2.0, tau=0.99, n_batches=12, seed=0),
+    dict(hidden=24, inter=40, layers=3, r=2, rho=3.0, tau=0.99, n_batches=16, seed=3),
+    dict(hidden=16, inter=24, layers=2, r=3, rho=1.0, tau=0.95, n_batches=8, seed=5),
+]
+
+
+@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: f"L{c['layers']}-r{c['r']}-rho{c['rho']}")
+def test_eva_state_dict_matches_peft(torch, case):
+    import peft
+    weights = make_weights(case["hidden"], case["inter"], case["layers"], seed=case["seed"])
+    batches = make_batches(case["n_batches"], 4, 16, case["hidden"], seed=case["seed"] + 1)
+    eva = dict(rho=case["rho"], tau=case["tau"])
+    ours = get_eva_state_dict(EvaTwin(weights, case["layers"]), batches,
+                              LoraConfig(r=case["r"], target_modules=TARGETS, init_lora_weights="eva",
+                                         eva_config=EvaConfig(**eva)),
+                              forward_fn=_forward, show_progress_bar=False)
+    theirs = peft.get_eva_state_dict(make_torch_twin(torch, weights, case["layers"]), _torch_batches(torch, batches),
+                                     peft.LoraConfig(r=case["r"], target_modules=TARGETS, init_lora_weights="eva",
+                                                     eva_config=peft.EvaConfig(**eva)),
+                                     forward_fn=_forward, show_progress_bar=False)
+    assert list(ours) == list(theirs)
+    assert {k: v.shape[0] for k, v in ours.items()} == {k: v.shape[0] for k, v in theirs.items()}
+    assert sum(v.shape[0] for v in ours.values()) == case["r"] * len(ours)
+    for name, a in ours.items():
+        cos = np.abs(np.sum(a.astype(np.float64) * theirs[name].numpy(), axis=1))
+        assert np.all(cos >= 0.99), f"{name}: |cos| {cos.round(4)}"
+
+
+def test_eva_moves_ranks_between_layers_in_a_parity_case():
+    case = PARITY_CASES[1]
+    weights = make_weights(case["hidden"], case["inter"], case["layers"], seed=case["seed"])
+    batches = make_batches(case["n_batches"], 4, 16, case["hidden"], seed=case["seed"] + 1)
+    sd = get_eva_state_dict(EvaTwin(weights, case["layers"]), batches,
+                            LoraConfig(r=case["r"], target_modules=TARGETS, init_lora_weights="eva",
+                                       eva_config=EvaConfig(rho=case["rho"])),
+                            forward_fn=_forward, show_progress_bar=False)
+    assert len({v.shape[0] for v in sd.values()}) > 1, "the parity cases should exercise redistribution"
+
+
+# -- behaviour ---------------------------------------------------------------------------------------------
+
+def _twin_setup(r=4, rho=2.0, whiten=False, n_batches=10, hidden=32):
+    weights = make_weights(hidden, 48, 2)
+    batches = make_batches(n_batches, 4, 16, hidden)
+    config = LoraConfig(r=r, lora_alpha=8, target_modules=TARGETS, init_lora_weights="eva",
+                        eva_config=EvaConfig(rho=rho, whiten=whiten))
+    return weights, batches, config
+
+
+def test_padding_tokens_do_not_reach_the_svd():
+    weights, batches, config = _twin_setup()
+    other = [dict(b, x=np.where(b["attention_mask"][..., None] == 0, -7.0, b["x"]).astype(np.float32))
+             for b in batches]
+    a = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+    b = get_eva_state_dict(EvaTwin(weights, 2), other, config, forward_fn=_forward, show_progress_bar=False)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_label_mask_drops_positions_labelled_with_the_mask_value():
+    weights, batches, config = _twin_setup()
+    labelled = [dict(b, labels=np.where(np.arange(16)[None, :] < 3, -100, 1).repeat(4, 0)) for b in batches]
+    cut = [dict(b, attention_mask=b["attention_mask"] * (np.arange(16)[None, :] >= 3)) for b in batches]
+    a = get_eva_state_dict(EvaTwin(weights, 2), labelled, config, forward_fn=_forward, show_progress_bar=False)
+    b = get_eva_state_dict(EvaTwin(weights, 2), cut, config, forward_fn=_forward, show_progress_bar=False)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_layers_with_identical_inputs_share_components():
+    weights, batches, config = _twin_setup()
+    sd = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+    for i in range(2):
+        q, k, v = (sd[f"encoder.layer.{i}.attention.self.{n}"] for n in ("query", "key", "value"))
+        n = min(q.shape[0], k.shape[0], v.shape[0])
+        assert np.array_equal(q[:n], k[:n]) and np.array_equal(q[:n], v[:n])
+        assert q.shape[0] >= max(k.shape[0], v.shape[0])  # the owner holds the group's largest rank
+
+
+def test_whiten_divides_each_component_by_the_root_of_its_singular_value():
+    weights, batches, config = _twin_setup()
+    plain = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+    white_cfg = dataclasses.replace(config, eva_config=EvaConfig(whiten=True))
+    white = get_eva_state_dict(EvaTwin(weights, 2), batches, white_cfg, forward_fn=_forward, show_progress_bar=False)
+    for name in plain:
+        ratio = plain[name] / white[name]
+        norms = 1.0 / np.linalg.norm(white[name], axis=1)
+        assert np.allclose(ratio, ratio[:, :1], rtol=1e-4), name  # one factor per row
+        assert np.all(np.diff(norms) <= 1e-6)  # sqrt(S) descends
+    q, k = white["encoder.layer.0.attention.self.query"], white["encoder.layer.0.attention.self.key"]
+    n = min(q.shape[0], k.shape[0])
+    assert np.array_equal(q[:n], k[:n])  # divided once per layer, also inside a shared group
+
+
+def test_initialize_sets_a_resizes_layers_and_writes_patterns():
+    weights, batches, config = _twin_setup(r=4, rho=2.0)
+    model = get_peft_model(EvaTwin(weights, 2), config)
+    x = batches[0]["x"]
+    before = model(x)
+    sd = get_eva_state_dict(model, batches, forward_fn=_forward, show_progress_bar=False)
+    initialize_lora_eva_weights(model, eva_state_dict=sd)
+    cfg = model.peft_config["default"]
+    base = model.get_base_model()
+    for name, a in sd.items():
+        layer = base.get_submodule(name)
+        if a.shape[0] == 0:
+            assert type(layer) is Linear and name not in cfg.target_modules
+            continue
+        assert isinstance(layer, LoraLinear) and layer.r == a.shape[0]
+        assert np.array_equal(layer.lora_A.data, a) and not layer.lora_B.data.any()
+        assert layer.scaling == pytest.approx(8 / 4)  # alpha adjusted: alpha_l / r_l == alpha / r
+        assert (cfg.rank_pattern.get(name, 4), cfg.alpha_pattern.get(name, 8)) == (a.shape[0], 8 * a.shape[0] / 4)
+    np.testing.assert_array_equal(model(x), before)  # B = 0: still the base model
+
+
+def _peft_load(torch, weights, sd, r, alpha, adjust):
+    import peft
+    tm = make_torch_twin(torch, weights, 2)
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights="eva",
+                          eva_config=peft.EvaConfig(adjust_scaling_factors=adjust))
+    pm = peft.get_peft_model(tm, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.initialize_lora_eva_weights(pm, eva_state_dict={f"base_model.model.{k}": torch.from_numpy(v.copy())
+                                                             for k, v in sd.items()})
+    return pm.peft_config["default"]
+
+
+@pytest.mark.parametrize("adjust", [True, False])
+def test_initialize_writes_the_same_config_as_peft(torch, adjust):
+    weights = make_weights(32, 48, 2)
+    rng = np.random.default_rng(0)
+    ranks = {"query": 6, "key": 2, "value": 4, "intermediate.dense": 0, "output.dense": 4}
+    sd = {}
+    for i in range(2):
+        for short, rank in ranks.items():
+            name = f"encoder.layer.{i}.{'attention.self.' if short in ('query', 'key', 'value') else ''}{short}"
+            ic = 48 if short == "output.dense" else 32
+            sd[name] = rng.standard_normal((rank if i == 0 else 4, ic)).astype(np.float32)
+    config = LoraConfig(r=4, lora_alpha=6, target_modules=TARGETS, init_lora_weights="eva",
+                        eva_config=EvaConfig(adjust_scaling_factors=adjust))
+    model = get_peft_model(EvaTwin(weights, 2), config)
+    initialize_lora_eva_weights(model, eva_state_dict=sd)
+    ours = model.peft_config["default"]
+    theirs = _peft_load(torch, weights, sd, 4, 6, adjust)
+    assert ours.rank_pattern == theirs.rank_pattern
+    assert ours.alpha_pattern == theirs.alpha_pattern
+    assert sorted(ours.target_modules) == sorted(theirs.target_modules)
+
+
+def test_initialize_uses_the_dataloader_and_shows_progress(capsys):
+    weights, batches, config = _twin_setup()
+    model = get_peft_model(EvaTwin(weights, 2), config)
+    initialize_lora_eva_weights(model, batches, forward_fn=_forward)
+    assert "EVA" in capsys.readouterr().err
+    assert all(layer.lora_A.data.any() for layer in model._lora_layers())
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+def test_nan_activations_raise_value_error_naming_the_layer():
+    weights, batches, config = _twin_setup()
+    bad = [dict(b) for b in batches]
+    bad[2] = dict(bad[2], x=bad[2]["x"].copy())
+    bad[2]["x"][0, 0, 5] = np.nan
+    with pytest.raises(ValueError, match=r"layer 'encoder.layer.0.attention.self.query'.*NaN"):
+        get_eva_state_dict(EvaTwin(weights, 2), bad, config, forward_fn=_forward, show_progress_bar=False)
+
+
+def test_too_few_tokens_for_the_rank_raise_value_error():
+    weights, batches, config = _twin_setup(r=8, rho=2.0)
+    tiny = [dict(b, attention_mask=np.pad(np.ones((4, 3), np.int64), ((0, 0), (0, 13)))) for b in batches]
+    with pytest.raises(ValueError, match="fewer tokens than its 16 components"):
+        get_eva_state_dict(EvaTwin(weights, 2), tiny, config, forward_fn=_forward, show_progress_bar=False)
+
+
+def test_rank_times_rho_above_the_input_width_raises_value_error():
+    weights, batches, config = _twin_setup(r=12, rho=3.0)
+    with pytest.raises(ValueError, match=r"round\(r \* rho\) = 36 components but has only 32 input features"):
+        get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+
+
+def test_rho_or_tau_changed_after_construction_are_rejected():
+    weights, batches, config = _twin_setup()
+    config.eva_config.rho = 0.5
+    with pytest.raises(ValueError, match="rho must be a finite number >= 1, got 0.5"):
+        get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+
+
+def test_generator_or_empty_dataloader_is_rejected():
+    weights, batches, config = _twin_setup()
+    with pytest.raises(TypeError, match="not an iterator"):
+        get_eva_state_dict(EvaTwin(weights, 2), iter(batches), config, forward_fn=_forward)
+    with pytest.raises(ValueError, match="no batches"):
+        get_eva_state_dict(EvaTwin(weights, 2), [], config, forward_fn=_forward)
+
+
+def test_initialize_requires_eva_init_and_a_peft_model():
+    weights, batches, config = _twin_setup()
+    with pytest.raises(ValueError, match="needs a PeftModel"):
+        initialize_lora_eva_weights(EvaTwin(weights, 2), batches)
+    model = get_peft_model(EvaTwin(weights, 2), LoraConfig(r=4, target_modules=TARGETS))
+    with pytest.raises(ValueError, match="init_lora_weights='eva'"):
+        initialize_lora_eva_weights(model, batches, forward_fn=_forward)
