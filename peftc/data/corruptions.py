@@ -29,6 +29,8 @@ import zlib
 
 import numpy as np
 
+from ..io.atomic import write_atomic
+
 from .fashion_mnist import load_fashion_mnist
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -352,7 +354,10 @@ def load_fashion_mnist_c(name: str, severity: int, seed: int = 0, cache: str | o
     else:
         data = corrupt_uint8(clean, name, severity, seed)
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}.npy"
-        np.save(tmp, data)
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, data)
+
+        write_atomic(path, write)
     return data.astype(np.float32) / np.float32(255.0), labels
