@@ -53,7 +53,8 @@ def test_insert_prompt_slots_opens_slots_after_cls(rng):
     out = insert_prompt_slots(batch, N_PROMPTS, np.array([7, 8, 9]))
     assert out["input_ids"].shape == (3, 8 + N_PROMPTS)
     assert (out["input_ids"][:, 1:1 + N_PROMPTS] == [7, 8, 9]).all()
-    assert (out["input_ids"][:, 0] == 1).all() and (out["input_ids"][:, 1 + N_PROMPTS:] == batch["input_ids"][:, 1:]).all()
+    assert (out["input_ids"][:, 0] == 1).all()
+    assert (out["input_ids"][:, 1 + N_PROMPTS:] == batch["input_ids"][:, 1:]).all()
     assert (out["attention_mask"][:, 1:1 + N_PROMPTS] == 1).all(), "the attention mask must cover the prompts"
     assert (out["pool_mask"][:, 1:1 + N_PROMPTS] == 0).all(), "pooling must skip the prompts"
     assert (out["pool_mask"].sum(1) == batch["attention_mask"].sum(1)).all()
@@ -79,7 +80,8 @@ def test_phrase_deep_init_equals_frozen_states_of_the_phrase(torch, tmp_path):
     _, model = frozen_tiny(torch, tmp_path)
     phrase = np.array([[1, 11, 12, 13, 2]], dtype=np.int64)
     enc = PromptedEncoder(twin_encoder(model), phrase_prompts(model, phrase[0], 2, "phrase"))
-    batch = {"input_ids": phrase.copy(), "attention_mask": np.ones_like(phrase), "token_type_ids": np.zeros_like(phrase)}
+    batch = {"input_ids": phrase.copy(), "attention_mask": np.ones_like(phrase),
+             "token_type_ids": np.zeros_like(phrase)}
     pool = np.ones_like(phrase)
     pool[:, 1:4] = 0
     feat = enc({**batch, "pool_mask": pool})
@@ -113,7 +115,8 @@ def test_deep_prompt_gradient_matches_torch_autograd(rng, torch, tmp_path, depth
 def test_deep_prompt_gradient_matches_finite_differences(rng, torch, tmp_path):
     # float32 forward: a directional central difference per layer, eps large enough for float32.
     _, model = frozen_tiny(torch, tmp_path)
-    enc = PromptedEncoder(twin_encoder(model), rng.standard_normal((3, N_PROMPTS, TINY["hidden_size"])).astype(np.float32))
+    prompts = rng.standard_normal((3, N_PROMPTS, TINY["hidden_size"])).astype(np.float32)
+    enc = PromptedEncoder(twin_encoder(model), prompts)
     wide = insert_prompt_slots(tiny_text_batch(rng), N_PROMPTS)
     r = rng.standard_normal((3, TINY["hidden_size"])).astype(np.float32)
     enc(wide)
@@ -138,7 +141,8 @@ def test_layer0_prompts_reach_the_output_through_layer0_attention_only(rng, torc
     # prompts reach the output only through layer 0's attention to the text tokens: their
     # gradient is the one of that path alone (the torch and finite-difference tests check its value).
     _, model = frozen_tiny(torch, tmp_path)
-    enc = PromptedEncoder(twin_encoder(model), rng.standard_normal((2, N_PROMPTS, TINY["hidden_size"])).astype(np.float32))
+    prompts = rng.standard_normal((2, N_PROMPTS, TINY["hidden_size"])).astype(np.float32)
+    enc = PromptedEncoder(twin_encoder(model), prompts)
     wide = insert_prompt_slots(tiny_text_batch(rng), N_PROMPTS)
     feat = enc(wide)
     enc.backward(np.ones_like(feat))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, NUM_CLASSES
+from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, DEFAULT_ROOT, NUM_CLASSES
 from peftc.models import BertModel, Tokenizer, minilm_path
 from peftc.prompt import METHODS, TEXT_TEMPLATES, PromptSRCConfig, PromptSRCDualEncoder, label_text
 from peftc.prompt.protocol import base_novel_split, harmonic_mean, make_protocol
@@ -87,7 +87,7 @@ def test_harmonic_mean():
     assert harmonic_mean(0.0, 0.0) == 0.0
 
 
-@pytest.mark.skipif(not os.path.isfile("/usr/share/wordnet/data.noun") and not os.environ.get("PEFTC_WORDNET_DIR"),
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.environ.get("PEFTC_WORDNET_DIR") or DEFAULT_ROOT, "data.noun")),
                     reason="WordNet (Debian wordnet-base) not installed")
 def test_protocol_takes_k_shots_of_base_classes_only():
     from peftc.data.wordnet import load_wordnet_glosses

@@ -21,7 +21,6 @@ from ..optim import SGD
 from .deep_prompts import PromptedEncoder, insert_prompt_slots, phrase_prompts, twin_encoder
 from .gpa import GaussianPromptAggregator
 from .losses import LossWeights, promptsrc_loss
-from .templates import LABEL_TEMPLATE, TEXT_TEMPLATES, label_text
 
 
 @dataclass(frozen=True)
