@@ -85,7 +85,7 @@ def main() -> None:
                 / z.numel())
         loss.backward()
         topt.step()
-        return float(loss)
+        return float(loss.detach())
 
     first = (peftc_step(), torch_step())
     times: dict[str, list[float]] = {"peftc": [], "torch": []}
