@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from peftc import functional as F
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, DEFAULT_ROOT, NUM_CLASSES
 from peftc.models import BertModel, Tokenizer, minilm_path
 from peftc.prompt import METHODS, TEXT_TEMPLATES, PromptSRCConfig, PromptSRCDualEncoder, label_text
@@ -99,3 +100,17 @@ def test_protocol_takes_k_shots_of_base_classes_only():
     assert not set(pd.test.ids) & set(pd.train_all.ids)
     again = make_protocol(load_wordnet_glosses(), shots=4, seed=3, eval_per_class=5)
     assert again.train_all.ids == pd.train_all.ids and again.test.ids == pd.test.ids
+
+
+def test_label_targets_average_raw_pooled_features_over_templates(parts):
+    model, tok, texts, variants = parts
+    enc = PromptSRCDualEncoder(model, tok, texts, variants, PromptSRCConfig(**TINY_RUN))
+    for c in (0, 17):
+        b = tok(variants[c])
+        hidden = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        pooled = F.mean_pool_forward(hidden, b["attention_mask"])
+        mean = pooled.mean(axis=0)
+        np.testing.assert_allclose(enc.label_targets[c], mean / np.linalg.norm(mean), rtol=1e-4, atol=1e-5)
+    single = PromptSRCDualEncoder(model, tok, texts, variants, PromptSRCConfig(**TINY_RUN, text_diversity=False))
+    np.testing.assert_allclose(single.label_targets[:3], enc.frozen_features(texts[:3]), rtol=1e-4, atol=1e-5)
+    assert np.abs(single.label_targets - enc.label_targets).max() > 1e-3

