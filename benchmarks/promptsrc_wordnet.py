@@ -120,7 +120,10 @@ def markdown(payload: dict) -> str:
     for method, s in payload["summary"].items():
         lines.append(f"| {method} | {cell(s, 'base')} | {cell(s, 'novel')} | {cell(s, 'hm')} | "
                      f"{cell(s, 'fewshot_all')} | {cell(s, 'seconds', 1.0, 0)} |")
-    lines += ["", f"Command: `{payload['command']}`", ""]
+    se = 100.0 * float(np.sqrt(0.4 * 0.6 / max(payload["test_size"] / 2, 1)))
+    lines += ["", f"{payload['test_size']} test glosses in all, about half on each side: one base or novel accuracy "
+              f"near 40% has a binomial standard error of about {se:.1f} points, so differences of that size between "
+              "methods are within the evaluation noise.", "", f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
 
 

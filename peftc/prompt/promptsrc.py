@@ -65,6 +65,7 @@ METHODS: dict[str, dict | None] = {
     "no_kl": dict(weights=replace(LossWeights.for_dim(384), kl=0.0)),
     "no_gpa": dict(gpa=None),
     "no_text_diversity": dict(text_diversity=False),
+    "normal_deep_init": dict(deep_init="normal"),  # the paper's N(0, 0.02^2) deep prompts
 }
 
 
