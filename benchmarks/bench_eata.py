@@ -13,7 +13,8 @@ samples and give the same Fisher and the same updated BN parameters on both side
 against a float64 copy of the torch side (the float32 torch Fisher is a batch-mean gradient with
 heavy cancellation and differs from float64 by up to ~1 %; peftc accumulates BN sums in double);
 the script stops if they disagree. Timing: adapted images/s over a stream of
-Fashion-MNIST-C (gaussian noise, severity 5) batches, after a warm-up, peftc and torch
+Fashion-MNIST-C (gaussian noise, severity 5) batches, after a 5-batch warm-up (torch needs a few calls
+to build its oneDNN primitives), peftc and torch
 interleaved over several repeats in the same process with the same thread count; best repeat.
 
 Run: OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eata.py [--batches 64,200] [--images 2000]
@@ -186,7 +187,7 @@ def check(model, fisher_x, batches, widths, num_classes, lr: float) -> dict:
     return report
 
 
-def time_side(make, batches, warmup: int = 2) -> float:
+def time_side(make, batches, warmup: int = 5) -> float:
     m = make()
     for x in batches[:warmup]:
         m.forward_and_adapt(x)

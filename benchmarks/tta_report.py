@@ -19,8 +19,8 @@ Full run (about 6-8 hours on 2 idle cores; the seed 1 and 2 corruption files are
   OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 1,2,3,4,5 \
       --limit 10000 --rounds 10 --per-segment 1000 --open-rounds 10 --open-known 1000 --label full
 Reduced run (the committed one; see the label in the output):
-  OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0 --severities 5 --limit 1000 \
-      --rounds 3 --per-segment 500 --open-rounds 3 --open-known 300 --label reduced
+  OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0 --severities 5 --limit 1000 --batch 100 \
+      --rounds 5 --per-segment 300 --open-rounds 5 --open-known 250 --open-batch 50 --label reduced
 Writes benchmarks/results/tta_report.{json,md}.
 """
 from __future__ import annotations
@@ -43,24 +43,24 @@ from peftc.tta.evaluate import (clean_error, continual_stream, evaluate_corrupti
 
 OUT = Path(__file__).parent / "results"
 KNOWN = tuple(range(8))  # classes 8 (Bag) and 9 (Ankle boot) are the open-set unknowns
-HYPER = ("TENT, EATA, SAR: Adam lr 1e-3, one step per batch. EATA: E0 = 0.4 ln C, d_margin 0.4, fisher_alpha 1, "
+HYPER = ("TENT, EATA, SAR: Adam (lr in the command, 1e-3 by default), one step per batch. EATA: E0 = 0.4 ln C, d_margin 0.4, fisher_alpha 1, "
          "Fisher from 2000 clean training images (of the known classes in the open-set run). SAR: rho 0.05, "
          "E0 = 0.4 ln C, top block frozen, reset below 0.2. Open-set filter: keep p_a(c_o) >= p_o(c_o), "
          "TENT adds the diversity term with alpha 0.5 (UniEnt's loss), EATA multiplies its weights by the mask.")
 
 
-def make_methods(model, fisher, num_classes: int, names: list[str]) -> dict:
+def make_methods(model, fisher, num_classes: int, names: list[str], lr: float) -> dict:
     """Constructors for the named methods, all on copies of ``model``."""
     table = {
         "source": lambda: Source(model),
         "bn": lambda: BNAdapt(model),
-        "tent": lambda: TENT(model, optimizer="adam", lr=1e-3),
-        "tent+filter": lambda: TENT(model, optimizer="adam", lr=1e-3, open_set=True),
-        "eata": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=1e-3, num_classes=num_classes,
+        "tent": lambda: TENT(model, optimizer="adam", lr=lr),
+        "tent+filter": lambda: TENT(model, optimizer="adam", lr=lr, open_set=True),
+        "eata": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=lr, num_classes=num_classes,
                              d_margin=0.4, fisher_alpha=1.0),
-        "eata+filter": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=1e-3, num_classes=num_classes,
+        "eata+filter": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=lr, num_classes=num_classes,
                                     d_margin=0.4, fisher_alpha=1.0, open_set=True),
-        "sar": lambda: SAR(model, optimizer="adam", lr=1e-3, num_classes=num_classes),
+        "sar": lambda: SAR(model, optimizer="adam", lr=lr, num_classes=num_classes),
     }
     return {n: table[n] for n in names}
 
@@ -76,7 +76,7 @@ def log(msg: str) -> None:
 def per_corruption(args, seed, model, fisher, clean) -> dict:
     out = {}
     load = (lambda name, sev: load_fashion_mnist_c(name, sev, seed=seed))
-    for mname, make in make_methods(model, fisher, 10, ["source", "bn", "tent", "eata", "sar"]).items():
+    for mname, make in make_methods(model, fisher, 10, ["source", "bn", "tent", "eata", "sar"], args.lr).items():
         t0 = time.perf_counter()
         rows = evaluate_corruptions(make(), load, args.corruptions, args.severities, args.batch, args.limit,
                                     np.random.default_rng([seed, 1]))
@@ -92,7 +92,7 @@ def continual(args, seed, model, fisher, clean) -> dict:
     segs = continual_stream(pools, args.rounds, args.per_segment, np.random.default_rng([seed, 2]))
     cx, cy = clean
     out = {}
-    for mname, make in make_methods(model, fisher, 10, ["source", "bn", "tent", "eata", "sar"]).items():
+    for mname, make in make_methods(model, fisher, 10, ["source", "bn", "tent", "eata", "sar"], args.lr).items():
         m = make()
         before = clean_error(m, cx, cy, args.batch)
         rec = run_stream(m, segs, args.batch)
@@ -112,7 +112,7 @@ def open_set(args, seed, model8, fisher8) -> dict:
                            np.random.default_rng([seed, 3]))
     out = {}
     names = ["source", "bn", "tent", "tent+filter", "eata", "eata+filter"]
-    for mname, make in make_methods(model8, fisher8, len(KNOWN), names).items():
+    for mname, make in make_methods(model8, fisher8, len(KNOWN), names, args.lr).items():
         rec = run_stream(make(), segs, 2 * args.open_batch)
         rounds = rounds_of(rec)
         out[mname] = {**summarize(rec), "error_by_round": [summarize(rec, ids)["error"] for ids in rounds.values()],
@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--corruptions", default=",".join(CORRUPTIONS))
     ap.add_argument("--limit", type=int, default=10000, help="images per (corruption, severity) run")
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of TENT, EATA and SAR")
     ap.add_argument("--rounds", type=int, default=10, help="continual: passes over the corruptions")
     ap.add_argument("--per-segment", type=int, default=1000, help="continual: images per corruption visit")
     ap.add_argument("--open-rounds", type=int, default=10)
