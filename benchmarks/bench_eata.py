@@ -182,7 +182,8 @@ def check(model, fisher_x, batches, widths, num_classes, lr: float) -> dict:
     steps = report["steps"]
     report["ok"] = bool(report["fisher_rel_err_peftc"] < 1e-4 and report["fisher_rel_err_torch32"] < 5e-2
                         and all(len(set(s["backward_samples"])) == 1 and s["update_norm"] > 0
-                                and s["update_rel_err_peftc_vs_f64"] < 1e-3 and s["update_rel_err_torch32_vs_f64"] < 5e-2
+                                and s["update_rel_err_peftc_vs_f64"] < 1e-3
+                                and s["update_rel_err_torch32_vs_f64"] < 5e-2
                                 for s in steps))
     return report
 
@@ -249,11 +250,13 @@ def main() -> None:
     lines = [f"EATA adapted images/s, peftc vs torch {torch.__version__}, {THREADS} threads each, same process "
              f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats).",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
-             f"Fisher rel err peftc {chk['fisher_rel_err_peftc']:.1e}, torch float32 {chk['fisher_rel_err_torch32']:.1e}; "
+             f"Fisher rel err peftc {chk['fisher_rel_err_peftc']:.1e}, "
+             f"torch float32 {chk['fisher_rel_err_torch32']:.1e}; "
              "BN parameter update rel err "
              + "; ".join(f"step {i + 1}: peftc {s['update_rel_err_peftc_vs_f64']:.1e}, torch float32 "
                          f"{s['update_rel_err_torch32_vs_f64']:.1e}, peftc vs torch float32 "
-                         f"{s['update_rel_err_peftc_vs_torch32']:.1e} (max abs {s['max_abs_err_peftc_vs_torch32']:.1e}), "
+                         f"{s['update_rel_err_peftc_vs_torch32']:.1e} "
+                         f"(max abs {s['max_abs_err_peftc_vs_torch32']:.1e}), "
                          f"backward samples {s['backward_samples'][0]}/{s['backward_samples'][1]}"
                          for i, s in enumerate(chk["steps"])), "",
              "| batch | images | peftc img/s | torch img/s | peftc/torch |", "|---|---|---|---|---|"]

@@ -43,7 +43,8 @@ from peftc.tta.evaluate import (clean_error, continual_stream, evaluate_corrupti
 
 OUT = Path(__file__).parent / "results"
 KNOWN = tuple(range(8))  # classes 8 (Bag) and 9 (Ankle boot) are the open-set unknowns
-HYPER = ("TENT, EATA, SAR: Adam (lr in the command, 1e-3 by default), one step per batch. EATA: E0 = 0.4 ln C, d_margin 0.4, fisher_alpha 1, "
+HYPER = ("TENT, EATA, SAR: Adam (lr in the command, 1e-3 by default), one step per batch. "
+         "EATA: E0 = 0.4 ln C, d_margin 0.4, fisher_alpha 1, "
          "Fisher from 2000 clean training images (of the known classes in the open-set run). SAR: rho 0.05, "
          "E0 = 0.4 ln C, top block frozen, reset below 0.2. Open-set filter: keep p_a(c_o) >= p_o(c_o), "
          "TENT adds the diversity term with alpha 0.5 (UniEnt's loss), EATA multiplies its weights by the mask.")
@@ -73,7 +74,7 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def per_corruption(args, seed, model, fisher, clean) -> dict:
+def per_corruption(args, seed, model, fisher) -> dict:
     out = {}
     load = (lambda name, sev: load_fashion_mnist_c(name, sev, seed=seed))
     for mname, make in make_methods(model, fisher, 10, ["source", "bn", "tent", "eata", "sar"], args.lr).items():
@@ -120,6 +121,17 @@ def open_set(args, seed, model8, fisher8) -> dict:
         log(f"  seed {seed} open-set {mname}: known error {out[mname]['error']:.2f} %, "
             f"AUROC {out[mname]['auroc']:.3f}, last round {out[mname]['error_by_round'][-1]:.2f} %")
     return out
+
+
+def finite_or_none(obj):
+    """The result tree with NaN (the AUROC of a stream without unknowns) as None, so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -277,7 +289,7 @@ def main() -> None:
         fisher, fisher8 = fisher_images(train_x, seed), fisher_images(train8_x, seed)
         pick = np.random.default_rng([seed, 4]).permutation(len(test_x))[:args.clean]
         clean = (test_x[pick], test_y[pick])
-        results[seed] = {"per_corruption": per_corruption(args, seed, model, fisher, clean),
+        results[seed] = {"per_corruption": per_corruption(args, seed, model, fisher),
                          "continual": continual(args, seed, model, fisher, clean),
                          "open_set": open_set(args, seed, model8, fisher8)}
     agg = aggregate(results, args)
@@ -289,7 +301,7 @@ def main() -> None:
               "aggregate": agg, "verdicts": verdicts(agg), "per_seed": {str(s): r for s, r in results.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(finite_or_none(result), indent=1, allow_nan=False))
     write_markdown(out.with_suffix(".md"), result)
     for v in result["verdicts"]:
         log(f"{'HOLDS' if v['holds'] else 'FAILS'}: {v['claim']} ({v['evidence']})")

@@ -57,12 +57,14 @@ def _tiny_classifier(num_labels: int = 4) -> SentenceClassifier:
     state = {"embeddings.word_embeddings.weight": (rng.standard_normal((40, h)) * 0.5).astype(np.float32),
              "embeddings.position_embeddings.weight": (rng.standard_normal((12, h)) * 0.1).astype(np.float32),
              "embeddings.token_type_embeddings.weight": (rng.standard_normal((2, h)) * 0.1).astype(np.float32),
-             "embeddings.LayerNorm.weight": np.ones(h, np.float32), "embeddings.LayerNorm.bias": np.zeros(h, np.float32)}
+             "embeddings.LayerNorm.weight": np.ones(h, np.float32),
+             "embeddings.LayerNorm.bias": np.zeros(h, np.float32)}
     shapes = {"attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
               "attention.output.dense": (h, h), "intermediate.dense": (inter, h), "output.dense": (h, inter)}
     for i in range(cfg.num_hidden_layers):
         for name, shape in shapes.items():
-            state[f"encoder.layer.{i}.{name}.weight"] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+            w = rng.standard_normal(shape) / np.sqrt(shape[1])
+            state[f"encoder.layer.{i}.{name}.weight"] = w.astype(np.float32)
             state[f"encoder.layer.{i}.{name}.bias"] = np.zeros(shape[0], np.float32)
         for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
             state[f"encoder.layer.{i}.{ln}.weight"] = np.ones(h, np.float32)

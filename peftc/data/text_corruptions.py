@@ -33,7 +33,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def corrupt_text(text: str, kind: str, rate: float, rng: np.random.Generator) -> str:
-    """``text`` with ``round(rate * letters)`` of its ASCII letters (at least one when rate > 0) corrupted by ``kind``."""
+    """``text`` with ``round(rate * letters)`` of its ASCII letters (at least one if rate > 0) corrupted by ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"unknown text corruption {kind!r}; choose from {KINDS}")
     if not 0.0 <= rate <= 1.0:

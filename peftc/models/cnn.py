@@ -131,7 +131,8 @@ def evaluate_accuracy(model: Module, images: np.ndarray, labels: np.ndarray, bat
 def train_source_model(config: SourceConfig | None = None, cache: str | os.PathLike | None = None,
                        progress: bool = False, data: tuple | None = None) -> tuple[SmallResNet, dict]:
     """The source CNN trained with :class:`peftc.train.Trainer` (AdamW, warm-up + linear decay) on clean
-    Fashion-MNIST train (the classes of ``config.classes`` only, when set), loaded from ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
+    Fashion-MNIST train (the classes of ``config.classes`` only, when set), loaded from
+    ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
 
     ``data`` = (train_x, train_y, test_x, test_y) overrides the Debian loader. Returns
     ``(model, info)`` with info {"path", "cached", "test_accuracy", "config"}; the model is in eval mode.
