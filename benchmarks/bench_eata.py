@@ -17,8 +17,8 @@ Fashion-MNIST-C (gaussian noise, severity 5) batches, after a 5-batch warm-up (t
 to build its oneDNN primitives), peftc and torch
 interleaved over several repeats in the same process with the same thread count; best repeat.
 
-Run: OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eata.py [--batches 64,200] [--images 2000]
-Writes benchmarks/results/bench_eata.{json,md}.
+Run: OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eata.py [--batches 64,200] [--images 2000] [--out PATH]
+(the thread count of both sides is OPENBLAS_NUM_THREADS). Writes benchmarks/results/bench_eata.{json,md}.
 """
 from __future__ import annotations
 
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="stream length per timing repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fisher", type=int, default=2000)
+    ap.add_argument("--out", default=str(OUT / "bench_eata"), help="output path without suffix")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     model, info = train_source_model()
@@ -241,12 +242,13 @@ def main() -> None:
         rows.append(row)
         print(f"batch {b}: peftc {row['peftc_img_s']:.0f} img/s, torch {row['torch_img_s']:.0f} img/s, "
               f"peftc/torch {row['speedup']:.2f}x", flush=True)
-    OUT.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"threads": THREADS, "torch": torch.__version__, "load_average": os.getloadavg(), "check": chk,
               "rows": rows, "source_config": info["config"],
               "setting": f"EATA SGD lr {LR} momentum {MOMENTUM}, E0 = {E0_FACTOR} ln 10, d_margin {D_MARGIN}, "
                          f"fisher_alpha {FISHER_ALPHA}; Fashion-MNIST-C gaussian_noise severity 5"}
-    (OUT / "bench_eata.json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"EATA adapted images/s, peftc vs torch {torch.__version__}, {THREADS} threads each, same process "
              f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats).",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
@@ -262,7 +264,7 @@ def main() -> None:
              "| batch | images | peftc img/s | torch img/s | peftc/torch |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['images']} | {r['peftc_img_s']:.0f} | {r['torch_img_s']:.0f} | "
               f"{r['speedup']:.2f}x |" for r in rows]
-    (OUT / "bench_eata.md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

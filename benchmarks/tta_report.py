@@ -13,7 +13,8 @@ Three experiments, all with the cached SmallResNet source models (peftc.models.t
    unknowns) of the same corruption; ``--open-rounds`` passes without reset. Error on known
    classes and AUROC of the maximum softmax score (known vs unknown), with and without the filter.
 
-Seeds change the corruption noise (the Fashion-MNIST-C files of that seed) and the stream orders.
+``--parts`` picks experiments; ``--open-methods`` the open-set methods (``tent+filter-nodiv`` is
+the filter without UniEnt's diversity term, to separate the two). Seeds change the corruption noise (the Fashion-MNIST-C files of that seed) and the stream orders.
 
 Full run (about 6-8 hours on 2 idle cores; the seed 1 and 2 corruption files are generated on first use):
   OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 1,2,3,4,5 \
@@ -57,6 +58,7 @@ def make_methods(model, fisher, num_classes: int, names: list[str], lr: float) -
         "bn": lambda: BNAdapt(model),
         "tent": lambda: TENT(model, optimizer="adam", lr=lr),
         "tent+filter": lambda: TENT(model, optimizer="adam", lr=lr, open_set=True),
+        "tent+filter-nodiv": lambda: TENT(model, optimizer="adam", lr=lr, open_set=True, diversity_weight=0.0),
         "eata": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=lr, num_classes=num_classes,
                              d_margin=0.4, fisher_alpha=1.0),
         "eata+filter": lambda: EATA(model, fisher_images=fisher, optimizer="adam", lr=lr, num_classes=num_classes,
@@ -112,7 +114,7 @@ def open_set(args, seed, model8, fisher8) -> dict:
     segs = open_set_stream(pools, KNOWN, args.open_rounds, args.open_known, args.open_batch, args.open_batch,
                            np.random.default_rng([seed, 3]))
     out = {}
-    names = ["source", "bn", "tent", "tent+filter", "eata", "eata+filter"]
+    names = args.open_methods
     for mname, make in make_methods(model8, fisher8, len(KNOWN), names, args.lr).items():
         rec = run_stream(make(), segs, 2 * args.open_batch)
         rounds = rounds_of(rec)
@@ -142,7 +144,7 @@ def aggregate(results: dict, args) -> dict:
     """Means over seeds of the headline numbers, and the verdicts."""
     seeds = list(results)
     agg: dict = {"per_corruption": {}, "continual": {}, "open_set": {}}
-    pc_methods = list(results[seeds[0]]["per_corruption"])
+    pc_methods = list(results[seeds[0]].get("per_corruption", {}))
     for m in pc_methods:
         per_seed = [np.mean([r["error"] for r in results[s]["per_corruption"][m]]) for s in seeds]
         back = [np.mean([r["backward_samples"] for r in results[s]["per_corruption"][m]]) for s in seeds]
@@ -154,13 +156,13 @@ def aggregate(results: dict, args) -> dict:
                                       if r["severity"] == v])) for v in args.severities}
         agg["per_corruption"][m] = {"mean_error": mean_std(per_seed), "backward_samples_per_run": float(np.mean(back)),
                                     "cells": cells, "by_severity": sev}
-    for m in results[seeds[0]]["continual"]:
+    for m in results[seeds[0]].get("continual", {}):
         rs = [results[s]["continual"][m] for s in seeds]
         agg["continual"][m] = {k: mean_std([r[k] for r in rs]) for k in
                                ("error", "clean_error_before", "clean_error_after", "forgetting", "backward_samples",
                                 "steps")}
         agg["continual"][m]["error_by_round"] = np.mean([r["error_by_round"] for r in rs], 0).tolist()
-    for m in results[seeds[0]]["open_set"]:
+    for m in results[seeds[0]].get("open_set", {}):
         rs = [results[s]["open_set"][m] for s in seeds]
         agg["open_set"][m] = {k: mean_std([r[k] for r in rs]) for k in ("error", "auroc", "backward_samples")}
         agg["open_set"][m]["error_by_round"] = np.mean([r["error_by_round"] for r in rs], 0).tolist()
@@ -169,37 +171,44 @@ def aggregate(results: dict, args) -> dict:
 
 
 def verdicts(agg: dict) -> list[dict]:
+    """One verdict per expected result whose experiment was run."""
     pc, cont, op = agg["per_corruption"], agg["continual"], agg["open_set"]
     v = []
 
     def add(claim: str, holds: bool, evidence: str) -> None:
         v.append({"claim": claim, "holds": bool(holds), "evidence": evidence})
 
-    add("TENT error < source error (per-corruption protocol)",
-        pc["tent"]["mean_error"][0] < pc["source"]["mean_error"][0],
-        f"TENT {pc['tent']['mean_error'][0]:.2f} % vs source {pc['source']['mean_error'][0]:.2f} %")
-    add("EATA error <= TENT error (per-corruption protocol)",
-        pc["eata"]["mean_error"][0] <= pc["tent"]["mean_error"][0],
-        f"EATA {pc['eata']['mean_error'][0]:.2f} % vs TENT {pc['tent']['mean_error'][0]:.2f} % "
-        f"(BN-adapt alone {pc['bn']['mean_error'][0]:.2f} %)")
-    add("EATA error <= TENT error (continual stream)",
-        cont["eata"]["error"][0] <= cont["tent"]["error"][0],
-        f"EATA {cont['eata']['error'][0]:.2f} % vs TENT {cont['tent']['error'][0]:.2f} %")
-    add("EATA uses fewer backward samples than TENT",
-        pc["eata"]["backward_samples_per_run"] < pc["tent"]["backward_samples_per_run"],
-        f"per corruption run: EATA {pc['eata']['backward_samples_per_run']:.0f} vs TENT "
-        f"{pc['tent']['backward_samples_per_run']:.0f}; continual: EATA {cont['eata']['backward_samples'][0]:.0f} "
-        f"vs TENT {cont['tent']['backward_samples'][0]:.0f}")
-    add("EATA forgets less than TENT (clean error after the continual stream)",
-        cont["eata"]["clean_error_after"][0] < cont["tent"]["clean_error_after"][0],
-        f"clean error after: EATA {cont['eata']['clean_error_after'][0]:.2f} % vs TENT "
-        f"{cont['tent']['clean_error_after'][0]:.2f} % (both {cont['tent']['clean_error_before'][0]:.2f} % before; "
-        f"source {cont['source']['clean_error_before'][0]:.2f} %)")
+    if pc:
+        add("TENT error < source error (per-corruption protocol)",
+            pc["tent"]["mean_error"][0] < pc["source"]["mean_error"][0],
+            f"TENT {pc['tent']['mean_error'][0]:.2f} % vs source {pc['source']['mean_error'][0]:.2f} %")
+        add("EATA error <= TENT error (per-corruption protocol)",
+            pc["eata"]["mean_error"][0] <= pc["tent"]["mean_error"][0],
+            f"EATA {pc['eata']['mean_error'][0]:.2f} % vs TENT {pc['tent']['mean_error'][0]:.2f} % "
+            f"(BN-adapt alone {pc['bn']['mean_error'][0]:.2f} %)")
+        add("EATA uses fewer backward samples than TENT (per-corruption protocol)",
+            pc["eata"]["backward_samples_per_run"] < pc["tent"]["backward_samples_per_run"],
+            f"per corruption run: EATA {pc['eata']['backward_samples_per_run']:.0f} vs TENT "
+            f"{pc['tent']['backward_samples_per_run']:.0f}")
+    if cont:
+        add("EATA error <= TENT error (continual stream)",
+            cont["eata"]["error"][0] <= cont["tent"]["error"][0],
+            f"EATA {cont['eata']['error'][0]:.2f} % vs TENT {cont['tent']['error'][0]:.2f} %")
+        add("EATA uses fewer backward samples than TENT (continual stream)",
+            cont["eata"]["backward_samples"][0] < cont["tent"]["backward_samples"][0],
+            f"EATA {cont['eata']['backward_samples'][0]:.0f} vs TENT {cont['tent']['backward_samples'][0]:.0f}")
+        add("EATA forgets less than TENT (clean error after the continual stream)",
+            cont["eata"]["clean_error_after"][0] < cont["tent"]["clean_error_after"][0],
+            f"clean error after: EATA {cont['eata']['clean_error_after'][0]:.2f} % vs TENT "
+            f"{cont['tent']['clean_error_after'][0]:.2f} % (both {cont['tent']['clean_error_before'][0]:.2f} % "
+            f"before; source {cont['source']['clean_error_before'][0]:.2f} %)")
     for base in ("tent", "eata"):
-        add(f"the open-set filter lowers {base.upper()}'s known-class error on the open-set long-term stream",
-            op[f"{base}+filter"]["error"][0] < op[base]["error"][0],
-            f"{base}+filter {op[base + '+filter']['error'][0]:.2f} % vs {base} {op[base]['error'][0]:.2f} % "
-            f"(last round {op[base + '+filter']['last_round_error'][0]:.2f} vs {op[base]['last_round_error'][0]:.2f})")
+        if base in op and f"{base}+filter" in op:
+            f = op[f"{base}+filter"]
+            add(f"the open-set filter lowers {base.upper()}'s known-class error on the open-set long-term stream",
+                f["error"][0] < op[base]["error"][0],
+                f"{base}+filter {f['error'][0]:.2f} % vs {base} {op[base]['error'][0]:.2f} % "
+                f"(last round {f['last_round_error'][0]:.2f} vs {op[base]['last_round_error'][0]:.2f})")
     return v
 
 
@@ -220,36 +229,39 @@ def write_markdown(path: Path, result: dict) -> None:
               "| claim | holds? | evidence |", "|---|---|---|"]
     lines += [f"| {v['claim']} | {'yes' if v['holds'] else '**no**'} | {v['evidence']} |" for v in result["verdicts"]]
     pc = agg["per_corruption"]
-    methods = list(pc)
-    lines += ["", "## 1. Per corruption (reset per corruption), error %", "",
-              "| corruption@severity | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for key in pc[methods[0]]["cells"]:
-        lines.append(f"| {key} | " + " | ".join(f"{pc[m]['cells'][key]:.1f}" for m in methods) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{f2(pc[m]['mean_error'])}**" for m in methods) + " |")
-    lines.append("| backward samples / run | " + " | ".join(f"{pc[m]['backward_samples_per_run']:.0f}"
-                                                          for m in methods) + " |")
-    if len(cfg["severities"]) > 1:
-        lines += ["", "Mean error % per severity:", "", "| severity | " + " | ".join(methods) + " |",
-                  "|---" * (len(methods) + 1) + "|"]
-        for s in cfg["severities"]:
-            lines.append(f"| {s} | " + " | ".join(f"{pc[m]['by_severity'][str(s)]:.2f}" for m in methods) + " |")
+    if pc:
+        methods = list(pc)
+        lines += ["", "## 1. Per corruption (reset per corruption), error %", "",
+                  "| corruption@severity | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for key in pc[methods[0]]["cells"]:
+            lines.append(f"| {key} | " + " | ".join(f"{pc[m]['cells'][key]:.1f}" for m in methods) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{f2(pc[m]['mean_error'])}**" for m in methods) + " |")
+        lines.append("| backward samples / run | " + " | ".join(f"{pc[m]['backward_samples_per_run']:.0f}"
+                                                              for m in methods) + " |")
+        if len(cfg["severities"]) > 1:
+            lines += ["", "Mean error % per severity:", "", "| severity | " + " | ".join(methods) + " |",
+                      "|---" * (len(methods) + 1) + "|"]
+            for s in cfg["severities"]:
+                lines.append(f"| {s} | " + " | ".join(f"{pc[m]['by_severity'][str(s)]:.2f}" for m in methods) + " |")
     co = agg["continual"]
-    lines += ["", f"## 2. Continual, severity {max(cfg['severities'])}, {cfg['rounds']} rounds without reset", "",
-              "| method | error % | error % by round | clean error before → after | forgetting (pp) | "
-              "backward samples | steps |", "|---|---|---|---|---|---|---|"]
-    for m, r in co.items():
-        lines.append(f"| {m} | {f2(r['error'])} | {' / '.join(f'{e:.1f}' for e in r['error_by_round'])} | "
-                     f"{r['clean_error_before'][0]:.2f} → {r['clean_error_after'][0]:.2f} | {f2(r['forgetting'])} | "
-                     f"{r['backward_samples'][0]:.0f} | {r['steps'][0]:.0f} |")
+    if co:
+        lines += ["", f"## 2. Continual, severity {max(cfg['severities'])}, {cfg['rounds']} rounds without reset", "",
+                  "| method | error % | error % by round | clean error before → after | forgetting (pp) | "
+                  "backward samples | steps |", "|---|---|---|---|---|---|---|"]
+        for m, r in co.items():
+            lines.append(f"| {m} | {f2(r['error'])} | {' / '.join(f'{e:.1f}' for e in r['error_by_round'])} | "
+                         f"{r['clean_error_before'][0]:.2f} → {r['clean_error_after'][0]:.2f} | {f2(r['forgetting'])} | "
+                         f"{r['backward_samples'][0]:.0f} | {r['steps'][0]:.0f} |")
     op = agg["open_set"]
-    lines += ["", f"## 3. Open-set long-term, severity {max(cfg['severities'])}, {cfg['open_rounds']} rounds, "
-              "classes 8-9 unknown", "",
-              "| method | known-class error % | last-round error % | error % by round | AUROC (max softmax) | "
-              "backward samples |", "|---|---|---|---|---|---|"]
-    for m, r in op.items():
-        lines.append(f"| {m} | {f2(r['error'])} | {f2(r['last_round_error'])} | "
-                     f"{' / '.join(f'{e:.1f}' for e in r['error_by_round'])} | {r['auroc'][0]:.3f} | "
-                     f"{r['backward_samples'][0]:.0f} |")
+    if op:
+        lines += ["", f"## 3. Open-set long-term, severity {max(cfg['severities'])}, {cfg['open_rounds']} rounds, "
+                  "classes 8-9 unknown", "",
+                  "| method | known-class error % | last-round error % | error % by round | AUROC (max softmax) | "
+                  "backward samples |", "|---|---|---|---|---|---|"]
+        for m, r in op.items():
+            lines.append(f"| {m} | {f2(r['error'])} | {f2(r['last_round_error'])} | "
+                         f"{' / '.join(f'{e:.1f}' for e in r['error_by_round'])} | {r['auroc'][0]:.3f} | "
+                         f"{r['backward_samples'][0]:.0f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -271,12 +283,16 @@ def main() -> None:
     ap.add_argument("--open-known", type=int, default=1000, help="open-set: known images per corruption visit")
     ap.add_argument("--open-batch", type=int, default=100, help="open-set: known (and unknown) images per batch")
     ap.add_argument("--clean", type=int, default=2000, help="clean test images for the forgetting measure")
+    ap.add_argument("--parts", default="per_corruption,continual,open_set", help="experiments to run")
+    ap.add_argument("--open-methods", default="source,bn,tent,tent+filter,tent+filter-nodiv,eata,eata+filter")
     ap.add_argument("--label", default="full", help="'full', or e.g. 'reduced' (printed on the report)")
     ap.add_argument("--out", default=str(OUT / "tta_report"))
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.severities = [int(s) for s in args.severities.split(",")]
     args.corruptions = args.corruptions.split(",")
+    args.parts = args.parts.split(",")
+    args.open_methods = args.open_methods.split(",")
     t0 = time.perf_counter()
     model, info = train_source_model()
     model8, info8 = train_source_model(SourceConfig(classes=KNOWN))
@@ -289,9 +305,10 @@ def main() -> None:
         fisher, fisher8 = fisher_images(train_x, seed), fisher_images(train8_x, seed)
         pick = np.random.default_rng([seed, 4]).permutation(len(test_x))[:args.clean]
         clean = (test_x[pick], test_y[pick])
-        results[seed] = {"per_corruption": per_corruption(args, seed, model, fisher),
-                         "continual": continual(args, seed, model, fisher, clean),
-                         "open_set": open_set(args, seed, model8, fisher8)}
+        runs = {"per_corruption": lambda: per_corruption(args, seed, model, fisher),
+                "continual": lambda: continual(args, seed, model, fisher, clean),
+                "open_set": lambda: open_set(args, seed, model8, fisher8)}
+        results[seed] = {part: runs[part]() for part in args.parts}
     agg = aggregate(results, args)
     result = {"config": {**{k: v for k, v in vars(args).items() if k != "out"},
                          "command": "OPENBLAS_NUM_THREADS=2 python " + " ".join(["benchmarks/tta_report.py"]
