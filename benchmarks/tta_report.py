@@ -16,7 +16,8 @@ Three experiments, all with the cached SmallResNet source models (peftc.models.t
 ``--parts`` picks experiments; ``--open-methods`` the open-set methods (``tent+filter-nodiv`` is
 the filter without UniEnt's diversity term, to separate the two). Seeds change the corruption noise (the Fashion-MNIST-C files of that seed) and the stream orders.
 
-Full run (about 6-8 hours on 2 idle cores; the seed 1 and 2 corruption files are generated on first use):
+Full run (about 8 hours at the speed of the reduced run below on a loaded 2-core machine, less on idle
+cores; the seed 1 and 2 corruption files, 120 of them, are generated on first use):
   OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 1,2,3,4,5 \
       --limit 10000 --rounds 10 --per-segment 1000 --open-rounds 10 --open-known 1000 --label full
 Reduced run (the committed one; see the label in the output):
@@ -262,6 +263,9 @@ def write_markdown(path: Path, result: dict) -> None:
             lines.append(f"| {m} | {f2(r['error'])} | {f2(r['last_round_error'])} | "
                          f"{' / '.join(f'{e:.1f}' for e in r['error_by_round'])} | {r['auroc'][0]:.3f} | "
                          f"{r['backward_samples'][0]:.0f} |")
+        lines += ["", "tent+filter is UniEnt's loss (filtered mean entropy minus 0.5 x the entropy of the batch-mean "
+                  "prediction); tent+filter-nodiv is the filter alone. tent+filter's backward samples count "
+                  "the whole batch because the diversity term reaches every sample."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -13,8 +13,8 @@ and head weights stay frozen). TENT: mean entropy. EATA: E0 = 0.4 ln 41, d_margi
 Fisher penalty from ``--fisher`` clean training glosses. Both with SGD momentum 0.9 at ``--lr``
 (SAR's ViT/LayerNorm setting is 0.001 / 64 x batch).
 
-Run: OPENBLAS_NUM_THREADS=2 python benchmarks/tta_text.py [--severity 5] [--test-per-class 8]
-Writes benchmarks/results/tta_text.{json,md}.
+Run: OPENBLAS_NUM_THREADS=2 python benchmarks/tta_text.py [--severity 5] [--test-per-class 8] [--lr 1e-3]
+Writes benchmarks/results/tta_text.{json,md} (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--d-margin", type=float, default=0.2)
     ap.add_argument("--fisher", type=int, default=128)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--out", default=str(OUT / "tta_text"), help="output path without suffix")
     args = ap.parse_args()
     t_start = time.perf_counter()
     glosses = load_wordnet_glosses()
@@ -113,8 +114,9 @@ def main() -> None:
               "config": vars(args), "train": len(train), "test": len(test), "rows": rows, "mean_corrupted": mean,
               "seconds": time.perf_counter() - t_start,
               "adapted_parameters": int(sum(p.data.size for p in methods["tent"].params))}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "tta_text.json").write_text(json.dumps(result, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"TENT / EATA on the LayerNorm parameters ({result['adapted_parameters']:,} values) of all-MiniLM-L6-v2 "
              f"+ linear probe, WordNet supersenses (41 classes): error %, {len(test)} test glosses per corruption, "
              f"severity {args.severity}, batch {args.batch}, SGD lr {args.lr} momentum 0.9, reset per corruption; "
@@ -126,7 +128,7 @@ def main() -> None:
                      f"{r['tent_backward']} | {r['eata_backward']} | {r['example'][:60]} |")
     lines.append(f"| **mean (corrupted)** | **{mean['source']:.2f}** | **{mean['tent']:.2f}** | **{mean['eata']:.2f}** "
                  "| | | |")
-    (OUT / "tta_text.md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
