@@ -93,6 +93,22 @@ class SourceConfig:
     weight_decay: float = 0.0
     seed: int = 0
     train_limit: int | None = None  # first rows of the training set only (quick checks and tests)
+    # train and test on these labels only, relabelled 0..len-1 in this order (open-set work holds
+    # the others out as unknowns); None = all ten classes. Left out of the cache key when None,
+    # so models cached before this field existed keep their file names.
+    classes: tuple[int, ...] | None = None
+
+
+def select_classes(images: np.ndarray, labels: np.ndarray, classes: tuple[int, ...] | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose label is in ``classes``, relabelled to the position of their label in ``classes``."""
+    if classes is None:
+        return images, labels
+    lookup = np.full(max(int(labels.max()), max(classes)) + 1, -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    new = lookup[labels]
+    keep = new >= 0
+    return images[keep], new[keep]
 
 
 def _cache_root(cache: str | os.PathLike | None) -> str:
@@ -115,7 +131,8 @@ def evaluate_accuracy(model: Module, images: np.ndarray, labels: np.ndarray, bat
 def train_source_model(config: SourceConfig | None = None, cache: str | os.PathLike | None = None,
                        progress: bool = False, data: tuple | None = None) -> tuple[SmallResNet, dict]:
     """The source CNN trained with :class:`peftc.train.Trainer` (AdamW, warm-up + linear decay) on clean
-    Fashion-MNIST train, loaded from ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
+    Fashion-MNIST train (the classes of ``config.classes`` only, when set), loaded from
+    ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
 
     ``data`` = (train_x, train_y, test_x, test_y) overrides the Debian loader. Returns
     ``(model, info)`` with info {"path", "cached", "test_accuracy", "config"}; the model is in eval mode.
@@ -124,13 +141,16 @@ def train_source_model(config: SourceConfig | None = None, cache: str | os.PathL
     from ..train import Trainer, TrainingConfig
 
     cfg = config or SourceConfig()
-    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    fields = {k: v for k, v in asdict(cfg).items() if not (k == "classes" and v is None)}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(_cache_root(cache), "models", f"fmnist_resnet_{key}.npz")
-    model = SmallResNet(tuple(cfg.widths), 10, cfg.seed)
+    model = SmallResNet(tuple(cfg.widths), 10 if cfg.classes is None else len(cfg.classes), cfg.seed)
     if data is None:
         (tx, ty), (vx, vy) = load_fashion_mnist("train"), load_fashion_mnist("test")
     else:
         tx, ty, vx, vy = data
+    tx, ty = select_classes(tx, ty, cfg.classes)
+    vx, vy = select_classes(vx, vy, cfg.classes)
     if os.path.isfile(path):
         arrays, meta = load_npz(path)
         model.load_state_dict(arrays)

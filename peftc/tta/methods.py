@@ -7,7 +7,10 @@ construction: parameters, buffers, optimizer, moving averages). ``stats`` counts
 samples, optimizer steps and the samples that went through a backward pass.
 
 Adapting methods put every BatchNorm2d on test-batch statistics and train only the BN affine
-parameters (SAR: all but those of the top residual block). The open-set filter (``open_set=True``)
+parameters (SAR: all but those of the top residual block); in a model with LayerNorm layers (a
+transformer text classifier) the LN affine parameters are trained as well, LN statistics being
+per sample already. The batch ``x`` is an array, or a dict of arrays (token ids and mask) whose
+first axis is the batch. The open-set filter (``open_set=True``)
 keeps a frozen copy taken after that configuration (so it also normalises with test-batch
 statistics, the UniEnt choice) and drops sample i from the loss when the adapted model's
 probability of the frozen model's predicted class is lower than the frozen model's.
@@ -21,21 +24,24 @@ import numpy as np
 
 from .. import functional as F
 from ..nn import BatchNorm2d
+from ..nn.layernorm import LayerNorm
 from ..nn.module import Module, Parameter
 from ..optim import SGD, AdamW
 
 
 def configure_for_tta(model: Module, exclude: tuple[str, ...] = ()) -> list[Parameter]:
-    """Freeze everything, put every BatchNorm2d on test-batch statistics, unfreeze their affine pairs.
+    """Freeze everything, put every BatchNorm2d on test-batch statistics, unfreeze their affine pairs
+    and those of every LayerNorm.
 
-    BN layers whose name starts with a prefix in ``exclude`` keep batch statistics but stay frozen.
+    Norm layers whose name starts with a prefix in ``exclude`` keep batch statistics but stay frozen.
     Returns the trainable parameters.
     """
     model.requires_grad_(False)
     params = []
     for name, m in model.named_modules():
-        if isinstance(m, BatchNorm2d):
-            m.mode = "test_batch"
+        if isinstance(m, (BatchNorm2d, LayerNorm)):
+            if isinstance(m, BatchNorm2d):
+                m.mode = "test_batch"
             if m.weight is not None and not any(name.startswith(p) for p in exclude):
                 for p in (m.weight, m.bias):
                     p.requires_grad = True
@@ -53,6 +59,11 @@ def diversity_backward(probs: np.ndarray, scale: float, dlogits: np.ndarray) -> 
     return float(-(p.mean(0) * log_bar).sum())
 
 
+def batch_rows(x) -> int:
+    """Rows of a batch: ``len(x)`` of an array, of the first array of a dict batch."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
 class TTAMethod:
     """Shared machinery: the model copy, the snapshot for ``reset``, counters, the entropy backward."""
 
@@ -63,7 +74,8 @@ class TTAMethod:
         self.model = copy.deepcopy(model)
         self.params = configure_for_tta(self.model, exclude) if self.adapts else []
         if self.adapts and not self.params:
-            raise ValueError(f"{type(self).__name__}: the model has no BatchNorm affine parameter to adapt")
+            raise ValueError(f"{type(self).__name__}: the model has no BatchNorm or LayerNorm affine parameter "
+                             "to adapt")
         self._opt_kind, self._lr, self._momentum = optimizer, lr, momentum
         self.optimizer = self._make_optimizer()
         self.frozen = copy.deepcopy(self.model) if open_set else None
@@ -121,7 +133,7 @@ class Source(TTAMethod):
 
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         self.stats["batches"] += 1
-        self.stats["samples"] += len(x)
+        self.stats["samples"] += batch_rows(x)
         return self.model.forward(x)
 
 
@@ -137,7 +149,7 @@ class BNAdapt(TTAMethod):
 
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         self.stats["batches"] += 1
-        self.stats["samples"] += len(x)
+        self.stats["samples"] += batch_rows(x)
         return self.model.forward(x)
 
 
@@ -173,23 +185,27 @@ class TENT(TTAMethod):
             self.optimizer.step()
             self.model.zero_grad()
             self.stats["steps"] += 1
-            self.stats["backward_samples"] += n if extra is None else len(x)
+            self.stats["backward_samples"] += n if extra is None else batch_rows(x)
         self.stats["batches"] += 1
-        self.stats["samples"] += len(x)
+        self.stats["samples"] += batch_rows(x)
         return first
 
 
 def compute_fisher(model: Module, params: list[Parameter], images: np.ndarray, batch_size: int
                    ) -> list[np.ndarray]:
-    """EATA's diagonal Fisher: mean over batches of the squared batch-mean CE gradient with argmax pseudo-labels."""
+    """EATA's diagonal Fisher: mean over batches of the squared batch-mean CE gradient with argmax pseudo-labels.
+
+    ``images``: an array, or a dict of arrays (a tokenised text batch) sliced along the first axis.
+    """
     from ..nn.loss import CrossEntropyLoss
 
     fisher = [np.zeros_like(p.data) for p in params]
     loss = CrossEntropyLoss()
     batches = 0
-    for i in range(0, len(images), batch_size):
+    for i in range(0, batch_rows(images), batch_size):
         model.zero_grad()
-        logits = model.forward(images[i:i + batch_size])
+        rows = slice(i, i + batch_size)
+        logits = model.forward({k: v[rows] for k, v in images.items()} if isinstance(images, dict) else images[rows])
         loss.forward(logits, logits.argmax(1).astype(np.int64))
         model.backward(loss.backward())
         for f, p in zip(fisher, params):
@@ -249,7 +265,7 @@ class EATA(TTAMethod):
             self.stats["steps"] += 1
             self.stats["backward_samples"] += n
         self.stats["batches"] += 1
-        self.stats["samples"] += len(x)
+        self.stats["samples"] += batch_rows(x)
         return logits
 
 
@@ -283,7 +299,7 @@ class SAR(TTAMethod):
 
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         self.stats["batches"] += 1
-        self.stats["samples"] += len(x)
+        self.stats["samples"] += batch_rows(x)
         logits = self.model.forward(x)
         ent, probs = F.softmax_entropy_forward(logits)
         sel = ent < self.e0
