@@ -74,4 +74,4 @@ def test_adapter_step_layer_timing_covers_every_adapter():
     bench = _load("bench_adapter_step")
     ms = bench.time_layers(rows=8, features=32, repeats=1)
     assert list(ms) == ["base", "lora", "sora", "hydra", "bone", "bat"]
-    assert all(v > 0 for v in ms.values())
+    assert all(0 < v["min_ms"] <= v["median_ms"] for v in ms.values())
