@@ -260,9 +260,20 @@ def markdown(result: dict) -> str:
     pruned = [r for r in result["runs"] if "pruned_test_accuracy" in r]
     if pruned:
         same = all(r["pruned_test_accuracy"] == r["test_accuracy"] for r in pruned)
-        lines += ["", f"SoRA pruned to a plain LoRA (zero gates cut away) gives {'the same' if same else 'a DIFFERENT'} "
+        lines += ["", "SoRA pruned to a plain LoRA (zero gates cut away) gives "
+                  f"{'the same' if same else 'a DIFFERENT'} "
                   f"test accuracy as the gated model in every run; active ranks per layer (first run): "
                   f"{sorted(pruned[0]['active_ranks'].values())}."]
+    if "sora" in summary:
+        so = summary["sora"]
+        r_max = adapter_config("sora").r
+        kept = float(np.mean([sum(r["active_ranks"].values()) / (r_max * len(r["active_ranks"]))
+                              for r in result["runs"] if r["adapter"] == "sora"]))
+        lines += ["", f"SoRA settings: lambda1 {s['sora_lambda']}, xi {s['sora_xi']} (paper mode, tau = lr_t xi), gate "
+                  f"lr {s['sora_lr']}; chosen so gates can reach zero in a short run, not tuned. They kept "
+                  f"{100 * kept:.0f}% of the ranks, so an accuracy gap may come from this aggressive setting as much "
+                  f"as from the method. Hydra here adapts query and value (the reference adapts output projections) "
+                  f"with r_p = r_s = 4 at scale 2, LoRA's scale."]
     lines += ["", "Time per step is the median wall time of a training step (forward, backward, clip, AdamW) "
               "on a machine shared with other jobs; see bench_adapter_step.md for a controlled comparison."]
     return "\n".join(lines) + "\n"

@@ -110,7 +110,8 @@ def time_layers(rows: int, features: int, repeats: int) -> dict[str, dict[str, f
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, features)).astype(np.float32)
     dy = rng.standard_normal((rows, features)).astype(np.float32)
-    layers = {name: layer_case(name, Linear(features, features, generator=Generator(0))) for name in ("base", *ADAPTERS)}
+    layers = {name: layer_case(name, Linear(features, features, generator=Generator(0)))
+              for name in ("base", *ADAPTERS)}
     times: dict[str, list[float]] = {name: [] for name in layers}
     for k in range(repeats + 1):
         for name, layer in layers.items():
@@ -195,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     layer_ms = time_layers(layer_rows, 384, a.layer_repeats)
     print("layer", {n: f"{v['min_ms']:.2f} ms" for n, v in layer_ms.items()})
     verdicts = verdict_lines(steps)
+    tokens = {c: int(np.flatnonzero(b["attention_mask"].any(0))[-1]) + 1 for c, b in cases.items()}
     result = {"batch": a.batch, "seq": a.seq, "rounds": a.rounds, "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-              "cases": list(cases), "names": names, "tokens": {c: int(np.flatnonzero(b["attention_mask"].any(0))[-1]) + 1
-                                                              for c, b in cases.items()},
-              "steps": steps, "layer_rows": layer_rows, "layer_repeats": a.layer_repeats, "layer_ms": layer_ms, "why": WHY, "verdicts": verdicts,
+              "cases": list(cases), "names": names, "tokens": tokens, "steps": steps, "layer_rows": layer_rows,
+              "layer_repeats": a.layer_repeats, "layer_ms": layer_ms, "why": WHY, "verdicts": verdicts,
               "command": "python benchmarks/bench_adapter_step.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     stem = Path(a.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
