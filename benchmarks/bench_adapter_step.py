@@ -165,6 +165,13 @@ def markdown(result: dict) -> str:
     for name, m in result["layer_ms"].items():
         why = "frozen Linear forward + dx only (no adapter)" if name == "base" else WHY[name]
         lines.append(f"| {name} | {m['min_ms']:.2f} | {m['min_ms'] / lora:.2f} | {why} |")
+    bat = result["layer_ms"]["bat"]["min_ms"] / lora
+    base = result["layer_ms"]["base"]["min_ms"]
+    lines += ["", f"Where the math costs more: Bat's backward forms the full weight gradient dW = dy^T x to get dT "
+              f"(one more GEMM of the frozen layer's size, which LoRA never computes) and rebuilds W' twice per "
+              f"step; on the layer that is {bat:.2f}x LoRA and {result['layer_ms']['bat']['min_ms'] / base:.2f}x the "
+              f"frozen layer. Only query and value carry it (2 of the 6 linear maps per block, the smaller ones), "
+              f"which is why the whole step stays close to LoRA. The other adapters add only rank-r work."]
     lines += ["", f"Target: within {TARGET}x of LoRA per step, judged on the larger of the wall and CPU ratios "
               f"(a single slow round under load can make either one misleading). " + " ".join(result["verdicts"])]
     return "\n".join(lines) + "\n"
