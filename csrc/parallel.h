@@ -28,4 +28,13 @@ static inline void peftc_part_range(int64_t n, int64_t t, int64_t nparts, int64_
     *end = n * (t + 1) / nparts;
 }
 
+/* parts for n independent items when a part should hold at least min_items (thread start-up is
+ * tens of microseconds: small inputs run on the calling thread alone) */
+static inline int64_t peftc_parallel_parts(int64_t n, int64_t min_items)
+{
+    const int64_t most = min_items > 0 ? n / min_items : n;
+    const int64_t threads = peftc_parallel_threads();
+    return most < 1 ? 1 : most < threads ? most : threads;
+}
+
 #endif

@@ -58,15 +58,27 @@ class Linear(Module):
         self._x = rows
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the parameter gradients and return dx = dy W.
+
+        ``dx``: an array shaped like the input to accumulate into (and return) instead of a new one, so
+        that a caller summing several input gradients allocates and zeroes one buffer. With
+        ``input_grad=False`` the product dy W is skipped and None returned (the input is a leaf).
+        """
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(self._x)
+        out = None
+        if input_grad:
+            out = np.zeros_like(self._x) if dx is None else as_rows(dx, "dx", self.in_features)
         dw = self.weight.grad_buffer()
-        F.linear_backward(drows, self._x if dw is not None else None, self.weight.data, dx=dx, dweight=dw,
-                          dbias=self.bias.grad_buffer() if self.bias is not None else None)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        db = self.bias.grad_buffer() if self.bias is not None else None
+        if out is not None or dw is not None or db is not None:
+            F.linear_backward(drows, self._x if dw is not None else None, self.weight.data, dx=out, dweight=dw,
+                              dbias=db)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def __repr__(self) -> str:
         return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"
