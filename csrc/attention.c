@@ -62,14 +62,16 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
 }
 
 /* C (M,N) = op(A) op(B) (+ C as beta says), split into row blocks small enough that OpenBLAS
- * runs each on the calling thread when the caller is itself one of several threads. Row block
- * m0 of op(A) starts at A + m0 * lda, or at A + m0 when A is stored transposed. */
-static peftc_status gemm_rows(int split, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+ * runs each on the calling thread. Always split, whatever the thread count: OpenBLAS's bits depend
+ * on how a product is blocked and threaded, so one fixed way keeps results independent of the
+ * number of threads. Row block m0 of op(A) starts at A + m0 * lda, or at A + m0 when A is stored
+ * transposed. */
+static peftc_status gemm_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                               int64_t ldc)
 {
     int64_t rows = M;
-    if (split && N * K > 0 && M * N * K > PEFTC_BLAS_SINGLE_THREAD_MNK) {
+    if (N * K > 0 && M * N * K > PEFTC_BLAS_SINGLE_THREAD_MNK) {
         rows = PEFTC_BLAS_SINGLE_THREAD_MNK / (N * K);
         rows = rows < 1 ? 1 : rows;
     }
@@ -113,7 +115,6 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
     const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
     const float p = j->p, keep_scale = 1.0f / (1.0f - p);
     float *work = j->work ? j->work + t * T * T : NULL;
-    const int split = nparts > 1;
     int64_t first, last;
     peftc_part_range(j->B * NH, t, nparts, &first, &last);
     for (int64_t bh = first; bh < last; bh++) {
@@ -122,7 +123,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const int64_t col = b * T * H + h * HS;
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = gemm_rows(split, 0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
+        peftc_status st = gemm_rows(0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < T; i++)
@@ -135,7 +136,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = gemm_rows(split, 0, 0, T, HS, T, pv, T, j->v + col, H, 0.0f, j->out + col, H);
+        st = gemm_rows(0, 0, T, HS, T, pv, T, j->v + col, H, 0.0f, j->out + col, H);
         if (st != PEFTC_OK)
             return st;
     }
@@ -173,7 +174,6 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     const float p = j->p, keep_scale = 1.0f / (1.0f - p);
     float *ds = j->work + t * T * T * (p > 0.0f ? 2 : 1);
     float *pd = ds + T * T;
-    const int split = nparts > 1;
     int64_t first, last;
     peftc_part_range(j->B * NH, t, nparts, &first, &last);
     for (int64_t bh = first; bh < last; bh++) {
@@ -188,14 +188,14 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         peftc_status st;
         if (j->dv) {
             /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(split, 1, 0, T, HS, T, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
+            st = gemm_rows(1, 0, T, HS, T, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
         if (!j->dq && !j->dk)
             continue;
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        st = gemm_rows(split, 0, 1, T, T, HS, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
+        st = gemm_rows(0, 1, T, T, HS, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < T; i++) {
@@ -216,13 +216,13 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dq) {
             /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(split, 0, 0, T, HS, T, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
+            st = gemm_rows(0, 0, T, HS, T, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
         if (j->dk) {
             /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(split, 1, 0, T, HS, T, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
+            st = gemm_rows(1, 0, T, HS, T, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
