@@ -26,22 +26,79 @@ static uint64_t att_counter(uint64_t offset, int64_t bh, int64_t i, int64_t T)
     return offset + (uint64_t)((bh * T + i) * T);
 }
 
+/* Reductions over a row in ROW_LANES partial results: a plain loop carries one accumulator, which
+ * keeps the compiler from reordering (and vectorising) a float sum or max. */
+#define ROW_LANES 16
+
+/* max of x[j] over the keys j < n with keymask[j] != 0 (all when keymask is NULL); NaNs are
+ * skipped, -INFINITY when no key is visible */
+static inline float masked_row_max(const float *x, const int64_t *keymask, int64_t n)
+{
+    float m[ROW_LANES];
+    for (int l = 0; l < ROW_LANES; l++)
+        m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++) {
+            const float v = !keymask || keymask[j + l] ? x[j + l] : -INFINITY;
+            m[l] = v > m[l] ? v : m[l];
+        }
+    float mx = -INFINITY;
+    for (int l = 0; l < ROW_LANES; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    for (; j < n; j++) {
+        const float v = !keymask || keymask[j] ? x[j] : -INFINITY;
+        mx = v > mx ? v : mx;
+    }
+    return mx;
+}
+
+/* sum of x[j] * y[j] over j < n */
+static inline float row_dot(const float *x, const float *y, int64_t n)
+{
+    float acc[ROW_LANES] = {0.0f};
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++)
+            acc[l] += x[j + l] * y[j + l];
+    float s = 0.0f;
+    for (int l = 0; l < ROW_LANES; l++)
+        s += acc[l];
+    for (; j < n; j++)
+        s += x[j] * y[j];
+    return s;
+}
+
+/* sum of x[j] over j < n */
+static inline float row_sum(const float *x, int64_t n)
+{
+    float acc[ROW_LANES] = {0.0f};
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++)
+            acc[l] += x[j + l];
+    float s = 0.0f;
+    for (int l = 0; l < ROW_LANES; l++)
+        s += acc[l];
+    for (; j < n; j++)
+        s += x[j];
+    return s;
+}
+
 /* Row i of one (b, h) score block: scale, exclude masked and (if causal) future keys, softmax in
- * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. The exp loop
- * is branch-free so that it vectorises; the sum is a separate loop. */
+ * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. Every loop is
+ * branch-free so that it vectorises. The max is taken before scaling: scale > 0 and rounding is
+ * monotonic, so max(row) * scale is exactly max(row * scale). */
 static void masked_softmax_row(float *row, const int64_t *keymask, int causal, int64_t i, float scale, int64_t T)
 {
     const int64_t last = causal ? i + 1 : T;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < last; j++) {
-        const float s = row[j] * scale;
-        mx = (!keymask || keymask[j]) && s > mx ? s : mx;
-    }
+    float mx = masked_row_max(row, keymask, last);
     if (mx == -INFINITY) {
         for (int64_t j = 0; j < T; j++)
             row[j] = 0.0f;
         return;
     }
+    mx *= scale;
     if (keymask) {
         for (int64_t j = 0; j < last; j++) {
             const float e = peftc_exp_approx(row[j] * scale - mx);
@@ -53,10 +110,7 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
     }
     for (int64_t j = last; j < T; j++)
         row[j] = 0.0f;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < last; j++)
-        sum += row[j];
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / row_sum(row, last);
     for (int64_t j = 0; j < last; j++)
         row[j] *= inv;
 }
@@ -208,9 +262,7 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
                 for (int64_t c = 0; c < T; c++)
                     d[c] = pdr[c] != 0.0f ? d[c] * keep_scale : 0.0f;
             }
-            float dot = 0.0f;
-            for (int64_t c = 0; c < T; c++)
-                dot += pr[c] * d[c];
+            const float dot = row_dot(pr, d, T);
             for (int64_t c = 0; c < T; c++)
                 d[c] = scale * pr[c] * (d[c] - dot);
         }

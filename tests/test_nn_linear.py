@@ -112,3 +112,14 @@ def test_linear_backward_accumulates_into_a_given_dx_and_can_skip_it(rng):
     assert layer.backward(dy, input_grad=False) is None
     assert_close(layer.weight.grad, grads[0], 1e-6, 1e-6, "dweight without dx")
     assert_close(layer.bias.grad, grads[1], 1e-6, 1e-6, "dbias without dx")
+
+
+def test_frozen_linear_keeps_no_input_and_refuses_a_weight_unfrozen_after_forward(rng):
+    layer = Linear(5, 3).requires_grad_(False)
+    x, dy = f32(rng, 4, 5), f32(rng, 4, 3)
+    layer(x)
+    assert layer._x is None, "a frozen layer needs only the input's shape for dx"
+    assert_close(layer.backward(dy), dy.astype(np.float64) @ layer.weight.data, 1e-5, 1e-5, "dx")
+    layer.weight.requires_grad = True
+    with pytest.raises(RuntimeError, match="frozen in the forward"):
+        layer.backward(dy)
