@@ -112,6 +112,7 @@ def torch_model(torch: Any, p: float, copy_from: Any = None):
     from peftc.models import minilm_path
 
     transformers.logging.set_verbosity_error()  # the checkpoint's unused pooler is reported otherwise
+    transformers.logging.disable_progress_bar()
 
     class Classifier(torch.nn.Module):
         def __init__(self) -> None:

@@ -23,7 +23,8 @@ _ACCUMULATING_LAYERS = (Linear, LoraLinear)
 
 
 def _trainable(module: Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
+    """Whether any parameter of module is trainable (stops at the first one found)."""
+    return any(p.requires_grad for _, p in module.named_parameters())
 
 
 def _backward_into(layer: Module, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool = True) -> np.ndarray | None:
