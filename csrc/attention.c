@@ -132,6 +132,7 @@ static peftc_status gemm_rows(int trans_a, int trans_b, int64_t M, int64_t N, in
     for (int64_t m0 = 0; m0 < M; m0 += rows) {
         const int64_t mb = M - m0 < rows ? M - m0 : rows;
         const float *a0 = A + (trans_a ? m0 : m0 * lda);
+        /* C rows m0.. (mb,N) (+)= op(A) rows m0.. (mb,K) op(B) (K,N): M=mb, N=N, K=K, lda, ldb, ldc as given */
         peftc_status st = peftc_sgemm(trans_a, trans_b, mb, N, K, 1.0f, a0, lda, B, ldb, beta, C + m0 * ldc, ldc);
         if (st != PEFTC_OK)
             return st;
