@@ -22,8 +22,9 @@ Measured, same process, same thread count, the two sides timed in alternation (c
     (target >= 60%);
   - inference (peftc, eval, forward only): base model, LoRA merged, LoRA unmerged (targets: merged
     at the base speed, unmerged within 5% of it).
-Peak RSS: each side in its own subprocess (model, batch, optimizer, 3 steps), from ru_maxrss
-(target: peftc <= 0.6x torch).
+Peak RSS: each side in its own subprocess (model, batch, optimizer, 3 steps), the kernel's VmHWM
+(ru_maxrss would count the parent's memory, inherited at the fork before exec); target: peftc <= 0.6x
+torch.
 
 Run (the default takes about 3-4 minutes on a quiet 2-core machine):
     python benchmarks/bench_train_step.py [--threads 2] [--repeats 5]
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -272,9 +272,10 @@ def inference_row(np: Any, batch: dict, repeats: int) -> dict:
 
 
 # ---- peak memory, one subprocess per side ----------------------------------------------------------
-def _vm_rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM") in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -283,7 +284,7 @@ def rss_child(args: argparse.Namespace) -> None:
     """Runs in the child: imports only its own side, builds model, batch and optimizer, runs steps."""
     import numpy as np
 
-    rss_start = _vm_rss_mb()
+    rss_start = _status_mb("VmRSS")
     batch = make_batch(np)
     if args.rss_child == "peftc":
         step = PeftcStep(peftc_model(args.dropout).train(), batch)
@@ -292,13 +293,14 @@ def rss_child(args: argparse.Namespace) -> None:
 
         common.configure_torch_threads(torch, args.threads)
         step = TorchStep(torch, torch_model(torch, args.dropout).train(), batch)
-    rss_setup = _vm_rss_mb()
+    rss_setup = _status_mb("VmRSS")
     t0 = time.perf_counter()
     for _ in range(args.rss_steps):
         step()
     print(json.dumps({"side": args.rss_child, "dropout": args.dropout, "steps": args.rss_steps,
                       "rss_after_imports_mb": rss_start, "rss_after_setup_mb": rss_setup,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      # VmHWM, not ru_maxrss: the latter keeps the parent's RSS from the fork before exec
+                      "peak_rss_mb": _status_mb("VmHWM"),
                       "wall_s": time.perf_counter() - t0, "loss": step.loss}))
 
 
