@@ -236,7 +236,8 @@ def train_row(np: Any, torch: Any, batch: dict, p: float, square: Any, flops: di
         tag = key[:-2]
         row.update({
             f"peftc_{tag}_s": t["peftc"][key], f"torch_{tag}_s": t["torch"][key],
-            f"peftc_tokens_per_s_{tag}": tokens / t["peftc"][key], f"torch_tokens_per_s_{tag}": tokens / t["torch"][key],
+            f"peftc_tokens_per_s_{tag}": tokens / t["peftc"][key],
+            f"torch_tokens_per_s_{tag}": tokens / t["torch"][key],
             f"ratio_{tag}": t["torch"][key] / t["peftc"][key],
             f"peftc_gemm_gflops_{tag}": flops["step"] / t["peftc"][key] / 1e9,
             f"roofline_fraction_{tag}": flops["step"] / t["peftc"][key] / 1e9 / sg,
@@ -418,7 +419,8 @@ def main() -> None:
               flush=True)
         train.append(row)
     inference = inference_row(np, batch, args.repeats)
-    print(f"inference: base {inference['base_median_s']:.3f} s, merged/base {inference['merged_over_base_median']:.3f}, "
+    print(f"inference: base {inference['base_median_s']:.3f} s, "
+          f"merged/base {inference['merged_over_base_median']:.3f}, "
           f"unmerged/base {inference['unmerged_over_base_median']:.3f}", flush=True)
     payload = {"benchmark": NAME, "batch": BATCH, "seq": SEQ, "r": RANK, "lora_alpha": ALPHA,
                "num_labels": NUM_LABELS, "threads": args.threads, "repeats": args.repeats, "target": TARGET,
