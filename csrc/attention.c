@@ -1,12 +1,20 @@
 /* attention.c: the multi-head self-attention core on already-projected q, k, v (B,T,H), forward
- * and backward. Each (batch, head) pair is two GEMMs that read its columns of q, k, v and write
+ * and backward. Each (batch, head) pair is a few GEMMs that read its columns of q, k, v and write
  * its columns of out in place through the leading dimension H: no transposing copies, no head
  * split or merge. Scale, key mask, causal mask and softmax are one pass over each score row.
- * The Q/K/V and output projections are not here (linear.c, lora.c). */
+ * The Q/K/V and output projections are not here (linear.c, lora.c).
+ *
+ * Threads: the (batch, head) pairs are independent, so they are split into contiguous ranges, one
+ * per thread (parallel.h), each thread running single-threaded GEMMs on its own slice of the
+ * workspace. A (T,T,HS) GEMM is too small for OpenBLAS to split well (its threads would meet once
+ * per GEMM instead of once per call). Results do not depend on the thread count: every pair is
+ * computed the same way whichever thread runs it. */
 #include <math.h>
 
 #include "blas.h"
 #include "fastmath.h"
+#include "parallel.h"
+#include "rng.h"
 
 static int attention_args_ok(float p, int64_t B, int64_t T, int64_t H, int64_t NH)
 {
@@ -18,22 +26,79 @@ static uint64_t att_counter(uint64_t offset, int64_t bh, int64_t i, int64_t T)
     return offset + (uint64_t)((bh * T + i) * T);
 }
 
+/* Reductions over a row in ROW_LANES partial results: a plain loop carries one accumulator, which
+ * keeps the compiler from reordering (and vectorising) a float sum or max. */
+#define ROW_LANES 16
+
+/* max of x[j] over the keys j < n with keymask[j] != 0 (all when keymask is NULL); NaNs are
+ * skipped, -INFINITY when no key is visible */
+static inline float masked_row_max(const float *x, const int64_t *keymask, int64_t n)
+{
+    float m[ROW_LANES];
+    for (int l = 0; l < ROW_LANES; l++)
+        m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++) {
+            const float v = !keymask || keymask[j + l] ? x[j + l] : -INFINITY;
+            m[l] = v > m[l] ? v : m[l];
+        }
+    float mx = -INFINITY;
+    for (int l = 0; l < ROW_LANES; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    for (; j < n; j++) {
+        const float v = !keymask || keymask[j] ? x[j] : -INFINITY;
+        mx = v > mx ? v : mx;
+    }
+    return mx;
+}
+
+/* sum of x[j] * y[j] over j < n */
+static inline float row_dot(const float *x, const float *y, int64_t n)
+{
+    float acc[ROW_LANES] = {0.0f};
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++)
+            acc[l] += x[j + l] * y[j + l];
+    float s = 0.0f;
+    for (int l = 0; l < ROW_LANES; l++)
+        s += acc[l];
+    for (; j < n; j++)
+        s += x[j] * y[j];
+    return s;
+}
+
+/* sum of x[j] over j < n */
+static inline float row_sum(const float *x, int64_t n)
+{
+    float acc[ROW_LANES] = {0.0f};
+    int64_t j = 0;
+    for (; j + ROW_LANES <= n; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++)
+            acc[l] += x[j + l];
+    float s = 0.0f;
+    for (int l = 0; l < ROW_LANES; l++)
+        s += acc[l];
+    for (; j < n; j++)
+        s += x[j];
+    return s;
+}
+
 /* Row i of one (b, h) score block: scale, exclude masked and (if causal) future keys, softmax in
- * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. The exp loop
- * is branch-free so that it vectorises; the sum is a separate loop. */
+ * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. Every loop is
+ * branch-free so that it vectorises. The max is taken before scaling: scale > 0 and rounding is
+ * monotonic, so max(row) * scale is exactly max(row * scale). */
 static void masked_softmax_row(float *row, const int64_t *keymask, int causal, int64_t i, float scale, int64_t T)
 {
     const int64_t last = causal ? i + 1 : T;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < last; j++) {
-        const float s = row[j] * scale;
-        mx = (!keymask || keymask[j]) && s > mx ? s : mx;
-    }
+    float mx = masked_row_max(row, keymask, last);
     if (mx == -INFINITY) {
         for (int64_t j = 0; j < T; j++)
             row[j] = 0.0f;
         return;
     }
+    mx *= scale;
     if (keymask) {
         for (int64_t j = 0; j < last; j++) {
             const float e = peftc_exp_approx(row[j] * scale - mx);
@@ -45,18 +110,92 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
     }
     for (int64_t j = last; j < T; j++)
         row[j] = 0.0f;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < last; j++)
-        sum += row[j];
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / row_sum(row, last);
     for (int64_t j = 0; j < last; j++)
         row[j] *= inv;
 }
 
+/* C (M,N) = op(A) op(B) (+ C as beta says), split into row blocks small enough that OpenBLAS
+ * runs each on the calling thread. Always split, whatever the thread count: OpenBLAS's bits depend
+ * on how a product is blocked and threaded, so one fixed way keeps results independent of the
+ * number of threads. Row block m0 of op(A) starts at A + m0 * lda, or at A + m0 when A is stored
+ * transposed. */
+static peftc_status gemm_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                              int64_t ldc)
+{
+    int64_t rows = M;
+    if (N * K > 0 && M * N * K > PEFTC_BLAS_SINGLE_THREAD_MNK) {
+        rows = PEFTC_BLAS_SINGLE_THREAD_MNK / (N * K);
+        rows = rows < 1 ? 1 : rows;
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += rows) {
+        const int64_t mb = M - m0 < rows ? M - m0 : rows;
+        const float *a0 = A + (trans_a ? m0 : m0 * lda);
+        /* C rows m0.. (mb,N) (+)= op(A) rows m0.. (mb,K) op(B) (K,N): M=mb, N=N, K=K, lda, ldb, ldc as given */
+        peftc_status st = peftc_sgemm(trans_a, trans_b, mb, N, K, 1.0f, a0, lda, B, ldb, beta, C + m0 * ldc, ldc);
+        if (st != PEFTC_OK)
+            return st;
+    }
+    return PEFTC_OK;
+}
+
+typedef struct {
+    float *out, *att_out, *work, *dq, *dk, *dv; /* att_out: the forward's probabilities */
+    const float *att, *q, *k, *v, *dout;        /* att: the same, read by the backward */
+    const int64_t *mask;
+    int causal;
+    float p;
+    uint64_t key, offset;
+    int64_t B, T, H, NH;
+} attention_job;
+
+/* threads for B*NH pairs: no more than there are pairs */
+static int64_t attention_threads(int64_t pairs)
+{
+    const int64_t n = peftc_parallel_threads();
+    return pairs < n ? (pairs > 0 ? pairs : 1) : n;
+}
+
 int64_t peftc_attention_forward_workspace_size(int64_t T, float p)
 {
-    /* the dropped probabilities of one (b, h) block */
-    return p > 0.0f ? T * T : 0;
+    /* per thread, the dropped probabilities of one (b, h) block */
+    return p > 0.0f ? peftc_parallel_threads() * T * T : 0;
+}
+
+static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const attention_job *j = ctx;
+    const int64_t T = j->T, H = j->H, NH = j->NH, HS = H / NH;
+    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
+    const float p = j->p, keep_scale = 1.0f / (1.0f - p);
+    float *work = j->work ? j->work + t * T * T : NULL;
+    int64_t first, last;
+    peftc_part_range(j->B * NH, t, nparts, &first, &last);
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / NH, h = bh % NH;
+        const int64_t *keymask = j->mask ? j->mask + b * T : NULL;
+        const int64_t col = b * T * H + h * HS;
+        float *a = j->att_out + bh * T * T;
+        /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
+        peftc_status st = gemm_rows(0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
+        if (st != PEFTC_OK)
+            return st;
+        for (int64_t i = 0; i < T; i++)
+            masked_softmax_row(a + i * T, keymask, j->causal, i, scale, T);
+        const float *pv = a;
+        if (p > 0.0f) {
+            for (int64_t i = 0; i < T; i++)
+                peftc_dropout_row(work + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T),
+                                  T);
+            pv = work;
+        }
+        /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+        st = gemm_rows(0, 0, T, HS, T, pv, T, j->v + col, H, 0.0f, j->out + col, H);
+        if (st != PEFTC_OK)
+            return st;
+    }
+    return PEFTC_OK;
 }
 
 peftc_status peftc_attention_forward(float *out, float *att, float *work, const float *q, const float *k,
@@ -65,33 +204,78 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
 {
     if (!attention_args_ok(p, B, T, H, NH))
         return p >= 0.0f && p < 1.0f ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
-    const int64_t HS = H / NH;
+    if (B == 0 || T == 0)
+        return PEFTC_OK;
+    attention_job job = {.out = out, .att_out = att, .work = p > 0.0f ? work : NULL, .q = q, .k = k, .v = v,
+                         .mask = mask, .causal = causal, .p = p, .key = peftc_rng_key(seed), .offset = offset,
+                         .B = B, .T = T, .H = H, .NH = NH};
+    return peftc_parallel_run(forward_part, &job, attention_threads(B * NH));
+}
+
+int64_t peftc_attention_backward_workspace_size(int64_t T, float p)
+{
+    /* per thread, d(probabilities) of one block, plus its dropped probabilities when dropout is on */
+    return peftc_parallel_threads() * T * T * (p > 0.0f ? 2 : 1);
+}
+
+/* Per (b, h), with P = att, Pd = dropout(P), G = dout_h:
+ *   dPd = G v_h^T, dv_h += Pd^T G, dP = dPd through the mask, dS = scale * P o (dP - rowsum(P o dP)),
+ *   dq_h += dS k_h, dk_h += dS^T q_h. */
+static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const attention_job *j = ctx;
+    const int64_t T = j->T, H = j->H, NH = j->NH, HS = H / NH;
     const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
-    const float keep_scale = 1.0f / (1.0f - p);
-    for (int64_t b = 0; b < B; b++) {
-        const int64_t *keymask = mask ? mask + b * T : NULL;
-        for (int64_t h = 0; h < NH; h++) {
-            const int64_t bh = b * NH + h;
-            const int64_t col = b * T * H + h * HS;
-            float *a = att + bh * T * T;
-            /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-            peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, q + col, H, k + col, H, 0.0f, a, T);
+    const float p = j->p, keep_scale = 1.0f / (1.0f - p);
+    float *ds = j->work + t * T * T * (p > 0.0f ? 2 : 1);
+    float *pd = ds + T * T;
+    int64_t first, last;
+    peftc_part_range(j->B * NH, t, nparts, &first, &last);
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t col = (bh / NH) * T * H + (bh % NH) * HS;
+        const float *a = j->att + bh * T * T;
+        const float *pv = a;
+        if (p > 0.0f) {
+            for (int64_t i = 0; i < T; i++)
+                peftc_dropout_row(pd + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T), T);
+            pv = pd;
+        }
+        peftc_status st;
+        if (j->dv) {
+            /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            st = gemm_rows(1, 0, T, HS, T, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
             if (st != PEFTC_OK)
                 return st;
-            for (int64_t i = 0; i < T; i++)
-                masked_softmax_row(a + i * T, keymask, causal, i, scale, T);
-            const float *pv = a;
+        }
+        if (!j->dq && !j->dk)
+            continue;
+        /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
+        st = gemm_rows(0, 1, T, T, HS, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
+        if (st != PEFTC_OK)
+            return st;
+        for (int64_t i = 0; i < T; i++) {
+            float *d = ds + i * T;
+            const float *pr = a + i * T;
             if (p > 0.0f) {
-                for (int64_t i = 0; i < T; i++) {
-                    const uint64_t c0 = att_counter(offset, bh, i, T);
-                    for (int64_t j = 0; j < T; j++)
-                        work[i * T + j] = peftc_rng_uniform01(seed, c0 + (uint64_t)j) >= p
-                                              ? a[i * T + j] * keep_scale : 0.0f;
-                }
-                pv = work;
+                /* a dropped element has pd == 0 < P; where P == 0 the factor P below zeroes it anyway,
+                 * so pd != 0 is the keep-mask and the generator need not run twice */
+                const float *pdr = pd + i * T;
+                for (int64_t c = 0; c < T; c++)
+                    d[c] = pdr[c] != 0.0f ? d[c] * keep_scale : 0.0f;
             }
-            /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(0, 0, T, HS, T, 1.0f, pv, T, v + col, H, 0.0f, out + col, H);
+            const float dot = row_dot(pr, d, T);
+            for (int64_t c = 0; c < T; c++)
+                d[c] = scale * pr[c] * (d[c] - dot);
+        }
+        if (j->dq) {
+            /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            st = gemm_rows(0, 0, T, HS, T, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
+            if (st != PEFTC_OK)
+                return st;
+        }
+        if (j->dk) {
+            /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            st = gemm_rows(1, 0, T, HS, T, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
@@ -99,83 +283,16 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
     return PEFTC_OK;
 }
 
-int64_t peftc_attention_backward_workspace_size(int64_t T, float p)
-{
-    /* d(probabilities) of one block, plus its dropped probabilities when dropout is on */
-    return T * T * (p > 0.0f ? 2 : 1);
-}
-
-/* Per (b, h), with P = att, Pd = dropout(P), G = dout_h:
- *   dPd = G v_h^T, dv_h += Pd^T G, dP = dPd through the mask, dS = scale * P o (dP - rowsum(P o dP)),
- *   dq_h += dS k_h, dk_h += dS^T q_h. */
 peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *work, const float *dout,
                                       const float *q, const float *k, const float *v, const float *att, float p,
                                       uint64_t seed, uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH)
 {
     if (!attention_args_ok(p, B, T, H, NH))
         return p >= 0.0f && p < 1.0f ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
-    const int64_t HS = H / NH;
-    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
-    const float keep_scale = 1.0f / (1.0f - p);
-    float *ds = work;
-    float *pd = work + T * T;
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t h = 0; h < NH; h++) {
-            const int64_t bh = b * NH + h;
-            const int64_t col = b * T * H + h * HS;
-            const float *a = att + bh * T * T;
-            const float *pv = a;
-            if (p > 0.0f) {
-                for (int64_t i = 0; i < T; i++) {
-                    const uint64_t c0 = att_counter(offset, bh, i, T);
-                    for (int64_t j = 0; j < T; j++)
-                        pd[i * T + j] = peftc_rng_uniform01(seed, c0 + (uint64_t)j) >= p
-                                            ? a[i * T + j] * keep_scale : 0.0f;
-                }
-                pv = pd;
-            }
-            peftc_status st;
-            if (dv) {
-                /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-                st = peftc_sgemm(1, 0, T, HS, T, 1.0f, pv, T, dout + col, H, 1.0f, dv + col, H);
-                if (st != PEFTC_OK)
-                    return st;
-            }
-            if (!dq && !dk)
-                continue;
-            /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-            st = peftc_sgemm(0, 1, T, T, HS, 1.0f, dout + col, H, v + col, H, 0.0f, ds, T);
-            if (st != PEFTC_OK)
-                return st;
-            for (int64_t i = 0; i < T; i++) {
-                float *d = ds + i * T;
-                const float *pr = a + i * T;
-                if (p > 0.0f) {
-                    /* a dropped element has pd == 0 < P; where P == 0 the factor P below zeroes it anyway,
-                     * so pd != 0 is the keep-mask and the generator need not run twice */
-                    const float *pdr = pd + i * T;
-                    for (int64_t j = 0; j < T; j++)
-                        d[j] = pdr[j] != 0.0f ? d[j] * keep_scale : 0.0f;
-                }
-                float dot = 0.0f;
-                for (int64_t j = 0; j < T; j++)
-                    dot += pr[j] * d[j];
-                for (int64_t j = 0; j < T; j++)
-                    d[j] = scale * pr[j] * (d[j] - dot);
-            }
-            if (dq) {
-                /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-                st = peftc_sgemm(0, 0, T, HS, T, 1.0f, ds, T, k + col, H, 1.0f, dq + col, H);
-                if (st != PEFTC_OK)
-                    return st;
-            }
-            if (dk) {
-                /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-                st = peftc_sgemm(1, 0, T, HS, T, 1.0f, ds, T, q + col, H, 1.0f, dk + col, H);
-                if (st != PEFTC_OK)
-                    return st;
-            }
-        }
-    }
-    return PEFTC_OK;
+    if (B == 0 || T == 0)
+        return PEFTC_OK;
+    attention_job job = {.work = work, .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
+                         .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
+                         .H = H, .NH = NH};
+    return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
 }

@@ -12,6 +12,11 @@ int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
     return a >= 0 && b >= 0 && c >= 0 && a <= INT_MAX && b <= INT_MAX && c <= INT_MAX;
 }
 
+int64_t peftc_blas_threads(void)
+{
+    return openblas_get_num_threads();
+}
+
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                          int64_t ldc)

@@ -15,6 +15,15 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 
+/* the number of threads OpenBLAS runs a large GEMM on */
+int64_t peftc_blas_threads(void);
+
+/* Largest M*N*K that OpenBLAS 0.3.x computes on the calling thread alone (its SMP threshold,
+ * 65536 * GEMM_MULTITHREAD_THRESHOLD with the default threshold 4). Kernels that run GEMMs on
+ * several threads of their own keep each call at or below it; a larger call would still be correct,
+ * only serialised by OpenBLAS's level-3 lock. */
+#define PEFTC_BLAS_SINGLE_THREAD_MNK 262144
+
 /* ---- LAPACK (EVA) --------------------------------------------------------------------------------
  * Thin SVD of the row-major (rows, cols) matrix a = U diag(s) vt keeping only s and vt, with
  * p = min(rows, cols). LAPACK's column-major sgesdd runs on a^T (the same memory), whose left singular

@@ -4,21 +4,12 @@
 #include <math.h>
 
 #include "peftc.h"
-
-#define GOLDEN_GAMMA 0x9E3779B97F4A7C15ULL
-
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
+#include "rng.h"
 
 /* Uniform in [0, 1) with 24 random bits: every value is exactly representable in float. */
 float peftc_rng_uniform01(uint64_t seed, uint64_t counter)
 {
-    uint64_t z = mix64(mix64(seed) + (counter + 1) * GOLDEN_GAMMA);
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
+    return peftc_rng_u01(peftc_rng_key(seed), counter);
 }
 
 peftc_status peftc_rng_uniform(float *out, float lo, float hi, uint64_t seed, uint64_t offset, int64_t P)
@@ -27,8 +18,9 @@ peftc_status peftc_rng_uniform(float *out, float lo, float hi, uint64_t seed, ui
         return PEFTC_ERR_SIZE;
     if (!(lo <= hi))
         return PEFTC_ERR_ARG;
+    const uint64_t key = peftc_rng_key(seed);
     for (int64_t i = 0; i < P; i++)
-        out[i] = lo + (hi - lo) * peftc_rng_uniform01(seed, offset + (uint64_t)i);
+        out[i] = lo + (hi - lo) * peftc_rng_u01(key, offset + (uint64_t)i);
     return PEFTC_OK;
 }
 
@@ -39,10 +31,11 @@ peftc_status peftc_rng_normal(float *out, float mean, float std, uint64_t seed, 
         return PEFTC_ERR_SIZE;
     if (!(std >= 0.0f))
         return PEFTC_ERR_ARG;
+    const uint64_t key = peftc_rng_key(seed);
     for (int64_t i = 0; i < P; i++) {
         uint64_t k = 2 * (offset + (uint64_t)i);
-        double u1 = 1.0 - (double)peftc_rng_uniform01(seed, k);
-        double u2 = (double)peftc_rng_uniform01(seed, k + 1);
+        double u1 = 1.0 - (double)peftc_rng_u01(key, k);
+        double u2 = (double)peftc_rng_u01(key, k + 1);
         double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
         out[i] = mean + std * (float)z;
     }

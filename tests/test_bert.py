@@ -154,3 +154,33 @@ def test_bert_rejects_bad_ids(minilm):
 def test_from_pretrained_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         BertModel.from_pretrained(tmp_path)
+
+
+def test_frozen_embeddings_skip_the_first_block_input_gradient_and_keep_lora_gradients(rng, torch, tmp_path):
+    _, model = tiny_pair(torch, tmp_path)
+    model.requires_grad_(False)
+    for i in range(TINY["num_hidden_layers"]):
+        for target in ("query", "value"):
+            name = f"encoder.layer.{i}.attention.self.{target}"
+            model.set_submodule(name, LoraLinear(model.get_submodule(name), r=2, lora_alpha=4,
+                                                 init_lora_weights=False))
+    key = model.encoder.layer[0].attention.self.key
+    calls = []
+    key.backward = lambda *a, **k: calls.append(1) or Linear.backward(key, *a, **k)
+    ids, mask, types = tiny_batch(rng)
+    dy = rng.standard_normal((3, 9, TINY["hidden_size"])).astype(np.float32)
+
+    def lora_grads() -> dict[str, np.ndarray]:
+        model.zero_grad()
+        model(ids, mask, types)
+        model.backward(dy)
+        return {n: p.grad.copy() for n, p in model.named_parameters() if ".lora_" in n}
+
+    skipped = lora_grads()
+    assert calls == [], "a frozen key projection of the first block needs no backward"
+    model.embeddings.position_embeddings.weight.requires_grad = True  # now d(first block input) is needed
+    full = lora_grads()
+    assert calls == [1]
+    assert len(skipped) == 2 * 2 * TINY["num_hidden_layers"]
+    for name, g in full.items():
+        assert_close(skipped[name], g, 1e-6, 1e-6, name)

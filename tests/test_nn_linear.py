@@ -96,3 +96,30 @@ def test_linear_module_matches_torch_linear(rng, torch):
     assert_close(dx, xt.grad.numpy(), 1e-5, 1e-5, "dx")
     assert_close(layer.weight.grad, ref.weight.grad.numpy(), 1e-5, 1e-5, "dweight")
     assert_close(layer.bias.grad, ref.bias.grad.numpy(), 1e-5, 1e-5, "dbias")
+
+
+def test_linear_backward_accumulates_into_a_given_dx_and_can_skip_it(rng):
+    layer = Linear.from_weights(f32(rng, 4, 6), f32(rng, 4))
+    x, dy = f32(rng, 2, 3, 6), f32(rng, 2, 3, 4)
+    layer(x)
+    fresh = layer.backward(dy)
+    grads = (layer.weight.grad.copy(), layer.bias.grad.copy())
+    layer.zero_grad()
+    buf = np.ones_like(x)
+    assert layer.backward(dy, dx=buf) is buf
+    assert_close(buf, 1.0 + fresh.astype(np.float64), 1e-6, 1e-6, "dx accumulated into the buffer")
+    layer.zero_grad()
+    assert layer.backward(dy, input_grad=False) is None
+    assert_close(layer.weight.grad, grads[0], 1e-6, 1e-6, "dweight without dx")
+    assert_close(layer.bias.grad, grads[1], 1e-6, 1e-6, "dbias without dx")
+
+
+def test_frozen_linear_keeps_no_input_and_refuses_a_weight_unfrozen_after_forward(rng):
+    layer = Linear(5, 3).requires_grad_(False)
+    x, dy = f32(rng, 4, 5), f32(rng, 4, 3)
+    layer(x)
+    assert layer._x is None, "a frozen layer needs only the input's shape for dx"
+    assert_close(layer.backward(dy), dy.astype(np.float64) @ layer.weight.data, 1e-5, 1e-5, "dx")
+    layer.weight.requires_grad = True
+    with pytest.raises(RuntimeError, match="frozen in the forward"):
+        layer.backward(dy)

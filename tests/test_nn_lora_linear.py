@@ -189,3 +189,20 @@ def test_lora_linear_matches_torch_autograd(rng, torch):
     assert_close(dx, t["x"].grad.numpy(), 1e-5, 1e-5, "dx")
     assert_close(layer.lora_A.grad, t["A"].grad.numpy(), 1e-5, 1e-5, "dlora_A")
     assert_close(layer.lora_B.grad, t["B"].grad.numpy(), 1e-5, 1e-5, "dlora_B")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_lora_linear_backward_accumulates_into_a_given_dx_and_can_skip_it(rng, dropout):
+    layer = make_layer(rng, lora_dropout=dropout)
+    x, dy = f32(rng, 2, 4, IN), f32(rng, 2, 4, OUT)
+    layer(x)
+    fresh = layer.backward(dy)
+    grads = (layer.lora_A.grad.copy(), layer.lora_B.grad.copy())
+    layer.zero_grad()
+    buf = np.full_like(x, 2.0)
+    assert layer.backward(dy, dx=buf) is buf
+    assert_close(buf, 2.0 + fresh.astype(np.float64), 1e-6, 1e-6, "dx accumulated into the buffer")
+    layer.zero_grad()
+    assert layer.backward(dy, input_grad=False) is None
+    assert_close(layer.lora_A.grad, grads[0], 1e-6, 1e-6, "dlora_A without dx")
+    assert_close(layer.lora_B.grad, grads[1], 1e-6, 1e-6, "dlora_B without dx")

@@ -14,8 +14,34 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .. import functional as F
-from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, SelfAttention)
+from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, LoraLinear, Module, ModuleList,
+                  SelfAttention)
 from ..random import Generator
+
+# layers whose backward takes dx= (accumulate the input gradient there) and input_grad= (skip it)
+_ACCUMULATING_LAYERS = (Linear, LoraLinear)
+
+
+def _trainable(module: Module) -> bool:
+    """Whether any parameter of module is trainable (stops at the first one found)."""
+    return any(p.requires_grad for _, p in module.named_parameters())
+
+
+def _backward_into(layer: Module, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool = True) -> np.ndarray | None:
+    """layer.backward(dy) with the input gradient added into ``dx`` (a new array when None) and returned.
+
+    With ``input_grad=False`` only the parameter gradients are accumulated and None is returned. Linear and
+    LoraLinear do both without a temporary; other adapter layers return their own array, added here.
+    """
+    if type(layer) in _ACCUMULATING_LAYERS:
+        return layer.backward(dy, dx=dx, input_grad=input_grad)
+    d = layer.backward(dy)
+    if not input_grad:
+        return None
+    if dx is None:
+        return d
+    dx += d
+    return dx
 
 
 @dataclass
@@ -66,12 +92,18 @@ class BertSelfAttention(Module):
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
         return self.core(self.query(x), self.key(x), self.value(x), attention_mask)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dq, dk, dv = self.core.backward(dy)
-        dx = self.query.backward(dq)
-        dx += self.key.backward(dk)
-        dx += self.value.backward(dv)
-        return dx
+    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """The input gradient of the three projections, summed into ``dx`` (a new array when None).
+
+        With ``input_grad=False`` (the block input is a frozen leaf) only the trainable projections get a
+        gradient of their output, none is propagated to the input, and None is returned.
+        """
+        layers = (self.query, self.key, self.value)
+        grads = self.core.backward(dy, tuple(input_grad or _trainable(m) for m in layers))
+        for layer, g in zip(layers, grads):
+            if g is not None:
+                dx = _backward_into(layer, g, dx, input_grad)
+        return dx if input_grad else None
 
 
 class BertResidualOutput(Module):
@@ -101,10 +133,9 @@ class BertAttention(Module):
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
         return self.output(getattr(self, "self")(x, attention_mask), x)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         dctx, dx = self.output.backward(dy)
-        dx += getattr(self, "self").backward(dctx)
-        return dx
+        return getattr(self, "self").backward(dctx, dx if input_grad else None, input_grad)
 
 
 class BertIntermediate(Module):
@@ -115,8 +146,9 @@ class BertIntermediate(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self.intermediate_act_fn(self.dense(x))
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.dense.backward(self.intermediate_act_fn.backward(dy))
+    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None) -> np.ndarray:
+        """The input gradient, accumulated into ``dx`` when given."""
+        return _backward_into(self.dense, self.intermediate_act_fn.backward(dy), dx)
 
 
 class BertLayer(Module):
@@ -131,10 +163,11 @@ class BertLayer(Module):
         h = self.attention(x, attention_mask)
         return self.output(self.intermediate(h), h)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """d(block input); with ``input_grad=False`` only the parameter gradients (None returned)."""
         dmid, dh = self.output.backward(dy)
-        dh += self.intermediate.backward(dmid)
-        return self.attention.backward(dh)
+        self.intermediate.backward(dmid, dx=dh)
+        return self.attention.backward(dh, input_grad)
 
 
 class BertEncoder(Module):
@@ -146,9 +179,11 @@ class BertEncoder(Module):
             x = block(x, attention_mask)
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        for block in reversed(list(self.layer)):
-            dy = block.backward(dy)
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """d(encoder input); with ``input_grad=False`` the first block skips it and None is returned."""
+        blocks = list(self.layer)
+        for i in reversed(range(len(blocks))):
+            dy = blocks[i].backward(dy, input_grad or i > 0)
         return dy
 
 
@@ -251,8 +286,11 @@ class BertModel(Module):
 
     def backward(self, dy: np.ndarray) -> None:
         """Accumulate the gradients of all trainable parameters given d(last hidden state)."""
-        dx = self.encoder.backward(dy)
-        self.embeddings.backward(dx)
+        # frozen embeddings: the first block need not compute d(its input) at all
+        need = self.embeddings.trainable()
+        dx = self.encoder.backward(dy, input_grad=need)
+        if need:
+            self.embeddings.backward(dx)
 
     def sentence_embedding(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
                            token_type_ids: np.ndarray | None = None) -> np.ndarray:

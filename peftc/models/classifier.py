@@ -52,7 +52,7 @@ class SentenceClassifier(Module):
         dpooled = self.dropout.backward(self.classifier.backward(dlogits))
         if self._cache is None:
             raise RuntimeError("SentenceClassifier.backward called before forward")
-        if not any(p.requires_grad for p in self.bert.parameters()):
+        if not any(p.requires_grad for _, p in self.bert.named_parameters()):  # stops at the first
             return  # a frozen encoder (linear probe): nothing below the head to update
         shape, mask = self._cache
         dhidden = np.zeros(shape, dtype=np.float32)

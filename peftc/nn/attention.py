@@ -37,13 +37,16 @@ class SelfAttention(Module):
         self._cache = (q, k, v, att, p, offset)
         return out
 
-    def backward(self, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (dq, dk, dv)."""
+    def backward(self, dy: np.ndarray, need: tuple[bool, bool, bool] = (True, True, True)
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Return (dq, dk, dv); an entry whose ``need`` flag is False is not computed and is None."""
         if self._cache is None:
             raise RuntimeError("SelfAttention.backward called before forward")
         q, k, v, att, p, offset = self._cache
-        dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-        F.attention_backward(dy, q, k, v, att, self.num_heads, p, self.generator.seed, offset, dq=dq, dk=dk, dv=dv)
+        dq, dk, dv = (np.zeros_like(a) if n else None for a, n in zip((q, k, v), need))
+        if dq is not None or dk is not None or dv is not None:
+            F.attention_backward(dy, q, k, v, att, self.num_heads, p, self.generator.seed, offset, dq=dq, dk=dk,
+                                 dv=dv)
         return dq, dk, dv
 
     def __repr__(self) -> str:

@@ -81,7 +81,7 @@ class BertEmbeddings(Module):
         return self.dropout(self.LayerNorm(s))
 
     def trainable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())
+        return any(p.requires_grad for _, p in self.named_parameters())
 
     def backward(self, dy: np.ndarray) -> None:
         """Accumulate into whichever tables and LayerNorm parameters are trainable."""

@@ -43,6 +43,7 @@ class Linear(Module):
         self.weight = Parameter(weight)
         self.bias = Parameter(bias) if bias is not None else None
         self._x: np.ndarray | None = None
+        self._rows_shape: tuple[int, int] | None = None
 
     @property
     def in_features(self) -> int:
@@ -55,18 +56,36 @@ class Linear(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         rows = as_rows(x, "x", self.in_features)
         y = F.linear_forward(rows, self.weight.data, self.bias.data if self.bias is not None else None)
-        self._x = rows
+        # The input is kept only for the weight gradient: a frozen layer drops its reference, so a
+        # large activation (the GELU output before output.dense) is freed once the forward is done.
+        self._x = rows if self.weight.requires_grad else None
+        self._rows_shape = rows.shape
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        if self._x is None:
+    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the parameter gradients and return dx = dy W.
+
+        ``dx``: an array shaped like the input to accumulate into (and return) instead of a new one, so
+        that a caller summing several input gradients allocates and zeroes one buffer. With
+        ``input_grad=False`` the product dy W is skipped and None returned (the input is a leaf).
+        """
+        if self._rows_shape is None:
             raise RuntimeError("Linear.backward called before forward")
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(self._x)
+        out = None
+        if input_grad:
+            out = np.zeros(self._rows_shape, dtype=np.float32) if dx is None else as_rows(dx, "dx", self.in_features)
         dw = self.weight.grad_buffer()
-        F.linear_backward(drows, self._x if dw is not None else None, self.weight.data, dx=dx, dweight=dw,
-                          dbias=self.bias.grad_buffer() if self.bias is not None else None)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        if dw is not None and self._x is None:
+            raise RuntimeError("Linear.backward: the weight was frozen in the forward (its input was not kept) "
+                               "and is trainable now; run the forward again")
+        db = self.bias.grad_buffer() if self.bias is not None else None
+        if out is not None or dw is not None or db is not None:
+            F.linear_backward(drows, self._x if dw is not None else None, self.weight.data, dx=out, dweight=dw,
+                              dbias=db)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def __repr__(self) -> str:
         return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"

@@ -92,21 +92,27 @@ class LoraLinear(Module):
         self._cache = (rows, xd, u, p, offset)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the adapter (and any trainable base) gradients; return dx as :meth:`Linear.backward`
+        does (accumulated into ``dx`` when given, skipped and None with ``input_grad=False``)."""
         if self._cache is None:
-            return self.base.backward(dy)
+            return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, xd, u, p, offset = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(rows)
+        out = None
+        if input_grad:
+            out = np.zeros_like(rows) if dx is None else as_rows(dx, "dx", self.in_features)
         F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
-                        self.lora_B.data, self.scaling, p, self.generator.seed, offset, dx=dx,
+                        self.lora_B.data, self.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(),
                         dlora_bias=self.lora_bias.grad_buffer() if self.lora_bias is not None else None)
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         if dw is not None or db is not None:
             F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def _merge(self, sign: float) -> None:
         if self.lora_bias is not None and self.base.bias is None:

@@ -1,0 +1,62 @@
+"""Kernels that split their work over threads (attention, GELU, LayerNorm, dropout) give the same bits
+on one thread and on two. OpenBLAS reads its thread count once, at load, so each count runs in its own
+process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Sizes above every kernel's per-thread minimum; T = 128 also makes attention split its GEMMs by rows.
+SCRIPT = r"""
+import sys
+import numpy as np
+from peftc import functional as F
+rng = np.random.default_rng(0)
+B, T, H, NH = 2, 128, 64, 2
+q, k, v, dout = (rng.standard_normal((B, T, H), dtype=np.float32) for _ in range(4))
+mask = np.ones((B, T), dtype=np.int64)
+mask[1, 100:] = 0
+res = {}
+for p in (0.0, 0.2):
+    out, att = F.attention_forward(q, k, v, NH, mask, False, p, 3, 5)
+    g = [np.zeros_like(q) for _ in range(3)]
+    F.attention_backward(dout, q, k, v, att, NH, p, 3, 5, dq=g[0], dk=g[1], dv=g[2])
+    res.update({f"out{p}": out, f"att{p}": att, f"dq{p}": g[0], f"dk{p}": g[1], f"dv{p}": g[2]})
+x, dy = rng.standard_normal((2, 150_000), dtype=np.float32), rng.standard_normal((2, 150_000), dtype=np.float32)
+res["gelu"] = F.gelu_forward(x)
+res["dgelu"] = np.zeros_like(x)
+F.gelu_backward(dy, x, dx=res["dgelu"])
+res["drop"] = F.dropout_forward(x, 0.3, 9, 17)
+res["ddrop"] = np.zeros_like(x)
+F.dropout_backward(dy, 0.3, 9, 17, dx=res["ddrop"])
+xl, dl = (a.ravel()[:700 * 384].reshape(700, 384).copy() for a in (x, dy))
+w, b = rng.standard_normal(384, dtype=np.float32), rng.standard_normal(384, dtype=np.float32)
+y, mean, rstd = F.layernorm_forward(xl, w, b)
+res.update({"ln": y, "mean": mean, "rstd": rstd, "dln": np.zeros_like(xl), "dln_w": np.zeros_like(xl),
+            "dw": np.zeros_like(w)})
+F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln"])
+F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln_w"], dweight=res["dw"])
+np.savez(sys.argv[1], **res)
+"""
+
+
+def run_with_threads(threads: int, out: Path) -> dict[str, np.ndarray]:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, check=True, cwd=ROOT)
+    with np.load(out) as f:
+        return dict(f)
+
+
+def test_threaded_kernels_give_identical_bits_on_one_and_two_threads(tmp_path):
+    one = run_with_threads(1, tmp_path / "one.npz")
+    two = run_with_threads(2, tmp_path / "two.npz")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert np.array_equal(one[name], two[name]), f"{name} differs between 1 and 2 threads"
+    assert np.abs(one["dq0.2"]).max() > 0 and np.count_nonzero(one["drop"]) < one["drop"].size
