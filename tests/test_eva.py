@@ -72,14 +72,50 @@ def test_ipca_update_matches_peft_incremental_pca(rng, torch):
     assert ours.n_samples_seen_ == int(theirs.n_samples_seen_)
 
 
-def test_ipca_components_are_orthonormal_with_positive_largest_entry(rng):
-    pca = IncrementalPCA(5, 16)
+@pytest.mark.parametrize("m,ic", [(20, 16), (6, 40)], ids=["rows>=IC", "rows<IC"])
+def test_ipca_components_are_orthonormal_with_positive_largest_entry(rng, m, ic):
+    pca = IncrementalPCA(5, ic)
     for _ in range(3):
-        pca.partial_fit(_spectral_rows(rng, 20, 16))
+        pca.partial_fit(_spectral_rows(rng, m, ic))
     c = pca.components_.astype(np.float64)
     assert_close(c @ c.T, np.eye(5), 0, 1e-5, "V V^T")
     assert np.all(c[np.arange(5), np.argmax(np.abs(c), axis=1)] > 0)
     assert np.all(np.diff(pca.singular_values_) <= 0)
+
+
+@pytest.mark.parametrize("m,ic", [(300, 96), (120, 384)], ids=["rows>=IC", "rows<IC"])
+def test_ipca_update_keeps_leading_components_of_an_ill_conditioned_stream(rng, m, ic):
+    # the Gram matrix squares the condition number: a spectrum falling 1e4-fold (1e8 in the Gram
+    # matrix, beyond float precision) must still give the leading components of the exact SVD
+    basis, _ = np.linalg.qr(rng.standard_normal((ic, ic)))
+    scales = np.geomspace(100.0, 0.01, ic)
+    got, ref = _state(8, ic), _state(8, ic)
+    n = 0
+    for _ in range(3):
+        x = ((rng.standard_normal((m, ic)) * scales) @ basis.T + 3.0).astype(np.float32)
+        F.ipca_update(x, *got, n)
+        R.ipca_update(x, *ref, n)
+        n += m
+    cos = np.abs(np.sum(got[0].astype(np.float64) * ref[0], axis=1))
+    assert np.all(cos >= 1 - 1e-4), f"|cos| with the float64 SVD {cos}"
+    assert_close(got[1], ref[1], 1e-4, 0, "singular values")
+    c = got[0].astype(np.float64)
+    assert_close(c @ c.T, np.eye(8), 0, 1e-5, "V V^T")
+
+
+def test_ipca_update_completes_components_beyond_the_rank_of_the_batch(rng):
+    # K rows centred have rank K - 1: the last component is any unit vector orthogonal to the others,
+    # as in an exact SVD, and its singular value is zero
+    k, ic = 4, 10
+    x = _spectral_rows(rng, k, ic)
+    got, ref = _state(k, ic), _state(k, ic)
+    evr, _ = F.ipca_update(x, *got, 0)
+    R.ipca_update(x, *ref, 0)
+    cos = np.abs(np.sum(got[0][:k - 1].astype(np.float64) * ref[0][:k - 1], axis=1))
+    assert np.all(cos >= 1 - 1e-5), cos
+    c = got[0].astype(np.float64)
+    assert_close(c @ c.T, np.eye(k), 0, 1e-5, "V V^T")
+    assert got[1][-1] < 1e-3 * got[1][0] and evr[-1] < 1e-6
 
 
 def test_ipca_update_rejects_nonfinite_rows_and_keeps_the_state(rng):
