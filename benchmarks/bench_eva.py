@@ -16,7 +16,7 @@ converged, so the number of forward passes (reported) can differ between the sid
 average before and after is recorded: on a shared machine the numbers move with it.
 
 Run from the repository root (about 3-4 minutes on 2 loaded cores):
-    python benchmarks/bench_eva.py [--threads 2] [--targets qv|all] [--batches 32] [--batch-size 16]
+    python benchmarks/bench_eva.py [--threads 2] [--targets qv|all] [--batches 32] [--batch-size 16] [--out eva]
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", default=NAME, help="results name: benchmarks/results/<out>.json and .md")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     ap.add_argument("--side", choices=["peftc", "peft"], help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -160,7 +161,7 @@ def main() -> None:
     import importlib.metadata as md
     summary = {
         "command": "python benchmarks/bench_eva.py " + " ".join(argv),
-        "setup": {k: v for k, v in vars(args).items() if k not in ("side", "no_write")},
+        "setup": {k: v for k, v in vars(args).items() if k not in ("side", "no_write", "out")},
         "targets": TARGETS[args.targets],
         "versions": {p: md.version(p) for p in ("peft", "transformers", "torch")},
         "load_average_before": load_before, "load_average_after": load_after,
@@ -193,7 +194,7 @@ def main() -> None:
               f"{tuple(round(x, 1) for x in load_after)} on {os.cpu_count()} logical CPUs.\n"
               f"Command: `{summary['command']}`\n")
     if not args.no_write:
-        common.write_results(NAME, summary, text)
+        common.write_results(args.out, summary, text)
     print(text)
 
 

@@ -4,6 +4,7 @@ bookkeeping against PEFT's initialize_lora_eva_weights, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import warnings
 
 import numpy as np
@@ -390,3 +391,50 @@ def test_initialize_requires_eva_init_and_a_peft_model():
     model = get_peft_model(EvaTwin(weights, 2), LoraConfig(r=4, target_modules=TARGETS))
     with pytest.raises(ValueError, match="init_lora_weights='eva'"):
         initialize_lora_eva_weights(model, batches, forward_fn=_forward)
+
+
+# -- early end of the forward pass ------------------------------------------------------------------------
+
+def _count_layer_calls(model, names):
+    calls = Counter()
+    for name in names:
+        module = model.get_submodule(name)
+        original = module.forward
+
+        def forward(x, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(x)
+        module.forward = forward
+    return calls
+
+
+def test_stopping_the_forward_early_gives_the_same_components_with_fewer_layer_calls():
+    weights, batches, config = _twin_setup(n_batches=12)
+    names = [n for n, m in EvaTwin(weights, 2).named_modules() if isinstance(m, Linear)]
+    results, calls = {}, {}
+    for early in (True, False):
+        model = EvaTwin(weights, 2)
+        calls[early] = _count_layer_calls(model, names)
+        results[early] = get_eva_state_dict(model, batches, config, forward_fn=_forward, show_progress_bar=False,
+                                             stop_forward_early=early)
+    assert list(results[True]) == list(results[False])
+    for name in results[True]:
+        assert np.array_equal(results[True][name], results[False][name]), name
+    # the last layer's output.dense is a target, so an early stop skips at least the classifier
+    assert calls[True]["classifier"] < calls[False]["classifier"]
+    assert sum(calls[True].values()) < sum(calls[False].values())
+
+
+def test_a_forward_fn_catching_exceptions_does_not_swallow_the_early_stop():
+    weights, batches, config = _twin_setup()
+
+    def forgiving(model, batch):
+        try:
+            return model(batch["x"])
+        except Exception:  # noqa: BLE001 - the point of the test
+            return None
+    a = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=forgiving, show_progress_bar=False)
+    b = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False,
+                           stop_forward_early=False)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
