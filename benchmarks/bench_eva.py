@@ -3,7 +3,8 @@ get_eva_state_dict on the real checkpoint with real WordNet gloss batches.
 
 Both sides get the same batches (``benchmarks/wordnet_batches.py``: seeded training glosses, padding
 columns trimmed per batch, padding tokens removed from the SVD by the attention mask), the same
-LoRA config (r, rho, tau, targets) and the same thread count. peftc runs its BertModel; PEFT runs
+LoRA config (r, rho, tau, targets) and the same thread count (OpenBLAS, OpenMP and torch intra-op;
+by default one run at 1 thread and one at 2). peftc runs its BertModel; PEFT runs
 transformers' BertModel (no pooler) under ``torch.no_grad()`` with its default input preparation.
 Targets: ``qv`` (default; query and value, as the main job trains, one shared SVD per block) or
 ``all`` (query, key, value, attention.output.dense, intermediate.dense, output.dense: every linear
@@ -15,8 +16,8 @@ libraries up, then ``--repeats`` full EVA runs are timed. Peak memory is the chi
 converged, so the number of forward passes (reported) can differ between the sides. The load
 average before and after is recorded: on a shared machine the numbers move with it.
 
-Run from the repository root (about 3-4 minutes on 2 loaded cores):
-    python benchmarks/bench_eva.py [--threads 2] [--targets qv|all] [--batches 32] [--batch-size 16] [--out eva]
+Run from the repository root (1-4 minutes on 2 loaded cores; PEFT at 2 threads is the slow part):
+    python benchmarks/bench_eva.py [--threads 1 2] [--targets qv|all] [--batches 32] [--batch-size 16] [--out eva]
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ TARGETS = {"qv": ["query", "value"],
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one run of both sides per count")
     ap.add_argument("--targets", choices=sorted(TARGETS), default="qv")
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--rho", type=float, default=2.0)
@@ -141,58 +142,77 @@ def compare(ours: dict, theirs: dict) -> dict:
             "abs_cosine_per_layer": cos}
 
 
-def main() -> None:
-    args = parse_args()
-    if args.side:
-        print(json.dumps(run_side(args)))
-        return
-    argv = [a for a in sys.argv[1:] if a != "--no-write"]
+def _child_argv(args: argparse.Namespace, threads: int, side: str) -> list[str]:
+    return [sys.executable, __file__, "--threads", str(threads), "--targets", args.targets, "--r", str(args.r),
+            "--rho", str(args.rho), "--tau", str(args.tau), "--batches", str(args.batches), "--batch-size",
+            str(args.batch_size), "--seed", str(args.seed), "--repeats", str(args.repeats), "--side", side]
+
+
+def run_threads(args: argparse.Namespace, threads: int) -> dict:
+    """Both sides at one thread count, one subprocess each; timings, memory and agreement."""
     load_before = os.getloadavg()
     results = {}
     for side in ("peftc", "peft"):
-        out = subprocess.run([sys.executable, __file__, *argv, "--side", side], cwd=ROOT, capture_output=True,
-                             text=True)
+        out = subprocess.run(_child_argv(args, threads, side), cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:
-            sys.exit(f"the {side} side failed:\n{out.stderr[-3000:]}")
+            sys.exit(f"the {side} side ({threads} threads) failed:\n{out.stderr[-3000:]}")
         results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    load_after = os.getloadavg()
     ours, theirs = results["peftc"], results["peft"]
-    agreement = compare(ours, theirs)
-    import importlib.metadata as md
-    summary = {
-        "command": "python benchmarks/bench_eva.py " + " ".join(argv),
-        "setup": {k: v for k, v in vars(args).items() if k not in ("side", "no_write", "out")},
-        "targets": TARGETS[args.targets],
-        "versions": {p: md.version(p) for p in ("peft", "transformers", "torch")},
-        "load_average_before": load_before, "load_average_after": load_after,
+    return {
+        "threads": threads, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "speedup": theirs["median_s"] / ours["median_s"],
         **{f"{side}_{key}": results[side][key] for side in ("peftc", "peft")
            for key in ("median_s", "times_s", "forward_passes", "peak_rss_mb", "rss_after_setup_mb")},
-        "peftc_seconds_per_forward_pass": ours["median_s"] / ours["forward_passes"][0],
-        "peft_seconds_per_forward_pass": theirs["median_s"] / theirs["forward_passes"][0],
-        "tokens_per_batch": ours["tokens_per_batch"],
-        **agreement,
+        **{f"{side}_seconds_per_forward_pass": results[side]["median_s"] / results[side]["forward_passes"][0]
+           for side in ("peftc", "peft")},
+        **compare(ours, theirs),
         "ranks": {"peftc": ours["ranks"], "peft": theirs["ranks"]},
+        "tokens_per_batch": ours["tokens_per_batch"],
         "environment": ours["environment"],
     }
-    rows = [[side, f"{results[side]['median_s']:.1f}", results[side]["forward_passes"][0],
-             f"{results[side]['median_s'] / results[side]['forward_passes'][0]:.2f}",
-             f"{results[side]['peak_rss_mb']:.0f}",
-             f"{results[side]['peak_rss_mb'] - results[side]['rss_after_setup_mb']:.0f}"]
-            for side in ("peftc", "peft")]
-    rows[1][0] = f"PEFT {summary['versions']['peft']}"
-    text = (f"EVA init (get_eva_state_dict) on all-MiniLM-L6-v2, {args.batches} WordNet gloss batches of "
-            f"{args.batch_size} (mean {sum(ours['tokens_per_batch']) / len(ours['tokens_per_batch']):.0f} real "
-            f"tokens), targets {', '.join(TARGETS[args.targets])}, r={args.r}, rho={args.rho}, tau={args.tau}, "
-            f"{args.threads} threads, {args.repeats} timed run(s) per side.\n\n"
-            + common.markdown_table(["side", "EVA seconds", "forward passes", "s / pass", "peak RSS (MB)",
-                                     "RSS growth during EVA (MB)"], rows)
-            + f"\nspeedup {summary['speedup']:.2f}x; same rank_pattern: {summary['same_rank_pattern']}; "
-              f"min |cos| of components both kept {summary['min_abs_cosine']:.4f} "
-              f"({100 * summary['fraction_abs_cosine_ge_0.99']:.0f}% >= 0.99).\n"
-              f"Load average (1, 5, 15 min) before {tuple(round(x, 1) for x in load_before)}, after "
-              f"{tuple(round(x, 1) for x in load_after)} on {os.cpu_count()} logical CPUs.\n"
+
+
+def markdown(summary: dict) -> str:
+    a = summary["setup"]
+    runs = summary["runs"]
+    tokens = runs[0]["tokens_per_batch"]
+    rows = []
+    for r in runs:
+        for side, label in (("peftc", "peftc"), ("peft", f"PEFT {summary['versions']['peft']}")):
+            rows.append([r["threads"], label, f"{r[f'{side}_median_s']:.1f}", r[f"{side}_forward_passes"][0],
+                         f"{r[f'{side}_seconds_per_forward_pass']:.2f}", f"{r[f'{side}_peak_rss_mb']:.0f}",
+                         f"{r[f'{side}_peak_rss_mb'] - r[f'{side}_rss_after_setup_mb']:.0f}",
+                         f"{r['speedup']:.2f}x" if side == "peft" else "",
+                         f"{tuple(round(x, 1) for x in r['load_average_before'])}"])
+    first = runs[0]
+    return (f"EVA init (get_eva_state_dict) on all-MiniLM-L6-v2, {a['batches']} WordNet gloss batches of "
+            f"{a['batch_size']} (mean {sum(tokens) / len(tokens):.0f} real tokens), targets "
+            f"{', '.join(summary['targets'])}, r={a['r']}, rho={a['rho']}, tau={a['tau']}, {a['repeats']} timed "
+            f"run(s) per side, each side in its own process.\n\n"
+            + common.markdown_table(["threads", "side", "EVA seconds", "forward passes", "s / pass", "peak RSS (MB)",
+                                     "RSS growth during EVA (MB)", "PEFT / peftc", "load avg before (1, 5, 15 min)"],
+                                    rows)
+            + f"\nSame rank_pattern: {first['same_rank_pattern']}; min |cos| of components both kept "
+              f"{first['min_abs_cosine']:.4f} ({100 * first['fraction_abs_cosine_ge_0.99']:.0f}% >= 0.99; the two "
+              f"sides fold in different numbers of batches before they converge). {os.cpu_count()} logical CPUs.\n"
               f"Command: `{summary['command']}`\n")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.side:
+        args.threads = args.threads[0]
+        print(json.dumps(run_side(args)))
+        return
+    import importlib.metadata as md
+    summary = {
+        "command": "python benchmarks/bench_eva.py " + " ".join(sys.argv[1:]),
+        "setup": {k: v for k, v in vars(args).items() if k not in ("side", "no_write", "out", "threads")},
+        "targets": TARGETS[args.targets],
+        "versions": {p: md.version(p) for p in ("peft", "transformers", "torch")},
+        "runs": [run_threads(args, t) for t in args.threads],
+    }
+    text = markdown(summary)
     if not args.no_write:
         common.write_results(args.out, summary, text)
     print(text)
