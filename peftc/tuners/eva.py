@@ -25,8 +25,9 @@ its input: the model's output is never used, so the rest of the pass only costs 
 see exactly the rows they would see otherwise; this is skipped when a target layer runs more than
 once per pass.
 
-Differences from PEFT, on purpose: the SVD in each step is exact (PEFT uses a seeded randomised
-``svd_lowrank``, an approximation of it); with ``whiten`` each layer's rows are divided once
+Differences from PEFT, on purpose: each step's top components are exact, from the eigen-decomposition
+of the stacked matrix's smaller Gram matrix (PEFT uses a seeded randomised ``svd_lowrank``, an
+approximation of them); with ``whiten`` each layer's rows are divided once
 (PEFT divides a view shared by the layers of a group in place, so q/k/v end up divided 1, 2, 3
 times); a (B,) label array (sequence classification) is not used as a token mask.
 """
