@@ -193,8 +193,8 @@ def markdown(summary: dict) -> str:
                                      "RSS growth during EVA (MB)", "PEFT / peftc", "load avg before (1, 5, 15 min)"],
                                     rows)
             + f"\nSame rank_pattern: {first['same_rank_pattern']}; min |cos| of components both kept "
-              f"{first['min_abs_cosine']:.4f} ({100 * first['fraction_abs_cosine_ge_0.99']:.0f}% >= 0.99; the two "
-              f"sides fold in different numbers of batches before they converge). {os.cpu_count()} logical CPUs.\n"
+              f"{first['min_abs_cosine']:.4f} ({100 * first['fraction_abs_cosine_ge_0.99']:.0f}% >= 0.99; "
+              f"abs_cosine_per_layer in the JSON shows where they differ). {os.cpu_count()} logical CPUs.\n"
               f"Command: `{summary['command']}`\n")
 
 
