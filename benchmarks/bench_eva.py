@@ -1,9 +1,23 @@
-"""EVA initialisation, peftc vs Hugging Face PEFT: wall time and peak memory of get_eva_state_dict on
-the same model (the test suite's EVA twin: BERT module names, MiniLM-like widths), the same batches
-and the same thread count. Each side runs in its own subprocess so peak RSS is its own.
+"""EVA initialisation on all-MiniLM-L6-v2, peftc vs Hugging Face PEFT: wall time and peak memory of
+get_eva_state_dict on the real checkpoint with real WordNet gloss batches.
 
-Writes benchmarks/results/eva.json and eva.md. Run from the repository root:
-    OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eva.py [--layers 6 --hidden 384 --inter 1536]
+Both sides get the same batches (``benchmarks/wordnet_batches.py``: seeded training glosses, padding
+columns trimmed per batch, padding tokens removed from the SVD by the attention mask), the same
+LoRA config (r, rho, tau, targets) and the same thread count (OpenBLAS, OpenMP and torch intra-op;
+by default one run at 1 thread and one at 2). peftc runs its BertModel; PEFT runs
+transformers' BertModel (no pooler) under ``torch.no_grad()`` with its default input preparation.
+Targets: ``qv`` (default; query and value, as the main job trains, one shared SVD per block) or
+``all`` (query, key, value, attention.output.dense, intermediate.dense, output.dense: every linear
+layer of the encoder, inputs of width 384 and 1536).
+
+Each side runs in its own subprocess: model and batches are loaded, one forward pass warms the
+libraries up, then ``--repeats`` full EVA runs are timed. Peak memory is the child's peak RSS
+(ru_maxrss) and its growth during the EVA runs. EVA cycles over the batches until every layer has
+converged, so the number of forward passes (reported) can differ between the sides. The load
+average before and after is recorded: on a shared machine the numbers move with it.
+
+Run from the repository root (1-4 minutes on 2 loaded cores; PEFT at 2 threads is the slow part):
+    python benchmarks/bench_eva.py [--threads 1 2] [--targets qv|all] [--batches 32] [--batch-size 16] [--out eva]
 """
 from __future__ import annotations
 
@@ -11,118 +25,197 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-TARGETS = ["query", "key", "value", "intermediate.dense", "output.dense"]
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "eva"
+TARGETS = {"qv": ["query", "value"],
+           "all": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one run of both sides per count")
+    ap.add_argument("--targets", choices=sorted(TARGETS), default="qv")
+    ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--rho", type=float, default=2.0)
+    ap.add_argument("--tau", type=float, default=0.99)
+    ap.add_argument("--batches", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", default=NAME, help="results name: benchmarks/results/<out>.json and .md")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    ap.add_argument("--side", choices=["peftc", "peft"], help=argparse.SUPPRESS)
+    return ap.parse_args()
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_side(side: str, args: argparse.Namespace) -> dict:
-    """Runs in the child: build the model and batches, warm up, time `repeats` full EVA runs."""
+def _counting(forward):
+    """Wrap a forward_fn so that the number of forward passes can be read afterwards."""
+    calls = [0]
+
+    def fn(model, batch):
+        calls[0] += 1
+        return forward(model, batch)
+    return fn, calls
+
+
+def run_side(args: argparse.Namespace) -> dict:
+    """In the child: load, warm up with one forward, time ``repeats`` EVA runs."""
+    common.configure_threads(args.threads)
     import numpy as np
 
-    from tests.eva_twins import EvaTwin, make_batches, make_torch_twin, make_weights
-    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "2"))
-    weights = make_weights(args.hidden, args.inter, args.layers)
-    batches = make_batches(args.batches, args.batch_size, args.seq, args.hidden)
-    if side == "peftc":
+    from peftc.models import minilm_path
+    from wordnet_batches import gloss_batches
+    batches = gloss_batches(args.batches, args.batch_size, seed=args.seed)
+    folder = minilm_path()
+    targets = TARGETS[args.targets]
+    if args.side == "peftc":
+        from peftc.models import BertModel
         from peftc.tuners import EvaConfig, LoraConfig, get_eva_state_dict
-        model = EvaTwin(weights, args.layers)
-        config = LoraConfig(r=args.r, target_modules=TARGETS, init_lora_weights="eva",
-                            eva_config=EvaConfig(rho=args.rho))
+        model = BertModel.from_pretrained(folder)
+        config = LoraConfig(r=args.r, target_modules=targets, init_lora_weights="eva",
+                            eva_config=EvaConfig(rho=args.rho, tau=args.tau))
+        forward, calls = _counting(lambda m, b: m(b["input_ids"], b["attention_mask"]))
+        forward(model, batches[0])
 
         def once():
-            return get_eva_state_dict(model, batches, config, forward_fn=lambda m, b: m(b["x"]),
-                                      show_progress_bar=False)
+            return get_eva_state_dict(model, batches, config, forward_fn=forward, show_progress_bar=False)
+        torch = None
     else:
         import peft
         import torch
-        torch.set_num_threads(threads)
-        model = make_torch_twin(torch, weights, args.layers)
-        tb = [{"x": torch.from_numpy(b["x"]), "attention_mask": torch.from_numpy(b["attention_mask"]),
-               "input_ids": torch.from_numpy(b["attention_mask"])} for b in batches]
-        config = peft.LoraConfig(r=args.r, target_modules=TARGETS, init_lora_weights="eva",
-                                 eva_config=peft.EvaConfig(rho=args.rho))
+        import transformers
+        common.configure_torch_threads(torch, args.threads)
+        model = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+        batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in batches]
+        config = peft.LoraConfig(r=args.r, target_modules=targets, init_lora_weights="eva",
+                                 eva_config=peft.EvaConfig(rho=args.rho, tau=args.tau))
+        forward, calls = _counting(lambda m, b: m(**b))
+        with torch.no_grad():
+            forward(model, batches[0])
 
         def once():
-            return peft.get_eva_state_dict(model, tb, config, forward_fn=lambda m, b: m(b["x"]),
-                                           show_progress_bar=False)
-    base_rss = _rss_mb()
-    sd = once()  # warm-up
-    times = []
+            with torch.no_grad():
+                return peft.get_eva_state_dict(model, batches, config, forward_fn=forward, show_progress_bar=False)
+    rss_setup = _rss_mb()
+    times, passes = [], []
+    sd = {}
     for _ in range(args.repeats):
+        calls[0] = 0
         t0 = time.perf_counter()
         sd = once()
         times.append(time.perf_counter() - t0)
-    ranks = {k: int(v.shape[0]) for k, v in sd.items()}
-    comps = {k: np.asarray(v).tolist() for k, v in sd.items()}
-    return {"median_s": statistics.median(times), "times_s": times, "peak_rss_mb": _rss_mb(),
-            "rss_after_setup_mb": base_rss, "ranks": ranks, "components": comps}
+        passes.append(calls[0])
+    sd = {k: np.asarray(v, dtype=np.float32) for k, v in sd.items()}
+    return {"times_s": times, "median_s": float(np.median(times)), "forward_passes": passes,
+            "peak_rss_mb": _rss_mb(), "rss_after_setup_mb": rss_setup,
+            "ranks": {k: int(v.shape[0]) for k, v in sd.items()}, "components": {k: v.tolist() for k, v in sd.items()},
+            "tokens_per_batch": [int(np.asarray(b["attention_mask"]).sum()) for b in batches],
+            "environment": common.environment(torch)}
+
+
+def compare(ours: dict, theirs: dict) -> dict:
+    """Rank agreement and the |cosine| of the components both sides kept for each layer."""
+    import numpy as np
+    cos = {}
+    for name, a in ours["components"].items():
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(theirs["components"].get(name, []), dtype=np.float64)
+        n = min(a.shape[0], b.shape[0]) if b.ndim == 2 else 0
+        if n:
+            cos[name] = np.abs(np.sum(a[:n] * b[:n], axis=1)).tolist()
+    flat = [c for v in cos.values() for c in v]
+    return {"same_rank_pattern": ours["ranks"] == theirs["ranks"],
+            "layers_with_different_rank": sorted(k for k in ours["ranks"] if ours["ranks"][k] != theirs["ranks"].get(k)),
+            "min_abs_cosine": min(flat) if flat else None,
+            "fraction_abs_cosine_ge_0.99": float(np.mean(np.asarray(flat) >= 0.99)) if flat else None,
+            "abs_cosine_per_layer": cos}
+
+
+def _child_argv(args: argparse.Namespace, threads: int, side: str) -> list[str]:
+    return [sys.executable, __file__, "--threads", str(threads), "--targets", args.targets, "--r", str(args.r),
+            "--rho", str(args.rho), "--tau", str(args.tau), "--batches", str(args.batches), "--batch-size",
+            str(args.batch_size), "--seed", str(args.seed), "--repeats", str(args.repeats), "--side", side]
+
+
+def run_threads(args: argparse.Namespace, threads: int) -> dict:
+    """Both sides at one thread count, one subprocess each; timings, memory and agreement."""
+    load_before = os.getloadavg()
+    results = {}
+    for side in ("peftc", "peft"):
+        out = subprocess.run(_child_argv(args, threads, side), cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"the {side} side ({threads} threads) failed:\n{out.stderr[-3000:]}")
+        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, theirs = results["peftc"], results["peft"]
+    return {
+        "threads": threads, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "speedup": theirs["median_s"] / ours["median_s"],
+        **{f"{side}_{key}": results[side][key] for side in ("peftc", "peft")
+           for key in ("median_s", "times_s", "forward_passes", "peak_rss_mb", "rss_after_setup_mb")},
+        **{f"{side}_seconds_per_forward_pass": results[side]["median_s"] / results[side]["forward_passes"][0]
+           for side in ("peftc", "peft")},
+        **compare(ours, theirs),
+        "ranks": {"peftc": ours["ranks"], "peft": theirs["ranks"]},
+        "tokens_per_batch": ours["tokens_per_batch"],
+        "environment": ours["environment"],
+    }
+
+
+def markdown(summary: dict) -> str:
+    a = summary["setup"]
+    runs = summary["runs"]
+    tokens = runs[0]["tokens_per_batch"]
+    rows = []
+    for r in runs:
+        for side, label in (("peftc", "peftc"), ("peft", f"PEFT {summary['versions']['peft']}")):
+            rows.append([r["threads"], label, f"{r[f'{side}_median_s']:.1f}", r[f"{side}_forward_passes"][0],
+                         f"{r[f'{side}_seconds_per_forward_pass']:.2f}", f"{r[f'{side}_peak_rss_mb']:.0f}",
+                         f"{r[f'{side}_peak_rss_mb'] - r[f'{side}_rss_after_setup_mb']:.0f}",
+                         f"{r['speedup']:.2f}x" if side == "peft" else "",
+                         f"{tuple(round(x, 1) for x in r['load_average_before'])}"])
+    first = runs[0]
+    return (f"EVA init (get_eva_state_dict) on all-MiniLM-L6-v2, {a['batches']} WordNet gloss batches of "
+            f"{a['batch_size']} (mean {sum(tokens) / len(tokens):.0f} real tokens), targets "
+            f"{', '.join(summary['targets'])}, r={a['r']}, rho={a['rho']}, tau={a['tau']}, {a['repeats']} timed "
+            f"run(s) per side, each side in its own process.\n\n"
+            + common.markdown_table(["threads", "side", "EVA seconds", "forward passes", "s / pass", "peak RSS (MB)",
+                                     "RSS growth during EVA (MB)", "PEFT / peftc", "load avg before (1, 5, 15 min)"],
+                                    rows)
+            + f"\nSame rank_pattern: {first['same_rank_pattern']}; min |cos| of components both kept "
+              f"{first['min_abs_cosine']:.4f} ({100 * first['fraction_abs_cosine_ge_0.99']:.0f}% >= 0.99; "
+              f"abs_cosine_per_layer in the JSON shows where they differ). {os.cpu_count()} logical CPUs.\n"
+              f"Command: `{summary['command']}`\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--hidden", type=int, default=384)
-    ap.add_argument("--inter", type=int, default=1536)
-    ap.add_argument("--r", type=int, default=16)
-    ap.add_argument("--rho", type=float, default=2.0)
-    ap.add_argument("--batches", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--side", choices=["peftc", "peft"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_args()
     if args.side:
-        print(json.dumps(run_side(args.side, args)))
+        args.threads = args.threads[0]
+        print(json.dumps(run_side(args)))
         return
-    import numpy as np
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "2"))
-    results = {}
-    for side in ("peftc", "peft"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], env=env, cwd=ROOT,
-                             capture_output=True, text=True, check=True)
-        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours, theirs = results["peftc"], results["peft"]
-    cos_min = 1.0
-    for name, a in ours["components"].items():
-        b = np.asarray(theirs["components"][name])
-        a = np.asarray(a)
-        if a.shape == b.shape and a.size:
-            cos_min = min(cos_min, float(np.abs((a * b).sum(axis=1)).min()))
+    import importlib.metadata as md
     summary = {
-        "setup": {k: v for k, v in vars(args).items() if k != "side"},
-        "threads": env["OPENBLAS_NUM_THREADS"],
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-        "peftc_median_s": ours["median_s"], "peft_median_s": theirs["median_s"],
-        "speedup": theirs["median_s"] / ours["median_s"],
-        "peftc_peak_rss_mb": ours["peak_rss_mb"], "peft_peak_rss_mb": theirs["peak_rss_mb"],
-        "peftc_rss_growth_mb": ours["peak_rss_mb"] - ours["rss_after_setup_mb"],
-        "peft_rss_growth_mb": theirs["peak_rss_mb"] - theirs["rss_after_setup_mb"],
-        "same_rank_pattern": ours["ranks"] == theirs["ranks"],
-        "min_abs_cosine_of_kept_components": cos_min,
+        "command": "python benchmarks/bench_eva.py " + " ".join(sys.argv[1:]),
+        "setup": {k: v for k, v in vars(args).items() if k not in ("side", "no_write", "out", "threads")},
+        "targets": TARGETS[args.targets],
+        "versions": {p: md.version(p) for p in ("peft", "transformers", "torch")},
+        "runs": [run_threads(args, t) for t in args.threads],
     }
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "eva.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
-    md = ["| side | median time (s) | peak RSS (MB) | RSS growth during EVA (MB) |", "|---|---|---|---|",
-          f"| peftc | {ours['median_s']:.3f} | {ours['peak_rss_mb']:.0f} | {summary['peftc_rss_growth_mb']:.0f} |",
-          f"| PEFT {__import__('importlib.metadata').metadata.version('peft')} | {theirs['median_s']:.3f} | "
-          f"{theirs['peak_rss_mb']:.0f} | {summary['peft_rss_growth_mb']:.0f} |", "",
-          f"speedup {summary['speedup']:.2f}x; same rank_pattern: {summary['same_rank_pattern']}; "
-          f"min |cos| of kept components {cos_min:.4f}; threads {summary['threads']}; setup {summary['setup']}"]
-    with open(os.path.join(ROOT, "benchmarks", "results", "eva.md"), "w") as fh:
-        fh.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    text = markdown(summary)
+    if not args.no_write:
+        common.write_results(args.out, summary, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -37,43 +37,89 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
     return PEFTC_OK;
 }
 
-/* sgesdd on the column-major (cols, rows) matrix a^T: its left singular vectors u (cols, p), stored
- * column after column with ldu = cols, are the rows of vt; its right factor (p, rows) is scratch. */
-static int64_t svd_int_count(int64_t p)
+peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, float beta,
+                         float *C, int64_t ldc)
 {
-    /* sgesdd's iwork: 8 p integers, counted in float slots */
-    return 8 * p * (int64_t)((sizeof(lapack_int) + sizeof(float) - 1) / sizeof(float));
+    if (!peftc_blas_sizes_ok(N, K, lda) || !peftc_blas_sizes_ok(ldc, 0, 0))
+        return PEFTC_ERR_SIZE;
+    if (N == 0)
+        return PEFTC_OK;
+    if (K == 0) {
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = i; j < N; j++)
+                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return PEFTC_OK;
+    }
+    cblas_ssyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, (int)N, (int)K, alpha, A, (int)lda,
+                beta, C, (int)ldc);
+    return PEFTC_OK;
 }
 
-int64_t peftc_svd_right_workspace_size(int64_t rows, int64_t cols)
+/* ssyevr on a symmetric matrix, which has the same memory in row- and column-major order: the upper
+ * triangle of the row-major a is the lower triangle ('L') of the column-major one. Its eigenvectors
+ * come out as columns of a column-major (n, k) matrix with ldz = n, i.e. as the rows of a row-major
+ * (k, n) one. Scratch: isuppz (2 k integers), iwork (liwork integers), then lwork floats. */
+static int eig_query(int64_t n, int64_t k, int64_t *lwork, int64_t *liwork)
 {
-    if (!peftc_blas_sizes_ok(rows, cols, rows * cols) || rows == 0 || cols == 0)
-        return -1;
-    const int64_t p = rows < cols ? rows : cols;
-    float query = 0.0f, dummy = 0.0f;
-    lapack_int idummy = 0;
-    lapack_int info = LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)cols, (lapack_int)rows, &dummy,
-                                          (lapack_int)cols, &dummy, &dummy, (lapack_int)cols, &dummy,
-                                          (lapack_int)p, &query, -1, &idummy);
+    float a = 0.0f, w = 0.0f, z = 0.0f, query = 0.0f;
+    lapack_int m = 0, isuppz[2] = {0, 0}, iquery = 0;
+    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, &a, (lapack_int)n, 0.0f,
+                                          0.0f, (lapack_int)(n - k + 1), (lapack_int)n, 0.0f, &m, &w, &z,
+                                          (lapack_int)n, isuppz, &query, -1, &iquery, -1);
     if (info != 0)
-        return -1;
-    return (int64_t)query + 1 + svd_int_count(p) + p * rows;
+        return 1;
+    *lwork = (int64_t)query + 1;
+    *liwork = (int64_t)iquery;
+    return 0;
 }
 
-peftc_status peftc_svd_right(float *vt, float *s, float *a, float *work, int64_t rows, int64_t cols)
+/* lapack_int slots counted in floats */
+static int64_t int_slots(int64_t count)
 {
-    const int64_t total = peftc_svd_right_workspace_size(rows, cols);
-    if (total < 0)
+    return count * (int64_t)((sizeof(lapack_int) + sizeof(float) - 1) / sizeof(float));
+}
+
+int64_t peftc_sym_eig_top_workspace_size(int64_t n, int64_t k)
+{
+    if (!peftc_blas_sizes_ok(n, k, n * n) || n == 0 || k <= 0 || k > n)
+        return -1;
+    int64_t lwork = 0, liwork = 0;
+    if (eig_query(n, k, &lwork, &liwork))
+        return -1;
+    return int_slots(2 * k) + int_slots(liwork) + lwork;
+}
+
+peftc_status peftc_sym_eig_top(float *w, float *v, float *a, float *work, int64_t n, int64_t k)
+{
+    if (peftc_sym_eig_top_workspace_size(n, k) < 0)
         return PEFTC_ERR_SIZE;
-    const int64_t p = rows < cols ? rows : cols;
-    float *vscratch = work;                          /* (p, rows) */
-    lapack_int *iwork = (lapack_int *)(work + p * rows); /* (8 p) */
-    float *lwork = work + p * rows + svd_int_count(p);
-    const int64_t nlwork = total - p * rows - svd_int_count(p);
-    if (nlwork > INT_MAX)
+    int64_t lwork = 0, liwork = 0;
+    if (eig_query(n, k, &lwork, &liwork))
+        return PEFTC_ERR_LAPACK;
+    if (lwork > INT_MAX || liwork > INT_MAX)
         return PEFTC_ERR_SIZE;
-    lapack_int info = LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)cols, (lapack_int)rows, a,
-                                          (lapack_int)cols, s, vt, (lapack_int)cols, vscratch, (lapack_int)p,
-                                          lwork, (lapack_int)nlwork, iwork);
-    return info == 0 ? PEFTC_OK : PEFTC_ERR_LAPACK;
+    lapack_int *isuppz = (lapack_int *)work;                       /* (2 k) */
+    lapack_int *iwork = (lapack_int *)(work + int_slots(2 * k));   /* (liwork) */
+    float *fwork = work + int_slots(2 * k) + int_slots(liwork);     /* (lwork) */
+    lapack_int found = 0;
+    /* twice the underflow threshold: the tolerance at which bisection is most accurate */
+    const float abstol = 2.0f * LAPACKE_slamch_work('S');
+    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, a, (lapack_int)n, 0.0f,
+                                          0.0f, (lapack_int)(n - k + 1), (lapack_int)n, abstol, &found, w, v,
+                                          (lapack_int)n, isuppz, fwork, (lapack_int)lwork, iwork,
+                                          (lapack_int)liwork);
+    if (info != 0 || found != (lapack_int)k)
+        return PEFTC_ERR_LAPACK;
+    /* LAPACK returns them ascending; the callers want the largest first */
+    for (int64_t i = 0, j = k - 1; i < j; i++, j--) {
+        const float t = w[i];
+        w[i] = w[j];
+        w[j] = t;
+        for (int64_t c = 0; c < n; c++) {
+            const float u = v[i * n + c];
+            v[i * n + c] = v[j * n + c];
+            v[j * n + c] = u;
+        }
+    }
+    return PEFTC_OK;
 }

@@ -23,15 +23,21 @@ int64_t peftc_blas_threads(void);
  * several threads of their own keep each call at or below it; a larger call would still be correct,
  * only serialised by OpenBLAS's level-3 lock. */
 #define PEFTC_BLAS_SINGLE_THREAD_MNK 262144
+/* C (N,N) = alpha * op(A) op(A)^T + beta * C on the upper triangle only (row-major), op(A) = A (N,K)
+ * or, with trans, A^T for A (K,N). The strict lower triangle of C is not touched. */
+peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, float beta,
+                         float *C, int64_t ldc);
 
 /* ---- LAPACK (EVA) --------------------------------------------------------------------------------
- * Thin SVD of the row-major (rows, cols) matrix a = U diag(s) vt keeping only s and vt, with
- * p = min(rows, cols). LAPACK's column-major sgesdd runs on a^T (the same memory), whose left singular
- * vectors are a's right ones, so no transposed copy is made and LAPACKE allocates nothing.
- * work holds the LAPACK scratch, the integer scratch and the unused (p, rows) factor. */
-int64_t peftc_svd_right_workspace_size(int64_t rows, int64_t cols); /* floats; -1 if LAPACK cannot say */
-peftc_status peftc_svd_right(float *vt /* (p, cols) overwritten */, float *s /* (p) overwritten, descending */,
-                             float *a /* (rows, cols) destroyed */, float *work /* workspace_size() floats */,
-                             int64_t rows, int64_t cols);
+ * The k largest eigenvalues of the symmetric (n, n) matrix a, read from its upper triangle (row-major),
+ * and their unit eigenvectors, by LAPACK's ssyevr (relatively robust representations) restricted to
+ * the index range n-k+1..n, so the other n-k eigenvectors are never formed. The column-major
+ * interface works on the same memory (a symmetric matrix is its own transpose) and LAPACKE allocates
+ * nothing: work holds the integer and float scratch. */
+int64_t peftc_sym_eig_top_workspace_size(int64_t n, int64_t k); /* floats; -1 if LAPACK cannot say */
+peftc_status peftc_sym_eig_top(float *w /* (n) first k overwritten: eigenvalues, descending; rest scratch */,
+                               float *v /* (k, n) overwritten: row i is the eigenvector of w[i] */,
+                               float *a /* (n, n) destroyed */, float *work /* workspace_size() floats */,
+                               int64_t n, int64_t k);
 
 #endif

@@ -394,7 +394,8 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                float momentum, int64_t N, int64_t C);
 /* ==== EVA kernels (eva.c): incremental PCA of one layer's input rows ==============================
  * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean
- * and variance per feature, then one thin SVD of [diag(S) V; X - mean(X); mean correction row].
+ * and variance per feature, then the top K right-singular vectors of [diag(S) V; X - mean(X); mean
+ * correction row], taken from the eigenvectors of its smaller Gram matrix (see eva.c).
  * Extra dimension letters for this family:
  *   M  rows of this minibatch (tokens left after masking)     K  components kept
  * n_seen is the number of rows folded in before this call (0 on the first call, when components,

@@ -4,6 +4,7 @@ bookkeeping against PEFT's initialize_lora_eva_weights, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import warnings
 
 import numpy as np
@@ -72,14 +73,50 @@ def test_ipca_update_matches_peft_incremental_pca(rng, torch):
     assert ours.n_samples_seen_ == int(theirs.n_samples_seen_)
 
 
-def test_ipca_components_are_orthonormal_with_positive_largest_entry(rng):
-    pca = IncrementalPCA(5, 16)
+@pytest.mark.parametrize("m,ic", [(20, 16), (6, 40)], ids=["rows>=IC", "rows<IC"])
+def test_ipca_components_are_orthonormal_with_positive_largest_entry(rng, m, ic):
+    pca = IncrementalPCA(5, ic)
     for _ in range(3):
-        pca.partial_fit(_spectral_rows(rng, 20, 16))
+        pca.partial_fit(_spectral_rows(rng, m, ic))
     c = pca.components_.astype(np.float64)
     assert_close(c @ c.T, np.eye(5), 0, 1e-5, "V V^T")
     assert np.all(c[np.arange(5), np.argmax(np.abs(c), axis=1)] > 0)
     assert np.all(np.diff(pca.singular_values_) <= 0)
+
+
+@pytest.mark.parametrize("m,ic", [(300, 96), (120, 384)], ids=["rows>=IC", "rows<IC"])
+def test_ipca_update_keeps_leading_components_of_an_ill_conditioned_stream(rng, m, ic):
+    # the Gram matrix squares the condition number: a spectrum falling 1e4-fold (1e8 in the Gram
+    # matrix, beyond float precision) must still give the leading components of the exact SVD
+    basis, _ = np.linalg.qr(rng.standard_normal((ic, ic)))
+    scales = np.geomspace(100.0, 0.01, ic)
+    got, ref = _state(8, ic), _state(8, ic)
+    n = 0
+    for _ in range(3):
+        x = ((rng.standard_normal((m, ic)) * scales) @ basis.T + 3.0).astype(np.float32)
+        F.ipca_update(x, *got, n)
+        R.ipca_update(x, *ref, n)
+        n += m
+    cos = np.abs(np.sum(got[0].astype(np.float64) * ref[0], axis=1))
+    assert np.all(cos >= 1 - 1e-4), f"|cos| with the float64 SVD {cos}"
+    assert_close(got[1], ref[1], 1e-4, 0, "singular values")
+    c = got[0].astype(np.float64)
+    assert_close(c @ c.T, np.eye(8), 0, 1e-5, "V V^T")
+
+
+def test_ipca_update_completes_components_beyond_the_rank_of_the_batch(rng):
+    # K rows centred have rank K - 1: the last component is any unit vector orthogonal to the others,
+    # as in an exact SVD, and its singular value is zero
+    k, ic = 4, 10
+    x = _spectral_rows(rng, k, ic)
+    got, ref = _state(k, ic), _state(k, ic)
+    evr, _ = F.ipca_update(x, *got, 0)
+    R.ipca_update(x, *ref, 0)
+    cos = np.abs(np.sum(got[0][:k - 1].astype(np.float64) * ref[0][:k - 1], axis=1))
+    assert np.all(cos >= 1 - 1e-5), cos
+    c = got[0].astype(np.float64)
+    assert_close(c @ c.T, np.eye(k), 0, 1e-5, "V V^T")
+    assert got[1][-1] < 1e-3 * got[1][0] and evr[-1] < 1e-6
 
 
 def test_ipca_update_rejects_nonfinite_rows_and_keeps_the_state(rng):
@@ -354,3 +391,50 @@ def test_initialize_requires_eva_init_and_a_peft_model():
     model = get_peft_model(EvaTwin(weights, 2), LoraConfig(r=4, target_modules=TARGETS))
     with pytest.raises(ValueError, match="init_lora_weights='eva'"):
         initialize_lora_eva_weights(model, batches, forward_fn=_forward)
+
+
+# -- early end of the forward pass ------------------------------------------------------------------------
+
+def _count_layer_calls(model, names):
+    calls = Counter()
+    for name in names:
+        module = model.get_submodule(name)
+        original = module.forward
+
+        def forward(x, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(x)
+        module.forward = forward
+    return calls
+
+
+def test_stopping_the_forward_early_gives_the_same_components_with_fewer_layer_calls():
+    weights, batches, config = _twin_setup(n_batches=12)
+    names = [n for n, m in EvaTwin(weights, 2).named_modules() if isinstance(m, Linear)]
+    results, calls = {}, {}
+    for early in (True, False):
+        model = EvaTwin(weights, 2)
+        calls[early] = _count_layer_calls(model, names)
+        results[early] = get_eva_state_dict(model, batches, config, forward_fn=_forward, show_progress_bar=False,
+                                             stop_forward_early=early)
+    assert list(results[True]) == list(results[False])
+    for name in results[True]:
+        assert np.array_equal(results[True][name], results[False][name]), name
+    # the last layer's output.dense is a target, so an early stop skips at least the classifier
+    assert calls[True]["classifier"] < calls[False]["classifier"]
+    assert sum(calls[True].values()) < sum(calls[False].values())
+
+
+def test_a_forward_fn_catching_exceptions_does_not_swallow_the_early_stop():
+    weights, batches, config = _twin_setup()
+
+    def forgiving(model, batch):
+        try:
+            return model(batch["x"])
+        except Exception:  # noqa: BLE001 - the point of the test
+            return None
+    a = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=forgiving, show_progress_bar=False)
+    b = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False,
+                           stop_forward_early=False)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name

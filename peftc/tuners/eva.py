@@ -20,8 +20,14 @@ The steps follow PEFT's ``peft/tuners/lora/eva.py`` (same API, same rank bookkee
 4. Stop when every layer has converged. A_l = the first r'_l components (divided by sqrt of their
    singular values with ``whiten``); layers with r'_l = 0 lose their adapter.
 
-Differences from PEFT, on purpose: the SVD in each step is exact (PEFT uses a seeded randomised
-``svd_lowrank``, an approximation of it); with ``whiten`` each layer's rows are divided once
+Each forward pass is cut short (``stop_forward_early``) once every layer still updating has received
+its input: the model's output is never used, so the rest of the pass only costs time. The states
+see exactly the rows they would see otherwise; this is skipped when a target layer runs more than
+once per pass.
+
+Differences from PEFT, on purpose: each step's top components are exact, from the eigen-decomposition
+of the stacked matrix's smaller Gram matrix (PEFT uses a seeded randomised ``svd_lowrank``, an
+approximation of them); with ``whiten`` each layer's rows are divided once
 (PEFT divides a view shared by the layers of a group in place, so q/k/v end up divided 1, 2, 3
 times); a (B,) label array (sequence classification) is not used as a token mask.
 """
@@ -132,17 +138,33 @@ def _capture_inputs(model: Module, names: list[str], callback: Callable[[str, An
         for name in names:
             module = model.get_submodule(name)
             original = module.forward
+            own = module.__dict__.get("forward")  # an instance-level forward set by someone else
 
             def forward(*args, _name=name, _original=original, **kwargs):
                 callback(_name, args[0] if len(args) == 1 else args)
                 return _original(*args, **kwargs)
 
             module.forward = forward
-            patched.append(module)
+            patched.append((module, own))
         yield
     finally:
-        for module in patched:
-            del module.forward
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
+class _ForwardDone(BaseException):
+    """Raised by a hook to end a forward pass whose remaining layers are not needed. A BaseException
+    so that a forward_fn catching Exception does not swallow it."""
+
+
+def _run_forward(forward_fn: Callable[[Module, Any], Any], model: Module, batch: Any) -> None:
+    try:
+        forward_fn(model, batch)
+    except _ForwardDone:
+        pass
 
 
 def _hash_rows(rows: np.ndarray) -> str:
@@ -203,7 +225,8 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
                        forward_fn: Callable[[Module, Any], Any] | None = forward_fn_dict,
                        prepare_model_inputs_fn: Callable | None = prepare_model_inputs_fn_language_modeling,
                        prepare_layer_inputs_fn: Callable | None = prepare_layer_inputs_fn_language_modeling,
-                       adapter_name: str = "default", show_progress_bar: bool = True) -> dict[str, np.ndarray]:
+                       adapter_name: str = "default", show_progress_bar: bool = True,
+                       stop_forward_early: bool = True) -> dict[str, np.ndarray]:
     """EVA's components per target layer: ``{module name: A (r'_l, IC)}``, r'_l possibly 0.
 
     ``model`` is a :class:`~peftc.tuners.PeftModel` (its LoRA layers are the targets and the adapter
@@ -212,6 +235,8 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
     ``forward_fn(model, batch)``. ``prepare_model_inputs_fn(batch, peft_config)`` gives what
     ``prepare_layer_inputs_fn(layer_input, that, layer_name)`` needs to return the (M, IC) rows
     of one layer; the defaults drop padding (``attention_mask``) and label-masked tokens.
+    ``stop_forward_early`` ends each pass once the last layer still updating has received its input
+    (set it to False if ``forward_fn`` must run to completion); the result is the same either way.
     """
     is_peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
     if peft_config is None:
@@ -252,8 +277,10 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
             first = next(iter(dataloader))
             current = {"mask": model_inputs(first)}
             hashes: dict[str, list[str]] = {name: [] for name in targets}
+            call_order: list[str] = []
 
             def hash_hook(name: str, layer_input: Any) -> None:
+                call_order.append(name)
                 hashes[name].append(_hash_rows(layer_fn(layer_input, current["mask"], name)))
 
             with _capture_inputs(root, targets, hash_hook):
@@ -281,10 +308,16 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
 
             # 2.-3. incremental PCA until every layer has converged
             active = set(states)
+            # position of each owner in the forward pass; early stops need each target to run once
+            position = {name: i for i, name in enumerate(n for n in call_order if n in states)}
+            stop_early = stop_forward_early and len(call_order) == len(targets)
+            current["last"] = None
 
             def svd_hook(name: str, layer_input: Any) -> None:
                 if name in active:
                     states[name].update(layer_fn(layer_input, current["mask"], name))
+                    if stop_early and name == current["last"]:
+                        raise _ForwardDone
 
             converged = {name: False for name in states}
             ranks = dict(max_components)
@@ -311,7 +344,8 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
                     if all(converged.values()):
                         break
                     current["mask"] = model_inputs(batch)
-                    forward_fn(model, batch)
+                    current["last"] = max(active, key=position.__getitem__) if active else None
+                    _run_forward(forward_fn, model, batch)
                     steps += 1
                     unfitted = [n for n, s in states.items() if not s.pca.fitted]
                     if unfitted:
@@ -424,7 +458,8 @@ def initialize_lora_eva_weights(model: Module, dataloader: Iterable | None = Non
                                 forward_fn: Callable[[Module, Any], Any] | None = forward_fn_dict,
                                 prepare_model_inputs_fn: Callable | None = prepare_model_inputs_fn_language_modeling,
                                 prepare_layer_inputs_fn: Callable | None = prepare_layer_inputs_fn_language_modeling,
-                                adapter_name: str = "default", show_progress_bar: bool = True) -> Module:
+                                adapter_name: str = "default", show_progress_bar: bool = True,
+                                stop_forward_early: bool = True) -> Module:
     """Set every LoRA A of ``model`` (a PeftModel built with ``init_lora_weights="eva"``) from EVA.
 
     Computes :func:`get_eva_state_dict` from ``dataloader`` unless ``eva_state_dict`` is given, then
@@ -442,6 +477,7 @@ def initialize_lora_eva_weights(model: Module, dataloader: Iterable | None = Non
         eva_state_dict = get_eva_state_dict(model, dataloader, forward_fn=forward_fn,
                                             prepare_model_inputs_fn=prepare_model_inputs_fn,
                                             prepare_layer_inputs_fn=prepare_layer_inputs_fn,
-                                            adapter_name=adapter_name, show_progress_bar=show_progress_bar)
+                                            adapter_name=adapter_name, show_progress_bar=show_progress_bar,
+                                            stop_forward_early=stop_forward_early)
     _load_eva_state_dict(model, dict(eva_state_dict), adapter_name)
     return model
