@@ -227,7 +227,11 @@ def claims(summary: dict) -> list[str]:
         early = [(st, b, a) for (st, b), (_, a) in zip(bo["mean_val_curve"], lora["mean_val_curve"])][:3]
         ahead = sum(b > a for _, b, a in early)
         faster = s_bone is not None and (s_lora is None or s_bone < s_lora)
-        out.append(f"Bone converges faster than LoRA: {'SUPPORTED' if faster and ahead >= 2 else 'NOT SUPPORTED'} "
+        same = s_bone is not None and s_bone == s_lora
+        verdict = ("SUPPORTED" if faster and ahead >= 2 else
+                   "PARTLY SUPPORTED (ahead early, but no fewer steps to 90% at this evaluation spacing)"
+                   if same and ahead >= 2 else "NOT SUPPORTED")
+        out.append(f"Bone converges faster than LoRA: {verdict} "
                    f"here. Steps to reach 90% of LoRA's final validation accuracy ({100 * target:.1f}%): Bone "
                    f"{s_bone}, LoRA {s_lora}; mean validation accuracy at the first evaluations "
                    + ", ".join(f"step {st}: Bone {100 * b:.1f} / LoRA {100 * a:.1f}" for st, b, a in early) + ".")
