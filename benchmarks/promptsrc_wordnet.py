@@ -144,7 +144,7 @@ def main() -> None:
             print(f"seed {seed} {method:18s} base {r['base']:.3f} novel {r['novel']:.3f} hm {r['hm']:.3f} "
                   f"fewshot {r.get('fewshot_all', float('nan')):.3f} ({r['seconds']:.0f} s)", flush=True)
             payload = {
-                "args": vars(args),
+                "args": {**vars(args), "out": os.path.relpath(args.out)},
                 "command": "PYTHONPATH=. python benchmarks/promptsrc_wordnet.py " + " ".join(sys.argv[1:]),
                 "config": asdict(config_for("promptsrc", args, 0)), "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                 "class_names": list(CLASS_NAMES), "base_classes": pd.base.tolist(), "novel_classes": pd.novel.tolist(),
