@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.demo import tokenize
 from peftc.models import BertModel, SentenceClassifier, Tokenizer, minilm_path
@@ -298,8 +299,8 @@ def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", comma
                                "rerun with the full command in the script docstring") if s.reduced else None}
     if out_stem is not None:
         out_stem.parent.mkdir(parents=True, exist_ok=True)
-        out_stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        out_stem.with_suffix(".md").write_text(markdown(result))
+        write_bytes_atomic(out_stem.with_suffix(".json"), json.dumps(result, indent=1).encode())
+        write_bytes_atomic(out_stem.with_suffix(".md"), markdown(result).encode())
     return result
 
 

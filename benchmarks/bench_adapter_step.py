@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from adapters_wordnet import ADAPTERS, Settings, adapter_config, load_data  # noqa: E402
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES  # noqa: E402
 from peftc.models import BertModel, SentenceClassifier, minilm_path  # noqa: E402
 from peftc.nn import BoneLinear, HydraLinear, Linear, LoraLinear, SoraLinear  # noqa: E402
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/bench_adapter_step.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     stem = Path(a.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text(markdown(result))
+    write_bytes_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1).encode())
+    write_bytes_atomic(stem.with_suffix(".md"), markdown(result).encode())
     print(markdown(result))
     return 0
 

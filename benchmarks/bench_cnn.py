@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc import functional as F
 
 THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS", "2"))
@@ -95,13 +96,13 @@ def main() -> None:
                   rows=rows)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "cnn.json").write_text(json.dumps(result, indent=2))
+    write_bytes_atomic(out / "cnn.json", json.dumps(result, indent=2).encode())
     lines = [f"threads={THREADS}, OPENBLAS_CORETYPE={result['openblas_coretype']}, sgemm 2048^3 {peak:.0f} GFLOP/s",
              "", "| op | peftc ms | torch ms | peftc/torch | peftc GFLOP/s |", "|---|---|---|---|---|"]
     for r in rows:
         gf = f"{r['peftc_gflops']:.0f}" if r["peftc_gflops"] else "-"
         lines.append(f"| {r['op']} | {r['peftc_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.2f} | {gf} |")
-    (out / "cnn.md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(out / "cnn.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
 

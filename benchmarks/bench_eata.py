@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as tF
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
 from peftc.models import train_source_model
@@ -248,7 +249,7 @@ def main() -> None:
               "rows": rows, "source_config": info["config"],
               "setting": f"EATA SGD lr {LR} momentum {MOMENTUM}, E0 = {E0_FACTOR} ln 10, d_margin {D_MARGIN}, "
                          f"fisher_alpha {FISHER_ALPHA}; Fashion-MNIST-C gaussian_noise severity 5"}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=1).encode())
     lines = [f"EATA adapted images/s, peftc vs torch {torch.__version__}, {THREADS} threads each, same process "
              f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats).",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
@@ -264,7 +265,7 @@ def main() -> None:
              "| batch | images | peftc img/s | torch img/s | peftc/torch |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['images']} | {r['peftc_img_s']:.0f} | {r['torch_img_s']:.0f} | "
               f"{r['speedup']:.2f}x |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -327,15 +327,13 @@ def write(payload: dict) -> None:
     md.append(run_markdown("OPENBLAS_CORETYPE as set on the machine", runs["as_configured"]))
     if "autodetected_core" in runs:
         md.append(run_markdown("OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset", runs["autodetected_core"]))
-    paths = common.write_results(NAME, payload, "\n".join(md))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    common.write_results(NAME, payload, "\n".join(md))
 
 
 def main() -> None:
     args = parse_args()
     if args.render:
-        import json
-        write(json.loads((common.RESULTS_DIR / f"{NAME}.json").read_text()))
+        write(common.read_results(NAME))
         return
     common.configure_threads(args.threads)
     print(f"== {NAME}: OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}", flush=True)

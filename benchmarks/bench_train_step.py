@@ -379,14 +379,13 @@ def write(payload: dict) -> None:
         ["", "base s", "merged s", "unmerged s", "merged/base", "unmerged/base"],
         [[tag, inf[f"base_{tag}_s"], inf[f"merged_{tag}_s"], inf[f"unmerged_{tag}_s"], inf[f"merged_over_base_{tag}"],
           inf[f"unmerged_over_base_{tag}"]] for tag in ("median", "min")]))
-    paths = common.write_results(NAME, payload, "\n".join(md))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    common.write_results(NAME, payload, "\n".join(md))
 
 
 def main() -> None:
     args = parse_args()
     if args.render:
-        write(json.loads((common.RESULTS_DIR / f"{NAME}.json").read_text()))
+        write(common.read_results(NAME))
         return
     common.configure_threads(args.threads)
     if args.rss_child:

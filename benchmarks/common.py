@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -169,18 +168,6 @@ def environment(torch: Any | None = None) -> dict[str, Any]:
     return env
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats are printed with 3 significant decimals."""
     def cell(v: Any) -> str:
@@ -193,7 +180,16 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """Write results/<name>.json and results/<name>.md, each through a temporary file and a rename."""
+    from peftc.io.atomic import write_bytes_atomic  # imported late: threads are configured before numpy loads
+
     json_path, md_path = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
-    _atomic_write(md_path, markdown)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(json_path, (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(md_path, markdown.encode())
+    print(f"wrote {json_path}, {md_path}")
     return json_path, md_path
+
+
+def read_results(name: str) -> dict[str, Any]:
+    """The payload of results/<name>.json (for re-rendering its markdown)."""
+    return json.loads((RESULTS_DIR / f"{name}.json").read_text())

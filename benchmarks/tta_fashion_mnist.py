@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
 from peftc.models import train_source_model
@@ -76,7 +77,7 @@ def main() -> None:
                             "d_margin 0.4, fisher_alpha 1, Fisher on 2000 clean train images; SAR rho 0.05, "
                             "E0 = 0.4 ln 10, top block frozen, reset below 0.2; reset per corruption",
               "rows": rows, "mean_error": mean}
-    (OUT / "tta_fashion_mnist.json").write_text(json.dumps(result, indent=2))
+    write_bytes_atomic(OUT / "tta_fashion_mnist.json", json.dumps(result, indent=2).encode())
     lines = [f"Fashion-MNIST-C severity {args.severity}, error % ({len(x)} images per corruption, batch "
              f"{args.batch}, seed {args.seed}; source clean accuracy {100 * info['test_accuracy']:.2f} %)", "",
              "| corruption | " + " | ".join(makers) + " |", "|---" * (len(makers) + 1) + "|"]
@@ -84,7 +85,7 @@ def main() -> None:
     lines.append("| **mean** | " + " | ".join(f"**{mean[k]:.2f}**" for k in makers) + " |")
     lines += ["", "Backward samples per corruption: " + ", ".join(
         f"{k} {np.mean([r[f'{k}_backward'] for r in rows]):.0f}" for k in ("tent", "eata", "sar"))]
-    (OUT / "tta_fashion_mnist.md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(OUT / "tta_fashion_mnist.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

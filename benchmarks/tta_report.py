@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
 from peftc.models import SourceConfig, train_source_model
@@ -266,7 +267,7 @@ def write_markdown(path: Path, result: dict) -> None:
         lines += ["", "tent+filter is UniEnt's loss (filtered mean entropy minus 0.5 x the entropy of the batch-mean "
                   "prediction); tent+filter-nodiv is the filter alone. tent+filter's backward samples count "
                   "the whole batch because the diversity term reaches every sample."]
-    path.write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 FULL = ("OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 1,2,3,4,5 --limit 10000 "
@@ -322,7 +323,7 @@ def main() -> None:
               "aggregate": agg, "verdicts": verdicts(agg), "per_seed": {str(s): r for s, r in results.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(finite_or_none(result), indent=1, allow_nan=False))
+    write_bytes_atomic(out.with_suffix(".json"), json.dumps(finite_or_none(result), indent=1, allow_nan=False).encode())
     write_markdown(out.with_suffix(".md"), result)
     for v in result["verdicts"]:
         log(f"{'HOLDS' if v['holds'] else 'FAILS'}: {v['claim']} ({v['evidence']})")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftc.io.atomic import write_bytes_atomic
 from peftc.data.text_corruptions import KINDS, corrupt_texts
 from peftc.data.wordnet import load_wordnet_glosses
 from peftc.models import BertModel, Tokenizer, minilm_path
@@ -116,7 +117,7 @@ def main() -> None:
               "adapted_parameters": int(sum(p.data.size for p in methods["tent"].params))}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=1).encode())
     lines = [f"TENT / EATA on the LayerNorm parameters ({result['adapted_parameters']:,} values) of all-MiniLM-L6-v2 "
              f"+ linear probe, WordNet supersenses (41 classes): error %, {len(test)} test glosses per corruption, "
              f"severity {args.severity}, batch {args.batch}, SGD lr {args.lr} momentum 0.9, reset per corruption; "
@@ -128,7 +129,7 @@ def main() -> None:
                      f"{r['tent_backward']} | {r['eata_backward']} | {r['example'][:60]} |")
     lines.append(f"| **mean (corrupted)** | **{mean['source']:.2f}** | **{mean['tent']:.2f}** | **{mean['eata']:.2f}** "
                  "| | | |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":
