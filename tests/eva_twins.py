@@ -11,11 +11,9 @@ import numpy as np
 
 from peftc.nn import Linear, Module, ModuleList
 
+from .lora_twins import BertNamedLayer, _Node
+
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
-
-
-class _Node(Module):
-    """A named container."""
 
 
 def make_weights(hidden: int, inter: int, layers: int, classes: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
@@ -53,21 +51,7 @@ def make_batches(n_batches: int, batch: int, seq: int, hidden: int, seed: int = 
     return out
 
 
-class EvaTwinLayer(Module):
-    def __init__(self, weights: dict[str, np.ndarray], prefix: str) -> None:
-        def lin(name: str) -> Linear:
-            return Linear.from_weights(weights[f"{prefix}.{name}.weight"].copy(),
-                                       weights[f"{prefix}.{name}.bias"].copy())
-        self.attention = _Node()
-        self.attention.self = _Node()
-        self.attention.self.query = lin("attention.self.query")
-        self.attention.self.key = lin("attention.self.key")
-        self.attention.self.value = lin("attention.self.value")
-        self.intermediate = _Node()
-        self.intermediate.dense = lin("intermediate.dense")
-        self.output = _Node()
-        self.output.dense = lin("output.dense")
-
+class EvaTwinLayer(BertNamedLayer):
     def forward(self, h: np.ndarray) -> np.ndarray:
         s = self.attention.self
         a = (h + (s.query(h) + s.key(h) + s.value(h)) / 3).astype(np.float32)

@@ -41,7 +41,10 @@ def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-class TinyBertLayer(Module):
+class BertNamedLayer(Module):
+    """The five linear maps of a BERT block under Hugging Face names, copied from ``weights[prefix...]``;
+    subclasses give the forward."""
+
     def __init__(self, weights: dict[str, np.ndarray], prefix: str) -> None:
         def lin(name: str) -> Linear:
             return Linear.from_weights(weights[f"{prefix}.{name}.weight"].copy(),
@@ -56,6 +59,8 @@ class TinyBertLayer(Module):
         self.output = _Node()
         self.output.dense = lin("output.dense")
 
+
+class TinyBertLayer(BertNamedLayer):
     def forward(self, h: np.ndarray) -> np.ndarray:
         s = self.attention.self
         return h + s.query(h) + s.key(h) + s.value(h) + self.output.dense(self.intermediate.dense(h))
