@@ -284,23 +284,54 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _payload(s: Settings, command: str, sizes: dict, runs: list[dict], seconds: float) -> dict:
+    summary = summarize(runs, s.adapters)
+    return {"settings": asdict(s), "command": command, "sizes": sizes,
+            "threads": os.environ.get("OPENBLAS_NUM_THREADS"), "summary": summary, "claims": claims(summary),
+            "runs": runs, "total_seconds": seconds,
+            "reduced_note": ("fewer seeds or steps than the full command in the script docstring"
+                             if s.reduced else None)}
+
+
+def _write(result: dict, out_stem: Path | None) -> None:
+    if out_stem is None:
+        return
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_stem.with_suffix(".json"), json.dumps(result, indent=1).encode())
+    write_bytes_atomic(out_stem.with_suffix(".md"), markdown(result).encode())
+
+
 def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", command: str = "", log=print) -> dict:
+    """Train every (seed, adapter) pair; the results files are rewritten after each seed."""
     t0 = time.perf_counter()
     data = load_data(s)
-    num_classes = NUM_CLASSES
-    log(f"train {len(data['train']['labels'])}, val {len(data['val']['labels'])}, test {len(data['test']['labels'])}")
-    runs = [run_one(name, seed, data, num_classes, s, log) for seed in s.seeds for name in s.adapters]
-    summary = summarize(runs, s.adapters)
-    result = {"settings": asdict(s), "command": command,
-              "sizes": {k: int(len(v["labels"])) for k, v in data.items()},
-              "threads": os.environ.get("OPENBLAS_NUM_THREADS"), "summary": summary, "claims": claims(summary),
-              "runs": runs, "total_seconds": time.perf_counter() - t0,
-              "reduced_note": ("1 seed and fewer steps because the machine was shared; "
-                               "rerun with the full command in the script docstring") if s.reduced else None}
-    if out_stem is not None:
-        out_stem.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out_stem.with_suffix(".json"), json.dumps(result, indent=1).encode())
-        write_bytes_atomic(out_stem.with_suffix(".md"), markdown(result).encode())
+    sizes = {k: int(len(v["labels"])) for k, v in data.items()}
+    log(f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
+    runs: list[dict] = []
+    for seed in s.seeds:
+        for name in s.adapters:
+            runs.append(run_one(name, seed, data, NUM_CLASSES, s, log))
+        result = _payload(s, command, sizes, runs, time.perf_counter() - t0)
+        _write(result, out_stem)
+    return result
+
+
+def merge(stems: list[Path], out_stem: Path) -> dict:
+    """Combine results files of the same settings (e.g. seeds run in separate processes) into one."""
+    parts = [json.loads(stem.with_suffix(".json").read_text()) for stem in stems]
+    first = parts[0]
+    ignore = {"seeds", "progress"}
+    for part, stem in zip(parts[1:], stems[1:]):
+        differ = sorted(k for k in first["settings"] if k not in ignore
+                        and first["settings"][k] != part["settings"].get(k))
+        if differ:
+            raise ValueError(f"{stem}: settings {differ} differ from {stems[0]}; only seeds may differ")
+    runs = [r for part in parts for r in part["runs"]]
+    settings = dict(first["settings"], seeds=sorted({r["seed"] for r in runs}))
+    s = Settings(**settings)
+    command = " + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(map(str, stems))}"
+    result = _payload(s, command, first["sizes"], runs, sum(part["total_seconds"] for part in parts))
+    _write(result, out_stem)
     return result
 
 
@@ -317,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduced", action="store_true", help="label the results as a reduced run")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "adapters_wordnet"), help="output path stem (.json and .md)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
+                   help="combine these results files (same settings, other seeds) into --out, then stop")
     a = p.parse_args(argv)
+    if a.merge:
+        print(markdown(merge([Path(m) for m in a.merge], Path(a.out))))
+        return 0
     s = Settings(seeds=a.seeds, adapters=a.adapters, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
                  test_per_class=a.test_per_class, max_length=a.max_length, epochs=a.epochs, max_steps=a.max_steps,
                  batch_size=a.batch_size, eval_every=a.eval_every, log_every=a.log_every, learning_rate=a.lr,

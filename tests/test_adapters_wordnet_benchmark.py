@@ -49,6 +49,21 @@ def test_adapters_wordnet_runs_end_to_end_on_a_tiny_config(aw, tmp_path):
     assert len(result["claims"]) == 3
 
 
+def test_merge_combines_seeds_run_in_separate_processes_and_refuses_other_settings(aw, tmp_path):
+    tiny = dict(train_per_class=1, val_per_class=1, test_per_class=1, max_length=16, max_steps=1, batch_size=8,
+                eval_every=1, log_every=1, adapters=["lora", "bone"])
+    for seed in (0, 1):
+        aw.run(aw.Settings(seeds=[seed], **tiny), tmp_path / f"seed{seed}", command=f"s{seed}", log=lambda *_: None)
+    merged = aw.merge([tmp_path / "seed0", tmp_path / "seed1"], tmp_path / "all")
+    assert merged["settings"]["seeds"] == [0, 1]
+    assert merged["summary"]["lora"]["seeds"] == [0, 1]
+    assert merged["summary"]["bone"]["test_accuracy_std"] is not None
+    assert json.loads((tmp_path / "all.json").read_text())["runs"] == merged["runs"]
+    aw.run(aw.Settings(seeds=[2], **dict(tiny, max_steps=2)), tmp_path / "other", command="x", log=lambda *_: None)
+    with pytest.raises(ValueError, match="max_steps"):
+        aw.merge([tmp_path / "seed0", tmp_path / "other"], tmp_path / "bad")
+
+
 def test_steps_to_reach_returns_first_step_at_or_above_target(aw):
     curve = [[10, 0.2], [20, 0.5], [30, 0.45], [40, 0.6]]
     assert aw.steps_to_reach(curve, 0.5) == 20
