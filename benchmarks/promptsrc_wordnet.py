@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-per-class", type=int, default=25)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(RESULTS, "promptsrc_wordnet"))
+    p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
+                   help="combine these results files (same settings, other seeds) into --out, then stop")
     return p.parse_args()
 
 
@@ -91,7 +94,8 @@ def summarise(results: dict) -> dict:
         for key in ("base", "novel", "hm", "fewshot_all", "seconds"):
             vals = [r[key] for r in by_seed.values() if key in r]
             if vals:
-                s[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
+                std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                s[key] = {"mean": float(np.mean(vals)), "std": std, "n": len(vals)}
         summary[method] = s
     return summary
 
@@ -104,7 +108,7 @@ def markdown(payload: dict) -> str:
         f"Seeds {a['seeds']}; K = {a['shots']} shots; {a['epochs']} epochs, batch {a['batch_size']}, SGD lr {a['lr']}; "
         f"test subsample of at most {a['eval_per_class']} glosses per class; base/novel split seed {a['split_seed']} "
         f"(base = {payload['base_classes']}).",
-        "Accuracy in %, mean ± std over seeds. Base: base test glosses among the 21 base classes; novel: novel "
+        "Accuracy in %, mean ± sample std (ddof 1) over seeds. Base: base test glosses among the 21 base classes; novel: novel "
         "test glosses among the 20 novel classes (never trained on); HM: harmonic mean; few-shot: K shots of all 41 "
         "classes, 41-way accuracy.",
         "",
@@ -127,8 +131,33 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(stems: list[str], out: str) -> dict:
+    """Combine results files of the same settings (seeds run in separate processes) into ``out``."""
+    parts = [json.loads(Path(stem + ".json").read_text()) for stem in stems]
+    first = parts[0]
+    ignore = {"seeds", "out", "merge"}
+    for part, stem in zip(parts[1:], stems[1:]):
+        differ = sorted(k for k in first["args"] if k not in ignore and first["args"][k] != part["args"].get(k))
+        if differ or part["base_classes"] != first["base_classes"]:
+            raise ValueError(f"{stem}: settings {differ or ['base_classes']} differ from {stems[0]}")
+    results: dict = {}
+    for part in parts:
+        for method, by_seed in part["results"].items():
+            results.setdefault(method, {}).update(by_seed)
+    seeds = sorted({int(seed) for by_seed in results.values() for seed in by_seed})
+    payload = dict(first, args={**first["args"], "seeds": seeds, "out": os.path.relpath(out)},
+                   command=" + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(stems)}",
+                   summary=summarise(results), results=results)
+    write_bytes_atomic(out + ".json", json.dumps(payload, indent=1).encode())
+    write_bytes_atomic(out + ".md", markdown(payload).encode())
+    return payload
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        print(markdown(merge(args.merge, args.out)))
+        return
     model = BertModel.from_pretrained(minilm_path())
     tok = Tokenizer(minilm_path(), 64)
     label_texts = [label_text(n, d) for n, d in zip(CLASS_NAMES, CLASS_DESCRIPTIONS)]
