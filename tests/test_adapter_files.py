@@ -9,8 +9,9 @@ import pytest
 
 from peftc.io import load_file, save_file
 from peftc.tuners import LoraConfig, PeftModel, get_peft_model
-from tests.conftest import assert_close, f32
-from tests.lora_twins import HIDDEN, TinyBert, make_torch_twin, make_weights
+from tests.adapter_round_trips import (check_files_load_in_peft, check_files_load_in_peftc, perturb_trainable,
+                                        perturb_trainable_torch, sample_input)
+from tests.lora_twins import TinyBert, make_torch_twin, make_weights
 
 CASES = {
     "query_value_head": dict(r=2, lora_alpha=4, target_modules=["query", "value"], modules_to_save=["classifier"]),
@@ -26,52 +27,28 @@ CASES = {
 }
 
 
-def _perturb_peftc(model, rng) -> None:
-    """Make every saved tensor nonzero and different from the base model's."""
-    for _, p in model.named_trainable_parameters():
-        p.data[...] += f32(rng, *p.shape, scale=0.3)
-
-
-def _perturb_torch(model, torch) -> None:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-
-
-def _x(rng) -> np.ndarray:
-    return f32(rng, 2, 5, HIDDEN)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_save_then_load_gives_identical_outputs(case, tmp_path, rng):
     weights = make_weights()
     model = get_peft_model(TinyBert(weights), LoraConfig(**CASES[case]))
-    _perturb_peftc(model, rng)
-    x = _x(rng)
+    perturb_trainable(model, rng)
+    x = sample_input(rng)
     y = model.eval()(x)
     model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(TinyBert(weights), tmp_path)
-    assert_close(loaded(x), y, rtol=0, atol=0, name=case)
+    loaded = check_files_load_in_peftc(tmp_path, weights, x, y, case, exact=True)
     assert loaded.get_nb_trainable_parameters()[0] == 0 and not loaded.training
     assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_peftc_files_load_in_peft_with_identical_outputs(case, tmp_path, rng, torch):
-    import peft
-
     weights = make_weights()
     model = get_peft_model(TinyBert(weights), LoraConfig(**CASES[case]))
-    _perturb_peftc(model, rng)
-    x = _x(rng)
+    perturb_trainable(model, rng)
+    x = sample_input(rng)
     y = model.eval()(x)
     model.save_pretrained(tmp_path)
-    theirs = peft.PeftModel.from_pretrained(make_torch_twin(torch, weights), str(tmp_path))
-    with torch.no_grad():
-        yt = theirs(torch.from_numpy(x)).numpy()
-    assert_close(yt, y, rtol=1e-5, atol=1e-5, name=case)
+    check_files_load_in_peft(tmp_path, weights, x, y, case, torch)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -80,13 +57,12 @@ def test_peft_files_load_in_peftc_with_identical_outputs(case, tmp_path, rng, to
 
     weights = make_weights()
     theirs = peft.get_peft_model(make_torch_twin(torch, weights), peft.LoraConfig(**CASES[case]))
-    _perturb_torch(theirs, torch)
-    x = _x(rng)
+    perturb_trainable_torch(theirs, torch)
+    x = sample_input(rng)
     with torch.no_grad():
         yt = theirs.eval()(torch.from_numpy(x)).numpy()
     theirs.save_pretrained(str(tmp_path))
-    ours = PeftModel.from_pretrained(TinyBert(weights), tmp_path)
-    assert_close(ours(x), yt, rtol=1e-5, atol=1e-5, name=case)
+    check_files_load_in_peftc(tmp_path, weights, x, yt, case)
 
 
 def test_saved_file_has_peft_keys_shapes_and_metadata(tmp_path):

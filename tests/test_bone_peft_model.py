@@ -10,7 +10,9 @@ import pytest
 
 from peftc.tuners import BoneConfig, LoraConfig, MissConfig, PeftModel, get_peft_model
 from tests.conftest import assert_close, f32
-from tests.lora_twins import HIDDEN, TinyBert, make_torch_twin, make_weights
+from tests.adapter_round_trips import (check_files_load_in_peft, check_files_load_in_peftc, perturb_trainable,
+                                        perturb_trainable_torch, sample_input)
+from tests.lora_twins import TinyBert, make_torch_twin, make_weights
 
 # the twin has 6 -> 6 attention layers, 6 -> 10 intermediate and 10 -> 6 output
 CASES = {
@@ -22,32 +24,22 @@ CASES = {
 }
 
 
-def _perturb(model, rng) -> None:
-    for _, p in model.named_trainable_parameters():
-        p.data[...] += f32(rng, *p.shape, scale=0.3)
-
-
 def _our_name(torch_name: str) -> str:
     """A PEFT parameter name as peftc names the same parameter (no adapter-name segment)."""
     return torch_name.replace(".miss_block.default", ".miss_block").replace(".modules_to_save.default",
                                                                            ".modules_to_save")
 
 
-def _x(rng) -> np.ndarray:
-    return f32(rng, 2, 5, HIDDEN)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_miss_save_then_load_gives_identical_outputs(case, tmp_path, rng):
     weights = make_weights()
     model = get_peft_model(TinyBert(weights), BoneConfig(**CASES[case]))
-    _perturb(model, rng)
-    x = _x(rng)
+    perturb_trainable(model, rng)
+    x = sample_input(rng)
     y = model.eval()(x)
     model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(TinyBert(weights), tmp_path)
+    loaded = check_files_load_in_peftc(tmp_path, weights, x, y, case, exact=True)
     assert isinstance(loaded.active_peft_config, BoneConfig)
-    assert_close(loaded(x), y, rtol=0, atol=0, name=case)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -56,15 +48,12 @@ def test_miss_peftc_files_load_in_peft_with_identical_outputs(case, tmp_path, rn
 
     weights = make_weights()
     model = get_peft_model(TinyBert(weights), BoneConfig(**CASES[case]))
-    _perturb(model, rng)
-    x = _x(rng)
+    perturb_trainable(model, rng)
+    x = sample_input(rng)
     y = model.eval()(x)
     model.save_pretrained(tmp_path)
-    theirs = peft.PeftModel.from_pretrained(make_torch_twin(torch, weights), str(tmp_path))
+    theirs = check_files_load_in_peft(tmp_path, weights, x, y, case, torch)
     assert isinstance(theirs.peft_config["default"], peft.MissConfig)
-    with torch.no_grad():
-        yt = theirs(torch.from_numpy(x)).numpy()
-    assert_close(yt, y, rtol=1e-5, atol=1e-5, name=case)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -73,21 +62,16 @@ def test_miss_peft_files_load_in_peftc_with_identical_outputs(case, tmp_path, rn
 
     weights = make_weights()
     theirs = peft.get_peft_model(make_torch_twin(torch, weights), peft.MissConfig(**CASES[case]))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, p in theirs.named_parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    perturb_trainable_torch(theirs, torch)
     theirs.save_pretrained(str(tmp_path))
     header = json.loads(open(os.path.join(tmp_path, "adapter_config.json")).read())
     assert header["peft_type"] == "MISS"
-    x = _x(rng)
+    x = sample_input(rng)
     theirs.eval()
     with torch.no_grad():
         yt = theirs(torch.from_numpy(x)).numpy()
-    ours = PeftModel.from_pretrained(TinyBert(weights), tmp_path)
+    ours = check_files_load_in_peftc(tmp_path, weights, x, yt, case)
     assert any(np.abs(p.data).max() > 0 for n, p in ours.named_parameters() if n.endswith("miss_block"))
-    assert_close(ours(x), yt, rtol=1e-5, atol=1e-5, name=case)
 
 
 @pytest.mark.parametrize("case", ["balance", "bat", "mini"])
@@ -96,7 +80,7 @@ def test_miss_model_gradients_match_peft_autograd(case, rng, torch):
 
     weights = make_weights()
     ours = get_peft_model(TinyBert(weights), BoneConfig(**CASES[case]))
-    _perturb(ours, rng)
+    perturb_trainable(ours, rng)
     theirs = peft.get_peft_model(make_torch_twin(torch, weights), peft.MissConfig(**CASES[case]))
     ours_params = dict(ours.named_trainable_parameters())
     with torch.no_grad():
@@ -104,7 +88,7 @@ def test_miss_model_gradients_match_peft_autograd(case, rng, torch):
             if p.requires_grad:
                 key = _our_name(name)
                 p.copy_(torch.from_numpy(ours_params[key].data))
-    x, dy = _x(rng), f32(rng, 2, 5, 3)
+    x, dy = sample_input(rng), f32(rng, 2, 5, 3)
     y = ours(x)
     dx = ours.backward(dy)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
@@ -122,9 +106,9 @@ def test_miss_model_gradients_match_peft_autograd(case, rng, torch):
 def test_miss_merged_matches_unmerged_and_unmerge_restores_weights(case, rng):
     weights = make_weights()
     model = get_peft_model(TinyBert(weights), BoneConfig(**CASES[case]))
-    _perturb(model, rng)
+    perturb_trainable(model, rng)
     model.eval()
-    x = _x(rng)
+    x = sample_input(rng)
     y = model(x)
     before = {n: p.data.copy() for n, p in model.named_parameters()}
     model.merge_adapter()

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from peftc import functional as F
 from peftc import reference as R
 from peftc.nn import HydraLinear, Linear, SoraLinear
 from peftc.train import TrainingConfig
@@ -15,6 +14,8 @@ from peftc.tuners import HydraConfig, LoraConfig, PeftModel, SoraConfig, get_pef
 from peftc.tuners import hydra as hydra_tools
 from peftc.tuners import sora as sora_tools
 from tests.conftest import assert_close, f32
+from tests.adapter_round_trips import (check_files_load_in_peft, check_files_load_in_peftc, perturb_trainable,
+                                        sample_input)
 from tests.lora_twins import CLASSES, HIDDEN, TinyBert, make_torch_twin, make_weights
 
 SORA_TARGETS = ["query", "value", "dense"]
@@ -22,8 +23,7 @@ SORA_TARGETS = ["query", "value", "dense"]
 
 def _sora_model(rng, **kw) -> PeftModel:
     model = get_peft_model(TinyBert(make_weights()), SoraConfig(**{"r": 4, "target_modules": SORA_TARGETS, **kw}))
-    for _, p in model.named_trainable_parameters():
-        p.data[...] += f32(rng, *p.shape, scale=0.3)
+    perturb_trainable(model, rng)
     return model
 
 
@@ -32,13 +32,8 @@ def _hydra_model(rng, **kw) -> PeftModel:
                                                                     "seq_alpha": 1.5,
                                                                     "target_modules": ["output.dense", "value"],
                                                                     **kw}))
-    for _, p in model.named_trainable_parameters():
-        p.data[...] += f32(rng, *p.shape, scale=0.3)
+    perturb_trainable(model, rng)
     return model
-
-
-def _x(rng) -> np.ndarray:
-    return f32(rng, 2, 5, HIDDEN)
 
 
 # ---- dispatch and gradients ------------------------------------------------------------------------
@@ -80,7 +75,7 @@ def test_sora_layer_gate_gradient_adds_the_l1_subgradient(rng):
 
 def test_hydra_model_gradients_match_torch(rng, torch):
     model = _hydra_model(rng)
-    x, dy = _x(rng), f32(rng, 2, 5, CLASSES)
+    x, dy = sample_input(rng), f32(rng, 2, 5, CLASSES)
     model.train()
     y = model.forward(x)
     model.backward(dy)
@@ -108,7 +103,7 @@ def test_hydra_model_gradients_match_torch(rng, torch):
 def test_merged_model_matches_unmerged_and_unmerge_restores(make, rng):
     model = make(rng)
     model.eval()
-    x = _x(rng)
+    x = sample_input(rng)
     y = model(x).copy()
     weights = {n: m.base.weight.data.copy() for n, m in model.named_modules() if isinstance(m, (SoraLinear,
                                                                                                 HydraLinear))}
@@ -125,7 +120,7 @@ def test_merged_model_matches_unmerged_and_unmerge_restores(make, rng):
 @pytest.mark.parametrize("make,kind", [(_sora_model, "PEFTC_SORA"), (_hydra_model, "PEFTC_HYDRA")])
 def test_save_then_load_round_trip(make, kind, rng, tmp_path):
     model = make(rng)
-    x = _x(rng)
+    x = sample_input(rng)
     y = model.eval()(x)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == kind
@@ -158,11 +153,9 @@ def _zero_some_gates(model) -> None:
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_pruned_sora_is_an_identical_plain_lora_in_peftc_and_peft(rslora, rng, tmp_path, torch):
-    import peft
-
     model = _sora_model(rng, use_rslora=rslora, modules_to_save=["classifier"])
     _zero_some_gates(model)
-    x = _x(rng)
+    x = sample_input(rng)
     y = model.eval()(x).copy()
     report = sora_tools.sparsity_report(model)
     config = sora_tools.save_pruned(model, tmp_path)
@@ -170,11 +163,8 @@ def test_pruned_sora_is_an_identical_plain_lora_in_peftc_and_peft(rslora, rng, t
     assert saved["peft_type"] == "LORA"
     assert "encoder.layer.0.attention.self.query" not in config.target_modules
     assert sum(config.rank_pattern.values()) == sum(v["active"] for v in report["layers"].values())
-    theirs = peft.PeftModel.from_pretrained(make_torch_twin(torch, make_weights()), str(tmp_path))
-    with torch.no_grad():
-        assert_close(theirs(torch.from_numpy(x)).numpy(), y, 1e-5, 1e-5, "PEFT on the pruned file")
-    ours = PeftModel.from_pretrained(TinyBert(make_weights()), tmp_path)
-    assert_close(ours(x), y, 1e-5, 1e-5, "peftc on the pruned file")
+    check_files_load_in_peft(tmp_path, make_weights(), x, y, "PEFT on the pruned file", torch)
+    check_files_load_in_peftc(tmp_path, make_weights(), x, y, "peftc on the pruned file")
     lora = sora_tools.prune(model)
     assert isinstance(lora.active_peft_config, LoraConfig) and lora.active_peft_config.peft_type == "LORA"
     assert_close(lora.eval()(x), y, 1e-5, 1e-5, "prune() in place")
@@ -189,19 +179,14 @@ def test_prune_with_every_gate_zero_is_a_clear_error(rng):
 
 
 def test_hydra_export_is_an_identical_plain_lora_in_peftc_and_peft(rng, tmp_path, torch):
-    import peft
-
     model = _hydra_model(rng, modules_to_save=["classifier"])
-    x = _x(rng)
+    x = sample_input(rng)
     y = model.eval()(x).copy()
     config = hydra_tools.save_as_lora(model, tmp_path)
     assert config.r == 5 and config.lora_alpha == 5 and config.lora_bias
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    theirs = peft.PeftModel.from_pretrained(make_torch_twin(torch, make_weights()), str(tmp_path))
-    with torch.no_grad():
-        assert_close(theirs(torch.from_numpy(x)).numpy(), y, 1e-5, 1e-5, "PEFT on the exported file")
-    ours = PeftModel.from_pretrained(TinyBert(make_weights()), tmp_path)
-    assert_close(ours(x), y, 1e-5, 1e-5, "peftc on the exported file")
+    check_files_load_in_peft(tmp_path, make_weights(), x, y, "PEFT on the exported file", torch)
+    check_files_load_in_peftc(tmp_path, make_weights(), x, y, "peftc on the exported file")
 
 
 # ---- configs ---------------------------------------------------------------------------------------
