@@ -83,7 +83,12 @@ def prepare_model_inputs_fn_language_modeling(model_input: Any, peft_config: Lor
 
 
 def prepare_layer_inputs_fn_language_modeling(layer_input: Any, model_input: Any, layer_name: str) -> np.ndarray:
-    """The rows (M, IC) of a layer's input kept by the token mask ``model_input`` (or all rows)."""
+    """The rows (M, IC) of a layer's input kept by the token mask ``model_input`` (or all rows).
+
+    The input is (..., IC) shaped like the mask plus features, (mask.size, IC) flattened, or (M, IC)
+    with M the mask's count: the rows of a model that ran on the kept tokens only (in row-major order
+    of the mask), which are taken as they are.
+    """
     if isinstance(layer_input, (tuple, list)):
         layer_input = layer_input[0]
     if not isinstance(layer_input, np.ndarray):
@@ -98,6 +103,9 @@ def prepare_layer_inputs_fn_language_modeling(layer_input: Any, model_input: Any
         rows = layer_input[mask]
     elif layer_input.ndim == 2 and layer_input.shape[0] == mask.size:
         rows = layer_input[mask.reshape(-1)]
+    elif layer_input.ndim == 2 and layer_input.shape[0] == np.count_nonzero(mask):
+        # a model that skips padding (BertModel's skip_padding) passes the kept rows already
+        rows = layer_input
     else:
         raise ValueError(f"EVA: layer {layer_name!r} input has shape {layer_input.shape}, which does not match "
                          f"the token mask {mask.shape}")
