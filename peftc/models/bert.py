@@ -49,13 +49,14 @@ class PackedTokens:
 
     Such a forward holds its hidden states as (N, H) rows, N the number of real tokens in row-major
     order of the mask; every per-token layer (the linear maps, LayerNorm, GELU) runs on those rows
-    only, and the attention core, the one step that mixes tokens, on them scattered back to (B, T, H)
-    with zeros at the padding (which the mask keeps out of every real token's attention).
+    only, and the attention, the one step that mixes tokens, on each sequence's rows (a contiguous
+    block of them) by themselves, which is what the mask leaves of a padded batch's attention.
     """
 
     def __init__(self, attention_mask: np.ndarray) -> None:
         self.mask = attention_mask
         self.index = np.flatnonzero(attention_mask.reshape(-1))
+        self.offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(attention_mask, axis=1))])
 
     @property
     def count(self) -> int:
@@ -64,6 +65,16 @@ class PackedTokens:
     def gather(self, x: np.ndarray) -> np.ndarray:
         """(B, T, H) -> the (N, H) rows of the real tokens (a new C-contiguous array)."""
         return np.take(x.reshape(-1, x.shape[-1]), self.index, axis=0)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int) -> np.ndarray:
+        """Self-attention (no dropout) of each sequence's real tokens among themselves: q, k, v (N, H) -> (N, H)."""
+        out = np.empty_like(q)
+        h = q.shape[1]
+        for a, e in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist()):
+            if e > a:
+                F.attention_forward(q[a:e].reshape(1, e - a, h), k[a:e].reshape(1, e - a, h),
+                                    v[a:e].reshape(1, e - a, h), num_heads, out=out[a:e].reshape(1, e - a, h))
+        return out
 
     def scatter(self, rows: np.ndarray) -> np.ndarray:
         """(N, H) rows -> (B, T, H), zero at the padding."""
@@ -119,9 +130,7 @@ class BertSelfAttention(Module):
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         if isinstance(attention_mask, PackedTokens):
-            p = attention_mask
-            return p.gather(self.core(p.scatter(self.query(x)), p.scatter(self.key(x)), p.scatter(self.value(x)),
-                                      p.mask))
+            return attention_mask.attention(self.query(x), self.key(x), self.value(x), self.core.num_heads)
         return self.core(self.query(x), self.key(x), self.value(x), attention_mask)
 
     def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
