@@ -15,8 +15,14 @@ Each side runs in its own subprocess: model and batches are loaded, one forward 
 libraries up, then ``--repeats`` full EVA runs are timed, in wall time and in the process's CPU time
 (all threads; on a loaded machine the CPU time at 1 thread is the steadier measure). Peak memory is
 the child's peak resident set (VmHWM from /proc/self/status, ru_maxrss elsewhere) and its growth
-during the EVA runs. EVA cycles over the batches until every layer has
-converged, so the number of forward passes (reported) can differ between the sides. The load
+during the EVA runs. EVA cycles over the batches until every layer has converged, so the number of
+forward passes (reported) can differ between the sides: peftc's hashing pass is also its first PCA
+step (one pass fewer for the same batches), and PEFT's randomised SVD can move a component's cosine
+across tau a batch earlier or later than the exact one; a layer whose trailing components have tiny
+eigengaps then stops at a different batch, which changes the pass count and those components (the
+abs_cosine_per_layer entries below 0.99). On the default batches PEFT with an exact SVD stops
+at the same batch as peftc and agrees with it to |cos| >= 0.99 on every kept component
+(``--peft-exact-svd``). The load
 average before and after is recorded: on a shared machine the numbers move with it.
 
 Run from the repository root (1-4 minutes on 2 loaded cores; PEFT at 2 threads is the slow part):
@@ -55,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--padded", action="store_true", help="peftc forwards the padded batch (no skip_padding)")
+    ap.add_argument("--peft-exact-svd", action="store_true",
+                    help="diagnostic: PEFT's IncrementalPCA with an exact SVD instead of its seeded svd_lowrank")
     ap.add_argument("--out", default=NAME, help="results name: benchmarks/results/<out>.json and .md")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     ap.add_argument("--side", choices=["peftc", "peft"], help=argparse.SUPPRESS)
@@ -111,6 +119,9 @@ def run_side(args: argparse.Namespace) -> dict:
         import torch
         import transformers
         common.configure_torch_threads(torch, args.threads)
+        if args.peft_exact_svd:
+            import peft.tuners.lora.eva as peft_eva
+            peft_eva.IncrementalPCA._svd_fn_lowrank = peft_eva.IncrementalPCA._svd_fn_full
         model = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
         batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in batches]
         config = peft.LoraConfig(r=args.r, target_modules=targets, init_lora_weights="eva",
@@ -162,7 +173,7 @@ def _child_argv(args: argparse.Namespace, threads: int, side: str) -> list[str]:
     return [sys.executable, __file__, "--threads", str(threads), "--targets", args.targets, "--r", str(args.r),
             "--rho", str(args.rho), "--tau", str(args.tau), "--batches", str(args.batches), "--batch-size",
             str(args.batch_size), "--seed", str(args.seed), "--repeats", str(args.repeats), "--side", side,
-            *(["--padded"] if args.padded else [])]
+            *(["--padded"] if args.padded else []), *(["--peft-exact-svd"] if args.peft_exact_svd else [])]
 
 
 def run_threads(args: argparse.Namespace, threads: int) -> dict:
@@ -210,6 +221,7 @@ def markdown(summary: dict) -> str:
             f"{', '.join(summary['targets'])}, r={a['r']}, rho={a['rho']}, tau={a['tau']}, {a['repeats']} timed "
             f"run(s) per side, each side in its own process; peftc "
             f"{'on the padded batches' if a.get('padded') else 'with skip_padding (real tokens only)'}; "
+            f"{'PEFT patched to an exact SVD (diagnostic); ' if a.get('peft_exact_svd') else ''}"
             f"EVA seconds is the median wall time, CPU seconds the minimum process CPU time.\n\n"
             + common.markdown_table(["threads", "side", "EVA seconds", "EVA CPU seconds", "forward passes", "s / pass",
                                      "peak RSS (MB)", "RSS growth during EVA (MB)", "PEFT / peftc (wall / CPU)",

@@ -29,7 +29,8 @@ in ``forward_fn``): its layers then receive (M, IC) rows, which are used as they
 
 Differences from PEFT, on purpose: each step's top components are exact, from the eigen-decomposition
 of the stacked matrix's smaller Gram matrix (PEFT uses a seeded randomised ``svd_lowrank``, an
-approximation of them); with ``whiten`` each layer's rows are divided once
+approximation of them, whose error can push a component's cosine across tau a batch earlier or later,
+so on real data a layer with nearly equal trailing singular values may stop at a different batch); with ``whiten`` each layer's rows are divided once
 (PEFT divides a view shared by the layers of a group in place, so q/k/v end up divided 1, 2, 3
 times); a (B,) label array (sequence classification) is not used as a token mask.
 """
