@@ -464,7 +464,7 @@ def test_the_hashing_pass_is_the_first_step_one_forward_fewer_than_peft(torch):
     assert {k: v.shape[0] for k, v in ours.items()} == {k: v.shape[0] for k, v in theirs.items()}
 
 
-def test_a_layer_called_twice_in_the_hashing_pass_gets_both_inputs():
+def test_a_layer_called_twice_in_the_hashing_pass_gets_both_inputs(monkeypatch):
     weights, batches, config = _twin_setup(n_batches=6)
     config = dataclasses.replace(config, target_modules=["encoder.layer.0.attention.self.query"])
     twin = EvaTwin(weights, 2)
@@ -476,43 +476,13 @@ def test_a_layer_called_twice_in_the_hashing_pass_gets_both_inputs():
     def recording(self, x):
         seen.append(x.shape[0])
         return pca_update(self, x)
-    IncrementalPCA.partial_fit = recording
-    try:
-        get_eva_state_dict(twin, batches, config, forward_fn=_forward, show_progress_bar=False)
-    finally:
-        IncrementalPCA.partial_fit = pca_update
+    monkeypatch.setattr(IncrementalPCA, "partial_fit", recording)
+    get_eva_state_dict(twin, batches, config, forward_fn=_forward, show_progress_bar=False)
     rows = [int(b["attention_mask"].sum()) for b in batches]
     assert seen[:4] == [rows[0], rows[0], rows[1], rows[1]]
 
 
-def _tiny_bert(rng, hidden=32, inter=40, layers=2, vocab=60, positions=24):
-    from peftc.models import BertConfig, BertModel
-    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=inter, max_position_embeddings=positions, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-
-    def w(*shape):
-        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
-    state = {"embeddings.word_embeddings.weight": w(vocab, hidden),
-             "embeddings.position_embeddings.weight": w(positions, hidden),
-             "embeddings.token_type_embeddings.weight": w(2, hidden)}
-    shapes = {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
-              "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
-              "intermediate.dense": (inter, hidden), "output.dense": (hidden, inter)}
-    for norm in ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(layers)
-                                             for n in ("attention.output", "output")]:
-        state[norm + ".weight"] = (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32)
-        state[norm + ".bias"] = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
-    for i in range(layers):
-        for name, shape in shapes.items():
-            state[f"encoder.layer.{i}.{name}.weight"] = w(*shape)
-            state[f"encoder.layer.{i}.{name}.bias"] = (0.1 * rng.standard_normal(shape[0])).astype(np.float32)
-    model = BertModel.from_state_dict(config, state)
-    model.eval()
-    return model
-
-
-def _token_batches(rng, n, batch=4, seq=14, vocab=60):
+def _token_batches(rng, n, batch=4, seq=8, vocab=20):
     out = []
     for _ in range(n):
         ids = rng.integers(1, vocab, (batch, seq)).astype(np.int64)
@@ -523,7 +493,8 @@ def _token_batches(rng, n, batch=4, seq=14, vocab=60):
 
 
 def test_skip_padding_forward_gives_the_components_of_the_padded_forward(rng):
-    model = _tiny_bert(rng)
+    from tests.test_encoder_modules import random_bert
+    model = random_bert(rng, dropout=0.0).eval()
     batches = _token_batches(rng, 14)
     assert any((b["attention_mask"] == 0).any() for b in batches)
     config = LoraConfig(r=3, target_modules=["query", "value", "intermediate.dense", "output.dense"],
