@@ -184,3 +184,53 @@ def test_frozen_embeddings_skip_the_first_block_input_gradient_and_keep_lora_gra
     assert len(skipped) == 2 * 2 * TINY["num_hidden_layers"]
     for name, g in full.items():
         assert_close(skipped[name], g, 1e-6, 1e-6, name)
+
+
+# -- skip_padding: the inference forward on the real tokens only ---------------------------------------------
+
+def test_skip_padding_matches_transformers_on_real_tokens_and_zeroes_padding(rng, torch, tmp_path):
+    hf, model = tiny_pair(torch, tmp_path)
+    ids, mask, types = tiny_batch(rng)
+    out = model(ids, mask, types, skip_padding=True)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
+    keep = mask.astype(bool)
+    assert out.shape == ref.shape
+    assert_close(out[keep], ref[keep], 1e-4, 1e-4, "real tokens")
+    assert np.all(out[~keep] == 0.0)
+    assert_close(out[keep], model(ids, mask, types)[keep], 1e-5, 1e-5, "padded forward")
+
+
+def test_skip_padding_runs_the_linear_layers_on_the_real_tokens_only(rng, torch, tmp_path):
+    _, model = tiny_pair(torch, tmp_path)
+    ids, mask, types = tiny_batch(rng)
+    seen = []
+    layer = model.get_submodule("encoder.layer.1.intermediate.dense")
+    original = layer.forward
+    layer.forward = lambda x: (seen.append(x.shape), original(x))[1]
+    model(ids, mask, types, skip_padding=True)
+    model(ids, mask, types)
+    assert seen == [(int(mask.sum()), TINY["hidden_size"]), (*ids.shape, TINY["hidden_size"])]
+
+
+def test_skip_padding_sentence_embedding_equals_the_padded_one(minilm):
+    batch = Tokenizer(minilm_path())(SENTENCES)
+    a = minilm.sentence_embedding(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    b = minilm.sentence_embedding(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                  skip_padding=True)
+    assert_close(b, a, 1e-5, 1e-5, "sentence embeddings")
+
+
+def test_skip_padding_refuses_training_mode_and_a_later_backward(rng, torch, tmp_path):
+    _, model = tiny_pair(torch, tmp_path)
+    ids, mask, types = tiny_batch(rng)
+    model.train()
+    with pytest.raises(ValueError, match="eval"):
+        model(ids, mask, types, skip_padding=True)
+    model.eval()
+    out = model(ids, mask, types, skip_padding=True)
+    with pytest.raises(RuntimeError, match="skip_padding"):
+        model.backward(np.ones_like(out))
+    model(ids, mask, types)  # a padded forward allows backward again
+    model.backward(np.ones_like(out))

@@ -438,3 +438,91 @@ def test_a_forward_fn_catching_exceptions_does_not_swallow_the_early_stop():
                            stop_forward_early=False)
     for name in a:
         assert np.array_equal(a[name], b[name]), name
+
+
+# -- the hashing pass doubles as the first step; models that skip padding ---------------------------------------
+
+def test_the_hashing_pass_is_the_first_step_one_forward_fewer_than_peft(torch):
+    import peft
+    case = PARITY_CASES[0]
+    weights = make_weights(case["hidden"], case["inter"], case["layers"], seed=case["seed"])
+    batches = make_batches(case["n_batches"], 4, 16, case["hidden"], seed=case["seed"] + 1)
+    calls = Counter()
+
+    def counting(model, batch):
+        calls["torch" if isinstance(model, torch.nn.Module) else "peftc"] += 1
+        return model(batch["x"])
+    ours = get_eva_state_dict(EvaTwin(weights, case["layers"]), batches,
+                              LoraConfig(r=case["r"], target_modules=TARGETS, init_lora_weights="eva",
+                                         eva_config=EvaConfig(rho=case["rho"])),
+                              forward_fn=counting, show_progress_bar=False)
+    theirs = peft.get_eva_state_dict(make_torch_twin(torch, weights, case["layers"]), _torch_batches(torch, batches),
+                                     peft.LoraConfig(r=case["r"], target_modules=TARGETS, init_lora_weights="eva",
+                                                     eva_config=peft.EvaConfig(rho=case["rho"])),
+                                     forward_fn=counting, show_progress_bar=False)
+    assert calls["torch"] > 2 and calls["peftc"] == calls["torch"] - 1, dict(calls)
+    assert {k: v.shape[0] for k, v in ours.items()} == {k: v.shape[0] for k, v in theirs.items()}
+
+
+def test_a_layer_called_twice_in_the_hashing_pass_gets_both_inputs(monkeypatch):
+    weights, batches, config = _twin_setup(n_batches=6)
+    config = dataclasses.replace(config, target_modules=["encoder.layer.0.attention.self.query"])
+    twin = EvaTwin(weights, 2)
+    # layer 1 runs layer 0's module: the target sees two different inputs per pass
+    twin.encoder.layer[1].attention.self.query = twin.encoder.layer[0].attention.self.query
+    seen = []
+    pca_update = IncrementalPCA.partial_fit
+
+    def recording(self, x):
+        seen.append(x.shape[0])
+        return pca_update(self, x)
+    monkeypatch.setattr(IncrementalPCA, "partial_fit", recording)
+    get_eva_state_dict(twin, batches, config, forward_fn=_forward, show_progress_bar=False)
+    rows = [int(b["attention_mask"].sum()) for b in batches]
+    assert seen[:4] == [rows[0], rows[0], rows[1], rows[1]]
+
+
+def _token_batches(rng, n, batch=4, seq=8, vocab=20):
+    out = []
+    for _ in range(n):
+        ids = rng.integers(1, vocab, (batch, seq)).astype(np.int64)
+        lengths = rng.integers(seq // 3, seq + 1, batch)
+        mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out
+
+
+def test_skip_padding_forward_gives_the_components_of_the_padded_forward(rng):
+    from tests.test_encoder_modules import random_bert
+    model = random_bert(rng, dropout=0.0).eval()
+    batches = _token_batches(rng, 14)
+    assert any((b["attention_mask"] == 0).any() for b in batches)
+    config = LoraConfig(r=3, target_modules=["query", "value", "intermediate.dense", "output.dense"],
+                        init_lora_weights="eva", eva_config=EvaConfig(rho=2.0))
+    rows = Counter()
+    layer = model.get_submodule("encoder.layer.1.attention.self.query")
+    original = layer.forward
+    layer.forward = lambda x: (rows.update([x.shape[0] if x.ndim == 2 else x.shape[0] * x.shape[1]]), original(x))[1]
+    results = {}
+    for skip in (False, True):
+        results[skip] = get_eva_state_dict(
+            model, batches, config, show_progress_bar=False,
+            forward_fn=lambda m, b, skip=skip: m(b["input_ids"], b["attention_mask"], skip_padding=skip))
+    assert sum(int(b["attention_mask"].sum()) == n for b in batches for n in rows) > 0, "packed rows were not seen"
+    assert {k: v.shape[0] for k, v in results[True].items()} == {k: v.shape[0] for k, v in results[False].items()}
+    for name, a in results[True].items():
+        cos = np.abs(np.sum(a.astype(np.float64) * results[False][name], axis=1))
+        assert np.all(cos >= 0.9999), f"{name}: |cos| {cos.round(6)}"
+
+
+def test_packed_rows_are_taken_as_kept_rows_and_a_narrower_mask_is_an_error():
+    from peftc.tuners.eva import prepare_layer_inputs_fn_language_modeling as rows_of
+    mask = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
+    packed = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(rows_of(packed, mask, "q"), packed)
+    padded = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert np.array_equal(rows_of(padded, mask, "q"), padded[mask])
+    narrower = mask.copy()
+    narrower[0, 1] = False  # a label mask inside the attention mask: the packed rows cannot be matched
+    with pytest.raises(ValueError, match="does not match"):
+        rows_of(packed, narrower, "q")

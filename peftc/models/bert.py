@@ -44,6 +44,45 @@ def _backward_into(layer: Module, dy: np.ndarray, dx: np.ndarray | None, input_g
     return dx
 
 
+class PackedTokens:
+    """The real token positions of a padded (B, T) batch, for a ``skip_padding`` forward.
+
+    Such a forward holds its hidden states as (N, H) rows, N the number of real tokens in row-major
+    order of the mask; every per-token layer (the linear maps, LayerNorm, GELU) runs on those rows
+    only, and the attention, the one step that mixes tokens, on each sequence's rows (a contiguous
+    block of them) by themselves, which is what the mask leaves of a padded batch's attention.
+    """
+
+    def __init__(self, attention_mask: np.ndarray) -> None:
+        self.mask = attention_mask
+        self.index = np.flatnonzero(attention_mask.reshape(-1))
+        self.offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(attention_mask, axis=1))])
+
+    @property
+    def count(self) -> int:
+        return int(self.index.size)
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """(B, T, H) -> the (N, H) rows of the real tokens (a new C-contiguous array)."""
+        return np.take(x.reshape(-1, x.shape[-1]), self.index, axis=0)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int) -> np.ndarray:
+        """Self-attention (no dropout) of each sequence's real tokens among themselves: q, k, v (N, H) -> (N, H)."""
+        out = np.empty_like(q)
+        h = q.shape[1]
+        for a, e in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist()):
+            if e > a:
+                F.attention_forward(q[a:e].reshape(1, e - a, h), k[a:e].reshape(1, e - a, h),
+                                    v[a:e].reshape(1, e - a, h), num_heads, out=out[a:e].reshape(1, e - a, h))
+        return out
+
+    def scatter(self, rows: np.ndarray) -> np.ndarray:
+        """(N, H) rows -> (B, T, H), zero at the padding."""
+        out = np.zeros((self.mask.size, rows.shape[-1]), dtype=rows.dtype)
+        out[self.index] = rows
+        return out.reshape(*self.mask.shape, rows.shape[-1])
+
+
 @dataclass
 class BertConfig:
     """The fields of a Hugging Face BERT ``config.json`` that the encoder uses."""
@@ -89,7 +128,9 @@ class BertSelfAttention(Module):
         self.value = value
         self.core = SelfAttention(num_heads, dropout, generator=generator)
 
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
+        if isinstance(attention_mask, PackedTokens):
+            return attention_mask.attention(self.query(x), self.key(x), self.value(x), self.core.num_heads)
         return self.core(self.query(x), self.key(x), self.value(x), attention_mask)
 
     def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
@@ -130,7 +171,7 @@ class BertAttention(Module):
         setattr(self, "self", self_attention)
         self.output = output
 
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         return self.output(getattr(self, "self")(x, attention_mask), x)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -159,7 +200,7 @@ class BertLayer(Module):
         self.intermediate = intermediate
         self.output = output
 
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         h = self.attention(x, attention_mask)
         return self.output(self.intermediate(h), h)
 
@@ -174,7 +215,8 @@ class BertEncoder(Module):
     def __init__(self, layers: list[BertLayer]) -> None:
         self.layer = ModuleList(layers)
 
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
+        """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`."""
         for block in self.layer:
             x = block(x, attention_mask)
         return x
@@ -215,6 +257,7 @@ class BertModel(Module):
         self.encoder = encoder
         self._mask: np.ndarray | None = None
         self._pool_cache: tuple | None = None
+        self._packed = False
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -276,16 +319,31 @@ class BertModel(Module):
 
     # -- forward / backward ------------------------------------------------------------------------
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32."""
+                token_type_ids: np.ndarray | None = None, skip_padding: bool = False) -> np.ndarray:
+        """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32.
+
+        ``skip_padding=True`` (inference only: eval mode, no backward afterwards) runs the encoder on
+        the real tokens alone (:class:`PackedTokens`): the linear layers' inputs are then (N, H) rows,
+        the real tokens' outputs are those of the padded forward (up to float rounding) and the
+        padding positions' outputs are zero instead of the values a padded forward computes for them.
+        """
         input_ids = _ids(input_ids, "input_ids")
         attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
         token_type_ids = _ids(token_type_ids, "token_type_ids", input_ids.shape)
         self._mask = attention_mask
+        self._packed = False
+        if skip_padding and self.training:
+            raise ValueError("skip_padding=True is for inference: call eval() first (a packed forward has no backward)")
+        if skip_padding and attention_mask is not None and not attention_mask.all():
+            packed = PackedTokens(attention_mask)
+            self._packed = True
+            return packed.scatter(self.encoder(packed.gather(self.embeddings(input_ids, token_type_ids)), packed))
         return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
 
     def backward(self, dy: np.ndarray) -> None:
         """Accumulate the gradients of all trainable parameters given d(last hidden state)."""
+        if self._packed:
+            raise RuntimeError("BertModel.backward after a skip_padding=True forward; run the forward without it")
         # frozen embeddings: the first block need not compute d(its input) at all
         need = self.embeddings.trainable()
         dx = self.encoder.backward(dy, input_grad=need)
@@ -293,9 +351,10 @@ class BertModel(Module):
             self.embeddings.backward(dx)
 
     def sentence_embedding(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                           token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """Mean of the last hidden state over unmasked tokens, L2-normalised: (B, H) (sentence-transformers)."""
-        hidden = self.forward(input_ids, attention_mask, token_type_ids)
+                           token_type_ids: np.ndarray | None = None, skip_padding: bool = False) -> np.ndarray:
+        """Mean of the last hidden state over unmasked tokens, L2-normalised: (B, H) (sentence-transformers).
+        ``skip_padding`` as in :meth:`forward` (the padding is excluded from the mean either way)."""
+        hidden = self.forward(input_ids, attention_mask, token_type_ids, skip_padding)
         pooled = F.mean_pool_forward(hidden, self._mask)
         emb, norm = F.l2_normalize_forward(pooled)
         self._pool_cache = (hidden.shape, emb, norm)

@@ -8,7 +8,8 @@ The steps follow PEFT's ``peft/tuners/lora/eva.py`` (same API, same rank bookkee
 
 1. One forward pass hashes every target layer's input rows; layers whose inputs are identical
    (query/key/value of one block) share one incremental PCA, which keeps the largest component
-   count of the group.
+   count of the group. The rows are kept until the pass ends, and this pass is also step 2 on the
+   first batch (PEFT runs a second forward on that batch for it, so it needs one pass more).
 2. Batches are cycled. Each batch's rows (padding, and with ``use_label_mask`` label-masked
    positions, removed) are folded into each unconverged layer's PCA (a batch with fewer rows than
    components is skipped for that layer). A component has converged when its cosine similarity to
@@ -23,11 +24,13 @@ The steps follow PEFT's ``peft/tuners/lora/eva.py`` (same API, same rank bookkee
 Each forward pass is cut short (``stop_forward_early``) once every layer still updating has received
 its input: the model's output is never used, so the rest of the pass only costs time. The states
 see exactly the rows they would see otherwise; this is skipped when a target layer runs more than
-once per pass.
+once per pass. A model may also run on the kept tokens only (``BertModel(..., skip_padding=True)``
+in ``forward_fn``): its layers then receive (M, IC) rows, which are used as they are.
 
 Differences from PEFT, on purpose: each step's top components are exact, from the eigen-decomposition
 of the stacked matrix's smaller Gram matrix (PEFT uses a seeded randomised ``svd_lowrank``, an
-approximation of them); with ``whiten`` each layer's rows are divided once
+approximation of them, whose error can push a component's cosine across tau a batch earlier or later,
+so on real data a layer with nearly equal trailing singular values may stop at a different batch); with ``whiten`` each layer's rows are divided once
 (PEFT divides a view shared by the layers of a group in place, so q/k/v end up divided 1, 2, 3
 times); a (B,) label array (sequence classification) is not used as a token mask.
 """
@@ -39,7 +42,7 @@ import hashlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import cycle
+from itertools import cycle, islice
 from typing import Any
 
 import numpy as np
@@ -83,7 +86,12 @@ def prepare_model_inputs_fn_language_modeling(model_input: Any, peft_config: Lor
 
 
 def prepare_layer_inputs_fn_language_modeling(layer_input: Any, model_input: Any, layer_name: str) -> np.ndarray:
-    """The rows (M, IC) of a layer's input kept by the token mask ``model_input`` (or all rows)."""
+    """The rows (M, IC) of a layer's input kept by the token mask ``model_input`` (or all rows).
+
+    The input is (..., IC) shaped like the mask plus features, (mask.size, IC) flattened, or (M, IC)
+    with M the mask's count: the rows of a model that ran on the kept tokens only (in row-major order
+    of the mask), which are taken as they are.
+    """
     if isinstance(layer_input, (tuple, list)):
         layer_input = layer_input[0]
     if not isinstance(layer_input, np.ndarray):
@@ -98,6 +106,9 @@ def prepare_layer_inputs_fn_language_modeling(layer_input: Any, model_input: Any
         rows = layer_input[mask]
     elif layer_input.ndim == 2 and layer_input.shape[0] == mask.size:
         rows = layer_input[mask.reshape(-1)]
+    elif layer_input.ndim == 2 and layer_input.shape[0] == np.count_nonzero(mask):
+        # a model that skips padding (BertModel's skip_padding) passes the kept rows already
+        rows = layer_input
     else:
         raise ValueError(f"EVA: layer {layer_name!r} input has shape {layer_input.shape}, which does not match "
                          f"the token mask {mask.shape}")
@@ -237,6 +248,9 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
     of one layer; the defaults drop padding (``attention_mask``) and label-masked tokens.
     ``stop_forward_early`` ends each pass once the last layer still updating has received its input
     (set it to False if ``forward_fn`` must run to completion); the result is the same either way.
+    On padded batches a :class:`~peftc.models.BertModel` is several times cheaper per pass with
+    ``forward_fn=lambda m, b: m(b["input_ids"], b["attention_mask"], skip_padding=True)``: its layers
+    then compute the real tokens only, and the components are those of the padded forward.
     """
     is_peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
     if peft_config is None:
@@ -279,9 +293,17 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
             hashes: dict[str, list[str]] = {name: [] for name in targets}
             call_order: list[str] = []
 
+            # each distinct input's rows (a copy: the model may reuse its buffers later in the pass),
+            # so that this pass is also the first batch's step of 2. for the layers that own a PCA
+            rows_by_hash: dict[str, np.ndarray] = {}
+
             def hash_hook(name: str, layer_input: Any) -> None:
                 call_order.append(name)
-                hashes[name].append(_hash_rows(layer_fn(layer_input, current["mask"], name)))
+                rows = layer_fn(layer_input, current["mask"], name)
+                key = _hash_rows(rows)
+                hashes[name].append(key)
+                if key not in rows_by_hash:
+                    rows_by_hash[key] = np.array(rows, copy=True)
 
             with _capture_inputs(root, targets, hash_hook):
                 forward_fn(model, first)
@@ -321,8 +343,29 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
 
             converged = {name: False for name in states}
             ranks = dict(max_components)
-            steps = 0
-            batches: Iterable = cycle(dataloader)
+
+            def after_step() -> bool:
+                """Redistribute the ranks once every PCA has data; False while some have none."""
+                nonlocal ranks
+                unfitted = [n for n, s in states.items() if not s.pca.fitted]
+                if unfitted:
+                    if steps >= n_batches:
+                        name = unfitted[0]
+                        raise ValueError(
+                            f"EVA: layer {name!r} got fewer tokens than its {max_components[name]} components "
+                            f"(round(r * rho)) in every batch; use larger batches or lower r or rho")
+                    return False
+                ranks = _rank_distribution(states, layer_owner, shared, budget, max_components)
+                return True
+
+            # the first batch's step: every input the owner received in the hashing pass, in order
+            for name, state in states.items():
+                for key in hashes[name]:
+                    state.update(rows_by_hash[key])
+            rows_by_hash.clear()
+            steps = 1
+            after_step()
+            batches: Iterable = islice(cycle(dataloader), 1, None)
             bar = None
             if show_progress_bar:
                 from tqdm.auto import tqdm
@@ -347,15 +390,7 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
                     current["last"] = max(active, key=position.__getitem__) if active else None
                     _run_forward(forward_fn, model, batch)
                     steps += 1
-                    unfitted = [n for n, s in states.items() if not s.pca.fitted]
-                    if unfitted:
-                        if steps >= n_batches:
-                            name = unfitted[0]
-                            raise ValueError(
-                                f"EVA: layer {name!r} got fewer tokens than its {max_components[name]} components "
-                                f"(round(r * rho)) in every batch; use larger batches or lower r or rho")
-                        continue
-                    ranks = _rank_distribution(states, layer_owner, shared, budget, max_components)
+                    after_step()
             if bar is not None:
                 bar.close()
     finally:
