@@ -221,6 +221,8 @@ class EATA(TTAMethod):
 
     ``fisher_images`` (clean in-distribution images, 2,000 in the paper's code) give the Fisher
     and theta0; without them the penalty is off (that is "ETA"). E0 = ``e0_factor`` * ln C.
+    With ``open_set=True`` the weights are also masked by the open-set filter and the entropy term
+    is a mean over the samples both filters keep.
     """
 
     def __init__(self, model: Module, fisher_images: np.ndarray | None = None, optimizer: str = "sgd",
@@ -249,14 +251,16 @@ class EATA(TTAMethod):
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         logits = self.model.forward(x)
         ent, probs = F.softmax_entropy_forward(logits)
-        weight, reliable, selected, self.ema_set = F.eata_select(ent, probs, self.ema, self.ema_set, self.e0,
+        weight, reliable, _, self.ema_set = F.eata_select(ent, probs, self.ema, self.ema_set, self.e0,
                                                                  self.d_margin, 0.9)
         if self.frozen is not None:
             weight = np.where(self._keep_mask(x, probs), weight, 0.0).astype(np.float32)
+        # the loss is a mean over the samples kept by every filter (S2, or S2 and the open-set S):
+        # divide by their count n, not by |S2| before the open-set filter
         n = int((weight != 0).sum())
         self.stats["reliable"] += reliable
         if n > 0:
-            self._entropy_backward(logits, probs, weight / np.float32(selected))
+            self._entropy_backward(logits, probs, weight / np.float32(n))
             if self.fisher is not None:
                 for p, f, t0 in zip(self.params, self.fisher, self.theta0):
                     p.grad += (2.0 * self.fisher_alpha) * f * (p.data - t0)
