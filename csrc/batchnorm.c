@@ -12,27 +12,85 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
     return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0;
 }
 
-/* Biased mean and variance of channel c over the N planes of S values, two passes in double. */
+/* Sums over one plane of S values in LANES independent float partial sums (so the loop vectorises),
+ * added in double at the end; the planes of a channel are then added in double by the caller. */
+#define LANES 16
+
+static double plane_sum(const float *p, int64_t S)
+{
+    float acc[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++)
+            acc[j] += p[s + j];
+    double total = 0.0;
+    for (; s < S; s++)
+        total += p[s];
+    for (int j = 0; j < LANES; j++)
+        total += acc[j];
+    return total;
+}
+
+/* sum_s (p[s] - m)^2 */
+static double plane_sqdev(const float *p, float m, int64_t S)
+{
+    float acc[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            const float d = p[s + j] - m;
+            acc[j] += d * d;
+        }
+    double total = 0.0;
+    for (; s < S; s++) {
+        const double d = (double)p[s] - m;
+        total += d * d;
+    }
+    for (int j = 0; j < LANES; j++)
+        total += acc[j];
+    return total;
+}
+
+/* *sg = sum_s g[s], *sgx = sum_s g[s] (x[s] - m) */
+static void plane_grad_sums(double *sg, double *sgx, const float *g, const float *x, float m, int64_t S)
+{
+    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            a[j] += g[s + j];
+            b[j] += g[s + j] * (x[s + j] - m);
+        }
+    double ta = 0.0, tb = 0.0;
+    for (; s < S; s++) {
+        ta += g[s];
+        tb += (double)g[s] * ((double)x[s] - m);
+    }
+    for (int j = 0; j < LANES; j++) {
+        ta += a[j];
+        tb += b[j];
+    }
+    *sg += ta;
+    *sgx += tb;
+}
+
+/* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
+ * the float mean), plane partial sums in float lanes, totals in double. */
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
                             int64_t S)
 {
     double sum = 0.0;
-    for (int64_t n = 0; n < N; n++) {
-        const float *p = x + (n * CH + c) * S;
-        for (int64_t s = 0; s < S; s++)
-            sum += p[s];
-    }
+    for (int64_t n = 0; n < N; n++)
+        sum += plane_sum(x + (n * CH + c) * S, S);
     const double m = sum / (double)(N * S);
+    const float mf = (float)m;
     double sq = 0.0;
-    for (int64_t n = 0; n < N; n++) {
-        const float *p = x + (n * CH + c) * S;
-        for (int64_t s = 0; s < S; s++) {
-            const double d = p[s] - m;
-            sq += d * d;
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        sq += plane_sqdev(x + (n * CH + c) * S, mf, S);
+    /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
+    const double dm = m - (double)mf;
     *mean = m;
-    *var = sq / (double)(N * S);
+    *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
 }
 
 peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
@@ -94,15 +152,11 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
     const int64_t S = IH * IW, M = N * S;
     for (int64_t c = 0; c < CH; c++) {
         const double m = mean[c], r = rstd[c];
-        /* sum(dy) and sum(dy * x_hat) over the channel */
+        /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         double sdy = 0.0, sdyx = 0.0;
-        for (int64_t n = 0; n < N; n++) {
-            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++) {
-                sdy += gp[s];
-                sdyx += gp[s] * ((xp[s] - m) * r);
-            }
-        }
+        for (int64_t n = 0; n < N; n++)
+            plane_grad_sums(&sdy, &sdyx, dy + (n * CH + c) * S, x + (n * CH + c) * S, (float)m, S);
+        sdyx *= r;
         if (dgamma)
             dgamma[c] += (float)sdyx;
         if (dbeta)

@@ -27,8 +27,21 @@ int64_t peftc_conv2d_workspace_size(int64_t IC, int64_t KH, int64_t KW, int64_t 
     return IC * KH * KW * OH * OW;
 }
 
+/* The output columns ow whose input column ow*SW - PW + kw lies inside [0, IW): [*lo, *hi). */
+static void valid_columns(int64_t *lo, int64_t *hi, int64_t IW, int64_t kw, int64_t SW, int64_t PW, int64_t OW)
+{
+    const int64_t shift = PW - kw; /* iw = ow*SW - shift */
+    int64_t a = shift <= 0 ? 0 : (shift + SW - 1) / SW;
+    int64_t b = IW - 1 + shift < 0 ? 0 : (IW - 1 + shift) / SW + 1;
+    a = a > OW ? OW : a;
+    b = b > OW ? OW : b;
+    *lo = a;
+    *hi = b < a ? a : b;
+}
+
 /* col (IC*KH*KW, OH*OW): row (c, kh, kw), column (oh, ow) holds x[c, oh*SH - PH + kh, ow*SW - PW + kw],
- * zero outside the image. */
+ * zero outside the image. The in-image column range is found once per kw, so the copy loops carry no
+ * bounds tests (a plain copy at stride 1). */
 static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                    int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
@@ -36,6 +49,8 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
                 float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                int64_t lo, hi;
+                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
                     const int64_t ih = oh * SH - PH + kh;
                     float *out = row + oh * OW;
@@ -45,10 +60,17 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
                         continue;
                     }
                     const float *in = x + (c * IH + ih) * IW;
-                    for (int64_t ow = 0; ow < OW; ow++) {
-                        const int64_t iw = ow * SW - PW + kw;
-                        out[ow] = iw >= 0 && iw < IW ? in[iw] : 0.0f;
-                    }
+                    const int64_t off = kw - PW;
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        out[ow] = 0.0f;
+                    if (SW == 1)
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow] = in[ow + off];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow] = in[ow * SW + off];
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        out[ow] = 0.0f;
                 }
             }
 }
@@ -61,17 +83,21 @@ static void col2im_add(float *dx, const float *col, int64_t IC, int64_t IH, int6
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
                 const float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                int64_t lo, hi;
+                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
                     const int64_t ih = oh * SH - PH + kh;
                     if (ih < 0 || ih >= IH)
                         continue;
                     const float *in = row + oh * OW;
                     float *out = dx + (c * IH + ih) * IW;
-                    for (int64_t ow = 0; ow < OW; ow++) {
-                        const int64_t iw = ow * SW - PW + kw;
-                        if (iw >= 0 && iw < IW)
-                            out[iw] += in[ow];
-                    }
+                    const int64_t off = kw - PW;
+                    if (SW == 1)
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow + off] += in[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow * SW + off] += in[ow];
                 }
             }
 }
