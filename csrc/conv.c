@@ -2,6 +2,8 @@
  * one GEMM per image. The patch matrix of one image lives in caller scratch and is rebuilt in the
  * backward rather than kept, so the forward stores nothing beyond y. A 1x1, stride-1, unpadded
  * convolution is already a GEMM on the image and skips im2col. No pooling or norms here. */
+#include <string.h>
+
 #include "blas.h"
 
 /* Output extent of a window sweep, floor mode; negative when the window does not fit. */
@@ -64,8 +66,7 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
                     for (int64_t ow = 0; ow < lo; ow++)
                         out[ow] = 0.0f;
                     if (SW == 1)
-                        for (int64_t ow = lo; ow < hi; ow++)
-                            out[ow] = in[ow + off];
+                        memcpy(out + lo, in + lo + off, (size_t)(hi - lo) * sizeof(float));
                     else
                         for (int64_t ow = lo; ow < hi; ow++)
                             out[ow] = in[ow * SW + off];

@@ -52,7 +52,13 @@ class BasicBlock(Module):
 
 
 class SmallResNet(Module):
-    """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits."""
+    """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits.
+
+    ``input_grad`` (default True): whether :meth:`backward` returns the gradient of the input images.
+    Test-time adaptation sets it to False (only BN affine gradients are needed).
+    """
+
+    input_grad: bool = True
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, seed: int = 0) -> None:
         g = Generator(seed)
@@ -71,11 +77,15 @@ class SmallResNet(Module):
             h = block(h)
         return self.head(self.pool(h))
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """Parameter gradients, and the input gradient unless ``input_grad`` is False (then None, and the
+        stem convolution's backward is skipped altogether when its weight is frozen)."""
         d = self.pool.backward(self.head.backward(dy))
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
-        return self.stem_conv.backward(self.stem_bn.backward(self.stem_relu.backward(d)))
+        need = self.input_grad or any(p.requires_grad for p in self.stem_conv.parameters())
+        d = self.stem_bn.backward(self.stem_relu.backward(d), input_grad=need)
+        return self.stem_conv.backward(d, input_grad=self.input_grad) if need else None
 
     def batchnorms(self) -> list[tuple[str, BatchNorm2d]]:
         """Every BatchNorm2d with its dotted name, input to output."""

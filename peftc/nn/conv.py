@@ -73,14 +73,18 @@ class Conv2d(Module):
         self._x = x
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the weight and bias gradients (when trainable) and return dx, or None with
+        ``input_grad=False`` (the first layer of a network whose input gradient nobody reads)."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        dx = np.zeros_like(self._x)
         dw = self.weight.grad_buffer()
+        db = self.bias.grad_buffer() if self.bias is not None else None
+        dx = np.zeros_like(self._x) if input_grad else None
+        if dx is None and dw is None and db is None:
+            return None
         F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,
-                          dweight=dw, dbias=self.bias.grad_buffer() if self.bias is not None else None,
-                          work=self._workspace(self._x.shape))
+                          dweight=dw, dbias=db, work=self._workspace(self._x.shape))
         return dx
 
     def __repr__(self) -> str:

@@ -31,12 +31,14 @@ from ..optim import SGD, AdamW
 
 def configure_for_tta(model: Module, exclude: tuple[str, ...] = ()) -> list[Parameter]:
     """Freeze everything, put every BatchNorm2d on test-batch statistics, unfreeze their affine pairs
-    and those of every LayerNorm.
+    and those of every LayerNorm; a model with an ``input_grad`` switch stops computing its input gradient.
 
     Norm layers whose name starts with a prefix in ``exclude`` keep batch statistics but stay frozen.
     Returns the trainable parameters.
     """
     model.requires_grad_(False)
+    if hasattr(model, "input_grad"):
+        model.input_grad = False  # nothing reads the gradient of the input batch
     params = []
     for name, m in model.named_modules():
         if isinstance(m, (BatchNorm2d, LayerNorm)):
