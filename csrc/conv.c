@@ -41,12 +41,94 @@ static void valid_columns(int64_t *lo, int64_t *hi, int64_t IW, int64_t kw, int6
     *hi = b < a ? a : b;
 }
 
+/* Stride 1 with OW == IW ("same" width): row (c, kh, kw) of col is the image plane of channel c
+ * shifted by the constant (kh - PH) * IW + (kw - PW) in flat (h, w) order, except the entries whose
+ * input column falls outside [0, IW) (they wrap into the neighbouring image row) and the output rows
+ * whose input row falls outside [0, IH). So each row is one long copy (or add) plus the zeroing of
+ * at most (KW - 1) entries per output row. The copied span starts at the first valid entry of the
+ * first valid row and ends at the last valid entry of the last one, so it never reads outside the
+ * plane. [*s_lo, *s_hi) is that span in col; *shift is the flat input offset. */
+static int flat_row_span(int64_t *s_lo, int64_t *s_hi, int64_t *shift, int64_t *oh_lo, int64_t *oh_hi, int64_t lo,
+                         int64_t hi, int64_t IH, int64_t IW, int64_t kh, int64_t kw, int64_t PH, int64_t PW, int64_t OH,
+                         int64_t OW)
+{
+    int64_t a = PH - kh, b = IH + PH - kh;
+    a = a < 0 ? 0 : a;
+    b = b > OH ? OH : b;
+    *oh_lo = a;
+    *oh_hi = b < a ? a : b;
+    *shift = (kh - PH) * IW + (kw - PW);
+    if (*oh_hi == *oh_lo || hi == lo)
+        return 0;
+    *s_lo = *oh_lo * OW + lo;
+    *s_hi = (*oh_hi - 1) * OW + hi;
+    return 1;
+}
+
+static void im2col_flat(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                        int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+{
+    const int64_t S = OH * OW;
+    for (int64_t c = 0; c < IC; c++)
+        for (int64_t kh = 0; kh < KH; kh++)
+            for (int64_t kw = 0; kw < KW; kw++) {
+                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                const float *plane = x + c * IH * IW;
+                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
+                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
+                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW)) {
+                    memset(row, 0, (size_t)S * sizeof(float));
+                    continue;
+                }
+                memset(row, 0, (size_t)s_lo * sizeof(float));
+                memcpy(row + s_lo, plane + s_lo + shift, (size_t)(s_hi - s_lo) * sizeof(float));
+                memset(row + s_hi, 0, (size_t)(S - s_hi) * sizeof(float));
+                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                }
+            }
+}
+
+/* The adjoint of im2col_flat; the wrapped entries of col (scratch) are zeroed first, then each row
+ * is one long add. */
+static void col2im_flat_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                            int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+{
+    const int64_t S = OH * OW;
+    for (int64_t c = 0; c < IC; c++)
+        for (int64_t kh = 0; kh < KH; kh++)
+            for (int64_t kw = 0; kw < KW; kw++) {
+                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                float *plane = dx + c * IH * IW;
+                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
+                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
+                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW))
+                    continue;
+                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                }
+                float *out = plane + shift;
+                for (int64_t s = s_lo; s < s_hi; s++)
+                    out[s] += row[s];
+            }
+}
+
 /* col (IC*KH*KW, OH*OW): row (c, kh, kw), column (oh, ow) holds x[c, oh*SH - PH + kh, ow*SW - PW + kw],
  * zero outside the image. The in-image column range is found once per kw, so the copy loops carry no
  * bounds tests (a plain copy at stride 1). */
 static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                    int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
+    if (SH == 1 && SW == 1 && OW == IW) {
+        im2col_flat(col, x, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        return;
+    }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
@@ -76,10 +158,15 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
             }
 }
 
-/* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it. */
-static void col2im_add(float *dx, const float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+/* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it (col is scratch and
+ * may be overwritten). */
+static void col2im_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                        int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
+    if (SH == 1 && SW == 1 && OW == IW) {
+        col2im_flat_add(dx, col, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        return;
+    }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
