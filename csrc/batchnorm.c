@@ -1,8 +1,10 @@
 /* batchnorm.c: 2-D batch normalisation (per channel over N, IH, IW) forward and backward, in the
  * three ways test-time adaptation needs: training (batch statistics, running buffers updated),
  * test-batch statistics (batch statistics, nothing updated) and eval (running statistics).
- * Per-channel sums are accumulated in double. x_hat is recomputed in the backward from x, mean
- * and rstd rather than stored. No convolution or pooling here. */
+ * Per-plane sums run in float lanes (vectorised), the per-channel totals in double. x_hat is recomputed in the backward from x, mean
+ * and rstd rather than stored. The _relu_ pair fuses a following ReLU (output max(y, 0); backward masks
+ * the incoming gradient by that output), saving the activation's separate pass and buffer.
+ * No convolution or pooling here. */
 #include <math.h>
 
 #include "peftc.h"
@@ -74,6 +76,32 @@ static void plane_grad_sums(double *sg, double *sgx, const float *g, const float
     *sgx += tb;
 }
 
+/* plane_grad_sums of the gradient masked to y > 0 (the ReLU after the norm) */
+static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, const float *y, const float *x, float m,
+                                   int64_t S)
+{
+    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            const float gj = y[s + j] > 0.0f ? g[s + j] : 0.0f;
+            a[j] += gj;
+            b[j] += gj * (x[s + j] - m);
+        }
+    double ta = 0.0, tb = 0.0;
+    for (; s < S; s++) {
+        const double gj = y[s] > 0.0f ? g[s] : 0.0f;
+        ta += gj;
+        tb += gj * ((double)x[s] - m);
+    }
+    for (int j = 0; j < LANES; j++) {
+        ta += a[j];
+        tb += b[j];
+    }
+    *sg += ta;
+    *sgx += tb;
+}
+
 /* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
  * the float mean), plane partial sums in float lanes, totals in double. */
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
@@ -93,9 +121,10 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
     *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
 }
 
-peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
-                                       const float *x, const float *gamma, const float *beta, int training,
-                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+/* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does). */
+static peftc_status bn_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+                               const float *x, const float *gamma, const float *beta, int training, float momentum,
+                               float eps, int relu, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
@@ -136,16 +165,41 @@ peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
             float *yp = y + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++)
-                yp[s] = xp[s] * scale + shift;
+            if (relu)
+                for (int64_t s = 0; s < S; s++) {
+                    const float v = xp[s] * scale + shift;
+                    yp[s] = v < 0.0f ? 0.0f : v;
+                }
+            else
+                for (int64_t s = 0; s < S; s++)
+                    yp[s] = xp[s] * scale + shift;
         }
     }
     return PEFTC_OK;
 }
 
-peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
-                                        const float *mean, const float *rstd, const float *gamma, int training,
-                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+                                       const float *x, const float *gamma, const float *beta, int training,
+                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 0, N, CH,
+                      IH, IW);
+}
+
+peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *running_mean,
+                                            float *running_var, const float *x, const float *gamma,
+                                            const float *beta, int training, float momentum, float eps, int64_t N,
+                                            int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 1, N, CH,
+                      IH, IW);
+}
+
+/* The backward of both public entry points. relu_y non-NULL: the forward was BN then ReLU with output
+ * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
+static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
+                                const float *x, const float *mean, const float *rstd, const float *gamma,
+                                int training, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
@@ -154,8 +208,13 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
         const double m = mean[c], r = rstd[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         double sdy = 0.0, sdyx = 0.0;
-        for (int64_t n = 0; n < N; n++)
-            plane_grad_sums(&sdy, &sdyx, dy + (n * CH + c) * S, x + (n * CH + c) * S, (float)m, S);
+        for (int64_t n = 0; n < N; n++) {
+            const int64_t o = (n * CH + c) * S;
+            if (relu_y)
+                plane_grad_sums_masked(&sdy, &sdyx, dy + o, relu_y + o, x + o, (float)m, S);
+            else
+                plane_grad_sums(&sdy, &sdyx, dy + o, x + o, (float)m, S);
+        }
         sdyx *= r;
         if (dgamma)
             dgamma[c] += (float)sdyx;
@@ -170,11 +229,35 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
         const float mdyx = training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
         for (int64_t n = 0; n < N; n++) {
-            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
-            float *dp = dx + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++)
-                dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+            const int64_t o = (n * CH + c) * S;
+            const float *xp = x + o, *gp = dy + o;
+            float *dp = dx + o;
+            if (relu_y) {
+                const float *yp = relu_y + o;
+                for (int64_t s = 0; s < S; s++) {
+                    const float gs = yp[s] > 0.0f ? gp[s] : 0.0f;
+                    dp[s] += a * (gs - mdy - (xp[s] - mf) * rf * mdyx);
+                }
+            } else {
+                for (int64_t s = 0; s < S; s++)
+                    dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+            }
         }
     }
     return PEFTC_OK;
+}
+
+peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, const float *gamma, int training,
+                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_backward(dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, training, N, CH, IH, IW);
+}
+
+peftc_status peftc_batchnorm2d_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
+                                             const float *x, const float *mean, const float *rstd,
+                                             const float *gamma, int training, int64_t N, int64_t CH, int64_t IH,
+                                             int64_t IW)
+{
+    return bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, training, N, CH, IH, IW);
 }
