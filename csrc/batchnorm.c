@@ -76,6 +76,18 @@ static void plane_grad_sums(double *sg, double *sgx, const float *g, const float
     *sgx += tb;
 }
 
+/* g where y > 0, else +0 (a NaN or Inf g is dropped too, as relu.c's backward does), by bit masking
+ * so that the loops stay branch-free and vectorise. */
+static inline float masked_grad(float g, float y)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {.f = g};
+    v.u &= -(uint32_t)(y > 0.0f);
+    return v.f;
+}
+
 /* plane_grad_sums of the gradient masked to y > 0 (the ReLU after the norm) */
 static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, const float *y, const float *x, float m,
                                    int64_t S)
@@ -84,13 +96,13 @@ static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, cons
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES)
         for (int j = 0; j < LANES; j++) {
-            const float gj = y[s + j] > 0.0f ? g[s + j] : 0.0f;
+            const float gj = masked_grad(g[s + j], y[s + j]);
             a[j] += gj;
             b[j] += gj * (x[s + j] - m);
         }
     double ta = 0.0, tb = 0.0;
     for (; s < S; s++) {
-        const double gj = y[s] > 0.0f ? g[s] : 0.0f;
+        const double gj = masked_grad(g[s], y[s]);
         ta += gj;
         tb += gj * ((double)x[s] - m);
     }
@@ -235,7 +247,7 @@ static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const fl
             if (relu_y) {
                 const float *yp = relu_y + o;
                 for (int64_t s = 0; s < S; s++) {
-                    const float gs = yp[s] > 0.0f ? gp[s] : 0.0f;
+                    const float gs = masked_grad(gp[s], yp[s]);
                     dp[s] += a * (gs - mdy - (xp[s] - mf) * rf * mdyx);
                 }
             } else {

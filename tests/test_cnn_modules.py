@@ -215,3 +215,20 @@ def test_conv2d_and_batchnorm2d_backward_without_input_grad_still_accumulate_par
     assert_close(conv.weight.grad, 2 * full_w, 1e-6, 1e-6, "dweight accumulates without dx")
     conv.requires_grad_(False)
     assert conv.backward(d, input_grad=False) is None  # nothing to compute at all
+
+
+@pytest.mark.parametrize("mode", ["train", "test_batch", "eval"])
+def test_batchnorm_relu2d_equals_batchnorm2d_then_relu_and_keeps_its_parameter_names(rng, mode):
+    fused, plain, relu = nn.BatchNormReLU2d(3), nn.BatchNorm2d(3), nn.ReLU()
+    for bn in (fused, plain):
+        bn.load_state_dict({"weight": np.full(3, 1.5, np.float32), "bias": np.array([0.1, -0.2, 0.3], np.float32),
+                            "running_mean": np.full(3, 0.2, np.float32), "running_var": np.full(3, 2.0, np.float32)})
+        bn.mode = mode
+    assert isinstance(fused, nn.BatchNorm2d) and fused.state_dict().keys() == plain.state_dict().keys()
+    x, dy = f32(rng, 4, 3, 5, 5), f32(rng, 4, 3, 5, 5)
+    y = fused.forward(x)
+    np.testing.assert_array_equal(y, relu.forward(plain.forward(x)))
+    np.testing.assert_array_equal(fused.running_var, plain.running_var)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(relu.backward(dy)))
+    np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
+    np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
