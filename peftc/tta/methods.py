@@ -261,6 +261,9 @@ class EATA(TTAMethod):
         # divide by their count n, not by |S2| before the open-set filter
         n = int((weight != 0).sum())
         self.stats["reliable"] += reliable
+        # Filtered-out rows get a zero logit gradient, but BN on batch statistics couples the rows:
+        # below the last BN every row carries gradient, so the backward runs over the whole batch
+        # (as the reference implementation's autograd does).
         if n > 0:
             self._entropy_backward(logits, probs, weight / np.float32(n))
             if self.fisher is not None:
