@@ -232,3 +232,16 @@ def test_batchnorm_relu2d_equals_batchnorm2d_then_relu_and_keeps_its_parameter_n
     np.testing.assert_array_equal(fused.backward(dy), plain.backward(relu.backward(dy)))
     np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
     np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
+
+
+def test_conv2d_backward_adds_into_a_given_input_gradient(rng):
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, generator=Generator(0))
+    x = f32(rng, 2, 2, 7, 7)
+    dy = f32(rng, *conv.forward(x).shape)
+    fresh = conv.backward(dy)
+    base = f32(rng, *x.shape)
+    out = base.copy()
+    assert conv.backward(dy, dx=out) is out
+    assert_close(out, base + fresh, 1e-6, 1e-6, "dx accumulated")
+    with pytest.raises(ValueError, match="dx"):
+        conv.backward(dy, dx=np.zeros((2, 2, 6, 6), np.float32))

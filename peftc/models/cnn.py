@@ -47,8 +47,9 @@ class BasicBlock(Module):
         d = self.relu2.backward(dy)
         dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(d))))
         if self.short_conv is None:
-            return dx + d
-        return dx + self.short_conv.backward(self.short_bn.backward(d))
+            dx += d
+            return dx
+        return self.short_conv.backward(self.short_bn.backward(d), dx=dx)  # adds into dx
 
 
 class SmallResNet(Module):

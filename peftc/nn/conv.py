@@ -73,14 +73,21 @@ class Conv2d(Module):
         self._x = x
         return y
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, input_grad: bool = True, dx: np.ndarray | None = None) -> np.ndarray | None:
         """Accumulate the weight and bias gradients (when trainable) and return dx, or None with
-        ``input_grad=False`` (the first layer of a network whose input gradient nobody reads)."""
+        ``input_grad=False`` (the first layer of a network whose input gradient nobody reads).
+        ``dx`` given: the input gradient is added into it (a residual branch summing into the other
+        branch's gradient) and it is returned."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
         dw = self.weight.grad_buffer()
         db = self.bias.grad_buffer() if self.bias is not None else None
-        dx = np.zeros_like(self._x) if input_grad else None
+        if not input_grad:
+            dx = None
+        elif dx is None:
+            dx = np.zeros_like(self._x)
+        elif dx.shape != self._x.shape or dx.dtype != np.float32:
+            raise ValueError(f"Conv2d.backward: dx must be float32 {self._x.shape}, got {dx.dtype} {dx.shape}")
         if dx is None and dw is None and db is None:
             return None
         F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,
