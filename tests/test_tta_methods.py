@@ -227,3 +227,17 @@ def test_eata_with_open_set_filter_averages_over_the_samples_both_filters_keep(t
     grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
     for p, b in zip(eata.params, before):  # SGD, lr 1, no momentum: the update is minus the gradient
         assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7)
+
+
+def test_eata_step_computes_no_convolution_or_head_gradients_and_no_input_gradient(tiny):
+    model, x = tiny
+    eata = EATA(model, e0_factor=1.0)
+    assert eata.model.input_grad is False
+    calls = []
+    stem = eata.model.stem_conv
+    stem.backward = lambda *a, **k: calls.append("stem_conv")  # the stem convolution's backward is skipped
+    eata.forward_and_adapt(x)
+    assert eata.stats["steps"] == 1 and calls == []
+    trained = {id(p) for p in eata.params}
+    for name, p in eata.model.named_parameters():
+        assert (p.grad is not None) == (id(p) in trained), name  # frozen weights never get a gradient buffer
