@@ -113,6 +113,12 @@ class TTAMethod:
         rows = np.arange(len(probs))
         return probs[rows, c_o] >= p_o[rows, c_o]
 
+    def _zero_grads(self) -> None:
+        """Zero the trained parameters' gradients (the only ones configure_for_tta leaves trainable)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.fill(0.0)
+
     def _entropy_backward(self, logits: np.ndarray, probs: np.ndarray, dent: np.ndarray,
                           extra: np.ndarray | None = None) -> None:
         """Backward of sum_n dent[n] H_n (+ an extra logit gradient) through the model into the BN affine grads."""
@@ -185,7 +191,7 @@ class TENT(TTAMethod):
                 continue
             self._entropy_backward(logits, probs, np.where(keep, 1.0 / max(n, 1), 0.0), extra)
             self.optimizer.step()
-            self.model.zero_grad()
+            self._zero_grads()
             self.stats["steps"] += 1
             self.stats["backward_samples"] += n if extra is None else batch_rows(x)
         self.stats["batches"] += 1
@@ -270,7 +276,7 @@ class EATA(TTAMethod):
                 for p, f, t0 in zip(self.params, self.fisher, self.theta0):
                     p.grad += (2.0 * self.fisher_alpha) * f * (p.data - t0)
             self.optimizer.step()
-            self.model.zero_grad()
+            self._zero_grads()
             self.stats["steps"] += 1
             self.stats["backward_samples"] += n
         self.stats["batches"] += 1
