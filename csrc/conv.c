@@ -1,7 +1,9 @@
 /* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward through im2col and
  * one GEMM per image. The patch matrix of one image lives in caller scratch and is rebuilt in the
  * backward rather than kept, so the forward stores nothing beyond y. A 1x1, stride-1, unpadded
- * convolution is already a GEMM on the image and skips im2col. No pooling or norms here. */
+ * convolution is already a GEMM on the image and skips im2col; a stride-1 convolution whose output is
+ * as wide as its input builds (and scatters) each patch row as one shifted copy of the image plane.
+ * No pooling or norms here. */
 #include <string.h>
 
 #include "blas.h"
