@@ -18,7 +18,8 @@ to build its oneDNN primitives), peftc and torch
 interleaved over several repeats in the same process with the same thread count; best repeat.
 
 Run: OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eata.py [--batches 64,200] [--images 2000] [--out PATH]
-(the thread count of both sides is OPENBLAS_NUM_THREADS). Writes benchmarks/results/bench_eata.{json,md}.
+[--clock wall|cpu] (the thread count of both sides is OPENBLAS_NUM_THREADS; ``--clock cpu`` times each side by
+this process's CPU time, steadier than elapsed time on a loaded machine). Writes benchmarks/results/bench_eata.{json,md}.
 """
 from __future__ import annotations
 
@@ -189,14 +190,17 @@ def check(model, fisher_x, batches, widths, num_classes, lr: float) -> dict:
     return report
 
 
-def time_side(make, batches, warmup: int = 5) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_side(make, batches, warmup: int = 5, clock=time.perf_counter) -> float:
     m = make()
     for x in batches[:warmup]:
         m.forward_and_adapt(x)
-    t0 = time.perf_counter()
+    t0 = clock()
     for x in batches[warmup:]:
         m.forward_and_adapt(x)
-    return sum(len(x) for x in batches[warmup:]) / (time.perf_counter() - t0)
+    return sum(len(x) for x in batches[warmup:]) / (clock() - t0)
 
 
 def main() -> None:
@@ -206,7 +210,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fisher", type=int, default=2000)
     ap.add_argument("--out", default=str(OUT / "bench_eata"), help="output path without suffix")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (steadier on a loaded machine)")
     args = ap.parse_args()
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(THREADS)
     model, info = train_source_model()
     widths, num_classes = tuple(info["config"]["widths"]), 10
@@ -236,8 +243,8 @@ def main() -> None:
         t_batches = [torch.from_numpy(v) for v in np_batches]
         ours, theirs = [], []
         for _ in range(args.repeats):
-            ours.append(time_side(make_ours, np_batches))
-            theirs.append(time_side(make_torch, t_batches))
+            ours.append(time_side(make_ours, np_batches, clock=clock))
+            theirs.append(time_side(make_torch, t_batches, clock=clock))
         row = {"batch": b, "images": len(np_batches) * b, "peftc_img_s": max(ours), "torch_img_s": max(theirs),
                "speedup": max(ours) / max(theirs), "peftc_all": ours, "torch_all": theirs}
         rows.append(row)
@@ -245,12 +252,13 @@ def main() -> None:
               f"peftc/torch {row['speedup']:.2f}x", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"threads": THREADS, "torch": torch.__version__, "load_average": os.getloadavg(), "check": chk,
-              "rows": rows, "source_config": info["config"],
+    result = {"threads": THREADS, "clock": args.clock, "torch": torch.__version__, "load_average": os.getloadavg(),
+              "check": chk, "rows": rows, "source_config": info["config"],
               "setting": f"EATA SGD lr {LR} momentum {MOMENTUM}, E0 = {E0_FACTOR} ln 10, d_margin {D_MARGIN}, "
                          f"fisher_alpha {FISHER_ALPHA}; Fashion-MNIST-C gaussian_noise severity 5"}
     write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=1).encode())
-    lines = [f"EATA adapted images/s, peftc vs torch {torch.__version__}, {THREADS} threads each, same process "
+    lines = [f"EATA adapted images/s ({args.clock} clock), peftc vs torch {torch.__version__}, {THREADS} threads each, "
+             "same process "
              f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats).",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
              f"Fisher rel err peftc {chk['fisher_rel_err_peftc']:.1e}, "

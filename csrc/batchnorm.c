@@ -1,8 +1,10 @@
 /* batchnorm.c: 2-D batch normalisation (per channel over N, IH, IW) forward and backward, in the
  * three ways test-time adaptation needs: training (batch statistics, running buffers updated),
  * test-batch statistics (batch statistics, nothing updated) and eval (running statistics).
- * Per-channel sums are accumulated in double. x_hat is recomputed in the backward from x, mean
- * and rstd rather than stored. No convolution or pooling here. */
+ * Per-plane sums run in float lanes (vectorised), the per-channel totals in double. x_hat is recomputed in the backward from x, mean
+ * and rstd rather than stored. The _relu_ pair fuses a following ReLU (output max(y, 0); backward masks
+ * the incoming gradient by that output), saving the activation's separate pass and buffer.
+ * No convolution or pooling here. */
 #include <math.h>
 
 #include "peftc.h"
@@ -12,32 +14,129 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
     return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0;
 }
 
-/* Biased mean and variance of channel c over the N planes of S values, two passes in double. */
+/* Sums over one plane of S values in LANES independent float partial sums (so the loop vectorises),
+ * added in double at the end; the planes of a channel are then added in double by the caller. */
+#define LANES 16
+
+static double plane_sum(const float *p, int64_t S)
+{
+    float acc[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++)
+            acc[j] += p[s + j];
+    double total = 0.0;
+    for (; s < S; s++)
+        total += p[s];
+    for (int j = 0; j < LANES; j++)
+        total += acc[j];
+    return total;
+}
+
+/* sum_s (p[s] - m)^2 */
+static double plane_sqdev(const float *p, float m, int64_t S)
+{
+    float acc[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            const float d = p[s + j] - m;
+            acc[j] += d * d;
+        }
+    double total = 0.0;
+    for (; s < S; s++) {
+        const double d = (double)p[s] - m;
+        total += d * d;
+    }
+    for (int j = 0; j < LANES; j++)
+        total += acc[j];
+    return total;
+}
+
+/* *sg = sum_s g[s], *sgx = sum_s g[s] (x[s] - m) */
+static void plane_grad_sums(double *sg, double *sgx, const float *g, const float *x, float m, int64_t S)
+{
+    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            a[j] += g[s + j];
+            b[j] += g[s + j] * (x[s + j] - m);
+        }
+    double ta = 0.0, tb = 0.0;
+    for (; s < S; s++) {
+        ta += g[s];
+        tb += (double)g[s] * ((double)x[s] - m);
+    }
+    for (int j = 0; j < LANES; j++) {
+        ta += a[j];
+        tb += b[j];
+    }
+    *sg += ta;
+    *sgx += tb;
+}
+
+/* g where y > 0, else +0 (a NaN or Inf g is dropped too, as relu.c's backward does), by bit masking
+ * so that the loops stay branch-free and vectorise. */
+static inline float masked_grad(float g, float y)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {.f = g};
+    v.u &= -(uint32_t)(y > 0.0f);
+    return v.f;
+}
+
+/* plane_grad_sums of the gradient masked to y > 0 (the ReLU after the norm) */
+static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, const float *y, const float *x, float m,
+                                   int64_t S)
+{
+    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES)
+        for (int j = 0; j < LANES; j++) {
+            const float gj = masked_grad(g[s + j], y[s + j]);
+            a[j] += gj;
+            b[j] += gj * (x[s + j] - m);
+        }
+    double ta = 0.0, tb = 0.0;
+    for (; s < S; s++) {
+        const double gj = masked_grad(g[s], y[s]);
+        ta += gj;
+        tb += gj * ((double)x[s] - m);
+    }
+    for (int j = 0; j < LANES; j++) {
+        ta += a[j];
+        tb += b[j];
+    }
+    *sg += ta;
+    *sgx += tb;
+}
+
+/* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
+ * the float mean), plane partial sums in float lanes, totals in double. */
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
                             int64_t S)
 {
     double sum = 0.0;
-    for (int64_t n = 0; n < N; n++) {
-        const float *p = x + (n * CH + c) * S;
-        for (int64_t s = 0; s < S; s++)
-            sum += p[s];
-    }
+    for (int64_t n = 0; n < N; n++)
+        sum += plane_sum(x + (n * CH + c) * S, S);
     const double m = sum / (double)(N * S);
+    const float mf = (float)m;
     double sq = 0.0;
-    for (int64_t n = 0; n < N; n++) {
-        const float *p = x + (n * CH + c) * S;
-        for (int64_t s = 0; s < S; s++) {
-            const double d = p[s] - m;
-            sq += d * d;
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        sq += plane_sqdev(x + (n * CH + c) * S, mf, S);
+    /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
+    const double dm = m - (double)mf;
     *mean = m;
-    *var = sq / (double)(N * S);
+    *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
 }
 
-peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
-                                       const float *x, const float *gamma, const float *beta, int training,
-                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+/* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does). */
+static peftc_status bn_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+                               const float *x, const float *gamma, const float *beta, int training, float momentum,
+                               float eps, int relu, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
@@ -78,31 +177,57 @@ peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
             float *yp = y + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++)
-                yp[s] = xp[s] * scale + shift;
+            if (relu)
+                for (int64_t s = 0; s < S; s++) {
+                    const float v = xp[s] * scale + shift;
+                    yp[s] = v < 0.0f ? 0.0f : v;
+                }
+            else
+                for (int64_t s = 0; s < S; s++)
+                    yp[s] = xp[s] * scale + shift;
         }
     }
     return PEFTC_OK;
 }
 
-peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
-                                        const float *mean, const float *rstd, const float *gamma, int training,
-                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+                                       const float *x, const float *gamma, const float *beta, int training,
+                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 0, N, CH,
+                      IH, IW);
+}
+
+peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *running_mean,
+                                            float *running_var, const float *x, const float *gamma,
+                                            const float *beta, int training, float momentum, float eps, int64_t N,
+                                            int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 1, N, CH,
+                      IH, IW);
+}
+
+/* The backward of both public entry points. relu_y non-NULL: the forward was BN then ReLU with output
+ * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
+static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
+                                const float *x, const float *mean, const float *rstd, const float *gamma,
+                                int training, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
     const int64_t S = IH * IW, M = N * S;
     for (int64_t c = 0; c < CH; c++) {
         const double m = mean[c], r = rstd[c];
-        /* sum(dy) and sum(dy * x_hat) over the channel */
+        /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         double sdy = 0.0, sdyx = 0.0;
         for (int64_t n = 0; n < N; n++) {
-            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++) {
-                sdy += gp[s];
-                sdyx += gp[s] * ((xp[s] - m) * r);
-            }
+            const int64_t o = (n * CH + c) * S;
+            if (relu_y)
+                plane_grad_sums_masked(&sdy, &sdyx, dy + o, relu_y + o, x + o, (float)m, S);
+            else
+                plane_grad_sums(&sdy, &sdyx, dy + o, x + o, (float)m, S);
         }
+        sdyx *= r;
         if (dgamma)
             dgamma[c] += (float)sdyx;
         if (dbeta)
@@ -116,11 +241,35 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
         const float mdyx = training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
         for (int64_t n = 0; n < N; n++) {
-            const float *xp = x + (n * CH + c) * S, *gp = dy + (n * CH + c) * S;
-            float *dp = dx + (n * CH + c) * S;
-            for (int64_t s = 0; s < S; s++)
-                dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+            const int64_t o = (n * CH + c) * S;
+            const float *xp = x + o, *gp = dy + o;
+            float *dp = dx + o;
+            if (relu_y) {
+                const float *yp = relu_y + o;
+                for (int64_t s = 0; s < S; s++) {
+                    const float gs = masked_grad(gp[s], yp[s]);
+                    dp[s] += a * (gs - mdy - (xp[s] - mf) * rf * mdyx);
+                }
+            } else {
+                for (int64_t s = 0; s < S; s++)
+                    dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+            }
         }
     }
     return PEFTC_OK;
+}
+
+peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, const float *gamma, int training,
+                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    return bn_backward(dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, training, N, CH, IH, IW);
+}
+
+peftc_status peftc_batchnorm2d_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
+                                             const float *x, const float *mean, const float *rstd,
+                                             const float *gamma, int training, int64_t N, int64_t CH, int64_t IH,
+                                             int64_t IW)
+{
+    return bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, training, N, CH, IH, IW);
 }

@@ -1,7 +1,11 @@
 /* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward through im2col and
  * one GEMM per image. The patch matrix of one image lives in caller scratch and is rebuilt in the
  * backward rather than kept, so the forward stores nothing beyond y. A 1x1, stride-1, unpadded
- * convolution is already a GEMM on the image and skips im2col. No pooling or norms here. */
+ * convolution is already a GEMM on the image and skips im2col; a stride-1 convolution whose output is
+ * as wide as its input builds (and scatters) each patch row as one shifted copy of the image plane.
+ * No pooling or norms here. */
+#include <string.h>
+
 #include "blas.h"
 
 /* Output extent of a window sweep, floor mode; negative when the window does not fit. */
@@ -27,15 +31,112 @@ int64_t peftc_conv2d_workspace_size(int64_t IC, int64_t KH, int64_t KW, int64_t 
     return IC * KH * KW * OH * OW;
 }
 
+/* The output columns ow whose input column ow*SW - PW + kw lies inside [0, IW): [*lo, *hi). */
+static void valid_columns(int64_t *lo, int64_t *hi, int64_t IW, int64_t kw, int64_t SW, int64_t PW, int64_t OW)
+{
+    const int64_t shift = PW - kw; /* iw = ow*SW - shift */
+    int64_t a = shift <= 0 ? 0 : (shift + SW - 1) / SW;
+    int64_t b = IW - 1 + shift < 0 ? 0 : (IW - 1 + shift) / SW + 1;
+    a = a > OW ? OW : a;
+    b = b > OW ? OW : b;
+    *lo = a;
+    *hi = b < a ? a : b;
+}
+
+/* Stride 1 with OW == IW ("same" width): row (c, kh, kw) of col is the image plane of channel c
+ * shifted by the constant (kh - PH) * IW + (kw - PW) in flat (h, w) order, except the entries whose
+ * input column falls outside [0, IW) (they wrap into the neighbouring image row) and the output rows
+ * whose input row falls outside [0, IH). So each row is one long copy (or add) plus the zeroing of
+ * at most (KW - 1) entries per output row. The copied span starts at the first valid entry of the
+ * first valid row and ends at the last valid entry of the last one, so it never reads outside the
+ * plane. [*s_lo, *s_hi) is that span in col; *shift is the flat input offset. */
+static int flat_row_span(int64_t *s_lo, int64_t *s_hi, int64_t *shift, int64_t *oh_lo, int64_t *oh_hi, int64_t lo,
+                         int64_t hi, int64_t IH, int64_t IW, int64_t kh, int64_t kw, int64_t PH, int64_t PW, int64_t OH,
+                         int64_t OW)
+{
+    int64_t a = PH - kh, b = IH + PH - kh;
+    a = a < 0 ? 0 : a;
+    b = b > OH ? OH : b;
+    *oh_lo = a;
+    *oh_hi = b < a ? a : b;
+    *shift = (kh - PH) * IW + (kw - PW);
+    if (*oh_hi == *oh_lo || hi == lo)
+        return 0;
+    *s_lo = *oh_lo * OW + lo;
+    *s_hi = (*oh_hi - 1) * OW + hi;
+    return 1;
+}
+
+static void im2col_flat(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                        int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+{
+    const int64_t S = OH * OW;
+    for (int64_t c = 0; c < IC; c++)
+        for (int64_t kh = 0; kh < KH; kh++)
+            for (int64_t kw = 0; kw < KW; kw++) {
+                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                const float *plane = x + c * IH * IW;
+                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
+                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
+                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW)) {
+                    memset(row, 0, (size_t)S * sizeof(float));
+                    continue;
+                }
+                memset(row, 0, (size_t)s_lo * sizeof(float));
+                memcpy(row + s_lo, plane + s_lo + shift, (size_t)(s_hi - s_lo) * sizeof(float));
+                memset(row + s_hi, 0, (size_t)(S - s_hi) * sizeof(float));
+                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                }
+            }
+}
+
+/* The adjoint of im2col_flat; the wrapped entries of col (scratch) are zeroed first, then each row
+ * is one long add. */
+static void col2im_flat_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+                            int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+{
+    const int64_t S = OH * OW;
+    for (int64_t c = 0; c < IC; c++)
+        for (int64_t kh = 0; kh < KH; kh++)
+            for (int64_t kw = 0; kw < KW; kw++) {
+                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                float *plane = dx + c * IH * IW;
+                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
+                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
+                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW))
+                    continue;
+                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        row[oh * OW + ow] = 0.0f;
+                }
+                float *out = plane + shift;
+                for (int64_t s = s_lo; s < s_hi; s++)
+                    out[s] += row[s];
+            }
+}
+
 /* col (IC*KH*KW, OH*OW): row (c, kh, kw), column (oh, ow) holds x[c, oh*SH - PH + kh, ow*SW - PW + kw],
- * zero outside the image. */
+ * zero outside the image. The in-image column range is found once per kw, so the copy loops carry no
+ * bounds tests (a plain copy at stride 1). */
 static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                    int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
+    if (SH == 1 && SW == 1 && OW == IW) {
+        im2col_flat(col, x, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        return;
+    }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
                 float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                int64_t lo, hi;
+                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
                     const int64_t ih = oh * SH - PH + kh;
                     float *out = row + oh * OW;
@@ -45,33 +146,48 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
                         continue;
                     }
                     const float *in = x + (c * IH + ih) * IW;
-                    for (int64_t ow = 0; ow < OW; ow++) {
-                        const int64_t iw = ow * SW - PW + kw;
-                        out[ow] = iw >= 0 && iw < IW ? in[iw] : 0.0f;
-                    }
+                    const int64_t off = kw - PW;
+                    for (int64_t ow = 0; ow < lo; ow++)
+                        out[ow] = 0.0f;
+                    if (SW == 1)
+                        memcpy(out + lo, in + lo + off, (size_t)(hi - lo) * sizeof(float));
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow] = in[ow * SW + off];
+                    for (int64_t ow = hi; ow < OW; ow++)
+                        out[ow] = 0.0f;
                 }
             }
 }
 
-/* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it. */
-static void col2im_add(float *dx, const float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+/* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it (col is scratch and
+ * may be overwritten). */
+static void col2im_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                        int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
+    if (SH == 1 && SW == 1 && OW == IW) {
+        col2im_flat_add(dx, col, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        return;
+    }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
                 const float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                int64_t lo, hi;
+                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
                     const int64_t ih = oh * SH - PH + kh;
                     if (ih < 0 || ih >= IH)
                         continue;
                     const float *in = row + oh * OW;
                     float *out = dx + (c * IH + ih) * IW;
-                    for (int64_t ow = 0; ow < OW; ow++) {
-                        const int64_t iw = ow * SW - PW + kw;
-                        if (iw >= 0 && iw < IW)
-                            out[iw] += in[ow];
-                    }
+                    const int64_t off = kw - PW;
+                    if (SW == 1)
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow + off] += in[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++)
+                            out[ow * SW + off] += in[ow];
                 }
             }
 }

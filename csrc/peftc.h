@@ -418,4 +418,24 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
  * peftc_attention_*_workspace_size() grows with the thread count: query it with the thread count
  * the kernel will run with. */
 
+/* ==== fused batch norm + ReLU (batchnorm.c; eata-speed family) ===================================
+ * relu(batchnorm2d(x)) in one pass, with the statistics, modes and argument rules of
+ * peftc_batchnorm2d_forward; y receives max(bn(x), 0). The backward takes that y and masks dy to
+ * y > 0 before the batch-norm backward (the ReLU backward fused), same accumulation rules. */
+peftc_status peftc_batchnorm2d_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
+                                            float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                            float *running_mean /* (CH) updated, read, or NULL */,
+                                            float *running_var /* (CH) updated, read, or NULL */,
+                                            const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
+                                            const float *beta /* (CH) or NULL */, int training, float momentum,
+                                            float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated, or NULL */,
+                                             float *dgamma /* (CH) accumulated, or NULL */,
+                                             float *dbeta /* (CH) accumulated, or NULL */,
+                                             const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
+                                             const float *y /* (N,CH,IH,IW): the forward's output */,
+                                             const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
+                                             const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
+                                             int training, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+
 #endif

@@ -677,3 +677,28 @@ def ipca_update(x: np.ndarray, components: np.ndarray, singular_values: np.ndarr
         work = np.empty(ipca_workspace_size(x.shape[0], x.shape[1] if x.ndim == 2 else 0, k), dtype=np.float32)
     _C.ipca_update(components, singular_values, mean, var, evr, cos, work, x, n_seen)
     return evr, cos
+
+
+# ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
+def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
+                             weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
+                             momentum: float = 0.1, eps: float = 1e-5, *, out: np.ndarray | None = None,
+                             mean: np.ndarray | None = None,
+                             rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``relu(batchnorm2d_forward(...))`` in one pass: same arguments, modes and returned statistics;
+    ``y`` holds the ReLU output, which :func:`batchnorm2d_relu_backward` needs."""
+    ch = x.shape[1] if x.ndim == 4 else 0
+    y = np.empty_like(x) if out is None else out
+    mean = _empty((ch,), mean)
+    rstd = _empty((ch,), rstd)
+    _C.batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum,
+                                eps)
+    return y, mean, rstd
+
+
+def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+                              weight: np.ndarray | None, training: bool, *, dx: np.ndarray | None = None,
+                              dweight: np.ndarray | None = None, dbias: np.ndarray | None = None) -> None:
+    """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
+    ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`."""
+    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training))

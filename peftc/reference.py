@@ -648,3 +648,15 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
         cosine[...] = cos
     return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
             cos.astype(np.float32) if cosine is None else cosine)
+
+
+# ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
+def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                             eps=1e-5, *, out=None, mean=None, rstd=None):
+    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return np.maximum(y, 0.0), mean, rstd
+
+
+def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None):
+    batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
+                         dbias=dbias)

@@ -161,6 +161,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     ce.args.insert(1, 0.7)
     ce.names = {"dlogits": 0, "probs": 2, "labels": 3}
     cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng)
+    cases += _bn_relu_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -271,6 +272,25 @@ def _tta_cases(rng: np.random.Generator) -> list[KernelCase]:
         KernelCase("eata_select", [_f(rng, N), ent_probs[0].copy(), True, _positive(rng, N), ent_probs.copy(),
                                    0.4 * np.log(C), 0.05, 0.9],
                    {"weight": 0, "ema": 1, "ent": 3, "probs": 4}, {"weight", "ema"}),
+    ]
+
+
+def _bn_relu_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Fused batch norm + ReLU: the batchnorm2d pair's arguments, plus the forward's output y in the backward."""
+    n, ch, ih, iw = 2, 3, 5, 6
+    return [
+        _case("batchnorm2d_relu_forward", [("y", _f(rng, n, ch, ih, iw)), ("mean", _f(rng, ch)),
+                                           ("rstd", _f(rng, ch)), ("running_mean", _f(rng, ch)),
+                                           ("running_var", _positive(rng, ch)), ("x", _f(rng, n, ch, ih, iw)),
+                                           ("weight", _f(rng, ch)), ("bias", _f(rng, ch))],
+              [True, 0.1, 1e-5], {"y", "mean", "rstd", "running_mean", "running_var"},
+              optional={"running_mean", "running_var", "weight", "bias"}),
+        _case("batchnorm2d_relu_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dweight", _f(rng, ch)),
+                                            ("dbias", _f(rng, ch)), ("dy", _f(rng, n, ch, ih, iw)),
+                                            ("y", _f(rng, n, ch, ih, iw)), ("x", _f(rng, n, ch, ih, iw)),
+                                            ("mean", _f(rng, ch)), ("rstd", _positive(rng, ch)),
+                                            ("weight", _f(rng, ch))],
+              [True], {"dx", "dweight", "dbias"}, optional={"dx", "dweight", "dbias", "weight"}),
     ]
 
 

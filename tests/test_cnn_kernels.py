@@ -75,6 +75,35 @@ def test_conv2d_matches_torch_autograd(rng, torch, kernel, stride, padding):
         assert_close(got, tt.grad.numpy(), 1e-4, 1e-5, name)
 
 
+# stride 1 with the output as wide as the input: the "flat" im2col/col2im path (one shifted copy
+# per patch row, wrapped entries zeroed); tiny and tall/narrow images, kernels taller than the
+# image, one-sided heights, a 5-wide kernel
+FLAT_GEOMETRIES = [  # (image (IH, IW), kernel (KH, KW), padding (PH, PW))
+    ((7, 6), (3, 3), (1, 1)),
+    ((1, 1), (3, 3), (1, 1)),
+    ((2, 1), (3, 1), (1, 0)),
+    ((5, 2), (1, 3), (0, 1)),
+    ((2, 4), (5, 5), (2, 2)),
+    ((6, 3), (3, 3), (0, 1)),
+    ((3, 7), (2, 5), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("hw,kernel,padding", FLAT_GEOMETRIES)
+def test_conv2d_same_width_stride_one_path_matches_reference(rng, hw, kernel, padding):
+    x, w, b = conv_case(rng, kernel, hw=hw)
+    y = F.conv2d_forward(x, w, b, 1, padding)
+    assert y.shape[3] == hw[1]
+    assert_close(y, R.conv2d_forward(x, w, b, 1, padding), 1e-5, 1e-5, "y")
+    dy = f32(rng, *y.shape)
+    got = {"x": f32(rng, *x.shape), "w": f32(rng, *w.shape)}
+    ref = {k: v.astype(np.float64) for k, v in got.items()}
+    F.conv2d_backward(dy, x, w, 1, padding, dx=got["x"], dweight=got["w"])
+    R.conv2d_backward(dy, x, w, 1, padding, dx=ref["x"], dweight=ref["w"])
+    for k in got:
+        assert_close(got[k], ref[k], 1e-5, 1e-5, k)
+
+
 def test_conv2d_backward_accumulates_and_needs_no_x_for_dx(rng):
     x, w, b = conv_case(rng, (3, 3))
     dy = f32(rng, *F.conv2d_forward(x, w, b, 1, 1).shape)

@@ -173,3 +173,75 @@ def test_running_statistics_travel_through_state_dict():
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.bn.running_mean, [0.5, -1.0])
     np.testing.assert_array_equal(b.bn.running_var, [2.0, 3.0])
+
+
+def test_small_resnet_without_input_grad_gives_the_same_parameter_gradients_and_skips_the_stem(rng):
+    from peftc.models import SmallResNet
+
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    dy = f32(rng, 4, 5)
+    grads = []
+    for input_grad in (True, False):
+        model = SmallResNet((3, 6), num_classes=5, seed=1)
+        for _, bn in model.batchnorms():
+            bn.mode = "test_batch"
+        model.requires_grad_(False)
+        for _, bn in model.batchnorms():
+            bn.weight.requires_grad = bn.bias.requires_grad = True
+        model.input_grad = input_grad
+        model.forward(x)
+        if not input_grad:  # a stem convolution asked for its input gradient would fail here
+            model.stem_conv._x = None
+        dx = model.backward(dy)
+        assert (dx is None) == (not input_grad)
+        grads.append({n: p.grad.copy() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "stem_bn.weight" in grads[1]
+    for name, g in grads[0].items():
+        assert np.array_equal(g, grads[1][name]), name
+
+
+def test_conv2d_and_batchnorm2d_backward_without_input_grad_still_accumulate_parameter_grads(rng):
+    conv = nn.Conv2d(2, 3, 3, padding=1, generator=Generator(0))
+    bn = nn.BatchNorm2d(3)
+    x, dy = f32(rng, 2, 2, 5, 5), f32(rng, 2, 3, 5, 5)
+    bn.forward(conv.forward(x))
+    d = bn.backward(dy)
+    full_g = bn.weight.grad.copy()
+    assert bn.backward(dy, input_grad=False) is None
+    assert_close(bn.weight.grad, 2 * full_g, 1e-6, 1e-6, "dgamma accumulates without dx")
+    conv.backward(d)
+    full_w = conv.weight.grad.copy()
+    assert conv.backward(d, input_grad=False) is None
+    assert_close(conv.weight.grad, 2 * full_w, 1e-6, 1e-6, "dweight accumulates without dx")
+    conv.requires_grad_(False)
+    assert conv.backward(d, input_grad=False) is None  # nothing to compute at all
+
+
+@pytest.mark.parametrize("mode", ["train", "test_batch", "eval"])
+def test_batchnorm_relu2d_equals_batchnorm2d_then_relu_and_keeps_its_parameter_names(rng, mode):
+    fused, plain, relu = nn.BatchNormReLU2d(3), nn.BatchNorm2d(3), nn.ReLU()
+    for bn in (fused, plain):
+        bn.load_state_dict({"weight": np.full(3, 1.5, np.float32), "bias": np.array([0.1, -0.2, 0.3], np.float32),
+                            "running_mean": np.full(3, 0.2, np.float32), "running_var": np.full(3, 2.0, np.float32)})
+        bn.mode = mode
+    assert isinstance(fused, nn.BatchNorm2d) and fused.state_dict().keys() == plain.state_dict().keys()
+    x, dy = f32(rng, 4, 3, 5, 5), f32(rng, 4, 3, 5, 5)
+    y = fused.forward(x)
+    np.testing.assert_array_equal(y, relu.forward(plain.forward(x)))
+    np.testing.assert_array_equal(fused.running_var, plain.running_var)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(relu.backward(dy)))
+    np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
+    np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
+
+
+def test_conv2d_backward_adds_into_a_given_input_gradient(rng):
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, generator=Generator(0))
+    x = f32(rng, 2, 2, 7, 7)
+    dy = f32(rng, *conv.forward(x).shape)
+    fresh = conv.backward(dy)
+    base = f32(rng, *x.shape)
+    out = base.copy()
+    assert conv.backward(dy, dx=out) is out
+    assert_close(out, base + fresh, 1e-6, 1e-6, "dx accumulated")
+    with pytest.raises(ValueError, match="dx"):
+        conv.backward(dy, dx=np.zeros((2, 2, 6, 6), np.float32))

@@ -2,6 +2,7 @@
 threshold, reset restores the initial state exactly, SAR recovers, the open-set filter masks."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -201,3 +202,42 @@ def test_train_source_model_trains_once_then_loads_from_cache(tmp_path):
     assert not info1["cached"] and info2["cached"] and info1["path"] == info2["path"]
     assert info1["test_accuracy"] == info2["test_accuracy"] > 0.1
     assert all(np.array_equal(a, m2.state_dict()[k]) for k, a in m1.state_dict().items())
+
+
+def test_eata_with_open_set_filter_averages_over_the_samples_both_filters_keep(tiny):
+    """The loss is (1/|S2 and S|) sum w_i H_i: the update equals a hand-built backward with that mean."""
+    model, x = tiny
+    eata = EATA(model, e0_factor=1.0, optimizer="sgd", lr=1.0, momentum=0.0, open_set=True)
+    twin = copy.deepcopy(eata.model)
+    logits = twin.forward(x)
+    ent, probs = F.softmax_entropy_forward(logits)
+    reliable = ent < eata.e0
+    keep = np.zeros(len(x), dtype=bool)
+    keep[np.flatnonzero(reliable)[::2]] = True  # drop every other reliable sample
+    assert 2 <= keep.sum() < reliable.sum()
+    eata._keep_mask = lambda _x, _p: keep
+    before = [p.data.copy() for p in eata.params]
+    eata.forward_and_adapt(x)
+    assert eata.stats["backward_samples"] == int(keep.sum())
+    dent = np.where(keep, np.exp(eata.e0 - ent.astype(np.float64)), 0.0) / keep.sum()
+    dlogits = np.zeros_like(logits)
+    F.softmax_entropy_backward(dent.astype(np.float32), probs, logits, dlogits=dlogits)
+    twin.backward(dlogits)
+    names = {id(p): n for n, p in eata.model.named_parameters()}
+    grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    for p, b in zip(eata.params, before):  # SGD, lr 1, no momentum: the update is minus the gradient
+        assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7)
+
+
+def test_eata_step_computes_no_convolution_or_head_gradients_and_no_input_gradient(tiny):
+    model, x = tiny
+    eata = EATA(model, e0_factor=1.0)
+    assert eata.model.input_grad is False
+    calls = []
+    stem = eata.model.stem_conv
+    stem.backward = lambda *a, **k: calls.append("stem_conv")  # the stem convolution's backward is skipped
+    eata.forward_and_adapt(x)
+    assert eata.stats["steps"] == 1 and calls == []
+    trained = {id(p) for p in eata.params}
+    for name, p in eata.model.named_parameters():
+        assert (p.grad is not None) == (id(p) in trained), name  # frozen weights never get a gradient buffer

@@ -134,17 +134,18 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
+/* batchnorm2d_forward and batchnorm2d_relu_forward share their arguments and checks */
+static PyObject *bn_forward_py(PyObject *args, int relu)
 {
-    (void)self;
+    const char *fn = relu ? "batchnorm2d_relu_forward" : "batchnorm2d_forward";
     PyObject *o_y, *o_mean, *o_rstd, *o_rm, *o_rv, *o_x, *o_g, *o_b;
     int training;
     float momentum, eps;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOpff:batchnorm2d_forward", &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g,
-                          &o_b, &training, &momentum, &eps))
+    if (!PyArg_ParseTuple(args, relu ? "OOOOOOOOpff:batchnorm2d_relu_forward" : "OOOOOOOOpff:batchnorm2d_forward",
+                          &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps))
         return NULL;
     ArgCheck ck;
-    arg_init(&ck, "batchnorm2d_forward");
+    arg_init(&ck, fn);
     /* running buffers are written in training mode and only read in eval mode */
     const int running_flags = (training ? ARG_OUT : ARG_IN) | (training ? ARG_OPTIONAL : 0);
     float *y, *mean, *rstd, *rm, *rv, *x, *g, *b;
@@ -159,31 +160,81 @@ static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
     if ((rm == NULL) != (rv == NULL)) {
-        PyErr_SetString(PyExc_ValueError, "batchnorm2d_forward: give both running_mean and running_var, or neither");
+        PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var, or neither", fn);
         return NULL;
     }
     if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
-        PyErr_Format(PyExc_ValueError, "batchnorm2d_forward: needs eps > 0 and momentum in [0, 1], got eps=%R momentum=%R",
+        PyErr_Format(PyExc_ValueError, "%s: needs eps > 0 and momentum in [0, 1], got eps=%R momentum=%R", fn,
                      PyTuple_GET_ITEM(args, 10), PyTuple_GET_ITEM(args, 9));
         return NULL;
     }
     if (training && N * IH * IW < (rm ? 2 : 1)) {
         PyErr_Format(PyExc_ValueError,
-                     "batchnorm2d_forward: batch statistics need more than %d value(s) per channel, got x of shape "
+                     "%s: batch statistics need more than %d value(s) per channel, got x of shape "
                      "(%lld, %lld, %lld, %lld)",
-                     rm ? 1 : 0, (long long)N, (long long)CH, (long long)IH, (long long)IW);
+                     fn, rm ? 1 : 0, (long long)N, (long long)CH, (long long)IH, (long long)IW);
         return NULL;
     }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_batchnorm2d_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW);
+    st = relu ? peftc_batchnorm2d_relu_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW)
+              : peftc_batchnorm2d_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW);
     Py_END_ALLOW_THREADS
     if (st == PEFTC_ERR_NONFINITE) {
-        PyErr_SetString(PyExc_ValueError,
-                        "batchnorm2d_forward: running_var holds a negative or non-finite value, or running_mean a "
-                        "non-finite one");
+        PyErr_Format(PyExc_ValueError,
+                     "%s: running_var holds a negative or non-finite value, or running_mean a non-finite one", fn);
         return NULL;
     }
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bn_forward_py(args, 0);
+}
+
+static PyObject *py_batchnorm2d_relu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bn_forward_py(args, 1);
+}
+
+/* batchnorm2d_backward (dx, dweight, dbias, dy, x, ...) and batchnorm2d_relu_backward, which also takes
+ * the forward's output y after dy */
+static PyObject *bn_backward_py(PyObject *args, int relu)
+{
+    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g;
+    int training, ok;
+    if (relu)
+        ok = PyArg_ParseTuple(args, "OOOOOOOOOp:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
+                              &o_mean, &o_rstd, &o_g, &training);
+    else
+        ok = PyArg_ParseTuple(args, "OOOOOOOOp:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean,
+                              &o_rstd, &o_g, &training);
+    if (!ok)
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, relu ? "batchnorm2d_relu_backward" : "batchnorm2d_backward");
+    float *dx, *dg, *db, *dy, *y = NULL, *x, *mean, *rstd, *g;
+    if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
+        arg_f32(&ck, "dweight", o_dg, "CH", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
+        arg_f32(&ck, "dbias", o_db, "CH", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N CH IH IW", ARG_IN, &dy) < 0 ||
+        (relu && arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_IN, &y) < 0) ||
+        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "CH", ARG_IN, &rstd) < 0 ||
+        arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = relu ? peftc_batchnorm2d_relu_backward(dx, dg, db, dy, y, x, mean, rstd, g, training, N, CH, IH, IW)
+              : peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, N, CH, IH, IW);
+    Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
@@ -192,31 +243,13 @@ static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
 static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_x, *o_mean, *o_rstd, *o_g;
-    int training;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOp:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean, &o_rstd,
-                          &o_g, &training))
-        return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "batchnorm2d_backward");
-    float *dx, *dg, *db, *dy, *x, *mean, *rstd, *g;
-    if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
-        arg_f32(&ck, "dweight", o_dg, "CH", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
-        arg_f32(&ck, "dbias", o_db, "CH", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
-        arg_f32(&ck, "dy", o_dy, "N CH IH IW", ARG_IN, &dy) < 0 ||
-        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
-        arg_f32(&ck, "rstd", o_rstd, "CH", ARG_IN, &rstd) < 0 ||
-        arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 || arg_no_alias(&ck) < 0)
-        return NULL;
-    peftc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, arg_dim(&ck, "N"), arg_dim(&ck, "CH"),
-                                    arg_dim(&ck, "IH"), arg_dim(&ck, "IW"));
-    Py_END_ALLOW_THREADS
-    if (st != PEFTC_OK)
-        return arg_status_error(ck.fn, st);
-    Py_RETURN_NONE;
+    return bn_backward_py(args, 0);
+}
+
+static PyObject *py_batchnorm2d_relu_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bn_backward_py(args, 1);
 }
 
 static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
@@ -415,6 +448,11 @@ PyMethodDef peftc_py_cnn_methods[] = {
      "batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps)"},
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,
      "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training): accumulate"},
+    {"batchnorm2d_relu_forward", py_batchnorm2d_relu_forward, METH_VARARGS,
+     "batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps): "
+     "y = max(batchnorm(x), 0)"},
+    {"batchnorm2d_relu_backward", py_batchnorm2d_relu_backward, METH_VARARGS,
+     "batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, training): accumulate"},
     {"maxpool2d_forward", py_maxpool2d_forward, METH_VARARGS,
      "maxpool2d_forward(y, argmax, x, KH, KW, SH, SW, PH, PW)"},
     {"maxpool2d_backward", py_maxpool2d_backward, METH_VARARGS, "maxpool2d_backward(dx, dy, argmax): accumulate"},

@@ -4,7 +4,8 @@ Layout: stem conv3x3(1 -> c0)-BN-ReLU at 28x28, then one residual basic block pe
 (conv3x3 stride 2-BN-ReLU-conv3x3-BN, plus a 1x1 stride-2 conv-BN shortcut, add, ReLU):
 28 -> 14 -> 7, global average pooling and a linear head. Every BatchNorm is a
 :class:`peftc.nn.BatchNorm2d`, so test-time adaptation can switch them to test-batch statistics
-and train their affine parameters. The residual add is written out in the block's forward and
+and train their affine parameters; a BN directly followed by a ReLU is a
+:class:`peftc.nn.BatchNormReLU2d` (one fused pass each way, same parameter names). The residual add is written out in the block's forward and
 backward (the gradient of a sum is passed to both branches and the branch gradients are summed).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..checkpoint import load_npz, save_npz_atomic
-from ..nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, ReLU
+from ..nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear, ReLU
 from ..nn.module import Module, ModuleList
 from ..random import Generator
 
@@ -27,8 +28,7 @@ class BasicBlock(Module):
 
     def __init__(self, cin: int, cout: int, stride: int, generator: Generator) -> None:
         self.conv1 = Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, generator=generator)
-        self.bn1 = BatchNorm2d(cout)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNormReLU2d(cout)  # bn1 then ReLU, fused
         self.conv2 = Conv2d(cout, cout, 3, padding=1, bias=False, generator=generator)
         self.bn2 = BatchNorm2d(cout)
         if stride != 1 or cin != cout:
@@ -39,26 +39,32 @@ class BasicBlock(Module):
         self.relu2 = ReLU()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        h = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         s = x if self.short_conv is None else self.short_bn(self.short_conv(x))
         return self.relu2(h + s)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         d = self.relu2.backward(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(d)))))
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(d))))
         if self.short_conv is None:
-            return dx + d
-        return dx + self.short_conv.backward(self.short_bn.backward(d))
+            dx += d
+            return dx
+        return self.short_conv.backward(self.short_bn.backward(d), dx=dx)  # adds into dx
 
 
 class SmallResNet(Module):
-    """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits."""
+    """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits.
+
+    ``input_grad`` (default True): whether :meth:`backward` returns the gradient of the input images.
+    Test-time adaptation sets it to False (only BN affine gradients are needed).
+    """
+
+    input_grad: bool = True
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, seed: int = 0) -> None:
         g = Generator(seed)
         self.stem_conv = Conv2d(1, widths[0], 3, padding=1, bias=False, generator=g)
-        self.stem_bn = BatchNorm2d(widths[0])
-        self.stem_relu = ReLU()
+        self.stem_bn = BatchNormReLU2d(widths[0])  # stem BN then ReLU, fused
         self.blocks = ModuleList([BasicBlock(a, b, 2, g) for a, b in zip(widths, widths[1:])])
         self.pool = GlobalAvgPool2d()
         self.head = Linear(widths[-1], num_classes, generator=g)
@@ -66,16 +72,20 @@ class SmallResNet(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim == 3:
             x = x[:, None]
-        h = self.stem_relu(self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32))))
+        h = self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32)))
         for block in self.blocks:
             h = block(h)
         return self.head(self.pool(h))
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """Parameter gradients, and the input gradient unless ``input_grad`` is False (then None, and the
+        stem convolution's backward is skipped altogether when its weight is frozen)."""
         d = self.pool.backward(self.head.backward(dy))
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
-        return self.stem_conv.backward(self.stem_bn.backward(self.stem_relu.backward(d)))
+        need = self.input_grad or any(p.requires_grad for p in self.stem_conv.parameters())
+        d = self.stem_bn.backward(d, input_grad=need)
+        return self.stem_conv.backward(d, input_grad=self.input_grad) if need else None
 
     def batchnorms(self) -> list[tuple[str, BatchNorm2d]]:
         """Every BatchNorm2d with its dotted name, input to output."""

@@ -36,3 +36,8 @@ from .hydra import HydraLinear  # noqa: E402
 from .sora import SoraLinear  # noqa: E402
 
 __all__ += ["HydraLinear", "SoraLinear"]
+
+# fused batch norm + ReLU (eata-speed)
+from .batchnorm_relu import BatchNormReLU2d  # noqa: E402
+
+__all__ += ["BatchNormReLU2d"]

@@ -95,11 +95,12 @@ class BatchNorm2d(Module):
         self._cache = (x, mean, rstd, batch_stats)
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``."""
         if self._cache is None:
             raise RuntimeError("BatchNorm2d.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
-        dx = np.zeros_like(x)
+        dx = np.zeros_like(x) if input_grad else None
         F.batchnorm2d_backward(dy, x, mean, rstd, self.weight.data if self.weight is not None else None, batch_stats,
                                dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                                dbias=self.bias.grad_buffer() if self.bias is not None else None)

@@ -45,6 +45,8 @@ class Conv2d(Module):
         self.padding = F._pair(padding, "padding")
         self._x: np.ndarray | None = None
         self._work = np.empty(0, dtype=np.float32)
+        self._work_for: tuple | None = None  # (input shape, weight shape) the view below was sized for
+        self._work_view = self._work
 
     @property
     def in_channels(self) -> int:
@@ -59,13 +61,16 @@ class Conv2d(Module):
         return self.weight.shape[2], self.weight.shape[3]
 
     def _workspace(self, x_shape: tuple[int, ...]) -> np.ndarray:
+        if self._work_for == (x_shape, self.weight.shape):
+            return self._work_view
         if len(x_shape) != 4:
             raise ValueError(f"Conv2d input must be (N, C, H, W), got shape {tuple(x_shape)}")
         out_hw = F.conv2d_output_size(x_shape[2:], self.kernel_size, self.stride, self.padding)
         need = F.conv2d_workspace_size(self.in_channels, self.kernel_size, out_hw)
         if self._work.size < need:
             self._work = np.empty(need, dtype=np.float32)
-        return self._work[:need]
+        self._work_for, self._work_view = (tuple(x_shape), self.weight.shape), self._work[:need]
+        return self._work_view
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         y = F.conv2d_forward(x, self.weight.data, self.bias.data if self.bias is not None else None, self.stride,
@@ -73,14 +78,25 @@ class Conv2d(Module):
         self._x = x
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True, dx: np.ndarray | None = None) -> np.ndarray | None:
+        """Accumulate the weight and bias gradients (when trainable) and return dx, or None with
+        ``input_grad=False`` (the first layer of a network whose input gradient nobody reads).
+        ``dx`` given: the input gradient is added into it (a residual branch summing into the other
+        branch's gradient) and it is returned."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        dx = np.zeros_like(self._x)
         dw = self.weight.grad_buffer()
+        db = self.bias.grad_buffer() if self.bias is not None else None
+        if not input_grad:
+            dx = None
+        elif dx is None:
+            dx = np.zeros_like(self._x)
+        elif dx.shape != self._x.shape or dx.dtype != np.float32:
+            raise ValueError(f"Conv2d.backward: dx must be float32 {self._x.shape}, got {dx.dtype} {dx.shape}")
+        if dx is None and dw is None and db is None:
+            return None
         F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,
-                          dweight=dw, dbias=self.bias.grad_buffer() if self.bias is not None else None,
-                          work=self._workspace(self._x.shape))
+                          dweight=dw, dbias=db, work=self._workspace(self._x.shape))
         return dx
 
     def __repr__(self) -> str:

@@ -31,12 +31,14 @@ from ..optim import SGD, AdamW
 
 def configure_for_tta(model: Module, exclude: tuple[str, ...] = ()) -> list[Parameter]:
     """Freeze everything, put every BatchNorm2d on test-batch statistics, unfreeze their affine pairs
-    and those of every LayerNorm.
+    and those of every LayerNorm; a model with an ``input_grad`` switch stops computing its input gradient.
 
     Norm layers whose name starts with a prefix in ``exclude`` keep batch statistics but stay frozen.
     Returns the trainable parameters.
     """
     model.requires_grad_(False)
+    if hasattr(model, "input_grad"):
+        model.input_grad = False  # nothing reads the gradient of the input batch
     params = []
     for name, m in model.named_modules():
         if isinstance(m, (BatchNorm2d, LayerNorm)):
@@ -111,6 +113,12 @@ class TTAMethod:
         rows = np.arange(len(probs))
         return probs[rows, c_o] >= p_o[rows, c_o]
 
+    def _zero_grads(self) -> None:
+        """Zero the trained parameters' gradients (the only ones configure_for_tta leaves trainable)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.fill(0.0)
+
     def _entropy_backward(self, logits: np.ndarray, probs: np.ndarray, dent: np.ndarray,
                           extra: np.ndarray | None = None) -> None:
         """Backward of sum_n dent[n] H_n (+ an extra logit gradient) through the model into the BN affine grads."""
@@ -183,7 +191,7 @@ class TENT(TTAMethod):
                 continue
             self._entropy_backward(logits, probs, np.where(keep, 1.0 / max(n, 1), 0.0), extra)
             self.optimizer.step()
-            self.model.zero_grad()
+            self._zero_grads()
             self.stats["steps"] += 1
             self.stats["backward_samples"] += n if extra is None else batch_rows(x)
         self.stats["batches"] += 1
@@ -221,6 +229,8 @@ class EATA(TTAMethod):
 
     ``fisher_images`` (clean in-distribution images, 2,000 in the paper's code) give the Fisher
     and theta0; without them the penalty is off (that is "ETA"). E0 = ``e0_factor`` * ln C.
+    With ``open_set=True`` the weights are also masked by the open-set filter and the entropy term
+    is a mean over the samples both filters keep.
     """
 
     def __init__(self, model: Module, fisher_images: np.ndarray | None = None, optimizer: str = "sgd",
@@ -249,19 +259,24 @@ class EATA(TTAMethod):
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         logits = self.model.forward(x)
         ent, probs = F.softmax_entropy_forward(logits)
-        weight, reliable, selected, self.ema_set = F.eata_select(ent, probs, self.ema, self.ema_set, self.e0,
+        weight, reliable, _, self.ema_set = F.eata_select(ent, probs, self.ema, self.ema_set, self.e0,
                                                                  self.d_margin, 0.9)
         if self.frozen is not None:
             weight = np.where(self._keep_mask(x, probs), weight, 0.0).astype(np.float32)
+        # the loss is a mean over the samples kept by every filter (S2, or S2 and the open-set S):
+        # divide by their count n, not by |S2| before the open-set filter
         n = int((weight != 0).sum())
         self.stats["reliable"] += reliable
+        # Filtered-out rows get a zero logit gradient, but BN on batch statistics couples the rows:
+        # below the last BN every row carries gradient, so the backward runs over the whole batch
+        # (as the reference implementation's autograd does).
         if n > 0:
-            self._entropy_backward(logits, probs, weight / np.float32(selected))
+            self._entropy_backward(logits, probs, weight / np.float32(n))
             if self.fisher is not None:
                 for p, f, t0 in zip(self.params, self.fisher, self.theta0):
                     p.grad += (2.0 * self.fisher_alpha) * f * (p.data - t0)
             self.optimizer.step()
-            self.model.zero_grad()
+            self._zero_grads()
             self.stats["steps"] += 1
             self.stats["backward_samples"] += n
         self.stats["batches"] += 1
