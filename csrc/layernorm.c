@@ -1,7 +1,7 @@
 /* layernorm.c: LayerNorm over the last axis, forward (saving mean and 1/std per row) and
  * backward. Statistics are float sums over 16 lanes (vectorised), taken about the row's mean
  * (see forward_part), so that eps = 1e-12 (BERT) behaves as in torch for rows with a large mean.
- * No residual add here: callers add in place before the call.
+ * peftc_layernorm_residual_forward adds a residual into x row by row first (post-LN blocks).
  * Rows are split into contiguous ranges on the BLAS thread count (parallel.h), except in a
  * backward that accumulates dw or db: those sums run over all rows, so it stays on one thread. */
 #include <math.h>
@@ -14,7 +14,8 @@
 
 typedef struct {
     float *out, *mean, *rstd, *dx, *dw, *db;
-    const float *x, *w, *b, *dout, *mean_in, *rstd_in;
+    float *sum;                  /* the fused forward's x, overwritten with x + residual; NULL otherwise */
+    const float *x, *w, *b, *dout, *mean_in, *rstd_in, *residual;
     float eps;
     int64_t N, H;
 } layernorm_job;
@@ -79,6 +80,13 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
     peftc_part_range(j->N, t, nparts, &n0, &n1);
     for (int64_t n = n0; n < n1; n++) {
         const float *xr = j->x + n * H;
+        if (j->sum) {
+            /* the residual add, row by row: the row is then in L1 for the passes below */
+            float *sr = j->sum + n * H;
+            const float *rr = j->residual + n * H;
+            for (int64_t c = 0; c < H; c++)
+                sr[c] += rr[c];
+        }
         const float m = xr[0] + row_sum_shifted(xr, xr[0], H) * inv_h;
         const float dm = row_sum_shifted(xr, m, H) * inv_h;
         const float var = row_sumsq_shifted(xr, m, H) * inv_h - dm * dm;
@@ -101,6 +109,21 @@ peftc_status peftc_layernorm_forward(float *out, float *mean, float *rstd, const
     if (!(eps >= 0.0f))
         return PEFTC_ERR_ARG;
     layernorm_job job = {.out = out, .mean = mean, .rstd = rstd, .x = x, .w = w, .b = b, .eps = eps, .N = N, .H = H};
+    return peftc_parallel_run(forward_part, &job, layernorm_parts(N, H));
+}
+
+/* The post-LN block's "LayerNorm(x + residual)" in one pass over the rows instead of an add over
+ * the whole array and then the LayerNorm: x is overwritten with the sum, which is the input the
+ * backward takes (the backward is peftc_layernorm_backward on that sum). */
+peftc_status peftc_layernorm_residual_forward(float *out, float *mean, float *rstd, float *x, const float *residual,
+                                              const float *w, const float *b, float eps, int64_t N, int64_t H)
+{
+    if (N < 0 || H <= 0)
+        return PEFTC_ERR_SIZE;
+    if (!(eps >= 0.0f))
+        return PEFTC_ERR_ARG;
+    layernorm_job job = {.out = out, .mean = mean, .rstd = rstd, .sum = x, .x = x, .residual = residual, .w = w,
+                         .b = b, .eps = eps, .N = N, .H = H};
     return peftc_parallel_run(forward_part, &job, layernorm_parts(N, H));
 }
 

@@ -418,4 +418,14 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
  * peftc_attention_*_workspace_size() grows with the thread count: query it with the thread count
  * the kernel will run with. */
 
+/* ==== fused encoder kernels (layernorm.c; perf-step family) ===================================== */
+/* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
+ * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its
+ * own. */
+peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */,
+                                              float *mean /* (N) overwritten */, float *rstd /* (N) overwritten */,
+                                              float *x /* (N,H) read, then overwritten with x + residual */,
+                                              const float *residual /* (N,H) */, const float *w /* (H) */,
+                                              const float *b /* (H) */, float eps, int64_t N, int64_t H);
+
 #endif

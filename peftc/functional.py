@@ -677,3 +677,22 @@ def ipca_update(x: np.ndarray, components: np.ndarray, singular_values: np.ndarr
         work = np.empty(ipca_workspace_size(x.shape[0], x.shape[1] if x.ndim == 2 else 0, k), dtype=np.float32)
     _C.ipca_update(components, singular_values, mean, var, evr, cos, work, x, n_seen)
     return evr, cos
+
+
+# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
+def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                               eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,
+                               mean: np.ndarray | None = None,
+                               rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm(x + residual) over the last axis of (N, H) arrays, with the sum written into ``x``.
+
+    Returns ``(out, mean, rstd)`` as :func:`layernorm_forward`; the backward is
+    :func:`layernorm_backward` with the updated ``x`` (the sum) as its input.
+    """
+    n = x.shape[0]
+    y = _empty(x.shape, out)
+    mean = _empty((n,), mean)
+    rstd = _empty((n,), rstd)
+    _C.layernorm_residual_forward(y, mean, rstd, x, residual, weight, bias, eps)
+    return y, mean, rstd
+

@@ -648,3 +648,10 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
         cosine[...] = cos
     return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
             cos.astype(np.float32) if cosine is None else cosine)
+
+
+# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
+def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
+    x += residual
+    return layernorm_forward(x, weight, bias, eps)
+
