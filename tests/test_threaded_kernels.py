@@ -1,4 +1,5 @@
-"""Kernels that split their work over threads (attention, GELU, LayerNorm, dropout) give the same bits
+"""Kernels that split their work over threads (attention, GELU, LayerNorm, its residual fusion, dropout) give
+the same bits
 on one thread and on two. OpenBLAS reads its thread count once, at load, so each count runs in its own
 process."""
 from __future__ import annotations
@@ -42,6 +43,8 @@ res.update({"ln": y, "mean": mean, "rstd": rstd, "dln": np.zeros_like(xl), "dln_
             "dw": np.zeros_like(w)})
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln"])
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln_w"], dweight=res["dw"])
+res["ln_sum"] = xl.copy()
+res["ln_res"], _, _ = F.layernorm_residual_forward(res["ln_sum"], dl, w, b)
 np.savez(sys.argv[1], **res)
 """
 
