@@ -1,7 +1,6 @@
-"""Kernels that split their work over threads (attention, GELU, LayerNorm, its residual fusion, dropout) give
-the same bits
-on one thread and on two. OpenBLAS reads its thread count once, at load, so each count runs in its own
-process."""
+"""Kernels that split their work over threads (attention, GELU, LayerNorm and its residual fusion, dropout)
+give the same bits on one thread and on two. OpenBLAS reads its thread count once, at load, so each count
+runs in its own process."""
 from __future__ import annotations
 
 import os
