@@ -412,7 +412,8 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
                                const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
 /* ==== threads (parallel.c; perf-step family) ======================================================
- * The attention core, GELU, LayerNorm (a backward without dw, db) and dropout split their work
+ * The attention core, GELU, LayerNorm (a backward without dw, db), dropout and the bias rows that
+ * start a linear or LoRA output split their work
  * into contiguous ranges run on as many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS); results
  * are bit-identical for any thread count. The attention workspaces hold one block per thread, so
  * peftc_attention_*_workspace_size() grows with the thread count: query it with the thread count
