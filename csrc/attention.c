@@ -38,11 +38,18 @@ static inline float masked_row_max(const float *x, const int64_t *keymask, int64
     for (int l = 0; l < ROW_LANES; l++)
         m[l] = -INFINITY;
     int64_t j = 0;
-    for (; j + ROW_LANES <= n; j += ROW_LANES)
-        for (int l = 0; l < ROW_LANES; l++) {
-            const float v = !keymask || keymask[j + l] ? x[j + l] : -INFINITY;
-            m[l] = v > m[l] ? v : m[l];
-        }
+    /* two loops, not a select on "!keymask || keymask[j]": see exp_row_sum */
+    if (keymask) {
+        for (; j + ROW_LANES <= n; j += ROW_LANES)
+            for (int l = 0; l < ROW_LANES; l++) {
+                const float v = keymask[j + l] ? x[j + l] : -INFINITY;
+                m[l] = v > m[l] ? v : m[l];
+            }
+    } else {
+        for (; j + ROW_LANES <= n; j += ROW_LANES)
+            for (int l = 0; l < ROW_LANES; l++)
+                m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    }
     float mx = -INFINITY;
     for (int l = 0; l < ROW_LANES; l++)
         mx = m[l] > mx ? m[l] : mx;
@@ -85,6 +92,41 @@ static inline float row_sum(const float *x, int64_t n)
     return s;
 }
 
+/* row[j] = exp(row[j] * scale - mx) over the keys j < n, 0 where keymask[j] == 0 (keymask NULL: no
+ * key masked); returns the sum of the new values, accumulated as they are written (one pass, not
+ * two). The two cases are separate loops: a select on "!keymask || keymask[j]" is compiled to a
+ * masked vector load from the NULL pointer, which faults silently (and slowly) on every row. */
+static inline float exp_row_sum(float *row, const int64_t *keymask, int64_t n, float scale, float mx)
+{
+    float acc[ROW_LANES] = {0.0f};
+    int64_t j = 0;
+    if (keymask) {
+        for (; j + ROW_LANES <= n; j += ROW_LANES)
+            for (int l = 0; l < ROW_LANES; l++) {
+                const float e = peftc_exp_approx(fmaf(row[j + l], scale, -mx));
+                const float v = keymask[j + l] ? e : 0.0f;
+                row[j + l] = v;
+                acc[l] += v;
+            }
+    } else {
+        for (; j + ROW_LANES <= n; j += ROW_LANES)
+            for (int l = 0; l < ROW_LANES; l++) {
+                const float e = peftc_exp_approx(fmaf(row[j + l], scale, -mx));
+                row[j + l] = e;
+                acc[l] += e;
+            }
+    }
+    float s = 0.0f;
+    for (int l = 0; l < ROW_LANES; l++)
+        s += acc[l];
+    for (; j < n; j++) {
+        const float e = peftc_exp_approx(fmaf(row[j], scale, -mx));
+        row[j] = !keymask || keymask[j] ? e : 0.0f;
+        s += row[j];
+    }
+    return s;
+}
+
 /* Row i of one (b, h) score block: scale, exclude masked and (if causal) future keys, softmax in
  * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. Every loop is
  * branch-free so that it vectorises. The max is taken before scaling: scale > 0 and rounding is
@@ -99,18 +141,9 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
         return;
     }
     mx *= scale;
-    if (keymask) {
-        for (int64_t j = 0; j < last; j++) {
-            const float e = peftc_exp_approx(row[j] * scale - mx);
-            row[j] = keymask[j] ? e : 0.0f;
-        }
-    } else {
-        for (int64_t j = 0; j < last; j++)
-            row[j] = peftc_exp_approx(row[j] * scale - mx);
-    }
+    const float inv = 1.0f / exp_row_sum(row, keymask, last, scale, mx);
     for (int64_t j = last; j < T; j++)
         row[j] = 0.0f;
-    const float inv = 1.0f / row_sum(row, last);
     for (int64_t j = 0; j < last; j++)
         row[j] *= inv;
 }

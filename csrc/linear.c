@@ -1,5 +1,6 @@
 /* linear.c: y = x w^T + b, forward and backward. A frozen layer passes NULL for dw and db and
  * still returns dx; a trainable head passes them. No LoRA here (lora.c). */
+#include "bias_rows.h"
 #include "blas.h"
 
 peftc_status peftc_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t N,
@@ -9,10 +10,11 @@ peftc_status peftc_linear_forward(float *y, const float *x, const float *w, cons
      * instead of BLAS zeroing it for beta = 0 and a second pass adding the bias afterwards. */
     if (!peftc_blas_sizes_ok(N, IC, OC))
         return PEFTC_ERR_SIZE;
-    if (b)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t o = 0; o < OC; o++)
-                y[n * OC + o] = b[o];
+    if (b) {
+        peftc_status st = peftc_bias_rows_fill(y, b, NULL, 1.0f, N, OC);
+        if (st != PEFTC_OK)
+            return st;
+    }
     /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
     return peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, b ? 1.0f : 0.0f, y, OC);
 }

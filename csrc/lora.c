@@ -3,6 +3,7 @@
  * The frozen base product and the adapter share one output buffer: the adapter GEMM accumulates
  * into y with beta = 1, so there is no temporary of size (N,OC). The dropout mask is regenerated
  * from (seed, offset) in the backward. Gradient math: ../shared spec, adapters.md section 1.2. */
+#include "bias_rows.h"
 #include "blas.h"
 
 peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, const float *w, const float *b,
@@ -16,12 +17,11 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
     /* Both biases go into y before the GEMMs, which then accumulate: one pass over (N,OC) for the
      * biases instead of BLAS zeroing y and one more pass per bias afterwards. */
     const int has_bias = b != NULL || bb != NULL;
-    if (has_bias)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t o = 0; o < OC; o++)
-                y[n * OC + o] = (b ? b[o] : 0.0f) + (bb ? scale * bb[o] : 0.0f);
+    peftc_status st = has_bias ? peftc_bias_rows_fill(y, b, bb, scale, N, OC) : PEFTC_OK;
+    if (st != PEFTC_OK)
+        return st;
     /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
-    peftc_status st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, has_bias ? 1.0f : 0.0f, y, OC);
+    st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, has_bias ? 1.0f : 0.0f, y, OC);
     if (st != PEFTC_OK)
         return st;
     const float *xin = x;

@@ -412,7 +412,8 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
                                const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
 /* ==== threads (parallel.c; perf-step family) ======================================================
- * The attention core, GELU, LayerNorm (a backward without dw, db) and dropout split their work
+ * The attention core, GELU, LayerNorm (a backward without dw, db), dropout and the bias rows that
+ * start a linear or LoRA output split their work
  * into contiguous ranges run on as many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS); results
  * are bit-identical for any thread count. The attention workspaces hold one block per thread, so
  * peftc_attention_*_workspace_size() grows with the thread count: query it with the thread count
@@ -437,5 +438,14 @@ peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulat
                                              const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
                                              const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
                                              int training, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+/* ==== fused encoder kernels (layernorm.c; perf-step family) ===================================== */
+/* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
+ * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its
+ * own. */
+peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */,
+                                              float *mean /* (N) overwritten */, float *rstd /* (N) overwritten */,
+                                              float *x /* (N,H) read, then overwritten with x + residual */,
+                                              const float *residual /* (N,H) */, const float *w /* (H) */,
+                                              const float *b /* (H) */, float eps, int64_t N, int64_t H);
 
 #endif

@@ -702,3 +702,20 @@ def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, mean
     """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
     ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`."""
     _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training))
+# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
+def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                               eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,
+                               mean: np.ndarray | None = None,
+                               rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm(x + residual) over the last axis of (N, H) arrays, with the sum written into ``x``.
+
+    Returns ``(out, mean, rstd)`` as :func:`layernorm_forward`; the backward is
+    :func:`layernorm_backward` with the updated ``x`` (the sum) as its input.
+    """
+    n = x.shape[0]
+    y = _empty(x.shape, out)
+    mean = _empty((n,), mean)
+    rstd = _empty((n,), rstd)
+    _C.layernorm_residual_forward(y, mean, rstd, x, residual, weight, bias, eps)
+    return y, mean, rstd
+

@@ -660,3 +660,8 @@ def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=Non
 def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None):
     batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
                          dbias=dbias)
+# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
+def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
+    x += residual
+    return layernorm_forward(x, weight, bias, eps)
+

@@ -90,6 +90,17 @@ def test_layernorm_forward_matches_reference(rng):
     assert_close(rstd, rstd_ref, 1e-5, 1e-6, "rstd")
 
 
+def test_layernorm_forward_keeps_precision_on_wide_rows_with_a_large_mean(rng):
+    # float statistics over many lanes: a BERT-wide row far from zero (eps 1e-12) must still match the
+    # float64 reference to about the rounding of x - mean itself (ulp(1000) / std ~ 6e-5)
+    x, w, b = f32(rng, 8, 384) + 1000.0, f32(rng, 384), f32(rng, 384)
+    y, mean, rstd = F.layernorm_forward(x, w, b, 1e-12)
+    y_ref, mean_ref, rstd_ref = R.layernorm_forward(x.astype(np.float64), w, b, 1e-12)
+    assert_close(mean, mean_ref, 1e-7, 0.0, "mean")
+    assert_close(rstd, rstd_ref, 1e-5, 0.0, "rstd")
+    assert_close(y, y_ref, 0.0, 5e-4, "y")
+
+
 def test_layernorm_backward_matches_finite_differences(rng):
     x, w, b, dout = f32(rng, 4, H), f32(rng, H), f32(rng, H), f32(rng, 4, H)
     x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)

@@ -1,6 +1,6 @@
-"""Kernels that split their work over threads (attention, GELU, LayerNorm, dropout) give the same bits
-on one thread and on two. OpenBLAS reads its thread count once, at load, so each count runs in its own
-process."""
+"""Kernels that split their work over threads (attention, GELU, LayerNorm and its residual fusion, dropout,
+the bias rows of linear outputs) give the same bits on one thread and on two. OpenBLAS reads its thread
+count once, at load, so each count runs in its own process."""
 from __future__ import annotations
 
 import os
@@ -42,6 +42,13 @@ res.update({"ln": y, "mean": mean, "rstd": rstd, "dln": np.zeros_like(xl), "dln_
             "dw": np.zeros_like(w)})
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln"])
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln_w"], dweight=res["dw"])
+# linear and LoRA outputs start as bias rows filled on the threads; zero weights leave exactly those rows
+xz, wz = rng.standard_normal((3000, 64), dtype=np.float32), np.zeros((96, 64), np.float32)
+bl = rng.standard_normal(96, dtype=np.float32)
+res["bias_rows"] = F.linear_forward(xz, wz, bl)
+res["bias"] = bl
+res["ln_sum"] = xl.copy()
+res["ln_res"], _, _ = F.layernorm_residual_forward(res["ln_sum"], dl, w, b)
 np.savez(sys.argv[1], **res)
 """
 
@@ -59,4 +66,5 @@ def test_threaded_kernels_give_identical_bits_on_one_and_two_threads(tmp_path):
     assert one.keys() == two.keys()
     for name in one:
         assert np.array_equal(one[name], two[name]), f"{name} differs between 1 and 2 threads"
+    assert np.array_equal(one["bias_rows"], np.broadcast_to(one["bias"], one["bias_rows"].shape))
     assert np.abs(one["dq0.2"]).max() > 0 and np.count_nonzero(one["drop"]) < one["drop"].size

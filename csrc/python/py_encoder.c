@@ -135,6 +135,37 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* x is read and then overwritten with x + residual (an output in the alias check) */
+static PyObject *py_layernorm_residual_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_mean, *o_rstd, *o_x, *o_res, *o_w, *o_b;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOOOOf:layernorm_residual_forward", &o_out, &o_mean, &o_rstd, &o_x, &o_res, &o_w,
+                          &o_b, &eps))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "layernorm_residual_forward");
+    float *out, *mean, *rstd, *x, *res, *w, *b;
+    if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_OUT, &mean) < 0 ||
+        arg_f32(&ck, "rstd", o_rstd, "N", ARG_OUT, &rstd) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_OUT, &x) < 0 ||
+        arg_f32(&ck, "residual", o_res, "N H", ARG_IN, &res) < 0 ||
+        arg_f32(&ck, "weight", o_w, "H", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "H", ARG_IN, &b) < 0 ||
+        arg_no_alias(&ck) < 0)
+        return NULL;
+    if (!(eps >= 0.0f) || arg_dim(&ck, "H") == 0) {
+        PyErr_SetString(PyExc_ValueError, "layernorm_residual_forward: needs eps >= 0 and at least one feature");
+        return NULL;
+    }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_layernorm_residual_forward(out, mean, rstd, x, res, w, b, eps, arg_dim(&ck, "N"), arg_dim(&ck, "H"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_layernorm_backward(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -425,6 +456,8 @@ PyMethodDef peftc_py_encoder_methods[] = {
     {"layernorm_forward", py_layernorm_forward, METH_VARARGS, "layernorm_forward(out, mean, rstd, x, weight, bias, eps)"},
     {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
      "layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd): accumulate"},
+    {"layernorm_residual_forward", py_layernorm_residual_forward, METH_VARARGS,
+     "layernorm_residual_forward(out, mean, rstd, x, residual, weight, bias, eps): x += residual, then LayerNorm"},
     {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(out, x): exact erf GELU"},
     {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dx, dout, x): dx +="},
     {"attention_forward_workspace_size", py_attention_forward_workspace_size, METH_VARARGS,

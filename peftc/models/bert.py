@@ -157,8 +157,7 @@ class BertResidualOutput(Module):
 
     def forward(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
         h = self.dropout(self.dense(x))  # a fresh array either way: safe to add into
-        h += residual
-        return self.LayerNorm(h)
+        return self.LayerNorm.forward_residual(h, residual)
 
     def backward(self, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (dx, dresidual)."""

@@ -40,6 +40,20 @@ class LayerNorm(Module):
         self._cache = (rows, mean, rstd)
         return y.reshape(x.shape)
 
+    def forward_residual(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """LayerNorm(x + residual) in one kernel; ``x`` is overwritten with the sum, so the caller must own it.
+
+        The backward is :meth:`backward` as after :meth:`forward` (its dx is the gradient of the sum, i.e. of
+        both x and residual).
+        """
+        rows = as_rows(x, "x", self.normalized_shape)
+        res = as_rows(residual, "residual", self.normalized_shape)
+        if res.shape != rows.shape:
+            raise ValueError(f"LayerNorm.forward_residual: x has shape {x.shape}, residual {residual.shape}")
+        y, mean, rstd = F.layernorm_residual_forward(rows, res, self.weight.data, self.bias.data, self.eps)
+        self._cache = (rows, mean, rstd)
+        return y.reshape(x.shape)
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("LayerNorm.backward called before forward")
