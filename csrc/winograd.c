@@ -33,9 +33,10 @@ int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int6
 
 int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
 {
-    int64_t nb = WINOGRAD_BLOCK_FLOATS / per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
-    nb = nb > N ? N : nb;
-    return nb < 1 ? 1 : nb;
+    /* a multiple of 16 images (the AVX-512 float lanes of the transform loops), the nearest to the budget */
+    int64_t nb = (WINOGRAD_BLOCK_FLOATS / per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2) + 8) / 16 * 16;
+    nb = nb < 16 ? 16 : nb;
+    return nb > N ? (N < 1 ? 1 : N) : nb;
 }
 
 /* U (16, CO, CI): point p of G k G^T for every kernel k(co, ci), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
