@@ -1,8 +1,11 @@
-/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward through im2col and
- * one GEMM per image. The patch matrix of one image lives in caller scratch and is rebuilt in the
- * backward rather than kept, so the forward stores nothing beyond y. A 1x1, stride-1, unpadded
- * convolution is already a GEMM on the image and skips im2col; a stride-1 convolution whose output is
- * as wide as its input builds (and scatters) each patch row as one shifted copy of the image plane.
+/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward. 3x3 stride-1 sweeps with
+ * at least 8 channels each side run the forward and the input gradient through Winograd F(2x2, 3x3)
+ * (winograd.c). Everything else, and every weight gradient, runs im2col and one GEMM per block of
+ * images: the patch matrices of a block sit side by side in caller scratch (K, nb*S), so a small plane
+ * still gives OpenBLAS a wide GEMM, and are rebuilt in the backward rather than kept, so the forward
+ * stores nothing beyond y. A 1x1, stride-1, unpadded convolution is already a GEMM on each image and
+ * skips im2col; a stride-1 convolution whose output is as wide as its input builds (and scatters)
+ * each patch row as one shifted copy of the image plane.
  * No pooling or norms here. */
 #include <string.h>
 
