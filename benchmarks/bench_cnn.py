@@ -37,7 +37,7 @@ def conv_case(n, ic, oc, hw, k, pad):
     b = rng.standard_normal(oc).astype(np.float32)
     y = F.conv2d_forward(x, w, b, 1, pad)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    work = np.empty(F.conv2d_workspace_size(ic, k, y.shape[2:]), np.float32)
+    work = np.empty(F.conv2d_workspace_size(x.shape, w.shape, 1, pad), np.float32)
     dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
     flops = 2.0 * n * oc * ic * k * k * y.shape[2] * y.shape[3]
 

@@ -1,12 +1,20 @@
-/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward through im2col and
- * one GEMM per image. The patch matrix of one image lives in caller scratch and is rebuilt in the
- * backward rather than kept, so the forward stores nothing beyond y. A 1x1, stride-1, unpadded
- * convolution is already a GEMM on the image and skips im2col; a stride-1 convolution whose output is
- * as wide as its input builds (and scatters) each patch row as one shifted copy of the image plane.
+/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward. 3x3 stride-1 sweeps with
+ * at least 8 channels each side run the forward and the input gradient through Winograd F(2x2, 3x3)
+ * (winograd.c). Everything else, and every weight gradient, runs im2col and one GEMM per block of
+ * images: the patch matrices of a block sit side by side in caller scratch (K, nb*S), so a small plane
+ * still gives OpenBLAS a wide GEMM, and are rebuilt in the backward rather than kept, so the forward
+ * stores nothing beyond y. A 1x1, stride-1, unpadded convolution is already a GEMM on each image and
+ * skips im2col; a stride-1 convolution whose output is as wide as its input builds (and scatters)
+ * each patch row as one shifted copy of the image plane.
  * No pooling or norms here. */
 #include <string.h>
 
 #include "blas.h"
+#include "winograd.h"
+
+/* scratch floats aimed at per im2col block (patch matrix and gathered outputs): 256 KB, which stays in
+ * L2; measured against 1 MB and 4 MB blocks and one image at a time on the EATA network */
+#define CONV_BLOCK_FLOATS (1 << 16)
 
 /* Output extent of a window sweep, floor mode; negative when the window does not fit. */
 static int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p)
@@ -24,11 +32,6 @@ static int conv_args_ok(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t O
 static int is_pointwise(int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     return KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0;
-}
-
-int64_t peftc_conv2d_workspace_size(int64_t IC, int64_t KH, int64_t KW, int64_t OH, int64_t OW)
-{
-    return IC * KH * KW * OH * OW;
 }
 
 /* The output columns ow whose input column ow*SW - PW + kw lies inside [0, IW): [*lo, *hi). */
@@ -67,14 +70,14 @@ static int flat_row_span(int64_t *s_lo, int64_t *s_hi, int64_t *shift, int64_t *
     return 1;
 }
 
-static void im2col_flat(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                        int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+static void im2col_flat(float *col, int64_t ld, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
+                        int64_t KW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
     const int64_t S = OH * OW;
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                float *row = col + ((c * KH + kh) * KW + kw) * ld;
                 const float *plane = x + c * IH * IW;
                 int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
                 valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
@@ -96,14 +99,13 @@ static void im2col_flat(float *col, const float *x, int64_t IC, int64_t IH, int6
 
 /* The adjoint of im2col_flat; the wrapped entries of col (scratch) are zeroed first, then each row
  * is one long add. */
-static void col2im_flat_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                            int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+static void col2im_flat_add(float *dx, float *col, int64_t ld, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
+                            int64_t KW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
-    const int64_t S = OH * OW;
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * S;
+                float *row = col + ((c * KH + kh) * KW + kw) * ld;
                 float *plane = dx + c * IH * IW;
                 int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
                 valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
@@ -124,17 +126,17 @@ static void col2im_flat_add(float *dx, float *col, int64_t IC, int64_t IH, int64
 /* col (IC*KH*KW, OH*OW): row (c, kh, kw), column (oh, ow) holds x[c, oh*SH - PH + kh, ow*SW - PW + kw],
  * zero outside the image. The in-image column range is found once per kw, so the copy loops carry no
  * bounds tests (a plain copy at stride 1). */
-static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+static void im2col(float *col, int64_t ld, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                    int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
     if (SH == 1 && SW == 1 && OW == IW) {
-        im2col_flat(col, x, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        im2col_flat(col, ld, x, IC, IH, IW, KH, KW, PH, PW, OH, OW);
         return;
     }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                float *row = col + ((c * KH + kh) * KW + kw) * ld;
                 int64_t lo, hi;
                 valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
@@ -162,17 +164,17 @@ static void im2col(float *col, const float *x, int64_t IC, int64_t IH, int64_t I
 
 /* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it (col is scratch and
  * may be overwritten). */
-static void col2im_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
+static void col2im_add(float *dx, float *col, int64_t ld, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
                        int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
     if (SH == 1 && SW == 1 && OW == IW) {
-        col2im_flat_add(dx, col, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+        col2im_flat_add(dx, col, ld, IC, IH, IW, KH, KW, PH, PW, OH, OW);
         return;
     }
     for (int64_t c = 0; c < IC; c++)
         for (int64_t kh = 0; kh < KH; kh++)
             for (int64_t kw = 0; kw < KW; kw++) {
-                const float *row = col + ((c * KH + kh) * KW + kw) * OH * OW;
+                const float *row = col + ((c * KH + kh) * KW + kw) * ld;
                 int64_t lo, hi;
                 valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
                 for (int64_t oh = 0; oh < OH; oh++) {
@@ -192,31 +194,122 @@ static void col2im_add(float *dx, float *col, int64_t IC, int64_t IH, int64_t IW
             }
 }
 
+
+/* Winograd F(2x2, 3x3) for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
+ * at most 2), once both channel counts are large enough for the GEMMs to outweigh the transforms. */
+static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                        int64_t PW)
+{
+    return KH == 3 && KW == 3 && SH == 1 && SW == 1 && PH <= 2 && PW <= 2 && IC >= 8 && OC >= 8;
+}
+
+/* Images per im2col block: the patch matrix (K, nb*S) and the gathered outputs (OC, nb*S) of nb
+ * images near CONV_BLOCK_FLOATS, at least 1. One GEMM per block rather than per image gives OpenBLAS
+ * a wide enough N for small planes (7x7 is 49 columns). */
+static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
+{
+    const int64_t per_image = (K + OC) * S;
+    int64_t nb = per_image > 0 ? CONV_BLOCK_FLOATS / per_image : N;
+    nb = nb > N ? N : nb;
+    return nb < 1 ? 1 : nb;
+}
+
+/* a * b when both are >= 0 and it fits int64, else -1 */
+static int64_t mul_or_neg(int64_t a, int64_t b)
+{
+    return a < 0 || b < 0 || (b > 0 && a > INT64_MAX / b) ? -1 : a * b;
+}
+
+int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                                    int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+{
+    if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
+        return -1;
+    const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
+    const int64_t S = mul_or_neg(OH, OW), K = mul_or_neg(mul_or_neg(IC, KH), KW);
+    if (S < 0 || K < 0 || K > INT64_MAX - OC)
+        return -1;
+    int64_t need = 0;
+    if (!is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        /* a block of nb > 1 images stays near CONV_BLOCK_FLOATS, so one image bounds the size */
+        need = mul_or_neg(K + OC, S);
+        if (need < 0)
+            return -1;
+        need *= im2col_block(N, K, OC, S);
+    }
+    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW)) {
+        /* one image of the forward (IC -> OC) or of the input gradient (OC -> IC), as a bound */
+        const int64_t planes = mul_or_neg(IC + OC, mul_or_neg(IH + 4, IW + 4));
+        const int64_t per_image = mul_or_neg(mul_or_neg(16, IC + OC), mul_or_neg((IH + 5) / 2, (IW + 5) / 2));
+        const int64_t kernels = mul_or_neg(16, mul_or_neg(IC, OC));
+        /* a block is at least 16 images, or the budget plus 8 images */
+        const int64_t block = per_image < 0 || planes < 0 || per_image > INT64_MAX - planes - 19
+                                  ? -1
+                                  : mul_or_neg(per_image + planes + 19, 16);
+        if (block < 0 || kernels < 0 || kernels > INT64_MAX - block - (1 << 21))
+            return -1;
+        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC,
+                                                             IH, IW, OC, PH, PW);
+        const int64_t bwd = peftc_winograd3x3_workspace_size(
+            peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
+        need = fwd > need ? fwd : need;
+        need = bwd > need ? bwd : need;
+    }
+    return need;
+}
+
+/* the nb images of a block side by side: dst (C, nb*S) from src (nb, C, S), or back */
+static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, int64_t S)
+{
+    for (int64_t i = 0; i < nb; i++)
+        for (int64_t c = 0; c < C; c++)
+            memcpy(dst + c * nb * S + i * S, src + (i * C + c) * S, (size_t)S * sizeof(float));
+}
+
 peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const float *w, const float *b, int64_t N,
                                   int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
                                   int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
         return PEFTC_ERR_SIZE;
+    if (N == 0)
+        return PEFTC_OK;
+    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
+        return peftc_winograd3x3(y, work, x, w, b, 0, 0, N, IC, IH, IW, OC, PH, PW);
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
-    const int pointwise = is_pointwise(KH, KW, SH, SW, PH, PW);
-    for (int64_t n = 0; n < N; n++) {
-        const float *xn = x + n * IC * IH * IW;
-        float *yn = y + n * OC * S;
-        const float *col = xn;
-        if (!pointwise) {
-            im2col(work, xn, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
-            col = work;
+    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        for (int64_t n = 0; n < N; n++) {
+            float *yn = y + n * OC * S;
+            /* yn (OC,S) = w (OC,IC) xn (IC,S): M=OC, N=S, K=IC, lda=IC, ldb=S, ldc=S */
+            peftc_status st = peftc_sgemm(0, 0, OC, S, K, 1.0f, w, K, x + n * IC * S, S, 0.0f, yn, S);
+            if (st != PEFTC_OK)
+                return st;
+            if (b)
+                for (int64_t o = 0; o < OC; o++)
+                    for (int64_t s = 0; s < S; s++)
+                        yn[o * S + s] += b[o];
         }
-        /* yn (OC,S) = w (OC,K) col (K,S): M=OC, N=S, K=IC*KH*KW, lda=K, ldb=S, ldc=S */
-        peftc_status st = peftc_sgemm(0, 0, OC, S, K, 1.0f, w, K, col, S, 0.0f, yn, S);
+        return PEFTC_OK;
+    }
+    const int64_t nb = im2col_block(N, K, OC, S);
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
+        float *col = work, *yb = work + K * L;
+        for (int64_t i = 0; i < bn; i++)
+            im2col(col + i * S, L, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+        /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
+        peftc_status st = peftc_sgemm(0, 0, OC, L, K, 1.0f, w, K, col, L, 0.0f, yb, L);
         if (st != PEFTC_OK)
             return st;
-        if (b)
-            for (int64_t o = 0; o < OC; o++)
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t o = 0; o < OC; o++) {
+                float *dst = y + ((n0 + i) * OC + o) * S;
+                const float *src = yb + o * L + i * S;
+                const float bias = b ? b[o] : 0.0f;
                 for (int64_t s = 0; s < S; s++)
-                    yn[o * S + s] += b[o];
+                    dst[s] = src[s] + bias;
+            }
     }
     return PEFTC_OK;
 }
@@ -231,43 +324,62 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
         return PEFTC_ERR_ARG;
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
-    const int pointwise = is_pointwise(KH, KW, SH, SW, PH, PW);
     peftc_status st = PEFTC_OK;
-    for (int64_t n = 0; n < N; n++) {
-        const float *dyn = dy + n * OC * S;
-        if (dw) {
-            const float *xn = x + n * IC * IH * IW;
-            const float *col = xn;
-            if (!pointwise) {
-                im2col(work, xn, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
-                col = work;
+    if (db)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t o = 0; o < OC; o++) {
+                const float *dyo = dy + (n * OC + o) * S;
+                double acc = 0.0;
+                for (int64_t s = 0; s < S; s++)
+                    acc += dyo[s];
+                db[o] += (float)acc;
             }
-            /* dw (OC,K) += dyn (OC,S) col^T (S,K): M=OC, N=K, K=S, lda=S, ldb=S, ldc=K */
-            st = peftc_sgemm(0, 1, OC, K, S, 1.0f, dyn, S, col, S, 1.0f, dw, K);
+    if (N == 0 || (!dx && !dw))
+        return PEFTC_OK;
+    const int wino = use_winograd(IC, OC, KH, KW, SH, SW, PH, PW);
+    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        for (int64_t n = 0; n < N; n++) {
+            const float *dyn = dy + n * OC * S;
+            if (dw)
+                /* dw (OC,IC) += dyn (OC,S) xn^T (S,IC): M=OC, N=IC, K=S, lda=S, ldb=S, ldc=IC */
+                st = peftc_sgemm(0, 1, OC, K, S, 1.0f, dyn, S, x + n * IC * S, S, 1.0f, dw, K);
+            if (st == PEFTC_OK && dx)
+                /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
+                st = peftc_sgemm(1, 0, IC, S, OC, 1.0f, w, IC, dyn, S, 1.0f, dx + n * IC * S, S);
+            if (st != PEFTC_OK)
+                return st;
+        }
+        return PEFTC_OK;
+    }
+    if (dx && wino) {
+        /* the input gradient is the correlation of dy, padded by 2 - P, with the flipped, transposed w */
+        st = peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, N, OC, OH, OW, IC, 2 - PH, 2 - PW);
+        if (st != PEFTC_OK || !dw)
+            return st;
+        dx = NULL;
+    }
+    const int64_t nb = im2col_block(N, K, OC, S);
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
+        float *col = work, *dyb = work + K * L;
+        gather_block(dyb, dy + n0 * OC * S, bn, OC, S);
+        if (dw) {
+            for (int64_t i = 0; i < bn; i++)
+                im2col(col + i * S, L, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+            /* dw (OC,K) += dyb (OC,L) col^T (L,K), L = bn*S: M=OC, N=K, K=L, lda=L, ldb=L, ldc=K */
+            st = peftc_sgemm(0, 1, OC, K, L, 1.0f, dyb, L, col, L, 1.0f, dw, K);
             if (st != PEFTC_OK)
                 return st;
         }
         if (dx) {
-            float *dxn = dx + n * IC * IH * IW;
-            if (pointwise) {
-                /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
-                st = peftc_sgemm(1, 0, IC, S, OC, 1.0f, w, IC, dyn, S, 1.0f, dxn, S);
-            } else {
-                /* dcol (K,S) = w^T (K,OC) dyn (OC,S): M=K, N=S, K=OC, lda=K, ldb=S, ldc=S */
-                st = peftc_sgemm(1, 0, K, S, OC, 1.0f, w, K, dyn, S, 0.0f, work, S);
-                if (st == PEFTC_OK)
-                    col2im_add(dxn, work, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
-            }
+            /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
+            st = peftc_sgemm(1, 0, K, L, OC, 1.0f, w, K, dyb, L, 0.0f, col, L);
             if (st != PEFTC_OK)
                 return st;
+            for (int64_t i = 0; i < bn; i++)
+                col2im_add(dx + (n0 + i) * IC * IH * IW, col + i * S, L, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH,
+                           OW);
         }
-        if (db)
-            for (int64_t o = 0; o < OC; o++) {
-                double acc = 0.0;
-                for (int64_t s = 0; s < S; s++)
-                    acc += dyn[o * S + s];
-                db[o] += (float)acc;
-            }
     }
     return PEFTC_OK;
 }

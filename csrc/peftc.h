@@ -108,10 +108,14 @@ peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_
  *   KH KW  kernel (window) height, width   SH SW  strides   PH PW  zero padding on each side
  * Output sizes follow torch (floor mode): OH = (IH + 2 PH - KH) / SH + 1, likewise OW. */
 
-/* ---- conv2d (conv.c): y = w * x + b through im2col and one GEMM per image ------------------------
- * Dilation 1, one group. The column scratch holds one image's (IC*KH*KW, OH*OW) patch matrix and is
- * shared by forward and backward. */
-int64_t peftc_conv2d_workspace_size(int64_t IC, int64_t KH, int64_t KW, int64_t OH, int64_t OW); /* floats */
+/* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
+ * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
+ * forward and the input gradient by Winograd F(2x2, 3x3); every other sweep, and every weight gradient,
+ * runs im2col and one GEMM per block of images. The scratch holds one block's tiles or patch matrix
+ * and is shared by forward and backward; its size is -1 for sizes a convolution rejects or that
+ * overflow. */
+int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                                    int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
 peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
                                   float *work /* peftc_conv2d_workspace_size() floats */,
                                   const float *x /* (N,IC,IH,IW) */, const float *w /* (OC,IC,KH,KW) */,

@@ -179,10 +179,18 @@ def conv2d_output_size(in_hw: tuple[int, int], kernel_size: int | tuple[int, int
     return (ih + 2 * ph - kh) // sh + 1, (iw + 2 * pw - kw) // sw + 1
 
 
-def conv2d_workspace_size(in_channels: int, kernel_size: int | tuple[int, int], out_hw: tuple[int, int]) -> int:
-    """Floats of scratch :func:`conv2d_forward` and :func:`conv2d_backward` need: one image's patch matrix."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    return _C.conv2d_workspace_size(in_channels, kh, kw, out_hw[0], out_hw[1])
+def conv2d_workspace_size(x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
+                          stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> int:
+    """Floats of scratch :func:`conv2d_forward` and :func:`conv2d_backward` need for input shape
+    (N, IC, IH, IW) and weight shape (OC, IC, KH, KW): one block of images' Winograd tiles or patch matrix."""
+    if len(weight_shape) != 4:
+        raise ValueError(f"conv2d weight must be (OC, IC, KH, KW), got shape {tuple(weight_shape)}")
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d input must be (N, IC, IH, IW), got shape {tuple(x_shape)}")
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    n, ic, ih, iw = x_shape
+    oc, _, kh, kw = weight_shape
+    return _C.conv2d_workspace_size(n, ic, ih, iw, oc, kh, kw, sh, sw, ph, pw)
 
 
 def _conv_work(x_shape: tuple[int, ...], weight: np.ndarray, stride, padding,
@@ -193,7 +201,7 @@ def _conv_work(x_shape: tuple[int, ...], weight: np.ndarray, stride, padding,
         raise ValueError(f"conv2d input must be (N, IC, IH, IW), got shape {tuple(x_shape)}")
     out_hw = conv2d_output_size(x_shape[2:], weight.shape[2:], stride, padding)
     if work is None:
-        work = np.empty(conv2d_workspace_size(weight.shape[1], weight.shape[2:], out_hw), dtype=np.float32)
+        work = np.empty(conv2d_workspace_size(x_shape, weight.shape, stride, padding), dtype=np.float32)
     return work, out_hw
 
 

@@ -174,7 +174,7 @@ def _cnn_cases(rng: np.random.Generator) -> list[KernelCase]:
     n, ic, ih, iw, oc, ch = 2, 3, 5, 6, 4, 3
     # conv: kernel (3, 2), stride (1, 2), padding (1, 0) -> (5, 3) output plane
     conv = [1, 2, 1, 0]
-    work = _f(rng, _C.conv2d_workspace_size(ic, 3, 2, 5, 3))
+    work = _f(rng, _C.conv2d_workspace_size(n, ic, ih, iw, oc, 3, 2, *conv))
     # pooling: kernel (3, 2), stride (2, 2), padding (1, 1) -> (3, 4) output plane
     pool = [3, 2, 2, 2, 1, 1]
     x_pool = _f(rng, n, ch, ih, iw)

@@ -118,7 +118,7 @@ def test_conv2d_backward_accumulates_and_needs_no_x_for_dx(rng):
 
 def test_conv2d_reuses_a_caller_workspace_across_calls(rng):
     x, w, b = conv_case(rng, (3, 3))
-    work = np.empty(F.conv2d_workspace_size(3, 3, F.conv2d_output_size(x.shape[2:], 3, 1, 1)), dtype=np.float32)
+    work = np.empty(F.conv2d_workspace_size(x.shape, w.shape, 1, 1), dtype=np.float32)
     y1 = F.conv2d_forward(x, w, b, 1, 1, work=work)
     work.fill(np.nan)  # the kernel must overwrite its scratch, not read stale values
     y2 = F.conv2d_forward(x, w, b, 1, 1, work=work)

@@ -281,8 +281,11 @@ def test_workspace_size_rejects_negative_sizes(sizes):
         _C.lora_backward_workspace_size(*sizes, 0.0)
 
 
-@pytest.mark.parametrize("fn,sizes", [("conv2d_workspace_size", (3, 3, 2, -5, 3)),
-                                      ("conv2d_workspace_size", (2**20, 2**20, 2**20, 2**20, 2**20)),
+@pytest.mark.parametrize("fn,sizes", [("conv2d_workspace_size", (2, 3, 5, 6, -4, 3, 2, 1, 2, 1, 0)),
+                                      ("conv2d_workspace_size", (2, 3, 5, 6, 4, 3, 2, 0, 2, 1, 0)),
+                                      ("conv2d_workspace_size", (2, 3, 5, 6, 4, 9, 2, 1, 2, 1, 0)),
+                                      ("conv2d_workspace_size", (1, 2**40, 2**20, 2**20, 8, 2**20, 1, 1, 1, 0, 0)),
+                                      ("conv2d_workspace_size", (1, 2**31, 2**30, 2**30, 2**31, 3, 3, 1, 1, 1, 1)),
                                       ("attention_forward_workspace_size", (-1, 0.1)),
                                       ("attention_forward_workspace_size", (2**32, 0.1)),
                                       ("attention_backward_workspace_size", (2**40, 0.0))])

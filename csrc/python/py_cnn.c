@@ -3,7 +3,6 @@
  * is checked against the output array. Every wrapper is parse, validate, release the GIL, call, map. */
 #include "args.h"
 
-#include <limits.h>
 
 /* Check a window sweep (kernel KH x KW, strides, paddings) over the bound IH, IW and bind OH, OW to
  * the extent it produces. `pool` adds the pooling rule that padding is at most half the window. */
@@ -39,35 +38,31 @@ static int bind_window(ArgCheck *ck, int64_t KH, int64_t KW, long long SH, long 
 static PyObject *py_conv2d_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
-    long long IC, KH, KW, OH, OW;
-    if (!PyArg_ParseTuple(args, "LLLLL:conv2d_workspace_size", &IC, &KH, &KW, &OH, &OW))
+    long long N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW;
+    if (!PyArg_ParseTuple(args, "LLLLLLLLLLL:conv2d_workspace_size", &N, &IC, &IH, &IW, &OC, &KH, &KW, &SH, &SW, &PH,
+                          &PW))
         return NULL;
-    if (IC < 0 || KH < 0 || KW < 0 || OH < 0 || OW < 0) {
+    const int64_t need = peftc_conv2d_workspace_size(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    if (need < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "conv2d_workspace_size: sizes must be >= 0, got IC=%lld KH=%lld KW=%lld OH=%lld OW=%lld", IC, KH,
-                     KW, OH, OW);
+                     "conv2d_workspace_size: no convolution or more than 2**63 floats of scratch for N=%lld IC=%lld "
+                     "IH=%lld IW=%lld OC=%lld KH=%lld KW=%lld SH=%lld SW=%lld PH=%lld PW=%lld (need sizes >= 0, "
+                     "kernel and stride > 0, padding >= 0, the padded input at least the kernel)",
+                     N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
         return NULL;
     }
-    /* refuse a product that overflows int64 rather than return a wrapped size */
-    const long long f[] = {IC, KH, KW, OH, OW};
-    int overflow = 0;
-    for (long long i = 0, prod = 1; i < 5 && prod > 0 && f[i] > 0; i++) {
-        overflow = prod > LLONG_MAX / f[i];
-        prod = overflow ? 0 : prod * f[i];
-    }
-    if (overflow) {
-        PyErr_Format(PyExc_ValueError,
-                     "conv2d_workspace_size: IC=%lld KH=%lld KW=%lld OH=%lld OW=%lld gives more than 2**63 floats", IC,
-                     KH, KW, OH, OW);
-        return NULL;
-    }
-    return PyLong_FromLongLong(peftc_conv2d_workspace_size(IC, KH, KW, OH, OW));
+    return PyLong_FromLongLong(need);
 }
 
-static int check_workspace(ArgCheck *ck)
+static int check_workspace(ArgCheck *ck, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
-    const int64_t need = peftc_conv2d_workspace_size(arg_dim(ck, "IC"), arg_dim(ck, "KH"), arg_dim(ck, "KW"),
-                                                     arg_dim(ck, "OH"), arg_dim(ck, "OW"));
+    const int64_t need = peftc_conv2d_workspace_size(arg_dim(ck, "N"), arg_dim(ck, "IC"), arg_dim(ck, "IH"),
+                                                     arg_dim(ck, "IW"), arg_dim(ck, "OC"), arg_dim(ck, "KH"),
+                                                     arg_dim(ck, "KW"), SH, SW, PH, PW);
+    if (need < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the sizes need more than 2**63 floats of scratch", ck->fn);
+        return -1;
+    }
     return arg_workspace(ck, need);
 }
 
@@ -85,7 +80,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
         arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN, &x) < 0 ||
         arg_f32(&ck, "weight", o_w, "OC IC KH KW", ARG_IN, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0 ||
-        bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck) < 0)
+        bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck, SH, SW, PH, PW) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -121,7 +116,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "conv2d_backward: give dx or x so that the input size is known");
         return NULL;
     }
-    if (bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck) < 0)
+    if (bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck, SH, SW, PH, PW) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -439,7 +434,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
 
 PyMethodDef peftc_py_cnn_methods[] = {
     {"conv2d_workspace_size", py_conv2d_workspace_size, METH_VARARGS,
-     "conv2d_workspace_size(IC, KH, KW, OH, OW) -> floats of scratch conv2d_forward/backward need"},
+     "conv2d_workspace_size(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW) -> floats of scratch conv2d_forward/backward need"},
     {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
      "conv2d_forward(y, work, x, weight, bias, SH, SW, PH, PW): y = conv(x, weight) + bias"},
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,

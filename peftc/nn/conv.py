@@ -65,8 +65,7 @@ class Conv2d(Module):
             return self._work_view
         if len(x_shape) != 4:
             raise ValueError(f"Conv2d input must be (N, C, H, W), got shape {tuple(x_shape)}")
-        out_hw = F.conv2d_output_size(x_shape[2:], self.kernel_size, self.stride, self.padding)
-        need = F.conv2d_workspace_size(self.in_channels, self.kernel_size, out_hw)
+        need = F.conv2d_workspace_size(x_shape, self.weight.shape, self.stride, self.padding)
         if self._work.size < need:
             self._work = np.empty(need, dtype=np.float32)
         self._work_for, self._work_view = (tuple(x_shape), self.weight.shape), self._work[:need]

@@ -1,0 +1,191 @@
+/* winograd.c: 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) (Lavin and Gray, 2016) for conv.c:
+ * the forward, and the input gradient as the same correlation with the flipped, transposed kernel.
+ * Images are processed in blocks. A block is first transposed so that the image index is innermost
+ * (CI, H, W, nb); each overlapping 4x4 input tile (stride 2, zero outside the plane) is transformed to
+ * V = B^T d B for all nb images at once, so every transform loop is a unit-stride loop over images;
+ * the 16 transform points become 16 GEMMs M = U V over the channels (U = G g G^T, the transformed
+ * kernels); each 4x4 tile of M goes back to a 2x2 output tile as A^T M A, again for all images at once,
+ * and the block is transposed back. Edge tiles read zeros, and their outputs outside the plane go to a
+ * discard row. No weight-gradient path here (conv.c keeps im2col for it). */
+#include "winograd.h"
+
+#include <string.h>
+
+#include "blas.h"
+
+/* scratch floats per block aimed at (tile transforms V, products M, transposed images): ~4 MB */
+#define WINOGRAD_BLOCK_FLOATS (1 << 20)
+
+static int64_t tiles(int64_t n) { return (n + 1) / 2; }
+
+/* floats per image of a block: V and M, and the transposed input or output (one at a time) */
+static int64_t per_image(int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t OH, int64_t OW)
+{
+    const int64_t xin = CI * H * W, xout = CO * OH * OW;
+    return 16 * (CI + CO) * tiles(OH) * tiles(OW) + (xin > xout ? xin : xout) + 19;
+}
+
+int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
+                                         int64_t PW)
+{
+    return 16 * CO * CI + nb * per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
+}
+
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
+{
+    /* a multiple of 16 images (the AVX-512 float lanes of the transform loops), the nearest to the budget */
+    int64_t nb = (WINOGRAD_BLOCK_FLOATS / per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2) + 8) / 16 * 16;
+    nb = nb < 16 ? 16 : nb;
+    return nb > N ? (N < 1 ? 1 : N) : nb;
+}
+
+/* U (16, CO, CI): point p of G k G^T for every kernel k(co, ci), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
+static void transform_kernels(float *U, const float *w, int flip, int64_t CI, int64_t CO)
+{
+    for (int64_t co = 0; co < CO; co++)
+        for (int64_t ci = 0; ci < CI; ci++) {
+            float g[9], t[12], u[16];
+            const float *k = flip ? w + (ci * CO + co) * 9 : w + (co * CI + ci) * 9;
+            for (int i = 0; i < 9; i++)
+                g[i] = flip ? k[8 - i] : k[i];
+            for (int c = 0; c < 3; c++) {
+                t[c] = g[c];
+                t[3 + c] = 0.5f * (g[c] + g[3 + c] + g[6 + c]);
+                t[6 + c] = 0.5f * (g[c] - g[3 + c] + g[6 + c]);
+                t[9 + c] = g[6 + c];
+            }
+            for (int r = 0; r < 4; r++) {
+                u[4 * r] = t[3 * r];
+                u[4 * r + 1] = 0.5f * (t[3 * r] + t[3 * r + 1] + t[3 * r + 2]);
+                u[4 * r + 2] = 0.5f * (t[3 * r] - t[3 * r + 1] + t[3 * r + 2]);
+                u[4 * r + 3] = t[3 * r + 2];
+            }
+            for (int p = 0; p < 16; p++)
+                U[(p * CO + co) * CI + ci] = u[p];
+        }
+}
+
+/* one 4-point B^T step over n images: (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) */
+static void bt4(float *restrict o0, float *restrict o1, float *restrict o2, float *restrict o3,
+                const float *restrict a, const float *restrict b, const float *restrict e, const float *restrict f,
+                int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        o0[i] = a[i] - e[i];
+        o1[i] = b[i] + e[i];
+        o2[i] = e[i] - b[i];
+        o3[i] = b[i] - f[i];
+    }
+}
+
+/* one 4-point A^T step over n images: (o0, o1) = (a + b + e, b - e - f) */
+static void at4(float *restrict o0, float *restrict o1, const float *restrict a, const float *restrict b,
+                const float *restrict e, const float *restrict f, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        o0[i] = a[i] + b[i] + e[i];
+        o1[i] = b[i] - e[i] - f[i];
+    }
+}
+
+/* images innermost, X (K, bn) from x (bn, K), in chunks of TRANSPOSE_CHUNK rows of X so that the rows
+ * being written stay in L1 while every image contributes its piece */
+#define TRANSPOSE_CHUNK 16
+static void transpose_in(float *X, const float *x, int64_t bn, int64_t K)
+{
+    for (int64_t k0 = 0; k0 < K; k0 += TRANSPOSE_CHUNK) {
+        const int64_t k1 = K - k0 < TRANSPOSE_CHUNK ? K : k0 + TRANSPOSE_CHUNK;
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t k = k0; k < k1; k++)
+                X[k * bn + i] = x[i * K + k];
+    }
+}
+
+/* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] */
+static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t CO,
+                          int64_t S)
+{
+    for (int64_t co = 0; co < CO; co++) {
+        const float bias = b ? b[co] : 0.0f;
+        const float *Xc = X + co * S * bn;
+        for (int64_t k0 = 0; k0 < S; k0 += TRANSPOSE_CHUNK) {
+            const int64_t k1 = S - k0 < TRANSPOSE_CHUNK ? S : k0 + TRANSPOSE_CHUNK;
+            for (int64_t i = 0; i < bn; i++) {
+                float *o = y + (i * CO + co) * S;
+                if (accumulate)
+                    for (int64_t k = k0; k < k1; k++)
+                        o[k] += Xc[k * bn + i] + bias;
+                else
+                    for (int64_t k = k0; k < k1; k++)
+                        o[k] = Xc[k * bn + i] + bias;
+            }
+        }
+    }
+}
+
+peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const float *w, const float *b, int flip,
+                               int accumulate, int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
+                               int64_t PW)
+{
+    const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
+    const int64_t TH = tiles(OH), TW = tiles(OW), TI = TH * TW, HW = H * W, OHW = OH * OW;
+    const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW);
+    const int64_t xin = CI * HW, xout = CO * OHW;
+    float *U = work;                                  /* (16, CO, CI) */
+    float *V = U + 16 * CO * CI;                      /* (16, CI, TI, nb) */
+    float *M = V + 16 * CI * TI * nb;                 /* (16, CO, TI, nb) */
+    float *X = M + 16 * CO * TI * nb;                 /* (CI, H, W, nb) in, then (CO, OH, OW, nb) out */
+    float *tmp = X + (xin > xout ? xin : xout) * nb;  /* (16, nb) */
+    float *zero = tmp + 16 * nb, *discard0 = zero + nb, *discard1 = discard0 + nb; /* (nb) each */
+    transform_kernels(U, w, flip, CI, CO);
+    memset(zero, 0, (size_t)nb * sizeof(float));
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t bn = N - n0 < nb ? N - n0 : nb, T = TI * bn;
+        transpose_in(X, in + n0 * xin, bn, xin);
+        for (int64_t ci = 0; ci < CI; ci++)
+            for (int64_t th = 0; th < TH; th++)
+                for (int64_t tw = 0; tw < TW; tw++) {
+                    const float *d[16];
+                    for (int r = 0; r < 4; r++)
+                        for (int c = 0; c < 4; c++) {
+                            const int64_t ih = 2 * th - PH + r, iw = 2 * tw - PW + c;
+                            d[4 * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
+                                                                                   : zero;
+                        }
+                    /* rows: tmp row 4 r + c = (B^T d)[r][c]; columns: V point 4 r + c = (tmp B)[r][c] */
+                    for (int c = 0; c < 4; c++)
+                        bt4(tmp + c * bn, tmp + (4 + c) * bn, tmp + (8 + c) * bn, tmp + (12 + c) * bn, d[c], d[4 + c],
+                            d[8 + c], d[12 + c], bn);
+                    float *v = V + ci * T + (th * TW + tw) * bn;
+                    for (int r = 0; r < 4; r++)
+                        bt4(v + (4 * r) * CI * T, v + (4 * r + 1) * CI * T, v + (4 * r + 2) * CI * T,
+                            v + (4 * r + 3) * CI * T, tmp + 4 * r * bn, tmp + (4 * r + 1) * bn, tmp + (4 * r + 2) * bn,
+                            tmp + (4 * r + 3) * bn, bn);
+                }
+        for (int p = 0; p < 16; p++) {
+            /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TI*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
+            peftc_status st = peftc_sgemm(0, 0, CO, T, CI, 1.0f, U + p * CO * CI, CI, V + p * CI * T, T, 0.0f,
+                                          M + p * CO * T, T);
+            if (st != PEFTC_OK)
+                return st;
+        }
+        for (int64_t co = 0; co < CO; co++)
+            for (int64_t th = 0; th < TH; th++)
+                for (int64_t tw = 0; tw < TW; tw++) {
+                    const float *m = M + co * T + (th * TW + tw) * bn;
+                    /* tmp rows 4 r + c = (A^T m)[r][c] for r < 2; then the output tile (A^T m A)[r][c] */
+                    for (int c = 0; c < 4; c++)
+                        at4(tmp + c * bn, tmp + (4 + c) * bn, m + c * CO * T, m + (4 + c) * CO * T,
+                            m + (8 + c) * CO * T, m + (12 + c) * CO * T, bn);
+                    for (int r = 0; r < 2; r++) {
+                        const int64_t oh = 2 * th + r, ow = 2 * tw;
+                        float *y0 = oh < OH ? X + (co * OHW + oh * OW + ow) * bn : discard0;
+                        float *y1 = oh < OH && ow + 1 < OW ? y0 + bn : discard1;
+                        at4(y0, y1, tmp + 4 * r * bn, tmp + (4 * r + 1) * bn, tmp + (4 * r + 2) * bn,
+                            tmp + (4 * r + 3) * bn, bn);
+                    }
+                }
+        transpose_out(out + n0 * xout, X, b, accumulate, bn, CO, OHW);
+    }
+    return PEFTC_OK;
+}

@@ -1,0 +1,31 @@
+/* winograd.h: 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), used by conv.c for
+ * the forward and for the input gradient (a full correlation of dy with the flipped, transposed
+ * kernel). Each 2x2 output tile costs 16 multiplies per (input, output) channel pair instead of 36, so
+ * the GEMM work drops 2.25-fold; the transforms use only adds and halvings, so float32 results stay
+ * within a few ulp of the direct sum. Internal to the core, not part of the public header. */
+#ifndef PEFTC_WINOGRAD_H
+#define PEFTC_WINOGRAD_H
+
+#include <stdint.h>
+
+#include "peftc.h"
+
+/* Floats of scratch peftc_winograd3x3() needs for blocks of nb images of CI input channels (H, W),
+ * padded by (PH, PW), swept to CO output channels. */
+int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
+                                         int64_t PW);
+
+/* Images per block for N images: the multiple of 16 that keeps the block scratch nearest a fixed
+ * budget (at least 16), or all N when fewer. */
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
+
+/* out[n, co] (overwritten, or accumulated with accumulate != 0) = sum over ci of the 3x3 correlation of
+ * in[n, ci] (zero-padded by PH, PW) with the kernel k(co, ci), plus b[co] when b is given. flip == 0:
+ * k(co, ci)[a][c] = w[co][ci][a][c] with w (CO,CI,3,3); flip != 0: k(co, ci)[a][c] = w[ci][co][2-a][2-c]
+ * with w (CI,CO,3,3), the kernel of the input gradient. OH = H + 2 PH - 2, OW = W + 2 PW - 2 (both > 0).
+ * work holds peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, ...), ...) floats. */
+peftc_status peftc_winograd3x3(float *out /* (N,CO,OH,OW) */, float *work, const float *in /* (N,CI,H,W) */,
+                               const float *w, const float *b /* (CO) or NULL */, int flip, int accumulate,
+                               int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
+
+#endif
