@@ -157,6 +157,13 @@ def paired_differences(runs: list[dict], ks: list[int]) -> dict:
     return out
 
 
+def _scope(runs: list[dict], reduced: bool) -> str:
+    """What was run, from the runs themselves: steps and training-set size."""
+    steps, train = runs[0]["steps"], runs[0]["sizes"]["train"]
+    what = f"{steps} steps on {train} training glosses"
+    return f"a reduced configuration ({what})" if reduced else f"the full configuration ({what})"
+
+
 def verdict(runs: list[dict], ks: list[int], reduced: bool) -> str:
     """Whether EVA's training loss is below random's at every K in every seed, with the evidence's limits."""
     diffs = paired_differences(runs, ks)
@@ -172,7 +179,7 @@ def verdict(runs: list[dict], ks: list[int], reduced: bool) -> str:
     else:
         claim = "EVA's training loss is NOT lower than random init's in every seed at any K compared"
     claim += f" (EVA minus random, per seed: {detail})"
-    scope = "a reduced configuration (small training set, 100 steps)" if reduced else "the full configuration"
+    scope = _scope(runs, reduced)
     if n == 1:
         limits = (f" This is {scope} with one seed, which cannot separate an effect from seed noise: \"EVA "
                   "converges faster\" is neither confirmed nor refuted here.")
