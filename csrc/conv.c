@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "parallel.h"
 #include "winograd.h"
 
 /* scratch floats aimed at per im2col block (patch matrix and gathered outputs): 256 KB, which stays in
@@ -220,15 +221,22 @@ static int64_t mul_or_neg(int64_t a, int64_t b)
     return a < 0 || b < 0 || (b > 0 && a > INT64_MAX / b) ? -1 : a * b;
 }
 
-int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
-                                    int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+/* Multiply-adds a part should hold before the images of a convolution are split over threads: a
+ * thread costs tens of microseconds to start, 2M multiply-adds about a hundred. */
+#define CONV_PART_MACS (1 << 21)
+
+/* parts the N images of a sweep are split into (the forward and the input gradient alike) */
+static int64_t conv_parts(int64_t N, int64_t OC, int64_t K, int64_t S)
 {
-    if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
-        return -1;
-    const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
-    const int64_t S = mul_or_neg(OH, OW), K = mul_or_neg(mul_or_neg(IC, KH), KW);
-    if (S < 0 || K < 0 || K > INT64_MAX - OC)
-        return -1;
+    const int64_t per_image = mul_or_neg(OC, mul_or_neg(K, S));
+    const int64_t min_items = per_image <= 0 ? N : (CONV_PART_MACS + per_image - 1) / per_image;
+    return peftc_parallel_parts(N, min_items);
+}
+
+/* scratch of one part that sweeps N images on its own, -1 on overflow */
+static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                              int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t K, int64_t S)
+{
     int64_t need = 0;
     if (!is_pointwise(KH, KW, SH, SW, PH, PW)) {
         /* a block of nb > 1 images stays near CONV_BLOCK_FLOATS, so one image bounds the size */
@@ -238,6 +246,7 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
         need *= im2col_block(N, K, OC, S);
     }
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW)) {
+        const int64_t OW = S / OH;
         /* one image of the forward (IC -> OC) or of the input gradient (OC -> IC), as a bound */
         const int64_t planes = mul_or_neg(IC + OC, mul_or_neg(IH + 4, IW + 4));
         const int64_t per_image = mul_or_neg(mul_or_neg(16, IC + OC), mul_or_neg((IH + 5) / 2, (IW + 5) / 2));
@@ -258,12 +267,165 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
     return need;
 }
 
+/* Per-part scratch floats: the largest part holds ceil(N / parts) images. */
+static int64_t part_floats(int64_t N, int64_t parts, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                           int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t K,
+                           int64_t S)
+{
+    return part_workspace((N + parts - 1) / parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S);
+}
+
+int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                                    int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+{
+    if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
+        return -1;
+    const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
+    const int64_t S = mul_or_neg(OH, OW), K = mul_or_neg(mul_or_neg(IC, KH), KW);
+    if (S < 0 || K < 0 || K > INT64_MAX - OC)
+        return -1;
+    /* the parts of the forward and the input gradient, side by side; and one part of all N images for the
+     * weight gradient, which runs on the calling thread */
+    const int64_t parts = N > 0 ? conv_parts(N, OC, K, S) : 1;
+    const int64_t split = mul_or_neg(parts, part_floats(N, parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S));
+    const int64_t whole = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S);
+    return split < 0 || whole < 0 ? -1 : split > whole ? split : whole;
+}
+
 /* the nb images of a block side by side: dst (C, nb*S) from src (nb, C, S), or back */
 static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, int64_t S)
 {
     for (int64_t i = 0; i < nb; i++)
         for (int64_t c = 0; c < C; c++)
             memcpy(dst + c * nb * S + i * S, src + (i * C + c) * S, (size_t)S * sizeof(float));
+}
+
+/* peftc_sgemm, or with tiled != 0 peftc_sgemm_tiled (the same numbers, on the calling thread only) */
+static peftc_status conv_gemm(int tiled, int trans_a, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                              const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+    return (tiled ? peftc_sgemm_tiled : peftc_sgemm)(trans_a, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* One convolution's sizes and arrays; a part sweeps images [n0, n1) with scratch work + t * part. */
+typedef struct {
+    float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
+    const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
+    int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part;
+    int tiled;
+} conv_job;
+
+/* y of images [n0, n0 + n) (overwritten) */
+static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, int64_t n)
+{
+    const int64_t IC = j->IC, IH = j->IH, IW = j->IW, OC = j->OC, KH = j->KH, KW = j->KW, SH = j->SH, SW = j->SW,
+                  PH = j->PH, PW = j->PW, OH = j->OH, OW = j->OW;
+    const int64_t K = IC * KH * KW, S = OH * OW;
+    const float *x = j->x + n0 * IC * IH * IW, *w = j->w, *b = j->b;
+    float *y = j->y + n0 * OC * S;
+    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
+        return peftc_winograd3x3(y, work, x, w, b, 0, 0, j->tiled, n, IC, IH, IW, OC, PH, PW);
+    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        for (int64_t i = 0; i < n; i++) {
+            float *yn = y + i * OC * S;
+            /* yn (OC,S) = w (OC,IC) xn (IC,S): M=OC, N=S, K=IC, lda=IC, ldb=S, ldc=S */
+            peftc_status st = conv_gemm(j->tiled, 0, OC, S, K, w, K, x + i * IC * S, S, 0.0f, yn, S);
+            if (st != PEFTC_OK)
+                return st;
+            if (b)
+                for (int64_t o = 0; o < OC; o++)
+                    for (int64_t s = 0; s < S; s++)
+                        yn[o * S + s] += b[o];
+        }
+        return PEFTC_OK;
+    }
+    const int64_t nb = im2col_block(n, K, OC, S);
+    for (int64_t i0 = 0; i0 < n; i0 += nb) {
+        const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
+        float *col = work, *yb = work + K * L;
+        for (int64_t i = 0; i < bn; i++)
+            im2col(col + i * S, L, x + (i0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+        /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
+        peftc_status st = conv_gemm(j->tiled, 0, OC, L, K, w, K, col, L, 0.0f, yb, L);
+        if (st != PEFTC_OK)
+            return st;
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t o = 0; o < OC; o++) {
+                float *dst = y + ((i0 + i) * OC + o) * S;
+                const float *src = yb + o * L + i * S;
+                const float bias = b ? b[o] : 0.0f;
+                for (int64_t s = 0; s < S; s++)
+                    dst[s] = src[s] + bias;
+            }
+    }
+    return PEFTC_OK;
+}
+
+/* dx of images [n0, n0 + n) (accumulated) */
+static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0, int64_t n)
+{
+    const int64_t IC = j->IC, IH = j->IH, IW = j->IW, OC = j->OC, KH = j->KH, KW = j->KW, SH = j->SH, SW = j->SW,
+                  PH = j->PH, PW = j->PW, OH = j->OH, OW = j->OW;
+    const int64_t K = IC * KH * KW, S = OH * OW;
+    const float *dy = j->dy + n0 * OC * S, *w = j->w;
+    float *dx = j->dx + n0 * IC * IH * IW;
+    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
+        /* the input gradient is the correlation of dy, padded by 2 - P, with the flipped, transposed w */
+        return peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, j->tiled, n, OC, OH, OW, IC, 2 - PH, 2 - PW);
+    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        for (int64_t i = 0; i < n; i++) {
+            /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
+            peftc_status st = conv_gemm(j->tiled, 1, IC, S, OC, w, IC, dy + i * OC * S, S, 1.0f, dx + i * IC * S, S);
+            if (st != PEFTC_OK)
+                return st;
+        }
+        return PEFTC_OK;
+    }
+    const int64_t nb = im2col_block(n, K, OC, S);
+    for (int64_t i0 = 0; i0 < n; i0 += nb) {
+        const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
+        float *col = work, *dyb = work + K * L;
+        gather_block(dyb, dy + i0 * OC * S, bn, OC, S);
+        /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
+        peftc_status st = conv_gemm(j->tiled, 1, K, L, OC, w, K, dyb, L, 0.0f, col, L);
+        if (st != PEFTC_OK)
+            return st;
+        for (int64_t i = 0; i < bn; i++)
+            col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+    }
+    return PEFTC_OK;
+}
+
+static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const conv_job *j = ctx;
+    int64_t n0, n1;
+    peftc_part_range(j->N, t, nparts, &n0, &n1);
+    return forward_images(j, j->work + t * j->part, n0, n1 - n0);
+}
+
+static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const conv_job *j = ctx;
+    int64_t n0, n1;
+    peftc_part_range(j->N, t, nparts, &n0, &n1);
+    return input_grad_images(j, j->work + t * j->part, n0, n1 - n0);
+}
+
+/* The job of a sweep over N images split into *parts, each part with its own slice of work and GEMMs
+ * that OpenBLAS runs on the calling thread (images on threads beat one small GEMM on several). The GEMMs
+ * are tiled whatever the thread count: OpenBLAS's bits depend on the tile shape, so one fixed tiling
+ * keeps results independent of the number of threads. */
+static conv_job conv_job_for(int64_t *parts, float *work, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
+                             int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+{
+    const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
+    const int64_t K = IC * KH * KW, S = OH * OW;
+    *parts = conv_parts(N, OC, K, S);
+    return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
+                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,
+                      .part = part_floats(N, *parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S),
+                      .tiled = 1};
 }
 
 peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const float *w, const float *b, int64_t N,
@@ -274,44 +436,13 @@ peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const f
         return PEFTC_ERR_SIZE;
     if (N == 0)
         return PEFTC_OK;
-    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
-        return peftc_winograd3x3(y, work, x, w, b, 0, 0, N, IC, IH, IW, OC, PH, PW);
-    const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
-    const int64_t K = IC * KH * KW, S = OH * OW;
-    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
-        for (int64_t n = 0; n < N; n++) {
-            float *yn = y + n * OC * S;
-            /* yn (OC,S) = w (OC,IC) xn (IC,S): M=OC, N=S, K=IC, lda=IC, ldb=S, ldc=S */
-            peftc_status st = peftc_sgemm(0, 0, OC, S, K, 1.0f, w, K, x + n * IC * S, S, 0.0f, yn, S);
-            if (st != PEFTC_OK)
-                return st;
-            if (b)
-                for (int64_t o = 0; o < OC; o++)
-                    for (int64_t s = 0; s < S; s++)
-                        yn[o * S + s] += b[o];
-        }
-        return PEFTC_OK;
-    }
-    const int64_t nb = im2col_block(N, K, OC, S);
-    for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
-        float *col = work, *yb = work + K * L;
-        for (int64_t i = 0; i < bn; i++)
-            im2col(col + i * S, L, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
-        /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
-        peftc_status st = peftc_sgemm(0, 0, OC, L, K, 1.0f, w, K, col, L, 0.0f, yb, L);
-        if (st != PEFTC_OK)
-            return st;
-        for (int64_t i = 0; i < bn; i++)
-            for (int64_t o = 0; o < OC; o++) {
-                float *dst = y + ((n0 + i) * OC + o) * S;
-                const float *src = yb + o * L + i * S;
-                const float bias = b ? b[o] : 0.0f;
-                for (int64_t s = 0; s < S; s++)
-                    dst[s] = src[s] + bias;
-            }
-    }
-    return PEFTC_OK;
+    int64_t parts;
+    conv_job job = conv_job_for(&parts, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    job.y = y;
+    job.x = x;
+    job.w = w;
+    job.b = b;
+    return peftc_parallel_run(forward_part, &job, parts);
 }
 
 peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work, const float *dy, const float *x,
@@ -336,50 +467,29 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
             }
     if (N == 0 || (!dx && !dw))
         return PEFTC_OK;
-    const int wino = use_winograd(IC, OC, KH, KW, SH, SW, PH, PW);
-    if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
-        for (int64_t n = 0; n < N; n++) {
-            const float *dyn = dy + n * OC * S;
-            if (dw)
-                /* dw (OC,IC) += dyn (OC,S) xn^T (S,IC): M=OC, N=IC, K=S, lda=S, ldb=S, ldc=IC */
-                st = peftc_sgemm(0, 1, OC, K, S, 1.0f, dyn, S, x + n * IC * S, S, 1.0f, dw, K);
-            if (st == PEFTC_OK && dx)
-                /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
-                st = peftc_sgemm(1, 0, IC, S, OC, 1.0f, w, IC, dyn, S, 1.0f, dx + n * IC * S, S);
-            if (st != PEFTC_OK)
-                return st;
-        }
-        return PEFTC_OK;
-    }
-    if (dx && wino) {
-        /* the input gradient is the correlation of dy, padded by 2 - P, with the flipped, transposed w */
-        st = peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, N, OC, OH, OW, IC, 2 - PH, 2 - PW);
-        if (st != PEFTC_OK || !dw)
-            return st;
-        dx = NULL;
-    }
-    const int64_t nb = im2col_block(N, K, OC, S);
-    for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
-        float *col = work, *dyb = work + K * L;
-        gather_block(dyb, dy + n0 * OC * S, bn, OC, S);
-        if (dw) {
+    /* the weight gradient sums over all images: one part, on this thread, with OpenBLAS's own threads */
+    if (dw && is_pointwise(KH, KW, SH, SW, PH, PW)) {
+        for (int64_t n = 0; n < N && st == PEFTC_OK; n++)
+            /* dw (OC,IC) += dyn (OC,S) xn^T (S,IC): M=OC, N=IC, K=S, lda=S, ldb=S, ldc=IC */
+            st = peftc_sgemm(0, 1, OC, K, S, 1.0f, dy + n * OC * S, S, x + n * IC * S, S, 1.0f, dw, K);
+    } else if (dw) {
+        const int64_t nb = im2col_block(N, K, OC, S);
+        for (int64_t n0 = 0; n0 < N && st == PEFTC_OK; n0 += nb) {
+            const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
+            float *col = work, *dyb = work + K * L;
+            gather_block(dyb, dy + n0 * OC * S, bn, OC, S);
             for (int64_t i = 0; i < bn; i++)
                 im2col(col + i * S, L, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
             /* dw (OC,K) += dyb (OC,L) col^T (L,K), L = bn*S: M=OC, N=K, K=L, lda=L, ldb=L, ldc=K */
             st = peftc_sgemm(0, 1, OC, K, L, 1.0f, dyb, L, col, L, 1.0f, dw, K);
-            if (st != PEFTC_OK)
-                return st;
-        }
-        if (dx) {
-            /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
-            st = peftc_sgemm(1, 0, K, L, OC, 1.0f, w, K, dyb, L, 0.0f, col, L);
-            if (st != PEFTC_OK)
-                return st;
-            for (int64_t i = 0; i < bn; i++)
-                col2im_add(dx + (n0 + i) * IC * IH * IW, col + i * S, L, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH,
-                           OW);
         }
     }
-    return PEFTC_OK;
+    if (st != PEFTC_OK || !dx)
+        return st;
+    int64_t parts;
+    conv_job job = conv_job_for(&parts, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    job.dx = dx;
+    job.dy = dy;
+    job.w = w;
+    return peftc_parallel_run(input_grad_part, &job, parts);
 }

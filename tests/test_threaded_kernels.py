@@ -1,5 +1,5 @@
 """Kernels that split their work over threads (attention, GELU, LayerNorm and its residual fusion, dropout,
-the bias rows of linear outputs) give the same bits on one thread and on two. OpenBLAS reads its thread
+the bias rows of linear outputs, convolutions) give the same bits on one thread and on two. OpenBLAS reads its thread
 count once, at load, so each count runs in its own process."""
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ res["bias_rows"] = F.linear_forward(xz, wz, bl)
 res["bias"] = bl
 res["ln_sum"] = xl.copy()
 res["ln_res"], _, _ = F.layernorm_residual_forward(res["ln_sum"], dl, w, b)
+# convolutions split their images over threads: Winograd (3x3 stride 1), im2col (stride 2), 1x1 stride 2
+for name, (ic, oc, hw, k, s, p) in {"wino": (16, 16, 14, 3, 1, 1), "s2": (16, 32, 14, 3, 2, 1),
+                                    "short": (16, 32, 14, 1, 2, 0)}.items():
+    xc = rng.standard_normal((40, ic, hw, hw), dtype=np.float32)
+    wc = rng.standard_normal((oc, ic, k, k), dtype=np.float32)
+    res[name] = F.conv2d_forward(xc, wc, None, s, p)
+    res["d" + name] = np.ones_like(xc)
+    F.conv2d_backward(res[name], None, wc, s, p, dx=res["d" + name])
 np.savez(sys.argv[1], **res)
 """
 
