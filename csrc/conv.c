@@ -225,12 +225,23 @@ static int64_t mul_or_neg(int64_t a, int64_t b)
  * thread costs tens of microseconds to start, 2M multiply-adds about a hundred. */
 #define CONV_PART_MACS (1 << 21)
 
-/* parts the N images of a sweep are split into (the forward and the input gradient alike) */
-static int64_t conv_parts(int64_t N, int64_t OC, int64_t K, int64_t S)
+/* Images per block of the forward (input_grad == 0) or the input gradient: the unit a part holds whole,
+ * so that every block, and so every GEMM, is the same whatever the number of parts. */
+static int64_t sweep_block(int input_grad, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                           int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
-    const int64_t per_image = mul_or_neg(OC, mul_or_neg(K, S));
-    const int64_t min_items = per_image <= 0 ? N : (CONV_PART_MACS + per_image - 1) / per_image;
-    return peftc_parallel_parts(N, min_items);
+    if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
+        return input_grad ? peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW)
+                          : peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW);
+    return is_pointwise(KH, KW, SH, SW, PH, PW) ? 1 : im2col_block(N, IC * KH * KW, OC, OH * OW);
+}
+
+/* parts the nblocks blocks of nb images of a sweep are split into */
+static int64_t conv_parts(int64_t nblocks, int64_t nb, int64_t OC, int64_t K, int64_t S)
+{
+    const int64_t per_block = mul_or_neg(nb, mul_or_neg(OC, mul_or_neg(K, S)));
+    const int64_t min_items = per_block <= 0 ? nblocks : (CONV_PART_MACS + per_block - 1) / per_block;
+    return peftc_parallel_parts(nblocks, min_items);
 }
 
 /* scratch of one part that sweeps N images on its own, -1 on overflow */
@@ -267,14 +278,6 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
     return need;
 }
 
-/* Per-part scratch floats: the largest part holds ceil(N / parts) images. */
-static int64_t part_floats(int64_t N, int64_t parts, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
-                           int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t K,
-                           int64_t S)
-{
-    return part_workspace((N + parts - 1) / parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S);
-}
-
 int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
                                     int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
@@ -284,12 +287,16 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
     const int64_t S = mul_or_neg(OH, OW), K = mul_or_neg(mul_or_neg(IC, KH), KW);
     if (S < 0 || K < 0 || K > INT64_MAX - OC)
         return -1;
-    /* the parts of the forward and the input gradient, side by side; and one part of all N images for the
-     * weight gradient, which runs on the calling thread */
-    const int64_t parts = N > 0 ? conv_parts(N, OC, K, S) : 1;
-    const int64_t split = mul_or_neg(parts, part_floats(N, parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S));
-    const int64_t whole = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S);
-    return split < 0 || whole < 0 ? -1 : split > whole ? split : whole;
+    /* the parts of the forward or the input gradient side by side, each with one block's scratch (the
+     * scratch for all N images is one block's, as blocks are capped by a budget); the weight gradient
+     * runs on the calling thread in the first part's */
+    int64_t parts = 1;
+    for (int g = 0; g < 2 && N > 0; g++) {
+        const int64_t nb = sweep_block(g, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+        const int64_t p = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
+        parts = p > parts ? p : parts;
+    }
+    return mul_or_neg(parts, part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S));
 }
 
 /* the nb images of a block side by side: dst (C, nb*S) from src (nb, C, S), or back */
@@ -311,7 +318,7 @@ static peftc_status conv_gemm(int tiled, int trans_a, int64_t M, int64_t N, int6
 typedef struct {
     float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
     const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
-    int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part;
+    int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part, nb; /* nb: images per block */
     int tiled;
 } conv_job;
 
@@ -400,7 +407,9 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
 {
     const conv_job *j = ctx;
     int64_t n0, n1;
-    peftc_part_range(j->N, t, nparts, &n0, &n1);
+    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &n0, &n1);
+    n0 *= j->nb;
+    n1 = n1 * j->nb < j->N ? n1 * j->nb : j->N;
     return forward_images(j, j->work + t * j->part, n0, n1 - n0);
 }
 
@@ -408,24 +417,28 @@ static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
 {
     const conv_job *j = ctx;
     int64_t n0, n1;
-    peftc_part_range(j->N, t, nparts, &n0, &n1);
+    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &n0, &n1);
+    n0 *= j->nb;
+    n1 = n1 * j->nb < j->N ? n1 * j->nb : j->N;
     return input_grad_images(j, j->work + t * j->part, n0, n1 - n0);
 }
 
 /* The job of a sweep over N images split into *parts, each part with its own slice of work and GEMMs
- * that OpenBLAS runs on the calling thread (images on threads beat one small GEMM on several). The GEMMs
+ * that OpenBLAS runs on the calling thread (images on threads beat one small GEMM on several); parts
+ * hold whole blocks of nb images. The GEMMs
  * are tiled whatever the thread count: OpenBLAS's bits depend on the tile shape, so one fixed tiling
  * keeps results independent of the number of threads. */
-static conv_job conv_job_for(int64_t *parts, float *work, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
-                             int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_t N, int64_t IC, int64_t IH,
+                             int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                             int64_t PW)
 {
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
-    *parts = conv_parts(N, OC, K, S);
+    const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+    *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
     return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
-                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,
-                      .part = part_floats(N, *parts, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S),
-                      .tiled = 1};
+                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW, .nb = nb, .tiled = 1,
+                      .part = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S)};
 }
 
 peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const float *w, const float *b, int64_t N,
@@ -437,7 +450,7 @@ peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const f
     if (N == 0)
         return PEFTC_OK;
     int64_t parts;
-    conv_job job = conv_job_for(&parts, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    conv_job job = conv_job_for(&parts, 0, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
     job.y = y;
     job.x = x;
     job.w = w;
@@ -487,7 +500,7 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
     if (st != PEFTC_OK || !dx)
         return st;
     int64_t parts;
-    conv_job job = conv_job_for(&parts, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    conv_job job = conv_job_for(&parts, 1, work, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
     job.dx = dx;
     job.dy = dy;
     job.w = w;
