@@ -350,6 +350,21 @@ static int64_t packed_longest(const int64_t *offsets, int64_t S)
     return longest;
 }
 
+/* Below this many score entries (sum of T^2 over the sequences; each costs about 4 H flops) per
+ * thread, a thread costs more than it saves: starting one, plus the first OpenBLAS call on it, takes
+ * some 30-100 us, about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
+ * (measured: such a batch ran slower on 2 threads than on 1). */
+#define PACKED_MIN_SCORES_PER_THREAD 4096
+
+static int64_t packed_threads(const int64_t *offsets, int64_t S, int64_t NH)
+{
+    int64_t scores = 0;
+    for (int64_t s = 0; s < S; s++)
+        scores += (offsets[s + 1] - offsets[s]) * (offsets[s + 1] - offsets[s]);
+    const int64_t parts = peftc_parallel_parts(scores, PACKED_MIN_SCORES_PER_THREAD);
+    return parts < S * NH ? parts : S * NH;
+}
+
 int64_t peftc_attention_packed_forward_workspace_size(int64_t T)
 {
     /* per thread, the probabilities of one (sequence, head) block of the longest sequence */
@@ -399,5 +414,5 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
         return PEFTC_OK;
     packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
                       .NH = NH, .Tmax = packed_longest(offsets, S)};
-    return peftc_parallel_run(packed_part, &job, attention_threads(S * NH));
+    return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
 }

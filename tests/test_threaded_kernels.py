@@ -1,4 +1,4 @@
-"""Kernels that split their work over threads (attention, GELU, LayerNorm and its residual fusion, dropout,
+"""Kernels that split their work over threads (attention, packed-sequence attention, GELU, LayerNorm and its residual fusion, dropout,
 the bias rows of linear outputs) give the same bits on one thread and on two. OpenBLAS reads its thread
 count once, at load, so each count runs in its own process."""
 from __future__ import annotations
@@ -49,6 +49,11 @@ res["bias_rows"] = F.linear_forward(xz, wz, bl)
 res["bias"] = bl
 res["ln_sum"] = xl.copy()
 res["ln_res"], _, _ = F.layernorm_residual_forward(res["ln_sum"], dl, w, b)
+# packed sequences: enough score entries for two threads, lengths uneven so the split cuts a sequence's heads
+lens = np.array([40, 3, 60, 17, 1, 90, 33], dtype=np.int64)
+offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+qp, kp, vp = (rng.standard_normal((int(offs[-1]), 96), dtype=np.float32) for _ in range(3))
+res["packed"] = F.attention_packed_forward(qp, kp, vp, offs, 3)
 np.savez(sys.argv[1], **res)
 """
 
