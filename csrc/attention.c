@@ -8,7 +8,10 @@
  * per thread (parallel.h), each thread running single-threaded GEMMs on its own slice of the
  * workspace. A (T,T,HS) GEMM is too small for OpenBLAS to split well (its threads would meet once
  * per GEMM instead of once per call). Results do not depend on the thread count: every pair is
- * computed the same way whichever thread runs it. */
+ * computed the same way whichever thread runs it.
+ *
+ * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
+ * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
 #include <math.h>
 
 #include "blas.h"
@@ -328,4 +331,88 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
                          .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
                          .H = H, .NH = NH};
     return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
+}
+
+/* ---- packed sequences (inference): each sequence's rows attend among themselves ---------------- */
+
+typedef struct {
+    float *out, *work;
+    const float *q, *k, *v;
+    const int64_t *offsets;
+    int64_t S, H, NH, Tmax;
+} packed_job;
+
+static int64_t packed_longest(const int64_t *offsets, int64_t S)
+{
+    int64_t longest = 0;
+    for (int64_t s = 0; s < S; s++)
+        longest = offsets[s + 1] - offsets[s] > longest ? offsets[s + 1] - offsets[s] : longest;
+    return longest;
+}
+
+/* Below this many score entries (sum of T^2 over the sequences; each costs about 4 H flops) per
+ * thread, a thread costs more than it saves: starting one, plus the first OpenBLAS call on it, takes
+ * some 30-100 us, about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
+ * (measured: such a batch ran slower on 2 threads than on 1). */
+#define PACKED_MIN_SCORES_PER_THREAD 4096
+
+static int64_t packed_threads(const int64_t *offsets, int64_t S, int64_t NH)
+{
+    int64_t scores = 0;
+    for (int64_t s = 0; s < S; s++)
+        scores += (offsets[s + 1] - offsets[s]) * (offsets[s + 1] - offsets[s]);
+    const int64_t parts = peftc_parallel_parts(scores, PACKED_MIN_SCORES_PER_THREAD);
+    return parts < S * NH ? parts : S * NH;
+}
+
+int64_t peftc_attention_packed_forward_workspace_size(int64_t T)
+{
+    /* per thread, the probabilities of one (sequence, head) block of the longest sequence */
+    return peftc_parallel_threads() * T * T;
+}
+
+/* the (sequence, head) pairs of part t: the same arithmetic as forward_part with B=1, no mask and no
+ * dropout, so a sequence's output does not depend on its neighbours or on the thread count */
+static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const packed_job *j = ctx;
+    const int64_t H = j->H, NH = j->NH, HS = H / NH;
+    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
+    float *a = j->work + t * j->Tmax * j->Tmax;
+    int64_t first, last;
+    peftc_part_range(j->S * NH, t, nparts, &first, &last);
+    for (int64_t sh = first; sh < last; sh++) {
+        const int64_t s = sh / NH, h = sh % NH, row = j->offsets[s], T = j->offsets[s + 1] - row;
+        const int64_t col = row * H + h * HS;
+        if (T == 0)
+            continue;
+        /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
+        peftc_status st = gemm_rows(0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
+        if (st != PEFTC_OK)
+            return st;
+        for (int64_t i = 0; i < T; i++)
+            masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
+        /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+        st = gemm_rows(0, 0, T, HS, T, a, T, j->v + col, H, 0.0f, j->out + col, H);
+        if (st != PEFTC_OK)
+            return st;
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_attention_packed_forward(float *out, float *work, const float *q, const float *k, const float *v,
+                                            const int64_t *offsets, int64_t S, int64_t N, int64_t H, int64_t NH)
+{
+    if (S < 0 || N < 0 || H < 0 || NH < 1 || H % NH != 0)
+        return PEFTC_ERR_SIZE;
+    if (offsets[0] != 0 || offsets[S] != N)
+        return PEFTC_ERR_ARG;
+    for (int64_t s = 0; s < S; s++)
+        if (offsets[s + 1] < offsets[s])
+            return PEFTC_ERR_ARG;
+    if (S == 0 || N == 0)
+        return PEFTC_OK;
+    packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
+                      .NH = NH, .Tmax = packed_longest(offsets, S)};
+    return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
 }

@@ -452,4 +452,18 @@ peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */
                                               const float *residual /* (N,H) */, const float *w /* (H) */,
                                               const float *b /* (H) */, float eps, int64_t N, int64_t H);
 
+/* ==== packed-sequence attention (attention.c; eva-threads family) ================================
+ * Inference-only self-attention of S sequences stored back to back as N = offsets[S] rows: sequence
+ * s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those rows alone (no
+ * mask, no dropout, no probabilities kept). Each sequence's output equals peftc_attention_forward on
+ * it as a (1,T,H) batch, bit for bit, for any thread count; the (sequence, head) pairs are split over
+ * the threads. offsets must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspace
+ * is queried with T = the longest sequence. */
+int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
+peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
+                                            float *work /* peftc_attention_packed_forward_workspace_size() floats */,
+                                            const float *q /* (N,H) */, const float *k /* (N,H) */,
+                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
+                                            int64_t S, int64_t N, int64_t H, int64_t NH);
+
 #endif

@@ -727,3 +727,27 @@ def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.n
     _C.layernorm_residual_forward(y, mean, rstd, x, residual, weight, bias, eps)
     return y, mean, rstd
 
+
+
+# ---- packed-sequence attention (eva-threads family) ----
+
+def attention_packed_forward_workspace_size(longest: int) -> int:
+    """Floats of scratch :func:`attention_packed_forward` needs when the longest sequence has ``longest`` rows."""
+    return _C.attention_packed_forward_workspace_size(longest)
+
+
+def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int, *,
+                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Inference self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
+
+    Sequence s is rows ``offsets[s]:offsets[s+1]`` (``offsets`` int64, starting at 0, ending at N) and
+    attends among its own rows only, with no mask and no dropout; each sequence's output equals
+    :func:`attention_forward` on it as a (1, T, H) batch, bit for bit. One C call splits the
+    (sequence, head) pairs over the threads.
+    """
+    y = _empty(q.shape, out)
+    if work is None:
+        longest = int(np.diff(offsets).max()) if offsets.size > 1 else 0
+        work = np.empty(attention_packed_forward_workspace_size(longest), dtype=np.float32)
+    _C.attention_packed_forward(y, work, q, k, v, offsets, num_heads)
+    return y

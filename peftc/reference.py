@@ -665,3 +665,13 @@ def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *,
     x += residual
     return layernorm_forward(x, weight, bias, eps)
 
+
+
+# ---- packed-sequence attention (eva-threads family) ----
+
+def attention_packed_forward(q, k, v, offsets, num_heads, *, out=None, work=None):
+    y = np.zeros_like(q)
+    for a, e in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if e > a:
+            y[a:e] = attention_forward(q[a:e][None], k[a:e][None], v[a:e][None], num_heads)[0][0]
+    return y

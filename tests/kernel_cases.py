@@ -162,6 +162,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     ce.names = {"dlogits": 0, "probs": 2, "labels": 3}
     cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng)
     cases += _bn_relu_cases(rng)
+    cases += _packed_attention_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -298,10 +299,24 @@ def _bn_relu_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
+def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Packed-sequence attention: sequences of 2, 0 and 3 rows stored back to back."""
+    n, h, nh = 5, 4, 2
+    offsets = np.array([0, 2, 2, 5], dtype=np.int64)
+    return [
+        _case("attention_packed_forward", [("out", _f(rng, n, h)),
+                                           ("work", _f(rng, _C.attention_packed_forward_workspace_size(3))),
+                                           ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
+                                           ("offsets", offsets)], [nh], {"out", "work"},
+              any_shape={"work", "offsets"}),
+    ]
+
+
 # functions of peftc._C that take only sizes, no arrays: not kernels, so no case
 SIZE_QUERIES = {"lora_backward_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
-                "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size"}
+                "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
+                "attention_packed_forward_workspace_size"}
 CASE_NAMES = sorted(make_cases())
 
 

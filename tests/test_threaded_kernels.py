@@ -1,5 +1,6 @@
-"""Kernels that split their work over threads (attention, GELU, LayerNorm and its residual fusion, dropout,
-the bias rows of linear outputs, convolutions) give the same bits on one thread and on two. OpenBLAS reads its thread
+"""Kernels that split their work over threads (attention, packed-sequence attention, GELU, LayerNorm and its
+residual fusion, dropout, the bias rows of linear outputs, convolutions) give the same bits on one thread and on
+two. OpenBLAS reads its thread
 count once, at load, so each count runs in its own process."""
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ for name, (ic, oc, hw, k, s, p) in {"wino": (16, 16, 14, 3, 1, 1), "s2": (16, 32
     res[name] = F.conv2d_forward(xc, wc, None, s, p)
     res["d" + name] = np.ones_like(xc)
     F.conv2d_backward(res[name], None, wc, s, p, dx=res["d" + name])
+# packed sequences: enough score entries for two threads, lengths uneven so the split cuts a sequence's heads
+lens = np.array([40, 3, 60, 17, 1, 90, 33], dtype=np.int64)
+offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+qp, kp, vp = (rng.standard_normal((int(offs[-1]), 96), dtype=np.float32) for _ in range(3))
+res["packed"] = F.attention_packed_forward(qp, kp, vp, offs, 3)
 np.savez(sys.argv[1], **res)
 """
 

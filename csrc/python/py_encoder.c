@@ -448,6 +448,70 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* ---- packed-sequence attention (eva-threads family) ---- */
+
+static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    long long T;
+    if (!PyArg_ParseTuple(args, "L:attention_packed_forward_workspace_size", &T))
+        return NULL;
+    /* at most 64 threads (parallel.h) times T^2 floats */
+    if (T < 0 || (T > 0 && T > LLONG_MAX / 64 / T)) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention_packed_forward_workspace_size: T must be >= 0 and T^2 times the threads must fit "
+                     "in 64 bits, got T=%lld", T);
+        return NULL;
+    }
+    return PyLong_FromLongLong(peftc_attention_packed_forward_workspace_size(T));
+}
+
+static PyObject *py_attention_packed_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_work, *o_q, *o_k, *o_v, *o_offsets;
+    long long NH;
+    if (!PyArg_ParseTuple(args, "OOOOOOL:attention_packed_forward", &o_out, &o_work, &o_q, &o_k, &o_v, &o_offsets,
+                          &NH))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "attention_packed_forward");
+    float *out, *work, *q, *k, *v;
+    int64_t *offsets;
+    if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_bind(&ck, "NH", NH, "num_heads") < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "q", o_q, "N H", ARG_IN, &q) < 0 ||
+        arg_f32(&ck, "k", o_k, "N H", ARG_IN, &k) < 0 || arg_f32(&ck, "v", o_v, "N H", ARG_IN, &v) < 0 ||
+        arg_i64(&ck, "offsets", o_offsets, "P", 0, &offsets) < 0 || arg_no_alias(&ck) < 0 ||
+        attention_heads(&ck, NH) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), H = arg_dim(&ck, "H"), S = arg_dim(&ck, "P") - 1;
+    if (S < 0 || offsets[0] != 0 || offsets[S] != N) {
+        PyErr_Format(PyExc_ValueError, "%s: offsets (P=%lld) must start at 0 and end at N=%lld", ck.fn,
+                     (long long)(S + 1), (long long)N);
+        return NULL;
+    }
+    int64_t longest = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t T = offsets[s + 1] - offsets[s];
+        if (T < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: offsets must not decrease (offsets[%lld] > offsets[%lld])", ck.fn,
+                         (long long)s, (long long)(s + 1));
+            return NULL;
+        }
+        longest = T > longest ? T : longest;
+    }
+    if (arg_workspace(&ck, peftc_attention_packed_forward_workspace_size(longest)) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_attention_packed_forward(out, work, q, k, v, offsets, S, N, H, NH);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef peftc_py_encoder_methods[] = {
     {"embedding_forward", py_embedding_forward, METH_VARARGS,
      "embedding_forward(out, input_ids, token_type_ids, word, position, token_type): summed embeddings"},
@@ -468,6 +532,10 @@ PyMethodDef peftc_py_encoder_methods[] = {
      "attention_forward(out, att, work, q, k, v, attention_mask, causal, p, seed, offset, num_heads)"},
     {"attention_backward", py_attention_backward, METH_VARARGS,
      "attention_backward(dq, dk, dv, work, dout, q, k, v, att, p, seed, offset, num_heads): accumulate"},
+    {"attention_packed_forward_workspace_size", py_attention_packed_forward_workspace_size, METH_VARARGS,
+     "attention_packed_forward_workspace_size(T) -> floats (T: the longest sequence)"},
+    {"attention_packed_forward", py_attention_packed_forward, METH_VARARGS,
+     "attention_packed_forward(out, work, q, k, v, offsets, num_heads): each sequence's rows attend among themselves"},
     {"mean_pool_forward", py_mean_pool_forward, METH_VARARGS, "mean_pool_forward(out, x, attention_mask)"},
     {"mean_pool_backward", py_mean_pool_backward, METH_VARARGS, "mean_pool_backward(dx, dout, attention_mask): dx +="},
     {"l2_normalize_forward", py_l2_normalize_forward, METH_VARARGS, "l2_normalize_forward(out, norm, x, eps)"},

@@ -56,7 +56,7 @@ class PackedTokens:
     def __init__(self, attention_mask: np.ndarray) -> None:
         self.mask = attention_mask
         self.index = np.flatnonzero(attention_mask.reshape(-1))
-        self.offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(attention_mask, axis=1))])
+        self.offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(attention_mask, axis=1))]).astype(np.int64)
 
     @property
     def count(self) -> int:
@@ -68,13 +68,7 @@ class PackedTokens:
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int) -> np.ndarray:
         """Self-attention (no dropout) of each sequence's real tokens among themselves: q, k, v (N, H) -> (N, H)."""
-        out = np.empty_like(q)
-        h = q.shape[1]
-        for a, e in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist()):
-            if e > a:
-                F.attention_forward(q[a:e].reshape(1, e - a, h), k[a:e].reshape(1, e - a, h),
-                                    v[a:e].reshape(1, e - a, h), num_heads, out=out[a:e].reshape(1, e - a, h))
-        return out
+        return F.attention_packed_forward(q, k, v, self.offsets, num_heads)
 
     def scatter(self, rows: np.ndarray) -> np.ndarray:
         """(N, H) rows -> (B, T, H), zero at the padding."""
