@@ -144,12 +144,17 @@ def verdict_lines(steps: dict) -> list[str]:
     return out
 
 
+def _load(result: dict) -> str:
+    load = result.get("load_average_at_end")
+    return "not recorded" if load is None else ", ".join(f"{x:.1f}" for x in load)
+
+
 def markdown(result: dict) -> str:
     lines = [f"Adapter training-step time on all-MiniLM-L6-v2 (query, value), batch {result['batch']}, "
              f"OPENBLAS_NUM_THREADS={result['threads']}, {result['rounds']} round-robin rounds (one step of each "
-             f"adapter per round, after a warm-up step). The machine was shared with other jobs, so the times are "
-             f"the fastest round (wall) and the ratio is min / min; in brackets the ratio of median process CPU "
-             f"times (all threads), which the other jobs disturb less.", "",
+             f"adapter per round, after a warm-up step). Load average at the end (1, 5, 15 min): "
+             f"{_load(result)}. Times are the fastest round (wall) and the ratio is min / min; in brackets the ratio "
+             f"of median process CPU times (all threads), which other jobs on the machine disturb less.", "",
              f"Tokens per row: " + ", ".join(f"{c} {n}" for c, n in result["tokens"].items()) + ".", "",
              "| adapter | " + " | ".join(f"{c} ms | {c} / LoRA" for c in result["cases"]) + " |",
              "|---|" + "---|---|" * len(result["cases"])]
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = verdict_lines(steps)
     tokens = {c: int(np.flatnonzero(b["attention_mask"].any(0))[-1]) + 1 for c, b in cases.items()}
     result = {"batch": a.batch, "seq": a.seq, "rounds": a.rounds, "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+              "load_average_at_end": os.getloadavg(),
               "cases": list(cases), "names": names, "tokens": tokens, "steps": steps, "layer_rows": layer_rows,
               "layer_repeats": a.layer_repeats, "layer_ms": layer_ms, "why": WHY, "verdicts": verdicts,
               "command": "python benchmarks/bench_adapter_step.py " + " ".join(sys.argv[1:] if argv is None else argv)}
