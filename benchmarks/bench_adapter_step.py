@@ -155,7 +155,7 @@ def markdown(result: dict) -> str:
              f"adapter per round, after a warm-up step). Load average at the end (1, 5, 15 min): "
              f"{_load(result)}. Times are the fastest round (wall) and the ratio is min / min; in brackets the ratio "
              f"of median process CPU times (all threads), which other jobs on the machine disturb less.", "",
-             f"Tokens per row: " + ", ".join(f"{c} {n}" for c, n in result["tokens"].items()) + ".", "",
+             "Tokens per row: " + ", ".join(f"{c} {n}" for c, n in result["tokens"].items()) + ".", "",
              "| adapter | " + " | ".join(f"{c} ms | {c} / LoRA" for c in result["cases"]) + " |",
              "|---|" + "---|---|" * len(result["cases"])]
     for name in result["names"]:
