@@ -403,24 +403,30 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     return PEFTC_OK;
 }
 
+/* Part t of nparts: whole blocks of nb images, [n0, n0 + *count) (the last block may be short). */
+static int64_t part_images(const conv_job *j, int64_t t, int64_t nparts, int64_t *count)
+{
+    int64_t b0, b1;
+    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &b0, &b1);
+    const int64_t n0 = b0 * j->nb, n1 = b1 * j->nb < j->N ? b1 * j->nb : j->N;
+    *count = n1 - n0;
+    return n0;
+}
+
 static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
 {
     const conv_job *j = ctx;
-    int64_t n0, n1;
-    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &n0, &n1);
-    n0 *= j->nb;
-    n1 = n1 * j->nb < j->N ? n1 * j->nb : j->N;
-    return forward_images(j, j->work + t * j->part, n0, n1 - n0);
+    int64_t count;
+    const int64_t n0 = part_images(j, t, nparts, &count);
+    return forward_images(j, j->work + t * j->part, n0, count);
 }
 
 static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
 {
     const conv_job *j = ctx;
-    int64_t n0, n1;
-    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &n0, &n1);
-    n0 *= j->nb;
-    n1 = n1 * j->nb < j->N ? n1 * j->nb : j->N;
-    return input_grad_images(j, j->work + t * j->part, n0, n1 - n0);
+    int64_t count;
+    const int64_t n0 = part_images(j, t, nparts, &count);
+    return input_grad_images(j, j->work + t * j->part, n0, count);
 }
 
 /* The job of a sweep over N images split into *parts, each part with its own slice of work and GEMMs
