@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import differing_settings  # this folder: run as a script, or from the tests
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.demo import tokenize
@@ -267,10 +268,9 @@ def markdown(result: dict) -> str:
         same = all(r["pruned_test_accuracy"] == r["test_accuracy"] for r in pruned)
         lines += ["", "SoRA pruned to a plain LoRA (zero gates cut away) gives "
                   f"{'the same' if same else 'a DIFFERENT'} "
-                  f"test accuracy as the gated model in every run; active ranks per layer (first run): "
-                  f"{sorted(pruned[0]['active_ranks'].values())}."]
+                  f"test accuracy as the gated model in every run; active ranks per layer in model order (first run): "
+                  f"{list(pruned[0]['active_ranks'].values())}."]
     if "sora" in summary:
-        so = summary["sora"]
         r_max = adapter_config("sora").r
         kept = float(np.mean([sum(r["active_ranks"].values()) / (r_max * len(r["active_ranks"]))
                               for r in result["runs"] if r["adapter"] == "sora"]))
@@ -322,8 +322,7 @@ def merge(stems: list[Path], out_stem: Path) -> dict:
     first = parts[0]
     ignore = {"seeds", "progress"}
     for part, stem in zip(parts[1:], stems[1:]):
-        differ = sorted(k for k in first["settings"] if k not in ignore
-                        and first["settings"][k] != part["settings"].get(k))
+        differ = differing_settings(first["settings"], part["settings"], ignore)
         if differ:
             raise ValueError(f"{stem}: settings {differ} differ from {stems[0]}; only seeds may differ")
     runs = [r for part in parts for r in part["runs"]]

@@ -193,3 +193,9 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
 def read_results(name: str) -> dict[str, Any]:
     """The payload of results/<name>.json (for re-rendering its markdown)."""
     return json.loads((RESULTS_DIR / f"{name}.json").read_text())
+
+
+def differing_settings(first: dict[str, Any], other: dict[str, Any], ignore: set[str]) -> list[str]:
+    """Keys of ``first`` (outside ``ignore``) whose value ``other`` does not share: what stops two results
+    files from being merged as seeds of one configuration."""
+    return sorted(k for k in first if k not in ignore and first[k] != other.get(k))

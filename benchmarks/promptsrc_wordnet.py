@@ -8,7 +8,8 @@ glosses (each among its own half of the classes) and their harmonic mean; then, 
 in --fewshot-methods, K-shot training on all 41 classes and 41-way accuracy.
 
 Run from the repository root, e.g. the full comparison (8 epochs: 88 SGD steps of batch 32 on the 336
-base shots; about 40 minutes per seed on one loaded core):
+base shots; about 30 minutes per seed on one core of a loaded machine, the sum of the per-method
+seconds in the committed results):
     PYTHONPATH=. OPENBLAS_NUM_THREADS=2 python benchmarks/promptsrc_wordnet.py --seeds 1 2 3
 or one process per seed (``--seeds 1 --out results/promptsrc_wordnet_8ep_s1`` ...), then
 ``--merge results/promptsrc_wordnet_8ep_s1 results/promptsrc_wordnet_8ep_s2 results/promptsrc_wordnet_8ep_s3``
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import differing_settings  # this folder: run as a script, or from the tests
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.io.atomic import write_bytes_atomic
 from peftc.models import BertModel, Tokenizer, minilm_path
@@ -141,7 +143,7 @@ def merge(stems: list[str], out: str) -> dict:
     first = parts[0]
     ignore = {"seeds", "out", "merge"}
     for part, stem in zip(parts[1:], stems[1:]):
-        differ = sorted(k for k in first["args"] if k not in ignore and first["args"][k] != part["args"].get(k))
+        differ = differing_settings(first["args"], part["args"], ignore)
         if differ or part["base_classes"] != first["base_classes"]:
             raise ValueError(f"{stem}: settings {differ or ['base_classes']} differ from {stems[0]}")
     results: dict = {}

@@ -13,6 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def pw():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location("promptsrc_wordnet", BENCH / "promptsrc_wordnet.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["promptsrc_wordnet"] = module
