@@ -24,18 +24,21 @@ multiplied by 7-8; the seed 1 and 2 corruption files, 120 of them, are generated
 Reduced run (the committed one; see the label in the output):
   OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 5 --limit 1000 --batch 100 \
       --rounds 5 --per-segment 300 --open-rounds 5 --open-known 250 --open-batch 50 --label reduced
-Writes benchmarks/results/tta_report.{json,md}.
+Seeds may run in separate processes (``--seeds 0 --out STEM0`` ...) and be combined with
+``--merge STEM0 STEM1 ...`` (same settings required). Writes benchmarks/results/tta_report.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import differing_settings  # this folder: run as a script
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
@@ -293,7 +296,12 @@ def main() -> None:
     ap.add_argument("--open-methods", default="source,bn,tent,tent+filter,tent+filter-nodiv,eata,eata+filter")
     ap.add_argument("--label", default="full", help="'full', or e.g. 'reduced' (printed on the report)")
     ap.add_argument("--out", default=str(OUT / "tta_report"))
+    ap.add_argument("--merge", nargs="+", default=None, metavar="STEM",
+                    help="combine these results files (same settings, other seeds) into --out, then stop")
     args = ap.parse_args()
+    if args.merge:
+        merge([Path(m) for m in args.merge], args.out)
+        return
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.severities = [int(s) for s in args.severities.split(",")]
     args.corruptions = args.corruptions.split(",")
@@ -315,12 +323,18 @@ def main() -> None:
                 "continual": lambda: continual(args, seed, model, fisher, clean),
                 "open_set": lambda: open_set(args, seed, model8, fisher8)}
         results[seed] = {part: runs[part]() for part in args.parts}
+    threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    command = (f"OPENBLAS_NUM_THREADS={threads} " if threads else "") + " ".join(
+        ["python", "benchmarks/tta_report.py"] + sys.argv[1:])
+    finish(results, args, command, info, info8, time.perf_counter() - t0)
+
+
+def finish(results: dict, args, command: str, info: dict, info8: dict, seconds: float) -> None:
+    """Aggregate the per-seed results, write the JSON and markdown, print the verdicts."""
     agg = aggregate(results, args)
-    result = {"config": {**{k: v for k, v in vars(args).items() if k != "out"},
-                         "command": "OPENBLAS_NUM_THREADS=2 python " + " ".join(["benchmarks/tta_report.py"]
-                                                                                 + sys.argv[1:])},
+    result = {"config": {**{k: v for k, v in vars(args).items() if k not in ("out", "merge")}, "command": command},
               "full_command": FULL, "hyperparameters": HYPER, "source_accuracy": info["test_accuracy"],
-              "source8_accuracy": info8["test_accuracy"], "seconds": time.perf_counter() - t0,
+              "source8_accuracy": info8["test_accuracy"], "seconds": seconds,
               "aggregate": agg, "verdicts": verdicts(agg), "per_seed": {str(s): r for s, r in results.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +343,24 @@ def main() -> None:
     for v in result["verdicts"]:
         log(f"{'HOLDS' if v['holds'] else 'FAILS'}: {v['claim']} ({v['evidence']})")
 
+
+def merge(stems: list[Path], out: str) -> None:
+    """Combine results files of the same settings whose seeds ran in separate processes into ``out``."""
+    parts = [json.loads(stem.with_suffix(".json").read_text()) for stem in stems]
+    first = parts[0]["config"]
+    for part, stem in zip(parts[1:], stems[1:]):
+        differ = differing_settings(first, part["config"], {"seeds", "command"})
+        if differ:
+            raise ValueError(f"{stem}: settings {differ} differ from {stems[0]}; only seeds may differ")
+    results = {int(s): r for part in parts for s, r in part["per_seed"].items()}
+    if len(results) != sum(len(part["per_seed"]) for part in parts):
+        raise ValueError(f"the files {[str(s) for s in stems]} repeat a seed")
+    results = dict(sorted(results.items()))
+    args = argparse.Namespace(**{**first, "seeds": list(results), "out": out})
+    del args.command
+    command = " + ".join(part["config"]["command"] for part in parts) + f"; merged with --merge {' '.join(map(str, stems))}"
+    finish(results, args, command, {"test_accuracy": parts[0]["source_accuracy"]},
+           {"test_accuracy": parts[0]["source8_accuracy"]}, sum(part["seconds"] for part in parts))
 
 if __name__ == "__main__":
     main()
