@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <limits.h>
+#include <pthread.h>
 
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
 {
@@ -15,6 +16,24 @@ int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
 int64_t peftc_blas_threads(void)
 {
     return openblas_get_num_threads();
+}
+
+static pthread_mutex_t single_thread_lock = PTHREAD_MUTEX_INITIALIZER;
+static int saved_threads = 1;
+
+void peftc_blas_single_thread_begin(void)
+{
+    pthread_mutex_lock(&single_thread_lock);
+    saved_threads = openblas_get_num_threads();
+    if (saved_threads != 1)
+        openblas_set_num_threads(1);
+}
+
+void peftc_blas_single_thread_end(void)
+{
+    if (saved_threads != 1)
+        openblas_set_num_threads(saved_threads);
+    pthread_mutex_unlock(&single_thread_lock);
 }
 
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,

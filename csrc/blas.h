@@ -18,6 +18,12 @@ int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 /* the number of threads OpenBLAS runs a large GEMM on */
 int64_t peftc_blas_threads(void);
 
+/* Hold OpenBLAS at one thread until peftc_blas_single_thread_end(), for kernels that run BLAS or LAPACK
+ * calls on threads of their own. The count is process-wide: the pair holds a lock, so two such
+ * sections (from two Python threads, say) run one after the other and the count is restored. */
+void peftc_blas_single_thread_begin(void);
+void peftc_blas_single_thread_end(void);
+
 /* Largest M*N*K that OpenBLAS 0.3.x computes on the calling thread alone (its SMP threshold,
  * 65536 * GEMM_MULTITHREAD_THRESHOLD with the default threshold 4). Kernels that run GEMMs on
  * several threads of their own keep each call at or below it; a larger call would still be correct,

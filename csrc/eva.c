@@ -23,13 +23,19 @@
  * against, and directions with smaller gaps are not determined by the data in the first place.
  * Signs follow sklearn's svd_flip on V: each row's largest-magnitude entry is made positive.
  *
+ * Every update runs on one thread (OpenBLAS held at one thread: the eigensolver at these sizes is no
+ * faster on two), so its bits do not depend on the thread count; peftc_ipca_update_many runs the
+ * updates of several layers side by side instead.
+ *
  * It does not hold the masking of padding tokens, the convergence bookkeeping across layers or the
  * rank redistribution: those are in peftc/tuners/eva.py. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "blas.h"
+#include "parallel.h"
 
 /* features handled per pass over the rows when accumulating column statistics */
 #define EVA_COL_BLOCK 64
@@ -160,9 +166,10 @@ static peftc_status top_right_vectors(float *vt /* (K,IC) overwritten */, float 
     return PEFTC_OK;
 }
 
-peftc_status peftc_ipca_update(float *components, float *singular, float *mean, float *var, float *evr,
-                               float *cosine, float *work, const float *x, int64_t n_seen, int64_t M, int64_t IC,
-                               int64_t K)
+/* peftc_ipca_update on the calling thread, with OpenBLAS already held at one thread */
+static peftc_status ipca_update_one(float *components, float *singular, float *mean, float *var, float *evr,
+                                    float *cosine, float *work, const float *x, int64_t n_seen, int64_t M, int64_t IC,
+                                    int64_t K)
 {
     const int first = n_seen == 0;
     if (n_seen < 0 || M <= 0 || IC <= 0 || K <= 0 || K > IC || (first && K > M))
@@ -258,4 +265,49 @@ peftc_status peftc_ipca_update(float *components, float *singular, float *mean, 
     memcpy(mean, new_mean, (size_t)IC * sizeof(float));
     memcpy(var, new_var, (size_t)IC * sizeof(float));
     return PEFTC_OK;
+}
+
+peftc_status peftc_ipca_update(float *components, float *singular, float *mean, float *var, float *evr,
+                               float *cosine, float *work, const float *x, int64_t n_seen, int64_t M, int64_t IC,
+                               int64_t K)
+{
+    peftc_blas_single_thread_begin();
+    const peftc_status st = ipca_update_one(components, singular, mean, var, evr, cosine, work, x, n_seen, M, IC, K);
+    peftc_blas_single_thread_end();
+    return st;
+}
+
+typedef struct {
+    peftc_ipca_job *jobs;
+    int64_t count;
+    _Atomic int64_t next; /* the next job to take: parts take jobs as they finish, so uneven sizes balance */
+} ipca_many;
+
+static peftc_status ipca_many_part(void *ctx, int64_t t, int64_t nparts)
+{
+    (void)t;
+    (void)nparts;
+    ipca_many *all = ctx;
+    for (int64_t i; (i = atomic_fetch_add(&all->next, 1)) < all->count;) {
+        peftc_ipca_job *j = &all->jobs[i];
+        j->status = ipca_update_one(j->components, j->singular, j->mean, j->var, j->evr, j->cosine, j->work, j->x,
+                                    j->n_seen, j->M, j->IC, j->K);
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_ipca_update_many(peftc_ipca_job *jobs, int64_t count)
+{
+    if (count < 0 || (count > 0 && jobs == NULL))
+        return PEFTC_ERR_ARG;
+    if (count == 0)
+        return PEFTC_OK;
+    const int64_t threads = peftc_parallel_threads(); /* read before OpenBLAS is held at one thread */
+    ipca_many all = {jobs, count, 0};
+    peftc_blas_single_thread_begin();
+    peftc_status st = peftc_parallel_run(ipca_many_part, &all, count < threads ? count : threads);
+    peftc_blas_single_thread_end();
+    for (int64_t i = 0; i < count && st == PEFTC_OK; i++)
+        st = jobs[i].status;
+    return st;
 }

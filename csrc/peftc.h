@@ -415,6 +415,20 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
                                float *work /* peftc_ipca_workspace_size() floats */,
                                const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
+/* peftc_ipca_update runs on the calling thread with OpenBLAS held at one thread (the LAPACK
+ * eigensolver at these sizes is no faster on two), so its bits do not depend on the thread count.
+ * peftc_ipca_update_many runs several independent updates (one per layer; no two may share memory
+ * either writes) side by side on the OpenBLAS thread count, each exactly as peftc_ipca_update would.
+ * Every job's status is written to it; the call returns the status of the first job (in order)
+ * that failed, PEFTC_OK if none did. */
+typedef struct {
+    float *components, *singular, *mean, *var, *evr, *cosine, *work; /* as peftc_ipca_update */
+    const float *x;
+    int64_t n_seen, M, IC, K;
+    peftc_status status; /* written */
+} peftc_ipca_job;
+peftc_status peftc_ipca_update_many(peftc_ipca_job *jobs /* (count) */, int64_t count);
+
 /* ==== threads (parallel.c; perf-step family) ======================================================
  * The attention core, GELU, LayerNorm (a backward without dw, db), dropout and the bias rows that
  * start a linear or LoRA output split their work

@@ -687,6 +687,18 @@ def ipca_update(x: np.ndarray, components: np.ndarray, singular_values: np.ndarr
     return evr, cos
 
 
+def ipca_update_many(jobs: list[tuple]) -> list[str | None]:
+    """Several independent :func:`ipca_update` calls side by side on the BLAS thread count.
+
+    Each job is the tuple ``(components, singular_values, mean, var, explained_variance_ratio, cosine,
+    work, x, n_seen)``, every array given; no job may share memory another writes. Each job gets the
+    bits :func:`ipca_update` would give it (every update runs on one thread). Bad arguments raise
+    before anything runs; a job that fails in the kernel (NaN or Inf in its x) leaves its state
+    untouched while the others are applied. Returns, per job, None or the message of its failure.
+    """
+    return _C.ipca_update_many(list(jobs))
+
+
 # ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
 def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
                              weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,

@@ -25,16 +25,26 @@ class KernelCase:
     any_shape: set[str] = field(default_factory=set)  # arrays whose shape no other argument constrains
     optional: set[str] = field(default_factory=set)  # arrays that may be None
     any_rows: set[str] = field(default_factory=set)  # lookup tables: only their first dimension is free
+    # the function takes a list of argument tuples (ipca_update_many): the case is a one-job list,
+    # and a job's reported failure is raised as the ValueError a single call would raise
+    one_job: bool = False
 
     def call(self, args: list | None = None):
-        return getattr(_C, self.fn)(*(self.args if args is None else args))
+        args = self.args if args is None else args
+        if not self.one_job:
+            return getattr(_C, self.fn)(*args)
+        (error,) = getattr(_C, self.fn)([tuple(args)])
+        if error is not None:
+            raise ValueError(error)
+        return None
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: self.args[i] for name, i in self.names.items()}
 
     def copy(self) -> KernelCase:
         args = [a.copy() if isinstance(a, np.ndarray) else a for a in self.args]
-        return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional, self.any_rows)
+        return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional, self.any_rows,
+                          self.one_job)
 
     def replaced(self, name: str, value) -> list:
         args = list(self.copy().args)
@@ -95,6 +105,12 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
                               ("work", _f(rng, _C.ipca_workspace_size(N, IC, R))), ("x", _f(rng, N, IC))],
               [0], {"components", "singular_values", "mean", "var", "explained_variance_ratio", "cosine", "work"},
               any_shape={"work"}),
+        _case("ipca_update_many", [("components", _f(rng, R, IC)), ("singular_values", _f(rng, R)),
+                                   ("mean", _f(rng, IC)), ("var", _f(rng, IC)), ("explained_variance_ratio", _f(rng, R)),
+                                   ("cosine", _f(rng, R)), ("work", _f(rng, _C.ipca_workspace_size(N, IC, R))),
+                                   ("x", _f(rng, N, IC))],
+              [0], {"components", "singular_values", "mean", "var", "explained_variance_ratio", "cosine", "work"},
+              any_shape={"work"}, one_job=True),
     ]
     # Bone / MiSS and Bat (Bat needs r | in and r | out: a 4 x 4 weight, r = 2)
     bw = 4

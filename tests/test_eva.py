@@ -13,6 +13,7 @@ import pytest
 from peftc import functional as F
 from peftc import reference as R
 from peftc.nn import Linear, LoraLinear
+from peftc.tuners import eva as eva_module
 from peftc.tuners import (EvaConfig, IncrementalPCA, LoraConfig, get_eva_state_dict, get_peft_model,
                           initialize_lora_eva_weights)
 from tests.conftest import assert_close
@@ -471,12 +472,12 @@ def test_a_layer_called_twice_in_the_hashing_pass_gets_both_inputs(monkeypatch):
     # layer 1 runs layer 0's module: the target sees two different inputs per pass
     twin.encoder.layer[1].attention.self.query = twin.encoder.layer[0].attention.self.query
     seen = []
-    pca_update = IncrementalPCA.partial_fit
+    update_many = eva_module.partial_fit_many
 
-    def recording(self, x):
-        seen.append(x.shape[0])
-        return pca_update(self, x)
-    monkeypatch.setattr(IncrementalPCA, "partial_fit", recording)
+    def recording(pcas, rows, labels=None):
+        seen.extend(x.shape[0] for x in rows)
+        return update_many(pcas, rows, labels)
+    monkeypatch.setattr(eva_module, "partial_fit_many", recording)
     get_eva_state_dict(twin, batches, config, forward_fn=_forward, show_progress_bar=False)
     rows = [int(b["attention_mask"].sum()) for b in batches]
     assert seen[:4] == [rows[0], rows[0], rows[1], rows[1]]

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..nn import Linear, LoraLinear, Module
 from .lora_config import LoraConfig
-from .incremental_pca import IncrementalPCA
+from .incremental_pca import IncrementalPCA, partial_fit_many
 from .matching import find_target_modules, get_pattern_key, resolve_target_modules
 
 # PEFT caps unusually large rho at (largest parameter dimension) // r
@@ -127,17 +127,29 @@ class _SvdState:
         self.converged = np.zeros(n_components, dtype=bool)
         self.skipped = 0
 
-    def update(self, rows: np.ndarray) -> None:
-        if rows.shape[0] < self.pca.n_components:
-            self.skipped += 1
-            return
-        had_state = self.pca.fitted
-        try:
-            self.pca.partial_fit(rows)
-        except ValueError as err:
-            raise ValueError(f"EVA: layer {self.name!r}: {err}") from None
-        if had_state:
-            self.converged = self.pca.cosine_ >= self.tau
+
+
+def _update_states(updates: list[tuple[_SvdState, np.ndarray]]) -> None:
+    """Fold each (state, rows) into its PCA: distinct states side by side (each on one thread), the
+    updates of a state listed more than once in their order. A batch with fewer rows than the
+    state's components is skipped for it."""
+    rounds: list[list[tuple[_SvdState, np.ndarray]]] = []
+    count: Counter = Counter()
+    for state, rows in updates:
+        if rows.shape[0] < state.pca.n_components:
+            state.skipped += 1
+            continue
+        if count[state.name] == len(rounds):
+            rounds.append([])
+        rounds[count[state.name]].append((state, rows))
+        count[state.name] += 1
+    for group in rounds:
+        had_state = [state.pca.fitted for state, _ in group]
+        partial_fit_many([state.pca for state, _ in group], [rows for _, rows in group],
+                         labels=[f"EVA: layer {state.name!r}" for state, _ in group])
+        for (state, _), had in zip(group, had_state):
+            if had:
+                state.converged = state.pca.cosine_ >= state.tau
 
 
 @contextlib.contextmanager
@@ -335,9 +347,13 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
             stop_early = stop_forward_early and len(call_order) == len(targets)
             current["last"] = None
 
+            # each pass's rows, folded in once the pass ends: the layers' updates then run side by side
+            pending: list[tuple[_SvdState, np.ndarray]] = []
+
             def svd_hook(name: str, layer_input: Any) -> None:
                 if name in active:
-                    states[name].update(layer_fn(layer_input, current["mask"], name))
+                    # a copy: the model may reuse its buffers later in the pass
+                    pending.append((states[name], np.array(layer_fn(layer_input, current["mask"], name), copy=True)))
                     if stop_early and name == current["last"]:
                         raise _ForwardDone
 
@@ -359,9 +375,7 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
                 return True
 
             # the first batch's step: every input the owner received in the hashing pass, in order
-            for name, state in states.items():
-                for key in hashes[name]:
-                    state.update(rows_by_hash[key])
+            _update_states([(state, rows_by_hash[key]) for name, state in states.items() for key in hashes[name]])
             rows_by_hash.clear()
             steps = 1
             after_step()
@@ -389,6 +403,8 @@ def get_eva_state_dict(model: Module, dataloader: Iterable, peft_config: LoraCon
                     current["mask"] = model_inputs(batch)
                     current["last"] = max(active, key=position.__getitem__) if active else None
                     _run_forward(forward_fn, model, batch)
+                    _update_states(pending)
+                    pending.clear()
                     steps += 1
                     after_step()
             if bar is not None:

@@ -39,11 +39,32 @@ class IncrementalPCA:
 
     def partial_fit(self, x: np.ndarray) -> IncrementalPCA:
         """Fold the rows of x (M, IC), float32 C-contiguous, into the state."""
+        F.ipca_update(x, self.components_, self.singular_values_, self.mean_, self.var_, self.n_samples_seen_,
+                      explained_variance_ratio=self.explained_variance_ratio_, cosine=self.cosine_,
+                      work=self._scratch(x))
+        self.n_samples_seen_ += x.shape[0]
+        return self
+
+    def _scratch(self, x: np.ndarray) -> np.ndarray:
         need = F.ipca_workspace_size(x.shape[0], self.n_features, self.n_components) if x.ndim == 2 else 0
         if self._work.size < need:
             self._work = np.empty(need, dtype=np.float32)
-        F.ipca_update(x, self.components_, self.singular_values_, self.mean_, self.var_, self.n_samples_seen_,
-                      explained_variance_ratio=self.explained_variance_ratio_, cosine=self.cosine_,
-                      work=self._work)
-        self.n_samples_seen_ += x.shape[0]
-        return self
+        return self._work
+
+
+def partial_fit_many(pcas: list[IncrementalPCA], rows: list[np.ndarray], labels: list[str] | None = None) -> None:
+    """``pcas[i].partial_fit(rows[i])`` for every i, the distinct PCAs updated side by side on the
+    BLAS thread count (:func:`peftc.functional.ipca_update_many`); same results as one at a time.
+    A failure raises ValueError naming ``labels[i]``; the PCAs that did not fail are updated."""
+    if len({id(p) for p in pcas}) != len(pcas):
+        raise ValueError("partial_fit_many: a PCA appears twice; update it in two calls, in order")
+    jobs = [(p.components_, p.singular_values_, p.mean_, p.var_, p.explained_variance_ratio_, p.cosine_,
+             p._scratch(x), x, p.n_samples_seen_) for p, x in zip(pcas, rows, strict=True)]
+    errors = F.ipca_update_many(jobs)
+    for p, x, err in zip(pcas, rows, errors):
+        if err is None:
+            p.n_samples_seen_ += x.shape[0]
+    failed = [i for i, err in enumerate(errors) if err is not None]
+    if failed:
+        i = failed[0]
+        raise ValueError(f"{labels[i] if labels else f'pcas[{i}]'}: {errors[i].split(': ', 2)[-1]}")
