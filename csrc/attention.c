@@ -5,10 +5,10 @@
  * The Q/K/V and output projections are not here (linear.c, lora.c).
  *
  * Threads: the (batch, head) pairs are independent, so they are split into contiguous ranges, one
- * per thread (parallel.h), each thread running single-threaded GEMMs on its own slice of the
- * workspace. A (T,T,HS) GEMM is too small for OpenBLAS to split well (its threads would meet once
- * per GEMM instead of once per call). Results do not depend on the thread count: every pair is
- * computed the same way whichever thread runs it.
+ * per thread (parallel.h), each thread running whole GEMMs on its own slice of the workspace with
+ * OpenBLAS held at one thread (peftc_parallel_run_blas). A (T,T,HS) GEMM is too small for OpenBLAS to
+ * split well (its threads would meet once per GEMM instead of once per call). Results do not depend
+ * on the thread count: every pair is computed the same way whichever thread runs it.
  *
  * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
  * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
@@ -151,31 +151,6 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
         row[j] *= inv;
 }
 
-/* C (M,N) = op(A) op(B) (+ C as beta says), split into row blocks small enough that OpenBLAS
- * runs each on the calling thread. Always split, whatever the thread count: OpenBLAS's bits depend
- * on how a product is blocked and threaded, so one fixed way keeps results independent of the
- * number of threads. Row block m0 of op(A) starts at A + m0 * lda, or at A + m0 when A is stored
- * transposed. */
-static peftc_status gemm_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                              int64_t ldc)
-{
-    int64_t rows = M;
-    if (N * K > 0 && M * N * K > PEFTC_BLAS_SINGLE_THREAD_MNK) {
-        rows = PEFTC_BLAS_SINGLE_THREAD_MNK / (N * K);
-        rows = rows < 1 ? 1 : rows;
-    }
-    for (int64_t m0 = 0; m0 < M; m0 += rows) {
-        const int64_t mb = M - m0 < rows ? M - m0 : rows;
-        const float *a0 = A + (trans_a ? m0 : m0 * lda);
-        /* C rows m0.. (mb,N) (+)= op(A) rows m0.. (mb,K) op(B) (K,N): M=mb, N=N, K=K, lda, ldb, ldc as given */
-        peftc_status st = peftc_sgemm(trans_a, trans_b, mb, N, K, 1.0f, a0, lda, B, ldb, beta, C + m0 * ldc, ldc);
-        if (st != PEFTC_OK)
-            return st;
-    }
-    return PEFTC_OK;
-}
-
 typedef struct {
     float *out, *att_out, *work, *dq, *dk, *dv; /* att_out: the forward's probabilities */
     const float *att, *q, *k, *v, *dout;        /* att: the same, read by the backward */
@@ -214,7 +189,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const int64_t col = b * T * H + h * HS;
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = gemm_rows(0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
+        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < T; i++)
@@ -227,7 +202,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = gemm_rows(0, 0, T, HS, T, pv, T, j->v + col, H, 0.0f, j->out + col, H);
+        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, pv, T, j->v + col, H, 0.0f, j->out + col, H);
         if (st != PEFTC_OK)
             return st;
     }
@@ -245,7 +220,7 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
     attention_job job = {.out = out, .att_out = att, .work = p > 0.0f ? work : NULL, .q = q, .k = k, .v = v,
                          .mask = mask, .causal = causal, .p = p, .key = peftc_rng_key(seed), .offset = offset,
                          .B = B, .T = T, .H = H, .NH = NH};
-    return peftc_parallel_run(forward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run_blas(forward_part, &job, attention_threads(B * NH));
 }
 
 int64_t peftc_attention_backward_workspace_size(int64_t T, float p)
@@ -279,14 +254,14 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         peftc_status st;
         if (j->dv) {
             /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(1, 0, T, HS, T, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
+            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
         if (!j->dq && !j->dk)
             continue;
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        st = gemm_rows(0, 1, T, T, HS, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
+        st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < T; i++) {
@@ -305,13 +280,13 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dq) {
             /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(0, 0, T, HS, T, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
+            st = peftc_sgemm(0, 0, T, HS, T, 1.0f, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
         if (j->dk) {
             /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = gemm_rows(1, 0, T, HS, T, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
+            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
             if (st != PEFTC_OK)
                 return st;
         }
@@ -330,7 +305,7 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
     attention_job job = {.work = work, .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
                          .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
                          .H = H, .NH = NH};
-    return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run_blas(backward_part, &job, attention_threads(B * NH));
 }
 
 /* ---- packed sequences (inference): each sequence's rows attend among themselves ---------------- */
@@ -387,13 +362,13 @@ static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
         if (T == 0)
             continue;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = gemm_rows(0, 1, T, T, HS, j->q + col, H, j->k + col, H, 0.0f, a, T);
+        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
         /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = gemm_rows(0, 0, T, HS, T, a, T, j->v + col, H, 0.0f, j->out + col, H);
+        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, a, T, j->v + col, H, 0.0f, j->out + col, H);
         if (st != PEFTC_OK)
             return st;
     }
@@ -414,5 +389,5 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
         return PEFTC_OK;
     packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
                       .NH = NH, .Tmax = packed_longest(offsets, S)};
-    return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
+    return peftc_parallel_run_blas(packed_part, &job, packed_threads(offsets, S, NH));
 }

@@ -7,32 +7,39 @@
 #include <lapacke.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
 {
     return a >= 0 && b >= 0 && c >= 0 && a <= INT_MAX && b <= INT_MAX && c <= INT_MAX;
 }
 
+/* the thread count from before a single-thread hold, 0 when none is active: workspace queries and
+ * part counts made meanwhile (from other threads) see the count the process runs with */
+static _Atomic int held_threads = 0;
+static pthread_mutex_t single_thread_lock = PTHREAD_MUTEX_INITIALIZER;
+
 int64_t peftc_blas_threads(void)
 {
-    return openblas_get_num_threads();
+    const int held = atomic_load(&held_threads);
+    return held ? held : openblas_get_num_threads();
 }
-
-static pthread_mutex_t single_thread_lock = PTHREAD_MUTEX_INITIALIZER;
-static int saved_threads = 1;
 
 void peftc_blas_single_thread_begin(void)
 {
     pthread_mutex_lock(&single_thread_lock);
-    saved_threads = openblas_get_num_threads();
-    if (saved_threads != 1)
+    const int n = openblas_get_num_threads();
+    atomic_store(&held_threads, n);
+    if (n != 1)
         openblas_set_num_threads(1);
 }
 
 void peftc_blas_single_thread_end(void)
 {
-    if (saved_threads != 1)
-        openblas_set_num_threads(saved_threads);
+    const int n = atomic_load(&held_threads);
+    if (n != 1)
+        openblas_set_num_threads(n);
+    atomic_store(&held_threads, 0);
     pthread_mutex_unlock(&single_thread_lock);
 }
 

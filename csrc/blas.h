@@ -15,12 +15,13 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 
-/* the number of threads OpenBLAS runs a large GEMM on */
+/* the number of threads OpenBLAS runs a large GEMM on (outside any single-thread hold) */
 int64_t peftc_blas_threads(void);
 
 /* Hold OpenBLAS at one thread until peftc_blas_single_thread_end(), for kernels that run BLAS or LAPACK
  * calls on threads of their own. The count is process-wide: the pair holds a lock, so two such
- * sections (from two Python threads, say) run one after the other and the count is restored. */
+ * sections (from two Python threads, say) run one after the other and the count is restored, and
+ * peftc_blas_threads() keeps returning the count from before the hold. */
 void peftc_blas_single_thread_begin(void);
 void peftc_blas_single_thread_end(void);
 

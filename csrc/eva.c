@@ -302,11 +302,9 @@ peftc_status peftc_ipca_update_many(peftc_ipca_job *jobs, int64_t count)
         return PEFTC_ERR_ARG;
     if (count == 0)
         return PEFTC_OK;
-    const int64_t threads = peftc_parallel_threads(); /* read before OpenBLAS is held at one thread */
+    const int64_t threads = peftc_parallel_threads();
     ipca_many all = {jobs, count, 0};
-    peftc_blas_single_thread_begin();
-    peftc_status st = peftc_parallel_run(ipca_many_part, &all, count < threads ? count : threads);
-    peftc_blas_single_thread_end();
+    peftc_status st = peftc_parallel_run_blas(ipca_many_part, &all, count < threads ? count : threads);
     for (int64_t i = 0; i < count && st == PEFTC_OK; i++)
         st = jobs[i].status;
     return st;

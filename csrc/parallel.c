@@ -49,3 +49,11 @@ peftc_status peftc_parallel_run(peftc_part_fn fn, void *ctx, int64_t nparts)
     }
     return st;
 }
+
+peftc_status peftc_parallel_run_blas(peftc_part_fn fn, void *ctx, int64_t nparts)
+{
+    peftc_blas_single_thread_begin();
+    const peftc_status st = peftc_parallel_run(fn, ctx, nparts);
+    peftc_blas_single_thread_end();
+    return st;
+}

@@ -21,6 +21,10 @@ int64_t peftc_parallel_threads(void);
  * thread; nparts must be in [1, PEFTC_MAX_THREADS]. */
 peftc_status peftc_parallel_run(peftc_part_fn fn, void *ctx, int64_t nparts);
 
+/* peftc_parallel_run with OpenBLAS held at one thread meanwhile (peftc_blas_single_thread_begin): for
+ * parts that call BLAS or LAPACK, each call then runs whole on its part's thread, whatever its size. */
+peftc_status peftc_parallel_run_blas(peftc_part_fn fn, void *ctx, int64_t nparts);
+
 /* [begin, end) of part t when n items are split into nparts contiguous ranges */
 static inline void peftc_part_range(int64_t n, int64_t t, int64_t nparts, int64_t *begin, int64_t *end)
 {
