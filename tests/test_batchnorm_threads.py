@@ -12,8 +12,8 @@ from peftc import reference as R
 from .conftest import assert_close
 from .test_threaded_kernels import run_with_threads
 
-# 40 x 32 x 32 = 40,960 values per channel is above the kernels' per-thread minimum, so each channel is a
-# part of its own; 5 channels split unevenly (2 + 3) over two threads. Planes of 1,024 fill the 16 lanes.
+# 40 x 32 x 32 = 40,960 values per channel is above the kernels' per-thread minimum, so two threads each
+# take a range of channels, 5 split unevenly (2 + 3). Planes of 1,024 fill the kernels' 16 float lanes.
 SHAPE = (40, 5, 32, 32)
 
 SCRIPT = r"""
