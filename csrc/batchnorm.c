@@ -4,9 +4,10 @@
  * Per-plane sums run in float lanes (vectorised), the per-channel totals in double. x_hat is recomputed in the backward from x, mean
  * and rstd rather than stored. The _relu_ pair fuses a following ReLU (output max(y, 0); backward masks
  * the incoming gradient by that output), saving the activation's separate pass and buffer.
- * No convolution or pooling here. */
+ * Channels are split over the BLAS thread count (see bn_parts). No convolution or pooling here. */
 #include <math.h>
 
+#include "parallel.h"
 #include "peftc.h"
 
 static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
@@ -133,6 +134,72 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
     *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
 }
 
+typedef struct {
+    float *y, *mean, *rstd, *running_mean, *running_var, *dx, *dgamma, *dbeta;
+    const float *x, *gamma, *beta, *dy, *relu_y, *mean_in, *rstd_in;
+    int training, update, relu;
+    float momentum, eps;
+    int64_t N, CH, S;
+} bn_job;
+
+/* Channels are split into contiguous ranges over the BLAS thread count (parallel.h); a channel is
+ * computed whole by one thread, in the same order on any thread count, so results are bit-identical.
+ * A part should hold at least this many elements (about 0.05 ms of one pass): smaller tensors stay on
+ * the calling thread. */
+#define BN_MIN_PER_THREAD 32768
+
+static int64_t bn_parts(int64_t N, int64_t CH, int64_t S)
+{
+    const int64_t per_channel = N * S;
+    if (per_channel == 0)
+        return 1;
+    return peftc_parallel_parts(CH, (BN_MIN_PER_THREAD + per_channel - 1) / per_channel);
+}
+
+/* the forward of channels [c0, c1) of part t */
+static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const bn_job *j = ctx;
+    const int64_t N = j->N, CH = j->CH, S = j->S, M = N * S;
+    const float *x = j->x, *gamma = j->gamma, *beta = j->beta;
+    int64_t c0, c1;
+    peftc_part_range(CH, t, nparts, &c0, &c1);
+    for (int64_t c = c0; c < c1; c++) {
+        double m, v;
+        if (j->training) {
+            channel_moments(&m, &v, x, c, N, CH, S);
+            if (j->update) {
+                const double mom = j->momentum;
+                j->running_mean[c] = (float)((1.0 - mom) * j->running_mean[c] + mom * m);
+                j->running_var[c] =
+                    (float)((1.0 - mom) * j->running_var[c] + mom * v * (double)M / (double)(M - 1));
+            }
+        } else {
+            m = j->running_mean[c];
+            v = j->running_var[c];
+        }
+        const double r = 1.0 / sqrt(v + (double)j->eps);
+        j->mean[c] = (float)m;
+        j->rstd[c] = (float)r;
+        /* y = (x - m) r g + b = x * scale + shift */
+        const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
+        const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
+        for (int64_t n = 0; n < N; n++) {
+            const float *xp = x + (n * CH + c) * S;
+            float *yp = j->y + (n * CH + c) * S;
+            if (j->relu)
+                for (int64_t s = 0; s < S; s++) {
+                    const float v = xp[s] * scale + shift;
+                    yp[s] = v < 0.0f ? 0.0f : v;
+                }
+            else
+                for (int64_t s = 0; s < S; s++)
+                    yp[s] = xp[s] * scale + shift;
+        }
+    }
+    return PEFTC_OK;
+}
+
 /* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does). */
 static peftc_status bn_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
                                const float *x, const float *gamma, const float *beta, int training, float momentum,
@@ -155,39 +222,10 @@ static peftc_status bn_forward(float *y, float *mean, float *rstd, float *runnin
     /* torch refuses to estimate a variance from one value; so do we when it would be recorded */
     if (update && (M < 2 || !(momentum >= 0.0f && momentum <= 1.0f)))
         return M < 2 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
-    for (int64_t c = 0; c < CH; c++) {
-        double m, v;
-        if (training) {
-            channel_moments(&m, &v, x, c, N, CH, S);
-            if (update) {
-                running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * m);
-                running_var[c] =
-                    (float)((1.0 - momentum) * running_var[c] + momentum * v * (double)M / (double)(M - 1));
-            }
-        } else {
-            m = running_mean[c];
-            v = running_var[c];
-        }
-        const double r = 1.0 / sqrt(v + (double)eps);
-        mean[c] = (float)m;
-        rstd[c] = (float)r;
-        /* y = (x - m) r g + b = x * scale + shift */
-        const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
-        const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
-        for (int64_t n = 0; n < N; n++) {
-            const float *xp = x + (n * CH + c) * S;
-            float *yp = y + (n * CH + c) * S;
-            if (relu)
-                for (int64_t s = 0; s < S; s++) {
-                    const float v = xp[s] * scale + shift;
-                    yp[s] = v < 0.0f ? 0.0f : v;
-                }
-            else
-                for (int64_t s = 0; s < S; s++)
-                    yp[s] = xp[s] * scale + shift;
-        }
-    }
-    return PEFTC_OK;
+    bn_job job = {.y = y, .mean = mean, .rstd = rstd, .running_mean = running_mean, .running_var = running_var,
+                  .x = x, .gamma = gamma, .beta = beta, .training = training, .update = update, .relu = relu,
+                  .momentum = momentum, .eps = eps, .N = N, .CH = CH, .S = S};
+    return peftc_parallel_run(forward_part, &job, bn_parts(N, CH, S));
 }
 
 peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
@@ -207,17 +245,16 @@ peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, 
                       IH, IW);
 }
 
-/* The backward of both public entry points. relu_y non-NULL: the forward was BN then ReLU with output
- * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
-static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
-                                const float *x, const float *mean, const float *rstd, const float *gamma,
-                                int training, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+/* the backward of channels [c0, c1) of part t; relu_y non-NULL masks dy to relu_y > 0 first */
+static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
 {
-    if (!bn_sizes_ok(N, CH, IH, IW))
-        return PEFTC_ERR_SIZE;
-    const int64_t S = IH * IW, M = N * S;
-    for (int64_t c = 0; c < CH; c++) {
-        const double m = mean[c], r = rstd[c];
+    const bn_job *j = ctx;
+    const int64_t N = j->N, CH = j->CH, S = j->S, M = N * S;
+    const float *x = j->x, *dy = j->dy, *relu_y = j->relu_y;
+    int64_t c0, c1;
+    peftc_part_range(CH, t, nparts, &c0, &c1);
+    for (int64_t c = c0; c < c1; c++) {
+        const double m = j->mean_in[c], r = j->rstd_in[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         double sdy = 0.0, sdyx = 0.0;
         for (int64_t n = 0; n < N; n++) {
@@ -228,22 +265,22 @@ static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const fl
                 plane_grad_sums(&sdy, &sdyx, dy + o, x + o, (float)m, S);
         }
         sdyx *= r;
-        if (dgamma)
-            dgamma[c] += (float)sdyx;
-        if (dbeta)
-            dbeta[c] += (float)sdy;
-        if (!dx)
+        if (j->dgamma)
+            j->dgamma[c] += (float)sdyx;
+        if (j->dbeta)
+            j->dbeta[c] += (float)sdy;
+        if (!j->dx)
             continue;
-        const double g = gamma ? gamma[c] : 1.0;
+        const double g = j->gamma ? j->gamma[c] : 1.0;
         const float a = (float)(g * r);
         /* batch statistics: dx = g r (dy - mean(dy) - x_hat mean(dy x_hat)); eval: dx = g r dy */
-        const float mdy = training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
-        const float mdyx = training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
+        const float mdy = j->training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
+        const float mdyx = j->training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
         for (int64_t n = 0; n < N; n++) {
             const int64_t o = (n * CH + c) * S;
             const float *xp = x + o, *gp = dy + o;
-            float *dp = dx + o;
+            float *dp = j->dx + o;
             if (relu_y) {
                 const float *yp = relu_y + o;
                 for (int64_t s = 0; s < S; s++) {
@@ -257,6 +294,20 @@ static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const fl
         }
     }
     return PEFTC_OK;
+}
+
+/* The backward of both public entry points. relu_y non-NULL: the forward was BN then ReLU with output
+ * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
+static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
+                                const float *x, const float *mean, const float *rstd, const float *gamma,
+                                int training, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    if (!bn_sizes_ok(N, CH, IH, IW))
+        return PEFTC_ERR_SIZE;
+    const int64_t S = IH * IW;
+    bn_job job = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .relu_y = relu_y, .x = x, .mean_in = mean,
+                  .rstd_in = rstd, .gamma = gamma, .training = training, .N = N, .CH = CH, .S = S};
+    return peftc_parallel_run(backward_part, &job, bn_parts(N, CH, S));
 }
 
 peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,

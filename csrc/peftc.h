@@ -480,4 +480,9 @@ peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
                                             const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
                                             int64_t S, int64_t N, int64_t H, int64_t NH);
 
+/* ==== threads in batch norm (batchnorm.c; eata-bn family) =======================================
+ * peftc_batchnorm2d_* and peftc_batchnorm2d_relu_* split their channels into contiguous ranges over
+ * the BLAS thread count, each channel computed whole by one thread in one fixed order: results are
+ * bit-identical for any thread count. Tensors under about 32k values per thread stay on one thread. */
+
 #endif

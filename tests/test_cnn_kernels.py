@@ -382,6 +382,14 @@ def test_global_avgpool2d_matches_reference_and_finite_differences(rng):
     assert_close(dx, num, 1e-5, 1e-5, "dx vs finite differences")
 
 
+def test_global_avgpool2d_sums_each_plane_in_order_in_double(rng):
+    # 21 planes: the kernel sums 8 planes side by side and the last 5 one by one; each plane's
+    # double sum in index order (a float64 cumsum is sequential) gives the same bits either way
+    x = f32(rng, 3, 7, 5, 5) * 3.0 + 1.0
+    want = (np.cumsum(x.reshape(21, 25).astype(np.float64), axis=1)[:, -1] / 25.0).astype(np.float32)
+    np.testing.assert_array_equal(F.global_avgpool2d_forward(x), want.reshape(3, 7))
+
+
 def test_global_avgpool2d_matches_torch_autograd(rng, torch):
     x = f32(rng, 3, 4, 5, 2)
     dy = f32(rng, 3, 4)

@@ -67,9 +67,10 @@ np.savez(sys.argv[1], **res)
 """
 
 
-def run_with_threads(threads: int, out: Path) -> dict[str, np.ndarray]:
+def run_with_threads(threads: int, out: Path, script: str = SCRIPT) -> dict[str, np.ndarray]:
+    """Run ``script`` (which saves its arrays to the .npz path in argv[1]) on ``threads`` threads."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, cwd=ROOT)
     with np.load(out) as f:
         return dict(f)
 
