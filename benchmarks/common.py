@@ -127,15 +127,18 @@ def _openblas_library() -> ctypes.CDLL | None:
 
 
 def openblas_info() -> dict[str, Any]:
-    """Core name, configuration and thread count of the OpenBLAS peftc runs on (None if unknown)."""
+    """Core name, configuration, thread count and thread timeout of the OpenBLAS peftc runs on (None if
+    unknown)."""
     lib = _openblas_library()
     if lib is None:
-        return {"corename": None, "config": None, "num_threads": None}
+        return {"corename": None, "config": None, "num_threads": None, "thread_timeout": None}
     lib.openblas_get_config.restype = ctypes.c_char_p
     return {
         "corename": lib.openblas_get_corename().decode(),
         "config": lib.openblas_get_config().decode().strip(),
         "num_threads": int(lib.openblas_get_num_threads()),
+        # log2 of the cycles an idle worker spins before it sleeps, as the library read it at load
+        "thread_timeout": int(lib.openblas_thread_timeout()),
     }
 
 
@@ -159,7 +162,8 @@ def environment(torch: Any | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "openblas": openblas_info(),
-        "variables": {v: os.environ.get(v) for v in (*THREAD_VARS, "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        "variables": {v: os.environ.get(v) for v in (*THREAD_VARS, "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                     "OPENBLAS_THREAD_TIMEOUT")},
         "load_average_at_start": os.getloadavg(),
     }
     if torch is not None:
