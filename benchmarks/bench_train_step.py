@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rss-steps", type=int, default=3, help="steps each RSS subprocess runs")
     ap.add_argument("--quick", action="store_true", help="dropout 0.0 only, no RSS, no results file")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the stored .json")
+    ap.add_argument("--name", default=NAME, help="results file stem under benchmarks/results/ (e.g. for a run "
+                    "with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset)")
     ap.add_argument("--rss-child", choices=("peftc", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--dropout", type=float, default=0.0, help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -343,7 +345,7 @@ def target_lines(payload: dict) -> list[str]:
     return out
 
 
-def write(payload: dict) -> None:
+def write(payload: dict, name: str = NAME) -> None:
     env = payload["environment"]
     md = [f"# MiniLM LoRA training step, peftc vs torch {env.get('torch')} + transformers + PEFT", "",
           f"Batch {BATCH} x sequence {SEQ} (synthetic ids, full attention), LoRA r={RANK} alpha={ALPHA:g} on "
@@ -382,13 +384,13 @@ def write(payload: dict) -> None:
         ["", "base s", "merged s", "unmerged s", "merged/base", "unmerged/base"],
         [[tag, inf[f"base_{tag}_s"], inf[f"merged_{tag}_s"], inf[f"unmerged_{tag}_s"], inf[f"merged_over_base_{tag}"],
           inf[f"unmerged_over_base_{tag}"]] for tag in ("median", "min")]))
-    common.write_results(NAME, payload, "\n".join(md))
+    common.write_results(name, payload, "\n".join(md))
 
 
 def main() -> None:
     args = parse_args()
     if args.render:
-        write(common.read_results(NAME))
+        write(common.read_results(args.name), args.name)
         return
     common.configure_threads(args.threads)
     if args.rss_child:
@@ -434,7 +436,7 @@ def main() -> None:
     payload["load_average_at_end"] = os.getloadavg()
     print("\n".join(target_lines(payload)))
     if not args.quick:
-        write(payload)
+        write(payload, args.name)
 
 
 if __name__ == "__main__":
