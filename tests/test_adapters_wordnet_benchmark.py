@@ -1,31 +1,16 @@
 """The adapter head-to-head benchmark end to end on a tiny configuration, and its verdict helpers."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
+from tests.benchmark_scripts import load_benchmark
 
 @pytest.fixture(scope="module")
 def aw():
-    return _load("adapters_wordnet")
+    return load_benchmark("adapters_wordnet")
 
 
 def test_adapters_wordnet_runs_end_to_end_on_a_tiny_config(aw, tmp_path):
@@ -86,7 +71,7 @@ def test_adapter_configs_reject_unknown_names(aw):
 
 
 def test_adapter_step_layer_timing_covers_every_adapter():
-    bench = _load("bench_adapter_step")
+    bench = load_benchmark("bench_adapter_step")
     ms = bench.time_layers(rows=8, features=32, repeats=1)
     assert list(ms) == ["base", "lora", "sora", "hydra", "bone", "bat"]
     assert all(0 < v["min_ms"] <= v["median_ms"] for v in ms.values())

@@ -1,25 +1,18 @@
 """The PromptSRC comparison script combines seeds run in separate processes, and refuses other settings."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_scripts import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def pw():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("promptsrc_wordnet", BENCH / "promptsrc_wordnet.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["promptsrc_wordnet"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("promptsrc_wordnet")
 
 
 def _part(tmp_path: Path, seed: int, hm: float, epochs: int = 8) -> str:

@@ -2,26 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_scripts import load_benchmark
+
 METHODS = ("source", "bn", "tent", "eata", "sar")
 
 
 @pytest.fixture(scope="module")
 def report():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("tta_report", BENCH / "tta_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tta_report"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tta_report")
 
 
 def _seed_results(error: float) -> dict:
