@@ -14,7 +14,7 @@
  * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
 #include <math.h>
 
-#include "blas.h"
+#include "attention_gemm.h"
 #include "fastmath.h"
 #include "parallel.h"
 #include "rng.h"
@@ -189,9 +189,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const int64_t col = b * T * H + h * HS;
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, keymask, j->causal, i, scale, T);
         const float *pv = a;
@@ -202,9 +200,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, pv, T, j->v + col, H, 0.0f, j->out + col, H);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_ab(j->out + col, pv, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
@@ -251,19 +247,14 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
                 peftc_dropout_row(pd + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T), T);
             pv = pd;
         }
-        peftc_status st;
         if (j->dv) {
             /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dv + col, pv, j->dout + col, 1, 1, T, HS, T, T, H, H);
         }
         if (!j->dq && !j->dk)
             continue;
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++) {
             float *d = ds + i * T;
             const float *pr = a + i * T;
@@ -280,15 +271,11 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dq) {
             /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(0, 0, T, HS, T, 1.0f, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dq + col, ds, j->k + col, 0, 1, T, HS, T, T, H, H);
         }
         if (j->dk) {
             /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dk + col, ds, j->q + col, 1, 1, T, HS, T, T, H, H);
         }
     }
     return PEFTC_OK;
@@ -362,15 +349,11 @@ static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
         if (T == 0)
             continue;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
         /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, a, T, j->v + col, H, 0.0f, j->out + col, H);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_ab(j->out + col, a, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
