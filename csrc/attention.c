@@ -151,6 +151,22 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
         row[j] *= inv;
 }
 
+/* Prefetch into L2 (not L1, which the current pair fills) the n floats at x, one cache line at a time.
+ * A pair's probability block is T*T floats and all of them, B*NH*T*T, far outgrow the caches, as do
+ * the q, k, v columns a pair reads (T rows of HS floats, H apart): each pair asks for row i of the
+ * next pair's blocks while it works on its own row i, so that the next pair finds them loaded. */
+static inline void prefetch_row_read(const float *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 16)
+        __builtin_prefetch(x + c, 0, 2);
+}
+
+static inline void prefetch_row_write(const float *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 16)
+        __builtin_prefetch(x + c, 1, 2);
+}
+
 typedef struct {
     float *out, *att_out, *work, *dq, *dk, *dv; /* att_out: the forward's probabilities */
     const float *att, *q, *k, *v, *dout;        /* att: the same, read by the backward */
@@ -190,8 +206,16 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
         peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
-        for (int64_t i = 0; i < T; i++)
+        /* the next pair's q, k, v columns (read) and probability block (written) */
+        const int64_t next = bh + 1 < last ? bh + 1 : bh;
+        const int64_t ncol = (next / NH) * T * H + (next % NH) * HS;
+        for (int64_t i = 0; i < T; i++) {
             masked_softmax_row(a + i * T, keymask, j->causal, i, scale, T);
+            prefetch_row_write(j->att_out + next * T * T + i * T, T);
+            prefetch_row_read(j->q + ncol + i * H, HS);
+            prefetch_row_read(j->k + ncol + i * H, HS);
+            prefetch_row_read(j->v + ncol + i * H, HS);
+        }
         const float *pv = a;
         if (p > 0.0f) {
             for (int64_t i = 0; i < T; i++)
@@ -241,6 +265,8 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t col = (bh / NH) * T * H + (bh % NH) * HS;
         const float *a = j->att + bh * T * T;
+        const int64_t next = bh + 1 < last ? bh + 1 : bh;
+        const int64_t ncol = (next / NH) * T * H + (next % NH) * HS;
         const float *pv = a;
         if (p > 0.0f) {
             for (int64_t i = 0; i < T; i++)
@@ -256,6 +282,12 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
         peftc_attention_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++) {
+            /* the next pair's probabilities and q, k, v, dout columns (all read) */
+            prefetch_row_read(j->att + next * T * T + i * T, T);
+            prefetch_row_read(j->q + ncol + i * H, HS);
+            prefetch_row_read(j->k + ncol + i * H, HS);
+            prefetch_row_read(j->v + ncol + i * H, HS);
+            prefetch_row_read(j->dout + ncol + i * H, HS);
             float *d = ds + i * T;
             const float *pr = a + i * T;
             if (p > 0.0f) {
