@@ -2,13 +2,14 @@
  * and backward. Each (batch, head) pair is a few GEMMs that read its columns of q, k, v and write
  * its columns of out in place through the leading dimension H: no transposing copies, no head
  * split or merge. Scale, key mask, causal mask and softmax are one pass over each score row.
+ * The GEMMs are attention_gemm.c's register-blocked small products, not OpenBLAS: at K or N = HS
+ * (32 for MiniLM) a BLAS call spends as long packing and dispatching as multiplying.
  * The Q/K/V and output projections are not here (linear.c, lora.c).
  *
  * Threads: the (batch, head) pairs are independent, so they are split into contiguous ranges, one
- * per thread (parallel.h), each thread running whole GEMMs on its own slice of the workspace with
- * OpenBLAS held at one thread (peftc_parallel_run_blas). A (T,T,HS) GEMM is too small for OpenBLAS to
- * split well (its threads would meet once per GEMM instead of once per call). Results do not depend
- * on the thread count: every pair is computed the same way whichever thread runs it.
+ * per thread (parallel.h), each thread running whole products on its own slice of the workspace.
+ * Results do not depend on the thread count: every pair is computed the same way whichever thread
+ * runs it.
  *
  * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
  * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
@@ -159,12 +160,16 @@ static inline void prefetch_row_read(const float *x, int64_t n)
 {
     for (int64_t c = 0; c < n; c += 16)
         __builtin_prefetch(x + c, 0, 2);
+    if (n > 0) /* the last line of a row that does not start on one */
+        __builtin_prefetch(x + n - 1, 0, 2);
 }
 
 static inline void prefetch_row_write(const float *x, int64_t n)
 {
     for (int64_t c = 0; c < n; c += 16)
         __builtin_prefetch(x + c, 1, 2);
+    if (n > 0)
+        __builtin_prefetch(x + n - 1, 1, 2);
 }
 
 typedef struct {
@@ -240,7 +245,7 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
     attention_job job = {.out = out, .att_out = att, .work = p > 0.0f ? work : NULL, .q = q, .k = k, .v = v,
                          .mask = mask, .causal = causal, .p = p, .key = peftc_rng_key(seed), .offset = offset,
                          .B = B, .T = T, .H = H, .NH = NH};
-    return peftc_parallel_run_blas(forward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run(forward_part, &job, attention_threads(B * NH));
 }
 
 int64_t peftc_attention_backward_workspace_size(int64_t T, float p)
@@ -324,7 +329,7 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
     attention_job job = {.work = work, .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
                          .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
                          .H = H, .NH = NH};
-    return peftc_parallel_run_blas(backward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
 }
 
 /* ---- packed sequences (inference): each sequence's rows attend among themselves ---------------- */
@@ -345,8 +350,8 @@ static int64_t packed_longest(const int64_t *offsets, int64_t S)
 }
 
 /* Below this many score entries (sum of T^2 over the sequences; each costs about 4 H flops) per
- * thread, a thread costs more than it saves: starting one, plus the first OpenBLAS call on it, takes
- * some 30-100 us, about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
+ * thread, a thread costs more than it saves: starting one took some 30-100 us (with the OpenBLAS
+ * products this file used before), about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
  * (measured: such a batch ran slower on 2 threads than on 1). */
 #define PACKED_MIN_SCORES_PER_THREAD 4096
 
@@ -404,5 +409,5 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
         return PEFTC_OK;
     packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
                       .NH = NH, .Tmax = packed_longest(offsets, S)};
-    return peftc_parallel_run_blas(packed_part, &job, packed_threads(offsets, S, NH));
+    return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
 }
