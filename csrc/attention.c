@@ -160,16 +160,12 @@ static inline void prefetch_row_read(const float *x, int64_t n)
 {
     for (int64_t c = 0; c < n; c += 16)
         __builtin_prefetch(x + c, 0, 2);
-    if (n > 0) /* the last line of a row that does not start on one */
-        __builtin_prefetch(x + n - 1, 0, 2);
 }
 
 static inline void prefetch_row_write(const float *x, int64_t n)
 {
     for (int64_t c = 0; c < n; c += 16)
         __builtin_prefetch(x + c, 1, 2);
-    if (n > 0)
-        __builtin_prefetch(x + n - 1, 1, 2);
 }
 
 typedef struct {
