@@ -2,19 +2,20 @@
  * and backward. Each (batch, head) pair is a few GEMMs that read its columns of q, k, v and write
  * its columns of out in place through the leading dimension H: no transposing copies, no head
  * split or merge. Scale, key mask, causal mask and softmax are one pass over each score row.
+ * The GEMMs are attention_gemm.c's register-blocked small products, not OpenBLAS: at K or N = HS
+ * (32 for MiniLM) a BLAS call spends as long packing and dispatching as multiplying.
  * The Q/K/V and output projections are not here (linear.c, lora.c).
  *
  * Threads: the (batch, head) pairs are independent, so they are split into contiguous ranges, one
- * per thread (parallel.h), each thread running whole GEMMs on its own slice of the workspace with
- * OpenBLAS held at one thread (peftc_parallel_run_blas). A (T,T,HS) GEMM is too small for OpenBLAS to
- * split well (its threads would meet once per GEMM instead of once per call). Results do not depend
- * on the thread count: every pair is computed the same way whichever thread runs it.
+ * per thread (parallel.h), each thread running whole products on its own slice of the workspace.
+ * Results do not depend on the thread count: every pair is computed the same way whichever thread
+ * runs it.
  *
  * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
  * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
 #include <math.h>
 
-#include "blas.h"
+#include "attention_gemm.h"
 #include "fastmath.h"
 #include "parallel.h"
 #include "rng.h"
@@ -151,6 +152,22 @@ static void masked_softmax_row(float *row, const int64_t *keymask, int causal, i
         row[j] *= inv;
 }
 
+/* Prefetch into L2 (not L1, which the current pair fills) the n floats at x, one cache line at a time.
+ * A pair's probability block is T*T floats and all of them, B*NH*T*T, far outgrow the caches, as do
+ * the q, k, v columns a pair reads (T rows of HS floats, H apart): each pair asks for row i of the
+ * next pair's blocks while it works on its own row i, so that the next pair finds them loaded. */
+static inline void prefetch_row_read(const float *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 16)
+        __builtin_prefetch(x + c, 0, 2);
+}
+
+static inline void prefetch_row_write(const float *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 16)
+        __builtin_prefetch(x + c, 1, 2);
+}
+
 typedef struct {
     float *out, *att_out, *work, *dq, *dk, *dv; /* att_out: the forward's probabilities */
     const float *att, *q, *k, *v, *dout;        /* att: the same, read by the backward */
@@ -189,11 +206,17 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const int64_t col = b * T * H + h * HS;
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
-        if (st != PEFTC_OK)
-            return st;
-        for (int64_t i = 0; i < T; i++)
+        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
+        /* the next pair's q, k, v columns (read) and probability block (written) */
+        const int64_t next = bh + 1 < last ? bh + 1 : bh;
+        const int64_t ncol = (next / NH) * T * H + (next % NH) * HS;
+        for (int64_t i = 0; i < T; i++) {
             masked_softmax_row(a + i * T, keymask, j->causal, i, scale, T);
+            prefetch_row_write(j->att_out + next * T * T + i * T, T);
+            prefetch_row_read(j->q + ncol + i * H, HS);
+            prefetch_row_read(j->k + ncol + i * H, HS);
+            prefetch_row_read(j->v + ncol + i * H, HS);
+        }
         const float *pv = a;
         if (p > 0.0f) {
             for (int64_t i = 0; i < T; i++)
@@ -202,9 +225,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, pv, T, j->v + col, H, 0.0f, j->out + col, H);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_ab(j->out + col, pv, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
@@ -220,7 +241,7 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
     attention_job job = {.out = out, .att_out = att, .work = p > 0.0f ? work : NULL, .q = q, .k = k, .v = v,
                          .mask = mask, .causal = causal, .p = p, .key = peftc_rng_key(seed), .offset = offset,
                          .B = B, .T = T, .H = H, .NH = NH};
-    return peftc_parallel_run_blas(forward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run(forward_part, &job, attention_threads(B * NH));
 }
 
 int64_t peftc_attention_backward_workspace_size(int64_t T, float p)
@@ -245,26 +266,29 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t col = (bh / NH) * T * H + (bh % NH) * HS;
         const float *a = j->att + bh * T * T;
+        const int64_t next = bh + 1 < last ? bh + 1 : bh;
+        const int64_t ncol = (next / NH) * T * H + (next % NH) * HS;
         const float *pv = a;
         if (p > 0.0f) {
             for (int64_t i = 0; i < T; i++)
                 peftc_dropout_row(pd + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T), T);
             pv = pd;
         }
-        peftc_status st;
         if (j->dv) {
             /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, pv, T, j->dout + col, H, 1.0f, j->dv + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dv + col, pv, j->dout + col, 1, 1, T, HS, T, T, H, H);
         }
         if (!j->dq && !j->dk)
             continue;
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->dout + col, H, j->v + col, H, 0.0f, ds, T);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++) {
+            /* the next pair's probabilities and q, k, v, dout columns (all read) */
+            prefetch_row_read(j->att + next * T * T + i * T, T);
+            prefetch_row_read(j->q + ncol + i * H, HS);
+            prefetch_row_read(j->k + ncol + i * H, HS);
+            prefetch_row_read(j->v + ncol + i * H, HS);
+            prefetch_row_read(j->dout + ncol + i * H, HS);
             float *d = ds + i * T;
             const float *pr = a + i * T;
             if (p > 0.0f) {
@@ -280,15 +304,11 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dq) {
             /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(0, 0, T, HS, T, 1.0f, ds, T, j->k + col, H, 1.0f, j->dq + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dq + col, ds, j->k + col, 0, 1, T, HS, T, T, H, H);
         }
         if (j->dk) {
             /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            st = peftc_sgemm(1, 0, T, HS, T, 1.0f, ds, T, j->q + col, H, 1.0f, j->dk + col, H);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_attention_gemm_ab(j->dk + col, ds, j->q + col, 1, 1, T, HS, T, T, H, H);
         }
     }
     return PEFTC_OK;
@@ -305,7 +325,7 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
     attention_job job = {.work = work, .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
                          .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
                          .H = H, .NH = NH};
-    return peftc_parallel_run_blas(backward_part, &job, attention_threads(B * NH));
+    return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
 }
 
 /* ---- packed sequences (inference): each sequence's rows attend among themselves ---------------- */
@@ -326,8 +346,8 @@ static int64_t packed_longest(const int64_t *offsets, int64_t S)
 }
 
 /* Below this many score entries (sum of T^2 over the sequences; each costs about 4 H flops) per
- * thread, a thread costs more than it saves: starting one, plus the first OpenBLAS call on it, takes
- * some 30-100 us, about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
+ * thread, a thread costs more than it saves: starting one took some 30-100 us (with the OpenBLAS
+ * products this file used before), about what one thread needs for a batch of 16 sequences of 14 tokens at H=384
  * (measured: such a batch ran slower on 2 threads than on 1). */
 #define PACKED_MIN_SCORES_PER_THREAD 4096
 
@@ -362,15 +382,11 @@ static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
         if (T == 0)
             continue;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_status st = peftc_sgemm(0, 1, T, T, HS, 1.0f, j->q + col, H, j->k + col, H, 0.0f, a, T);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
         /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        st = peftc_sgemm(0, 0, T, HS, T, 1.0f, a, T, j->v + col, H, 0.0f, j->out + col, H);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_attention_gemm_ab(j->out + col, a, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
@@ -389,5 +405,5 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
         return PEFTC_OK;
     packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
                       .NH = NH, .Tmax = packed_longest(offsets, S)};
-    return peftc_parallel_run_blas(packed_part, &job, packed_threads(offsets, S, NH));
+    return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
 }

@@ -1,0 +1,230 @@
+/* attention_gemm.c: the small GEMMs of attention.c (see attention_gemm.h), register-blocked in plain
+ * C with GCC/Clang generic vectors as wide as the target's registers. A register block is MR rows by
+ * NR vectors of C, held in registers over the whole k loop: each step loads NR vectors of one row of
+ * the right operand and multiplies them by MR broadcast scalars of the left one.
+ *   C = A B^T: the vectors run along C's rows, which are B's rows, so B is first transposed a panel of
+ *   NB columns (and KC k's) at a time into a stack buffer; A's scalars are read in place.
+ *   C = op(A) B: B's rows are C's rows, read in place; so are A's scalars, with or without transpose.
+ * Not here: the scores' softmax and dropout (attention.c), and any GEMM big enough for OpenBLAS. */
+#include "attention_gemm.h"
+
+#include <math.h>
+#include <string.h>
+
+/* VL floats per vector; MR x NR accumulators leave registers for NR right-operand vectors and a
+ * broadcast (32 vector registers with AVX-512, 16 below it) */
+#if defined(__AVX512F__)
+#define VL 16
+#define MR 8
+#elif defined(__AVX__)
+#define VL 8
+#define MR 6
+#else
+#define VL 4
+#define MR 6
+#endif
+#define NR 2
+#define NB (NR * VL) /* columns of a register block */
+#define KC 128       /* k's of a packed B^T panel: a KC x NB stack buffer, 16 KB with AVX-512 */
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+
+/* c + x * b, rounded once on targets with FMA: ISO C does not contract a * b + c by itself, and the
+ * fmaf loop compiles to one instruction. Without FMA, fmaf is a library call per lane, so there it is
+ * a multiply and an add. */
+static inline vf vmadd(float x, vf b, vf c)
+{
+#ifdef __FMA__
+    vf r;
+    #pragma GCC unroll 16
+    for (int l = 0; l < VL; l++)
+        r[l] = fmaf(x, b[l], c[l]);
+    return r;
+#else
+    return b * x + c;
+#endif
+}
+
+/* the scalar form of vmadd, for column tails: the same rounding as the vector lanes */
+static inline float madd(float x, float b, float c)
+{
+#ifdef __FMA__
+    return fmaf(x, b, c);
+#else
+    return x * b + c;
+#endif
+}
+
+/* unaligned vector load and store (strided rows start anywhere) */
+static inline vf vload(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* C rows [0, mr) x columns [0, nb) (overwritten, or accumulated with accumulate) += sum over k < kc of
+ * a[r * lda + k] * panel[k * NB + n]; panel (kc, NB) is B^T, zero in the columns past nb. Rows from mr
+ * to MR repeat row mr - 1 so that the k loop stays one fixed register block; they are not stored. */
+__attribute__((always_inline)) static inline void block_abt(float *c, const float *a, const float *panel, int64_t mr, int64_t nb, int64_t kc,
+                             int64_t lda, int64_t ldc, int accumulate)
+{
+    const int full = mr == MR && nb == NB;
+    const float *ar[MR];
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+        ar[r] = a + (r < mr ? r : mr - 1) * lda;
+    float edge[MR][NB]; /* the block of a partial tile, through memory */
+    vf s[MR][NR];
+    if (accumulate && full) {
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+            #pragma GCC unroll 16
+            for (int v = 0; v < NR; v++)
+                s[r][v] = vload(c + r * ldc + v * VL);
+    } else if (accumulate) {
+        memset(edge, 0, sizeof edge);
+        for (int64_t r = 0; r < mr; r++)
+            memcpy(edge[r], c + r * ldc, (size_t)nb * sizeof(float));
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+            #pragma GCC unroll 16
+            for (int v = 0; v < NR; v++)
+                s[r][v] = vload(edge[r] + v * VL);
+    } else {
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+            #pragma GCC unroll 16
+            for (int v = 0; v < NR; v++)
+                s[r][v] = (vf){0.0f};
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        vf b[NR];
+        #pragma GCC unroll 16
+        for (int v = 0; v < NR; v++)
+            b[v] = vload(panel + k * NB + v * VL);
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            const float x = ar[r][k];
+            #pragma GCC unroll 16
+            for (int v = 0; v < NR; v++)
+                s[r][v] = vmadd(x, b[v], s[r][v]);
+        }
+    }
+    if (full) {
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+            #pragma GCC unroll 16
+            for (int v = 0; v < NR; v++)
+                vstore(c + r * ldc + v * VL, s[r][v]);
+        return;
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 16
+        for (int v = 0; v < NR; v++)
+            vstore(edge[r] + v * VL, s[r][v]);
+    for (int64_t r = 0; r < mr; r++)
+        memcpy(c + r * ldc, edge[r], (size_t)nb * sizeof(float));
+}
+
+void peftc_attention_gemm_abt(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, int64_t lda,
+                              int64_t ldb, int64_t ldc)
+{
+    float panel[KC * NB];
+    for (int64_t j0 = 0; j0 < N; j0 += NB) {
+        const int64_t nb = N - j0 < NB ? N - j0 : NB;
+        /* k in chunks of KC, each chunk continuing the previous one's sums: the same chain per entry */
+        int64_t k0 = 0;
+        do {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            for (int64_t n = 0; n < nb; n++)
+                for (int64_t k = 0; k < kc; k++)
+                    panel[k * NB + n] = B[(j0 + n) * ldb + k0 + k];
+            for (int64_t n = nb; n < NB; n++)
+                for (int64_t k = 0; k < kc; k++)
+                    panel[k * NB + n] = 0.0f;
+            for (int64_t i0 = 0; i0 < M; i0 += MR)
+                block_abt(C + i0 * ldc + j0, A + i0 * lda + k0, panel, M - i0 < MR ? M - i0 : MR, nb, kc, lda, ldc,
+                          k0 > 0);
+            k0 += kc;
+        } while (k0 < K);
+    }
+}
+
+/* C rows [0, mr) x columns [0, nv * VL) (overwritten, or accumulated with accumulate) += sum over
+ * k < K of op(A)[r][k] * b[k * ldb + n], op(A)[r][k] = a[r * lda + k], or a[k * lda + r] with
+ * trans_a. Rows from mr to MR repeat row mr - 1 (computed, not stored), as in block_abt. */
+__attribute__((always_inline)) static inline void block_ab(float *c, const float *a, const float *b, int trans_a, int nv, int64_t mr, int64_t K,
+                            int64_t lda, int64_t ldb, int64_t ldc, int accumulate)
+{
+    int64_t at[MR]; /* offset of op(A)[r][0] in a */
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+        at[r] = (r < mr ? r : mr - 1) * (trans_a ? 1 : lda);
+    const int64_t kstep = trans_a ? lda : 1;
+    vf s[MR][NR];
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 16
+        for (int v = 0; v < NR; v++)
+            s[r][v] = accumulate && r < mr && v < nv ? vload(c + r * ldc + v * VL) : (vf){0.0f};
+    for (int64_t k = 0; k < K; k++) {
+        const float *ak = a + k * kstep;
+        vf bk[NR];
+        #pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            bk[v] = vload(b + k * ldb + v * VL);
+        #pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            const float x = ak[at[r]];
+            #pragma GCC unroll 16
+            for (int v = 0; v < nv; v++)
+                s[r][v] = vmadd(x, bk[v], s[r][v]);
+        }
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            if (r < mr)
+                vstore(c + r * ldc + v * VL, s[r][v]);
+}
+
+/* block_ab over all row blocks of one column strip; trans_a and nv are constants at each call, so
+ * each of the four strips is compiled on its own */
+__attribute__((always_inline)) static inline void strip_ab(float *C, const float *A, const float *B, int trans_a, int nv, int accumulate, int64_t M,
+                            int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+{
+    for (int64_t i0 = 0; i0 < M; i0 += MR)
+        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, trans_a, nv, M - i0 < MR ? M - i0 : MR, K, lda, ldb,
+                 ldc, accumulate);
+}
+
+void peftc_attention_gemm_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M,
+                             int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+{
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB) {
+        if (trans_a)
+            strip_ab(C + n0, A, B + n0, 1, NR, accumulate, M, K, lda, ldb, ldc);
+        else
+            strip_ab(C + n0, A, B + n0, 0, NR, accumulate, M, K, lda, ldb, ldc);
+    }
+    for (; n0 + VL <= N; n0 += VL) {
+        if (trans_a)
+            strip_ab(C + n0, A, B + n0, 1, 1, accumulate, M, K, lda, ldb, ldc);
+        else
+            strip_ab(C + n0, A, B + n0, 0, 1, accumulate, M, K, lda, ldb, ldc);
+    }
+    /* the last N % VL columns one entry at a time, in the same order */
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t n = n0; n < N; n++) {
+            float s = accumulate ? C[i * ldc + n] : 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                s = madd(trans_a ? A[k * lda + i] : A[i * lda + k], B[k * ldb + n], s);
+            C[i * ldc + n] = s;
+        }
+}
