@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as tF
 
+from common import openblas_info  # this folder: run as a script
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
@@ -253,13 +254,16 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"threads": THREADS, "clock": args.clock, "torch": torch.__version__, "load_average": os.getloadavg(),
+              "openblas": openblas_info(), "openblas_coretype_variable": os.environ.get("OPENBLAS_CORETYPE"),
               "check": chk, "rows": rows, "source_config": info["config"],
               "setting": f"EATA SGD lr {LR} momentum {MOMENTUM}, E0 = {E0_FACTOR} ln 10, d_margin {D_MARGIN}, "
                          f"fisher_alpha {FISHER_ALPHA}; Fashion-MNIST-C gaussian_noise severity 5"}
     write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=1).encode())
     lines = [f"EATA adapted images/s ({args.clock} clock), peftc vs torch {torch.__version__}, {THREADS} threads each, "
              "same process "
-             f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats).",
+             f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats). "
+             f"peftc's OpenBLAS core `{result['openblas']['corename']}` (OPENBLAS_CORETYPE="
+             f"{result['openblas_coretype_variable']}), OPENBLAS_THREAD_TIMEOUT {result['openblas']['thread_timeout']}.",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
              f"Fisher rel err peftc {chk['fisher_rel_err_peftc']:.1e}, "
              f"torch float32 {chk['fisher_rel_err_torch32']:.1e}; "
