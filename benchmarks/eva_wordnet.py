@@ -20,7 +20,8 @@ Reduced configurations that were run (labelled "reduced" in the results; about 6
         --test-per-class 10 --reduced                                   # -> results/eva_wordnet.*
     python benchmarks/eva_wordnet.py --seeds 0 1 2 --max-steps 100 --train-per-class 40 --val-per-class 5 \
         --test-per-class 10 --reduced --out eva_wordnet_3seeds          # -> results/eva_wordnet_3seeds.*
-Results go to benchmarks/results/<out>.json and .md; ``--render NAME`` recomputes a file's summary.
+Results go to benchmarks/results/<out>.json and .md; ``--render NAME`` recomputes a file's summary;
+seeds run in separate processes (``--seeds 0 --out NAME_s0`` ...) combine with ``--merge NAME_s0 NAME_s1 ...``.
 The verdict compares the arms per seed (paired: same data, order and head).
 """
 from __future__ import annotations
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rho", type=float, default=2.0)
     ap.add_argument("--reduced", action="store_true", help="label the results as a reduced configuration")
     ap.add_argument("--out", default=None, help="results name (default eva_wordnet)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                    help="combine results/NAME.json files (same settings, other seeds) into --out, then stop")
     ap.add_argument("--render", default=None, metavar="NAME",
                     help="recompute the summary, verdict and Markdown of results/NAME.json without training")
     return ap.parse_args(argv)
@@ -225,11 +228,11 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def render(name: str) -> None:
-    """Rewrite results/<name>.json's summary, verdict and .md from its stored runs."""
+def render(name: str, payload: dict | None = None) -> None:
+    """Rewrite results/<name>.json's summary, verdict and .md from its stored runs (or from ``payload``'s)."""
     import json
-    path = common.RESULTS_DIR / f"{name}.json"
-    payload = json.loads(path.read_text())
+    if payload is None:
+        payload = json.loads((common.RESULTS_DIR / f"{name}.json").read_text())
     ks = payload["settings"]["ks"]
     payload["summary"] = summarise(payload["runs"], ks)
     payload["paired_train_loss_differences"] = paired_differences(payload["runs"], ks)
@@ -239,10 +242,32 @@ def render(name: str) -> None:
     print(text)
 
 
+def merge(names: list[str], out: str) -> None:
+    """Combine results files of the same settings whose seeds ran in separate processes into results/<out>."""
+    import json
+    parts = [json.loads((common.RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+    first = parts[0]["settings"]
+    for part, n in zip(parts[1:], names[1:]):
+        differ = common.differing_settings(first, part["settings"], {"seeds", "out", "merge", "render"})
+        if differ:
+            raise ValueError(f"{n}: settings {differ} differ from {names[0]}; only seeds may differ")
+    runs = [r for part in parts for r in part["runs"]]
+    seeds = [r["seed"] for r in runs if r["arm"] == ARMS[0]]
+    if len(seeds) != len(set(seeds)):
+        raise ValueError(f"the files {names} repeat a seed")
+    payload = {"command": " + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(names)}",
+               "settings": {**first, "seeds": sorted(seeds), "out": out}, "runs": runs,
+               "environment": parts[0]["environment"]}
+    render(out, payload)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render:
         render(args.render)
+        return
+    if args.merge:
+        merge(args.merge, args.out or NAME)
         return
     common.configure_threads(args.threads)
     runs = []
