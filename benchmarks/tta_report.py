@@ -208,12 +208,16 @@ def verdicts(agg: dict) -> list[dict]:
             f"clean error after: EATA {cont['eata']['clean_error_after'][0]:.2f} % vs TENT "
             f"{cont['tent']['clean_error_after'][0]:.2f} % (both {cont['tent']['clean_error_before'][0]:.2f} % "
             f"before; source {cont['source']['clean_error_before'][0]:.2f} %)")
-    for base in ("tent", "eata"):
-        if base in op and f"{base}+filter" in op:
-            f = op[f"{base}+filter"]
-            add(f"the open-set filter lowers {base.upper()}'s known-class error on the open-set long-term stream",
+    # tent+filter is UniEnt's loss (the filter plus a diversity term); tent+filter-nodiv is the filter alone
+    variants = (("tent", "tent+filter", "the open-set filter with UniEnt's diversity term"),
+                ("tent", "tent+filter-nodiv", "the open-set filter alone (no diversity term)"),
+                ("eata", "eata+filter", "the open-set filter"))
+    for base, name, what in variants:
+        if base in op and name in op:
+            f = op[name]
+            add(f"{what} lowers {base.upper()}'s known-class error on the open-set long-term stream",
                 f["error"][0] < op[base]["error"][0],
-                f"{base}+filter {f['error'][0]:.2f} % vs {base} {op[base]['error'][0]:.2f} % "
+                f"{name} {f['error'][0]:.2f} % vs {base} {op[base]['error'][0]:.2f} % "
                 f"(last round {f['last_round_error'][0]:.2f} vs {op[base]['last_round_error'][0]:.2f})")
     return v
 
