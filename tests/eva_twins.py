@@ -11,7 +11,7 @@ import numpy as np
 
 from peftc.nn import Linear, Module, ModuleList
 
-from .lora_twins import BertNamedLayer, _Node
+from .lora_twins import BertNamedLayer, _Node, torch_bert_named
 
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
@@ -71,52 +71,11 @@ class EvaTwin(Module):
 
 
 def make_torch_twin(torch, weights: dict[str, np.ndarray], layers: int):
-    nn = torch.nn
-    hidden = weights["classifier.weight"].shape[1]
-    inter = weights["encoder.layer.0.intermediate.dense.weight"].shape[0]
-
-    class Self(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), \
-                nn.Linear(hidden, hidden)
-
-    class Attention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.self = Self()
-
-    class Dense(nn.Module):
-        def __init__(self, n: int, o: int) -> None:
-            super().__init__()
-            self.dense = nn.Linear(n, o)
-
-    class Layer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attention, self.intermediate, self.output = Attention(), Dense(hidden, inter), Dense(inter, hidden)
-
-        def forward(self, h):
-            s = self.attention.self
-            a = h + (s.query(h) + s.key(h) + s.value(h)) / 3
-            return a + self.output.dense(torch.relu(self.intermediate.dense(a))) / 2
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = nn.ModuleList([Layer() for _ in range(layers)])
-
-    class TorchEvaTwin(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = Encoder()
-            self.classifier = nn.Linear(hidden, weights["classifier.weight"].shape[0])
-
-        def forward(self, x):
-            for layer in self.encoder.layer:
-                x = layer(x)
-            return self.classifier(x)
-
-    model = TorchEvaTwin()
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
-    return model.eval()
+    """torch side of EvaTwin (``layers`` layers): the same module names and weights, the same forward."""
+    def block(layer, h):
+        s = layer.attention.self
+        a = h + (s.query(h) + s.key(h) + s.value(h)) / 3
+        return a + layer.output.dense(torch.relu(layer.intermediate.dense(a))) / 2
+    model = torch_bert_named(torch, weights, block)
+    assert len(model.encoder.layer) == layers
+    return model

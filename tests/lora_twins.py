@@ -91,16 +91,20 @@ class TinyBert(Module):
         return d
 
 
-def make_torch_twin(torch, weights: dict[str, np.ndarray]):
-    """torch side: the same module names and the same weights."""
+def torch_bert_named(torch, weights: dict[str, np.ndarray], block):
+    """A torch model with Hugging Face BERT module names (``encoder.layer.N.attention.self.query`` ...,
+    ``classifier``), sized by and loaded with ``weights``; each layer's forward is ``block(layer, h)``."""
     nn = torch.nn
+    hidden, classes = weights["classifier.weight"].shape[1], weights["classifier.weight"].shape[0]
+    inter = weights["encoder.layer.0.intermediate.dense.weight"].shape[0]
+    layers = sum(1 for k in weights if k.endswith(".attention.self.query.weight"))
 
     class Self(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.query = nn.Linear(HIDDEN, HIDDEN)
-            self.key = nn.Linear(HIDDEN, HIDDEN)
-            self.value = nn.Linear(HIDDEN, HIDDEN)
+            self.query = nn.Linear(hidden, hidden)
+            self.key = nn.Linear(hidden, hidden)
+            self.value = nn.Linear(hidden, hidden)
 
     class Attention(nn.Module):
         def __init__(self) -> None:
@@ -115,28 +119,35 @@ def make_torch_twin(torch, weights: dict[str, np.ndarray]):
     class Layer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.attention, self.intermediate, self.output = Attention(), Dense(HIDDEN, INTER), Dense(INTER, HIDDEN)
+            self.attention, self.intermediate, self.output = Attention(), Dense(hidden, inter), Dense(inter, hidden)
 
         def forward(self, h):
-            s = self.attention.self
-            return h + s.query(h) + s.key(h) + s.value(h) + self.output.dense(self.intermediate.dense(h))
+            return block(self, h)
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layer = nn.ModuleList([Layer() for _ in range(LAYERS)])
+            self.layer = nn.ModuleList([Layer() for _ in range(layers)])
 
-    class TorchTinyBert(nn.Module):
+    class TorchBertNamed(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.encoder = Encoder()
-            self.classifier = nn.Linear(HIDDEN, CLASSES)
+            self.classifier = nn.Linear(hidden, classes)
 
         def forward(self, x):
             for layer in self.encoder.layer:
                 x = layer(x)
             return self.classifier(x)
 
-    model = TorchTinyBert()
+    model = TorchBertNamed()
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
     return model.eval()
+
+
+def make_torch_twin(torch, weights: dict[str, np.ndarray]):
+    """torch side of TinyBert: the same module names and the same weights."""
+    def block(layer, h):
+        s = layer.attention.self
+        return h + s.query(h) + s.key(h) + s.value(h) + layer.output.dense(layer.intermediate.dense(h))
+    return torch_bert_named(torch, weights, block)
