@@ -307,11 +307,11 @@ static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, in
             memcpy(dst + c * nb * S + i * S, src + (i * C + c) * S, (size_t)S * sizeof(float));
 }
 
-/* peftc_sgemm, or with tiled != 0 peftc_sgemm_tiled (the same numbers, on the calling thread only) */
-static peftc_status conv_gemm(int tiled, int trans_a, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+/* C = op(A) B (+ C as beta says), tiled so that OpenBLAS runs it on the calling thread (conv_job_for) */
+static peftc_status conv_gemm(int trans_a, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                               const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
-    return (tiled ? peftc_sgemm_tiled : peftc_sgemm)(trans_a, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    return peftc_sgemm_tiled(trans_a, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* One convolution's sizes and arrays; a part sweeps images [n0, n1) with scratch work + t * part. */
@@ -319,7 +319,6 @@ typedef struct {
     float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
     const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
     int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part, nb; /* nb: images per block */
-    int tiled;
 } conv_job;
 
 /* y of images [n0, n0 + n) (overwritten) */
@@ -331,12 +330,12 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
     const float *x = j->x + n0 * IC * IH * IW, *w = j->w, *b = j->b;
     float *y = j->y + n0 * OC * S;
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
-        return peftc_winograd3x3(y, work, x, w, b, 0, 0, j->tiled, n, IC, IH, IW, OC, PH, PW);
+        return peftc_winograd3x3(y, work, x, w, b, 0, 0, n, IC, IH, IW, OC, PH, PW);
     if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
         for (int64_t i = 0; i < n; i++) {
             float *yn = y + i * OC * S;
             /* yn (OC,S) = w (OC,IC) xn (IC,S): M=OC, N=S, K=IC, lda=IC, ldb=S, ldc=S */
-            peftc_status st = conv_gemm(j->tiled, 0, OC, S, K, w, K, x + i * IC * S, S, 0.0f, yn, S);
+            peftc_status st = conv_gemm(0, OC, S, K, w, K, x + i * IC * S, S, 0.0f, yn, S);
             if (st != PEFTC_OK)
                 return st;
             if (b)
@@ -353,7 +352,7 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
         for (int64_t i = 0; i < bn; i++)
             im2col(col + i * S, L, x + (i0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
         /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
-        peftc_status st = conv_gemm(j->tiled, 0, OC, L, K, w, K, col, L, 0.0f, yb, L);
+        peftc_status st = conv_gemm(0, OC, L, K, w, K, col, L, 0.0f, yb, L);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < bn; i++)
@@ -378,11 +377,11 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     float *dx = j->dx + n0 * IC * IH * IW;
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
         /* the input gradient is the correlation of dy, padded by 2 - P, with the flipped, transposed w */
-        return peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, j->tiled, n, OC, OH, OW, IC, 2 - PH, 2 - PW);
+        return peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, n, OC, OH, OW, IC, 2 - PH, 2 - PW);
     if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
         for (int64_t i = 0; i < n; i++) {
             /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
-            peftc_status st = conv_gemm(j->tiled, 1, IC, S, OC, w, IC, dy + i * OC * S, S, 1.0f, dx + i * IC * S, S);
+            peftc_status st = conv_gemm(1, IC, S, OC, w, IC, dy + i * OC * S, S, 1.0f, dx + i * IC * S, S);
             if (st != PEFTC_OK)
                 return st;
         }
@@ -394,7 +393,7 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
         float *col = work, *dyb = work + K * L;
         gather_block(dyb, dy + i0 * OC * S, bn, OC, S);
         /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
-        peftc_status st = conv_gemm(j->tiled, 1, K, L, OC, w, K, dyb, L, 0.0f, col, L);
+        peftc_status st = conv_gemm(1, K, L, OC, w, K, dyb, L, 0.0f, col, L);
         if (st != PEFTC_OK)
             return st;
         for (int64_t i = 0; i < bn; i++)
@@ -443,7 +442,7 @@ static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_
     const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
     return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
-                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW, .nb = nb, .tiled = 1,
+                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW, .nb = nb,
                       .part = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S)};
 }
 

@@ -124,7 +124,7 @@ static void transpose_out(float *y, const float *X, const float *b, int accumula
 }
 
 peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const float *w, const float *b, int flip,
-                               int accumulate, int tiled, int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
+                               int accumulate, int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
                                int64_t PW)
 {
     const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
@@ -164,8 +164,8 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                 }
         for (int p = 0; p < 16; p++) {
             /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TI*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
-            peftc_status st = (tiled ? peftc_sgemm_tiled : peftc_sgemm)(0, 0, CO, T, CI, 1.0f, U + p * CO * CI, CI, V + p * CI * T, T, 0.0f,
-                                          M + p * CO * T, T);
+            peftc_status st = peftc_sgemm_tiled(0, 0, CO, T, CI, 1.0f, U + p * CO * CI, CI, V + p * CI * T, T, 0.0f,
+                                                M + p * CO * T, T);
             if (st != PEFTC_OK)
                 return st;
         }

@@ -128,7 +128,6 @@ class _SvdState:
         self.skipped = 0
 
 
-
 def _update_states(updates: list[tuple[_SvdState, np.ndarray]]) -> None:
     """Fold each (state, rows) into its PCA: distinct states side by side (each on one thread), the
     updates of a state listed more than once in their order. A batch with fewer rows than the
