@@ -176,22 +176,31 @@ int arg_workspace(const ArgCheck *ck, int64_t need)
     return -1;
 }
 
-int arg_no_alias(ArgCheck *ck)
+int arg_overlap(const ArgCheck *a, const ArgCheck *b, const char **name_a, const char **name_b)
 {
-    for (int i = 0; i < ck->narrays; i++) {
-        if (!ck->arrays[i].is_out)
+    for (int i = 0; i < a->narrays; i++) {
+        if (!a->arrays[i].is_out || a->arrays[i].start == a->arrays[i].end)
             continue;
-        for (int j = 0; j < ck->narrays; j++) {
-            if (i == j || ck->arrays[i].start == ck->arrays[i].end || ck->arrays[j].start == ck->arrays[j].end)
+        for (int j = 0; j < b->narrays; j++) {
+            if ((a == b && i == j) || b->arrays[j].start == b->arrays[j].end)
                 continue;
-            if (ck->arrays[i].start < ck->arrays[j].end && ck->arrays[j].start < ck->arrays[i].end) {
-                PyErr_Format(PyExc_ValueError, "%s: output argument '%s' overlaps argument '%s' in memory",
-                             ck->fn, ck->arrays[i].name, ck->arrays[j].name);
-                return -1;
+            if (a->arrays[i].start < b->arrays[j].end && b->arrays[j].start < a->arrays[i].end) {
+                *name_a = a->arrays[i].name;
+                *name_b = b->arrays[j].name;
+                return 1;
             }
         }
     }
     return 0;
+}
+
+int arg_no_alias(ArgCheck *ck)
+{
+    const char *out, *other;
+    if (!arg_overlap(ck, ck, &out, &other))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s: output argument '%s' overlaps argument '%s' in memory", ck->fn, out, other);
+    return -1;
 }
 
 int arg_probability(const char *fn, const char *name, double p)

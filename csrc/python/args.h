@@ -59,6 +59,8 @@ int arg_bind(ArgCheck *ck, const char *letter, int64_t size, const char *source)
 int arg_workspace(const ArgCheck *ck, int64_t need);
 /* After all arrays: fail if any output overlaps another argument. */
 int arg_no_alias(ArgCheck *ck);
+/* 1 when an output array of a overlaps an array of b (another array, when a == b), naming the pair */
+int arg_overlap(const ArgCheck *a, const ArgCheck *b, const char **name_a, const char **name_b);
 /* Map a non-OK status to a Python exception; returns NULL so wrappers can `return`. */
 PyObject *arg_status_error(const char *fn, peftc_status st);
 int arg_probability(const char *fn, const char *name, double p);

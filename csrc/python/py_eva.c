@@ -101,22 +101,6 @@ static PyObject *py_ipca_update(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* true when an output array of a overlaps any array of b */
-static int jobs_overlap(const ArgCheck *a, const ArgCheck *b, const char **name_a, const char **name_b)
-{
-    for (int i = 0; i < a->narrays; i++)
-        for (int j = 0; j < b->narrays; j++) {
-            if (!a->arrays[i].is_out || a->arrays[i].start == a->arrays[i].end || b->arrays[j].start == b->arrays[j].end)
-                continue;
-            if (a->arrays[i].start < b->arrays[j].end && b->arrays[j].start < a->arrays[i].end) {
-                *name_a = a->arrays[i].name;
-                *name_b = b->arrays[j].name;
-                return 1;
-            }
-        }
-    return 0;
-}
-
 /* ipca_update_many(jobs): jobs is a list of (components, singular_values, mean, var,
  * explained_variance_ratio, cosine, work, x, n_seen) tuples. Returns a list with, per job, None or
  * the message of its failure (the other jobs are applied all the same). */
@@ -153,7 +137,7 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
             goto done;
         for (Py_ssize_t j = 0; j < i; j++) {
             const char *a, *b;
-            if (jobs_overlap(&checks[i], &checks[j], &a, &b) || jobs_overlap(&checks[j], &checks[i], &b, &a)) {
+            if (arg_overlap(&checks[i], &checks[j], &a, &b) || arg_overlap(&checks[j], &checks[i], &b, &a)) {
                 PyErr_Format(PyExc_ValueError, "ipca_update_many: '%s' of jobs[%lld] and '%s' of jobs[%lld] overlap in "
                              "memory (one of them is written)", a, (long long)i, b, (long long)j);
                 goto done;
