@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import differing_settings  # this folder: run as a script, or from the tests
+from common import check_seed_parts, merged_command  # this folder: run as a script, or from the tests
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.demo import tokenize
@@ -320,15 +320,11 @@ def merge(stems: list[Path], out_stem: Path) -> dict:
     """Combine results files of the same settings (e.g. seeds run in separate processes) into one."""
     parts = [json.loads(stem.with_suffix(".json").read_text()) for stem in stems]
     first = parts[0]
-    ignore = {"seeds", "progress"}
-    for part, stem in zip(parts[1:], stems[1:]):
-        differ = differing_settings(first["settings"], part["settings"], ignore)
-        if differ:
-            raise ValueError(f"{stem}: settings {differ} differ from {stems[0]}; only seeds may differ")
+    check_seed_parts([part["settings"] for part in parts], stems, {"seeds", "progress"})
     runs = [r for part in parts for r in part["runs"]]
     settings = dict(first["settings"], seeds=sorted({r["seed"] for r in runs}))
     s = Settings(**settings)
-    command = " + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(map(str, stems))}"
+    command = merged_command([part["command"] for part in parts], stems)
     result = _payload(s, command, first["sizes"], runs, sum(part["total_seconds"] for part in parts))
     _write(result, out_stem)
     return result

@@ -199,7 +199,16 @@ def read_results(name: str) -> dict[str, Any]:
     return json.loads((RESULTS_DIR / f"{name}.json").read_text())
 
 
-def differing_settings(first: dict[str, Any], other: dict[str, Any], ignore: set[str]) -> list[str]:
-    """Keys of ``first`` (outside ``ignore``) whose value ``other`` does not share: what stops two results
-    files from being merged as seeds of one configuration."""
-    return sorted(k for k in first if k not in ignore and first[k] != other.get(k))
+def check_seed_parts(settings: list[dict[str, Any]], names: list[Any], ignore: set[str]) -> None:
+    """Raise ValueError unless every results file's settings equal the first one's outside ``ignore``:
+    only then are the files seeds of one configuration that ``--merge`` may combine."""
+    first = settings[0]
+    for other, name in zip(settings[1:], names[1:]):
+        differ = sorted(k for k in first if k not in ignore and first[k] != other.get(k))
+        if differ:
+            raise ValueError(f"{name}: settings {differ} differ from {names[0]}; only seeds may differ")
+
+
+def merged_command(commands: list[str], names: list[Any]) -> str:
+    """The command line recorded for results combined with ``--merge names``."""
+    return " + ".join(commands) + f"; merged with --merge {' '.join(map(str, names))}"

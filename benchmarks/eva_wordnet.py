@@ -247,15 +247,12 @@ def merge(names: list[str], out: str) -> None:
     import json
     parts = [json.loads((common.RESULTS_DIR / f"{n}.json").read_text()) for n in names]
     first = parts[0]["settings"]
-    for part, n in zip(parts[1:], names[1:]):
-        differ = common.differing_settings(first, part["settings"], {"seeds", "out", "merge", "render"})
-        if differ:
-            raise ValueError(f"{n}: settings {differ} differ from {names[0]}; only seeds may differ")
+    common.check_seed_parts([part["settings"] for part in parts], names, {"seeds", "out", "merge", "render"})
     runs = [r for part in parts for r in part["runs"]]
     seeds = [r["seed"] for r in runs if r["arm"] == ARMS[0]]
     if len(seeds) != len(set(seeds)):
         raise ValueError(f"the files {names} repeat a seed")
-    payload = {"command": " + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(names)}",
+    payload = {"command": common.merged_command([part["command"] for part in parts], names),
                "settings": {**first, "seeds": sorted(seeds), "out": out}, "runs": runs,
                "environment": parts[0]["environment"]}
     render(out, payload)

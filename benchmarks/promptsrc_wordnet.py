@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import differing_settings  # this folder: run as a script, or from the tests
+from common import check_seed_parts, merged_command  # this folder: run as a script, or from the tests
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.io.atomic import write_bytes_atomic
 from peftc.models import BertModel, Tokenizer, minilm_path
@@ -141,18 +141,15 @@ def merge(stems: list[str], out: str) -> dict:
     """Combine results files of the same settings (seeds run in separate processes) into ``out``."""
     parts = [json.loads(Path(stem + ".json").read_text()) for stem in stems]
     first = parts[0]
-    ignore = {"seeds", "out", "merge"}
-    for part, stem in zip(parts[1:], stems[1:]):
-        differ = differing_settings(first["args"], part["args"], ignore)
-        if differ or part["base_classes"] != first["base_classes"]:
-            raise ValueError(f"{stem}: settings {differ or ['base_classes']} differ from {stems[0]}")
+    check_seed_parts([{**part["args"], "base_classes": part["base_classes"]} for part in parts], stems,
+                     {"seeds", "out", "merge"})
     results: dict = {}
     for part in parts:
         for method, by_seed in part["results"].items():
             results.setdefault(method, {}).update(by_seed)
     seeds = sorted({int(seed) for by_seed in results.values() for seed in by_seed})
     payload = dict(first, args={**first["args"], "seeds": seeds, "out": os.path.relpath(out)},
-                   command=" + ".join(part["command"] for part in parts) + f"; merged with --merge {' '.join(stems)}",
+                   command=merged_command([part["command"] for part in parts], stems),
                    summary=summarise(results), results=results)
     write_bytes_atomic(out + ".json", json.dumps(payload, indent=1).encode())
     write_bytes_atomic(out + ".md", markdown(payload).encode())

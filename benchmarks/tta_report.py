@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import differing_settings  # this folder: run as a script
+from common import check_seed_parts, merged_command  # this folder: run as a script
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
@@ -352,17 +352,14 @@ def merge(stems: list[Path], out: str) -> None:
     """Combine results files of the same settings whose seeds ran in separate processes into ``out``."""
     parts = [json.loads(stem.with_suffix(".json").read_text()) for stem in stems]
     first = parts[0]["config"]
-    for part, stem in zip(parts[1:], stems[1:]):
-        differ = differing_settings(first, part["config"], {"seeds", "command"})
-        if differ:
-            raise ValueError(f"{stem}: settings {differ} differ from {stems[0]}; only seeds may differ")
+    check_seed_parts([part["config"] for part in parts], stems, {"seeds", "command"})
     results = {int(s): r for part in parts for s, r in part["per_seed"].items()}
     if len(results) != sum(len(part["per_seed"]) for part in parts):
         raise ValueError(f"the files {[str(s) for s in stems]} repeat a seed")
     results = dict(sorted(results.items()))
     args = argparse.Namespace(**{**first, "seeds": list(results), "out": out})
     del args.command
-    command = " + ".join(part["config"]["command"] for part in parts) + f"; merged with --merge {' '.join(map(str, stems))}"
+    command = merged_command([part["config"]["command"] for part in parts], stems)
     finish(results, args, command, {"test_accuracy": parts[0]["source_accuracy"]},
            {"test_accuracy": parts[0]["source8_accuracy"]}, sum(part["seconds"] for part in parts))
 
