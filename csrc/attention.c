@@ -2,7 +2,7 @@
  * and backward. Each (batch, head) pair is a few GEMMs that read its columns of q, k, v and write
  * its columns of out in place through the leading dimension H: no transposing copies, no head
  * split or merge. Scale, key mask, causal mask and softmax are one pass over each score row.
- * The GEMMs are attention_gemm.c's register-blocked small products, not OpenBLAS: at K or N = HS
+ * The GEMMs are small_gemm.c's register-blocked small products, not OpenBLAS: at K or N = HS
  * (32 for MiniLM) a BLAS call spends as long packing and dispatching as multiplying.
  * The Q/K/V and output projections are not here (linear.c, lora.c).
  *
@@ -15,7 +15,7 @@
  * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
 #include <math.h>
 
-#include "attention_gemm.h"
+#include "small_gemm.h"
 #include "fastmath.h"
 #include "parallel.h"
 #include "rng.h"
@@ -206,7 +206,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const int64_t col = b * T * H + h * HS;
         float *a = j->att_out + bh * T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
+        peftc_small_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         /* the next pair's q, k, v columns (read) and probability block (written) */
         const int64_t next = bh + 1 < last ? bh + 1 : bh;
         const int64_t ncol = (next / NH) * T * H + (next % NH) * HS;
@@ -225,7 +225,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        peftc_attention_gemm_ab(j->out + col, pv, j->v + col, 0, 0, T, HS, T, T, H, H);
+        peftc_small_gemm_ab(j->out + col, pv, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
@@ -276,12 +276,12 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dv) {
             /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            peftc_attention_gemm_ab(j->dv + col, pv, j->dout + col, 1, 1, T, HS, T, T, H, H);
+            peftc_small_gemm_ab(j->dv + col, pv, j->dout + col, 1, 1, T, HS, T, T, H, H);
         }
         if (!j->dq && !j->dk)
             continue;
         /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_attention_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
+        peftc_small_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++) {
             /* the next pair's probabilities and q, k, v, dout columns (all read) */
             prefetch_row_read(j->att + next * T * T + i * T, T);
@@ -304,11 +304,11 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         }
         if (j->dq) {
             /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            peftc_attention_gemm_ab(j->dq + col, ds, j->k + col, 0, 1, T, HS, T, T, H, H);
+            peftc_small_gemm_ab(j->dq + col, ds, j->k + col, 0, 1, T, HS, T, T, H, H);
         }
         if (j->dk) {
             /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-            peftc_attention_gemm_ab(j->dk + col, ds, j->q + col, 1, 1, T, HS, T, T, H, H);
+            peftc_small_gemm_ab(j->dk + col, ds, j->q + col, 1, 1, T, HS, T, T, H, H);
         }
     }
     return PEFTC_OK;
@@ -382,11 +382,11 @@ static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
         if (T == 0)
             continue;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
-        peftc_attention_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
+        peftc_small_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
         /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        peftc_attention_gemm_ab(j->out + col, a, j->v + col, 0, 0, T, HS, T, T, H, H);
+        peftc_small_gemm_ab(j->out + col, a, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }

@@ -2,8 +2,10 @@
  * at least 8 channels each side run the forward and the input gradient through Winograd F(2x2, 3x3)
  * (winograd.c). Everything else, and every weight gradient, runs im2col and one GEMM per block of
  * images: the patch matrices of a block sit side by side in caller scratch (K, nb*S), so a small plane
- * still gives OpenBLAS a wide GEMM, and are rebuilt in the backward rather than kept, so the forward
- * stores nothing beyond y. A 1x1, stride-1, unpadded convolution is already a GEMM on each image and
+ * still makes a wide GEMM, and are rebuilt in the backward rather than kept, so the forward stores
+ * nothing beyond y. The forward and input-gradient GEMMs (a few dozen channels against the patch
+ * matrix) are small_gemm.c's register-blocked products; the weight gradient, whose k runs over all
+ * positions, is OpenBLAS's. A 1x1, stride-1, unpadded convolution is already a GEMM on each image and
  * skips im2col; a stride-1 convolution whose output is as wide as its input builds (and scatters)
  * each patch row as one shifted copy of the image plane.
  * No pooling or norms here. */
@@ -11,6 +13,7 @@
 
 #include "blas.h"
 #include "parallel.h"
+#include "small_gemm.h"
 #include "winograd.h"
 
 /* scratch floats aimed at per im2col block (patch matrix and gathered outputs): 256 KB, which stays in
@@ -205,8 +208,8 @@ static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t 
 }
 
 /* Images per im2col block: the patch matrix (K, nb*S) and the gathered outputs (OC, nb*S) of nb
- * images near CONV_BLOCK_FLOATS, at least 1. One GEMM per block rather than per image gives OpenBLAS
- * a wide enough N for small planes (7x7 is 49 columns). */
+ * images near CONV_BLOCK_FLOATS, at least 1. One GEMM per block rather than per image gives the
+ * weight gradient's GEMM a long enough k, and the others a wide N, for small planes (7x7 is 49 columns). */
 static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
 {
     const int64_t per_image = (K + OC) * S;
@@ -307,13 +310,6 @@ static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, in
             memcpy(dst + c * nb * S + i * S, src + (i * C + c) * S, (size_t)S * sizeof(float));
 }
 
-/* C = op(A) B (+ C as beta says), tiled so that OpenBLAS runs it on the calling thread (conv_job_for) */
-static peftc_status conv_gemm(int trans_a, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                              const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
-{
-    return peftc_sgemm_tiled(trans_a, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-}
-
 /* One convolution's sizes and arrays; a part sweeps images [n0, n1) with scratch work + t * part. */
 typedef struct {
     float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
@@ -335,9 +331,7 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
         for (int64_t i = 0; i < n; i++) {
             float *yn = y + i * OC * S;
             /* yn (OC,S) = w (OC,IC) xn (IC,S): M=OC, N=S, K=IC, lda=IC, ldb=S, ldc=S */
-            peftc_status st = conv_gemm(0, OC, S, K, w, K, x + i * IC * S, S, 0.0f, yn, S);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_small_gemm_ab(yn, w, x + i * IC * S, 0, 0, OC, S, K, K, S, S);
             if (b)
                 for (int64_t o = 0; o < OC; o++)
                     for (int64_t s = 0; s < S; s++)
@@ -352,9 +346,7 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
         for (int64_t i = 0; i < bn; i++)
             im2col(col + i * S, L, x + (i0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
         /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
-        peftc_status st = conv_gemm(0, OC, L, K, w, K, col, L, 0.0f, yb, L);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_small_gemm_ab(yb, w, col, 0, 0, OC, L, K, K, L, L);
         for (int64_t i = 0; i < bn; i++)
             for (int64_t o = 0; o < OC; o++) {
                 float *dst = y + ((i0 + i) * OC + o) * S;
@@ -381,9 +373,7 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
         for (int64_t i = 0; i < n; i++) {
             /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
-            peftc_status st = conv_gemm(1, IC, S, OC, w, IC, dy + i * OC * S, S, 1.0f, dx + i * IC * S, S);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_small_gemm_ab(dx + i * IC * S, w, dy + i * OC * S, 1, 1, IC, S, OC, IC, S, S);
         }
         return PEFTC_OK;
     }
@@ -393,9 +383,7 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
         float *col = work, *dyb = work + K * L;
         gather_block(dyb, dy + i0 * OC * S, bn, OC, S);
         /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
-        peftc_status st = conv_gemm(1, K, L, OC, w, K, dyb, L, 0.0f, col, L);
-        if (st != PEFTC_OK)
-            return st;
+        peftc_small_gemm_ab(col, w, dyb, 1, 0, K, L, OC, K, L, L);
         for (int64_t i = 0; i < bn; i++)
             col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
     }
@@ -428,11 +416,9 @@ static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
     return input_grad_images(j, j->work + t * j->part, n0, count);
 }
 
-/* The job of a sweep over N images split into *parts, each part with its own slice of work and GEMMs
- * that OpenBLAS runs on the calling thread (images on threads beat one small GEMM on several); parts
- * hold whole blocks of nb images. The GEMMs
- * are tiled whatever the thread count: OpenBLAS's bits depend on the tile shape, so one fixed tiling
- * keeps results independent of the number of threads. */
+/* The job of a sweep over N images split into *parts, each part with its own slice of work (images on
+ * threads beat one small GEMM on several); parts hold whole blocks of nb images. Each product is
+ * computed whole by one thread, so results do not depend on the number of threads. */
 static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_t N, int64_t IC, int64_t IH,
                              int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                              int64_t PW)

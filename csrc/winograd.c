@@ -11,7 +11,7 @@
 
 #include <string.h>
 
-#include "blas.h"
+#include "small_gemm.h"
 
 /* scratch floats per block aimed at (tile transforms V, products M, transposed images): ~4 MB */
 #define WINOGRAD_BLOCK_FLOATS (1 << 20)
@@ -164,10 +164,7 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                 }
         for (int p = 0; p < 16; p++) {
             /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TI*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
-            peftc_status st = peftc_sgemm_tiled(0, 0, CO, T, CI, 1.0f, U + p * CO * CI, CI, V + p * CI * T, T, 0.0f,
-                                                M + p * CO * T, T);
-            if (st != PEFTC_OK)
-                return st;
+            peftc_small_gemm_ab(M + p * CO * T, U + p * CO * CI, V + p * CI * T, 0, 0, CO, T, CI, CI, T, T);
         }
         for (int64_t co = 0; co < CO; co++)
             for (int64_t th = 0; th < TH; th++)

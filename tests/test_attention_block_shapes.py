@@ -1,4 +1,4 @@
-"""The attention core's register-blocked products (csrc/attention_gemm.c) on shapes around their blocks:
+"""The attention core's register-blocked products (csrc/small_gemm.c) on shapes around their blocks:
 sequence lengths that leave partial row and column blocks (T = 1, odd, past one 32-column panel), head
 sizes that are a multiple of the vector width (32, 64), that leave a scalar column tail (24, 40) and one
 longer than a packed k-panel (136); with key and causal masks and dropout, against the NumPy reference

@@ -111,6 +111,29 @@ def test_conv2d_batches_spanning_several_blocks_match_reference(rng, n, ic, oc, 
     assert_close(got["w"], ref["w"], 1e-5, dweight_atol(dy, x, w, stride, padding), "dweight")
 
 
+GEMM_EDGE_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): the register-blocked products'
+    # edges: column counts that leave a tail of fewer than one vector, row counts that are not a
+    # multiple of the register block, and k runs longer than one 128-k panel of the tail
+    (2, 15, 7, (7, 9), 3, 2, 1),  # forward k = 135, input-gradient rows 135; 40 columns per block
+    (3, 2, 130, (5, 3), 3, 2, 1),  # input-gradient k = 130 over a 6-column tail
+    (2, 131, 5, (3, 3), 1, 1, 0),  # pointwise: k = 131 forward, 9 columns each, accumulated dx
+    (1, 3, 1, (1, 1), 3, 1, 1),  # one row, one column
+]
+
+
+@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", GEMM_EDGE_CASES)
+def test_conv2d_gemm_tails_and_long_k_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
+    x, w, b = f32(rng, n, ic, *hw), f32(rng, oc, ic, kernel, kernel, scale=0.3), f32(rng, oc)
+    y = F.conv2d_forward(x, w, b, stride, padding)
+    assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
+    dy = f32(rng, *y.shape)
+    dx0 = f32(rng, *x.shape)  # the input gradient is added to what dx holds
+    got, ref = dx0.copy(), dx0.astype(np.float64)
+    F.conv2d_backward(dy, None, w, stride, padding, dx=got)
+    R.conv2d_backward(dy, None, w, stride, padding, dx=ref)
+    assert_close(got, ref, 1e-5, 1e-5, "dx")
+
+
 def test_conv2d_workspace_grows_with_the_batch_only_up_to_a_block():
     small = F.conv2d_workspace_size((1, 16, 14, 14), (16, 16, 3, 3), 1, 1)
     assert F.conv2d_workspace_size((2, 16, 14, 14), (16, 16, 3, 3), 1, 1) > small

@@ -1,12 +1,13 @@
-/* attention_gemm.c: the small GEMMs of attention.c (see attention_gemm.h), register-blocked in plain
+/* small_gemm.c: the small GEMMs of attention.c, conv.c and winograd.c (see small_gemm.h), register-blocked in plain
  * C with GCC/Clang generic vectors as wide as the target's registers. A register block is MR rows by
  * NR vectors of C, held in registers over the whole k loop: each step loads NR vectors of one row of
  * the right operand and multiplies them by MR broadcast scalars of the left one.
  *   C = A B^T: the vectors run along C's rows, which are B's rows, so B is first transposed a panel of
  *   NB columns (and KC k's) at a time into a stack buffer; A's scalars are read in place.
  *   C = op(A) B: B's rows are C's rows, read in place; so are A's scalars, with or without transpose.
- * Not here: the scores' softmax and dropout (attention.c), and any GEMM big enough for OpenBLAS. */
-#include "attention_gemm.h"
+ *   The last N % VL columns go through a zero-padded copy of B's columns, KC k's at a time.
+ * Not here: what the products are for, and any GEMM big enough for OpenBLAS. */
+#include "small_gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -42,16 +43,6 @@ static inline vf vmadd(float x, vf b, vf c)
     return r;
 #else
     return b * x + c;
-#endif
-}
-
-/* the scalar form of vmadd, for column tails: the same rounding as the vector lanes */
-static inline float madd(float x, float b, float c)
-{
-#ifdef __FMA__
-    return fmaf(x, b, c);
-#else
-    return x * b + c;
 #endif
 }
 
@@ -130,7 +121,7 @@ __attribute__((always_inline)) static inline void block_abt(float *c, const floa
         memcpy(c + r * ldc, edge[r], (size_t)nb * sizeof(float));
 }
 
-void peftc_attention_gemm_abt(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, int64_t lda,
+void peftc_small_gemm_abt(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, int64_t lda,
                               int64_t ldb, int64_t ldc)
 {
     float panel[KC * NB];
@@ -203,8 +194,38 @@ __attribute__((always_inline)) static inline void strip_ab(float *C, const float
                  ldc, accumulate);
 }
 
-void peftc_attention_gemm_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M,
-                             int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+/* The last nt < VL columns: B's columns copied KC k's at a time into a panel (kc, VL) zero past nt,
+ * each row block summed in an edge block across the chunks (a stored float reloads exactly, so every
+ * entry is still one chain over k in order), then its nt columns copied out. */
+static void tail_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M, int64_t nt,
+                    int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+{
+    float panel[KC * VL], edge[MR * VL];
+    for (int64_t i0 = 0; i0 < M; i0 += MR) {
+        const int64_t mr = M - i0 < MR ? M - i0 : MR;
+        for (int64_t r = 0; r < mr; r++)
+            for (int64_t n = 0; n < VL; n++)
+                edge[r * VL + n] = accumulate && n < nt ? C[(i0 + r) * ldc + n] : 0.0f;
+        int64_t k0 = 0;
+        do {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t n = 0; n < VL; n++)
+                    panel[k * VL + n] = n < nt ? B[(k0 + k) * ldb + n] : 0.0f;
+            const int keep = accumulate || k0 > 0;
+            if (trans_a)
+                block_ab(edge, A + i0 + k0 * lda, panel, 1, 1, mr, kc, lda, VL, VL, keep);
+            else
+                block_ab(edge, A + i0 * lda + k0, panel, 0, 1, mr, kc, lda, VL, VL, keep);
+            k0 += kc;
+        } while (k0 < K);
+        for (int64_t r = 0; r < mr; r++)
+            memcpy(C + (i0 + r) * ldc, edge + r * VL, (size_t)nt * sizeof(float));
+    }
+}
+
+void peftc_small_gemm_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M, int64_t N,
+                         int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
 {
     int64_t n0 = 0;
     for (; n0 + NB <= N; n0 += NB) {
@@ -219,12 +240,6 @@ void peftc_attention_gemm_ab(float *C, const float *A, const float *B, int trans
         else
             strip_ab(C + n0, A, B + n0, 0, 1, accumulate, M, K, lda, ldb, ldc);
     }
-    /* the last N % VL columns one entry at a time, in the same order */
-    for (int64_t i = 0; i < M; i++)
-        for (int64_t n = n0; n < N; n++) {
-            float s = accumulate ? C[i * ldc + n] : 0.0f;
-            for (int64_t k = 0; k < K; k++)
-                s = madd(trans_a ? A[k * lda + i] : A[i * lda + k], B[k * ldb + n], s);
-            C[i * ldc + n] = s;
-        }
+    if (n0 < N)
+        tail_ab(C + n0, A, B + n0, trans_a, accumulate, M, N - n0, K, lda, ldb, ldc);
 }
