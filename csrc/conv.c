@@ -38,166 +38,192 @@ static int is_pointwise(int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t 
     return KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0;
 }
 
-/* The output columns ow whose input column ow*SW - PW + kw lies inside [0, IW): [*lo, *hi). */
-static void valid_columns(int64_t *lo, int64_t *hi, int64_t IW, int64_t kw, int64_t SW, int64_t PW, int64_t OW)
+/* Row (c, kh, kw) of the patch matrix col (IC*KH*KW, OH*OW), column (oh, ow), holds
+ * x[c, oh*SH - PH + kh, ow*SW - PW + kw], zero outside the image.
+ *
+ * A strided sweep (SH or SW > 1) reads the image through its phase planes: plane (p, q) of channel c
+ * holds x[c, p + i*SH, q + j*SW], extent (ceil((IH - p) / SH), ceil((IW - q) / SW)); a channel's
+ * planes follow one another in (p, q) order, IH*IW floats in all. Tap (kh, kw) reads only plane
+ * ((kh - PH) mod SH, (kw - PW) mod SW), at the constant offset ((kh - PH) div SH, (kw - PW) div SW)
+ * from the output position. At stride 1 the one plane is the image itself. So every row of col is a
+ * shifted copy of one plane: when the plane is as wide as the output (a "same" convolution, or
+ * stride 2 over an even width with padding 1), one long copy in flat (h, w) order, whose entries
+ * that wrap into a neighbouring plane row, and the output rows outside the plane, are then zeroed;
+ * otherwise one copy per output row. Only the planes some tap reads are written. */
+typedef struct {
+    int64_t dh, dw, HP, WP, off; /* offset from (oh, ow), the plane's extent and start in its channel */
+} conv_tap;
+
+static int64_t floor_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+
+static int64_t phase_extent(int64_t n, int64_t p, int64_t s) { return (n - p + s - 1) / s; }
+
+/* where tap (kh, kw) reads */
+static conv_tap tap_at(int64_t kh, int64_t kw, int64_t IH, int64_t IW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
-    const int64_t shift = PW - kw; /* iw = ow*SW - shift */
-    int64_t a = shift <= 0 ? 0 : (shift + SW - 1) / SW;
-    int64_t b = IW - 1 + shift < 0 ? 0 : (IW - 1 + shift) / SW + 1;
-    a = a > OW ? OW : a;
-    b = b > OW ? OW : b;
-    *lo = a;
-    *hi = b < a ? a : b;
+    const int64_t p = floor_mod(kh - PH, SH), q = floor_mod(kw - PW, SW);
+    int64_t rows = 0, cols = 0; /* input rows of the phases before p, input columns of those before q */
+    for (int64_t a = 0; a < p; a++)
+        rows += phase_extent(IH, a, SH);
+    for (int64_t b = 0; b < q; b++)
+        cols += phase_extent(IW, b, SW);
+    const int64_t HP = phase_extent(IH, p, SH);
+    return (conv_tap){.dh = (kh - PH - p) / SH, .dw = (kw - PW - q) / SW, .HP = HP, .WP = phase_extent(IW, q, SW),
+                      .off = rows * IW + HP * cols};
 }
 
-/* Stride 1 with OW == IW ("same" width): row (c, kh, kw) of col is the image plane of channel c
- * shifted by the constant (kh - PH) * IW + (kw - PW) in flat (h, w) order, except the entries whose
- * input column falls outside [0, IW) (they wrap into the neighbouring image row) and the output rows
- * whose input row falls outside [0, IH). So each row is one long copy (or add) plus the zeroing of
- * at most (KW - 1) entries per output row. The copied span starts at the first valid entry of the
- * first valid row and ends at the last valid entry of the last one, so it never reads outside the
- * plane. [*s_lo, *s_hi) is that span in col; *shift is the flat input offset. */
-static int flat_row_span(int64_t *s_lo, int64_t *s_hi, int64_t *shift, int64_t *oh_lo, int64_t *oh_hi, int64_t lo,
-                         int64_t hi, int64_t IH, int64_t IW, int64_t kh, int64_t kw, int64_t PH, int64_t PW, int64_t OH,
-                         int64_t OW)
+/* The output rows [*oh_lo, *oh_hi) and columns [*lo, *hi) whose plane entry (oh + dh, ow + dw) exists;
+ * 0 when there is none. */
+static int tap_window(int64_t *oh_lo, int64_t *oh_hi, int64_t *lo, int64_t *hi, const conv_tap *t, int64_t OH,
+                      int64_t OW)
 {
-    int64_t a = PH - kh, b = IH + PH - kh;
-    a = a < 0 ? 0 : a;
-    b = b > OH ? OH : b;
+    int64_t a = -t->dh < 0 ? 0 : -t->dh, b = t->HP - t->dh > OH ? OH : t->HP - t->dh;
     *oh_lo = a;
     *oh_hi = b < a ? a : b;
-    *shift = (kh - PH) * IW + (kw - PW);
-    if (*oh_hi == *oh_lo || hi == lo)
-        return 0;
-    *s_lo = *oh_lo * OW + lo;
-    *s_hi = (*oh_hi - 1) * OW + hi;
-    return 1;
+    a = -t->dw < 0 ? 0 : -t->dw;
+    b = t->WP - t->dw > OW ? OW : t->WP - t->dw;
+    *lo = a > OW ? OW : a;
+    *hi = b < *lo ? *lo : b;
+    return *oh_hi > *oh_lo && *hi > *lo;
 }
 
-static void im2col_flat(float *col, int64_t ld, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
-                        int64_t KW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+/* whether some tap reads phase p of a kernel extent K, stride S, padding P (every phase when K >= S) */
+static int phase_read(int64_t p, int64_t K, int64_t S, int64_t P)
 {
-    const int64_t S = OH * OW;
-    for (int64_t c = 0; c < IC; c++)
-        for (int64_t kh = 0; kh < KH; kh++)
-            for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * ld;
-                const float *plane = x + c * IH * IW;
-                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
-                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
-                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW)) {
-                    memset(row, 0, (size_t)S * sizeof(float));
-                    continue;
-                }
-                memset(row, 0, (size_t)s_lo * sizeof(float));
-                memcpy(row + s_lo, plane + s_lo + shift, (size_t)(s_hi - s_lo) * sizeof(float));
-                memset(row + s_hi, 0, (size_t)(S - s_hi) * sizeof(float));
-                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
-                    for (int64_t ow = 0; ow < lo; ow++)
-                        row[oh * OW + ow] = 0.0f;
-                    for (int64_t ow = hi; ow < OW; ow++)
-                        row[oh * OW + ow] = 0.0f;
-                }
-            }
+    for (int64_t k = 0; k < K && k < S; k++)
+        if (floor_mod(k - P, S) == p)
+            return 1;
+    return 0;
 }
 
-/* The adjoint of im2col_flat; the wrapped entries of col (scratch) are zeroed first, then each row
- * is one long add. */
-static void col2im_flat_add(float *dx, float *col, int64_t ld, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
-                            int64_t KW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+/* dx NULL: ph (IC, IH*IW) in phase-plane order from x (IC, IH, IW), overwritten (planes no tap reads
+ * skipped). Else back: dx (IC, IH, IW) += ph over the planes some tap reads. */
+static void move_phases(float *ph, const float *x, float *dx, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
+                        int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
-    for (int64_t c = 0; c < IC; c++)
-        for (int64_t kh = 0; kh < KH; kh++)
-            for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * ld;
-                float *plane = dx + c * IH * IW;
-                int64_t lo, hi, s_lo, s_hi, shift, oh_lo, oh_hi;
-                valid_columns(&lo, &hi, IW, kw, 1, PW, OW);
-                if (!flat_row_span(&s_lo, &s_hi, &shift, &oh_lo, &oh_hi, lo, hi, IH, IW, kh, kw, PH, PW, OH, OW))
-                    continue;
-                for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
-                    for (int64_t ow = 0; ow < lo; ow++)
-                        row[oh * OW + ow] = 0.0f;
-                    for (int64_t ow = hi; ow < OW; ow++)
-                        row[oh * OW + ow] = 0.0f;
+    for (int64_t p = 0; p < SH; p++)
+        for (int64_t q = 0; q < SW; q++) {
+            if (!phase_read(p, KH, SH, PH) || !phase_read(q, KW, SW, PW))
+                continue;
+            const conv_tap t = tap_at(p + PH, q + PW, IH, IW, SH, SW, PH, PW);
+            for (int64_t c = 0; c < IC; c++)
+                for (int64_t i = 0; i < t.HP; i++) {
+                    const int64_t at = (c * IH + p + i * SH) * IW + q;
+                    float *pl = ph + c * IH * IW + t.off + i * t.WP;
+                    if (dx && SW == 2)
+                        for (int64_t j = 0; j < t.WP; j++)
+                            dx[at + 2 * j] += pl[j];
+                    else if (dx)
+                        for (int64_t j = 0; j < t.WP; j++)
+                            dx[at + j * SW] += pl[j];
+                    else if (SW == 2)
+                        for (int64_t j = 0; j < t.WP; j++)
+                            pl[j] = x[at + 2 * j];
+                    else
+                        for (int64_t j = 0; j < t.WP; j++)
+                            pl[j] = x[at + j * SW];
                 }
-                float *out = plane + shift;
-                for (int64_t s = s_lo; s < s_hi; s++)
-                    out[s] += row[s];
-            }
+        }
 }
 
-/* col (IC*KH*KW, OH*OW): row (c, kh, kw), column (oh, ow) holds x[c, oh*SH - PH + kh, ow*SW - PW + kw],
- * zero outside the image. The in-image column range is found once per kw, so the copy loops carry no
- * bounds tests (a plain copy at stride 1). */
-static void im2col(float *col, int64_t ld, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                   int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+/* col row of tap t from plane; see the comment above conv_tap */
+static void tap_row(float *row, const float *plane, const conv_tap *t, int64_t OH, int64_t OW)
 {
-    if (SH == 1 && SW == 1 && OW == IW) {
-        im2col_flat(col, ld, x, IC, IH, IW, KH, KW, PH, PW, OH, OW);
+    int64_t oh_lo, oh_hi, lo, hi;
+    if (!tap_window(&oh_lo, &oh_hi, &lo, &hi, t, OH, OW)) {
+        memset(row, 0, (size_t)(OH * OW) * sizeof(float));
         return;
     }
-    for (int64_t c = 0; c < IC; c++)
-        for (int64_t kh = 0; kh < KH; kh++)
-            for (int64_t kw = 0; kw < KW; kw++) {
-                float *row = col + ((c * KH + kh) * KW + kw) * ld;
-                int64_t lo, hi;
-                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
-                for (int64_t oh = 0; oh < OH; oh++) {
-                    const int64_t ih = oh * SH - PH + kh;
-                    float *out = row + oh * OW;
-                    if (ih < 0 || ih >= IH) {
-                        for (int64_t ow = 0; ow < OW; ow++)
-                            out[ow] = 0.0f;
-                        continue;
-                    }
-                    const float *in = x + (c * IH + ih) * IW;
-                    const int64_t off = kw - PW;
-                    for (int64_t ow = 0; ow < lo; ow++)
-                        out[ow] = 0.0f;
-                    if (SW == 1)
-                        memcpy(out + lo, in + lo + off, (size_t)(hi - lo) * sizeof(float));
-                    else
-                        for (int64_t ow = lo; ow < hi; ow++)
-                            out[ow] = in[ow * SW + off];
-                    for (int64_t ow = hi; ow < OW; ow++)
-                        out[ow] = 0.0f;
-                }
-            }
+    if (t->WP == OW) {
+        /* the span from the first valid entry of the first valid row to the last of the last one, never
+         * outside the plane */
+        const int64_t s_lo = oh_lo * OW + lo, s_hi = (oh_hi - 1) * OW + hi, shift = t->dh * OW + t->dw;
+        memset(row, 0, (size_t)s_lo * sizeof(float));
+        memcpy(row + s_lo, plane + s_lo + shift, (size_t)(s_hi - s_lo) * sizeof(float));
+        memset(row + s_hi, 0, (size_t)(OH * OW - s_hi) * sizeof(float));
+        for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+            for (int64_t ow = 0; ow < lo; ow++)
+                row[oh * OW + ow] = 0.0f;
+            for (int64_t ow = hi; ow < OW; ow++)
+                row[oh * OW + ow] = 0.0f;
+        }
+        return;
+    }
+    memset(row, 0, (size_t)(oh_lo * OW) * sizeof(float));
+    for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+        float *out = row + oh * OW;
+        const float *in = plane + (oh + t->dh) * t->WP + t->dw;
+        for (int64_t ow = 0; ow < lo; ow++)
+            out[ow] = 0.0f;
+        for (int64_t ow = lo; ow < hi; ow++)
+            out[ow] = in[ow];
+        for (int64_t ow = hi; ow < OW; ow++)
+            out[ow] = 0.0f;
+    }
+    memset(row + oh_hi * OW, 0, (size_t)((OH - oh_hi) * OW) * sizeof(float));
+}
+
+/* the adjoint of tap_row: plane += what row read from it (row is scratch: its wrapped entries are
+ * zeroed so that a flat row is one long add) */
+static void tap_row_add(float *plane, float *row, const conv_tap *t, int64_t OH, int64_t OW)
+{
+    int64_t oh_lo, oh_hi, lo, hi;
+    if (!tap_window(&oh_lo, &oh_hi, &lo, &hi, t, OH, OW))
+        return;
+    if (t->WP == OW) {
+        const int64_t s_lo = oh_lo * OW + lo, s_hi = (oh_hi - 1) * OW + hi, shift = t->dh * OW + t->dw;
+        for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+            for (int64_t ow = 0; ow < lo; ow++)
+                row[oh * OW + ow] = 0.0f;
+            for (int64_t ow = hi; ow < OW; ow++)
+                row[oh * OW + ow] = 0.0f;
+        }
+        float *out = plane + shift;
+        for (int64_t s = s_lo; s < s_hi; s++)
+            out[s] += row[s];
+        return;
+    }
+    for (int64_t oh = oh_lo; oh < oh_hi; oh++) {
+        const float *in = row + oh * OW;
+        float *out = plane + (oh + t->dh) * t->WP + t->dw;
+        for (int64_t ow = lo; ow < hi; ow++)
+            out[ow] += in[ow];
+    }
+}
+
+/* col (IC*KH*KW, OH*OW) from x; a strided sweep first writes x's phase planes to ph (IC, IH*IW), scratch */
+static void im2col(float *col, int64_t ld, float *ph, const float *x, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
+                   int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+{
+    const int strided = SH > 1 || SW > 1;
+    if (strided)
+        move_phases(ph, x, NULL, IC, IH, IW, KH, KW, SH, SW, PH, PW);
+    for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const conv_tap t = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
+            for (int64_t c = 0; c < IC; c++)
+                tap_row(col + ((c * KH + kh) * KW + kw) * ld, (strided ? ph : x) + c * IH * IW + t.off, &t, OH, OW);
+        }
 }
 
 /* The adjoint of im2col: dx[c, ih, iw] += every column entry that was read from it (col is scratch and
- * may be overwritten). */
-static void col2im_add(float *dx, float *col, int64_t ld, int64_t IC, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                       int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+ * may be overwritten; so is ph, where a strided sweep gathers its phase planes before adding them to dx). */
+static void col2im_add(float *dx, float *col, int64_t ld, float *ph, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
+                       int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
-    if (SH == 1 && SW == 1 && OW == IW) {
-        col2im_flat_add(dx, col, ld, IC, IH, IW, KH, KW, PH, PW, OH, OW);
-        return;
-    }
-    for (int64_t c = 0; c < IC; c++)
-        for (int64_t kh = 0; kh < KH; kh++)
-            for (int64_t kw = 0; kw < KW; kw++) {
-                const float *row = col + ((c * KH + kh) * KW + kw) * ld;
-                int64_t lo, hi;
-                valid_columns(&lo, &hi, IW, kw, SW, PW, OW);
-                for (int64_t oh = 0; oh < OH; oh++) {
-                    const int64_t ih = oh * SH - PH + kh;
-                    if (ih < 0 || ih >= IH)
-                        continue;
-                    const float *in = row + oh * OW;
-                    float *out = dx + (c * IH + ih) * IW;
-                    const int64_t off = kw - PW;
-                    if (SW == 1)
-                        for (int64_t ow = lo; ow < hi; ow++)
-                            out[ow + off] += in[ow];
-                    else
-                        for (int64_t ow = lo; ow < hi; ow++)
-                            out[ow * SW + off] += in[ow];
-                }
-            }
+    const int strided = SH > 1 || SW > 1;
+    if (strided)
+        memset(ph, 0, (size_t)(IC * IH * IW) * sizeof(float));
+    for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const conv_tap t = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
+            for (int64_t c = 0; c < IC; c++)
+                tap_row_add((strided ? ph : dx) + c * IH * IW + t.off, col + ((c * KH + kh) * KW + kw) * ld, &t, OH,
+                            OW);
+        }
+    if (strided)
+        move_phases(ph, NULL, dx, IC, IH, IW, KH, KW, SH, SW, PH, PW);
 }
-
 
 /* Winograd F(2x2, 3x3) for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
  * at most 2), once both channel counts are large enough for the GEMMs to outweigh the transforms. */
@@ -258,6 +284,11 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
         if (need < 0)
             return -1;
         need *= im2col_block(N, K, OC, S);
+        /* a strided sweep's phase planes of one image, after the block */
+        const int64_t planes = SH > 1 || SW > 1 ? mul_or_neg(IC, mul_or_neg(IH, IW)) : 0;
+        if (planes < 0 || need > INT64_MAX - planes)
+            return -1;
+        need += planes;
     }
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW)) {
         const int64_t OW = S / OH;
@@ -342,9 +373,9 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
     const int64_t nb = im2col_block(n, K, OC, S);
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
-        float *col = work, *yb = work + K * L;
+        float *col = work, *yb = work + K * L, *ph = yb + OC * L;
         for (int64_t i = 0; i < bn; i++)
-            im2col(col + i * S, L, x + (i0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+            im2col(col + i * S, L, ph, x + (i0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
         /* yb (OC,L) = w (OC,K) col (K,L), L = bn*S: M=OC, N=L, K=IC*KH*KW, lda=K, ldb=L, ldc=L */
         peftc_small_gemm_ab(yb, w, col, 0, 0, OC, L, K, K, L, L);
         for (int64_t i = 0; i < bn; i++)
@@ -380,12 +411,13 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     const int64_t nb = im2col_block(n, K, OC, S);
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
-        float *col = work, *dyb = work + K * L;
+        float *col = work, *dyb = work + K * L, *ph = dyb + OC * L;
         gather_block(dyb, dy + i0 * OC * S, bn, OC, S);
         /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
         peftc_small_gemm_ab(col, w, dyb, 1, 0, K, L, OC, K, L, L);
         for (int64_t i = 0; i < bn; i++)
-            col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+            col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, ph, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH,
+                       OW);
     }
     return PEFTC_OK;
 }
@@ -480,10 +512,10 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
         const int64_t nb = im2col_block(N, K, OC, S);
         for (int64_t n0 = 0; n0 < N && st == PEFTC_OK; n0 += nb) {
             const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
-            float *col = work, *dyb = work + K * L;
+            float *col = work, *dyb = work + K * L, *ph = dyb + OC * L;
             gather_block(dyb, dy + n0 * OC * S, bn, OC, S);
             for (int64_t i = 0; i < bn; i++)
-                im2col(col + i * S, L, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
+                im2col(col + i * S, L, ph, x + (n0 + i) * IC * IH * IW, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
             /* dw (OC,K) += dyb (OC,L) col^T (L,K), L = bn*S: M=OC, N=K, K=L, lda=L, ldb=L, ldc=K */
             st = peftc_sgemm(0, 1, OC, K, L, 1.0f, dyb, L, col, L, 1.0f, dw, K);
         }

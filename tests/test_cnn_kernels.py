@@ -104,6 +104,33 @@ def test_conv2d_same_width_stride_one_path_matches_reference(rng, hw, kernel, pa
         assert_close(got[k], ref[k], 1e-5, 1e-5, k)
 
 
+# strides above 1 read the image through its phase planes: one shifted copy per patch row when the
+# read plane is as wide as the output (stride 2 over an even width, padding 1), one per output row
+# otherwise; kernels smaller than the stride leave phases unread; planes of unequal extent
+STRIDED_GEOMETRIES = [  # (image (IH, IW), kernel (KH, KW), stride (SH, SW), padding (PH, PW))
+    ((28, 28), (3, 3), (2, 2), (1, 1)),  # the EATA network's downsampling: flat rows
+    ((14, 14), (1, 1), (2, 2), (0, 0)),  # its shortcut: one phase of four
+    ((7, 7), (3, 3), (2, 2), (1, 1)),  # odd: phases 4 and 3 wide
+    ((9, 8), (2, 3), (3, 2), (0, 2)),  # kernel shorter than the stride, padding wider than the phase offset
+    ((5, 11), (5, 1), (2, 4), (2, 0)),  # kernel taller than the image's phases, wide stride
+    ((1, 3), (3, 3), (2, 2), (1, 1)),  # one input row
+]
+
+
+@pytest.mark.parametrize("hw,kernel,stride,padding", STRIDED_GEOMETRIES)
+def test_conv2d_strided_phase_path_matches_reference(rng, hw, kernel, stride, padding):
+    x, w, b = conv_case(rng, kernel, hw=hw)
+    y = F.conv2d_forward(x, w, b, stride, padding)
+    assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
+    dy = f32(rng, *y.shape)
+    got = {"x": f32(rng, *x.shape), "w": f32(rng, *w.shape)}
+    ref = {k: v.astype(np.float64) for k, v in got.items()}
+    F.conv2d_backward(dy, x, w, stride, padding, dx=got["x"], dweight=got["w"])
+    R.conv2d_backward(dy, x, w, stride, padding, dx=ref["x"], dweight=ref["w"])
+    assert_close(got["x"], ref["x"], 1e-5, 1e-5, "dx")
+    assert_close(got["w"], ref["w"], 1e-5, 1e-5, "dweight")
+
+
 def test_conv2d_backward_accumulates_and_needs_no_x_for_dx(rng):
     x, w, b = conv_case(rng, (3, 3))
     dy = f32(rng, *F.conv2d_forward(x, w, b, 1, 1).shape)
