@@ -88,39 +88,80 @@ static void at4(float *restrict o0, float *restrict o1, const float *restrict a,
     }
 }
 
-/* images innermost, X (K, bn) from x (bn, K), in chunks of TRANSPOSE_CHUNK rows of X so that the rows
- * being written stay in L1 while every image contributes its piece */
-#define TRANSPOSE_CHUNK 16
-static void transpose_in(float *X, const float *x, int64_t bn, int64_t K)
+/* Transposing tiles of 16 x 16: dst[j * ldd + i] = src[i * lds + j] (+ bias, added to dst with
+ * accumulate), i, j < 16. With AVX-512 each of the 16 rows is one vector and the transpose is four
+ * rounds of two-vector permutes (each round swaps the off-diagonal blocks of size 8, 4, 2, 1); without
+ * it, element by element. Either way the same values, so the same bits. */
+#define TILE 16
+#if defined(__AVX512F__)
+typedef float v16 __attribute__((vector_size(TILE * sizeof(float))));
+
+#define SWAP_ROUND(H, LO, HI)                                                                                    \
+    for (int i = 0; i < TILE; i++)                                                                               \
+        if (!(i & (H))) {                                                                                        \
+            const v16 a = r[i], b = r[i + (H)];                                                                  \
+            r[i] = __builtin_shufflevector(a, b, LO);                                                            \
+            r[i + (H)] = __builtin_shufflevector(a, b, HI);                                                      \
+        }
+#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+
+static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, float bias, int accumulate)
 {
-    for (int64_t k0 = 0; k0 < K; k0 += TRANSPOSE_CHUNK) {
-        const int64_t k1 = K - k0 < TRANSPOSE_CHUNK ? K : k0 + TRANSPOSE_CHUNK;
-        for (int64_t i = 0; i < bn; i++)
-            for (int64_t k = k0; k < k1; k++)
-                X[k * bn + i] = x[i * K + k];
+    v16 r[TILE];
+    for (int i = 0; i < TILE; i++)
+        memcpy(&r[i], src + i * lds, sizeof r[i]);
+    SWAP_ROUND(8, LO8, HI8)
+    SWAP_ROUND(4, LO4, HI4)
+    SWAP_ROUND(2, LO2, HI2)
+    SWAP_ROUND(1, LO1, HI1)
+    for (int j = 0; j < TILE; j++) {
+        v16 v = r[j] + bias, d;
+        if (accumulate) {
+            memcpy(&d, dst + j * ldd, sizeof d);
+            v = d + v;
+        }
+        memcpy(dst + j * ldd, &v, sizeof v);
     }
 }
+#else
+static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, float bias, int accumulate)
+{
+    for (int j = 0; j < TILE; j++)
+        for (int i = 0; i < TILE; i++)
+            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (src[i * lds + j] + bias) : src[i * lds + j] + bias;
+}
+#endif
+
+/* dst[j * ldd + i] (+)= src[i * lds + j] + bias for i < rows, j < cols: whole tiles, then the edges
+ * element by element with the same arithmetic */
+static void transpose_add(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows, int64_t cols,
+                          float bias, int accumulate)
+{
+    const int64_t r16 = rows / TILE * TILE, c16 = cols / TILE * TILE;
+    for (int64_t j0 = 0; j0 < c16; j0 += TILE)
+        for (int64_t i0 = 0; i0 < r16; i0 += TILE)
+            transpose_tile(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, bias, accumulate);
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t i = j < c16 ? r16 : 0; i < rows; i++)
+            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (src[i * lds + j] + bias) : src[i * lds + j] + bias;
+}
+
+/* images innermost: X (K, bn) from x (bn, K) */
+static void transpose_in(float *X, const float *x, int64_t bn, int64_t K) { transpose_add(X, bn, x, K, bn, K, 0.0f, 0); }
 
 /* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] */
 static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t CO,
                           int64_t S)
 {
-    for (int64_t co = 0; co < CO; co++) {
-        const float bias = b ? b[co] : 0.0f;
-        const float *Xc = X + co * S * bn;
-        for (int64_t k0 = 0; k0 < S; k0 += TRANSPOSE_CHUNK) {
-            const int64_t k1 = S - k0 < TRANSPOSE_CHUNK ? S : k0 + TRANSPOSE_CHUNK;
-            for (int64_t i = 0; i < bn; i++) {
-                float *o = y + (i * CO + co) * S;
-                if (accumulate)
-                    for (int64_t k = k0; k < k1; k++)
-                        o[k] += Xc[k * bn + i] + bias;
-                else
-                    for (int64_t k = k0; k < k1; k++)
-                        o[k] = Xc[k * bn + i] + bias;
-            }
-        }
-    }
+    for (int64_t co = 0; co < CO; co++)
+        transpose_add(y + co * S, CO * S, X + co * S * bn, bn, S, bn, b ? b[co] : 0.0f, accumulate);
 }
 
 peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const float *w, const float *b, int flip,
