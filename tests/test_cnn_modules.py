@@ -245,3 +245,39 @@ def test_conv2d_backward_adds_into_a_given_input_gradient(rng):
     assert_close(out, base + fresh, 1e-6, 1e-6, "dx accumulated")
     with pytest.raises(ValueError, match="dx"):
         conv.backward(dy, dx=np.zeros((2, 2, 6, 6), np.float32))
+
+
+def test_batchnorm2d_backward_with_relu_out_masks_dy_by_a_downstream_relu(rng):
+    """relu_out = relu(bn(x) + s): the norm's gradient is the ReLU backward's, with no pass of its own."""
+    fused, plain, relu = nn.BatchNorm2d(3), nn.BatchNorm2d(3), nn.ReLU()
+    for bn in (fused, plain):
+        bn.mode = "test_batch"
+    x, s, dy = f32(rng, 4, 3, 5, 5), f32(rng, 4, 3, 5, 5), f32(rng, 4, 3, 5, 5)
+    out = relu.forward(fused.forward(x) + s)
+    plain.forward(x)
+    np.testing.assert_array_equal(fused.backward(dy, relu_out=out), plain.backward(relu.backward(dy)))
+    np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
+    np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(4, 4, 1), (3, 5, 2)])
+def test_basic_block_gradients_match_finite_differences(rng, cin, cout, stride):
+    """Both shortcuts (identity, and conv1x1-BN whose norms mask by the block's ReLU output themselves)."""
+    from peftc.models.cnn import BasicBlock
+
+    block = BasicBlock(cin, cout, stride, Generator(1))
+    for _, m in block.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.mode = "test_batch"
+    x = f32(rng, 3, cin, 6, 6)
+    dy = f32(rng, *block.forward(x).shape)
+    block.zero_grad()
+    block.forward(x)
+    dx = block.backward(dy)
+    eps, idx = 1e-2, [(0, 0, 1, 2), (2, cin - 1, 5, 0), (1, 1, 3, 3)]
+    for i in idx:
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        num = float(((block.forward(xp).astype(np.float64) - block.forward(xm)) * dy).sum()) / (2 * eps)
+        assert abs(num - dx[i]) < 2e-2 * max(1.0, abs(num)), (i, num, dx[i])

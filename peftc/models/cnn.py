@@ -40,16 +40,19 @@ class BasicBlock(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        s = x if self.short_conv is None else self.short_bn(self.short_conv(x))
-        return self.relu2(h + s)
+        h += x if self.short_conv is None else self.short_bn(self.short_conv(x))  # h: bn2's own new output
+        return self.relu2(h)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        d = self.relu2.backward(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(d))))
         if self.short_conv is None:
+            d = self.relu2.backward(dy)
+            dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(d))))
             dx += d
             return dx
-        return self.short_conv.backward(self.short_bn.backward(d), dx=dx)  # adds into dx
+        # both branches end in a norm: each masks dy by the ReLU's output itself (no separate ReLU pass)
+        out = self.relu2.output
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(dy, relu_out=out))))
+        return self.short_conv.backward(self.short_bn.backward(dy, relu_out=out), dx=dx)  # adds into dx
 
 
 class SmallResNet(Module):

@@ -17,6 +17,13 @@ class ReLU(Module):
         self._y = F.relu_forward(x)
         return self._y
 
+    @property
+    def output(self) -> np.ndarray:
+        """The last forward's output (its positive set masks the backward)."""
+        if self._y is None:
+            raise RuntimeError("ReLU.output read before forward")
+        return self._y
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward")

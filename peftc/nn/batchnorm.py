@@ -95,15 +95,25 @@ class BatchNorm2d(Module):
         self._cache = (x, mean, rstd, batch_stats)
         return y
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``."""
+    def backward(self, dy: np.ndarray, input_grad: bool = True, relu_out: np.ndarray | None = None
+                 ) -> np.ndarray | None:
+        """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``.
+
+        ``relu_out``: the output of a ReLU downstream of this norm (directly, or after a sum such as a
+        residual block's) whose gradient is ``dy``; ``dy`` is then masked to ``relu_out > 0`` inside the
+        kernel, which stands for that ReLU's backward without its pass and buffer.
+        """
         if self._cache is None:
             raise RuntimeError("BatchNorm2d.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
         dx = np.zeros_like(x) if input_grad else None
-        F.batchnorm2d_backward(dy, x, mean, rstd, self.weight.data if self.weight is not None else None, batch_stats,
-                               dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
-                               dbias=self.bias.grad_buffer() if self.bias is not None else None)
+        weight = self.weight.data if self.weight is not None else None
+        grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
+                     dbias=self.bias.grad_buffer() if self.bias is not None else None)
+        if relu_out is None:
+            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, **grads)
+        else:
+            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, **grads)
         return dx
 
     def __repr__(self) -> str:
