@@ -1,7 +1,8 @@
-/* parallel.h: run independent parts of one kernel on several threads (fork-join per call).
- * Used where OpenBLAS's own threading does not pay: many small GEMMs (attention's (batch, head)
- * blocks), which are better run single-threaded side by side. No state outlives a call; a thread
- * that cannot be created is replaced by running its part on the calling thread. */
+/* parallel.h: run independent parts of one kernel on several threads (fork-join per call, on worker
+ * threads kept between calls). Used where OpenBLAS's own threading does not pay: many small GEMMs
+ * (attention's (batch, head) blocks, convolution blocks), which are better run single-threaded side by
+ * side, and memory-bound passes split by channel. A thread that cannot be had is replaced by running
+ * its part on the calling thread. */
 #ifndef PEFTC_PARALLEL_H
 #define PEFTC_PARALLEL_H
 
@@ -17,8 +18,9 @@ typedef peftc_status (*peftc_part_fn)(void *ctx, int64_t t, int64_t nparts);
 /* threads to use: the BLAS thread count (peftc follows OPENBLAS_NUM_THREADS), in [1, PEFTC_MAX_THREADS] */
 int64_t peftc_parallel_threads(void);
 
-/* fn(ctx, t, nparts) for t = 0 .. nparts-1, part 0 on the calling thread, each other on its own
- * thread; nparts must be in [1, PEFTC_MAX_THREADS]. */
+/* fn(ctx, t, nparts) for t = 0 .. nparts-1, part 0 on the calling thread, each other on a thread of
+ * its own; nparts must be in [1, PEFTC_MAX_THREADS]. Safe to call from several threads at once and
+ * from inside a part. */
 peftc_status peftc_parallel_run(peftc_part_fn fn, void *ctx, int64_t nparts);
 
 /* peftc_parallel_run with OpenBLAS held at one thread meanwhile (peftc_blas_single_thread_begin): for
@@ -32,8 +34,8 @@ static inline void peftc_part_range(int64_t n, int64_t t, int64_t nparts, int64_
     *end = n * (t + 1) / nparts;
 }
 
-/* parts for n independent items when a part should hold at least min_items (thread start-up is
- * tens of microseconds: small inputs run on the calling thread alone) */
+/* parts for n independent items when a part should hold at least min_items (handing a part to
+ * another thread costs microseconds: small inputs run on the calling thread alone) */
 static inline int64_t peftc_parallel_parts(int64_t n, int64_t min_items)
 {
     const int64_t most = min_items > 0 ? n / min_items : n;
