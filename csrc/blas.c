@@ -63,33 +63,6 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
     return PEFTC_OK;
 }
 
-peftc_status peftc_sgemm_tiled(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                               int64_t ldc)
-{
-    if (M <= 0 || N <= 0 || K <= 0 || M * N <= PEFTC_BLAS_SINGLE_THREAD_MNK / K)
-        return peftc_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    /* near-square tiles: each call packs its rows of op(A) and its columns of op(B) anew, and a square
-     * tile of a given area packs the fewest */
-    int64_t rows = 1;
-    while ((rows + 1) * (rows + 1) * K <= PEFTC_BLAS_SINGLE_THREAD_MNK)
-        rows++;
-    rows = rows > M ? M : rows;
-    int64_t cols = PEFTC_BLAS_SINGLE_THREAD_MNK / (rows * K);
-    cols = cols < 1 ? 1 : cols > N ? N : cols;
-    for (int64_t m0 = 0; m0 < M; m0 += rows)
-        for (int64_t n0 = 0; n0 < N; n0 += cols) {
-            const int64_t mb = M - m0 < rows ? M - m0 : rows, nb = N - n0 < cols ? N - n0 : cols;
-            const float *a0 = A + (trans_a ? m0 : m0 * lda), *b0 = B + (trans_b ? n0 * ldb : n0);
-            /* C tile (mb,nb) = alpha op(A) rows m0.. (mb,K) op(B) cols n0.. (K,nb) + beta C: M=mb, N=nb, K=K */
-            peftc_status st = peftc_sgemm(trans_a, trans_b, mb, nb, K, alpha, a0, lda, b0, ldb, beta,
-                                          C + m0 * ldc + n0, ldc);
-            if (st != PEFTC_OK)
-                return st;
-        }
-    return PEFTC_OK;
-}
-
 peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, float beta,
                          float *C, int64_t ldc)
 {

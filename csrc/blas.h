@@ -25,19 +25,6 @@ int64_t peftc_blas_threads(void);
 void peftc_blas_single_thread_begin(void);
 void peftc_blas_single_thread_end(void);
 
-/* Largest M*N*K that OpenBLAS 0.3.x computes on the calling thread alone (its SMP threshold,
- * 65536 * GEMM_MULTITHREAD_THRESHOLD with the default threshold 4). Kernels that run GEMMs on
- * several threads of their own keep each call at or below it; a larger call would still be correct,
- * only serialised by OpenBLAS's level-3 lock. */
-#define PEFTC_BLAS_SINGLE_THREAD_MNK 262144
-
-/* peftc_sgemm with C cut into tiles of at most PEFTC_BLAS_SINGLE_THREAD_MNK multiply-adds each (a
- * tile's C rows get all of K), so OpenBLAS runs every call on the calling thread: for kernels that run
- * GEMMs on threads of their own. Each C entry is still one dot product over K in OpenBLAS's order, so
- * the result does not depend on the tiling. */
-peftc_status peftc_sgemm_tiled(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                               int64_t ldc);
 /* C (N,N) = alpha * op(A) op(A)^T + beta * C on the upper triangle only (row-major), op(A) = A (N,K)
  * or, with trans, A^T for A (K,N). The strict lower triangle of C is not touched. */
 peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, float beta,

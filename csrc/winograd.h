@@ -22,8 +22,9 @@ int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int
 /* out[n, co] (overwritten, or accumulated with accumulate != 0) = sum over ci of the 3x3 correlation of
  * in[n, ci] (zero-padded by PH, PW) with the kernel k(co, ci), plus b[co] when b is given. flip == 0:
  * k(co, ci)[a][c] = w[co][ci][a][c] with w (CO,CI,3,3); flip != 0: k(co, ci)[a][c] = w[ci][co][2-a][2-c]
- * with w (CI,CO,3,3), the kernel of the input gradient. Every GEMM runs on the calling thread
- * (peftc_sgemm_tiled): the callers run this on threads of their own. OH = H + 2 PH - 2, OW = W + 2 PW - 2 (both > 0).
+ * with w (CI,CO,3,3), the kernel of the input gradient. Runs on the calling thread (its GEMMs are
+ * small_gemm.c's): the callers run this on threads of their own. OH = H + 2 PH - 2, OW = W + 2 PW - 2
+ * (both > 0).
  * work holds peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, ...), ...) floats. */
 peftc_status peftc_winograd3x3(float *out /* (N,CO,OH,OW) */, float *work, const float *in /* (N,CI,H,W) */,
                                const float *w, const float *b /* (CO) or NULL */, int flip, int accumulate,
