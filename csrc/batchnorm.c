@@ -6,6 +6,7 @@
  * the incoming gradient by that output), saving the activation's separate pass and buffer.
  * Channels are split over the BLAS thread count (see bn_parts). No convolution or pooling here. */
 #include <math.h>
+#include <string.h>
 
 #include "parallel.h"
 #include "peftc.h"
@@ -15,66 +16,90 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
     return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0;
 }
 
-/* Sums over one plane of S values in LANES independent float partial sums (so the loop vectorises),
- * added in double at the end; the planes of a channel are then added in double by the caller. */
+/* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
+ * generic vectors, as attention_gemm.c uses), each plane's lanes then widened and added lane by lane
+ * into LANES double lanes, which are summed once per channel. Reducing every plane's lanes to one
+ * double instead is a chain of LANES dependent adds per plane, longer than the plane's own work at
+ * S = 49. A plane's last S % LANES values join the float lanes as one more vector with its other lanes
+ * masked to zero. */
 #define LANES 16
 
-static double plane_sum(const float *p, int64_t S)
+typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
+typedef double lanes_d __attribute__((vector_size(LANES * sizeof(double))));
+
+static inline lanes_f load_lanes(const float *p)
 {
-    float acc[LANES] = {0.0f};
-    int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++)
-            acc[j] += p[s + j];
-    double total = 0.0;
-    for (; s < S; s++)
-        total += p[s];
-    for (int j = 0; j < LANES; j++)
-        total += acc[j];
-    return total;
+    lanes_f v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* sum_s (p[s] - m)^2 */
-static double plane_sqdev(const float *p, float m, int64_t S)
+static inline lanes_f broadcast(float a)
 {
-    float acc[LANES] = {0.0f};
-    int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            const float d = p[s + j] - m;
-            acc[j] += d * d;
-        }
-    double total = 0.0;
-    for (; s < S; s++) {
-        const double d = (double)p[s] - m;
-        total += d * d;
-    }
-    for (int j = 0; j < LANES; j++)
-        total += acc[j];
-    return total;
+    return (lanes_f){0} + a;
 }
 
-/* *sg = sum_s g[s], *sgx = sum_s g[s] (x[s] - m) */
-static void plane_grad_sums(double *sg, double *sgx, const float *g, const float *x, float m, int64_t S)
+/* v where live is all ones, +0 where it is zero */
+static inline lanes_f keep(lanes_f v, lanes_i live)
 {
-    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    return (lanes_f)((lanes_i)v & live);
+}
+
+/* all ones in the top n lanes (the live ones of tail_load), zero below */
+static inline lanes_i tail_live(int64_t n)
+{
+    const lanes_i index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return index >= (lanes_i){0} + (int32_t)(LANES - n);
+}
+
+/* The plane's last n = S % LANES > 0 values in the top n lanes. The lanes below hold earlier values
+ * of the plane (a full vector ending at its end: nothing past it is read), or 0 when S < LANES. */
+static inline lanes_f tail_load(const float *p, int64_t S)
+{
+    if (S >= LANES)
+        return load_lanes(p + S - LANES);
+    float t[LANES] = {0.0f};
+    for (int64_t j = 0; j < S; j++)
+        t[LANES - S + j] = p[j];
+    return load_lanes(t);
+}
+
+static inline double lanes_sum(lanes_d tot)
+{
+    double t = 0.0;
+    for (int j = 0; j < LANES; j++)
+        t += tot[j];
+    return t;
+}
+
+/* *tot += sum_s p[s], lane by lane */
+static inline void plane_sum(lanes_d *tot, const float *p, int64_t S)
+{
+    lanes_f acc = {0};
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            a[j] += g[s + j];
-            b[j] += g[s + j] * (x[s + j] - m);
-        }
-    double ta = 0.0, tb = 0.0;
-    for (; s < S; s++) {
-        ta += g[s];
-        tb += (double)g[s] * ((double)x[s] - m);
+        acc += load_lanes(p + s);
+    if (s < S)
+        acc += keep(tail_load(p, S), tail_live(S - s));
+    *tot += __builtin_convertvector(acc, lanes_d);
+}
+
+/* *tot += sum_s (p[s] - m)^2, lane by lane */
+static inline void plane_sqdev(lanes_d *tot, const float *p, float m, int64_t S)
+{
+    lanes_f acc = {0};
+    const lanes_f mv = broadcast(m);
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {
+        const lanes_f d = load_lanes(p + s) - mv;
+        acc += d * d;
     }
-    for (int j = 0; j < LANES; j++) {
-        ta += a[j];
-        tb += b[j];
+    if (s < S) {
+        const lanes_f d = keep(tail_load(p, S) - mv, tail_live(S - s));
+        acc += d * d;
     }
-    *sg += ta;
-    *sgx += tb;
+    *tot += __builtin_convertvector(acc, lanes_d);
 }
 
 /* g where y > 0, else +0 (a NaN or Inf g is dropped too, as relu.c's backward does), by bit masking
@@ -89,49 +114,56 @@ static inline float masked_grad(float g, float y)
     return v.f;
 }
 
-/* plane_grad_sums of the gradient masked to y > 0 (the ReLU after the norm) */
-static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, const float *y, const float *x, float m,
-                                   int64_t S)
+/* masked_grad lane by lane */
+static inline lanes_f masked_grad_lanes(lanes_f g, lanes_f y)
 {
-    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    return keep(g, y > (lanes_f){0});
+}
+
+/* *tg += sum_s g[s] and *tgx += sum_s g[s] (x[s] - m), lane by lane, where g = dy, or dy masked to
+ * y > 0 when y is non-NULL (the ReLU after the norm). The mask gives the values relu.c's backward
+ * writes, so the fused and unfused kernels add the same numbers in the same order. */
+static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, const float *y, const float *x,
+                                   float m, int64_t S)
+{
+    lanes_f a = {0}, b = {0};
+    const lanes_f mv = broadcast(m);
     int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            const float gj = masked_grad(g[s + j], y[s + j]);
-            a[j] += gj;
-            b[j] += gj * (x[s + j] - m);
-        }
-    double ta = 0.0, tb = 0.0;
-    for (; s < S; s++) {
-        const double gj = masked_grad(g[s], y[s]);
-        ta += gj;
-        tb += gj * ((double)x[s] - m);
+    for (; s + LANES <= S; s += LANES) {
+        const lanes_f g = y ? masked_grad_lanes(load_lanes(dy + s), load_lanes(y + s)) : load_lanes(dy + s);
+        a += g;
+        b += g * (load_lanes(x + s) - mv);
     }
-    for (int j = 0; j < LANES; j++) {
-        ta += a[j];
-        tb += b[j];
+    if (s < S) {
+        const lanes_i live = tail_live(S - s);
+        lanes_f g = tail_load(dy, S);
+        if (y)
+            g = masked_grad_lanes(g, tail_load(y, S));
+        g = keep(g, live);
+        a += g;
+        b += g * keep(tail_load(x, S) - mv, live);
     }
-    *sg += ta;
-    *sgx += tb;
+    *tg += __builtin_convertvector(a, lanes_d);
+    *tgx += __builtin_convertvector(b, lanes_d);
 }
 
 /* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
- * the float mean), plane partial sums in float lanes, totals in double. */
+ * the float mean). */
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
                             int64_t S)
 {
-    double sum = 0.0;
+    lanes_d tot = {0};
     for (int64_t n = 0; n < N; n++)
-        sum += plane_sum(x + (n * CH + c) * S, S);
-    const double m = sum / (double)(N * S);
+        plane_sum(&tot, x + (n * CH + c) * S, S);
+    const double m = lanes_sum(tot) / (double)(N * S);
     const float mf = (float)m;
-    double sq = 0.0;
+    lanes_d sq = {0};
     for (int64_t n = 0; n < N; n++)
-        sq += plane_sqdev(x + (n * CH + c) * S, mf, S);
+        plane_sqdev(&sq, x + (n * CH + c) * S, mf, S);
     /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
     const double dm = m - (double)mf;
     *mean = m;
-    *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
+    *var = fmax(lanes_sum(sq) / (double)(N * S) - dm * dm, 0.0);
 }
 
 typedef struct {
@@ -256,14 +288,13 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t c = c0; c < c1; c++) {
         const double m = j->mean_in[c], r = j->rstd_in[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
-        double sdy = 0.0, sdyx = 0.0;
+        lanes_d tg = {0}, tgx = {0};
         for (int64_t n = 0; n < N; n++) {
             const int64_t o = (n * CH + c) * S;
-            if (relu_y)
-                plane_grad_sums_masked(&sdy, &sdyx, dy + o, relu_y + o, x + o, (float)m, S);
-            else
-                plane_grad_sums(&sdy, &sdyx, dy + o, x + o, (float)m, S);
+            plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, x + o, (float)m, S);
         }
+        const double sdy = lanes_sum(tg);
+        double sdyx = lanes_sum(tgx);
         sdyx *= r;
         if (j->dgamma)
             j->dgamma[c] += (float)sdyx;
