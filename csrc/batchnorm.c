@@ -65,6 +65,29 @@ static inline lanes_f tail_load(const float *p, int64_t S)
     return load_lanes(t);
 }
 
+/* Brings the plane ahead into the cache while the current one is summed: a channel's planes are
+ * CH * S floats apart, a stride the hardware prefetcher follows poorly when planes are short. */
+static inline void prefetch_plane(const float *p, int64_t S)
+{
+    for (int64_t s = 0; s < S; s += LANES)
+        __builtin_prefetch(p + s, 0, 3);
+    __builtin_prefetch(p + S - 1, 0, 3);
+}
+
+/* prefetch_plane for a plane about to be written */
+static inline void prefetch_plane_for_write(const float *p, int64_t S)
+{
+    for (int64_t s = 0; s < S; s += LANES)
+        __builtin_prefetch(p + s, 1, 3);
+    __builtin_prefetch(p + S - 1, 1, 3);
+}
+
+/* how many planes ahead to prefetch: about 2 KiB of each stream */
+static inline int64_t prefetch_distance(int64_t S)
+{
+    return S >= 512 ? 1 : (512 + S - 1) / S;
+}
+
 static inline double lanes_sum(lanes_d tot)
 {
     double t = 0.0;
@@ -153,8 +176,12 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
                             int64_t S)
 {
     lanes_d tot = {0};
-    for (int64_t n = 0; n < N; n++)
+    const int64_t ahead = prefetch_distance(S);
+    for (int64_t n = 0; n < N; n++) {
+        if (n + ahead < N)
+            prefetch_plane(x + ((n + ahead) * CH + c) * S, S);
         plane_sum(&tot, x + (n * CH + c) * S, S);
+    }
     const double m = lanes_sum(tot) / (double)(N * S);
     const float mf = (float)m;
     lanes_d sq = {0};
@@ -216,9 +243,14 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         /* y = (x - m) r g + b = x * scale + shift */
         const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
         const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
+        const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
             float *yp = j->y + (n * CH + c) * S;
+            if (n + ahead < N) {
+                prefetch_plane_for_write(yp + ahead * CH * S, S);
+                prefetch_plane(xp + ahead * CH * S, S);
+            }
             if (j->relu)
                 for (int64_t s = 0; s < S; s++) {
                     const float v = xp[s] * scale + shift;
@@ -289,8 +321,16 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         const double m = j->mean_in[c], r = j->rstd_in[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         lanes_d tg = {0}, tgx = {0};
+        const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const int64_t o = (n * CH + c) * S;
+            if (n + ahead < N) {
+                const int64_t oa = o + ahead * CH * S;
+                prefetch_plane(dy + oa, S);
+                prefetch_plane(x + oa, S);
+                if (relu_y)
+                    prefetch_plane(relu_y + oa, S);
+            }
             plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, x + o, (float)m, S);
         }
         const double sdy = lanes_sum(tg);
@@ -308,10 +348,18 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         const float mdy = j->training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = j->training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
-        for (int64_t n = 0; n < N; n++) {
+        for (int64_t n = N - 1; n >= 0; n--) {
             const int64_t o = (n * CH + c) * S;
             const float *xp = x + o, *gp = dy + o;
             float *dp = j->dx + o;
+            if (n - ahead >= 0) {
+                const int64_t oa = o - ahead * CH * S;
+                prefetch_plane_for_write(j->dx + oa, S);
+                prefetch_plane(dy + oa, S);
+                prefetch_plane(x + oa, S);
+                if (relu_y)
+                    prefetch_plane(relu_y + oa, S);
+            }
             if (relu_y) {
                 const float *yp = relu_y + o;
                 for (int64_t s = 0; s < S; s++) {
