@@ -240,9 +240,12 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const double r = 1.0 / sqrt(v + (double)j->eps);
         j->mean[c] = (float)m;
         j->rstd[c] = (float)r;
-        /* y = (x - m) r g + b = x * scale + shift */
-        const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
-        const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
+        /* y = (x - m) r g + b = (x - mf) scale + shift, about the float mean mf: x - mf is exact for x
+         * near the mean, where x * scale + (b - m scale) would cancel when |mean| >> std */
+        const float mf = (float)m;
+        const double gd = gamma ? gamma[c] : 1.0;
+        const float scale = (float)(r * gd);
+        const float shift = (float)((beta ? beta[c] : 0.0f) - (m - (double)mf) * r * gd);
         const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
@@ -253,12 +256,12 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             }
             if (j->relu)
                 for (int64_t s = 0; s < S; s++) {
-                    const float v = xp[s] * scale + shift;
+                    const float v = (xp[s] - mf) * scale + shift;
                     yp[s] = v < 0.0f ? 0.0f : v;
                 }
             else
                 for (int64_t s = 0; s < S; s++)
-                    yp[s] = xp[s] * scale + shift;
+                    yp[s] = (xp[s] - mf) * scale + shift;
         }
     }
     return PEFTC_OK;
