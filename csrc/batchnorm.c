@@ -71,7 +71,8 @@ static inline void prefetch_plane(const float *p, int64_t S)
 {
     for (int64_t s = 0; s < S; s += LANES)
         __builtin_prefetch(p + s, 0, 3);
-    __builtin_prefetch(p + S - 1, 0, 3);
+    if (S > 0)
+        __builtin_prefetch(p + S - 1, 0, 3);
 }
 
 /* prefetch_plane for a plane about to be written */
@@ -79,7 +80,8 @@ static inline void prefetch_plane_for_write(const float *p, int64_t S)
 {
     for (int64_t s = 0; s < S; s += LANES)
         __builtin_prefetch(p + s, 1, 3);
-    __builtin_prefetch(p + S - 1, 1, 3);
+    if (S > 0)
+        __builtin_prefetch(p + S - 1, 1, 3);
 }
 
 /* how many planes ahead to prefetch: about 4 KiB of each stream (2 KiB was slower at S = 196, 8 KiB
