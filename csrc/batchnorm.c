@@ -17,12 +17,18 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 }
 
 /* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
- * generic vectors, as attention_gemm.c uses), each plane's lanes then widened and added lane by lane
- * into LANES double lanes, which are summed once per channel. Reducing every plane's lanes to one
- * double instead is a chain of LANES dependent adds per plane, longer than the plane's own work at
- * S = 49. A plane's last S % LANES values join the float lanes as one more vector with its other lanes
- * masked to zero. */
+ * generic vectors as wide as the target's registers, as attention_gemm.c uses), each plane's lanes
+ * then widened and added lane by lane into LANES double lanes, which are summed once per channel.
+ * Reducing every plane's lanes to one double instead is a chain of LANES dependent adds per plane,
+ * longer than the plane's own work at S = 49. A plane's last S % LANES values join the float lanes as
+ * one more vector with its other lanes masked to zero. */
+#if defined(__AVX512F__)
 #define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
 
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
@@ -49,7 +55,9 @@ static inline lanes_f keep(lanes_f v, lanes_i live)
 /* all ones in the top n lanes (the live ones of tail_load), zero below */
 static inline lanes_i tail_live(int64_t n)
 {
-    const lanes_i index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    lanes_i index;
+    for (int j = 0; j < LANES; j++)
+        index[j] = j;
     return index >= (lanes_i){0} + (int32_t)(LANES - n);
 }
 
@@ -91,11 +99,11 @@ static inline int64_t prefetch_distance(int64_t S)
     return S >= 1024 ? 1 : (1024 + S - 1) / S;
 }
 
-static inline double lanes_sum(lanes_d tot)
+static inline double lanes_sum(const lanes_d *tot)
 {
     double t = 0.0;
     for (int j = 0; j < LANES; j++)
-        t += tot[j];
+        t += (*tot)[j];
     return t;
 }
 
@@ -185,7 +193,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
             prefetch_plane(x + ((n + ahead) * CH + c) * S, S);
         plane_sum(&tot, x + (n * CH + c) * S, S);
     }
-    const double m = lanes_sum(tot) / (double)(N * S);
+    const double m = lanes_sum(&tot) / (double)(N * S);
     const float mf = (float)m;
     lanes_d sq = {0};
     for (int64_t n = 0; n < N; n++)
@@ -193,7 +201,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
     /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
     const double dm = m - (double)mf;
     *mean = m;
-    *var = fmax(lanes_sum(sq) / (double)(N * S) - dm * dm, 0.0);
+    *var = fmax(lanes_sum(&sq) / (double)(N * S) - dm * dm, 0.0);
 }
 
 typedef struct {
@@ -339,8 +347,8 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
             }
             plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, x + o, (float)m, S);
         }
-        const double sdy = lanes_sum(tg);
-        double sdyx = lanes_sum(tgx);
+        const double sdy = lanes_sum(&tg);
+        double sdyx = lanes_sum(&tgx);
         sdyx *= r;
         if (j->dgamma)
             j->dgamma[c] += (float)sdyx;
