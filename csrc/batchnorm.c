@@ -24,15 +24,27 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
  * one more vector with its other lanes masked to zero. */
 #if defined(__AVX512F__)
 #define LANES 16
+#define LOW_LANES 0, 1, 2, 3, 4, 5, 6, 7
+#define HIGH_LANES 8, 9, 10, 11, 12, 13, 14, 15
 #elif defined(__AVX__)
 #define LANES 8
+#define LOW_LANES 0, 1, 2, 3
+#define HIGH_LANES 4, 5, 6, 7
 #else
 #define LANES 4
+#define LOW_LANES 0, 1
+#define HIGH_LANES 2, 3
 #endif
 
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
-typedef double lanes_d __attribute__((vector_size(LANES * sizeof(double))));
+typedef float half_f __attribute__((vector_size(LANES / 2 * sizeof(float))));
+typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
+/* LANES double lanes as two vectors of the target's width: one vector of LANES doubles would be wider
+ * than a register, and GCC keeps such a variable in memory (a store and reload per plane) */
+typedef struct {
+    half_d lo, hi;
+} lanes_d;
 
 static inline lanes_f load_lanes(const float *p)
 {
@@ -99,11 +111,20 @@ static inline int64_t prefetch_distance(int64_t S)
     return S >= 1024 ? 1 : (1024 + S - 1) / S;
 }
 
+/* *tot += acc, lane by lane, widened to double */
+static inline void lanes_add(lanes_d *tot, lanes_f acc)
+{
+    tot->lo += __builtin_convertvector(__builtin_shufflevector(acc, acc, LOW_LANES), half_d);
+    tot->hi += __builtin_convertvector(__builtin_shufflevector(acc, acc, HIGH_LANES), half_d);
+}
+
 static inline double lanes_sum(const lanes_d *tot)
 {
     double t = 0.0;
-    for (int j = 0; j < LANES; j++)
-        t += (*tot)[j];
+    for (int j = 0; j < LANES / 2; j++)
+        t += tot->lo[j];
+    for (int j = 0; j < LANES / 2; j++)
+        t += tot->hi[j];
     return t;
 }
 
@@ -116,7 +137,7 @@ static inline void plane_sum(lanes_d *tot, const float *p, int64_t S)
         acc += load_lanes(p + s);
     if (s < S)
         acc += keep(tail_load(p, S), tail_live(S - s));
-    *tot += __builtin_convertvector(acc, lanes_d);
+    lanes_add(tot, acc);
 }
 
 /* *tot += sum_s (p[s] - m)^2, lane by lane */
@@ -133,7 +154,7 @@ static inline void plane_sqdev(lanes_d *tot, const float *p, float m, int64_t S)
         const lanes_f d = keep(tail_load(p, S) - mv, tail_live(S - s));
         acc += d * d;
     }
-    *tot += __builtin_convertvector(acc, lanes_d);
+    lanes_add(tot, acc);
 }
 
 /* g where y > 0, else +0 (a NaN or Inf g is dropped too, as relu.c's backward does), by bit masking
@@ -177,8 +198,8 @@ static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, c
         a += g;
         b += g * keep(tail_load(x, S) - mv, live);
     }
-    *tg += __builtin_convertvector(a, lanes_d);
-    *tgx += __builtin_convertvector(b, lanes_d);
+    lanes_add(tg, a);
+    lanes_add(tgx, b);
 }
 
 /* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
@@ -186,7 +207,7 @@ static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, c
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
                             int64_t S)
 {
-    lanes_d tot = {0};
+    lanes_d tot = {{0}, {0}};
     const int64_t ahead = prefetch_distance(S);
     for (int64_t n = 0; n < N; n++) {
         if (n + ahead < N)
@@ -195,7 +216,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
     }
     const double m = lanes_sum(&tot) / (double)(N * S);
     const float mf = (float)m;
-    lanes_d sq = {0};
+    lanes_d sq = {{0}, {0}};
     for (int64_t n = 0; n < N; n++)
         plane_sqdev(&sq, x + (n * CH + c) * S, mf, S);
     /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
@@ -334,7 +355,7 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t c = c0; c < c1; c++) {
         const double m = j->mean_in[c], r = j->rstd_in[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
-        lanes_d tg = {0}, tgx = {0};
+        lanes_d tg = {{0}, {0}}, tgx = {{0}, {0}};
         const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const int64_t o = (n * CH + c) * S;
