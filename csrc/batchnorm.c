@@ -383,6 +383,8 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         const float mdy = j->training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = j->training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
+        /* images last to first: the sums pass just read the last ones, which may still be in L2 when a
+         * channel's x, dy (and y) are larger than it */
         for (int64_t n = N - 1; n >= 0; n--) {
             const int64_t o = (n * CH + c) * S;
             const float *xp = x + o, *gp = dy + o;
