@@ -1,9 +1,11 @@
 /* batchnorm.c: 2-D batch normalisation (per channel over N, IH, IW) forward and backward, in the
  * three ways test-time adaptation needs: training (batch statistics, running buffers updated),
  * test-batch statistics (batch statistics, nothing updated) and eval (running statistics).
- * Per-plane sums run in float lanes (vectorised), the per-channel totals in double. x_hat is recomputed in the backward from x, mean
- * and rstd rather than stored. The _relu_ pair fuses a following ReLU (output max(y, 0); backward masks
- * the incoming gradient by that output), saving the activation's separate pass and buffer.
+ * Per-plane sums run in float lanes (vectorised), the per-channel totals in double; the passes over a
+ * channel prefetch the planes ahead (all but the variance pass, which re-reads what the mean pass
+ * brought in). x_hat is recomputed in the backward from x, mean and rstd rather than stored. The
+ * _relu_ pair fuses a following ReLU (output max(y, 0); backward masks the incoming gradient by that
+ * output), saving the activation's separate pass and buffer.
  * Channels are split over the BLAS thread count (see bn_parts). No convolution or pooling here. */
 #include <math.h>
 #include <string.h>
@@ -17,7 +19,8 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 }
 
 /* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
- * generic vectors as wide as the target's registers, as attention_gemm.c uses), each plane's lanes
+ * generic vectors as wide as the target's registers, as attention_gemm.c uses; __builtin_shufflevector
+ * needs GCC 12 or Clang), each plane's lanes
  * then widened and added lane by lane into LANES double lanes, which are summed once per channel.
  * Reducing every plane's lanes to one double instead is a chain of LANES dependent adds per plane,
  * longer than the plane's own work at S = 49. A plane's last S % LANES values join the float lanes as
@@ -38,7 +41,6 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
-typedef float half_f __attribute__((vector_size(LANES / 2 * sizeof(float))));
 typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
 /* LANES double lanes as two vectors of the target's width: one vector of LANES doubles would be wider
  * than a register, and GCC keeps such a variable in memory (a store and reload per plane) */
