@@ -21,9 +21,9 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 /* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
  * generic vectors as wide as the target's registers; __builtin_shufflevector needs GCC 12 or Clang),
  * each plane's lanes then widened and added lane by lane into LANES double lanes, which are summed
- * once per channel. Reducing every plane's lanes to one double instead is a chain of LANES dependent adds per plane,
- * longer than the plane's own work at S = 49. A plane's last S % LANES values join the float lanes as
- * one more vector with its other lanes masked to zero. */
+ * once per channel. Reducing every plane's lanes to one double instead is a chain of LANES dependent
+ * adds per plane, longer than the plane's own work at S = 49. A plane's last S % LANES values join the
+ * float lanes as one more vector with its other lanes masked to zero. */
 #if defined(__AVX512F__)
 #define LANES 16
 #define LOW_LANES 0, 1, 2, 3, 4, 5, 6, 7
