@@ -1,11 +1,14 @@
 /* batchnorm.c: 2-D batch normalisation (per channel over N, IH, IW) forward and backward, in the
  * three ways test-time adaptation needs: training (batch statistics, running buffers updated),
  * test-batch statistics (batch statistics, nothing updated) and eval (running statistics).
- * Per-plane sums run in float lanes (vectorised), the per-channel totals in double. x_hat is recomputed in the backward from x, mean
- * and rstd rather than stored. The _relu_ pair fuses a following ReLU (output max(y, 0); backward masks
- * the incoming gradient by that output), saving the activation's separate pass and buffer.
+ * Per-plane sums run in float lanes (vectorised), the per-channel totals in double; the passes over a
+ * channel prefetch the planes ahead (all but the variance pass, which re-reads what the mean pass
+ * brought in). x_hat is recomputed in the backward from x, mean and rstd rather than stored. The
+ * _relu_ pair fuses a following ReLU (output max(y, 0); backward masks the incoming gradient by that
+ * output), saving the activation's separate pass and buffer.
  * Channels are split over the BLAS thread count (see bn_parts). No convolution or pooling here. */
 #include <math.h>
+#include <string.h>
 
 #include "parallel.h"
 #include "peftc.h"
@@ -15,66 +18,144 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
     return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0;
 }
 
-/* Sums over one plane of S values in LANES independent float partial sums (so the loop vectorises),
- * added in double at the end; the planes of a channel are then added in double by the caller. */
+/* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
+ * generic vectors as wide as the target's registers; __builtin_shufflevector needs GCC 12 or Clang),
+ * each plane's lanes then widened and added lane by lane into LANES double lanes, which are summed
+ * once per channel. Reducing every plane's lanes to one double instead is a chain of LANES dependent
+ * adds per plane, longer than the plane's own work at S = 49. A plane's last S % LANES values join the
+ * float lanes as one more vector with its other lanes masked to zero. */
+#if defined(__AVX512F__)
 #define LANES 16
+#define LOW_LANES 0, 1, 2, 3, 4, 5, 6, 7
+#define HIGH_LANES 8, 9, 10, 11, 12, 13, 14, 15
+#elif defined(__AVX__)
+#define LANES 8
+#define LOW_LANES 0, 1, 2, 3
+#define HIGH_LANES 4, 5, 6, 7
+#else
+#define LANES 4
+#define LOW_LANES 0, 1
+#define HIGH_LANES 2, 3
+#endif
 
-static double plane_sum(const float *p, int64_t S)
+typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
+typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
+/* LANES double lanes as two vectors of the target's width: one vector of LANES doubles would be wider
+ * than a register, and GCC keeps such a variable in memory (a store and reload per plane) */
+typedef struct {
+    half_d lo, hi;
+} lanes_d;
+
+static inline lanes_f load_lanes(const float *p)
 {
-    float acc[LANES] = {0.0f};
-    int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++)
-            acc[j] += p[s + j];
-    double total = 0.0;
-    for (; s < S; s++)
-        total += p[s];
-    for (int j = 0; j < LANES; j++)
-        total += acc[j];
-    return total;
+    lanes_f v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* sum_s (p[s] - m)^2 */
-static double plane_sqdev(const float *p, float m, int64_t S)
+static inline lanes_f broadcast(float a)
 {
-    float acc[LANES] = {0.0f};
-    int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            const float d = p[s + j] - m;
-            acc[j] += d * d;
-        }
-    double total = 0.0;
-    for (; s < S; s++) {
-        const double d = (double)p[s] - m;
-        total += d * d;
-    }
-    for (int j = 0; j < LANES; j++)
-        total += acc[j];
-    return total;
+    return (lanes_f){0} + a;
 }
 
-/* *sg = sum_s g[s], *sgx = sum_s g[s] (x[s] - m) */
-static void plane_grad_sums(double *sg, double *sgx, const float *g, const float *x, float m, int64_t S)
+/* v where live is all ones, +0 where it is zero */
+static inline lanes_f keep(lanes_f v, lanes_i live)
 {
-    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    return (lanes_f)((lanes_i)v & live);
+}
+
+/* all ones in the top n lanes (the live ones of tail_load), zero below */
+static inline lanes_i tail_live(int64_t n)
+{
+    lanes_i index;
+    for (int j = 0; j < LANES; j++)
+        index[j] = j;
+    return index >= (lanes_i){0} + (int32_t)(LANES - n);
+}
+
+/* The plane's last n = S % LANES > 0 values in the top n lanes. The lanes below hold earlier values
+ * of the plane (a full vector ending at its end: nothing past it is read), or 0 when S < LANES. */
+static inline lanes_f tail_load(const float *p, int64_t S)
+{
+    if (S >= LANES)
+        return load_lanes(p + S - LANES);
+    float t[LANES] = {0.0f};
+    for (int64_t j = 0; j < S; j++)
+        t[LANES - S + j] = p[j];
+    return load_lanes(t);
+}
+
+/* Brings the plane ahead into the cache while the current one is summed: a channel's planes are
+ * CH * S floats apart, a stride the hardware prefetcher follows poorly when planes are short. */
+static inline void prefetch_plane(const float *p, int64_t S)
+{
+    for (int64_t s = 0; s < S; s += LANES)
+        __builtin_prefetch(p + s, 0, 3);
+    if (S > 0)
+        __builtin_prefetch(p + S - 1, 0, 3);
+}
+
+/* prefetch_plane for a plane about to be written */
+static inline void prefetch_plane_for_write(const float *p, int64_t S)
+{
+    for (int64_t s = 0; s < S; s += LANES)
+        __builtin_prefetch(p + s, 1, 3);
+    if (S > 0)
+        __builtin_prefetch(p + S - 1, 1, 3);
+}
+
+/* how many planes ahead to prefetch: about 4 KiB of each stream (2 KiB was slower at S = 196, 8 KiB
+ * much slower at S = 49) */
+static inline int64_t prefetch_distance(int64_t S)
+{
+    return S >= 1024 ? 1 : (1024 + S - 1) / S;
+}
+
+/* *tot += acc, lane by lane, widened to double */
+static inline void lanes_add(lanes_d *tot, lanes_f acc)
+{
+    tot->lo += __builtin_convertvector(__builtin_shufflevector(acc, acc, LOW_LANES), half_d);
+    tot->hi += __builtin_convertvector(__builtin_shufflevector(acc, acc, HIGH_LANES), half_d);
+}
+
+static inline double lanes_sum(const lanes_d *tot)
+{
+    double t = 0.0;
+    for (int j = 0; j < LANES / 2; j++)
+        t += tot->lo[j];
+    for (int j = 0; j < LANES / 2; j++)
+        t += tot->hi[j];
+    return t;
+}
+
+/* *tot += sum_s p[s], lane by lane */
+static inline void plane_sum(lanes_d *tot, const float *p, int64_t S)
+{
+    lanes_f acc = {0};
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            a[j] += g[s + j];
-            b[j] += g[s + j] * (x[s + j] - m);
-        }
-    double ta = 0.0, tb = 0.0;
-    for (; s < S; s++) {
-        ta += g[s];
-        tb += (double)g[s] * ((double)x[s] - m);
+        acc += load_lanes(p + s);
+    if (s < S)
+        acc += keep(tail_load(p, S), tail_live(S - s));
+    lanes_add(tot, acc);
+}
+
+/* *tot += sum_s (p[s] - m)^2, lane by lane */
+static inline void plane_sqdev(lanes_d *tot, const float *p, float m, int64_t S)
+{
+    lanes_f acc = {0};
+    const lanes_f mv = broadcast(m);
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {
+        const lanes_f d = load_lanes(p + s) - mv;
+        acc += d * d;
     }
-    for (int j = 0; j < LANES; j++) {
-        ta += a[j];
-        tb += b[j];
+    if (s < S) {
+        const lanes_f d = keep(tail_load(p, S) - mv, tail_live(S - s));
+        acc += d * d;
     }
-    *sg += ta;
-    *sgx += tb;
+    lanes_add(tot, acc);
 }
 
 /* g where y > 0, else +0 (a NaN or Inf g is dropped too, as relu.c's backward does), by bit masking
@@ -89,49 +170,60 @@ static inline float masked_grad(float g, float y)
     return v.f;
 }
 
-/* plane_grad_sums of the gradient masked to y > 0 (the ReLU after the norm) */
-static void plane_grad_sums_masked(double *sg, double *sgx, const float *g, const float *y, const float *x, float m,
-                                   int64_t S)
+/* masked_grad lane by lane */
+static inline lanes_f masked_grad_lanes(lanes_f g, lanes_f y)
 {
-    float a[LANES] = {0.0f}, b[LANES] = {0.0f};
+    return keep(g, y > (lanes_f){0});
+}
+
+/* *tg += sum_s g[s] and *tgx += sum_s g[s] (x[s] - m), lane by lane, where g = dy, or dy masked to
+ * y > 0 when y is non-NULL (the ReLU after the norm). The mask gives the values relu.c's backward
+ * writes, so the fused and unfused kernels add the same numbers in the same order. */
+static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, const float *y, const float *x,
+                                   float m, int64_t S)
+{
+    lanes_f a = {0}, b = {0};
+    const lanes_f mv = broadcast(m);
     int64_t s = 0;
-    for (; s + LANES <= S; s += LANES)
-        for (int j = 0; j < LANES; j++) {
-            const float gj = masked_grad(g[s + j], y[s + j]);
-            a[j] += gj;
-            b[j] += gj * (x[s + j] - m);
-        }
-    double ta = 0.0, tb = 0.0;
-    for (; s < S; s++) {
-        const double gj = masked_grad(g[s], y[s]);
-        ta += gj;
-        tb += gj * ((double)x[s] - m);
+    for (; s + LANES <= S; s += LANES) {
+        const lanes_f g = y ? masked_grad_lanes(load_lanes(dy + s), load_lanes(y + s)) : load_lanes(dy + s);
+        a += g;
+        b += g * (load_lanes(x + s) - mv);
     }
-    for (int j = 0; j < LANES; j++) {
-        ta += a[j];
-        tb += b[j];
+    if (s < S) {
+        const lanes_i live = tail_live(S - s);
+        lanes_f g = tail_load(dy, S);
+        if (y)
+            g = masked_grad_lanes(g, tail_load(y, S));
+        g = keep(g, live);
+        a += g;
+        b += g * keep(tail_load(x, S) - mv, live);
     }
-    *sg += ta;
-    *sgx += tb;
+    lanes_add(tg, a);
+    lanes_add(tgx, b);
 }
 
 /* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
- * the float mean), plane partial sums in float lanes, totals in double. */
+ * the float mean). */
 static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
                             int64_t S)
 {
-    double sum = 0.0;
-    for (int64_t n = 0; n < N; n++)
-        sum += plane_sum(x + (n * CH + c) * S, S);
-    const double m = sum / (double)(N * S);
+    lanes_d tot = {{0}, {0}};
+    const int64_t ahead = prefetch_distance(S);
+    for (int64_t n = 0; n < N; n++) {
+        if (n + ahead < N)
+            prefetch_plane(x + ((n + ahead) * CH + c) * S, S);
+        plane_sum(&tot, x + (n * CH + c) * S, S);
+    }
+    const double m = lanes_sum(&tot) / (double)(N * S);
     const float mf = (float)m;
-    double sq = 0.0;
+    lanes_d sq = {{0}, {0}};
     for (int64_t n = 0; n < N; n++)
-        sq += plane_sqdev(x + (n * CH + c) * S, mf, S);
+        plane_sqdev(&sq, x + (n * CH + c) * S, mf, S);
     /* the second pass is about mf, not m: sum (x - m)^2 = sum (x - mf)^2 - M (m - mf)^2 */
     const double dm = m - (double)mf;
     *mean = m;
-    *var = fmax(sq / (double)(N * S) - dm * dm, 0.0);
+    *var = fmax(lanes_sum(&sq) / (double)(N * S) - dm * dm, 0.0);
 }
 
 typedef struct {
@@ -181,20 +273,28 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const double r = 1.0 / sqrt(v + (double)j->eps);
         j->mean[c] = (float)m;
         j->rstd[c] = (float)r;
-        /* y = (x - m) r g + b = x * scale + shift */
-        const float scale = (float)(r * (gamma ? gamma[c] : 1.0f));
-        const float shift = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
+        /* y = (x - m) r g + b = (x - mf) scale + shift, about the float mean mf: x - mf is exact for x
+         * near the mean, where x * scale + (b - m scale) would cancel when |mean| >> std */
+        const float mf = (float)m;
+        const double gd = gamma ? gamma[c] : 1.0;
+        const float scale = (float)(r * gd);
+        const float shift = (float)((beta ? beta[c] : 0.0f) - (m - (double)mf) * r * gd);
+        const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
             float *yp = j->y + (n * CH + c) * S;
+            if (n + ahead < N) {
+                prefetch_plane_for_write(yp + ahead * CH * S, S);
+                prefetch_plane(xp + ahead * CH * S, S);
+            }
             if (j->relu)
                 for (int64_t s = 0; s < S; s++) {
-                    const float v = xp[s] * scale + shift;
+                    const float v = (xp[s] - mf) * scale + shift;
                     yp[s] = v < 0.0f ? 0.0f : v;
                 }
             else
                 for (int64_t s = 0; s < S; s++)
-                    yp[s] = xp[s] * scale + shift;
+                    yp[s] = (xp[s] - mf) * scale + shift;
         }
     }
     return PEFTC_OK;
@@ -256,14 +356,21 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t c = c0; c < c1; c++) {
         const double m = j->mean_in[c], r = j->rstd_in[c];
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
-        double sdy = 0.0, sdyx = 0.0;
+        lanes_d tg = {{0}, {0}}, tgx = {{0}, {0}};
+        const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const int64_t o = (n * CH + c) * S;
-            if (relu_y)
-                plane_grad_sums_masked(&sdy, &sdyx, dy + o, relu_y + o, x + o, (float)m, S);
-            else
-                plane_grad_sums(&sdy, &sdyx, dy + o, x + o, (float)m, S);
+            if (n + ahead < N) {
+                const int64_t oa = o + ahead * CH * S;
+                prefetch_plane(dy + oa, S);
+                prefetch_plane(x + oa, S);
+                if (relu_y)
+                    prefetch_plane(relu_y + oa, S);
+            }
+            plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, x + o, (float)m, S);
         }
+        const double sdy = lanes_sum(&tg);
+        double sdyx = lanes_sum(&tgx);
         sdyx *= r;
         if (j->dgamma)
             j->dgamma[c] += (float)sdyx;
@@ -277,10 +384,20 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         const float mdy = j->training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = j->training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
         const float mf = (float)m, rf = (float)r;
-        for (int64_t n = 0; n < N; n++) {
+        /* images last to first: the sums pass just read the last ones, which may still be in L2 when a
+         * channel's x, dy (and y) are larger than it */
+        for (int64_t n = N - 1; n >= 0; n--) {
             const int64_t o = (n * CH + c) * S;
             const float *xp = x + o, *gp = dy + o;
             float *dp = j->dx + o;
+            if (n - ahead >= 0) {
+                const int64_t oa = o - ahead * CH * S;
+                prefetch_plane_for_write(j->dx + oa, S);
+                prefetch_plane(dy + oa, S);
+                prefetch_plane(x + oa, S);
+                if (relu_y)
+                    prefetch_plane(relu_y + oa, S);
+            }
             if (relu_y) {
                 const float *yp = relu_y + o;
                 for (int64_t s = 0; s < S; s++) {

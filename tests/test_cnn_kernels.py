@@ -220,6 +220,34 @@ def test_batchnorm2d_forward_matches_reference(rng, mode, affine):
         assert_close(run[1], ref_run[1], 1e-6, 1e-6, "running_var")
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3, 7, 7), (5, 2, 3, 3)])  # planes of 49 (3 lanes of 16 + 1) and 9
+def test_batchnorm2d_stays_accurate_when_the_mean_dwarfs_the_spread(rng, fused, shape):
+    """x = 1000 + N(0, 1): a one-pass E[x^2] - E[x]^2 in float, or y = x * scale + shift, would lose
+    the unit-scale part to cancellation; the kernels must match the float64 reference as on centred data."""
+    x = (1000.0 + rng.standard_normal(shape)).astype(np.float32)
+    ch = shape[1]
+    g, b = f32(rng, ch) * 0.3 + 1.0, f32(rng, ch) * 0.5
+    forward, backward = ((F.batchnorm2d_relu_forward, F.batchnorm2d_relu_backward) if fused
+                         else (F.batchnorm2d_forward, F.batchnorm2d_backward))
+    y, mean, rstd = forward(x, None, None, g, b, True, 0.1, 1e-5)
+    pre, mean_ref, rstd_ref = R.batchnorm2d_forward(x.astype(np.float64), None, None, g, b, True, 0.1, 1e-5)
+    assert_close(mean, mean_ref, 1e-6, 1e-6, "mean")
+    assert_close(rstd, rstd_ref, 1e-5, 1e-6, "rstd")
+    assert_close(y, np.maximum(pre, 0.0) if fused else pre, 1e-5, 1e-5, "y")
+    dy = f32(rng, *shape)
+    dx, dg, db = np.zeros_like(x), np.zeros_like(g), np.zeros_like(b)
+    ref = [np.zeros(a.shape) for a in (dx, dg, db)]
+    if fused:
+        backward(dy, y, x, mean, rstd, g, True, dx=dx, dweight=dg, dbias=db)
+        R.batchnorm2d_relu_backward(dy, y, x, mean, rstd, g, True, dx=ref[0], dweight=ref[1], dbias=ref[2])
+    else:
+        backward(dy, x, mean, rstd, g, True, dx=dx, dweight=dg, dbias=db)
+        R.batchnorm2d_backward(dy, x, mean, rstd, g, True, dx=ref[0], dweight=ref[1], dbias=ref[2])
+    for name, got, want in zip(("dx", "dweight", "dbias"), (dx, dg, db), ref):
+        assert_close(got, want, 1e-5, 1e-5, name)
+
+
 def test_batchnorm2d_running_stats_follow_torch_only_in_train_mode(rng, torch):
     x, g, b, rm, rv = bn_case(rng)
     tm, tv = torch.tensor(rm), torch.tensor(rv)
