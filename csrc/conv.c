@@ -297,9 +297,9 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
         const int64_t per_image = mul_or_neg(mul_or_neg(16, IC + OC), mul_or_neg((IH + 5) / 2, (IW + 5) / 2));
         const int64_t kernels = mul_or_neg(16, mul_or_neg(IC, OC));
         /* a block is at least 16 images, or the budget plus 8 images */
-        const int64_t block = per_image < 0 || planes < 0 || per_image > INT64_MAX - planes - 19
+        const int64_t block = per_image < 0 || planes < 0 || per_image > INT64_MAX - planes - 3
                                   ? -1
-                                  : mul_or_neg(per_image + planes + 19, 16);
+                                  : mul_or_neg(per_image + planes + 3, 16);
         if (block < 0 || kernels < 0 || kernels > INT64_MAX - block - (1 << 21))
             return -1;
         const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC,

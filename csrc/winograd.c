@@ -18,17 +18,23 @@
 
 static int64_t tiles(int64_t n) { return (n + 1) / 2; }
 
-/* floats per image of a block: V and M, and the transposed input or output (one at a time) */
+/* floats between the end of one transform point's rows in V or M and the start of the next: a tile
+ * reads or writes all 16 points, and at a power-of-two multiple of 4 KB apart they would share cache
+ * sets (48 channels x 16 tiles x 32 images is 96 KB) */
+#define POINT_SKEW 48
+
+/* floats per image of a block: V and M, the transposed input or output (one at a time), and one
+ * float each of the zero row and the two discard rows */
 static int64_t per_image(int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t OH, int64_t OW)
 {
     const int64_t xin = CI * H * W, xout = CO * OH * OW;
-    return 16 * (CI + CO) * tiles(OH) * tiles(OW) + (xin > xout ? xin : xout) + 19;
+    return 16 * (CI + CO) * tiles(OH) * tiles(OW) + (xin > xout ? xin : xout) + 3;
 }
 
 int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
                                          int64_t PW)
 {
-    return 16 * CO * CI + nb * per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
+    return 16 * CO * CI + 2 * 16 * POINT_SKEW + nb * per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
 }
 
 int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
@@ -65,26 +71,80 @@ static void transform_kernels(float *U, const float *w, int flip, int64_t CI, in
         }
 }
 
-/* one 4-point B^T step over n images: (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) */
-static void bt4(float *restrict o0, float *restrict o1, float *restrict o2, float *restrict o3,
-                const float *restrict a, const float *restrict b, const float *restrict e, const float *restrict f,
-                int64_t n)
+/* The tile transforms run over the images of a block VL at a time, a tile's 16 points held in
+ * vector registers: V = B^T d B in, y = A^T m A out. VL follows the target's registers; the last
+ * partial group goes through zero-padded copies. The adds are those of the 4-point steps
+ * (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) for B^T and (o0, o1) = (a + b + e, b - e - f) for
+ * A^T, rows first, then columns. */
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+
+/* n <= VL floats of src as a vector, zero past n (a whole vector: one load) */
+static inline vf load_part(const float *src, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) {
-        o0[i] = a[i] - e[i];
-        o1[i] = b[i] + e[i];
-        o2[i] = e[i] - b[i];
-        o3[i] = b[i] - f[i];
+    vf v = {0.0f};
+    if (n == VL)
+        memcpy(&v, src, sizeof v);
+    else
+        memcpy(&v, src, (size_t)n * sizeof(float));
+    return v;
+}
+
+static inline void store_part(float *dst, vf v, int64_t n)
+{
+    if (n == VL)
+        memcpy(dst, &v, sizeof v);
+    else
+        memcpy(dst, &v, (size_t)n * sizeof(float));
+}
+
+/* v[p] + i0 for the 16 points p (row stride vs) = B^T d B of the tile whose input rows d[k] (k = 4 r + c)
+ * are read at + i0, for images [i0, i0 + bn) */
+static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t bn)
+{
+    for (int64_t i0 = 0; i0 < bn; i0 += VL) {
+        const int64_t n = bn - i0 < VL ? bn - i0 : VL;
+        vf x[16], t[16];
+        for (int k = 0; k < 16; k++)
+            x[k] = load_part(d[k] + i0, n);
+        for (int c = 0; c < 4; c++) {
+            t[c] = x[c] - x[8 + c];
+            t[4 + c] = x[4 + c] + x[8 + c];
+            t[8 + c] = x[8 + c] - x[4 + c];
+            t[12 + c] = x[4 + c] - x[12 + c];
+        }
+        for (int r = 0; r < 4; r++) {
+            store_part(v + (4 * r) * vs + i0, t[4 * r] - t[4 * r + 2], n);
+            store_part(v + (4 * r + 1) * vs + i0, t[4 * r + 1] + t[4 * r + 2], n);
+            store_part(v + (4 * r + 2) * vs + i0, t[4 * r + 2] - t[4 * r + 1], n);
+            store_part(v + (4 * r + 3) * vs + i0, t[4 * r + 1] - t[4 * r + 3], n);
+        }
     }
 }
 
-/* one 4-point A^T step over n images: (o0, o1) = (a + b + e, b - e - f) */
-static void at4(float *restrict o0, float *restrict o1, const float *restrict a, const float *restrict b,
-                const float *restrict e, const float *restrict f, int64_t n)
+/* the 2 x 2 output tile y[r][c] = (A^T m A)[r][c] of the products m (16 points, row stride ms), written
+ * to y[2 r + c] + i0, for images [i0, i0 + bn) */
+static void output_tile(float *const y[4], const float *m, int64_t ms, int64_t bn)
 {
-    for (int64_t i = 0; i < n; i++) {
-        o0[i] = a[i] + b[i] + e[i];
-        o1[i] = b[i] - e[i] - f[i];
+    for (int64_t i0 = 0; i0 < bn; i0 += VL) {
+        const int64_t n = bn - i0 < VL ? bn - i0 : VL;
+        vf x[16], t[8];
+        for (int k = 0; k < 16; k++)
+            x[k] = load_part(m + k * ms + i0, n);
+        for (int c = 0; c < 4; c++) {
+            t[c] = x[c] + x[4 + c] + x[8 + c];
+            t[4 + c] = x[4 + c] - x[8 + c] - x[12 + c];
+        }
+        for (int r = 0; r < 2; r++) {
+            store_part(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2], n);
+            store_part(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3], n);
+        }
     }
 }
 
@@ -173,15 +233,16 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
     const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW);
     const int64_t xin = CI * HW, xout = CO * OHW;
     float *U = work;                                  /* (16, CO, CI) */
-    float *V = U + 16 * CO * CI;                      /* (16, CI, TI, nb) */
-    float *M = V + 16 * CI * TI * nb;                 /* (16, CO, TI, nb) */
-    float *X = M + 16 * CO * TI * nb;                 /* (CI, H, W, nb) in, then (CO, OH, OW, nb) out */
-    float *tmp = X + (xin > xout ? xin : xout) * nb;  /* (16, nb) */
-    float *zero = tmp + 16 * nb, *discard0 = zero + nb, *discard1 = discard0 + nb; /* (nb) each */
+    float *V = U + 16 * CO * CI;                     /* (16, CI, TI, nb), points POINT_SKEW apart */
+    float *M = V + 16 * (CI * TI * nb + POINT_SKEW); /* (16, CO, TI, nb), points POINT_SKEW apart */
+    float *X = M + 16 * (CO * TI * nb + POINT_SKEW); /* (CI, H, W, nb) in, then (CO, OH, OW, nb) out */
+    float *zero = X + (xin > xout ? xin : xout) * nb; /* (nb), then the discard rows (nb) each */
+    float *discard0 = zero + nb, *discard1 = discard0 + nb;
     transform_kernels(U, w, flip, CI, CO);
     memset(zero, 0, (size_t)nb * sizeof(float));
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
         const int64_t bn = N - n0 < nb ? N - n0 : nb, T = TI * bn;
+        const int64_t vs = CI * T + POINT_SKEW, ms = CO * T + POINT_SKEW; /* point strides of V and M */
         transpose_in(X, in + n0 * xin, bn, xin);
         for (int64_t ci = 0; ci < CI; ci++)
             for (int64_t th = 0; th < TH; th++)
@@ -193,35 +254,22 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                             d[4 * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
                                                                                    : zero;
                         }
-                    /* rows: tmp row 4 r + c = (B^T d)[r][c]; columns: V point 4 r + c = (tmp B)[r][c] */
-                    for (int c = 0; c < 4; c++)
-                        bt4(tmp + c * bn, tmp + (4 + c) * bn, tmp + (8 + c) * bn, tmp + (12 + c) * bn, d[c], d[4 + c],
-                            d[8 + c], d[12 + c], bn);
-                    float *v = V + ci * T + (th * TW + tw) * bn;
-                    for (int r = 0; r < 4; r++)
-                        bt4(v + (4 * r) * CI * T, v + (4 * r + 1) * CI * T, v + (4 * r + 2) * CI * T,
-                            v + (4 * r + 3) * CI * T, tmp + 4 * r * bn, tmp + (4 * r + 1) * bn, tmp + (4 * r + 2) * bn,
-                            tmp + (4 * r + 3) * bn, bn);
+                    input_tile(V + ci * T + (th * TW + tw) * bn, vs, d, bn);
                 }
         for (int p = 0; p < 16; p++) {
             /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TI*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
-            peftc_small_gemm_ab(M + p * CO * T, U + p * CO * CI, V + p * CI * T, 0, 0, CO, T, CI, CI, T, T);
+            peftc_small_gemm_ab(M + p * ms, U + p * CO * CI, V + p * vs, 0, 0, CO, T, CI, CI, T, T);
         }
         for (int64_t co = 0; co < CO; co++)
             for (int64_t th = 0; th < TH; th++)
                 for (int64_t tw = 0; tw < TW; tw++) {
-                    const float *m = M + co * T + (th * TW + tw) * bn;
-                    /* tmp rows 4 r + c = (A^T m)[r][c] for r < 2; then the output tile (A^T m A)[r][c] */
-                    for (int c = 0; c < 4; c++)
-                        at4(tmp + c * bn, tmp + (4 + c) * bn, m + c * CO * T, m + (4 + c) * CO * T,
-                            m + (8 + c) * CO * T, m + (12 + c) * CO * T, bn);
+                    float *y[4];
                     for (int r = 0; r < 2; r++) {
                         const int64_t oh = 2 * th + r, ow = 2 * tw;
-                        float *y0 = oh < OH ? X + (co * OHW + oh * OW + ow) * bn : discard0;
-                        float *y1 = oh < OH && ow + 1 < OW ? y0 + bn : discard1;
-                        at4(y0, y1, tmp + 4 * r * bn, tmp + (4 * r + 1) * bn, tmp + (4 * r + 2) * bn,
-                            tmp + (4 * r + 3) * bn, bn);
+                        y[2 * r] = oh < OH ? X + (co * OHW + oh * OW + ow) * bn : discard0;
+                        y[2 * r + 1] = oh < OH && ow + 1 < OW ? y[2 * r] + bn : discard1;
                     }
+                    output_tile(y, M + co * T + (th * TW + tw) * bn, ms, bn);
                 }
         transpose_out(out + n0 * xout, X, b, accumulate, bn, CO, OHW);
     }
