@@ -45,6 +45,7 @@ from peftc.tta import EATA
 THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS", "2"))
 OUT = Path(__file__).parent / "results"
 E0_FACTOR, D_MARGIN, FISHER_ALPHA, LR, MOMENTUM = 0.4, 0.4, 1.0, 2.5e-4, 0.9
+WARMUP = 5  # batches per timing repeat before the clock starts (torch builds its oneDNN primitives)
 
 
 class TorchBlock(nn.Module):
@@ -194,7 +195,7 @@ def check(model, fisher_x, batches, widths, num_classes, lr: float) -> dict:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_side(make, batches, warmup: int = 5, clock=time.perf_counter) -> float:
+def time_side(make, batches, warmup: int = WARMUP, clock=time.perf_counter) -> float:
     m = make()
     for x in batches[:warmup]:
         m.forward_and_adapt(x)
@@ -208,7 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="64,200")
     ap.add_argument("--images", type=int, default=2000, help="stream length per timing repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--fisher", type=int, default=2000)
     ap.add_argument("--out", default=str(OUT / "bench_eata"), help="output path without suffix")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -241,6 +242,9 @@ def main() -> None:
     rows = []
     for b in [int(v) for v in args.batches.split(",")]:
         np_batches = [x[i:i + b] for i in range(0, len(x) - b + 1, b)]
+        if len(np_batches) <= WARMUP:
+            raise SystemExit(f"--images {args.images} gives {len(np_batches)} batches of {b}: more than the "
+                             f"{WARMUP} warm-up batches are needed to time anything")
         t_batches = [torch.from_numpy(v) for v in np_batches]
         ours, theirs = [], []
         for _ in range(args.repeats):

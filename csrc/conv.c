@@ -251,7 +251,8 @@ static int64_t mul_or_neg(int64_t a, int64_t b)
 }
 
 /* Multiply-adds a part should hold before the images of a convolution are split over threads: a
- * thread costs tens of microseconds to start, 2M multiply-adds about a hundred. */
+ * part costs microseconds to hand to a pool thread (tens when it has gone to sleep), 2M multiply-adds
+ * about a hundred. */
 #define CONV_PART_MACS (1 << 21)
 
 /* Images per block of the forward (input_grad == 0) or the input gradient: the unit a part holds whole,
