@@ -346,7 +346,7 @@ static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, in
 typedef struct {
     float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
     const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
-    int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part, nb; /* nb: images per block */
+    int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part;
 } conv_job;
 
 /* y of images [n0, n0 + n) (overwritten) */
@@ -423,12 +423,13 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     return PEFTC_OK;
 }
 
-/* Part t of nparts: whole blocks of nb images, [n0, n0 + *count) (the last block may be short). */
+/* Part t of nparts: an even share of the images, [n0, n0 + *count), swept in blocks of its own. Every
+ * output is computed the same way whatever the blocks (transforms and patch rows per image, each
+ * product entry one chain over k), so the split changes no bits. */
 static int64_t part_images(const conv_job *j, int64_t t, int64_t nparts, int64_t *count)
 {
-    int64_t b0, b1;
-    peftc_part_range((j->N + j->nb - 1) / j->nb, t, nparts, &b0, &b1);
-    const int64_t n0 = b0 * j->nb, n1 = b1 * j->nb < j->N ? b1 * j->nb : j->N;
+    int64_t n0, n1;
+    peftc_part_range(j->N, t, nparts, &n0, &n1);
     *count = n1 - n0;
     return n0;
 }
@@ -449,9 +450,8 @@ static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
     return input_grad_images(j, j->work + t * j->part, n0, count);
 }
 
-/* The job of a sweep over N images split into *parts, each part with its own slice of work (images on
- * threads beat one small GEMM on several); parts hold whole blocks of nb images. Each product is
- * computed whole by one thread, so results do not depend on the number of threads. */
+/* The job of a sweep over N images split into *parts (as many as the blocks of nb images have work
+ * for), each part with its own slice of work: images on threads beat one small GEMM on several. */
 static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_t N, int64_t IC, int64_t IH,
                              int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                              int64_t PW)
@@ -461,7 +461,7 @@ static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_
     const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
     return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
-                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW, .nb = nb,
+                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,
                       .part = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S)};
 }
 
