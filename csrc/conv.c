@@ -225,6 +225,234 @@ static void col2im_add(float *dx, float *col, int64_t ld, float *ph, int64_t IC,
         move_phases(ph, NULL, dx, IC, IH, IW, KH, KW, SH, SW, PH, PW);
 }
 
+/* a * b when both are >= 0 and it fits int64, else -1 */
+static int64_t mul_or_neg(int64_t a, int64_t b)
+{
+    return a < 0 || b < 0 || (b > 0 && a > INT64_MAX / b) ? -1 : a * b;
+}
+
+/* The input gradient of a strided sweep, phase by phase, without a patch matrix. Phase plane (p, q) of
+ * dx gets, from each tap (kh, kw) reading that phase, w[:, :, kh, kw]^T times dy shifted by the tap's
+ * offset: entry (i, j) of the plane is the sum over those taps and over o of w[o, c, kh, kw]
+ * dy[o, i - dh, j - dw]. The dy of a block of nb images is copied into zero-bordered planes laid out
+ * (OC, R, nb, CW), each image's rows CW wide side by side, so every shifted dy is one view of it with
+ * a constant offset, and a phase plane of the whole block is one product over k = (o, tap) whose B
+ * rows are those views (peftc_small_gemm_ab_rows), computed at CW positions per image row of which
+ * the first WP are kept. */
+#define IMPLICIT_MAX_TAPS 64   /* taps of a kernel */
+#define IMPLICIT_MAX_ROWS 1024 /* B rows of one phase's product: OC x its taps */
+
+typedef struct {
+    int64_t a, b, R, CW;    /* dy's placement (rows a.., columns b..) in its padded plane (R, CW) */
+    int64_t HP, WP;         /* the largest phase plane (phase 0, 0) */
+    int64_t most_taps;      /* taps of the busiest phase */
+    int64_t nb;             /* images per block */
+} implicit_geom;
+
+static implicit_geom implicit_geometry(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                                       int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH,
+                                       int64_t OW)
+{
+    const conv_tap lo = tap_at(0, 0, IH, IW, SH, SW, PH, PW), hi = tap_at(KH - 1, KW - 1, IH, IW, SH, SW, PH, PW);
+    implicit_geom g;
+    g.a = hi.dh > 0 ? hi.dh : 0;
+    g.b = hi.dw > 0 ? hi.dw : 0;
+    g.HP = phase_extent(IH, 0, SH);
+    g.WP = phase_extent(IW, 0, SW);
+    /* rows read: i - dh + a for i < HP, dh >= lo.dh; plus one row for the kept columns' overrun */
+    g.R = g.a + (OH > g.HP - lo.dh ? OH : g.HP - lo.dh) + 1;
+    g.CW = g.b + (OW > g.WP - lo.dw ? OW : g.WP - lo.dw);
+    g.most_taps = 0;
+    for (int64_t p = 0; p < SH; p++)
+        for (int64_t q = 0; q < SW; q++) {
+            int64_t taps = 0;
+            for (int64_t kh = 0; kh < KH; kh++)
+                for (int64_t kw = 0; kw < KW; kw++)
+                    taps += floor_mod(kh - PH, SH) == p && floor_mod(kw - PW, SW) == q;
+            g.most_taps = taps > g.most_taps ? taps : g.most_taps;
+        }
+    /* a block's padded dy and one phase's output near CONV_BLOCK_FLOATS */
+    const int64_t per_image = (OC * g.R + IC * g.HP) * g.CW;
+    g.nb = per_image > 0 && per_image < CONV_BLOCK_FLOATS ? CONV_BLOCK_FLOATS / per_image : 1;
+    g.nb = g.nb > N ? (N > 0 ? N : 1) : g.nb;
+    return g;
+}
+
+/* strided sweeps with more than one tap (a 1x1 one reads a single phase, which the patch path copies
+ * once as it is) and products of at most IMPLICIT_MAX_ROWS rows */
+static int use_implicit(int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, const implicit_geom *g)
+{
+    return (SH > 1 || SW > 1) && KH * KW > 1 && KH * KW <= IMPLICIT_MAX_TAPS &&
+           OC * g->most_taps <= IMPLICIT_MAX_ROWS;
+}
+
+/* scratch of the implicit input gradient: the padded dy (OC, R, nb, CW), the weights of every phase's
+ * product (IC, OC x taps) side by side, and one phase's output (IC, HP, nb, CW); -1 on overflow */
+static int64_t implicit_workspace(int64_t IC, int64_t OC, int64_t KH, int64_t KW, const implicit_geom *g)
+{
+    const int64_t dyp = mul_or_neg(mul_or_neg(OC, g->R), mul_or_neg(g->nb, g->CW));
+    const int64_t wts = mul_or_neg(IC, mul_or_neg(OC, KH * KW));
+    const int64_t out = mul_or_neg(mul_or_neg(IC, g->HP), mul_or_neg(g->nb, g->CW));
+    if (dyp < 0 || wts < 0 || out < 0 || dyp > INT64_MAX - wts - out)
+        return -1;
+    return dyp + wts + out;
+}
+
+/* dx of images [0, n) (accumulated) by phases; work as implicit_workspace says */
+static void implicit_input_grad(float *dx, float *work, const float *dy, const float *w, int64_t n, int64_t IC,
+                                int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                                int64_t PH, int64_t PW, int64_t OH, int64_t OW, const implicit_geom *g)
+{
+    const int64_t nb = g->nb, RS = nb * g->CW, PS = g->R * RS, S = OH * OW; /* row and plane strides of dyp */
+    float *dyp = work, *wts = dyp + OC * PS, *out = wts + IC * OC * KH * KW;
+    const float *rows[IMPLICIT_MAX_ROWS];
+    memset(dyp, 0, (size_t)(OC * PS) * sizeof(float)); /* the border stays zero; each block fills the inside */
+    for (int64_t i0 = 0; i0 < n; i0 += nb) {
+        const int64_t bn = n - i0 < nb ? n - i0 : nb;
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t o = 0; o < OC; o++)
+                for (int64_t oh = 0; oh < OH; oh++)
+                    memcpy(dyp + o * PS + (g->a + oh) * RS + i * g->CW + g->b, dy + ((i0 + i) * OC + o) * S + oh * OW,
+                           (size_t)OW * sizeof(float));
+        float *wp = wts;
+        for (int64_t p = 0; p < SH; p++)
+            for (int64_t q = 0; q < SW; q++) {
+                conv_tap taps[IMPLICIT_MAX_TAPS];
+                int64_t tk[IMPLICIT_MAX_TAPS], T = 0;
+                for (int64_t kh = 0; kh < KH; kh++)
+                    for (int64_t kw = 0; kw < KW; kw++)
+                        if (floor_mod(kh - PH, SH) == p && floor_mod(kw - PW, SW) == q) {
+                            taps[T] = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
+                            tk[T++] = kh * KW + kw;
+                        }
+                if (T == 0 || taps[0].HP == 0 || taps[0].WP == 0)
+                    continue;
+                if (i0 == 0) /* phase (p, q)'s weights (IC, OC x T), once: w[o, c, tap t] at column o*T + t */
+                    for (int64_t c = 0; c < IC; c++)
+                        for (int64_t o = 0; o < OC; o++)
+                            for (int64_t t = 0; t < T; t++)
+                                wp[c * OC * T + o * T + t] = w[(o * IC + c) * KH * KW + tk[t]];
+                for (int64_t o = 0; o < OC; o++)
+                    for (int64_t t = 0; t < T; t++)
+                        rows[o * T + t] = dyp + o * PS + (g->a - taps[t].dh) * RS + (g->b - taps[t].dw);
+                /* out (IC, HP*nb*CW) = wp (IC, OC*T) [dy views] (OC*T, HP*nb*CW): M=IC, K=OC*T, lda=OC*T */
+                const int64_t HP = taps[0].HP, WP = taps[0].WP, M = HP * RS;
+                peftc_small_gemm_ab_rows(out, wp, rows, 0, IC, M, OC * T, OC * T, M);
+                for (int64_t i = 0; i < bn; i++)
+                    for (int64_t c = 0; c < IC; c++)
+                        for (int64_t r = 0; r < HP; r++) {
+                            float *d = dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
+                            const float *src = out + c * M + r * RS + i * g->CW;
+                            if (SW == 2)
+                                for (int64_t j = 0; j < WP; j++)
+                                    d[2 * j] += src[j];
+                            else
+                                for (int64_t j = 0; j < WP; j++)
+                                    d[j * SW] += src[j];
+                        }
+                wp += IC * OC * T;
+            }
+    }
+}
+
+/* The forward of a strided sweep without a patch matrix: the phase planes of a block of nb images are
+ * copied into zero-bordered planes laid out (IC, SH*SW phases, R, nb, CW), so that the patch row of tap
+ * (kh, kw) and channel c is one view of its phase's plane at a constant offset, and y of the whole
+ * block is one product (peftc_small_gemm_ab_rows) computed at CW positions per image row, of which the
+ * first OW are kept. */
+typedef struct {
+    int64_t a, b, R, CW; /* a phase plane's placement (rows a.., columns b..) in its padded plane (R, CW) */
+    int64_t nb;          /* images per block */
+} implicit_fwd_geom;
+
+static implicit_fwd_geom implicit_fwd_geometry(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
+                                               int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                                               int64_t PW, int64_t OH, int64_t OW)
+{
+    const conv_tap lo = tap_at(0, 0, IH, IW, SH, SW, PH, PW), hi = tap_at(KH - 1, KW - 1, IH, IW, SH, SW, PH, PW);
+    implicit_fwd_geom g;
+    g.a = -lo.dh; /* >= 0: tap (0, 0) reads at or before the output position */
+    g.b = -lo.dw;
+    g.R = OH + hi.dh - lo.dh + 1; /* one more row for the kept columns' overrun */
+    g.CW = OW + hi.dw - lo.dw;
+    const int64_t per_image = (IC * SH * SW * g.R + OC * OH) * g.CW;
+    g.nb = per_image > 0 && per_image < CONV_BLOCK_FLOATS ? CONV_BLOCK_FLOATS / per_image : 1;
+    g.nb = g.nb > N ? (N > 0 ? N : 1) : g.nb;
+    return g;
+}
+
+/* as use_implicit */
+static int use_implicit_fwd(int64_t IC, int64_t KH, int64_t KW, int64_t SH, int64_t SW)
+{
+    return (SH > 1 || SW > 1) && KH * KW > 1 && IC * KH * KW <= IMPLICIT_MAX_ROWS;
+}
+
+/* scratch of the implicit forward: the padded phase planes (IC*SH*SW, R, nb, CW) and the block's output
+ * (OC, OH, nb, CW); -1 on overflow */
+static int64_t implicit_fwd_workspace(int64_t IC, int64_t OC, int64_t SH, int64_t SW, int64_t OH,
+                                      const implicit_fwd_geom *g)
+{
+    const int64_t planes = mul_or_neg(mul_or_neg(IC, mul_or_neg(SH, SW)), mul_or_neg(g->R, g->CW));
+    const int64_t out = mul_or_neg(OC, mul_or_neg(OH, g->CW));
+    if (planes < 0 || out < 0 || planes > INT64_MAX - out)
+        return -1;
+    return mul_or_neg(planes + out, g->nb);
+}
+
+/* y of images [0, n) (overwritten, + b when given); work as implicit_fwd_workspace says */
+static void implicit_forward(float *y, float *work, const float *x, const float *w, const float *b, int64_t n,
+                             int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
+                             int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW, const implicit_fwd_geom *g)
+{
+    const int64_t nb = g->nb, RS = nb * g->CW, PS = g->R * RS, S = OH * OW, K = IC * KH * KW;
+    float *pl = work, *out = pl + IC * SH * SW * PS;
+    const float *rows[IMPLICIT_MAX_ROWS];
+    memset(pl, 0, (size_t)(IC * SH * SW * PS) * sizeof(float)); /* the border stays zero */
+    for (int64_t c = 0; c < IC; c++)
+        for (int64_t kh = 0; kh < KH; kh++)
+            for (int64_t kw = 0; kw < KW; kw++) {
+                const conv_tap t = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
+                const int64_t ph = (c * SH + floor_mod(kh - PH, SH)) * SW + floor_mod(kw - PW, SW);
+                rows[(c * KH + kh) * KW + kw] = pl + ph * PS + (t.dh + g->a) * RS + (t.dw + g->b);
+            }
+    for (int64_t i0 = 0; i0 < n; i0 += nb) {
+        const int64_t bn = n - i0 < nb ? n - i0 : nb;
+        for (int64_t p = 0; p < SH; p++)
+            for (int64_t q = 0; q < SW; q++) {
+                if (!phase_read(p, KH, SH, PH) || !phase_read(q, KW, SW, PW))
+                    continue;
+                const int64_t HP = phase_extent(IH, p, SH), WP = phase_extent(IW, q, SW);
+                /* plane rows and columns some tap reads */
+                const int64_t rows_used = HP < g->R - 1 - g->a ? HP : g->R - 1 - g->a;
+                const int64_t cols_used = WP < g->CW - g->b ? WP : g->CW - g->b;
+                for (int64_t i = 0; i < bn; i++)
+                    for (int64_t c = 0; c < IC; c++)
+                        for (int64_t r = 0; r < rows_used; r++) {
+                            const float *src = x + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
+                            float *d = pl + ((c * SH + p) * SW + q) * PS + (r + g->a) * RS + i * g->CW + g->b;
+                            if (SW == 2)
+                                for (int64_t j = 0; j < cols_used; j++)
+                                    d[j] = src[2 * j];
+                            else
+                                for (int64_t j = 0; j < cols_used; j++)
+                                    d[j] = src[j * SW];
+                        }
+            }
+        /* out (OC, OH*nb*CW) = w (OC, K) [patch views] (K, OH*nb*CW): M=OC, K=IC*KH*KW, lda=K */
+        peftc_small_gemm_ab_rows(out, w, rows, 0, OC, OH * RS, K, K, OH * RS);
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t o = 0; o < OC; o++) {
+                const float bias = b ? b[o] : 0.0f;
+                float *d = y + ((i0 + i) * OC + o) * S;
+                for (int64_t oh = 0; oh < OH; oh++) {
+                    const float *src = out + o * OH * RS + oh * RS + i * g->CW;
+                    for (int64_t ow = 0; ow < OW; ow++)
+                        d[oh * OW + ow] = src[ow] + bias;
+                }
+            }
+    }
+}
+
 /* Winograd F(2x2, 3x3) for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
  * at most 2), once both channel counts are large enough for the GEMMs to outweigh the transforms. */
 static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
@@ -244,11 +472,6 @@ static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
     return nb < 1 ? 1 : nb;
 }
 
-/* a * b when both are >= 0 and it fits int64, else -1 */
-static int64_t mul_or_neg(int64_t a, int64_t b)
-{
-    return a < 0 || b < 0 || (b > 0 && a > INT64_MAX / b) ? -1 : a * b;
-}
 
 /* Multiply-adds a part should hold before the images of a convolution are split over threads: a
  * part costs microseconds to hand to a pool thread (tens when it has gone to sleep), 2M multiply-adds
@@ -290,6 +513,20 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
         if (planes < 0 || need > INT64_MAX - planes)
             return -1;
         need += planes;
+        const implicit_geom g = implicit_geometry(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, S / OH);
+        if (use_implicit(OC, KH, KW, SH, SW, &g)) {
+            const int64_t implicit = implicit_workspace(IC, OC, KH, KW, &g);
+            if (implicit < 0)
+                return -1;
+            need = implicit > need ? implicit : need;
+        }
+        if (use_implicit_fwd(IC, KH, KW, SH, SW)) {
+            const implicit_fwd_geom gf = implicit_fwd_geometry(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, S / OH);
+            const int64_t implicit = implicit_fwd_workspace(IC, OC, SH, SW, OH, &gf);
+            if (implicit < 0)
+                return -1;
+            need = implicit > need ? implicit : need;
+        }
     }
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW)) {
         const int64_t OW = S / OH;
@@ -371,6 +608,11 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
         }
         return PEFTC_OK;
     }
+    if (use_implicit_fwd(IC, KH, KW, SH, SW)) {
+        const implicit_fwd_geom g = implicit_fwd_geometry(n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+        implicit_forward(y, work, x, w, b, n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, &g);
+        return PEFTC_OK;
+    }
     const int64_t nb = im2col_block(n, K, OC, S);
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
@@ -407,6 +649,11 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
             /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
             peftc_small_gemm_ab(dx + i * IC * S, w, dy + i * OC * S, 1, 1, IC, S, OC, IC, S, S);
         }
+        return PEFTC_OK;
+    }
+    const implicit_geom g = implicit_geometry(n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+    if (use_implicit(OC, KH, KW, SH, SW, &g)) {
+        implicit_input_grad(dx, work, dy, w, n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, &g);
         return PEFTC_OK;
     }
     const int64_t nb = im2col_block(n, K, OC, S);

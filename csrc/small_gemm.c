@@ -146,10 +146,13 @@ void peftc_small_gemm_abt(float *C, const float *A, const float *B, int64_t M, i
 }
 
 /* C rows [0, mr) x columns [0, nv * VL) (overwritten, or accumulated with accumulate) += sum over
- * k < K of op(A)[r][k] * b[k * ldb + n], op(A)[r][k] = a[r * lda + k], or a[k * lda + r] with
- * trans_a. Rows from mr to MR repeat row mr - 1 (computed, not stored), as in block_abt. */
-__attribute__((always_inline)) static inline void block_ab(float *c, const float *a, const float *b, int trans_a, int nv, int64_t mr, int64_t K,
-                            int64_t lda, int64_t ldb, int64_t ldc, int accumulate)
+ * k < K of op(A)[r][k] * B[k][n], op(A)[r][k] = a[r * lda + k], or a[k * lda + r] with trans_a;
+ * B[k][n] = b[k * ldb + n], or rows[k][boff + n] when rows is given. Rows from mr to MR repeat row
+ * mr - 1 (computed, not stored), as in block_abt. */
+__attribute__((always_inline)) static inline void block_ab(float *c, const float *a, const float *b,
+                                                           const float *const *rows, int64_t boff, int trans_a, int nv,
+                                                           int64_t mr, int64_t K, int64_t lda, int64_t ldb,
+                                                           int64_t ldc, int accumulate)
 {
     int64_t at[MR]; /* offset of op(A)[r][0] in a */
     #pragma GCC unroll 16
@@ -163,11 +166,11 @@ __attribute__((always_inline)) static inline void block_ab(float *c, const float
         for (int v = 0; v < NR; v++)
             s[r][v] = accumulate && r < mr && v < nv ? vload(c + r * ldc + v * VL) : (vf){0.0f};
     for (int64_t k = 0; k < K; k++) {
-        const float *ak = a + k * kstep;
+        const float *ak = a + k * kstep, *brow = rows ? rows[k] + boff : b + k * ldb;
         vf bk[NR];
         #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
-            bk[v] = vload(b + k * ldb + v * VL);
+            bk[v] = vload(brow + v * VL);
         #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
             const float x = ak[at[r]];
@@ -184,21 +187,24 @@ __attribute__((always_inline)) static inline void block_ab(float *c, const float
                 vstore(c + r * ldc + v * VL, s[r][v]);
 }
 
-/* block_ab over all row blocks of one column strip; trans_a and nv are constants at each call, so
- * each of the four strips is compiled on its own */
-__attribute__((always_inline)) static inline void strip_ab(float *C, const float *A, const float *B, int trans_a, int nv, int accumulate, int64_t M,
-                            int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+/* block_ab over all row blocks of one column strip; rows (NULL or not), trans_a and nv are constants
+ * at each call, so each strip is compiled on its own */
+__attribute__((always_inline)) static inline void strip_ab(float *C, const float *A, const float *B,
+                                                           const float *const *rows, int64_t boff, int trans_a, int nv,
+                                                           int accumulate, int64_t M, int64_t K, int64_t lda,
+                                                           int64_t ldb, int64_t ldc)
 {
     for (int64_t i0 = 0; i0 < M; i0 += MR)
-        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, trans_a, nv, M - i0 < MR ? M - i0 : MR, K, lda, ldb,
-                 ldc, accumulate);
+        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, rows, boff, trans_a, nv, M - i0 < MR ? M - i0 : MR,
+                 K, lda, ldb, ldc, accumulate);
 }
 
-/* The last nt < VL columns: B's columns copied KC k's at a time into a panel (kc, VL) zero past nt,
- * each row block summed in an edge block across the chunks (a stored float reloads exactly, so every
- * entry is still one chain over k in order), then its nt columns copied out. */
-static void tail_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M, int64_t nt,
-                    int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
+/* The last nt < VL columns: B's columns (B + k * ldb, or rows[k] + boff) copied KC k's at a time into a
+ * panel (kc, VL) zero past nt, each row block summed in an edge block across the chunks (a stored
+ * float reloads exactly, so every entry is still one chain over k in order), then its nt columns
+ * copied out. */
+static void tail_ab(float *C, const float *A, const float *B, const float *const *rows, int64_t boff, int trans_a,
+                    int accumulate, int64_t M, int64_t nt, int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
 {
     float panel[KC * VL], edge[MR * VL];
     for (int64_t i0 = 0; i0 < M; i0 += MR) {
@@ -209,14 +215,16 @@ static void tail_ab(float *C, const float *A, const float *B, int trans_a, int a
         int64_t k0 = 0;
         do {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
-            for (int64_t k = 0; k < kc; k++)
+            for (int64_t k = 0; k < kc; k++) {
+                const float *brow = rows ? rows[k0 + k] + boff : B + (k0 + k) * ldb;
                 for (int64_t n = 0; n < VL; n++)
-                    panel[k * VL + n] = n < nt ? B[(k0 + k) * ldb + n] : 0.0f;
+                    panel[k * VL + n] = n < nt ? brow[n] : 0.0f;
+            }
             const int keep = accumulate || k0 > 0;
             if (trans_a)
-                block_ab(edge, A + i0 + k0 * lda, panel, 1, 1, mr, kc, lda, VL, VL, keep);
+                block_ab(edge, A + i0 + k0 * lda, panel, NULL, 0, 1, 1, mr, kc, lda, VL, VL, keep);
             else
-                block_ab(edge, A + i0 * lda + k0, panel, 0, 1, mr, kc, lda, VL, VL, keep);
+                block_ab(edge, A + i0 * lda + k0, panel, NULL, 0, 0, 1, mr, kc, lda, VL, VL, keep);
             k0 += kc;
         } while (k0 < K);
         for (int64_t r = 0; r < mr; r++)
@@ -230,16 +238,28 @@ void peftc_small_gemm_ab(float *C, const float *A, const float *B, int trans_a, 
     int64_t n0 = 0;
     for (; n0 + NB <= N; n0 += NB) {
         if (trans_a)
-            strip_ab(C + n0, A, B + n0, 1, NR, accumulate, M, K, lda, ldb, ldc);
+            strip_ab(C + n0, A, B + n0, NULL, 0, 1, NR, accumulate, M, K, lda, ldb, ldc);
         else
-            strip_ab(C + n0, A, B + n0, 0, NR, accumulate, M, K, lda, ldb, ldc);
+            strip_ab(C + n0, A, B + n0, NULL, 0, 0, NR, accumulate, M, K, lda, ldb, ldc);
     }
     for (; n0 + VL <= N; n0 += VL) {
         if (trans_a)
-            strip_ab(C + n0, A, B + n0, 1, 1, accumulate, M, K, lda, ldb, ldc);
+            strip_ab(C + n0, A, B + n0, NULL, 0, 1, 1, accumulate, M, K, lda, ldb, ldc);
         else
-            strip_ab(C + n0, A, B + n0, 0, 1, accumulate, M, K, lda, ldb, ldc);
+            strip_ab(C + n0, A, B + n0, NULL, 0, 0, 1, accumulate, M, K, lda, ldb, ldc);
     }
     if (n0 < N)
-        tail_ab(C + n0, A, B + n0, trans_a, accumulate, M, N - n0, K, lda, ldb, ldc);
+        tail_ab(C + n0, A, B + n0, NULL, 0, trans_a, accumulate, M, N - n0, K, lda, ldb, ldc);
+}
+
+void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M,
+                              int64_t N, int64_t K, int64_t lda, int64_t ldc)
+{
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB)
+        strip_ab(C + n0, A, NULL, rows, n0, 0, NR, accumulate, M, K, lda, 0, ldc);
+    for (; n0 + VL <= N; n0 += VL)
+        strip_ab(C + n0, A, NULL, rows, n0, 0, 1, accumulate, M, K, lda, 0, ldc);
+    if (n0 < N)
+        tail_ab(C + n0, A, NULL, rows, n0, 0, accumulate, M, N - n0, K, lda, 0, ldc);
 }

@@ -134,6 +134,28 @@ def test_conv2d_gemm_tails_and_long_k_match_reference(rng, n, ic, oc, hw, kernel
     assert_close(got, ref, 1e-5, 1e-5, "dx")
 
 
+STRIDED_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): strided sweeps without a patch matrix
+    (13, 16, 32, (28, 28), 3, 2, 1),  # forward blocks of 2 images (7, the last of 1), input gradient 5 + 5 + 3
+    (2, 120, 4, (5, 5), 3, 2, 1),  # forward k = 1080 is past the implicit product's rows: patch matrix
+    (2, 4, 300, (5, 5), 3, 2, 1),  # input gradient rows 300 x 4 taps likewise
+    (3, 5, 6, (9, 10), (3, 2), (2, 3), (1, 0)),  # unequal phases, some with no tap of one kernel axis
+]
+
+
+@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", STRIDED_CASES)
+def test_conv2d_strided_sweeps_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
+    kh, kw = F._pair(kernel, "kernel")
+    x, w, b = f32(rng, n, ic, *hw), f32(rng, oc, ic, kh, kw, scale=0.3), f32(rng, oc)
+    y = F.conv2d_forward(x, w, b, stride, padding)
+    assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
+    dy = f32(rng, *y.shape)
+    got = f32(rng, *x.shape)  # the input gradient is added to what dx holds
+    ref = got.astype(np.float64)
+    F.conv2d_backward(dy, None, w, stride, padding, dx=got)
+    R.conv2d_backward(dy, None, w, stride, padding, dx=ref)
+    assert_close(got, ref, 1e-5, 1e-5, "dx")
+
+
 def test_conv2d_workspace_grows_with_the_batch_only_up_to_a_block():
     small = F.conv2d_workspace_size((1, 16, 14, 14), (16, 16, 3, 3), 1, 1)
     assert F.conv2d_workspace_size((2, 16, 14, 14), (16, 16, 3, 3), 1, 1) > small
