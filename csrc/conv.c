@@ -278,8 +278,9 @@ static implicit_geom implicit_geometry(int64_t N, int64_t IC, int64_t IH, int64_
     return g;
 }
 
-/* strided sweeps with more than one tap (a 1x1 one reads a single phase, which the patch path copies
- * once as it is) and products of at most IMPLICIT_MAX_ROWS rows */
+/* as use_implicit_fwd, for strided sweeps only (the product has IC rows; at stride 1 the patch path's
+ * has IC*KH*KW, which fills the register blocks better for few channels) and products of at most
+ * IMPLICIT_MAX_ROWS rows (OC x a phase's taps) */
 static int use_implicit(int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, const implicit_geom *g)
 {
     return (SH > 1 || SW > 1) && KH * KW > 1 && KH * KW <= IMPLICIT_MAX_TAPS &&
@@ -355,11 +356,11 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
     }
 }
 
-/* The forward of a strided sweep without a patch matrix: the phase planes of a block of nb images are
- * copied into zero-bordered planes laid out (IC, SH*SW phases, R, nb, CW), so that the patch row of tap
- * (kh, kw) and channel c is one view of its phase's plane at a constant offset, and y of the whole
- * block is one product (peftc_small_gemm_ab_rows) computed at CW positions per image row, of which the
- * first OW are kept. */
+/* The forward without a patch matrix, for any sweep Winograd does not take (at stride 1 the one phase
+ * plane is the image): the phase planes of a block of nb images are copied into zero-bordered planes
+ * laid out (IC, SH*SW phases, R, nb, CW), so that the patch row of tap (kh, kw) and channel c is one
+ * view of its phase's plane at a constant offset, and y of the whole block is one product
+ * (peftc_small_gemm_ab_rows) computed at CW positions per image row, of which the first OW are kept. */
 typedef struct {
     int64_t a, b, R, CW; /* a phase plane's placement (rows a.., columns b..) in its padded plane (R, CW) */
     int64_t nb;          /* images per block */
@@ -381,10 +382,11 @@ static implicit_fwd_geom implicit_fwd_geometry(int64_t N, int64_t IC, int64_t IH
     return g;
 }
 
-/* as use_implicit */
-static int use_implicit_fwd(int64_t IC, int64_t KH, int64_t KW, int64_t SH, int64_t SW)
+/* sweeps with more than one tap (a 1x1 one reads its single phase, which the patch path copies once as
+ * it is) and a product of at most IMPLICIT_MAX_ROWS rows; the callers take Winograd's sweeps first */
+static int use_implicit_fwd(int64_t IC, int64_t KH, int64_t KW)
 {
-    return (SH > 1 || SW > 1) && KH * KW > 1 && IC * KH * KW <= IMPLICIT_MAX_ROWS;
+    return KH * KW > 1 && IC * KH * KW <= IMPLICIT_MAX_ROWS;
 }
 
 /* scratch of the implicit forward: the padded phase planes (IC*SH*SW, R, nb, CW) and the block's output
@@ -520,7 +522,7 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
                 return -1;
             need = implicit > need ? implicit : need;
         }
-        if (use_implicit_fwd(IC, KH, KW, SH, SW)) {
+        if (use_implicit_fwd(IC, KH, KW)) {
             const implicit_fwd_geom gf = implicit_fwd_geometry(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, S / OH);
             const int64_t implicit = implicit_fwd_workspace(IC, OC, SH, SW, OH, &gf);
             if (implicit < 0)
@@ -608,7 +610,7 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
         }
         return PEFTC_OK;
     }
-    if (use_implicit_fwd(IC, KH, KW, SH, SW)) {
+    if (use_implicit_fwd(IC, KH, KW)) {
         const implicit_fwd_geom g = implicit_fwd_geometry(n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
         implicit_forward(y, work, x, w, b, n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, &g);
         return PEFTC_OK;
