@@ -1,13 +1,17 @@
-/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward. 3x3 stride-1 sweeps with
- * at least 8 channels each side run the forward and the input gradient through Winograd F(2x2, 3x3)
- * (winograd.c). Everything else, and every weight gradient, runs im2col and one GEMM per block of
- * images: the patch matrices of a block sit side by side in caller scratch (K, nb*S), so a small plane
- * still makes a wide GEMM, and are rebuilt in the backward rather than kept, so the forward stores
- * nothing beyond y. The forward and input-gradient GEMMs (a few dozen channels against the patch
- * matrix) are small_gemm.c's register-blocked products; the weight gradient, whose k runs over all
- * positions, is OpenBLAS's. A 1x1, stride-1, unpadded convolution is already a GEMM on each image and
- * skips im2col; a stride-1 convolution whose output is as wide as its input builds (and scatters)
- * each patch row as one shifted copy of the image plane.
+/* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward.
+ *   - 3x3 stride-1 sweeps with at least 8 channels each side: the forward and the input gradient
+ *     through Winograd F(2x2, 3x3) (winograd.c).
+ *   - A 1x1, stride-1, unpadded convolution is already a GEMM on each image.
+ *   - Other forwards, and the input gradients of strided sweeps, without a patch matrix: products whose
+ *     B rows are shifted views of zero-bordered copies of the (phase planes of the) images, or of dy
+ *     (peftc_small_gemm_ab_rows).
+ *   - Everything else, and every weight gradient, runs im2col and one GEMM per block of images: the
+ *     patch matrices of a block sit side by side in caller scratch (K, nb*S), rebuilt in the backward
+ *     rather than kept, so the forward stores nothing beyond y. Strided sweeps read the image through
+ *     its phase planes, so every patch row is unit-stride copies.
+ * The forward and input-gradient products (a few dozen channels against many positions) are
+ * small_gemm.c's register-blocked ones; the weight gradient, whose k runs over all positions, is
+ * OpenBLAS's. Images are split over threads; every output is computed the same way on any thread count.
  * No pooling or norms here. */
 #include <string.h>
 
