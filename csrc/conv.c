@@ -484,14 +484,14 @@ static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
  * about a hundred. */
 #define CONV_PART_MACS (1 << 21)
 
-/* Images per block of the forward (input_grad == 0) or the input gradient: the unit a part holds whole,
- * so that every block, and so every GEMM, is the same whatever the number of parts. */
-static int64_t sweep_block(int input_grad, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
-                           int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+/* Images per block of the forward (input_grad == 0) or of the input gradient of the Winograd and patch
+ * paths: the unit of work by which the images are split into parts. */
+static int64_t sweep_block(int input_grad, int64_t N, int64_t IC, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                           int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
-        return input_grad ? peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW)
-                          : peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW);
+        return input_grad ? peftc_winograd3x3_block(N, OC, OW, IC, 2 - PW)
+                          : peftc_winograd3x3_block(N, IC, IW, OC, PW);
     return is_pointwise(KH, KW, SH, SW, PH, PW) ? 1 : im2col_block(N, IC * KH * KW, OC, OH * OW);
 }
 
@@ -546,10 +546,10 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
                                   : mul_or_neg(per_image + planes + 3, 16);
         if (block < 0 || kernels < 0 || kernels > INT64_MAX - block - (1 << 21))
             return -1;
-        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC,
+        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IW, OC, PW), IC,
                                                              IH, IW, OC, PH, PW);
         const int64_t bwd = peftc_winograd3x3_workspace_size(
-            peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
+            peftc_winograd3x3_block(N, OC, OW, IC, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
         need = fwd > need ? fwd : need;
         need = bwd > need ? bwd : need;
     }
@@ -570,7 +570,7 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
      * runs on the calling thread in the first part's */
     int64_t parts = 1;
     for (int g = 0; g < 2 && N > 0; g++) {
-        const int64_t nb = sweep_block(g, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+        const int64_t nb = sweep_block(g, N, IC, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
         const int64_t p = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
         parts = p > parts ? p : parts;
     }
@@ -711,7 +711,7 @@ static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_
 {
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
-    const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+    const int64_t nb = sweep_block(input_grad, N, IC, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
     return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
                       .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,

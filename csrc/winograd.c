@@ -13,8 +13,9 @@
 
 #include "small_gemm.h"
 
-/* scratch floats per block aimed at (tile transforms V, products M, transposed images): ~4 MB */
-#define WINOGRAD_BLOCK_FLOATS (1 << 20)
+/* floats aimed at for the transforms V and products M of one row of tiles of a block: 512 KB, which
+ * stays in a core's L2 from the input transform through the GEMMs to the output transform */
+#define WINOGRAD_ROW_FLOATS (1 << 17)
 
 static int64_t tiles(int64_t n) { return (n + 1) / 2; }
 
@@ -23,12 +24,11 @@ static int64_t tiles(int64_t n) { return (n + 1) / 2; }
  * sets (48 channels x 16 tiles x 32 images is 96 KB) */
 #define POINT_SKEW 48
 
-/* floats per image of a block: V and M, the transposed input or output (one at a time), and one
+/* floats per image of a block: V and M of one row of tiles, the transposed input and output, and one
  * float each of the zero row and the two discard rows */
 static int64_t per_image(int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t OH, int64_t OW)
 {
-    const int64_t xin = CI * H * W, xout = CO * OH * OW;
-    return 16 * (CI + CO) * tiles(OH) * tiles(OW) + (xin > xout ? xin : xout) + 3;
+    return 16 * (CI + CO) * tiles(OW) + CI * H * W + CO * OH * OW + 3;
 }
 
 int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
@@ -37,10 +37,11 @@ int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int6
     return 16 * CO * CI + 2 * 16 * POINT_SKEW + nb * per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
 }
 
-int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t W, int64_t CO, int64_t PW)
 {
     /* a multiple of 16 images (the AVX-512 float lanes of the transform loops), the nearest to the budget */
-    int64_t nb = (WINOGRAD_BLOCK_FLOATS / per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2) + 8) / 16 * 16;
+    const int64_t row = 16 * (CI + CO) * tiles(W + 2 * PW - 2);
+    int64_t nb = (row > 0 ? WINOGRAD_ROW_FLOATS / row + 8 : 16) / 16 * 16;
     nb = nb < 16 ? 16 : nb;
     return nb > N ? (N < 1 ? 1 : N) : nb;
 }
@@ -229,23 +230,26 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                                int64_t PW)
 {
     const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
-    const int64_t TH = tiles(OH), TW = tiles(OW), TI = TH * TW, HW = H * W, OHW = OH * OW;
-    const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW);
+    const int64_t TH = tiles(OH), TW = tiles(OW), HW = H * W, OHW = OH * OW;
+    const int64_t nb = peftc_winograd3x3_block(N, CI, W, CO, PW);
     const int64_t xin = CI * HW, xout = CO * OHW;
     float *U = work;                                  /* (16, CO, CI) */
-    float *V = U + 16 * CO * CI;                     /* (16, CI, TI, nb), points POINT_SKEW apart */
-    float *M = V + 16 * (CI * TI * nb + POINT_SKEW); /* (16, CO, TI, nb), points POINT_SKEW apart */
-    float *X = M + 16 * (CO * TI * nb + POINT_SKEW); /* (CI, H, W, nb) in, then (CO, OH, OW, nb) out */
-    float *zero = X + (xin > xout ? xin : xout) * nb; /* (nb), then the discard rows (nb) each */
+    float *V = U + 16 * CO * CI;                     /* (16, CI, TW, nb), points POINT_SKEW apart */
+    float *M = V + 16 * (CI * TW * nb + POINT_SKEW); /* (16, CO, TW, nb), points POINT_SKEW apart */
+    float *X = M + 16 * (CO * TW * nb + POINT_SKEW); /* (CI, H, W, nb) */
+    float *Y = X + xin * nb;                         /* (CO, OH, OW, nb) */
+    float *zero = Y + xout * nb;                     /* (nb), then the discard rows (nb) each */
     float *discard0 = zero + nb, *discard1 = discard0 + nb;
     transform_kernels(U, w, flip, CI, CO);
     memset(zero, 0, (size_t)nb * sizeof(float));
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t bn = N - n0 < nb ? N - n0 : nb, T = TI * bn;
-        const int64_t vs = CI * T + POINT_SKEW, ms = CO * T + POINT_SKEW; /* point strides of V and M */
+        const int64_t bn = N - n0 < nb ? N - n0 : nb;
         transpose_in(X, in + n0 * xin, bn, xin);
-        for (int64_t ci = 0; ci < CI; ci++)
-            for (int64_t th = 0; th < TH; th++)
+        /* one row of tiles at a time, so that its transforms V and products M stay in cache between the
+         * input transform, the GEMMs and the output transform */
+        const int64_t T = TW * bn, vs = CI * T + POINT_SKEW, ms = CO * T + POINT_SKEW; /* point strides */
+        for (int64_t th = 0; th < TH; th++) {
+            for (int64_t ci = 0; ci < CI; ci++)
                 for (int64_t tw = 0; tw < TW; tw++) {
                     const float *d[16];
                     for (int r = 0; r < 4; r++)
@@ -254,24 +258,24 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                             d[4 * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
                                                                                    : zero;
                         }
-                    input_tile(V + ci * T + (th * TW + tw) * bn, vs, d, bn);
+                    input_tile(V + ci * T + tw * bn, vs, d, bn);
                 }
-        for (int p = 0; p < 16; p++) {
-            /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TI*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
-            peftc_small_gemm_ab(M + p * ms, U + p * CO * CI, V + p * vs, 0, 0, CO, T, CI, CI, T, T);
-        }
-        for (int64_t co = 0; co < CO; co++)
-            for (int64_t th = 0; th < TH; th++)
+            for (int p = 0; p < 16; p++) {
+                /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TW*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
+                peftc_small_gemm_ab(M + p * ms, U + p * CO * CI, V + p * vs, 0, 0, CO, T, CI, CI, T, T);
+            }
+            for (int64_t co = 0; co < CO; co++)
                 for (int64_t tw = 0; tw < TW; tw++) {
                     float *y[4];
                     for (int r = 0; r < 2; r++) {
                         const int64_t oh = 2 * th + r, ow = 2 * tw;
-                        y[2 * r] = oh < OH ? X + (co * OHW + oh * OW + ow) * bn : discard0;
+                        y[2 * r] = oh < OH ? Y + (co * OHW + oh * OW + ow) * bn : discard0;
                         y[2 * r + 1] = oh < OH && ow + 1 < OW ? y[2 * r] + bn : discard1;
                     }
-                    output_tile(y, M + co * T + (th * TW + tw) * bn, ms, bn);
+                    output_tile(y, M + co * T + tw * bn, ms, bn);
                 }
-        transpose_out(out + n0 * xout, X, b, accumulate, bn, CO, OHW);
+        }
+        transpose_out(out + n0 * xout, Y, b, accumulate, bn, CO, OHW);
     }
     return PEFTC_OK;
 }

@@ -15,9 +15,9 @@
 int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
                                          int64_t PW);
 
-/* Images per block for N images: the multiple of 16 that keeps the block scratch nearest a fixed
- * budget (at least 16), or all N when fewer. */
-int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
+/* Images per block for N images: the multiple of 16 that keeps the transforms and products of one row
+ * of tiles nearest a fixed budget (at least 16), or all N when fewer. */
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t W, int64_t CO, int64_t PW);
 
 /* out[n, co] (overwritten, or accumulated with accumulate != 0) = sum over ci of the 3x3 correlation of
  * in[n, ci] (zero-padded by PH, PW) with the kernel k(co, ci), plus b[co] when b is given. flip == 0:
