@@ -101,6 +101,8 @@ peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) up
 /* sum of squares of a flat array, accumulated in double (for global gradient-norm clipping) */
 peftc_status peftc_sumsq(double *out /* (1) overwritten */, const float *x /* (P) */, int64_t P);
 peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_t P);
+/* x = value everywhere (the explicit zeroing of accumulated gradient buffers); split over the threads */
+peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 
 /* ==== CNN kernels (conv.c, batchnorm.c, pool.c, activation.c) ===================================
  * Images are NCHW float32. Extra dimension letters for this family:

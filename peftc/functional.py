@@ -156,6 +156,14 @@ def scale_(x: np.ndarray, alpha: float) -> None:
     _C.scale_inplace(x, alpha)
 
 
+def zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A new C-contiguous float32 array of zeros, written by the kernel threads: the buffers backward
+    kernels accumulate into (what ``np.zeros`` gives, on one thread)."""
+    out = np.empty(shape, dtype=np.float32)
+    _C.fill(out, 0.0)
+    return out
+
+
 # ---- CNN kernels: conv2d, batch norm, pooling, ReLU (NCHW float32) -------------------------------
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:

@@ -161,6 +161,10 @@ def scale_(x, alpha):
     x *= alpha
 
 
+def zeros(shape):
+    return np.zeros(shape, np.float32)
+
+
 # ---- CNN kernels: conv2d, batch norm, pooling, ReLU (NCHW) ----------------------------------------
 
 def _pair(v):

@@ -99,6 +99,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
               [1e-2, 0.9, 0.0, 0.01, True, 2], {"param", "momentum_buffer"}, optional={"momentum_buffer"}),
         _case("sumsq", [("x", _f(rng, P))], [], set(), any_shape={"x"}),
         _case("scale_inplace", [("x", _f(rng, P))], [0.5], {"x"}, any_shape={"x"}),
+        _case("fill", [("x", _f(rng, P))], [0.0], {"x"}, any_shape={"x"}),
         # EVA kernels: a first incremental-PCA update (n_seen = 0) of K = R components
         _case("ipca_update", [("components", _f(rng, R, IC)), ("singular_values", _f(rng, R)), ("mean", _f(rng, IC)),
                               ("var", _f(rng, IC)), ("explained_variance_ratio", _f(rng, R)), ("cosine", _f(rng, R)),

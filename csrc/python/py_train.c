@@ -1,4 +1,5 @@
-/* py_train.c: Python entry points for the loss, the optimizer steps and gradient-norm helpers. */
+/* py_train.c: Python entry points for the loss, the optimizer steps, gradient-norm helpers and the
+ * threaded fill that zeroes gradient buffers. */
 #include "args.h"
 
 static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args)
@@ -157,6 +158,27 @@ static PyObject *py_scale_inplace(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_fill(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_x;
+    float value;
+    if (!PyArg_ParseTuple(args, "Of:fill", &o_x, &value))
+        return NULL;
+    ArgCheck ck;
+    arg_init(&ck, "fill");
+    float *x;
+    if (arg_f32(&ck, "x", o_x, "*", ARG_OUT, &x) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_fill(x, value, arg_dim(&ck, "P"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef peftc_py_train_methods[] = {
     {"cross_entropy_forward", py_cross_entropy_forward, METH_VARARGS,
      "cross_entropy_forward(probs, logits, labels, ignore_index) -> (loss, count)"},
@@ -168,5 +190,6 @@ PyMethodDef peftc_py_train_methods[] = {
      "sgd_step(param, momentum_buffer, grad, lr, momentum, dampening, weight_decay, nesterov, step)"},
     {"sumsq", py_sumsq, METH_VARARGS, "sumsq(x) -> sum of squares, accumulated in double"},
     {"scale_inplace", py_scale_inplace, METH_VARARGS, "scale_inplace(x, alpha): x *= alpha"},
+    {"fill", py_fill, METH_VARARGS, "fill(x, value): x = value everywhere"},
     {NULL, NULL, 0, NULL},
 };

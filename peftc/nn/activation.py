@@ -27,7 +27,7 @@ class ReLU(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward")
-        dx = np.zeros_like(self._y)
+        dx = F.zeros(self._y.shape)
         F.relu_backward(dy, self._y, dx=dx)
         return dx
 
@@ -49,7 +49,7 @@ class GELU(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._x is None:
             raise RuntimeError("GELU.backward called before forward")
-        dx = np.zeros_like(self._x)
+        dx = F.zeros(self._x.shape)
         F.gelu_backward(dy, self._x, dx=dx)
         return dx
 

@@ -43,7 +43,7 @@ class SelfAttention(Module):
         if self._cache is None:
             raise RuntimeError("SelfAttention.backward called before forward")
         q, k, v, att, p, offset = self._cache
-        dq, dk, dv = (np.zeros_like(a) if n else None for a, n in zip((q, k, v), need))
+        dq, dk, dv = (F.zeros(a.shape) if n else None for a, n in zip((q, k, v), need))
         if dq is not None or dk is not None or dv is not None:
             F.attention_backward(dy, q, k, v, att, self.num_heads, p, self.generator.seed, offset, dq=dq, dk=dk,
                                  dv=dv)

@@ -106,7 +106,7 @@ class BatchNorm2d(Module):
         if self._cache is None:
             raise RuntimeError("BatchNorm2d.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
-        dx = np.zeros_like(x) if input_grad else None
+        dx = F.zeros(x.shape) if input_grad else None
         weight = self.weight.data if self.weight is not None else None
         grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                      dbias=self.bias.grad_buffer() if self.bias is not None else None)

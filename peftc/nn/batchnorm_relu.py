@@ -30,7 +30,7 @@ class BatchNormReLU2d(BatchNorm2d):
         if self._cache is None:
             raise RuntimeError("BatchNormReLU2d.backward called before forward")
         x, mean, rstd, batch_stats, y = self._cache
-        dx = np.zeros_like(x) if input_grad else None
+        dx = F.zeros(x.shape) if input_grad else None
         F.batchnorm2d_relu_backward(dy, y, x, mean, rstd, self.weight.data if self.weight is not None else None,
                                     batch_stats, dx=dx,
                                     dweight=self.weight.grad_buffer() if self.weight is not None else None,

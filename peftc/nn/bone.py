@@ -109,7 +109,7 @@ class BoneLinear(Module):
             raise RuntimeError("Bat needs a frozen base weight (its gradient through W' is not implemented); "
                                "set base.weight.requires_grad = False")
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(rows)
+        dx = F.zeros(rows.shape)
         if self.variant == "bat":
             F.bat_backward(drows, rows, self.base.weight.data, self.miss_block.data, dx=dx,
                            dmiss_block=self.miss_block.grad_buffer())
@@ -149,7 +149,7 @@ class BoneLinear(Module):
         w = self.base.weight.data
         if self.variant == "bat":
             return F.bat_weight(w, self.miss_block.data) - w
-        out = np.zeros_like(w)
+        out = F.zeros(w.shape)
         F.bone_merge(out, self.miss_block.data, 1.0)
         return out
 

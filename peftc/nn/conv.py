@@ -89,7 +89,7 @@ class Conv2d(Module):
         if not input_grad:
             dx = None
         elif dx is None:
-            dx = np.zeros_like(self._x)
+            dx = F.zeros(self._x.shape)
         elif dx.shape != self._x.shape or dx.dtype != np.float32:
             raise ValueError(f"Conv2d.backward: dx must be float32 {self._x.shape}, got {dx.dtype} {dx.shape}")
         if dx is None and dw is None and db is None:

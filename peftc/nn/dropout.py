@@ -31,7 +31,7 @@ class Dropout(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._offset is None:
             return dy
-        dx = np.zeros_like(dy)
+        dx = F.zeros(dy.shape)
         F.dropout_backward(dy, self.p, self.generator.seed, self._offset, dx=dx)
         return dx
 

@@ -81,7 +81,7 @@ class HydraLinear(LoraLinear):
             return self.base.backward(dy)
         rows, y0, p, q = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(rows)
+        dx = F.zeros(rows.shape)
         F.hydra_backward(drows, rows, y0, p, q, self.base.weight.data, *self._branches(), self.scaling,
                          self.seq_scaling, dx=dx, dpar_A=self.lora_A.grad_buffer(), dpar_B=self.lora_B.grad_buffer(),
                          dseq_A=self.hydra_seq_A.grad_buffer(), dseq_B=self.hydra_seq_B.grad_buffer())

@@ -58,7 +58,7 @@ class LayerNorm(Module):
         if self._cache is None:
             raise RuntimeError("LayerNorm.backward called before forward")
         rows, mean, rstd = self._cache
-        dx = np.zeros_like(rows)
+        dx = F.zeros(rows.shape)
         F.layernorm_backward(as_rows(dy, "dy", self.normalized_shape), rows, self.weight.data, mean, rstd, dx=dx,
                              dweight=self.weight.grad_buffer(), dbias=self.bias.grad_buffer())
         return dx.reshape(dy.shape)

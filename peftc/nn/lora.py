@@ -101,7 +101,7 @@ class LoraLinear(Module):
         drows = as_rows(dy, "dy", self.out_features)
         out = None
         if input_grad:
-            out = np.zeros_like(rows) if dx is None else as_rows(dx, "dx", self.in_features)
+            out = F.zeros(rows.shape) if dx is None else as_rows(dx, "dx", self.in_features)
         F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
                         self.lora_B.data, self.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(),

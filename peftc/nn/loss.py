@@ -28,6 +28,6 @@ class CrossEntropyLoss:
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
         probs, labels = self._cache
-        dlogits = np.zeros_like(probs)
+        dlogits = F.zeros(probs.shape)
         F.cross_entropy_backward(dloss, probs, labels, self.ignore_index, dlogits=dlogits)
         return dlogits

@@ -61,7 +61,7 @@ class SoraLinear(LoraLinear):
             return self.base.backward(dy)
         rows, xd, u, p, offset = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        dx = np.zeros_like(rows)
+        dx = F.zeros(rows.shape)
         dgate = self.lora_gate.grad_buffer()
         F.sora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
                         self.lora_B.data, self.lora_gate.data, self.scaling, p, self.generator.seed, offset, dx=dx,
