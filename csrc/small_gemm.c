@@ -151,17 +151,18 @@ void peftc_small_gemm_abt(float *C, const float *A, const float *B, int64_t M, i
  * mr - 1 (computed, not stored), as in block_abt. */
 __attribute__((always_inline)) static inline void block_ab(float *c, const float *a, const float *b,
                                                            const float *const *rows, int64_t boff, int trans_a, int nv,
-                                                           int64_t mr, int64_t K, int64_t lda, int64_t ldb,
-                                                           int64_t ldc, int accumulate)
+                                                           int height, int64_t mr, int64_t K, int64_t lda,
+                                                           int64_t ldb, int64_t ldc, int accumulate)
 {
+    /* height: the register block's rows, MR or MR / 2 (a constant at each call); mr <= height */
     int64_t at[MR]; /* offset of op(A)[r][0] in a */
     #pragma GCC unroll 16
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < height; r++)
         at[r] = (r < mr ? r : mr - 1) * (trans_a ? 1 : lda);
     const int64_t kstep = trans_a ? lda : 1;
     vf s[MR][NR];
     #pragma GCC unroll 16
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < height; r++)
         #pragma GCC unroll 16
         for (int v = 0; v < NR; v++)
             s[r][v] = accumulate && r < mr && v < nv ? vload(c + r * ldc + v * VL) : (vf){0.0f};
@@ -172,7 +173,7 @@ __attribute__((always_inline)) static inline void block_ab(float *c, const float
         for (int v = 0; v < nv; v++)
             bk[v] = vload(brow + v * VL);
         #pragma GCC unroll 16
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < height; r++) {
             const float x = ak[at[r]];
             #pragma GCC unroll 16
             for (int v = 0; v < nv; v++)
@@ -180,7 +181,7 @@ __attribute__((always_inline)) static inline void block_ab(float *c, const float
         }
     }
     #pragma GCC unroll 16
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < height; r++)
         #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             if (r < mr)
@@ -194,9 +195,13 @@ __attribute__((always_inline)) static inline void strip_ab(float *C, const float
                                                            int accumulate, int64_t M, int64_t K, int64_t lda,
                                                            int64_t ldb, int64_t ldc)
 {
-    for (int64_t i0 = 0; i0 < M; i0 += MR)
-        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, rows, boff, trans_a, nv, M - i0 < MR ? M - i0 : MR,
+    int64_t i0 = 0;
+    for (; M - i0 > MR / 2; i0 += MR)
+        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, rows, boff, trans_a, nv, MR, M - i0 < MR ? M - i0 : MR,
                  K, lda, ldb, ldc, accumulate);
+    if (i0 < M) /* at most MR / 2 rows left: a half-height block rather than a full one mostly repeated */
+        block_ab(C + i0 * ldc, A + i0 * (trans_a ? 1 : lda), B, rows, boff, trans_a, nv, MR / 2, M - i0, K, lda, ldb,
+                 ldc, accumulate);
 }
 
 /* The last nt < VL columns: B's columns (B + k * ldb, or rows[k] + boff) copied KC k's at a time into a
@@ -222,9 +227,9 @@ static void tail_ab(float *C, const float *A, const float *B, const float *const
             }
             const int keep = accumulate || k0 > 0;
             if (trans_a)
-                block_ab(edge, A + i0 + k0 * lda, panel, NULL, 0, 1, 1, mr, kc, lda, VL, VL, keep);
+                block_ab(edge, A + i0 + k0 * lda, panel, NULL, 0, 1, 1, MR, mr, kc, lda, VL, VL, keep);
             else
-                block_ab(edge, A + i0 * lda + k0, panel, NULL, 0, 0, 1, mr, kc, lda, VL, VL, keep);
+                block_ab(edge, A + i0 * lda + k0, panel, NULL, 0, 0, 1, MR, mr, kc, lda, VL, VL, keep);
             k0 += kc;
         } while (k0 < K);
         for (int64_t r = 0; r < mr; r++)
