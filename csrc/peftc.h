@@ -188,6 +188,9 @@ peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */,
 /* dx += dy where the forward input (or, equivalently, its output) is > 0 */
 peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
                                  const float *x /* (P) forward input or output */, int64_t P);
+/* y = max(a + b, 0), the ReLU of a residual sum in one pass (its backward is peftc_relu_backward on y) */
+peftc_status peftc_add_relu_forward(float *y /* (P) overwritten */, const float *a /* (P) */,
+                                    const float *b /* (P) */, int64_t P);
 
 /* ==== transformer encoder family (embedding.c, layernorm.c, gelu.c, attention.c, pooling.c) ====
  * Extra dimension letters: V vocabulary size, NP position-table rows, NT token-type rows.

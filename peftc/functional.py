@@ -344,6 +344,14 @@ def relu_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
 def relu_backward(dy: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     """dx += dy where x > 0; x may be the forward input or its output."""
     _C.relu_backward(dx, dy, x)
+
+
+def add_relu_forward(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """y = max(a + b, 0) elementwise in one pass (a residual block's output); ``out`` must overlap
+    neither input. The backward is :func:`relu_backward` on y, whose gradient goes to a and to b."""
+    y = np.empty_like(a) if out is None else out
+    _C.add_relu_forward(y, a, b)
+    return y
 # ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12  # BERT's config.layer_norm_eps
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default

@@ -288,6 +288,10 @@ def relu_forward(x, *, out=None):
 
 def relu_backward(dy, x, *, dx):
     dx += np.where(x > 0, dy, 0.0)
+
+
+def add_relu_forward(a, b, *, out=None):
+    return relu_forward(a + b)
 # ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12
 NORMALIZE_EPS = 1e-12

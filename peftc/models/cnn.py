@@ -40,8 +40,7 @@ class BasicBlock(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        h += x if self.short_conv is None else self.short_bn(self.short_conv(x))  # h: bn2's own new output
-        return self.relu2(h)
+        return self.relu2.forward_sum(h, x if self.short_conv is None else self.short_bn(self.short_conv(x)))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self.short_conv is None:
