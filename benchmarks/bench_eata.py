@@ -15,7 +15,10 @@ heavy cancellation and differs from float64 by up to ~1 %; peftc accumulates BN 
 the script stops if they disagree. Timing: adapted images/s over a stream of
 Fashion-MNIST-C (gaussian noise, severity 5) batches, after a 5-batch warm-up (torch needs a few calls
 to build its oneDNN primitives), peftc and torch
-interleaved over several repeats in the same process with the same thread count; best repeat.
+interleaved over several repeats in the same process with the same thread count. Two figures: the
+best repeat of each side against the other's best, and the median over repeats of the ratio of a peftc
+repeat to the torch repeat right after it (this machine's speed drifts by up to 2x over minutes; a
+paired ratio compares the two sides at the same moment).
 
 Run: OPENBLAS_NUM_THREADS=2 python benchmarks/bench_eata.py [--batches 64,200] [--images 2000] [--out PATH]
 [--clock wall|cpu] (the thread count of both sides is OPENBLAS_NUM_THREADS; ``--clock cpu`` times each side by
@@ -209,7 +212,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="64,200")
     ap.add_argument("--images", type=int, default=2000, help="stream length per timing repeat")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--fisher", type=int, default=2000)
     ap.add_argument("--out", default=str(OUT / "bench_eata"), help="output path without suffix")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -250,11 +253,13 @@ def main() -> None:
         for _ in range(args.repeats):
             ours.append(time_side(make_ours, np_batches, clock=clock))
             theirs.append(time_side(make_torch, t_batches, clock=clock))
+        paired = [o / t for o, t in zip(ours, theirs)]
         row = {"batch": b, "images": len(np_batches) * b, "peftc_img_s": max(ours), "torch_img_s": max(theirs),
-               "speedup": max(ours) / max(theirs), "peftc_all": ours, "torch_all": theirs}
+               "speedup": max(ours) / max(theirs), "paired_median": float(np.median(paired)),
+               "paired_min": min(paired), "paired_max": max(paired), "peftc_all": ours, "torch_all": theirs}
         rows.append(row)
         print(f"batch {b}: peftc {row['peftc_img_s']:.0f} img/s, torch {row['torch_img_s']:.0f} img/s, "
-              f"peftc/torch {row['speedup']:.2f}x", flush=True)
+              f"peftc/torch {row['speedup']:.2f}x (best), {row['paired_median']:.2f}x (paired median)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"threads": THREADS, "clock": args.clock, "torch": torch.__version__, "load_average": os.getloadavg(),
@@ -265,7 +270,8 @@ def main() -> None:
     write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=1).encode())
     lines = [f"EATA adapted images/s ({args.clock} clock), peftc vs torch {torch.__version__}, {THREADS} threads each, "
              "same process "
-             f"(load average at the end {result['load_average'][0]:.1f}; best of {args.repeats} interleaved repeats). "
+             f"(load average at the end {result['load_average'][0]:.1f}; {args.repeats} interleaved repeats: best against "
+             "best, and the median of paired ratios, a peftc repeat against the torch repeat right after it). "
              f"peftc's OpenBLAS core `{result['openblas']['corename']}` (OPENBLAS_CORETYPE="
              f"{result['openblas_coretype_variable']}), OPENBLAS_THREAD_TIMEOUT {result['openblas']['thread_timeout']}.",
              "", f"Correctness before timing (two steps at lr {chk['check_lr']}, against a float64 torch oracle): "
@@ -278,9 +284,11 @@ def main() -> None:
                          f"(max abs {s['max_abs_err_peftc_vs_torch32']:.1e}), "
                          f"backward samples {s['backward_samples'][0]}/{s['backward_samples'][1]}"
                          for i, s in enumerate(chk["steps"])), "",
-             "| batch | images | peftc img/s | torch img/s | peftc/torch |", "|---|---|---|---|---|"]
+             "| batch | images | peftc img/s (best) | torch img/s (best) | peftc/torch (best) "
+             "| peftc/torch paired (median [min, max]) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['images']} | {r['peftc_img_s']:.0f} | {r['torch_img_s']:.0f} | "
-              f"{r['speedup']:.2f}x |" for r in rows]
+              f"{r['speedup']:.2f}x | {r['paired_median']:.2f}x [{r['paired_min']:.2f}, {r['paired_max']:.2f}] |"
+              for r in rows]
     write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
