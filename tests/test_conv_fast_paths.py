@@ -96,13 +96,18 @@ BLOCK_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): N just over o
 ]
 
 
-@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", BLOCK_CASES)
-def test_conv2d_batches_spanning_several_blocks_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
+def checked_forward(rng, n, ic, oc, hw, kernel, stride, padding):
+    """x, w and dy (shaped like y) of a convolution whose forward has been checked against the reference."""
     kh, kw = F._pair(kernel, "kernel")
     x, w, b = f32(rng, n, ic, *hw), f32(rng, oc, ic, kh, kw, scale=0.3), f32(rng, oc)
     y = F.conv2d_forward(x, w, b, stride, padding)
     assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
-    dy = f32(rng, *y.shape)
+    return x, w, f32(rng, *y.shape)
+
+
+@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", BLOCK_CASES)
+def test_conv2d_batches_spanning_several_blocks_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
+    x, w, dy = checked_forward(rng, n, ic, oc, hw, kernel, stride, padding)
     got = {"x": np.zeros_like(x), "w": np.zeros_like(w)}
     ref = {"x": np.zeros(x.shape), "w": np.zeros(w.shape)}
     F.conv2d_backward(dy, x, w, stride, padding, dx=got["x"], dweight=got["w"])
@@ -111,30 +116,14 @@ def test_conv2d_batches_spanning_several_blocks_match_reference(rng, n, ic, oc, 
     assert_close(got["w"], ref["w"], 1e-5, dweight_atol(dy, x, w, stride, padding), "dweight")
 
 
-GEMM_EDGE_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): the register-blocked products'
-    # edges: column counts that leave a tail of fewer than one vector, row counts that are not a
-    # multiple of the register block, and k runs longer than one 128-k panel of the tail
-    (2, 15, 7, (7, 9), 3, 2, 1),  # forward k = 135, input-gradient rows 135; 40 columns per block
-    (3, 2, 130, (5, 3), 3, 2, 1),  # input-gradient k = 130 over a 6-column tail
+PRODUCT_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding)
+    # the register-blocked products' edges: column counts that leave a tail of fewer than one vector,
+    # row counts that are not a multiple of the register block, k longer than one 128-k panel of the tail
+    (2, 15, 7, (7, 9), 3, 2, 1),  # forward k = 135, input-gradient rows 135
+    (3, 2, 130, (5, 3), 3, 2, 1),  # input-gradient k = 130 over a short tail
     (2, 131, 5, (3, 3), 1, 1, 0),  # pointwise: k = 131 forward, 9 columns each, accumulated dx
     (1, 3, 1, (1, 1), 3, 1, 1),  # one row, one column
-]
-
-
-@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", GEMM_EDGE_CASES)
-def test_conv2d_gemm_tails_and_long_k_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
-    x, w, b = f32(rng, n, ic, *hw), f32(rng, oc, ic, kernel, kernel, scale=0.3), f32(rng, oc)
-    y = F.conv2d_forward(x, w, b, stride, padding)
-    assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
-    dy = f32(rng, *y.shape)
-    dx0 = f32(rng, *x.shape)  # the input gradient is added to what dx holds
-    got, ref = dx0.copy(), dx0.astype(np.float64)
-    F.conv2d_backward(dy, None, w, stride, padding, dx=got)
-    R.conv2d_backward(dy, None, w, stride, padding, dx=ref)
-    assert_close(got, ref, 1e-5, 1e-5, "dx")
-
-
-STRIDED_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): strided sweeps without a patch matrix
+    # strided sweeps without a patch matrix
     (13, 16, 32, (28, 28), 3, 2, 1),  # forward blocks of 2 images (7, the last of 1), input gradient 5 + 5 + 3
     (2, 120, 4, (5, 5), 3, 2, 1),  # forward k = 1080 is past the implicit product's rows: patch matrix
     (2, 4, 300, (5, 5), 3, 2, 1),  # input gradient rows 300 x 4 taps likewise
@@ -142,13 +131,9 @@ STRIDED_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): strided swe
 ]
 
 
-@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", STRIDED_CASES)
-def test_conv2d_strided_sweeps_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
-    kh, kw = F._pair(kernel, "kernel")
-    x, w, b = f32(rng, n, ic, *hw), f32(rng, oc, ic, kh, kw, scale=0.3), f32(rng, oc)
-    y = F.conv2d_forward(x, w, b, stride, padding)
-    assert_close(y, R.conv2d_forward(x, w, b, stride, padding), 1e-5, 1e-5, "y")
-    dy = f32(rng, *y.shape)
+@pytest.mark.parametrize("n,ic,oc,hw,kernel,stride,padding", PRODUCT_CASES)
+def test_conv2d_product_edges_and_strided_sweeps_match_reference(rng, n, ic, oc, hw, kernel, stride, padding):
+    x, w, dy = checked_forward(rng, n, ic, oc, hw, kernel, stride, padding)
     got = f32(rng, *x.shape)  # the input gradient is added to what dx holds
     ref = got.astype(np.float64)
     F.conv2d_backward(dy, None, w, stride, padding, dx=got)

@@ -137,46 +137,38 @@ static PyObject *py_sumsq(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(out);
 }
 
-static PyObject *py_scale_inplace(PyObject *self, PyObject *args)
+/* the wrappers of the kernels that take one flat array, updated, and one float: scale_inplace, fill */
+static PyObject *flat_scalar_call(PyObject *args, const char *format, const char *fn,
+                                  peftc_status (*kernel)(float *, float, int64_t))
 {
-    (void)self;
     PyObject *o_x;
-    float alpha;
-    if (!PyArg_ParseTuple(args, "Of:scale_inplace", &o_x, &alpha))
+    float value;
+    if (!PyArg_ParseTuple(args, format, &o_x, &value))
         return NULL;
     ArgCheck ck;
-    arg_init(&ck, "scale_inplace");
+    arg_init(&ck, fn);
     float *x;
     if (arg_f32(&ck, "x", o_x, "*", ARG_OUT, &x) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_scale_inplace(x, alpha, arg_dim(&ck, "P"));
+    st = kernel(x, value, arg_dim(&ck, "P"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
 }
 
+static PyObject *py_scale_inplace(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return flat_scalar_call(args, "Of:scale_inplace", "scale_inplace", peftc_scale_inplace);
+}
+
 static PyObject *py_fill(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *o_x;
-    float value;
-    if (!PyArg_ParseTuple(args, "Of:fill", &o_x, &value))
-        return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "fill");
-    float *x;
-    if (arg_f32(&ck, "x", o_x, "*", ARG_OUT, &x) < 0)
-        return NULL;
-    peftc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = peftc_fill(x, value, arg_dim(&ck, "P"));
-    Py_END_ALLOW_THREADS
-    if (st != PEFTC_OK)
-        return arg_status_error(ck.fn, st);
-    Py_RETURN_NONE;
+    return flat_scalar_call(args, "Of:fill", "fill", peftc_fill);
 }
 
 PyMethodDef peftc_py_train_methods[] = {
