@@ -100,6 +100,28 @@ static int phase_read(int64_t p, int64_t K, int64_t S, int64_t P)
     return 0;
 }
 
+/* dst[j] = src[j * stride] for j < n (a phase row gathered from an image row) */
+static void strided_copy(float *dst, const float *src, int64_t n, int64_t stride)
+{
+    if (stride == 2) /* a constant stride, which the compiler vectorises */
+        for (int64_t j = 0; j < n; j++)
+            dst[j] = src[2 * j];
+    else
+        for (int64_t j = 0; j < n; j++)
+            dst[j] = src[j * stride];
+}
+
+/* dst[j * stride] += src[j] for j < n (a phase row added back into an image row) */
+static void strided_add(float *dst, const float *src, int64_t n, int64_t stride)
+{
+    if (stride == 2)
+        for (int64_t j = 0; j < n; j++)
+            dst[2 * j] += src[j];
+    else
+        for (int64_t j = 0; j < n; j++)
+            dst[j * stride] += src[j];
+}
+
 /* dx NULL: ph (IC, IH*IW) in phase-plane order from x (IC, IH, IW), overwritten (planes no tap reads
  * skipped). Else back: dx (IC, IH, IW) += ph over the planes some tap reads. */
 static void move_phases(float *ph, const float *x, float *dx, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
@@ -114,18 +136,10 @@ static void move_phases(float *ph, const float *x, float *dx, int64_t IC, int64_
                 for (int64_t i = 0; i < t.HP; i++) {
                     const int64_t at = (c * IH + p + i * SH) * IW + q;
                     float *pl = ph + c * IH * IW + t.off + i * t.WP;
-                    if (dx && SW == 2)
-                        for (int64_t j = 0; j < t.WP; j++)
-                            dx[at + 2 * j] += pl[j];
-                    else if (dx)
-                        for (int64_t j = 0; j < t.WP; j++)
-                            dx[at + j * SW] += pl[j];
-                    else if (SW == 2)
-                        for (int64_t j = 0; j < t.WP; j++)
-                            pl[j] = x[at + 2 * j];
+                    if (dx)
+                        strided_add(dx + at, pl, t.WP, SW);
                     else
-                        for (int64_t j = 0; j < t.WP; j++)
-                            pl[j] = x[at + j * SW];
+                        strided_copy(pl, x + at, t.WP, SW);
                 }
         }
 }
@@ -246,6 +260,18 @@ static int64_t mul_or_neg(int64_t a, int64_t b)
 #define IMPLICIT_MAX_TAPS 64   /* taps of a kernel */
 #define IMPLICIT_MAX_ROWS 1024 /* B rows of one phase's product: OC x its taps */
 
+/* The taps (kh*KW + kw, into tk, which holds KH*KW) that read phase (p, q); returns their count */
+static int64_t phase_taps(int64_t *tk, int64_t p, int64_t q, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                          int64_t PH, int64_t PW)
+{
+    int64_t T = 0;
+    for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++)
+            if (floor_mod(kh - PH, SH) == p && floor_mod(kw - PW, SW) == q)
+                tk[T++] = kh * KW + kw;
+    return T;
+}
+
 typedef struct {
     int64_t a, b, R, CW;    /* dy's placement (rows a.., columns b..) in its padded plane (R, CW) */
     int64_t HP, WP;         /* the largest phase plane (phase 0, 0) */
@@ -267,14 +293,13 @@ static implicit_geom implicit_geometry(int64_t N, int64_t IC, int64_t IH, int64_
     g.R = g.a + (OH > g.HP - lo.dh ? OH : g.HP - lo.dh) + 1;
     g.CW = g.b + (OW > g.WP - lo.dw ? OW : g.WP - lo.dw);
     g.most_taps = 0;
-    for (int64_t p = 0; p < SH; p++)
-        for (int64_t q = 0; q < SW; q++) {
-            int64_t taps = 0;
-            for (int64_t kh = 0; kh < KH; kh++)
-                for (int64_t kw = 0; kw < KW; kw++)
-                    taps += floor_mod(kh - PH, SH) == p && floor_mod(kw - PW, SW) == q;
-            g.most_taps = taps > g.most_taps ? taps : g.most_taps;
-        }
+    if (KH * KW <= IMPLICIT_MAX_TAPS)
+        for (int64_t p = 0; p < SH; p++)
+            for (int64_t q = 0; q < SW; q++) {
+                int64_t tk[IMPLICIT_MAX_TAPS];
+                const int64_t taps = phase_taps(tk, p, q, KH, KW, SH, SW, PH, PW);
+                g.most_taps = taps > g.most_taps ? taps : g.most_taps;
+            }
     /* a block's padded dy and one phase's output near CONV_BLOCK_FLOATS */
     const int64_t per_image = (OC * g.R + IC * g.HP) * g.CW;
     g.nb = per_image > 0 && per_image < CONV_BLOCK_FLOATS ? CONV_BLOCK_FLOATS / per_image : 1;
@@ -310,6 +335,35 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
 {
     const int64_t nb = g->nb, RS = nb * g->CW, PS = g->R * RS, S = OH * OW; /* row and plane strides of dyp */
     float *dyp = work, *wts = dyp + OC * PS, *out = wts + IC * OC * KH * KW;
+    /* the phases some tap reads, each with its taps (those of all phases side by side in taps) and its
+     * weights (IC, OC x T) at wp: w[o, c, tap t] at column o*T + t */
+    struct {
+        int64_t p, q, first, T;
+        const float *wp;
+    } phases[IMPLICIT_MAX_TAPS];
+    conv_tap taps[IMPLICIT_MAX_TAPS];
+    int64_t nphases = 0, ntaps = 0;
+    float *wp = wts;
+    for (int64_t p = 0; p < SH; p++)
+        for (int64_t q = 0; q < SW; q++) {
+            int64_t tk[IMPLICIT_MAX_TAPS];
+            const int64_t T = phase_taps(tk, p, q, KH, KW, SH, SW, PH, PW);
+            if (T == 0 || phase_extent(IH, p, SH) == 0 || phase_extent(IW, q, SW) == 0)
+                continue;
+            for (int64_t t = 0; t < T; t++)
+                taps[ntaps + t] = tap_at(tk[t] / KW, tk[t] % KW, IH, IW, SH, SW, PH, PW);
+            for (int64_t c = 0; c < IC; c++)
+                for (int64_t o = 0; o < OC; o++)
+                    for (int64_t t = 0; t < T; t++)
+                        wp[c * OC * T + o * T + t] = w[(o * IC + c) * KH * KW + tk[t]];
+            phases[nphases].p = p;
+            phases[nphases].q = q;
+            phases[nphases].first = ntaps;
+            phases[nphases].T = T;
+            phases[nphases++].wp = wp;
+            ntaps += T;
+            wp += IC * OC * T;
+        }
     const float *rows[IMPLICIT_MAX_ROWS];
     memset(dyp, 0, (size_t)(OC * PS) * sizeof(float)); /* the border stays zero; each block fills the inside */
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
@@ -319,44 +373,21 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
                 for (int64_t oh = 0; oh < OH; oh++)
                     memcpy(dyp + o * PS + (g->a + oh) * RS + i * g->CW + g->b, dy + ((i0 + i) * OC + o) * S + oh * OW,
                            (size_t)OW * sizeof(float));
-        float *wp = wts;
-        for (int64_t p = 0; p < SH; p++)
-            for (int64_t q = 0; q < SW; q++) {
-                conv_tap taps[IMPLICIT_MAX_TAPS];
-                int64_t tk[IMPLICIT_MAX_TAPS], T = 0;
-                for (int64_t kh = 0; kh < KH; kh++)
-                    for (int64_t kw = 0; kw < KW; kw++)
-                        if (floor_mod(kh - PH, SH) == p && floor_mod(kw - PW, SW) == q) {
-                            taps[T] = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
-                            tk[T++] = kh * KW + kw;
-                        }
-                if (T == 0 || taps[0].HP == 0 || taps[0].WP == 0)
-                    continue;
-                if (i0 == 0) /* phase (p, q)'s weights (IC, OC x T), once: w[o, c, tap t] at column o*T + t */
-                    for (int64_t c = 0; c < IC; c++)
-                        for (int64_t o = 0; o < OC; o++)
-                            for (int64_t t = 0; t < T; t++)
-                                wp[c * OC * T + o * T + t] = w[(o * IC + c) * KH * KW + tk[t]];
-                for (int64_t o = 0; o < OC; o++)
-                    for (int64_t t = 0; t < T; t++)
-                        rows[o * T + t] = dyp + o * PS + (g->a - taps[t].dh) * RS + (g->b - taps[t].dw);
-                /* out (IC, HP*nb*CW) = wp (IC, OC*T) [dy views] (OC*T, HP*nb*CW): M=IC, K=OC*T, lda=OC*T */
-                const int64_t HP = taps[0].HP, WP = taps[0].WP, M = HP * RS;
-                peftc_small_gemm_ab_rows(out, wp, rows, 0, IC, M, OC * T, OC * T, M);
-                for (int64_t i = 0; i < bn; i++)
-                    for (int64_t c = 0; c < IC; c++)
-                        for (int64_t r = 0; r < HP; r++) {
-                            float *d = dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
-                            const float *src = out + c * M + r * RS + i * g->CW;
-                            if (SW == 2)
-                                for (int64_t j = 0; j < WP; j++)
-                                    d[2 * j] += src[j];
-                            else
-                                for (int64_t j = 0; j < WP; j++)
-                                    d[j * SW] += src[j];
-                        }
-                wp += IC * OC * T;
-            }
+        for (int64_t f = 0; f < nphases; f++) {
+            const int64_t p = phases[f].p, q = phases[f].q, T = phases[f].T;
+            const conv_tap *tp = taps + phases[f].first;
+            for (int64_t o = 0; o < OC; o++)
+                for (int64_t t = 0; t < T; t++)
+                    rows[o * T + t] = dyp + o * PS + (g->a - tp[t].dh) * RS + (g->b - tp[t].dw);
+            /* out (IC, HP*nb*CW) = wp (IC, OC*T) [dy views] (OC*T, HP*nb*CW): M=IC, K=OC*T, lda=OC*T */
+            const int64_t HP = tp[0].HP, M = HP * RS;
+            peftc_small_gemm_ab_rows(out, phases[f].wp, rows, 0, IC, M, OC * T, OC * T, M);
+            for (int64_t i = 0; i < bn; i++)
+                for (int64_t c = 0; c < IC; c++)
+                    for (int64_t r = 0; r < HP; r++)
+                        strided_add(dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q,
+                                    out + c * M + r * RS + i * g->CW, tp[0].WP, SW);
+        }
     }
 }
 
@@ -414,13 +445,13 @@ static void implicit_forward(float *y, float *work, const float *x, const float 
     float *pl = work, *out = pl + IC * SH * SW * PS;
     const float *rows[IMPLICIT_MAX_ROWS];
     memset(pl, 0, (size_t)(IC * SH * SW * PS) * sizeof(float)); /* the border stays zero */
-    for (int64_t c = 0; c < IC; c++)
-        for (int64_t kh = 0; kh < KH; kh++)
-            for (int64_t kw = 0; kw < KW; kw++) {
-                const conv_tap t = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
-                const int64_t ph = (c * SH + floor_mod(kh - PH, SH)) * SW + floor_mod(kw - PW, SW);
-                rows[(c * KH + kh) * KW + kw] = pl + ph * PS + (t.dh + g->a) * RS + (t.dw + g->b);
-            }
+    for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const conv_tap t = tap_at(kh, kw, IH, IW, SH, SW, PH, PW);
+            const int64_t phase = floor_mod(kh - PH, SH) * SW + floor_mod(kw - PW, SW);
+            for (int64_t c = 0; c < IC; c++)
+                rows[(c * KH + kh) * KW + kw] = pl + (c * SH * SW + phase) * PS + (t.dh + g->a) * RS + (t.dw + g->b);
+        }
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         const int64_t bn = n - i0 < nb ? n - i0 : nb;
         for (int64_t p = 0; p < SH; p++)
@@ -433,16 +464,9 @@ static void implicit_forward(float *y, float *work, const float *x, const float 
                 const int64_t cols_used = WP < g->CW - g->b ? WP : g->CW - g->b;
                 for (int64_t i = 0; i < bn; i++)
                     for (int64_t c = 0; c < IC; c++)
-                        for (int64_t r = 0; r < rows_used; r++) {
-                            const float *src = x + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
-                            float *d = pl + ((c * SH + p) * SW + q) * PS + (r + g->a) * RS + i * g->CW + g->b;
-                            if (SW == 2)
-                                for (int64_t j = 0; j < cols_used; j++)
-                                    d[j] = src[2 * j];
-                            else
-                                for (int64_t j = 0; j < cols_used; j++)
-                                    d[j] = src[j * SW];
-                        }
+                        for (int64_t r = 0; r < rows_used; r++)
+                            strided_copy(pl + ((c * SH + p) * SW + q) * PS + (r + g->a) * RS + i * g->CW + g->b,
+                                         x + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q, cols_used, SW);
             }
         /* out (OC, OH*nb*CW) = w (OC, K) [patch views] (K, OH*nb*CW): M=OC, K=IC*KH*KW, lda=K */
         peftc_small_gemm_ab_rows(out, w, rows, 0, OC, OH * RS, K, K, OH * RS);
