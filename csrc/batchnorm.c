@@ -12,6 +12,7 @@
 
 #include "parallel.h"
 #include "peftc.h"
+#include "vec.h"
 
 static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
@@ -19,26 +20,24 @@ static int bn_sizes_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW)
 }
 
 /* Sums over the N planes of a channel, S values each, run in LANES float lanes per plane (GCC/Clang
- * generic vectors as wide as the target's registers; __builtin_shufflevector needs GCC 12 or Clang),
+ * vectors of vec.h, as wide as the target's registers; __builtin_shufflevector needs GCC 12 or Clang),
  * each plane's lanes then widened and added lane by lane into LANES double lanes, which are summed
  * once per channel. Reducing every plane's lanes to one double instead is a chain of LANES dependent
  * adds per plane, longer than the plane's own work at S = 49. A plane's last S % LANES values join the
  * float lanes as one more vector with its other lanes masked to zero. */
-#if defined(__AVX512F__)
-#define LANES 16
+#define LANES PEFTC_VL
+#if LANES == 16
 #define LOW_LANES 0, 1, 2, 3, 4, 5, 6, 7
 #define HIGH_LANES 8, 9, 10, 11, 12, 13, 14, 15
-#elif defined(__AVX__)
-#define LANES 8
+#elif LANES == 8
 #define LOW_LANES 0, 1, 2, 3
 #define HIGH_LANES 4, 5, 6, 7
 #else
-#define LANES 4
 #define LOW_LANES 0, 1
 #define HIGH_LANES 2, 3
 #endif
 
-typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
+typedef peftc_vf lanes_f;
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
 typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
 /* LANES double lanes as two vectors of the target's width: one vector of LANES doubles would be wider
@@ -46,13 +45,6 @@ typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
 typedef struct {
     half_d lo, hi;
 } lanes_d;
-
-static inline lanes_f load_lanes(const float *p)
-{
-    lanes_f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 static inline lanes_f broadcast(float a)
 {
@@ -79,11 +71,11 @@ static inline lanes_i tail_live(int64_t n)
 static inline lanes_f tail_load(const float *p, int64_t S)
 {
     if (S >= LANES)
-        return load_lanes(p + S - LANES);
+        return vec_load(p + S - LANES);
     float t[LANES] = {0.0f};
     for (int64_t j = 0; j < S; j++)
         t[LANES - S + j] = p[j];
-    return load_lanes(t);
+    return vec_load(t);
 }
 
 /* Brings the plane ahead into the cache while the current one is summed: a channel's planes are
@@ -135,7 +127,7 @@ static inline void plane_sum(lanes_d *tot, const float *p, int64_t S)
     lanes_f acc = {0};
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES)
-        acc += load_lanes(p + s);
+        acc += vec_load(p + s);
     if (s < S)
         acc += keep(tail_load(p, S), tail_live(S - s));
     lanes_add(tot, acc);
@@ -148,7 +140,7 @@ static inline void plane_sqdev(lanes_d *tot, const float *p, float m, int64_t S)
     const lanes_f mv = broadcast(m);
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES) {
-        const lanes_f d = load_lanes(p + s) - mv;
+        const lanes_f d = vec_load(p + s) - mv;
         acc += d * d;
     }
     if (s < S) {
@@ -186,9 +178,9 @@ static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, c
     const lanes_f mv = broadcast(m);
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES) {
-        const lanes_f g = y ? masked_grad_lanes(load_lanes(dy + s), load_lanes(y + s)) : load_lanes(dy + s);
+        const lanes_f g = y ? masked_grad_lanes(vec_load(dy + s), vec_load(y + s)) : vec_load(dy + s);
         a += g;
-        b += g * (load_lanes(x + s) - mv);
+        b += g * (vec_load(x + s) - mv);
     }
     if (s < S) {
         const lanes_i live = tail_live(S - s);

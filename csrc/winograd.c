@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "small_gemm.h"
+#include "vec.h"
 
 /* floats aimed at for the transforms V and products M of one row of tiles of a block: 512 KB, which
  * stays in a core's L2 from the input transform through the GEMMs to the output transform */
@@ -72,48 +73,20 @@ static void transform_kernels(float *U, const float *w, int flip, int64_t CI, in
         }
 }
 
-/* The tile transforms run over the images of a block VL at a time, a tile's 16 points held in
- * vector registers: V = B^T d B in, y = A^T m A out. VL follows the target's registers; the last
- * partial group goes through zero-padded copies. The adds are those of the 4-point steps
+/* The tile transforms run over the images of a block PEFTC_VL at a time, a tile's 16 points held in
+ * vector registers (vec.h): V = B^T d B in, y = A^T m A out; the last partial group goes through
+ * zero-padded copies. The adds are those of the 4-point steps
  * (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) for B^T and (o0, o1) = (a + b + e, b - e - f) for
  * A^T, rows first, then columns. */
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-
-/* n <= VL floats of src as a vector, zero past n (a whole vector: one load) */
-static inline vf load_part(const float *src, int64_t n)
-{
-    vf v = {0.0f};
-    if (n == VL)
-        memcpy(&v, src, sizeof v);
-    else
-        memcpy(&v, src, (size_t)n * sizeof(float));
-    return v;
-}
-
-static inline void store_part(float *dst, vf v, int64_t n)
-{
-    if (n == VL)
-        memcpy(dst, &v, sizeof v);
-    else
-        memcpy(dst, &v, (size_t)n * sizeof(float));
-}
-
 /* v[p] + i0 for the 16 points p (row stride vs) = B^T d B of the tile whose input rows d[k] (k = 4 r + c)
  * are read at + i0, for images [i0, i0 + bn) */
 static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t bn)
 {
-    for (int64_t i0 = 0; i0 < bn; i0 += VL) {
-        const int64_t n = bn - i0 < VL ? bn - i0 : VL;
-        vf x[16], t[16];
+    for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
+        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
+        peftc_vf x[16], t[16];
         for (int k = 0; k < 16; k++)
-            x[k] = load_part(d[k] + i0, n);
+            x[k] = vec_load_part(d[k] + i0, n);
         for (int c = 0; c < 4; c++) {
             t[c] = x[c] - x[8 + c];
             t[4 + c] = x[4 + c] + x[8 + c];
@@ -121,10 +94,10 @@ static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t b
             t[12 + c] = x[4 + c] - x[12 + c];
         }
         for (int r = 0; r < 4; r++) {
-            store_part(v + (4 * r) * vs + i0, t[4 * r] - t[4 * r + 2], n);
-            store_part(v + (4 * r + 1) * vs + i0, t[4 * r + 1] + t[4 * r + 2], n);
-            store_part(v + (4 * r + 2) * vs + i0, t[4 * r + 2] - t[4 * r + 1], n);
-            store_part(v + (4 * r + 3) * vs + i0, t[4 * r + 1] - t[4 * r + 3], n);
+            vec_store_part(v + (4 * r) * vs + i0, t[4 * r] - t[4 * r + 2], n);
+            vec_store_part(v + (4 * r + 1) * vs + i0, t[4 * r + 1] + t[4 * r + 2], n);
+            vec_store_part(v + (4 * r + 2) * vs + i0, t[4 * r + 2] - t[4 * r + 1], n);
+            vec_store_part(v + (4 * r + 3) * vs + i0, t[4 * r + 1] - t[4 * r + 3], n);
         }
     }
 }
@@ -133,18 +106,18 @@ static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t b
  * to y[2 r + c] + i0, for images [i0, i0 + bn) */
 static void output_tile(float *const y[4], const float *m, int64_t ms, int64_t bn)
 {
-    for (int64_t i0 = 0; i0 < bn; i0 += VL) {
-        const int64_t n = bn - i0 < VL ? bn - i0 : VL;
-        vf x[16], t[8];
+    for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
+        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
+        peftc_vf x[16], t[8];
         for (int k = 0; k < 16; k++)
-            x[k] = load_part(m + k * ms + i0, n);
+            x[k] = vec_load_part(m + k * ms + i0, n);
         for (int c = 0; c < 4; c++) {
             t[c] = x[c] + x[4 + c] + x[8 + c];
             t[4 + c] = x[4 + c] - x[8 + c] - x[12 + c];
         }
         for (int r = 0; r < 2; r++) {
-            store_part(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2], n);
-            store_part(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3], n);
+            vec_store_part(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2], n);
+            vec_store_part(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3], n);
         }
     }
 }
@@ -154,13 +127,11 @@ static void output_tile(float *const y[4], const float *m, int64_t ms, int64_t b
  * rounds of two-vector permutes (each round swaps the off-diagonal blocks of size 8, 4, 2, 1); without
  * it, element by element. Either way the same values, so the same bits. */
 #define TILE 16
-#if defined(__AVX512F__)
-typedef float v16 __attribute__((vector_size(TILE * sizeof(float))));
-
+#if PEFTC_VL == TILE
 #define SWAP_ROUND(H, LO, HI)                                                                                    \
     for (int i = 0; i < TILE; i++)                                                                               \
         if (!(i & (H))) {                                                                                        \
-            const v16 a = r[i], b = r[i + (H)];                                                                  \
+            const peftc_vf a = r[i], b = r[i + (H)];                                                             \
             r[i] = __builtin_shufflevector(a, b, LO);                                                            \
             r[i + (H)] = __builtin_shufflevector(a, b, HI);                                                      \
         }
@@ -175,7 +146,7 @@ typedef float v16 __attribute__((vector_size(TILE * sizeof(float))));
 
 static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, float bias, int accumulate)
 {
-    v16 r[TILE];
+    peftc_vf r[TILE];
     for (int i = 0; i < TILE; i++)
         memcpy(&r[i], src + i * lds, sizeof r[i]);
     SWAP_ROUND(8, LO8, HI8)
@@ -183,7 +154,7 @@ static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t ld
     SWAP_ROUND(2, LO2, HI2)
     SWAP_ROUND(1, LO1, HI1)
     for (int j = 0; j < TILE; j++) {
-        v16 v = r[j] + bias, d;
+        peftc_vf v = r[j] + bias, d;
         if (accumulate) {
             memcpy(&d, dst + j * ldd, sizeof d);
             v = d + v;
@@ -215,7 +186,10 @@ static void transpose_add(float *dst, int64_t ldd, const float *src, int64_t lds
 }
 
 /* images innermost: X (K, bn) from x (bn, K) */
-static void transpose_in(float *X, const float *x, int64_t bn, int64_t K) { transpose_add(X, bn, x, K, bn, K, 0.0f, 0); }
+static void transpose_in(float *X, const float *x, int64_t bn, int64_t K)
+{
+    transpose_add(X, bn, x, K, bn, K, 0.0f, 0);
+}
 
 /* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] */
 static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t CO,
