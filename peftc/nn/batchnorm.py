@@ -27,6 +27,8 @@ class BatchNorm2d(Module):
     plain arrays (not Parameters), reachable through :meth:`named_buffers` and saved in :meth:`state_dict`.
     """
 
+    _forward_kernel = staticmethod(F.batchnorm2d_forward)  # BatchNormReLU2d: the fused kernel
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True) -> None:
         if not 0.0 <= momentum <= 1.0 or not eps > 0.0:
@@ -87,9 +89,9 @@ class BatchNorm2d(Module):
         batch_stats = mode != "eval"
         update = mode == "train" and self.running_mean is not None
         run = (self.running_mean, self.running_var) if (update or not batch_stats) else (None, None)
-        y, mean, rstd = F.batchnorm2d_forward(x, *run, self.weight.data if self.weight is not None else None,
-                                              self.bias.data if self.bias is not None else None, batch_stats,
-                                              self.momentum, self.eps)
+        y, mean, rstd = self._forward_kernel(x, *run, self.weight.data if self.weight is not None else None,
+                                             self.bias.data if self.bias is not None else None, batch_stats,
+                                             self.momentum, self.eps)
         if update:
             self.num_batches_tracked += 1
         self._cache = (x, mean, rstd, batch_stats)
@@ -104,7 +106,7 @@ class BatchNorm2d(Module):
         kernel, which stands for that ReLU's backward without its pass and buffer.
         """
         if self._cache is None:
-            raise RuntimeError("BatchNorm2d.backward called before forward")
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
         dx = F.zeros(x.shape) if input_grad else None
         weight = self.weight.data if self.weight is not None else None
