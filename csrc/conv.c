@@ -1,6 +1,6 @@
 /* conv.c: 2-D convolution (NCHW, dilation 1, one group) forward and backward.
  *   - 3x3 stride-1 sweeps with at least 8 channels each side: the forward and the input gradient
- *     through Winograd F(2x2, 3x3) (winograd.c).
+ *     through Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.c).
  *   - A 1x1, stride-1, unpadded convolution is already a GEMM on each image.
  *   - Other forwards, and the input gradients of strided sweeps, without a patch matrix: products whose
  *     B rows are shifted views of zero-bordered copies of the (phase planes of the) images, or of dy
@@ -483,7 +483,7 @@ static void implicit_forward(float *y, float *work, const float *x, const float 
     }
 }
 
-/* Winograd F(2x2, 3x3) for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
+/* Winograd for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
  * at most 2), once both channel counts are large enough for the GEMMs to outweigh the transforms. */
 static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                         int64_t PW)
@@ -510,12 +510,12 @@ static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
 
 /* Images per block of the forward (input_grad == 0) or of the input gradient of the Winograd and patch
  * paths: the unit of work by which the images are split into parts. */
-static int64_t sweep_block(int input_grad, int64_t N, int64_t IC, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
-                           int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
+static int64_t sweep_block(int input_grad, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                           int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW)
 {
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
-        return input_grad ? peftc_winograd3x3_block(N, OC, OW, IC, 2 - PW)
-                          : peftc_winograd3x3_block(N, IC, IW, OC, PW);
+        return input_grad ? peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW)
+                          : peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW);
     return is_pointwise(KH, KW, SH, SW, PH, PW) ? 1 : im2col_block(N, IC * KH * KW, OC, OH * OW);
 }
 
@@ -560,20 +560,21 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
     }
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW)) {
         const int64_t OW = S / OH;
-        /* one image of the forward (IC -> OC) or of the input gradient (OC -> IC), as a bound */
+        /* one image of the forward (IC -> OC) or of the input gradient (OC -> IC), as a bound (a plane of
+         * F(2x2, 3x3) tiles holds more points than a row of F(4x4, 3x3) ones) */
         const int64_t planes = mul_or_neg(IC + OC, mul_or_neg(IH + 4, IW + 4));
         const int64_t per_image = mul_or_neg(mul_or_neg(16, IC + OC), mul_or_neg((IH + 5) / 2, (IW + 5) / 2));
-        const int64_t kernels = mul_or_neg(16, mul_or_neg(IC, OC));
+        const int64_t kernels = mul_or_neg(36, mul_or_neg(IC, OC));
         /* a block is at least 16 images, or the budget plus 8 images */
         const int64_t block = per_image < 0 || planes < 0 || per_image > INT64_MAX - planes - 3
                                   ? -1
                                   : mul_or_neg(per_image + planes + 3, 16);
         if (block < 0 || kernels < 0 || kernels > INT64_MAX - block - (1 << 21))
             return -1;
-        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IW, OC, PW), IC,
+        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC,
                                                              IH, IW, OC, PH, PW);
         const int64_t bwd = peftc_winograd3x3_workspace_size(
-            peftc_winograd3x3_block(N, OC, OW, IC, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
+            peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
         need = fwd > need ? fwd : need;
         need = bwd > need ? bwd : need;
     }
@@ -594,7 +595,7 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
      * runs on the calling thread in the first part's */
     int64_t parts = 1;
     for (int g = 0; g < 2 && N > 0; g++) {
-        const int64_t nb = sweep_block(g, N, IC, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+        const int64_t nb = sweep_block(g, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
         const int64_t p = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
         parts = p > parts ? p : parts;
     }
@@ -735,7 +736,7 @@ static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_
 {
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
-    const int64_t nb = sweep_block(input_grad, N, IC, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
+    const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
     return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
                       .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,

@@ -112,7 +112,8 @@ peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 
 /* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
  * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
- * forward and the input gradient by Winograd F(2x2, 3x3); every other sweep, and every weight gradient,
+ * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within about
+ * 2e-6 of sum |x| |w|, see winograd.h); every other sweep, and every weight gradient,
  * runs im2col and one GEMM per block of images. The scratch holds one block's tiles or patch matrix
  * and is shared by forward and backward; its size is -1 for sizes a convolution rejects or that
  * overflow. */

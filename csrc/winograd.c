@@ -1,12 +1,12 @@
-/* winograd.c: 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) (Lavin and Gray, 2016) for conv.c:
- * the forward, and the input gradient as the same correlation with the flipped, transposed kernel.
- * Images are processed in blocks. A block is first transposed so that the image index is innermost
- * (CI, H, W, nb); each overlapping 4x4 input tile (stride 2, zero outside the plane) is transformed to
- * V = B^T d B for all nb images at once, so every transform loop is a unit-stride loop over images;
- * the 16 transform points become 16 GEMMs M = U V over the channels (U = G g G^T, the transformed
- * kernels); each 4x4 tile of M goes back to a 2x2 output tile as A^T M A, again for all images at once,
- * and the block is transposed back. Edge tiles read zeros, and their outputs outside the plane go to a
- * discard row. No weight-gradient path here (conv.c keeps im2col for it). */
+/* winograd.c: 3x3 stride-1 convolution by Winograd's F(4x4, 3x3) or F(2x2, 3x3) (Lavin and Gray, 2016)
+ * for conv.c: the forward, and the input gradient as the same correlation with the flipped, transposed
+ * kernel. Images are processed in blocks. A block is first transposed so that the image index is
+ * innermost (CI, H, W, nb); each overlapping (m+2)x(m+2) input tile (stride m, zero outside the plane)
+ * is transformed to V = B^T d B for all nb images at once, so every transform loop is a unit-stride loop
+ * over images; the (m+2)^2 transform points become as many GEMMs M = U V over the channels (U = G g G^T,
+ * the transformed kernels); each tile of M goes back to an m x m output tile as A^T M A, again for all
+ * images at once, and the block is transposed back. Edge tiles read zeros, and their outputs outside
+ * the plane go to a discard row. No weight-gradient path here (conv.c keeps im2col for it). */
 #include "winograd.h"
 
 #include <string.h>
@@ -18,7 +18,18 @@
  * stays in a core's L2 from the input transform through the GEMMs to the output transform */
 #define WINOGRAD_ROW_FLOATS (1 << 17)
 
-static int64_t tiles(int64_t n) { return (n + 1) / 2; }
+static int64_t tiles(int64_t n, int m) { return (n + m - 1) / m; }
+
+/* The output tile side m for an OH x OW output: F(4x4, 3x3) (6x6 input tiles, 36 products per 16
+ * outputs) unless its partial edge tiles make it dearer than F(2x2, 3x3) (4x4 tiles, 16 per 4), which
+ * also takes ties: its results are about ten times closer to the direct sum (both within a few
+ * float32 ulp of sum |x| |w|; see winograd.h). */
+static int tile_side(int64_t OH, int64_t OW)
+{
+    return 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4) < 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2)
+               ? 4
+               : 2;
+}
 
 /* floats between the end of one transform point's rows in V or M and the start of the next: a tile
  * reads or writes all 16 points, and at a power-of-two multiple of 4 KB apart they would share cache
@@ -26,56 +37,66 @@ static int64_t tiles(int64_t n) { return (n + 1) / 2; }
 #define POINT_SKEW 48
 
 /* floats per image of a block: V and M of one row of tiles, the transposed input and output, and one
- * float each of the zero row and the two discard rows */
-static int64_t per_image(int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t OH, int64_t OW)
+ * float each of the zero row and the discard row */
+static int64_t per_image(int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t OH, int64_t OW, int m)
 {
-    return 16 * (CI + CO) * tiles(OW) + CI * H * W + CO * OH * OW + 3;
+    return (m + 2) * (m + 2) * (CI + CO) * tiles(OW, m) + CI * H * W + CO * OH * OW + 2;
 }
 
 int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
                                          int64_t PW)
 {
-    return 16 * CO * CI + 2 * 16 * POINT_SKEW + nb * per_image(CI, H, W, CO, H + 2 * PH - 2, W + 2 * PW - 2);
+    const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
+    const int m = tile_side(OH, OW), P = (m + 2) * (m + 2);
+    return P * CO * CI + 2 * P * POINT_SKEW + nb * per_image(CI, H, W, CO, OH, OW, m);
 }
 
-int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t W, int64_t CO, int64_t PW)
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
 {
     /* a multiple of 16 images (the AVX-512 float lanes of the transform loops), the nearest to the budget */
-    const int64_t row = 16 * (CI + CO) * tiles(W + 2 * PW - 2);
+    const int64_t OW = W + 2 * PW - 2;
+    const int m = tile_side(H + 2 * PH - 2, OW);
+    const int64_t row = (m + 2) * (m + 2) * (CI + CO) * tiles(OW, m);
     int64_t nb = (row > 0 ? WINOGRAD_ROW_FLOATS / row + 8 : 16) / 16 * 16;
     nb = nb < 16 ? 16 : nb;
     return nb > N ? (N < 1 ? 1 : N) : nb;
 }
 
-/* U (16, CO, CI): point p of G k G^T for every kernel k(co, ci), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
-static void transform_kernels(float *U, const float *w, int flip, int64_t CI, int64_t CO)
+/* U (P, CO, CI): point p of G k G^T for every kernel k(co, ci); F(2x2, 3x3): G = [1 0 0; .5 .5 .5;
+ * .5 -.5 .5; 0 0 1]; F(4x4, 3x3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6;
+ * 1/24 -1/12 1/6; 0 0 1], applied in double and rounded once */
+static void transform_kernels(float *U, const float *w, int flip, int64_t CI, int64_t CO, int m)
 {
+    static const double G2[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
+    static const double G4[6][3] = {{1.0 / 4, 0, 0},
+                                    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                    {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                    {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                    {0, 0, 1}};
+    const int a = m + 2;
     for (int64_t co = 0; co < CO; co++)
         for (int64_t ci = 0; ci < CI; ci++) {
-            float g[9], t[12], u[16];
+            double g[9], t[6][3];
             const float *k = flip ? w + (ci * CO + co) * 9 : w + (co * CI + ci) * 9;
             for (int i = 0; i < 9; i++)
                 g[i] = flip ? k[8 - i] : k[i];
-            for (int c = 0; c < 3; c++) {
-                t[c] = g[c];
-                t[3 + c] = 0.5f * (g[c] + g[3 + c] + g[6 + c]);
-                t[6 + c] = 0.5f * (g[c] - g[3 + c] + g[6 + c]);
-                t[9 + c] = g[6 + c];
-            }
-            for (int r = 0; r < 4; r++) {
-                u[4 * r] = t[3 * r];
-                u[4 * r + 1] = 0.5f * (t[3 * r] + t[3 * r + 1] + t[3 * r + 2]);
-                u[4 * r + 2] = 0.5f * (t[3 * r] - t[3 * r + 1] + t[3 * r + 2]);
-                u[4 * r + 3] = t[3 * r + 2];
-            }
-            for (int p = 0; p < 16; p++)
-                U[(p * CO + co) * CI + ci] = u[p];
+            for (int r = 0; r < a; r++)
+                for (int c = 0; c < 3; c++) {
+                    const double *G = m == 2 ? G2[r] : G4[r];
+                    t[r][c] = G[0] * g[c] + G[1] * g[3 + c] + G[2] * g[6 + c];
+                }
+            for (int r = 0; r < a; r++)
+                for (int c = 0; c < a; c++) {
+                    const double *G = m == 2 ? G2[c] : G4[c];
+                    U[((r * a + c) * CO + co) * CI + ci] = (float)(G[0] * t[r][0] + G[1] * t[r][1] + G[2] * t[r][2]);
+                }
         }
 }
 
-/* The tile transforms run over the images of a block PEFTC_VL at a time, a tile's 16 points held in
- * vector registers (vec.h): V = B^T d B in, y = A^T m A out; the last partial group goes through
- * zero-padded copies. The adds are those of the 4-point steps
+/* The tile transforms run over the images of a block PEFTC_VL at a time, a tile's points held in vector
+ * registers (vec.h): V = B^T d B in, y = A^T m A out; the last partial group goes through zero-padded
+ * copies. F(2x2, 3x3): the adds are those of the 4-point steps
  * (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) for B^T and (o0, o1) = (a + b + e, b - e - f) for
  * A^T, rows first, then columns. */
 /* v[p] + i0 for the 16 points p (row stride vs) = B^T d B of the tile whose input rows d[k] (k = 4 r + c)
@@ -119,6 +140,66 @@ static void output_tile(float *const y[4], const float *m, int64_t ms, int64_t b
             vec_store_part(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2], n);
             vec_store_part(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3], n);
         }
+    }
+}
+
+/* F(4x4, 3x3): B^T d on a column of 6 (stride s) into o (stride so):
+ * (4 d0 - 5 d2 + d4, d3 + d4 - 4 (d1 + d2), d4 - d3 + 4 (d1 - d2), d4 - d2 + 2 (d3 - d1),
+ *  d4 - d2 - 2 (d3 - d1), 4 d1 - 5 d3 + d5) */
+static inline void bt6(peftc_vf *o, int so, const peftc_vf *d, int s)
+{
+    const peftc_vf d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+    const peftc_vf a = d4 - d2, b = 2.0f * (d3 - d1);
+    o[0] = 4.0f * d0 - 5.0f * d2 + d4;
+    o[so] = d3 + d4 - 4.0f * (d1 + d2);
+    o[2 * so] = d4 - d3 + 4.0f * (d1 - d2);
+    o[3 * so] = a + b;
+    o[4 * so] = a - b;
+    o[5 * so] = 4.0f * d1 - 5.0f * d3 + d5;
+}
+
+/* F(4x4, 3x3): A^T m on a column of 6 (stride s) into o (stride so):
+ * (m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4), m1 + m2 + 4 (m3 + m4), m1 - m2 + 8 (m3 - m4) + m5) */
+static inline void at6(peftc_vf *o, int so, const peftc_vf *x, int s)
+{
+    const peftc_vf p = x[s] + x[2 * s], q = x[s] - x[2 * s], u = x[3 * s] + x[4 * s], v = x[3 * s] - x[4 * s];
+    o[0] = x[0] + p + u;
+    o[so] = q + 2.0f * v;
+    o[2 * so] = p + 4.0f * u;
+    o[3 * so] = q + 8.0f * v + x[5 * s];
+}
+
+/* F(4x4, 3x3) input_tile: 36 input rows d[6 r + c], 36 points */
+static void input_tile6(float *v, int64_t vs, const float *const d[36], int64_t bn)
+{
+    for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
+        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
+        peftc_vf x[36], t[36], o[36];
+        for (int k = 0; k < 36; k++)
+            x[k] = vec_load_part(d[k] + i0, n);
+        for (int c = 0; c < 6; c++)
+            bt6(t + c, 6, x + c, 6); /* columns: B^T d */
+        for (int r = 0; r < 6; r++)
+            bt6(o + 6 * r, 1, t + 6 * r, 1); /* rows: (B^T d) B */
+        for (int k = 0; k < 36; k++)
+            vec_store_part(v + k * vs + i0, o[k], n);
+    }
+}
+
+/* F(4x4, 3x3) output_tile: the 4 x 4 output tile y[4 r + c] from 36 points */
+static void output_tile6(float *const y[16], const float *m, int64_t ms, int64_t bn)
+{
+    for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
+        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
+        peftc_vf x[36], t[24], o[16];
+        for (int k = 0; k < 36; k++)
+            x[k] = vec_load_part(m + k * ms + i0, n);
+        for (int c = 0; c < 6; c++)
+            at6(t + c, 6, x + c, 6); /* columns: A^T m, 4 rows of 6 */
+        for (int r = 0; r < 4; r++)
+            at6(o + 4 * r, 1, t + 6 * r, 1); /* rows: (A^T m) A */
+        for (int k = 0; k < 16; k++)
+            vec_store_part(y[k] + i0, o[k], n);
     }
 }
 
@@ -204,17 +285,18 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                                int64_t PW)
 {
     const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
-    const int64_t TH = tiles(OH), TW = tiles(OW), HW = H * W, OHW = OH * OW;
-    const int64_t nb = peftc_winograd3x3_block(N, CI, W, CO, PW);
+    const int m = tile_side(OH, OW), a = m + 2, P = a * a;
+    const int64_t TH = tiles(OH, m), TW = tiles(OW, m), HW = H * W, OHW = OH * OW;
+    const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW);
     const int64_t xin = CI * HW, xout = CO * OHW;
-    float *U = work;                                  /* (16, CO, CI) */
-    float *V = U + 16 * CO * CI;                     /* (16, CI, TW, nb), points POINT_SKEW apart */
-    float *M = V + 16 * (CI * TW * nb + POINT_SKEW); /* (16, CO, TW, nb), points POINT_SKEW apart */
-    float *X = M + 16 * (CO * TW * nb + POINT_SKEW); /* (CI, H, W, nb) */
+    float *U = work;                                 /* (P, CO, CI) */
+    float *V = U + P * CO * CI;                      /* (P, CI, TW, nb), points POINT_SKEW apart */
+    float *M = V + P * (CI * TW * nb + POINT_SKEW);  /* (P, CO, TW, nb), points POINT_SKEW apart */
+    float *X = M + P * (CO * TW * nb + POINT_SKEW);  /* (CI, H, W, nb) */
     float *Y = X + xin * nb;                         /* (CO, OH, OW, nb) */
-    float *zero = Y + xout * nb;                     /* (nb), then the discard rows (nb) each */
-    float *discard0 = zero + nb, *discard1 = discard0 + nb;
-    transform_kernels(U, w, flip, CI, CO);
+    float *zero = Y + xout * nb;                     /* (nb), then the discard row (nb) */
+    float *discard = zero + nb;
+    transform_kernels(U, w, flip, CI, CO, m);
     memset(zero, 0, (size_t)nb * sizeof(float));
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
         const int64_t bn = N - n0 < nb ? N - n0 : nb;
@@ -225,28 +307,34 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
         for (int64_t th = 0; th < TH; th++) {
             for (int64_t ci = 0; ci < CI; ci++)
                 for (int64_t tw = 0; tw < TW; tw++) {
-                    const float *d[16];
-                    for (int r = 0; r < 4; r++)
-                        for (int c = 0; c < 4; c++) {
-                            const int64_t ih = 2 * th - PH + r, iw = 2 * tw - PW + c;
-                            d[4 * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
+                    const float *d[36];
+                    for (int r = 0; r < a; r++)
+                        for (int c = 0; c < a; c++) {
+                            const int64_t ih = m * th - PH + r, iw = m * tw - PW + c;
+                            d[a * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
                                                                                    : zero;
                         }
-                    input_tile(V + ci * T + tw * bn, vs, d, bn);
+                    if (m == 2)
+                        input_tile(V + ci * T + tw * bn, vs, d, bn);
+                    else
+                        input_tile6(V + ci * T + tw * bn, vs, d, bn);
                 }
-            for (int p = 0; p < 16; p++) {
+            for (int p = 0; p < P; p++) {
                 /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TW*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
                 peftc_small_gemm_ab(M + p * ms, U + p * CO * CI, V + p * vs, 0, 0, CO, T, CI, CI, T, T);
             }
             for (int64_t co = 0; co < CO; co++)
                 for (int64_t tw = 0; tw < TW; tw++) {
-                    float *y[4];
-                    for (int r = 0; r < 2; r++) {
-                        const int64_t oh = 2 * th + r, ow = 2 * tw;
-                        y[2 * r] = oh < OH ? Y + (co * OHW + oh * OW + ow) * bn : discard0;
-                        y[2 * r + 1] = oh < OH && ow + 1 < OW ? y[2 * r] + bn : discard1;
-                    }
-                    output_tile(y, M + co * T + tw * bn, ms, bn);
+                    float *y[16];
+                    for (int r = 0; r < m; r++)
+                        for (int c = 0; c < m; c++) {
+                            const int64_t oh = m * th + r, ow = m * tw + c;
+                            y[m * r + c] = oh < OH && ow < OW ? Y + (co * OHW + oh * OW + ow) * bn : discard;
+                        }
+                    if (m == 2)
+                        output_tile(y, M + co * T + tw * bn, ms, bn);
+                    else
+                        output_tile6(y, M + co * T + tw * bn, ms, bn);
                 }
         }
         transpose_out(out + n0 * xout, Y, b, accumulate, bn, CO, OHW);

@@ -1,8 +1,11 @@
-/* winograd.h: 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), used by conv.c for
- * the forward and for the input gradient (a full correlation of dy with the flipped, transposed
- * kernel). Each 2x2 output tile costs 16 multiplies per (input, output) channel pair instead of 36, so
- * the GEMM work drops 2.25-fold; the transforms use only adds and halvings, so float32 results stay
- * within a few ulp of the direct sum. Internal to the core, not part of the public header. */
+/* winograd.h: 3x3 stride-1 convolution by Winograd's minimal filtering, used by conv.c for the forward
+ * and for the input gradient (a full correlation of dy with the flipped, transposed kernel).
+ * F(4x4, 3x3) costs 36 multiplies per 4x4 output tile and (input, output) channel pair instead of 144,
+ * F(2x2, 3x3) 16 per 2x2 tile instead of 36; the larger tiles are used unless the plane's partial edge
+ * tiles make them dearer (small planes). Accuracy: the transforms scale values by up to 8 (F(4x4))
+ * or 1 (F(2x2)) on the way in and out, so float32 results stay within about 2e-6 (F(4x4), about 18 ulp)
+ * or 1.5e-7 (F(2x2)) of sum |x| |w| of the direct sum, measured against float64; the direct sum's own
+ * rounding is of the order of 1e-7 of it. Internal to the core, not part of the public header. */
 #ifndef PEFTC_WINOGRAD_H
 #define PEFTC_WINOGRAD_H
 
@@ -15,9 +18,10 @@
 int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
                                          int64_t PW);
 
-/* Images per block for N images: the multiple of 16 that keeps the transforms and products of one row
- * of tiles nearest a fixed budget (at least 16), or all N when fewer. */
-int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t W, int64_t CO, int64_t PW);
+/* Images per block for N images of CI channels (H, W) padded by (PH, PW): the multiple of 16 that keeps
+ * the transforms and products of one row of tiles nearest a fixed budget (at least 16), or all N when
+ * fewer. */
+int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
 
 /* out[n, co] (overwritten, or accumulated with accumulate != 0) = sum over ci of the 3x3 correlation of
  * in[n, ci] (zero-padded by PH, PW) with the kernel k(co, ci), plus b[co] when b is given. flip == 0:
