@@ -221,7 +221,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
 typedef struct {
     float *y, *mean, *rstd, *running_mean, *running_var, *dx, *dgamma, *dbeta;
     const float *x, *gamma, *beta, *dy, *relu_y, *mean_in, *rstd_in;
-    int training, update, relu;
+    int training, update, relu, overwrite_dx;
     float momentum, eps;
     int64_t N, CH, S;
 } bn_job;
@@ -392,10 +392,15 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
             }
             if (relu_y) {
                 const float *yp = relu_y + o;
-                for (int64_t s = 0; s < S; s++) {
-                    const float gs = masked_grad(gp[s], yp[s]);
-                    dp[s] += a * (gs - mdy - (xp[s] - mf) * rf * mdyx);
-                }
+                if (j->overwrite_dx)
+                    for (int64_t s = 0; s < S; s++)
+                        dp[s] = a * (masked_grad(gp[s], yp[s]) - mdy - (xp[s] - mf) * rf * mdyx);
+                else
+                    for (int64_t s = 0; s < S; s++)
+                        dp[s] += a * (masked_grad(gp[s], yp[s]) - mdy - (xp[s] - mf) * rf * mdyx);
+            } else if (j->overwrite_dx) {
+                for (int64_t s = 0; s < S; s++)
+                    dp[s] = a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
             } else {
                 for (int64_t s = 0; s < S; s++)
                     dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
@@ -409,27 +414,28 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
  * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
 static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
                                 const float *x, const float *mean, const float *rstd, const float *gamma,
-                                int training, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                                int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
     const int64_t S = IH * IW;
     bn_job job = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .relu_y = relu_y, .x = x, .mean_in = mean,
-                  .rstd_in = rstd, .gamma = gamma, .training = training, .N = N, .CH = CH, .S = S};
+                  .rstd_in = rstd, .gamma = gamma, .training = training, .overwrite_dx = overwrite_dx, .N = N,
+                  .CH = CH, .S = S};
     return peftc_parallel_run(backward_part, &job, bn_parts(N, CH, S));
 }
 
 peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
                                         const float *mean, const float *rstd, const float *gamma, int training,
-                                        int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                                        int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_backward(dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, training, N, CH, IH, IW);
+    return bn_backward(dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH, IW);
 }
 
 peftc_status peftc_batchnorm2d_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
                                              const float *x, const float *mean, const float *rstd,
-                                             const float *gamma, int training, int64_t N, int64_t CH, int64_t IH,
-                                             int64_t IW)
+                                             const float *gamma, int training, int overwrite_dx, int64_t N,
+                                             int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, training, N, CH, IH, IW);
+    return bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH, IW);
 }

@@ -122,6 +122,17 @@ static void strided_add(float *dst, const float *src, int64_t n, int64_t stride)
             dst[j * stride] += src[j];
 }
 
+/* dst[j * stride] = src[j] for j < n (a phase row written into an image row) */
+static void strided_put(float *dst, const float *src, int64_t n, int64_t stride)
+{
+    if (stride == 2)
+        for (int64_t j = 0; j < n; j++)
+            dst[2 * j] = src[j];
+    else
+        for (int64_t j = 0; j < n; j++)
+            dst[j * stride] = src[j];
+}
+
 /* dx NULL: ph (IC, IH*IW) in phase-plane order from x (IC, IH, IW), overwritten (planes no tap reads
  * skipped). Else back: dx (IC, IH, IW) += ph over the planes some tap reads. */
 static void move_phases(float *ph, const float *x, float *dx, int64_t IC, int64_t IH, int64_t IW, int64_t KH,
@@ -328,10 +339,10 @@ static int64_t implicit_workspace(int64_t IC, int64_t OC, int64_t KH, int64_t KW
     return dyp + wts + out;
 }
 
-/* dx of images [0, n) (accumulated) by phases; work as implicit_workspace says */
-static void implicit_input_grad(float *dx, float *work, const float *dy, const float *w, int64_t n, int64_t IC,
-                                int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
-                                int64_t PH, int64_t PW, int64_t OH, int64_t OW, const implicit_geom *g)
+/* dx of images [0, n) (accumulated, or overwritten) by phases; work as implicit_workspace says */
+static void implicit_input_grad(float *dx, float *work, const float *dy, const float *w, int overwrite, int64_t n,
+                                int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
+                                int64_t SW, int64_t PH, int64_t PW, int64_t OH, int64_t OW, const implicit_geom *g)
 {
     const int64_t nb = g->nb, RS = nb * g->CW, PS = g->R * RS, S = OH * OW; /* row and plane strides of dyp */
     float *dyp = work, *wts = dyp + OC * PS, *out = wts + IC * OC * KH * KW;
@@ -364,6 +375,10 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
             ntaps += T;
             wp += IC * OC * T;
         }
+    /* overwriting: every phase plane is written once, unless some phase has no tap (then zeros first) */
+    const int copy = overwrite && nphases == SH * SW;
+    if (overwrite && !copy)
+        memset(dx, 0, (size_t)(n * IC * IH * IW) * sizeof(float));
     const float *rows[IMPLICIT_MAX_ROWS];
     memset(dyp, 0, (size_t)(OC * PS) * sizeof(float)); /* the border stays zero; each block fills the inside */
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
@@ -384,9 +399,14 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
             peftc_small_gemm_ab_rows(out, phases[f].wp, rows, 0, IC, M, OC * T, OC * T, M);
             for (int64_t i = 0; i < bn; i++)
                 for (int64_t c = 0; c < IC; c++)
-                    for (int64_t r = 0; r < HP; r++)
-                        strided_add(dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q,
-                                    out + c * M + r * RS + i * g->CW, tp[0].WP, SW);
+                    for (int64_t r = 0; r < HP; r++) {
+                        float *d = dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
+                        const float *src = out + c * M + r * RS + i * g->CW;
+                        if (copy)
+                            strided_put(d, src, tp[0].WP, SW);
+                        else
+                            strided_add(d, src, tp[0].WP, SW);
+                    }
         }
     }
 }
@@ -615,6 +635,7 @@ typedef struct {
     float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
     const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
     int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part;
+    int overwrite_dx; /* the input gradient overwrites dx instead of adding to it */
 } conv_job;
 
 /* y of images [n0, n0 + n) (overwritten) */
@@ -664,7 +685,7 @@ static peftc_status forward_images(const conv_job *j, float *work, int64_t n0, i
     return PEFTC_OK;
 }
 
-/* dx of images [n0, n0 + n) (accumulated) */
+/* dx of images [n0, n0 + n) (accumulated, or overwritten with j->overwrite_dx) */
 static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0, int64_t n)
 {
     const int64_t IC = j->IC, IH = j->IH, IW = j->IW, OC = j->OC, KH = j->KH, KW = j->KW, SH = j->SH, SW = j->SW,
@@ -672,21 +693,24 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
     const int64_t K = IC * KH * KW, S = OH * OW;
     const float *dy = j->dy + n0 * OC * S, *w = j->w;
     float *dx = j->dx + n0 * IC * IH * IW;
+    const int add = !j->overwrite_dx;
     if (use_winograd(IC, OC, KH, KW, SH, SW, PH, PW))
         /* the input gradient is the correlation of dy, padded by 2 - P, with the flipped, transposed w */
-        return peftc_winograd3x3(dx, work, dy, w, NULL, 1, 1, n, OC, OH, OW, IC, 2 - PH, 2 - PW);
+        return peftc_winograd3x3(dx, work, dy, w, NULL, 1, add, n, OC, OH, OW, IC, 2 - PH, 2 - PW);
     if (is_pointwise(KH, KW, SH, SW, PH, PW)) {
         for (int64_t i = 0; i < n; i++) {
-            /* dxn (IC,S) += w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
-            peftc_small_gemm_ab(dx + i * IC * S, w, dy + i * OC * S, 1, 1, IC, S, OC, IC, S, S);
+            /* dxn (IC,S) (+)= w^T (IC,OC) dyn (OC,S): M=IC, N=S, K=OC, lda=IC, ldb=S, ldc=S */
+            peftc_small_gemm_ab(dx + i * IC * S, w, dy + i * OC * S, 1, add, IC, S, OC, IC, S, S);
         }
         return PEFTC_OK;
     }
     const implicit_geom g = implicit_geometry(n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     if (use_implicit(OC, KH, KW, SH, SW, &g)) {
-        implicit_input_grad(dx, work, dy, w, n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, &g);
+        implicit_input_grad(dx, work, dy, w, !add, n, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, &g);
         return PEFTC_OK;
     }
+    if (!add) /* the patch path adds each column entry back where it was read from */
+        memset(dx, 0, (size_t)(n * IC * IH * IW) * sizeof(float));
     const int64_t nb = im2col_block(n, K, OC, S);
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         const int64_t bn = n - i0 < nb ? n - i0 : nb, L = bn * S;
@@ -761,7 +785,7 @@ peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const f
 }
 
 peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work, const float *dy, const float *x,
-                                   const float *w, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
+                                   const float *w, int overwrite_dx, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
                                    int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
@@ -806,5 +830,6 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
     job.dx = dx;
     job.dy = dy;
     job.w = w;
+    job.overwrite_dx = overwrite_dx;
     return peftc_parallel_run(input_grad_part, &job, parts);
 }

@@ -125,15 +125,17 @@ peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
                                   const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH,
                                   int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
                                   int64_t PH, int64_t PW);
-peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated, or NULL */,
+/* overwrite_dx != 0: dx is overwritten rather than accumulated (a fresh buffer needs no zeroing first);
+ * dw and db always accumulate. */
+peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or overwritten), or NULL */,
                                    float *dw /* (OC,IC,KH,KW) accumulated, or NULL */,
                                    float *db /* (OC) accumulated, or NULL */,
                                    float *work /* peftc_conv2d_workspace_size() floats */,
                                    const float *dy /* (N,OC,OH,OW) */,
                                    const float *x /* (N,IC,IH,IW), may be NULL when dw is NULL */,
-                                   const float *w /* (OC,IC,KH,KW) */, int64_t N, int64_t IC, int64_t IH,
-                                   int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
-                                   int64_t PH, int64_t PW);
+                                   const float *w /* (OC,IC,KH,KW) */, int overwrite_dx, int64_t N, int64_t IC,
+                                   int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
+                                   int64_t SW, int64_t PH, int64_t PW);
 
 /* ---- batch norm over (N, H, W) per channel (batchnorm.c), torch.nn.functional.batch_norm's math --
  * training != 0: normalise with the batch statistics (biased variance); if running_mean and
@@ -149,14 +151,15 @@ peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten */,
                                        const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
                                        const float *beta /* (CH) or NULL */, int training, float momentum,
                                        float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
-/* training says whether the forward used batch statistics (then the gradient flows through them). */
-peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated, or NULL */,
+/* training says whether the forward used batch statistics (then the gradient flows through them);
+ * overwrite_dx != 0 overwrites dx instead of adding to it (dgamma, dbeta always accumulate). */
+peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
                                         float *dgamma /* (CH) accumulated, or NULL */,
                                         float *dbeta /* (CH) accumulated, or NULL */,
                                         const float *dy /* (N,CH,IH,IW) */, const float *x /* (N,CH,IH,IW) */,
                                         const float *mean /* (CH) */, const float *rstd /* (CH) */,
-                                        const float *gamma /* (CH) or NULL */, int training, int64_t N,
-                                        int64_t CH, int64_t IH, int64_t IW);
+                                        const float *gamma /* (CH) or NULL */, int training, int overwrite_dx,
+                                        int64_t N, int64_t CH, int64_t IH, int64_t IW);
 
 /* ---- pooling (pool.c) ------------------------------------------------------------------------------
  * Max pooling pads with -inf and records, per output, the flat index ih*IW + iw of its input in the
@@ -454,14 +457,15 @@ peftc_status peftc_batchnorm2d_relu_forward(float *y /* (N,CH,IH,IW) overwritten
                                             const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
                                             const float *beta /* (CH) or NULL */, int training, float momentum,
                                             float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
-peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated, or NULL */,
+peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
                                              float *dgamma /* (CH) accumulated, or NULL */,
                                              float *dbeta /* (CH) accumulated, or NULL */,
                                              const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
                                              const float *y /* (N,CH,IH,IW): the forward's output */,
                                              const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
                                              const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
-                                             int training, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+                                             int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH,
+                                             int64_t IW);
 /* ==== fused encoder kernels (layernorm.c; perf-step family) ===================================== */
 /* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
  * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its

@@ -231,17 +231,18 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
 def conv2d_backward(dy: np.ndarray, x: np.ndarray | None, weight: np.ndarray, stride: int | tuple[int, int] = 1,
                     padding: int | tuple[int, int] = 0, *, dx: np.ndarray | None = None,
                     dweight: np.ndarray | None = None, dbias: np.ndarray | None = None,
-                    work: np.ndarray | None = None) -> None:
+                    work: np.ndarray | None = None, overwrite_dx: bool = False) -> None:
     """Accumulate the conv2d gradients into dx, dweight, dbias (None = not wanted).
 
     ``x`` is needed only for ``dweight``; without it the input size is taken from ``dx``.
+    ``overwrite_dx``: dx is overwritten instead (a fresh ``np.empty`` buffer needs no zeroing).
     """
     shape = x.shape if x is not None else (dx.shape if dx is not None else None)
     if shape is None:
         raise ValueError("conv2d_backward: give dx or x so that the input size is known")
     work, _ = _conv_work(shape, weight, stride, padding, work)
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    _C.conv2d_backward(dx, dweight, dbias, work, dy, x, weight, sh, sw, ph, pw)
+    _C.conv2d_backward(dx, dweight, dbias, work, dy, x, weight, sh, sw, ph, pw, overwrite_dx)
 
 
 def batchnorm2d_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
@@ -269,11 +270,12 @@ def batchnorm2d_forward(x: np.ndarray, running_mean: np.ndarray | None, running_
 
 def batchnorm2d_backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
                          weight: np.ndarray | None, training: bool, *, dx: np.ndarray | None = None,
-                         dweight: np.ndarray | None = None, dbias: np.ndarray | None = None) -> None:
+                         dweight: np.ndarray | None = None, dbias: np.ndarray | None = None,
+                         overwrite_dx: bool = False) -> None:
     """Accumulate batch-norm gradients. ``training`` must be what the forward used: with batch
     statistics the gradient also flows through the mean and variance; with running statistics it
-    is the per-channel affine map's."""
-    _C.batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, bool(training))
+    is the per-channel affine map's. ``overwrite_dx``: dx is overwritten instead of accumulated."""
+    _C.batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, bool(training), overwrite_dx)
 
 
 def _pool_geometry(x_shape: tuple[int, ...], kernel_size, stride, padding):
@@ -734,10 +736,11 @@ def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, run
 
 def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
                               weight: np.ndarray | None, training: bool, *, dx: np.ndarray | None = None,
-                              dweight: np.ndarray | None = None, dbias: np.ndarray | None = None) -> None:
+                              dweight: np.ndarray | None = None, dbias: np.ndarray | None = None,
+                              overwrite_dx: bool = False) -> None:
     """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
     ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`."""
-    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training))
+    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training), overwrite_dx)
 # ---- fused encoder kernels (perf-step family) -------------------------------------------------------
 def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
                                eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,

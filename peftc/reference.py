@@ -197,7 +197,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, out=None, work=
     return y + bias[None, :, None, None] if bias is not None else y
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, *, dx=None, dweight=None, dbias=None, work=None):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, *, dx=None, dweight=None, dbias=None, work=None,
+                    overwrite_dx=False):
+    if dx is not None and overwrite_dx:
+        dx[...] = 0
     if dweight is not None:
         dweight += np.einsum("noyx,ncyxij->ocij", dy, _windows(x, weight.shape[2:], stride, padding, 0.0))
     if dbias is not None:
@@ -228,7 +231,10 @@ def batchnorm2d_forward(x, running_mean, running_var, weight=None, bias=None, tr
     return y, mean, rstd
 
 
-def batchnorm2d_backward(dy, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None):
+def batchnorm2d_backward(dy, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
+                         overwrite_dx=False):
+    if dx is not None and overwrite_dx:
+        dx[...] = 0
     xhat = (x - mean[None, :, None, None]) * rstd[None, :, None, None]
     if dweight is not None:
         dweight += (dy * xhat).sum(axis=(0, 2, 3))
@@ -665,9 +671,10 @@ def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=Non
     return np.maximum(y, 0.0), mean, rstd
 
 
-def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None):
+def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
+                              overwrite_dx=False):
     batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
-                         dbias=dbias)
+                         dbias=dbias, overwrite_dx=overwrite_dx)
 # ---- fused encoder kernels (perf-step family) -------------------------------------------------------
 def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
     x += residual

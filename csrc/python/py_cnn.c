@@ -98,8 +98,9 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     (void)self;
     PyObject *o_dx, *o_dw, *o_db, *o_work, *o_dy, *o_x, *o_w;
     long long SH, SW, PH, PW;
-    if (!PyArg_ParseTuple(args, "OOOOOOOLLLL:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w, &SH,
-                          &SW, &PH, &PW))
+    int overwrite_dx = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOLLLL|p:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w,
+                          &SH, &SW, &PH, &PW, &overwrite_dx))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "conv2d_backward");
@@ -120,7 +121,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_conv2d_backward(dx, dw, db, work, dy, x, w, arg_dim(&ck, "N"), arg_dim(&ck, "IC"), arg_dim(&ck, "IH"),
+    st = peftc_conv2d_backward(dx, dw, db, work, dy, x, w, overwrite_dx, arg_dim(&ck, "N"), arg_dim(&ck, "IC"), arg_dim(&ck, "IH"),
                                arg_dim(&ck, "IW"), arg_dim(&ck, "OC"), arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH,
                                SW, PH, PW);
     Py_END_ALLOW_THREADS
@@ -202,13 +203,13 @@ static PyObject *py_batchnorm2d_relu_forward(PyObject *self, PyObject *args)
 static PyObject *bn_backward_py(PyObject *args, int relu)
 {
     PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g;
-    int training, ok;
+    int training, overwrite_dx = 0, ok;
     if (relu)
-        ok = PyArg_ParseTuple(args, "OOOOOOOOOp:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
-                              &o_mean, &o_rstd, &o_g, &training);
+        ok = PyArg_ParseTuple(args, "OOOOOOOOOp|p:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
+                              &o_mean, &o_rstd, &o_g, &training, &overwrite_dx);
     else
-        ok = PyArg_ParseTuple(args, "OOOOOOOOp:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean,
-                              &o_rstd, &o_g, &training);
+        ok = PyArg_ParseTuple(args, "OOOOOOOOp|p:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean,
+                              &o_rstd, &o_g, &training, &overwrite_dx);
     if (!ok)
         return NULL;
     ArgCheck ck;
@@ -227,8 +228,9 @@ static PyObject *bn_backward_py(PyObject *args, int relu)
     const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = relu ? peftc_batchnorm2d_relu_backward(dx, dg, db, dy, y, x, mean, rstd, g, training, N, CH, IH, IW)
-              : peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, N, CH, IH, IW);
+    st = relu ? peftc_batchnorm2d_relu_backward(dx, dg, db, dy, y, x, mean, rstd, g, training, overwrite_dx, N, CH,
+                                                IH, IW)
+              : peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, overwrite_dx, N, CH, IH, IW);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -459,16 +461,18 @@ PyMethodDef peftc_py_cnn_methods[] = {
     {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
      "conv2d_forward(y, work, x, weight, bias, SH, SW, PH, PW): y = conv(x, weight) + bias"},
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
-     "conv2d_backward(dx, dweight, dbias, work, dy, x, weight, SH, SW, PH, PW): accumulate (None = not wanted)"},
+     "conv2d_backward(dx, dweight, dbias, work, dy, x, weight, SH, SW, PH, PW, overwrite_dx=False): accumulate (None = "
+     "not wanted; dx overwritten with overwrite_dx)"},
     {"batchnorm2d_forward", py_batchnorm2d_forward, METH_VARARGS,
      "batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps)"},
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,
-     "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training): accumulate"},
+     "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training, overwrite_dx=False): accumulate"},
     {"batchnorm2d_relu_forward", py_batchnorm2d_relu_forward, METH_VARARGS,
      "batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps): "
      "y = max(batchnorm(x), 0)"},
     {"batchnorm2d_relu_backward", py_batchnorm2d_relu_backward, METH_VARARGS,
-     "batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, training): accumulate"},
+     "batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, training, overwrite_dx=False): "
+     "accumulate"},
     {"maxpool2d_forward", py_maxpool2d_forward, METH_VARARGS,
      "maxpool2d_forward(y, argmax, x, KH, KW, SH, SW, PH, PW)"},
     {"maxpool2d_backward", py_maxpool2d_backward, METH_VARARGS, "maxpool2d_backward(dx, dy, argmax): accumulate"},

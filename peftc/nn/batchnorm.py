@@ -108,14 +108,14 @@ class BatchNorm2d(Module):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
-        dx = F.zeros(x.shape) if input_grad else None
+        dx = np.empty(x.shape, dtype=np.float32) if input_grad else None  # overwritten by the kernel
         weight = self.weight.data if self.weight is not None else None
         grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                      dbias=self.bias.grad_buffer() if self.bias is not None else None)
         if relu_out is None:
-            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, **grads)
+            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
         else:
-            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, **grads)
+            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
         return dx
 
     def __repr__(self) -> str:

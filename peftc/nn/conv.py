@@ -86,16 +86,17 @@ class Conv2d(Module):
             raise RuntimeError("Conv2d.backward called before forward")
         dw = self.weight.grad_buffer()
         db = self.bias.grad_buffer() if self.bias is not None else None
+        fresh = input_grad and dx is None  # a new buffer, which the kernel overwrites (no zeroing first)
         if not input_grad:
             dx = None
-        elif dx is None:
-            dx = F.zeros(self._x.shape)
+        elif fresh:
+            dx = np.empty(self._x.shape, dtype=np.float32)
         elif dx.shape != self._x.shape or dx.dtype != np.float32:
             raise ValueError(f"Conv2d.backward: dx must be float32 {self._x.shape}, got {dx.dtype} {dx.shape}")
         if dx is None and dw is None and db is None:
             return None
         F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,
-                          dweight=dw, dbias=db, work=self._workspace(self._x.shape))
+                          dweight=dw, dbias=db, work=self._workspace(self._x.shape), overwrite_dx=fresh)
         return dx
 
     def __repr__(self) -> str:
