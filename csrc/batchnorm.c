@@ -5,7 +5,10 @@
  * channel prefetch the planes ahead (all but the variance pass, which re-reads what the mean pass
  * brought in). x_hat is recomputed in the backward from x, mean and rstd rather than stored. The
  * _relu_ pair fuses a following ReLU (output max(y, 0); backward masks the incoming gradient by that
- * output), saving the activation's separate pass and buffer.
+ * output), saving the activation's separate pass and buffer. Its forward can also hand out each
+ * channel's float map y = (x - mean) scale + shift, from which its backward rebuilds the mask instead
+ * of reading y: GCC in ISO C mode (-std=c11) contracts nothing into FMAs, so the same operations give
+ * the same floats, and the same mask, NaN and -0 included.
  * Channels are split over the BLAS thread count (see bn_parts). No convolution or pooling here. */
 #include <math.h>
 #include <string.h>
@@ -168,28 +171,43 @@ static inline lanes_f masked_grad_lanes(lanes_f g, lanes_f y)
     return keep(g, y > (lanes_f){0});
 }
 
+/* A ReLU mask rebuilt from x: the forward's y = max((x - m) scale + shift, 0) is > 0 exactly where
+ * (x - m) scale + shift is (see the top of the file). */
+typedef struct {
+    float scale, shift;
+} relu_map;
+
 /* *tg += sum_s g[s] and *tgx += sum_s g[s] (x[s] - m), lane by lane, where g = dy, or dy masked to
- * y > 0 when y is non-NULL (the ReLU after the norm). The mask gives the values relu.c's backward
- * writes, so the fused and unfused kernels add the same numbers in the same order. */
-static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, const float *y, const float *x,
-                                   float m, int64_t S)
+ * y > 0 when y is non-NULL (the ReLU after the norm), or to the map's rebuilt y > 0 when map is
+ * non-NULL. The mask gives the values relu.c's backward writes, so the fused and unfused kernels add
+ * the same numbers in the same order. */
+static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, const float *y, const relu_map *map,
+                                   const float *x, float m, int64_t S)
 {
     lanes_f a = {0}, b = {0};
-    const lanes_f mv = broadcast(m);
+    const lanes_f mv = broadcast(m), scale = broadcast(map ? map->scale : 0.0f), shift = broadcast(map ? map->shift : 0.0f);
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES) {
-        const lanes_f g = y ? masked_grad_lanes(vec_load(dy + s), vec_load(y + s)) : vec_load(dy + s);
+        const lanes_f d = vec_load(x + s) - mv;
+        lanes_f g = vec_load(dy + s);
+        if (y)
+            g = masked_grad_lanes(g, vec_load(y + s));
+        else if (map)
+            g = masked_grad_lanes(g, d * scale + shift);
         a += g;
-        b += g * (vec_load(x + s) - mv);
+        b += g * d;
     }
     if (s < S) {
         const lanes_i live = tail_live(S - s);
+        const lanes_f d = tail_load(x, S) - mv;
         lanes_f g = tail_load(dy, S);
         if (y)
             g = masked_grad_lanes(g, tail_load(y, S));
+        else if (map)
+            g = masked_grad_lanes(g, d * scale + shift);
         g = keep(g, live);
         a += g;
-        b += g * keep(tail_load(x, S) - mv, live);
+        b += g * keep(d, live);
     }
     lanes_add(tg, a);
     lanes_add(tgx, b);
@@ -220,7 +238,9 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
 
 typedef struct {
     float *y, *mean, *rstd, *running_mean, *running_var, *dx, *dgamma, *dbeta;
+    float *scale, *shift;             /* the forward's per-channel map, or NULL */
     const float *x, *gamma, *beta, *dy, *relu_y, *mean_in, *rstd_in;
+    const float *scale_in, *shift_in; /* the backward's mask map, or NULL */
     int training, update, relu, overwrite_dx;
     float momentum, eps;
     int64_t N, CH, S;
@@ -271,6 +291,10 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const double gd = gamma ? gamma[c] : 1.0;
         const float scale = (float)(r * gd);
         const float shift = (float)((beta ? beta[c] : 0.0f) - (m - (double)mf) * r * gd);
+        if (j->scale) {
+            j->scale[c] = scale;
+            j->shift[c] = shift;
+        }
         const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
@@ -292,8 +316,10 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
     return PEFTC_OK;
 }
 
-/* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does). */
-static peftc_status bn_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
+/* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does), and the
+ * map to scale and shift when given. */
+static peftc_status bn_forward(float *y, float *mean, float *rstd, float *scale, float *shift, float *running_mean,
+                               float *running_var,
                                const float *x, const float *gamma, const float *beta, int training, float momentum,
                                float eps, int relu, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
@@ -301,7 +327,8 @@ static peftc_status bn_forward(float *y, float *mean, float *rstd, float *runnin
         return PEFTC_ERR_SIZE;
     const int64_t S = IH * IW, M = N * S;
     const int update = training && running_mean && running_var;
-    if ((running_mean == NULL) != (running_var == NULL) || !(eps > 0.0f) || !isfinite(eps))
+    if ((running_mean == NULL) != (running_var == NULL) || (scale == NULL) != (shift == NULL) || !(eps > 0.0f) ||
+        !isfinite(eps))
         return PEFTC_ERR_ARG;
     if (training && M == 0)
         return PEFTC_ERR_SIZE;
@@ -314,7 +341,8 @@ static peftc_status bn_forward(float *y, float *mean, float *rstd, float *runnin
     /* torch refuses to estimate a variance from one value; so do we when it would be recorded */
     if (update && (M < 2 || !(momentum >= 0.0f && momentum <= 1.0f)))
         return M < 2 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
-    bn_job job = {.y = y, .mean = mean, .rstd = rstd, .running_mean = running_mean, .running_var = running_var,
+    bn_job job = {.y = y, .mean = mean, .rstd = rstd, .scale = scale, .shift = shift, .running_mean = running_mean,
+                  .running_var = running_var,
                   .x = x, .gamma = gamma, .beta = beta, .training = training, .update = update, .relu = relu,
                   .momentum = momentum, .eps = eps, .N = N, .CH = CH, .S = S};
     return peftc_parallel_run(forward_part, &job, bn_parts(N, CH, S));
@@ -324,20 +352,21 @@ peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float
                                        const float *x, const float *gamma, const float *beta, int training,
                                        float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 0, N, CH,
-                      IH, IW);
+    return bn_forward(y, mean, rstd, NULL, NULL, running_mean, running_var, x, gamma, beta, training, momentum, eps,
+                      0, N, CH, IH, IW);
 }
 
-peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *running_mean,
-                                            float *running_var, const float *x, const float *gamma,
-                                            const float *beta, int training, float momentum, float eps, int64_t N,
-                                            int64_t CH, int64_t IH, int64_t IW)
+peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *scale, float *shift,
+                                            float *running_mean, float *running_var, const float *x,
+                                            const float *gamma, const float *beta, int training, float momentum,
+                                            float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_forward(y, mean, rstd, running_mean, running_var, x, gamma, beta, training, momentum, eps, 1, N, CH,
-                      IH, IW);
+    return bn_forward(y, mean, rstd, scale, shift, running_mean, running_var, x, gamma, beta, training, momentum, eps,
+                      1, N, CH, IH, IW);
 }
 
-/* the backward of channels [c0, c1) of part t; relu_y non-NULL masks dy to relu_y > 0 first */
+/* the backward of channels [c0, c1) of part t; relu_y non-NULL masks dy to relu_y > 0 first, and
+ * scale_in (with shift_in) to the rebuilt relu_y > 0 */
 static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
 {
     const bn_job *j = ctx;
@@ -347,6 +376,8 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     peftc_part_range(CH, t, nparts, &c0, &c1);
     for (int64_t c = c0; c < c1; c++) {
         const double m = j->mean_in[c], r = j->rstd_in[c];
+        const relu_map map_c = {j->scale_in ? j->scale_in[c] : 0.0f, j->shift_in ? j->shift_in[c] : 0.0f};
+        const relu_map *map = j->scale_in ? &map_c : NULL;
         /* sum(dy) and sum(dy * x_hat) = r sum(dy (x - mean)) over the channel */
         lanes_d tg = {{0}, {0}}, tgx = {{0}, {0}};
         const int64_t ahead = prefetch_distance(S);
@@ -359,7 +390,7 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
                 if (relu_y)
                     prefetch_plane(relu_y + oa, S);
             }
-            plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, x + o, (float)m, S);
+            plane_grad_sums(&tg, &tgx, dy + o, relu_y ? relu_y + o : NULL, map, x + o, (float)m, S);
         }
         const double sdy = lanes_sum(&tg);
         double sdyx = lanes_sum(&tgx);
@@ -398,6 +429,18 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
                 else
                     for (int64_t s = 0; s < S; s++)
                         dp[s] += a * (masked_grad(gp[s], yp[s]) - mdy - (xp[s] - mf) * rf * mdyx);
+            } else if (map) {
+                const float scale = map->scale, shift = map->shift;
+                if (j->overwrite_dx)
+                    for (int64_t s = 0; s < S; s++) {
+                        const float d = xp[s] - mf;
+                        dp[s] = a * (masked_grad(gp[s], d * scale + shift) - mdy - d * rf * mdyx);
+                    }
+                else
+                    for (int64_t s = 0; s < S; s++) {
+                        const float d = xp[s] - mf;
+                        dp[s] += a * (masked_grad(gp[s], d * scale + shift) - mdy - d * rf * mdyx);
+                    }
             } else if (j->overwrite_dx) {
                 for (int64_t s = 0; s < S; s++)
                     dp[s] = a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
@@ -411,15 +454,20 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
 }
 
 /* The backward of both public entry points. relu_y non-NULL: the forward was BN then ReLU with output
- * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused). */
+ * relu_y, so the incoming gradient is first masked to relu_y > 0 (the ReLU backward, fused); or, with
+ * the forward's map scale, shift instead, to the rebuilt relu_y > 0. */
 static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *relu_y,
-                                const float *x, const float *mean, const float *rstd, const float *gamma,
-                                int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                                const float *scale, const float *shift, const float *x, const float *mean,
+                                const float *rstd, const float *gamma, int training, int overwrite_dx, int64_t N,
+                                int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
+    if ((scale == NULL) != (shift == NULL) || (relu_y && scale))
+        return PEFTC_ERR_ARG;
     const int64_t S = IH * IW;
-    bn_job job = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .relu_y = relu_y, .x = x, .mean_in = mean,
+    bn_job job = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .relu_y = relu_y, .scale_in = scale,
+                  .shift_in = shift, .x = x, .mean_in = mean,
                   .rstd_in = rstd, .gamma = gamma, .training = training, .overwrite_dx = overwrite_dx, .N = N,
                   .CH = CH, .S = S};
     return peftc_parallel_run(backward_part, &job, bn_parts(N, CH, S));
@@ -429,13 +477,17 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
                                         const float *mean, const float *rstd, const float *gamma, int training,
                                         int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_backward(dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH, IW);
+    return bn_backward(dx, dgamma, dbeta, dy, NULL, NULL, NULL, x, mean, rstd, gamma, training, overwrite_dx, N, CH,
+                       IH, IW);
 }
 
 peftc_status peftc_batchnorm2d_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
-                                             const float *x, const float *mean, const float *rstd,
-                                             const float *gamma, int training, int overwrite_dx, int64_t N,
-                                             int64_t CH, int64_t IH, int64_t IW)
+                                             const float *scale, const float *shift, const float *x,
+                                             const float *mean, const float *rstd, const float *gamma, int training,
+                                             int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH, IW);
+    if (!y && !scale)
+        return PEFTC_ERR_ARG;
+    return bn_backward(dx, dgamma, dbeta, dy, y, scale, shift, x, mean, rstd, gamma, training, overwrite_dx, N, CH,
+                       IH, IW);
 }

@@ -448,10 +448,14 @@ peftc_status peftc_ipca_update_many(peftc_ipca_job *jobs /* (count) */, int64_t 
 
 /* ==== fused batch norm + ReLU (batchnorm.c; eata-speed family) ===================================
  * relu(batchnorm2d(x)) in one pass, with the statistics, modes and argument rules of
- * peftc_batchnorm2d_forward; y receives max(bn(x), 0). The backward takes that y and masks dy to
- * y > 0 before the batch-norm backward (the ReLU backward fused), same accumulation rules. */
+ * peftc_batchnorm2d_forward; y receives max(bn(x), 0), and scale, shift (both or neither) each
+ * channel's float map, y = max((x - mean) scale + shift, 0). The backward masks dy to y > 0 before
+ * the batch-norm backward (the ReLU backward fused), same accumulation rules; it takes either that y,
+ * or (y NULL) the map, from which it rebuilds the same mask bit for bit without reading y. */
 peftc_status peftc_batchnorm2d_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
                                             float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                            float *scale /* (CH) overwritten, or NULL */,
+                                            float *shift /* (CH) overwritten, or NULL */,
                                             float *running_mean /* (CH) updated, read, or NULL */,
                                             float *running_var /* (CH) updated, read, or NULL */,
                                             const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
@@ -461,7 +465,9 @@ peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulat
                                              float *dgamma /* (CH) accumulated, or NULL */,
                                              float *dbeta /* (CH) accumulated, or NULL */,
                                              const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
-                                             const float *y /* (N,CH,IH,IW): the forward's output */,
+                                             const float *y /* (N,CH,IH,IW): the forward's output, or NULL */,
+                                             const float *scale /* (CH): the forward's map, when y is NULL */,
+                                             const float *shift /* (CH), likewise */,
                                              const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
                                              const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
                                              int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH,

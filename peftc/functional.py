@@ -721,26 +721,33 @@ def ipca_update_many(jobs: list[tuple]) -> list[str | None]:
 def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
                              weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
                              momentum: float = 0.1, eps: float = 1e-5, *, out: np.ndarray | None = None,
-                             mean: np.ndarray | None = None,
-                             rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                             mean: np.ndarray | None = None, rstd: np.ndarray | None = None,
+                             scale: np.ndarray | None = None,
+                             shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``relu(batchnorm2d_forward(...))`` in one pass: same arguments, modes and returned statistics;
-    ``y`` holds the ReLU output, which :func:`batchnorm2d_relu_backward` needs."""
+    ``y`` holds the ReLU output, which :func:`batchnorm2d_relu_backward` needs, unless it is given the
+    per-channel map instead: with ``scale`` and ``shift`` (float32 (C,) arrays) the forward also writes
+    them, ``y = max((x - mean) * scale + shift, 0)`` in float32."""
     ch = x.shape[1] if x.ndim == 4 else 0
     y = np.empty_like(x) if out is None else out
     mean = _empty((ch,), mean)
     rstd = _empty((ch,), rstd)
     _C.batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum,
-                                eps)
+                                eps, scale, shift)
     return y, mean, rstd
 
 
-def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-                              weight: np.ndarray | None, training: bool, *, dx: np.ndarray | None = None,
-                              dweight: np.ndarray | None = None, dbias: np.ndarray | None = None,
-                              overwrite_dx: bool = False) -> None:
+def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray | None, x: np.ndarray, mean: np.ndarray,
+                              rstd: np.ndarray, weight: np.ndarray | None, training: bool, *,
+                              dx: np.ndarray | None = None, dweight: np.ndarray | None = None,
+                              dbias: np.ndarray | None = None, overwrite_dx: bool = False,
+                              scale: np.ndarray | None = None, shift: np.ndarray | None = None) -> None:
     """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
-    ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`."""
-    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training), overwrite_dx)
+    ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`. With ``y=None``
+    and the forward's ``scale`` and ``shift``, the mask is rebuilt from x instead, bit for bit the same
+    (one array fewer to read)."""
+    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training), overwrite_dx,
+                                 scale, shift)
 # ---- fused encoder kernels (perf-step family) -------------------------------------------------------
 def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
                                eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,

@@ -666,13 +666,19 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
 
 # ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
 def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                             eps=1e-5, *, out=None, mean=None, rstd=None):
+                             eps=1e-5, *, out=None, mean=None, rstd=None, scale=None, shift=None):
     y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    if scale is not None:  # y = (x - mean) * scale + shift
+        scale[...] = rstd * (weight if weight is not None else 1.0)
+        shift[...] = bias if bias is not None else 0.0
     return np.maximum(y, 0.0), mean, rstd
 
 
 def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
-                              overwrite_dx=False):
+                              overwrite_dx=False, scale=None, shift=None):
+    if y is None:
+        c = (slice(None), None, None)
+        y = (x - mean[c]) * scale[c] + shift[c]
     batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
                          dbias=dbias, overwrite_dx=overwrite_dx)
 # ---- fused encoder kernels (perf-step family) -------------------------------------------------------

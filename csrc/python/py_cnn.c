@@ -134,20 +134,23 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 static PyObject *bn_forward_py(PyObject *args, int relu)
 {
     const char *fn = relu ? "batchnorm2d_relu_forward" : "batchnorm2d_forward";
-    PyObject *o_y, *o_mean, *o_rstd, *o_rm, *o_rv, *o_x, *o_g, *o_b;
+    PyObject *o_y, *o_mean, *o_rstd, *o_rm, *o_rv, *o_x, *o_g, *o_b, *o_scale = Py_None, *o_shift = Py_None;
     int training;
     float momentum, eps;
-    if (!PyArg_ParseTuple(args, relu ? "OOOOOOOOpff:batchnorm2d_relu_forward" : "OOOOOOOOpff:batchnorm2d_forward",
-                          &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps))
+    if (!PyArg_ParseTuple(args, relu ? "OOOOOOOOpff|OO:batchnorm2d_relu_forward" : "OOOOOOOOpff:batchnorm2d_forward",
+                          &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps, &o_scale,
+                          &o_shift))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, fn);
     /* running buffers are written in training mode and only read in eval mode */
     const int running_flags = (training ? ARG_OUT : ARG_IN) | (training ? ARG_OPTIONAL : 0);
-    float *y, *mean, *rstd, *rm, *rv, *x, *g, *b;
+    float *y, *mean, *rstd, *rm, *rv, *x, *g, *b, *scale, *shift;
     if (arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_OUT, &y) < 0 ||
         arg_f32(&ck, "mean", o_mean, "CH", ARG_OUT, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "CH", ARG_OUT, &rstd) < 0 ||
+        arg_f32(&ck, "scale", o_scale, "CH", ARG_OUT | ARG_OPTIONAL, &scale) < 0 ||
+        arg_f32(&ck, "shift", o_shift, "CH", ARG_OUT | ARG_OPTIONAL, &shift) < 0 ||
         arg_f32(&ck, "running_mean", o_rm, "CH", running_flags, &rm) < 0 ||
         arg_f32(&ck, "running_var", o_rv, "CH", running_flags, &rv) < 0 ||
         arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
@@ -155,8 +158,9 @@ static PyObject *bn_forward_py(PyObject *args, int relu)
         arg_f32(&ck, "bias", o_b, "CH", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
-    if ((rm == NULL) != (rv == NULL)) {
-        PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var, or neither", fn);
+    if ((rm == NULL) != (rv == NULL) || (scale == NULL) != (shift == NULL)) {
+        PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var (and both scale and shift), or "
+                     "neither", fn);
         return NULL;
     }
     if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
@@ -173,7 +177,8 @@ static PyObject *bn_forward_py(PyObject *args, int relu)
     }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = relu ? peftc_batchnorm2d_relu_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW)
+    st = relu ? peftc_batchnorm2d_relu_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N,
+                                               CH, IH, IW)
               : peftc_batchnorm2d_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW);
     Py_END_ALLOW_THREADS
     if (st == PEFTC_ERR_NONFINITE) {
@@ -202,11 +207,12 @@ static PyObject *py_batchnorm2d_relu_forward(PyObject *self, PyObject *args)
  * the forward's output y after dy */
 static PyObject *bn_backward_py(PyObject *args, int relu)
 {
-    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g;
+    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g, *o_scale = Py_None,
+             *o_shift = Py_None;
     int training, overwrite_dx = 0, ok;
     if (relu)
-        ok = PyArg_ParseTuple(args, "OOOOOOOOOp|p:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
-                              &o_mean, &o_rstd, &o_g, &training, &overwrite_dx);
+        ok = PyArg_ParseTuple(args, "OOOOOOOOOp|pOO:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
+                              &o_mean, &o_rstd, &o_g, &training, &overwrite_dx, &o_scale, &o_shift);
     else
         ok = PyArg_ParseTuple(args, "OOOOOOOOp|p:batchnorm2d_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_x, &o_mean,
                               &o_rstd, &o_g, &training, &overwrite_dx);
@@ -214,22 +220,28 @@ static PyObject *bn_backward_py(PyObject *args, int relu)
         return NULL;
     ArgCheck ck;
     arg_init(&ck, relu ? "batchnorm2d_relu_backward" : "batchnorm2d_backward");
-    float *dx, *dg, *db, *dy, *y = NULL, *x, *mean, *rstd, *g;
+    float *dx, *dg, *db, *dy, *y = NULL, *x, *mean, *rstd, *g, *scale = NULL, *shift = NULL;
     if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dweight", o_dg, "CH", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
         arg_f32(&ck, "dbias", o_db, "CH", ARG_OUT | ARG_OPTIONAL, &db) < 0 ||
         arg_f32(&ck, "dy", o_dy, "N CH IH IW", ARG_IN, &dy) < 0 ||
-        (relu && arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_IN, &y) < 0) ||
+        (relu && arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_IN | (o_scale != Py_None ? ARG_OPTIONAL : 0), &y) < 0) ||
+        (relu && arg_f32(&ck, "scale", o_scale, "CH", ARG_IN | (o_y != Py_None ? ARG_OPTIONAL : 0), &scale) < 0) ||
+        (relu && arg_f32(&ck, "shift", o_shift, "CH", ARG_IN | (o_scale == Py_None ? ARG_OPTIONAL : 0), &shift) < 0) ||
         arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
         arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "CH", ARG_IN, &rstd) < 0 ||
         arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
+    if (y && scale) {
+        PyErr_Format(PyExc_ValueError, "%s: give the forward's output y or its map (scale, shift), not both", ck.fn);
+        return NULL;
+    }
     const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = relu ? peftc_batchnorm2d_relu_backward(dx, dg, db, dy, y, x, mean, rstd, g, training, overwrite_dx, N, CH,
-                                                IH, IW)
+    st = relu ? peftc_batchnorm2d_relu_backward(dx, dg, db, dy, y, scale, shift, x, mean, rstd, g, training,
+                                                overwrite_dx, N, CH, IH, IW)
               : peftc_batchnorm2d_backward(dx, dg, db, dy, x, mean, rstd, g, training, overwrite_dx, N, CH, IH, IW);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
@@ -468,10 +480,12 @@ PyMethodDef peftc_py_cnn_methods[] = {
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,
      "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training, overwrite_dx=False): accumulate"},
     {"batchnorm2d_relu_forward", py_batchnorm2d_relu_forward, METH_VARARGS,
-     "batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps): "
+     "batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps, "
+     "scale=None, shift=None): "
      "y = max(batchnorm(x), 0)"},
     {"batchnorm2d_relu_backward", py_batchnorm2d_relu_backward, METH_VARARGS,
-     "batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, training, overwrite_dx=False): "
+     "batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, training, overwrite_dx=False, "
+     "scale=None, shift=None): y None with the forward's map scale, shift; "
      "accumulate"},
     {"maxpool2d_forward", py_maxpool2d_forward, METH_VARARGS,
      "maxpool2d_forward(y, argmax, x, KH, KW, SH, SW, PH, PW)"},

@@ -97,13 +97,15 @@ class BatchNorm2d(Module):
         self._cache = (x, mean, rstd, batch_stats)
         return y
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True, relu_out: np.ndarray | None = None
-                 ) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, input_grad: bool = True, relu_out: np.ndarray | None = None,
+                 relu_map: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
         """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``.
 
         ``relu_out``: the output of a ReLU downstream of this norm (directly, or after a sum such as a
         residual block's) whose gradient is ``dy``; ``dy`` is then masked to ``relu_out > 0`` inside the
-        kernel, which stands for that ReLU's backward without its pass and buffer.
+        kernel, which stands for that ReLU's backward without its pass and buffer. ``relu_map``: for a
+        ReLU right after this norm, the forward's per-channel (scale, shift) instead, from which the
+        kernel rebuilds that mask (:class:`BatchNormReLU2d`).
         """
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -112,10 +114,13 @@ class BatchNorm2d(Module):
         weight = self.weight.data if self.weight is not None else None
         grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                      dbias=self.bias.grad_buffer() if self.bias is not None else None)
-        if relu_out is None:
-            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
-        else:
+        if relu_map is not None:
+            F.batchnorm2d_relu_backward(dy, None, x, mean, rstd, weight, batch_stats, overwrite_dx=True,
+                                        scale=relu_map[0], shift=relu_map[1], **grads)
+        elif relu_out is not None:
             F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
+        else:
+            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
         return dx
 
     def __repr__(self) -> str:
