@@ -74,22 +74,29 @@ static void transform_kernels(float *U, const float *w, int flip, int64_t CI, in
                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                     {0, 0, 1}};
+    enum { CHUNK = 64 }; /* input channels at a time, innermost in every loop so that they vectorise */
     const int a = m + 2;
     for (int64_t co = 0; co < CO; co++)
-        for (int64_t ci = 0; ci < CI; ci++) {
-            double g[9], t[6][3];
-            const float *k = flip ? w + (ci * CO + co) * 9 : w + (co * CI + ci) * 9;
-            for (int i = 0; i < 9; i++)
-                g[i] = flip ? k[8 - i] : k[i];
-            for (int r = 0; r < a; r++)
-                for (int c = 0; c < 3; c++) {
-                    const double *G = m == 2 ? G2[r] : G4[r];
-                    t[r][c] = G[0] * g[c] + G[1] * g[3 + c] + G[2] * g[6 + c];
-                }
+        for (int64_t c0 = 0; c0 < CI; c0 += CHUNK) {
+            const int64_t nc = CI - c0 < CHUNK ? CI - c0 : CHUNK;
+            double g[9][CHUNK], t[6][3][CHUNK];
+            for (int64_t i = 0; i < nc; i++) {
+                const float *k = flip ? w + ((c0 + i) * CO + co) * 9 : w + (co * CI + c0 + i) * 9;
+                for (int e = 0; e < 9; e++)
+                    g[e][i] = flip ? k[8 - e] : k[e];
+            }
+            for (int r = 0; r < a; r++) {
+                const double *G = m == 2 ? G2[r] : G4[r];
+                for (int c = 0; c < 3; c++)
+                    for (int64_t i = 0; i < nc; i++)
+                        t[r][c][i] = G[0] * g[c][i] + G[1] * g[3 + c][i] + G[2] * g[6 + c][i];
+            }
             for (int r = 0; r < a; r++)
                 for (int c = 0; c < a; c++) {
                     const double *G = m == 2 ? G2[c] : G4[c];
-                    U[((r * a + c) * CO + co) * CI + ci] = (float)(G[0] * t[r][0] + G[1] * t[r][1] + G[2] * t[r][2]);
+                    float *u = U + ((r * a + c) * CO + co) * CI + c0;
+                    for (int64_t i = 0; i < nc; i++)
+                        u[i] = (float)(G[0] * t[r][0][i] + G[1] * t[r][1][i] + G[2] * t[r][2][i]);
                 }
         }
 }
