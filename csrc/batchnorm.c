@@ -239,6 +239,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
 typedef struct {
     float *y, *mean, *rstd, *running_mean, *running_var, *dx, *dgamma, *dbeta;
     float *scale, *shift;             /* the forward's per-channel map, or NULL */
+    const float *res, *res_mean, *res_scale, *res_shift; /* the forward's residual and its map, or NULL */
     const float *x, *gamma, *beta, *dy, *relu_y, *mean_in, *rstd_in;
     const float *scale_in, *shift_in; /* the backward's mask map, or NULL */
     int training, update, relu, overwrite_dx;
@@ -295,6 +296,11 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             j->scale[c] = scale;
             j->shift[c] = shift;
         }
+        if (!j->y)
+            continue; /* the statistics and map only */
+        /* the residual's own map (another norm's), applied to it before the sum */
+        const float rm = j->res_scale ? j->res_mean[c] : 0.0f, rs = j->res_scale ? j->res_scale[c] : 0.0f,
+                    rb = j->res_scale ? j->res_shift[c] : 0.0f;
         const int64_t ahead = prefetch_distance(S);
         for (int64_t n = 0; n < N; n++) {
             const float *xp = x + (n * CH + c) * S;
@@ -302,8 +308,23 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             if (n + ahead < N) {
                 prefetch_plane_for_write(yp + ahead * CH * S, S);
                 prefetch_plane(xp + ahead * CH * S, S);
+                if (j->res)
+                    prefetch_plane(j->res + (n + ahead) * CH * S + c * S, S);
             }
-            if (j->relu)
+            if (j->res) {
+                /* the bits of the unfused add_relu_forward(bn(x), r or bn_r(r)): each term rounded, then summed */
+                const float *rp = j->res + (n * CH + c) * S;
+                if (j->res_scale)
+                    for (int64_t s = 0; s < S; s++) {
+                        const float v = ((xp[s] - mf) * scale + shift) + ((rp[s] - rm) * rs + rb);
+                        yp[s] = v < 0.0f ? 0.0f : v;
+                    }
+                else
+                    for (int64_t s = 0; s < S; s++) {
+                        const float v = ((xp[s] - mf) * scale + shift) + rp[s];
+                        yp[s] = v < 0.0f ? 0.0f : v;
+                    }
+            } else if (j->relu)
                 for (int64_t s = 0; s < S; s++) {
                     const float v = (xp[s] - mf) * scale + shift;
                     yp[s] = v < 0.0f ? 0.0f : v;
@@ -316,12 +337,14 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
     return PEFTC_OK;
 }
 
-/* The forward of both public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does), and the
- * map to scale and shift when given. */
+/* The forward of the public entry points; relu != 0 writes max(y, 0) (NaN kept, as relu.c does), and the
+ * map to scale and shift when given; y NULL computes the statistics (and map) only. With res, y = max(bn(x)
+ * + r, 0), r = res, or res mapped by res_mean, res_scale, res_shift when res_scale is given. */
 static peftc_status bn_forward(float *y, float *mean, float *rstd, float *scale, float *shift, float *running_mean,
-                               float *running_var,
-                               const float *x, const float *gamma, const float *beta, int training, float momentum,
-                               float eps, int relu, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                               float *running_var, const float *x, const float *gamma, const float *beta,
+                               int training, float momentum, float eps, int relu, const float *res,
+                               const float *res_mean, const float *res_scale, const float *res_shift, int64_t N,
+                               int64_t CH, int64_t IH, int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
@@ -341,19 +364,35 @@ static peftc_status bn_forward(float *y, float *mean, float *rstd, float *scale,
     /* torch refuses to estimate a variance from one value; so do we when it would be recorded */
     if (update && (M < 2 || !(momentum >= 0.0f && momentum <= 1.0f)))
         return M < 2 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
+    if (res_scale && (!res_mean || !res_shift))
+        return PEFTC_ERR_ARG;
     bn_job job = {.y = y, .mean = mean, .rstd = rstd, .scale = scale, .shift = shift, .running_mean = running_mean,
-                  .running_var = running_var,
+                  .running_var = running_var, .res = res, .res_mean = res_mean, .res_scale = res_scale,
+                  .res_shift = res_shift,
                   .x = x, .gamma = gamma, .beta = beta, .training = training, .update = update, .relu = relu,
                   .momentum = momentum, .eps = eps, .N = N, .CH = CH, .S = S};
     return peftc_parallel_run(forward_part, &job, bn_parts(N, CH, S));
 }
 
-peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
-                                       const float *x, const float *gamma, const float *beta, int training,
-                                       float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+peftc_status peftc_batchnorm2d_forward(float *y, float *mean, float *rstd, float *scale, float *shift,
+                                       float *running_mean, float *running_var, const float *x, const float *gamma,
+                                       const float *beta, int training, float momentum, float eps, int64_t N,
+                                       int64_t CH, int64_t IH, int64_t IW)
 {
+    return bn_forward(y, mean, rstd, scale, shift, running_mean, running_var, x, gamma, beta, training, momentum, eps,
+                      0, NULL, NULL, NULL, NULL, N, CH, IH, IW);
+}
+
+peftc_status peftc_batchnorm2d_add_relu_forward(float *y, float *mean, float *rstd, float *running_mean,
+                                                float *running_var, const float *x, const float *gamma,
+                                                const float *beta, int training, float momentum, float eps,
+                                                const float *res, const float *res_mean, const float *res_scale,
+                                                const float *res_shift, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+{
+    if (!y || !res)
+        return PEFTC_ERR_ARG;
     return bn_forward(y, mean, rstd, NULL, NULL, running_mean, running_var, x, gamma, beta, training, momentum, eps,
-                      0, N, CH, IH, IW);
+                      1, res, res_mean, res_scale, res_shift, N, CH, IH, IW);
 }
 
 peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *scale, float *shift,
@@ -361,8 +400,10 @@ peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, 
                                             const float *gamma, const float *beta, int training, float momentum,
                                             float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
+    if (!y)
+        return PEFTC_ERR_ARG;
     return bn_forward(y, mean, rstd, scale, shift, running_mean, running_var, x, gamma, beta, training, momentum, eps,
-                      1, N, CH, IH, IW);
+                      1, NULL, NULL, NULL, NULL, N, CH, IH, IW);
 }
 
 /* the backward of channels [c0, c1) of part t; relu_y non-NULL masks dy to relu_y > 0 first, and

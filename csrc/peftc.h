@@ -143,9 +143,13 @@ peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or ove
  *   variance term unbiased (m / (m - 1), m = N*IH*IW; needs m > 1). Passing NULL running buffers
  *   gives the test-batch statistics of BN-adapt / TENT with nothing updated.
  * training == 0: normalise with the running statistics (both required, read only).
- * mean and rstd receive the statistics actually used; the backward needs them and x. */
-peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten */,
+ * mean and rstd receive the statistics actually used; the backward needs them and x. scale and shift
+ * (both or neither) receive each channel's float map, y = (x - mean) scale + shift; with y NULL only the
+ * statistics and the map are computed (a norm whose output a later kernel applies itself). */
+peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten, or NULL */,
                                        float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                       float *scale /* (CH) overwritten, or NULL */,
+                                       float *shift /* (CH) overwritten, or NULL */,
                                        float *running_mean /* (CH) updated, read, or NULL */,
                                        float *running_var /* (CH) updated, read, or NULL */,
                                        const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
@@ -472,6 +476,23 @@ peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulat
                                              const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
                                              int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH,
                                              int64_t IW);
+/* The residual block's output relu(bn(x) + r) in the norm's pass, without writing bn(x): r = res, or,
+ * with res_scale, another norm's output applied on the fly, (res - res_mean) res_scale + res_shift with
+ * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s)
+ * and peftc_add_relu_forward one after the other; the statistics, modes and rules of
+ * peftc_batchnorm2d_forward. The backward is the norms' with y as relu_y. */
+peftc_status peftc_batchnorm2d_add_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
+                                                float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                                float *running_mean /* (CH) updated, read, or NULL */,
+                                                float *running_var /* (CH) updated, read, or NULL */,
+                                                const float *x /* (N,CH,IH,IW) */,
+                                                const float *gamma /* (CH) or NULL */,
+                                                const float *beta /* (CH) or NULL */, int training, float momentum,
+                                                float eps, const float *res /* (N,CH,IH,IW) */,
+                                                const float *res_mean /* (CH) or NULL */,
+                                                const float *res_scale /* (CH) or NULL */,
+                                                const float *res_shift /* (CH) or NULL */, int64_t N, int64_t CH,
+                                                int64_t IH, int64_t IW);
 /* ==== fused encoder kernels (layernorm.c; perf-step family) ===================================== */
 /* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
  * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its

@@ -248,8 +248,9 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray | None, weight: np.ndarray, st
 def batchnorm2d_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
                         weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
                         momentum: float = 0.1, eps: float = 1e-5, *, out: np.ndarray | None = None,
-                        mean: np.ndarray | None = None,
-                        rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        mean: np.ndarray | None = None, rstd: np.ndarray | None = None,
+                        scale: np.ndarray | None = None, shift: np.ndarray | None = None,
+                        output: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Batch norm over (N, H, W) per channel, argument order and math of ``torch.nn.functional.batch_norm``.
 
     * ``training=True`` with running buffers: batch statistics; the buffers are updated in place
@@ -259,12 +260,38 @@ def batchnorm2d_forward(x: np.ndarray, running_mean: np.ndarray | None, running_
     * ``training=False``: the running statistics, read only.
 
     Returns ``(y, mean, rstd)``: the statistics used, which :func:`batchnorm2d_backward` needs.
+    ``scale`` and ``shift`` (float32 (C,) arrays, both or neither) receive each channel's float map,
+    ``y = (x - mean) * scale + shift``; ``output=False`` computes only the statistics and the map (y is
+    None), for a norm that :func:`batchnorm2d_add_relu_forward` applies inside its own pass.
     """
+    ch = x.shape[1] if x.ndim == 4 else 0
+    y = (np.empty_like(x) if out is None else out) if output else None
+    mean = _empty((ch,), mean)
+    rstd = _empty((ch,), rstd)
+    _C.batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum, eps,
+                           scale, shift)
+    return y, mean, rstd
+
+
+def batchnorm2d_add_relu_forward(x: np.ndarray, residual: np.ndarray, running_mean: np.ndarray | None,
+                                 running_var: np.ndarray | None, weight: np.ndarray | None = None,
+                                 bias: np.ndarray | None = None, training: bool = False, momentum: float = 0.1,
+                                 eps: float = 1e-5, *,
+                                 residual_map: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                                 out: np.ndarray | None = None, mean: np.ndarray | None = None,
+                                 rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A residual block's output ``relu(batchnorm2d(x) + r)`` in the norm's own pass, never writing
+    ``batchnorm2d(x)``: r is ``residual``, or, with ``residual_map = (mean, scale, shift)`` of another
+    norm (from :func:`batchnorm2d_forward` with ``output=False``), that norm's output
+    ``(residual - mean) * scale + shift`` computed on the fly. The same bits as the norms and
+    :func:`add_relu_forward` in turn; arguments, modes and returned statistics of
+    :func:`batchnorm2d_forward`. Both norms' backwards take the output as ``relu_y``."""
     ch = x.shape[1] if x.ndim == 4 else 0
     y = np.empty_like(x) if out is None else out
     mean = _empty((ch,), mean)
     rstd = _empty((ch,), rstd)
-    _C.batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum, eps)
+    _C.batchnorm2d_add_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, residual,
+                                    *(residual_map or (None, None, None)), bool(training), momentum, eps)
     return y, mean, rstd
 
 

@@ -210,7 +210,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, dx=None, dweight=None
 
 
 def batchnorm2d_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                        eps=1e-5, *, out=None, mean=None, rstd=None):
+                        eps=1e-5, *, out=None, mean=None, rstd=None, scale=None, shift=None, output=True):
     if training:
         mean = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))
@@ -228,7 +228,20 @@ def batchnorm2d_forward(x, running_mean, running_var, weight=None, bias=None, tr
         y = y * weight[None, :, None, None]
     if bias is not None:
         y = y + bias[None, :, None, None]
-    return y, mean, rstd
+    if scale is not None:  # y = (x - mean) * scale + shift
+        scale[...] = rstd * (weight if weight is not None else 1.0)
+        shift[...] = bias if bias is not None else 0.0
+    return (y if output else None), mean, rstd
+
+
+def batchnorm2d_add_relu_forward(x, residual, running_mean, running_var, weight=None, bias=None, training=False,
+                                 momentum=0.1, eps=1e-5, *, residual_map=None, out=None, mean=None, rstd=None):
+    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    r = residual
+    if residual_map is not None:
+        r_mean, r_scale, r_shift = (v[None, :, None, None] for v in residual_map)
+        r = (residual - r_mean) * r_scale + r_shift
+    return np.maximum(y + r, 0.0), mean, rstd
 
 
 def batchnorm2d_backward(dy, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
@@ -667,10 +680,8 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
 # ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
 def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                              eps=1e-5, *, out=None, mean=None, rstd=None, scale=None, shift=None):
-    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    if scale is not None:  # y = (x - mean) * scale + shift
-        scale[...] = rstd * (weight if weight is not None else 1.0)
-        shift[...] = bias if bias is not None else 0.0
+    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                        scale=scale, shift=shift)
     return np.maximum(y, 0.0), mean, rstd
 
 

@@ -211,7 +211,7 @@ def _cnn_cases(rng: np.random.Generator) -> list[KernelCase]:
                                       ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch)),
                                       ("x", _f(rng, n, ch, ih, iw)), ("weight", _f(rng, ch)), ("bias", _f(rng, ch))],
               [True, 0.1, 1e-5], {"y", "mean", "rstd", "running_mean", "running_var"},
-              optional={"running_mean", "running_var", "weight", "bias"}),
+              optional={"y", "running_mean", "running_var", "weight", "bias"}),  # no y: statistics only
         _case("batchnorm2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dweight", _f(rng, ch)), ("dbias", _f(rng, ch)),
                                        ("dy", _f(rng, n, ch, ih, iw)), ("x", _f(rng, n, ch, ih, iw)),
                                        ("mean", _f(rng, ch)), ("rstd", _positive(rng, ch)), ("weight", _f(rng, ch))],
@@ -314,6 +314,14 @@ def _bn_relu_cases(rng: np.random.Generator) -> list[KernelCase]:
                                             ("mean", _f(rng, ch)), ("rstd", _positive(rng, ch)),
                                             ("weight", _f(rng, ch))],
               [True], {"dx", "dweight", "dbias"}, optional={"dx", "dweight", "dbias", "weight"}),
+        _case("batchnorm2d_add_relu_forward", [("y", _f(rng, n, ch, ih, iw)), ("mean", _f(rng, ch)),
+                                               ("rstd", _f(rng, ch)), ("running_mean", _f(rng, ch)),
+                                               ("running_var", _positive(rng, ch)), ("x", _f(rng, n, ch, ih, iw)),
+                                               ("weight", _f(rng, ch)), ("bias", _f(rng, ch)),
+                                               ("residual", _f(rng, n, ch, ih, iw)), ("res_mean", _f(rng, ch)),
+                                               ("res_scale", _f(rng, ch)), ("res_shift", _f(rng, ch))],
+              [True, 0.1, 1e-5], {"y", "mean", "rstd", "running_mean", "running_var"},
+              optional={"running_mean", "running_var", "weight", "bias", "res_mean", "res_scale", "res_shift"}),
     ]
 
 

@@ -130,23 +130,37 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* batchnorm2d_forward and batchnorm2d_relu_forward share their arguments and checks */
-static PyObject *bn_forward_py(PyObject *args, int relu)
+enum { BN_PLAIN, BN_RELU, BN_ADD_RELU };
+
+/* batchnorm2d_forward, batchnorm2d_relu_forward and batchnorm2d_add_relu_forward share their arguments
+ * and checks; the first two take the optional map outputs (scale, shift) last, the third the residual
+ * and its map (res_mean, res_scale, res_shift, each may be None) after bias */
+static PyObject *bn_forward_py(PyObject *args, int kind)
 {
-    const char *fn = relu ? "batchnorm2d_relu_forward" : "batchnorm2d_forward";
+    const char *fn = kind == BN_PLAIN  ? "batchnorm2d_forward"
+                     : kind == BN_RELU ? "batchnorm2d_relu_forward"
+                                       : "batchnorm2d_add_relu_forward";
     PyObject *o_y, *o_mean, *o_rstd, *o_rm, *o_rv, *o_x, *o_g, *o_b, *o_scale = Py_None, *o_shift = Py_None;
-    int training;
+    PyObject *o_res = Py_None, *o_res_mean = Py_None, *o_res_scale = Py_None, *o_res_shift = Py_None;
+    int training, ok;
     float momentum, eps;
-    if (!PyArg_ParseTuple(args, relu ? "OOOOOOOOpff|OO:batchnorm2d_relu_forward" : "OOOOOOOOpff:batchnorm2d_forward",
-                          &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps, &o_scale,
-                          &o_shift))
+    if (kind == BN_ADD_RELU)
+        ok = PyArg_ParseTuple(args, "OOOOOOOOOOOOpff:batchnorm2d_add_relu_forward", &o_y, &o_mean, &o_rstd, &o_rm,
+                              &o_rv, &o_x, &o_g, &o_b, &o_res, &o_res_mean, &o_res_scale, &o_res_shift, &training,
+                              &momentum, &eps);
+    else
+        ok = PyArg_ParseTuple(args, kind == BN_RELU ? "OOOOOOOOpff|OO:batchnorm2d_relu_forward"
+                                                    : "OOOOOOOOpff|OO:batchnorm2d_forward",
+                              &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps,
+                              &o_scale, &o_shift);
+    if (!ok)
         return NULL;
     ArgCheck ck;
     arg_init(&ck, fn);
     /* running buffers are written in training mode and only read in eval mode */
     const int running_flags = (training ? ARG_OUT : ARG_IN) | (training ? ARG_OPTIONAL : 0);
-    float *y, *mean, *rstd, *rm, *rv, *x, *g, *b, *scale, *shift;
-    if (arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_OUT, &y) < 0 ||
+    float *y, *mean, *rstd, *rm, *rv, *x, *g, *b, *scale, *shift, *res, *res_mean, *res_scale, *res_shift;
+    if (arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_OUT | (kind == BN_PLAIN ? ARG_OPTIONAL : 0), &y) < 0 ||
         arg_f32(&ck, "mean", o_mean, "CH", ARG_OUT, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "CH", ARG_OUT, &rstd) < 0 ||
         arg_f32(&ck, "scale", o_scale, "CH", ARG_OUT | ARG_OPTIONAL, &scale) < 0 ||
@@ -155,17 +169,26 @@ static PyObject *bn_forward_py(PyObject *args, int relu)
         arg_f32(&ck, "running_var", o_rv, "CH", running_flags, &rv) < 0 ||
         arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
         arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 ||
-        arg_f32(&ck, "bias", o_b, "CH", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0)
+        arg_f32(&ck, "bias", o_b, "CH", ARG_OPTIONAL, &b) < 0 ||
+        arg_f32(&ck, "residual", o_res, "N CH IH IW", kind == BN_ADD_RELU ? ARG_IN : ARG_OPTIONAL, &res) < 0 ||
+        arg_f32(&ck, "res_mean", o_res_mean, "CH", ARG_OPTIONAL, &res_mean) < 0 ||
+        arg_f32(&ck, "res_scale", o_res_scale, "CH", ARG_OPTIONAL, &res_scale) < 0 ||
+        arg_f32(&ck, "res_shift", o_res_shift, "CH", ARG_OPTIONAL, &res_shift) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), CH = arg_dim(&ck, "CH"), IH = arg_dim(&ck, "IH"), IW = arg_dim(&ck, "IW");
+    if ((res_mean == NULL) != (res_scale == NULL) || (res_scale == NULL) != (res_shift == NULL)) {
+        PyErr_Format(PyExc_ValueError, "%s: give all of res_mean, res_scale and res_shift, or none", fn);
+        return NULL;
+    }
     if ((rm == NULL) != (rv == NULL) || (scale == NULL) != (shift == NULL)) {
         PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var (and both scale and shift), or "
                      "neither", fn);
         return NULL;
     }
     if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
+        const Py_ssize_t at = kind == BN_ADD_RELU ? 14 : 10; /* eps's position; momentum's is before it */
         PyErr_Format(PyExc_ValueError, "%s: needs eps > 0 and momentum in [0, 1], got eps=%R momentum=%R", fn,
-                     PyTuple_GET_ITEM(args, 10), PyTuple_GET_ITEM(args, 9));
+                     PyTuple_GET_ITEM(args, at), PyTuple_GET_ITEM(args, at - 1));
         return NULL;
     }
     if (training && N * IH * IW < (rm ? 2 : 1)) {
@@ -177,9 +200,15 @@ static PyObject *bn_forward_py(PyObject *args, int relu)
     }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = relu ? peftc_batchnorm2d_relu_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N,
-                                               CH, IH, IW)
-              : peftc_batchnorm2d_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, N, CH, IH, IW);
+    if (kind == BN_ADD_RELU)
+        st = peftc_batchnorm2d_add_relu_forward(y, mean, rstd, rm, rv, x, g, b, training, momentum, eps, res, res_mean,
+                                                res_scale, res_shift, N, CH, IH, IW);
+    else if (kind == BN_RELU)
+        st = peftc_batchnorm2d_relu_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N,
+                                            CH, IH, IW);
+    else
+        st = peftc_batchnorm2d_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N, CH,
+                                       IH, IW);
     Py_END_ALLOW_THREADS
     if (st == PEFTC_ERR_NONFINITE) {
         PyErr_Format(PyExc_ValueError,
@@ -194,13 +223,19 @@ static PyObject *bn_forward_py(PyObject *args, int relu)
 static PyObject *py_batchnorm2d_forward(PyObject *self, PyObject *args)
 {
     (void)self;
-    return bn_forward_py(args, 0);
+    return bn_forward_py(args, BN_PLAIN);
 }
 
 static PyObject *py_batchnorm2d_relu_forward(PyObject *self, PyObject *args)
 {
     (void)self;
-    return bn_forward_py(args, 1);
+    return bn_forward_py(args, BN_RELU);
+}
+
+static PyObject *py_batchnorm2d_add_relu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bn_forward_py(args, BN_ADD_RELU);
 }
 
 /* batchnorm2d_backward (dx, dweight, dbias, dy, x, ...) and batchnorm2d_relu_backward, which also takes
@@ -476,7 +511,11 @@ PyMethodDef peftc_py_cnn_methods[] = {
      "conv2d_backward(dx, dweight, dbias, work, dy, x, weight, SH, SW, PH, PW, overwrite_dx=False): accumulate (None = "
      "not wanted; dx overwritten with overwrite_dx)"},
     {"batchnorm2d_forward", py_batchnorm2d_forward, METH_VARARGS,
-     "batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps)"},
+     "batchnorm2d_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, training, momentum, eps, "
+     "scale=None, shift=None): y None computes the statistics (and map) only"},
+    {"batchnorm2d_add_relu_forward", py_batchnorm2d_add_relu_forward, METH_VARARGS,
+     "batchnorm2d_add_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, residual, res_mean, "
+     "res_scale, res_shift, training, momentum, eps): y = max(batchnorm(x) + residual (mapped), 0)"},
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,
      "batchnorm2d_backward(dx, dweight, dbias, dy, x, mean, rstd, weight, training, overwrite_dx=False): accumulate"},
     {"batchnorm2d_relu_forward", py_batchnorm2d_relu_forward, METH_VARARGS,

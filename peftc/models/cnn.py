@@ -36,11 +36,17 @@ class BasicBlock(Module):
             self.short_bn = BatchNorm2d(cout)
         else:
             self.short_conv = self.short_bn = None
-        self.relu2 = ReLU()
+        self.relu2 = ReLU()  # the identity shortcut's output ReLU
+        self._out: np.ndarray | None = None  # a conv-BN shortcut block's output, whose positive set masks dy
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        return self.relu2.forward_sum(h, x if self.short_conv is None else self.short_bn(self.short_conv(x)))
+        h = self.conv2(self.bn1(self.conv1(x)))
+        if self.short_conv is None:
+            return self.relu2.forward_sum(self.bn2(h), x)
+        # both norms are applied inside the pass that writes the block output (neither output is stored)
+        shortcut = self.short_conv(x)
+        self._out = self.bn2.forward_add_relu(h, shortcut, self.short_bn.forward_map(shortcut))
+        return self._out
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self.short_conv is None:
@@ -49,7 +55,7 @@ class BasicBlock(Module):
             dx += d
             return dx
         # both branches end in a norm: each masks dy by the ReLU's output itself (no separate ReLU pass)
-        out = self.relu2.output
+        out = self._out
         dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(dy, relu_out=out))))
         return self.short_conv.backward(self.short_bn.backward(dy, relu_out=out), dx=dx)  # adds into dx
 

@@ -85,13 +85,32 @@ class BatchNorm2d(Module):
         return [("running_mean", self.running_mean), ("running_var", self.running_var)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._normalise(self._forward_kernel, x)
+
+    def forward_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The forward without its output: the statistics (running buffers updated as the mode says, and
+        cached for the backward) and the per-channel map ``(mean, scale, shift)`` with which
+        :meth:`forward_add_relu` of another norm applies this one inside its own pass."""
+        scale, shift = np.empty(self.num_features, np.float32), np.empty(self.num_features, np.float32)
+        self._normalise(F.batchnorm2d_forward, x, scale=scale, shift=shift, output=False)
+        return self._cache[1], scale, shift
+
+    def forward_add_relu(self, x: np.ndarray, residual: np.ndarray,
+                         residual_map: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``relu(self(x) + r)`` (a residual block's output) in one pass, without writing ``self(x)``: r is
+        ``residual``, or another norm's output when ``residual_map`` is its :meth:`forward_map`. The
+        same bits as the separate passes; the backward of each norm takes the output as ``relu_out``."""
+        return self._normalise(F.batchnorm2d_add_relu_forward, x, residual, residual_map=residual_map)
+
+    def _normalise(self, kernel, x: np.ndarray, *extra, **options) -> np.ndarray | None:
+        """Run a forward kernel in this layer's mode (statistics, running buffers) and cache its backward's inputs."""
         mode = self.mode
         batch_stats = mode != "eval"
         update = mode == "train" and self.running_mean is not None
         run = (self.running_mean, self.running_var) if (update or not batch_stats) else (None, None)
-        y, mean, rstd = self._forward_kernel(x, *run, self.weight.data if self.weight is not None else None,
-                                             self.bias.data if self.bias is not None else None, batch_stats,
-                                             self.momentum, self.eps)
+        y, mean, rstd = kernel(x, *extra, *run, self.weight.data if self.weight is not None else None,
+                               self.bias.data if self.bias is not None else None, batch_stats, self.momentum,
+                               self.eps, **options)
         if update:
             self.num_batches_tracked += 1
         self._cache = (x, mean, rstd, batch_stats)
