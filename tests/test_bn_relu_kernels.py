@@ -68,7 +68,8 @@ def test_batchnorm2d_relu_backward_matches_reference_and_the_unfused_kernels_exa
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_relu_backward_matches_finite_differences(rng, training):
+@pytest.mark.parametrize("mask_from", ["y", "map"])
+def test_batchnorm2d_relu_backward_matches_finite_differences(rng, training, mask_from):
     x, g, b, rm, rv = bn_relu_case(rng, (3, 2, 2, 3))
     x64, g64, b64 = (v.astype(np.float64) for v in (x, g, b))
     run64 = (None, None) if training else (rm.astype(np.float64), rv.astype(np.float64))
@@ -78,24 +79,33 @@ def test_batchnorm2d_relu_backward_matches_finite_differences(rng, training):
         return float(np.sum(R.batchnorm2d_relu_forward(x64, *run64, g64, b64, training)[0] * dy))
 
     run = (None, None) if training else (rm, rv)
-    y, mean, rstd = F.batchnorm2d_relu_forward(x, *run, g, b, training)
+    scale, shift = np.empty(2, np.float32), np.empty(2, np.float32)
+    y, mean, rstd = F.batchnorm2d_relu_forward(x, *run, g, b, training, scale=scale, shift=shift)
     pre = R.batchnorm2d_forward(x64, *run64, g64, b64, training)[0]
     assert np.abs(pre).min() > 1e-3, "a pre-activation at the ReLU kink would make finite differences meaningless"
     dx, dg, db = np.zeros_like(x), np.zeros_like(g), np.zeros_like(b)
-    F.batchnorm2d_relu_backward(dy, y, x, mean, rstd, g, training, dx=dx, dweight=dg, dbias=db)
+    mask = dict(scale=scale, shift=shift) if mask_from == "map" else {}
+    F.batchnorm2d_relu_backward(dy, y if mask_from == "y" else None, x, mean, rstd, g, training, dx=dx, dweight=dg,
+                                dbias=db, **mask)
     assert_close(dx, numerical_grad(loss, x64), 1e-4, 1e-4, "dx")
     assert_close(dg, numerical_grad(loss, g64), 1e-4, 1e-4, "dweight")
     assert_close(db, numerical_grad(loss, b64), 1e-4, 1e-4, "dbias")
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_relu_matches_torch_autograd(rng, torch, training):
+@pytest.mark.parametrize("mask_from", ["y", "map"])
+def test_batchnorm2d_relu_matches_torch_autograd(rng, torch, training, mask_from):
+    """The backward masks by the forward's output, or by the per-channel map (scale, shift) it rebuilds
+    the output's sign from."""
     x, g, b, rm, rv = bn_relu_case(rng, (3, 4, 5, 7))
     run = (None, None) if training else (rm, rv)
-    y, mean, rstd = F.batchnorm2d_relu_forward(x, *run, g, b, training)
+    scale, shift = np.empty(4, np.float32), np.empty(4, np.float32)
+    y, mean, rstd = F.batchnorm2d_relu_forward(x, *run, g, b, training, scale=scale, shift=shift)
     dy = f32(rng, *x.shape)
     dx, dg, db = np.zeros_like(x), np.zeros_like(g), np.zeros_like(b)
-    F.batchnorm2d_relu_backward(dy, y, x, mean, rstd, g, training, dx=dx, dweight=dg, dbias=db)
+    mask = dict(scale=scale, shift=shift) if mask_from == "map" else {}
+    F.batchnorm2d_relu_backward(dy, y if mask_from == "y" else None, x, mean, rstd, g, training, dx=dx, dweight=dg,
+                                dbias=db, **mask)
     xt, gt, bt = (torch.tensor(v, requires_grad=True) for v in (x, g, b))
     rt = (None, None) if training else (torch.tensor(rm), torch.tensor(rv))
     yt = torch.relu(torch.nn.functional.batch_norm(xt, *rt, gt, bt, training=training, eps=1e-5))

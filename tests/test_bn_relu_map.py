@@ -1,8 +1,8 @@
 """The fused batch norm + ReLU's per-channel map: the forward can hand out each channel's float
 (scale, shift), y = max((x - mean) * scale + shift, 0), and the backward, given that map instead of y,
 rebuilds the ReLU mask from x. Checked bit for bit against the backward that reads y (values exactly
-at the ReLU threshold and on its float neighbours included), against the NumPy reference, by float64
-finite differences and against torch autograd."""
+at the ReLU threshold and on its float neighbours included) and against the NumPy reference (finite
+differences and torch autograd for both masks: test_bn_relu_kernels.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ from peftc import functional as F
 from peftc import reference as R
 from peftc.nn import BatchNormReLU2d
 
-from .conftest import assert_close, f32, numerical_grad
+from .conftest import assert_close, f32
 
 SHAPES = [(4, 3, 3, 2), (3, 2, 5, 7), (2, 3, 8, 8), (2, 64, 1, 1), (3, 40, 5, 7)]  # planes of 6, 35, 64, 1, 35
 MODES = ["train", "test_batch", "eval"]
@@ -131,45 +131,6 @@ def test_the_mask_is_rebuilt_exactly_over_many_channels(rng, mode):
                                 dbias=from_y[2])
     for name, got, want in zip(("dx", "dweight", "dbias"), from_map, from_y):
         np.testing.assert_array_equal(got, want, err_msg=name)
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_backward_from_the_map_matches_finite_differences(rng, training):
-    x, g, b, rm, rv = norm_case(rng, (3, 2, 2, 3))
-    x64, g64, b64 = (v.astype(np.float64) for v in (x, g, b))
-    run64 = (None, None) if training else (rm.astype(np.float64), rv.astype(np.float64))
-    dy = f32(rng, *x.shape)
-
-    def loss():
-        return float(np.sum(R.batchnorm2d_relu_forward(x64, *run64, g64, b64, training)[0] * dy))
-
-    _, mean, rstd, scale, shift = forward_with_map(x, "train" if training else "eval", rm, rv, g, b)
-    pre = R.batchnorm2d_forward(x64, *run64, g64, b64, training)[0]
-    assert np.abs(pre).min() > 1e-3, "a pre-activation at the ReLU kink would make finite differences meaningless"
-    dx, dg, db = np.zeros_like(x), np.zeros_like(g), np.zeros_like(b)
-    F.batchnorm2d_relu_backward(dy, None, x, mean, rstd, g, training, dx=dx, dweight=dg, dbias=db, scale=scale,
-                                shift=shift)
-    assert_close(dx, numerical_grad(loss, x64), 1e-4, 1e-4, "dx")
-    assert_close(dg, numerical_grad(loss, g64), 1e-4, 1e-4, "dweight")
-    assert_close(db, numerical_grad(loss, b64), 1e-4, 1e-4, "dbias")
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_backward_from_the_map_matches_torch_autograd(rng, torch, training):
-    x, g, b, rm, rv = norm_case(rng, (3, 4, 5, 7))
-    y, mean, rstd, scale, shift = forward_with_map(x, "train" if training else "eval", rm, rv, g, b)
-    dy = f32(rng, *x.shape)
-    dx, dg, db = np.zeros_like(x), np.zeros_like(g), np.zeros_like(b)
-    F.batchnorm2d_relu_backward(dy, None, x, mean, rstd, g, training, dx=dx, dweight=dg, dbias=db, scale=scale,
-                                shift=shift)
-    xt, gt, bt = (torch.tensor(v, requires_grad=True) for v in (x, g, b))
-    rt = (None, None) if training else (torch.tensor(rm), torch.tensor(rv))
-    yt = torch.relu(torch.nn.functional.batch_norm(xt, *rt, gt, bt, training=training, eps=1e-5))
-    (yt * torch.tensor(dy)).sum().backward()
-    assert_close(y, yt.detach().numpy(), 1e-5, 1e-5, "y")
-    assert_close(dx, xt.grad.numpy(), 1e-4, 1e-5, "dx")
-    assert_close(dg, gt.grad.numpy(), 1e-4, 1e-5, "dweight")
-    assert_close(db, bt.grad.numpy(), 1e-4, 1e-5, "dbias")
 
 
 def test_map_arguments_are_checked_by_name(rng):
