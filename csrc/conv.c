@@ -622,6 +622,22 @@ int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t I
     return mul_or_neg(parts, part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S));
 }
 
+/* Images per block of the weight gradient: as many as the whole scratch holds, up to WEIGHT_GRAD_FLOATS
+ * of patch matrix and gathered dy. Its GEMM sums over the positions of the block, so the longer the
+ * block the less OpenBLAS spends packing per multiply (one 14x14 image is k = 196). */
+#define WEIGHT_GRAD_FLOATS (1 << 20)
+
+static int64_t weight_grad_block(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                                 int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t K, int64_t S)
+{
+    const int64_t have = peftc_conv2d_workspace_size(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW);
+    const int64_t planes = SH > 1 || SW > 1 ? IC * IH * IW : 0, per_image = (K + OC) * S;
+    int64_t nb = (have - planes) / per_image;
+    nb = nb * per_image > WEIGHT_GRAD_FLOATS ? WEIGHT_GRAD_FLOATS / per_image : nb;
+    nb = nb > N ? N : nb;
+    return nb < 1 ? 1 : nb;
+}
+
 /* the nb images of a block side by side: dst (C, nb*S) from src (nb, C, S), or back */
 static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, int64_t S)
 {
@@ -812,7 +828,7 @@ peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work,
             /* dw (OC,IC) += dyn (OC,S) xn^T (S,IC): M=OC, N=IC, K=S, lda=S, ldb=S, ldc=IC */
             st = peftc_sgemm(0, 1, OC, K, S, 1.0f, dy + n * OC * S, S, x + n * IC * S, S, 1.0f, dw, K);
     } else if (dw) {
-        const int64_t nb = im2col_block(N, K, OC, S);
+        const int64_t nb = weight_grad_block(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, K, S);
         for (int64_t n0 = 0; n0 < N && st == PEFTC_OK; n0 += nb) {
             const int64_t bn = N - n0 < nb ? N - n0 : nb, L = bn * S;
             float *col = work, *dyb = work + K * L, *ph = dyb + OC * L;
