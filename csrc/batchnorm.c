@@ -185,7 +185,8 @@ static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, c
                                    const float *x, float m, int64_t S)
 {
     lanes_f a = {0}, b = {0};
-    const lanes_f mv = broadcast(m), scale = broadcast(map ? map->scale : 0.0f), shift = broadcast(map ? map->shift : 0.0f);
+    const lanes_f mv = broadcast(m), scale = broadcast(map ? map->scale : 0.0f),
+                  shift = broadcast(map ? map->shift : 0.0f);
     int64_t s = 0;
     for (; s + LANES <= S; s += LANES) {
         const lanes_f d = vec_load(x + s) - mv;

@@ -801,8 +801,8 @@ peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const f
 }
 
 peftc_status peftc_conv2d_backward(float *dx, float *dw, float *db, float *work, const float *dy, const float *x,
-                                   const float *w, int overwrite_dx, int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
-                                   int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+                                   const float *w, int overwrite_dx, int64_t N, int64_t IC, int64_t IH, int64_t IW,
+                                   int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
         return PEFTC_ERR_SIZE;
