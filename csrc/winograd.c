@@ -19,6 +19,9 @@
 #define WINOGRAD_ROW_FLOATS (1 << 17)
 
 static int64_t tiles(int64_t n, int m) { return (n + m - 1) / m; }
+/* images rounded up to whole vectors: a block's transforms and products run over bv lanes, the ones
+ * past its images fed zeros and dropped, rather than through partial (copied) vector loads */
+static int64_t whole_lanes(int64_t n) { return (n + PEFTC_VL - 1) / PEFTC_VL * PEFTC_VL; }
 
 /* The output tile side m for an OH x OW output: F(4x4, 3x3) (6x6 input tiles, 36 products per 16
  * outputs) unless its partial edge tiles make it dearer than F(2x2, 3x3) (4x4 tiles, 16 per 4), which
@@ -48,7 +51,7 @@ int64_t peftc_winograd3x3_workspace_size(int64_t nb, int64_t CI, int64_t H, int6
 {
     const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
     const int m = tile_side(OH, OW), P = (m + 2) * (m + 2);
-    return P * CO * CI + 2 * P * POINT_SKEW + nb * per_image(CI, H, W, CO, OH, OW, m);
+    return P * CO * CI + 2 * P * POINT_SKEW + whole_lanes(nb) * per_image(CI, H, W, CO, OH, OW, m);
 }
 
 int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW)
@@ -211,7 +214,8 @@ static void output_tile6(float *const y[16], const float *m, int64_t ms, int64_t
 }
 
 /* Transposing tiles of 16 x 16: dst[j * ldd + i] = src[i * lds + j] (+ bias, added to dst with
- * accumulate), i, j < 16. With AVX-512 each of the 16 rows is one vector and the transpose is four
+ * accumulate), i, j < 16, where the rows i >= live of src (a block's lanes past its images) read as
+ * zeros. With AVX-512 each of the 16 rows is one vector and the transpose is four
  * rounds of two-vector permutes (each round swaps the off-diagonal blocks of size 8, 4, 2, 1); without
  * it, element by element. Either way the same values, so the same bits. */
 #define TILE 16
@@ -232,11 +236,15 @@ static void output_tile6(float *const y[16], const float *m, int64_t ms, int64_t
 #define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
 #define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
 
-static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, float bias, int accumulate)
+static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t live, float bias,
+                           int accumulate)
 {
     peftc_vf r[TILE];
     for (int i = 0; i < TILE; i++)
-        memcpy(&r[i], src + i * lds, sizeof r[i]);
+        if (i < live)
+            memcpy(&r[i], src + i * lds, sizeof r[i]);
+        else
+            r[i] = (peftc_vf){0.0f};
     SWAP_ROUND(8, LO8, HI8)
     SWAP_ROUND(4, LO4, HI4)
     SWAP_ROUND(2, LO2, HI2)
@@ -251,41 +259,48 @@ static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t ld
     }
 }
 #else
-static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, float bias, int accumulate)
+static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t live, float bias,
+                           int accumulate)
 {
     for (int j = 0; j < TILE; j++)
-        for (int i = 0; i < TILE; i++)
-            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (src[i * lds + j] + bias) : src[i * lds + j] + bias;
+        for (int i = 0; i < TILE; i++) {
+            const float v = i < live ? src[i * lds + j] : 0.0f;
+            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (v + bias) : v + bias;
+        }
 }
 #endif
 
-/* dst[j * ldd + i] (+)= src[i * lds + j] + bias for i < rows, j < cols: whole tiles, then the edges
- * element by element with the same arithmetic */
-static void transpose_add(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows, int64_t cols,
-                          float bias, int accumulate)
+/* dst[j * ldd + i] (+)= src[i * lds + j] + bias for i < rows, j < cols, the rows i >= live of src read
+ * as zeros: whole tiles, then the edges element by element with the same arithmetic */
+static void transpose_add(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows, int64_t live,
+                          int64_t cols, float bias, int accumulate)
 {
     const int64_t r16 = rows / TILE * TILE, c16 = cols / TILE * TILE;
     for (int64_t j0 = 0; j0 < c16; j0 += TILE)
         for (int64_t i0 = 0; i0 < r16; i0 += TILE)
-            transpose_tile(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, bias, accumulate);
+            transpose_tile(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, live - i0, bias, accumulate);
     for (int64_t j = 0; j < cols; j++)
-        for (int64_t i = j < c16 ? r16 : 0; i < rows; i++)
-            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (src[i * lds + j] + bias) : src[i * lds + j] + bias;
+        for (int64_t i = j < c16 ? r16 : 0; i < rows; i++) {
+            const float v = i < live ? src[i * lds + j] : 0.0f;
+            dst[j * ldd + i] = accumulate ? dst[j * ldd + i] + (v + bias) : v + bias;
+        }
 }
 
-/* images innermost: X (K, bn) from x (bn, K) */
-static void transpose_in(float *X, const float *x, int64_t bn, int64_t K)
+/* images innermost: X (K, bv) from x (bn, K), the lanes bn <= i < bv zero */
+static void transpose_in(float *X, const float *x, int64_t bn, int64_t bv, int64_t K)
 {
-    transpose_add(X, bn, x, K, bn, K, 0.0f, 0);
+    transpose_add(X, bv, x, K, bv, bn, K, 0.0f, 0);
 }
 
-/* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] */
-static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t CO,
-                          int64_t S)
+/* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] for the bn
+ * images of X's bv lanes */
+static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t bv,
+                          int64_t CO, int64_t S)
 {
     for (int64_t co = 0; co < CO; co++)
-        transpose_add(y + co * S, CO * S, X + co * S * bn, bn, S, bn, b ? b[co] : 0.0f, accumulate);
+        transpose_add(y + co * S, CO * S, X + co * S * bv, bv, S, S, bn, b ? b[co] : 0.0f, accumulate);
 }
+
 
 peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const float *w, const float *b, int flip,
                                int accumulate, int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
@@ -294,23 +309,23 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
     const int64_t OH = H + 2 * PH - 2, OW = W + 2 * PW - 2;
     const int m = tile_side(OH, OW), a = m + 2, P = a * a;
     const int64_t TH = tiles(OH, m), TW = tiles(OW, m), HW = H * W, OHW = OH * OW;
-    const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW);
+    const int64_t nb = peftc_winograd3x3_block(N, CI, H, W, CO, PH, PW), nbv = whole_lanes(nb);
     const int64_t xin = CI * HW, xout = CO * OHW;
     float *U = work;                                 /* (P, CO, CI) */
-    float *V = U + P * CO * CI;                      /* (P, CI, TW, nb), points POINT_SKEW apart */
-    float *M = V + P * (CI * TW * nb + POINT_SKEW);  /* (P, CO, TW, nb), points POINT_SKEW apart */
-    float *X = M + P * (CO * TW * nb + POINT_SKEW);  /* (CI, H, W, nb) */
-    float *Y = X + xin * nb;                         /* (CO, OH, OW, nb) */
-    float *zero = Y + xout * nb;                     /* (nb), then the discard row (nb) */
-    float *discard = zero + nb;
+    float *V = U + P * CO * CI;                      /* (P, CI, TW, nbv), points POINT_SKEW apart */
+    float *M = V + P * (CI * TW * nbv + POINT_SKEW); /* (P, CO, TW, nbv), points POINT_SKEW apart */
+    float *X = M + P * (CO * TW * nbv + POINT_SKEW); /* (CI, H, W, nbv) */
+    float *Y = X + xin * nbv;                        /* (CO, OH, OW, nbv) */
+    float *zero = Y + xout * nbv;                    /* (nbv), then the discard row (nbv) */
+    float *discard = zero + nbv;
     transform_kernels(U, w, flip, CI, CO, m);
-    memset(zero, 0, (size_t)nb * sizeof(float));
+    memset(zero, 0, (size_t)nbv * sizeof(float));
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t bn = N - n0 < nb ? N - n0 : nb;
-        transpose_in(X, in + n0 * xin, bn, xin);
+        const int64_t bn = N - n0 < nb ? N - n0 : nb, bv = whole_lanes(bn); /* images, lanes */
+        transpose_in(X, in + n0 * xin, bn, bv, xin);
         /* one row of tiles at a time, so that its transforms V and products M stay in cache between the
          * input transform, the GEMMs and the output transform */
-        const int64_t T = TW * bn, vs = CI * T + POINT_SKEW, ms = CO * T + POINT_SKEW; /* point strides */
+        const int64_t T = TW * bv, vs = CI * T + POINT_SKEW, ms = CO * T + POINT_SKEW; /* point strides */
         for (int64_t th = 0; th < TH; th++) {
             for (int64_t ci = 0; ci < CI; ci++)
                 for (int64_t tw = 0; tw < TW; tw++) {
@@ -318,16 +333,16 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                     for (int r = 0; r < a; r++)
                         for (int c = 0; c < a; c++) {
                             const int64_t ih = m * th - PH + r, iw = m * tw - PW + c;
-                            d[a * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bn
+                            d[a * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bv
                                                                                    : zero;
                         }
                     if (m == 2)
-                        input_tile(V + ci * T + tw * bn, vs, d, bn);
+                        input_tile(V + ci * T + tw * bv, vs, d, bv);
                     else
-                        input_tile6(V + ci * T + tw * bn, vs, d, bn);
+                        input_tile6(V + ci * T + tw * bv, vs, d, bv);
                 }
             for (int p = 0; p < P; p++) {
-                /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TW*bn: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
+                /* M_p (CO,T) = U_p (CO,CI) V_p (CI,T), T = TW*bv: M=CO, N=T, K=CI, lda=CI, ldb=T, ldc=T */
                 peftc_small_gemm_ab(M + p * ms, U + p * CO * CI, V + p * vs, 0, 0, CO, T, CI, CI, T, T);
             }
             for (int64_t co = 0; co < CO; co++)
@@ -336,15 +351,15 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                     for (int r = 0; r < m; r++)
                         for (int c = 0; c < m; c++) {
                             const int64_t oh = m * th + r, ow = m * tw + c;
-                            y[m * r + c] = oh < OH && ow < OW ? Y + (co * OHW + oh * OW + ow) * bn : discard;
+                            y[m * r + c] = oh < OH && ow < OW ? Y + (co * OHW + oh * OW + ow) * bv : discard;
                         }
                     if (m == 2)
-                        output_tile(y, M + co * T + tw * bn, ms, bn);
+                        output_tile(y, M + co * T + tw * bv, ms, bv);
                     else
-                        output_tile6(y, M + co * T + tw * bn, ms, bn);
+                        output_tile6(y, M + co * T + tw * bv, ms, bv);
                 }
         }
-        transpose_out(out + n0 * xout, Y, b, accumulate, bn, CO, OHW);
+        transpose_out(out + n0 * xout, Y, b, accumulate, bn, bv, CO, OHW);
     }
     return PEFTC_OK;
 }

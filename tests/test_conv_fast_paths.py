@@ -173,14 +173,15 @@ def test_conv2d_product_edges_and_strided_sweeps_match_reference(rng, n, ic, oc,
 
 
 def test_conv2d_workspace_grows_with_the_batch_only_up_to_a_block():
+    # Winograd's blocks are whole vectors of images (16 lanes with AVX-512): 17 images need two
     small = F.conv2d_workspace_size((1, 16, 14, 14), (16, 16, 3, 3), 1, 1)
-    assert F.conv2d_workspace_size((2, 16, 14, 14), (16, 16, 3, 3), 1, 1) > small
+    assert F.conv2d_workspace_size((17, 16, 14, 14), (16, 16, 3, 3), 1, 1) > small
     assert F.conv2d_workspace_size((10**6, 16, 14, 14), (16, 16, 3, 3), 1, 1) < 2**21
     assert F.conv2d_workspace_size((3, 3, 5, 5), (4, 3, 1, 1), 1, 0) == 0  # pointwise: no scratch
 
 
 def test_conv2d_rejects_a_workspace_sized_for_fewer_images(rng):
-    x, w, b = winograd_case(rng, (7, 7))
+    x, w, b = winograd_case(rng, (7, 7), n=17)  # more images than one vector of lanes
     work = np.empty(F.conv2d_workspace_size((1,) + x.shape[1:], w.shape, 1, 1), np.float32)
     with pytest.raises(ValueError, match="work"):
         F.conv2d_forward(x, w, b, 1, 1, work=work)
