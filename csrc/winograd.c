@@ -104,9 +104,9 @@ static void transform_kernels(float *U, const float *w, int flip, int64_t CI, in
         }
 }
 
-/* The tile transforms run over the images of a block PEFTC_VL at a time, a tile's points held in vector
- * registers (vec.h): V = B^T d B in, y = A^T m A out; the last partial group goes through zero-padded
- * copies. F(2x2, 3x3): the adds are those of the 4-point steps
+/* The tile transforms run over the lanes of a block PEFTC_VL at a time (bn, a multiple of PEFTC_VL; see
+ * whole_lanes), a tile's points held in vector registers (vec.h): V = B^T d B in, y = A^T m A out.
+ * F(2x2, 3x3): the adds are those of the 4-point steps
  * (o0, o1, o2, o3) = (a - e, b + e, e - b, b - f) for B^T and (o0, o1) = (a + b + e, b - e - f) for
  * A^T, rows first, then columns. */
 /* v[p] + i0 for the 16 points p (row stride vs) = B^T d B of the tile whose input rows d[k] (k = 4 r + c)
@@ -114,10 +114,9 @@ static void transform_kernels(float *U, const float *w, int flip, int64_t CI, in
 static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t bn)
 {
     for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
-        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
         peftc_vf x[16], t[16];
         for (int k = 0; k < 16; k++)
-            x[k] = vec_load_part(d[k] + i0, n);
+            x[k] = vec_load(d[k] + i0);
         for (int c = 0; c < 4; c++) {
             t[c] = x[c] - x[8 + c];
             t[4 + c] = x[4 + c] + x[8 + c];
@@ -125,10 +124,10 @@ static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t b
             t[12 + c] = x[4 + c] - x[12 + c];
         }
         for (int r = 0; r < 4; r++) {
-            vec_store_part(v + (4 * r) * vs + i0, t[4 * r] - t[4 * r + 2], n);
-            vec_store_part(v + (4 * r + 1) * vs + i0, t[4 * r + 1] + t[4 * r + 2], n);
-            vec_store_part(v + (4 * r + 2) * vs + i0, t[4 * r + 2] - t[4 * r + 1], n);
-            vec_store_part(v + (4 * r + 3) * vs + i0, t[4 * r + 1] - t[4 * r + 3], n);
+            vec_store(v + (4 * r) * vs + i0, t[4 * r] - t[4 * r + 2]);
+            vec_store(v + (4 * r + 1) * vs + i0, t[4 * r + 1] + t[4 * r + 2]);
+            vec_store(v + (4 * r + 2) * vs + i0, t[4 * r + 2] - t[4 * r + 1]);
+            vec_store(v + (4 * r + 3) * vs + i0, t[4 * r + 1] - t[4 * r + 3]);
         }
     }
 }
@@ -138,17 +137,16 @@ static void input_tile(float *v, int64_t vs, const float *const d[16], int64_t b
 static void output_tile(float *const y[4], const float *m, int64_t ms, int64_t bn)
 {
     for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
-        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
         peftc_vf x[16], t[8];
         for (int k = 0; k < 16; k++)
-            x[k] = vec_load_part(m + k * ms + i0, n);
+            x[k] = vec_load(m + k * ms + i0);
         for (int c = 0; c < 4; c++) {
             t[c] = x[c] + x[4 + c] + x[8 + c];
             t[4 + c] = x[4 + c] - x[8 + c] - x[12 + c];
         }
         for (int r = 0; r < 2; r++) {
-            vec_store_part(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2], n);
-            vec_store_part(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3], n);
+            vec_store(y[2 * r] + i0, t[4 * r] + t[4 * r + 1] + t[4 * r + 2]);
+            vec_store(y[2 * r + 1] + i0, t[4 * r + 1] - t[4 * r + 2] - t[4 * r + 3]);
         }
     }
 }
@@ -183,16 +181,15 @@ static inline void at6(peftc_vf *o, int so, const peftc_vf *x, int s)
 static void input_tile6(float *v, int64_t vs, const float *const d[36], int64_t bn)
 {
     for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
-        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
         peftc_vf x[36], t[36], o[36];
         for (int k = 0; k < 36; k++)
-            x[k] = vec_load_part(d[k] + i0, n);
+            x[k] = vec_load(d[k] + i0);
         for (int c = 0; c < 6; c++)
             bt6(t + c, 6, x + c, 6); /* columns: B^T d */
         for (int r = 0; r < 6; r++)
             bt6(o + 6 * r, 1, t + 6 * r, 1); /* rows: (B^T d) B */
         for (int k = 0; k < 36; k++)
-            vec_store_part(v + k * vs + i0, o[k], n);
+            vec_store(v + k * vs + i0, o[k]);
     }
 }
 
@@ -200,16 +197,15 @@ static void input_tile6(float *v, int64_t vs, const float *const d[36], int64_t 
 static void output_tile6(float *const y[16], const float *m, int64_t ms, int64_t bn)
 {
     for (int64_t i0 = 0; i0 < bn; i0 += PEFTC_VL) {
-        const int64_t n = bn - i0 < PEFTC_VL ? bn - i0 : PEFTC_VL;
         peftc_vf x[36], t[24], o[16];
         for (int k = 0; k < 36; k++)
-            x[k] = vec_load_part(m + k * ms + i0, n);
+            x[k] = vec_load(m + k * ms + i0);
         for (int c = 0; c < 6; c++)
             at6(t + c, 6, x + c, 6); /* columns: A^T m, 4 rows of 6 */
         for (int r = 0; r < 4; r++)
             at6(o + 4 * r, 1, t + 6 * r, 1); /* rows: (A^T m) A */
         for (int k = 0; k < 16; k++)
-            vec_store_part(y[k] + i0, o[k], n);
+            vec_store(y[k] + i0, o[k]);
     }
 }
 
