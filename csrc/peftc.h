@@ -113,10 +113,11 @@ peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 /* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
  * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
  * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within about
- * 2e-6 of sum |x| |w|, see winograd.h); every other sweep, and every weight gradient,
- * runs im2col and one GEMM per block of images. The scratch holds one block's tiles or patch matrix
- * and is shared by forward and backward; its size is -1 for sizes a convolution rejects or that
- * overflow. */
+ * 2e-6 of sum |x| |w|, see winograd.h); other forwards, and the input gradients of strided sweeps, by
+ * products over shifted views of zero-bordered copies of the images (or of dy), without a patch
+ * matrix; the rest, and every weight gradient, by im2col and one GEMM per block of images. The
+ * scratch holds one block's tiles, copies or patch matrix and is shared by forward and backward; its
+ * size is -1 for sizes a convolution rejects or that overflow. */
 int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
                                     int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
 peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
