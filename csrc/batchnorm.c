@@ -313,7 +313,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
                     prefetch_plane(j->res + (n + ahead) * CH * S + c * S, S);
             }
             if (j->res) {
-                /* the bits of the unfused add_relu_forward(bn(x), r or bn_r(r)): each term rounded, then summed */
+                /* the bits of the unfused relu(bn(x) + (r or bn_r(r))): each term rounded, then summed */
                 const float *rp = j->res + (n * CH + c) * S;
                 if (j->res_scale)
                     for (int64_t s = 0; s < S; s++) {

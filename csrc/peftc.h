@@ -197,9 +197,6 @@ peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */,
 /* dx += dy where the forward input (or, equivalently, its output) is > 0 */
 peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
                                  const float *x /* (P) forward input or output */, int64_t P);
-/* y = max(a + b, 0), the ReLU of a residual sum in one pass (its backward is peftc_relu_backward on y) */
-peftc_status peftc_add_relu_forward(float *y /* (P) overwritten */, const float *a /* (P) */,
-                                    const float *b /* (P) */, int64_t P);
 
 /* ==== transformer encoder family (embedding.c, layernorm.c, gelu.c, attention.c, pooling.c) ====
  * Extra dimension letters: V vocabulary size, NP position-table rows, NT token-type rows.
@@ -479,8 +476,8 @@ peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulat
                                              int64_t IW);
 /* The residual block's output relu(bn(x) + r) in the norm's pass, without writing bn(x): r = res, or,
  * with res_scale, another norm's output applied on the fly, (res - res_mean) res_scale + res_shift with
- * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s)
- * and peftc_add_relu_forward one after the other; the statistics, modes and rules of
+ * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s),
+ * their sum and peftc_relu_forward one after the other; the statistics, modes and rules of
  * peftc_batchnorm2d_forward. The backward is the norms' with y as relu_y. */
 peftc_status peftc_batchnorm2d_add_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
                                                 float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,

@@ -283,8 +283,8 @@ def batchnorm2d_add_relu_forward(x: np.ndarray, residual: np.ndarray, running_me
     """A residual block's output ``relu(batchnorm2d(x) + r)`` in the norm's own pass, never writing
     ``batchnorm2d(x)``: r is ``residual``, or, with ``residual_map = (mean, scale, shift)`` of another
     norm (from :func:`batchnorm2d_forward` with ``output=False``), that norm's output
-    ``(residual - mean) * scale + shift`` computed on the fly. The same bits as the norms and
-    :func:`add_relu_forward` in turn; arguments, modes and returned statistics of
+    ``(residual - mean) * scale + shift`` computed on the fly. The same bits as the norms, their sum
+    and :func:`relu_forward` in turn; arguments, modes and returned statistics of
     :func:`batchnorm2d_forward`. Both norms' backwards take the output as ``relu_y``."""
     ch = x.shape[1] if x.ndim == 4 else 0
     y = np.empty_like(x) if out is None else out
@@ -374,13 +374,6 @@ def relu_backward(dy: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     """dx += dy where x > 0; x may be the forward input or its output."""
     _C.relu_backward(dx, dy, x)
 
-
-def add_relu_forward(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-    """y = max(a + b, 0) elementwise in one pass (a residual block's output); ``out`` must overlap
-    neither input. The backward is :func:`relu_backward` on y, whose gradient goes to a and to b."""
-    y = np.empty_like(a) if out is None else out
-    _C.add_relu_forward(y, a, b)
-    return y
 # ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12  # BERT's config.layer_norm_eps
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default

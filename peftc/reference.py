@@ -241,7 +241,7 @@ def batchnorm2d_add_relu_forward(x, residual, running_mean, running_var, weight=
     if residual_map is not None:
         r_mean, r_scale, r_shift = (v[None, :, None, None] for v in residual_map)
         r = (residual - r_mean) * r_scale + r_shift
-    return np.maximum(y + r, 0.0), mean, rstd
+    return relu_forward(y + r), mean, rstd
 
 
 def batchnorm2d_backward(dy, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
@@ -308,9 +308,6 @@ def relu_forward(x, *, out=None):
 def relu_backward(dy, x, *, dx):
     dx += np.where(x > 0, dy, 0.0)
 
-
-def add_relu_forward(a, b, *, out=None):
-    return relu_forward(a + b)
 # ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12
 NORMALIZE_EPS = 1e-12

@@ -226,7 +226,6 @@ def _cnn_cases(rng: np.random.Generator) -> list[KernelCase]:
         _case("global_avgpool2d_backward", [("dx", _f(rng, n, ch, ih, iw)), ("dy", _f(rng, n, ch))], [], {"dx"}),
         _case("relu_forward", [("y", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"y"}),
         _case("relu_backward", [("dx", _f(rng, N, IC)), ("dy", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"dx"}),
-        _case("add_relu_forward", [("y", _f(rng, N, IC)), ("a", _f(rng, N, IC)), ("b", _f(rng, N, IC))], [], {"y"}),
     ]
 
 

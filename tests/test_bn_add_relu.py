@@ -1,7 +1,7 @@
 """A residual block's output relu(bn(x) + r) in the norm's own pass: ``batchnorm2d_add_relu_forward``
 with a plain residual, or with another norm applied on the fly through the per-channel map that
 ``batchnorm2d_forward(..., output=False)`` computes without writing its output. Checked bit for bit
-against the unfused norms and ``add_relu_forward`` in every mode (running buffers included), against
+against the unfused norms, their sum and ``relu_forward`` in every mode (running buffers included), against
 the NumPy reference and torch, and through ``BasicBlock``."""
 from __future__ import annotations
 
@@ -47,14 +47,14 @@ def test_fused_output_equals_the_norms_then_add_relu_bit_for_bit(rng, shape, mod
                                                        residual_map=(mean_b, scale, shift))
     ya, ref_mean_a, ref_rstd_a = F.batchnorm2d_forward(x, *ref_run_a, ga, ba, training)
     yb, ref_mean_b, ref_rstd_b = F.batchnorm2d_forward(s, *ref_run_b, gb, bb, training)
-    np.testing.assert_array_equal(y, F.add_relu_forward(ya, yb))
+    np.testing.assert_array_equal(y, F.relu_forward(ya + yb))
     np.testing.assert_array_equal(yb, (s - mean_b[:, None, None]) * scale[:, None, None] + shift[:, None, None])
     for got, want in zip((mean_a, rstd_a, mean_b, rstd_b) + run_a + run_b,
                          (ref_mean_a, ref_rstd_a, ref_mean_b, ref_rstd_b) + ref_run_a + ref_run_b):
         if want is not None:
             np.testing.assert_array_equal(got, want)
     plain, _, _ = F.batchnorm2d_add_relu_forward(x, s, *running(mode, rma, rva), ga, ba, training)
-    np.testing.assert_array_equal(plain, F.add_relu_forward(ya, s))
+    np.testing.assert_array_equal(plain, F.relu_forward(ya + s))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -95,16 +95,19 @@ def test_fused_forward_checks_its_arguments_by_name(rng):
 
 
 @pytest.mark.parametrize("mode", ["train", "test_batch"])
-def test_basic_block_output_and_buffers_are_those_of_the_unfused_modules(rng, mode):
-    block = BasicBlock(4, 6, 2, Generator(3))
+@pytest.mark.parametrize("cin,cout,stride", [(4, 6, 2), (6, 6, 1)])  # conv-BN shortcut, identity shortcut
+def test_basic_block_output_and_buffers_are_those_of_the_unfused_modules(rng, mode, cin, cout, stride):
+    block = BasicBlock(cin, cout, stride, Generator(3))
     for bn in (block.bn1, block.bn2, block.short_bn):
-        bn.weight.data[:] = f32(rng, 6) * 0.3 + 1.0
-        bn.bias.data[:] = f32(rng, 6) * 0.3
-        bn.mode = mode
+        if bn is not None:
+            bn.weight.data[:] = f32(rng, cout) * 0.3 + 1.0
+            bn.bias.data[:] = f32(rng, cout) * 0.3
+            bn.mode = mode
     twin = copy.deepcopy(block)
-    x = f32(rng, 5, 4, 9, 9)
+    x = f32(rng, 5, cin, 9, 9)
     y = block(x)
     h = twin.bn2(twin.conv2(twin.bn1(twin.conv1(x))))
-    np.testing.assert_array_equal(y, F.add_relu_forward(h, twin.short_bn(twin.short_conv(x))))
+    shortcut = x if twin.short_conv is None else twin.short_bn(twin.short_conv(x))
+    np.testing.assert_array_equal(y, F.relu_forward(h + shortcut))
     for a, b in zip(block.state_dict().values(), twin.state_dict().values()):
         np.testing.assert_array_equal(a, b)

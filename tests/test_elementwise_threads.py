@@ -1,6 +1,5 @@
 """The elementwise kernels split over threads, on arrays large enough for two parts with an uneven
-split: the fill that zeroes gradient buffers (functional.zeros), ReLU and the ReLU of a residual sum,
-against NumPy and torch."""
+split: the fill that zeroes gradient buffers (functional.zeros) and ReLU, against NumPy."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,23 +42,3 @@ def test_relu_on_a_split_array_matches_reference_and_accumulates(rng):
     ref = np.ones(P, np.float32)
     R.relu_backward(dy, x, dx=ref)
     np.testing.assert_array_equal(dx, ref)
-
-
-def test_add_relu_matches_reference_and_torch(rng, torch):
-    a, b = (rng.standard_normal(P).astype(np.float32) for _ in range(2))
-    a[::997] = np.nan
-    b[1::997] = -np.inf
-    y = F.add_relu_forward(a, b)
-    np.testing.assert_array_equal(y, R.add_relu_forward(a, b))
-    np.testing.assert_array_equal(y, torch.relu(torch.tensor(a) + torch.tensor(b)).numpy())
-
-
-def test_relu_module_forward_sum_gives_the_gradient_of_the_sum(rng):
-    """ReLU.forward_sum(a, b): the backward returns d(relu(a + b)) / d(a + b), which both a and b receive."""
-    from peftc import nn
-
-    a, b, dy = (rng.standard_normal((4, 3, 5, 5)).astype(np.float32) for _ in range(3))
-    fused, plain = nn.ReLU(), nn.ReLU()
-    np.testing.assert_array_equal(fused.forward_sum(a, b), plain.forward(a + b))
-    np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
-    np.testing.assert_array_equal(fused.output, plain.output)

@@ -460,27 +460,6 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_add_relu_forward(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *o_y, *o_a, *o_b;
-    if (!PyArg_ParseTuple(args, "OOO:add_relu_forward", &o_y, &o_a, &o_b))
-        return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "add_relu_forward");
-    float *y, *a, *b;
-    if (arg_f32(&ck, "y", o_y, "*", ARG_OUT, &y) < 0 || arg_f32(&ck, "a", o_a, "*", ARG_IN, &a) < 0 ||
-        arg_f32(&ck, "b", o_b, "*", ARG_IN, &b) < 0 || arg_no_alias(&ck) < 0)
-        return NULL;
-    peftc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = peftc_add_relu_forward(y, a, b, arg_dim(&ck, "P"));
-    Py_END_ALLOW_THREADS
-    if (st != PEFTC_OK)
-        return arg_status_error(ck.fn, st);
-    Py_RETURN_NONE;
-}
-
 static PyObject *py_relu_backward(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -537,6 +516,5 @@ PyMethodDef peftc_py_cnn_methods[] = {
      "global_avgpool2d_backward(dx, dy): accumulate"},
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(y, x): y = max(x, 0)"},
     {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dx, dy, x): dx += dy where x > 0"},
-    {"add_relu_forward", py_add_relu_forward, METH_VARARGS, "add_relu_forward(y, a, b): y = max(a + b, 0)"},
     {NULL, NULL, 0, NULL},
 };

@@ -5,8 +5,9 @@ Layout: stem conv3x3(1 -> c0)-BN-ReLU at 28x28, then one residual basic block pe
 28 -> 14 -> 7, global average pooling and a linear head. Every BatchNorm is a
 :class:`peftc.nn.BatchNorm2d`, so test-time adaptation can switch them to test-batch statistics
 and train their affine parameters; a BN directly followed by a ReLU is a
-:class:`peftc.nn.BatchNormReLU2d` (one fused pass each way, same parameter names). The residual add is written out in the block's forward and
-backward (the gradient of a sum is passed to both branches and the branch gradients are summed).
+:class:`peftc.nn.BatchNormReLU2d` (one fused pass each way, same parameter names). A block's residual
+add and ReLU run inside its last norm's pass (:meth:`peftc.nn.BatchNorm2d.forward_add_relu`); in the
+backward the gradient of the sum goes to both branches and the branch gradients are summed.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import functional as F
 from ..checkpoint import load_npz, save_npz_atomic
-from ..nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear, ReLU
+from ..nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear
 from ..nn.module import Module, ModuleList
 from ..random import Generator
 
@@ -36,27 +38,28 @@ class BasicBlock(Module):
             self.short_bn = BatchNorm2d(cout)
         else:
             self.short_conv = self.short_bn = None
-        self.relu2 = ReLU()  # the identity shortcut's output ReLU
-        self._out: np.ndarray | None = None  # a conv-BN shortcut block's output, whose positive set masks dy
+        self._out: np.ndarray | None = None  # the block's output, whose positive set masks dy
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         h = self.conv2(self.bn1(self.conv1(x)))
+        # the sum and its ReLU are applied inside bn2's pass (and the shortcut norm's too): no norm output
+        # is stored
         if self.short_conv is None:
-            return self.relu2.forward_sum(self.bn2(h), x)
-        # both norms are applied inside the pass that writes the block output (neither output is stored)
-        shortcut = self.short_conv(x)
-        self._out = self.bn2.forward_add_relu(h, shortcut, self.short_bn.forward_map(shortcut))
+            self._out = self.bn2.forward_add_relu(h, x)
+        else:
+            shortcut = self.short_conv(x)
+            self._out = self.bn2.forward_add_relu(h, shortcut, self.short_bn.forward_map(shortcut))
         return self._out
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        if self.short_conv is None:
-            d = self.relu2.backward(dy)
-            dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(d))))
-            dx += d
-            return dx
-        # both branches end in a norm: each masks dy by the ReLU's output itself (no separate ReLU pass)
+        if self._out is None:
+            raise RuntimeError("BasicBlock.backward called before forward")
+        # every norm masks dy by the ReLU's output itself (no separate ReLU pass)
         out = self._out
         dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(dy, relu_out=out))))
+        if self.short_conv is None:
+            F.relu_backward(dy, out, dx=dx)  # the identity shortcut: dy where the block's output is positive
+            return dx
         return self.short_conv.backward(self.short_bn.backward(dy, relu_out=out), dx=dx)  # adds into dx
 
 

@@ -17,19 +17,6 @@ class ReLU(Module):
         self._y = F.relu_forward(x)
         return self._y
 
-    def forward_sum(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``forward(a + b)`` in one pass (a residual sum); the backward's dx is then the gradient of
-        the sum, so of a and of b."""
-        self._y = F.add_relu_forward(a, b)
-        return self._y
-
-    @property
-    def output(self) -> np.ndarray:
-        """The last forward's output (its positive set masks the backward)."""
-        if self._y is None:
-            raise RuntimeError("ReLU.output read before forward")
-        return self._y
-
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward")
