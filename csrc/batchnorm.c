@@ -448,7 +448,7 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
         /* batch statistics: dx = g r (dy - mean(dy) - x_hat mean(dy x_hat)); eval: dx = g r dy */
         const float mdy = j->training && M > 0 ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = j->training && M > 0 ? (float)(sdyx / (double)M) : 0.0f;
-        const float mf = (float)m, rf = (float)r;
+        const float mf = (float)m, rf = (float)r, scale = map_c.scale, shift = map_c.shift;
         /* images last to first: the sums pass just read the last ones, which may still be in L2 when a
          * channel's x, dy (and y) are larger than it */
         for (int64_t n = N - 1; n >= 0; n--) {
@@ -463,32 +463,14 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
                 if (relu_y)
                     prefetch_plane(relu_y + oa, S);
             }
-            if (relu_y) {
-                const float *yp = relu_y + o;
-                if (j->overwrite_dx)
-                    for (int64_t s = 0; s < S; s++)
-                        dp[s] = a * (masked_grad(gp[s], yp[s]) - mdy - (xp[s] - mf) * rf * mdyx);
-                else
-                    for (int64_t s = 0; s < S; s++)
-                        dp[s] += a * (masked_grad(gp[s], yp[s]) - mdy - (xp[s] - mf) * rf * mdyx);
-            } else if (map) {
-                const float scale = map->scale, shift = map->shift;
-                if (j->overwrite_dx)
-                    for (int64_t s = 0; s < S; s++) {
-                        const float d = xp[s] - mf;
-                        dp[s] = a * (masked_grad(gp[s], d * scale + shift) - mdy - d * rf * mdyx);
-                    }
-                else
-                    for (int64_t s = 0; s < S; s++) {
-                        const float d = xp[s] - mf;
-                        dp[s] += a * (masked_grad(gp[s], d * scale + shift) - mdy - d * rf * mdyx);
-                    }
-            } else if (j->overwrite_dx) {
-                for (int64_t s = 0; s < S; s++)
-                    dp[s] = a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
-            } else {
-                for (int64_t s = 0; s < S; s++)
-                    dp[s] += a * (gp[s] - mdy - (xp[s] - mf) * rf * mdyx);
+            /* g is dy masked as in the sums pass; both flags are loop-invariant, so each case is a loop
+             * of its own */
+            const float *yp = relu_y ? relu_y + o : NULL;
+            for (int64_t s = 0; s < S; s++) {
+                const float d = xp[s] - mf;
+                const float g = yp ? masked_grad(gp[s], yp[s]) : map ? masked_grad(gp[s], d * scale + shift) : gp[s];
+                const float v = a * (g - mdy - d * rf * mdyx);
+                dp[s] = j->overwrite_dx ? v : dp[s] + v;
             }
         }
     }
