@@ -111,26 +111,16 @@ static void strided_copy(float *dst, const float *src, int64_t n, int64_t stride
             dst[j] = src[j * stride];
 }
 
-/* dst[j * stride] += src[j] for j < n (a phase row added back into an image row) */
-static void strided_add(float *dst, const float *src, int64_t n, int64_t stride)
+/* dst[j * stride] += src[j] for j < n, or = with overwrite (a phase row added back into, or written
+ * into, an image row) */
+static void strided_add(float *dst, const float *src, int64_t n, int64_t stride, int overwrite)
 {
     if (stride == 2)
         for (int64_t j = 0; j < n; j++)
-            dst[2 * j] += src[j];
+            dst[2 * j] = overwrite ? src[j] : dst[2 * j] + src[j];
     else
         for (int64_t j = 0; j < n; j++)
-            dst[j * stride] += src[j];
-}
-
-/* dst[j * stride] = src[j] for j < n (a phase row written into an image row) */
-static void strided_put(float *dst, const float *src, int64_t n, int64_t stride)
-{
-    if (stride == 2)
-        for (int64_t j = 0; j < n; j++)
-            dst[2 * j] = src[j];
-    else
-        for (int64_t j = 0; j < n; j++)
-            dst[j * stride] = src[j];
+            dst[j * stride] = overwrite ? src[j] : dst[j * stride] + src[j];
 }
 
 /* dx NULL: ph (IC, IH*IW) in phase-plane order from x (IC, IH, IW), overwritten (planes no tap reads
@@ -148,7 +138,7 @@ static void move_phases(float *ph, const float *x, float *dx, int64_t IC, int64_
                     const int64_t at = (c * IH + p + i * SH) * IW + q;
                     float *pl = ph + c * IH * IW + t.off + i * t.WP;
                     if (dx)
-                        strided_add(dx + at, pl, t.WP, SW);
+                        strided_add(dx + at, pl, t.WP, SW, 0);
                     else
                         strided_copy(pl, x + at, t.WP, SW);
                 }
@@ -399,14 +389,9 @@ static void implicit_input_grad(float *dx, float *work, const float *dy, const f
             peftc_small_gemm_ab_rows(out, phases[f].wp, rows, 0, IC, M, OC * T, OC * T, M);
             for (int64_t i = 0; i < bn; i++)
                 for (int64_t c = 0; c < IC; c++)
-                    for (int64_t r = 0; r < HP; r++) {
-                        float *d = dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q;
-                        const float *src = out + c * M + r * RS + i * g->CW;
-                        if (copy)
-                            strided_put(d, src, tp[0].WP, SW);
-                        else
-                            strided_add(d, src, tp[0].WP, SW);
-                    }
+                    for (int64_t r = 0; r < HP; r++)
+                        strided_add(dx + (((i0 + i) * IC + c) * IH + p + r * SH) * IW + q,
+                                    out + c * M + r * RS + i * g->CW, tp[0].WP, SW, copy);
         }
     }
 }

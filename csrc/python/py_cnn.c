@@ -121,9 +121,9 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_conv2d_backward(dx, dw, db, work, dy, x, w, overwrite_dx, arg_dim(&ck, "N"), arg_dim(&ck, "IC"), arg_dim(&ck, "IH"),
-                               arg_dim(&ck, "IW"), arg_dim(&ck, "OC"), arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH,
-                               SW, PH, PW);
+    st = peftc_conv2d_backward(dx, dw, db, work, dy, x, w, overwrite_dx, arg_dim(&ck, "N"), arg_dim(&ck, "IC"),
+                               arg_dim(&ck, "IH"), arg_dim(&ck, "IW"), arg_dim(&ck, "OC"), arg_dim(&ck, "KH"),
+                               arg_dim(&ck, "KW"), SH, SW, PH, PW);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
