@@ -223,34 +223,34 @@ static void tail_ab(float *C, const float *A, const float *B, const float *const
     }
 }
 
+/* C = op(A) B over N columns: whole register strips of NR vectors, then single vectors, then the tail;
+ * B's rows at B + k * ldb, or at rows[k] (B NULL) from column 0 of this call. Inlined with constant
+ * rows (NULL or not) and trans_a at each call, so every combination is compiled on its own. */
+__attribute__((always_inline)) static inline void gemm_ab(float *C, const float *A, const float *B,
+                                                          const float *const *rows, int trans_a, int accumulate,
+                                                          int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                                                          int64_t ldc)
+{
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB)
+        strip_ab(C + n0, A, rows ? NULL : B + n0, rows, n0, trans_a, NR, accumulate, M, K, lda, ldb, ldc);
+    for (; n0 + PEFTC_VL <= N; n0 += PEFTC_VL)
+        strip_ab(C + n0, A, rows ? NULL : B + n0, rows, n0, trans_a, 1, accumulate, M, K, lda, ldb, ldc);
+    if (n0 < N)
+        tail_ab(C + n0, A, rows ? NULL : B + n0, rows, n0, trans_a, accumulate, M, N - n0, K, lda, ldb, ldc);
+}
+
 void peftc_small_gemm_ab(float *C, const float *A, const float *B, int trans_a, int accumulate, int64_t M, int64_t N,
                          int64_t K, int64_t lda, int64_t ldb, int64_t ldc)
 {
-    int64_t n0 = 0;
-    for (; n0 + NB <= N; n0 += NB) {
-        if (trans_a)
-            strip_ab(C + n0, A, B + n0, NULL, 0, 1, NR, accumulate, M, K, lda, ldb, ldc);
-        else
-            strip_ab(C + n0, A, B + n0, NULL, 0, 0, NR, accumulate, M, K, lda, ldb, ldc);
-    }
-    for (; n0 + PEFTC_VL <= N; n0 += PEFTC_VL) {
-        if (trans_a)
-            strip_ab(C + n0, A, B + n0, NULL, 0, 1, 1, accumulate, M, K, lda, ldb, ldc);
-        else
-            strip_ab(C + n0, A, B + n0, NULL, 0, 0, 1, accumulate, M, K, lda, ldb, ldc);
-    }
-    if (n0 < N)
-        tail_ab(C + n0, A, B + n0, NULL, 0, trans_a, accumulate, M, N - n0, K, lda, ldb, ldc);
+    if (trans_a)
+        gemm_ab(C, A, B, NULL, 1, accumulate, M, N, K, lda, ldb, ldc);
+    else
+        gemm_ab(C, A, B, NULL, 0, accumulate, M, N, K, lda, ldb, ldc);
 }
 
 void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M,
                               int64_t N, int64_t K, int64_t lda, int64_t ldc)
 {
-    int64_t n0 = 0;
-    for (; n0 + NB <= N; n0 += NB)
-        strip_ab(C + n0, A, NULL, rows, n0, 0, NR, accumulate, M, K, lda, 0, ldc);
-    for (; n0 + PEFTC_VL <= N; n0 += PEFTC_VL)
-        strip_ab(C + n0, A, NULL, rows, n0, 0, 1, accumulate, M, K, lda, 0, ldc);
-    if (n0 < N)
-        tail_ab(C + n0, A, NULL, rows, n0, 0, accumulate, M, N - n0, K, lda, 0, ldc);
+    gemm_ab(C, A, NULL, rows, 0, accumulate, M, N, K, lda, 0, ldc);
 }
