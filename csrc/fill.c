@@ -1,6 +1,6 @@
 /* fill.c: x = value over a flat float array, split over the kernel threads: the explicit zeroing of
- * the gradient buffers that backward kernels accumulate into (a batch of 200 images zeroes some 30 MB
- * per TTA step). No other arithmetic here. */
+ * the gradient buffers that backward kernels accumulate into (functional.zeros). No other arithmetic
+ * here. */
 #include <math.h>
 #include <string.h>
 

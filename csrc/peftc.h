@@ -112,8 +112,8 @@ peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 
 /* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
  * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
- * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within about
- * 2e-6 of sum |x| |w|, see winograd.h); other forwards, and the input gradients of strided sweeps, by
+ * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within a few
+ * 1e-6 of sum |x| |w|, see winograd.h); other forwards, and the input gradients of strided sweeps, by
  * products over shifted views of zero-bordered copies of the images (or of dy), without a patch
  * matrix; the rest, and every weight gradient, by im2col and one GEMM per block of images. The
  * scratch holds one block's tiles, copies or patch matrix and is shared by forward and backward; its

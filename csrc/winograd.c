@@ -25,8 +25,7 @@ static int64_t whole_lanes(int64_t n) { return (n + PEFTC_VL - 1) / PEFTC_VL * P
 
 /* The output tile side m for an OH x OW output: F(4x4, 3x3) (6x6 input tiles, 36 products per 16
  * outputs) unless its partial edge tiles make it dearer than F(2x2, 3x3) (4x4 tiles, 16 per 4), which
- * also takes ties: its results are about ten times closer to the direct sum (both within a few
- * float32 ulp of sum |x| |w|; see winograd.h). */
+ * also takes ties: its smaller transforms keep its results closer to the exact sum (see winograd.h). */
 static int tile_side(int64_t OH, int64_t OW)
 {
     return 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4) < 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2)
@@ -35,8 +34,8 @@ static int tile_side(int64_t OH, int64_t OW)
 }
 
 /* floats between the end of one transform point's rows in V or M and the start of the next: a tile
- * reads or writes all 16 points, and at a power-of-two multiple of 4 KB apart they would share cache
- * sets (48 channels x 16 tiles x 32 images is 96 KB) */
+ * reads or writes all its 16 or 36 points, and at a power-of-two multiple of 4 KB apart they would
+ * share cache sets (48 channels x 16 tiles x 32 images is 96 KB) */
 #define POINT_SKEW 48
 
 /* floats per image of a block: V and M of one row of tiles, the transposed input and output, and one

@@ -12,6 +12,7 @@ from peftc import functional as F
 from peftc import reference as R
 
 from .conftest import assert_close, f32
+from .test_conv_fast_paths import is_winograd, winograd_dx_atol
 
 CONV_CASES = [  # (N, IC, OC, (IH, IW), kernel, stride, padding): which path takes the input gradient
     (3, 8, 9, (7, 7), 3, 1, 1),  # Winograd
@@ -34,8 +35,8 @@ def test_conv2d_backward_overwrites_every_element_of_dx(rng, n, ic, oc, hw, kern
     F.conv2d_backward(dy, x, w, stride, padding, dx=dx, dweight=dw, overwrite_dx=True)
     R.conv2d_backward(dy, x, w, stride, padding, dx=ref_dx, dweight=ref_dw)
     assert not np.isnan(dx).any()
-    winograd = F._pair(kernel, "kernel") == (3, 3) and F._pair(stride, "stride") == (1, 1) and min(ic, oc) >= 8
-    assert_close(dx, ref_dx, 1e-5, 4e-5 if winograd else 1e-5, "dx")
+    winograd = is_winograd(ic, oc, kernel, stride, padding)
+    assert_close(dx, ref_dx, 1e-5, winograd_dx_atol(dy, w, padding, x.shape) if winograd else 1e-5, "dx")
     assert_close(dw, ref_dw, 1e-5, 1e-5, "dweight accumulated")
     accumulated = np.zeros_like(x)
     F.conv2d_backward(dy, None, w, stride, padding, dx=accumulated)
