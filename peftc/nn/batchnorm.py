@@ -133,13 +133,12 @@ class BatchNorm2d(Module):
         weight = self.weight.data if self.weight is not None else None
         grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                      dbias=self.bias.grad_buffer() if self.bias is not None else None)
-        if relu_map is not None:
-            F.batchnorm2d_relu_backward(dy, None, x, mean, rstd, weight, batch_stats, overwrite_dx=True,
-                                        scale=relu_map[0], shift=relu_map[1], **grads)
-        elif relu_out is not None:
-            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
-        else:
+        if relu_out is None and relu_map is None:
             F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
+        else:
+            scale, shift = relu_map if relu_map is not None else (None, None)
+            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=True,
+                                        scale=scale, shift=shift, **grads)
         return dx
 
     def __repr__(self) -> str:
