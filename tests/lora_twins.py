@@ -65,10 +65,17 @@ class TinyBertLayer(BertNamedLayer):
         s = self.attention.self
         return h + s.query(h) + s.key(h) + s.value(h) + self.output.dense(self.intermediate.dense(h))
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         s = self.attention.self
-        return (dy + s.query.backward(dy) + s.key.backward(dy) + s.value.backward(dy)
-                + self.intermediate.dense.backward(self.output.dense.backward(dy)))
+        branches = [m.backward(dy, input_grad=input_grad) for m in (s.query, s.key, s.value)]
+        inner = self.intermediate.dense.backward(self.output.dense.backward(dy), input_grad=input_grad)
+        if not input_grad:
+            return None
+        d = dy + branches[0] + branches[1] + branches[2] + inner
+        if dx is None:
+            return d
+        dx += d
+        return dx
 
 
 class TinyBert(Module):
@@ -84,10 +91,11 @@ class TinyBert(Module):
             x = layer(x)
         return self.classifier(x)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         d = self.classifier.backward(dy)
-        for layer in reversed(list(self.encoder.layer)):
-            d = layer.backward(d)
+        layers = list(self.encoder.layer)
+        for i in reversed(range(len(layers))):
+            d = layers[i].backward(d, dx=dx if i == 0 else None, input_grad=input_grad or i > 0)
         return d
 
 

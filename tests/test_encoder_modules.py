@@ -7,7 +7,7 @@ import pytest
 
 from peftc import functional as F
 from peftc.models import BertConfig, BertModel
-from peftc.nn import GELU, Dropout, Embedding, LayerNorm, SelfAttention
+from peftc.nn import GELU, Dropout, Embedding, LayerNorm, Linear, SelfAttention
 
 from .conftest import assert_close, f32
 
@@ -54,12 +54,12 @@ def test_dropout_module_is_identity_in_eval_and_replays_mask_in_train(rng):
     assert drop(x) is x and drop.backward(dy) is dy
 
 
-def test_self_attention_module_matches_torch(rng, torch):
-    att = SelfAttention(num_heads=2)
+def test_attention_core_matches_torch(rng, torch):
     q, k, v, dy = (f32(rng, 2, 4, 6) for _ in range(4))
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
-    out = att(q, k, v, mask)
-    grads = att.backward(dy)
+    out, att = F.attention_forward(q, k, v, 2, mask)
+    grads = [np.zeros_like(a) for a in (q, k, v)]
+    F.attention_backward(dy, q, k, v, att, 2, dq=grads[0], dk=grads[1], dv=grads[2])
     t = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
     heads = lambda a: a.view(2, 4, 2, 3).transpose(1, 2)  # noqa: E731
     ot = torch.nn.functional.scaled_dot_product_attention(*(heads(a) for a in t),
@@ -68,6 +68,26 @@ def test_self_attention_module_matches_torch(rng, torch):
     assert_close(out, ot.transpose(1, 2).reshape(2, 4, 6).detach().numpy(), 1e-5, 1e-5, "out")
     for g, tt, name in zip(grads, t, ("dq", "dk", "dv")):
         assert_close(g, tt.grad.numpy(), 1e-4, 1e-5, name)
+
+
+def test_self_attention_module_projects_one_input_and_returns_its_one_gradient(rng, torch):
+    projections = [Linear.from_weights(f32(rng, 6, 6, scale=0.5), f32(rng, 6)) for _ in range(3)]
+    att = SelfAttention(*projections, num_heads=2)
+    x, dy = f32(rng, 2, 4, 6), f32(rng, 2, 4, 6)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
+    out = att(x, mask)
+    dx = att.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    ws = [(torch.tensor(p.weight.data, requires_grad=True), torch.tensor(p.bias.data)) for p in projections]
+    heads = lambda a: a.view(2, 4, 2, 3).transpose(1, 2)  # noqa: E731
+    qkv = [heads(torch.nn.functional.linear(xt, w, b)) for w, b in ws]
+    ot = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=torch.tensor(mask != 0)[:, None, None, :])
+    ot = ot.transpose(1, 2).reshape(2, 4, 6)
+    ot.backward(torch.tensor(dy))
+    assert_close(out, ot.detach().numpy(), 1e-5, 1e-5, "out")
+    assert_close(dx, xt.grad.numpy(), 1e-4, 1e-5, "dx, summed over q, k and v")
+    for p, (w, _), name in zip(projections, ws, ("query", "key", "value")):
+        assert_close(p.weight.grad, w.grad.numpy(), 1e-4, 1e-5, f"{name} weight gradient")
 
 
 def test_embedding_module_matches_torch(rng, torch):

@@ -46,10 +46,13 @@ class MLPClassifier(Module):
             x = act(layer(x))
         return self.head(x)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         dy = self.head.backward(dy)
-        for layer, act in zip(reversed(list(self.layers)), reversed(list(self.acts))):
-            dy = layer.backward(act.backward(dy))
+        pairs = list(zip(self.layers, self.acts))
+        for i in reversed(range(len(pairs))):
+            layer, act = pairs[i]
+            first = i == 0
+            dy = layer.backward(act.backward(dy), dx=dx if first else None, input_grad=input_grad or not first)
         return dy
 
 

@@ -14,34 +14,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .. import functional as F
-from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, LoraLinear, Module, ModuleList,
+from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, MeanPooling, Module, ModuleList,
                   SelfAttention)
 from ..random import Generator
-
-# layers whose backward takes dx= (accumulate the input gradient there) and input_grad= (skip it)
-_ACCUMULATING_LAYERS = (Linear, LoraLinear)
-
-
-def _trainable(module: Module) -> bool:
-    """Whether any parameter of module is trainable (stops at the first one found)."""
-    return any(p.requires_grad for _, p in module.named_parameters())
-
-
-def _backward_into(layer: Module, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool = True) -> np.ndarray | None:
-    """layer.backward(dy) with the input gradient added into ``dx`` (a new array when None) and returned.
-
-    With ``input_grad=False`` only the parameter gradients are accumulated and None is returned. Linear and
-    LoraLinear do both without a temporary; other adapter layers return their own array, added here.
-    """
-    if type(layer) in _ACCUMULATING_LAYERS:
-        return layer.backward(dy, dx=dx, input_grad=input_grad)
-    d = layer.backward(dy)
-    if not input_grad:
-        return None
-    if dx is None:
-        return d
-    dx += d
-    return dx
 
 
 class PackedTokens:
@@ -112,51 +87,52 @@ class BertConfig:
             return cls.from_dict(json.load(f))
 
 
-class BertSelfAttention(Module):
-    """query, key, value projections and the attention core (HF ``attention.self``)."""
+class BertSelfAttention(SelfAttention):
+    """query, key, value projections and the attention core (HF ``attention.self``); a :class:`PackedTokens`
+    mask runs each sequence's real tokens by themselves (inference only)."""
 
     def __init__(self, query: Linear, key: Linear, value: Linear, num_heads: int, dropout: float,
                  generator: Generator) -> None:
-        self.query = query
-        self.key = key
-        self.value = value
-        self.core = SelfAttention(num_heads, dropout, generator=generator)
+        super().__init__(query, key, value, num_heads, dropout, generator=generator)
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         if isinstance(attention_mask, PackedTokens):
-            return attention_mask.attention(self.query(x), self.key(x), self.value(x), self.core.num_heads)
-        return self.core(self.query(x), self.key(x), self.value(x), attention_mask)
-
-    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
-        """The input gradient of the three projections, summed into ``dx`` (a new array when None).
-
-        With ``input_grad=False`` (the block input is a frozen leaf) only the trainable projections get a
-        gradient of their output, none is propagated to the input, and None is returned.
-        """
-        layers = (self.query, self.key, self.value)
-        grads = self.core.backward(dy, tuple(input_grad or _trainable(m) for m in layers))
-        for layer, g in zip(layers, grads):
-            if g is not None:
-                dx = _backward_into(layer, g, dx, input_grad)
-        return dx if input_grad else None
+            self._cache = None  # a packed forward has no backward
+            return attention_mask.attention(self.query(x), self.key(x), self.value(x), self.num_heads)
+        return super().forward(x, attention_mask)
 
 
 class BertResidualOutput(Module):
-    """dense, dropout, residual add, LayerNorm: HF's ``attention.output`` and ``output`` blocks."""
+    """dense, dropout, residual add, LayerNorm: HF's ``attention.output`` and ``output`` blocks.
+
+    Two inputs, ``forward(x, residual)``: the backward returns d(x) as the module contract says, and
+    leaves d(residual), the gradient of the sum, for :meth:`take_residual_grad` (the blocks that
+    feed the residual read it there).
+    """
 
     def __init__(self, dense: Linear, layer_norm: LayerNorm, dropout: float, generator: Generator) -> None:
         self.dense = dense
         self.LayerNorm = layer_norm
         self.dropout = Dropout(dropout, generator)
+        self._residual_grad: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
         h = self.dropout(self.dense(x))  # a fresh array either way: safe to add into
         return self.LayerNorm.forward_residual(h, residual)
 
-    def backward(self, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (dx, dresidual)."""
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """d(x) (new, added into ``dx``, or None with ``input_grad=False``); d(residual) is kept for
+        :meth:`take_residual_grad`."""
         dh = self.LayerNorm.backward(dy)
-        return self.dense.backward(self.dropout.backward(dh)), dh
+        self._residual_grad = dh
+        return self.dense.backward(self.dropout.backward(dh), dx=dx, input_grad=input_grad)
+
+    def take_residual_grad(self) -> np.ndarray:
+        """d(residual) of the last backward: a new array the caller owns (handed out once, not kept here)."""
+        if self._residual_grad is None:
+            raise RuntimeError("BertResidualOutput.take_residual_grad called before backward (or twice)")
+        d, self._residual_grad = self._residual_grad, None
+        return d
 
 
 class BertAttention(Module):
@@ -167,9 +143,16 @@ class BertAttention(Module):
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         return self.output(getattr(self, "self")(x, attention_mask), x)
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        dctx, dx = self.output.backward(dy)
-        return getattr(self, "self").backward(dctx, dx if input_grad else None, input_grad)
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """d(input) = d(residual) + the attention's input gradient (new, added into ``dx``, or None)."""
+        dctx = self.output.backward(dy)
+        dres = self.output.take_residual_grad()
+        if input_grad and dx is not None:
+            dx = self._check_dx(dx, dres.shape)
+            dx += dres
+        elif input_grad:
+            dx = dres  # the LayerNorm's new array: the other branch adds into it
+        return getattr(self, "self").backward(dctx, dx=dx, input_grad=input_grad)
 
 
 class BertIntermediate(Module):
@@ -180,9 +163,9 @@ class BertIntermediate(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self.intermediate_act_fn(self.dense(x))
 
-    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None) -> np.ndarray:
-        """The input gradient, accumulated into ``dx`` when given."""
-        return _backward_into(self.dense, self.intermediate_act_fn.backward(dy), dx)
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """The input gradient: new, accumulated into ``dx`` when given, or None with ``input_grad=False``."""
+        return self.dense.backward(self.intermediate_act_fn.backward(dy), dx=dx, input_grad=input_grad)
 
 
 class BertLayer(Module):
@@ -197,28 +180,48 @@ class BertLayer(Module):
         h = self.attention(x, attention_mask)
         return self.output(self.intermediate(h), h)
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """d(block input); with ``input_grad=False`` only the parameter gradients (None returned)."""
-        dmid, dh = self.output.backward(dy)
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """d(block input): new, added into ``dx``, or with ``input_grad=False`` only the parameter
+        gradients (None returned)."""
+        dmid = self.output.backward(dy)
+        dh = self.output.take_residual_grad()
         self.intermediate.backward(dmid, dx=dh)
-        return self.attention.backward(dh, input_grad)
+        return self.attention.backward(dh, dx=dx, input_grad=input_grad)
 
 
 class BertEncoder(Module):
+    """The blocks in order. ``forward(x, attention_mask, block_input_hook=None)``: a hook (see
+    :meth:`BertModel.forward`) may replace each block's input; its backward is run in :meth:`backward`."""
+
     def __init__(self, layers: list[BertLayer]) -> None:
         self.layer = ModuleList(layers)
+        self._hook = None
 
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None,
+                block_input_hook=None) -> np.ndarray:
         """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`."""
-        for block in self.layer:
+        if block_input_hook is not None and isinstance(attention_mask, PackedTokens):
+            raise ValueError("block_input_hook works on padded (B, T, H) states, not on a skip_padding forward")
+        self._hook = block_input_hook
+        for j, block in enumerate(self.layer):
+            if block_input_hook is not None:
+                x = block_input_hook.forward(j, x)
             x = block(x, attention_mask)
         return x
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """d(encoder input); with ``input_grad=False`` the first block skips it and None is returned."""
-        blocks = list(self.layer)
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """d(encoder input): new, added into ``dx``, or with ``input_grad=False`` the first block skips it and
+        None is returned (a hook's backward for block 0 then does not run)."""
+        blocks, hook = list(self.layer), self._hook
         for i in reversed(range(len(blocks))):
-            dy = blocks[i].backward(dy, input_grad or i > 0)
+            first = i == 0
+            dy = blocks[i].backward(dy, dx=dx if first and hook is None else None, input_grad=input_grad or not first)
+            if hook is not None and dy is not None:
+                dy = hook.backward(i, dy)
+        if hook is not None and dx is not None and dy is not None:
+            dx = self._check_dx(dx, dy.shape)
+            dx += dy
+            return dx
         return dy
 
 
@@ -239,7 +242,12 @@ class BertModel(Module):
     Build it with :meth:`from_pretrained` (a checkpoint folder) or :meth:`from_state_dict`. All
     parameters start trainable; call ``requires_grad_(False)`` to freeze the backbone before
     adding adapters. ``backward(dy)`` accumulates into every trainable parameter and skips the
-    embedding block when nothing in it is trainable. No pooler: use :meth:`sentence_embedding`.
+    embedding block when nothing in it is trainable. No pooler: use :meth:`sentence_embedding`
+    (the :class:`~peftc.nn.MeanPooling` child ``pooling``, normalising).
+
+    Prompt tuning enters through two documented inputs of :meth:`forward`, not through the layers'
+    arrays: ``inputs_embeds`` (vectors in place of the word lookup, whose gradient the backward
+    returns) and ``block_input_hook`` (replaces positions of each block's input; see :meth:`forward`).
     """
 
     IGNORED_KEYS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
@@ -248,9 +256,10 @@ class BertModel(Module):
         self.config = config
         self.embeddings = embeddings
         self.encoder = encoder
+        self.pooling = MeanPooling(normalize=True)
         self._mask: np.ndarray | None = None
-        self._pool_cache: tuple | None = None
         self._packed = False
+        self._embeds = False
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -311,55 +320,77 @@ class BertModel(Module):
         return model
 
     # -- forward / backward ------------------------------------------------------------------------
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                token_type_ids: np.ndarray | None = None, skip_padding: bool = False) -> np.ndarray:
+    def forward(self, input_ids: np.ndarray | None, attention_mask: np.ndarray | None = None,
+                token_type_ids: np.ndarray | None = None, skip_padding: bool = False,
+                inputs_embeds: np.ndarray | None = None, block_input_hook=None) -> np.ndarray:
         """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32.
 
         ``skip_padding=True`` (inference only: eval mode, no backward afterwards) runs the encoder on
         the real tokens alone (:class:`PackedTokens`): the linear layers' inputs are then (N, H) rows,
         the real tokens' outputs are those of the padded forward (up to float rounding) and the
         padding positions' outputs are zero instead of the values a padded forward computes for them.
+
+        ``inputs_embeds`` (B, T, H) float32, as in Hugging Face: used instead of the word embeddings of
+        ``input_ids`` (which may then be None); :meth:`backward` returns their gradient.
+
+        ``block_input_hook``: an object with ``forward(j, x) -> x'`` and ``backward(j, dx') -> dx``. Before
+        block j runs (j = 0 .. L-1) its input x (B, T, H) is replaced by ``forward(j, x)``, which must
+        return a new array, or x itself unchanged: x is the previous block's output, which a layer may
+        have cached, so it is never written into. The backward hands ``backward(j, .)`` the gradient of
+        what block j took in (an array the hook may modify) and continues with what it returns, the
+        gradient of x; the hook accumulates its own parameters' gradients there.
         """
-        input_ids = _ids(input_ids, "input_ids")
-        attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
-        token_type_ids = _ids(token_type_ids, "token_type_ids", input_ids.shape)
+        if inputs_embeds is None or input_ids is not None:
+            input_ids = _ids(input_ids, "input_ids")
+            shape = input_ids.shape
+        else:
+            shape = inputs_embeds.shape[:2] if isinstance(inputs_embeds, np.ndarray) else None
+        if inputs_embeds is not None and (not isinstance(inputs_embeds, np.ndarray)
+                                          or inputs_embeds.shape[:2] != shape):
+            got = inputs_embeds.shape if isinstance(inputs_embeds, np.ndarray) else type(inputs_embeds).__name__
+            raise ValueError(f"inputs_embeds must be (B, T, H) with (B, T) = input_ids' {shape}, got {got}")
+        attention_mask = _ids(attention_mask, "attention_mask", shape)
+        token_type_ids = _ids(token_type_ids, "token_type_ids", shape)
         self._mask = attention_mask
         self._packed = False
+        self._embeds = inputs_embeds is not None
         if skip_padding and self.training:
             raise ValueError("skip_padding=True is for inference: call eval() first (a packed forward has no backward)")
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         if skip_padding and attention_mask is not None and not attention_mask.all():
+            if block_input_hook is not None:
+                raise ValueError("block_input_hook works on padded (B, T, H) states: call without skip_padding")
             packed = PackedTokens(attention_mask)
             self._packed = True
-            return packed.scatter(self.encoder(packed.gather(self.embeddings(input_ids, token_type_ids)), packed))
-        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+            return packed.scatter(self.encoder(packed.gather(x), packed))
+        return self.encoder(x, attention_mask, block_input_hook)
 
-    def backward(self, dy: np.ndarray) -> None:
-        """Accumulate the gradients of all trainable parameters given d(last hidden state)."""
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the gradients of all trainable parameters given d(last hidden state).
+
+        The input is token ids, which have no gradient (None, and a ``dx`` is an error), unless the
+        forward took ``inputs_embeds``: then their gradient is returned (new, added into ``dx``, or
+        skipped with ``input_grad=False``).
+        """
         if self._packed:
             raise RuntimeError("BertModel.backward after a skip_padding=True forward; run the forward without it")
-        # frozen embeddings: the first block need not compute d(its input) at all
-        need = self.embeddings.trainable()
-        dx = self.encoder.backward(dy, input_grad=need)
-        if need:
-            self.embeddings.backward(dx)
+        if not self._embeds:
+            self._no_input_grad(dx, "integer token ids (the forward took no inputs_embeds)")
+        want = input_grad and self._embeds
+        # frozen embeddings and no inputs_embeds gradient: the first block need not compute d(its input) at all
+        need = want or self.embeddings.trainable()
+        d = self.encoder.backward(dy, input_grad=need)
+        if not need:
+            return None
+        return self.embeddings.backward(d, dx=dx, input_grad=want)
 
     def sentence_embedding(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
                            token_type_ids: np.ndarray | None = None, skip_padding: bool = False) -> np.ndarray:
         """Mean of the last hidden state over unmasked tokens, L2-normalised: (B, H) (sentence-transformers).
         ``skip_padding`` as in :meth:`forward` (the padding is excluded from the mean either way)."""
         hidden = self.forward(input_ids, attention_mask, token_type_ids, skip_padding)
-        pooled = F.mean_pool_forward(hidden, self._mask)
-        emb, norm = F.l2_normalize_forward(pooled)
-        self._pool_cache = (hidden.shape, emb, norm)
-        return emb
+        return self.pooling(hidden, self._mask)
 
     def sentence_embedding_backward(self, demb: np.ndarray) -> None:
         """Backward of :meth:`sentence_embedding` through pooling, normalisation and the encoder."""
-        if self._pool_cache is None:
-            raise RuntimeError("sentence_embedding_backward called before sentence_embedding")
-        shape, emb, norm = self._pool_cache
-        dpooled = np.zeros_like(emb)
-        F.l2_normalize_backward(demb, emb, norm, dx=dpooled)
-        dhidden = np.zeros(shape, dtype=np.float32)
-        F.mean_pool_backward(dpooled, self._mask, dx=dhidden)
-        self.backward(dhidden)
+        self.backward(self.pooling.backward(demb))

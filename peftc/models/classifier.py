@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
-from ..nn import Dropout, Linear, Module
+from ..nn import Dropout, Linear, MeanPooling, Module
 from ..random import Generator
 from .bert import BertModel
 
@@ -34,27 +33,24 @@ class SentenceClassifier(Module):
             raise ValueError(f"num_labels must be >= 2, got {num_labels}")
         g = generator or Generator(0)
         self.bert = bert
+        self.pooling = MeanPooling()
         self.dropout = Dropout(dropout, g)
         self.classifier = Linear(bert.config.hidden_size, num_labels, generator=g)
-        self._cache: tuple | None = None
 
     def pooled(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Mean of the last hidden state over real tokens: (B, H)."""
         ids, mask = trim_padding(input_ids, attention_mask)
-        hidden = self.bert(ids, mask)
-        self._cache = (hidden.shape, mask)
-        return F.mean_pool_forward(hidden, mask)
+        return self.pooling(self.bert(ids, mask), mask)
 
     def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return self.classifier(self.dropout(self.pooled(batch["input_ids"], batch["attention_mask"])))
 
-    def backward(self, dlogits: np.ndarray) -> None:
-        dpooled = self.dropout.backward(self.classifier.backward(dlogits))
-        if self._cache is None:
-            raise RuntimeError("SentenceClassifier.backward called before forward")
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> None:
+        """Accumulate the parameter gradients given d(logits). The input is a batch of token ids, which has no
+        gradient: None is returned, and a ``dx`` is an error."""
+        self._no_input_grad(dx, "a batch of token ids")
+        dpooled = self.dropout.backward(self.classifier.backward(dy))
         if not any(p.requires_grad for _, p in self.bert.named_parameters()):  # stops at the first
-            return  # a frozen encoder (linear probe): nothing below the head to update
-        shape, mask = self._cache
-        dhidden = np.zeros(shape, dtype=np.float32)
-        F.mean_pool_backward(dpooled, mask, dx=dhidden)
-        self.bert.backward(dhidden)
+            return None  # a frozen encoder (linear probe): nothing below the head to update
+        self.bert.backward(self.pooling.backward(dpooled))
+        return None

@@ -25,6 +25,10 @@ from ..nn.module import Module, ModuleList
 from ..random import Generator
 
 
+def _trainable(module: Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 class BasicBlock(Module):
     """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut is identity or conv1x1-BN."""
 
@@ -43,34 +47,39 @@ class BasicBlock(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         h = self.conv2(self.bn1(self.conv1(x)))
         # the sum and its ReLU are applied inside bn2's pass (and the shortcut norm's too): no norm output
-        # is stored
+        # is stored; each norm's backward masks dy by the block's output (its relu_out attribute)
         if self.short_conv is None:
             self._out = self.bn2.forward_add_relu(h, x)
         else:
             shortcut = self.short_conv(x)
             self._out = self.bn2.forward_add_relu(h, shortcut, self.short_bn.forward_map(shortcut))
+            self.short_bn.relu_out = self._out
         return self._out
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Parameter gradients of both branches; the input gradient (their sum) as the module contract says:
+        new (conv1 overwrites a fresh buffer, the shortcut adds into it), added into ``dx``, or None."""
         if self._out is None:
             raise RuntimeError("BasicBlock.backward called before forward")
-        # every norm masks dy by the ReLU's output itself (no separate ReLU pass)
-        out = self._out
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(dy, relu_out=out))))
+        d = self.conv2.backward(self.bn2.backward(dy))
+        d = self.bn1.backward(d, input_grad=input_grad or _trainable(self.conv1))
+        dx = self.conv1.backward(d, dx=dx, input_grad=input_grad) if d is not None else None
         if self.short_conv is None:
-            F.relu_backward(dy, out, dx=dx)  # the identity shortcut: dy where the block's output is positive
+            if input_grad:
+                F.relu_backward(dy, self._out, dx=dx)  # the identity shortcut: dy where the block's output is positive
             return dx
-        return self.short_conv.backward(self.short_bn.backward(dy, relu_out=out), dx=dx)  # adds into dx
+        d = self.short_bn.backward(dy, input_grad=input_grad or _trainable(self.short_conv))
+        if d is None:
+            return None
+        return self.short_conv.backward(d, dx=dx, input_grad=input_grad)  # adds into dx
 
 
 class SmallResNet(Module):
     """The Fashion-MNIST source model: input (N, 1, 28, 28) float32, output (N, num_classes) logits.
 
-    ``input_grad`` (default True): whether :meth:`backward` returns the gradient of the input images.
-    Test-time adaptation sets it to False (only BN affine gradients are needed).
+    ``backward(dy, input_grad=False)`` skips the gradient of the input images (test-time adaptation
+    needs only BN affine gradients).
     """
-
-    input_grad: bool = True
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, seed: int = 0) -> None:
         g = Generator(seed)
@@ -88,15 +97,16 @@ class SmallResNet(Module):
             h = block(h)
         return self.head(self.pool(h))
 
-    def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        """Parameter gradients, and the input gradient unless ``input_grad`` is False (then None, and the
-        stem convolution's backward is skipped altogether when its weight is frozen)."""
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Parameter gradients, and the input gradient as the module contract says (new, added into ``dx``, or
+        with ``input_grad=False`` None, the stem convolution's backward then skipped altogether when its
+        weight is frozen)."""
         d = self.pool.backward(self.head.backward(dy))
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
-        need = self.input_grad or any(p.requires_grad for p in self.stem_conv.parameters())
+        need = input_grad or _trainable(self.stem_conv)
         d = self.stem_bn.backward(d, input_grad=need)
-        return self.stem_conv.backward(d, input_grad=self.input_grad) if need else None
+        return self.stem_conv.backward(d, dx=dx, input_grad=input_grad) if need else None
 
     def batchnorms(self) -> list[tuple[str, BatchNorm2d]]:
         """Every BatchNorm2d with its dotted name, input to output."""

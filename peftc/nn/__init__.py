@@ -23,8 +23,9 @@ from .attention import SelfAttention  # noqa: E402
 from .dropout import Dropout  # noqa: E402
 from .embedding import BertEmbeddings, Embedding  # noqa: E402
 from .layernorm import LayerNorm  # noqa: E402
+from .sentence_pool import MeanPooling  # noqa: E402
 
-__all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "SelfAttention"]
+__all__ += ["BertEmbeddings", "Dropout", "Embedding", "GELU", "LayerNorm", "MeanPooling", "SelfAttention"]
 
 # Bone / MiSS and Bat
 from .bone import BoneLinear  # noqa: E402

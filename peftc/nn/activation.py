@@ -17,10 +17,13 @@ class ReLU(Module):
         self._y = F.relu_forward(x)
         return self._y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """dx (+)= dy where the output is positive (the module contract: new array, given ``dx``, or None)."""
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward")
-        dx = F.zeros(self._y.shape)
+        if not input_grad:
+            return None
+        dx = self._input_grad_buffer(dx, self._y.shape)
         F.relu_backward(dy, self._y, dx=dx)
         return dx
 
@@ -39,10 +42,13 @@ class GELU(Module):
         self._x = x
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """dx (+)= dy * GELU'(x) (the module contract: new array, given ``dx``, or None)."""
         if self._x is None:
             raise RuntimeError("GELU.backward called before forward")
-        dx = F.zeros(self._x.shape)
+        if not input_grad:
+            return None
+        dx = self._input_grad_buffer(dx, self._x.shape)
         F.gelu_backward(dy, self._x, dx=dx)
         return dx
 

@@ -1,7 +1,10 @@
-"""The multi-head self-attention core on projected q, k, v: softmax(q k^T / sqrt(HS) + mask) v.
+"""Multi-head self-attention on one input x: q, k, v = query(x), key(x), value(x), then
+softmax(q k^T / sqrt(HS) + mask) v.
 
-The projections are separate :class:`~peftc.nn.Linear` layers owned by the caller (so adapters can
-replace them); this module holds no parameters, only the probabilities cached for backward.
+The module owns the split of x into q, k and v: the projections are its :class:`~peftc.nn.Linear`
+children (so adapters replace them), and its backward sums their three input gradients into one
+dx, as every module's backward returns the gradient of its one input. The core on projected q, k, v
+is :func:`peftc.functional.attention_forward` / ``attention_backward``.
 """
 from __future__ import annotations
 
@@ -13,22 +16,34 @@ from ..random import Generator
 from .module import Module
 
 
-class SelfAttention(Module):
-    """``SelfAttention(num_heads, dropout=0.0, causal=False)``; ``forward(q, k, v, attention_mask)``."""
+def _trainable(module: Module) -> bool:
+    """Whether any parameter of module is trainable (stops at the first one found)."""
+    return any(p.requires_grad for _, p in module.named_parameters())
 
-    def __init__(self, num_heads: int, dropout: float = 0.0, causal: bool = False,
-                 generator: Generator | None = None) -> None:
+
+class SelfAttention(Module):
+    """``SelfAttention(query, key, value, num_heads, dropout=0.0, causal=False)``; ``forward(x, attention_mask)``.
+
+    query, key, value: modules mapping (..., H) to (..., H) (:class:`~peftc.nn.Linear` or an adapter layer
+    around one); ``dropout`` acts on the attention probabilities in training mode.
+    """
+
+    def __init__(self, query: Module, key: Module, value: Module, num_heads: int, dropout: float = 0.0,
+                 causal: bool = False, generator: Generator | None = None) -> None:
         if int(num_heads) != num_heads or num_heads <= 0:
             raise ValueError(f"num_heads must be a positive integer, got {num_heads}")
+        self.query = query
+        self.key = key
+        self.value = value
         self.num_heads = int(num_heads)
         self.dropout = check_probability("dropout", dropout)
         self.causal = bool(causal)
         self.generator = generator or Generator(0)
         self._cache: tuple | None = None
 
-    def forward(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                attention_mask: np.ndarray | None = None) -> np.ndarray:
-        """q, k, v (B, T, H) float32; attention_mask (B, T) int64, 1 = keep, 0 = padding."""
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """x (B, T, H) float32; attention_mask (B, T) int64, 1 = keep, 0 = padding."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
         p = self.dropout if self.training else 0.0
         b, t, _ = q.shape
         offset = self.generator.take(b * self.num_heads * t * t) if p > 0.0 else 0
@@ -37,17 +52,23 @@ class SelfAttention(Module):
         self._cache = (q, k, v, att, p, offset)
         return out
 
-    def backward(self, dy: np.ndarray, need: tuple[bool, bool, bool] = (True, True, True)
-                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """Return (dq, dk, dv); an entry whose ``need`` flag is False is not computed and is None."""
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the projections' parameter gradients; the input gradient, the sum over the three
+        projections, goes into a new array, is added into ``dx``, or with ``input_grad=False`` is skipped
+        (then only the trainable projections get the gradient of their output) and None returned."""
         if self._cache is None:
-            raise RuntimeError("SelfAttention.backward called before forward")
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         q, k, v, att, p, offset = self._cache
-        dq, dk, dv = (F.zeros(a.shape) if n else None for a, n in zip((q, k, v), need))
-        if dq is not None or dk is not None or dv is not None:
-            F.attention_backward(dy, q, k, v, att, self.num_heads, p, self.generator.seed, offset, dq=dq, dk=dk,
-                                 dv=dv)
-        return dq, dk, dv
+        layers = (self.query, self.key, self.value)
+        grads = [F.zeros(a.shape) if input_grad or _trainable(m) else None for a, m in zip((q, k, v), layers)]
+        if any(g is not None for g in grads):
+            F.attention_backward(dy, q, k, v, att, self.num_heads, p, self.generator.seed, offset, dq=grads[0],
+                                 dk=grads[1], dv=grads[2])
+        for layer, g in zip(layers, grads):
+            if g is not None:
+                dx = layer.backward(g, dx=dx, input_grad=input_grad)
+        return dx if input_grad else None
 
     def __repr__(self) -> str:
-        return f"SelfAttention(num_heads={self.num_heads}, dropout={self.dropout}, causal={self.causal})"
+        return (f"{type(self).__name__}(num_heads={self.num_heads}, dropout={self.dropout}, causal={self.causal}, "
+                f"query={self.query!r}, key={self.key!r}, value={self.value!r})")

@@ -25,6 +25,13 @@ class BatchNorm2d(Module):
     ``model.train()`` / ``model.eval()`` changes ``training`` only. Without running buffers
     (``track_running_stats=False``) the batch statistics are always used. The running buffers are
     plain arrays (not Parameters), reachable through :meth:`named_buffers` and saved in :meth:`state_dict`.
+
+    ``relu_out`` (attribute, None by default): the output of a ReLU downstream of this norm (directly,
+    or after a sum such as a residual block's) whose gradient the backward's ``dy`` is. When set, the
+    backward masks ``dy`` to ``relu_out > 0`` inside its kernel, which stands for that ReLU's backward
+    without its pass and buffer. :meth:`forward` and :meth:`forward_map` clear it,
+    :meth:`forward_add_relu` sets it to its own output; after :meth:`forward_map` the module that
+    applies the map (a residual block) sets it to the ReLU's output.
     """
 
     _forward_kernel = staticmethod(F.batchnorm2d_forward)  # BatchNormReLU2d: the fused kernel
@@ -42,6 +49,8 @@ class BatchNorm2d(Module):
         self.running_var = np.ones(num_features, dtype=np.float32) if track_running_stats else None
         self.num_batches_tracked = 0
         self.use_batch_stats: bool | None = None
+        self.relu_out: np.ndarray | None = None
+        self._relu_map: tuple[np.ndarray, np.ndarray] | None = None  # BatchNormReLU2d's forward sets it
         self._cache: tuple | None = None
 
     @classmethod
@@ -85,6 +94,7 @@ class BatchNorm2d(Module):
         return [("running_mean", self.running_mean), ("running_var", self.running_var)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self.relu_out = self._relu_map = None
         return self._normalise(self._forward_kernel, x)
 
     def forward_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,6 +102,7 @@ class BatchNorm2d(Module):
         cached for the backward) and the per-channel map ``(mean, scale, shift)`` with which
         :meth:`forward_add_relu` of another norm applies this one inside its own pass."""
         scale, shift = np.empty(self.num_features, np.float32), np.empty(self.num_features, np.float32)
+        self.relu_out = self._relu_map = None
         self._normalise(F.batchnorm2d_forward, x, scale=scale, shift=shift, output=False)
         return self._cache[1], scale, shift
 
@@ -99,8 +110,11 @@ class BatchNorm2d(Module):
                          residual_map: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """``relu(self(x) + r)`` (a residual block's output) in one pass, without writing ``self(x)``: r is
         ``residual``, or another norm's output when ``residual_map`` is its :meth:`forward_map`. The
-        same bits as the separate passes; the backward of each norm takes the output as ``relu_out``."""
-        return self._normalise(F.batchnorm2d_add_relu_forward, x, residual, residual_map=residual_map)
+        same bits as the separate passes. The output becomes this norm's ``relu_out``; the norm whose map
+        was applied takes it as its own ``relu_out`` too (its caller sets it)."""
+        self._relu_map = None
+        self.relu_out = self._normalise(F.batchnorm2d_add_relu_forward, x, residual, residual_map=residual_map)
+        return self.relu_out
 
     def _normalise(self, kernel, x: np.ndarray, *extra, **options) -> np.ndarray | None:
         """Run a forward kernel in this layer's mode (statistics, running buffers) and cache its backward's inputs."""
@@ -116,28 +130,31 @@ class BatchNorm2d(Module):
         self._cache = (x, mean, rstd, batch_stats)
         return y
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True, relu_out: np.ndarray | None = None,
-                 relu_map: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``.
 
-        ``relu_out``: the output of a ReLU downstream of this norm (directly, or after a sum such as a
-        residual block's) whose gradient is ``dy``; ``dy`` is then masked to ``relu_out > 0`` inside the
-        kernel, which stands for that ReLU's backward without its pass and buffer. ``relu_map``: for a
-        ReLU right after this norm, the forward's per-channel (scale, shift) instead, from which the
-        kernel rebuilds that mask (:class:`BatchNormReLU2d`).
+        ``dx=None``: the kernel overwrites a new ``np.empty`` buffer (no zeroing pass); ``dx`` given: the
+        input gradient is added into it. ``dy`` is masked by the ReLU of :attr:`relu_out` when that is set
+        (:class:`BatchNormReLU2d`: by its fused ReLU, rebuilt from the forward's per-channel map).
         """
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         x, mean, rstd, batch_stats = self._cache
-        dx = np.empty(x.shape, dtype=np.float32) if input_grad else None  # overwritten by the kernel
+        fresh = input_grad and dx is None
+        if not input_grad:
+            dx = None
+        elif fresh:
+            dx = np.empty(x.shape, dtype=np.float32)  # overwritten by the kernel
+        else:
+            dx = self._check_dx(dx, x.shape)
         weight = self.weight.data if self.weight is not None else None
         grads = dict(dx=dx, dweight=self.weight.grad_buffer() if self.weight is not None else None,
                      dbias=self.bias.grad_buffer() if self.bias is not None else None)
-        if relu_out is None and relu_map is None:
-            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=True, **grads)
+        if self.relu_out is None and self._relu_map is None:
+            F.batchnorm2d_backward(dy, x, mean, rstd, weight, batch_stats, overwrite_dx=fresh, **grads)
         else:
-            scale, shift = relu_map if relu_map is not None else (None, None)
-            F.batchnorm2d_relu_backward(dy, relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=True,
+            scale, shift = self._relu_map if self._relu_map is not None else (None, None)
+            F.batchnorm2d_relu_backward(dy, self.relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=fresh,
                                         scale=scale, shift=shift, **grads)
         return dx
 

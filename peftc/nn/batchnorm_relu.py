@@ -15,17 +15,11 @@ class BatchNormReLU2d(BatchNorm2d):
     it keeps no reference to the output and reads one array fewer."""
 
     def _forward_kernel(self, x: np.ndarray, *args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """BatchNorm2d.forward's kernel: the fused one, keeping each channel's map for the backward."""
+        """BatchNorm2d.forward's kernel: the fused one, keeping each channel's map, from which the backward
+        (:meth:`BatchNorm2d.backward`, which masks ``dy`` to the positive outputs) rebuilds the ReLU's mask."""
         ch = self.num_features
-        self._map = (np.empty(ch, dtype=np.float32), np.empty(ch, dtype=np.float32))
-        return F.batchnorm2d_relu_forward(x, *args, scale=self._map[0], shift=self._map[1])
-
-    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """Accumulate the affine gradients (when trainable) and return dx, or None with ``input_grad=False``;
-        ``dy`` is masked to the forward's positive outputs (the ReLU's backward, inside the kernel)."""
-        if self._cache is None:
-            raise RuntimeError("BatchNormReLU2d.backward called before forward")
-        return super().backward(dy, input_grad, relu_map=self._map)
+        self._relu_map = (np.empty(ch, dtype=np.float32), np.empty(ch, dtype=np.float32))
+        return F.batchnorm2d_relu_forward(x, *args, scale=self._relu_map[0], shift=self._relu_map[1])
 
     def __repr__(self) -> str:
         return "BatchNormReLU2d" + super().__repr__()[len("BatchNorm2d"):]

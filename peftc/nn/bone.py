@@ -101,26 +101,33 @@ class BoneLinear(Module):
             self._cache = (rows, s, p, offset)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the block and any trainable base gradients; the input gradient as the module contract says
+        (a new array, added into ``dx``, or None with ``input_grad=False``)."""
         if self._cache is None:
-            return self.base.backward(dy)
+            return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, s, p, offset = self._cache
         if self.variant == "bat" and self.base.weight.requires_grad:
             raise RuntimeError("Bat needs a frozen base weight (its gradient through W' is not implemented); "
                                "set base.weight.requires_grad = False")
         drows = as_rows(dy, "dy", self.out_features)
-        dx = F.zeros(rows.shape)
-        if self.variant == "bat":
-            F.bat_backward(drows, rows, self.base.weight.data, self.miss_block.data, dx=dx,
-                           dmiss_block=self.miss_block.grad_buffer())
-        else:
+        out = None
+        if input_grad:
+            out = (F.zeros(rows.shape) if dx is None
+                   else self._check_dx(dx, (*dy.shape[:-1], self.in_features)).reshape(rows.shape))
+        dblock = self.miss_block.grad_buffer()
+        if self.variant == "bat" and (out is not None or dblock is not None):
+            F.bat_backward(drows, rows, self.base.weight.data, self.miss_block.data, dx=out, dmiss_block=dblock)
+        elif self.variant != "bat" and (out is not None or dblock is not None):
             F.bone_backward(drows, s, self.base.weight.data, self.miss_block.data, p, self.generator.seed, offset,
-                            dx=dx, dmiss_block=self.miss_block.grad_buffer())
+                            dx=out, dmiss_block=dblock)
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         dw = self.base.weight.grad_buffer() if self.variant != "bat" else None
         if dw is not None or db is not None:
             F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def merge(self) -> None:
         """Fold the block into the base weight (Bat: W <- W'; balance / mini: add the tiled block)."""

@@ -77,11 +77,12 @@ class Conv2d(Module):
         self._x = x
         return y
 
-    def backward(self, dy: np.ndarray, input_grad: bool = True, dx: np.ndarray | None = None) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the weight and bias gradients (when trainable) and return dx, or None with
         ``input_grad=False`` (the first layer of a network whose input gradient nobody reads).
         ``dx`` given: the input gradient is added into it (a residual branch summing into the other
-        branch's gradient) and it is returned."""
+        branch's gradient) and it is returned; without it the kernel overwrites a new ``np.empty``
+        buffer (no zeroing pass)."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
         dw = self.weight.grad_buffer()
@@ -91,8 +92,8 @@ class Conv2d(Module):
             dx = None
         elif fresh:
             dx = np.empty(self._x.shape, dtype=np.float32)
-        elif dx.shape != self._x.shape or dx.dtype != np.float32:
-            raise ValueError(f"Conv2d.backward: dx must be float32 {self._x.shape}, got {dx.dtype} {dx.shape}")
+        else:
+            dx = self._check_dx(dx, self._x.shape)
         if dx is None and dw is None and db is None:
             return None
         F.conv2d_backward(dy, self._x if dw is not None else None, self.weight.data, self.stride, self.padding, dx=dx,

@@ -28,10 +28,18 @@ class Dropout(Module):
         self._offset = self.generator.take(x.size)
         return F.dropout_forward(x, self.p, self.generator.seed, self._offset)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """dx (+)= dy * mask / (1 - p). As an identity (eval mode, p = 0) with ``dx=None`` it returns ``dy``
+        itself, no copy: the caller owns dy already."""
+        if not input_grad:
+            return None
         if self._offset is None:
-            return dy
-        dx = F.zeros(dy.shape)
+            if dx is None:
+                return dy
+            dx = self._check_dx(dx, dy.shape)
+            dx += dy
+            return dx
+        dx = self._input_grad_buffer(dx, dy.shape)
         F.dropout_backward(dy, self.p, self.generator.seed, self._offset, dx=dx)
         return dx
 

@@ -76,14 +76,16 @@ class HydraLinear(LoraLinear):
         self._cache = (rows, y0, p, q)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the branch and any trainable base gradients; the input gradient as
+        :meth:`LoraLinear.backward` (a new array, added into ``dx``, or None)."""
         if self._cache is None:
-            return self.base.backward(dy)
+            return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, y0, p, q = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        dx = F.zeros(rows.shape)
+        out = self._input_rows(dx, dy) if input_grad else None
         F.hydra_backward(drows, rows, y0, p, q, self.base.weight.data, *self._branches(), self.scaling,
-                         self.seq_scaling, dx=dx, dpar_A=self.lora_A.grad_buffer(), dpar_B=self.lora_B.grad_buffer(),
+                         self.seq_scaling, dx=out, dpar_A=self.lora_A.grad_buffer(), dpar_B=self.lora_B.grad_buffer(),
                          dseq_A=self.hydra_seq_A.grad_buffer(), dseq_B=self.hydra_seq_B.grad_buffer())
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
@@ -92,7 +94,9 @@ class HydraLinear(LoraLinear):
             dy0 = drows + np.float32(self.seq_scaling) * ((drows @ self.hydra_seq_B.data) @ self.hydra_seq_A.data)
             F.linear_backward(np.ascontiguousarray(dy0, dtype=np.float32), rows, self.base.weight.data, dweight=dw,
                               dbias=db)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def _merge(self, sign: float) -> None:
         F.hydra_merge(self.base.weight.data, self._bias(), *self._branches(), self.scaling, self.seq_scaling, sign)

@@ -54,14 +54,22 @@ class LayerNorm(Module):
         self._cache = (rows, mean, rstd)
         return y.reshape(x.shape)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the affine gradients (when trainable); the input gradient as the module contract says
+        (a new array, added into ``dx``, or None with ``input_grad=False``)."""
         if self._cache is None:
             raise RuntimeError("LayerNorm.backward called before forward")
         rows, mean, rstd = self._cache
-        dx = F.zeros(rows.shape)
-        F.layernorm_backward(as_rows(dy, "dy", self.normalized_shape), rows, self.weight.data, mean, rstd, dx=dx,
-                             dweight=self.weight.grad_buffer(), dbias=self.bias.grad_buffer())
-        return dx.reshape(dy.shape)
+        out = None
+        if input_grad:
+            out = F.zeros(rows.shape) if dx is None else self._check_dx(dx, dy.shape).reshape(rows.shape)
+        dw, db = self.weight.grad_buffer(), self.bias.grad_buffer()
+        if out is not None or dw is not None or db is not None:
+            F.layernorm_backward(as_rows(dy, "dy", self.normalized_shape), rows, self.weight.data, mean, rstd, dx=out,
+                                 dweight=dw, dbias=db)
+        if out is None:
+            return None
+        return out.reshape(dy.shape) if dx is None else dx
 
     def __repr__(self) -> str:
         return f"LayerNorm({self.normalized_shape}, eps={self.eps})"

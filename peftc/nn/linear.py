@@ -62,7 +62,7 @@ class Linear(Module):
         self._rows_shape = rows.shape
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the parameter gradients and return dx = dy W.
 
         ``dx``: an array shaped like the input to accumulate into (and return) instead of a new one, so
@@ -74,7 +74,8 @@ class Linear(Module):
         drows = as_rows(dy, "dy", self.out_features)
         out = None
         if input_grad:
-            out = np.zeros(self._rows_shape, dtype=np.float32) if dx is None else as_rows(dx, "dx", self.in_features)
+            out = (np.zeros(self._rows_shape, dtype=np.float32) if dx is None
+                   else self._check_dx(dx, (*dy.shape[:-1], self.in_features)).reshape(self._rows_shape))
         dw = self.weight.grad_buffer()
         if dw is not None and self._x is None:
             raise RuntimeError("Linear.backward: the weight was frozen in the forward (its input was not kept) "

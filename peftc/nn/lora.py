@@ -92,16 +92,14 @@ class LoraLinear(Module):
         self._cache = (rows, xd, u, p, offset)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the adapter (and any trainable base) gradients; return dx as :meth:`Linear.backward`
         does (accumulated into ``dx`` when given, skipped and None with ``input_grad=False``)."""
         if self._cache is None:
             return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, xd, u, p, offset = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        out = None
-        if input_grad:
-            out = F.zeros(rows.shape) if dx is None else as_rows(dx, "dx", self.in_features)
+        out = self._input_rows(dx, dy) if input_grad else None
         F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
                         self.lora_B.data, self.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(),
@@ -113,6 +111,13 @@ class LoraLinear(Module):
         if out is None:
             return None
         return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
+
+    def _input_rows(self, dx: np.ndarray | None, dy: np.ndarray) -> np.ndarray:
+        """The (N, in_features) rows the input gradient is accumulated into: a view of ``dx`` (checked against
+        the input's shape) or a new zeroed array. The subclasses' backward use it too."""
+        if dx is None:
+            return F.zeros((dy.size // self.out_features, self.in_features))
+        return self._check_dx(dx, (*dy.shape[:-1], self.in_features)).reshape(-1, self.in_features)
 
     def _merge(self, sign: float) -> None:
         if self.lora_bias is not None and self.base.bias is None:

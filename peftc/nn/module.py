@@ -3,6 +3,21 @@
 A Module holds Parameters and child Modules as attributes, runs ``forward`` and, given the
 gradient of its output, ``backward``: it accumulates into its parameters' ``.grad`` and returns
 the gradient of its input. The forward keeps what the backward needs (the "cache").
+
+Every module's backward has one signature, ``backward(dy, *, dx=None, input_grad=True)``:
+
+* ``dx=None``: the input gradient goes into a new array, which is returned and belongs to the
+  caller (it may write into it). The one exception is an identity (Dropout in eval mode or at
+  p = 0), which returns ``dy`` itself: the caller already owns it.
+* ``dx`` given (float32, C-contiguous, the input's shape): the input gradient is added into it,
+  and ``dx`` is returned. A caller summing the gradients of several branches passes one buffer.
+* ``input_grad=False``: the input gradient is not computed (the input is a leaf nobody reads)
+  and None is returned; the parameter gradients are accumulated all the same.
+
+What a fused module needs beyond ``dy`` (the ReLU output a batch norm masks by, say) comes through
+its constructor or a documented attribute. A module whose input has no gradient (token ids)
+always returns None and takes no ``dx``; a module with a second input (a residual) returns the
+first input's gradient and documents where the second one goes.
 """
 from __future__ import annotations
 
@@ -52,8 +67,33 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the parameter gradients given d(output) ``dy``; return d(input) (see the module docstring)."""
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def _input_grad_buffer(self, dx: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """The array the input gradient is accumulated into: ``dx`` (checked against the input's shape) or a
+        new zeroed one."""
+        if dx is None:
+            return np.zeros(shape, dtype=np.float32)
+        return self._check_dx(dx, shape)
+
+    def _check_dx(self, dx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """``dx`` itself if it can take the input gradient in place, else a ValueError naming the shapes."""
+        if (not isinstance(dx, np.ndarray) or dx.dtype != np.float32 or dx.shape != tuple(shape)
+                or not dx.flags.c_contiguous or not dx.flags.writeable):
+            got = f"{dx.dtype} {dx.shape}" if isinstance(dx, np.ndarray) else type(dx).__name__
+            if isinstance(dx, np.ndarray) and not (dx.flags.c_contiguous and dx.flags.writeable):
+                got += " (not C-contiguous and writeable)"
+            raise ValueError(f"{type(self).__name__}.backward: dx must be a writeable C-contiguous float32 array "
+                             f"of the input's shape {tuple(shape)}, got {got}")
+        return dx
+
+    def _no_input_grad(self, dx: np.ndarray | None, what: str) -> None:
+        """For a module whose input has no gradient (``what``): a given ``dx`` is an error, not a silent no-op."""
+        if dx is not None:
+            raise ValueError(f"{type(self).__name__}.backward: its input is {what}, which has no gradient; "
+                             f"dx must be None, got an array of shape {getattr(dx, 'shape', None)}")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

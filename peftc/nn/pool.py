@@ -22,11 +22,14 @@ class MaxPool2d(Module):
         self._cache = (x.shape, argmax)
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """dx[argmax] (+)= dy (the module contract: new array, given ``dx``, or None)."""
         if self._cache is None:
             raise RuntimeError("MaxPool2d.backward called before forward")
+        if not input_grad:
+            return None
         shape, argmax = self._cache
-        dx = np.zeros(shape, dtype=np.float32)
+        dx = self._input_grad_buffer(dx, shape)
         F.maxpool2d_backward(dy, argmax, dx=dx)
         return dx
 
@@ -49,10 +52,13 @@ class AvgPool2d(Module):
         self._shape = x.shape
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Each output gradient spread evenly over its window (module contract: new array, given ``dx``, or None)."""
         if self._shape is None:
             raise RuntimeError("AvgPool2d.backward called before forward")
-        dx = np.zeros(self._shape, dtype=np.float32)
+        if not input_grad:
+            return None
+        dx = self._input_grad_buffer(dx, self._shape)
         F.avgpool2d_backward(dy, self.kernel_size, self.stride, self.padding, dx=dx)
         return dx
 
@@ -71,10 +77,13 @@ class GlobalAvgPool2d(Module):
         self._shape = x.shape
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """dx (+)= dy / (IH * IW) over each plane (the module contract: new array, given ``dx``, or None)."""
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2d.backward called before forward")
-        dx = np.zeros(self._shape, dtype=np.float32)
+        if not input_grad:
+            return None
+        dx = self._input_grad_buffer(dx, self._shape)
         F.global_avgpool2d_backward(dy, dx=dx)
         return dx
 

@@ -56,15 +56,17 @@ class SoraLinear(LoraLinear):
         self._cache = (rows, xd, u, p, offset)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the adapter, gate (with the L1 subgradient) and any trainable base gradients; the input
+        gradient as :meth:`LoraLinear.backward` (a new array, added into ``dx``, or None)."""
         if self._cache is None:
-            return self.base.backward(dy)
+            return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, xd, u, p, offset = self._cache
         drows = as_rows(dy, "dy", self.out_features)
-        dx = F.zeros(rows.shape)
+        out = self._input_rows(dx, dy) if input_grad else None
         dgate = self.lora_gate.grad_buffer()
         F.sora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
-                        self.lora_B.data, self.lora_gate.data, self.scaling, p, self.generator.seed, offset, dx=dx,
+                        self.lora_B.data, self.lora_gate.data, self.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(), dgate=dgate)
         if dgate is not None and self.l1_weight > 0.0:
             dgate += np.float32(self.l1_weight) * np.sign(self.lora_gate.data)
@@ -72,7 +74,9 @@ class SoraLinear(LoraLinear):
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         if dw is not None or db is not None:
             F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
-        return dx.reshape(*dy.shape[:-1], self.in_features)
+        if out is None:
+            return None
+        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
 
     def gated_B(self) -> np.ndarray:
         """B diag(g) as a new array: the gate folded into B."""

@@ -14,9 +14,12 @@ covers them, so prompts attend to everything and everything attends to them). Th
 * the sentence feature is the mean over the text tokens only (slots excluded), L2-normalised, so
   the prompted and the frozen model pool over the same token set.
 
-The backward pass runs through the frozen blocks (their parameters must have requires_grad False,
-so nothing frozen accumulates) and collects, per layer j, the gradient at the slots of block j's
-input (layer 0: of the embedding sum, through the embedding LayerNorm).
+The encoder runs through its public forward / backward: layer 0's prompts enter as
+``inputs_embeds`` (the word vectors of the slots), the deeper ones through ``block_input_hook``, which
+hands each prompted block a new input (never writing into the previous block's output, which a layer
+may have cached). The backward pass runs through the frozen blocks (their parameters must have
+requires_grad False, so nothing frozen accumulates) and collects, per layer j, the gradient at the
+slots of block j's input (layer 0: of ``inputs_embeds``).
 
 The encoder holds forward caches, so one :class:`PromptedEncoder` serves one branch; two
 branches over the same weights use :func:`twin_encoder`, which shares the arrays, not the caches.
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
 from ..models.bert import BertModel
+from ..nn import MeanPooling
 from ..nn.module import Module, Parameter
 from ..random import Generator
 
@@ -66,6 +69,31 @@ def insert_prompt_slots(batch: dict[str, np.ndarray], n_prompts: int,
     return out
 
 
+class _SlotOverwrite:
+    """The ``block_input_hook`` of a deep-prompted forward: block j (1 <= j < J) takes ``prompts[j]`` at the
+    slots 1..n instead of what block j - 1 computed there, which then gets no gradient."""
+
+    def __init__(self, prompts: Parameter) -> None:
+        self.prompts = prompts
+
+    def forward(self, j: int, x: np.ndarray) -> np.ndarray:
+        if not 1 <= j < self.prompts.shape[0]:
+            return x
+        n = self.prompts.shape[1]
+        x = x.copy()  # the previous block's output stays as it computed it
+        x[:, 1:1 + n] = self.prompts.data[j]
+        return x
+
+    def backward(self, j: int, dx: np.ndarray) -> np.ndarray:
+        if 1 <= j < self.prompts.shape[0]:
+            n = self.prompts.shape[1]
+            dprompts = self.prompts.grad_buffer()
+            if dprompts is not None:
+                dprompts[j] += dx[:, 1:1 + n].sum(axis=0)
+            dx[:, 1:1 + n] = 0.0  # block j's input at the slots was replaced: nothing flows further back
+        return dx
+
+
 class PromptedEncoder(Module):
     """Deep prompts ``prompts`` (J, n, H) on a frozen :class:`BertModel`; the only trainable parameter.
 
@@ -85,7 +113,8 @@ class PromptedEncoder(Module):
                 raise ValueError(f"prompts must be (J, n, {h}) with 1 <= J <= {n_layers}, got {prompts.shape}")
         self.encoder = encoder
         self.prompts = Parameter(prompts) if prompts is not None else None
-        self._cache: tuple | None = None
+        self.pooling = MeanPooling(normalize=True)
+        self._ran = False
 
     @property
     def depth(self) -> int:
@@ -97,47 +126,31 @@ class PromptedEncoder(Module):
 
     def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-        emb = self.encoder.embeddings
         n, depth = self.n_prompts, self.depth
-        s = F.embedding_forward(ids, types, emb.word_embeddings.weight.data, emb.position_embeddings.weight.data,
-                                emb.token_type_embeddings.weight.data)
+        embeds = hook = None
         if depth:
-            # the slot tokens: prompt + position 1..n + token type of the slot (BERT's embedding sum)
-            s[:, 1:1 + n] = (self.prompts.data[0] + emb.position_embeddings.weight.data[1:1 + n]
-                             )[None] + emb.token_type_embeddings.weight.data[types[:, 1:1 + n]]
-        x = emb.dropout(emb.LayerNorm(s))
-        for j, block in enumerate(self.encoder.encoder.layer):
-            if 1 <= j < depth:
-                x[:, 1:1 + n] = self.prompts.data[j]  # x is the block output LayerNorm's fresh array: no cache holds it
-            x = block(x, mask)
-        pool_mask = batch["pool_mask"]
-        pooled = F.mean_pool_forward(x, pool_mask)
-        feat, norm = F.l2_normalize_forward(pooled)
-        self._cache = (x.shape, pool_mask, feat, norm)
-        return feat
+            # the slot tokens' word vectors are the layer-0 prompts; position and token type are added as for any token
+            words = self.encoder.embeddings.word_embeddings(ids)
+            slots = np.broadcast_to(self.prompts.data[0], (ids.shape[0], *self.prompts.shape[1:]))
+            embeds = np.concatenate([words[:, :1], slots, words[:, 1 + n:]], axis=1)
+            hook = _SlotOverwrite(self.prompts) if depth > 1 else None
+        hidden = self.encoder(ids, mask, types, inputs_embeds=embeds, block_input_hook=hook)
+        self._ran = True
+        return self.pooling(hidden, batch["pool_mask"])
 
-    def backward(self, dfeat: np.ndarray) -> None:
-        """Accumulate d(loss)/d(prompts) given d(loss)/d(features) (B, H)."""
-        if self._cache is None:
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> None:
+        """Accumulate d(loss)/d(prompts) given d(loss)/d(features) ``dy`` (B, H). The input is a batch of token
+        ids, which has no gradient: None is returned, and a ``dx`` is an error."""
+        self._no_input_grad(dx, "a batch of token ids")
+        if not self._ran:
             raise RuntimeError("PromptedEncoder.backward called before forward")
         if self.prompts is None or not self.prompts.requires_grad:
-            return
-        shape, pool_mask, feat, norm = self._cache
-        n, depth = self.n_prompts, self.depth
-        dprompts = self.prompts.grad_buffer()
-        dpooled = np.zeros_like(feat)
-        F.l2_normalize_backward(np.ascontiguousarray(dfeat, dtype=np.float32), feat, norm, dx=dpooled)
-        dx = np.zeros(shape, dtype=np.float32)
-        F.mean_pool_backward(dpooled, pool_mask, dx=dx)
-        blocks = list(self.encoder.encoder.layer)
-        for j in range(len(blocks) - 1, -1, -1):
-            dx = blocks[j].backward(dx)
-            if 1 <= j < depth:
-                dprompts[j] += dx[:, 1:1 + n].sum(axis=0)
-                dx[:, 1:1 + n] = 0.0  # block j's input at the slots was overwritten: nothing flows further back
-        emb = self.encoder.embeddings
-        ds = emb.LayerNorm.backward(emb.dropout.backward(dx))
-        dprompts[0] += ds[:, 1:1 + n].sum(axis=0)
+            return None
+        n = self.n_prompts
+        dhidden = self.pooling.backward(np.ascontiguousarray(dy, dtype=np.float32))
+        dembeds = self.encoder.backward(dhidden)  # the hook adds the deep prompts' gradients on the way
+        self.prompts.grad_buffer()[0] += dembeds[:, 1:1 + n].sum(axis=0)
+        return None
 
 
 def phrase_prompts(encoder: BertModel, phrase_ids: np.ndarray, depth: int, deep_init: str = "phrase",

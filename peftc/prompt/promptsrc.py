@@ -17,6 +17,7 @@ import numpy as np
 from .. import functional as F
 from ..models.bert import BertModel
 from ..models.tokenizer import Tokenizer
+from ..nn import MeanPooling
 from ..optim import SGD
 from .deep_prompts import PromptedEncoder, insert_prompt_slots, phrase_prompts, twin_encoder
 from .gpa import GaussianPromptAggregator
@@ -121,11 +122,12 @@ class PromptSRCDualEncoder:
         """Mean-pooled last hidden states of the frozen model (not normalised): (N, H)."""
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.frozen.config.hidden_size), dtype=np.float32)
+        pool = MeanPooling()
         for i in range(0, len(texts), self.config.eval_batch_size):
             rows = order[i:i + self.config.eval_batch_size]
             b = self.tokenizer([texts[r] for r in rows])
             hidden = self.frozen(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-            out[rows] = F.mean_pool_forward(hidden, b["attention_mask"])
+            out[rows] = pool(hidden, b["attention_mask"])
         return out
 
     def frozen_features(self, texts: list[str]) -> np.ndarray:

@@ -31,14 +31,12 @@ from ..optim import SGD, AdamW
 
 def configure_for_tta(model: Module, exclude: tuple[str, ...] = ()) -> list[Parameter]:
     """Freeze everything, put every BatchNorm2d on test-batch statistics, unfreeze their affine pairs
-    and those of every LayerNorm; a model with an ``input_grad`` switch stops computing its input gradient.
+    and those of every LayerNorm.
 
     Norm layers whose name starts with a prefix in ``exclude`` keep batch statistics but stay frozen.
     Returns the trainable parameters.
     """
     model.requires_grad_(False)
-    if hasattr(model, "input_grad"):
-        model.input_grad = False  # nothing reads the gradient of the input batch
     params = []
     for name, m in model.named_modules():
         if isinstance(m, (BatchNorm2d, LayerNorm)):
@@ -124,7 +122,7 @@ class TTAMethod:
         """Backward of sum_n dent[n] H_n (+ an extra logit gradient) through the model into the BN affine grads."""
         dlogits = np.zeros_like(logits) if extra is None else extra
         F.softmax_entropy_backward(dent.astype(np.float32), probs, logits, dlogits=dlogits)
-        self.model.backward(dlogits)
+        self.model.backward(dlogits, input_grad=False)  # nothing reads the gradient of the input batch
 
     def forward_and_adapt(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -215,7 +213,7 @@ def compute_fisher(model: Module, params: list[Parameter], images: np.ndarray, b
         rows = slice(i, i + batch_size)
         logits = model.forward({k: v[rows] for k, v in images.items()} if isinstance(images, dict) else images[rows])
         loss.forward(logits, logits.argmax(1).astype(np.int64))
-        model.backward(loss.backward())
+        model.backward(loss.backward(), input_grad=False)
         for f, p in zip(fisher, params):
             f += p.grad ** 2
         batches += 1

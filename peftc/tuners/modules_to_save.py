@@ -36,10 +36,11 @@ class ModulesToSaveWrapper(Module):
         self._ran_original = self.disabled
         return self.active_module.forward(*args, **kwargs)
 
-    def backward(self, dy):
+    def backward(self, dy, *, dx=None, input_grad=True):
         if self._ran_original is None:
             raise RuntimeError("ModulesToSaveWrapper.backward called before forward")
-        return (self.original_module if self._ran_original else self.modules_to_save).backward(dy)
+        module = self.original_module if self._ran_original else self.modules_to_save
+        return module.backward(dy, dx=dx, input_grad=input_grad)
 
     def __repr__(self) -> str:
         return f"ModulesToSaveWrapper({self.original_module!r})"

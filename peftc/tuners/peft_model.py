@@ -44,8 +44,8 @@ class LoraModel(Module):
     def forward(self, *args, **kwargs):
         return self.model.forward(*args, **kwargs)
 
-    def backward(self, dy):
-        return self.model.backward(dy)
+    def backward(self, dy, *, dx=None, input_grad=True):
+        return self.model.backward(dy, dx=dx, input_grad=input_grad)
 
 
 class PeftModel(Module):
@@ -132,8 +132,8 @@ class PeftModel(Module):
     def forward(self, *args, **kwargs):
         return self.base_model.model.forward(*args, **kwargs)
 
-    def backward(self, dy):
-        return self.base_model.model.backward(dy)
+    def backward(self, dy, *, dx=None, input_grad=True):
+        return self.base_model.model.backward(dy, dx=dx, input_grad=input_grad)
 
     def _lora_layers(self) -> list[Module]:
         """The adapter layers (LoraLinear or BoneLinear) in the model."""
