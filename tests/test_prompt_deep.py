@@ -7,6 +7,7 @@ import pytest
 
 from peftc import functional as F
 from peftc.models import BertModel
+from peftc.nn import Module
 from peftc.prompt import PromptedEncoder, insert_prompt_slots, phrase_prompts, twin_encoder
 
 from .conftest import assert_close
@@ -176,3 +177,79 @@ def test_twin_encoder_shares_weights_not_caches(torch, tmp_path):
     for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
         assert a.data is b.data, name
     assert twin.encoder.layer[0] is not model.encoder.layer[0]
+
+
+class _ThenTokenSoftmax(Module):
+    """A block followed by a softmax over the token axis: it caches its output and its backward reads that
+    output at every position, the slots included (a layer the deep prompts must not write into)."""
+
+    def __init__(self, block: Module) -> None:
+        self.block = block
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        h = self.block(x, attention_mask).astype(np.float64)
+        e = np.exp(h - h.max(axis=1, keepdims=True))
+        self._y = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return self._y
+
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        y = self._y.astype(np.float64)
+        dh = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        return self.block.backward(dh.astype(np.float32), dx=dx, input_grad=input_grad)
+
+
+def test_deep_prompt_gradient_stays_right_when_the_block_before_a_prompted_layer_caches_its_output(
+        rng, torch, tmp_path):
+    # Layer 1's prompts replace layer 0's output at the slots; layer 0 here caches that output and its
+    # backward reads it at the slots (their gradient there is not zero). Written into in place, the cache
+    # would hold the prompts instead and layer 0's input gradient, hence the layer-0 prompts', would be off.
+    hf, model = frozen_tiny(torch, tmp_path)
+    enc = PromptedEncoder(twin_encoder(model), rng.standard_normal((2, N_PROMPTS, TINY["hidden_size"])).astype(
+        np.float32))
+    enc.encoder.encoder.layer[0] = _ThenTokenSoftmax(enc.encoder.encoder.layer[0])
+
+    class TorchThenTokenSoftmax(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, attention_mask=None):
+            out = self.layer(x, attention_mask=attention_mask)
+            return (torch.softmax(out[0] if isinstance(out, tuple) else out, dim=1),)
+
+    hf.encoder.layer[0] = TorchThenTokenSoftmax(hf.encoder.layer[0])
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    wide = insert_prompt_slots(tiny_text_batch(rng), N_PROMPTS)
+    feat = enc(wide)
+    dfeat = rng.standard_normal(feat.shape).astype(np.float32)
+    enc.backward(dfeat)
+    tp = torch.tensor(enc.prompts.data.copy(), requires_grad=True)
+    t = {k: torch.tensor(v) for k, v in wide.items()}
+    ref = torch_prompted_features(torch, hf, t["input_ids"], t["attention_mask"], t["token_type_ids"],
+                                  t["pool_mask"], tp)
+    ref.backward(torch.tensor(dfeat))
+    assert_close(feat, ref.detach().numpy(), 1e-4, 1e-5, "prompted features")
+    assert_close(enc.prompts.grad, tp.grad.numpy(), 1e-3, 1e-5, "dprompts")
+
+
+def test_bert_inputs_embeds_of_the_word_vectors_give_the_ids_forward_and_their_gradient(rng, torch, tmp_path):
+    _, model = tiny_pair(torch, tmp_path)
+    batch = tiny_text_batch(rng)
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    out = model(ids, mask, types)
+    words = model.embeddings.word_embeddings.weight.data[ids]
+    assert np.array_equal(model(None, mask, types, inputs_embeds=words), out)  # the kernel's summation order
+    model.requires_grad_(False)
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    d = model.backward(dy)
+    h = 1e-3  # the word vectors are N(0, 0.02^2): a larger step leaves the LayerNorm's linear range
+    direction = rng.standard_normal(words.shape).astype(np.float32)
+    up = float((model(ids, mask, types, inputs_embeds=words + h * direction).astype(np.float64) * dy).sum())
+    down = float((model(ids, mask, types, inputs_embeds=words - h * direction).astype(np.float64) * dy).sum())
+    assert_close((up - down) / (2 * h), float((d.astype(np.float64) * direction).sum()), 2e-2, 2e-4,
+                 "directional derivative in inputs_embeds")
+    model(ids, mask, types)
+    with pytest.raises(ValueError, match="dx must be None"):
+        model.backward(dy, dx=np.zeros_like(words))
