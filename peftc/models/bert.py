@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 
@@ -189,16 +190,24 @@ class BertLayer(Module):
         return self.attention.backward(dh, dx=dx, input_grad=input_grad)
 
 
+class BlockInputHook(Protocol):
+    """What ``BertModel.forward(..., block_input_hook=)`` takes: see :meth:`BertModel.forward`."""
+
+    def forward(self, index: int, x: np.ndarray) -> np.ndarray: ...
+
+    def backward(self, index: int, dx: np.ndarray) -> np.ndarray: ...
+
+
 class BertEncoder(Module):
     """The blocks in order. ``forward(x, attention_mask, block_input_hook=None)``: a hook (see
     :meth:`BertModel.forward`) may replace each block's input; its backward is run in :meth:`backward`."""
 
     def __init__(self, layers: list[BertLayer]) -> None:
         self.layer = ModuleList(layers)
-        self._hook = None
+        self._hook: BlockInputHook | None = None
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None,
-                block_input_hook=None) -> np.ndarray:
+                block_input_hook: BlockInputHook | None = None) -> np.ndarray:
         """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`."""
         if block_input_hook is not None and isinstance(attention_mask, PackedTokens):
             raise ValueError("block_input_hook works on padded (B, T, H) states, not on a skip_padding forward")
@@ -322,7 +331,8 @@ class BertModel(Module):
     # -- forward / backward ------------------------------------------------------------------------
     def forward(self, input_ids: np.ndarray | None, attention_mask: np.ndarray | None = None,
                 token_type_ids: np.ndarray | None = None, skip_padding: bool = False,
-                inputs_embeds: np.ndarray | None = None, block_input_hook=None) -> np.ndarray:
+                inputs_embeds: np.ndarray | None = None, block_input_hook: BlockInputHook | None = None
+                ) -> np.ndarray:
         """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32.
 
         ``skip_padding=True`` (inference only: eval mode, no backward afterwards) runs the encoder on
