@@ -168,7 +168,7 @@ def phrase_prompts(encoder: BertModel, phrase_ids: np.ndarray, depth: int, deep_
         raise ValueError(f"phrase_ids must hold [CLS], at least one word and [SEP], got {ids.shape[1]} ids")
     h = encoder.config.hidden_size
     prompts = np.empty((depth, n, h), dtype=np.float32)
-    prompts[0] = encoder.embeddings.word_embeddings.weight.data[ids[0, 1:-1]]
+    prompts[0] = encoder.embeddings.word_embeddings(ids[:, 1:-1])[0]
     if depth == 1:
         return prompts
     if deep_init == "normal":
