@@ -37,7 +37,7 @@ import numpy as np
 from common import check_seed_parts, merged_command  # this folder: run as a script, or from the tests
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
-from peftc.demo import tokenize
+from peftc.data.wordnet_job import tokenize
 from peftc.models import BertModel, SentenceClassifier, Tokenizer, minilm_path
 from peftc.random import Generator
 from peftc.train import Trainer, TrainingConfig

@@ -42,8 +42,7 @@ from common import openblas_info  # this folder: run as a script
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
-from peftc.models import train_source_model
-from peftc.tta import EATA
+from peftc.tta import EATA, train_source_model
 
 THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS", "2"))
 OUT = Path(__file__).parent / "results"

@@ -3,7 +3,7 @@
 The step: prompted input branch on B glosses, prompted label branch on all C label texts (deep
 prompts in the first J blocks of both), the PromptSRC loss against cached frozen features, the
 backward pass to the prompts only, and an SGD step. The torch side runs the transformers
-BertModel with the same prompts through a manual layer loop (tests/prompt_torch.py) under
+BertModel with the same prompts through a manual layer loop (peftc/testing/prompt_torch.py) under
 autograd, frozen weights with requires_grad False. Repeats alternate the two sides, after a
 warm-up; the median of each is reported, and the first-step losses are compared.
 
@@ -24,7 +24,7 @@ from peftc.io.atomic import write_bytes_atomic
 from peftc.models import BertModel, Tokenizer, minilm_path
 from peftc.optim import SGD
 from peftc.prompt import PromptSRCConfig, PromptSRCDualEncoder, label_text
-from tests.prompt_torch import torch_prompted_features
+from peftc.testing.prompt_torch import torch_prompted_features
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

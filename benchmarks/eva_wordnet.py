@@ -67,7 +67,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, log=print) -> dict:
     """Train one arm for one seed; returns its history, EVA facts and accuracies."""
     import numpy as np
 
-    from peftc.demo import JobSettings, load_splits, tokenize
+    from peftc.data.wordnet_job import JobSettings, load_splits, tokenize
     from peftc.models import BertModel, Tokenizer, minilm_path
     from peftc.models.classifier import SentenceClassifier
     from peftc.random import Generator

@@ -2,7 +2,7 @@
 
 Protocol (TENT's): for each corruption, reset the method, stream the test images in order in
 batches, score the predictions of the pre-update forward. The source model is the cached
-SmallResNet (peftc.models.train_source_model). EATA's Fisher uses 2,000 clean training images.
+SmallResNet (peftc.tta.train_source_model). EATA's Fisher uses 2,000 clean training images.
 
 Run: OPENBLAS_NUM_THREADS=2 python benchmarks/tta_fashion_mnist.py [--severity 5] [--limit N]
      [--corruptions a,b] [--seed 0]
@@ -20,8 +20,7 @@ import numpy as np
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
-from peftc.models import train_source_model
-from peftc.tta import EATA, SAR, TENT, BNAdapt, Source
+from peftc.tta import EATA, SAR, TENT, BNAdapt, Source, train_source_model
 
 OUT = Path(__file__).parent / "results"
 

@@ -1,7 +1,7 @@
 """Test-time adaptation on Fashion-MNIST-C: the results table per method over seeds, and a verdict
 on each expected result of the TENT, EATA and open-set ("wisdom of crowds") papers.
 
-Three experiments, all with the cached SmallResNet source models (peftc.models.train_source_model):
+Three experiments, all with the cached SmallResNet source models (peftc.tta.train_source_model):
 
 1. Per corruption (TENT's protocol): reset before each (corruption, severity), stream ``--limit``
    test images in a seed-drawn order; error % per corruption and severity, backward samples.
@@ -42,11 +42,10 @@ from common import check_seed_parts, merged_command  # this folder: run as a scr
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
-from peftc.models import SourceConfig, train_source_model
-from peftc.models.cnn import select_classes
-from peftc.tta import EATA, SAR, TENT, BNAdapt, Source
+from peftc.tta import EATA, SAR, TENT, BNAdapt, Source, SourceConfig, train_source_model
 from peftc.tta.evaluate import (clean_error, continual_stream, evaluate_corruptions, open_set_stream, rounds_of,
                                 run_stream, summarize)
+from peftc.tta.source_model import select_classes
 
 OUT = Path(__file__).parent / "results"
 KNOWN = tuple(range(8))  # classes 8 (Bag) and 9 (Ankle boot) are the open-set unknowns

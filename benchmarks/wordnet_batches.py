@@ -1,10 +1,10 @@
 """WordNet gloss batches for the EVA benchmark and experiment: the main job's tokenisation and
-splits (peftc.demo), a seeded sample of training glosses, padding columns trimmed per batch."""
+splits (peftc.data.wordnet_job), a seeded sample of training glosses, padding columns trimmed per batch."""
 from __future__ import annotations
 
 import numpy as np
 
-from peftc.demo import JobSettings, load_splits, tokenize
+from peftc.data.wordnet_job import JobSettings, load_splits, tokenize
 from peftc.models import Tokenizer, minilm_path
 from peftc.models.classifier import trim_padding
 

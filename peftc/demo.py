@@ -11,6 +11,9 @@
    linear warm-up and decay, gradient clipping.
 5. Report: test accuracy of both, trainable parameters, times; the adapter is saved in PEFT's
    format and the numbers are written as JSON and Markdown when ``--out`` is given.
+
+This module only runs the job; its data recipe (settings, splits, tokenisation), which the
+benchmarks share, is :mod:`peftc.data.wordnet_job`.
 """
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._deprecated import moved
+from .data import wordnet_job as job
 from .data.batching import BatchSampler, take
-from .data.wordnet import WordNetGlosses, load_wordnet_glosses
 from .io.atomic import write_bytes_atomic
 from .models import BertModel, Tokenizer, minilm_path
 from .models.classifier import SentenceClassifier
@@ -34,34 +38,8 @@ from .random import Generator
 from .train import Trainer, TrainingConfig
 from .tuners import LoraConfig, get_peft_model
 
-
-@dataclass
-class JobSettings:
-    seed: int = 0
-    train_per_class: int = 250
-    test_per_class: int | None = None
-    max_length: int = 64
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    probe_epochs: int = 40
-    probe_learning_rate: float = 3e-3
-    r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    eval_every: int = 200
-    progress: bool = True
-
-
-def tokenize(tokenizer: Tokenizer, glosses: WordNetGlosses, by_length: bool = False) -> dict[str, np.ndarray]:
-    """Token ids, mask and labels; ``by_length`` orders the rows by token count, so that sequential
-    (evaluation) batches hold glosses of similar length and carry little padding."""
-    enc = tokenizer(glosses.input_texts())
-    data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": glosses.labels}
-    if by_length:
-        order = np.argsort(data["attention_mask"].sum(axis=1), kind="stable")
-        data = {k: np.ascontiguousarray(v[order]) for k, v in data.items()}
-    return data
+# the job's data recipe moved to peftc.data.wordnet_job; the old names warn and forward until the next release
+__getattr__ = moved(__name__, "peftc.data.wordnet_job", ["JobSettings", "load_splits", "tokenize"])
 
 
 def pooled_features(model: SentenceClassifier, data: dict[str, np.ndarray], batch_size: int = 256,
@@ -87,24 +65,13 @@ def per_class_accuracy(trainer: Trainer, data: dict[str, np.ndarray], num_classe
     return [float(c / t) if t else None for c, t in zip(correct, total)]
 
 
-def load_splits(s: JobSettings) -> tuple[WordNetGlosses, WordNetGlosses, WordNetGlosses]:
-    glosses = load_wordnet_glosses()
-    parts = glosses.split(seed=s.seed)
-    train, val, test = parts["train"], parts["validation"], parts["test"]
-    train = train.subsample_per_class(s.train_per_class, seed=s.seed)
-    if s.test_per_class is not None:
-        val = val.subsample_per_class(s.test_per_class, seed=s.seed)
-        test = test.subsample_per_class(s.test_per_class, seed=s.seed)
-    return train, val, test
-
-
-def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
+def run(s: job.JobSettings, out_dir: str | None = None, log=print) -> dict:
     t_start = time.perf_counter()
-    train, val, test = load_splits(s)
+    train, val, test = job.load_splits(s)
     folder = minilm_path()
     tokenizer = Tokenizer(folder, max_length=s.max_length)
-    data = {"train": tokenize(tokenizer, train), "val": tokenize(tokenizer, val, by_length=True),
-            "test": tokenize(tokenizer, test, by_length=True)}
+    data = {"train": job.tokenize(tokenizer, train), "val": job.tokenize(tokenizer, val, by_length=True),
+            "test": job.tokenize(tokenizer, test, by_length=True)}
     num_classes = train.num_classes
     log(f"WordNet supersenses: {num_classes} classes; train {len(train)} (at most {s.train_per_class} per class), "
         f"validation {len(val)}, test {len(test)}")
@@ -114,7 +81,7 @@ def run(s: JobSettings, out_dir: str | None = None, log=print) -> dict:
     frozen = SentenceClassifier(BertModel.from_pretrained(folder, seed=s.seed), num_classes,
                                 generator=Generator(s.seed))
     frozen.requires_grad_(False)
-    by_length = {"train": tokenize(tokenizer, train, by_length=True), "val": data["val"], "test": data["test"]}
+    by_length = {"train": job.tokenize(tokenizer, train, by_length=True), "val": data["val"], "test": data["test"]}
     feats = {name: {"features": pooled_features(frozen, d, progress=s.progress), "labels": d["labels"]}
              for name, d in by_length.items()}
     head = Linear(frozen.bert.config.hidden_size, num_classes, generator=Generator(s.seed + 1))
@@ -182,7 +149,7 @@ def markdown_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m peftc.demo", description=__doc__.split("\n")[0])
-    d = JobSettings()
+    d = job.JobSettings()
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--train-per-class", type=int, default=d.train_per_class)
     p.add_argument("--test-per-class", type=int, default=None)
@@ -191,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for the adapter and result.json / result.md")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    s = JobSettings(seed=a.seed, train_per_class=a.train_per_class, test_per_class=a.test_per_class,
-                    epochs=a.epochs, learning_rate=a.lr, progress=not a.no_progress)
+    s = job.JobSettings(seed=a.seed, train_per_class=a.train_per_class, test_per_class=a.test_per_class,
+                        epochs=a.epochs, learning_rate=a.lr, progress=not a.no_progress)
     result = run(s, a.out)
     print()
     print(markdown_table(result))

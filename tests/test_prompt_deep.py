@@ -9,9 +9,9 @@ from peftc import functional as F
 from peftc.models import BertModel
 from peftc.nn import Module
 from peftc.prompt import PromptedEncoder, insert_prompt_slots, phrase_prompts, twin_encoder
+from peftc.testing.prompt_torch import torch_prompted_features
 
 from .conftest import assert_close
-from .prompt_torch import torch_prompted_features
 from .test_bert import TINY as TINY_BERT
 
 TINY = {**TINY_BERT, "num_hidden_layers": 3}  # depth 1 and 2 leave blocks unprompted

@@ -9,8 +9,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from peftc.models import SmallResNet, SourceConfig, train_source_model
-from peftc.tta import EATA, TENT, Source
+from peftc.models import SmallResNet
+from peftc.tta import EATA, TENT, Source, SourceConfig, train_source_model
 from peftc.tta.evaluate import (UNKNOWN, Segment, auroc, clean_error, continual_stream, evaluate_corruptions,
                                 max_softmax, open_set_segment, open_set_stream, rounds_of, run_stream, summarize)
 

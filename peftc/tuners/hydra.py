@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from ..io.adapter_files import WEIGHTS_NAME, adapter_parameters
 from ..io.safetensors import save_file
 from ..nn import HydraLinear, Module
+from .adapter_files import WEIGHTS_NAME, adapter_parameters
 from .hydra_config import HydraConfig
 from .lora_config import LoraConfig
 from .peft_model import PeftModel

@@ -17,9 +17,9 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
-from ..io.adapter_files import load_adapter_weights, save_adapter_weights
 from ..nn import BoneLinear, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
 from ..random import Generator
+from .adapter_files import load_adapter_weights, save_adapter_weights
 from .bone_config import BoneConfig
 from .configs import config_from_pretrained
 from .hydra_config import HydraConfig

@@ -32,12 +32,12 @@ import os
 import numpy as np
 
 from .. import functional as F
-from ..io.adapter_files import WEIGHTS_NAME, adapter_parameters
 from ..io.safetensors import save_file
 from ..nn import Module, SoraLinear
 from ..optim import AdamW
 from ..schedule import LinearWarmupSchedule
 from ..train import Trainer, TrainingConfig
+from .adapter_files import WEIGHTS_NAME, adapter_parameters
 from .lora_config import LoraConfig
 from .peft_model import PeftModel
 from .sora_config import SoraConfig

@@ -1,5 +1,7 @@
 """The deep-prompt forward of peftc.prompt written in torch over a transformers BertModel (a manual
-layer loop), the autograd oracle for the prompt tests and the other side of bench_prompt_step."""
+layer loop), the autograd oracle for the prompt tests and the other side of bench_prompt_step.
+
+The caller passes the torch module in, so importing this file does not import torch."""
 from __future__ import annotations
 
 

@@ -1,0 +1,96 @@
+"""PEFT-format adapter folders: adapter_config.json + adapter_model.safetensors.
+
+The PEFT key layout lives here, beside the adapter layers and the modules_to_save wrapper it names;
+:mod:`peftc.io` below knows only the generic safetensors format and atomic writes.
+
+Tensor keys follow PEFT with the adapter name removed:
+``base_model.model.<path>.lora_A.weight`` (r, in), ``<path>.lora_B.weight`` (out, r),
+``<path>.lora_B.bias`` (out,) with lora_bias, ``<path>.miss_block`` for Bone / MiSS ((r, out),
+(r, mini_r) or Bat's (out/r, r, r); no ``.weight`` suffix: a bare parameter in PEFT),
+``<path>.base_layer.bias`` for a trained bias of an adapter layer, ``<name>.bias`` for other trained biases (bias="all"), and
+``<module>.<param>`` for the trained copy of a modules_to_save module.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from ..io.safetensors import load_file, read_header, save_file
+from ..nn import BoneLinear, LoraLinear, Module, Parameter
+from .modules_to_save import ModulesToSaveWrapper
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _walk(module: Module, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    """Modules in order, not descending into adapter layers or modules_to_save wrappers."""
+    yield prefix, module
+    if isinstance(module, (LoraLinear, BoneLinear, ModulesToSaveWrapper)):
+        return
+    for name, child in module.named_children():
+        yield from _walk(child, _join(prefix, name))
+
+
+def adapter_parameters(model: Module, bias: str) -> dict[str, Parameter]:
+    """{PEFT file key: Parameter} for everything an adapter file holds, for a model with adapters injected."""
+    out: dict[str, Parameter] = {}
+    for path, module in _walk(model):
+        key = PREFIX + path
+        if isinstance(module, (LoraLinear, BoneLinear)):
+            for name, p in module.adapter_parameters().items():
+                out[f"{key}.{name}"] = p
+            if bias != "none" and module.base.bias is not None:
+                out[f"{key}.base_layer.bias"] = module.base.bias
+        elif isinstance(module, ModulesToSaveWrapper):
+            for name, p in module.modules_to_save.named_parameters():
+                out[f"{key}.{name}"] = p
+        elif bias == "all":
+            p = vars(module).get("bias")
+            if isinstance(p, Parameter):
+                out[PREFIX + _join(path, "bias")] = p
+    return out
+
+
+def _peft_extra_keys(model: Module) -> set[str]:
+    """Keys PEFT writes with bias="all" for the internals of a modules_to_save wrapper; not needed to load."""
+    keys = set()
+    for path, module in _walk(model):
+        if isinstance(module, ModulesToSaveWrapper):
+            for inner in ("original_module", "modules_to_save"):
+                keys.update(f"{PREFIX}{path}.{inner}.{n}" for n, _ in module.original_module.named_parameters())
+    return keys
+
+
+def save_adapter_weights(model: Module, bias: str, save_directory: str | os.PathLike) -> str:
+    """Write adapter_model.safetensors (atomically); return its path."""
+    os.makedirs(save_directory, exist_ok=True)
+    path = os.path.join(save_directory, WEIGHTS_NAME)
+    save_file({key: p.data for key, p in adapter_parameters(model, bias).items()}, path, {"format": "pt"})
+    return path
+
+
+def load_adapter_weights(model: Module, bias: str, directory: str | os.PathLike) -> None:
+    """Copy the tensors of directory/adapter_model.safetensors into the model's adapter parameters.
+
+    The file must hold every expected key with the expected shape; the error names the key and
+    both shapes. Nothing is written into the model unless the whole file checks out.
+    """
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(directory, "adapter_model.bin")):
+            raise ValueError(f"{os.fspath(directory)} holds only adapter_model.bin (a pickle); peftc reads "
+                             f"adapter_model.safetensors (save with safe_serialization=True)")
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {os.fspath(directory)}")
+    params = adapter_parameters(model, bias)
+    expected = {key: p.shape for key, p in params.items()}
+    header, _ = read_header(path)
+    for key in _peft_extra_keys(model) & set(header):
+        expected[key] = header[key][1]
+    tensors = load_file(path, expected)
+    for key, p in params.items():
+        p.data[...] = tensors[key]
