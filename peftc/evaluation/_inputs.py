@@ -1,7 +1,6 @@
 """Argument checks shared by peftc.evaluation: each failure names the argument and its shape."""
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
@@ -105,9 +104,3 @@ def check_probabilities(name: str, p: Any) -> np.ndarray:
         raise ValueError(f"{name} must be in [0, 1], got range [{arr.min()}, {arr.max()}] (shape {arr.shape})")
     return arr
 
-
-def finite_or_raise(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return value

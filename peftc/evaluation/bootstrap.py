@@ -10,13 +10,14 @@ distribution and intervals (tests/test_evaluation_bootstrap.py checks this).
 Resampling runs in chunks of about 4 M indices (int32), so 10^4 resamples of 10^4 predictions use
 some tens of MB. For accuracy and error each resample sums a per-example +1 / 0 / -1; for macro-F1
 it is reduced to the counts of each distinct (label, pred A, pred B) triple by one ``bincount`` over
-(resample, triple) keys, and the metric follows from those counts (metrics.PairedTable). The chunk size does not change the result: NumPy's bounded integers for
-int32 come from one continuous stream.
+(resample, triple) keys, and the metric follows from those counts (metrics.PairedTable). The chunk
+size does not change the result: NumPy's bounded int32 integers come from one continuous stream.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from ._inputs import check_confidence, check_count, generator

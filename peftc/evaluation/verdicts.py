@@ -12,7 +12,11 @@ JSON-ready dict whose first six keys are the results contract:
 followed by "expected" ("greater": mean(a) > mean(b) is claimed, "less": mean(a) < mean(b)),
 "test", "p" (unadjusted), "p_wilcoxon" and "why" (the reason for the verdict in words). ``diff``
 is mean(a - b) over seeds and ``ci95`` its 95% t interval (not adjusted for multiplicity).
-``verdicts_markdown`` renders the same list as the table the markdown file shows.
+``verdicts_markdown`` renders the same list as the table the markdown file shows. In a benchmark:
+
+    claims = [Claim("EATA error < TENT error", eata_error_per_seed, tent_error_per_seed, "less"), ...]
+    payload["verdicts"] = verdicts(claims)
+    markdown += verdicts_markdown(payload["verdicts"])
 """
 from __future__ import annotations
 
