@@ -1,6 +1,7 @@
-/* py_cnn.c: Python entry points for the CNN kernels (conv2d, batch norm, pooling, ReLU). Shapes come
- * from the arrays; window sizes, strides and paddings are scalars, and the output extent they imply
- * is checked against the output array. Every wrapper is parse, validate, release the GIL, call, map. */
+/* py_cnn.c: Python entry points for the CNN ops section of peftc.h (conv2d, batch norm with its ReLU
+ * and add-ReLU fusions, 2-D pooling, ReLU). Shapes come from the arrays; window sizes, strides and
+ * paddings are scalars, and the output extent they imply is checked against the output array. Every
+ * wrapper is parse, validate, release the GIL, call, map. */
 #include "args.h"
 
 

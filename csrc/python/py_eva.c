@@ -1,5 +1,5 @@
-/* py_eva.c: Python entry points for EVA's incremental PCA step. Shapes come from the arrays; the
- * wrapper is parse, validate, release the GIL, call, map the status. */
+/* py_eva.c: Python entry points for EVA's incremental PCA step (eva.c), the EVA section of peftc.h.
+ * Shapes come from the arrays; the wrapper is parse, validate, release the GIL, call, map the status. */
 #include "args.h"
 
 static PyObject *py_ipca_workspace_size(PyObject *self, PyObject *args)

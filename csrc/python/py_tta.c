@@ -1,5 +1,6 @@
-/* py_tta.c: wrappers of the test-time adaptation kernels (tta.c). Parse, validate, release the
- * GIL, call, map the status; no math here. */
+/* py_tta.c: wrappers of the test-time adaptation kernels (tta.c), the TTA section of peftc.h: softmax
+ * entropy and EATA's sample selection. Parse, validate, release the GIL, call, map the status; no math
+ * here. The supervised cross-entropy on the same logits is in py_optim.c. */
 #include "args.h"
 
 static PyObject *py_softmax_entropy_forward(PyObject *self, PyObject *args)

@@ -1,5 +1,7 @@
-/* py_train.c: Python entry points for the loss, the optimizer steps, gradient-norm helpers and the
- * threaded fill that zeroes gradient buffers. */
+/* py_optim.c: Python entry points for the optimizers and training loss section of peftc.h: softmax
+ * cross-entropy (loss.c), the optimizer steps and gradient-norm helpers (optim.c), and the threaded
+ * fill that zeroes gradient buffers (fill.c). The entropy that test-time adaptation minimises is in
+ * py_tta.c. */
 #include "args.h"
 
 static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args)
@@ -171,7 +173,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args)
     return flat_scalar_call(args, "Of:fill", "fill", peftc_fill);
 }
 
-PyMethodDef peftc_py_train_methods[] = {
+PyMethodDef peftc_py_optim_methods[] = {
     {"cross_entropy_forward", py_cross_entropy_forward, METH_VARARGS,
      "cross_entropy_forward(probs, logits, labels, ignore_index) -> (loss, count)"},
     {"cross_entropy_backward", py_cross_entropy_backward, METH_VARARGS,

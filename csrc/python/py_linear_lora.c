@@ -1,5 +1,7 @@
-/* py_lora.c: Python entry points for the frozen linear layer and the LoRA layer. Shapes come from
- * the arrays; every wrapper is parse, validate, release the GIL, call, map the status. */
+/* py_linear_lora.c: Python entry points for the linear layer and LoRA section of peftc.h: the frozen
+ * or trainable linear layer (linear.c) and the LoRA layer (lora.c). Shapes come from the arrays; every
+ * wrapper is parse, validate, release the GIL, call, map the status. The other adapters are in
+ * py_adapters.c. */
 #include "args.h"
 
 static PyObject *py_linear_forward(PyObject *self, PyObject *args)
@@ -181,7 +183,7 @@ static PyObject *py_lora_merge(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyMethodDef peftc_py_lora_methods[] = {
+PyMethodDef peftc_py_linear_lora_methods[] = {
     {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(y, x, weight, bias): y = x weight^T + bias"},
     {"linear_backward", py_linear_backward, METH_VARARGS,
      "linear_backward(dx, dweight, dbias, dy, x, weight): accumulate gradients (None = not wanted)"},
