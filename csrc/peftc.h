@@ -199,7 +199,7 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
                                const float *t /* (NB,R,R) */, const float *tinv /* (NB,R,R) */, int64_t IC,
                                int64_t OC, int64_t R);
 
-/* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, pooling.c) ====
+/* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
  * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
  * with N = B*T rows where a kernel does not care about sequences. Token ids are int64; a 0 in a key
  * mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
@@ -288,7 +288,7 @@ peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
                                             const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
                                             int64_t S, int64_t N, int64_t H, int64_t NH);
 
-/* ---- sentence-embedding head (pooling.c): mean over the kept tokens, L2 normalisation ------ */
+/* ---- sentence-embedding head (sentence_mean.c): mean over the kept tokens, L2 normalisation ------ */
 /* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
  * a sequence with no kept token pools to zero. */
 peftc_status peftc_mean_pool_forward(float *out /* (B,H) overwritten */, const float *x /* (B,T,H) */,

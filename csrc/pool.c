@@ -1,5 +1,6 @@
 /* pool.c: 2-D max pooling (with the argmax cache), average pooling and global average pooling,
- * forward and backward, NCHW. Floor mode, dilation 1. No convolution here (conv.c). */
+ * forward and backward, NCHW. Floor mode, dilation 1. No convolution here (conv.c), and no mean over
+ * a sequence's tokens (sentence_mean.c). */
 #include <math.h>
 
 #include "peftc.h"

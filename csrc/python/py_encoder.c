@@ -1,7 +1,7 @@
 /* py_encoder.c: Python entry points for the transformer encoder ops section of peftc.h (embedding
- * sum, LayerNorm, GELU, attention core and its packed-sequence forward, mean pooling over tokens, L2
- * normalisation). Every wrapper is parse, validate, release the GIL, call, map the status. The
- * encoder's linear layers are in py_linear_lora.c. */
+ * sum, LayerNorm, GELU, attention core and its packed-sequence forward, and sentence_mean.c's mean
+ * over tokens and L2 normalisation). Every wrapper is parse, validate, release the GIL, call, map
+ * the status. The encoder's linear layers are in py_linear_lora.c. */
 #include "args.h"
 
 #include <limits.h>

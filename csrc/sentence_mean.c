@@ -1,5 +1,6 @@
-/* pooling.c: mean pooling over the unmasked tokens of each sequence, and per-row L2
- * normalisation, each with its backward (the sentence-embedding head). No BLAS. */
+/* sentence_mean.c: mean pooling over the unmasked tokens of each sequence, and per-row L2
+ * normalisation, each with its backward (the sentence-embedding head). No BLAS, and no 2-D pooling of
+ * images (pool.c). */
 #include <math.h>
 
 #include "peftc.h"
