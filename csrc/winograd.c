@@ -28,9 +28,9 @@ static int64_t whole_lanes(int64_t n) { return (n + PEFTC_VL - 1) / PEFTC_VL * P
  * also takes ties: its smaller transforms keep its results closer to the exact sum (see winograd.h). */
 static int tile_side(int64_t OH, int64_t OW)
 {
-    return 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4) < 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2)
-               ? 4
-               : 2;
+    const double products4 = 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4);
+    const double products2 = 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2);
+    return products4 < products2 ? 4 : 2;
 }
 
 /* floats between the end of one transform point's rows in V or M and the start of the next: a tile

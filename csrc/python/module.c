@@ -14,14 +14,14 @@ extern PyMethodDef peftc_py_optim_methods[];
 extern PyMethodDef peftc_py_random_methods[];
 
 static PyMethodDef *const method_tables[] = {
-    peftc_py_linear_lora_methods,
-    peftc_py_adapters_methods,
-    peftc_py_encoder_methods,
-    peftc_py_cnn_methods,
-    peftc_py_tta_methods,
-    peftc_py_eva_methods,
-    peftc_py_optim_methods,
-    peftc_py_random_methods,
+    peftc_py_linear_lora_methods, /* linear layer and LoRA */
+    peftc_py_adapters_methods,    /* adapters beyond LoRA */
+    peftc_py_encoder_methods,     /* transformer encoder ops */
+    peftc_py_cnn_methods,         /* CNN ops */
+    peftc_py_tta_methods,         /* test-time adaptation */
+    peftc_py_eva_methods,         /* EVA */
+    peftc_py_optim_methods,       /* optimizers and the training loss */
+    peftc_py_random_methods,      /* random numbers and dropout */
 };
 
 static struct PyModuleDef moduledef = {

@@ -182,8 +182,8 @@ static PyObject *bn_forward_py(PyObject *args, int kind)
         return NULL;
     }
     if ((rm == NULL) != (rv == NULL) || (scale == NULL) != (shift == NULL)) {
-        PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var (and both scale and shift), or "
-                     "neither", fn);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: give both running_mean and running_var (and both scale and shift), or neither", fn);
         return NULL;
     }
     if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
@@ -243,8 +243,8 @@ static PyObject *py_batchnorm2d_add_relu_forward(PyObject *self, PyObject *args)
  * the forward's output y after dy */
 static PyObject *bn_backward_py(PyObject *args, int relu)
 {
-    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g, *o_scale = Py_None,
-             *o_shift = Py_None;
+    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_x, *o_mean, *o_rstd, *o_g;
+    PyObject *o_y = Py_None, *o_scale = Py_None, *o_shift = Py_None;
     int training, overwrite_dx = 0, ok;
     if (relu)
         ok = PyArg_ParseTuple(args, "OOOOOOOOOp|pOO:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,

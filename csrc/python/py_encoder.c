@@ -23,13 +23,14 @@ static int embedding_args(ArgCheck *ck, PyObject *o_ids, PyObject *o_types, PyOb
                           PyObject *o_wtt, int64_t **ids, int64_t **types, int table_flags, float **wte,
                           float **wpe, float **wtt)
 {
+    const char *wte_name = table_flags ? "dword_embeddings" : "word_embeddings";
+    const char *wpe_name = table_flags ? "dposition_embeddings" : "position_embeddings";
+    const char *wtt_name = table_flags ? "dtoken_type_embeddings" : "token_type_embeddings";
     if (arg_i64(ck, "input_ids", o_ids, "B T", ARG_IN, ids) < 0 ||
         arg_i64(ck, "token_type_ids", o_types, "B T", ARG_OPTIONAL, types) < 0 ||
-        arg_f32(ck, table_flags ? "dword_embeddings" : "word_embeddings", o_wte, "V H", table_flags, wte) < 0 ||
-        arg_f32(ck, table_flags ? "dposition_embeddings" : "position_embeddings", o_wpe, "NP H", table_flags,
-                wpe) < 0 ||
-        arg_f32(ck, table_flags ? "dtoken_type_embeddings" : "token_type_embeddings", o_wtt, "NT H", table_flags,
-                wtt) < 0)
+        arg_f32(ck, wte_name, o_wte, "V H", table_flags, wte) < 0 ||
+        arg_f32(ck, wpe_name, o_wpe, "NP H", table_flags, wpe) < 0 ||
+        arg_f32(ck, wtt_name, o_wtt, "NT H", table_flags, wtt) < 0)
         return -1;
     return 0;
 }

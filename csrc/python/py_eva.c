@@ -113,7 +113,8 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
     const Py_ssize_t count = PyList_GET_SIZE(o_jobs);
     ArgCheck *checks = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(ArgCheck));
     peftc_ipca_job *jobs = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(peftc_ipca_job));
-    char (*names)[48] = PyMem_Calloc(count > 0 ? (size_t)count : 1, 48);
+    typedef char job_name[48]; /* "ipca_update_many: jobs[i]", the prefix of that job's messages */
+    job_name *names = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(job_name));
     PyObject *result = NULL;
     if (checks == NULL || jobs == NULL || names == NULL) {
         PyErr_NoMemory();
