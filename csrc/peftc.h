@@ -27,10 +27,10 @@
 
 typedef enum {
     PEFTC_OK = 0,
-    PEFTC_ERR_SIZE = 1,    /* a size is negative, or too large for the 32-bit BLAS interface */
-    PEFTC_ERR_ARG = 2,     /* a scalar argument is out of its domain (p outside [0, 1), ...) */
-    PEFTC_ERR_LABEL = 3,   /* a class label outside [0, C) that is not the ignore index */
-    PEFTC_ERR_LAPACK = 4,  /* LAPACK reported failure (no convergence, illegal argument) */
+    PEFTC_ERR_SIZE = 1,      /* a size is negative, or too large for the 32-bit BLAS interface */
+    PEFTC_ERR_ARG = 2,       /* a scalar argument is out of its domain (p outside [0, 1), ...) */
+    PEFTC_ERR_LABEL = 3,     /* a class label outside [0, C) that is not the ignore index */
+    PEFTC_ERR_LAPACK = 4,    /* LAPACK reported failure (no convergence, illegal argument) */
     PEFTC_ERR_NONFINITE = 5, /* NaN or Inf found where the op cannot proceed */
 } peftc_status;
 
@@ -42,8 +42,8 @@ typedef enum {
 
 /* ---- frozen or trainable linear (linear.c): y = x w^T + b -------------------------------------- */
 peftc_status peftc_linear_forward(float *y /* (N,OC) overwritten */, const float *x /* (N,IC) */,
-                                  const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
-                                  int64_t N, int64_t IC, int64_t OC);
+                                  const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */, int64_t N,
+                                  int64_t IC, int64_t OC);
 peftc_status peftc_linear_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                    float *dw /* (OC,IC) accumulated, or NULL */,
                                    float *db /* (OC) accumulated, or NULL */, const float *dy /* (N,OC) */,
@@ -56,26 +56,23 @@ peftc_status peftc_lora_forward(float *y /* (N,OC) overwritten */,
                                 float *u /* (N,R) overwritten: xd a^T, kept for backward */,
                                 const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
-                                const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */,
-                                float scale, float p, uint64_t seed, uint64_t offset, int64_t N,
-                                int64_t IC, int64_t OC, int64_t R);
+                                const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */, float scale, float p,
+                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
 peftc_status peftc_lora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *da /* (R,IC) accumulated, or NULL */,
                                  float *dbm /* (OC,R) accumulated, or NULL */,
                                  float *dbb /* (OC) accumulated, or NULL */,
                                  float *work /* peftc_lora_backward_workspace_size() floats */,
-                                 const float *dy /* (N,OC) */,
-                                 const float *xin /* (N,IC): xd if p > 0, else x */,
+                                 const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
                                  const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
-                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale,
-                                 float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC,
-                                 int64_t R);
+                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale, float p,
+                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 /* w += sign * s * bm a; b += sign * s * bb (b and bb both NULL or both given); sign is +1 or -1. */
 peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) updated, or NULL */,
                               const float *a /* (R,IC) */, const float *bm /* (OC,R) */,
-                              const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC,
-                              int64_t OC, int64_t R);
+                              const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC, int64_t OC,
+                              int64_t R);
 
 /* ==== adapters beyond LoRA: SoRA, Hydra, Bone / MiSS, Bat (sora.c, hydra.c, bone.c) ==============
  * Each wraps one linear layer, w (OC,IC) and b (OC) or NULL, with a trainable low-rank or block
@@ -102,8 +99,7 @@ peftc_status peftc_sora_forward(float *y /* (N,OC) overwritten */,
 int64_t peftc_sora_backward_workspace_size(int64_t N, int64_t IC, int64_t OC, int64_t R, float p); /* floats */
 peftc_status peftc_sora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *da /* (R,IC) accumulated, or NULL */,
-                                 float *dbm /* (OC,R) accumulated, or NULL */,
-                                 float *dg /* (R) accumulated, or NULL */,
+                                 float *dbm /* (OC,R) accumulated, or NULL */, float *dg /* (R) accumulated, or NULL */,
                                  float *work /* peftc_sora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
                                  const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
@@ -127,21 +123,17 @@ peftc_status peftc_hydra_forward(float *y /* (N,OC) overwritten */,
                                  const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
                                  const float *b /* (OC) or NULL */, const float *ap /* (RP,IC) */,
                                  const float *bp /* (OC,RP) */, const float *as /* (RS,OC) */,
-                                 const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC,
-                                 int64_t OC, int64_t RP, int64_t RS);
+                                 const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC, int64_t OC,
+                                 int64_t RP, int64_t RS);
 int64_t peftc_hydra_backward_workspace_size(int64_t N, int64_t OC, int64_t RP, int64_t RS); /* floats */
-peftc_status peftc_hydra_backward(float *dx /* (N,IC) accumulated, or NULL */,
-                                  float *dap /* (RP,IC) accumulated, or NULL */,
-                                  float *dbp /* (OC,RP) accumulated, or NULL */,
-                                  float *das /* (RS,OC) accumulated, or NULL */,
-                                  float *dbs /* (OC,RS) accumulated, or NULL */,
-                                  float *work /* peftc_hydra_backward_workspace_size() floats */,
-                                  const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
-                                  const float *y0 /* (N,OC) */, const float *pp /* (N,RP) */,
-                                  const float *q /* (N,RS) */, const float *w /* (OC,IC) */,
-                                  const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
-                                  const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp,
-                                  float ss, int64_t N, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
+peftc_status peftc_hydra_backward(
+    float *dx /* (N,IC) accumulated, or NULL */, float *dap /* (RP,IC) accumulated, or NULL */,
+    float *dbp /* (OC,RP) accumulated, or NULL */, float *das /* (RS,OC) accumulated, or NULL */,
+    float *dbs /* (OC,RS) accumulated, or NULL */, float *work /* peftc_hydra_backward_workspace_size() floats */,
+    const float *dy /* (N,OC) */, const float *x /* (N,IC) */, const float *y0 /* (N,OC) */,
+    const float *pp /* (N,RP) */, const float *q /* (N,RS) */, const float *w /* (OC,IC) */,
+    const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */, const float *as /* (RS,OC) */,
+    const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
 /* sign = +1 (merge): w <- (I + ss bs as) w + sp bp ap, b <- (I + ss bs as) b.
  * sign = -1 (unmerge, the inverse): w <- (I + ss bs as)^-1 (w - sp bp ap), b <- (I + ss bs as)^-1 b,
  * through the Woodbury identity so only the (RS,RS) matrix I + ss as bs is solved (Gaussian
@@ -160,17 +152,15 @@ peftc_status peftc_bone_forward(float *y /* (N,OC) overwritten */,
                                 float *s /* (N,R) overwritten: shard sums, kept for backward */,
                                 float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
                                 const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
-                                const float *b /* (OC) or NULL */, const float *d /* (R,MR) */, float p,
-                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
-                                int64_t MR);
+                                const float *b /* (OC) or NULL */, const float *d /* (R,MR) */, float p, uint64_t seed,
+                                uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R, int64_t MR);
 int64_t peftc_bone_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
 peftc_status peftc_bone_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *dd /* (R,MR) accumulated, or NULL */,
                                  float *work /* peftc_bone_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *s /* (N,R) from the forward */,
-                                 const float *w /* (OC,IC) */, const float *d /* (R,MR) */, float p,
-                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
-                                 int64_t MR);
+                                 const float *w /* (OC,IC) */, const float *d /* (R,MR) */, float p, uint64_t seed,
+                                 uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R, int64_t MR);
 /* w[o, c] += sign * d[c mod R, o mod MR]; sign is +1 (merge) or -1 (unmerge) */
 peftc_status peftc_bone_merge(float *w /* (OC,IC) updated */, const float *d /* (R,MR) */, float sign, int64_t IC,
                               int64_t OC, int64_t R, int64_t MR);
@@ -180,24 +170,22 @@ peftc_status peftc_bat_weight(float *weff /* (OC,IC) overwritten */, const float
 peftc_status peftc_bat_forward(float *y /* (N,OC) overwritten */,
                                float *weff /* (OC,IC) overwritten: scratch for the effective weight */,
                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
-                               const float *b /* (OC) or NULL */, const float *t /* (NB,R,R) */, int64_t N,
-                               int64_t IC, int64_t OC, int64_t R);
+                               const float *b /* (OC) or NULL */, const float *t /* (NB,R,R) */, int64_t N, int64_t IC,
+                               int64_t OC, int64_t R);
 int64_t peftc_bat_backward_workspace_size(int64_t IC, int64_t OC); /* floats */
 peftc_status peftc_bat_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                 float *dt /* (NB,R,R) accumulated, or NULL */,
                                 float *work /* peftc_bat_backward_workspace_size() floats */,
-                                const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
-                                const float *w /* (OC,IC) */, const float *t /* (NB,R,R) */, int64_t N,
-                                int64_t IC, int64_t OC, int64_t R);
+                                const float *dy /* (N,OC) */, const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *t /* (NB,R,R) */, int64_t N, int64_t IC, int64_t OC, int64_t R);
 int64_t peftc_bat_merge_workspace_size(int64_t IC, int64_t R); /* floats */
 /* w <- w + blockwise (w_{i,k} t_i + t_i), in place */
 peftc_status peftc_bat_merge(float *w /* (OC,IC) updated */, float *work /* peftc_bat_merge_workspace_size() */,
                              const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
 /* w_{i,k} <- (w_{i,k} - t_i) tinv_i with tinv_i = (I + t_i)^{-1}: the inverse of peftc_bat_merge */
 peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
-                               float *work /* peftc_bat_merge_workspace_size() floats */,
-                               const float *t /* (NB,R,R) */, const float *tinv /* (NB,R,R) */, int64_t IC,
-                               int64_t OC, int64_t R);
+                               float *work /* peftc_bat_merge_workspace_size() floats */, const float *t /* (NB,R,R) */,
+                               const float *tinv /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
 
 /* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
  * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
@@ -210,15 +198,16 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
  * positions are 0..T-1, so T <= NP. */
 peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const int64_t *ids /* (B,T) */,
                                      const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
-                                     const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B,
-                                     int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
+                                     const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B, int64_t T,
+                                     int64_t H, int64_t V, int64_t NP, int64_t NT);
 /* scatter-add of dout into the rows each token read; any gradient table may be NULL. Tokens whose id
  * is padding_idx add nothing to dwte (torch's nn.Embedding padding_idx); -1 means no such id. */
 peftc_status peftc_embedding_backward(float *dwte /* (V,H) accumulated, or NULL */,
                                       float *dwpe /* (NP,H) accumulated, or NULL */,
                                       float *dwtt /* (NT,H) accumulated, or NULL */, const float *dout /* (B,T,H) */,
                                       const int64_t *ids /* (B,T) */, const int64_t *types /* (B,T) or NULL */,
-                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
+                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP,
+                                      int64_t NT);
 
 /* ---- LayerNorm over the last axis (layernorm.c): out = (x - mean) * rstd * w + b ---------------
  * Rows are split over the threads, except in a backward that accumulates dw or db (a sum over all
@@ -230,14 +219,13 @@ peftc_status peftc_layernorm_forward(float *out /* (N,H) overwritten */, float *
 peftc_status peftc_layernorm_backward(float *dx /* (N,H) accumulated, or NULL */,
                                       float *dw /* (H) accumulated, or NULL */,
                                       float *db /* (H) accumulated, or NULL */, const float *dout /* (N,H) */,
-                                      const float *x /* (N,H) */, const float *w /* (H) */,
-                                      const float *mean /* (N) */, const float *rstd /* (N) */, int64_t N,
-                                      int64_t H);
+                                      const float *x /* (N,H) */, const float *w /* (H) */, const float *mean /* (N) */,
+                                      const float *rstd /* (N) */, int64_t N, int64_t H);
 /* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
  * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its
  * own. */
-peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */,
-                                              float *mean /* (N) overwritten */, float *rstd /* (N) overwritten */,
+peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,
+                                              float *rstd /* (N) overwritten */,
                                               float *x /* (N,H) read, then overwritten with x + residual */,
                                               const float *residual /* (N,H) */, const float *w /* (H) */,
                                               const float *b /* (H) */, float eps, int64_t N, int64_t H);
@@ -245,8 +233,8 @@ peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */
 /* ---- GELU, exact erf form (gelu.c): out = x * (1 + erf(x / sqrt 2)) / 2 ----------------------
  * Split over the threads. */
 peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
-peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
-                                 const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, const float *x /* (P) */,
+                                 int64_t P);
 
 /* ---- multi-head self-attention core (attention.c) ---------------------------------------------
  * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
@@ -261,9 +249,9 @@ peftc_status peftc_attention_forward(float *out /* (B,T,H) overwritten */,
                                      float *att /* (B,NH,T,T) overwritten: probabilities before dropout */,
                                      float *work /* peftc_attention_forward_workspace_size() floats */,
                                      const float *q /* (B,T,H) */, const float *k /* (B,T,H) */,
-                                     const float *v /* (B,T,H) */, const int64_t *mask /* (B,T) or NULL */,
-                                     int causal, float p, uint64_t seed, uint64_t offset, int64_t B, int64_t T,
-                                     int64_t H, int64_t NH);
+                                     const float *v /* (B,T,H) */, const int64_t *mask /* (B,T) or NULL */, int causal,
+                                     float p, uint64_t seed, uint64_t offset, int64_t B, int64_t T, int64_t H,
+                                     int64_t NH);
 int64_t peftc_attention_backward_workspace_size(int64_t T, float p); /* floats */
 peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL */,
                                       float *dk /* (B,T,H) accumulated, or NULL */,
@@ -285,8 +273,8 @@ int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
 peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
                                             float *work /* peftc_attention_packed_forward_workspace_size() floats */,
                                             const float *q /* (N,H) */, const float *k /* (N,H) */,
-                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
-                                            int64_t S, int64_t N, int64_t H, int64_t NH);
+                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
+                                            int64_t N, int64_t H, int64_t NH);
 
 /* ---- sentence-embedding head (sentence_mean.c): mean over the kept tokens, L2 normalisation ------ */
 /* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
@@ -299,8 +287,8 @@ peftc_status peftc_mean_pool_backward(float *dx /* (B,T,H) accumulated */, const
 peftc_status peftc_l2_normalize_forward(float *out /* (N,H) overwritten */, float *norm /* (N) overwritten */,
                                         const float *x /* (N,H) */, float eps, int64_t N, int64_t H);
 peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, const float *dout /* (N,H) */,
-                                         const float *out /* (N,H) from the forward */,
-                                         const float *norm /* (N) */, float eps, int64_t N, int64_t H);
+                                         const float *out /* (N,H) from the forward */, const float *norm /* (N) */,
+                                         float eps, int64_t N, int64_t H);
 
 /* ==== CNN ops (conv.c, batchnorm.c, pool.c, activation.c) ========================================
  * The layers of a batch-norm CNN. Images are NCHW float32. Extra dimension letters:
@@ -317,14 +305,13 @@ peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, cons
  * and the input gradient split the blocks over the threads. The scratch holds one block's tiles,
  * copies or patch matrix per thread and is shared by forward and backward; its size is -1 for sizes a
  * convolution rejects or that overflow. */
-int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
-                                    int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
+int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                                    int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
 peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
                                   float *work /* peftc_conv2d_workspace_size() floats */,
                                   const float *x /* (N,IC,IH,IW) */, const float *w /* (OC,IC,KH,KW) */,
-                                  const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH,
-                                  int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
-                                  int64_t PH, int64_t PW);
+                                  const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH, int64_t IW,
+                                  int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW);
 /* overwrite_dx != 0: dx is overwritten rather than accumulated (a fresh buffer needs no zeroing first);
  * dw and db always accumulate. */
 peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or overwritten), or NULL */,
@@ -334,8 +321,8 @@ peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or ove
                                    const float *dy /* (N,OC,OH,OW) */,
                                    const float *x /* (N,IC,IH,IW), may be NULL when dw is NULL */,
                                    const float *w /* (OC,IC,KH,KW) */, int overwrite_dx, int64_t N, int64_t IC,
-                                   int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
-                                   int64_t SW, int64_t PH, int64_t PW);
+                                   int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                                   int64_t PH, int64_t PW);
 
 /* ---- batch norm over (N, H, W) per channel (batchnorm.c), torch.nn.functional.batch_norm's math --
  * training != 0: normalise with the batch statistics (biased variance); if running_mean and
@@ -357,8 +344,8 @@ peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten, or 
                                        float *running_mean /* (CH) updated, read, or NULL */,
                                        float *running_var /* (CH) updated, read, or NULL */,
                                        const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
-                                       const float *beta /* (CH) or NULL */, int training, float momentum,
-                                       float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+                                       const float *beta /* (CH) or NULL */, int training, float momentum, float eps,
+                                       int64_t N, int64_t CH, int64_t IH, int64_t IW);
 /* training says whether the forward used batch statistics (then the gradient flows through them);
  * overwrite_dx != 0 overwrites dx instead of adding to it (dgamma, dbeta always accumulate). */
 peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
@@ -375,63 +362,52 @@ peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated (o
  * channel's float map, y = max((x - mean) scale + shift, 0). The backward masks dy to y > 0 before
  * the batch-norm backward (the ReLU backward fused), same accumulation rules; it takes either that y,
  * or (y NULL) the map, from which it rebuilds the same mask bit for bit without reading y. */
-peftc_status peftc_batchnorm2d_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
-                                            float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
-                                            float *scale /* (CH) overwritten, or NULL */,
-                                            float *shift /* (CH) overwritten, or NULL */,
-                                            float *running_mean /* (CH) updated, read, or NULL */,
-                                            float *running_var /* (CH) updated, read, or NULL */,
-                                            const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
-                                            const float *beta /* (CH) or NULL */, int training, float momentum,
-                                            float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_batchnorm2d_relu_forward(
+    float *y /* (N,CH,IH,IW) overwritten */, float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+    float *scale /* (CH) overwritten, or NULL */, float *shift /* (CH) overwritten, or NULL */,
+    float *running_mean /* (CH) updated, read, or NULL */, float *running_var /* (CH) updated, read, or NULL */,
+    const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */, const float *beta /* (CH) or NULL */,
+    int training, float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
 peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
                                              float *dgamma /* (CH) accumulated, or NULL */,
                                              float *dbeta /* (CH) accumulated, or NULL */,
                                              const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
                                              const float *y /* (N,CH,IH,IW): the forward's output, or NULL */,
                                              const float *scale /* (CH): the forward's map, when y is NULL */,
-                                             const float *shift /* (CH), likewise */,
-                                             const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
-                                             const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
-                                             int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH,
-                                             int64_t IW);
+                                             const float *shift /* (CH), likewise */, const float *x /* (N,CH,IH,IW) */,
+                                             const float *mean /* (CH) */, const float *rstd /* (CH) */,
+                                             const float *gamma /* (CH) or NULL */, int training, int overwrite_dx,
+                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
 /* The residual block's output relu(bn(x) + r) in the norm's pass, without writing bn(x): r = res, or,
  * with res_scale, another norm's output applied on the fly, (res - res_mean) res_scale + res_shift with
  * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s),
  * their sum and peftc_relu_forward one after the other; the statistics, modes and rules of
  * peftc_batchnorm2d_forward. The backward is the norms' with y as relu_y. */
-peftc_status peftc_batchnorm2d_add_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
-                                                float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
-                                                float *running_mean /* (CH) updated, read, or NULL */,
-                                                float *running_var /* (CH) updated, read, or NULL */,
-                                                const float *x /* (N,CH,IH,IW) */,
-                                                const float *gamma /* (CH) or NULL */,
-                                                const float *beta /* (CH) or NULL */, int training, float momentum,
-                                                float eps, const float *res /* (N,CH,IH,IW) */,
-                                                const float *res_mean /* (CH) or NULL */,
-                                                const float *res_scale /* (CH) or NULL */,
-                                                const float *res_shift /* (CH) or NULL */, int64_t N, int64_t CH,
-                                                int64_t IH, int64_t IW);
+peftc_status peftc_batchnorm2d_add_relu_forward(
+    float *y /* (N,CH,IH,IW) overwritten */, float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+    float *running_mean /* (CH) updated, read, or NULL */, float *running_var /* (CH) updated, read, or NULL */,
+    const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */, const float *beta /* (CH) or NULL */,
+    int training, float momentum, float eps, const float *res /* (N,CH,IH,IW) */,
+    const float *res_mean /* (CH) or NULL */, const float *res_scale /* (CH) or NULL */,
+    const float *res_shift /* (CH) or NULL */, int64_t N, int64_t CH, int64_t IH, int64_t IW);
 
 /* ---- pooling (pool.c) ------------------------------------------------------------------------------
  * Max pooling pads with -inf and records, per output, the flat index ih*IW + iw of its input in the
  * (IH,IW) plane (the first maximum wins; NaN propagates). Average pooling pads with zeros and divides
  * by KH*KW (torch's count_include_pad=True). Padding must be at most half the window. */
 peftc_status peftc_maxpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */,
-                                     int64_t *argmax /* (N,CH,OH,OW) overwritten */,
-                                     const float *x /* (N,CH,IH,IW) */, int64_t N, int64_t CH, int64_t IH,
-                                     int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                                     int64_t PW);
-peftc_status peftc_maxpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */,
-                                      const float *dy /* (N,CH,OH,OW) */,
-                                      const int64_t *argmax /* (N,CH,OH,OW) from the forward */, int64_t N,
-                                      int64_t CH, int64_t IH, int64_t IW, int64_t OH, int64_t OW);
+                                     int64_t *argmax /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                     int64_t SW, int64_t PH, int64_t PW);
+peftc_status peftc_maxpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
+                                      const int64_t *argmax /* (N,CH,OH,OW) from the forward */, int64_t N, int64_t CH,
+                                      int64_t IH, int64_t IW, int64_t OH, int64_t OW);
 peftc_status peftc_avgpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
-                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                                     int64_t SH, int64_t SW, int64_t PH, int64_t PW);
+                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                     int64_t SW, int64_t PH, int64_t PW);
 peftc_status peftc_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
-                                      int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                                      int64_t SH, int64_t SW, int64_t PH, int64_t PW);
+                                      int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                      int64_t SW, int64_t PH, int64_t PW);
 /* global average pooling: y[n, c] = mean over the (IH,IW) plane */
 peftc_status peftc_global_avgpool2d_forward(float *y /* (N,CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
@@ -440,8 +416,7 @@ peftc_status peftc_global_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulat
 
 /* ---- ReLU (activation.c): y = max(x, 0), NaN passes through ----------------------------------------
  * Split over the threads. */
-peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */, const float *x /* (P) */,
-                                int64_t P);
+peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */, const float *x /* (P) */, int64_t P);
 /* dx += dy where the forward input (or, equivalently, its output) is > 0 */
 peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
                                  const float *x /* (P) forward input or output */, int64_t P);
@@ -484,8 +459,8 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
                                float *mean /* (IC) updated */, float *var /* (IC) updated: biased variance */,
                                float *evr /* (K) overwritten: explained-variance ratio of each component */,
                                float *cosine /* (K) overwritten: cos(new row k, old row k); 0 on the first call */,
-                               float *work /* peftc_ipca_workspace_size() floats */,
-                               const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
+                               float *work /* peftc_ipca_workspace_size() floats */, const float *x /* (M,IC) */,
+                               int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
 /* peftc_ipca_update runs on the calling thread with OpenBLAS held at one thread (the LAPACK
  * eigensolver at these sizes is no faster on two), so its bits do not depend on the thread count.
@@ -519,13 +494,12 @@ peftc_status peftc_cross_entropy_backward(float *dlogits /* (N,C) accumulated */
                                           int64_t ignore_index, int64_t N, int64_t C);
 
 /* ---- optimizers (optim.c): one step over a flat parameter, same math as torch.optim ---------- */
-peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */,
-                              float *v /* (P) updated */, const float *grad /* (P) */, double lr, double beta1,
-                              double beta2, double eps, double weight_decay, int64_t step /* 1-based */,
-                              int64_t P);
+peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */, float *v /* (P) updated */,
+                              const float *grad /* (P) */, double lr, double beta1, double beta2, double eps,
+                              double weight_decay, int64_t step /* 1-based */, int64_t P);
 peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) updated, or NULL if momentum == 0 */,
-                            const float *grad /* (P) */, float lr, float momentum, float dampening,
-                            float weight_decay, int nesterov, int64_t step /* 1-based */, int64_t P);
+                            const float *grad /* (P) */, float lr, float momentum, float dampening, float weight_decay,
+                            int nesterov, int64_t step /* 1-based */, int64_t P);
 
 /* ---- gradient buffers: norm clipping (optim.c) and zeroing (fill.c) ------------------------------ */
 /* sum of squares of a flat array, accumulated in double (for global gradient-norm clipping) */
@@ -539,15 +513,15 @@ peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
  * results do not depend on threads or call order, and a dropout mask can be regenerated in the
  * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
 float peftc_rng_uniform01(uint64_t seed, uint64_t counter);
-peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float hi, uint64_t seed,
-                               uint64_t offset, int64_t P);
-peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed,
-                              uint64_t offset, int64_t P);
+peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float hi, uint64_t seed, uint64_t offset,
+                               int64_t P);
+peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed, uint64_t offset,
+                              int64_t P);
 
 /* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ----------
  * Split over the threads (the mask is a function of the index alone). */
-peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float *x /* (P) */, float p,
-                                   uint64_t seed, uint64_t offset, int64_t P);
+peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float *x /* (P) */, float p, uint64_t seed,
+                                   uint64_t offset, int64_t P);
 peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
                                     uint64_t seed, uint64_t offset, int64_t P);
 

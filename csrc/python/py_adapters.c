@@ -36,8 +36,7 @@ static PyObject *py_sora_forward(PyObject *self, PyObject *args)
         arg_f32(&ck, "xd", o_xd, "N IC", ARG_OUT | (p > 0.0f ? 0 : ARG_OPTIONAL), &xd) < 0 ||
         arg_f32(&ck, "u", o_u, "N R", ARG_OUT, &u) < 0 || arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
+        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
         arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 || arg_f32(&ck, "gate", o_g, "R", ARG_IN, &g) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
@@ -66,8 +65,8 @@ static PyObject *py_sora_backward_workspace_size(PyObject *self, PyObject *args)
         return NULL;
     if (N < 0 || IC < 0 || OC < 0 || R < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "sora_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld OC=%lld R=%lld", N, IC,
-                     OC, R);
+                     "sora_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld OC=%lld R=%lld", N, IC, OC,
+                     R);
         return NULL;
     }
     return PyLong_FromLongLong(peftc_sora_backward_workspace_size(N, IC, OC, R, p));
@@ -79,8 +78,8 @@ static PyObject *py_sora_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_da, *o_dbm, *o_dg, *o_work, *o_dy, *o_xin, *o_u, *o_w, *o_a, *o_bm, *o_g;
     float scale, p;
     unsigned long long seed, offset;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOffKK:sora_backward", &o_dx, &o_da, &o_dbm, &o_dg, &o_work, &o_dy,
-                          &o_xin, &o_u, &o_w, &o_a, &o_bm, &o_g, &scale, &p, &seed, &offset))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOffKK:sora_backward", &o_dx, &o_da, &o_dbm, &o_dg, &o_work, &o_dy, &o_xin,
+                          &o_u, &o_w, &o_a, &o_bm, &o_g, &scale, &p, &seed, &offset))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "sora_backward");
@@ -93,8 +92,7 @@ static PyObject *py_sora_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "dgate", o_dg, "R", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "xin", o_xin, "N IC", ARG_IN, &xin) < 0 || arg_f32(&ck, "u", o_u, "N R", ARG_IN, &u) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
         arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 || arg_f32(&ck, "gate", o_g, "R", ARG_IN, &g) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
@@ -141,8 +139,8 @@ static PyObject *py_hydra_forward(PyObject *self, PyObject *args)
     (void)self;
     PyObject *o_y, *o_y0, *o_pp, *o_q, *o_x, *o_w, *o_b, *o_ap, *o_bp, *o_as, *o_bs;
     float sp, ss;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOff:hydra_forward", &o_y, &o_y0, &o_pp, &o_q, &o_x, &o_w, &o_b, &o_ap,
-                          &o_bp, &o_as, &o_bs, &sp, &ss))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOff:hydra_forward", &o_y, &o_y0, &o_pp, &o_q, &o_x, &o_w, &o_b, &o_ap, &o_bp,
+                          &o_as, &o_bs, &sp, &ss))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "hydra_forward");
@@ -174,8 +172,8 @@ static PyObject *py_hydra_backward_workspace_size(PyObject *self, PyObject *args
         return NULL;
     if (N < 0 || OC < 0 || RP < 0 || RS < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "hydra_backward_workspace_size: sizes must be >= 0, got N=%lld OC=%lld RP=%lld RS=%lld", N, OC,
-                     RP, RS);
+                     "hydra_backward_workspace_size: sizes must be >= 0, got N=%lld OC=%lld RP=%lld RS=%lld", N, OC, RP,
+                     RS);
         return NULL;
     }
     return PyLong_FromLongLong(peftc_hydra_backward_workspace_size(N, OC, RP, RS));
@@ -184,8 +182,8 @@ static PyObject *py_hydra_backward_workspace_size(PyObject *self, PyObject *args
 static PyObject *py_hydra_backward(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *o_dx, *o_dap, *o_dbp, *o_das, *o_dbs, *o_work, *o_dy, *o_x, *o_y0, *o_pp, *o_q, *o_w, *o_ap, *o_bp,
-        *o_as, *o_bs;
+    PyObject *o_dx, *o_dap, *o_dbp, *o_das, *o_dbs, *o_work, *o_dy, *o_x, *o_y0, *o_pp, *o_q, *o_w, *o_ap, *o_bp, *o_as,
+        *o_bs;
     float sp, ss;
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOff:hydra_backward", &o_dx, &o_dap, &o_dbp, &o_das, &o_dbs, &o_work,
                           &o_dy, &o_x, &o_y0, &o_pp, &o_q, &o_w, &o_ap, &o_bp, &o_as, &o_bs, &sp, &ss))
@@ -201,8 +199,7 @@ static PyObject *py_hydra_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "y0", o_y0, "N OC", ARG_IN, &y0) < 0 ||
         arg_f32(&ck, "p", o_pp, "N RP", ARG_IN, &pp) < 0 || arg_f32(&ck, "q", o_q, "N RS", ARG_IN, &q) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "par_A", o_ap, "RP IC", ARG_IN, &ap) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "par_A", o_ap, "RP IC", ARG_IN, &ap) < 0 ||
         arg_f32(&ck, "par_B", o_bp, "OC RP", ARG_IN, &bp) < 0 ||
         arg_f32(&ck, "seq_A", o_as, "RS OC", ARG_IN, &as) < 0 ||
         arg_f32(&ck, "seq_B", o_bs, "OC RS", ARG_IN, &bs) < 0 || arg_no_alias(&ck) < 0)
@@ -213,8 +210,8 @@ static PyObject *py_hydra_backward(PyObject *self, PyObject *args)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_hydra_backward(dx, dap, dbp, das, dbs, work, dy, x, y0, pp, q, w, ap, bp, as, bs, sp, ss, N, IC, OC,
-                              RP, RS);
+    st = peftc_hydra_backward(dx, dap, dbp, das, dbs, work, dy, x, y0, pp, q, w, ap, bp, as, bs, sp, ss, N, IC, OC, RP,
+                              RS);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -323,8 +320,7 @@ static PyObject *py_bone_forward(PyObject *self, PyObject *args)
         arg_f32(&ck, "xd", o_xd, "N IC", ARG_OUT | (p > 0.0f ? 0 : ARG_OPTIONAL), &xd) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 ||
-        bone_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 || bone_check_sizes(&ck) < 0)
         return NULL;
     if (p == 0.0f && xd) {
         PyErr_SetString(PyExc_ValueError, "bone_forward: 'xd' must be None when dropout is 0");
@@ -348,8 +344,8 @@ static PyObject *py_bone_backward_workspace_size(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "LLLf:bone_backward_workspace_size", &N, &IC, &R, &p))
         return NULL;
     if (N < 0 || IC < 0 || R < 0) {
-        PyErr_Format(PyExc_ValueError, "bone_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld R=%lld",
-                     N, IC, R);
+        PyErr_Format(PyExc_ValueError, "bone_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld R=%lld", N,
+                     IC, R);
         return NULL;
     }
     return PyLong_FromLongLong(peftc_bone_backward_workspace_size(N, IC, R, p));
@@ -361,8 +357,8 @@ static PyObject *py_bone_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dd, *o_work, *o_dy, *o_s, *o_w, *o_d;
     float p;
     unsigned long long seed, offset;
-    if (!PyArg_ParseTuple(args, "OOOOOOOfKK:bone_backward", &o_dx, &o_dd, &o_work, &o_dy, &o_s, &o_w, &o_d, &p,
-                          &seed, &offset))
+    if (!PyArg_ParseTuple(args, "OOOOOOOfKK:bone_backward", &o_dx, &o_dd, &o_work, &o_dy, &o_s, &o_w, &o_d, &p, &seed,
+                          &offset))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "bone_backward");
@@ -373,8 +369,7 @@ static PyObject *py_bone_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "dmiss_block", o_dd, "R MR", ARG_OUT | ARG_OPTIONAL, &dd) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "s", o_s, "N R", ARG_IN, &s) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 ||
-        bone_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 || bone_check_sizes(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), R = arg_dim(&ck, "R");
     if (arg_workspace(&ck, peftc_bone_backward_workspace_size(N, IC, R, p)) < 0)
@@ -400,8 +395,7 @@ static PyObject *py_bone_merge(PyObject *self, PyObject *args)
     arg_init(&ck, "bone_merge");
     float *w, *d;
     if (arg_f32(&ck, "weight", o_w, "OC IC", ARG_OUT, &w) < 0 ||
-        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 ||
-        bone_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 || bone_check_sizes(&ck) < 0)
         return NULL;
     if (sign != 1.0f && sign != -1.0f) {
         PyErr_SetString(PyExc_ValueError, "bone_merge: 'sign' must be 1 or -1");
@@ -409,8 +403,7 @@ static PyObject *py_bone_merge(PyObject *self, PyObject *args)
     }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_bone_merge(w, d, sign, arg_dim(&ck, "IC"), arg_dim(&ck, "OC"), arg_dim(&ck, "R"),
-                          arg_dim(&ck, "MR"));
+    st = peftc_bone_merge(w, d, sign, arg_dim(&ck, "IC"), arg_dim(&ck, "OC"), arg_dim(&ck, "R"), arg_dim(&ck, "MR"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -426,12 +419,10 @@ static PyObject *py_bat_forward(PyObject *self, PyObject *args)
     ArgCheck ck;
     arg_init(&ck, "bat_forward");
     float *y, *weff, *x, *w, *b, *t;
-    if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 ||
-        arg_f32(&ck, "weff", o_weff, "OC IC", ARG_OUT, &weff) < 0 ||
+    if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "weff", o_weff, "OC IC", ARG_OUT, &weff) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 ||
-        bat_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 || bat_check_sizes(&ck) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -454,8 +445,7 @@ static PyObject *py_bat_weight(PyObject *self, PyObject *args)
     float *weff, *w, *t;
     if (arg_f32(&ck, "weff", o_weff, "OC IC", ARG_OUT, &weff) < 0 ||
         arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 ||
-        bat_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 || bat_check_sizes(&ck) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -479,8 +469,7 @@ static PyObject *py_bat_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "dmiss_block", o_dt, "NB R R", ARG_OUT | ARG_OPTIONAL, &dt) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 ||
-        bat_check_sizes(&ck) < 0)
+        arg_f32(&ck, "miss_block", o_t, "NB R R", ARG_IN, &t) < 0 || arg_no_alias(&ck) < 0 || bat_check_sizes(&ck) < 0)
         return NULL;
     const int64_t IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC");
     if (arg_workspace(&ck, peftc_bat_backward_workspace_size(IC, OC)) < 0)

@@ -65,8 +65,9 @@ static PyObject *py_eata_select(PyObject *self, PyObject *args)
         arg_f32(&ck, "probs", o_probs, "N C", ARG_IN, &probs) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (!(momentum >= 0.0f && momentum <= 1.0f) || !(d_margin >= 0.0f) || !isfinite(e0)) {
-        PyErr_Format(PyExc_ValueError, "eata_select: needs momentum in [0, 1], d_margin >= 0 and a finite e0 "
-                                       "(got momentum=%g, d_margin=%g, e0=%g)",
+        PyErr_Format(PyExc_ValueError,
+                     "eata_select: needs momentum in [0, 1], d_margin >= 0 and a finite e0 "
+                     "(got momentum=%g, d_margin=%g, e0=%g)",
                      (double)momentum, (double)d_margin, (double)e0);
         return NULL;
     }
