@@ -6,12 +6,14 @@
  * *_workspace_size() query. Backward kernels accumulate (+=) into gradient buffers; zeroing them
  * is the caller's explicit job. A NULL gradient pointer means "not wanted".
  *
- * Threads: a kernel that splits its work does so into contiguous ranges run on as many threads as
- * OpenBLAS uses (OPENBLAS_NUM_THREADS), each range computed the same way on any thread, so its
- * results are bit-identical for any thread count; inputs too small to pay for a thread stay on the
- * calling one. A workspace that holds one block per thread (attention, conv2d) grows with the
- * thread count: query its size with the thread count the kernel will run with. The thread pool
- * (parallel.c) and the BLAS / LAPACK door (blas.c) are internal and declare nothing here.
+ * Threads: a kernel that splits its own work (the comments below say which) does so into contiguous
+ * ranges run on as many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS), each range computed the same
+ * way on any thread, so its results are bit-identical for any thread count; inputs too small to pay
+ * for a thread stay on the calling one. An adapter kernel splits where it calls the linear, LoRA or
+ * dropout kernels. GEMMs handed to OpenBLAS run on its threads as it splits them.
+ * A workspace that holds one block per thread (attention, conv2d) grows with the thread count: query
+ * its size with the thread count the kernel will run with. The thread pool (parallel.c) and the
+ * BLAS / LAPACK door (blas.c) are internal and declare nothing here.
  *
  * Dimension letters used in every shape comment (a section adds its own where it needs more):
  *   N   rows (tokens: batch * sequence, flattened)     IC  input features
