@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: deps build demo test asan bench clean
+.PHONY: deps build demo test asan bench format-check clean
 
 deps:
 	PYTHON=$(PYTHON) bash scripts/install_deps.sh
@@ -27,6 +27,14 @@ asan: deps
 
 bench: build
 	$(PYTHON) benchmarks/bench_lora_layer.py
+
+# The C sources against .clang-format (not run by CI: formatting differs between clang-format versions;
+# the tree is formatted with Debian 12's clang-format 14).
+CLANG_FORMAT ?= clang-format
+format-check:
+	@command -v $(CLANG_FORMAT) >/dev/null 2>&1 || \
+	  { echo "format-check needs clang-format; on Debian/Ubuntu: apt-get install clang-format" >&2; exit 1; }
+	$(CLANG_FORMAT) --dry-run --Werror csrc/*.c csrc/*.h csrc/python/*.c csrc/python/*.h
 
 clean:
 	rm -rf build peftc/*.so *.egg-info

@@ -1,6 +1,6 @@
 /* activation.c: elementwise ReLU forward and backward, split over the kernel threads in contiguous
- * ranges (each value is computed alone, so the thread count changes no bits). Nothing is cached: the backward reads the sign of the forward input
- * (or output, which has the same positive set). */
+ * ranges (each value is computed alone, so the thread count changes no bits). Nothing is cached: the backward reads the
+ * sign of the forward input (or output, which has the same positive set). */
 #include "parallel.h"
 #include "peftc.h"
 
@@ -37,7 +37,10 @@ static peftc_status relu_run(float *out, const float *x, const float *dy, int64_
     return peftc_parallel_run(relu_part, &job, peftc_parallel_parts(P, RELU_MIN_PER_THREAD));
 }
 
-peftc_status peftc_relu_forward(float *y, const float *x, int64_t P) { return relu_run(y, x, NULL, P); }
+peftc_status peftc_relu_forward(float *y, const float *x, int64_t P)
+{
+    return relu_run(y, x, NULL, P);
+}
 
 peftc_status peftc_relu_backward(float *dx, const float *dy, const float *x, int64_t P)
 {

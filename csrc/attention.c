@@ -220,8 +220,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
         const float *pv = a;
         if (p > 0.0f) {
             for (int64_t i = 0; i < T; i++)
-                peftc_dropout_row(work + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T),
-                                  T);
+                peftc_dropout_row(work + i * T, a + i * T, p, keep_scale, j->key, att_counter(j->offset, bh, i, T), T);
             pv = work;
         }
         /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
@@ -238,9 +237,21 @@ peftc_status peftc_attention_forward(float *out, float *att, float *work, const 
         return p >= 0.0f && p < 1.0f ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
     if (B == 0 || T == 0)
         return PEFTC_OK;
-    attention_job job = {.out = out, .att_out = att, .work = p > 0.0f ? work : NULL, .q = q, .k = k, .v = v,
-                         .mask = mask, .causal = causal, .p = p, .key = peftc_rng_key(seed), .offset = offset,
-                         .B = B, .T = T, .H = H, .NH = NH};
+    attention_job job = {.out = out,
+                         .att_out = att,
+                         .work = p > 0.0f ? work : NULL,
+                         .q = q,
+                         .k = k,
+                         .v = v,
+                         .mask = mask,
+                         .causal = causal,
+                         .p = p,
+                         .key = peftc_rng_key(seed),
+                         .offset = offset,
+                         .B = B,
+                         .T = T,
+                         .H = H,
+                         .NH = NH};
     return peftc_parallel_run(forward_part, &job, attention_threads(B * NH));
 }
 
@@ -314,17 +325,30 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     return PEFTC_OK;
 }
 
-peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *work, const float *dout,
-                                      const float *q, const float *k, const float *v, const float *att, float p,
-                                      uint64_t seed, uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH)
+peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *work, const float *dout, const float *q,
+                                      const float *k, const float *v, const float *att, float p, uint64_t seed,
+                                      uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH)
 {
     if (!attention_args_ok(p, B, T, H, NH))
         return p >= 0.0f && p < 1.0f ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
     if (B == 0 || T == 0)
         return PEFTC_OK;
-    attention_job job = {.work = work, .dq = dq, .dk = dk, .dv = dv, .q = q, .k = k, .v = v, .dout = dout,
-                         .att = att, .p = p, .key = peftc_rng_key(seed), .offset = offset, .B = B, .T = T,
-                         .H = H, .NH = NH};
+    attention_job job = {.work = work,
+                         .dq = dq,
+                         .dk = dk,
+                         .dv = dv,
+                         .q = q,
+                         .k = k,
+                         .v = v,
+                         .dout = dout,
+                         .att = att,
+                         .p = p,
+                         .key = peftc_rng_key(seed),
+                         .offset = offset,
+                         .B = B,
+                         .T = T,
+                         .H = H,
+                         .NH = NH};
     return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
 }
 
@@ -403,7 +427,15 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
             return PEFTC_ERR_ARG;
     if (S == 0 || N == 0)
         return PEFTC_OK;
-    packed_job job = {.out = out, .work = work, .q = q, .k = k, .v = v, .offsets = offsets, .S = S, .H = H,
-                      .NH = NH, .Tmax = packed_longest(offsets, S)};
+    packed_job job = {.out = out,
+                      .work = work,
+                      .q = q,
+                      .k = k,
+                      .v = v,
+                      .offsets = offsets,
+                      .S = S,
+                      .H = H,
+                      .NH = NH,
+                      .Tmax = packed_longest(offsets, S)};
     return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
 }

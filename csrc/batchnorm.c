@@ -216,8 +216,7 @@ static inline void plane_grad_sums(lanes_d *tg, lanes_d *tgx, const float *dy, c
 
 /* Biased mean and variance of channel c over the N planes of S values, two passes (the second about
  * the float mean). */
-static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH,
-                            int64_t S)
+static void channel_moments(double *mean, double *var, const float *x, int64_t c, int64_t N, int64_t CH, int64_t S)
 {
     lanes_d tot = {{0}, {0}};
     const int64_t ahead = prefetch_distance(S);
@@ -239,7 +238,7 @@ static void channel_moments(double *mean, double *var, const float *x, int64_t c
 
 typedef struct {
     float *y, *mean, *rstd, *running_mean, *running_var, *dx, *dgamma, *dbeta;
-    float *scale, *shift;             /* the forward's per-channel map, or NULL */
+    float *scale, *shift;                                /* the forward's per-channel map, or NULL */
     const float *res, *res_mean, *res_scale, *res_shift; /* the forward's residual and its map, or NULL */
     const float *x, *gamma, *beta, *dy, *relu_y, *mean_in, *rstd_in;
     const float *scale_in, *shift_in; /* the backward's mask map, or NULL */
@@ -277,8 +276,7 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
             if (j->update) {
                 const double mom = j->momentum;
                 j->running_mean[c] = (float)((1.0 - mom) * j->running_mean[c] + mom * m);
-                j->running_var[c] =
-                    (float)((1.0 - mom) * j->running_var[c] + mom * v * (double)M / (double)(M - 1));
+                j->running_var[c] = (float)((1.0 - mom) * j->running_var[c] + mom * v * (double)M / (double)(M - 1));
             }
         } else {
             m = j->running_mean[c];
@@ -342,10 +340,10 @@ static peftc_status forward_part(void *ctx, int64_t t, int64_t nparts)
  * map to scale and shift when given; y NULL computes the statistics (and map) only. With res, y = max(bn(x)
  * + r, 0), r = res, or res mapped by res_mean, res_scale, res_shift when res_scale is given. */
 static peftc_status bn_forward(float *y, float *mean, float *rstd, float *scale, float *shift, float *running_mean,
-                               float *running_var, const float *x, const float *gamma, const float *beta,
-                               int training, float momentum, float eps, int relu, const float *res,
-                               const float *res_mean, const float *res_scale, const float *res_shift, int64_t N,
-                               int64_t CH, int64_t IH, int64_t IW)
+                               float *running_var, const float *x, const float *gamma, const float *beta, int training,
+                               float momentum, float eps, int relu, const float *res, const float *res_mean,
+                               const float *res_scale, const float *res_shift, int64_t N, int64_t CH, int64_t IH,
+                               int64_t IW)
 {
     if (!bn_sizes_ok(N, CH, IH, IW))
         return PEFTC_ERR_SIZE;
@@ -367,11 +365,28 @@ static peftc_status bn_forward(float *y, float *mean, float *rstd, float *scale,
         return M < 2 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
     if (res_scale && (!res_mean || !res_shift))
         return PEFTC_ERR_ARG;
-    bn_job job = {.y = y, .mean = mean, .rstd = rstd, .scale = scale, .shift = shift, .running_mean = running_mean,
-                  .running_var = running_var, .res = res, .res_mean = res_mean, .res_scale = res_scale,
+    bn_job job = {.y = y,
+                  .mean = mean,
+                  .rstd = rstd,
+                  .scale = scale,
+                  .shift = shift,
+                  .running_mean = running_mean,
+                  .running_var = running_var,
+                  .res = res,
+                  .res_mean = res_mean,
+                  .res_scale = res_scale,
                   .res_shift = res_shift,
-                  .x = x, .gamma = gamma, .beta = beta, .training = training, .update = update, .relu = relu,
-                  .momentum = momentum, .eps = eps, .N = N, .CH = CH, .S = S};
+                  .x = x,
+                  .gamma = gamma,
+                  .beta = beta,
+                  .training = training,
+                  .update = update,
+                  .relu = relu,
+                  .momentum = momentum,
+                  .eps = eps,
+                  .N = N,
+                  .CH = CH,
+                  .S = S};
     return peftc_parallel_run(forward_part, &job, bn_parts(N, CH, S));
 }
 
@@ -392,14 +407,14 @@ peftc_status peftc_batchnorm2d_add_relu_forward(float *y, float *mean, float *rs
 {
     if (!y || !res)
         return PEFTC_ERR_ARG;
-    return bn_forward(y, mean, rstd, NULL, NULL, running_mean, running_var, x, gamma, beta, training, momentum, eps,
-                      1, res, res_mean, res_scale, res_shift, N, CH, IH, IW);
+    return bn_forward(y, mean, rstd, NULL, NULL, running_mean, running_var, x, gamma, beta, training, momentum, eps, 1,
+                      res, res_mean, res_scale, res_shift, N, CH, IH, IW);
 }
 
 peftc_status peftc_batchnorm2d_relu_forward(float *y, float *mean, float *rstd, float *scale, float *shift,
-                                            float *running_mean, float *running_var, const float *x,
-                                            const float *gamma, const float *beta, int training, float momentum,
-                                            float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                                            float *running_mean, float *running_var, const float *x, const float *gamma,
+                                            const float *beta, int training, float momentum, float eps, int64_t N,
+                                            int64_t CH, int64_t IH, int64_t IW)
 {
     if (!y)
         return PEFTC_ERR_ARG;
@@ -490,10 +505,22 @@ static peftc_status bn_backward(float *dx, float *dgamma, float *dbeta, const fl
     if ((scale == NULL) != (shift == NULL) || (relu_y && scale))
         return PEFTC_ERR_ARG;
     const int64_t S = IH * IW;
-    bn_job job = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .relu_y = relu_y, .scale_in = scale,
-                  .shift_in = shift, .x = x, .mean_in = mean,
-                  .rstd_in = rstd, .gamma = gamma, .training = training, .overwrite_dx = overwrite_dx, .N = N,
-                  .CH = CH, .S = S};
+    bn_job job = {.dx = dx,
+                  .dgamma = dgamma,
+                  .dbeta = dbeta,
+                  .dy = dy,
+                  .relu_y = relu_y,
+                  .scale_in = scale,
+                  .shift_in = shift,
+                  .x = x,
+                  .mean_in = mean,
+                  .rstd_in = rstd,
+                  .gamma = gamma,
+                  .training = training,
+                  .overwrite_dx = overwrite_dx,
+                  .N = N,
+                  .CH = CH,
+                  .S = S};
     return peftc_parallel_run(backward_part, &job, bn_parts(N, CH, S));
 }
 
@@ -501,17 +528,17 @@ peftc_status peftc_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, 
                                         const float *mean, const float *rstd, const float *gamma, int training,
                                         int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
-    return bn_backward(dx, dgamma, dbeta, dy, NULL, NULL, NULL, x, mean, rstd, gamma, training, overwrite_dx, N, CH,
-                       IH, IW);
+    return bn_backward(dx, dgamma, dbeta, dy, NULL, NULL, NULL, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH,
+                       IW);
 }
 
 peftc_status peftc_batchnorm2d_relu_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
-                                             const float *scale, const float *shift, const float *x,
-                                             const float *mean, const float *rstd, const float *gamma, int training,
-                                             int overwrite_dx, int64_t N, int64_t CH, int64_t IH, int64_t IW)
+                                             const float *scale, const float *shift, const float *x, const float *mean,
+                                             const float *rstd, const float *gamma, int training, int overwrite_dx,
+                                             int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (!y && !scale)
         return PEFTC_ERR_ARG;
-    return bn_backward(dx, dgamma, dbeta, dy, y, scale, shift, x, mean, rstd, gamma, training, overwrite_dx, N, CH,
-                       IH, IW);
+    return bn_backward(dx, dgamma, dbeta, dy, y, scale, shift, x, mean, rstd, gamma, training, overwrite_dx, N, CH, IH,
+                       IW);
 }

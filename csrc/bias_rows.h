@@ -11,9 +11,9 @@
 #define BIAS_ROWS_MIN_PER_THREAD 65536
 
 typedef struct {
-    float *y;              /* (N,OC) overwritten */
-    const float *b, *bb;   /* (OC) each, either may be NULL (then 0) */
-    float scale;           /* multiplies bb */
+    float *y;            /* (N,OC) overwritten */
+    const float *b, *bb; /* (OC) each, either may be NULL (then 0) */
+    float scale;         /* multiplies bb */
     int64_t N, OC;
 } bias_rows_job;
 

@@ -43,9 +43,8 @@ void peftc_blas_single_thread_end(void)
     pthread_mutex_unlock(&single_thread_lock);
 }
 
-peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                         int64_t ldc)
+peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
     if (!peftc_blas_sizes_ok(M, N, K) || !peftc_blas_sizes_ok(lda, ldb, ldc))
         return PEFTC_ERR_SIZE;
@@ -58,8 +57,8 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
                 C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
         return PEFTC_OK;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
     return PEFTC_OK;
 }
 
@@ -76,8 +75,8 @@ peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const flo
                 C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
         return PEFTC_OK;
     }
-    cblas_ssyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, (int)N, (int)K, alpha, A, (int)lda,
-                beta, C, (int)ldc);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, (int)N, (int)K, alpha, A, (int)lda, beta,
+                C, (int)ldc);
     return PEFTC_OK;
 }
 
@@ -89,9 +88,9 @@ static int eig_query(int64_t n, int64_t k, int64_t *lwork, int64_t *liwork)
 {
     float a = 0.0f, w = 0.0f, z = 0.0f, query = 0.0f;
     lapack_int m = 0, isuppz[2] = {0, 0}, iquery = 0;
-    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, &a, (lapack_int)n, 0.0f,
-                                          0.0f, (lapack_int)(n - k + 1), (lapack_int)n, 0.0f, &m, &w, &z,
-                                          (lapack_int)n, isuppz, &query, -1, &iquery, -1);
+    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, &a, (lapack_int)n, 0.0f, 0.0f,
+                                          (lapack_int)(n - k + 1), (lapack_int)n, 0.0f, &m, &w, &z, (lapack_int)n,
+                                          isuppz, &query, -1, &iquery, -1);
     if (info != 0)
         return 1;
     *lwork = (int64_t)query + 1;
@@ -124,16 +123,15 @@ peftc_status peftc_sym_eig_top(float *w, float *v, float *a, float *work, int64_
         return PEFTC_ERR_LAPACK;
     if (lwork > INT_MAX || liwork > INT_MAX)
         return PEFTC_ERR_SIZE;
-    lapack_int *isuppz = (lapack_int *)work;                       /* (2 k) */
-    lapack_int *iwork = (lapack_int *)(work + int_slots(2 * k));   /* (liwork) */
-    float *fwork = work + int_slots(2 * k) + int_slots(liwork);     /* (lwork) */
+    lapack_int *isuppz = (lapack_int *)work;                     /* (2 k) */
+    lapack_int *iwork = (lapack_int *)(work + int_slots(2 * k)); /* (liwork) */
+    float *fwork = work + int_slots(2 * k) + int_slots(liwork);  /* (lwork) */
     lapack_int found = 0;
     /* twice the underflow threshold: the tolerance at which bisection is most accurate */
     const float abstol = 2.0f * LAPACKE_slamch_work('S');
-    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, a, (lapack_int)n, 0.0f,
-                                          0.0f, (lapack_int)(n - k + 1), (lapack_int)n, abstol, &found, w, v,
-                                          (lapack_int)n, isuppz, fwork, (lapack_int)lwork, iwork,
-                                          (lapack_int)liwork);
+    lapack_int info = LAPACKE_ssyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, a, (lapack_int)n, 0.0f, 0.0f,
+                                          (lapack_int)(n - k + 1), (lapack_int)n, abstol, &found, w, v, (lapack_int)n,
+                                          isuppz, fwork, (lapack_int)lwork, iwork, (lapack_int)liwork);
     if (info != 0 || found != (lapack_int)k)
         return PEFTC_ERR_LAPACK;
     /* LAPACK returns them ascending; the callers want the largest first */

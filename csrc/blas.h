@@ -8,9 +8,8 @@
 #include "peftc.h"
 
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T as trans_x says. */
-peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                         int64_t ldc);
+peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
@@ -39,7 +38,7 @@ peftc_status peftc_ssyrk(int trans, int64_t N, int64_t K, float alpha, const flo
 int64_t peftc_sym_eig_top_workspace_size(int64_t n, int64_t k); /* floats; -1 if LAPACK cannot say */
 peftc_status peftc_sym_eig_top(float *w /* (n) first k overwritten: eigenvalues, descending; rest scratch */,
                                float *v /* (k, n) overwritten: row i is the eigenvector of w[i] */,
-                               float *a /* (n, n) destroyed */, float *work /* workspace_size() floats */,
-                               int64_t n, int64_t k);
+                               float *a /* (n, n) destroyed */, float *work /* workspace_size() floats */, int64_t n,
+                               int64_t k);
 
 #endif

@@ -70,9 +70,9 @@ int64_t peftc_bone_backward_workspace_size(int64_t N, int64_t IC, int64_t R, flo
     return N * R + (p > 0.0f ? N * IC : 0);
 }
 
-peftc_status peftc_bone_backward(float *dx, float *dd, float *work, const float *dy, const float *s,
-                                 const float *w, const float *d, float p, uint64_t seed, uint64_t offset,
-                                 int64_t N, int64_t IC, int64_t OC, int64_t R, int64_t MR)
+peftc_status peftc_bone_backward(float *dx, float *dd, float *work, const float *dy, const float *s, const float *w,
+                                 const float *d, float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC,
+                                 int64_t OC, int64_t R, int64_t MR)
 {
     if (!(p >= 0.0f && p < 1.0f))
         return PEFTC_ERR_ARG;
@@ -161,8 +161,8 @@ peftc_status peftc_bat_weight(float *weff, const float *w, const float *t, int64
     return PEFTC_OK;
 }
 
-peftc_status peftc_bat_forward(float *y, float *weff, const float *x, const float *w, const float *b,
-                               const float *t, int64_t N, int64_t IC, int64_t OC, int64_t R)
+peftc_status peftc_bat_forward(float *y, float *weff, const float *x, const float *w, const float *b, const float *t,
+                               int64_t N, int64_t IC, int64_t OC, int64_t R)
 {
     peftc_status st = peftc_bat_weight(weff, w, t, IC, OC, R);
     if (st != PEFTC_OK)

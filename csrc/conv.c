@@ -30,11 +30,11 @@ static int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p)
     return in + 2 * p < k ? -1 : (in + 2 * p - k) / s + 1;
 }
 
-static int conv_args_ok(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
-                        int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+static int conv_args_ok(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
+                        int64_t SW, int64_t PH, int64_t PW)
 {
-    return N >= 0 && IC >= 0 && IH >= 0 && IW >= 0 && OC >= 0 && KH > 0 && KW > 0 && SH > 0 && SW > 0 &&
-           PH >= 0 && PW >= 0 && conv_out_size(IH, KH, SH, PH) > 0 && conv_out_size(IW, KW, SW, PW) > 0;
+    return N >= 0 && IC >= 0 && IH >= 0 && IW >= 0 && OC >= 0 && KH > 0 && KW > 0 && SH > 0 && SW > 0 && PH >= 0 &&
+           PW >= 0 && conv_out_size(IH, KH, SH, PH) > 0 && conv_out_size(IW, KW, SW, PW) > 0;
 }
 
 static int is_pointwise(int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
@@ -58,9 +58,15 @@ typedef struct {
     int64_t dh, dw, HP, WP, off; /* offset from (oh, ow), the plane's extent and start in its channel */
 } conv_tap;
 
-static int64_t floor_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+static int64_t floor_mod(int64_t a, int64_t m)
+{
+    return ((a % m) + m) % m;
+}
 
-static int64_t phase_extent(int64_t n, int64_t p, int64_t s) { return (n - p + s - 1) / s; }
+static int64_t phase_extent(int64_t n, int64_t p, int64_t s)
+{
+    return (n - p + s - 1) / s;
+}
 
 /* where tap (kh, kw) reads */
 static conv_tap tap_at(int64_t kh, int64_t kw, int64_t IH, int64_t IW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
@@ -72,7 +78,10 @@ static conv_tap tap_at(int64_t kh, int64_t kw, int64_t IH, int64_t IW, int64_t S
     for (int64_t b = 0; b < q; b++)
         cols += phase_extent(IW, b, SW);
     const int64_t HP = phase_extent(IH, p, SH);
-    return (conv_tap){.dh = (kh - PH - p) / SH, .dw = (kw - PW - q) / SW, .HP = HP, .WP = phase_extent(IW, q, SW),
+    return (conv_tap){.dh = (kh - PH - p) / SH,
+                      .dw = (kw - PW - q) / SW,
+                      .HP = HP,
+                      .WP = phase_extent(IW, q, SW),
                       .off = rows * IW + HP * cols};
 }
 
@@ -262,8 +271,8 @@ static int64_t mul_or_neg(int64_t a, int64_t b)
 #define IMPLICIT_MAX_ROWS 1024 /* B rows of one phase's product: OC x its taps */
 
 /* The taps (kh*KW + kw, into tk, which holds KH*KW) that read phase (p, q); returns their count */
-static int64_t phase_taps(int64_t *tk, int64_t p, int64_t q, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
-                          int64_t PH, int64_t PW)
+static int64_t phase_taps(int64_t *tk, int64_t p, int64_t q, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                          int64_t PW)
 {
     int64_t T = 0;
     for (int64_t kh = 0; kh < KH; kh++)
@@ -274,10 +283,10 @@ static int64_t phase_taps(int64_t *tk, int64_t p, int64_t q, int64_t KH, int64_t
 }
 
 typedef struct {
-    int64_t a, b, R, CW;    /* dy's placement (rows a.., columns b..) in its padded plane (R, CW) */
-    int64_t HP, WP;         /* the largest phase plane (phase 0, 0) */
-    int64_t most_taps;      /* taps of the busiest phase */
-    int64_t nb;             /* images per block */
+    int64_t a, b, R, CW; /* dy's placement (rows a.., columns b..) in its padded plane (R, CW) */
+    int64_t HP, WP;      /* the largest phase plane (phase 0, 0) */
+    int64_t most_taps;   /* taps of the busiest phase */
+    int64_t nb;          /* images per block */
 } implicit_geom;
 
 static implicit_geom implicit_geometry(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
@@ -313,8 +322,7 @@ static implicit_geom implicit_geometry(int64_t N, int64_t IC, int64_t IH, int64_
  * IMPLICIT_MAX_ROWS rows (OC x a phase's taps) */
 static int use_implicit(int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, const implicit_geom *g)
 {
-    return (SH > 1 || SW > 1) && KH * KW > 1 && KH * KW <= IMPLICIT_MAX_TAPS &&
-           OC * g->most_taps <= IMPLICIT_MAX_ROWS;
+    return (SH > 1 || SW > 1) && KH * KW > 1 && KH * KW <= IMPLICIT_MAX_TAPS && OC * g->most_taps <= IMPLICIT_MAX_ROWS;
 }
 
 /* scratch of the implicit input gradient: the padded dy (OC, R, nb, CW), the weights of every phase's
@@ -406,9 +414,9 @@ typedef struct {
     int64_t nb;          /* images per block */
 } implicit_fwd_geom;
 
-static implicit_fwd_geom implicit_fwd_geometry(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC,
-                                               int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                                               int64_t PW, int64_t OH, int64_t OW)
+static implicit_fwd_geom implicit_fwd_geometry(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
+                                               int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t OH,
+                                               int64_t OW)
 {
     const conv_tap lo = tap_at(0, 0, IH, IW, SH, SW, PH, PW), hi = tap_at(KH - 1, KW - 1, IH, IW, SH, SW, PH, PW);
     implicit_fwd_geom g;
@@ -490,8 +498,7 @@ static void implicit_forward(float *y, float *work, const float *x, const float 
 
 /* Winograd for 3x3 stride-1 sweeps whose input gradient is again such a sweep (padding
  * at most 2), once both channel counts are large enough for the GEMMs to outweigh the transforms. */
-static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                        int64_t PW)
+static int use_winograd(int64_t IC, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     return KH == 3 && KW == 3 && SH == 1 && SW == 1 && PH <= 2 && PW <= 2 && IC >= 8 && OC >= 8;
 }
@@ -506,7 +513,6 @@ static int64_t im2col_block(int64_t N, int64_t K, int64_t OC, int64_t S)
     nb = nb > N ? N : nb;
     return nb < 1 ? 1 : nb;
 }
-
 
 /* Multiply-adds a part should hold before the images of a convolution are split over threads: a
  * part costs microseconds to hand to a pool thread (tens when it has gone to sleep), 2M multiply-adds
@@ -576,10 +582,10 @@ static int64_t part_workspace(int64_t N, int64_t IC, int64_t IH, int64_t IW, int
                                   : mul_or_neg(per_image + planes + 3, 16);
         if (block < 0 || kernels < 0 || kernels > INT64_MAX - block - (1 << 21))
             return -1;
-        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC,
-                                                             IH, IW, OC, PH, PW);
-        const int64_t bwd = peftc_winograd3x3_workspace_size(
-            peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW), OC, OH, OW, IC, 2 - PH, 2 - PW);
+        const int64_t fwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, IC, IH, IW, OC, PH, PW), IC, IH,
+                                                             IW, OC, PH, PW);
+        const int64_t bwd = peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, OC, OH, OW, IC, 2 - PH, 2 - PW),
+                                                             OC, OH, OW, IC, 2 - PH, 2 - PW);
         need = fwd > need ? fwd : need;
         need = bwd > need ? bwd : need;
     }
@@ -633,7 +639,7 @@ static void gather_block(float *dst, const float *src, int64_t nb, int64_t C, in
 
 /* One convolution's sizes and arrays; a part sweeps images [n0, n1) with scratch work + t * part. */
 typedef struct {
-    float *y, *dx, *work;      /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
+    float *y, *dx, *work;        /* y (N,OC,OH,OW), dx (N,IC,IH,IW) */
     const float *x, *dy, *w, *b; /* x (N,IC,IH,IW), dy (N,OC,OH,OW), w (OC,IC,KH,KW), b (OC) or NULL */
     int64_t N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW, part;
     int overwrite_dx; /* the input gradient overwrites dx instead of adding to it */
@@ -720,8 +726,7 @@ static peftc_status input_grad_images(const conv_job *j, float *work, int64_t n0
         /* col (K,L) = w^T (K,OC) dyb (OC,L): M=K, N=L, K=OC, lda=K, ldb=L, ldc=L */
         peftc_small_gemm_ab(col, w, dyb, 1, 0, K, L, OC, K, L, L);
         for (int64_t i = 0; i < bn; i++)
-            col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, ph, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH,
-                       OW);
+            col2im_add(dx + (i0 + i) * IC * IH * IW, col + i * S, L, ph, IC, IH, IW, KH, KW, SH, SW, PH, PW, OH, OW);
     }
     return PEFTC_OK;
 }
@@ -755,22 +760,33 @@ static peftc_status input_grad_part(void *ctx, int64_t t, int64_t nparts)
 
 /* The job of a sweep over N images split into *parts (as many as the blocks of nb images have work
  * for), each part with its own slice of work: images on threads beat one small GEMM on several. */
-static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_t N, int64_t IC, int64_t IH,
-                             int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                             int64_t PW)
+static conv_job conv_job_for(int64_t *parts, int input_grad, float *work, int64_t N, int64_t IC, int64_t IH, int64_t IW,
+                             int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     const int64_t OH = conv_out_size(IH, KH, SH, PH), OW = conv_out_size(IW, KW, SW, PW);
     const int64_t K = IC * KH * KW, S = OH * OW;
     const int64_t nb = sweep_block(input_grad, N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, OW);
     *parts = conv_parts((N + nb - 1) / nb, nb, OC, K, S);
-    return (conv_job){.work = work, .N = N, .IC = IC, .IH = IH, .IW = IW, .OC = OC, .KH = KH, .KW = KW, .SH = SH,
-                      .SW = SW, .PH = PH, .PW = PW, .OH = OH, .OW = OW,
+    return (conv_job){.work = work,
+                      .N = N,
+                      .IC = IC,
+                      .IH = IH,
+                      .IW = IW,
+                      .OC = OC,
+                      .KH = KH,
+                      .KW = KW,
+                      .SH = SH,
+                      .SW = SW,
+                      .PH = PH,
+                      .PW = PW,
+                      .OH = OH,
+                      .OW = OW,
                       .part = part_workspace(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW, OH, K, S)};
 }
 
 peftc_status peftc_conv2d_forward(float *y, float *work, const float *x, const float *w, const float *b, int64_t N,
-                                  int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
-                                  int64_t SH, int64_t SW, int64_t PH, int64_t PW)
+                                  int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
+                                  int64_t SW, int64_t PH, int64_t PW)
 {
     if (!conv_args_ok(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW))
         return PEFTC_ERR_SIZE;

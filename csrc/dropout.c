@@ -45,24 +45,27 @@ static peftc_status backward_part(void *ctx, int64_t t, int64_t nparts)
     return PEFTC_OK;
 }
 
-static peftc_status dropout_run(peftc_part_fn fn, float *out, const float *in, float p, uint64_t seed,
-                                uint64_t offset, int64_t P)
+static peftc_status dropout_run(peftc_part_fn fn, float *out, const float *in, float p, uint64_t seed, uint64_t offset,
+                                int64_t P)
 {
     if (!dropout_args_ok(p, P))
         return P < 0 ? PEFTC_ERR_SIZE : PEFTC_ERR_ARG;
-    dropout_job job = {.out = out, .in = in, .p = p, .keep_scale = 1.0f / (1.0f - p), .key = peftc_rng_key(seed),
-                       .offset = offset, .P = P};
+    dropout_job job = {.out = out,
+                       .in = in,
+                       .p = p,
+                       .keep_scale = 1.0f / (1.0f - p),
+                       .key = peftc_rng_key(seed),
+                       .offset = offset,
+                       .P = P};
     return peftc_parallel_run(fn, &job, peftc_parallel_parts(P, DROPOUT_MIN_PER_THREAD));
 }
 
-peftc_status peftc_dropout_forward(float *out, const float *x, float p, uint64_t seed, uint64_t offset,
-                                   int64_t P)
+peftc_status peftc_dropout_forward(float *out, const float *x, float p, uint64_t seed, uint64_t offset, int64_t P)
 {
     return dropout_run(forward_part, out, x, p, seed, offset, P);
 }
 
-peftc_status peftc_dropout_backward(float *dx, const float *dout, float p, uint64_t seed, uint64_t offset,
-                                    int64_t P)
+peftc_status peftc_dropout_backward(float *dx, const float *dout, float p, uint64_t seed, uint64_t offset, int64_t P)
 {
     return dropout_run(backward_part, dx, dout, p, seed, offset, P);
 }

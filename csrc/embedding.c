@@ -21,8 +21,8 @@ static peftc_status check_ids(const int64_t *ids, const int64_t *types, int64_t 
 }
 
 peftc_status peftc_embedding_forward(float *out, const int64_t *ids, const int64_t *types, const float *wte,
-                                     const float *wpe, const float *wtt, int64_t B, int64_t T, int64_t H,
-                                     int64_t V, int64_t NP, int64_t NT)
+                                     const float *wpe, const float *wtt, int64_t B, int64_t T, int64_t H, int64_t V,
+                                     int64_t NP, int64_t NT)
 {
     if (!embedding_sizes_ok(B, T, H, V, NP, NT))
         return PEFTC_ERR_SIZE;
@@ -44,8 +44,8 @@ peftc_status peftc_embedding_forward(float *out, const int64_t *ids, const int64
 }
 
 peftc_status peftc_embedding_backward(float *dwte, float *dwpe, float *dwtt, const float *dout, const int64_t *ids,
-                                      const int64_t *types, int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP,
-                                      int64_t NT)
+                                      const int64_t *types, int64_t padding_idx, int64_t B, int64_t T, int64_t H,
+                                      int64_t V, int64_t NP, int64_t NT)
 {
     if (!embedding_sizes_ok(B, T, H, V, NP, NT))
         return PEFTC_ERR_SIZE;

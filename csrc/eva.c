@@ -132,8 +132,8 @@ static double orthonormalise(float *v /* (IC) */, const float *prev /* (count, I
  * eigen-decomposition of the smaller of z^T z and z z^T (see the file comment). */
 static peftc_status top_right_vectors(float *vt /* (K,IC) overwritten */, float *s /* (K) overwritten */,
                                       const float *z /* (rows,IC) */, float *gram /* (n,n) scratch */,
-                                      float *eig_w /* (n) scratch */, float *eig_v /* (K,n) scratch */,
-                                      float *eig_work, int64_t rows, int64_t IC, int64_t K)
+                                      float *eig_w /* (n) scratch */, float *eig_v /* (K,n) scratch */, float *eig_work,
+                                      int64_t rows, int64_t IC, int64_t K)
 {
     const int tall = rows >= IC;
     const int64_t n = tall ? IC : rows;
@@ -183,17 +183,17 @@ static peftc_status ipca_update_one(float *components, float *singular, float *m
         return PEFTC_ERR_SIZE;
     if ((uintptr_t)work % sizeof(double) != 0)
         return PEFTC_ERR_ARG;
-    double *dsum = (double *)work;     /* (IC) batch column sums */
-    double *dsq = dsum + IC;           /* (IC) batch centred sums of squares */
-    float *new_mean = work + 4 * IC;   /* (IC) */
-    float *new_var = new_mean + IC;    /* (IC) */
-    float *batch_mean = new_var + IC;  /* (IC) */
-    float *s_top = batch_mean + IC;    /* (K) */
-    float *vt = s_top + K;             /* (K, IC) */
-    float *z = vt + K * IC;            /* (rows, IC) */
-    float *gram = z + rows * IC;       /* (n_gram, n_gram) */
+    double *dsum = (double *)work;         /* (IC) batch column sums */
+    double *dsq = dsum + IC;               /* (IC) batch centred sums of squares */
+    float *new_mean = work + 4 * IC;       /* (IC) */
+    float *new_var = new_mean + IC;        /* (IC) */
+    float *batch_mean = new_var + IC;      /* (IC) */
+    float *s_top = batch_mean + IC;        /* (K) */
+    float *vt = s_top + K;                 /* (K, IC) */
+    float *z = vt + K * IC;                /* (rows, IC) */
+    float *gram = z + rows * IC;           /* (n_gram, n_gram) */
     float *eig_w = gram + n_gram * n_gram; /* (n_gram) */
-    float *eig_v = eig_w + n_gram;     /* (K, n_gram) */
+    float *eig_v = eig_w + n_gram;         /* (K, n_gram) */
     float *eig_work = eig_v + K * n_gram;  /* (eig_need) */
     if (column_stats(dsum, dsq, x, M, IC))
         return PEFTC_ERR_NONFINITE;
@@ -267,9 +267,8 @@ static peftc_status ipca_update_one(float *components, float *singular, float *m
     return PEFTC_OK;
 }
 
-peftc_status peftc_ipca_update(float *components, float *singular, float *mean, float *var, float *evr,
-                               float *cosine, float *work, const float *x, int64_t n_seen, int64_t M, int64_t IC,
-                               int64_t K)
+peftc_status peftc_ipca_update(float *components, float *singular, float *mean, float *var, float *evr, float *cosine,
+                               float *work, const float *x, int64_t n_seen, int64_t M, int64_t IC, int64_t K)
 {
     peftc_blas_single_thread_begin();
     const peftc_status st = ipca_update_one(components, singular, mean, var, evr, cosine, work, x, n_seen, M, IC, K);

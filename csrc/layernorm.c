@@ -14,7 +14,7 @@
 
 typedef struct {
     float *out, *mean, *rstd, *dx, *dw, *db;
-    float *sum;                  /* the fused forward's x, overwritten with x + residual; NULL otherwise */
+    float *sum; /* the fused forward's x, overwritten with x + residual; NULL otherwise */
     const float *x, *w, *b, *dout, *mean_in, *rstd_in, *residual;
     float eps;
     int64_t N, H;
@@ -122,8 +122,17 @@ peftc_status peftc_layernorm_residual_forward(float *out, float *mean, float *rs
         return PEFTC_ERR_SIZE;
     if (!(eps >= 0.0f))
         return PEFTC_ERR_ARG;
-    layernorm_job job = {.out = out, .mean = mean, .rstd = rstd, .sum = x, .x = x, .residual = residual, .w = w,
-                         .b = b, .eps = eps, .N = N, .H = H};
+    layernorm_job job = {.out = out,
+                         .mean = mean,
+                         .rstd = rstd,
+                         .sum = x,
+                         .x = x,
+                         .residual = residual,
+                         .w = w,
+                         .b = b,
+                         .eps = eps,
+                         .N = N,
+                         .H = H};
     return peftc_parallel_run(forward_part, &job, layernorm_parts(N, H));
 }
 
@@ -183,7 +192,7 @@ peftc_status peftc_layernorm_backward(float *dx, float *dw, float *db, const flo
 {
     if (N < 0 || H <= 0)
         return PEFTC_ERR_SIZE;
-    layernorm_job job = {.dx = dx, .dw = dw, .db = db, .x = x, .w = w, .dout = dout, .mean_in = mean,
-                         .rstd_in = rstd, .N = N, .H = H};
+    layernorm_job job = {
+        .dx = dx, .dw = dw, .db = db, .x = x, .w = w, .dout = dout, .mean_in = mean, .rstd_in = rstd, .N = N, .H = H};
     return peftc_parallel_run(backward_part, &job, dw || db ? 1 : layernorm_parts(N, H));
 }

@@ -3,8 +3,8 @@
 #include "bias_rows.h"
 #include "blas.h"
 
-peftc_status peftc_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t N,
-                                  int64_t IC, int64_t OC)
+peftc_status peftc_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t N, int64_t IC,
+                                  int64_t OC)
 {
     /* With a bias, y starts as the bias rows and the GEMM accumulates (beta = 1): one pass over y
      * instead of BLAS zeroing it for beta = 0 and a second pass adding the bias afterwards. */
@@ -19,8 +19,8 @@ peftc_status peftc_linear_forward(float *y, const float *x, const float *w, cons
     return peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, b ? 1.0f : 0.0f, y, OC);
 }
 
-peftc_status peftc_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                                   const float *w, int64_t N, int64_t IC, int64_t OC)
+peftc_status peftc_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                                   int64_t N, int64_t IC, int64_t OC)
 {
     peftc_status st = PEFTC_OK;
     if (dx) {

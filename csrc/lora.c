@@ -7,8 +7,8 @@
 #include "blas.h"
 
 peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, const float *w, const float *b,
-                                const float *a, const float *bm, const float *bb, float scale, float p,
-                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R)
+                                const float *a, const float *bm, const float *bb, float scale, float p, uint64_t seed,
+                                uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R)
 {
     if (!(p >= 0.0f && p < 1.0f) || (p > 0.0f) != (xd != NULL))
         return PEFTC_ERR_ARG;
@@ -46,9 +46,9 @@ int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, flo
 }
 
 peftc_status peftc_lora_backward(float *dx, float *da, float *dbm, float *dbb, float *work, const float *dy,
-                                 const float *xin, const float *u, const float *w, const float *a,
-                                 const float *bm, float scale, float p, uint64_t seed, uint64_t offset,
-                                 int64_t N, int64_t IC, int64_t OC, int64_t R)
+                                 const float *xin, const float *u, const float *w, const float *a, const float *bm,
+                                 float scale, float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC,
+                                 int64_t OC, int64_t R)
 {
     if (!(p >= 0.0f && p < 1.0f))
         return PEFTC_ERR_ARG;

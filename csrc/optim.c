@@ -33,8 +33,8 @@ peftc_status peftc_adamw_step(float *param, float *m, float *v, const float *gra
     return PEFTC_OK;
 }
 
-peftc_status peftc_sgd_step(float *param, float *buf, const float *grad, float lr, float momentum,
-                            float dampening, float weight_decay, int nesterov, int64_t step, int64_t P)
+peftc_status peftc_sgd_step(float *param, float *buf, const float *grad, float lr, float momentum, float dampening,
+                            float weight_decay, int nesterov, int64_t step, int64_t P)
 {
     if (P < 0)
         return PEFTC_ERR_SIZE;

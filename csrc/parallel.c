@@ -35,11 +35,11 @@ int64_t peftc_parallel_threads(void)
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
-    int busy;                /* a call owns the pool */
-    int64_t workers;         /* started */
-    uint64_t generation;     /* calls dispatched so far */
-    part_job *jobs;          /* the owning call's jobs */
-    int64_t nparts, pending; /* its part count, and its pool parts not finished yet */
+    int busy;                         /* a call owns the pool */
+    int64_t workers;                  /* started */
+    uint64_t generation;              /* calls dispatched so far */
+    part_job *jobs;                   /* the owning call's jobs */
+    int64_t nparts, pending;          /* its part count, and its pool parts not finished yet */
     uint64_t born[PEFTC_MAX_THREADS]; /* the generation when worker w was started: it waits for the next */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, 0, 0, {0}};
 
@@ -100,7 +100,10 @@ static void pool_after_fork_child(void)
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
-static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork_child); }
+static void pool_register_fork(void)
+{
+    pthread_atfork(NULL, NULL, pool_after_fork_child);
+}
 
 /* workers up to want (under lock); returns how many there are */
 static int64_t pool_grow(int64_t want)

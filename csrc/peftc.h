@@ -1,4 +1,4 @@
-/* peftc.h: the public interface of the peftc compute core.
+/* peftc.h: the public interface of the peftc compute core, one section per subject.
  *
  * Every kernel works on raw float32 pointers to C-order arrays with int64_t sizes, takes its
  * outputs first, then its inputs, then sizes, and returns a peftc_status. Kernels allocate
@@ -6,7 +6,16 @@
  * *_workspace_size() query. Backward kernels accumulate (+=) into gradient buffers; zeroing them
  * is the caller's explicit job. A NULL gradient pointer means "not wanted".
  *
- * Dimension letters used in every shape comment:
+ * Threads: a kernel that splits its own work (the comments below say which) does so into contiguous
+ * ranges run on as many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS), each range computed the same
+ * way on any thread, so its results are bit-identical for any thread count; inputs too small to pay
+ * for a thread stay on the calling one. An adapter kernel splits where it calls the linear, LoRA or
+ * dropout kernels. GEMMs handed to OpenBLAS run on its threads as it splits them.
+ * A workspace that holds one block per thread (attention, conv2d) grows with the thread count: query
+ * its size with the thread count the kernel will run with. The thread pool (parallel.c) and the
+ * BLAS / LAPACK door (blas.c) are internal and declare nothing here.
+ *
+ * Dimension letters used in every shape comment (a section adds its own where it needs more):
  *   N   rows (tokens: batch * sequence, flattened)     IC  input features
  *   OC  output features                                R   adapter rank
  *   C   classes                                        P   parameter count (flat)
@@ -20,33 +29,23 @@
 
 typedef enum {
     PEFTC_OK = 0,
-    PEFTC_ERR_SIZE = 1,    /* a size is negative, or too large for the 32-bit BLAS interface */
-    PEFTC_ERR_ARG = 2,     /* a scalar argument is out of its domain (p outside [0, 1), ...) */
-    PEFTC_ERR_LABEL = 3,   /* a class label outside [0, C) that is not the ignore index */
-    PEFTC_ERR_LAPACK = 4,  /* LAPACK reported failure (no convergence, illegal argument) */
+    PEFTC_ERR_SIZE = 1,      /* a size is negative, or too large for the 32-bit BLAS interface */
+    PEFTC_ERR_ARG = 2,       /* a scalar argument is out of its domain (p outside [0, 1), ...) */
+    PEFTC_ERR_LABEL = 3,     /* a class label outside [0, C) that is not the ignore index */
+    PEFTC_ERR_LAPACK = 4,    /* LAPACK reported failure (no convergence, illegal argument) */
     PEFTC_ERR_NONFINITE = 5, /* NaN or Inf found where the op cannot proceed */
 } peftc_status;
 
-/* ---- random numbers (rng.c) ------------------------------------------------------------------
- * A counter-based generator: element i of a draw is a pure function of (seed, offset + i), so
- * results do not depend on threads or call order, and a dropout mask can be regenerated in the
- * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
-float peftc_rng_uniform01(uint64_t seed, uint64_t counter);
-peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float hi, uint64_t seed,
-                               uint64_t offset, int64_t P);
-peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed,
-                              uint64_t offset, int64_t P);
-
-/* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ---------- */
-peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float *x /* (P) */, float p,
-                                   uint64_t seed, uint64_t offset, int64_t P);
-peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
-                                    uint64_t seed, uint64_t offset, int64_t P);
+/* ==== linear layer and LoRA (linear.c, lora.c) ===================================================
+ * A frozen or trainable linear layer y = x w^T + b, and LoRA on top of it; w is (OC,IC) as in torch.
+ * Both build their output in place: a bias starts it as bias rows (split over the threads), and the
+ * OpenBLAS GEMMs, the adapter's included, accumulate into it (beta = 1), so no (N,OC) temporary is
+ * made. The other adapters build on these kernels (next section). */
 
 /* ---- frozen or trainable linear (linear.c): y = x w^T + b -------------------------------------- */
 peftc_status peftc_linear_forward(float *y /* (N,OC) overwritten */, const float *x /* (N,IC) */,
-                                  const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
-                                  int64_t N, int64_t IC, int64_t OC);
+                                  const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */, int64_t N,
+                                  int64_t IC, int64_t OC);
 peftc_status peftc_linear_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                    float *dw /* (OC,IC) accumulated, or NULL */,
                                    float *db /* (OC) accumulated, or NULL */, const float *dy /* (N,OC) */,
@@ -59,269 +58,31 @@ peftc_status peftc_lora_forward(float *y /* (N,OC) overwritten */,
                                 float *u /* (N,R) overwritten: xd a^T, kept for backward */,
                                 const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
-                                const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */,
-                                float scale, float p, uint64_t seed, uint64_t offset, int64_t N,
-                                int64_t IC, int64_t OC, int64_t R);
+                                const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */, float scale, float p,
+                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
 peftc_status peftc_lora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *da /* (R,IC) accumulated, or NULL */,
                                  float *dbm /* (OC,R) accumulated, or NULL */,
                                  float *dbb /* (OC) accumulated, or NULL */,
                                  float *work /* peftc_lora_backward_workspace_size() floats */,
-                                 const float *dy /* (N,OC) */,
-                                 const float *xin /* (N,IC): xd if p > 0, else x */,
+                                 const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
                                  const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
-                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale,
-                                 float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC,
-                                 int64_t R);
+                                 const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale, float p,
+                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 /* w += sign * s * bm a; b += sign * s * bb (b and bb both NULL or both given); sign is +1 or -1. */
 peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) updated, or NULL */,
                               const float *a /* (R,IC) */, const float *bm /* (OC,R) */,
-                              const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC,
-                              int64_t OC, int64_t R);
+                              const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC, int64_t OC,
+                              int64_t R);
 
-/* ---- loss (loss.c): mean softmax cross-entropy over rows whose label is not ignore_index ------ */
-peftc_status peftc_cross_entropy_forward(float *loss /* (1) overwritten */,
-                                         int64_t *count /* (1) overwritten: rows counted */,
-                                         float *probs /* (N,C) overwritten: softmax, kept for backward */,
-                                         const float *logits /* (N,C) */, const int64_t *labels /* (N) */,
-                                         int64_t ignore_index, int64_t N, int64_t C);
-peftc_status peftc_cross_entropy_backward(float *dlogits /* (N,C) accumulated */, float dloss,
-                                          const float *probs /* (N,C) */, const int64_t *labels /* (N) */,
-                                          int64_t ignore_index, int64_t N, int64_t C);
-
-/* ---- optimizers (optim.c): one step over a flat parameter, same math as torch.optim ---------- */
-peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */,
-                              float *v /* (P) updated */, const float *grad /* (P) */, double lr, double beta1,
-                              double beta2, double eps, double weight_decay, int64_t step /* 1-based */,
-                              int64_t P);
-peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) updated, or NULL if momentum == 0 */,
-                            const float *grad /* (P) */, float lr, float momentum, float dampening,
-                            float weight_decay, int nesterov, int64_t step /* 1-based */, int64_t P);
-/* sum of squares of a flat array, accumulated in double (for global gradient-norm clipping) */
-peftc_status peftc_sumsq(double *out /* (1) overwritten */, const float *x /* (P) */, int64_t P);
-peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_t P);
-/* x = value everywhere (the explicit zeroing of accumulated gradient buffers); split over the threads */
-peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
-
-/* ==== CNN kernels (conv.c, batchnorm.c, pool.c, activation.c) ===================================
- * Images are NCHW float32. Extra dimension letters for this family:
- *   CH  channels (batch norm, pooling)   IH IW  input height, width   OH OW  output height, width
- *   KH KW  kernel (window) height, width   SH SW  strides   PH PW  zero padding on each side
- * Output sizes follow torch (floor mode): OH = (IH + 2 PH - KH) / SH + 1, likewise OW. */
-
-/* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
- * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
- * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within a few
- * 1e-6 of sum |x| |w|, see winograd.h); other forwards, and the input gradients of strided sweeps, by
- * products over shifted views of zero-bordered copies of the images (or of dy), without a patch
- * matrix; the rest, and every weight gradient, by im2col and one GEMM per block of images. The
- * scratch holds one block's tiles, copies or patch matrix and is shared by forward and backward; its
- * size is -1 for sizes a convolution rejects or that overflow. */
-int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH,
-                                    int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
-peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
-                                  float *work /* peftc_conv2d_workspace_size() floats */,
-                                  const float *x /* (N,IC,IH,IW) */, const float *w /* (OC,IC,KH,KW) */,
-                                  const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH,
-                                  int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
-                                  int64_t PH, int64_t PW);
-/* overwrite_dx != 0: dx is overwritten rather than accumulated (a fresh buffer needs no zeroing first);
- * dw and db always accumulate. */
-peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or overwritten), or NULL */,
-                                   float *dw /* (OC,IC,KH,KW) accumulated, or NULL */,
-                                   float *db /* (OC) accumulated, or NULL */,
-                                   float *work /* peftc_conv2d_workspace_size() floats */,
-                                   const float *dy /* (N,OC,OH,OW) */,
-                                   const float *x /* (N,IC,IH,IW), may be NULL when dw is NULL */,
-                                   const float *w /* (OC,IC,KH,KW) */, int overwrite_dx, int64_t N, int64_t IC,
-                                   int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH,
-                                   int64_t SW, int64_t PH, int64_t PW);
-
-/* ---- batch norm over (N, H, W) per channel (batchnorm.c), torch.nn.functional.batch_norm's math --
- * training != 0: normalise with the batch statistics (biased variance); if running_mean and
- *   running_var are given, also update them: r = (1 - momentum) r + momentum * batch statistic, the
- *   variance term unbiased (m / (m - 1), m = N*IH*IW; needs m > 1). Passing NULL running buffers
- *   gives the test-batch statistics of BN-adapt / TENT with nothing updated.
- * training == 0: normalise with the running statistics (both required, read only).
- * mean and rstd receive the statistics actually used; the backward needs them and x. scale and shift
- * (both or neither) receive each channel's float map, y = (x - mean) scale + shift; with y NULL only the
- * statistics and the map are computed (a norm whose output a later kernel applies itself). */
-peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten, or NULL */,
-                                       float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
-                                       float *scale /* (CH) overwritten, or NULL */,
-                                       float *shift /* (CH) overwritten, or NULL */,
-                                       float *running_mean /* (CH) updated, read, or NULL */,
-                                       float *running_var /* (CH) updated, read, or NULL */,
-                                       const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
-                                       const float *beta /* (CH) or NULL */, int training, float momentum,
-                                       float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
-/* training says whether the forward used batch statistics (then the gradient flows through them);
- * overwrite_dx != 0 overwrites dx instead of adding to it (dgamma, dbeta always accumulate). */
-peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
-                                        float *dgamma /* (CH) accumulated, or NULL */,
-                                        float *dbeta /* (CH) accumulated, or NULL */,
-                                        const float *dy /* (N,CH,IH,IW) */, const float *x /* (N,CH,IH,IW) */,
-                                        const float *mean /* (CH) */, const float *rstd /* (CH) */,
-                                        const float *gamma /* (CH) or NULL */, int training, int overwrite_dx,
-                                        int64_t N, int64_t CH, int64_t IH, int64_t IW);
-
-/* ---- pooling (pool.c) ------------------------------------------------------------------------------
- * Max pooling pads with -inf and records, per output, the flat index ih*IW + iw of its input in the
- * (IH,IW) plane (the first maximum wins; NaN propagates). Average pooling pads with zeros and divides
- * by KH*KW (torch's count_include_pad=True). Padding must be at most half the window. */
-peftc_status peftc_maxpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */,
-                                     int64_t *argmax /* (N,CH,OH,OW) overwritten */,
-                                     const float *x /* (N,CH,IH,IW) */, int64_t N, int64_t CH, int64_t IH,
-                                     int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                                     int64_t PW);
-peftc_status peftc_maxpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */,
-                                      const float *dy /* (N,CH,OH,OW) */,
-                                      const int64_t *argmax /* (N,CH,OH,OW) from the forward */, int64_t N,
-                                      int64_t CH, int64_t IH, int64_t IW, int64_t OH, int64_t OW);
-peftc_status peftc_avgpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
-                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                                     int64_t SH, int64_t SW, int64_t PH, int64_t PW);
-peftc_status peftc_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
-                                      int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW,
-                                      int64_t SH, int64_t SW, int64_t PH, int64_t PW);
-/* global average pooling: y[n, c] = mean over the (IH,IW) plane */
-peftc_status peftc_global_avgpool2d_forward(float *y /* (N,CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
-                                            int64_t N, int64_t CH, int64_t IH, int64_t IW);
-peftc_status peftc_global_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH) */,
-                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
-
-/* ---- ReLU (activation.c): y = max(x, 0), NaN passes through ---------------------------------------- */
-peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */, const float *x /* (P) */,
-                                int64_t P);
-/* dx += dy where the forward input (or, equivalently, its output) is > 0 */
-peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
-                                 const float *x /* (P) forward input or output */, int64_t P);
-
-/* ==== transformer encoder family (embedding.c, layernorm.c, gelu.c, attention.c, pooling.c) ====
- * Extra dimension letters: V vocabulary size, NP position-table rows, NT token-type rows.
- * Token ids are int64; a 0 in a key mask (attention_mask) means padding. */
-
-/* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
-/* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
- * positions are 0..T-1, so T <= NP. */
-peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const int64_t *ids /* (B,T) */,
-                                     const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
-                                     const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B,
-                                     int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
-/* scatter-add of dout into the rows each token read; any gradient table may be NULL. Tokens whose id
- * is padding_idx add nothing to dwte (torch's nn.Embedding padding_idx); -1 means no such id. */
-peftc_status peftc_embedding_backward(float *dwte /* (V,H) accumulated, or NULL */,
-                                      float *dwpe /* (NP,H) accumulated, or NULL */,
-                                      float *dwtt /* (NT,H) accumulated, or NULL */, const float *dout /* (B,T,H) */,
-                                      const int64_t *ids /* (B,T) */, const int64_t *types /* (B,T) or NULL */,
-                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP, int64_t NT);
-
-/* ---- LayerNorm over the last axis (layernorm.c): out = (x - mean) * rstd * w + b ------------ */
-peftc_status peftc_layernorm_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,
-                                     float *rstd /* (N) overwritten */, const float *x /* (N,H) */,
-                                     const float *w /* (H) */, const float *b /* (H) */, float eps, int64_t N,
-                                     int64_t H);
-peftc_status peftc_layernorm_backward(float *dx /* (N,H) accumulated, or NULL */,
-                                      float *dw /* (H) accumulated, or NULL */,
-                                      float *db /* (H) accumulated, or NULL */, const float *dout /* (N,H) */,
-                                      const float *x /* (N,H) */, const float *w /* (H) */,
-                                      const float *mean /* (N) */, const float *rstd /* (N) */, int64_t N,
-                                      int64_t H);
-
-/* ---- GELU, exact erf form (gelu.c): out = x * (1 + erf(x / sqrt 2)) / 2 ---------------------- */
-peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
-peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
-                                 const float *x /* (P) */, int64_t P);
-
-/* ---- multi-head self-attention core (attention.c) ---------------------------------------------
- * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
- *   att = softmax(q_h k_h^T / sqrt(HS), keys with mask 0 and, if causal, keys after the query
- *         excluded), out_h = dropout_p(att) v_h.
- * Excluded keys get probability exactly 0; a query row with no visible key gets all-zero
- * probabilities (and a zero output) instead of NaN. The dropout mask of element (b,h,i,j) is
- * uniform(seed, offset + ((b*NH + h)*T + i)*T + j) >= p, regenerated in the backward. */
-int64_t peftc_attention_forward_workspace_size(int64_t T, float p); /* floats */
-peftc_status peftc_attention_forward(float *out /* (B,T,H) overwritten */,
-                                     float *att /* (B,NH,T,T) overwritten: probabilities before dropout */,
-                                     float *work /* peftc_attention_forward_workspace_size() floats */,
-                                     const float *q /* (B,T,H) */, const float *k /* (B,T,H) */,
-                                     const float *v /* (B,T,H) */, const int64_t *mask /* (B,T) or NULL */,
-                                     int causal, float p, uint64_t seed, uint64_t offset, int64_t B, int64_t T,
-                                     int64_t H, int64_t NH);
-int64_t peftc_attention_backward_workspace_size(int64_t T, float p); /* floats */
-peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL */,
-                                      float *dk /* (B,T,H) accumulated, or NULL */,
-                                      float *dv /* (B,T,H) accumulated, or NULL */,
-                                      float *work /* peftc_attention_backward_workspace_size() floats */,
-                                      const float *dout /* (B,T,H) */, const float *q /* (B,T,H) */,
-                                      const float *k /* (B,T,H) */, const float *v /* (B,T,H) */,
-                                      const float *att /* (B,NH,T,T) from the forward */, float p, uint64_t seed,
-                                      uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH);
-
-/* ---- pooling and normalisation (pooling.c) ---------------------------------------------------- */
-/* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
- * a sequence with no kept token pools to zero. */
-peftc_status peftc_mean_pool_forward(float *out /* (B,H) overwritten */, const float *x /* (B,T,H) */,
-                                     const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
-peftc_status peftc_mean_pool_backward(float *dx /* (B,T,H) accumulated */, const float *dout /* (B,H) */,
-                                      const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
-/* out = x / max(||x||_2, eps) per row (torch.nn.functional.normalize); norm keeps ||x||_2 */
-peftc_status peftc_l2_normalize_forward(float *out /* (N,H) overwritten */, float *norm /* (N) overwritten */,
-                                        const float *x /* (N,H) */, float eps, int64_t N, int64_t H);
-peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, const float *dout /* (N,H) */,
-                                         const float *out /* (N,H) from the forward */,
-                                         const float *norm /* (N) */, float eps, int64_t N, int64_t H);
-/* ==== Bone / MiSS and Bat (bone.c) ==============================================================
- * Extra dimension letters for this family:
+/* ==== adapters beyond LoRA: SoRA, Hydra, Bone / MiSS, Bat (sora.c, hydra.c, bone.c) ==============
+ * Each wraps one linear layer, w (OC,IC) and b (OC) or NULL, with a trainable low-rank or block
+ * update: forward, backward (the frozen weight gets no gradient), and merge into w and unmerge (SoRA
+ * through peftc_lora_merge), so a merged layer runs as a plain linear one. Extra dimension letters:
+ *   RP  parallel rank, RS  sequential rank (Hydra)
  *   MR  columns of the Bone block: OC for Bone / MiSS "balance", mini_r for MiSS "mini" (OC % MR == 0)
- *   NB  output row-blocks of Bat: OC / R (Bat needs IC % R == 0 and OC % R == 0)
- * Bone: y = x w^T + b + s D,  s[n, j] = sum_k dropout(x)[n, k R + j] (zero-padded last shard),
- *   D[j, o] = d[j, o mod MR]. Bat: w' = w + blockwise (w_{i,k} t_i + t_i), y = x w'^T + b. */
-peftc_status peftc_bone_forward(float *y /* (N,OC) overwritten */,
-                                float *s /* (N,R) overwritten: shard sums, kept for backward */,
-                                float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
-                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
-                                const float *b /* (OC) or NULL */, const float *d /* (R,MR) */, float p,
-                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
-                                int64_t MR);
-int64_t peftc_bone_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
-peftc_status peftc_bone_backward(float *dx /* (N,IC) accumulated, or NULL */,
-                                 float *dd /* (R,MR) accumulated, or NULL */,
-                                 float *work /* peftc_bone_backward_workspace_size() floats */,
-                                 const float *dy /* (N,OC) */, const float *s /* (N,R) from the forward */,
-                                 const float *w /* (OC,IC) */, const float *d /* (R,MR) */, float p,
-                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R,
-                                 int64_t MR);
-/* w[o, c] += sign * d[c mod R, o mod MR]; sign is +1 (merge) or -1 (unmerge) */
-peftc_status peftc_bone_merge(float *w /* (OC,IC) updated */, const float *d /* (R,MR) */, float sign, int64_t IC,
-                              int64_t OC, int64_t R, int64_t MR);
-/* weff = w + blockwise (w_{i,k} t_i + t_i); weff and w must not overlap */
-peftc_status peftc_bat_weight(float *weff /* (OC,IC) overwritten */, const float *w /* (OC,IC) */,
-                              const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
-peftc_status peftc_bat_forward(float *y /* (N,OC) overwritten */,
-                               float *weff /* (OC,IC) overwritten: scratch for the effective weight */,
-                               const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
-                               const float *b /* (OC) or NULL */, const float *t /* (NB,R,R) */, int64_t N,
-                               int64_t IC, int64_t OC, int64_t R);
-int64_t peftc_bat_backward_workspace_size(int64_t IC, int64_t OC); /* floats */
-peftc_status peftc_bat_backward(float *dx /* (N,IC) accumulated, or NULL */,
-                                float *dt /* (NB,R,R) accumulated, or NULL */,
-                                float *work /* peftc_bat_backward_workspace_size() floats */,
-                                const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
-                                const float *w /* (OC,IC) */, const float *t /* (NB,R,R) */, int64_t N,
-                                int64_t IC, int64_t OC, int64_t R);
-int64_t peftc_bat_merge_workspace_size(int64_t IC, int64_t R); /* floats */
-/* w <- w + blockwise (w_{i,k} t_i + t_i), in place */
-peftc_status peftc_bat_merge(float *w /* (OC,IC) updated */, float *work /* peftc_bat_merge_workspace_size() */,
-                             const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
-/* w_{i,k} <- (w_{i,k} - t_i) tinv_i with tinv_i = (I + t_i)^{-1}: the inverse of peftc_bat_merge */
-peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
-                               float *work /* peftc_bat_merge_workspace_size() floats */,
-                               const float *t /* (NB,R,R) */, const float *tinv /* (NB,R,R) */, int64_t IC,
-                               int64_t OC, int64_t R);
-/* ==== SoRA and Hydra adapters (sora.c, hydra.c) ================================================
- * Extra dimension letters: RP parallel rank, RS sequential rank (Hydra). */
+ *   NB  output row-blocks of Bat: OC / R (Bat needs IC % R == 0 and OC % R == 0) */
 
 /* ---- SoRA (sora.c): LoRA with a gate vector g between A and B --------------------------------
  *   y = x w^T + b + s * dropout(x) a^T diag(g) bm^T
@@ -340,8 +101,7 @@ peftc_status peftc_sora_forward(float *y /* (N,OC) overwritten */,
 int64_t peftc_sora_backward_workspace_size(int64_t N, int64_t IC, int64_t OC, int64_t R, float p); /* floats */
 peftc_status peftc_sora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *da /* (R,IC) accumulated, or NULL */,
-                                 float *dbm /* (OC,R) accumulated, or NULL */,
-                                 float *dg /* (R) accumulated, or NULL */,
+                                 float *dbm /* (OC,R) accumulated, or NULL */, float *dg /* (R) accumulated, or NULL */,
                                  float *work /* peftc_sora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
                                  const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
@@ -365,21 +125,17 @@ peftc_status peftc_hydra_forward(float *y /* (N,OC) overwritten */,
                                  const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
                                  const float *b /* (OC) or NULL */, const float *ap /* (RP,IC) */,
                                  const float *bp /* (OC,RP) */, const float *as /* (RS,OC) */,
-                                 const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC,
-                                 int64_t OC, int64_t RP, int64_t RS);
+                                 const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC, int64_t OC,
+                                 int64_t RP, int64_t RS);
 int64_t peftc_hydra_backward_workspace_size(int64_t N, int64_t OC, int64_t RP, int64_t RS); /* floats */
-peftc_status peftc_hydra_backward(float *dx /* (N,IC) accumulated, or NULL */,
-                                  float *dap /* (RP,IC) accumulated, or NULL */,
-                                  float *dbp /* (OC,RP) accumulated, or NULL */,
-                                  float *das /* (RS,OC) accumulated, or NULL */,
-                                  float *dbs /* (OC,RS) accumulated, or NULL */,
-                                  float *work /* peftc_hydra_backward_workspace_size() floats */,
-                                  const float *dy /* (N,OC) */, const float *x /* (N,IC) */,
-                                  const float *y0 /* (N,OC) */, const float *pp /* (N,RP) */,
-                                  const float *q /* (N,RS) */, const float *w /* (OC,IC) */,
-                                  const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
-                                  const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp,
-                                  float ss, int64_t N, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
+peftc_status peftc_hydra_backward(
+    float *dx /* (N,IC) accumulated, or NULL */, float *dap /* (RP,IC) accumulated, or NULL */,
+    float *dbp /* (OC,RP) accumulated, or NULL */, float *das /* (RS,OC) accumulated, or NULL */,
+    float *dbs /* (OC,RS) accumulated, or NULL */, float *work /* peftc_hydra_backward_workspace_size() floats */,
+    const float *dy /* (N,OC) */, const float *x /* (N,IC) */, const float *y0 /* (N,OC) */,
+    const float *pp /* (N,RP) */, const float *q /* (N,RS) */, const float *w /* (OC,IC) */,
+    const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */, const float *as /* (RS,OC) */,
+    const float *bs /* (OC,RS) */, float sp, float ss, int64_t N, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
 /* sign = +1 (merge): w <- (I + ss bs as) w + sp bp ap, b <- (I + ss bs as) b.
  * sign = -1 (unmerge, the inverse): w <- (I + ss bs as)^-1 (w - sp bp ap), b <- (I + ss bs as)^-1 b,
  * through the Woodbury identity so only the (RS,RS) matrix I + ss as bs is solved (Gaussian
@@ -390,7 +146,288 @@ peftc_status peftc_hydra_merge(float *w /* (OC,IC) updated */, float *b /* (OC) 
                                const float *ap /* (RP,IC) */, const float *bp /* (OC,RP) */,
                                const float *as /* (RS,OC) */, const float *bs /* (OC,RS) */, float sp, float ss,
                                float sign, int64_t IC, int64_t OC, int64_t RP, int64_t RS);
-/* ---- test-time adaptation (tta.c): softmax entropy, EATA sample selection ------------------------
+
+/* ---- Bone / MiSS and Bat (bone.c) ----------------------------------------------------------------
+ * Bone: y = x w^T + b + s D,  s[n, j] = sum_k dropout(x)[n, k R + j] (zero-padded last shard),
+ *   D[j, o] = d[j, o mod MR]. Bat: w' = w + blockwise (w_{i,k} t_i + t_i), y = x w'^T + b. */
+peftc_status peftc_bone_forward(float *y /* (N,OC) overwritten */,
+                                float *s /* (N,R) overwritten: shard sums, kept for backward */,
+                                float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *b /* (OC) or NULL */, const float *d /* (R,MR) */, float p, uint64_t seed,
+                                uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R, int64_t MR);
+int64_t peftc_bone_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p); /* floats */
+peftc_status peftc_bone_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                 float *dd /* (R,MR) accumulated, or NULL */,
+                                 float *work /* peftc_bone_backward_workspace_size() floats */,
+                                 const float *dy /* (N,OC) */, const float *s /* (N,R) from the forward */,
+                                 const float *w /* (OC,IC) */, const float *d /* (R,MR) */, float p, uint64_t seed,
+                                 uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R, int64_t MR);
+/* w[o, c] += sign * d[c mod R, o mod MR]; sign is +1 (merge) or -1 (unmerge) */
+peftc_status peftc_bone_merge(float *w /* (OC,IC) updated */, const float *d /* (R,MR) */, float sign, int64_t IC,
+                              int64_t OC, int64_t R, int64_t MR);
+/* weff = w + blockwise (w_{i,k} t_i + t_i); weff and w must not overlap */
+peftc_status peftc_bat_weight(float *weff /* (OC,IC) overwritten */, const float *w /* (OC,IC) */,
+                              const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
+peftc_status peftc_bat_forward(float *y /* (N,OC) overwritten */,
+                               float *weff /* (OC,IC) overwritten: scratch for the effective weight */,
+                               const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                               const float *b /* (OC) or NULL */, const float *t /* (NB,R,R) */, int64_t N, int64_t IC,
+                               int64_t OC, int64_t R);
+int64_t peftc_bat_backward_workspace_size(int64_t IC, int64_t OC); /* floats */
+peftc_status peftc_bat_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                float *dt /* (NB,R,R) accumulated, or NULL */,
+                                float *work /* peftc_bat_backward_workspace_size() floats */,
+                                const float *dy /* (N,OC) */, const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *t /* (NB,R,R) */, int64_t N, int64_t IC, int64_t OC, int64_t R);
+int64_t peftc_bat_merge_workspace_size(int64_t IC, int64_t R); /* floats */
+/* w <- w + blockwise (w_{i,k} t_i + t_i), in place */
+peftc_status peftc_bat_merge(float *w /* (OC,IC) updated */, float *work /* peftc_bat_merge_workspace_size() */,
+                             const float *t /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
+/* w_{i,k} <- (w_{i,k} - t_i) tinv_i with tinv_i = (I + t_i)^{-1}: the inverse of peftc_bat_merge */
+peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
+                               float *work /* peftc_bat_merge_workspace_size() floats */, const float *t /* (NB,R,R) */,
+                               const float *tinv /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
+
+/* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
+ * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
+ * with N = B*T rows where a kernel does not care about sequences. Token ids are int64; a 0 in a key
+ * mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
+ * rows, NT token-type rows, S sequences packed back to back. */
+
+/* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
+/* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
+ * positions are 0..T-1, so T <= NP. */
+peftc_status peftc_embedding_forward(float *out /* (B,T,H) overwritten */, const int64_t *ids /* (B,T) */,
+                                     const int64_t *types /* (B,T) or NULL */, const float *wte /* (V,H) */,
+                                     const float *wpe /* (NP,H) */, const float *wtt /* (NT,H) */, int64_t B, int64_t T,
+                                     int64_t H, int64_t V, int64_t NP, int64_t NT);
+/* scatter-add of dout into the rows each token read; any gradient table may be NULL. Tokens whose id
+ * is padding_idx add nothing to dwte (torch's nn.Embedding padding_idx); -1 means no such id. */
+peftc_status peftc_embedding_backward(float *dwte /* (V,H) accumulated, or NULL */,
+                                      float *dwpe /* (NP,H) accumulated, or NULL */,
+                                      float *dwtt /* (NT,H) accumulated, or NULL */, const float *dout /* (B,T,H) */,
+                                      const int64_t *ids /* (B,T) */, const int64_t *types /* (B,T) or NULL */,
+                                      int64_t padding_idx, int64_t B, int64_t T, int64_t H, int64_t V, int64_t NP,
+                                      int64_t NT);
+
+/* ---- LayerNorm over the last axis (layernorm.c): out = (x - mean) * rstd * w + b ---------------
+ * Rows are split over the threads, except in a backward that accumulates dw or db (a sum over all
+ * rows), which stays on one thread. */
+peftc_status peftc_layernorm_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,
+                                     float *rstd /* (N) overwritten */, const float *x /* (N,H) */,
+                                     const float *w /* (H) */, const float *b /* (H) */, float eps, int64_t N,
+                                     int64_t H);
+peftc_status peftc_layernorm_backward(float *dx /* (N,H) accumulated, or NULL */,
+                                      float *dw /* (H) accumulated, or NULL */,
+                                      float *db /* (H) accumulated, or NULL */, const float *dout /* (N,H) */,
+                                      const float *x /* (N,H) */, const float *w /* (H) */, const float *mean /* (N) */,
+                                      const float *rstd /* (N) */, int64_t N, int64_t H);
+/* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
+ * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its
+ * own. */
+peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */, float *mean /* (N) overwritten */,
+                                              float *rstd /* (N) overwritten */,
+                                              float *x /* (N,H) read, then overwritten with x + residual */,
+                                              const float *residual /* (N,H) */, const float *w /* (H) */,
+                                              const float *b /* (H) */, float eps, int64_t N, int64_t H);
+
+/* ---- GELU, exact erf form (gelu.c): out = x * (1 + erf(x / sqrt 2)) / 2 ----------------------
+ * Split over the threads. */
+peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, const float *x /* (P) */,
+                                 int64_t P);
+
+/* ---- multi-head self-attention core (attention.c) ---------------------------------------------
+ * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
+ *   att = softmax(q_h k_h^T / sqrt(HS), keys with mask 0 and, if causal, keys after the query
+ *         excluded), out_h = dropout_p(att) v_h.
+ * Excluded keys get probability exactly 0; a query row with no visible key gets all-zero
+ * probabilities (and a zero output) instead of NaN. The dropout mask of element (b,h,i,j) is
+ * uniform(seed, offset + ((b*NH + h)*T + i)*T + j) >= p, regenerated in the backward. The (batch, head)
+ * pairs are split over the threads, and the workspaces hold their (T,T) scratch once per thread. */
+int64_t peftc_attention_forward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_forward(float *out /* (B,T,H) overwritten */,
+                                     float *att /* (B,NH,T,T) overwritten: probabilities before dropout */,
+                                     float *work /* peftc_attention_forward_workspace_size() floats */,
+                                     const float *q /* (B,T,H) */, const float *k /* (B,T,H) */,
+                                     const float *v /* (B,T,H) */, const int64_t *mask /* (B,T) or NULL */, int causal,
+                                     float p, uint64_t seed, uint64_t offset, int64_t B, int64_t T, int64_t H,
+                                     int64_t NH);
+int64_t peftc_attention_backward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL */,
+                                      float *dk /* (B,T,H) accumulated, or NULL */,
+                                      float *dv /* (B,T,H) accumulated, or NULL */,
+                                      float *work /* peftc_attention_backward_workspace_size() floats */,
+                                      const float *dout /* (B,T,H) */, const float *q /* (B,T,H) */,
+                                      const float *k /* (B,T,H) */, const float *v /* (B,T,H) */,
+                                      const float *att /* (B,NH,T,T) from the forward */, float p, uint64_t seed,
+                                      uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH);
+
+/* ---- packed-sequence attention (attention.c) -----------------------------------------------------
+ * Inference-only self-attention of S sequences stored back to back as N = offsets[S] rows: sequence
+ * s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those rows alone (no
+ * mask, no dropout, no probabilities kept). Each sequence's output equals peftc_attention_forward on
+ * it as a (1,T,H) batch, bit for bit, for any thread count; the (sequence, head) pairs are split over
+ * the threads. offsets must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspace
+ * is queried with T = the longest sequence. */
+int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
+peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
+                                            float *work /* peftc_attention_packed_forward_workspace_size() floats */,
+                                            const float *q /* (N,H) */, const float *k /* (N,H) */,
+                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
+                                            int64_t N, int64_t H, int64_t NH);
+
+/* ---- sentence-embedding head (sentence_mean.c): mean over the kept tokens, L2 normalisation ------ */
+/* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
+ * a sequence with no kept token pools to zero. */
+peftc_status peftc_mean_pool_forward(float *out /* (B,H) overwritten */, const float *x /* (B,T,H) */,
+                                     const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
+peftc_status peftc_mean_pool_backward(float *dx /* (B,T,H) accumulated */, const float *dout /* (B,H) */,
+                                      const int64_t *mask /* (B,T) or NULL */, int64_t B, int64_t T, int64_t H);
+/* out = x / max(||x||_2, eps) per row (torch.nn.functional.normalize); norm keeps ||x||_2 */
+peftc_status peftc_l2_normalize_forward(float *out /* (N,H) overwritten */, float *norm /* (N) overwritten */,
+                                        const float *x /* (N,H) */, float eps, int64_t N, int64_t H);
+peftc_status peftc_l2_normalize_backward(float *dx /* (N,H) accumulated */, const float *dout /* (N,H) */,
+                                         const float *out /* (N,H) from the forward */, const float *norm /* (N) */,
+                                         float eps, int64_t N, int64_t H);
+
+/* ==== CNN ops (conv.c, batchnorm.c, pool.c, activation.c) ========================================
+ * The layers of a batch-norm CNN. Images are NCHW float32. Extra dimension letters:
+ *   CH  channels (batch norm, pooling)   IH IW  input height, width   OH OW  output height, width
+ *   KH KW  kernel (window) height, width   SH SW  strides   PH PW  zero padding on each side
+ * Output sizes follow torch (floor mode): OH = (IH + 2 PH - KH) / SH + 1, likewise OW. */
+
+/* ---- conv2d (conv.c): y = w * x + b -------------------------------------------------------------
+ * Dilation 1, one group. 3x3 stride-1 sweeps (padding <= 2, at least 8 channels each side) run the
+ * forward and the input gradient by Winograd F(4x4, 3x3) (F(2x2, 3x3) for small planes; within a few
+ * 1e-6 of sum |x| |w|, see winograd.h); other forwards, and the input gradients of strided sweeps, by
+ * products over shifted views of zero-bordered copies of the images (or of dy), without a patch
+ * matrix; the rest, and every weight gradient, by im2col and one GEMM per block of images. The forward
+ * and the input gradient split the blocks over the threads. The scratch holds one block's tiles,
+ * copies or patch matrix per thread and is shared by forward and backward; its size is -1 for sizes a
+ * convolution rejects or that overflow. */
+int64_t peftc_conv2d_workspace_size(int64_t N, int64_t IC, int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW,
+                                    int64_t SH, int64_t SW, int64_t PH, int64_t PW); /* floats */
+peftc_status peftc_conv2d_forward(float *y /* (N,OC,OH,OW) overwritten */,
+                                  float *work /* peftc_conv2d_workspace_size() floats */,
+                                  const float *x /* (N,IC,IH,IW) */, const float *w /* (OC,IC,KH,KW) */,
+                                  const float *b /* (OC) or NULL */, int64_t N, int64_t IC, int64_t IH, int64_t IW,
+                                  int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW);
+/* overwrite_dx != 0: dx is overwritten rather than accumulated (a fresh buffer needs no zeroing first);
+ * dw and db always accumulate. */
+peftc_status peftc_conv2d_backward(float *dx /* (N,IC,IH,IW) accumulated (or overwritten), or NULL */,
+                                   float *dw /* (OC,IC,KH,KW) accumulated, or NULL */,
+                                   float *db /* (OC) accumulated, or NULL */,
+                                   float *work /* peftc_conv2d_workspace_size() floats */,
+                                   const float *dy /* (N,OC,OH,OW) */,
+                                   const float *x /* (N,IC,IH,IW), may be NULL when dw is NULL */,
+                                   const float *w /* (OC,IC,KH,KW) */, int overwrite_dx, int64_t N, int64_t IC,
+                                   int64_t IH, int64_t IW, int64_t OC, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                                   int64_t PH, int64_t PW);
+
+/* ---- batch norm over (N, H, W) per channel (batchnorm.c), torch.nn.functional.batch_norm's math --
+ * training != 0: normalise with the batch statistics (biased variance); if running_mean and
+ *   running_var are given, also update them: r = (1 - momentum) r + momentum * batch statistic, the
+ *   variance term unbiased (m / (m - 1), m = N*IH*IW; needs m > 1). Passing NULL running buffers
+ *   gives the test-batch statistics of BN-adapt / TENT with nothing updated.
+ * training == 0: normalise with the running statistics (both required, read only).
+ * mean and rstd receive the statistics actually used; the backward needs them and x. scale and shift
+ * (both or neither) receive each channel's float map, y = (x - mean) scale + shift; with y NULL only the
+ * statistics and the map are computed (a norm whose output a later kernel applies itself).
+ *
+ * Every peftc_batchnorm2d_* kernel splits its channels into contiguous ranges over the threads, each
+ * channel computed whole by one thread in one fixed order. Tensors under about 32k values per thread
+ * stay on one thread. */
+peftc_status peftc_batchnorm2d_forward(float *y /* (N,CH,IH,IW) overwritten, or NULL */,
+                                       float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+                                       float *scale /* (CH) overwritten, or NULL */,
+                                       float *shift /* (CH) overwritten, or NULL */,
+                                       float *running_mean /* (CH) updated, read, or NULL */,
+                                       float *running_var /* (CH) updated, read, or NULL */,
+                                       const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
+                                       const float *beta /* (CH) or NULL */, int training, float momentum, float eps,
+                                       int64_t N, int64_t CH, int64_t IH, int64_t IW);
+/* training says whether the forward used batch statistics (then the gradient flows through them);
+ * overwrite_dx != 0 overwrites dx instead of adding to it (dgamma, dbeta always accumulate). */
+peftc_status peftc_batchnorm2d_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
+                                        float *dgamma /* (CH) accumulated, or NULL */,
+                                        float *dbeta /* (CH) accumulated, or NULL */,
+                                        const float *dy /* (N,CH,IH,IW) */, const float *x /* (N,CH,IH,IW) */,
+                                        const float *mean /* (CH) */, const float *rstd /* (CH) */,
+                                        const float *gamma /* (CH) or NULL */, int training, int overwrite_dx,
+                                        int64_t N, int64_t CH, int64_t IH, int64_t IW);
+
+/* ---- batch norm fused with the ReLU that follows it (batchnorm.c) ---------------------------------
+ * relu(batchnorm2d(x)) in one pass, with the statistics, modes and argument rules of
+ * peftc_batchnorm2d_forward; y receives max(bn(x), 0), and scale, shift (both or neither) each
+ * channel's float map, y = max((x - mean) scale + shift, 0). The backward masks dy to y > 0 before
+ * the batch-norm backward (the ReLU backward fused), same accumulation rules; it takes either that y,
+ * or (y NULL) the map, from which it rebuilds the same mask bit for bit without reading y. */
+peftc_status peftc_batchnorm2d_relu_forward(
+    float *y /* (N,CH,IH,IW) overwritten */, float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+    float *scale /* (CH) overwritten, or NULL */, float *shift /* (CH) overwritten, or NULL */,
+    float *running_mean /* (CH) updated, read, or NULL */, float *running_var /* (CH) updated, read, or NULL */,
+    const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */, const float *beta /* (CH) or NULL */,
+    int training, float momentum, float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
+                                             float *dgamma /* (CH) accumulated, or NULL */,
+                                             float *dbeta /* (CH) accumulated, or NULL */,
+                                             const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
+                                             const float *y /* (N,CH,IH,IW): the forward's output, or NULL */,
+                                             const float *scale /* (CH): the forward's map, when y is NULL */,
+                                             const float *shift /* (CH), likewise */, const float *x /* (N,CH,IH,IW) */,
+                                             const float *mean /* (CH) */, const float *rstd /* (CH) */,
+                                             const float *gamma /* (CH) or NULL */, int training, int overwrite_dx,
+                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
+/* The residual block's output relu(bn(x) + r) in the norm's pass, without writing bn(x): r = res, or,
+ * with res_scale, another norm's output applied on the fly, (res - res_mean) res_scale + res_shift with
+ * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s),
+ * their sum and peftc_relu_forward one after the other; the statistics, modes and rules of
+ * peftc_batchnorm2d_forward. The backward is the norms' with y as relu_y. */
+peftc_status peftc_batchnorm2d_add_relu_forward(
+    float *y /* (N,CH,IH,IW) overwritten */, float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
+    float *running_mean /* (CH) updated, read, or NULL */, float *running_var /* (CH) updated, read, or NULL */,
+    const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */, const float *beta /* (CH) or NULL */,
+    int training, float momentum, float eps, const float *res /* (N,CH,IH,IW) */,
+    const float *res_mean /* (CH) or NULL */, const float *res_scale /* (CH) or NULL */,
+    const float *res_shift /* (CH) or NULL */, int64_t N, int64_t CH, int64_t IH, int64_t IW);
+
+/* ---- pooling (pool.c) ------------------------------------------------------------------------------
+ * Max pooling pads with -inf and records, per output, the flat index ih*IW + iw of its input in the
+ * (IH,IW) plane (the first maximum wins; NaN propagates). Average pooling pads with zeros and divides
+ * by KH*KW (torch's count_include_pad=True). Padding must be at most half the window. */
+peftc_status peftc_maxpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */,
+                                     int64_t *argmax /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                     int64_t SW, int64_t PH, int64_t PW);
+peftc_status peftc_maxpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
+                                      const int64_t *argmax /* (N,CH,OH,OW) from the forward */, int64_t N, int64_t CH,
+                                      int64_t IH, int64_t IW, int64_t OH, int64_t OW);
+peftc_status peftc_avgpool2d_forward(float *y /* (N,CH,OH,OW) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                     int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                     int64_t SW, int64_t PH, int64_t PW);
+peftc_status peftc_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH,OH,OW) */,
+                                      int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
+                                      int64_t SW, int64_t PH, int64_t PW);
+/* global average pooling: y[n, c] = mean over the (IH,IW) plane */
+peftc_status peftc_global_avgpool2d_forward(float *y /* (N,CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                            int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_global_avgpool2d_backward(float *dx /* (N,CH,IH,IW) accumulated */, const float *dy /* (N,CH) */,
+                                             int64_t N, int64_t CH, int64_t IH, int64_t IW);
+
+/* ---- ReLU (activation.c): y = max(x, 0), NaN passes through ----------------------------------------
+ * Split over the threads. */
+peftc_status peftc_relu_forward(float *y /* (P) overwritten; may be x itself */, const float *x /* (P) */, int64_t P);
+/* dx += dy where the forward input (or, equivalently, its output) is > 0 */
+peftc_status peftc_relu_backward(float *dx /* (P) accumulated */, const float *dy /* (P) */,
+                                 const float *x /* (P) forward input or output */, int64_t P);
+
+/* ==== test-time adaptation (tta.c): softmax entropy, EATA sample selection =======================
+ * The per-sample math that TENT, EATA, SAR and the open-set filter share: each minimises a weighted
+ * mean of the softmax entropy of the logits (N,C); EATA's selection gives the weights. The backward
+ * through the network is the caller's. The supervised loss on the same logits, cross-entropy, sits with
+ * the optimizers (the training step), not here.
  * Entropy per row H_n = -sum_k p_nk log p_nk of p = softmax(logits). */
 peftc_status peftc_softmax_entropy_forward(float *ent /* (N) overwritten */, float *probs /* (N,C) overwritten */,
                                            const float *logits /* (N,C) */, int64_t N, int64_t C);
@@ -407,11 +444,12 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                float *ema /* (C) read and updated */, int64_t *ema_set /* (1) read and updated */,
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
-/* ==== EVA kernels (eva.c): incremental PCA of one layer's input rows ==============================
+
+/* ==== EVA (eva.c): incremental PCA of one layer's input rows =====================================
  * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean
  * and variance per feature, then the top K right-singular vectors of [diag(S) V; X - mean(X); mean
  * correction row], taken from the eigenvectors of its smaller Gram matrix (see eva.c).
- * Extra dimension letters for this family:
+ * Extra dimension letters for this section:
  *   M  rows of this minibatch (tokens left after masking)     K  components kept
  * n_seen is the number of rows folded in before this call (0 on the first call, when components,
  * singular and the statistics are only written). The kernel needs K <= IC and, on the first call,
@@ -423,8 +461,8 @@ peftc_status peftc_ipca_update(float *components /* (K,IC) updated: rows are uni
                                float *mean /* (IC) updated */, float *var /* (IC) updated: biased variance */,
                                float *evr /* (K) overwritten: explained-variance ratio of each component */,
                                float *cosine /* (K) overwritten: cos(new row k, old row k); 0 on the first call */,
-                               float *work /* peftc_ipca_workspace_size() floats */,
-                               const float *x /* (M,IC) */, int64_t n_seen, int64_t M, int64_t IC, int64_t K);
+                               float *work /* peftc_ipca_workspace_size() floats */, const float *x /* (M,IC) */,
+                               int64_t n_seen, int64_t M, int64_t IC, int64_t K);
 
 /* peftc_ipca_update runs on the calling thread with OpenBLAS held at one thread (the LAPACK
  * eigensolver at these sizes is no faster on two), so its bits do not depend on the thread count.
@@ -440,84 +478,53 @@ typedef struct {
 } peftc_ipca_job;
 peftc_status peftc_ipca_update_many(peftc_ipca_job *jobs /* (count) */, int64_t count);
 
-/* ==== threads (parallel.c; perf-step family) ======================================================
- * The attention core, GELU, LayerNorm (a backward without dw, db), dropout and the bias rows that
- * start a linear or LoRA output split their work
- * into contiguous ranges run on as many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS); results
- * are bit-identical for any thread count. The attention workspaces hold one block per thread, so
- * peftc_attention_*_workspace_size() grows with the thread count: query it with the thread count
- * the kernel will run with. */
+/* ==== optimizers and the training loss (optim.c, fill.c, loss.c) =================================
+ * What one supervised training step needs around the layers' backward kernels: the loss whose
+ * gradient starts the backward (softmax cross-entropy, here rather than with the encoder or TTA
+ * kernels because it is the training step's loss), the zeroing of the gradient buffers the backward
+ * accumulates into, the reductions of global gradient-norm clipping, and the optimizer steps. All but
+ * the loss work on flat float32 arrays of P values. */
 
-/* ==== fused batch norm + ReLU (batchnorm.c; eata-speed family) ===================================
- * relu(batchnorm2d(x)) in one pass, with the statistics, modes and argument rules of
- * peftc_batchnorm2d_forward; y receives max(bn(x), 0), and scale, shift (both or neither) each
- * channel's float map, y = max((x - mean) scale + shift, 0). The backward masks dy to y > 0 before
- * the batch-norm backward (the ReLU backward fused), same accumulation rules; it takes either that y,
- * or (y NULL) the map, from which it rebuilds the same mask bit for bit without reading y. */
-peftc_status peftc_batchnorm2d_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
-                                            float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
-                                            float *scale /* (CH) overwritten, or NULL */,
-                                            float *shift /* (CH) overwritten, or NULL */,
-                                            float *running_mean /* (CH) updated, read, or NULL */,
-                                            float *running_var /* (CH) updated, read, or NULL */,
-                                            const float *x /* (N,CH,IH,IW) */, const float *gamma /* (CH) or NULL */,
-                                            const float *beta /* (CH) or NULL */, int training, float momentum,
-                                            float eps, int64_t N, int64_t CH, int64_t IH, int64_t IW);
-peftc_status peftc_batchnorm2d_relu_backward(float *dx /* (N,CH,IH,IW) accumulated (or overwritten), or NULL */,
-                                             float *dgamma /* (CH) accumulated, or NULL */,
-                                             float *dbeta /* (CH) accumulated, or NULL */,
-                                             const float *dy /* (N,CH,IH,IW): gradient of the ReLU output */,
-                                             const float *y /* (N,CH,IH,IW): the forward's output, or NULL */,
-                                             const float *scale /* (CH): the forward's map, when y is NULL */,
-                                             const float *shift /* (CH), likewise */,
-                                             const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
-                                             const float *rstd /* (CH) */, const float *gamma /* (CH) or NULL */,
-                                             int training, int overwrite_dx, int64_t N, int64_t CH, int64_t IH,
-                                             int64_t IW);
-/* The residual block's output relu(bn(x) + r) in the norm's pass, without writing bn(x): r = res, or,
- * with res_scale, another norm's output applied on the fly, (res - res_mean) res_scale + res_shift with
- * that norm's float map (peftc_batchnorm2d_forward with y NULL gives it). The same bits as the norm(s),
- * their sum and peftc_relu_forward one after the other; the statistics, modes and rules of
- * peftc_batchnorm2d_forward. The backward is the norms' with y as relu_y. */
-peftc_status peftc_batchnorm2d_add_relu_forward(float *y /* (N,CH,IH,IW) overwritten */,
-                                                float *mean /* (CH) overwritten */, float *rstd /* (CH) overwritten */,
-                                                float *running_mean /* (CH) updated, read, or NULL */,
-                                                float *running_var /* (CH) updated, read, or NULL */,
-                                                const float *x /* (N,CH,IH,IW) */,
-                                                const float *gamma /* (CH) or NULL */,
-                                                const float *beta /* (CH) or NULL */, int training, float momentum,
-                                                float eps, const float *res /* (N,CH,IH,IW) */,
-                                                const float *res_mean /* (CH) or NULL */,
-                                                const float *res_scale /* (CH) or NULL */,
-                                                const float *res_shift /* (CH) or NULL */, int64_t N, int64_t CH,
-                                                int64_t IH, int64_t IW);
-/* ==== fused encoder kernels (layernorm.c; perf-step family) ===================================== */
-/* out = LayerNorm(x + residual) with x overwritten by x + residual, the input of the backward
- * (peftc_layernorm_backward takes it as x): the post-LN block's residual add without a pass of its
- * own. */
-peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */,
-                                              float *mean /* (N) overwritten */, float *rstd /* (N) overwritten */,
-                                              float *x /* (N,H) read, then overwritten with x + residual */,
-                                              const float *residual /* (N,H) */, const float *w /* (H) */,
-                                              const float *b /* (H) */, float eps, int64_t N, int64_t H);
+/* ---- loss (loss.c): mean softmax cross-entropy over rows whose label is not ignore_index ------ */
+peftc_status peftc_cross_entropy_forward(float *loss /* (1) overwritten */,
+                                         int64_t *count /* (1) overwritten: rows counted */,
+                                         float *probs /* (N,C) overwritten: softmax, kept for backward */,
+                                         const float *logits /* (N,C) */, const int64_t *labels /* (N) */,
+                                         int64_t ignore_index, int64_t N, int64_t C);
+peftc_status peftc_cross_entropy_backward(float *dlogits /* (N,C) accumulated */, float dloss,
+                                          const float *probs /* (N,C) */, const int64_t *labels /* (N) */,
+                                          int64_t ignore_index, int64_t N, int64_t C);
 
-/* ==== packed-sequence attention (attention.c; eva-threads family) ================================
- * Inference-only self-attention of S sequences stored back to back as N = offsets[S] rows: sequence
- * s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those rows alone (no
- * mask, no dropout, no probabilities kept). Each sequence's output equals peftc_attention_forward on
- * it as a (1,T,H) batch, bit for bit, for any thread count; the (sequence, head) pairs are split over
- * the threads. offsets must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspace
- * is queried with T = the longest sequence. */
-int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
-peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
-                                            float *work /* peftc_attention_packed_forward_workspace_size() floats */,
-                                            const float *q /* (N,H) */, const float *k /* (N,H) */,
-                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
-                                            int64_t S, int64_t N, int64_t H, int64_t NH);
+/* ---- optimizers (optim.c): one step over a flat parameter, same math as torch.optim ---------- */
+peftc_status peftc_adamw_step(float *param /* (P) updated */, float *m /* (P) updated */, float *v /* (P) updated */,
+                              const float *grad /* (P) */, double lr, double beta1, double beta2, double eps,
+                              double weight_decay, int64_t step /* 1-based */, int64_t P);
+peftc_status peftc_sgd_step(float *param /* (P) updated */, float *buf /* (P) updated, or NULL if momentum == 0 */,
+                            const float *grad /* (P) */, float lr, float momentum, float dampening, float weight_decay,
+                            int nesterov, int64_t step /* 1-based */, int64_t P);
 
-/* ==== threads in batch norm (batchnorm.c; eata-bn family) =======================================
- * peftc_batchnorm2d_* and peftc_batchnorm2d_relu_* split their channels into contiguous ranges over
- * the BLAS thread count, each channel computed whole by one thread in one fixed order: results are
- * bit-identical for any thread count. Tensors under about 32k values per thread stay on one thread. */
+/* ---- gradient buffers: norm clipping (optim.c) and zeroing (fill.c) ------------------------------ */
+/* sum of squares of a flat array, accumulated in double (for global gradient-norm clipping) */
+peftc_status peftc_sumsq(double *out /* (1) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_t P);
+/* x = value everywhere (the explicit zeroing of accumulated gradient buffers); split over the threads */
+peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
+
+/* ==== random numbers and dropout (rng.c, dropout.c) ==============================================
+ * A counter-based generator: element i of a draw is a pure function of (seed, offset + i), so
+ * results do not depend on threads or call order, and a dropout mask can be regenerated in the
+ * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
+float peftc_rng_uniform01(uint64_t seed, uint64_t counter);
+peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float hi, uint64_t seed, uint64_t offset,
+                               int64_t P);
+peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed, uint64_t offset,
+                              int64_t P);
+
+/* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ----------
+ * Split over the threads (the mask is a function of the index alone). */
+peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float *x /* (P) */, float p, uint64_t seed,
+                                   uint64_t offset, int64_t P);
+peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
+                                    uint64_t seed, uint64_t offset, int64_t P);
 
 #endif

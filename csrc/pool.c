@@ -1,5 +1,6 @@
 /* pool.c: 2-D max pooling (with the argmax cache), average pooling and global average pooling,
- * forward and backward, NCHW. Floor mode, dilation 1. No convolution here (conv.c). */
+ * forward and backward, NCHW. Floor mode, dilation 1. No convolution here (conv.c), and no mean over
+ * a sequence's tokens (sentence_mean.c). */
 #include <math.h>
 
 #include "peftc.h"
@@ -10,17 +11,15 @@ static int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t p)
 }
 
 /* torch's rules: positive window and stride, padding at most half the window, a non-empty output. */
-static int pool_args_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH,
-                        int64_t SW, int64_t PH, int64_t PW)
+static int pool_args_ok(int64_t N, int64_t CH, int64_t IH, int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW,
+                        int64_t PH, int64_t PW)
 {
-    return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0 && KH > 0 && KW > 0 && SH > 0 && SW > 0 && PH >= 0 &&
-           PW >= 0 && 2 * PH <= KH && 2 * PW <= KW && pool_out_size(IH, KH, SH, PH) > 0 &&
-           pool_out_size(IW, KW, SW, PW) > 0;
+    return N >= 0 && CH >= 0 && IH >= 0 && IW >= 0 && KH > 0 && KW > 0 && SH > 0 && SW > 0 && PH >= 0 && PW >= 0 &&
+           2 * PH <= KH && 2 * PW <= KW && pool_out_size(IH, KH, SH, PH) > 0 && pool_out_size(IW, KW, SW, PW) > 0;
 }
 
 peftc_status peftc_maxpool2d_forward(float *y, int64_t *argmax, const float *x, int64_t N, int64_t CH, int64_t IH,
-                                     int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                                     int64_t PW)
+                                     int64_t IW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
     if (!pool_args_ok(N, CH, IH, IW, KH, KW, SH, SW, PH, PW))
         return PEFTC_ERR_SIZE;
@@ -128,8 +127,7 @@ peftc_status peftc_avgpool2d_backward(float *dx, const float *dy, int64_t N, int
 
 #define GAP_PLANES 8
 
-peftc_status peftc_global_avgpool2d_forward(float *y, const float *x, int64_t N, int64_t CH, int64_t IH,
-                                            int64_t IW)
+peftc_status peftc_global_avgpool2d_forward(float *y, const float *x, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (N < 0 || CH < 0 || IH <= 0 || IW <= 0)
         return PEFTC_ERR_SIZE;
@@ -154,8 +152,7 @@ peftc_status peftc_global_avgpool2d_forward(float *y, const float *x, int64_t N,
     return PEFTC_OK;
 }
 
-peftc_status peftc_global_avgpool2d_backward(float *dx, const float *dy, int64_t N, int64_t CH, int64_t IH,
-                                             int64_t IW)
+peftc_status peftc_global_avgpool2d_backward(float *dx, const float *dy, int64_t N, int64_t CH, int64_t IH, int64_t IW)
 {
     if (N < 0 || CH < 0 || IH <= 0 || IW <= 0)
         return PEFTC_ERR_SIZE;

@@ -23,7 +23,7 @@
 #endif
 #define NR 2
 #define NB (NR * PEFTC_VL) /* columns of a register block */
-#define KC 128       /* k's of a packed B^T panel: a KC x NB stack buffer, 16 KB with AVX-512 */
+#define KC 128             /* k's of a packed B^T panel: a KC x NB stack buffer, 16 KB with AVX-512 */
 
 /* c + x * b, rounded once on targets with FMA: ISO C does not contract a * b + c by itself, and the
  * fmaf loop compiles to one instruction. Without FMA, fmaf is a library call per lane, so there it is
@@ -32,7 +32,7 @@ static inline peftc_vf vmadd(float x, peftc_vf b, peftc_vf c)
 {
 #ifdef __FMA__
     peftc_vf r;
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int l = 0; l < PEFTC_VL; l++)
         r[l] = fmaf(x, b[l], c[l]);
     return r;
@@ -44,63 +44,63 @@ static inline peftc_vf vmadd(float x, peftc_vf b, peftc_vf c)
 /* C rows [0, mr) x columns [0, nb) (overwritten, or accumulated with accumulate) += sum over k < kc of
  * a[r * lda + k] * panel[k * NB + n]; panel (kc, NB) is B^T, zero in the columns past nb. Rows from mr
  * to MR repeat row mr - 1 so that the k loop stays one fixed register block; they are not stored. */
-__attribute__((always_inline)) static inline void block_abt(float *c, const float *a, const float *panel,
-                                                            int64_t mr, int64_t nb, int64_t kc, int64_t lda,
-                                                            int64_t ldc, int accumulate)
+__attribute__((always_inline)) static inline void block_abt(float *c, const float *a, const float *panel, int64_t mr,
+                                                            int64_t nb, int64_t kc, int64_t lda, int64_t ldc,
+                                                            int accumulate)
 {
     const int full = mr == MR && nb == NB;
     const float *ar[MR];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
         ar[r] = a + (r < mr ? r : mr - 1) * lda;
     float edge[MR][NB]; /* the block of a partial tile, through memory */
     peftc_vf s[MR][NR];
     if (accumulate && full) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < NR; v++)
                 s[r][v] = vec_load(c + r * ldc + v * PEFTC_VL);
     } else if (accumulate) {
         memset(edge, 0, sizeof edge);
         for (int64_t r = 0; r < mr; r++)
             memcpy(edge[r], c + r * ldc, (size_t)nb * sizeof(float));
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < NR; v++)
                 s[r][v] = vec_load(edge[r] + v * PEFTC_VL);
     } else {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < NR; v++)
                 s[r][v] = (peftc_vf){0.0f};
     }
     for (int64_t k = 0; k < kc; k++) {
         peftc_vf b[NR];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < NR; v++)
             b[v] = vec_load(panel + k * NB + v * PEFTC_VL);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
             const float x = ar[r][k];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < NR; v++)
                 s[r][v] = vmadd(x, b[v], s[r][v]);
         }
     }
     if (full) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < NR; v++)
                 vec_store(c + r * ldc + v * PEFTC_VL, s[r][v]);
         return;
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < NR; v++)
             vec_store(edge[r] + v * PEFTC_VL, s[r][v]);
     for (int64_t r = 0; r < mr; r++)
@@ -137,38 +137,38 @@ void peftc_small_gemm_abt(float *C, const float *A, const float *B, int64_t M, i
  * mr - 1 (computed, not stored), as in block_abt. */
 __attribute__((always_inline)) static inline void block_ab(float *c, const float *a, const float *b,
                                                            const float *const *rows, int64_t boff, int trans_a, int nv,
-                                                           int height, int64_t mr, int64_t K, int64_t lda,
-                                                           int64_t ldb, int64_t ldc, int accumulate)
+                                                           int height, int64_t mr, int64_t K, int64_t lda, int64_t ldb,
+                                                           int64_t ldc, int accumulate)
 {
     /* height: the register block's rows, MR or MR / 2 (a constant at each call); mr <= height */
     int64_t at[MR]; /* offset of op(A)[r][0] in a */
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < height; r++)
         at[r] = (r < mr ? r : mr - 1) * (trans_a ? 1 : lda);
     const int64_t kstep = trans_a ? lda : 1;
     peftc_vf s[MR][NR];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < height; r++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < NR; v++)
             s[r][v] = accumulate && r < mr && v < nv ? vec_load(c + r * ldc + v * PEFTC_VL) : (peftc_vf){0.0f};
     for (int64_t k = 0; k < K; k++) {
         const float *ak = a + k * kstep, *brow = rows ? rows[k] + boff : b + k * ldb;
         peftc_vf bk[NR];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             bk[v] = vec_load(brow + v * PEFTC_VL);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < height; r++) {
             const float x = ak[at[r]];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++)
                 s[r][v] = vmadd(x, bk[v], s[r][v]);
         }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < height; r++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             if (r < mr)
                 vec_store(c + r * ldc + v * PEFTC_VL, s[r][v]);
@@ -249,8 +249,8 @@ void peftc_small_gemm_ab(float *C, const float *A, const float *B, int trans_a, 
         gemm_ab(C, A, B, NULL, 0, accumulate, M, N, K, lda, ldb, ldc);
 }
 
-void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M,
-                              int64_t N, int64_t K, int64_t lda, int64_t ldc)
+void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M, int64_t N,
+                              int64_t K, int64_t lda, int64_t ldc)
 {
     gemm_ab(C, A, NULL, rows, 0, accumulate, M, N, K, lda, 0, ldc);
 }

@@ -25,7 +25,7 @@ void peftc_small_gemm_ab(float *C, const float *A, const float *B, int trans_a, 
 
 /* peftc_small_gemm_ab without transpose, B's row k read at rows[k] (K pointers, each to N floats): an
  * implicit patch matrix whose rows are shifted views of padded images, with no copy. */
-void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M,
-                              int64_t N, int64_t K, int64_t lda, int64_t ldc);
+void peftc_small_gemm_ab_rows(float *C, const float *A, const float *const *rows, int accumulate, int64_t M, int64_t N,
+                              int64_t K, int64_t lda, int64_t ldc);
 
 #endif

@@ -23,9 +23,8 @@ int64_t peftc_sora_forward_workspace_size(int64_t OC, int64_t R)
 }
 
 peftc_status peftc_sora_forward(float *y, float *xd, float *u, float *work, const float *x, const float *w,
-                                const float *b, const float *a, const float *bm, const float *g, float scale,
-                                float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC,
-                                int64_t R)
+                                const float *b, const float *a, const float *bm, const float *g, float scale, float p,
+                                uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R)
 {
     if (OC < 0 || R < 0)
         return PEFTC_ERR_SIZE;
@@ -40,9 +39,9 @@ int64_t peftc_sora_backward_workspace_size(int64_t N, int64_t IC, int64_t OC, in
 }
 
 peftc_status peftc_sora_backward(float *dx, float *da, float *dbm, float *dg, float *work, const float *dy,
-                                 const float *xin, const float *u, const float *w, const float *a,
-                                 const float *bm, const float *g, float scale, float p, uint64_t seed,
-                                 uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R)
+                                 const float *xin, const float *u, const float *w, const float *a, const float *bm,
+                                 const float *g, float scale, float p, uint64_t seed, uint64_t offset, int64_t N,
+                                 int64_t IC, int64_t OC, int64_t R)
 {
     if (OC < 0 || R < 0)
         return PEFTC_ERR_SIZE;
@@ -52,8 +51,8 @@ peftc_status peftc_sora_backward(float *dx, float *da, float *dbm, float *dg, fl
     if (want_dbg)
         for (int64_t k = 0; k < OC * R; k++)
             dbg[k] = 0.0f;
-    peftc_status st = peftc_lora_backward(dx, da, want_dbg ? dbg : NULL, NULL, lora_work, dy, xin, u, w, a, bg,
-                                          scale, p, seed, offset, N, IC, OC, R);
+    peftc_status st = peftc_lora_backward(dx, da, want_dbg ? dbg : NULL, NULL, lora_work, dy, xin, u, w, a, bg, scale,
+                                          p, seed, offset, N, IC, OC, R);
     if (st != PEFTC_OK || !want_dbg)
         return st;
     if (dbm)

@@ -32,8 +32,8 @@ peftc_status peftc_softmax_entropy_forward(float *ent, float *probs, const float
     return PEFTC_OK;
 }
 
-peftc_status peftc_softmax_entropy_backward(float *dlogits, const float *dent, const float *probs,
-                                            const float *logits, int64_t N, int64_t C)
+peftc_status peftc_softmax_entropy_backward(float *dlogits, const float *dent, const float *probs, const float *logits,
+                                            int64_t N, int64_t C)
 {
     if (N < 0 || C <= 0)
         return PEFTC_ERR_SIZE;

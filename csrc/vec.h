@@ -25,6 +25,9 @@ static inline peftc_vf vec_load(const float *p)
     return v;
 }
 
-static inline void vec_store(float *p, peftc_vf v) { memcpy(p, &v, sizeof v); }
+static inline void vec_store(float *p, peftc_vf v)
+{
+    memcpy(p, &v, sizeof v);
+}
 
 #endif

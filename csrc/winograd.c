@@ -18,19 +18,25 @@
  * stays in a core's L2 from the input transform through the GEMMs to the output transform */
 #define WINOGRAD_ROW_FLOATS (1 << 17)
 
-static int64_t tiles(int64_t n, int m) { return (n + m - 1) / m; }
+static int64_t tiles(int64_t n, int m)
+{
+    return (n + m - 1) / m;
+}
 /* images rounded up to whole vectors: a block's transforms and products run over bv lanes, the ones
  * past its images fed zeros and dropped, rather than through partial (copied) vector loads */
-static int64_t whole_lanes(int64_t n) { return (n + PEFTC_VL - 1) / PEFTC_VL * PEFTC_VL; }
+static int64_t whole_lanes(int64_t n)
+{
+    return (n + PEFTC_VL - 1) / PEFTC_VL * PEFTC_VL;
+}
 
 /* The output tile side m for an OH x OW output: F(4x4, 3x3) (6x6 input tiles, 36 products per 16
  * outputs) unless its partial edge tiles make it dearer than F(2x2, 3x3) (4x4 tiles, 16 per 4), which
  * also takes ties: its smaller transforms keep its results closer to the exact sum (see winograd.h). */
 static int tile_side(int64_t OH, int64_t OW)
 {
-    return 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4) < 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2)
-               ? 4
-               : 2;
+    const double products4 = 36.0 * (double)tiles(OH, 4) * (double)tiles(OW, 4);
+    const double products2 = 16.0 * (double)tiles(OH, 2) * (double)tiles(OW, 2);
+    return products4 < products2 ? 4 : 2;
 }
 
 /* floats between the end of one transform point's rows in V or M and the start of the next: a tile
@@ -215,12 +221,12 @@ static void output_tile6(float *const y[16], const float *m, int64_t ms, int64_t
  * it, element by element. Either way the same values, so the same bits. */
 #define TILE 16
 #if PEFTC_VL == TILE
-#define SWAP_ROUND(H, LO, HI)                                                                                    \
-    for (int i = 0; i < TILE; i++)                                                                               \
-        if (!(i & (H))) {                                                                                        \
-            const peftc_vf a = r[i], b = r[i + (H)];                                                             \
-            r[i] = __builtin_shufflevector(a, b, LO);                                                            \
-            r[i + (H)] = __builtin_shufflevector(a, b, HI);                                                      \
+#define SWAP_ROUND(H, LO, HI)                                                                                          \
+    for (int i = 0; i < TILE; i++)                                                                                     \
+        if (!(i & (H))) {                                                                                              \
+            const peftc_vf a = r[i], b = r[i + (H)];                                                                   \
+            r[i] = __builtin_shufflevector(a, b, LO);                                                                  \
+            r[i + (H)] = __builtin_shufflevector(a, b, HI);                                                            \
         }
 #define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
@@ -289,13 +295,12 @@ static void transpose_in(float *X, const float *x, int64_t bn, int64_t bv, int64
 
 /* back to images outermost: y[i, co, k] (overwritten, or accumulated) = X[co, k, i] + b[co] for the bn
  * images of X's bv lanes */
-static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t bv,
-                          int64_t CO, int64_t S)
+static void transpose_out(float *y, const float *X, const float *b, int accumulate, int64_t bn, int64_t bv, int64_t CO,
+                          int64_t S)
 {
     for (int64_t co = 0; co < CO; co++)
         transpose_add(y + co * S, CO * S, X + co * S * bv, bv, S, S, bn, b ? b[co] : 0.0f, accumulate);
 }
-
 
 peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const float *w, const float *b, int flip,
                                int accumulate, int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH,
@@ -328,8 +333,8 @@ peftc_status peftc_winograd3x3(float *out, float *work, const float *in, const f
                     for (int r = 0; r < a; r++)
                         for (int c = 0; c < a; c++) {
                             const int64_t ih = m * th - PH + r, iw = m * tw - PW + c;
-                            d[a * r + c] = ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bv
-                                                                                   : zero;
+                            d[a * r + c] =
+                                ih >= 0 && ih < H && iw >= 0 && iw < W ? X + (ci * HW + ih * W + iw) * bv : zero;
                         }
                     if (m == 2)
                         input_tile(V + ci * T + tw * bv, vs, d, bv);

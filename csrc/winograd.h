@@ -32,7 +32,7 @@ int64_t peftc_winograd3x3_block(int64_t N, int64_t CI, int64_t H, int64_t W, int
  * (both > 0).
  * work holds peftc_winograd3x3_workspace_size(peftc_winograd3x3_block(N, ...), ...) floats. */
 peftc_status peftc_winograd3x3(float *out /* (N,CO,OH,OW) */, float *work, const float *in /* (N,CI,H,W) */,
-                               const float *w, const float *b /* (CO) or NULL */, int flip, int accumulate,
-                               int64_t N, int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
+                               const float *w, const float *b /* (CO) or NULL */, int flip, int accumulate, int64_t N,
+                               int64_t CI, int64_t H, int64_t W, int64_t CO, int64_t PH, int64_t PW);
 
 #endif

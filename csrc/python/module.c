@@ -3,37 +3,25 @@
 #define PEFTC_IMPORT_ARRAY_HERE
 #include "args.h"
 
-extern PyMethodDef peftc_py_lora_methods[];
-extern PyMethodDef peftc_py_random_methods[];
-extern PyMethodDef peftc_py_train_methods[];
-/* CNN kernels */
-extern PyMethodDef peftc_py_cnn_methods[];
-/* transformer encoder family */
+/* one method table per section of peftc.h, in the header's order */
+extern PyMethodDef peftc_py_linear_lora_methods[];
+extern PyMethodDef peftc_py_adapters_methods[];
 extern PyMethodDef peftc_py_encoder_methods[];
-/* Bone / MiSS and Bat */
-extern PyMethodDef peftc_py_bone_methods[];
-/* SoRA and Hydra adapters */
-extern PyMethodDef peftc_py_sora_hydra_methods[];
-/* test-time adaptation kernels */
+extern PyMethodDef peftc_py_cnn_methods[];
 extern PyMethodDef peftc_py_tta_methods[];
-/* EVA kernels */
 extern PyMethodDef peftc_py_eva_methods[];
+extern PyMethodDef peftc_py_optim_methods[];
+extern PyMethodDef peftc_py_random_methods[];
 
 static PyMethodDef *const method_tables[] = {
-    peftc_py_lora_methods,
-    peftc_py_random_methods,
-    peftc_py_train_methods,
-    /* CNN kernels */
-    peftc_py_cnn_methods,
-    peftc_py_encoder_methods, /* transformer encoder family */
-    /* Bone / MiSS and Bat */
-    peftc_py_bone_methods,
-    /* SoRA and Hydra adapters */
-    peftc_py_sora_hydra_methods,
-    /* test-time adaptation kernels */
-    peftc_py_tta_methods,
-    /* EVA kernels */
-    peftc_py_eva_methods,
+    peftc_py_linear_lora_methods, /* linear layer and LoRA */
+    peftc_py_adapters_methods,    /* adapters beyond LoRA */
+    peftc_py_encoder_methods,     /* transformer encoder ops */
+    peftc_py_cnn_methods,         /* CNN ops */
+    peftc_py_tta_methods,         /* test-time adaptation */
+    peftc_py_eva_methods,         /* EVA */
+    peftc_py_optim_methods,       /* optimizers and the training loss */
+    peftc_py_random_methods,      /* random numbers and dropout */
 };
 
 static struct PyModuleDef moduledef = {

@@ -1,8 +1,8 @@
-/* py_cnn.c: Python entry points for the CNN kernels (conv2d, batch norm, pooling, ReLU). Shapes come
- * from the arrays; window sizes, strides and paddings are scalars, and the output extent they imply
- * is checked against the output array. Every wrapper is parse, validate, release the GIL, call, map. */
+/* py_cnn.c: Python entry points for the CNN ops section of peftc.h (conv2d, batch norm with its ReLU
+ * and add-ReLU fusions, 2-D pooling, ReLU). Shapes come from the arrays; window sizes, strides and
+ * paddings are scalars, and the output extent they imply is checked against the output array. Every
+ * wrapper is parse, validate, release the GIL, call, map. */
 #include "args.h"
-
 
 /* Check a window sweep (kernel KH x KW, strides, paddings) over the bound IH, IW and bind OH, OW to
  * the extent it produces. `pool` adds the pooling rule that padding is at most half the window. */
@@ -56,9 +56,9 @@ static PyObject *py_conv2d_workspace_size(PyObject *self, PyObject *args)
 
 static int check_workspace(ArgCheck *ck, int64_t SH, int64_t SW, int64_t PH, int64_t PW)
 {
-    const int64_t need = peftc_conv2d_workspace_size(arg_dim(ck, "N"), arg_dim(ck, "IC"), arg_dim(ck, "IH"),
-                                                     arg_dim(ck, "IW"), arg_dim(ck, "OC"), arg_dim(ck, "KH"),
-                                                     arg_dim(ck, "KW"), SH, SW, PH, PW);
+    const int64_t need =
+        peftc_conv2d_workspace_size(arg_dim(ck, "N"), arg_dim(ck, "IC"), arg_dim(ck, "IH"), arg_dim(ck, "IW"),
+                                    arg_dim(ck, "OC"), arg_dim(ck, "KH"), arg_dim(ck, "KW"), SH, SW, PH, PW);
     if (need < 0) {
         PyErr_Format(PyExc_ValueError, "%s: the sizes need more than 2**63 floats of scratch", ck->fn);
         return -1;
@@ -76,11 +76,12 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     ArgCheck ck;
     arg_init(&ck, "conv2d_forward");
     float *y, *work, *x, *w, *b;
-    if (arg_f32(&ck, "y", o_y, "N OC OH OW", ARG_OUT, &y) < 0 || arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
-        arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN, &x) < 0 ||
+    if (arg_f32(&ck, "y", o_y, "N OC OH OW", ARG_OUT, &y) < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN, &x) < 0 ||
         arg_f32(&ck, "weight", o_w, "OC IC KH KW", ARG_IN, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0 ||
-        bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck, SH, SW, PH, PW) < 0)
+        bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 ||
+        check_workspace(&ck, SH, SW, PH, PW) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -99,8 +100,8 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dw, *o_db, *o_work, *o_dy, *o_x, *o_w;
     long long SH, SW, PH, PW;
     int overwrite_dx = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOLLLL|p:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w,
-                          &SH, &SW, &PH, &PW, &overwrite_dx))
+    if (!PyArg_ParseTuple(args, "OOOOOOOLLLL|p:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w, &SH,
+                          &SW, &PH, &PW, &overwrite_dx))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "conv2d_backward");
@@ -117,7 +118,8 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "conv2d_backward: give dx or x so that the input size is known");
         return NULL;
     }
-    if (bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 || check_workspace(&ck, SH, SW, PH, PW) < 0)
+    if (bind_window(&ck, arg_dim(&ck, "KH"), arg_dim(&ck, "KW"), SH, SW, PH, PW, 0) < 0 ||
+        check_workspace(&ck, SH, SW, PH, PW) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -149,10 +151,9 @@ static PyObject *bn_forward_py(PyObject *args, int kind)
                               &o_rv, &o_x, &o_g, &o_b, &o_res, &o_res_mean, &o_res_scale, &o_res_shift, &training,
                               &momentum, &eps);
     else
-        ok = PyArg_ParseTuple(args, kind == BN_RELU ? "OOOOOOOOpff|OO:batchnorm2d_relu_forward"
-                                                    : "OOOOOOOOpff|OO:batchnorm2d_forward",
-                              &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps,
-                              &o_scale, &o_shift);
+        ok = PyArg_ParseTuple(
+            args, kind == BN_RELU ? "OOOOOOOOpff|OO:batchnorm2d_relu_forward" : "OOOOOOOOpff|OO:batchnorm2d_forward",
+            &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps, &o_scale, &o_shift);
     if (!ok)
         return NULL;
     ArgCheck ck;
@@ -181,8 +182,8 @@ static PyObject *bn_forward_py(PyObject *args, int kind)
         return NULL;
     }
     if ((rm == NULL) != (rv == NULL) || (scale == NULL) != (shift == NULL)) {
-        PyErr_Format(PyExc_ValueError, "%s: give both running_mean and running_var (and both scale and shift), or "
-                     "neither", fn);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: give both running_mean and running_var (and both scale and shift), or neither", fn);
         return NULL;
     }
     if (!(eps > 0.0f) || (training && rm && !(momentum >= 0.0f && momentum <= 1.0f))) {
@@ -207,8 +208,8 @@ static PyObject *bn_forward_py(PyObject *args, int kind)
         st = peftc_batchnorm2d_relu_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N,
                                             CH, IH, IW);
     else
-        st = peftc_batchnorm2d_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N, CH,
-                                       IH, IW);
+        st = peftc_batchnorm2d_forward(y, mean, rstd, scale, shift, rm, rv, x, g, b, training, momentum, eps, N, CH, IH,
+                                       IW);
     Py_END_ALLOW_THREADS
     if (st == PEFTC_ERR_NONFINITE) {
         PyErr_Format(PyExc_ValueError,
@@ -242,8 +243,8 @@ static PyObject *py_batchnorm2d_add_relu_forward(PyObject *self, PyObject *args)
  * the forward's output y after dy */
 static PyObject *bn_backward_py(PyObject *args, int relu)
 {
-    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_y = Py_None, *o_x, *o_mean, *o_rstd, *o_g, *o_scale = Py_None,
-             *o_shift = Py_None;
+    PyObject *o_dx, *o_dg, *o_db, *o_dy, *o_x, *o_mean, *o_rstd, *o_g;
+    PyObject *o_y = Py_None, *o_scale = Py_None, *o_shift = Py_None;
     int training, overwrite_dx = 0, ok;
     if (relu)
         ok = PyArg_ParseTuple(args, "OOOOOOOOOp|pOO:batchnorm2d_relu_backward", &o_dx, &o_dg, &o_db, &o_dy, &o_y, &o_x,
@@ -263,8 +264,7 @@ static PyObject *bn_backward_py(PyObject *args, int relu)
         (relu && arg_f32(&ck, "y", o_y, "N CH IH IW", ARG_IN | (o_scale != Py_None ? ARG_OPTIONAL : 0), &y) < 0) ||
         (relu && arg_f32(&ck, "scale", o_scale, "CH", ARG_IN | (o_y != Py_None ? ARG_OPTIONAL : 0), &scale) < 0) ||
         (relu && arg_f32(&ck, "shift", o_shift, "CH", ARG_IN | (o_scale == Py_None ? ARG_OPTIONAL : 0), &shift) < 0) ||
-        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
+        arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 || arg_f32(&ck, "mean", o_mean, "CH", ARG_IN, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "CH", ARG_IN, &rstd) < 0 ||
         arg_f32(&ck, "weight", o_g, "CH", ARG_OPTIONAL, &g) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
@@ -483,7 +483,8 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
 
 PyMethodDef peftc_py_cnn_methods[] = {
     {"conv2d_workspace_size", py_conv2d_workspace_size, METH_VARARGS,
-     "conv2d_workspace_size(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW) -> floats of scratch conv2d_forward/backward need"},
+     "conv2d_workspace_size(N, IC, IH, IW, OC, KH, KW, SH, SW, PH, PW) -> floats of scratch conv2d_forward/backward "
+     "need"},
     {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
      "conv2d_forward(y, work, x, weight, bias, SH, SW, PH, PW): y = conv(x, weight) + bias"},
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,

@@ -1,6 +1,7 @@
-/* py_encoder.c: Python entry points for the transformer-encoder kernels (embedding sum,
- * LayerNorm, GELU, attention core, mean pooling, L2 normalisation). Every wrapper is parse,
- * validate, release the GIL, call, map the status. */
+/* py_encoder.c: Python entry points for the transformer encoder ops section of peftc.h (embedding
+ * sum, LayerNorm, GELU, attention core and its packed-sequence forward, and sentence_mean.c's mean
+ * over tokens and L2 normalisation). Every wrapper is parse, validate, release the GIL, call, map
+ * the status. The encoder's linear layers are in py_linear_lora.c. */
 #include "args.h"
 
 #include <limits.h>
@@ -19,16 +20,17 @@ static int ids_in_range(const char *fn, const char *name, const int64_t *ids, in
 }
 
 static int embedding_args(ArgCheck *ck, PyObject *o_ids, PyObject *o_types, PyObject *o_wte, PyObject *o_wpe,
-                          PyObject *o_wtt, int64_t **ids, int64_t **types, int table_flags, float **wte,
-                          float **wpe, float **wtt)
+                          PyObject *o_wtt, int64_t **ids, int64_t **types, int table_flags, float **wte, float **wpe,
+                          float **wtt)
 {
+    const char *wte_name = table_flags ? "dword_embeddings" : "word_embeddings";
+    const char *wpe_name = table_flags ? "dposition_embeddings" : "position_embeddings";
+    const char *wtt_name = table_flags ? "dtoken_type_embeddings" : "token_type_embeddings";
     if (arg_i64(ck, "input_ids", o_ids, "B T", ARG_IN, ids) < 0 ||
         arg_i64(ck, "token_type_ids", o_types, "B T", ARG_OPTIONAL, types) < 0 ||
-        arg_f32(ck, table_flags ? "dword_embeddings" : "word_embeddings", o_wte, "V H", table_flags, wte) < 0 ||
-        arg_f32(ck, table_flags ? "dposition_embeddings" : "position_embeddings", o_wpe, "NP H", table_flags,
-                wpe) < 0 ||
-        arg_f32(ck, table_flags ? "dtoken_type_embeddings" : "token_type_embeddings", o_wtt, "NT H", table_flags,
-                wtt) < 0)
+        arg_f32(ck, wte_name, o_wte, "V H", table_flags, wte) < 0 ||
+        arg_f32(ck, wpe_name, o_wpe, "NP H", table_flags, wpe) < 0 ||
+        arg_f32(ck, wtt_name, o_wtt, "NT H", table_flags, wtt) < 0)
         return -1;
     return 0;
 }
@@ -89,8 +91,8 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
     arg_init(&ck, "embedding_backward");
     float *dwte, *dwpe, *dwtt, *dout;
     int64_t *ids, *types;
-    if (embedding_args(&ck, o_ids, o_types, o_dwte, o_dwpe, o_dwtt, &ids, &types, ARG_OUT | ARG_OPTIONAL, &dwte,
-                       &dwpe, &dwtt) < 0 ||
+    if (embedding_args(&ck, o_ids, o_types, o_dwte, o_dwpe, o_dwtt, &ids, &types, ARG_OUT | ARG_OPTIONAL, &dwte, &dwpe,
+                       &dwtt) < 0 ||
         arg_f32(&ck, "dout", o_dout, "B T H", ARG_IN, &dout) < 0 || arg_no_alias(&ck) < 0 ||
         embedding_ranges(&ck, ids, types) < 0)
         return NULL;
@@ -99,8 +101,9 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
     const int64_t T = arg_dim(&ck, "T");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_embedding_backward(dwte, dwpe, dwtt, dout, ids, types, padding_idx, arg_dim(&ck, "B"), T, arg_dim(&ck, "H"),
-                                  V >= 0 ? V : INT64_MAX, NP >= 0 ? NP : T, NT >= 0 ? NT : INT64_MAX);
+    st =
+        peftc_embedding_backward(dwte, dwpe, dwtt, dout, ids, types, padding_idx, arg_dim(&ck, "B"), T,
+                                 arg_dim(&ck, "H"), V >= 0 ? V : INT64_MAX, NP >= 0 ? NP : T, NT >= 0 ? NT : INT64_MAX);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -149,9 +152,8 @@ static PyObject *py_layernorm_residual_forward(PyObject *self, PyObject *args)
     float *out, *mean, *rstd, *x, *res, *w, *b;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_OUT, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "N", ARG_OUT, &rstd) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_OUT, &x) < 0 ||
-        arg_f32(&ck, "residual", o_res, "N H", ARG_IN, &res) < 0 ||
-        arg_f32(&ck, "weight", o_w, "H", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "H", ARG_IN, &b) < 0 ||
-        arg_no_alias(&ck) < 0)
+        arg_f32(&ck, "residual", o_res, "N H", ARG_IN, &res) < 0 || arg_f32(&ck, "weight", o_w, "H", ARG_IN, &w) < 0 ||
+        arg_f32(&ck, "bias", o_b, "H", ARG_IN, &b) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (!(eps >= 0.0f) || arg_dim(&ck, "H") == 0) {
         PyErr_SetString(PyExc_ValueError, "layernorm_residual_forward: needs eps >= 0 and at least one feature");
@@ -254,8 +256,8 @@ static PyObject *py_attention_workspace_size(PyObject *args, int backward)
     const char *fn = backward ? "attention_backward_workspace_size" : "attention_forward_workspace_size";
     long long T;
     float p;
-    if (!PyArg_ParseTuple(args, backward ? "Lf:attention_backward_workspace_size" : "Lf:attention_forward_workspace_size",
-                          &T, &p))
+    if (!PyArg_ParseTuple(
+            args, backward ? "Lf:attention_backward_workspace_size" : "Lf:attention_forward_workspace_size", &T, &p))
         return NULL;
     /* at most 2 T^2 floats: refuse a T whose square overflows int64 rather than return a wrapped size */
     if (T < 0 || (T > 0 && T > LLONG_MAX / 2 / T)) {
@@ -322,8 +324,8 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args)
     float p;
     unsigned long long seed, offset;
     long long NH;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOfKKL:attention_backward", &o_dq, &o_dk, &o_dv, &o_work, &o_dout, &o_q,
-                          &o_k, &o_v, &o_att, &p, &seed, &offset, &NH))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOfKKL:attention_backward", &o_dq, &o_dk, &o_dv, &o_work, &o_dout, &o_q, &o_k,
+                          &o_v, &o_att, &p, &seed, &offset, &NH))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "attention_backward");
@@ -448,7 +450,6 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-
 /* ---- packed-sequence attention (eva-threads family) ---- */
 
 static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyObject *args)
@@ -461,7 +462,8 @@ static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyOb
     if (T < 0 || (T > 0 && T > LLONG_MAX / 64 / T)) {
         PyErr_Format(PyExc_ValueError,
                      "attention_packed_forward_workspace_size: T must be >= 0 and T^2 times the threads must fit "
-                     "in 64 bits, got T=%lld", T);
+                     "in 64 bits, got T=%lld",
+                     T);
         return NULL;
     }
     return PyLong_FromLongLong(peftc_attention_packed_forward_workspace_size(T));
@@ -472,8 +474,7 @@ static PyObject *py_attention_packed_forward(PyObject *self, PyObject *args)
     (void)self;
     PyObject *o_out, *o_work, *o_q, *o_k, *o_v, *o_offsets;
     long long NH;
-    if (!PyArg_ParseTuple(args, "OOOOOOL:attention_packed_forward", &o_out, &o_work, &o_q, &o_k, &o_v, &o_offsets,
-                          &NH))
+    if (!PyArg_ParseTuple(args, "OOOOOOL:attention_packed_forward", &o_out, &o_work, &o_q, &o_k, &o_v, &o_offsets, &NH))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "attention_packed_forward");
@@ -517,7 +518,8 @@ PyMethodDef peftc_py_encoder_methods[] = {
      "embedding_forward(out, input_ids, token_type_ids, word, position, token_type): summed embeddings"},
     {"embedding_backward", py_embedding_backward, METH_VARARGS,
      "embedding_backward(dword, dposition, dtoken_type, dout, input_ids, token_type_ids, padding_idx): scatter-add"},
-    {"layernorm_forward", py_layernorm_forward, METH_VARARGS, "layernorm_forward(out, mean, rstd, x, weight, bias, eps)"},
+    {"layernorm_forward", py_layernorm_forward, METH_VARARGS,
+     "layernorm_forward(out, mean, rstd, x, weight, bias, eps)"},
     {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
      "layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd): accumulate"},
     {"layernorm_residual_forward", py_layernorm_residual_forward, METH_VARARGS,

@@ -1,5 +1,5 @@
-/* py_eva.c: Python entry points for EVA's incremental PCA step. Shapes come from the arrays; the
- * wrapper is parse, validate, release the GIL, call, map the status. */
+/* py_eva.c: Python entry points for EVA's incremental PCA step (eva.c), the EVA section of peftc.h.
+ * Shapes come from the arrays; the wrapper is parse, validate, release the GIL, call, map the status. */
 #include "args.h"
 
 static PyObject *py_ipca_workspace_size(PyObject *self, PyObject *args)
@@ -9,8 +9,8 @@ static PyObject *py_ipca_workspace_size(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "LLL:ipca_workspace_size", &M, &IC, &K))
         return NULL;
     if (M < 0 || IC <= 0 || K < 0) {
-        PyErr_Format(PyExc_ValueError, "ipca_workspace_size: need M >= 0, IC > 0, K >= 0, got M=%lld IC=%lld K=%lld",
-                     M, IC, K);
+        PyErr_Format(PyExc_ValueError, "ipca_workspace_size: need M >= 0, IC > 0, K >= 0, got M=%lld IC=%lld K=%lld", M,
+                     IC, K);
         return NULL;
     }
     int64_t need;
@@ -57,8 +57,9 @@ static int parse_ipca_job(ArgCheck *ck, const char *fn, PyObject *const *o, long
     }
     const int64_t need = peftc_ipca_workspace_size(M, IC, K);
     if (need < 0 || arg_dim(ck, "W") < need) {
-        PyErr_Format(PyExc_ValueError, "%s: 'work' has %lld floats, needs %lld for 'x' of shape (%lld, %lld) and K=%lld",
-                     fn, (long long)arg_dim(ck, "W"), (long long)need, (long long)M, (long long)IC, (long long)K);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: 'work' has %lld floats, needs %lld for 'x' of shape (%lld, %lld) and K=%lld", fn,
+                     (long long)arg_dim(ck, "W"), (long long)need, (long long)M, (long long)IC, (long long)K);
         return -1;
     }
     if ((uintptr_t)work % sizeof(double) != 0) {
@@ -113,7 +114,8 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
     const Py_ssize_t count = PyList_GET_SIZE(o_jobs);
     ArgCheck *checks = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(ArgCheck));
     peftc_ipca_job *jobs = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(peftc_ipca_job));
-    char (*names)[48] = PyMem_Calloc(count > 0 ? (size_t)count : 1, 48);
+    typedef char job_name[48]; /* "ipca_update_many: jobs[i]", the prefix of that job's messages */
+    job_name *names = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(job_name));
     PyObject *result = NULL;
     if (checks == NULL || jobs == NULL || names == NULL) {
         PyErr_NoMemory();
@@ -123,8 +125,10 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
         snprintf(names[i], sizeof(names[i]), "ipca_update_many: jobs[%lld]", (long long)i);
         PyObject *t = PyList_GET_ITEM(o_jobs, i);
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 9) {
-            PyErr_Format(PyExc_TypeError, "%s must be a tuple (components, singular_values, mean, var, "
-                         "explained_variance_ratio, cosine, work, x, n_seen), got %s", names[i], Py_TYPE(t)->tp_name);
+            PyErr_Format(PyExc_TypeError,
+                         "%s must be a tuple (components, singular_values, mean, var, "
+                         "explained_variance_ratio, cosine, work, x, n_seen), got %s",
+                         names[i], Py_TYPE(t)->tp_name);
             goto done;
         }
         const long long n_seen = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 8));
@@ -138,8 +142,10 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
         for (Py_ssize_t j = 0; j < i; j++) {
             const char *a, *b;
             if (arg_overlap(&checks[i], &checks[j], &a, &b) || arg_overlap(&checks[j], &checks[i], &b, &a)) {
-                PyErr_Format(PyExc_ValueError, "ipca_update_many: '%s' of jobs[%lld] and '%s' of jobs[%lld] overlap in "
-                             "memory (one of them is written)", a, (long long)i, b, (long long)j);
+                PyErr_Format(PyExc_ValueError,
+                             "ipca_update_many: '%s' of jobs[%lld] and '%s' of jobs[%lld] overlap in "
+                             "memory (one of them is written)",
+                             a, (long long)i, b, (long long)j);
                 goto done;
             }
         }

@@ -1,4 +1,5 @@
-/* py_random.c: Python entry points for the counter-based generator and dropout. */
+/* py_random.c: Python entry points for the random numbers and dropout section of peftc.h: the
+ * counter-based generator (rng.c) and dropout (dropout.c). */
 #include "args.h"
 
 static PyObject *py_rng_fill(PyObject *args, int normal)

@@ -1,5 +1,6 @@
-/* py_tta.c: wrappers of the test-time adaptation kernels (tta.c). Parse, validate, release the
- * GIL, call, map the status; no math here. */
+/* py_tta.c: wrappers of the test-time adaptation kernels (tta.c), the TTA section of peftc.h: softmax
+ * entropy and EATA's sample selection. Parse, validate, release the GIL, call, map the status; no math
+ * here. The supervised cross-entropy on the same logits is in py_optim.c. */
 #include "args.h"
 
 static PyObject *py_softmax_entropy_forward(PyObject *self, PyObject *args)
@@ -64,8 +65,9 @@ static PyObject *py_eata_select(PyObject *self, PyObject *args)
         arg_f32(&ck, "probs", o_probs, "N C", ARG_IN, &probs) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (!(momentum >= 0.0f && momentum <= 1.0f) || !(d_margin >= 0.0f) || !isfinite(e0)) {
-        PyErr_Format(PyExc_ValueError, "eata_select: needs momentum in [0, 1], d_margin >= 0 and a finite e0 "
-                                       "(got momentum=%g, d_margin=%g, e0=%g)",
+        PyErr_Format(PyExc_ValueError,
+                     "eata_select: needs momentum in [0, 1], d_margin >= 0 and a finite e0 "
+                     "(got momentum=%g, d_margin=%g, e0=%g)",
                      (double)momentum, (double)d_margin, (double)e0);
         return NULL;
     }

@@ -1,5 +1,7 @@
-/* py_train.c: Python entry points for the loss, the optimizer steps, gradient-norm helpers and the
- * threaded fill that zeroes gradient buffers. */
+/* py_optim.c: Python entry points for the optimizers and training loss section of peftc.h: softmax
+ * cross-entropy (loss.c), the optimizer steps and gradient-norm helpers (optim.c), and the threaded
+ * fill that zeroes gradient buffers (fill.c). The entropy that test-time adaptation minimises is in
+ * py_tta.c. */
 #include "args.h"
 
 static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args)
@@ -35,8 +37,7 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args)
     PyObject *o_dlogits, *o_probs, *o_labels;
     float dloss;
     long long ignore_index;
-    if (!PyArg_ParseTuple(args, "OfOOL:cross_entropy_backward", &o_dlogits, &dloss, &o_probs, &o_labels,
-                          &ignore_index))
+    if (!PyArg_ParseTuple(args, "OfOOL:cross_entropy_backward", &o_dlogits, &dloss, &o_probs, &o_labels, &ignore_index))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "cross_entropy_backward");
@@ -48,8 +49,8 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_cross_entropy_backward(dlogits, dloss, probs, labels, ignore_index, arg_dim(&ck, "N"),
-                                      arg_dim(&ck, "C"));
+    st =
+        peftc_cross_entropy_backward(dlogits, dloss, probs, labels, ignore_index, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -62,8 +63,8 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
     PyObject *o_param, *o_m, *o_v, *o_grad;
     double lr, beta1, beta2, eps, wd;
     long long step;
-    if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &o_param, &o_m, &o_v, &o_grad, &lr, &beta1, &beta2, &eps,
-                          &wd, &step))
+    if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &o_param, &o_m, &o_v, &o_grad, &lr, &beta1, &beta2, &eps, &wd,
+                          &step))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "adamw_step");
@@ -171,7 +172,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args)
     return flat_scalar_call(args, "Of:fill", "fill", peftc_fill);
 }
 
-PyMethodDef peftc_py_train_methods[] = {
+PyMethodDef peftc_py_optim_methods[] = {
     {"cross_entropy_forward", py_cross_entropy_forward, METH_VARARGS,
      "cross_entropy_forward(probs, logits, labels, ignore_index) -> (loss, count)"},
     {"cross_entropy_backward", py_cross_entropy_backward, METH_VARARGS,

@@ -1,5 +1,6 @@
-/* pooling.c: mean pooling over the unmasked tokens of each sequence, and per-row L2
- * normalisation, each with its backward (the sentence-embedding head). No BLAS. */
+/* sentence_mean.c: mean pooling over the unmasked tokens of each sequence, and per-row L2
+ * normalisation, each with its backward (the sentence-embedding head). No BLAS, and no 2-D pooling of
+ * images (pool.c). */
 #include <math.h>
 
 #include "peftc.h"
@@ -14,8 +15,7 @@ static float kept_count(const int64_t *mask, int64_t b, int64_t T)
     return (float)c;
 }
 
-peftc_status peftc_mean_pool_forward(float *out, const float *x, const int64_t *mask, int64_t B, int64_t T,
-                                     int64_t H)
+peftc_status peftc_mean_pool_forward(float *out, const float *x, const int64_t *mask, int64_t B, int64_t T, int64_t H)
 {
     if (B < 0 || T < 0 || H < 0)
         return PEFTC_ERR_SIZE;
@@ -84,8 +84,8 @@ peftc_status peftc_l2_normalize_forward(float *out, float *norm, const float *x,
 }
 
 /* y = x / ||x||: dx = (dout - y (y . dout)) / ||x||; below eps the divisor is the constant eps */
-peftc_status peftc_l2_normalize_backward(float *dx, const float *dout, const float *out, const float *norm,
-                                         float eps, int64_t N, int64_t H)
+peftc_status peftc_l2_normalize_backward(float *dx, const float *dout, const float *out, const float *norm, float eps,
+                                         int64_t N, int64_t H)
 {
     if (N < 0 || H < 0)
         return PEFTC_ERR_SIZE;

@@ -1,5 +1,7 @@
-/* py_lora.c: Python entry points for the frozen linear layer and the LoRA layer. Shapes come from
- * the arrays; every wrapper is parse, validate, release the GIL, call, map the status. */
+/* py_linear_lora.c: Python entry points for the linear layer and LoRA section of peftc.h: the frozen
+ * or trainable linear layer (linear.c) and the LoRA layer (lora.c). Shapes come from the arrays; every
+ * wrapper is parse, validate, release the GIL, call, map the status. The other adapters are in
+ * py_adapters.c. */
 #include "args.h"
 
 static PyObject *py_linear_forward(PyObject *self, PyObject *args)
@@ -12,8 +14,8 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args)
     arg_init(&ck, "linear_forward");
     float *y, *x, *w, *b;
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_no_alias(&ck) < 0)
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
+        arg_no_alias(&ck) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -59,8 +61,8 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     PyObject *o_y, *o_xd, *o_u, *o_x, *o_w, *o_b, *o_a, *o_bm, *o_bb;
     float scale, p;
     unsigned long long seed, offset;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOffKK:lora_forward", &o_y, &o_xd, &o_u, &o_x, &o_w, &o_b, &o_a, &o_bm,
-                          &o_bb, &scale, &p, &seed, &offset))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOffKK:lora_forward", &o_y, &o_xd, &o_u, &o_x, &o_w, &o_b, &o_a, &o_bm, &o_bb,
+                          &scale, &p, &seed, &offset))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "lora_forward");
@@ -70,10 +72,8 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 ||
         arg_f32(&ck, "xd", o_xd, "N IC", ARG_OUT | (p > 0.0f ? 0 : ARG_OPTIONAL), &xd) < 0 ||
         arg_f32(&ck, "u", o_u, "N R", ARG_OUT, &u) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
-        arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
+        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 || arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
         arg_f32(&ck, "lora_bias", o_bb, "OC", ARG_OPTIONAL, &bb) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (p == 0.0f && xd) {
@@ -82,8 +82,8 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     }
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_lora_forward(y, xd, u, x, w, b, a, bm, bb, scale, p, seed, offset, arg_dim(&ck, "N"),
-                            arg_dim(&ck, "IC"), arg_dim(&ck, "OC"), arg_dim(&ck, "R"));
+    st = peftc_lora_forward(y, xd, u, x, w, b, a, bm, bb, scale, p, seed, offset, arg_dim(&ck, "N"), arg_dim(&ck, "IC"),
+                            arg_dim(&ck, "OC"), arg_dim(&ck, "R"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -98,8 +98,8 @@ static PyObject *py_lora_backward_workspace_size(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "LLLf:lora_backward_workspace_size", &N, &IC, &R, &p))
         return NULL;
     if (N < 0 || IC < 0 || R < 0) {
-        PyErr_Format(PyExc_ValueError, "lora_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld R=%lld",
-                     N, IC, R);
+        PyErr_Format(PyExc_ValueError, "lora_backward_workspace_size: sizes must be >= 0, got N=%lld IC=%lld R=%lld", N,
+                     IC, R);
         return NULL;
     }
     /* N * (R + IC) floats at most: refuse sizes whose product overflows int64 rather than wrap */
@@ -117,8 +117,8 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_da, *o_dbm, *o_dbb, *o_work, *o_dy, *o_xin, *o_u, *o_w, *o_a, *o_bm;
     float scale, p;
     unsigned long long seed, offset;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOffKK:lora_backward", &o_dx, &o_da, &o_dbm, &o_dbb, &o_work, &o_dy,
-                          &o_xin, &o_u, &o_w, &o_a, &o_bm, &scale, &p, &seed, &offset))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOffKK:lora_backward", &o_dx, &o_da, &o_dbm, &o_dbb, &o_work, &o_dy, &o_xin,
+                          &o_u, &o_w, &o_a, &o_bm, &scale, &p, &seed, &offset))
         return NULL;
     ArgCheck ck;
     arg_init(&ck, "lora_backward");
@@ -131,8 +131,7 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "dlora_bias", o_dbb, "OC", ARG_OUT | ARG_OPTIONAL, &dbb) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "xin", o_xin, "N IC", ARG_IN, &xin) < 0 || arg_f32(&ck, "u", o_u, "N R", ARG_IN, &u) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
         arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
@@ -159,8 +158,7 @@ static PyObject *py_lora_merge(PyObject *self, PyObject *args)
     float *w, *b, *a, *bm, *bb;
     if (arg_f32(&ck, "weight", o_w, "OC IC", ARG_OUT, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OUT | ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
-        arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
+        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 || arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
         arg_f32(&ck, "lora_bias", o_bb, "OC", ARG_OPTIONAL, &bb) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (bb && !b) {
@@ -181,7 +179,7 @@ static PyObject *py_lora_merge(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyMethodDef peftc_py_lora_methods[] = {
+PyMethodDef peftc_py_linear_lora_methods[] = {
     {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(y, x, weight, bias): y = x weight^T + bias"},
     {"linear_backward", py_linear_backward, METH_VARARGS,
      "linear_backward(dx, dweight, dbias, dy, x, weight): accumulate gradients (None = not wanted)"},
