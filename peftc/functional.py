@@ -3,7 +3,9 @@
 Conventions (the same for every function here and in :mod:`peftc.reference`):
 
 * arrays are float32 and C-contiguous (labels: int64); nothing is converted or copied silently;
-  anything else raises ``TypeError``/``ValueError`` naming the argument and its shape;
+  anything else raises ``TypeError``/``ValueError`` naming the argument and its shape. The kernels
+  in ``peftc._C`` take any buffer-protocol object of that format in place of an ndarray
+  (``memoryview``, ``array.array``, :class:`Buffer`), with the same checks and no copy;
 * forward functions return their outputs and take an optional ``out=`` (and cache buffers) to
   write into; the caller's arrays are then returned, not copies;
 * backward functions **accumulate** into the gradient buffers passed to them (``None`` means the
@@ -16,6 +18,10 @@ import numpy as np
 from . import _C
 
 IGNORE_INDEX = -100
+
+# Zero-filled, 64-byte aligned float32 / int64 storage the C side owns (see its docstring), e.g. a
+# workspace kept between kernel calls: ``np.asarray(buf)`` and the kernels use it in place.
+Buffer = _C.Buffer
 
 
 def _empty(shape: tuple[int, ...], out: np.ndarray | None) -> np.ndarray:

@@ -43,5 +43,9 @@ PyMODINIT_FUNC PyInit__C(void)
             return NULL;
         }
     }
+    if (peftc_py_add_buffer_type(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

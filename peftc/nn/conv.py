@@ -14,7 +14,8 @@ class Conv2d(Module):
     ``Conv2d(in_channels, out_channels, kernel_size)`` initialises as torch does (weight and bias
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels * KH * KW);
     ``Conv2d.from_weights(w, b, stride, padding)`` wraps existing arrays without copying them.
-    The im2col scratch is kept between calls and reused while the geometry does not change.
+    The im2col scratch is kept between calls in a C-owned :class:`peftc.functional.Buffer` and reused
+    while it is large enough.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -44,9 +45,8 @@ class Conv2d(Module):
         self.stride = F._pair(stride, "stride")
         self.padding = F._pair(padding, "padding")
         self._x: np.ndarray | None = None
-        self._work = np.empty(0, dtype=np.float32)
-        self._work_for: tuple | None = None  # (input shape, weight shape) the view below was sized for
-        self._work_view = self._work
+        self._work = F.Buffer(0)  # the scratch, at least as large as the geometry below needs
+        self._work_for: tuple | None = None  # (input shape, weight shape) of the last call
 
     @property
     def in_channels(self) -> int:
@@ -60,16 +60,17 @@ class Conv2d(Module):
     def kernel_size(self) -> tuple[int, int]:
         return self.weight.shape[2], self.weight.shape[3]
 
-    def _workspace(self, x_shape: tuple[int, ...]) -> np.ndarray:
+    def _workspace(self, x_shape: tuple[int, ...]) -> F.Buffer:
         if self._work_for == (x_shape, self.weight.shape):
-            return self._work_view
+            return self._work
         if len(x_shape) != 4:
             raise ValueError(f"Conv2d input must be (N, C, H, W), got shape {tuple(x_shape)}")
         need = F.conv2d_workspace_size(x_shape, self.weight.shape, self.stride, self.padding)
-        if self._work.size < need:
-            self._work = np.empty(need, dtype=np.float32)
-        self._work_for, self._work_view = (tuple(x_shape), self.weight.shape), self._work[:need]
-        return self._work_view
+        if self._work.shape[0] < need:
+            # a new Buffer rather than resize(): a call still running in another thread keeps the old one
+            self._work = F.Buffer(need)
+        self._work_for = (tuple(x_shape), self.weight.shape)
+        return self._work
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         y = F.conv2d_forward(x, self.weight.data, self.bias.data if self.bias is not None else None, self.stride,
