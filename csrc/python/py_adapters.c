@@ -27,8 +27,7 @@ static PyObject *py_sora_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOffKK:sora_forward", &o_y, &o_xd, &o_u, &o_work, &o_x, &o_w, &o_b, &o_a,
                           &o_bm, &o_g, &scale, &p, &seed, &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "sora_forward");
+    ARG_CHECK(ck, "sora_forward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *y, *xd, *u, *work, *x, *w, *b, *a, *bm, *g;
@@ -81,8 +80,7 @@ static PyObject *py_sora_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOffKK:sora_backward", &o_dx, &o_da, &o_dbm, &o_dg, &o_work, &o_dy, &o_xin,
                           &o_u, &o_w, &o_a, &o_bm, &o_g, &scale, &p, &seed, &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "sora_backward");
+    ARG_CHECK(ck, "sora_backward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *dx, *da, *dbm, *dg, *work, *dy, *xin, *u, *w, *a, *bm, *g;
@@ -116,8 +114,7 @@ static PyObject *py_sora_gate_threshold(PyObject *self, PyObject *args)
     int compat;
     if (!PyArg_ParseTuple(args, "Ofp:sora_gate_threshold", &o_g, &tau, &compat))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "sora_gate_threshold");
+    ARG_CHECK(ck, "sora_gate_threshold");
     if (!(tau >= 0.0f) || isinf(tau)) {
         PyErr_Format(PyExc_ValueError, "sora_gate_threshold: 'tau' must be finite and >= 0, got %g", (double)tau);
         return NULL;
@@ -142,8 +139,7 @@ static PyObject *py_hydra_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOff:hydra_forward", &o_y, &o_y0, &o_pp, &o_q, &o_x, &o_w, &o_b, &o_ap, &o_bp,
                           &o_as, &o_bs, &sp, &ss))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "hydra_forward");
+    ARG_CHECK(ck, "hydra_forward");
     float *y, *y0, *pp, *q, *x, *w, *b, *ap, *bp, *as, *bs;
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "y0", o_y0, "N OC", ARG_OUT, &y0) < 0 ||
         arg_f32(&ck, "p", o_pp, "N RP", ARG_OUT, &pp) < 0 || arg_f32(&ck, "q", o_q, "N RS", ARG_OUT, &q) < 0 ||
@@ -188,8 +184,7 @@ static PyObject *py_hydra_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOff:hydra_backward", &o_dx, &o_dap, &o_dbp, &o_das, &o_dbs, &o_work,
                           &o_dy, &o_x, &o_y0, &o_pp, &o_q, &o_w, &o_ap, &o_bp, &o_as, &o_bs, &sp, &ss))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "hydra_backward");
+    ARG_CHECK(ck, "hydra_backward");
     float *dx, *dap, *dbp, *das, *dbs, *work, *dy, *x, *y0, *pp, *q, *w, *ap, *bp, *as, *bs;
     if (arg_f32(&ck, "dx", o_dx, "N IC", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dpar_A", o_dap, "RP IC", ARG_OUT | ARG_OPTIONAL, &dap) < 0 ||
@@ -239,8 +234,7 @@ static PyObject *py_hydra_merge(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOfff:hydra_merge", &o_w, &o_b, &o_work, &o_ap, &o_bp, &o_as, &o_bs, &sp, &ss,
                           &sign))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "hydra_merge");
+    ARG_CHECK(ck, "hydra_merge");
     if (sign != 1.0f && sign != -1.0f) {
         PyErr_SetString(PyExc_ValueError, "hydra_merge: 'sign' must be 1 or -1");
         return NULL;
@@ -311,8 +305,7 @@ static PyObject *py_bone_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOfKK:bone_forward", &o_y, &o_s, &o_xd, &o_x, &o_w, &o_b, &o_d, &p, &seed,
                           &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bone_forward");
+    ARG_CHECK(ck, "bone_forward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *y, *s, *xd, *x, *w, *b, *d;
@@ -360,8 +353,7 @@ static PyObject *py_bone_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOfKK:bone_backward", &o_dx, &o_dd, &o_work, &o_dy, &o_s, &o_w, &o_d, &p, &seed,
                           &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bone_backward");
+    ARG_CHECK(ck, "bone_backward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *dx, *dd, *work, *dy, *s, *w, *d;
@@ -391,8 +383,7 @@ static PyObject *py_bone_merge(PyObject *self, PyObject *args)
     float sign;
     if (!PyArg_ParseTuple(args, "OOf:bone_merge", &o_w, &o_d, &sign))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bone_merge");
+    ARG_CHECK(ck, "bone_merge");
     float *w, *d;
     if (arg_f32(&ck, "weight", o_w, "OC IC", ARG_OUT, &w) < 0 ||
         arg_f32(&ck, "miss_block", o_d, "R MR", ARG_IN, &d) < 0 || arg_no_alias(&ck) < 0 || bone_check_sizes(&ck) < 0)
@@ -416,8 +407,7 @@ static PyObject *py_bat_forward(PyObject *self, PyObject *args)
     PyObject *o_y, *o_weff, *o_x, *o_w, *o_b, *o_t;
     if (!PyArg_ParseTuple(args, "OOOOOO:bat_forward", &o_y, &o_weff, &o_x, &o_w, &o_b, &o_t))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bat_forward");
+    ARG_CHECK(ck, "bat_forward");
     float *y, *weff, *x, *w, *b, *t;
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "weff", o_weff, "OC IC", ARG_OUT, &weff) < 0 ||
         arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
@@ -440,8 +430,7 @@ static PyObject *py_bat_weight(PyObject *self, PyObject *args)
     PyObject *o_weff, *o_w, *o_t;
     if (!PyArg_ParseTuple(args, "OOO:bat_weight", &o_weff, &o_w, &o_t))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bat_weight");
+    ARG_CHECK(ck, "bat_weight");
     float *weff, *w, *t;
     if (arg_f32(&ck, "weff", o_weff, "OC IC", ARG_OUT, &weff) < 0 ||
         arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
@@ -462,8 +451,7 @@ static PyObject *py_bat_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dt, *o_work, *o_dy, *o_x, *o_w, *o_t;
     if (!PyArg_ParseTuple(args, "OOOOOOO:bat_backward", &o_dx, &o_dt, &o_work, &o_dy, &o_x, &o_w, &o_t))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bat_backward");
+    ARG_CHECK(ck, "bat_backward");
     float *dx, *dt, *work, *dy, *x, *w, *t;
     if (arg_f32(&ck, "dx", o_dx, "N IC", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dmiss_block", o_dt, "NB R R", ARG_OUT | ARG_OPTIONAL, &dt) < 0 ||
@@ -489,8 +477,7 @@ static PyObject *py_bat_merge(PyObject *self, PyObject *args)
     PyObject *o_w, *o_work, *o_t, *o_tinv;
     if (!PyArg_ParseTuple(args, "OOOO:bat_merge", &o_w, &o_work, &o_t, &o_tinv))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "bat_merge");
+    ARG_CHECK(ck, "bat_merge");
     float *w, *work, *t, *tinv;
     if (arg_f32(&ck, "weight", o_w, "OC IC", ARG_OUT, &w) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||

@@ -73,8 +73,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     long long SH, SW, PH, PW;
     if (!PyArg_ParseTuple(args, "OOOOOLLLL:conv2d_forward", &o_y, &o_work, &o_x, &o_w, &o_b, &SH, &SW, &PH, &PW))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "conv2d_forward");
+    ARG_CHECK(ck, "conv2d_forward");
     float *y, *work, *x, *w, *b;
     if (arg_f32(&ck, "y", o_y, "N OC OH OW", ARG_OUT, &y) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "x", o_x, "N IC IH IW", ARG_IN, &x) < 0 ||
@@ -103,8 +102,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOLLLL|p:conv2d_backward", &o_dx, &o_dw, &o_db, &o_work, &o_dy, &o_x, &o_w, &SH,
                           &SW, &PH, &PW, &overwrite_dx))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "conv2d_backward");
+    ARG_CHECK(ck, "conv2d_backward");
     float *dx, *dw, *db, *work, *dy, *x, *w;
     if (arg_f32(&ck, "dx", o_dx, "N IC IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dweight", o_dw, "OC IC KH KW", ARG_OUT | ARG_OPTIONAL, &dw) < 0 ||
@@ -156,8 +154,7 @@ static PyObject *bn_forward_py(PyObject *args, int kind)
             &o_y, &o_mean, &o_rstd, &o_rm, &o_rv, &o_x, &o_g, &o_b, &training, &momentum, &eps, &o_scale, &o_shift);
     if (!ok)
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, fn);
+    ARG_CHECK(ck, fn);
     /* running buffers are written in training mode and only read in eval mode */
     const int running_flags = (training ? ARG_OUT : ARG_IN) | (training ? ARG_OPTIONAL : 0);
     float *y, *mean, *rstd, *rm, *rv, *x, *g, *b, *scale, *shift, *res, *res_mean, *res_scale, *res_shift;
@@ -254,8 +251,7 @@ static PyObject *bn_backward_py(PyObject *args, int relu)
                               &o_rstd, &o_g, &training, &overwrite_dx);
     if (!ok)
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, relu ? "batchnorm2d_relu_backward" : "batchnorm2d_backward");
+    ARG_CHECK(ck, relu ? "batchnorm2d_relu_backward" : "batchnorm2d_backward");
     float *dx, *dg, *db, *dy, *y = NULL, *x, *mean, *rstd, *g, *scale = NULL, *shift = NULL;
     if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dweight", o_dg, "CH", ARG_OUT | ARG_OPTIONAL, &dg) < 0 ||
@@ -303,8 +299,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
     long long KH, KW, SH, SW, PH, PW;
     if (!PyArg_ParseTuple(args, "OOOLLLLLL:maxpool2d_forward", &o_y, &o_am, &o_x, &KH, &KW, &SH, &SW, &PH, &PW))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "maxpool2d_forward");
+    ARG_CHECK(ck, "maxpool2d_forward");
     float *y, *x;
     int64_t *am;
     if (arg_f32(&ck, "y", o_y, "N CH OH OW", ARG_OUT, &y) < 0 ||
@@ -328,8 +323,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dy, *o_am;
     if (!PyArg_ParseTuple(args, "OOO:maxpool2d_backward", &o_dx, &o_dy, &o_am))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "maxpool2d_backward");
+    ARG_CHECK(ck, "maxpool2d_backward");
     float *dx, *dy;
     int64_t *am;
     if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT, &dx) < 0 ||
@@ -357,8 +351,7 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
     long long KH, KW, SH, SW, PH, PW;
     if (!PyArg_ParseTuple(args, "OOLLLLLL:avgpool2d_forward", &o_y, &o_x, &KH, &KW, &SH, &SW, &PH, &PW))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "avgpool2d_forward");
+    ARG_CHECK(ck, "avgpool2d_forward");
     float *y, *x;
     if (arg_f32(&ck, "y", o_y, "N CH OH OW", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "N CH IH IW", ARG_IN, &x) < 0 ||
         arg_no_alias(&ck) < 0 || bind_window(&ck, KH, KW, SH, SW, PH, PW, 1) < 0)
@@ -380,8 +373,7 @@ static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args)
     long long KH, KW, SH, SW, PH, PW;
     if (!PyArg_ParseTuple(args, "OOLLLLLL:avgpool2d_backward", &o_dx, &o_dy, &KH, &KW, &SH, &SW, &PH, &PW))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "avgpool2d_backward");
+    ARG_CHECK(ck, "avgpool2d_backward");
     float *dx, *dy;
     if (arg_f32(&ck, "dx", o_dx, "N CH IH IW", ARG_OUT, &dx) < 0 ||
         arg_f32(&ck, "dy", o_dy, "N CH OH OW", ARG_IN, &dy) < 0 || arg_no_alias(&ck) < 0 ||
@@ -404,8 +396,7 @@ static PyObject *py_global_avgpool2d(PyObject *args, int backward)
     if (!PyArg_ParseTuple(args, backward ? "OO:global_avgpool2d_backward" : "OO:global_avgpool2d_forward", &o_out,
                           &o_in))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, fn);
+    ARG_CHECK(ck, fn);
     float *out, *in;
     if (arg_f32(&ck, backward ? "dx" : "y", o_out, backward ? "N CH IH IW" : "N CH", ARG_OUT, &out) < 0 ||
         arg_f32(&ck, backward ? "dy" : "x", o_in, backward ? "N CH" : "N CH IH IW", ARG_IN, &in) < 0 ||
@@ -445,8 +436,7 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *args)
     PyObject *o_y, *o_x;
     if (!PyArg_ParseTuple(args, "OO:relu_forward", &o_y, &o_x))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "relu_forward");
+    ARG_CHECK(ck, "relu_forward");
     float *y, *x;
     if (arg_f32(&ck, "y", o_y, "*", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
         arg_no_alias(&ck) < 0)
@@ -466,8 +456,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dy, *o_x;
     if (!PyArg_ParseTuple(args, "OOO:relu_backward", &o_dx, &o_dy, &o_x))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "relu_backward");
+    ARG_CHECK(ck, "relu_backward");
     float *dx, *dy, *x;
     if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dy", o_dy, "*", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)

@@ -61,8 +61,7 @@ static PyObject *py_embedding_forward(PyObject *self, PyObject *args)
     PyObject *o_out, *o_ids, *o_types, *o_wte, *o_wpe, *o_wtt;
     if (!PyArg_ParseTuple(args, "OOOOOO:embedding_forward", &o_out, &o_ids, &o_types, &o_wte, &o_wpe, &o_wtt))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "embedding_forward");
+    ARG_CHECK(ck, "embedding_forward");
     float *out, *wte, *wpe, *wtt;
     int64_t *ids, *types;
     if (arg_f32(&ck, "out", o_out, "B T H", ARG_OUT, &out) < 0 ||
@@ -87,8 +86,7 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOL:embedding_backward", &o_dwte, &o_dwpe, &o_dwtt, &o_dout, &o_ids, &o_types,
                           &padding_idx))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "embedding_backward");
+    ARG_CHECK(ck, "embedding_backward");
     float *dwte, *dwpe, *dwtt, *dout;
     int64_t *ids, *types;
     if (embedding_args(&ck, o_ids, o_types, o_dwte, o_dwpe, o_dwtt, &ids, &types, ARG_OUT | ARG_OPTIONAL, &dwte, &dwpe,
@@ -117,8 +115,7 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args)
     float eps;
     if (!PyArg_ParseTuple(args, "OOOOOOf:layernorm_forward", &o_out, &o_mean, &o_rstd, &o_x, &o_w, &o_b, &eps))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "layernorm_forward");
+    ARG_CHECK(ck, "layernorm_forward");
     float *out, *mean, *rstd, *x, *w, *b;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_OUT, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "N", ARG_OUT, &rstd) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_IN, &x) < 0 ||
@@ -147,8 +144,7 @@ static PyObject *py_layernorm_residual_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOf:layernorm_residual_forward", &o_out, &o_mean, &o_rstd, &o_x, &o_res, &o_w,
                           &o_b, &eps))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "layernorm_residual_forward");
+    ARG_CHECK(ck, "layernorm_residual_forward");
     float *out, *mean, *rstd, *x, *res, *w, *b;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "mean", o_mean, "N", ARG_OUT, &mean) < 0 ||
         arg_f32(&ck, "rstd", o_rstd, "N", ARG_OUT, &rstd) < 0 || arg_f32(&ck, "x", o_x, "N H", ARG_OUT, &x) < 0 ||
@@ -175,8 +171,7 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOO:layernorm_backward", &o_dx, &o_dw, &o_db, &o_dout, &o_x, &o_w, &o_mean,
                           &o_rstd))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "layernorm_backward");
+    ARG_CHECK(ck, "layernorm_backward");
     float *dx, *dw, *db, *dout, *x, *w, *mean, *rstd;
     if (arg_f32(&ck, "dx", o_dx, "N H", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dweight", o_dw, "H", ARG_OUT | ARG_OPTIONAL, &dw) < 0 ||
@@ -204,8 +199,7 @@ static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
     PyObject *o_out, *o_x;
     if (!PyArg_ParseTuple(args, "OO:gelu_forward", &o_out, &o_x))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "gelu_forward");
+    ARG_CHECK(ck, "gelu_forward");
     float *out, *x;
     if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
         arg_no_alias(&ck) < 0)
@@ -225,8 +219,7 @@ static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dout, *o_x;
     if (!PyArg_ParseTuple(args, "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "gelu_backward");
+    ARG_CHECK(ck, "gelu_backward");
     float *dx, *dout, *x;
     if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "*", ARG_IN, &dout) < 0 ||
         arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
@@ -291,8 +284,7 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOpfKKL:attention_forward", &o_out, &o_att, &o_work, &o_q, &o_k, &o_v, &o_mask,
                           &causal, &p, &seed, &offset, &NH))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "attention_forward");
+    ARG_CHECK(ck, "attention_forward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *out, *att, *work, *q, *k, *v;
@@ -327,8 +319,7 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOfKKL:attention_backward", &o_dq, &o_dk, &o_dv, &o_work, &o_dout, &o_q, &o_k,
                           &o_v, &o_att, &p, &seed, &offset, &NH))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "attention_backward");
+    ARG_CHECK(ck, "attention_backward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *dq, *dk, *dv, *work, *dout, *q, *k, *v, *att;
@@ -359,8 +350,7 @@ static PyObject *py_mean_pool_forward(PyObject *self, PyObject *args)
     PyObject *o_out, *o_x, *o_mask;
     if (!PyArg_ParseTuple(args, "OOO:mean_pool_forward", &o_out, &o_x, &o_mask))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "mean_pool_forward");
+    ARG_CHECK(ck, "mean_pool_forward");
     float *out, *x;
     int64_t *mask;
     if (arg_f32(&ck, "out", o_out, "B H", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "B T H", ARG_IN, &x) < 0 ||
@@ -381,8 +371,7 @@ static PyObject *py_mean_pool_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dout, *o_mask;
     if (!PyArg_ParseTuple(args, "OOO:mean_pool_backward", &o_dx, &o_dout, &o_mask))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "mean_pool_backward");
+    ARG_CHECK(ck, "mean_pool_backward");
     float *dx, *dout;
     int64_t *mask;
     if (arg_f32(&ck, "dx", o_dx, "B T H", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "B H", ARG_IN, &dout) < 0 ||
@@ -404,8 +393,7 @@ static PyObject *py_l2_normalize_forward(PyObject *self, PyObject *args)
     float eps;
     if (!PyArg_ParseTuple(args, "OOOf:l2_normalize_forward", &o_out, &o_norm, &o_x, &eps))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "l2_normalize_forward");
+    ARG_CHECK(ck, "l2_normalize_forward");
     float *out, *norm, *x;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_f32(&ck, "norm", o_norm, "N", ARG_OUT, &norm) < 0 ||
         arg_f32(&ck, "x", o_x, "N H", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
@@ -430,8 +418,7 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
     float eps;
     if (!PyArg_ParseTuple(args, "OOOOf:l2_normalize_backward", &o_dx, &o_dout, &o_out, &o_norm, &eps))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "l2_normalize_backward");
+    ARG_CHECK(ck, "l2_normalize_backward");
     float *dx, *dout, *out, *norm;
     if (arg_f32(&ck, "dx", o_dx, "N H", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "N H", ARG_IN, &dout) < 0 ||
         arg_f32(&ck, "out", o_out, "N H", ARG_IN, &out) < 0 || arg_f32(&ck, "norm", o_norm, "N", ARG_IN, &norm) < 0 ||
@@ -476,8 +463,7 @@ static PyObject *py_attention_packed_forward(PyObject *self, PyObject *args)
     long long NH;
     if (!PyArg_ParseTuple(args, "OOOOOOL:attention_packed_forward", &o_out, &o_work, &o_q, &o_k, &o_v, &o_offsets, &NH))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "attention_packed_forward");
+    ARG_CHECK(ck, "attention_packed_forward");
     float *out, *work, *q, *k, *v;
     int64_t *offsets;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_bind(&ck, "NH", NH, "num_heads") < 0 ||

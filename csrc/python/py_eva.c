@@ -89,7 +89,7 @@ static PyObject *py_ipca_update(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOL:ipca_update", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
                           &n_seen))
         return NULL;
-    ArgCheck ck;
+    ARG_CHECK(ck, NULL);
     peftc_ipca_job job;
     if (parse_ipca_job(&ck, "ipca_update", o, n_seen, &job) < 0)
         return NULL;
@@ -176,6 +176,8 @@ static PyObject *py_ipca_update_many(PyObject *self, PyObject *args)
         PyList_SET_ITEM(result, i, item);
     }
 done:
+    for (Py_ssize_t i = 0; checks && i < count; i++)
+        arg_release(&checks[i]);
     PyMem_Free(checks);
     PyMem_Free(jobs);
     PyMem_Free(names);

@@ -10,8 +10,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args)
     PyObject *o_y, *o_x, *o_w, *o_b;
     if (!PyArg_ParseTuple(args, "OOOO:linear_forward", &o_y, &o_x, &o_w, &o_b))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "linear_forward");
+    ARG_CHECK(ck, "linear_forward");
     float *y, *x, *w, *b;
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
         arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
@@ -32,8 +31,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     PyObject *o_dx, *o_dw, *o_db, *o_dy, *o_x, *o_w;
     if (!PyArg_ParseTuple(args, "OOOOOO:linear_backward", &o_dx, &o_dw, &o_db, &o_dy, &o_x, &o_w))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "linear_backward");
+    ARG_CHECK(ck, "linear_backward");
     float *dx, *dw, *db, *dy, *x, *w;
     if (arg_f32(&ck, "dx", o_dx, "N IC", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "dweight", o_dw, "OC IC", ARG_OUT | ARG_OPTIONAL, &dw) < 0 ||
@@ -64,8 +62,7 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOffKK:lora_forward", &o_y, &o_xd, &o_u, &o_x, &o_w, &o_b, &o_a, &o_bm, &o_bb,
                           &scale, &p, &seed, &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "lora_forward");
+    ARG_CHECK(ck, "lora_forward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *y, *xd, *u, *x, *w, *b, *a, *bm, *bb;
@@ -120,8 +117,7 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOffKK:lora_backward", &o_dx, &o_da, &o_dbm, &o_dbb, &o_work, &o_dy, &o_xin,
                           &o_u, &o_w, &o_a, &o_bm, &scale, &p, &seed, &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "lora_backward");
+    ARG_CHECK(ck, "lora_backward");
     if (arg_probability(ck.fn, "dropout", p) < 0)
         return NULL;
     float *dx, *da, *dbm, *dbb, *work, *dy, *xin, *u, *w, *a, *bm;
@@ -153,8 +149,7 @@ static PyObject *py_lora_merge(PyObject *self, PyObject *args)
     float scale, sign;
     if (!PyArg_ParseTuple(args, "OOOOOff:lora_merge", &o_w, &o_b, &o_a, &o_bm, &o_bb, &scale, &sign))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "lora_merge");
+    ARG_CHECK(ck, "lora_merge");
     float *w, *b, *a, *bm, *bb;
     if (arg_f32(&ck, "weight", o_w, "OC IC", ARG_OUT, &w) < 0 ||
         arg_f32(&ck, "bias", o_b, "OC", ARG_OUT | ARG_OPTIONAL, &b) < 0 ||

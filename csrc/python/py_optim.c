@@ -11,8 +11,7 @@ static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args)
     long long ignore_index;
     if (!PyArg_ParseTuple(args, "OOOL:cross_entropy_forward", &o_probs, &o_logits, &o_labels, &ignore_index))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "cross_entropy_forward");
+    ARG_CHECK(ck, "cross_entropy_forward");
     float *probs, *logits;
     int64_t *labels;
     if (arg_f32(&ck, "probs", o_probs, "N C", ARG_OUT, &probs) < 0 ||
@@ -39,8 +38,7 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args)
     long long ignore_index;
     if (!PyArg_ParseTuple(args, "OfOOL:cross_entropy_backward", &o_dlogits, &dloss, &o_probs, &o_labels, &ignore_index))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "cross_entropy_backward");
+    ARG_CHECK(ck, "cross_entropy_backward");
     float *dlogits, *probs;
     int64_t *labels;
     if (arg_f32(&ck, "dlogits", o_dlogits, "N C", ARG_OUT, &dlogits) < 0 ||
@@ -66,8 +64,7 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &o_param, &o_m, &o_v, &o_grad, &lr, &beta1, &beta2, &eps, &wd,
                           &step))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "adamw_step");
+    ARG_CHECK(ck, "adamw_step");
     float *param, *m, *v, *grad;
     if (arg_f32(&ck, "param", o_param, "*", ARG_OUT, &param) < 0 || arg_f32(&ck, "m", o_m, "*", ARG_OUT, &m) < 0 ||
         arg_f32(&ck, "v", o_v, "*", ARG_OUT, &v) < 0 || arg_f32(&ck, "grad", o_grad, "*", ARG_IN, &grad) < 0 ||
@@ -96,8 +93,7 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOffffpL:sgd_step", &o_param, &o_buf, &o_grad, &lr, &momentum, &dampening, &wd,
                           &nesterov, &step))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "sgd_step");
+    ARG_CHECK(ck, "sgd_step");
     float *param, *buf, *grad;
     if (arg_f32(&ck, "param", o_param, "*", ARG_OUT, &param) < 0 ||
         arg_f32(&ck, "momentum_buffer", o_buf, "*", ARG_OUT | ARG_OPTIONAL, &buf) < 0 ||
@@ -123,8 +119,7 @@ static PyObject *py_sumsq(PyObject *self, PyObject *args)
     PyObject *o_x;
     if (!PyArg_ParseTuple(args, "O:sumsq", &o_x))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "sumsq");
+    ARG_CHECK(ck, "sumsq");
     float *x;
     if (arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0)
         return NULL;
@@ -146,8 +141,7 @@ static PyObject *flat_scalar_call(PyObject *args, const char *format, const char
     float value;
     if (!PyArg_ParseTuple(args, format, &o_x, &value))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, fn);
+    ARG_CHECK(ck, fn);
     float *x;
     if (arg_f32(&ck, "x", o_x, "*", ARG_OUT, &x) < 0)
         return NULL;

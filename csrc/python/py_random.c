@@ -10,8 +10,7 @@ static PyObject *py_rng_fill(PyObject *args, int normal)
     unsigned long long seed, offset;
     if (!PyArg_ParseTuple(args, "OffKK", &o_out, &p0, &p1, &seed, &offset))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, fn);
+    ARG_CHECK(ck, fn);
     float *out;
     if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0)
         return NULL;
@@ -51,8 +50,7 @@ static PyObject *py_dropout(PyObject *args, int backward)
         return NULL;
     if (arg_probability(fn, "p", p) < 0)
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, fn);
+    ARG_CHECK(ck, fn);
     float *out, *in;
     if (arg_f32(&ck, backward ? "dx" : "out", o_out, "*", ARG_OUT, &out) < 0 ||
         arg_f32(&ck, backward ? "dout" : "x", o_in, "*", ARG_IN, &in) < 0 || arg_no_alias(&ck) < 0)

@@ -9,8 +9,7 @@ static PyObject *py_softmax_entropy_forward(PyObject *self, PyObject *args)
     PyObject *o_ent, *o_probs, *o_logits;
     if (!PyArg_ParseTuple(args, "OOO:softmax_entropy_forward", &o_ent, &o_probs, &o_logits))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "softmax_entropy_forward");
+    ARG_CHECK(ck, "softmax_entropy_forward");
     float *ent, *probs, *logits;
     if (arg_f32(&ck, "ent", o_ent, "N", ARG_OUT, &ent) < 0 ||
         arg_f32(&ck, "probs", o_probs, "N C", ARG_OUT, &probs) < 0 ||
@@ -31,8 +30,7 @@ static PyObject *py_softmax_entropy_backward(PyObject *self, PyObject *args)
     PyObject *o_dlogits, *o_dent, *o_probs, *o_logits;
     if (!PyArg_ParseTuple(args, "OOOO:softmax_entropy_backward", &o_dlogits, &o_dent, &o_probs, &o_logits))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "softmax_entropy_backward");
+    ARG_CHECK(ck, "softmax_entropy_backward");
     float *dlogits, *dent, *probs, *logits;
     if (arg_f32(&ck, "dlogits", o_dlogits, "N C", ARG_OUT, &dlogits) < 0 ||
         arg_f32(&ck, "dent", o_dent, "N", ARG_IN, &dent) < 0 ||
@@ -57,8 +55,7 @@ static PyObject *py_eata_select(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOpOOfff:eata_select", &o_weight, &o_ema, &ema_set_in, &o_ent, &o_probs, &e0,
                           &d_margin, &momentum))
         return NULL;
-    ArgCheck ck;
-    arg_init(&ck, "eata_select");
+    ARG_CHECK(ck, "eata_select");
     float *weight, *ema, *ent, *probs;
     if (arg_f32(&ck, "weight", o_weight, "N", ARG_OUT, &weight) < 0 ||
         arg_f32(&ck, "ema", o_ema, "C", ARG_OUT, &ema) < 0 || arg_f32(&ck, "ent", o_ent, "N", ARG_IN, &ent) < 0 ||
