@@ -123,8 +123,53 @@ def test_sar_excludes_the_top_block_and_counts_two_backwards(tiny):
     sar = SAR(model, e0_factor=1.0, lr=1e-2)
     names = {id(p) for n, p in sar.model.named_parameters() if n.startswith("blocks.0")}
     assert not any(id(p) in names for p in sar.params)
+    ent = F.softmax_entropy_forward(sar.model.forward(x))[0]
     sar.forward_and_adapt(x)
-    assert sar.stats["backward_samples"] > 16 or sar.stats["steps"] == 0
+    n1 = int((ent < sar.e0).sum())
+    assert 0 < n1 and sar.stats["steps"] == 1
+    assert n1 < sar.stats["backward_samples"] <= 2 * n1  # the first backward's n1 and the re-filtered second's
+
+
+def test_sar_step_matches_a_hand_built_sharpness_aware_step(tiny):
+    """One SAR step: gradient at w + rho g/|g| over the samples both entropy filters keep, weights
+    restored to w, then the optimizer step with that gradient (SGD, lr 1: the update is minus it)."""
+    model, x = tiny
+    rho = 0.5  # large enough that the perturbed-point gradient differs well beyond the tolerance
+    sar = SAR(model, e0_factor=1.0, optimizer="sgd", lr=1.0, momentum=0.0, rho=rho, reset_below=0.0)
+    # an entropy bound between the batch's entropies, so that the filter drops samples
+    sar.e0 = float(np.median(F.softmax_entropy_forward(sar.model.forward(x))[0]))
+    twin = copy.deepcopy(sar.model)
+    names = {id(p): n for n, p in sar.model.named_parameters()}
+    tw = dict(twin.named_parameters())
+    trained = [tw[names[id(p)]] for p in sar.params]
+
+    def entropy_grads(sel):
+        twin.zero_grad()
+        logits = twin.forward(x)
+        ent, probs = F.softmax_entropy_forward(logits)
+        sel = sel & (ent < sar.e0)
+        dlogits = np.zeros_like(logits)
+        dent = np.where(sel, 1.0 / sel.sum(), 0.0).astype(np.float32)
+        F.softmax_entropy_backward(dent, probs, logits, dlogits=dlogits)
+        twin.backward(dlogits)
+        return sel, [p.grad.astype(np.float64) for p in trained]
+
+    w0 = [p.data.copy() for p in trained]
+    sel1, g1 = entropy_grads(np.ones(len(x), dtype=bool))
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in g1))
+    for p, g in zip(trained, g1):
+        p.data += (rho / norm * g).astype(np.float32)
+    sel2, g2 = entropy_grads(sel1)
+    assert 0 < sel2.sum() and sel1.sum() < len(x)
+
+    before = [p.data.copy() for p in sar.params]
+    assert all(np.array_equal(b, w) for b, w in zip(before, w0))
+    sar.forward_and_adapt(x)
+    # the check can tell the perturbed-point gradient from the gradient at w
+    assert max(float(np.abs(a - b).max()) for a, b in zip(g1, g2)) > 1e-4
+    for p, b, g in zip(sar.params, before, g2):
+        assert_close(b - p.data, g, rtol=1e-3, atol=1e-6, name=names[id(p)])
+    assert sar.stats["steps"] == 1 and sar.stats["backward_samples"] == int(sel1.sum() + sel2.sum())
 
 
 def test_sar_recovers_when_the_loss_average_falls_below_the_bound(tiny):
