@@ -220,6 +220,32 @@ def test_open_set_filter_keeps_all_samples_before_any_update(tiny):
     assert keep.dtype == bool and keep.shape == (16,)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_open_set_tent_step_is_the_kept_mean_entropy_minus_alpha_times_the_diversity(tiny, alpha):
+    """Loss (1/|S|) sum_{i in S} H_i - alpha H(mean_i p_i), the mean prediction over the whole batch: the
+    update (SGD, lr 1) equals minus a hand-built gradient of it."""
+    model, x = tiny
+    tent = TENT(model, optimizer="sgd", lr=1.0, momentum=0.0, open_set=True, diversity_weight=alpha)
+    twin = copy.deepcopy(tent.model)
+    logits = twin.forward(x)
+    ent, probs = F.softmax_entropy_forward(logits)
+    keep = np.zeros(len(x), dtype=bool)
+    keep[::3] = True
+    tent._keep_mask = lambda _x, _p: keep
+    before = [p.data.copy() for p in tent.params]
+    tent.forward_and_adapt(x)
+    assert tent.stats["steps"] == 1 and tent.stats["backward_samples"] == (len(x) if alpha else int(keep.sum()))
+    dlogits = np.zeros_like(logits)
+    diversity_backward(probs, -alpha, dlogits)  # checked against finite differences below
+    F.softmax_entropy_backward(np.where(keep, 1.0 / keep.sum(), 0.0).astype(np.float32), probs, logits,
+                               dlogits=dlogits)
+    twin.backward(dlogits)
+    names = {id(p): n for n, p in tent.model.named_parameters()}
+    grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    for p, b in zip(tent.params, before):
+        assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7, name=names[id(p)])
+
+
 def test_diversity_gradient_matches_finite_differences(rng):
     z = rng.standard_normal((5, 4))
 
