@@ -343,9 +343,10 @@ def test_maxpool2d_matches_reference(rng, kernel, stride, padding):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(am, am_ref)
     dy = f32(rng, *y.shape)
-    dx = np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx = start.copy()
     F.maxpool2d_backward(dy, am, dx=dx)
-    dx_ref = np.zeros_like(x)
+    dx_ref = start.astype(np.float64)
     R.maxpool2d_backward(dy, am_ref, dx=dx_ref)
     assert_close(dx, dx_ref, 1e-6, 1e-6, "dx vs reference")
 
@@ -395,7 +396,8 @@ def test_avgpool2d_matches_reference(rng, kernel, stride, padding):
     y = F.avgpool2d_forward(x, kernel, stride, padding)
     assert_close(y, R.avgpool2d_forward(x, kernel, stride, padding), 1e-6, 1e-6, "y vs reference")
     dy = f32(rng, *y.shape)
-    dx, dx_ref = np.zeros_like(x), np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx, dx_ref = start.copy(), start.astype(np.float64)
     F.avgpool2d_backward(dy, kernel, stride, padding, dx=dx)
     R.avgpool2d_backward(dy, kernel, stride, padding, dx=dx_ref)
     assert_close(dx, dx_ref, 1e-6, 1e-6, "dx vs reference")
@@ -431,10 +433,11 @@ def test_global_avgpool2d_matches_reference_and_finite_differences(rng):
     y = F.global_avgpool2d_forward(x)
     assert_close(y, R.global_avgpool2d_forward(x64), 1e-6, 1e-6, "y")
     dy = f32(rng, 3, 4)
-    dx = np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx = start.copy()
     F.global_avgpool2d_backward(dy, dx=dx)
     num = numerical_grad(lambda: float(np.sum(R.global_avgpool2d_forward(x64) * dy)), x64)
-    assert_close(dx, num, 1e-5, 1e-5, "dx vs finite differences")
+    assert_close(dx, start + num, 1e-5, 1e-5, "dx vs finite differences")
 
 
 def test_global_avgpool2d_sums_each_plane_in_order_in_double(rng):

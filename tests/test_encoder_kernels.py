@@ -38,29 +38,31 @@ def test_embedding_backward_scatter_adds_repeated_ids(rng):
     c = embed_case(rng)
     c["ids"][1, :] = 4  # the same row read T times
     dout = f32(rng, B, T, H)
-    got = {k: np.zeros_like(c[k]) for k in ("wte", "wpe", "wtt")}
-    want = {k: np.zeros_like(c[k]) for k in ("wte", "wpe", "wtt")}
+    start = {k: f32(rng, *c[k].shape) for k in ("wte", "wpe", "wtt")}  # the backward adds into the buffers
+    got = {k: v.copy() for k, v in start.items()}
+    want = {k: v.astype(np.float64) for k, v in start.items()}
     for grads, mod in ((got, F), (want, R)):
         mod.embedding_backward(dout, c["ids"], c["types"], dword_embeddings=grads["wte"],
                                dposition_embeddings=grads["wpe"], dtoken_type_embeddings=grads["wtt"])
     for k in got:
         assert_close(got[k], want[k], 1e-5, 1e-5, f"d{k}")
-    assert_close(got["wpe"][T:], np.zeros((NP - T, H)), 0, 0, "unused positions")
+    assert_close(got["wpe"][T:], start["wpe"][T:], 0, 0, "unused positions")
 
 
 def test_embedding_backward_skips_padding_idx_like_torch(rng, torch):
     c = embed_case(rng)
     c["ids"][0, 3:] = 0
     dout = f32(rng, B, T, H)
-    dwte = np.zeros_like(c["wte"])
+    start = f32(rng, V, H)  # the backward adds into the buffer
+    dwte = start.copy()
     F.embedding_backward(dout, c["ids"], c["types"], 0, dword_embeddings=dwte)
-    want = np.zeros_like(c["wte"])
+    want = start.astype(np.float64)
     R.embedding_backward(dout, c["ids"], c["types"], 0, dword_embeddings=want)
     emb = torch.nn.Embedding(V, H, padding_idx=0)
     emb(torch.tensor(c["ids"])).backward(torch.tensor(dout))
     assert_close(dwte, want, 1e-5, 1e-5, "dwte vs reference")
-    assert_close(dwte, emb.weight.grad.numpy(), 1e-5, 1e-5, "dwte vs torch")
-    assert np.all(dwte[0] == 0.0)
+    assert_close(dwte, start + emb.weight.grad.numpy().astype(np.float64), 1e-5, 1e-5, "dwte vs torch")
+    assert np.array_equal(dwte[0], start[0])  # the padding row gets nothing added
 
 
 def test_embedding_rejects_ids_out_of_range(rng):
@@ -106,24 +108,26 @@ def test_layernorm_backward_matches_finite_differences(rng):
     x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
     loss = lambda: float(np.sum(R.layernorm_forward(x64, w64, b64, 1e-5)[0] * dout))  # noqa: E731
     _, mean, rstd = F.layernorm_forward(x, w, b, 1e-5)
-    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    start = [f32(rng, *a.shape) for a in (x, w, b)]  # the backward adds into all three buffers
+    dx, dw, db = (a.copy() for a in start)
     F.layernorm_backward(dout, x, w, mean, rstd, dx=dx, dweight=dw, dbias=db)
-    assert_close(dx, numerical_grad(loss, x64), 1e-4, 1e-4, "dx")
-    assert_close(dw, numerical_grad(loss, w64), 1e-4, 1e-4, "dw")
-    assert_close(db, numerical_grad(loss, b64), 1e-4, 1e-4, "db")
+    assert_close(dx, start[0] + numerical_grad(loss, x64), 1e-4, 1e-4, "dx")
+    assert_close(dw, start[1] + numerical_grad(loss, w64), 1e-4, 1e-4, "dw")
+    assert_close(db, start[2] + numerical_grad(loss, b64), 1e-4, 1e-4, "db")
 
 
 def test_layernorm_matches_torch_autograd(rng, torch):
     x, w, b, dout = f32(rng, 4, H), f32(rng, H), f32(rng, H), f32(rng, 4, H)
     y, mean, rstd = F.layernorm_forward(x, w, b)
-    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    start = [f32(rng, *a.shape) for a in (x, w, b)]  # the backward adds into all three buffers
+    dx, dw, db = (a.copy() for a in start)
     F.layernorm_backward(dout, x, w, mean, rstd, dx=dx, dweight=dw, dbias=db)
     t = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
     yt = torch.nn.functional.layer_norm(t[0], (H,), t[1], t[2], eps=1e-12)
     yt.backward(torch.tensor(dout))
     assert_close(y, yt.detach().numpy(), 1e-5, 1e-5, "y")
-    for got, tt, name in zip((dx, dw, db), t, ("dx", "dw", "db")):
-        assert_close(got, tt.grad.numpy(), 1e-4, 1e-5, name)
+    for got, s0, tt, name in zip((dx, dw, db), start, t, ("dx", "dw", "db")):
+        assert_close(got, s0 + tt.grad.numpy().astype(np.float64), 1e-4, 1e-5, name)
 
 
 # ---- GELU --------------------------------------------------------------------------------------
@@ -132,22 +136,24 @@ def test_gelu_matches_reference_and_finite_differences(rng):
     assert_close(F.gelu_forward(x), R.gelu_forward(x.astype(np.float64)), 1e-6, 1e-6, "gelu")
     x64 = x.astype(np.float64)
     loss = lambda: float(np.sum(R.gelu_forward(x64) * dout))  # noqa: E731
-    dx = np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx = start.copy()
     F.gelu_backward(dout, x, dx=dx)
-    assert_close(dx, numerical_grad(loss, x64), 1e-4, 1e-5, "dx")
+    assert_close(dx, start + numerical_grad(loss, x64), 1e-4, 1e-5, "dx")
 
 
 def test_gelu_matches_torch_exact_gelu(rng, torch):
     # the whole range, tails included: the C side uses its own vectorisable erf and exp
     x = np.concatenate([np.linspace(-12, 12, 2001), [-90.0, -30.0, 0.0, 30.0, 90.0]]).astype(np.float32)
     dout = f32(rng, x.size)
-    dx = np.zeros_like(x)
+    start = f32(rng, x.size)  # the backward adds into dx
+    dx = start.copy()
     F.gelu_backward(dout, x, dx=dx)
     xt = torch.tensor(x, requires_grad=True)
     yt = torch.nn.functional.gelu(xt)  # approximate="none": the erf form
     yt.backward(torch.tensor(dout))
     assert_close(F.gelu_forward(x), yt.detach().numpy(), 1e-6, 1e-6, "gelu")
-    assert_close(dx, xt.grad.numpy(), 1e-5, 1e-6, "dx")
+    assert_close(dx, start + xt.grad.numpy().astype(np.float64), 1e-5, 1e-6, "dx")
 
 
 # ---- attention ---------------------------------------------------------------------------------
@@ -233,10 +239,11 @@ def test_mean_pool_matches_reference_and_finite_differences(rng):
     assert_close(F.mean_pool_forward(x, mask), R.mean_pool_forward(x.astype(np.float64), mask), 1e-6, 1e-6, "pool")
     x64 = x.astype(np.float64)
     loss = lambda: float(np.sum(R.mean_pool_forward(x64, mask) * dout))  # noqa: E731
-    dx = np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx = start.copy()
     F.mean_pool_backward(dout, mask, dx=dx)
-    assert_close(dx, numerical_grad(loss, x64), 1e-5, 1e-6, "dx")
-    assert np.all(dx[0, 3:] == 0.0)
+    assert_close(dx, start + numerical_grad(loss, x64), 1e-5, 1e-6, "dx")
+    assert np.array_equal(dx[0, 3:], start[0, 3:])  # padded positions get nothing added
 
 
 def test_l2_normalize_matches_reference_finite_differences_and_torch(rng, torch):
@@ -245,12 +252,13 @@ def test_l2_normalize_matches_reference_finite_differences_and_torch(rng, torch)
     assert_close(y, R.l2_normalize_forward(x.astype(np.float64))[0], 1e-6, 1e-6, "y")
     x64 = x.astype(np.float64)
     loss = lambda: float(np.sum(R.l2_normalize_forward(x64)[0] * dout))  # noqa: E731
-    dx = np.zeros_like(x)
+    start = f32(rng, *x.shape)  # the backward adds into dx
+    dx = start.copy()
     F.l2_normalize_backward(dout, y, norm, dx=dx)
-    assert_close(dx, numerical_grad(loss, x64), 1e-4, 1e-5, "dx")
+    assert_close(dx, start + numerical_grad(loss, x64), 1e-4, 1e-5, "dx")
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.normalize(xt, dim=1).backward(torch.tensor(dout))
-    assert_close(dx, xt.grad.numpy(), 1e-5, 1e-6, "dx vs torch")
+    assert_close(dx, start + xt.grad.numpy().astype(np.float64), 1e-5, 1e-6, "dx vs torch")
 
 
 def test_mean_pool_and_normalize_match_torch_sentence_head(rng, torch):

@@ -134,6 +134,8 @@ def test_bert_backward_with_dropout_matches_directional_difference(rng):
     dy = f32(rng, 2, 6, 8)
     params = dict(model.named_parameters())
     direction = {k: f32(rng, *p.shape) for k, p in params.items()}
+    # the padding row takes no gradient (torch's padding_idx), although the forward reads it
+    direction["embeddings.word_embeddings.weight"][model.embeddings.padding_idx] = 0.0
     start = gen.offset
 
     def loss() -> float:
@@ -142,15 +144,18 @@ def test_bert_backward_with_dropout_matches_directional_difference(rng):
 
     loss()
     model.backward(dy)
-    analytic = sum(float(np.sum(params[k].grad.astype(np.float64) * direction[k])) for k in params)
-    eps = 1e-2
-    for k, p in params.items():
+    # float32 forward: at eps 1e-2 the embeddings' LayerNorm bias is 5% off by truncation alone, below 2e-3
+    # rounding takes over; at 3e-3 every tensor's error is under 0.41 of its bound
+    eps = 3e-3
+    off = {}
+    for k, p in params.items():  # one directional difference per tensor: no gradient can hide in a sum
+        analytic = float(np.sum(p.grad.astype(np.float64) * direction[k]))
         p.data += eps * direction[k]
-    up = loss()
-    for k, p in params.items():
+        up = loss()
         p.data -= 2 * eps * direction[k]
-    down = loss()
-    for k, p in params.items():
+        down = loss()
         p.data += eps * direction[k]
-    numeric = (up - down) / (2 * eps)
-    assert abs(analytic - numeric) <= 2e-2 * abs(numeric) + 1e-3, (analytic, numeric)
+        numeric = (up - down) / (2 * eps)
+        if not abs(analytic - numeric) <= 2e-2 * abs(numeric) + 1e-3:
+            off[k] = (analytic, numeric)
+    assert not off, off

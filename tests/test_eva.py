@@ -267,16 +267,36 @@ def test_layers_with_identical_inputs_share_components():
         assert q.shape[0] >= max(k.shape[0], v.shape[0])  # the owner holds the group's largest rank
 
 
-def test_whiten_divides_each_component_by_the_root_of_its_singular_value():
+def test_whiten_divides_each_component_by_the_root_of_its_singular_value(monkeypatch):
     weights, batches, config = _twin_setup()
     plain = get_eva_state_dict(EvaTwin(weights, 2), batches, config, forward_fn=_forward, show_progress_bar=False)
+    pcas = []
+
+    class RecordedPCA(IncrementalPCA):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pcas.append(self)
+
+    monkeypatch.setattr(eva_module, "IncrementalPCA", RecordedPCA)
     white_cfg = dataclasses.replace(config, eva_config=EvaConfig(whiten=True))
     white = get_eva_state_dict(EvaTwin(weights, 2), batches, white_cfg, forward_fn=_forward, show_progress_bar=False)
+    checked = 0
     for name in plain:
         ratio = plain[name] / white[name]
         norms = 1.0 / np.linalg.norm(white[name], axis=1)
         assert np.allclose(ratio, ratio[:, :1], rtol=1e-4), name  # one factor per row
         assert np.all(np.diff(norms) <= 1e-6)  # sqrt(S) descends
+        # the exact relation: row i is the PCA's unit component i over sqrt(singular value i)
+        r = plain[name].shape[0]
+        owner = [p for p in pcas if r and np.array_equal(p.components_[:r], plain[name])]
+        if r:
+            assert owner, f"{name}: no PCA holds its components"
+            s = owner[0].singular_values_[:r].astype(np.float64)
+            assert s.min() > 4.0  # so s and sqrt(s) differ at least twofold
+            assert_close(np.linalg.norm(plain[name], axis=1), np.ones(r), 0, 1e-6, f"{name} unit rows")
+            assert_close(ratio[:, 0], np.sqrt(s), 1e-5, 0, f"{name} component / whitened")
+            checked += 1
+    assert checked == sum(a.shape[0] > 0 for a in plain.values())
     q, k = white["encoder.layer.0.attention.self.query"], white["encoder.layer.0.attention.self.key"]
     n = min(q.shape[0], k.shape[0])
     assert np.array_equal(q[:n], k[:n])  # divided once per layer, also inside a shared group

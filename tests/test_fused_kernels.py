@@ -51,10 +51,11 @@ def test_layernorm_residual_backward_matches_finite_differences(rng):
         return float(np.sum(R.layernorm_residual_forward(x64.copy(), res64, w64, b64, 1e-5)[0] * dout))
 
     _, mean, rstd = F.layernorm_residual_forward(x, res, w, b, 1e-5)
-    dsum = np.zeros_like(x)
+    start = f32(rng, N, H)  # the backward adds into dx
+    dsum = start.copy()
     F.layernorm_backward(dout, x, w, mean, rstd, dx=dsum)  # x now holds the sum
-    assert_close(dsum, numerical_grad(loss, x64), 1e-4, 1e-4, "d x")
-    assert_close(dsum, numerical_grad(loss, res64), 1e-4, 1e-4, "d residual")
+    assert_close(dsum, start + numerical_grad(loss, x64), 1e-4, 1e-4, "d x")
+    assert_close(dsum, start + numerical_grad(loss, res64), 1e-4, 1e-4, "d residual")
 
 
 def test_layernorm_residual_matches_torch_autograd(rng, torch):
@@ -64,14 +65,15 @@ def test_layernorm_residual_matches_torch_autograd(rng, torch):
     yt = torch.nn.functional.layer_norm(t[0] + t[1], (H,), t[2], t[3], eps=1e-12)
     yt.backward(torch.tensor(dout))
     norm = LayerNorm.from_weights(w, b)
-    norm.weight.grad, norm.bias.grad = np.zeros_like(w), np.zeros_like(b)
+    start = f32(rng, H), f32(rng, H)  # parameter gradients accumulate
+    norm.weight.grad, norm.bias.grad = start[0].copy(), start[1].copy()
     y = norm.forward_residual(x, res)
     dsum = norm.backward(dout)
     assert_close(y, yt.detach().numpy(), 1e-5, 1e-5, "y")
     assert_close(dsum, t[0].grad.numpy(), 1e-4, 1e-5, "dx")
     assert_close(dsum, t[1].grad.numpy(), 1e-4, 1e-5, "dresidual")
-    assert_close(norm.weight.grad, t[2].grad.numpy(), 1e-4, 1e-5, "dweight")
-    assert_close(norm.bias.grad, t[3].grad.numpy(), 1e-4, 1e-5, "dbias")
+    assert_close(norm.weight.grad, start[0] + t[2].grad.numpy().astype(np.float64), 1e-4, 1e-5, "dweight")
+    assert_close(norm.bias.grad, start[1] + t[3].grad.numpy().astype(np.float64), 1e-4, 1e-5, "dbias")
 
 
 def test_layernorm_forward_residual_module_matches_forward_of_the_sum(rng):

@@ -263,7 +263,12 @@ def test_sora_trainer_sparsifies_gates_and_resumes_exactly(rng, tmp_path):
     trainer.train()
     report = sora_tools.sparsity_report(model)
     assert report["active_fraction"] < 0.5, report
-    assert sora_tools.sparsity_penalty(model) >= 0.0
+    # lambda1 * sum|g| / P over all P gate entries of the model, the exact value of the trained gates
+    gates = np.concatenate([m.lora_gate.data.ravel() for m in sora_tools.sora_layers(model).values()])
+    lam = model.peft_config["default"].sparse_lambda
+    assert lam > 0 and 0 < np.count_nonzero(gates) < gates.size
+    assert sora_tools.sparsity_penalty(model) == pytest.approx(lam * np.abs(gates.astype(np.float64)).sum()
+                                                               / gates.size, rel=1e-12)
     end = {n: p.data.copy() for n, p in model.named_trainable_parameters()}
     # interrupted after 5 steps and resumed from the checkpoint: the same end state, bit for bit
     for n, p in model.named_trainable_parameters():

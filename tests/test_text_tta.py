@@ -13,6 +13,8 @@ from peftc.models.bert import BertConfig, BertModel
 from peftc.random import Generator
 from peftc.tta import EATA, TENT
 
+from .test_tta_methods import assert_fisher_matches
+
 TEXT = "a young person who makes things by hand, especially in 1990"
 
 
@@ -102,8 +104,8 @@ def test_tent_on_a_text_classifier_trains_only_layernorm_affine_and_lowers_entro
 def test_eata_on_a_text_classifier_takes_a_dict_fisher_batch_and_selects(rng):
     model = _tiny_classifier()
     batch = _token_batch(rng, 12)
-    eata = EATA(model, fisher_images=_token_batch(rng, 8), num_classes=4, e0_factor=0.9, lr=1e-2,
-                fisher_batch_size=4)
-    assert all(f.shape == p.shape and (f >= 0).all() for f, p in zip(eata.fisher, eata.params))
+    fisher_batch = _token_batch(rng, 8)
+    eata = EATA(model, fisher_images=fisher_batch, num_classes=4, e0_factor=0.9, lr=1e-2, fisher_batch_size=4)
+    assert_fisher_matches(eata, [{k: v[i:i + 4] for k, v in fisher_batch.items()} for i in (0, 4)])
     eata.forward_and_adapt(batch)
     assert eata.stats["samples"] == 12 and 0 < eata.stats["backward_samples"] <= 12

@@ -39,8 +39,8 @@ F.dropout_backward(dy, 0.3, 9, 17, dx=res["ddrop"])
 xl, dl = (a.ravel()[:700 * 384].reshape(700, 384).copy() for a in (x, dy))
 w, b = rng.standard_normal(384, dtype=np.float32), rng.standard_normal(384, dtype=np.float32)
 y, mean, rstd = F.layernorm_forward(xl, w, b)
-res.update({"ln": y, "mean": mean, "rstd": rstd, "dln": np.zeros_like(xl), "dln_w": np.zeros_like(xl),
-            "dw": np.zeros_like(w)})
+res.update({"ln": y, "mean": mean, "rstd": rstd, "dln": np.ones_like(xl), "dln_w": np.ones_like(xl),
+            "dw": np.ones_like(w)})  # the backward accumulates
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln"])
 F.layernorm_backward(dl, xl, w, mean, rstd, dx=res["dln_w"], dweight=res["dw"])
 # linear and LoRA outputs start as bias rows filled on the threads; zero weights leave exactly those rows

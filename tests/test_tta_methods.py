@@ -29,6 +29,35 @@ def tiny():
     return model, x
 
 
+def hand_built_fisher(method, batches) -> list[np.ndarray]:
+    """EATA's diagonal Fisher built by hand on a copy of the method's model: per batch, the gradient of the
+    batch-mean cross-entropy against the argmax pseudo-labels, squared; the mean over the batches."""
+    twin = copy.deepcopy(method.model)
+    names = {id(p): n for n, p in method.model.named_parameters()}
+    tw = dict(twin.named_parameters())
+    trained = [tw[names[id(p)]] for p in method.params]
+    total = [np.zeros(p.data.shape) for p in trained]
+    for batch in batches:
+        twin.zero_grad()
+        logits = twin.forward(batch).astype(np.float64)
+        d = np.exp(logits - logits.max(1, keepdims=True))
+        d /= d.sum(1, keepdims=True)
+        d[np.arange(len(d)), logits.argmax(1)] -= 1.0  # softmax minus the one-hot pseudo-label
+        twin.backward((d / len(d)).astype(np.float32))
+        for t, p in zip(total, trained):
+            t += p.grad.astype(np.float64) ** 2
+    return [t / len(batches) for t in total]
+
+
+def assert_fisher_matches(method, batches) -> None:
+    want = hand_built_fisher(method, batches)
+    scale = max(float(w.max()) for w in want)
+    assert scale > 0
+    for i, (f, w, p) in enumerate(zip(method.fisher, want, method.params)):
+        assert f.shape == p.shape
+        assert_close(f, w, 1e-3, 1e-6 * scale, f"fisher of trained parameter {i}")
+
+
 def _mean_entropy(method, x):
     return float(F.softmax_entropy_forward(method.model.forward(x))[0].mean())
 
@@ -109,7 +138,7 @@ def test_eata_fisher_penalty_pulls_towards_source_weights(tiny):
     plain = EATA(model, e0_factor=1.0, d_margin=1.01, lr=0.05, optimizer="sgd", momentum=0.0)
     anchored = EATA(model, fisher_images=clean, e0_factor=1.0, d_margin=1.01, lr=0.05, optimizer="sgd",
                     momentum=0.0, fisher_alpha=50.0, fisher_batch_size=16)
-    assert all(f.shape == p.shape and (f >= 0).all() for f, p in zip(anchored.fisher, anchored.params))
+    assert_fisher_matches(anchored, [clean[:16], clean[16:]])
     for m in (plain, anchored):
         for _ in range(3):
             m.forward_and_adapt(x)
@@ -123,8 +152,53 @@ def test_sar_excludes_the_top_block_and_counts_two_backwards(tiny):
     sar = SAR(model, e0_factor=1.0, lr=1e-2)
     names = {id(p) for n, p in sar.model.named_parameters() if n.startswith("blocks.0")}
     assert not any(id(p) in names for p in sar.params)
+    ent = F.softmax_entropy_forward(sar.model.forward(x))[0]
     sar.forward_and_adapt(x)
-    assert sar.stats["backward_samples"] > 16 or sar.stats["steps"] == 0
+    n1 = int((ent < sar.e0).sum())
+    assert 0 < n1 and sar.stats["steps"] == 1
+    assert n1 < sar.stats["backward_samples"] <= 2 * n1  # the first backward's n1 and the re-filtered second's
+
+
+def test_sar_step_matches_a_hand_built_sharpness_aware_step(tiny):
+    """One SAR step: gradient at w + rho g/|g| over the samples both entropy filters keep, weights
+    restored to w, then the optimizer step with that gradient (SGD, lr 1: the update is minus it)."""
+    model, x = tiny
+    rho = 0.5  # large enough that the perturbed-point gradient differs well beyond the tolerance
+    sar = SAR(model, e0_factor=1.0, optimizer="sgd", lr=1.0, momentum=0.0, rho=rho, reset_below=0.0)
+    # an entropy bound between the batch's entropies, so that the filter drops samples
+    sar.e0 = float(np.median(F.softmax_entropy_forward(sar.model.forward(x))[0]))
+    twin = copy.deepcopy(sar.model)
+    names = {id(p): n for n, p in sar.model.named_parameters()}
+    tw = dict(twin.named_parameters())
+    trained = [tw[names[id(p)]] for p in sar.params]
+
+    def entropy_grads(sel):
+        twin.zero_grad()
+        logits = twin.forward(x)
+        ent, probs = F.softmax_entropy_forward(logits)
+        sel = sel & (ent < sar.e0)
+        dlogits = np.zeros_like(logits)
+        dent = np.where(sel, 1.0 / sel.sum(), 0.0).astype(np.float32)
+        F.softmax_entropy_backward(dent, probs, logits, dlogits=dlogits)
+        twin.backward(dlogits)
+        return sel, [p.grad.astype(np.float64) for p in trained]
+
+    w0 = [p.data.copy() for p in trained]
+    sel1, g1 = entropy_grads(np.ones(len(x), dtype=bool))
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in g1))
+    for p, g in zip(trained, g1):
+        p.data += (rho / norm * g).astype(np.float32)
+    sel2, g2 = entropy_grads(sel1)
+    assert 0 < sel2.sum() and sel1.sum() < len(x)
+
+    before = [p.data.copy() for p in sar.params]
+    assert all(np.array_equal(b, w) for b, w in zip(before, w0))
+    sar.forward_and_adapt(x)
+    # the check can tell the perturbed-point gradient from the gradient at w
+    assert max(float(np.abs(a - b).max()) for a, b in zip(g1, g2)) > 1e-4
+    for p, b, g in zip(sar.params, before, g2):
+        assert_close(b - p.data, g, rtol=1e-3, atol=1e-6, name=names[id(p)])
+    assert sar.stats["steps"] == 1 and sar.stats["backward_samples"] == int(sel1.sum() + sel2.sum())
 
 
 def test_sar_recovers_when_the_loss_average_falls_below_the_bound(tiny):
@@ -144,6 +218,32 @@ def test_open_set_filter_keeps_all_samples_before_any_update(tiny):
     probs = F.softmax_entropy_forward(tent.model.forward(x))[1]
     keep = tent._keep_mask(x, probs)
     assert keep.dtype == bool and keep.shape == (16,)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_open_set_tent_step_is_the_kept_mean_entropy_minus_alpha_times_the_diversity(tiny, alpha):
+    """Loss (1/|S|) sum_{i in S} H_i - alpha H(mean_i p_i), the mean prediction over the whole batch: the
+    update (SGD, lr 1) equals minus a hand-built gradient of it."""
+    model, x = tiny
+    tent = TENT(model, optimizer="sgd", lr=1.0, momentum=0.0, open_set=True, diversity_weight=alpha)
+    twin = copy.deepcopy(tent.model)
+    logits = twin.forward(x)
+    ent, probs = F.softmax_entropy_forward(logits)
+    keep = np.zeros(len(x), dtype=bool)
+    keep[::3] = True
+    tent._keep_mask = lambda _x, _p: keep
+    before = [p.data.copy() for p in tent.params]
+    tent.forward_and_adapt(x)
+    assert tent.stats["steps"] == 1 and tent.stats["backward_samples"] == (len(x) if alpha else int(keep.sum()))
+    dlogits = np.zeros_like(logits)
+    diversity_backward(probs, -alpha, dlogits)  # checked against finite differences below
+    F.softmax_entropy_backward(np.where(keep, 1.0 / keep.sum(), 0.0).astype(np.float32), probs, logits,
+                               dlogits=dlogits)
+    twin.backward(dlogits)
+    names = {id(p): n for n, p in tent.model.named_parameters()}
+    grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    for p, b in zip(tent.params, before):
+        assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7, name=names[id(p)])
 
 
 def test_diversity_gradient_matches_finite_differences(rng):
