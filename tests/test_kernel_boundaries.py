@@ -10,7 +10,8 @@ import pytest
 
 from peftc import _C
 
-from .kernel_cases import CASE_NAMES, SIZE_QUERIES, array_params, make_cases, output_params
+from .kernel_cases import (ALIASING_PARAMS, CASE_NAMES, LAYOUT_PARAMS, RANKED_PARAMS, SIZE_QUERIES, SIZED_PARAMS,
+                           array_params, make_cases, output_params)
 
 
 def _raises(case, args, exc, *fragments: str):
@@ -34,14 +35,7 @@ def test_valid_call_succeeds(fn):
     make_cases()[fn].call()
 
 
-# Cases a check does not apply to are left out here, not skipped at run time, so that the skips the
-# suite reports are only the real ones (a missing oracle, a missing data package).
 _CASES = make_cases()
-SIZED_PARAMS = [(fn, name) for fn, name in array_params() if name not in _CASES[fn].any_shape]
-RANKED_PARAMS = [(fn, name) for fn, name in array_params() if name not in _CASES[fn].any_shape or name == "work"]
-LAYOUT_PARAMS = [(fn, name, layout) for fn, name in array_params() for layout in ("strided", "misaligned", "fortran")
-                 if layout != "fortran" or _CASES[fn].arrays()[name].ndim >= 2]  # 1-D: both C and Fortran ordered
-ALIASING_PARAMS = [(fn, name) for fn, name in output_params() if len(_CASES[fn].names) > 1]
 
 
 def test_left_out_cases_are_exactly_the_inapplicable_ones():
