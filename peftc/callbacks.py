@@ -38,7 +38,12 @@ EVAL_KEYS = ("step", "eval_loss", "eval_accuracy")
 
 
 def is_eval_record(record: dict) -> bool:
-    """True for an evaluation record (it has a key starting with ``eval_``), False for a training record."""
+    """True for an evaluation record (it has a key starting with ``eval_``), False for a training record.
+
+    Example:
+        >>> is_eval_record({"step": 5, "eval_loss": 0.3}), is_eval_record({"step": 5, "loss": 0.4})
+        (True, False)
+    """
     return any(k.startswith("eval_") for k in record)
 
 

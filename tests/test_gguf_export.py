@@ -146,6 +146,53 @@ def test_peft_model_method_writes_the_same_file(tmp_path, rng):
     assert (tmp_path / "m.gguf").read_bytes() == (tmp_path / "f.gguf").read_bytes()
 
 
+def test_tensor_map_agrees_with_gguf_py_for_every_bert_linear(rng):
+    """gguf-py's TensorNameMap (what llama.cpp's converter uses) names every Linear of peftc's BertModel as we do."""
+    bert = random_bert(rng, 0.0)
+    reference = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, bert.config.num_hidden_layers)
+    ours = TENSOR_MAPS["bert"]
+    assert gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT] == ours.arch
+    linears = [n for n, m in bert.named_modules() if isinstance(m, Linear)]
+    assert len(linears) == 6 * bert.config.num_hidden_layers
+    for name in linears:
+        assert ours.gguf_name(name) == reference.get_name(name + ".weight", try_suffixes=(".weight",)), name
+
+
+def test_minilm_adapter_names_match_the_checkpoint_as_llama_cpp_converts_it(tmp_path, rng):
+    """On all-MiniLM-L6-v2: every adapted weight is named as gguf-py names that weight of the checkpoint file,
+    and the file rebuilds the merged weights."""
+    from safetensors import safe_open
+
+    from peftc.models import BertModel, minilm_path
+    try:
+        folder = minilm_path()
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(str(exc))
+    with safe_open(os.path.join(folder, "model.safetensors"), "np") as f:
+        keys = set(f.keys())
+    bert = BertModel.from_pretrained(folder)
+    model = get_peft_model(SentenceClassifier(bert, 41, generator=Generator(1)),
+                           LoraConfig(r=8, lora_alpha=16, use_rslora=True, target_modules=ALL_LINEAR,
+                                      rank_pattern={"layer.5.output.dense": 4}, init_lora_weights=False),
+                           generator=Generator(2))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data[...] = f32(rng, *p.shape, scale=0.01)
+    names = save_gguf(model, tmp_path / "minilm.gguf")
+    reference = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, bert.config.num_hidden_layers)
+    assert len(names) == 36
+    for module, gguf_name in names.items():
+        key = module.removeprefix("bert.") + ".weight"  # the converter strips "bert." as well
+        assert key in keys, key
+        assert gguf_name == reference.get_name(key, try_suffixes=(".weight",)), module
+    base = {g: model.get_base_model().get_submodule(m).base.weight.data.copy() for m, g in names.items()}
+    merged = model.merge_and_unload()
+    rebuilt = _rebuild(tmp_path / "minilm.gguf", base)
+    for module, gguf_name in names.items():
+        err = np.max(np.abs(rebuilt[gguf_name] - merged.get_submodule(module).weight.data))
+        assert err <= 1e-6, f"{module}: max abs error {err:.3g}"
+
+
 def test_tensor_map_names_only_whole_block_paths():
     bert = TENSOR_MAPS["bert"]
     assert bert.gguf_name("encoder.layer.11.attention.self.value") == "blk.11.attn_v.weight"

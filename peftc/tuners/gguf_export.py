@@ -73,7 +73,12 @@ class TensorMap:
     blocks: tuple[tuple[str, str], ...]
 
     def gguf_name(self, module_path: str) -> str | None:
-        """``blk.N.attn_q.weight`` for ``encoder.layer.N.attention.self.query``; None for an unmapped path."""
+        """``blk.N.attn_q.weight`` for ``encoder.layer.N.attention.self.query``; None for an unmapped path.
+
+        Example:
+            >>> TENSOR_MAPS["bert"].gguf_name("encoder.layer.3.intermediate.dense")
+            'blk.3.ffn_up.weight'
+        """
         for pattern, target in self.blocks:
             regex = "^" + re.escape(pattern).replace(re.escape("{bid}"), r"(\d+)") + "$"
             match = re.match(regex, module_path)
