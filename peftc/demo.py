@@ -35,7 +35,7 @@ from .models import BertModel, Tokenizer, minilm_path
 from .models.classifier import SentenceClassifier
 from .nn import Linear
 from .random import Generator
-from .train import Trainer, TrainingConfig
+from .train import Trainer, TrainingConfig, progress_disabled
 from .tuners import LoraConfig, get_peft_model
 
 # the job's data recipe moved to peftc.data.wordnet_job; the old names warn and forward until the next release
@@ -48,7 +48,7 @@ def pooled_features(model: SentenceClassifier, data: dict[str, np.ndarray], batc
     model.eval()
     rows = BatchSampler(len(data["labels"]), batch_size, shuffle=False)
     out = []
-    for idx in tqdm(list(rows.batches(0)), desc="features", disable=not progress, dynamic_ncols=True):
+    for idx in tqdm(list(rows.batches(0)), desc="features", disable=progress_disabled(progress), dynamic_ncols=True):
         batch = take(data, idx)
         out.append(model.pooled(batch["input_ids"], batch["attention_mask"]))
     return np.concatenate(out)

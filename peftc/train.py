@@ -24,18 +24,28 @@ data order comes from (seed, epoch) (:mod:`peftc.data.batching`), and every
 checkpoint holds the trainable parameters, the AdamW moments and step counts, the schedule, the
 generators and the position in the data order, so a resumed run continues bit for bit as the
 uninterrupted one would have.
+
+Hooks and logs
+--------------
+``callbacks`` (:mod:`peftc.callbacks`) are called at the start and end of ``train()``, after every
+step, log record, evaluation and checkpoint; :class:`peftc.callbacks.EarlyStopping` and
+:class:`peftc.callbacks.MetricsLogger` (CSV / JSON lines) are two of them. ``Trainer.log_history``
+is the list of records (what ``train()`` returns and checkpoints keep); ``Trainer.history`` is the
+same as a plain dict of lists. The progress bar shows when ``TrainingConfig.progress`` is true and
+the environment variable ``TQDM_DISABLE`` is unset or false (see :func:`progress_disabled`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import functional as F
+from .callbacks import Callback, records_to_columns
 from .checkpoint import load_npz, save_npz_atomic
 from .data.batching import BatchSampler, num_rows, take
 from .nn.loss import CrossEntropyLoss
@@ -78,6 +88,27 @@ class TrainingConfig:
 
 
 CHECKPOINT_NAME = "checkpoint.npz"
+_FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def progress_disabled(progress: bool) -> bool:
+    """True when a progress bar should stay hidden: ``progress`` is false or ``TQDM_DISABLE`` is set to a true value.
+
+    ``TQDM_DISABLE`` counts as false when unset, empty, ``0``, ``false``, ``no`` or ``off`` (any
+    case), and as true otherwise. It is read at each call, so it may be set after ``import peftc``.
+    (tqdm reads it once at import and would take ``TQDM_DISABLE=0`` as true; a bar given an explicit
+    ``disable=`` ignores it, hence this function.)
+
+    Example:
+        >>> os.environ["TQDM_DISABLE"] = "1"; progress_disabled(True)
+        True
+        >>> os.environ["TQDM_DISABLE"] = "0"; progress_disabled(True), progress_disabled(False)
+        (False, True)
+        >>> del os.environ["TQDM_DISABLE"]
+    """
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__} {progress!r}")
+    return not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in _FALSE_WORDS
 
 
 def named_generators(model: Module) -> dict[str, Generator]:
@@ -91,10 +122,21 @@ def named_generators(model: Module) -> dict[str, Generator]:
 
 
 class Trainer:
-    """Train ``model`` on ``train_data`` (a dict of arrays); see the module docstring for the interface."""
+    """Train ``model`` on ``train_data`` (a dict of arrays); see the module docstring for the interface.
+
+    ``callbacks`` is a sequence of :class:`peftc.callbacks.Callback` (more can be added with
+    :meth:`add_callback`).
+
+    Example:
+        >>> from peftc.callbacks import EarlyStopping, MetricsLogger
+        >>> # trainer = Trainer(model, TrainingConfig(num_epochs=5, eval_every=50), train, val,
+        >>> #                   callbacks=[EarlyStopping("eval_loss", patience=3), MetricsLogger("log.csv")])
+        >>> # trainer.train(); trainer.history["loss"]
+    """
 
     def __init__(self, model: Module, config: TrainingConfig, train_data: dict[str, np.ndarray],
-                 eval_data: dict[str, np.ndarray] | None = None, loss_fn=None) -> None:
+                 eval_data: dict[str, np.ndarray] | None = None, loss_fn=None,
+                 callbacks: Iterable[Callback] | None = None) -> None:
         self.model = model
         self.config = config
         self.train_data = train_data
@@ -115,7 +157,40 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.history: list[dict] = []
+        self.log_history: list[dict] = []
+        self.should_stop = False
+        self.callbacks: list[Callback] = []
+        for callback in callbacks or ():
+            self.add_callback(callback)
+
+    def add_callback(self, callback: Callback) -> None:
+        """Append ``callback`` (a :class:`peftc.callbacks.Callback` instance) to the ones called during training.
+
+        Example:
+            >>> from peftc.callbacks import MetricsLogger
+            >>> # trainer.add_callback(MetricsLogger("metrics.jsonl"))
+        """
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks must be peftc.callbacks.Callback instances, got {type(callback).__name__} "
+                            f"{callback!r}")
+        self.callbacks.append(callback)
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    @property
+    def history(self) -> dict[str, list]:
+        """The history as a plain dict of lists (:func:`peftc.callbacks.records_to_columns` of ``log_history``).
+
+        ``step``, ``epoch``, ``loss``, ``lr``, ``grad_norm``: one entry per logged training step;
+        ``eval_step``, ``eval_loss``, ``eval_accuracy``: one entry per evaluation.
+        """
+        return records_to_columns(self.log_history)
+
+    def _log(self, record: dict) -> None:
+        self.log_history.append(record)
+        self._call("on_log", dict(record))
 
     @property
     def params(self) -> list[Parameter]:
@@ -181,26 +256,29 @@ class Trainer:
     def train(self, resume_from: str | os.PathLike | None = None, until_step: int | None = None) -> list[dict]:
         """Run to ``total_steps`` (or stop after ``until_step``, saving a checkpoint, as if interrupted).
 
-        ``resume_from`` is a checkpoint file written by this class. Returns the history: one dict
-        per logged step ({"step", "epoch", "loss", "lr", "grad_norm"}) and per evaluation
-        ({"step", "eval_loss", "eval_accuracy"}).
+        ``resume_from`` is a checkpoint file written by this class. A callback may end the run
+        early by setting ``should_stop`` (:class:`peftc.callbacks.EarlyStopping`). Returns
+        ``log_history``: one dict per logged step ({"step", "epoch", "loss", "lr", "grad_norm"}) and
+        per evaluation ({"step", "eval_loss", "eval_accuracy"}); ``history`` has the same as lists.
         """
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         cfg = self.config
         stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
-        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not cfg.progress, desc="train",
-                   dynamic_ncols=True)
+        self.should_stop = False
+        self._call("on_train_begin")
+        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=progress_disabled(cfg.progress),
+                   desc="train", dynamic_ncols=True)
         try:
-            while self.global_step < stop:
+            while self.global_step < stop and not self.should_stop:
                 for rows in self.sampler.batches(self.epoch, self.batch_in_epoch):
                     loss, norm, lr = self.training_step(take(self.train_data, rows))
                     self.global_step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
+                    logs = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": norm}
                     if self.global_step % cfg.log_every == 0 or self.global_step == 1:
-                        self.history.append({"step": self.global_step, "epoch": self.epoch, "loss": loss,
-                                             "lr": lr, "grad_norm": norm})
+                        self._log(dict(logs))
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                     end_of_epoch = self.batch_in_epoch == len(self.sampler)
                     if self.eval_data is not None and (
@@ -208,25 +286,32 @@ class Trainer:
                             or (cfg.eval_every is None and end_of_epoch)):
                         self._log_eval()
                     if cfg.output_dir and cfg.save_every and self.global_step % cfg.save_every == 0:
-                        self.save_checkpoint(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
-                    if self.global_step >= stop:
+                        self._save(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
+                    self._call("on_step_end", self.global_step, logs)
+                    if self.global_step >= stop or self.should_stop:
                         break
                 if self.batch_in_epoch == len(self.sampler):
                     self.epoch += 1
                     self.batch_in_epoch = 0
         finally:
             bar.close()
-        evaluated = any(e["step"] == self.global_step and "eval_accuracy" in e for e in self.history)
+        evaluated = any(e["step"] == self.global_step and "eval_accuracy" in e for e in self.log_history)
         if self.global_step >= self.total_steps and self.eval_data is not None and not evaluated:
             self._log_eval()
         if cfg.output_dir:
-            self.save_checkpoint(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
-        return self.history
+            self._save(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
+        self._call("on_train_end")
+        return self.log_history
 
     def _log_eval(self) -> None:
         result = self.evaluate()
-        self.history.append({"step": self.global_step, "eval_loss": result["loss"],
-                             "eval_accuracy": result["accuracy"]})
+        record = {"step": self.global_step, "eval_loss": result["loss"], "eval_accuracy": result["accuracy"]}
+        self._log(record)
+        self._call("on_evaluate", self.global_step, dict(record))
+
+    def _save(self, path: str) -> None:
+        self.save_checkpoint(path)
+        self._call("on_save", self.global_step, path)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -247,10 +332,14 @@ class Trainer:
             "optimizer": {"scalars": scalars, "param_groups": opt["param_groups"]},
             "scheduler": self.scheduler.state_dict(),
             "generators": {n: g.state_dict() for n, g in named_generators(self.model).items()},
-            "history": self.history,
+            "history": self.log_history,
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in dataclasses.asdict(self.config).items()},
         }
+        states = {f"{i}.{type(c).__name__}": c.state_dict() for i, c in enumerate(self.callbacks)}
+        states = {k: v for k, v in states.items() if v}
+        if states:  # without stateful callbacks the file is what it was before callbacks existed
+            meta["callbacks"] = states
         save_npz_atomic(path, arrays, meta)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
@@ -288,4 +377,9 @@ class Trainer:
             g.load_state_dict(meta["generators"][n])
         pos = meta["position"]
         self.global_step, self.epoch, self.batch_in_epoch = pos["global_step"], pos["epoch"], pos["batch_in_epoch"]
-        self.history = list(meta["history"])
+        self.log_history = list(meta["history"])
+        saved = meta.get("callbacks", {})
+        for i, callback in enumerate(self.callbacks):
+            key = f"{i}.{type(callback).__name__}"
+            if key in saved:
+                callback.load_state_dict(saved[key])

@@ -240,6 +240,15 @@ class PeftModel(Module):
                 else f"{cfg.peft_type} r={cfg.r}, alpha={cfg.lora_alpha}")
         return f"PeftModel({kind}, {len(self._lora_layers())} layers, base={type(self.get_base_model()).__name__})"
 
+    def save_gguf(self, path: str | os.PathLike, *, skip_modules_to_save: bool = False) -> dict[str, str]:
+        """Write the LoRA adapter as a llama.cpp GGUF LoRA file: :func:`peftc.tuners.gguf_export.save_gguf`.
+
+        Example:
+            >>> # model.save_gguf("minilm-lora.gguf")   # then: llama-embedding -m minilm.gguf --lora minilm-lora.gguf
+        """
+        from .gguf_export import save_gguf  # gguf_export imports this module
+        return save_gguf(self, path, skip_modules_to_save=skip_modules_to_save)
+
 
 def get_peft_model(model: Module, peft_config: AdapterConfig, adapter_name: str = "default",
                    generator: Generator | None = None) -> PeftModel:
