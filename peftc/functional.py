@@ -380,7 +380,40 @@ def relu_backward(dy: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     """dx += dy where x > 0; x may be the forward input or its output."""
     _C.relu_backward(dx, dy, x)
 
-# ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
+# ---- fused batch norm + ReLU ---------------------------------------------------------------------
+def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
+                             weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
+                             momentum: float = 0.1, eps: float = 1e-5, *, out: np.ndarray | None = None,
+                             mean: np.ndarray | None = None, rstd: np.ndarray | None = None,
+                             scale: np.ndarray | None = None,
+                             shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``relu(batchnorm2d_forward(...))`` in one pass: same arguments, modes and returned statistics;
+    ``y`` holds the ReLU output, which :func:`batchnorm2d_relu_backward` needs, unless it is given the
+    per-channel map instead: with ``scale`` and ``shift`` (float32 (C,) arrays) the forward also writes
+    them, ``y = max((x - mean) * scale + shift, 0)`` in float32."""
+    ch = x.shape[1] if x.ndim == 4 else 0
+    y = np.empty_like(x) if out is None else out
+    mean = _empty((ch,), mean)
+    rstd = _empty((ch,), rstd)
+    _C.batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum,
+                                eps, scale, shift)
+    return y, mean, rstd
+
+
+def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray | None, x: np.ndarray, mean: np.ndarray,
+                              rstd: np.ndarray, weight: np.ndarray | None, training: bool, *,
+                              dx: np.ndarray | None = None, dweight: np.ndarray | None = None,
+                              dbias: np.ndarray | None = None, overwrite_dx: bool = False,
+                              scale: np.ndarray | None = None, shift: np.ndarray | None = None) -> None:
+    """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
+    ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`. With ``y=None``
+    and the forward's ``scale`` and ``shift``, the mask is rebuilt from x instead, bit for bit the same
+    (one array fewer to read)."""
+    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training), overwrite_dx,
+                                 scale, shift)
+
+
+# ---- transformer encoder ops: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12  # BERT's config.layer_norm_eps
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
 
@@ -506,6 +539,48 @@ def l2_normalize_backward(dout: np.ndarray, out: np.ndarray, norm: np.ndarray, e
                           dx: np.ndarray) -> None:
     """dx += (dout - out (out . dout)) / norm per row (dout / eps where norm <= eps)."""
     _C.l2_normalize_backward(dx, dout, out, norm, eps)
+
+
+# ---- fused encoder kernels -----------------------------------------------------------------------
+def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                               eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,
+                               mean: np.ndarray | None = None,
+                               rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm(x + residual) over the last axis of (N, H) arrays, with the sum written into ``x``.
+
+    Returns ``(out, mean, rstd)`` as :func:`layernorm_forward`; the backward is
+    :func:`layernorm_backward` with the updated ``x`` (the sum) as its input.
+    """
+    n = x.shape[0]
+    y = _empty(x.shape, out)
+    mean = _empty((n,), mean)
+    rstd = _empty((n,), rstd)
+    _C.layernorm_residual_forward(y, mean, rstd, x, residual, weight, bias, eps)
+    return y, mean, rstd
+
+
+# ---- packed-sequence attention -------------------------------------------------------------------
+
+def attention_packed_forward_workspace_size(longest: int) -> int:
+    """Floats of scratch :func:`attention_packed_forward` needs when the longest sequence has ``longest`` rows."""
+    return _C.attention_packed_forward_workspace_size(longest)
+
+
+def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int, *,
+                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Inference self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
+
+    Sequence s is rows ``offsets[s]:offsets[s+1]`` (``offsets`` int64, starting at 0, ending at N) and
+    attends among its own rows only, with no mask and no dropout; each sequence's output equals
+    :func:`attention_forward` on it as a (1, T, H) batch, bit for bit. One C call splits the
+    (sequence, head) pairs over the threads.
+    """
+    y = _empty(q.shape, out)
+    if work is None:
+        longest = int(np.diff(offsets).max()) if offsets.size > 1 else 0
+        work = np.empty(attention_packed_forward_workspace_size(longest), dtype=np.float32)
+    _C.attention_packed_forward(y, work, q, k, v, offsets, num_heads)
+    return y
 
 
 # ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
@@ -741,77 +816,3 @@ def ipca_update_many(jobs: list[tuple]) -> list[str | None]:
     untouched while the others are applied. Returns, per job, None or the message of its failure.
     """
     return _C.ipca_update_many(list(jobs))
-
-
-# ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
-def batchnorm2d_relu_forward(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
-                             weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
-                             momentum: float = 0.1, eps: float = 1e-5, *, out: np.ndarray | None = None,
-                             mean: np.ndarray | None = None, rstd: np.ndarray | None = None,
-                             scale: np.ndarray | None = None,
-                             shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``relu(batchnorm2d_forward(...))`` in one pass: same arguments, modes and returned statistics;
-    ``y`` holds the ReLU output, which :func:`batchnorm2d_relu_backward` needs, unless it is given the
-    per-channel map instead: with ``scale`` and ``shift`` (float32 (C,) arrays) the forward also writes
-    them, ``y = max((x - mean) * scale + shift, 0)`` in float32."""
-    ch = x.shape[1] if x.ndim == 4 else 0
-    y = np.empty_like(x) if out is None else out
-    mean = _empty((ch,), mean)
-    rstd = _empty((ch,), rstd)
-    _C.batchnorm2d_relu_forward(y, mean, rstd, running_mean, running_var, x, weight, bias, bool(training), momentum,
-                                eps, scale, shift)
-    return y, mean, rstd
-
-
-def batchnorm2d_relu_backward(dy: np.ndarray, y: np.ndarray | None, x: np.ndarray, mean: np.ndarray,
-                              rstd: np.ndarray, weight: np.ndarray | None, training: bool, *,
-                              dx: np.ndarray | None = None, dweight: np.ndarray | None = None,
-                              dbias: np.ndarray | None = None, overwrite_dx: bool = False,
-                              scale: np.ndarray | None = None, shift: np.ndarray | None = None) -> None:
-    """Accumulate the gradients of ``relu(batchnorm2d(x))``: ``dy`` is the gradient of the ReLU output
-    ``y`` (the forward's), masked to ``y > 0``, then as :func:`batchnorm2d_backward`. With ``y=None``
-    and the forward's ``scale`` and ``shift``, the mask is rebuilt from x instead, bit for bit the same
-    (one array fewer to read)."""
-    _C.batchnorm2d_relu_backward(dx, dweight, dbias, dy, y, x, mean, rstd, weight, bool(training), overwrite_dx,
-                                 scale, shift)
-# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
-def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                               eps: float = LAYER_NORM_EPS, *, out: np.ndarray | None = None,
-                               mean: np.ndarray | None = None,
-                               rstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LayerNorm(x + residual) over the last axis of (N, H) arrays, with the sum written into ``x``.
-
-    Returns ``(out, mean, rstd)`` as :func:`layernorm_forward`; the backward is
-    :func:`layernorm_backward` with the updated ``x`` (the sum) as its input.
-    """
-    n = x.shape[0]
-    y = _empty(x.shape, out)
-    mean = _empty((n,), mean)
-    rstd = _empty((n,), rstd)
-    _C.layernorm_residual_forward(y, mean, rstd, x, residual, weight, bias, eps)
-    return y, mean, rstd
-
-
-
-# ---- packed-sequence attention (eva-threads family) ----
-
-def attention_packed_forward_workspace_size(longest: int) -> int:
-    """Floats of scratch :func:`attention_packed_forward` needs when the longest sequence has ``longest`` rows."""
-    return _C.attention_packed_forward_workspace_size(longest)
-
-
-def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int, *,
-                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
-    """Inference self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
-
-    Sequence s is rows ``offsets[s]:offsets[s+1]`` (``offsets`` int64, starting at 0, ending at N) and
-    attends among its own rows only, with no mask and no dropout; each sequence's output equals
-    :func:`attention_forward` on it as a (1, T, H) batch, bit for bit. One C call splits the
-    (sequence, head) pairs over the threads.
-    """
-    y = _empty(q.shape, out)
-    if work is None:
-        longest = int(np.diff(offsets).max()) if offsets.size > 1 else 0
-        work = np.empty(attention_packed_forward_workspace_size(longest), dtype=np.float32)
-    _C.attention_packed_forward(y, work, q, k, v, offsets, num_heads)
-    return y

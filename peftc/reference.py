@@ -308,7 +308,24 @@ def relu_forward(x, *, out=None):
 def relu_backward(dy, x, *, dx):
     dx += np.where(x > 0, dy, 0.0)
 
-# ---- transformer encoder family: embedding sum, LayerNorm, GELU, attention core, pooling ----------
+# ---- fused batch norm + ReLU ---------------------------------------------------------------------
+def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                             eps=1e-5, *, out=None, mean=None, rstd=None, scale=None, shift=None):
+    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                        scale=scale, shift=shift)
+    return np.maximum(y, 0.0), mean, rstd
+
+
+def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
+                              overwrite_dx=False, scale=None, shift=None):
+    if y is None:
+        c = (slice(None), None, None)
+        y = (x - mean[c]) * scale[c] + shift[c]
+    batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
+                         dbias=dbias, overwrite_dx=overwrite_dx)
+
+
+# ---- transformer encoder ops: embedding sum, LayerNorm, GELU, attention core, pooling ----------
 LAYER_NORM_EPS = 1e-12
 NORMALIZE_EPS = 1e-12
 
@@ -436,6 +453,22 @@ def l2_normalize_backward(dout, out, norm, eps=NORMALIZE_EPS, *, dx):
     big = (norm > eps)[:, None]
     dot = (out * dout).sum(axis=1, keepdims=True)
     dx += np.where(big, (dout - out * dot) / np.maximum(norm, eps)[:, None], dout / eps)
+
+
+# ---- fused encoder kernels -----------------------------------------------------------------------
+def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
+    x += residual
+    return layernorm_forward(x, weight, bias, eps)
+
+
+# ---- packed-sequence attention -------------------------------------------------------------------
+
+def attention_packed_forward(q, k, v, offsets, num_heads, *, out=None, work=None):
+    y = np.zeros_like(q)
+    for a, e in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if e > a:
+            y[a:e] = attention_forward(q[a:e][None], k[a:e][None], v[a:e][None], num_heads)[0][0]
+    return y
 
 
 # ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
@@ -672,35 +705,3 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
         cosine[...] = cos
     return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
             cos.astype(np.float32) if cosine is None else cosine)
-
-
-# ---- fused batch norm + ReLU (eata-speed family) ---------------------------------------------------
-def batchnorm2d_relu_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                             eps=1e-5, *, out=None, mean=None, rstd=None, scale=None, shift=None):
-    y, mean, rstd = batchnorm2d_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
-                                        scale=scale, shift=shift)
-    return np.maximum(y, 0.0), mean, rstd
-
-
-def batchnorm2d_relu_backward(dy, y, x, mean, rstd, weight, training, *, dx=None, dweight=None, dbias=None,
-                              overwrite_dx=False, scale=None, shift=None):
-    if y is None:
-        c = (slice(None), None, None)
-        y = (x - mean[c]) * scale[c] + shift[c]
-    batchnorm2d_backward(np.where(y > 0, dy, 0.0), x, mean, rstd, weight, training, dx=dx, dweight=dweight,
-                         dbias=dbias, overwrite_dx=overwrite_dx)
-# ---- fused encoder kernels (perf-step family) -------------------------------------------------------
-def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *, out=None, mean=None, rstd=None):
-    x += residual
-    return layernorm_forward(x, weight, bias, eps)
-
-
-
-# ---- packed-sequence attention (eva-threads family) ----
-
-def attention_packed_forward(q, k, v, offsets, num_heads, *, out=None, work=None):
-    y = np.zeros_like(q)
-    for a, e in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        if e > a:
-            y[a:e] = attention_forward(q[a:e][None], k[a:e][None], v[a:e][None], num_heads)[0][0]
-    return y

@@ -437,7 +437,7 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* ---- packed-sequence attention (eva-threads family) ---- */
+/* ---- packed-sequence attention ---- */
 
 static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyObject *args)
 {

@@ -17,7 +17,7 @@ __all__ += ["AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d"
 from .loss import CrossEntropyLoss  # noqa: E402
 
 __all__ += ["CrossEntropyLoss"]
-# transformer encoder family
+# transformer encoder modules
 from .activation import GELU  # noqa: E402
 from .attention import SelfAttention  # noqa: E402
 from .dropout import Dropout  # noqa: E402
