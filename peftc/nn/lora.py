@@ -133,8 +133,10 @@ class LoraLinear(Module):
         return adapter
 
     def add_adapter(self, adapter_name: str, r: int = 8, lora_alpha: float = 8.0, lora_dropout: float = 0.0,
-                    use_rslora: bool = False, lora_bias: bool = False, init_lora_weights: bool | str = True) -> None:
-        """Add the adapter ``adapter_name`` beside the existing ones (the active adapter stays active).
+                    use_rslora: bool = False, lora_bias: bool = False, init_lora_weights: bool | str = True,
+                    generator: Generator | None = None) -> None:
+        """Add the adapter ``adapter_name`` beside the existing ones (the active adapter stays active); its
+        initialisation draws from ``generator`` (default: the layer's).
 
         >>> layer = LoraLinear(Linear(4, 3), r=2)
         >>> layer.add_adapter("other", r=3)
@@ -146,7 +148,7 @@ class LoraLinear(Module):
                                       f"supported for LoRA only")
         adapter = self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
         try:
-            self._init_adapter(adapter, init_lora_weights)
+            self._init_adapter(adapter, init_lora_weights, generator)
         except ValueError:
             del self.lora_adapters[adapter_name]
             if self._active is adapter:
@@ -185,8 +187,9 @@ class LoraLinear(Module):
         """Re-initialise the adapter ``adapter_name`` (default: the active one) as ``init_lora_weights`` says."""
         self._init_adapter(self._adapter(adapter_name), init_lora_weights)
 
-    def _init_adapter(self, adapter: LoraAdapter, init_lora_weights: bool | str) -> None:
-        g = self.generator
+    def _init_adapter(self, adapter: LoraAdapter, init_lora_weights: bool | str,
+                      generator: Generator | None = None) -> None:
+        g = generator or self.generator
         if init_lora_weights is True or init_lora_weights == "eva":
             # "eva": as PEFT, B is zero and A keeps the default init until EVA overwrites it
             adapter.lora_A.data[...] = kaiming_uniform(g, adapter.lora_A.shape)
