@@ -69,7 +69,7 @@ def model_card_text(configs: dict[str, Any], base_model: str | None, existing: s
         title = f"## Adapter config: `{name}`"
         text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
         # a section from an earlier save of this adapter is replaced
-        body = re.sub(re.escape(title) + r"\n\n```json\n.*?\n```\n\n?", "", body, flags=re.DOTALL)
+        body = re.sub(re.escape(title) + r"\n\n```json\n.*?\n```(?:\n\n?|$)", "", body, flags=re.DOTALL)
         sections.append(f"{title}\n\n```json\n{text}\n```\n")
     return "\n".join(head) + "\n" + body.rstrip("\n") + "\n" + ("\n" + "\n".join(sections) if sections else "")
 
