@@ -29,8 +29,8 @@ def _edit_config(folder, **changes):
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("config", [LoraConfig(r=2, target_modules=["query"]), BoneConfig(r=2, target_modules=["query"])],
-                         ids=["lora", "miss"])
+@pytest.mark.parametrize("config", [LoraConfig(r=2, target_modules=["query"]),
+                                    BoneConfig(r=2, target_modules=["query"])], ids=["lora", "miss"])
 def test_unknown_config_fields_warn_naming_them_and_load(config, tmp_path, rng):
     weights, model = _saved(tmp_path, rng, config)
     _edit_config(tmp_path, lora_future_option=3, another_new_field={"a": 1})
