@@ -113,6 +113,9 @@ def test_delete_adapter_removes_it_and_moves_the_active_adapter(rng):
         model.delete_adapter("other")
     assert model.active_adapters == ["default"] and list(model.peft_config) == ["default"]
     assert not any(".other" in n for n, _ in model.named_parameters())
+    # key held only "other": it is a plain Linear again, as before add_adapter
+    from peftc.nn import Linear
+    assert type(model.get_base_model().encoder.layer[1].attention.self.key) is Linear
     assert_close(model(x), get_peft_model(TinyBert(make_weights()), LoraConfig(**CFG_A))(x), rtol=0, atol=0,
                  name="after delete")
     with pytest.raises(ValueError, match="only adapter"):
@@ -363,3 +366,43 @@ def test_weighted_adapter_bad_input_is_a_clear_error():
             model.add_weighted_adapter(**kwargs)
         assert list(model.peft_config) == ["default", "other"], kwargs
         assert all("mix" not in layer.lora_adapters for layer in model._lora_layers())
+
+
+def test_load_adapter_with_a_bad_weights_file_leaves_the_model_unchanged(tmp_path, rng):
+    weights = make_weights()
+    get_peft_model(TinyBert(weights), LoraConfig(**CFG_B)).save_pretrained(tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\xff" * 40)
+    model = get_peft_model(TinyBert(weights), LoraConfig(**CFG_A))
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        model.load_adapter(tmp_path, "other")
+    assert list(model.peft_config) == ["default"] and [n for n, _ in model.named_parameters()] == names
+
+
+def test_layer_level_adapter_api(rng):
+    from peftc.nn import Linear, SoraLinear
+
+    layer = LoraLinear(Linear(4, 3), r=2, init_lora_weights=False)
+    layer.add_adapter("other", r=3, lora_alpha=6, init_lora_weights=False)
+    assert [n for n, _ in layer.named_parameters()] == ["lora_A", "lora_B", "lora_A.other", "lora_B.other",
+                                                         "base.weight", "base.bias"]
+    layer.set_adapter("other")
+    assert layer.r == 3 and layer.scaling == 2.0 and layer.lora_A is layer.lora_adapters["other"].lora_A
+    x = f32(rng, 5, 4)
+    expected = x @ layer.base.weight.data.T + layer.base.bias.data + x @ layer.delta_weight().T
+    assert_close(layer(x), expected, rtol=1e-5, atol=1e-5, name="other adapter forward")
+    with pytest.raises(KeyError, match=r"no adapter 'nope' on this layer \(it holds \['default', 'other'\]\)"):
+        layer.delta_weight("nope")
+    with pytest.raises(ValueError, match="already holds an adapter named 'other'"):
+        layer.add_adapter("other")
+    layer.delete_adapter("other")
+    assert layer._active is None and _runs_base(layer, x)
+    with pytest.raises(AttributeError, match="does not hold the active adapter 'other'"):
+        _ = layer.lora_A
+    with pytest.raises(NotImplementedError, match="SoraLinear holds one adapter"):
+        SoraLinear(Linear(4, 3), r=2).add_adapter("b")
+
+
+def _runs_base(layer, x) -> bool:
+    """The layer without its active adapter runs its base layer exactly."""
+    return np.array_equal(layer(x), layer.base(x))

@@ -156,7 +156,10 @@ class LoraLinear(Module):
             raise
 
     def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the adapter the forward runs; a layer without it runs its base layer."""
+        """Make ``adapter_name`` the adapter the forward runs; a layer without it runs its base layer.
+
+        >>> layer.set_adapter("other")
+        """
         if self.merged:
             raise RuntimeError(f"set_adapter({adapter_name!r}) on a merged layer: unmerge it first")
         self.active_adapter = adapter_name
@@ -164,7 +167,10 @@ class LoraLinear(Module):
         self._cache = None
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove the adapter ``adapter_name`` from this layer."""
+        """Remove the adapter ``adapter_name`` from this layer (KeyError naming the adapters it holds if absent).
+
+        >>> layer.delete_adapter("other")
+        """
         adapter = self._adapter(adapter_name)
         if self.merged and adapter is self._active:
             raise RuntimeError(f"delete_adapter({adapter_name!r}) on a layer with it merged: unmerge it first")

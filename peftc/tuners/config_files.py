@@ -18,7 +18,10 @@ UNKNOWN_OPTIONS = ("error", "warn")
 
 def check_unknown_fields(cls_name: str, keys: list[str], unknown: str) -> None:
     """Refuse (``unknown="error"``) or warn about and drop (``"warn"``, PEFT's rule for files written by a newer
-    version) the config keys ``keys`` that the class ``cls_name`` does not know."""
+    version) the config keys ``keys`` that the class ``cls_name`` does not know.
+
+    >>> check_unknown_fields("LoraConfig", ["use_future"], "warn")   # UserWarning naming 'use_future'
+    """
     if unknown not in UNKNOWN_OPTIONS:
         raise ValueError(f"unknown must be one of {UNKNOWN_OPTIONS}, got {unknown!r}")
     if not keys:

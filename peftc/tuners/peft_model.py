@@ -159,7 +159,11 @@ class PeftModel(Module):
 
     @property
     def active_adapters(self) -> list[str]:
-        """The names of the active adapters (one in peftc), as PEFT's ``active_adapters``."""
+        """The names of the active adapters (one in peftc), as PEFT's ``active_adapters``.
+
+        >>> get_peft_model(base, LoraConfig(target_modules=["query"])).active_adapters
+        ['default']
+        """
         return [self.active_adapter]
 
     def get_base_model(self) -> Module:
@@ -319,9 +323,13 @@ class PeftModel(Module):
         self._mark_trainable(self.get_base_model(), config, adapter_name)
 
     def _remove_from_layers(self, adapter_name: str) -> None:
-        for layer in self._lora_layers():
+        """Delete ``adapter_name`` from every layer; a layer left without adapters becomes its base Linear again."""
+        model = self.get_base_model()
+        for path, layer in list(model.named_modules()):
             if isinstance(layer, LoraLinear) and adapter_name in layer.lora_adapters:
                 layer.delete_adapter(adapter_name)
+                if not layer.lora_adapters:
+                    model.set_submodule(path, layer.base)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove the adapter ``adapter_name`` from the model. Deleting the active adapter makes the first of the
