@@ -37,7 +37,7 @@ def test_save_then_load_gives_identical_outputs(case, tmp_path, rng):
     model.save_pretrained(tmp_path)
     loaded = check_files_load_in_peftc(tmp_path, weights, x, y, case, exact=True)
     assert loaded.get_nb_trainable_parameters()[0] == 0 and not loaded.training
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,9 +1,9 @@
 """peftc.nn: layers with explicit forward and backward."""
 from .linear import Linear
-from .lora import LoraLinear
+from .lora import LoraAdapter, LoraLinear
 from .module import Module, ModuleList, Parameter
 
-__all__ = ["Linear", "LoraLinear", "Module", "ModuleList", "Parameter"]
+__all__ = ["Linear", "LoraAdapter", "LoraLinear", "Module", "ModuleList", "Parameter"]
 
 # CNN layers
 from .activation import ReLU  # noqa: E402

@@ -1,8 +1,13 @@
-"""LoraLinear: a frozen Linear plus a low-rank update, PEFT's LoRA layer.
+"""LoraLinear: a frozen Linear plus named low-rank updates, PEFT's LoRA layer.
 
     y = x W^T + b + s * (dropout(x) A^T B^T + lora_bias),   s = alpha / r  (alpha / sqrt(r) with rsLoRA)
+
+A layer holds one or more named adapters (PEFT's ``lora_A[name]``); the forward and backward run the
+active one, with the same kernels and arrays as a layer with a single adapter.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -12,6 +17,48 @@ from ..random import Generator
 from .linear import Linear, kaiming_uniform
 from .module import Module, Parameter
 
+DEFAULT_ADAPTER = "default"
+
+
+class LoraAdapter:
+    """One named adapter of a :class:`LoraLinear`: A (r, in), B (out, r), the optional head bias (out,) and
+    its settings. Its parameters are named ``lora_A``, ``lora_B``, ``lora_bias`` in the layer, with
+    ``.<adapter name>`` appended for every adapter but "default"."""
+
+    __slots__ = ("r", "lora_alpha", "use_rslora", "lora_dropout", "scaling", "lora_A", "lora_B", "lora_bias")
+
+    def __init__(self, in_features: int, out_features: int, r: int, lora_alpha: float, lora_dropout: float,
+                 use_rslora: bool, lora_bias: bool) -> None:
+        if int(r) != r or r <= 0:
+            raise ValueError(f"r must be a positive integer, got {r}")
+        self.r = int(r)
+        self.lora_alpha = float(lora_alpha)
+        self.use_rslora = bool(use_rslora)
+        self.lora_dropout = check_probability("lora_dropout", lora_dropout)
+        self.scaling = F.lora_scaling(self.r, self.lora_alpha, self.use_rslora)
+        self.lora_A = Parameter(np.zeros((self.r, in_features), dtype=np.float32))
+        self.lora_B = Parameter(np.zeros((out_features, self.r), dtype=np.float32))
+        self.lora_bias = Parameter(np.zeros(out_features, dtype=np.float32)) if lora_bias else None
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        yield "lora_A", self.lora_A
+        yield "lora_B", self.lora_B
+        if self.lora_bias is not None:
+            yield "lora_bias", self.lora_bias
+
+    def file_parameters(self) -> dict[str, Parameter]:
+        """{name in PEFT's file layout (without the module path): Parameter}."""
+        out = {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
+        if self.lora_bias is not None:
+            out["lora_B.bias"] = self.lora_bias
+        return out
+
+
+def _active_field(name: str) -> property:
+    def get(self: LoraLinear):
+        return getattr(self._active_record(), name)
+    return property(get, doc=f"The active adapter's ``{name}``.")
+
 
 class LoraLinear(Module):
     """LoRA around an existing :class:`Linear` (the base layer's arrays are used in place).
@@ -19,29 +66,36 @@ class LoraLinear(Module):
     ``init_lora_weights``: True (PEFT's default: Kaiming-uniform A, zero B), "gaussian"
     (A ~ N(0, 1/r^2), zero B), False (both random; the layer is then not a no-op) or "eva" (as True
     until :func:`peftc.tuners.initialize_lora_eva_weights` sets A).
+
+    The constructor makes the adapter ``adapter_name``; :meth:`add_adapter` adds more, :meth:`set_adapter`
+    picks the one that runs. ``lora_A``, ``lora_B``, ``lora_bias``, ``r``, ``lora_alpha``, ``scaling``,
+    ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold one adapter.
     """
+
+    lora_A = _active_field("lora_A")
+    lora_B = _active_field("lora_B")
+    lora_bias = _active_field("lora_bias")
+    r = _active_field("r")
+    lora_alpha = _active_field("lora_alpha")
+    use_rslora = _active_field("use_rslora")
+    lora_dropout = _active_field("lora_dropout")
+    scaling = _active_field("scaling")
 
     def __init__(self, base: Linear, r: int = 8, lora_alpha: float = 8.0, lora_dropout: float = 0.0,
                  use_rslora: bool = False, lora_bias: bool = False, init_lora_weights: bool | str = True,
-                 generator: Generator | None = None) -> None:
+                 generator: Generator | None = None, adapter_name: str = DEFAULT_ADAPTER) -> None:
         if not isinstance(base, Linear):
             raise TypeError(f"LoraLinear wraps a peftc.nn.Linear, got {type(base).__name__}")
-        if int(r) != r or r <= 0:
-            raise ValueError(f"r must be a positive integer, got {r}")
         self.base = base
-        self.r = int(r)
-        self.lora_alpha = float(lora_alpha)
-        self.use_rslora = bool(use_rslora)
-        self.lora_dropout = check_probability("lora_dropout", lora_dropout)
-        self.scaling = F.lora_scaling(self.r, self.lora_alpha, self.use_rslora)
         self.generator = generator or Generator(0)
-        self.lora_A = Parameter(np.zeros((self.r, base.in_features), dtype=np.float32))
-        self.lora_B = Parameter(np.zeros((base.out_features, self.r), dtype=np.float32))
-        self.lora_bias = Parameter(np.zeros(base.out_features, dtype=np.float32)) if lora_bias else None
+        self.lora_adapters: dict[str, LoraAdapter] = {}
+        self.active_adapter = adapter_name
+        self._active: LoraAdapter | None = None
         self.merged = False
         self.disabled = False
-        self.reset_lora_parameters(init_lora_weights)
         self._cache: tuple | None = None
+        self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+        self.reset_lora_parameters(init_lora_weights)
 
     @property
     def in_features(self) -> int:
@@ -51,45 +105,134 @@ class LoraLinear(Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def reset_lora_parameters(self, init_lora_weights: bool | str = True) -> None:
-        g = self.generator
+    # -- named adapters ------------------------------------------------------------------------------
+    def _active_record(self) -> LoraAdapter:
+        if self._active is None:
+            raise AttributeError(f"this {type(self).__name__} does not hold the active adapter "
+                                 f"{self.active_adapter!r} (it holds {list(self.lora_adapters)})")
+        return self._active
+
+    def _adapter(self, adapter_name: str | None) -> LoraAdapter:
+        if adapter_name is None:
+            return self._active_record()
+        if adapter_name not in self.lora_adapters:
+            raise KeyError(f"no adapter {adapter_name!r} on this layer (it holds {list(self.lora_adapters)})")
+        return self.lora_adapters[adapter_name]
+
+    def _new_adapter(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
+                     lora_bias: bool) -> LoraAdapter:
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+            raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+        if adapter_name in self.lora_adapters:
+            raise ValueError(f"this layer already holds an adapter named {adapter_name!r}")
+        adapter = LoraAdapter(self.in_features, self.out_features, r, lora_alpha, lora_dropout, use_rslora,
+                              lora_bias)
+        self.lora_adapters[adapter_name] = adapter
+        if adapter_name == self.active_adapter:
+            self._active = adapter
+        return adapter
+
+    def add_adapter(self, adapter_name: str, r: int = 8, lora_alpha: float = 8.0, lora_dropout: float = 0.0,
+                    use_rslora: bool = False, lora_bias: bool = False, init_lora_weights: bool | str = True,
+                    generator: Generator | None = None) -> None:
+        """Add the adapter ``adapter_name`` beside the existing ones (the active adapter stays active); its
+        initialisation draws from ``generator`` (default: the layer's).
+
+        >>> layer = LoraLinear(Linear(4, 3), r=2)
+        >>> layer.add_adapter("other", r=3)
+        >>> layer.set_adapter("other"); layer.lora_A.shape
+        (3, 4)
+        """
+        if type(self) is not LoraLinear:
+            raise NotImplementedError(f"{type(self).__name__} holds one adapter; several adapters per layer are "
+                                      f"supported for LoRA only")
+        adapter = self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+        try:
+            self._init_adapter(adapter, init_lora_weights, generator)
+        except ValueError:
+            del self.lora_adapters[adapter_name]
+            if self._active is adapter:
+                self._active = None
+            raise
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the adapter the forward runs; a layer without it runs its base layer.
+
+        >>> layer.set_adapter("other")
+        """
+        if self.merged:
+            raise RuntimeError(f"set_adapter({adapter_name!r}) on a merged layer: unmerge it first")
+        self.active_adapter = adapter_name
+        self._active = self.lora_adapters.get(adapter_name)
+        self._cache = None
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove the adapter ``adapter_name`` from this layer (KeyError naming the adapters it holds if absent).
+
+        >>> layer.delete_adapter("other")
+        """
+        adapter = self._adapter(adapter_name)
+        if self.merged and adapter is self._active:
+            raise RuntimeError(f"delete_adapter({adapter_name!r}) on a layer with it merged: unmerge it first")
+        del self.lora_adapters[adapter_name]
+        if adapter is self._active:
+            self._active = None
+            self._cache = None
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every adapter's parameters (``lora_A`` for "default", ``lora_A.<name>`` for the others), then the
+        subclass's own and the base layer's."""
+        for adapter_name, adapter in self.lora_adapters.items():
+            suffix = "" if adapter_name == DEFAULT_ADAPTER else f".{adapter_name}"
+            for name, p in adapter.named_parameters():
+                yield (f"{prefix}.{name}{suffix}" if prefix else f"{name}{suffix}"), p
+        yield from super().named_parameters(prefix)
+
+    # -- initialisation ------------------------------------------------------------------------------
+    def reset_lora_parameters(self, init_lora_weights: bool | str = True, adapter_name: str | None = None) -> None:
+        """Re-initialise the adapter ``adapter_name`` (default: the active one) as ``init_lora_weights`` says."""
+        self._init_adapter(self._adapter(adapter_name), init_lora_weights)
+
+    def _init_adapter(self, adapter: LoraAdapter, init_lora_weights: bool | str,
+                      generator: Generator | None = None) -> None:
+        g = generator or self.generator
         if init_lora_weights is True or init_lora_weights == "eva":
             # "eva": as PEFT, B is zero and A keeps the default init until EVA overwrites it
-            self.lora_A.data[...] = kaiming_uniform(g, self.lora_A.shape)
-            self.lora_B.data.fill(0.0)
+            adapter.lora_A.data[...] = kaiming_uniform(g, adapter.lora_A.shape)
+            adapter.lora_B.data.fill(0.0)
         elif init_lora_weights == "gaussian":
-            self.lora_A.data[...] = g.normal(self.lora_A.shape, 0.0, 1.0 / self.r)
-            self.lora_B.data.fill(0.0)
+            adapter.lora_A.data[...] = g.normal(adapter.lora_A.shape, 0.0, 1.0 / adapter.r)
+            adapter.lora_B.data.fill(0.0)
         elif init_lora_weights is False:
-            self.lora_A.data[...] = kaiming_uniform(g, self.lora_A.shape)
-            self.lora_B.data[...] = kaiming_uniform(g, self.lora_B.shape)
+            adapter.lora_A.data[...] = kaiming_uniform(g, adapter.lora_A.shape)
+            adapter.lora_B.data[...] = kaiming_uniform(g, adapter.lora_B.shape)
         else:
             raise ValueError(f"init_lora_weights must be True, False, 'gaussian' or 'eva', "
                              f"got {init_lora_weights!r}")
-        if self.lora_bias is not None:
-            self.lora_bias.data.fill(0.0)
+        if adapter.lora_bias is not None:
+            adapter.lora_bias.data.fill(0.0)
 
-    def adapter_parameters(self) -> dict[str, Parameter]:
-        """{name in PEFT's file layout (without the module path): Parameter} of the adapter's own tensors."""
-        out = {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
-        if self.lora_bias is not None:
-            out["lora_B.bias"] = self.lora_bias
-        return out
+    def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, Parameter]:
+        """{name in PEFT's file layout (without the module path): Parameter} of an adapter's own tensors
+        (default: the active adapter's)."""
+        return self._adapter(adapter_name).file_parameters()
 
     def _bias(self) -> np.ndarray | None:
         return self.base.bias.data if self.base.bias is not None else None
 
+    # -- running -------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if self.merged or self.disabled:
+        ad = self._active
+        if self.merged or self.disabled or ad is None:
             self._cache = None
             return self.base.forward(x)
         rows = as_rows(x, "x", self.in_features)
-        p = self.lora_dropout if self.training else 0.0
+        p = ad.lora_dropout if self.training else 0.0
         offset = self.generator.take(rows.size) if p > 0.0 else 0
-        y, xd, u = F.lora_forward(rows, self.base.weight.data, self._bias(), self.lora_A.data, self.lora_B.data,
-                                  self.lora_bias.data if self.lora_bias is not None else None, self.scaling, p,
+        y, xd, u = F.lora_forward(rows, self.base.weight.data, self._bias(), ad.lora_A.data, ad.lora_B.data,
+                                  ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, p,
                                   self.generator.seed, offset)
-        self._cache = (rows, xd, u, p, offset)
+        self._cache = (rows, xd, u, p, offset, ad)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
@@ -97,13 +240,13 @@ class LoraLinear(Module):
         does (accumulated into ``dx`` when given, skipped and None with ``input_grad=False``)."""
         if self._cache is None:
             return self.base.backward(dy, dx=dx, input_grad=input_grad)
-        rows, xd, u, p, offset = self._cache
+        rows, xd, u, p, offset, ad = self._cache
         drows = as_rows(dy, "dy", self.out_features)
         out = self._input_rows(dx, dy) if input_grad else None
-        F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, self.lora_A.data,
-                        self.lora_B.data, self.scaling, p, self.generator.seed, offset, dx=out,
-                        dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(),
-                        dlora_bias=self.lora_bias.grad_buffer() if self.lora_bias is not None else None)
+        F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, ad.lora_A.data,
+                        ad.lora_B.data, ad.scaling, p, self.generator.seed, offset, dx=out,
+                        dlora_A=ad.lora_A.grad_buffer(), dlora_B=ad.lora_B.grad_buffer(),
+                        dlora_bias=ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None)
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         if dw is not None or db is not None:
@@ -119,16 +262,18 @@ class LoraLinear(Module):
             return F.zeros((dy.size // self.out_features, self.in_features))
         return self._check_dx(dx, (*dy.shape[:-1], self.in_features)).reshape(-1, self.in_features)
 
+    # -- merging -------------------------------------------------------------------------------------
     def _merge(self, sign: float) -> None:
-        if self.lora_bias is not None and self.base.bias is None:
+        ad = self._active_record()
+        if ad.lora_bias is not None and self.base.bias is None:
             raise ValueError("cannot merge lora_bias into a base layer without bias")
-        F.lora_merge(self.base.weight.data, self._bias() if self.lora_bias is not None else None, self.lora_A.data,
-                     self.lora_B.data, self.lora_bias.data if self.lora_bias is not None else None, self.scaling,
-                     sign)
+        F.lora_merge(self.base.weight.data, self._bias() if ad.lora_bias is not None else None, ad.lora_A.data,
+                     ad.lora_B.data, ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, sign)
 
     def merge(self) -> None:
-        """Fold s * B A into the base weight: the forward then costs what the base layer costs."""
-        if not self.merged:
+        """Fold the active adapter's s * B A into the base weight: the forward then costs what the base layer
+        costs. A layer that does not hold the active adapter is left as it is."""
+        if not self.merged and self._active is not None:
             self._merge(1.0)
             self.merged = True
 
@@ -138,11 +283,17 @@ class LoraLinear(Module):
             self._merge(-1.0)
             self.merged = False
 
-    def delta_weight(self) -> np.ndarray:
-        """s * B A as a new (out_features, in_features) array."""
-        return (self.scaling * (self.lora_B.data @ self.lora_A.data)).astype(np.float32)
+    def delta_weight(self, adapter_name: str | None = None) -> np.ndarray:
+        """s * B A of an adapter (default: the active one) as a new (out_features, in_features) array."""
+        ad = self._adapter(adapter_name)
+        return (ad.scaling * (ad.lora_B.data @ ad.lora_A.data)).astype(np.float32)
 
     def __repr__(self) -> str:
+        others = [n for n in self.lora_adapters if n != self.active_adapter]
+        extra = f", other adapters={others}" if others else ""
+        if self._active is None:
+            return (f"LoraLinear(in_features={self.in_features}, out_features={self.out_features}, "
+                    f"active={self.active_adapter!r} (not on this layer){extra})")
         return (f"LoraLinear(in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
                 f"lora_alpha={self.lora_alpha}, dropout={self.lora_dropout}, rslora={self.use_rslora}, "
-                f"merged={self.merged})")
+                f"merged={self.merged}{extra})")

@@ -36,13 +36,32 @@ def _walk(module: Module, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield from _walk(child, _join(prefix, name))
 
 
-def adapter_parameters(model: Module, bias: str) -> dict[str, Parameter]:
-    """{PEFT file key: Parameter} for everything an adapter file holds, for a model with adapters injected."""
+def _layer_parameters(module: LoraLinear | BoneLinear, adapter_name: str | None) -> dict[str, Parameter] | None:
+    """The file-layout parameters of one adapter layer for ``adapter_name`` (None: the active adapter); None if
+    the layer does not hold that adapter. A Bone / MiSS layer holds one adapter, whatever its name."""
+    if isinstance(module, BoneLinear):
+        return module.adapter_parameters()
+    name = module.active_adapter if adapter_name is None else adapter_name
+    if name not in module.lora_adapters:
+        return None
+    # SoraLinear / HydraLinear hold only their active adapter and add their own tensors to it
+    return module.adapter_parameters() if name == module.active_adapter else module.adapter_parameters(name)
+
+
+def adapter_parameters(model: Module, bias: str, adapter_name: str | None = None) -> dict[str, Parameter]:
+    """{PEFT file key: Parameter} for everything an adapter file holds, for a model with adapters injected.
+
+    ``adapter_name`` picks the adapter of layers that hold several (default: each layer's active one); the
+    keys never contain the adapter name, as in PEFT's files.
+    """
     out: dict[str, Parameter] = {}
     for path, module in _walk(model):
         key = PREFIX + path
         if isinstance(module, (LoraLinear, BoneLinear)):
-            for name, p in module.adapter_parameters().items():
+            params = _layer_parameters(module, adapter_name)
+            if params is None:
+                continue
+            for name, p in params.items():
                 out[f"{key}.{name}"] = p
             if bias != "none" and module.base.bias is not None:
                 out[f"{key}.base_layer.bias"] = module.base.bias
@@ -66,19 +85,25 @@ def _peft_extra_keys(model: Module) -> set[str]:
     return keys
 
 
-def save_adapter_weights(model: Module, bias: str, save_directory: str | os.PathLike) -> str:
-    """Write adapter_model.safetensors (atomically); return its path."""
+def save_adapter_weights(model: Module, bias: str, save_directory: str | os.PathLike,
+                         adapter_name: str | None = None) -> str:
+    """Write adapter_model.safetensors (atomically) for ``adapter_name`` (default: the active adapters);
+    return its path."""
     os.makedirs(save_directory, exist_ok=True)
     path = os.path.join(save_directory, WEIGHTS_NAME)
-    save_file({key: p.data for key, p in adapter_parameters(model, bias).items()}, path, {"format": "pt"})
+    save_file({key: p.data for key, p in adapter_parameters(model, bias, adapter_name).items()}, path,
+              {"format": "pt"})
     return path
 
 
-def load_adapter_weights(model: Module, bias: str, directory: str | os.PathLike) -> None:
-    """Copy the tensors of directory/adapter_model.safetensors into the model's adapter parameters.
+def load_adapter_weights(model: Module, bias: str, directory: str | os.PathLike,
+                         adapter_name: str | None = None) -> None:
+    """Copy the tensors of directory/adapter_model.safetensors into the parameters of ``adapter_name``
+    (default: the active adapters).
 
-    The file must hold every expected key with the expected shape; the error names the key and
-    both shapes. Nothing is written into the model unless the whole file checks out.
+    The file must hold every expected key with the expected shape: one error lists all missing and
+    unexpected keys, another names a key and both shapes. Nothing is written into the model unless
+    the whole file checks out.
     """
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(path):
@@ -86,7 +111,7 @@ def load_adapter_weights(model: Module, bias: str, directory: str | os.PathLike)
             raise ValueError(f"{os.fspath(directory)} holds only adapter_model.bin (a pickle); peftc reads "
                              f"adapter_model.safetensors (save with safe_serialization=True)")
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {os.fspath(directory)}")
-    params = adapter_parameters(model, bias)
+    params = adapter_parameters(model, bias, adapter_name)
     expected = {key: p.shape for key, p in params.items()}
     header, _ = read_header(path)
     for key in _peft_extra_keys(model) & set(header):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..nn.bone import miss_variant
-from .config_files import ConfigFiles
+from .config_files import ConfigFiles, check_unknown_fields
 from .lora_config import TASK_TYPES, _is_str_list
 
 BIAS_OPTIONS = ("none", "all", "MiSS_only")
@@ -105,8 +105,9 @@ class BoneConfig(ConfigFiles):
         return dict(sorted(out.items()))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BoneConfig:
-        """Build a config from a dict such as PEFT's adapter_config.json; unknown keys are an error."""
+    def from_dict(cls, data: dict[str, Any], unknown: str = "error") -> BoneConfig:
+        """Build a config from a dict such as PEFT's adapter_config.json; unknown keys are an error, or with
+        ``unknown="warn"`` (what reading a file does) dropped with a warning naming them."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
         peft_type = data.get("peft_type", "MISS")
@@ -116,12 +117,9 @@ class BoneConfig(ConfigFiles):
         if peft_type != "MISS":
             raise ValueError(f"adapter config has peft_type {peft_type!r}; {cls.__name__} reads only 'MISS'")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        kwargs = {}
-        for key, value in data.items():
-            if key in names:
-                kwargs[key] = value
-            elif key not in _PEFT_METADATA_KEYS and key != "peft_type":
-                raise ValueError(f"unknown {cls.__name__} field {key!r}")
+        kwargs = {key: value for key, value in data.items() if key in names}
+        check_unknown_fields(cls.__name__, [k for k in data if k not in names and k not in _PEFT_METADATA_KEYS
+                                            and k != "peft_type"], unknown)
         return cls(**kwargs)
 
 

@@ -457,6 +457,9 @@ def _load_eva_state_dict(model: Module, eva_state_dict: dict[str, np.ndarray], a
         if not isinstance(module, LoraLinear):
             others.append(name)
             continue
+        if len(module.lora_adapters) > 1:
+            raise NotImplementedError(f"EVA initialisation of a layer with several adapters ({name!r} holds "
+                                      f"{list(module.lora_adapters)}): run EVA before add_adapter / load_adapter")
         r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
         alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
         if name in eva_state_dict:
@@ -474,7 +477,8 @@ def _load_eva_state_dict(model: Module, eva_state_dict: dict[str, np.ndarray], a
             if new_rank != module.r or alpha != module.lora_alpha:
                 layer = LoraLinear(module.base, r=new_rank, lora_alpha=alpha, lora_dropout=module.lora_dropout,
                                    use_rslora=module.use_rslora, lora_bias=module.lora_bias is not None,
-                                   init_lora_weights="eva", generator=module.generator)
+                                   init_lora_weights="eva", generator=module.generator,
+                                   adapter_name=module.active_adapter)
                 layer.training = module.training
                 for p in (layer.lora_A, layer.lora_B, layer.lora_bias):
                     if p is not None:

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_files import ConfigFiles
+from .config_files import ConfigFiles, check_unknown_fields
 from .eva_config import EvaConfig
 
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
@@ -167,8 +167,16 @@ class LoraConfig(ConfigFiles):
         return dict(sorted(out.items()))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
-        """Build a config from a dict such as PEFT's adapter_config.json; unknown keys are an error."""
+    def from_dict(cls, data: dict[str, Any], unknown: str = "error") -> LoraConfig:
+        """Build a config from a dict such as PEFT's adapter_config.json.
+
+        Keys for PEFT features peftc lacks (``use_dora``, ``fan_in_fan_out``, ...) must hold their off value,
+        else a ValueError names the field. Keys nobody here knows are an error, or with ``unknown="warn"``
+        (what reading a file does) dropped with a warning naming them.
+
+        >>> LoraConfig.from_dict({"peft_type": "LORA", "r": 4, "a_future_field": 1}, unknown="warn").r
+        4
+        """
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
         expected = next(f.default for f in dataclasses.fields(cls) if f.name == "peft_type")
@@ -176,7 +184,7 @@ class LoraConfig(ConfigFiles):
         if peft_type != expected:
             raise ValueError(f"adapter config has peft_type {peft_type!r}; {cls.__name__} reads only {expected!r}")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        kwargs = {}
+        kwargs, unknown_keys = {}, []
         for key, value in data.items():
             if key in names:
                 kwargs[key] = value
@@ -185,5 +193,6 @@ class LoraConfig(ConfigFiles):
                     raise ValueError(f"adapter config sets {key}={value!r}: this PEFT feature is not supported "
                                      f"by peftc")
             elif key not in _PEFT_METADATA_KEYS and key != "peft_type":
-                raise ValueError(f"unknown {cls.__name__} field {key!r}")
+                unknown_keys.append(key)
+        check_unknown_fields(cls.__name__, unknown_keys, unknown)
         return cls(**kwargs)

@@ -125,19 +125,20 @@ def resolve_target_modules(model: Module, config: LoraConfig) -> list[str] | str
     return targets
 
 
-def find_target_modules(model: Module, config: LoraConfig) -> list[str]:
+def find_target_modules(model: Module, config: LoraConfig, existing_lora: bool = False) -> list[str]:
     """Names of the Linear modules the adapter replaces, in model order.
 
-    Raises ValueError if nothing matches, or if a matched module is not a Linear.
+    With ``existing_lora`` a matched LoraLinear is a target too (it takes one more adapter). Raises
+    ValueError if nothing matches, or if a matched module is not a Linear.
     """
     inside = _adapter_internal_names(model)
     names = []
     for name, module in model.named_modules():
         if not name or name in inside or not check_target_module_exists(config, name):
             continue
-        if isinstance(module, (LoraLinear, BoneLinear)):
+        if isinstance(module, (LoraLinear, BoneLinear)) and not (existing_lora and type(module) is LoraLinear):
             raise ValueError(f"module {name!r} already has an adapter; peftc keeps one adapter per model")
-        if not isinstance(module, Linear):
+        if not isinstance(module, (Linear, LoraLinear)):
             raise ValueError(f"target module {name!r} is a {type(module).__name__}; LoRA in peftc supports "
                              f"peftc.nn.Linear only")
         names.append(name)
