@@ -235,5 +235,19 @@ def test_quick_run_writes_the_results_contract(tmp_path):
                 assert r["models"][m]["test_scored"] == 1
                 assert len(r["models"][m]["validation"]) == len(payload["templates"]) >= 10
             assert r["shared_template"] == r["models"]["adapted"]["template"]
+            if r["shared_template"] == r["models"]["base"]["template"]:  # then the ablation changes nothing
+                assert r["shared_base_test_pred"] == r["models"]["base"]["test_pred"]
         assert seed["adaptation"]["steps"] == 2
     assert "| adjective_adverb/zero_shot |" in md and "| claim | holds |" in md
+
+    # --merge: the seeds split into two files and merged back give the same table and verdicts
+    mp = load_benchmark("medical_protocol")
+    for k in payload["per_seed"]:
+        part = dict(payload, per_seed={k: payload["per_seed"][k]}, settings={**payload["settings"], "seeds": [int(k)]})
+        (tmp_path / f"part{k}.json").write_text(json.dumps(part))
+    merged = mp.merge([str(tmp_path / "part0"), str(tmp_path / "part1")], str(tmp_path / "merged"))
+    assert merged["aggregate"] == payload["aggregate"] and merged["settings"] == payload["settings"]
+    other = dict(part, settings={**part["settings"], "test_per_class": 5})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="test_per_class"):
+        mp.merge([str(tmp_path / "part0"), str(tmp_path / "other")], str(tmp_path / "bad"))
