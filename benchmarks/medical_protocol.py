@@ -28,17 +28,19 @@ few-shot draw, and the adaptation run (LoRA initialisation, dropout, data order 
 adaptation pairs); the half of the noun synsets used for adaptation is fixed, so no seed tests on
 adaptation text.
 
-Full run (5 seeds, one process each, then merged):
+Full run (5 seeds, one process each, then merged; ``--seeds 0 1 2 3 4`` does it in one process):
     for s in 0 1 2 3 4; do PYTHONPATH=. OPENBLAS_NUM_THREADS=2 python benchmarks/medical_protocol.py --seed $s; done
     PYTHONPATH=. python benchmarks/medical_protocol.py --merge medical_protocol_s0 medical_protocol_s1 \\
         medical_protocol_s2 medical_protocol_s3 medical_protocol_s4
-(or ``--seeds 0 1 2 3 4`` in one process). ``--quick`` is a tiny configuration for checking the code;
-its results are labelled REDUCED and go to medical_protocol_quick.{json,md}.
+Expected cost per seed on 2 loaded cores: the adaptation, 250 LoRA steps of 32 pairs at about 4.5 s, about
+20 minutes (once: the merged model is cached per seed), and the evaluation, about 10k sentence embeddings
+at about 120 per second, 1-2 minutes; about 1 h 45 min for the five seeds. ``--render NAME`` redraws a
+results file's tables; ``--quick`` is a tiny configuration for checking the code, whose results are
+labelled REDUCED and go to medical_protocol_quick.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -227,7 +229,8 @@ def case_statistics(per_task: dict, s: Settings, seed: int) -> dict:
                 b = np.asarray(r["models"]["base"]["test_pred"] if protocol == "fair" else r["shared_base_test_pred"],
                                dtype=np.int64)
                 key = f"{name}/{regime}"
-                boot = paired_bootstrap(y, a, b, seed=np.random.default_rng([seed, len(cases)]), n_resamples=s.n_resamples)
+                rng = np.random.default_rng([seed, len(cases)])  # one stream per (seed, case)
+                boot = paired_bootstrap(y, a, b, seed=rng, n_resamples=s.n_resamples)
                 mc = mcnemar(y, a, b)
                 cases.append({"case": key, "task": name, "regime": regime, "n": int(y.size),
                               "acc_adapted": boot.metric_a, "acc_base": boot.metric_b, "diff": boot.estimate,
@@ -291,11 +294,19 @@ def aggregate(per_seed: dict) -> dict:
     out = {"seeds": [int(k) for k in seeds], "table": table}
     if len(seeds) >= 2:
         out["verdicts"] = verdicts(claims)
-    else:  # a single seed cannot be tested across seeds: every claim is recorded as not holding
+    else:  # a single seed cannot be tested across seeds: every claim is recorded as not holding, without an interval
         out["verdicts"] = [{"claim": c.claim, "holds": False, "p_holm": 1.0, "diff": float(c.a[0] - c.b[0]),
-                            "ci95": [float("nan"), float("nan")], "n_seeds": 1, "expected": "greater",
+                            "ci95": [None, None], "n_seeds": 1, "expected": "greater",
                             "why": "only 1 seed (at least 5 needed)"} for c in claims]
     return out
+
+
+def _template_numbers(payload: dict, seed: str, case: dict, protocol: str) -> str:
+    """ "adapted / base" template numbers (1-based in the payload's template list) of a case."""
+    models = payload["per_seed"][seed]["tasks"][case["task"]]["regimes"][case["regime"]]["models"]
+    a = payload["templates"].index(models["adapted"]["template"]) + 1
+    b = a if protocol == "shared" else payload["templates"].index(models["base"]["template"]) + 1
+    return f"{a} / {b}"
 
 
 def markdown(payload: dict) -> str:
@@ -305,31 +316,47 @@ def markdown(payload: dict) -> str:
     title = "# Medical-adaptation protocol on MiniLM: base vs noun-gloss-adapted, fair vs shared templates"
     lines = [title + (" (REDUCED: a tiny configuration that checks the code, not a result)" if s["reduced"] else ""),
              "",
-             f"Seeds {agg['seeds']}; per class {s['train_per_class']} train (few-shot pool) / {s['val_per_class']} "
-             f"validation / {s['test_per_class']} test; {len(TEMPLATES)} label templates chosen per model on "
-             f"validation; {s['shots']}-shot prototypes; adaptation: LoRA on {s['adapt_pairs']} noun (gloss, lemmas) "
-             f"pairs, merged. Environment: {payload['environment']['cpu']}.", ""]
+             f"Seeds {agg['seeds']}; tasks {', '.join(s['tasks'])}; per class {s['train_per_class']} train (few-shot "
+             f"pool) / {s['val_per_class']} validation / {s['test_per_class']} test; {len(payload['templates'])} label "
+             f"templates, chosen per model on validation; {s['shots']}-shot prototypes; adaptation: LoRA on "
+             f"{s['adapt_pairs']} noun (gloss, lemmas) pairs, merged. CPU: {payload['environment']['cpu']}.",
+             "",
+             "Per case and seed: accuracy on the test split, diff = adapted - base with its paired bootstrap 95% CI, "
+             "exact McNemar p (Holm over the cases of the seed), the papers' verdict (win / loss when the 95% CI "
+             "excludes 0, else tie) and the sign of diff alone. Templates: numbers in the list below.", ""]
     for protocol, what in (("fair", "each model with its own best template (the papers' protocol)"),
                            ("shared", "both models with the template chosen for the adapted model (the ablation)")):
         lines += [f"## {protocol}: {what}", ""]
+        t = agg["table"][protocol]
+        lines += ["Mean over seeds:", "", "| case | adapted | base | diff | win / tie / loss over seeds |",
+                  "|---|---|---|---|---|"]
+        for c in t["cases"]:
+            v = c["verdicts"]
+            lines.append(f"| {c['case']} | {c['acc_adapted']:.3f} | {c['acc_base']:.3f} | "
+                         f"{c['acc_adapted'] - c['acc_base']:+.3f} | {v['win']} / {v['tie']} / {v['loss']} |")
+        w, g = t["win_tie_loss"], t["sign_only"]
+        n = sum(w.values())
+        lines += ["", f"All seeds and cases: win {w['win']} / tie {w['tie']} / loss {w['loss']} "
+                  f"({100 * w['win'] / n:.1f}% / {100 * w['tie'] / n:.1f}% / {100 * w['loss'] / n:.1f}%); "
+                  f"sign only: {g['win']} / {g['tie']} / {g['loss']}.", ""]
         for k in [str(x) for x in agg["seeds"]]:
             st = payload["per_seed"][k]["statistics"][protocol]
             lines += [f"Seed {k}:", "", "| case | n | adapted | base | diff | 95% CI | p McNemar (Holm) | verdict | "
-                      "sign only |", "|---|---|---|---|---|---|---|---|---|"]
+                      "sign only | templates A / B |", "|---|---|---|---|---|---|---|---|---|---|"]
             for c in st["cases"]:
+                tpl = _template_numbers(payload, k, c, protocol)
                 lines.append(f"| {c['case']} | {c['n']} | {c['acc_adapted']:.3f} | {c['acc_base']:.3f} | "
                              f"{c['diff']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | "
-                             f"{c['p_mcnemar']:.3g} ({c['p_holm']:.3g}) | {c['verdict']} | {c['sign_only']} |")
+                             f"{c['p_mcnemar']:.3g} ({c['p_holm']:.3g}) | {c['verdict']} | {c['sign_only']} | {tpl} |")
             w = st["win_tie_loss"]
             lines += ["", f"win / tie / loss: {w['win']} / {w['tie']} / {w['loss']}", ""]
-        t = agg["table"][protocol]
-        w, g = t["win_tie_loss"], t["sign_only"]
-        n = sum(w.values())
-        lines += [f"Over all seeds and cases: win {w['win']} / tie {w['tie']} / loss {w['loss']} "
-                  f"({100 * w['win'] / n:.1f}% / {100 * w['tie'] / n:.1f}% / {100 * w['loss'] / n:.1f}%); "
-                  f"sign only: {g['win']} / {g['tie']} / {g['loss']}.", ""]
-    lines += ["## Verdicts (adapted > base, across seeds)", "", verdicts_markdown(agg["verdicts"]),
-              f"Command: `{payload['command']}`", ""]
+    lines += ["## Verdicts (adapted > base, across seeds)", ""]
+    if len(agg["seeds"]) >= 2:
+        lines.append(verdicts_markdown(agg["verdicts"]))
+    else:
+        lines += ["One seed: no claim can be tested across seeds (merge the per-seed files with --merge).", ""]
+    lines += ["Templates:", ""] + [f"{i + 1}. `{t}`" for i, t in enumerate(payload["templates"])]
+    lines += ["", f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -370,16 +397,29 @@ def merge(stems: list[str], out: str) -> dict:
     return payload
 
 
+def render(name: str) -> dict:
+    """Recompute the aggregate, verdicts and markdown of results/<name>.json (no model is run)."""
+    payload = common.read_results(name)
+    payload["aggregate"] = aggregate(payload["per_seed"])
+    payload["verdicts"] = payload["aggregate"]["verdicts"]
+    common.write_results(name, payload, markdown(payload))
+    return payload
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--seed", type=int, default=None, help="one seed; results go to <out>_s<seed>")
     ap.add_argument("--tasks", nargs="+", default=None)
+    ap.add_argument("--adapt-pairs", type=int, default=None, help="adaptation (gloss, lemmas) pairs (default 8000)")
+    ap.add_argument("--test-per-class", type=int, default=None, help="test examples per class (default 40)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration (REDUCED), to check the code")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help=f"results name (default {NAME}, {NAME}_quick with --quick)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="NAME",
                     help="combine results/NAME.json files (same settings, other seeds) into --out, then stop")
+    ap.add_argument("--render", default=None, metavar="NAME",
+                    help="recompute the aggregate, verdicts and markdown of results/NAME.json, then stop")
     return ap.parse_args(argv)
 
 
@@ -391,6 +431,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s = replace(s, seeds=[args.seed])
     if args.tasks is not None:
         s = replace(s, tasks=list(args.tasks))
+    if args.adapt_pairs is not None:
+        s = replace(s, adapt_pairs=args.adapt_pairs)
+    if args.test_per_class is not None:
+        s = replace(s, test_per_class=args.test_per_class)
     return s
 
 
@@ -401,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or (NAME + ("_quick" if args.quick else ""))
     if args.merge:
         return merge(args.merge, out)
+    if args.render:
+        return render(args.render)
     if args.seed is not None and args.out is None:
         out += f"_s{args.seed}"
     command = "PYTHONPATH=. python benchmarks/medical_protocol.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -240,6 +240,16 @@ def test_quick_run_writes_the_results_contract(tmp_path):
         assert seed["adaptation"]["steps"] == 2
     assert "| adjective_adverb/zero_shot |" in md and "| claim | holds |" in md
 
+    # the adapted models were merged and cached: LoRA changed query and value weights, nothing else
+    from peftc.models import BertModel, minilm_path
+    folders = sorted((tmp_path / "cache" / "medical_protocol").glob("minilm_nouns_*"))
+    assert len(folders) == 2  # one per seed
+    base = BertModel.from_pretrained(minilm_path()).state_dict()
+    for folder in folders:
+        adapted = BertModel.from_pretrained(folder).state_dict()
+        changed = {k for k in base if not np.array_equal(base[k], adapted[k])}
+        assert changed == {f"encoder.layer.{i}.attention.self.{m}.weight" for i in range(6) for m in ("query", "value")}
+
     # --merge: the seeds split into two files and merged back give the same table and verdicts
     mp = load_benchmark("medical_protocol")
     for k in payload["per_seed"]:
@@ -247,6 +257,12 @@ def test_quick_run_writes_the_results_contract(tmp_path):
         (tmp_path / f"part{k}.json").write_text(json.dumps(part))
     merged = mp.merge([str(tmp_path / "part0"), str(tmp_path / "part1")], str(tmp_path / "merged"))
     assert merged["aggregate"] == payload["aggregate"] and merged["settings"] == payload["settings"]
+    # one seed (a --seed process): the verdicts list is there, no claim holds, the markdown says why
+    one = dict(payload, per_seed={"0": payload["per_seed"]["0"]})
+    one["aggregate"] = mp.aggregate(one["per_seed"])
+    assert [v["claim"] for v in one["aggregate"]["verdicts"]] == [v["claim"] for v in verdicts]
+    assert all(not v["holds"] and v["n_seeds"] == 1 for v in one["aggregate"]["verdicts"])
+    assert "One seed" in mp.markdown(one)
     other = dict(part, settings={**part["settings"], "test_per_class": 5})
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="test_per_class"):
