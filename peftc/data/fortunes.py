@@ -21,7 +21,7 @@ import numpy as np
 DEFAULT_ROOT = "/usr/share/games/fortunes"
 # (file name, description): the topical files of the collection
 TOPICS: tuple[tuple[str, str], ...] = (
-    ("art", "quotations and jokes about art and artists"),
+    ("art", "quotations and jokes about the arts: theatre, film, television, poetry"),
     ("computers", "quotations and jokes about computers and programming"),
     ("drugs", "quotations and jokes about drugs and drinking"),
     ("education", "quotations and jokes about schools, teachers and learning"),

@@ -4,24 +4,28 @@ The medical-adaptation protocol (a base encoder against the same encoder adapted
 compared zero-shot and few-shot) needs a domain to adapt to and tasks to evaluate on. The domain is
 WordNet noun glosses; the tasks are:
 
-==========================  =============================================================  =======
-task                        examples and labels                                            domain
-==========================  =============================================================  =======
-``noun_supersenses``        noun glosses -> noun lexicographer file (noun.animal, ...)     in
-``noun_categories``         noun glosses -> one of 20 fine-grained hypernym categories     in
-                            (dog, bird, ..., mineral: the gloss's synset lies below it)
-``verb_supersenses``        verb glosses -> verb lexicographer file (verb.motion, ...)     out
-``adjective_adverb``        adjective / adverb glosses -> adj.all, adj.pert, adj.ppl,      out
+==========================  ==========================================================  =======  =======
+task                        examples and labels                                         classes  domain
+==========================  ==========================================================  =======  =======
+``noun_supersenses``        noun glosses -> noun lexicographer file (noun.animal, ...)  24       in
+``noun_categories``         noun glosses -> fine-grained hypernym category (dog, bird,  20       in
+                            ..., mineral: the gloss's synset lies below it)
+``verb_supersenses``        verb glosses -> verb lexicographer file (verb.motion, ...)  15       out
+``adjective_adverb``        adjective / adverb glosses -> adj.all, adj.pert, adj.ppl,   4        out
                             adv.all
-``fortune_topics``          Debian ``fortunes`` entries -> topic file (art, law, ...)      out
-==========================  =============================================================  =======
+``fortune_topics``          Debian ``fortunes`` entries -> topic file (art, law, ...)   13       out
+==========================  ==========================================================  =======  =======
+
+(noun.Tops and noun.motive have fewer than :data:`MIN_PER_CLASS` synsets in the evaluation half and are
+left out of ``noun_supersenses``.)
 
 Disjointness from the adaptation data: every noun synset goes, by the SHA-256 of
 ``"adaptation:{synset id}"`` (fixed, independent of any seed), to the *adaptation* half or the
 *evaluation* half. The two noun tasks draw only from the evaluation half; :func:`adaptation_pairs`
 draws only from the adaptation half and also leaves out the 20 category synsets (whose glosses are the
-category task's label descriptions). The other tasks hold no noun glosses. So no text the adapted model
-was trained on is a validation or test input, for any seed.
+category task's label descriptions) and every gloss whose text recurs verbatim outside the adaptation
+half. So no synset and no gloss text the adapted model was trained on is an input of any task, for any
+seed (the fortunes share no text with WordNet).
 
 Labels are shown to the label encoder through a name and a one-line description, both real text: the
 lexnames(5WN) descriptions for lexicographer files, the category synset's first lemma and gloss for
@@ -226,12 +230,15 @@ class AdaptationPairs:
 
 
 def adaptation_pairs(synsets: WordNetSynsets | None = None, limit: int | None = None, seed: int = 0) -> AdaptationPairs:
-    """The adaptation data: noun synsets of the adaptation half, minus the category synsets; with
-    ``limit``, the first ``limit`` of them in the seeded hash order (then sorted by file order)."""
-    syn = synsets if synsets is not None else load_synsets(("noun",))
+    """The adaptation data: noun synsets of the adaptation half, minus the category synsets and minus any
+    synset whose gloss text is also the text of a synset outside the adaptation half (some definitions
+    recur verbatim: "a genus of ..."); with ``limit``, the first ``limit`` of them in the seeded hash order
+    (then sorted by file order). ``synsets`` must hold all four parts of speech (the default loads them)."""
+    syn = synsets if synsets is not None else load_synsets()
     excluded = {sid for _, sid in NOUN_CATEGORIES}
-    rows = [i for i, sid in enumerate(syn.ids) if sid.endswith("-n") and in_adaptation_half(sid)
-            and sid not in excluded]
+    ours = [sid.endswith("-n") and in_adaptation_half(sid) for sid in syn.ids]
+    elsewhere = {text for text, own in zip(syn.texts, ours) if not own}
+    rows = [i for i, sid in enumerate(syn.ids) if ours[i] and sid not in excluded and syn.texts[i] not in elsewhere]
     if limit is not None:
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
