@@ -13,8 +13,8 @@ the softmax. The objective uses no label of any downstream task.
 LoRA (r 8, alpha 16, dropout 0.1 on query and value by default) through peftc's get_peft_model, trained
 by peftc's Trainer (AdamW, warm-up and linear decay, clipping), then ``merge_and_unload``: the adapted
 model is a plain BERT checkpoint folder (config.json, tokenizer.json, model.safetensors), cached under
-``<peftc cache>/medical_protocol/<key>/`` where the key hashes every setting, so a later run (or
-another seed's process) loads it instead of training again.
+``<peftc cache>/medical_protocol/<key>/`` where the key hashes every setting and the adaptation data, so
+a later run (or another seed's process) loads it instead of training again.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from peftc.data.corruptions import cache_root
-from peftc.data.text_tasks import adaptation_pairs
+from peftc.data.text_tasks import AdaptationPairs, adaptation_pairs
 from peftc.io.atomic import write_bytes_atomic
 from peftc.io.safetensors import save_file
 from peftc.models import BertModel, Tokenizer, minilm_path
@@ -58,8 +58,18 @@ class AdaptSettings:
     scale: float = 20.0
     max_length: int = 64
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def key(self, data_fingerprint: str) -> str:
+        """The cache key: the settings and the adaptation data's fingerprint (:func:`fingerprint`)."""
+        text = json.dumps({**asdict(self), "data": data_fingerprint}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(pairs: AdaptationPairs) -> str:
+    """SHA-256 of the pairs' ids and texts: a change of the adaptation data changes the cache key."""
+    h = hashlib.sha256()
+    for row in zip(pairs.ids, pairs.glosses, pairs.lemmas):
+        h.update("\t".join(row).encode() + b"\n")
+    return h.hexdigest()
 
 
 class GlossLemmaContrastive(Module):
@@ -125,9 +135,8 @@ def tokenize_pairs(tokenizer: Tokenizer, glosses: list[str], lemmas: list[str], 
             "lemma_ids": pad(lem["input_ids"]), "lemma_mask": pad(lem["attention_mask"]), "labels": groups}
 
 
-def adapt(s: AdaptSettings, log=print) -> tuple[BertModel, dict]:
-    """Train the LoRA adapter on the adaptation pairs and return the merged encoder and the run's record."""
-    pairs = adaptation_pairs(limit=s.pairs, seed=s.seed)
+def adapt(s: AdaptSettings, pairs: AdaptationPairs, log=print) -> tuple[BertModel, dict]:
+    """Train the LoRA adapter on ``pairs`` and return the merged encoder and the run's record."""
     folder = minilm_path()
     data = tokenize_pairs(Tokenizer(folder, s.max_length), pairs.glosses, pairs.lemmas, pairs.groups)
     encoder = BertModel.from_pretrained(folder, seed=s.seed)
@@ -144,7 +153,7 @@ def adapt(s: AdaptSettings, log=print) -> tuple[BertModel, dict]:
     merged = model.merge_and_unload().encoder
     merged.eval()
     window = max(1, min(10, len(losses) // 2))
-    record = {"settings": asdict(s), "pairs": len(pairs), "steps": trainer.global_step,
+    record = {"settings": asdict(s), "data": fingerprint(pairs), "pairs": len(pairs), "steps": trainer.global_step,
               "seconds": time.perf_counter() - t0, "loss_first": float(np.mean(losses[:window])),
               "loss_last": float(np.mean(losses[-window:]))}
     log(f"adapted MiniLM (seed {s.seed}): {record['steps']} steps on {len(pairs)} noun (gloss, lemmas) pairs, "
@@ -154,15 +163,18 @@ def adapt(s: AdaptSettings, log=print) -> tuple[BertModel, dict]:
 
 def adapted_minilm(s: AdaptSettings, cache: str | os.PathLike | None = None, log=print) -> tuple[BertModel, dict]:
     """The merged adapted encoder for ``s``: loaded from the cache, or trained and cached (atomically)."""
-    folder = os.path.join(cache_root(cache), "medical_protocol", f"minilm_nouns_{s.key()}")
+    pairs = adaptation_pairs(limit=s.pairs, seed=s.seed)
+    data = fingerprint(pairs)
+    folder = os.path.join(cache_root(cache), "medical_protocol", f"minilm_nouns_{s.key(data)}")
     record_path = os.path.join(folder, "adaptation.json")
     if os.path.isfile(record_path):
         record = json.loads(open(record_path).read())
         wanted = json.loads(json.dumps(asdict(s)))  # as JSON stores it (tuples become lists)
-        if record["settings"] != wanted:
-            raise ValueError(f"{record_path}: cached settings {record['settings']} differ from {wanted}")
+        if record["settings"] != wanted or record["data"] != data:
+            raise ValueError(f"{record_path}: cached settings {record['settings']} (data {record['data']}) differ "
+                             f"from {wanted} (data {data})")
         return BertModel.from_pretrained(folder, seed=s.seed), {**record, "cached": True}
-    model, record = adapt(s, log)
+    model, record = adapt(s, pairs, log)
     os.makedirs(folder, exist_ok=True)
     for name in ("config.json", "tokenizer.json"):
         shutil.copyfile(os.path.join(minilm_path(), name), os.path.join(folder, name))

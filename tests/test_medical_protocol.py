@@ -271,3 +271,15 @@ def test_quick_run_writes_the_results_contract(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="test_per_class"):
         mp.merge([str(tmp_path / "part0"), str(tmp_path / "other")], str(tmp_path / "bad"))
+
+
+@needs_data
+def test_adapted_model_cache_key_follows_the_settings_and_the_data():
+    dam = load_benchmark("domain_adapted_minilm")
+    s = dam.AdaptSettings(pairs=50)
+    pairs = adaptation_pairs(limit=50)
+    other = adaptation_pairs(limit=50, seed=1)
+    assert dam.fingerprint(pairs) == dam.fingerprint(adaptation_pairs(limit=50))
+    assert dam.fingerprint(pairs) != dam.fingerprint(other)
+    assert s.key(dam.fingerprint(pairs)) != s.key(dam.fingerprint(other))
+    assert s.key(dam.fingerprint(pairs)) != dam.AdaptSettings(pairs=50, learning_rate=1e-3).key(dam.fingerprint(pairs))
