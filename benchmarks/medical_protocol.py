@@ -13,8 +13,8 @@ Here (all of it offline, on CPU):
   supersenses, adjective / adverb classes and Debian fortunes topics (other domains);
 - classifier: the dual encoder (PromptSRC's zero-shot setup): cosine between the input's sentence
   embedding and each label's, the label rendered through a template (name and one-line description);
-  "3_shot" adds the mean embedding of 3 training examples per class to the label embedding (a
-  prototype); both as "regimes";
+  "few_shot" adds the mean embedding of k = 3 (``--shots``) training examples per class, drawn as the
+  papers draw theirs, to the label embedding (a prototype); zero_shot and few_shot are the "regimes";
 - per model, task and regime the template is chosen on the validation split among the 12 of
   :data:`TEMPLATES` (peftc.evaluation.select_on_validation; first best wins ties); the test split is
   scored once with it ("fair", the papers' protocol);
@@ -52,7 +52,7 @@ import common  # noqa: E402
 NAME = "medical_protocol"
 MODELS = ("base", "adapted")
 PROTOCOLS = ("fair", "shared")
-REGIMES = ("zero_shot", "3_shot")
+REGIMES = ("zero_shot", "few_shot")
 # label templates: {name} is the class name, {desc} its one-line description (PromptSRC's text list, made general)
 TEMPLATES: tuple[str, ...] = (
     "{name}: {desc}",
@@ -127,7 +127,7 @@ def normalise(x):
 
 
 def class_vectors(encoder: Encoder, task, template: str, regime: str, shots):
-    """(C, H): the label embeddings through ``template``; "3_shot" adds the mean of the class's shot
+    """(C, H): the label embeddings through ``template``; "few_shot" adds the mean of the class's shot
     embeddings (both unit length) and renormalises."""
     labels = normalise(encoder(label_texts(task, template)))
     if regime == "zero_shot":
@@ -413,6 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="+", default=None)
     ap.add_argument("--adapt-pairs", type=int, default=None, help="adaptation (gloss, lemmas) pairs (default 8000)")
     ap.add_argument("--test-per-class", type=int, default=None, help="test examples per class (default 40)")
+    ap.add_argument("--shots", type=int, default=None, help="k of the few-shot regime (default 3)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration (REDUCED), to check the code")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help=f"results name (default {NAME}, {NAME}_quick with --quick)")
@@ -435,6 +436,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s = replace(s, adapt_pairs=args.adapt_pairs)
     if args.test_per_class is not None:
         s = replace(s, test_per_class=args.test_per_class)
+    if args.shots is not None:
+        s = replace(s, shots=args.shots)
     return s
 
 

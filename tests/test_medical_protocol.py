@@ -233,7 +233,7 @@ def test_quick_run_writes_the_results_contract(tmp_path):
                 assert c["ci95"][0] <= c["diff"] <= c["ci95"][1]
                 assert abs(c["diff"] - (c["acc_adapted"] - c["acc_base"])) < 1e-12
                 assert c["p_mcnemar"] <= c["p_holm"] <= 1.0
-        for regime in ("zero_shot", "3_shot"):
+        for regime in ("zero_shot", "few_shot"):
             r = seed["tasks"]["adjective_adverb"]["regimes"][regime]
             for m in ("base", "adapted"):
                 assert r["models"][m]["test_scored"] == 1
