@@ -34,7 +34,7 @@ Full run (5 seeds, one process each, then merged; ``--seeds 0 1 2 3 4`` does it 
         medical_protocol_s2 medical_protocol_s3 medical_protocol_s4
 Expected cost per seed on 2 loaded cores: the adaptation, 250 LoRA steps of 32 pairs at about 4.5 s, about
 20 minutes (once: the merged model is cached per seed), and the evaluation, about 10k sentence embeddings
-at about 120 per second, 1-2 minutes; about 1 h 45 min for the five seeds. ``--render NAME`` redraws a
+at 50-120 per second, 1.5-3.5 minutes; about 2 hours for the five seeds. ``--render NAME`` redraws a
 results file's tables; ``--quick`` is a tiny configuration for checking the code, whose results are
 labelled REDUCED and go to medical_protocol_quick.{json,md}.
 """
