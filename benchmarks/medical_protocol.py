@@ -190,7 +190,8 @@ def run_task(task, s: Settings, seed: int, encoders: dict) -> dict:
 
     parts = task.split(seed, SplitSizes(s.train_per_class, s.val_per_class, s.test_per_class))
     labels = {sp: parts[sp].labels for sp in ("validation", "test")}
-    out: dict = {"sizes": {sp: len(p) for sp, p in parts.items()}, "classes": list(task.class_ids),
+    out: dict = {"in_domain": task.in_domain, "sizes": {sp: len(p) for sp, p in parts.items()},
+                 "classes": list(task.class_ids),
                  "test_labels": labels["test"].tolist(), "regimes": {}}
     for regime in s.regimes:
         r: dict = {"models": {}}
@@ -310,9 +311,11 @@ def _template_numbers(payload: dict, seed: str, case: dict, protocol: str) -> st
 
 
 def markdown(payload: dict) -> str:
+    from peftc.data.text_tasks import IN_DOMAIN
     from peftc.evaluation import verdicts_markdown
 
     s, agg = payload["settings"], payload["aggregate"]
+    in_domain = ", ".join(n for n in s["tasks"] if n in IN_DOMAIN)
     title = "# Medical-adaptation protocol on MiniLM: base vs noun-gloss-adapted, fair vs shared templates"
     lines = [title + (" (REDUCED: a tiny configuration that checks the code, not a result)" if s["reduced"] else ""),
              "",
@@ -320,6 +323,9 @@ def markdown(payload: dict) -> str:
              f"pool) / {s['val_per_class']} validation / {s['test_per_class']} test; {len(payload['templates'])} label "
              f"templates, chosen per model on validation; {s['shots']}-shot prototypes; adaptation: LoRA on "
              f"{s['adapt_pairs']} noun (gloss, lemmas) pairs, merged. CPU: {payload['environment']['cpu']}.",
+             "",
+             f"In the adapted domain (noun glosses): {in_domain or 'none of the tasks run'}; the others are other "
+             "domains.",
              "",
              "Per case and seed: accuracy on the test split, diff = adapted - base with its paired bootstrap 95% CI, "
              "exact McNemar p (Holm over the cases of the seed), the papers' verdict (win / loss when the 95% CI "

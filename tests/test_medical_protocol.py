@@ -242,7 +242,9 @@ def test_quick_run_writes_the_results_contract(tmp_path):
             if r["shared_template"] == r["models"]["base"]["template"]:  # then the ablation changes nothing
                 assert r["shared_base_test_pred"] == r["models"]["base"]["test_pred"]
         assert seed["adaptation"]["steps"] == 2
+        assert seed["tasks"]["adjective_adverb"]["in_domain"] is False
     assert "| adjective_adverb/zero_shot |" in md and "| claim | holds |" in md
+    assert "In the adapted domain (noun glosses): none of the tasks run;" in md
 
     # the adapted models were merged and cached: LoRA changed query and value weights, nothing else
     from peftc.models import BertModel, minilm_path
