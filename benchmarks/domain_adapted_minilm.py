@@ -137,6 +137,8 @@ def tokenize_pairs(tokenizer: Tokenizer, glosses: list[str], lemmas: list[str], 
 
 def adapt(s: AdaptSettings, pairs: AdaptationPairs, log=print) -> tuple[BertModel, dict]:
     """Train the LoRA adapter on ``pairs`` and return the merged encoder and the run's record."""
+    if len(pairs) < s.batch_size:  # the in-batch objective drops a last short batch: no batch at all would never end
+        raise ValueError(f"adaptation needs at least batch_size={s.batch_size} pairs, got {len(pairs)}")
     folder = minilm_path()
     data = tokenize_pairs(Tokenizer(folder, s.max_length), pairs.glosses, pairs.lemmas, pairs.groups)
     encoder = BertModel.from_pretrained(folder, seed=s.seed)

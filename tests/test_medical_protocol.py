@@ -285,3 +285,11 @@ def test_adapted_model_cache_key_follows_the_settings_and_the_data():
     assert dam.fingerprint(pairs) != dam.fingerprint(other)
     assert s.key(dam.fingerprint(pairs)) != s.key(dam.fingerprint(other))
     assert s.key(dam.fingerprint(pairs)) != dam.AdaptSettings(pairs=50, learning_rate=1e-3).key(dam.fingerprint(pairs))
+
+
+@needs_data
+def test_adaptation_with_fewer_pairs_than_a_batch_is_refused():
+    dam = load_benchmark("domain_adapted_minilm")
+    s = dam.AdaptSettings(pairs=4, batch_size=8, max_steps=1)
+    with pytest.raises(ValueError, match="batch_size=8 pairs, got 4"):
+        dam.adapt(s, adaptation_pairs(limit=4))
