@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .. import functional as F
+
 
 class Parameter:
     """An array plus its gradient. ``grad`` is allocated on first use, and only if ``requires_grad``."""
@@ -73,9 +75,10 @@ class Module:
 
     def _input_grad_buffer(self, dx: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
         """The array the input gradient is accumulated into: ``dx`` (checked against the input's shape) or a
-        new zeroed one."""
+        new zeroed one (zeroed by the kernel threads, as ``F.zeros`` does: ``np.zeros`` leaves the page
+        faults of a large buffer to the one thread that first writes it)."""
         if dx is None:
-            return np.zeros(shape, dtype=np.float32)
+            return F.zeros(shape)
         return self._check_dx(dx, shape)
 
     def _check_dx(self, dx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
