@@ -188,10 +188,24 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
 
     json_path, md_path = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(json_path, (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(json_path, (results_json(payload) + "\n").encode())
     write_bytes_atomic(md_path, markdown.encode())
     print(f"wrote {json_path}, {md_path}")
     return json_path, md_path
+
+
+def results_json(value: Any, indent: int = 0) -> str:
+    """JSON text of a results payload: objects, and lists that hold objects or lists, one item a line,
+    indented by two; a list of plain values (per-example predictions, per-seed scores) on one line, so
+    that long lists do not make the file long. ``json.loads`` gives back the same payload."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {results_json(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+        items = [f"{inner}{results_json(v, indent + 2)}" for v in value]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(value, separators=(", ", ": "))
 
 
 def read_results(name: str) -> dict[str, Any]:
