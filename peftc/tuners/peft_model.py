@@ -350,12 +350,15 @@ class PeftModel(Module):
             self._remove_from_layers(adapter_name)
             del self.peft_config[adapter_name]
             raise
-        for p in self._adapter_parameters(adapter_name):
+        for p in self.get_adapter_parameters(adapter_name):
             p.requires_grad = False
             p.grad = None
 
-    def _adapter_parameters(self, adapter_name: str) -> list[Parameter]:
-        """The parameters of one adapter: its LoRA tensors on every layer and its modules_to_save copies."""
+    def get_adapter_parameters(self, adapter_name: str) -> list[Parameter]:
+        """The parameters of one adapter: its LoRA tensors on every layer and its modules_to_save copies.
+
+        >>> sum(p.size for p in model.get_adapter_parameters("task_b"))
+        """
         params = [p for layer in self._lora_layers() if isinstance(layer, LoraLinear)
                   and adapter_name in layer.lora_adapters for p in layer.adapter_parameters(adapter_name).values()]
         params += [p for w in self._wrappers() if adapter_name in w.copies for p in w.copies[adapter_name].parameters()]
@@ -443,7 +446,7 @@ class PeftModel(Module):
             del self.peft_config[adapter_name]
             raise
         if is_trainable:
-            for p in self._adapter_parameters(adapter_name):
+            for p in self.get_adapter_parameters(adapter_name):
                 p.requires_grad = True
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
