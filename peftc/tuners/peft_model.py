@@ -11,8 +11,11 @@ them alike; their files carry peft_type PEFTC_SORA / PEFTC_HYDRA, which PEFT ref
     model = PeftModel.from_pretrained(base, "out")     # also reads folders written by PEFT
 
 Several LoRA adapters live side by side as in PEFT (``add_adapter``, ``load_adapter``, ``set_adapter``,
-``delete_adapter``, ``add_weighted_adapter``); one of them is active. SoRA, Hydra and Bone / MiSS
-models hold one adapter, named "default": adding another raises NotImplementedError naming the type.
+``delete_adapter``, ``add_weighted_adapter``); one of them is active, and each has its own modules_to_save
+copies. ``model(batch, adapter_names=[...])`` runs each batch row with its own adapter ("__base__": none)
+in one grouped kernel call per layer, forward and backward (:class:`peftc.MultiAdapterTrainer` trains
+several adapters that way). SoRA, Hydra and Bone / MiSS models hold one adapter, named "default": adding
+another, or adapter_names on them, raises NotImplementedError naming the type.
 """
 from __future__ import annotations
 
