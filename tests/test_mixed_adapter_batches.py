@@ -164,3 +164,26 @@ def test_modules_to_save_copies_are_saved_and_loaded_per_adapter(rng, tmp_path):
     loaded.set_adapter("default")
     loaded.delete_adapter("c")
     assert sorted(loaded.get_base_model().classifier.copies) == ["default"]
+
+
+def test_mixed_batch_through_the_bert_sentence_classifier(rng):
+    """The main job's model: BERT (attention over padded rows), mean pooling, a head copy per adapter."""
+    from peftc.models import SentenceClassifier
+    from tests.test_encoder_modules import random_bert
+
+    model = get_peft_model(SentenceClassifier(random_bert(rng, 0.0), 3),
+                           LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"],
+                                      init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=4, lora_alpha=3, use_rslora=True, target_modules=["query", "dense"],
+                                      modules_to_save=["classifier"], init_lora_weights=False))
+    for n, p in model.named_parameters():
+        if ".modules_to_save" in n:
+            p.data[...] += f32(rng, *p.shape, scale=0.3)
+    model.eval()
+    ids = rng.integers(1, 20, size=(4, 6)).astype(np.int64)
+    mask = np.array([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0], [1] * 2 + [0] * 4], dtype=np.int64)
+    names = ["b", "a", "__base__", "b"]
+    logits = model({"input_ids": ids, "attention_mask": mask}, adapter_names=names)
+    for i, name in enumerate(names):
+        alone = run_alone(model, name, {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})
+        assert_close(logits[i:i + 1], alone, 1e-5, 1e-5, f"row {i} ({name})")
