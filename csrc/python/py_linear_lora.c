@@ -191,10 +191,10 @@ typedef struct {
 
 typedef struct {
     int64_t K;
-    ArgCheck *ck;              /* K checks, one per adapter */
+    ArgCheck *ck; /* K checks, one per adapter */
     char (*names)[MIXED_FIELDS][24];
-    float **ptr;               /* field f of adapter k at ptr[f * K + k] */
-    int64_t *rank;             /* K */
+    float **ptr;   /* field f of adapter k at ptr[f * K + k] */
+    int64_t *rank; /* K */
 } Mixed;
 
 static void mixed_free(Mixed *m)
@@ -227,14 +227,16 @@ static int mixed_parse(Mixed *m, ArgCheck *main, const MixedField *fields, int n
         if (fields[f].seq == Py_None && (fields[f].flags & ARG_OPTIONAL))
             continue;
         if (!PyTuple_Check(fields[f].seq) && !PyList_Check(fields[f].seq)) {
-            PyErr_Format(PyExc_TypeError, "%s: argument '%s' must be a tuple or list of arrays, one per adapter, got %s",
-                         main->fn, fields[f].name, Py_TYPE(fields[f].seq)->tp_name);
+            PyErr_Format(PyExc_TypeError,
+                         "%s: argument '%s' must be a tuple or list of arrays, one per adapter, got %s", main->fn,
+                         fields[f].name, Py_TYPE(fields[f].seq)->tp_name);
             return -1;
         }
         if (PySequence_Fast_GET_SIZE(fields[f].seq) != K) {
-            PyErr_Format(PyExc_ValueError, "%s: argument '%s' holds %zd arrays, but 'scale' has shape (%lld,): K = %lld "
-                         "adapters", main->fn, fields[f].name, PySequence_Fast_GET_SIZE(fields[f].seq), (long long)K,
-                         (long long)K);
+            PyErr_Format(PyExc_ValueError,
+                         "%s: argument '%s' holds %zd arrays, but 'scale' has shape (%lld,): K = %lld "
+                         "adapters",
+                         main->fn, fields[f].name, PySequence_Fast_GET_SIZE(fields[f].seq), (long long)K, (long long)K);
             return -1;
         }
     }
@@ -338,9 +340,8 @@ static PyObject *py_lora_mixed_forward(PyObject *self, PyObject *args)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), K = arg_dim(&ck, "K"),
                   RM = arg_dim(&ck, "RM");
-    const MixedField fields[] = {{"lora_A", o_a, "R IC", ARG_IN},
-                                 {"lora_B", o_bm, "OC R", ARG_IN},
-                                 {"lora_bias", o_bb, "OC", ARG_OPTIONAL}};
+    const MixedField fields[] = {
+        {"lora_A", o_a, "R IC", ARG_IN}, {"lora_B", o_bm, "OC R", ARG_IN}, {"lora_bias", o_bb, "OC", ARG_OPTIONAL}};
     Mixed m;
     if (mixed_parse(&m, &ck, fields, 3, K) < 0 || mixed_check_index(&ck, idx, K) < 0 ||
         arg_workspace(&ck, peftc_lora_mixed_workspace_size(N, IC, OC, RM)) < 0) {
@@ -371,9 +372,9 @@ static PyObject *py_lora_mixed_backward(PyObject *self, PyObject *args)
     int64_t *iwork, *idx;
     if (arg_f32(&ck, "dx", o_dx, "N IC", ARG_OUT | ARG_OPTIONAL, &dx) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
-        arg_i64(&ck, "iwork", o_iwork, "IW", ARG_OUT, &iwork) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
-        arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 || arg_f32(&ck, "u", o_u, "N RM", ARG_IN, &u) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
+        arg_i64(&ck, "iwork", o_iwork, "IW", ARG_OUT, &iwork) < 0 ||
+        arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
+        arg_f32(&ck, "u", o_u, "N RM", ARG_IN, &u) < 0 || arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 ||
         arg_f32(&ck, "scale", o_scale, "K", ARG_IN, &scale) < 0 || arg_i64(&ck, "idx", o_idx, "N", ARG_IN, &idx) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
