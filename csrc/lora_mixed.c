@@ -70,14 +70,18 @@ static void add_bias_rows(float *y /* (*,OC) */, const float *bb /* (OC) */, flo
     }
 }
 
-static peftc_status check_sizes(const int64_t *rank, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM)
+/* Check the sizes and ranks, then group the rows (group_rows) into iwork: order (N), start (K+1). */
+static peftc_status group_checked(int64_t **order, int64_t **start, int64_t *iwork, const int64_t *rank,
+                                  const int64_t *idx, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM)
 {
     if (!peftc_blas_sizes_ok(N, IC, OC) || K < 0 || RM < 0)
         return PEFTC_ERR_SIZE;
     for (int64_t k = 0; k < K; k++)
         if (rank[k] < 0 || rank[k] > RM)
             return PEFTC_ERR_SIZE;
-    return PEFTC_OK;
+    *order = iwork;
+    *start = iwork + N;
+    return group_rows(*order, *start, idx, N, K);
 }
 
 peftc_status peftc_lora_mixed_forward(float *y, float *u, float *work, int64_t *iwork, const float *x, const float *w,
@@ -85,11 +89,9 @@ peftc_status peftc_lora_mixed_forward(float *y, float *u, float *work, int64_t *
                                       const float *const *bb, const float *scale, const int64_t *rank,
                                       const int64_t *idx, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM)
 {
-    peftc_status st = check_sizes(rank, N, IC, OC, K, RM);
+    int64_t *order, *start;
+    peftc_status st = group_checked(&order, &start, iwork, rank, idx, N, IC, OC, K, RM);
     if (st != PEFTC_OK)
-        return st;
-    int64_t *order = iwork, *start = iwork + N;
-    if ((st = group_rows(order, start, idx, N, K)) != PEFTC_OK)
         return st;
     /* every row: y (N,OC) = x w^T + b, one GEMM for all the adapters */
     if ((st = peftc_linear_forward(y, x, w, b, N, IC, OC)) != PEFTC_OK)
@@ -132,11 +134,9 @@ peftc_status peftc_lora_mixed_backward(float *dx, float *const *da, float *const
                                        const int64_t *rank, const int64_t *idx, int64_t N, int64_t IC, int64_t OC,
                                        int64_t K, int64_t RM)
 {
-    peftc_status st = check_sizes(rank, N, IC, OC, K, RM);
+    int64_t *order, *start;
+    peftc_status st = group_checked(&order, &start, iwork, rank, idx, N, IC, OC, K, RM);
     if (st != PEFTC_OK)
-        return st;
-    int64_t *order = iwork, *start = iwork + N;
-    if ((st = group_rows(order, start, idx, N, K)) != PEFTC_OK)
         return st;
     /* base path, every row: dx (N,IC) += dy (N,OC) w (OC,IC) */
     if (dx && (st = peftc_linear_backward(dx, NULL, NULL, dy, NULL, w, N, IC, OC)) != PEFTC_OK)

@@ -261,13 +261,7 @@ class LoraLinear(Module):
                         ad.lora_B.data, ad.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=ad.lora_A.grad_buffer(), dlora_B=ad.lora_B.grad_buffer(),
                         dlora_bias=ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None)
-        dw = self.base.weight.grad_buffer()
-        db = self.base.bias.grad_buffer() if self.base.bias is not None else None
-        if dw is not None or db is not None:
-            F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
-        if out is None:
-            return None
-        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
+        return self._base_backward(drows, rows, out, dx, dy)
 
     # -- mixed-adapter batches ------------------------------------------------------------------------
     def _scratch(self, rows: int, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +309,13 @@ class LoraLinear(Module):
                               dlora_B=[ad.lora_B.grad_buffer() for ad in ads],
                               dlora_bias=[ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None
                                           for ad in ads], work=work, iwork=iwork)
+        return self._base_backward(drows, rows, out, dx, dy)
+
+    def _base_backward(self, drows: np.ndarray, rows: np.ndarray, out: np.ndarray | None, dx: np.ndarray | None,
+                       dy: np.ndarray) -> np.ndarray | None:
+        """The end of every adapter backward: the trainable base weight / bias gradients (drows, rows: the
+        (N, out) and (N, in) rows), then the input gradient as the module contract returns it (``out`` holds
+        its rows, None when not wanted). The subclasses' backward use it too."""
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         if dw is not None or db is not None:
