@@ -3,16 +3,17 @@
  * The frozen product runs once over all N rows (one GEMM); the rows are then grouped by adapter with a
  * counting sort into iwork, and each adapter's two GEMMs run on its rows: in place when its rows are
  * one contiguous block (a batch built adapter by adapter), else on rows gathered into the workspace and
- * added back. No dropout here (the single-adapter kernels in lora.c have it). */
+ * added back, so the workspace grows with the largest group that is not a block (G rows), not with N. No dropout here
+ * (the single-adapter kernels in lora.c have it). */
 #include <string.h>
 
 #include "blas.h"
 
-int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t IC, int64_t OC, int64_t RM)
+int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t G, int64_t IC, int64_t OC, int64_t RM)
 {
-    /* the backward's: gathered dy (N,OC), gathered x (N,IC), gu (N,RM), the adapters' dx rows (N,IC);
-     * the forward uses the first N*(OC+IC) of it */
-    return N * (OC + 2 * IC + RM);
+    /* the backward's: gu (N,RM) for every group, then for the gathered rows dy (G,OC), x (G,IC) and the
+     * adapter's dx rows (G,IC); the forward uses G*(IC+OC) of it (x gathered, then its adapter's output) */
+    return N * RM + G * (OC + 2 * IC);
 }
 
 /* Counting sort of the rows by adapter: order[start[k] .. start[k+1]) are the rows of adapter k in
@@ -70,6 +71,18 @@ static void add_bias_rows(float *y /* (*,OC) */, const float *bb /* (OC) */, flo
     }
 }
 
+/* G: the rows of the largest group that is not one block (the rows the workspace holds gathered) */
+static int64_t gathered_rows(const int64_t *order, const int64_t *start, int64_t K)
+{
+    int64_t G = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t n = start[k + 1] - start[k];
+        if (n > G && !is_block(order + start[k], n))
+            G = n;
+    }
+    return G;
+}
+
 /* Check the sizes and ranks, then group the rows (group_rows) into iwork: order (N), start (K+1). */
 static peftc_status group_checked(int64_t **order, int64_t **start, int64_t *iwork, const int64_t *rank,
                                   const int64_t *idx, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM)
@@ -96,7 +109,8 @@ peftc_status peftc_lora_mixed_forward(float *y, float *u, float *work, int64_t *
     /* every row: y (N,OC) = x w^T + b, one GEMM for all the adapters */
     if ((st = peftc_linear_forward(y, x, w, b, N, IC, OC)) != PEFTC_OK)
         return st;
-    float *xg = work, *t = work + N * IC;
+    const int64_t G = gathered_rows(order, start, K);
+    float *xg = work, *t = work + G * IC;
     for (int64_t k = 0; k < K; k++) {
         const int64_t *rows = order + start[k], n = start[k + 1] - start[k], R = rank[k];
         if (n == 0)
@@ -141,7 +155,8 @@ peftc_status peftc_lora_mixed_backward(float *dx, float *const *da, float *const
     /* base path, every row: dx (N,IC) += dy (N,OC) w (OC,IC) */
     if (dx && (st = peftc_linear_backward(dx, NULL, NULL, dy, NULL, w, N, IC, OC)) != PEFTC_OK)
         return st;
-    float *dyg = work, *xg = work + N * OC, *gu = work + N * (OC + IC), *gx = work + N * (OC + IC + RM);
+    const int64_t G = gathered_rows(order, start, K);
+    float *gu = work, *dyg = work + N * RM, *xg = dyg + G * OC, *gx = xg + G * IC;
     for (int64_t k = 0; k < K; k++) {
         const int64_t *rows = order + start[k], n = start[k + 1] - start[k], R = rank[k];
         if (n == 0)

@@ -82,8 +82,11 @@ peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) u
  * Adapter k: a[k] (R_k,IC), bm[k] (OC,R_k), bb[k] (OC) or NULL, scale[k], rank[k] = R_k <= RM. No dropout.
  * The rows are grouped by adapter inside the call (counting sort into iwork, N + K + 1 int64); u holds
  * each group's xk a_k^T in that group order (adapter 0's rows first, each group in row order), in its
- * first R_k columns. The backward regroups from idx, so it takes the forward's idx, x and u. */
-int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t IC, int64_t OC, int64_t RM); /* floats, both passes */
+ * first R_k columns. The backward regroups from idx, so it takes the forward's idx, x and u. A group whose
+ * rows are one block of consecutive rows runs in place; the others are gathered into the workspace, whose
+ * size depends on G, the rows of the largest such group (0 when all groups are blocks, N at most). */
+int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t G, int64_t IC, int64_t OC,
+                                        int64_t RM); /* floats, both passes */
 peftc_status peftc_lora_mixed_forward(
     float *y /* (N,OC) overwritten */, float *u /* (N,RM) overwritten: adapters' rows, first R_k columns */,
     float *work /* peftc_lora_mixed_workspace_size() floats */, int64_t *iwork /* (N+K+1) scratch */,

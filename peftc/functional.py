@@ -95,9 +95,28 @@ def lora_merge(weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray, 
     _C.lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign)
 
 
-def lora_mixed_workspace_size(n: int, in_features: int, out_features: int, max_rank: int) -> int:
-    """Floats of scratch :func:`lora_mixed_forward` and :func:`lora_mixed_backward` need (one buffer serves both)."""
-    return _C.lora_mixed_workspace_size(n, in_features, out_features, max_rank)
+def lora_mixed_gathered_rows(index: np.ndarray, n_adapters: int) -> int:
+    """The rows of the largest adapter group of ``index`` that is not one block of consecutive rows: the rows the
+    lora_mixed kernels gather into their workspace (0 for a batch built adapter by adapter).
+
+    Example:
+        >>> lora_mixed_gathered_rows(np.array([0, 0, 1, 1, -1]), 2), lora_mixed_gathered_rows(np.array([0, 1, 0]), 2)
+        (0, 2)
+    """
+    valid = np.flatnonzero(index >= 0)
+    counts = np.bincount(index[valid], minlength=n_adapters)
+    first = np.full(n_adapters, index.size, dtype=np.int64)
+    last = np.full(n_adapters, -1, dtype=np.int64)
+    np.minimum.at(first, index[valid], valid)
+    np.maximum.at(last, index[valid], valid)
+    scattered = counts[(counts > 0) & (last - first + 1 != counts)]
+    return int(scattered.max(initial=0))
+
+
+def lora_mixed_workspace_size(n: int, gathered: int, in_features: int, out_features: int, max_rank: int) -> int:
+    """Floats of scratch :func:`lora_mixed_forward` and :func:`lora_mixed_backward` need (one buffer serves both);
+    ``gathered``: :func:`lora_mixed_gathered_rows` of the batch (``n`` is enough for any batch of n rows)."""
+    return _C.lora_mixed_workspace_size(n, gathered, in_features, out_features, max_rank)
 
 
 def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: Sequence[np.ndarray],
@@ -123,7 +142,8 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     y = _empty((n, weight.shape[0]), out)
     u = _empty((n, rm), u)
     if work is None:
-        work = np.empty(lora_mixed_workspace_size(n, x.shape[1], weight.shape[0], rm), dtype=np.float32)
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], weight.shape[0],
+                                                  rm), dtype=np.float32)
     if iwork is None:
         iwork = np.empty(n + k + 1, dtype=np.int64)
     _C.lora_mixed_forward(y, u, work, iwork, x, weight, bias, lora_A, lora_B, lora_bias, scaling, index)
@@ -145,7 +165,8 @@ def lora_mixed_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, weight: np
     """
     n, k = dy.shape[0], len(lora_A)
     if work is None:
-        work = np.empty(lora_mixed_workspace_size(n, x.shape[1], dy.shape[1], u.shape[1]), dtype=np.float32)
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], dy.shape[1],
+                                                  u.shape[1]), dtype=np.float32)
     if iwork is None:
         iwork = np.empty(n + k + 1, dtype=np.int64)
     _C.lora_mixed_backward(dx, dlora_A, dlora_B, dlora_bias, work, iwork, dy, x, u, weight, lora_A, lora_B, scaling,

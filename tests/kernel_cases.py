@@ -125,7 +125,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     # LoRA with one adapter per row: two adapters of ranks R and 1, rows of adapter 1, none, 0, 1, 0; the
     # per-adapter sequences are unnamed (None): the tests of lora_mixed swap their entries themselves
     ranks, idx = (R, 1), np.array([1, -1, 0, 1, 0], dtype=np.int64)
-    mixed_work = _C.lora_mixed_workspace_size(N, IC, OC, R)
+    mixed_work = _C.lora_mixed_workspace_size(N, N, IC, OC, R)  # G = N: enough for any grouping
 
     def adapters(*fields: str) -> list[tuple[None, tuple]]:
         shapes = {"A": lambda r: (r, IC), "B": lambda r: (OC, r)}

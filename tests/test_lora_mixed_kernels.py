@@ -166,7 +166,7 @@ def test_lora_mixed_scratch_is_reused_across_calls(rng):
     idx = index("interleaved")
     x, w = f32(rng, idx.size, IC), f32(rng, OC, IC)
     a, b, bb, scale = adapters(rng)
-    work = np.full(F.lora_mixed_workspace_size(idx.size, IC, OC, max(RANKS)), np.nan, dtype=np.float32)
+    work = np.full(F.lora_mixed_workspace_size(idx.size, idx.size, IC, OC, max(RANKS)), np.nan, dtype=np.float32)
     iwork = np.full(idx.size + len(a) + 1, -7, dtype=np.int64)
     y1, _ = F.lora_mixed_forward(x, w, None, a, b, bb, scale, idx, work=work, iwork=iwork)
     y2, _ = F.lora_mixed_forward(x, w, None, a, b, bb, scale, idx, work=work, iwork=iwork)
@@ -180,7 +180,8 @@ def forward_args(rng, idx=None):
     a, b, bb, scale = adapters(rng)
     n = idx.size
     return [np.empty((n, OC), np.float32), np.empty((n, max(RANKS)), np.float32),
-            np.empty(F.lora_mixed_workspace_size(n, IC, OC, max(RANKS)), np.float32),
+            np.empty(F.lora_mixed_workspace_size(n, F.lora_mixed_gathered_rows(idx, len(a)), IC, OC, max(RANKS)),
+                     np.float32),
             np.empty(n + len(a) + 1, np.int64), f32(rng, n, IC), f32(rng, OC, IC), None, a, b, bb, scale, idx]
 
 
@@ -257,7 +258,34 @@ def test_lora_mixed_too_small_scratch_raises_value_error(rng):
         _C.lora_mixed_forward(*args)
 
 
-@pytest.mark.parametrize("sizes", [(-1, 2, 3, 4), (2, 2**62, 3, 4), (2**42, 2**20, 2**20, 4)])
+@pytest.mark.parametrize("sizes", [(-1, 0, 2, 3, 4), (2, 3, 2, 3, 4), (2, 0, 2**62, 3, 4),
+                                   (2**42, 0, 2**20, 2**20, 4)])
 def test_lora_mixed_workspace_size_refuses_negative_or_overflowing_sizes(sizes):
     with pytest.raises(ValueError, match="lora_mixed_workspace_size"):
         F.lora_mixed_workspace_size(*sizes)
+
+
+@pytest.mark.parametrize("pattern,gathered", [("interleaved", 2), ("blocks", 0), ("one_adapter", 0),
+                                              ("all_base", 0), ("adapter_without_rows", 3), ("no_rows", 0)])
+def test_lora_mixed_gathered_rows_counts_the_largest_scattered_group(pattern, gathered):
+    assert F.lora_mixed_gathered_rows(index(pattern), len(RANKS)) == gathered
+
+
+@pytest.mark.parametrize("pattern", ["blocks", "interleaved"])
+def test_lora_mixed_runs_in_exactly_the_workspace_its_grouping_needs(rng, pattern):
+    """A batch built adapter by adapter gathers nothing (scratch N*RM only); the wrapper refuses one float less."""
+    idx = index(pattern)
+    x, w, a, b, scale, _, dy = backward_case(rng, idx)
+    need = F.lora_mixed_workspace_size(idx.size, F.lora_mixed_gathered_rows(idx, len(a)), IC, OC, max(RANKS))
+    if pattern == "blocks":
+        assert need == idx.size * max(RANKS)
+    work = np.full(need, np.nan, dtype=np.float32)
+    y, u = F.lora_mixed_forward(x, w, None, a, b, None, scale, idx, work=work)
+    y_ref, _ = R.lora_mixed_forward(x, w, None, a, b, None, scale, idx)
+    assert_close(y, y_ref, 1e-5, 1e-5, "y")
+    dx, dx_ref = np.zeros_like(x), np.zeros_like(x)
+    F.lora_mixed_backward(dy, x, u, w, a, b, scale, idx, dx=dx, work=work)
+    R.lora_mixed_backward(dy, x, u, w, a, b, scale, idx, dx=dx_ref)
+    assert_close(dx, dx_ref, 1e-5, 1e-5, "dx")
+    with pytest.raises(ValueError, match=f"'work' has {need - 1} floats, needs {need}"):
+        F.lora_mixed_forward(x, w, None, a, b, None, scale, idx, work=work[:-1])

@@ -280,8 +280,9 @@ static int mixed_parse(Mixed *m, ArgCheck *main, const MixedField *fields, int n
     return 0;
 }
 
-/* idx (N) holds adapter indices in [-1, K); iwork (IW) has room for the grouping (N + K + 1) */
-static int mixed_check_index(const ArgCheck *ck, const int64_t *idx, int64_t K)
+/* idx (N) holds adapter indices in [-1, K); iwork (IW) has room for the grouping (N + K + 1); sets *G to the rows of
+ * the largest adapter group that is not one block of consecutive rows (lora_mixed.c gathers those). */
+static int mixed_check_index(const ArgCheck *ck, const int64_t *idx, int64_t K, int64_t *G)
 {
     const int64_t N = arg_dim(ck, "N");
     for (int64_t n = 0; n < N; n++)
@@ -295,22 +296,41 @@ static int mixed_check_index(const ArgCheck *ck, const int64_t *idx, int64_t K)
                      (long long)arg_dim(ck, "IW"), (long long)(N + K + 1));
         return -1;
     }
+    /* per adapter: rows, first and last row (a block when last - first + 1 == rows) */
+    int64_t *seen = PyMem_Calloc(3 * (size_t)K + 1, sizeof(int64_t));
+    if (!seen) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int64_t *count = seen, *first = seen + K, *last = seen + 2 * K;
+    for (int64_t n = 0; n < N; n++)
+        if (idx[n] >= 0) {
+            if (count[idx[n]]++ == 0)
+                first[idx[n]] = n;
+            last[idx[n]] = n;
+        }
+    *G = 0;
+    for (int64_t k = 0; k < K; k++)
+        if (count[k] > *G && last[k] - first[k] + 1 != count[k])
+            *G = count[k];
+    PyMem_Free(seen);
     return 0;
 }
 
 static PyObject *py_lora_mixed_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
-    long long N, IC, OC, RM;
-    if (!PyArg_ParseTuple(args, "LLLL:lora_mixed_workspace_size", &N, &IC, &OC, &RM))
+    long long N, G, IC, OC, RM;
+    if (!PyArg_ParseTuple(args, "LLLLL:lora_mixed_workspace_size", &N, &G, &IC, &OC, &RM))
         return NULL;
-    if (N < 0 || IC < 0 || OC < 0 || RM < 0) {
+    if (N < 0 || G < 0 || G > N || IC < 0 || OC < 0 || RM < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "lora_mixed_workspace_size: sizes must be >= 0, got N=%lld IC=%lld OC=%lld RM=%lld", N, IC, OC,
-                     RM);
+                     "lora_mixed_workspace_size: sizes must be >= 0 and G <= N, got N=%lld G=%lld IC=%lld OC=%lld "
+                     "RM=%lld",
+                     N, G, IC, OC, RM);
         return NULL;
     }
-    /* N * (OC + 2 IC + RM) floats: refuse sizes whose product overflows int64 rather than wrap */
+    /* N * RM + G * (OC + 2 IC) floats, G <= N: refuse sizes whose products overflow int64 rather than wrap */
     const long long cols_max = INT64_MAX / 4;
     if (IC > cols_max || OC > cols_max || RM > cols_max || (N > 0 && OC + 2 * IC + RM > INT64_MAX / N)) {
         PyErr_Format(PyExc_ValueError,
@@ -318,7 +338,7 @@ static PyObject *py_lora_mixed_workspace_size(PyObject *self, PyObject *args)
                      RM);
         return NULL;
     }
-    return PyLong_FromLongLong(peftc_lora_mixed_workspace_size(N, IC, OC, RM));
+    return PyLong_FromLongLong(peftc_lora_mixed_workspace_size(N, G, IC, OC, RM));
 }
 
 static PyObject *py_lora_mixed_forward(PyObject *self, PyObject *args)
@@ -343,8 +363,9 @@ static PyObject *py_lora_mixed_forward(PyObject *self, PyObject *args)
     const MixedField fields[] = {
         {"lora_A", o_a, "R IC", ARG_IN}, {"lora_B", o_bm, "OC R", ARG_IN}, {"lora_bias", o_bb, "OC", ARG_OPTIONAL}};
     Mixed m;
-    if (mixed_parse(&m, &ck, fields, 3, K) < 0 || mixed_check_index(&ck, idx, K) < 0 ||
-        arg_workspace(&ck, peftc_lora_mixed_workspace_size(N, IC, OC, RM)) < 0) {
+    int64_t G;
+    if (mixed_parse(&m, &ck, fields, 3, K) < 0 || mixed_check_index(&ck, idx, K, &G) < 0 ||
+        arg_workspace(&ck, peftc_lora_mixed_workspace_size(N, G, IC, OC, RM)) < 0) {
         mixed_free(&m);
         return NULL;
     }
@@ -386,8 +407,9 @@ static PyObject *py_lora_mixed_backward(PyObject *self, PyObject *args)
                                  {"dlora_B", o_dbm, "OC R", ARG_OUT | ARG_OPTIONAL},
                                  {"dlora_bias", o_dbb, "OC", ARG_OUT | ARG_OPTIONAL}};
     Mixed m;
-    if (mixed_parse(&m, &ck, fields, 5, K) < 0 || mixed_check_index(&ck, idx, K) < 0 ||
-        arg_workspace(&ck, peftc_lora_mixed_workspace_size(N, IC, OC, RM)) < 0) {
+    int64_t G;
+    if (mixed_parse(&m, &ck, fields, 5, K) < 0 || mixed_check_index(&ck, idx, K, &G) < 0 ||
+        arg_workspace(&ck, peftc_lora_mixed_workspace_size(N, G, IC, OC, RM)) < 0) {
         mixed_free(&m);
         return NULL;
     }
@@ -417,7 +439,8 @@ PyMethodDef peftc_py_linear_lora_methods[] = {
     {"lora_merge", py_lora_merge, METH_VARARGS,
      "lora_merge(weight, bias, lora_A, lora_B, lora_bias, scale, sign): weight += sign*scale*lora_B@lora_A"},
     {"lora_mixed_workspace_size", py_lora_mixed_workspace_size, METH_VARARGS,
-     "lora_mixed_workspace_size(N, IC, OC, RM) -> floats of scratch lora_mixed_forward / _backward need"},
+     "lora_mixed_workspace_size(N, G, IC, OC, RM) -> floats of scratch lora_mixed_forward / _backward need; G: "
+     "rows of the largest adapter group that is not one block of consecutive rows"},
     {"lora_mixed_forward", py_lora_mixed_forward, METH_VARARGS,
      "lora_mixed_forward(y, u, work, iwork, x, weight, bias, lora_A, lora_B, lora_bias, scale, idx): row n runs "
      "adapter idx[n] (-1: none); lora_A, lora_B, lora_bias are sequences of K arrays (lora_bias entries or all None)"},

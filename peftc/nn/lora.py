@@ -264,9 +264,12 @@ class LoraLinear(Module):
         return self._base_backward(drows, rows, out, dx, dy)
 
     # -- mixed-adapter batches ------------------------------------------------------------------------
-    def _scratch(self, rows: int, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """The lora_mixed kernels' float and int64 scratch, grown when too small and reused otherwise."""
-        size = F.lora_mixed_workspace_size(rows, self.in_features, self.out_features, max_rank)
+    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx``, grown when too small and
+        reused otherwise."""
+        rows = idx.size
+        size = F.lora_mixed_workspace_size(rows, F.lora_mixed_gathered_rows(idx, adapters), self.in_features,
+                                           self.out_features, max_rank)
         if self._mixed_work.size < size:
             self._mixed_work = np.empty(size, dtype=np.float32)
         if self._mixed_iwork.size < rows + adapters + 1:
@@ -290,7 +293,7 @@ class LoraLinear(Module):
                                       f"lora_dropout=0")
         scales = np.array([ad.scaling for ad in ads], dtype=np.float32)
         max_rank = max((ad.r for ad in ads), default=0)
-        work, iwork = self._scratch(rows.shape[0], len(ads), max_rank)
+        work, iwork = self._scratch(idx, len(ads), max_rank)
         y, u = F.lora_mixed_forward(rows, self.base.weight.data, self._bias(), [ad.lora_A.data for ad in ads],
                                     [ad.lora_B.data for ad in ads],
                                     [ad.lora_bias.data if ad.lora_bias is not None else None for ad in ads],
@@ -302,7 +305,7 @@ class LoraLinear(Module):
         rows, u, idx, ads, scales = self._mixed_cache
         drows = as_rows(dy, "dy", self.out_features)
         out = self._input_rows(dx, dy) if input_grad else None
-        work, iwork = self._scratch(rows.shape[0], len(ads), u.shape[1])
+        work, iwork = self._scratch(idx, len(ads), u.shape[1])
         F.lora_mixed_backward(drows, rows, u, self.base.weight.data, [ad.lora_A.data for ad in ads],
                               [ad.lora_B.data for ad in ads], scales, idx, dx=out,
                               dlora_A=[ad.lora_A.grad_buffer() for ad in ads],
