@@ -76,6 +76,36 @@ peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) u
                               const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC, int64_t OC,
                               int64_t R);
 
+/* ---- LoRA with one adapter per row (lora_mixed.c): mixed-adapter batches -----------------------
+ * K adapters on one frozen layer; row n runs adapter idx[n] (in [0,K)), or the base layer alone when
+ * idx[n] = -1:  y[n] = x[n] w^T + b + s_k * (x[n] a_k^T bm_k^T + bb_k),  k = idx[n].
+ * Adapter k: a[k] (R_k,IC), bm[k] (OC,R_k), bb[k] (OC) or NULL, scale[k], rank[k] = R_k <= RM. No dropout.
+ * The rows are grouped by adapter inside the call (counting sort into iwork, N + K + 1 int64); u holds
+ * each group's xk a_k^T in that group order (adapter 0's rows first, each group in row order), in its
+ * first R_k columns. The backward regroups from idx, so it takes the forward's idx, x and u. A group whose
+ * rows are one block of consecutive rows runs in place; the others are gathered into the workspace, whose
+ * size depends on G, the rows of the largest such group (0 when all groups are blocks, N at most). */
+int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t G, int64_t IC, int64_t OC,
+                                        int64_t RM); /* floats, both passes */
+peftc_status peftc_lora_mixed_forward(
+    float *y /* (N,OC) overwritten */, float *u /* (N,RM) overwritten: adapters' rows, first R_k columns */,
+    float *work /* peftc_lora_mixed_workspace_size() floats */, int64_t *iwork /* (N+K+1) scratch */,
+    const float *x /* (N,IC) */, const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
+    const float *const *a /* K pointers: (R_k,IC) */, const float *const *bm /* K pointers: (OC,R_k) */,
+    const float *const *bb /* K pointers: (OC) or NULL */, const float *scale /* (K) */, const int64_t *rank /* (K) */,
+    const int64_t *idx /* (N) in [-1, K) */, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM);
+peftc_status peftc_lora_mixed_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                       float *const *da /* K pointers: (R_k,IC) accumulated, or NULL */,
+                                       float *const *dbm /* K pointers: (OC,R_k) accumulated, or NULL */,
+                                       float *const *dbb /* K pointers: (OC) accumulated, or NULL */,
+                                       float *work /* peftc_lora_mixed_workspace_size() floats */,
+                                       int64_t *iwork /* (N+K+1) scratch */, const float *dy /* (N,OC) */,
+                                       const float *x /* (N,IC) */, const float *u /* (N,RM) from the forward */,
+                                       const float *w /* (OC,IC) */, const float *const *a /* K: (R_k,IC) */,
+                                       const float *const *bm /* K: (OC,R_k) */, const float *scale /* (K) */,
+                                       const int64_t *rank /* (K) */, const int64_t *idx /* (N) in [-1, K) */,
+                                       int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM);
+
 /* ==== adapters beyond LoRA: SoRA, Hydra, Bone / MiSS, Bat (sora.c, hydra.c, bone.c) ==============
  * Each wraps one linear layer, w (OC,IC) and b (OC) or NULL, with a trainable low-rank or block
  * update: forward, backward (the frozen weight gets no gradient), and merge into w and unmerge (SoRA

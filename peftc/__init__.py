@@ -17,11 +17,12 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "14")
 from . import data, functional, io, models, nn, optim, reference, schedule, tuners
 from .random import Generator
 from .train import Trainer, TrainingConfig
+from .multi_adapter_train import AdapterTask, MultiAdapterTrainer
 from .tuners import (BoneConfig, EvaConfig, HydraConfig, LoraConfig, MissConfig, PeftModel, SoraConfig,
                      get_eva_state_dict, get_peft_model, initialize_lora_eva_weights)
 
 __version__ = "0.1.0"
-__all__ = ["BoneConfig", "EvaConfig", "Generator", "HydraConfig", "LoraConfig", "MissConfig", "PeftModel",
+__all__ = ["AdapterTask", "BoneConfig", "EvaConfig", "Generator", "HydraConfig", "LoraConfig", "MissConfig", "MultiAdapterTrainer", "PeftModel",
            "SoraConfig", "Trainer", "TrainingConfig", "data", "functional", "get_eva_state_dict", "get_peft_model",
            "initialize_lora_eva_weights", "io", "models", "nn", "optim", "reference", "schedule", "tuners",
            "__version__"]

@@ -13,6 +13,8 @@ Conventions (the same for every function here and in :mod:`peftc.reference`):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import _C
@@ -91,6 +93,84 @@ def lora_merge(weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray, 
                lora_bias: np.ndarray | None, scaling: float, sign: float = 1.0) -> None:
     """In place: weight += sign * scaling * B A (and bias += sign * scaling * lora_bias)."""
     _C.lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign)
+
+
+def lora_mixed_gathered_rows(index: np.ndarray, n_adapters: int) -> int:
+    """The rows of the largest adapter group of ``index`` that is not one block of consecutive rows: the rows the
+    lora_mixed kernels gather into their workspace (0 for a batch built adapter by adapter).
+
+    Example:
+        >>> lora_mixed_gathered_rows(np.array([0, 0, 1, 1, -1]), 2), lora_mixed_gathered_rows(np.array([0, 1, 0]), 2)
+        (0, 2)
+    """
+    valid = np.flatnonzero(index >= 0)
+    counts = np.bincount(index[valid], minlength=n_adapters)
+    first = np.full(n_adapters, index.size, dtype=np.int64)
+    last = np.full(n_adapters, -1, dtype=np.int64)
+    np.minimum.at(first, index[valid], valid)
+    np.maximum.at(last, index[valid], valid)
+    scattered = counts[(counts > 0) & (last - first + 1 != counts)]
+    return int(scattered.max(initial=0))
+
+
+def lora_mixed_workspace_size(n: int, gathered: int, in_features: int, out_features: int, max_rank: int) -> int:
+    """Floats of scratch :func:`lora_mixed_forward` and :func:`lora_mixed_backward` need (one buffer serves both);
+    ``gathered``: :func:`lora_mixed_gathered_rows` of the batch (``n`` is enough for any batch of n rows)."""
+    return _C.lora_mixed_workspace_size(n, gathered, in_features, out_features, max_rank)
+
+
+def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: Sequence[np.ndarray],
+                       lora_B: Sequence[np.ndarray], lora_bias: Sequence[np.ndarray | None] | None,
+                       scaling: np.ndarray, index: np.ndarray, *, out: np.ndarray | None = None,
+                       u: np.ndarray | None = None, work: np.ndarray | None = None,
+                       iwork: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LoRA with one adapter per row: y[n] = x[n] W^T + b + s_k (x[n] A_k^T B_k^T + lora_bias_k), k = index[n].
+
+    ``lora_A`` / ``lora_B`` / ``lora_bias``: one array per adapter (K of them; ``lora_bias`` entries, or the
+    whole argument, may be None); ``scaling`` float32 (K,); ``index`` int64 (N,) in [-1, K), -1 for a row
+    that runs the base layer alone. The kernel groups the rows by adapter itself (one call per layer,
+    one frozen GEMM for all rows). No dropout. Returns ``(y, u)``; ``u`` (N, max rank) is what
+    :func:`lora_mixed_backward` needs. ``work`` (:func:`lora_mixed_workspace_size` floats) and ``iwork``
+    (N + K + 1 int64) are scratch a caller may keep between calls.
+
+    Example:
+        >>> y, u = lora_mixed_forward(x, w, None, [a0, a1], [b0, b1], None, np.float32([2.0, 0.5]),
+        ...                           np.array([1, -1, 0]))   # row 0: adapter 1, row 1: none, row 2: adapter 0
+    """
+    n, k = x.shape[0], len(lora_A)
+    rm = max((a.shape[0] for a in lora_A), default=0)
+    y = _empty((n, weight.shape[0]), out)
+    u = _empty((n, rm), u)
+    if work is None:
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], weight.shape[0],
+                                                  rm), dtype=np.float32)
+    if iwork is None:
+        iwork = np.empty(n + k + 1, dtype=np.int64)
+    _C.lora_mixed_forward(y, u, work, iwork, x, weight, bias, lora_A, lora_B, lora_bias, scaling, index)
+    return y, u
+
+
+def lora_mixed_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, weight: np.ndarray,
+                        lora_A: Sequence[np.ndarray], lora_B: Sequence[np.ndarray], scaling: np.ndarray,
+                        index: np.ndarray, *, dx: np.ndarray | None = None,
+                        dlora_A: Sequence[np.ndarray | None] | None = None,
+                        dlora_B: Sequence[np.ndarray | None] | None = None,
+                        dlora_bias: Sequence[np.ndarray | None] | None = None, work: np.ndarray | None = None,
+                        iwork: np.ndarray | None = None) -> None:
+    """Accumulate the gradients of :func:`lora_mixed_forward`: adapter k's from its own rows only, dx from all.
+
+    Example:
+        >>> lora_mixed_backward(dy, x, u, w, [a0, a1], [b0, b1], scales, index, dx=dx, dlora_A=[da0, da1],
+        ...                     dlora_B=[db0, db1])
+    """
+    n, k = dy.shape[0], len(lora_A)
+    if work is None:
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], dy.shape[1],
+                                                  u.shape[1]), dtype=np.float32)
+    if iwork is None:
+        iwork = np.empty(n + k + 1, dtype=np.int64)
+    _C.lora_mixed_backward(dx, dlora_A, dlora_B, dlora_bias, work, iwork, dy, x, u, weight, lora_A, lora_B, scaling,
+                           index)
 
 
 def dropout_forward(x: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,

@@ -103,6 +103,43 @@ def lora_backward(dy, xin, u, weight, lora_A, lora_B, scaling, dropout=0.0, seed
         dx += gxd
 
 
+def _adapter_rows(index, k):
+    """The rows of adapter k, and where its group starts in the group order (adapters 0, 1, ... in turn)."""
+    return np.flatnonzero(index == k), int(np.count_nonzero((index >= 0) & (index < k)))
+
+
+def lora_mixed_forward(x, weight, bias, lora_A, lora_B, lora_bias, scaling, index, *, out=None, u=None, work=None,
+                       iwork=None):
+    y = linear_forward(x, weight, bias)
+    u = np.zeros((x.shape[0], max((a.shape[0] for a in lora_A), default=0)), dtype=x.dtype)
+    for k, (a, b) in enumerate(zip(lora_A, lora_B)):
+        rows, first = _adapter_rows(index, k)
+        uk = x[rows] @ a.T
+        y[rows] += scaling[k] * (uk @ b.T)
+        if lora_bias is not None and lora_bias[k] is not None:
+            y[rows] += scaling[k] * lora_bias[k]
+        u[first:first + rows.size, :a.shape[0]] = uk
+    return y, u
+
+
+def lora_mixed_backward(dy, x, u, weight, lora_A, lora_B, scaling, index, *, dx=None, dlora_A=None, dlora_B=None,
+                        dlora_bias=None, work=None, iwork=None):
+    if dx is not None:
+        dx += dy @ weight
+    for k, (a, b) in enumerate(zip(lora_A, lora_B)):
+        rows, first = _adapter_rows(index, k)
+        uk = u[first:first + rows.size, :a.shape[0]]
+        gu = dy[rows] @ b
+        if dlora_B is not None and dlora_B[k] is not None:
+            dlora_B[k] += scaling[k] * dy[rows].T @ uk
+        if dlora_bias is not None and dlora_bias[k] is not None:
+            dlora_bias[k] += scaling[k] * dy[rows].sum(axis=0)
+        if dlora_A is not None and dlora_A[k] is not None:
+            dlora_A[k] += scaling[k] * gu.T @ x[rows]
+        if dx is not None:
+            dx[rows] += scaling[k] * gu @ a
+
+
 def lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign=1.0):
     weight += sign * scaling * lora_B @ lora_A
     if lora_bias is not None:

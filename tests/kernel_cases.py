@@ -42,7 +42,7 @@ class KernelCase:
         return {name: self.args[i] for name, i in self.names.items()}
 
     def copy(self) -> KernelCase:
-        args = [a.copy() if isinstance(a, np.ndarray) else a for a in self.args]
+        args = [_copied(a) for a in self.args]
         return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional, self.any_rows,
                           self.one_job)
 
@@ -52,12 +52,21 @@ class KernelCase:
         return args
 
 
+def _copied(arg):
+    """An array copied; a tuple of arrays (one per adapter, lora_mixed_*) copied entry by entry."""
+    if isinstance(arg, np.ndarray):
+        return arg.copy()
+    if isinstance(arg, tuple):
+        return tuple(_copied(a) for a in arg)
+    return arg
+
+
 def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def _case(fn: str, named: list[tuple[str, object]], scalars: list, outputs: set[str], **kw) -> KernelCase:
-    names = {name: i for i, (name, _) in enumerate(named)}
+    names = {name: i for i, (name, _) in enumerate(named) if name is not None}
     return KernelCase(fn, [v for _, v in named] + scalars, names, outputs, **kw)
 
 
@@ -112,6 +121,27 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
                                    ("x", _f(rng, N, IC))],
               [0], {"components", "singular_values", "mean", "var", "explained_variance_ratio", "cosine", "work"},
               any_shape={"work"}, one_job=True),
+    ]
+    # LoRA with one adapter per row: two adapters of ranks R and 1, rows of adapter 1, none, 0, 1, 0; the
+    # per-adapter sequences are unnamed (None): the tests of lora_mixed swap their entries themselves
+    ranks, idx = (R, 1), np.array([1, -1, 0, 1, 0], dtype=np.int64)
+    mixed_work = _C.lora_mixed_workspace_size(N, N, IC, OC, R)  # G = N: enough for any grouping
+
+    def adapters(*fields: str) -> list[tuple[None, tuple]]:
+        shapes = {"A": lambda r: (r, IC), "B": lambda r: (OC, r)}
+        return [(None, tuple(_f(rng, *shapes[f](r)) for r in ranks)) for f in fields]
+
+    scratch = [("work", _f(rng, mixed_work)), ("iwork", np.zeros(N + len(ranks) + 1, dtype=np.int64))]
+    cases += [
+        _case("lora_mixed_forward", [("y", _f(rng, N, OC)), ("u", _f(rng, N, R)), *scratch, ("x", _f(rng, N, IC)),
+                                     ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)), *adapters("A", "B"),
+                                     (None, (_f(rng, OC), None)), ("scale", np.float32([0.5, 2.0])), ("idx", idx)],
+              [], {"y", "u", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"bias"}),
+        _case("lora_mixed_backward", [("dx", _f(rng, N, IC)), *adapters("A", "B"), (None, (_f(rng, OC), None)),
+                                      *scratch, ("dy", _f(rng, N, OC)), ("x", _f(rng, N, IC)), ("u", _f(rng, N, R)),
+                                      ("weight", _f(rng, OC, IC)), *adapters("A", "B"),
+                                      ("scale", np.float32([0.5, 2.0])), ("idx", idx.copy())],
+              [], {"dx", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"dx"}),
     ]
     # Bone / MiSS and Bat (Bat needs r | in and r | out: a 4 x 4 weight, r = 2)
     bw = 4
@@ -338,7 +368,7 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
 
 
 # functions of peftc._C that take only sizes, no arrays: not kernels, so no case
-SIZE_QUERIES = {"lora_backward_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size"}
