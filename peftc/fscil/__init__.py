@@ -6,6 +6,7 @@
   prototypes);
 - :func:`run_fscil` (protocol.py) and :func:`fscil_scores` (metrics.py): the protocol and its scores (A_t per
   session, average accuracy, performance drop, last-session base / novel accuracy and harmonic mean);
+- :class:`Tricks` (tricks.py): the bag of tricks' six switches (stability, adaptability, training);
 - :class:`FSCILNetwork` (network.py), :class:`FSCILObjective` (objective.py), views.py: base training.
 
 The benchmark is :mod:`peftc.data.fscil_wordnet`.
@@ -17,6 +18,7 @@ from .objective import FSCILObjective
 from .protocol import FSCILRun, run_fscil
 from .prototypes import PrototypeClassifier, class_means
 from .session import Session
+from .tricks import GROUPS, ORDER, Tricks
 
-__all__ = ["FSCILConfig", "FSCILLearner", "FSCILNetwork", "FSCILObjective", "FSCILRun", "FSCILScores", "Session",
+__all__ = ["GROUPS", "ORDER", "Tricks", "FSCILConfig", "FSCILLearner", "FSCILNetwork", "FSCILObjective", "FSCILRun", "FSCILScores", "Session",
            "PrototypeClassifier", "class_means", "fscil_scores", "run_fscil"]

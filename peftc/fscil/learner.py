@@ -1,4 +1,4 @@
-"""FSCILLearner: few-shot class-incremental learning on a BERT encoder with LoRA, the incremental-frozen baseline.
+"""FSCILLearner: few-shot class-incremental learning on a BERT encoder with LoRA: incremental-frozen plus tricks.
 
 1. ``fit_base(session)``: LoRA (query, value) on the encoder plus a linear head, trained on the base classes
    with AdamW (the main job's recipe: warm-up and linear decay, clipping, weight decay); then the encoder
@@ -6,6 +6,15 @@
    (the head's weights are not used for prediction).
 2. ``add_session(shots)``: each new class's prototype is the mean of its shots' normalised features.
 3. ``predict(texts)``: the class of the nearest prototype by cosine, over every class seen so far.
+
+The tricks (:class:`peftc.fscil.tricks.Tricks`, all off = the baseline) change these steps: ``ssl`` adds a
+SimCSE-style contrastive phase before step 1 (each text's positive is its own second view); ``supcon``,
+``etf``, ``pretext`` add their terms to the step-1 loss (:class:`peftc.fscil.objective.FSCILObjective`) and
+``pseudo_classes`` adds mixed-class texts as extra classes to step 1's data; ``subnet`` fine-tunes the top
+blocks' LoRA on each session's shots before their prototypes are taken (step 2): cosine-prototype CE over
+every seen class with the stored prototypes fixed, a low learning rate, few steps, and an L2 pull of the
+tuned values back to their pre-session values (the guard: no old data is kept, so the stored prototypes
+stay valid only while the encoder moves little).
 
 Nothing of an earlier session's data is kept beyond the prototypes. ``save_pretrained`` writes the adapter in
 PEFT's format (with the heads as ``modules_to_save``), the prototypes in safetensors and the settings as JSON.
@@ -20,16 +29,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import functional as F
 from ..io.atomic import write_bytes_atomic
 from ..io.safetensors import load_file, save_file
 from ..models.bert import BertModel
+from ..nn.loss import CrossEntropyLoss
+from ..optim import AdamW, clip_grad_norm_
 from ..random import Generator
 from ..train import Trainer, TrainingConfig
 from ..tuners import LoraConfig, PeftModel, get_peft_model
 from .network import FSCILNetwork
 from .objective import FSCILObjective
 from .prototypes import PrototypeClassifier, class_means
+from .etf import simplex_etf
 from .session import Session
+from .tricks import Tricks
+from .views import mixed_class_texts
 
 PROTOTYPES_FILE, SETTINGS_FILE = "prototypes.safetensors", "fscil_config.json"
 
@@ -53,12 +68,30 @@ class FSCILConfig:
     eval_batch_size: int = 128
     seed: int = 0
     progress: bool = False
+    total_classes: int = 100  # base + every session's: the pre-assigned prototypes reserve a slot for each
+    # -- trick knobs (used only by the tricks switched on) --
+    supcon_weight: float = 0.5
+    temperature: float = 0.1
+    projection_dim: int = 128
+    deletion: float = 0.15
+    etf_weight: float = 1.0
+    pseudo_classes: int = 20
+    pseudo_per_class: int = 20
+    pretext_weight: float = 0.5
+    ssl_epochs: int = 1
+    ssl_max_steps: int | None = None
+    ssl_temperature: float = 0.05
+    subnet_layers: int = 1
+    subnet_steps: int = 20
+    subnet_lr: float = 1e-4
+    subnet_guard: float = 1.0
+    subnet_scale: float = 16.0
 
 
 class FSCILLearner:
-    """``FSCILLearner(base_model, tokenizer, config=None)``: ``base_model`` a :class:`peftc.models.BertModel`
-    (adapted in place), ``tokenizer`` a callable texts -> {"input_ids", "attention_mask"} (a
-    :class:`peftc.models.Tokenizer`).
+    """``FSCILLearner(base_model, tokenizer, tricks=None, config=None)``: ``base_model`` a
+    :class:`peftc.models.BertModel` (adapted in place), ``tokenizer`` a callable texts -> {"input_ids",
+    "attention_mask"} (a :class:`peftc.models.Tokenizer`), ``tricks`` a :class:`Tricks` (default: none).
 
     >>> learner = FSCILLearner(BertModel.from_pretrained(minilm_path()), Tokenizer(minilm_path(), 64))  # doctest: +SKIP
     >>> learner.fit_base(Session(base_texts, base_labels))  # doctest: +SKIP
@@ -66,12 +99,15 @@ class FSCILLearner:
     """
 
     def __init__(self, base_model: BertModel, tokenizer: Callable[[list[str]], dict[str, np.ndarray]],
-                 config: FSCILConfig | None = None) -> None:
+                 tricks: Tricks | None = None, config: FSCILConfig | None = None) -> None:
         if not isinstance(base_model, BertModel):
             raise TypeError(f"base_model must be a peftc.models.BertModel, got {type(base_model).__name__}")
         self.bert = base_model
         self.tokenizer = tokenizer
         self.config = config or FSCILConfig()
+        self.tricks = tricks or Tricks()
+        if not isinstance(self.tricks, Tricks):
+            raise TypeError(f"tricks must be a peftc.fscil.Tricks, got {type(self.tricks).__name__}")
         self.model: PeftModel | None = None
         self.classifier = PrototypeClassifier(base_model.config.hidden_size)
         self.base_classes = 0
@@ -110,13 +146,28 @@ class FSCILLearner:
 
     # -- base session ----------------------------------------------------------------------------------
     def _network(self, num_classes: int) -> FSCILNetwork:
-        return FSCILNetwork(self.bert, num_classes, generator=Generator(self.config.seed + 1))
+        t, c = self.tricks, self.config
+        return FSCILNetwork(self.bert, num_classes, projection_dim=c.projection_dim if t.supcon or t.ssl else 0,
+                            pretext=t.pretext, deletion=c.deletion, generator=Generator(c.seed + 1))
+
+    def _etf_targets(self) -> np.ndarray:
+        c = self.config
+        return simplex_etf(max(c.total_classes, self.base_classes), self.bert.config.hidden_size, seed=c.seed)
 
     def _objective(self) -> FSCILObjective:
-        return FSCILObjective()
+        t, c = self.tricks, self.config
+        return FSCILObjective(ce=1.0, supcon=c.supcon_weight if t.supcon else 0.0, temperature=c.temperature,
+                              etf=c.etf_weight if t.etf else 0.0, etf_targets=self._etf_targets() if t.etf else None,
+                              align_classes=self.base_classes, pretext=c.pretext_weight if t.pretext else 0.0)
 
     def _base_training_data(self, data: Session) -> tuple[list[str], np.ndarray]:
-        return data.texts, data.labels
+        """The base texts, plus the pseudo-classes' mixed texts (labels after the base classes) when switched on."""
+        if not self.tricks.pseudo_classes:
+            return data.texts, data.labels
+        c = self.config
+        texts, labels = mixed_class_texts(data.texts, data.labels, c.pseudo_classes, c.pseudo_per_class,
+                                          first_label=self.base_classes, seed=c.seed)
+        return data.texts + texts, np.concatenate([data.labels, labels])
 
     def _train(self, model, train: dict[str, np.ndarray], objective, learning_rate: float, epochs: int,
                max_steps: int | None, seed: int) -> list[dict]:
@@ -139,6 +190,7 @@ class FSCILLearner:
             raise ValueError(f"the base session's labels must be 0..C-1 with C >= 2 and every class present, got "
                              f"classes {classes[:10].tolist()}... ({len(classes)} distinct)")
         c = self.config
+        self.base_classes = len(classes)
         texts, labels = self._base_training_data(data)
         num_outputs = int(labels.max()) + 1
         lora = LoraConfig(r=c.r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
@@ -150,15 +202,28 @@ class FSCILLearner:
                                    c.base_max_steps, c.seed)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.base_classes = len(classes)
         self.classifier.add(class_means(self.features(data.texts), data.labels, classes), classes)
         return self.history
 
     def _heads(self) -> list[str]:
-        return ["classifier"]
+        t = self.tricks
+        return ["classifier"] + (["projector"] if t.supcon or t.ssl else []) + (["pretext_head"] if t.pretext else [])
 
     def _pretrain(self, data: Session) -> None:
-        """A training phase before the supervised one (none in the baseline)."""
+        """The ``ssl`` trick: contrastive training on the base texts without their labels (each row's only
+        positive is its second view; SupCon with the row index as label is SimCLR / SimCSE's NT-Xent)."""
+        if not self.tricks.ssl:
+            return
+        c = self.config
+        net = self.network
+        net.pretext_active = False  # the rotation head has no part in this phase
+        try:
+            train = {**self._tokens(data.texts), "labels": np.arange(len(data), dtype=np.int64)}
+            objective = FSCILObjective(ce=0.0, supcon=1.0, temperature=c.ssl_temperature)
+            self.history_ssl = self._train(self.model, train, objective, c.learning_rate, c.ssl_epochs,
+                                           c.ssl_max_steps, c.seed + 11)
+        finally:
+            net.pretext_active = True
 
     # -- incremental sessions --------------------------------------------------------------------------
     def check_session(self, shots: Session) -> None:
@@ -184,7 +249,43 @@ class FSCILLearner:
         self.classifier.add(class_means(self.features(shots.texts), shots.labels, classes), classes)
 
     def _adapt(self, shots: Session) -> None:
-        """Encoder update on a session's shots before its prototypes are taken (none in the baseline)."""
+        """The ``subnet`` trick: tune the top ``subnet_layers`` blocks' LoRA on the shots (see the module doc)."""
+        if not self.tricks.subnet:
+            return
+        c = self.config
+        net = self.network
+        layers = self.bert.config.num_hidden_layers
+        top = tuple(f"encoder.layer.{i}." for i in range(max(layers - c.subnet_layers, 0), layers))
+        params = [p for n, p in self.model.named_parameters() if ".lora_" in n and any(t in n for t in top)]
+        if not params:
+            raise RuntimeError(f"subnet tuning found no LoRA parameter in blocks {top}")
+        start = [p.data.copy() for p in params]
+        classes = shots.classes
+        fixed = self.classifier.unit_prototypes()
+        fresh = F.l2_normalize_forward(class_means(self.features(shots.texts), shots.labels, classes))[0]
+        targets = np.ascontiguousarray(np.concatenate([fixed, fresh]) * np.float32(c.subnet_scale))
+        index = {int(k): i for i, k in enumerate(np.concatenate([self.classifier.classes, classes]))}
+        y = np.array([index[int(k)] for k in shots.labels], np.int64)
+        tok = self._tokens(shots.texts)
+        for p in params:
+            p.requires_grad = True
+        optimizer = AdamW(params, lr=c.subnet_lr, weight_decay=0.0)
+        loss_fn = CrossEntropyLoss()
+        net.train()
+        try:
+            for _ in range(c.subnet_steps):
+                for p in params:
+                    p.grad_buffer().fill(0.0)
+                self.subnet_loss = subnet_step(net, tok, targets, y, loss_fn)
+                for p, p0 in zip(params, start):
+                    p.grad += np.float32(c.subnet_guard) * (p.data - p0)  # the L2 pull to the pre-session values
+                clip_grad_norm_(params, 1.0)
+                optimizer.step()
+        finally:
+            for p in params:
+                p.requires_grad = False
+                p.grad = None
+            net.eval()
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """(N,) int64: the nearest prototype's class for each text."""
@@ -192,7 +293,8 @@ class FSCILLearner:
 
     # -- files -----------------------------------------------------------------------------------------
     def _settings(self) -> dict:
-        return {"config": dataclasses.asdict(self.config), "base_classes": self.base_classes,
+        return {"config": dataclasses.asdict(self.config), "tricks": list(self.tricks.enabled()),
+                "base_classes": self.base_classes,
                 "num_outputs": int(self.network.classifier.out_features)}
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -221,4 +323,19 @@ class FSCILLearner:
     def _from_settings(cls, settings: dict) -> dict:
         c = dict(settings["config"])
         c["target_modules"] = tuple(c["target_modules"])
-        return {"config": FSCILConfig(**c)}
+        return {"config": FSCILConfig(**c), "tricks": Tricks.only(*settings.get("tricks", ()))}
+
+
+def subnet_step(net: FSCILNetwork, tokens: dict[str, np.ndarray], targets: np.ndarray, labels: np.ndarray,
+                loss_fn: CrossEntropyLoss) -> float:
+    """One forward and backward of the cosine-prototype CE: logits = normalize(pooled) @ targets^T, with
+    ``targets`` (K, H) the unit prototypes times the logit scale; gradients accumulate into the trainable
+    parameters. Returns the loss."""
+    pooled = net.pooled(tokens["input_ids"], tokens["attention_mask"])
+    unit, norm = F.l2_normalize_forward(pooled)
+    loss = loss_fn.forward(F.linear_forward(unit, targets), labels)
+    dunit = loss_fn.backward() @ targets
+    dpooled = F.zeros(pooled.shape)
+    F.l2_normalize_backward(np.ascontiguousarray(dunit, np.float32), unit, norm, dx=dpooled)
+    net.bert.backward(net.pooling.backward(dpooled))
+    return loss

@@ -46,6 +46,7 @@ class FSCILNetwork(Module):
         if pretext:
             self.pretext_head = Linear(hidden, PRETEXT_CLASSES, generator=g)
         self.deletion = float(deletion)
+        self.pretext_active = True  # a phase without the rotation task (self-supervised pre-training) turns it off
         self.views = Generator(g.seed + 7919)
         self._cache: dict | None = None
 
@@ -55,7 +56,7 @@ class FSCILNetwork(Module):
 
     @property
     def pretext(self) -> bool:
-        return hasattr(self, "pretext_head")
+        return hasattr(self, "pretext_head") and self.pretext_active
 
     def pooled(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, H) mean-pooled features (no heads, no views), in the current mode."""
