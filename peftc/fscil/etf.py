@@ -21,7 +21,7 @@ def simplex_etf(num_classes: int, width: int, seed: int = 0, steps: int = 2000) 
     """(K, H) float32 unit rows, one fixed target per class.
 
     >>> m = simplex_etf(4, 8)
-    >>> np.round(m @ m.T, 3)[0].tolist()
+    >>> [round(float(c), 3) for c in (m @ m.T)[0]]
     [1.0, -0.333, -0.333, -0.333]
     """
     k, h = int(num_classes), int(width)
