@@ -171,3 +171,19 @@ def test_subnet_step_gradient_matches_a_directional_difference():
 
     numeric = (loss_at(1) - loss_at(-1)) / 2e-2
     assert abs(analytic - numeric) <= 1e-2 * abs(numeric) + 1e-4, (analytic, numeric)
+
+
+def test_restore_rewinds_the_sessions_so_a_second_pass_repeats_the_first():
+    from peftc.fscil import run_fscil
+
+    split = ToySplit(seed=5)
+    learner = FSCILLearner(tiny_bert(0), tokenize, Tricks.only("subnet"), SMALL)
+    learner.fit_base(Session.from_split(split.base_train))
+    state = learner.snapshot()
+    first = run_fscil(learner, split, fit=False)
+    assert len(learner.classifier.classes) == 8
+    learner.restore(state)
+    assert len(learner.classifier.classes) == 4
+    second = run_fscil(learner, split, fit=False)
+    for a, b in zip(first.predictions, second.predictions):
+        np.testing.assert_array_equal(a, b)

@@ -291,6 +291,20 @@ class FSCILLearner:
         """(N,) int64: the nearest prototype's class for each text."""
         return self.classifier.predict(self.features(texts))
 
+    def snapshot(self) -> dict:
+        """Copies of what sessions change (the adapter's parameters and the prototypes), for :meth:`restore`:
+        one base training can then run the sessions more than once (a validation pass, then the test pass)."""
+        return {"params": {n: p.data.copy() for n, p in self.model.named_parameters() if ".lora_" in n},
+                "prototypes": self.classifier.prototypes.copy(), "classes": self.classifier.classes.copy()}
+
+    def restore(self, state: dict) -> None:
+        """Return to a :meth:`snapshot` taken on this learner."""
+        params = dict(self.model.named_parameters())
+        for n, data in state["params"].items():
+            params[n].data[...] = data
+        self.classifier.prototypes = state["prototypes"].copy()
+        self.classifier.classes = state["classes"].copy()
+
     # -- files -----------------------------------------------------------------------------------------
     def _settings(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "tricks": list(self.tricks.enabled()),
