@@ -9,6 +9,8 @@ the pairwise cosines (the near-ETF of maximal minimum angle, approximately), fro
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -27,6 +29,12 @@ def simplex_etf(num_classes: int, width: int, seed: int = 0, steps: int = 2000) 
     k, h = int(num_classes), int(width)
     if k < 2 or h < 2:
         raise ValueError(f"num_classes and width must be >= 2, got {num_classes}, {width}")
+    return _frame(k, h, int(seed), int(steps)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _frame(k: int, h: int, seed: int, steps: int) -> np.ndarray:
+    """simplex_etf's computation, kept per arguments (the short-width descent takes a while for 100 classes)."""
     rng = np.random.default_rng(seed)
     if h >= k - 1:
         e = np.sqrt(k / (k - 1)) * (np.eye(k) - np.full((k, k), 1.0 / k))
