@@ -67,6 +67,7 @@ class Settings:
     base_epochs: int = 1
     batch_size: int = 32
     subnet_steps: int = 8
+    subnet_lr: float = 1e-4
     ssl_epochs: int = 1
 
 
@@ -103,7 +104,8 @@ def run_method(name: str, tricks: Tricks, s: Settings, split, val: TaskSplit, se
 
     def train(lr: float) -> FSCILLearner:
         cfg = FSCILConfig(max_length=s.max_length, batch_size=s.batch_size, base_epochs=s.base_epochs,
-                          learning_rate=lr, seed=seed, subnet_steps=s.subnet_steps, ssl_epochs=s.ssl_epochs,
+                          learning_rate=lr, seed=seed, subnet_steps=s.subnet_steps, subnet_lr=s.subnet_lr,
+                          ssl_epochs=s.ssl_epochs,
                           total_classes=split.num_seen(len(split.sessions)))
         learner = FSCILLearner(make_bert(seed), tokenizer, tricks, cfg)
         learner.fit_base(Session.from_split(split.base_train))
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", type=float, nargs="+", default=None)
     p.add_argument("--base-train-per-class", type=int, default=None)
     p.add_argument("--subnet-steps", type=int, default=None)
+    p.add_argument("--subnet-lr", type=float, default=None)
     p.add_argument("--out", default=str(RESULTS / "fscil_tricks"))
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM")
     a = p.parse_args(argv)
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = replace(d, **QUICK) if a.quick else d
     overrides = {"seeds": a.seeds, "methods": a.methods, "lrs": a.lrs, "base_train_per_class": a.base_train_per_class,
-                 "subnet_steps": a.subnet_steps}
+                 "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     command = "python benchmarks/fscil_tricks.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = run(s, Path(a.out), command)
