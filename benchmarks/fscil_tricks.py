@@ -69,6 +69,7 @@ class Settings:
     subnet_steps: int = 8
     subnet_lr: float = 1e-4
     ssl_epochs: int = 1
+    with_lemmas: bool = False
 
 
 QUICK = dict(seeds=[0, 1], lrs=[1e-3], base_train_per_class=1, test_per_class=1, val_per_class=1, max_length=16,
@@ -82,10 +83,10 @@ def validation_rows(split) -> TaskSplit:
                      np.concatenate([p.labels for p in parts]))
 
 
-@functools.lru_cache(maxsize=1)
-def benchmark_data():
-    """The 100 classes and their glosses (read once per process)."""
-    return build_fscil_wordnet()
+@functools.lru_cache(maxsize=2)
+def benchmark_data(with_lemmas: bool = False):
+    """The 100 classes and their glosses, or "lemmas: gloss" inputs (read once per process)."""
+    return build_fscil_wordnet(with_lemmas=with_lemmas)
 
 
 def default_model():
@@ -190,7 +191,7 @@ def run(s: Settings, out: Path, command: str, log=print, model=None) -> dict:
     """Every method on every seed; the results files are rewritten after each method."""
     make_bert, make_tokenizer = model or default_model()
     tokenizer = make_tokenizer(s.max_length)
-    bench = benchmark_data()
+    bench = benchmark_data(s.with_lemmas)
     cpu = environment()["cpu"]
     table = methods()
     runs: list[dict] = []
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-train-per-class", type=int, default=None)
     p.add_argument("--subnet-steps", type=int, default=None)
     p.add_argument("--subnet-lr", type=float, default=None)
+    p.add_argument("--with-lemmas", action="store_true", help='inputs "lemma, lemma: gloss" instead of the gloss')
     p.add_argument("--out", default=str(RESULTS / "fscil_tricks"))
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM")
     a = p.parse_args(argv)
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = replace(d, **QUICK) if a.quick else d
     overrides = {"seeds": a.seeds, "methods": a.methods, "lrs": a.lrs, "base_train_per_class": a.base_train_per_class,
-                 "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr}
+                 "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr, "with_lemmas": a.with_lemmas or None}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     command = "python benchmarks/fscil_tricks.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = run(s, Path(a.out), command)

@@ -111,3 +111,12 @@ def test_impossible_split_settings_are_refused(bench):
         bench.split(0, test_per_class=120, val_per_class=5)
     with pytest.raises(ValueError, match="base_train_per_class"):
         bench.split(0, base_train_per_class=0)
+
+
+@needs_wordnet
+def test_lemma_inputs_prefix_each_gloss_with_its_synset_words(nouns, bench):
+    with_lemmas = build_fscil_wordnet(nouns, with_lemmas=True)
+    assert with_lemmas.ids == bench.ids
+    index = nouns.index()
+    for sid, plain, text in list(zip(bench.ids, bench.texts, with_lemmas.texts))[:50]:
+        assert text == f"{', '.join(nouns.lemmas[index[sid]])}: {plain}"
