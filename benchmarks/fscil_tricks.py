@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=None, choices=list(methods()))
     p.add_argument("--lrs", type=float, nargs="+", default=None)
     p.add_argument("--base-train-per-class", type=int, default=None)
+    p.add_argument("--test-per-class", type=int, default=None)
+    p.add_argument("--val-per-class", type=int, default=None)
     p.add_argument("--subnet-steps", type=int, default=None)
     p.add_argument("--subnet-lr", type=float, default=None)
     p.add_argument("--with-lemmas", action="store_true", help='inputs "lemma, lemma: gloss" instead of the gloss')
@@ -241,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = replace(d, **QUICK) if a.quick else d
     overrides = {"seeds": a.seeds, "methods": a.methods, "lrs": a.lrs, "base_train_per_class": a.base_train_per_class,
+                 "test_per_class": a.test_per_class, "val_per_class": a.val_per_class,
                  "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr, "with_lemmas": a.with_lemmas or None}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     command = "python benchmarks/fscil_tricks.py " + " ".join(sys.argv[1:] if argv is None else argv)
