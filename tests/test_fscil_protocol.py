@@ -93,3 +93,17 @@ def test_save_and_load_give_the_same_predictions(learned, tmp_path):
     again = FSCILLearner.from_pretrained(tiny_bert(0), tmp_path, tokenize)
     np.testing.assert_array_equal(again.predict(split.test.texts), run.predictions[-1])
     np.testing.assert_array_equal(again.classifier.classes, learner.classifier.classes)
+
+
+def test_eval_features_skip_padding_and_match_the_padded_forward(learned):
+    learner, split, _ = learned
+    texts = split.test.texts[:12]  # glosses of different lengths: the batch carries padding
+    tok = tokenize(texts)
+    assert not tok["attention_mask"].all()
+    net = learner.network
+    net.train()  # no dropout in the tiny model: the padded forward computes the same function
+    try:
+        padded = net.pooled(tok["input_ids"], tok["attention_mask"])
+    finally:
+        net.eval()
+    np.testing.assert_allclose(learner.features(texts), padded, rtol=1e-4, atol=1e-5)

@@ -59,9 +59,10 @@ class FSCILNetwork(Module):
         return hasattr(self, "pretext_head") and self.pretext_active
 
     def pooled(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, H) mean-pooled features (no heads, no views), in the current mode."""
+        """(B, H) mean-pooled features (no heads, no views), in the current mode; in eval mode the encoder
+        runs on the real tokens only (``skip_padding``: no backward follows an eval forward)."""
         ids, mask = trim_padding(input_ids, attention_mask)
-        return self.pooling(self.bert(ids, mask), mask)
+        return self.pooling(self.bert(ids, mask, skip_padding=not self.training), mask)
 
     def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
