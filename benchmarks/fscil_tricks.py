@@ -17,7 +17,8 @@ the baseline on average accuracy; the full bag beats the baseline; the full bag 
 
 Modes (run from the repository root; the lead runs the full one, one process per seed is fine):
     PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_tricks.py --quick
-    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_tricks.py --seeds 0 --out benchmarks/results/fscil_tricks_s0
+    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_tricks.py --seeds 0 \
+        --out benchmarks/results/fscil_tricks_s0
     ... --seeds 1 --out ..._s1, ..., then
     python benchmarks/fscil_tricks.py --merge benchmarks/results/fscil_tricks_s0 ... _s4
 The full mode is reduced to aim at about one CPU-hour per seed on an otherwise idle core: 10 base glosses per

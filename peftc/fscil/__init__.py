@@ -20,5 +20,5 @@ from .prototypes import PrototypeClassifier, class_means
 from .session import Session
 from .tricks import GROUPS, ORDER, Tricks
 
-__all__ = ["GROUPS", "ORDER", "Tricks", "FSCILConfig", "FSCILLearner", "FSCILNetwork", "FSCILObjective", "FSCILRun", "FSCILScores", "Session",
-           "PrototypeClassifier", "class_means", "fscil_scores", "run_fscil"]
+__all__ = ["GROUPS", "ORDER", "FSCILConfig", "FSCILLearner", "FSCILNetwork", "FSCILObjective", "FSCILRun",
+           "FSCILScores", "PrototypeClassifier", "Session", "Tricks", "class_means", "fscil_scores", "run_fscil"]

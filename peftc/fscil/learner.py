@@ -312,7 +312,8 @@ class FSCILLearner:
                 "num_outputs": int(self.network.classifier.out_features)}
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Adapter (PEFT format), ``prototypes.safetensors`` (prototypes (K, H), classes (K,)), ``fscil_config.json``."""
+        """Write the adapter (PEFT format), ``prototypes.safetensors`` (prototypes (K, H), classes (K,)) and
+        ``fscil_config.json`` into ``folder``."""
         self.model.save_pretrained(folder)
         save_file({"prototypes": self.classifier.prototypes,
                    "classes": self.classifier.classes.astype(np.float32)}, os.path.join(folder, PROTOTYPES_FILE))

@@ -46,7 +46,8 @@ class PrototypeClassifier:
     def add(self, prototypes: np.ndarray, classes: np.ndarray) -> None:
         prototypes = np.asarray(prototypes, np.float32)
         classes = np.asarray(classes, np.int64)
-        if prototypes.ndim != 2 or prototypes.shape[1] != self.prototypes.shape[1] or classes.shape != (len(prototypes),):
+        width = self.prototypes.shape[1]
+        if prototypes.ndim != 2 or prototypes.shape[1] != width or classes.shape != (len(prototypes),):
             raise ValueError(f"prototypes must be (K, {self.prototypes.shape[1]}) with classes (K,), got "
                              f"{prototypes.shape} and {classes.shape}")
         again = np.intersect1d(classes, self.classes)
