@@ -475,6 +475,35 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
 
+/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training ========
+ * Both read unit rows (the caller L2-normalises with peftc_l2_normalize_forward and chains its backward).
+ * Extra dimension letter for this section: K  pre-assigned prototypes (classes, including future ones).
+ *
+ * SupCon (Khosla et al. 2020): s_ij = z_i . z_j / temperature; for every anchor i (a row with at least one
+ * other row of its label, P(i) those rows) l_i = -1/|P(i)| sum_{p in P(i)} log softmax_{j != i}(s_ij)_p;
+ * loss = mean of l_i over the anchors (0 and anchors = 0 when there is none). probs row i holds the
+ * softmax over j != i (probs_ii = 0), kept for the backward. Labels are any int64 (a SimCSE-style
+ * unsupervised pair passes the row's pair index). */
+peftc_status peftc_supcon_forward(float *loss /* (1) overwritten */, int64_t *anchors /* (1) overwritten */,
+                                  float *probs /* (N,N) overwritten */, const float *z /* (N,H) unit rows */,
+                                  const int64_t *labels /* (N) */, float temperature, int64_t N, int64_t H);
+/* dz += dloss * dloss/dz; work is (N,N) scratch */
+peftc_status peftc_supcon_backward(float *dz /* (N,H) accumulated */, float *work /* (N,N) scratch */, float dloss,
+                                   const float *probs /* (N,N) from the forward */, const float *z /* (N,H) */,
+                                   const int64_t *labels /* (N) */, float temperature, int64_t N, int64_t H);
+/* Dot-regression alignment to fixed prototypes (NC-FSCIL's loss for ETF targets): over the rows whose
+ * label is not ignore_index, loss = mean (feat_n . targets[label_n] - 1)^2 / 2; dots[n] keeps the dot
+ * (0 for ignored rows). A label outside [0, K) that is not ignore_index is PEFTC_ERR_LABEL. */
+peftc_status peftc_etf_align_forward(float *loss /* (1) overwritten */, int64_t *count /* (1) overwritten */,
+                                     float *dots /* (N) overwritten */, const float *feat /* (N,H) unit rows */,
+                                     const float *targets /* (K,H) */, const int64_t *labels /* (N) */,
+                                     int64_t ignore_index, int64_t N, int64_t H, int64_t K);
+/* dfeat[n] += dloss * (dots[n] - 1) * targets[label_n] / count */
+peftc_status peftc_etf_align_backward(float *dfeat /* (N,H) accumulated */, float dloss,
+                                      const float *dots /* (N) from the forward */, const float *targets /* (K,H) */,
+                                      const int64_t *labels /* (N) */, int64_t ignore_index, int64_t N, int64_t H,
+                                      int64_t K);
+
 /* ==== EVA (eva.c): incremental PCA of one layer's input rows =====================================
  * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean
  * and variance per feature, then the top K right-singular vectors of [diag(S) V; X - mean(X); mean

@@ -858,6 +858,43 @@ def eata_select(ent: np.ndarray, probs: np.ndarray, ema: np.ndarray, ema_set: bo
     return weight, reliable, selected, ema_set
 
 
+# -- few-shot class-incremental learning --------------------------------------------------------
+
+def supcon_forward(z: np.ndarray, labels: np.ndarray, temperature: float, *,
+                   probs: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Supervised contrastive loss of unit rows z (N, H) with int64 labels (N,): ``(loss, anchors, probs)``.
+
+    s = z z^T / temperature; an anchor is a row with another row of its label; its loss is minus the mean,
+    over those positives p, of log softmax_{j != i}(s_i)_p; ``loss`` is the mean over anchors (0 if none).
+    ``probs`` (N, N) holds the softmax rows (zero diagonal) for the backward.
+    """
+    p = np.empty((z.shape[0], z.shape[0]), dtype=np.float32) if probs is None else probs
+    loss, anchors = _C.supcon_forward(p, z, labels, temperature)
+    return loss, anchors, p
+
+
+def supcon_backward(dloss: float, probs: np.ndarray, z: np.ndarray, labels: np.ndarray, temperature: float, *,
+                    dz: np.ndarray, work: np.ndarray | None = None) -> None:
+    """dz += dloss * (G + G^T) z / (temperature * anchors), G_ij = q_ij - [j in P(i)] / |P(i)| on anchor rows."""
+    work = np.empty_like(probs) if work is None else work
+    _C.supcon_backward(dz, work, dloss, probs, z, labels, temperature)
+
+
+def etf_align_forward(feat: np.ndarray, targets: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX, *,
+                      dots: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Dot regression of unit rows feat (N, H) onto their class's fixed prototype targets (K, H):
+    ``(loss, count, dots)`` with loss = mean over counted rows of (feat_n . targets[label_n] - 1)^2 / 2."""
+    d = np.empty(feat.shape[0], dtype=np.float32) if dots is None else dots
+    loss, count = _C.etf_align_forward(d, feat, targets, labels, ignore_index)
+    return loss, count, d
+
+
+def etf_align_backward(dloss: float, dots: np.ndarray, targets: np.ndarray, labels: np.ndarray,
+                       ignore_index: int = IGNORE_INDEX, *, dfeat: np.ndarray) -> None:
+    """dfeat[n] += dloss * (dots[n] - 1) * targets[label_n] / count over the counted rows."""
+    _C.etf_align_backward(dfeat, dloss, dots, targets, labels, ignore_index)
+
+
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
 
 def ipca_workspace_size(n_rows: int, in_features: int, n_components: int) -> int:

@@ -691,6 +691,52 @@ def eata_select(ent, probs, ema, ema_set, e0, d_margin, momentum=0.9, *, weight=
     return w, reliable, int(keep.sum()), ema_set
 
 
+# -- few-shot class-incremental learning --------------------------------------------------------
+
+def supcon_forward(z, labels, temperature, *, probs=None):
+    n = z.shape[0]
+    s = z @ z.T / temperature
+    off = ~np.eye(n, dtype=bool)
+    s_off = np.where(off, s, -np.inf)
+    log_q = s_off - np.log(np.exp(s_off - s_off.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) \
+        - s_off.max(axis=1, keepdims=True)
+    pos = (labels[:, None] == labels[None, :]) & off
+    n_pos = pos.sum(axis=1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return 0.0, 0, np.where(off, np.exp(log_q), 0.0).astype(z.dtype)
+    per_anchor = -np.where(pos, log_q, 0.0).sum(axis=1)[anchors] / n_pos[anchors]
+    return float(per_anchor.mean()), int(anchors.sum()), np.where(off, np.exp(log_q), 0.0).astype(z.dtype)
+
+
+def supcon_backward(dloss, probs, z, labels, temperature, *, dz, work=None):
+    n = z.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    pos = (labels[:, None] == labels[None, :]) & off
+    n_pos = pos.sum(axis=1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return
+    g = (probs - pos / np.maximum(n_pos, 1)[:, None]) * anchors[:, None] * off
+    dz += (dloss / (temperature * anchors.sum())) * ((g + g.T) @ z)
+
+
+def etf_align_forward(feat, targets, labels, ignore_index=IGNORE_INDEX, *, dots=None):
+    keep = labels != ignore_index
+    d = np.zeros(feat.shape[0], dtype=feat.dtype)
+    d[keep] = (feat[keep] * targets[labels[keep]]).sum(axis=1)
+    if not keep.any():
+        return 0.0, 0, d
+    return float((0.5 * (d[keep] - 1.0) ** 2).mean()), int(keep.sum()), d
+
+
+def etf_align_backward(dloss, dots, targets, labels, ignore_index=IGNORE_INDEX, *, dfeat):
+    keep = labels != ignore_index
+    if not keep.any():
+        return
+    dfeat[keep] += (dloss / keep.sum()) * (dots[keep] - 1.0)[:, None] * targets[labels[keep]]
+
+
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
 
 def ipca_workspace_size(n_rows, in_features, n_components):

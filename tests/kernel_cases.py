@@ -207,7 +207,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     ce = next(c for c in cases if c.fn == "cross_entropy_backward")
     ce.args.insert(1, 0.7)
     ce.names = {"dlogits": 0, "probs": 2, "labels": 3}
-    cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng)
+    cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng) + _fscil_cases(rng)
     cases += _bn_relu_cases(rng)
     cases += _packed_attention_cases(rng)
     return {c.fn: c for c in cases}
@@ -324,6 +324,24 @@ def _tta_cases(rng: np.random.Generator) -> list[KernelCase]:
         KernelCase("eata_select", [_f(rng, N), ent_probs[0].copy(), True, _positive(rng, N), ent_probs.copy(),
                                    0.4 * np.log(C), 0.05, 0.9],
                    {"weight": 0, "ema": 1, "ent": 3, "probs": 4}, {"weight", "ema"}),
+    ]
+
+
+def _fscil_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """FSCIL losses: SupCon over unit rows and the alignment to fixed prototypes (dloss sits after the outputs)."""
+    z = _f(rng, N, IC)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    pair = np.array([0, 1, 0, 1, 2], dtype=np.int64)
+    probs = rng.random((N, N)).astype(np.float32)
+    feat_labels = np.array([0, 2, -100, 1, 2], dtype=np.int64)
+    return [
+        _case("supcon_forward", [("probs", _f(rng, N, N)), ("z", z), ("labels", pair)], [0.1], {"probs"}),
+        KernelCase("supcon_backward", [_f(rng, N, IC), _f(rng, N, N), 0.7, probs, z.copy(), pair.copy(), 0.1],
+                   {"dz": 0, "work": 1, "probs": 3, "z": 4, "labels": 5}, {"dz", "work"}),
+        _case("etf_align_forward", [("dots", _f(rng, N)), ("feat", z.copy()), ("targets", _f(rng, 3, IC)),
+                                    ("labels", feat_labels)], [-100], {"dots"}, any_rows={"targets"}),
+        KernelCase("etf_align_backward", [_f(rng, N, IC), 0.7, _f(rng, N), _f(rng, 3, IC), feat_labels.copy(), -100],
+                   {"dfeat": 0, "dots": 2, "targets": 3, "labels": 4}, {"dfeat"}, any_rows={"targets"}),
     ]
 
 
