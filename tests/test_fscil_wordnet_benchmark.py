@@ -1,4 +1,4 @@
-"""benchmarks/fscil_tricks.py end to end on the real WordNet benchmark with a tiny encoder (the suite's size),
+"""benchmarks/fscil_wordnet.py end to end on the real WordNet benchmark with a tiny encoder (the suite's size),
 its results contract, and the merge of seeds run apart."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TINY_MODEL = (lambda seed: tiny_bert(seed), lambda max_length: tokenize)
 
 @pytest.fixture(scope="module")
 def ft():
-    return load_benchmark("fscil_tricks")
+    return load_benchmark("fscil_wordnet")
 
 
 def test_methods_follow_the_ablation_order(ft):

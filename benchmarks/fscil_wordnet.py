@@ -16,11 +16,11 @@ Claims (paired t across seeds, Holm over the family, ``peftc.evaluation.verdicts
 the baseline on average accuracy; the full bag beats the baseline; the full bag beats the bag without each trick.
 
 Modes (run from the repository root; the lead runs the full one, one process per seed is fine):
-    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_tricks.py --quick
-    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_tricks.py --seeds 0 \
-        --out benchmarks/results/fscil_tricks_s0
+    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_wordnet.py --quick
+    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_wordnet.py --seeds 0 \
+        --out benchmarks/results/fscil_wordnet_s0
     ... --seeds 1 --out ..._s1, ..., then
-    python benchmarks/fscil_tricks.py --merge benchmarks/results/fscil_tricks_s0 ... _s4
+    python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4
 The full mode is reduced to aim at about one CPU-hour per seed on an otherwise idle core: 10 base glosses per
 class (one epoch), 10 test and 2 validation glosses per class, max_length 32, two learning rates, 5 sub-network
 steps per session at 5e-4 (the trick knobs are not tuned). This is an estimate from the work counted in
@@ -28,7 +28,7 @@ encoder passes and the --quick run's seconds on a machine shared by several jobs
 for 2 training steps and 100 validation + 100 test glosses), not a timing: the methods with sub-network tuning
 re-encode the validation and test glosses after every session and dominate; check the first seed's per-method
 seconds (in the results) and cut --test-per-class / --methods if it runs long.
-Results: benchmarks/results/fscil_tricks.{json,md}.
+Results: benchmarks/results/fscil_wordnet.{json,md}.
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def write(payload: dict, out: Path) -> None:
 
 
 def finish(runs: list[dict], s: Settings, command: str, cpu: str) -> dict:
-    payload = {"benchmark": "fscil_tricks", "command": command, "cpu": cpu, "settings": asdict(s),
+    payload = {"benchmark": "fscil_wordnet", "command": command, "cpu": cpu, "settings": asdict(s),
                "methods": summarize(runs, s.methods), "runs": runs}
     found = claims(runs, s.methods)
     seeds = {r["seed"] for r in runs}
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subnet-steps", type=int, default=None)
     p.add_argument("--subnet-lr", type=float, default=None)
     p.add_argument("--with-lemmas", action="store_true", help='inputs "lemma, lemma: gloss" instead of the gloss')
-    p.add_argument("--out", default=str(RESULTS / "fscil_tricks"))
+    p.add_argument("--out", default=str(RESULTS / "fscil_wordnet"))
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM")
     a = p.parse_args(argv)
     if a.merge:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                  "test_per_class": a.test_per_class, "val_per_class": a.val_per_class,
                  "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr, "with_lemmas": a.with_lemmas or None}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
-    command = "python benchmarks/fscil_tricks.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/fscil_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = run(s, Path(a.out), command)
     print(render(payload))
     return 0
