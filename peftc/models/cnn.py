@@ -90,18 +90,27 @@ class SmallResNet(Module):
         self.head = Linear(widths[-1], num_classes, generator=g)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.head(self.forward_features(x))
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The pooled features (N, widths[-1]) the head reads: DAFL's activation loss, a fusion module."""
         if x.ndim == 3:
             x = x[:, None]
         h = self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32)))
         for block in self.blocks:
             h = block(h)
-        return self.head(self.pool(h))
+        return self.pool(h)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients, and the input gradient as the module contract says (new, added into ``dx``, or
         with ``input_grad=False`` None, the stem convolution's backward then skipped altogether when its
         weight is frozen)."""
-        d = self.pool.backward(self.head.backward(dy))
+        return self.backward_features(self.head.backward(dy), dx=dx, input_grad=input_grad)
+
+    def backward_features(self, dfeatures: np.ndarray, *, dx: np.ndarray | None = None,
+                          input_grad: bool = True) -> np.ndarray | None:
+        """:meth:`backward` from the gradient of :meth:`forward_features`' output (the head left out)."""
+        d = self.pool.backward(dfeatures)
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
         need = input_grad or _trainable(self.stem_conv)
