@@ -11,6 +11,7 @@ from peftc.distill.dafl import DAFLConfig, dafl_distill, generator_loss
 from peftc.distill.deepinversion import (DeepInversionConfig, attach_bn_hooks, deepinversion_distill,
                                          inversion_loss, synthesize)
 from peftc.distill.generator import DAFLGenerator
+from peftc.distill.migrate import MigrationConfig, migrate_to_new_class
 from peftc.distill.pseudo import AFSTipConfig, afstip_distill, class_anchors, perturb
 from peftc.distill.teacher import teacher_logits
 from peftc.models import SmallResNet
@@ -159,3 +160,21 @@ def test_methods_reject_bad_configurations():
         perturb(np.zeros((2, 3), np.float32), -1.0, 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="size"):
         DAFLGenerator(size=30)
+
+
+def test_migration_learns_the_new_class_and_keeps_the_old_ones():
+    t = _teacher()
+    s = SmallResNet((4, 4), 3, seed=5)
+    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3)
+    afstip_distill(t, s, 3, (1, 12, 12), AFSTipConfig(sigma=0.3, steps=40, batch_size=16, lr=1e-2,
+                                                      kd=KDConfig(tau=1.0, lambda_cls=1.0)), centres=anchors)
+    rng = np.random.default_rng(4)
+    new_x = (2.0 + 0.3 * rng.standard_normal((5, 1, 12, 12))).astype(np.float32)  # a distinct new class
+    probe_old = perturb(anchors, 0.3, 60, np.random.default_rng(9))
+    old_target = teacher_logits(t, probe_old).argmax(1)
+    migrate_to_new_class(s, t, new_x, anchors, MigrationConfig(steps=40, new_per_batch=8, pseudo_per_batch=24,
+                                                               sigma=0.3, lr=1e-2))
+    assert s.head.out_features == 4
+    probe_new = (2.0 + 0.3 * rng.standard_normal((20, 1, 12, 12))).astype(np.float32)
+    assert (teacher_logits(s, probe_new).argmax(1) == 3).mean() >= 0.9
+    assert (teacher_logits(s, probe_old).argmax(1) == old_target).mean() >= 0.8

@@ -93,13 +93,17 @@ class SmallResNet(Module):
         return self.head(self.forward_features(x))
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The pooled features (N, widths[-1]) the head reads: DAFL's activation loss, a fusion module."""
+        """The pooled features (N, widths[-1]) the head reads (DAFL's activation loss reads them)."""
+        return self.pool(self.forward_map(x))
+
+    def forward_map(self, x: np.ndarray) -> np.ndarray:
+        """The last block's feature map (N, widths[-1], 7, 7) before pooling (a fusion module's input)."""
         if x.ndim == 3:
             x = x[:, None]
         h = self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32)))
         for block in self.blocks:
             h = block(h)
-        return self.pool(h)
+        return h
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients, and the input gradient as the module contract says (new, added into ``dx``, or
@@ -110,7 +114,12 @@ class SmallResNet(Module):
     def backward_features(self, dfeatures: np.ndarray, *, dx: np.ndarray | None = None,
                           input_grad: bool = True) -> np.ndarray | None:
         """:meth:`backward` from the gradient of :meth:`forward_features`' output (the head left out)."""
-        d = self.pool.backward(dfeatures)
+        return self.backward_map(self.pool.backward(dfeatures), dx=dx, input_grad=input_grad)
+
+    def backward_map(self, dmap: np.ndarray, *, dx: np.ndarray | None = None,
+                     input_grad: bool = True) -> np.ndarray | None:
+        """:meth:`backward` from the gradient of :meth:`forward_map`'s output."""
+        d = dmap
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
         need = input_grad or _trainable(self.stem_conv)
