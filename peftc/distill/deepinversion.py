@@ -179,8 +179,9 @@ def synthesize(teacher: Module, targets: np.ndarray, input_shape: tuple[int, ...
 
 
 def deepinversion_distill(teacher: Module, student: Module, num_classes: int, input_shape: tuple[int, ...],
-                          config: DeepInversionConfig | None = None) -> dict:
-    """Synthesise ``config.batches`` class-balanced batches from the teacher, then train ``student`` by KD on
+                          config: DeepInversionConfig | None = None, images: np.ndarray | None = None) -> dict:
+    """Synthesise ``config.batches`` class-balanced batches from the teacher (or take ``images``, an earlier
+    call's synthesised pool, to train another student on the same images), then train ``student`` by KD on
     them; returns ``{"images": ..., "synthesis": [...], "loss": [...]}``.
 
     >>> from peftc.models import SmallResNet
@@ -191,13 +192,16 @@ def deepinversion_distill(teacher: Module, student: Module, num_classes: int, in
     """
     cfg = config or DeepInversionConfig()
     rng = np.random.default_rng(cfg.seed)
-    images, synthesis = [], []
-    for b in range(cfg.batches):
-        targets = rng.permutation(np.arange(cfg.batch_size) % num_classes)
-        imgs, hist = synthesize(teacher, targets, input_shape, cfg, seed=cfg.seed * 1000 + b)
-        images.append(imgs)
-        synthesis.append(hist[-1] if hist else {})
-    pool = np.concatenate(images)
+    synthesis: list[dict] = []
+    if images is None:
+        batches = []
+        for b in range(cfg.batches):
+            targets = rng.permutation(np.arange(cfg.batch_size) % num_classes)
+            imgs, hist = synthesize(teacher, targets, input_shape, cfg, seed=cfg.seed * 1000 + b)
+            batches.append(imgs)
+            synthesis.append(hist[-1] if hist else {})
+        images = np.concatenate(batches)
+    pool = images
     zt = teacher_logits(teacher, pool)
     opt = AdamW(student.parameters(), lr=cfg.kd_lr, weight_decay=0.0)
     losses = []
