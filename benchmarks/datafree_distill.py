@@ -26,7 +26,7 @@ student; each reaches 90% of the real-data KD student's accuracy; the fusion mod
 method's accuracy.
 
 REDUCED configuration: one teacher for all seeds, two epochs; the students' budgets are a fraction of
-the papers' (DAFL's 200 epochs x 120 iterations with a 128-wide generator, here 600 iterations with a
+the papers' (DAFL's 200 epochs x 120 iterations with a 128-wide generator, here 400 iterations with a
 32-wide one; DeepInversion's 2k iterations per batch, here 150 on 6 batches of 64; half an epoch for the
 real-data students); about 1 CPU-hour per seed on 2 threads is the target, not yet measured (each arm's
 seconds are recorded, knob selection included; deepinversion+fusion reuses the images deepinversion
@@ -69,7 +69,7 @@ class Settings:
     afstip_sigmas: tuple[float, ...] = (0.5, 1.0)
     anchors_per_class: int = 16
     anchor_steps: int = 30
-    dafl_iterations: int = 600
+    dafl_iterations: int = 400
     dafl_width: int = 32
     dafl_lr_gs: tuple[float, ...] = (0.02, 0.2)
     di_batches: int = 6
