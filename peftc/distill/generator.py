@@ -18,7 +18,14 @@ from ..random import Generator
 
 
 class Upsample2x(Module):
-    """Nearest-neighbour x2 upsampling of (N, C, H, W); the backward sums each 2x2 block."""
+    """Nearest-neighbour x2 upsampling of (N, C, H, W); the backward sums each 2x2 block.
+
+    >>> up = Upsample2x()
+    >>> up.forward(np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)).shape
+    (1, 1, 4, 4)
+    >>> up.backward(np.ones((1, 1, 4, 4), np.float32)).ravel().tolist()
+    [4.0, 4.0, 4.0, 4.0]
+    """
 
     def __init__(self) -> None:
         self._shape: tuple[int, ...] | None = None
@@ -41,7 +48,11 @@ class Upsample2x(Module):
 
 
 class LeakyReLU(Module):
-    """y = x for x > 0, slope * x otherwise (torch.nn.LeakyReLU)."""
+    """y = x for x > 0, slope * x otherwise (torch.nn.LeakyReLU).
+
+    >>> LeakyReLU(0.2).forward(np.array([-1.0, 2.0], np.float32)).tolist()
+    [-0.20000000298023224, 2.0]
+    """
 
     def __init__(self, slope: float = 0.2) -> None:
         self.slope = float(slope)
@@ -64,6 +75,14 @@ class LeakyReLU(Module):
 
 
 class Tanh(Module):
+    """y = tanh(x); the backward uses the cached output (1 - y^2).
+
+    >>> t = Tanh()
+    >>> _ = t.forward(np.zeros(2, np.float32))
+    >>> t.backward(np.ones(2, np.float32)).tolist()
+    [1.0, 1.0]
+    """
+
     def __init__(self) -> None:
         self._y: np.ndarray | None = None
 

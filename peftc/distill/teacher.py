@@ -38,13 +38,23 @@ def frozen(teacher: Module) -> Iterator[Module]:
 
 
 def teacher_logits(teacher: Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """The frozen teacher's logits on ``x``, in batches (no gradient kept)."""
+    """The frozen teacher's logits on ``x``, in batches (no gradient kept).
+
+    >>> from peftc.models import SmallResNet
+    >>> teacher_logits(SmallResNet((4, 8), 3), np.zeros((5, 1, 28, 28), np.float32), batch_size=2).shape
+    (5, 3)
+    """
     with frozen(teacher):
         return np.concatenate([teacher.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def ce_to_targets(logits: np.ndarray, targets: np.ndarray, weight: float = 1.0) -> tuple[float, np.ndarray]:
-    """``(weight * mean CE(logits, targets), its gradient)``: the class term of the input-space methods."""
+    """``(weight * mean CE(logits, targets), its gradient)``: the class term of the input-space methods.
+
+    >>> loss, d = ce_to_targets(np.zeros((2, 4), np.float32), np.array([0, 3]), 2.0)
+    >>> round(loss, 4), d.shape
+    (2.7726, (2, 4))
+    """
     labels = np.ascontiguousarray(targets, dtype=np.int64)
     loss, _, probs = F.cross_entropy_forward(logits, labels)
     d = np.zeros_like(logits)

@@ -97,7 +97,12 @@ class SmallResNet(Module):
         return self.pool(self.forward_map(x))
 
     def forward_map(self, x: np.ndarray) -> np.ndarray:
-        """The last block's feature map (N, widths[-1], 7, 7) before pooling (a fusion module's input)."""
+        """The last block's feature map before pooling (a fusion module's input): (N, widths[-1], 7, 7) for three
+        widths on 28x28 images.
+
+        >>> SmallResNet((4, 8), 3).forward_map(np.zeros((2, 1, 28, 28), np.float32)).shape
+        (2, 8, 14, 14)
+        """
         if x.ndim == 3:
             x = x[:, None]
         h = self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32)))
