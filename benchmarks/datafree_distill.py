@@ -82,7 +82,8 @@ class Settings:
 
 QUICK = dict(teacher_widths=(8, 16, 32), teacher_epochs=1, teacher_train_limit=1000, student_widths=(4, 8, 8),
              memory_slots=4, val_size=200, test_size=200, real_epochs=0.05, real_lrs=(3e-3,), batch_size=16,
-             afstip_steps=4, afstip_sigmas=(0.5, 1.0), anchors_per_class=1, anchor_steps=2, dafl_iterations=4, dafl_width=8,
+             afstip_steps=4, afstip_sigmas=(0.5, 1.0), anchors_per_class=1, anchor_steps=2, dafl_iterations=4,
+             dafl_width=8,
              dafl_lr_gs=(0.2,), di_batches=1, di_iterations=3, di_alpha_fs=(1.0,), di_kd_steps=4,
              migration_shots=(5,), migration_steps=4)
 

@@ -676,7 +676,8 @@ def kd_kl_backward(dloss, student_probs, teacher_probs, student_logits, teacher_
     if dstudent_logits is not None:
         dstudent_logits += (dloss * tau / n * (ps - pt)).astype(dstudent_logits.dtype)
     if dteacher_logits is not None:
-        r = _log_softmax(teacher_logits.astype(np.float64) / tau) - _log_softmax(student_logits.astype(np.float64) / tau)
+        lt = _log_softmax(teacher_logits.astype(np.float64) / tau)
+        r = lt - _log_softmax(student_logits.astype(np.float64) / tau)
         g = pt * (r - (pt * r).sum(axis=1, keepdims=True))
         dteacher_logits += (dloss * tau / n * g).astype(dteacher_logits.dtype)
 

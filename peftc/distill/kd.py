@@ -54,7 +54,8 @@ def student_loss(student_logits: np.ndarray, teacher_logits: np.ndarray, config:
     zs = np.ascontiguousarray(student_logits, dtype=np.float32)
     zt = np.ascontiguousarray(teacher_logits, dtype=np.float32)
     if zs.shape != zt.shape or zs.ndim != 2:
-        raise ValueError(f"student_loss: student_logits {zs.shape} and teacher_logits {zt.shape} must be the same (N, C)")
+        raise ValueError(f"student_loss: student_logits {zs.shape} and teacher_logits {zt.shape} must be the same "
+                         f"(N, C)")
     dlogits = np.zeros_like(zs)
     rows = confident_rows(zt, config.confidence)
     if rows.size == 0:
