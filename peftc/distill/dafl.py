@@ -3,7 +3,8 @@ frozen teacher T, on x = G(z), gives confident (one-hot loss), strongly activate
 class-balanced (information-entropy loss) outputs, while the student learns T's predictions on x by KD.
 
     L_G = w_oh CE(T(x), argmax T(x)) + w_ie sum_c pbar_c log10 pbar_c - w_a mean |f_T(x)|
-    L_S = KL(softmax T(x) || softmax S(x)) at tau = 1, batchmean, on x detached
+    L_S = KL(softmax T(x) || softmax S(x)) at tau = 1, on x detached (the reference code's ``kdloss``: the KL
+          summed over the batch and divided by its size, i.e. "batchmean")
 
 f_T is the teacher's pooled penultimate features (``forward_features``). The information-entropy term uses
 log10 as the reference code does (:func:`peftc.functional.dafl_entropy_forward` takes ln; the weight is
