@@ -90,9 +90,18 @@ def test_bn_term_is_the_weighted_sum_over_the_norms_and_hooks_are_removed(rng):
 
 def test_deepinversion_synthesis_lowers_its_objective():
     t = _teacher()
-    imgs, hist = synthesize(t, np.arange(6) % 3, (1, 12, 12), DeepInversionConfig(iterations=25, lr=0.05))
+    cfg = DeepInversionConfig(iterations=25, lr=0.05, pixel_range=None)  # the test teacher's inputs are standardised
+    imgs, hist = synthesize(t, np.arange(6) % 3, (1, 12, 12), cfg)
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
     assert hist[-1]["bn"] < hist[0]["bn"]
+
+
+def test_images_and_anchors_stay_in_the_pixel_range():
+    t = _teacher()
+    imgs, _ = synthesize(t, np.arange(3), (1, 12, 12), DeepInversionConfig(iterations=5, lr=0.5))
+    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=2, steps=5, lr=0.5)
+    for x in (imgs, anchors):
+        assert x.min() >= 0.0 and x.max() <= 1.0 and 0.0 < x.mean() < 1.0
 
 
 def test_generator_backward_matches_finite_differences(rng):
@@ -117,7 +126,7 @@ def test_dafl_generator_loss_gradient_matches_finite_differences(rng, weights):
 
 def test_class_anchors_make_the_teacher_predict_their_class():
     t = _teacher()
-    anchors, labels = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3)
+    anchors, labels = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3, pixel_range=None)
     assert (teacher_logits(t, anchors).argmax(1) == labels).mean() >= 0.9
     x = perturb(anchors, 0.1, 50, np.random.default_rng(0))
     assert x.shape == (50, 1, 12, 12) and x.dtype == np.float32
@@ -126,7 +135,7 @@ def test_class_anchors_make_the_teacher_predict_their_class():
 def test_afstip_student_learns_to_agree_with_the_teacher():
     t = _teacher()
     s = SmallResNet((4, 4), 3, seed=5)
-    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3)
+    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3, pixel_range=None)
     probe = perturb(anchors, 0.3, 60, np.random.default_rng(9))
     target = teacher_logits(t, probe).argmax(1)
     before = (teacher_logits(s, probe).argmax(1) == target).mean()
@@ -165,7 +174,7 @@ def test_methods_reject_bad_configurations():
 def test_migration_learns_the_new_class_and_keeps_the_old_ones():
     t = _teacher()
     s = SmallResNet((4, 4), 3, seed=5)
-    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3)
+    anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3, pixel_range=None)
     afstip_distill(t, s, 3, (1, 12, 12), AFSTipConfig(sigma=0.3, steps=40, batch_size=16, lr=1e-2,
                                                       kd=KDConfig(tau=1.0, lambda_cls=1.0)), centres=anchors)
     rng = np.random.default_rng(4)

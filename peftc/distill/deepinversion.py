@@ -105,6 +105,9 @@ class DeepInversionConfig:
     alpha_l2: float = 0.0
     jitter: int = 2
     flip: bool = True
+    # the valid input range (the reference code clips the images to it after each step and starts from noise
+    # in it); (0, 1) for raw pixels, None for no range (then the start is N(0, 1), for standardised inputs)
+    pixel_range: tuple[float, float] | None = (0.0, 1.0)
     batches: int = 4  # synthesised batches for the student
     kd_steps: int = 300
     kd_batch_size: int = 64
@@ -183,7 +186,10 @@ def synthesize(teacher: Module, targets: np.ndarray, input_shape: tuple[int, ...
     cfg = config or DeepInversionConfig()
     rng = np.random.default_rng(seed)
     targets = np.asarray(targets, dtype=np.int64)
-    x = Parameter(rng.standard_normal((len(targets), *input_shape)).astype(np.float32))
+    shape = (len(targets), *input_shape)
+    lo_hi = cfg.pixel_range
+    start = rng.standard_normal(shape) if lo_hi is None else rng.uniform(lo_hi[0], lo_hi[1], shape)
+    x = Parameter(start.astype(np.float32))
     opt = AdamW([x], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
     history = []
     for _ in range(cfg.iterations):
@@ -193,6 +199,8 @@ def synthesize(teacher: Module, targets: np.ndarray, input_shape: tuple[int, ...
         opt.zero_grad()
         x.grad_buffer()[...] = _unjitter(dxj, off, flip)
         opt.step()
+        if lo_hi is not None:
+            np.clip(x.data, lo_hi[0], lo_hi[1], out=x.data)
         history.append({"loss": loss, **parts})
     return x.data, history
 

@@ -21,10 +21,12 @@ from .teacher import ce_to_targets, frozen, teacher_logits
 
 
 def class_anchors(teacher: Module, num_classes: int, input_shape: tuple[int, ...], per_class: int = 8,
-                  steps: int = 20, lr: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(anchors, labels)``: ``per_class`` inputs per class, each drawn from N(0, 1) and moved by ``steps``
-    normalised gradient steps (step ``lr`` times g / mean|g| per sample) down the teacher's
-    cross-entropy to its class. Only the teacher is read.
+                  steps: int = 20, lr: float = 0.1, seed: int = 0,
+                  pixel_range: tuple[float, float] | None = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """``(anchors, labels)``: ``per_class`` inputs per class, each drawn uniformly from the valid input range
+    (N(0, 1) with ``pixel_range=None``, for standardised inputs) and moved by ``steps`` normalised gradient
+    steps (step ``lr`` times g / mean|g| per sample) down the teacher's cross-entropy to its class, clipped
+    to the range after each. Only the teacher is read.
 
     >>> from peftc.models import SmallResNet
     >>> a, y = class_anchors(SmallResNet((4, 8), 3), 3, (1, 28, 28), per_class=2, steps=2)
@@ -36,13 +38,16 @@ def class_anchors(teacher: Module, num_classes: int, input_shape: tuple[int, ...
                          f"{num_classes}, {per_class}, {steps}, {lr}")
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(num_classes), per_class)
-    x = rng.standard_normal((len(labels), *input_shape)).astype(np.float32)
+    shape = (len(labels), *input_shape)
+    x = (rng.standard_normal(shape) if pixel_range is None else rng.uniform(*pixel_range, shape)).astype(np.float32)
     with frozen(teacher):
         for _ in range(steps):
             _, d = ce_to_targets(teacher.forward(x), labels)
             g = teacher.backward(d)
             scale = np.abs(g).reshape(len(x), -1).mean(axis=1) + 1e-12
             x -= (lr / scale).reshape(-1, *([1] * len(input_shape))).astype(np.float32) * g
+            if pixel_range is not None:
+                np.clip(x, *pixel_range, out=x)
     return x, labels
 
 
@@ -71,6 +76,7 @@ class AFSTipConfig:
     anchors_per_class: int = 16
     anchor_steps: int = 20
     anchor_lr: float = 0.1
+    pixel_range: tuple[float, float] | None = (0.0, 1.0)  # the anchors' range (None: standardised inputs)
     seed: int = 0
 
 
@@ -89,7 +95,7 @@ def afstip_distill(teacher: Module, student: Module, num_classes: int, input_sha
     cfg = config or AFSTipConfig()
     if centres is None:
         centres, _ = class_anchors(teacher, num_classes, input_shape, cfg.anchors_per_class, cfg.anchor_steps,
-                                   cfg.anchor_lr, cfg.seed)
+                                   cfg.anchor_lr, cfg.seed, cfg.pixel_range)
     rng = np.random.default_rng(cfg.seed + 1)
     opt = AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     history: dict = {"loss": [], "kept": []}
