@@ -12,7 +12,7 @@ from peftc.distill.deepinversion import (DeepInversionConfig, attach_bn_hooks, d
                                          inversion_loss, synthesize)
 from peftc.distill.generator import DAFLGenerator
 from peftc.distill.migrate import MigrationConfig, migrate_to_new_class
-from peftc.distill.pseudo import AFSTipConfig, afstip_distill, class_anchors, perturb
+from peftc.distill.pseudo import AFSTipConfig, afstip_distill, build_anchors, class_anchors, perturb
 from peftc.distill.teacher import teacher_logits
 from peftc.models import SmallResNet
 
@@ -100,7 +100,8 @@ def test_images_and_anchors_stay_in_the_pixel_range():
     t = _teacher()
     imgs, _ = synthesize(t, np.arange(3), (1, 12, 12), DeepInversionConfig(iterations=5, lr=0.5))
     anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=2, steps=5, lr=0.5)
-    for x in (imgs, anchors):
+    inverted, _ = build_anchors(t, 3, (1, 12, 12), AFSTipConfig(anchors_per_class=2, anchor_steps=5))
+    for x in (imgs, anchors, inverted):
         assert x.min() >= 0.0 and x.max() <= 1.0 and 0.0 < x.mean() < 1.0
 
 
@@ -140,7 +141,8 @@ def test_afstip_student_learns_to_agree_with_the_teacher():
     target = teacher_logits(t, probe).argmax(1)
     before = (teacher_logits(s, probe).argmax(1) == target).mean()
     # a random teacher is unsure everywhere: no confidence threshold here
-    cfg = AFSTipConfig(sigma=0.3, steps=40, batch_size=16, lr=1e-2, kd=KDConfig(tau=1.0, lambda_cls=1.0))
+    cfg = AFSTipConfig(sigma=0.3, steps=40, batch_size=16, lr=1e-2, kd=KDConfig(tau=1.0, lambda_cls=1.0),
+                       pixel_range=None)
     afstip_distill(t, s, 3, (1, 12, 12), cfg, centres=anchors)
     after = (teacher_logits(s, probe).argmax(1) == target).mean()
     assert after >= 0.9 and after > before + 0.3
@@ -169,6 +171,8 @@ def test_methods_reject_bad_configurations():
         perturb(np.zeros((2, 3), np.float32), -1.0, 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="size"):
         DAFLGenerator(size=30)
+    with pytest.raises(ValueError, match="anchor_method"):
+        build_anchors(_teacher(), 3, (1, 12, 12), AFSTipConfig(anchor_method="gan"))
 
 
 def test_migration_learns_the_new_class_and_keeps_the_old_ones():
@@ -176,7 +180,8 @@ def test_migration_learns_the_new_class_and_keeps_the_old_ones():
     s = SmallResNet((4, 4), 3, seed=5)
     anchors, _ = class_anchors(t, 3, (1, 12, 12), per_class=4, steps=40, lr=0.3, pixel_range=None)
     afstip_distill(t, s, 3, (1, 12, 12), AFSTipConfig(sigma=0.3, steps=40, batch_size=16, lr=1e-2,
-                                                      kd=KDConfig(tau=1.0, lambda_cls=1.0)), centres=anchors)
+                                                      kd=KDConfig(tau=1.0, lambda_cls=1.0), pixel_range=None),
+                   centres=anchors)
     rng = np.random.default_rng(4)
     new_x = (2.0 + 0.3 * rng.standard_normal((5, 1, 12, 12))).astype(np.float32)  # a distinct new class
     probe_old = perturb(anchors, 0.3, 60, np.random.default_rng(9))

@@ -4,8 +4,10 @@ from them with ``lambda_cls * CE + lambda_kd * tau^2 * KL`` (:mod:`peftc.distill
 
 What the noise perturbs is our reading (the paper's details were not published in what we could read):
 with seed inputs ``x_0`` given (embeddings of public text, a few public images) they are the centres;
-truly data-free, the centres are *class anchors* built from the teacher alone, random inputs moved by a
-few normalised gradient steps towards each class's logit. Pixel space for images; for text the same
+truly data-free, the centres are *class anchors* built from the teacher alone: by default DeepInversion's
+objective (cross-entropy to the class, the BatchNorm-statistics match and the image priors) optimised for a
+few iterations (``anchor_method="inversion"``), or plain normalised gradient steps towards each class's
+logit (``"ce"``), which give inputs the teacher is sure of but that look like no image. Pixel space for images; for text the same
 functions work on an embedding-space teacher (``forward`` on (N, T, H) embeddings).
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..nn.module import Module
 from ..optim import AdamW
+from .deepinversion import DeepInversionConfig, synthesize
 from .kd import KDConfig, confident_rows, distill_step
 from .teacher import ce_to_targets, frozen, teacher_logits
 
@@ -74,17 +77,41 @@ class AFSTipConfig:
     lr: float = 2e-3
     kd: KDConfig = field(default_factory=lambda: KDConfig(tau=4.0, lambda_kd=1.0, lambda_cls=0.5, confidence=0.5))
     anchors_per_class: int = 16
-    anchor_steps: int = 20
+    anchor_method: str = "inversion"  # or "ce" (see the module docstring)
+    anchor_steps: int = 100
     anchor_lr: float = 0.1
     pixel_range: tuple[float, float] | None = (0.0, 1.0)  # the anchors' range (None: standardised inputs)
     seed: int = 0
+
+
+def build_anchors(teacher: Module, num_classes: int, input_shape: tuple[int, ...],
+                  config: AFSTipConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(anchors, labels)``, ``anchors_per_class`` per class, by ``config.anchor_method`` from the teacher alone.
+
+    >>> from peftc.models import SmallResNet
+    >>> cfg = AFSTipConfig(anchors_per_class=2, anchor_steps=2)
+    >>> a, y = build_anchors(SmallResNet((4, 8), 3), 3, (1, 28, 28), cfg)
+    >>> a.shape, y.tolist(), bool(a.min() >= 0.0 and a.max() <= 1.0)
+    ((6, 1, 28, 28), [0, 0, 1, 1, 2, 2], True)
+    """
+    cfg = config or AFSTipConfig()
+    if cfg.anchor_method == "ce":
+        return class_anchors(teacher, num_classes, input_shape, cfg.anchors_per_class, cfg.anchor_steps,
+                             cfg.anchor_lr, cfg.seed, cfg.pixel_range)
+    if cfg.anchor_method != "inversion":
+        raise ValueError(f"AFSTipConfig.anchor_method must be 'inversion' or 'ce', got {cfg.anchor_method!r}")
+    labels = np.repeat(np.arange(num_classes), cfg.anchors_per_class)
+    anchors, _ = synthesize(teacher, labels, input_shape,
+                            DeepInversionConfig(iterations=cfg.anchor_steps, pixel_range=cfg.pixel_range), cfg.seed)
+    return anchors, labels
 
 
 def afstip_distill(teacher: Module, student: Module, num_classes: int, input_shape: tuple[int, ...],
                    config: AFSTipConfig | None = None, centres: np.ndarray | None = None) -> dict:
     """Train ``student`` from ``teacher`` alone by the AF-STip recipe; returns ``{"loss": [...], "kept": [...]}``
     (per step: the student loss, the pseudo-samples kept by the confidence threshold). ``centres``: seed
-    inputs to perturb; None builds class anchors from the teacher (:func:`class_anchors`).
+    inputs to perturb; None builds class anchors from the teacher (:func:`build_anchors`). The pseudo-samples
+    are clipped to ``config.pixel_range`` when it is set.
 
     >>> from peftc.models import SmallResNet
     >>> cfg = AFSTipConfig(steps=2, batch_size=4, anchors_per_class=1, anchor_steps=1)
@@ -94,13 +121,14 @@ def afstip_distill(teacher: Module, student: Module, num_classes: int, input_sha
     """
     cfg = config or AFSTipConfig()
     if centres is None:
-        centres, _ = class_anchors(teacher, num_classes, input_shape, cfg.anchors_per_class, cfg.anchor_steps,
-                                   cfg.anchor_lr, cfg.seed, cfg.pixel_range)
+        centres, _ = build_anchors(teacher, num_classes, input_shape, cfg)
     rng = np.random.default_rng(cfg.seed + 1)
     opt = AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     history: dict = {"loss": [], "kept": []}
     for _ in range(cfg.steps):
         x = perturb(centres, cfg.sigma, cfg.batch_size, rng)
+        if cfg.pixel_range is not None:
+            np.clip(x, *cfg.pixel_range, out=x)
         zt = teacher_logits(teacher, x)
         history["kept"].append(len(confident_rows(zt, cfg.kd.confidence)))
         history["loss"].append(distill_step(student, opt, x, zt, cfg.kd))
