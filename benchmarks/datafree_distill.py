@@ -68,7 +68,7 @@ class Settings:
     real_lrs: tuple[float, ...] = (1e-3, 3e-3)
     batch_size: int = 64
     afstip_steps: int = 800
-    afstip_sigmas: tuple[float, ...] = (0.1, 0.3)
+    afstip_sigmas: tuple[float, ...] = (0.05, 0.1)
     anchors_per_class: int = 16
     anchor_steps: int = 150
     dafl_iterations: int = 400

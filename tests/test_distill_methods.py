@@ -105,11 +105,14 @@ def test_images_and_anchors_stay_in_the_pixel_range():
         assert x.min() >= 0.0 and x.max() <= 1.0 and 0.0 < x.mean() < 1.0
 
 
-def test_generator_backward_matches_finite_differences(rng):
-    g = DAFLGenerator(latent_dim=6, width=4, size=8, seed=1)
+@pytest.mark.parametrize("pixel_range", [None, (0.0, 1.0)])
+def test_generator_backward_matches_finite_differences(rng, pixel_range):
+    g = DAFLGenerator(latent_dim=6, width=4, size=8, seed=1, pixel_range=pixel_range)
     z = f32(rng, 5, 6)
     w = f32(rng, 5, 1, 8, 8)
-    g.forward(z)
+    x = g.forward(z)
+    if pixel_range is not None:
+        assert x.min() >= 0.0 and x.max() <= 1.0
     dz = g.backward(w)
     _directional_check(lambda q: float((g.forward(q).astype(np.float64) * w).sum()), z, dz, rng)
 

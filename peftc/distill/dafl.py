@@ -40,6 +40,7 @@ class DAFLConfig:
     w_ie: float = 5.0
     w_a: float = 0.1
     kd: KDConfig = field(default_factory=lambda: KDConfig(tau=1.0))
+    pixel_range: tuple[float, float] | None = (0.0, 1.0)  # the generator's output range (None: DAFL's final BN)
     seed: int = 0
 
 
@@ -81,7 +82,7 @@ def dafl_distill(teacher: Module, student: Module, config: DAFLConfig | None = N
     (2, 2)
     """
     cfg = config or DAFLConfig()
-    g = generator or DAFLGenerator(cfg.latent_dim, cfg.width, size=28, seed=cfg.seed)
+    g = generator or DAFLGenerator(cfg.latent_dim, cfg.width, size=28, seed=cfg.seed, pixel_range=cfg.pixel_range)
     g.train()
     rng = np.random.default_rng(cfg.seed)
     opt_g = AdamW(g.parameters(), lr=cfg.lr_g, weight_decay=0.0)

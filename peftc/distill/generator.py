@@ -4,6 +4,10 @@
     -> up x2 -> conv3x3 (c -> c/2) -> BN(eps 0.8) -> LeakyReLU(0.2) -> conv3x3 (c/2 -> channels) -> tanh
     -> BN(channels, no affine)
 
+DAFL's teachers read standardised images, which the final affine-free BN imitates. For a teacher of raw
+pixels in a known range (Fashion-MNIST's SmallResNet: [0, 1]), ``pixel_range`` replaces that BN by the map
+of tanh's (-1, 1) onto the range (our adaptation).
+
 The three shape-and-elementwise steps without kernels of their own (nearest x2 upsampling, LeakyReLU,
 tanh) are small NumPy modules here, each with the module backward contract. DAFL's defaults are
 c = 128 and s = 32; s = 28 suits Fashion-MNIST.
@@ -102,6 +106,33 @@ class Tanh(Module):
         return dx
 
 
+class Rescale(Module):
+    """y = scale * x + shift (fixed numbers, no parameters).
+
+    >>> Rescale(0.5, 0.5).forward(np.array([-1.0, 1.0], np.float32)).tolist()
+    [0.0, 1.0]
+    """
+
+    def __init__(self, scale: float, shift: float) -> None:
+        self.scale, self.shift = float(scale), float(shift)
+        self._shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._shape = x.shape
+        return (np.float32(self.scale) * x + np.float32(self.shift)).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        if self._shape is None:
+            raise RuntimeError("Rescale.backward called before forward")
+        if not input_grad:
+            return None
+        g = (np.float32(self.scale) * dy).astype(np.float32)
+        if dx is None:
+            return g
+        self._check_dx(dx, self._shape)[...] += g
+        return dx
+
+
 class DAFLGenerator(Module):
     """G(z): (N, latent_dim) noise to (N, channels, size, size) images, DAFL's layout (module docstring).
 
@@ -111,7 +142,7 @@ class DAFLGenerator(Module):
     """
 
     def __init__(self, latent_dim: int = 100, width: int = 64, size: int = 28, channels: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, pixel_range: tuple[float, float] | None = None) -> None:
         if size % 4 or width % 2 or latent_dim < 1:
             raise ValueError(f"DAFLGenerator: needs size divisible by 4, an even width and latent_dim >= 1; got "
                              f"size={size}, width={width}, latent_dim={latent_dim}")
@@ -123,7 +154,8 @@ class DAFLGenerator(Module):
             BatchNorm2d(width, eps=0.8), LeakyReLU(0.2), Upsample2x(),
             Conv2d(width, width // 2, 3, padding=1, generator=g), BatchNorm2d(width // 2, eps=0.8), LeakyReLU(0.2),
             Conv2d(width // 2, channels, 3, padding=1, generator=g), Tanh(),
-            BatchNorm2d(channels, affine=False),
+            BatchNorm2d(channels, affine=False) if pixel_range is None
+            else Rescale((pixel_range[1] - pixel_range[0]) / 2, (pixel_range[1] + pixel_range[0]) / 2),
         ])
 
     def forward(self, z: np.ndarray) -> np.ndarray:
