@@ -475,7 +475,7 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
 
-/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training ========
+/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training =
  * Both read unit rows (the caller L2-normalises with peftc_l2_normalize_forward and chains its backward).
  * Extra dimension letter for this section: K  pre-assigned prototypes (classes, including future ones).
  *
@@ -503,6 +503,66 @@ peftc_status peftc_etf_align_backward(float *dfeat /* (N,H) accumulated */, floa
                                       const float *dots /* (N) from the forward */, const float *targets /* (K,H) */,
                                       const int64_t *labels /* (N) */, int64_t ignore_index, int64_t N, int64_t H,
                                       int64_t K);
+=======
+/* ==== data-free knowledge distillation losses (distill.c) ========================================
+ * The losses that train a student without the teacher's data (DAFL, DeepInversion, noise-perturbed
+ * pseudo-samples). Each forward writes one scalar loss; each backward adds dloss times its gradient
+ * into the buffer(s) given. DAFL's one-hot term is peftc_cross_entropy_forward against the teacher's
+ * argmax; the networks' backward passes are the caller's. */
+
+/* ---- KD divergence (Hinton et al.): loss = tau^2 / N sum_n KL(pt_n || ps_n), "batchmean" ------------
+ * ps = softmax(zs / tau) (student), pt = softmax(zt / tau) (teacher), kept for the backward; a row whose
+ * KL rounds below 0 counts as 0. torch: tau^2 * F.kl_div(log_softmax(zs/tau), softmax(zt/tau),
+ * reduction="batchmean"). NaN or Inf in a logit gives PEFTC_ERR_NONFINITE; tau must be > 0. */
+peftc_status peftc_kd_kl_forward(float *loss /* (1) overwritten */, float *ps /* (N,C) overwritten */,
+                                 float *pt /* (N,C) overwritten */, const float *zs /* (N,C) student logits */,
+                                 const float *zt /* (N,C) teacher logits */, float tau, int64_t N, int64_t C);
+/* dzs += dloss tau/N (ps - pt); dzt (the gradient through the teacher's distribution, for adversarial
+ * or input-space uses) += dloss tau/N pt (r - sum pt r), r = log pt - log ps */
+peftc_status peftc_kd_kl_backward(float *dzs /* (N,C) accumulated, or NULL */,
+                                  float *dzt /* (N,C) accumulated, or NULL */, float dloss, const float *ps /* (N,C) */,
+                                  const float *pt /* (N,C) */, const float *zs /* (N,C) */, const float *zt /* (N,C) */,
+                                  float tau, int64_t N, int64_t C);
+
+/* ---- BatchNorm-statistics matching (DeepInversion's R_feature for one BN layer) --------------------
+ * loss = ||mean - running_mean||_2 + ||var - running_var||_2, mean and var the per-channel batch mean
+ * and biased variance of the BN layer's input x over (N, IH, IW) (written out; the backward needs
+ * them). A zero norm has gradient 0 (torch's subgradient). */
+peftc_status peftc_bn_stat_match_forward(float *loss /* (1) overwritten */, float *mean /* (CH) overwritten */,
+                                         float *var /* (CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                         const float *running_mean /* (CH) */, const float *running_var /* (CH) */,
+                                         int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_bn_stat_match_backward(float *dx /* (N,CH,IH,IW) accumulated */, float dloss,
+                                          const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
+                                          const float *var /* (CH) */, const float *running_mean /* (CH) */,
+                                          const float *running_var /* (CH) */, int64_t N, int64_t CH, int64_t IH,
+                                          int64_t IW);
+
+/* ---- DAFL's generator terms (Chen et al. 2019) ------------------------------------------------------
+ * activation: loss = -mean |f| over the P values of the teacher's penultimate features.
+ * information entropy: loss = sum_c pbar_c ln pbar_c, pbar = mean over the rows of softmax(logits): the
+ * negative entropy of the batch-mean prediction (natural log; DAFL's code takes log10, a factor
+ * 1/ln 10 its caller folds into the weight). probs and pbar are kept for the backward. */
+peftc_status peftc_dafl_activation_forward(float *loss /* (1) overwritten */, const float *f /* (P) */, int64_t P);
+peftc_status peftc_dafl_activation_backward(float *df /* (P) accumulated */, float dloss, const float *f /* (P) */,
+                                            int64_t P);
+peftc_status peftc_dafl_entropy_forward(float *loss /* (1) overwritten */, float *probs /* (N,C) overwritten */,
+                                        float *pbar /* (C) overwritten */, const float *logits /* (N,C) */, int64_t N,
+                                        int64_t C);
+peftc_status peftc_dafl_entropy_backward(float *dlogits /* (N,C) accumulated */, float dloss,
+                                         const float *probs /* (N,C) */, const float *pbar /* (C) */, int64_t N,
+                                         int64_t C);
+
+/* ---- total variation (DeepInversion's image priors) -------------------------------------------------
+ * Over the four neighbour differences of each (IH,IW) plane (horizontal, vertical, both diagonals):
+ * l1 = sum over the directions of mean |difference|, l2 = sum over the directions of the Frobenius norm
+ * of the difference (norms, the four terms of l2, kept for the backward). Needs IH, IW >= 2. */
+peftc_status peftc_tv_forward(float *l1 /* (1) overwritten */, float *l2 /* (1) overwritten */,
+                              float *norms /* (4) overwritten */, const float *x /* (N,CH,IH,IW) */, int64_t N,
+                              int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_tv_backward(float *dx /* (N,CH,IH,IW) accumulated */, float dl1, float dl2,
+                               const float *x /* (N,CH,IH,IW) */, const float *norms /* (4) */, int64_t N, int64_t CH,
+                               int64_t IH, int64_t IW);
 
 /* ==== EVA (eva.c): incremental PCA of one layer's input rows =====================================
  * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean

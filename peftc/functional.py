@@ -894,6 +894,108 @@ def etf_align_backward(dloss: float, dots: np.ndarray, targets: np.ndarray, labe
     """dfeat[n] += dloss * (dots[n] - 1) * targets[label_n] / count over the counted rows."""
     _C.etf_align_backward(dfeat, dloss, dots, targets, labels, ignore_index)
 
+# ---- data-free distillation losses: KD divergence, BN-statistics matching, DAFL terms, TV -----------
+
+def kd_kl_forward(student_logits: np.ndarray, teacher_logits: np.ndarray, tau: float = 1.0, *,
+                  student_probs: np.ndarray | None = None,
+                  teacher_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Hinton's KD loss ``tau^2 * KL(softmax(zt/tau) || softmax(zs/tau))``, summed over classes and
+    averaged over rows (torch's ``reduction="batchmean"``). Returns ``(loss, student_probs, teacher_probs)``.
+
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
+    >>> round(kd_kl_forward(z, z, tau=4.0)[0], 6)
+    0.0
+    """
+    ps = np.empty_like(student_logits) if student_probs is None else student_probs
+    pt = np.empty_like(teacher_logits) if teacher_probs is None else teacher_probs
+    loss = _C.kd_kl_forward(ps, pt, student_logits, teacher_logits, tau)
+    return loss, ps, pt
+
+
+def kd_kl_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.ndarray, student_logits: np.ndarray,
+                   teacher_logits: np.ndarray, tau: float = 1.0, *, dstudent_logits: np.ndarray | None = None,
+                   dteacher_logits: np.ndarray | None = None) -> None:
+    """dstudent_logits += dloss * tau/N * (ps - pt); dteacher_logits (optional) += the gradient through pt."""
+    _C.kd_kl_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, student_logits,
+                      teacher_logits, tau)
+
+
+def bn_stat_match_forward(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray, *,
+                          mean: np.ndarray | None = None,
+                          var: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """DeepInversion's feature term for one BatchNorm layer: ``||mean - running_mean||_2 +
+    ||var - running_var||_2``, mean and (biased) var of the layer's input ``x`` (N, CH, H, W) per channel.
+    Returns ``(loss, mean, var)``.
+
+    >>> x = np.zeros((2, 3, 2, 2), np.float32)
+    >>> bn_stat_match_forward(x, np.zeros(3, np.float32), np.zeros(3, np.float32))[0]
+    0.0
+    """
+    ch = x.shape[1] if x.ndim == 4 else 0
+    mean = np.empty(ch, np.float32) if mean is None else mean
+    var = np.empty(ch, np.float32) if var is None else var
+    loss = _C.bn_stat_match_forward(mean, var, x, running_mean, running_var)
+    return loss, mean, var
+
+
+def bn_stat_match_backward(dloss: float, x: np.ndarray, mean: np.ndarray, var: np.ndarray, running_mean: np.ndarray,
+                           running_var: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dloss * d(bn_stat_match)/dx."""
+    _C.bn_stat_match_backward(dx, dloss, x, mean, var, running_mean, running_var)
+
+
+def dafl_activation_forward(features: np.ndarray) -> float:
+    """DAFL's activation loss ``-mean |features|`` (any shape).
+
+    >>> dafl_activation_forward(np.array([1.0, -3.0], np.float32))
+    -2.0
+    """
+    return _C.dafl_activation_forward(features)
+
+
+def dafl_activation_backward(dloss: float, features: np.ndarray, *, dfeatures: np.ndarray) -> None:
+    """dfeatures += -dloss * sign(features) / features.size."""
+    _C.dafl_activation_backward(dfeatures, dloss, features)
+
+
+def dafl_entropy_forward(logits: np.ndarray, *, probs: np.ndarray | None = None,
+                         mean_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """DAFL's information-entropy loss ``sum_c pbar_c ln pbar_c`` with ``pbar`` the batch-mean softmax:
+    the negative entropy of the mean prediction, lowest (``-ln C``) when the classes are balanced.
+    Natural log (DAFL's code takes log10: divide by ln 10 to match it). Returns ``(loss, probs, mean_probs)``.
+
+    >>> round(dafl_entropy_forward(np.eye(4, dtype=np.float32) * 50)[0], 4)
+    -1.3863
+    """
+    c = logits.shape[-1] if logits.ndim == 2 else 0
+    probs = np.empty_like(logits) if probs is None else probs
+    mean_probs = np.empty(c, np.float32) if mean_probs is None else mean_probs
+    loss = _C.dafl_entropy_forward(probs, mean_probs, logits)
+    return loss, probs, mean_probs
+
+
+def dafl_entropy_backward(dloss: float, probs: np.ndarray, mean_probs: np.ndarray, *, dlogits: np.ndarray) -> None:
+    """dlogits += dloss * d(sum pbar ln pbar)/dlogits."""
+    _C.dafl_entropy_backward(dlogits, dloss, probs, mean_probs)
+
+
+def tv_forward(x: np.ndarray, *, norms: np.ndarray | None = None) -> tuple[float, float, np.ndarray]:
+    """DeepInversion's total-variation priors of images ``x`` (N, CH, H, W), H and W >= 2, over the four
+    neighbour differences (horizontal, vertical, two diagonals): ``(l1, l2, norms)``, l1 the sum of the
+    mean absolute differences, l2 the sum of their Frobenius norms ``norms`` (4,).
+
+    >>> tv_forward(np.ones((1, 1, 3, 3), np.float32))[:2]
+    (0.0, 0.0)
+    """
+    norms = np.empty(4, np.float32) if norms is None else norms
+    l1, l2 = _C.tv_forward(norms, x)
+    return l1, l2, norms
+
+
+def tv_backward(dl1: float, dl2: float, x: np.ndarray, norms: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dl1 * d(l1)/dx + dl2 * d(l2)/dx."""
+    _C.tv_backward(dx, dl1, dl2, x, norms)
+
 
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
 

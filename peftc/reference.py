@@ -736,6 +736,97 @@ def etf_align_backward(dloss, dots, targets, labels, ignore_index=IGNORE_INDEX, 
         return
     dfeat[keep] += (dloss / keep.sum()) * (dots[keep] - 1.0)[:, None] * targets[labels[keep]]
 
+# ---- data-free distillation losses -----------------------------------------------------------------
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def kd_kl_forward(student_logits, teacher_logits, tau=1.0, *, student_probs=None, teacher_probs=None):
+    ls = _log_softmax(student_logits.astype(np.float64) / tau)
+    lt = _log_softmax(teacher_logits.astype(np.float64) / tau)
+    rows = (np.exp(lt) * (lt - ls)).sum(axis=1)
+    loss = tau * tau * np.maximum(rows, 0.0).sum() / student_logits.shape[0]
+    return float(loss), np.exp(ls).astype(student_logits.dtype), np.exp(lt).astype(teacher_logits.dtype)
+
+
+def kd_kl_backward(dloss, student_probs, teacher_probs, student_logits, teacher_logits, tau=1.0, *,
+                   dstudent_logits=None, dteacher_logits=None):
+    n = student_logits.shape[0]
+    ps, pt = student_probs.astype(np.float64), teacher_probs.astype(np.float64)
+    if dstudent_logits is not None:
+        dstudent_logits += (dloss * tau / n * (ps - pt)).astype(dstudent_logits.dtype)
+    if dteacher_logits is not None:
+        lt = _log_softmax(teacher_logits.astype(np.float64) / tau)
+        r = lt - _log_softmax(student_logits.astype(np.float64) / tau)
+        g = pt * (r - (pt * r).sum(axis=1, keepdims=True))
+        dteacher_logits += (dloss * tau / n * g).astype(dteacher_logits.dtype)
+
+
+def bn_stat_match_forward(x, running_mean, running_var, *, mean=None, var=None):
+    m = x.astype(np.float64).mean(axis=(0, 2, 3))
+    v = x.astype(np.float64).var(axis=(0, 2, 3))
+    loss = np.linalg.norm(m - running_mean) + np.linalg.norm(v - running_var)
+    return float(loss), m.astype(x.dtype), v.astype(x.dtype)
+
+
+def bn_stat_match_backward(dloss, x, mean, var, running_mean, running_var, *, dx):
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    dm, dv = mean - running_mean, var - running_var
+    a = dm / np.linalg.norm(dm) if np.linalg.norm(dm) > 0 else np.zeros_like(dm)
+    b = dv / np.linalg.norm(dv) if np.linalg.norm(dv) > 0 else np.zeros_like(dv)
+    g = a[None, :, None, None] / count + 2.0 * b[None, :, None, None] * (x - mean[None, :, None, None]) / count
+    dx += (dloss * g).astype(dx.dtype)
+
+
+def dafl_activation_forward(features):
+    return float(-np.abs(features.astype(np.float64)).mean())
+
+
+def dafl_activation_backward(dloss, features, *, dfeatures):
+    dfeatures += (-dloss * np.sign(features) / features.size).astype(dfeatures.dtype)
+
+
+def dafl_entropy_forward(logits, *, probs=None, mean_probs=None):
+    p = np.exp(_log_softmax(logits.astype(np.float64)))
+    pbar = p.mean(axis=0)
+    loss = float((pbar * np.log(pbar)).sum())
+    return loss, p.astype(logits.dtype), pbar.astype(logits.dtype)
+
+
+def dafl_entropy_backward(dloss, probs, mean_probs, *, dlogits):
+    l = np.log(mean_probs.astype(np.float64))
+    p = probs.astype(np.float64)
+    g = p * (l[None, :] - (p * l[None, :]).sum(axis=1, keepdims=True)) / p.shape[0]
+    dlogits += (dloss * g).astype(dlogits.dtype)
+
+
+def _tv_differences(x):
+    """DeepInversion's four neighbour differences, in its code's order."""
+    return [x[:, :, :, :-1] - x[:, :, :, 1:], x[:, :, :-1, :] - x[:, :, 1:, :],
+            x[:, :, 1:, :-1] - x[:, :, :-1, 1:], x[:, :, :-1, :-1] - x[:, :, 1:, 1:]]
+
+
+def tv_forward(x, *, norms=None):
+    d = _tv_differences(x.astype(np.float64))
+    n = np.array([np.linalg.norm(v) for v in d])
+    return float(sum(np.abs(v).mean() for v in d)), float(n.sum()), n.astype(x.dtype)
+
+
+def tv_backward(dl1, dl2, x, norms, *, dx):
+    g = np.zeros(x.shape)
+    d = _tv_differences(x.astype(np.float64))
+    # the (row, column) slices of each difference's first and second operand
+    whole, head, tail = slice(None), slice(None, -1), slice(1, None)
+    ops = [((whole, head), (whole, tail)), ((head, whole), (tail, whole)),
+           ((tail, head), (head, tail)), ((head, head), (tail, tail))]
+    for v, n, (a, b) in zip(d, norms, ops):
+        gv = dl1 * np.sign(v) / v.size + (dl2 * v / n if n > 0 else 0.0)
+        g[(Ellipsis, *a)] += gv
+        g[(Ellipsis, *b)] -= gv
+    dx += g.astype(dx.dtype)
+
 
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
 

@@ -210,6 +210,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng) + _fscil_cases(rng)
     cases += _bn_relu_cases(rng)
     cases += _packed_attention_cases(rng)
+    cases += _distill_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -382,6 +383,41 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
                                            ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
                                            ("offsets", offsets)], [nh], {"out", "work"},
               any_shape={"work", "offsets"}),
+    ]
+
+
+def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Data-free distillation losses: logits (N, C), BN inputs and images (n, ch, h, w), none of size 1."""
+    n, ch, h, w = 2, 3, 4, 5
+    probs = rng.random((N, C)).astype(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    pbar = probs.mean(axis=0)
+    return [
+        _case("kd_kl_forward", [("student_probs", _f(rng, N, C)), ("teacher_probs", _f(rng, N, C)),
+                                ("student_logits", _f(rng, N, C)), ("teacher_logits", _f(rng, N, C))], [2.0],
+              {"student_probs", "teacher_probs"}),
+        # dloss sits between the gradients and the saved tensors
+        KernelCase("kd_kl_backward", [_f(rng, N, C), _f(rng, N, C), 0.5, probs.copy(), probs[::-1].copy(),
+                                      _f(rng, N, C), _f(rng, N, C), 2.0],
+                   {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4,
+                    "student_logits": 5, "teacher_logits": 6}, {"dstudent_logits", "dteacher_logits"},
+                   optional={"dstudent_logits", "dteacher_logits"}),
+        _case("bn_stat_match_forward", [("mean", _f(rng, ch)), ("var", _f(rng, ch)), ("x", _f(rng, n, ch, h, w)),
+                                        ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch))], [],
+              {"mean", "var"}, any_shape={"x"}),  # only x has the batch and plane sizes
+        KernelCase("bn_stat_match_backward", [_f(rng, n, ch, h, w), 0.5, _f(rng, n, ch, h, w), _f(rng, ch),
+                                              _positive(rng, ch), _f(rng, ch), _positive(rng, ch)],
+                   {"dx": 0, "x": 2, "mean": 3, "var": 4, "running_mean": 5, "running_var": 6}, {"dx"}),
+        _case("dafl_activation_forward", [("features", _f(rng, N, IC))], [], set(), any_shape={"features"}),
+        KernelCase("dafl_activation_backward", [_f(rng, N, IC), 0.5, _f(rng, N, IC)],
+                   {"dfeatures": 0, "features": 2}, {"dfeatures"}),
+        _case("dafl_entropy_forward", [("probs", _f(rng, N, C)), ("mean_probs", _f(rng, C)),
+                                       ("logits", _f(rng, N, C))], [], {"probs", "mean_probs"}),
+        KernelCase("dafl_entropy_backward", [_f(rng, N, C), 0.5, probs.copy(), pbar.copy()],
+                   {"dlogits": 0, "probs": 2, "mean_probs": 3}, {"dlogits"}),
+        _case("tv_forward", [("norms", _f(rng, 4)), ("x", _f(rng, n, ch, h, w))], [], {"norms"}, any_shape={"x"}),
+        KernelCase("tv_backward", [_f(rng, n, ch, h, w), 0.3, 0.7, _f(rng, n, ch, h, w), _positive(rng, 4)],
+                   {"dx": 0, "x": 3, "norms": 4}, {"dx"}),
     ]
 
 
