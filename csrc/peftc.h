@@ -475,7 +475,7 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
 
-/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training =
+/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training ========
  * Both read unit rows (the caller L2-normalises with peftc_l2_normalize_forward and chains its backward).
  * Extra dimension letter for this section: K  pre-assigned prototypes (classes, including future ones).
  *
@@ -503,7 +503,7 @@ peftc_status peftc_etf_align_backward(float *dfeat /* (N,H) accumulated */, floa
                                       const float *dots /* (N) from the forward */, const float *targets /* (K,H) */,
                                       const int64_t *labels /* (N) */, int64_t ignore_index, int64_t N, int64_t H,
                                       int64_t K);
-=======
+
 /* ==== data-free knowledge distillation losses (distill.c) ========================================
  * The losses that train a student without the teacher's data (DAFL, DeepInversion, noise-perturbed
  * pseudo-samples). Each forward writes one scalar loss; each backward adds dloss times its gradient

@@ -10,7 +10,6 @@ extern PyMethodDef peftc_py_encoder_methods[];
 extern PyMethodDef peftc_py_cnn_methods[];
 extern PyMethodDef peftc_py_tta_methods[];
 extern PyMethodDef peftc_py_fscil_methods[];
-
 extern PyMethodDef peftc_py_distill_methods[];
 extern PyMethodDef peftc_py_eva_methods[];
 extern PyMethodDef peftc_py_optim_methods[];
@@ -23,7 +22,6 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_cnn_methods,         /* CNN ops */
     peftc_py_tta_methods,         /* test-time adaptation */
     peftc_py_fscil_methods,       /* few-shot class-incremental learning */
-
     peftc_py_distill_methods,     /* data-free distillation losses */
     peftc_py_eva_methods,         /* EVA */
     peftc_py_optim_methods,       /* optimizers and the training loss */
