@@ -34,10 +34,10 @@ seconds are recorded, knob selection included; deepinversion+fusion reuses the i
 synthesised for the same knob, and the AF-STip arms after the first reuse its anchors, so their seconds
 leave that synthesis out).
 
-Run:  OPENBLAS_NUM_THREADS=2 PYTHONPATH=. python benchmarks/datafree_distill.py --seed 0   (then 1..4)
-      PYTHONPATH=. python benchmarks/datafree_distill.py --merge datafree_distill_s0 ... datafree_distill_s4
-      PYTHONPATH=. python benchmarks/datafree_distill.py --quick    (tiny, to check the code)
-Writes benchmarks/results/datafree_distill.{json,md} (per seed: datafree_distill_s<seed>).
+Run:  OPENBLAS_NUM_THREADS=2 PYTHONPATH=. python benchmarks/datafree_kd.py --seed 0   (then 1..4)
+      PYTHONPATH=. python benchmarks/datafree_kd.py --merge datafree_kd_s0 ... datafree_kd_s4
+      PYTHONPATH=. python benchmarks/datafree_kd.py --quick    (tiny, to check the code)
+Writes benchmarks/results/datafree_kd.{json,md} (per seed: datafree_kd_s<seed>).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import common
 
-NAME = "datafree_distill"
+NAME = "datafree_kd"
 ARMS = ("scratch", "real_ce", "real_kd", "afstip", "dafl", "deepinversion")
 DATA_FREE = ("afstip", "dafl", "deepinversion")
 
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         s = replace(s, seeds=[args.seed])
         if args.out is None:
             out += f"_s{args.seed}"
-    command = "PYTHONPATH=. python benchmarks/datafree_distill.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "PYTHONPATH=. python benchmarks/datafree_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return run(s, out, command)
 
 

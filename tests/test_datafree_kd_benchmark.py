@@ -1,4 +1,4 @@
-"""benchmarks/datafree_distill.py without running a model: the aggregate, its verdicts and the seed merge."""
+"""benchmarks/datafree_kd.py without running a model: the aggregate, its verdicts and the seed merge."""
 from __future__ import annotations
 
 import pytest
@@ -21,7 +21,7 @@ def _seed_payload(bench, seed: int, shift: float) -> dict:
 
 
 def test_aggregate_states_the_claims_and_tests_them_over_seeds():
-    bench = load_benchmark("datafree_distill")
+    bench = load_benchmark("datafree_kd")
     per_seed = {str(k): _seed_payload(bench, k, 0.002 * k * (-1) ** k)["per_seed"][str(k)] for k in range(5)}
     agg = bench.aggregate(per_seed)
     v = {row["claim"]: row for row in agg["verdicts"]}
@@ -34,12 +34,12 @@ def test_aggregate_states_the_claims_and_tests_them_over_seeds():
 
 
 def test_one_seed_gives_no_verdicts():
-    bench = load_benchmark("datafree_distill")
+    bench = load_benchmark("datafree_kd")
     assert bench.aggregate(_seed_payload(bench, 0, 0.0)["per_seed"])["verdicts"] == []
 
 
 def test_merge_combines_seeds_and_refuses_other_settings(tmp_path, monkeypatch):
-    bench = load_benchmark("datafree_distill")
+    bench = load_benchmark("datafree_kd")
     monkeypatch.setattr(bench.common, "RESULTS_DIR", tmp_path)
     for k in range(5):
         bench.common.write_results(f"part{k}", _seed_payload(bench, k, 0.001 * k), "")
