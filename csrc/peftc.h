@@ -190,9 +190,9 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
                                const float *tinv /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
 
 /* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
- * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
- * with N = B*T rows where a kernel does not care about sequences. Token ids are int64; a 0 in a key
- * mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
+ * The layers of a BERT-style encoder (and of a GPT-2-style decoder) other than its linear layers:
+ * tokens laid out (B,T,H), or (N,H) with N = B*T rows where a kernel does not care about sequences.
+ * Token ids are int64; a 0 in a key mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
  * rows, NT token-type rows, S sequences packed back to back. */
 
 /* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
@@ -237,6 +237,11 @@ peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */
 peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
 peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, const float *x /* (P) */,
                                  int64_t P);
+/* ---- GELU, tanh approximation (gelu.c): out = x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 ----
+ * GPT-2's activation (Hugging Face "gelu_new", torch approximate="tanh"). Split over the threads. */
+peftc_status peftc_gelu_tanh_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_tanh_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
+                                      const float *x /* (P) */, int64_t P);
 
 /* ---- multi-head self-attention core (attention.c) ---------------------------------------------
  * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):

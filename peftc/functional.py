@@ -472,6 +472,22 @@ def gelu_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     _C.gelu_backward(dx, dout, x)
 
 
+def gelu_tanh_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """GPT-2's GELU (tanh approximation), x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, elementwise.
+
+    >>> float(gelu_tanh_forward(np.array([1.0], dtype=np.float32))[0])  # doctest: +ELLIPSIS
+    0.841...
+    """
+    y = np.empty_like(x) if out is None else out
+    _C.gelu_tanh_forward(y, x)
+    return y
+
+
+def gelu_tanh_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dout * d/dx of :func:`gelu_tanh_forward` at x."""
+    _C.gelu_tanh_backward(dx, dout, x)
+
+
 def attention_forward_workspace_size(seq_len: int, dropout: float) -> int:
     """Floats of scratch :func:`attention_forward` needs."""
     return _C.attention_forward_workspace_size(seq_len, dropout)

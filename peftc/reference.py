@@ -382,6 +382,18 @@ def gelu_backward(dout, x, *, dx):
     dx += (dout * (cdf + x * pdf)).astype(dx.dtype)
 
 
+def gelu_tanh_forward(x, *, out=None):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    return (0.5 * x * (1.0 + np.tanh(u))).astype(x.dtype)
+
+
+def gelu_tanh_backward(dout, x, *, dx):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    th = np.tanh(u)
+    du = np.sqrt(2.0 / np.pi) * (1.0 + 3.0 * 0.044715 * x * x)
+    dx += (dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)).astype(dx.dtype)
+
+
 def attention_dropout_mask(b, nh, t, p, seed, offset):
     """Keep-mask (B, NH, T, T) of the attention-probability dropout."""
     return dropout_mask((b, nh, t, t), p, seed, offset)

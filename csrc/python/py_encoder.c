@@ -1,5 +1,5 @@
 /* py_encoder.c: Python entry points for the transformer encoder ops section of peftc.h (embedding
- * sum, LayerNorm, GELU, attention core and its packed-sequence forward, and sentence_mean.c's mean
+ * sum, LayerNorm, the two GELUs, attention core and its packed-sequence forward, and sentence_mean.c's mean
  * over tokens and L2 normalisation). Every wrapper is parse, validate, release the GIL, call, map
  * the status. The encoder's linear layers are in py_linear_lora.c. */
 #include "args.h"
@@ -193,44 +193,71 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
+/* the exact GELU and its tanh approximation share the wrapper: same arguments, same checks */
+static PyObject *py_gelu_fwd(PyObject *args, int tanh_form)
 {
-    (void)self;
+    const char *fn = tanh_form ? "gelu_tanh_forward" : "gelu_forward";
     PyObject *o_out, *o_x;
-    if (!PyArg_ParseTuple(args, "OO:gelu_forward", &o_out, &o_x))
+    if (!PyArg_ParseTuple(args, tanh_form ? "OO:gelu_tanh_forward" : "OO:gelu_forward", &o_out, &o_x))
         return NULL;
-    ARG_CHECK(ck, "gelu_forward");
+    ARG_CHECK(ck, fn);
     float *out, *x;
     if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
+    const int64_t P = arg_dim(&ck, "P");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_gelu_forward(out, x, arg_dim(&ck, "P"));
+    st = tanh_form ? peftc_gelu_tanh_forward(out, x, P) : peftc_gelu_forward(out, x, P);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
+static PyObject *py_gelu_bwd(PyObject *args, int tanh_form)
 {
-    (void)self;
+    const char *fn = tanh_form ? "gelu_tanh_backward" : "gelu_backward";
     PyObject *o_dx, *o_dout, *o_x;
-    if (!PyArg_ParseTuple(args, "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
+    if (!PyArg_ParseTuple(args, tanh_form ? "OOO:gelu_tanh_backward" : "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
         return NULL;
-    ARG_CHECK(ck, "gelu_backward");
+    ARG_CHECK(ck, fn);
     float *dx, *dout, *x;
     if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "*", ARG_IN, &dout) < 0 ||
         arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
+    const int64_t P = arg_dim(&ck, "P");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_gelu_backward(dx, dout, x, arg_dim(&ck, "P"));
+    st = tanh_form ? peftc_gelu_tanh_backward(dx, dout, x, P) : peftc_gelu_backward(dx, dout, x, P);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_fwd(args, 0);
+}
+
+static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_bwd(args, 0);
+}
+
+static PyObject *py_gelu_tanh_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_fwd(args, 1);
+}
+
+static PyObject *py_gelu_tanh_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_bwd(args, 1);
 }
 
 static int attention_heads(ArgCheck *ck, long long NH)
@@ -512,6 +539,8 @@ PyMethodDef peftc_py_encoder_methods[] = {
      "layernorm_residual_forward(out, mean, rstd, x, residual, weight, bias, eps): x += residual, then LayerNorm"},
     {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(out, x): exact erf GELU"},
     {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dx, dout, x): dx +="},
+    {"gelu_tanh_forward", py_gelu_tanh_forward, METH_VARARGS, "gelu_tanh_forward(out, x): GPT-2's tanh GELU"},
+    {"gelu_tanh_backward", py_gelu_tanh_backward, METH_VARARGS, "gelu_tanh_backward(dx, dout, x): dx +="},
     {"attention_forward_workspace_size", py_attention_forward_workspace_size, METH_VARARGS,
      "attention_forward_workspace_size(T, p) -> floats"},
     {"attention_backward_workspace_size", py_attention_backward_workspace_size, METH_VARARGS,
