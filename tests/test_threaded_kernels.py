@@ -66,6 +66,10 @@ lens = np.array([40, 3, 60, 17, 1, 90, 33], dtype=np.int64)
 offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
 qp, kp, vp = (rng.standard_normal((int(offs[-1]), 96), dtype=np.float32) for _ in range(3))
 res["packed"] = F.attention_packed_forward(qp, kp, vp, offs, 3)
+# decoding: attention against a KV cache (pairs split over threads) and token sampling (rows split)
+kc, vc = (rng.standard_normal((64, 40, 32), dtype=np.float32) for _ in range(2))
+res["cached"] = F.attention_cached_forward(rng.standard_normal((64, 2, 32), dtype=np.float32), kc, vc, 30, 4)
+res["tokens"], res["sample_probs"] = F.sample_tokens(rng.standard_normal((300, 50), dtype=np.float32), 0.9, 10, 0.8, 7)
 np.savez(sys.argv[1], **res)
 """
 
