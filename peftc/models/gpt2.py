@@ -11,6 +11,7 @@ embedding: ``lm_head.weight`` and ``transformer.wte.weight`` are one :class:`~pe
     logits = model(input_ids)                                  # (B, T, V)
     loss = model.causal_lm_loss(input_ids, labels=input_ids)   # Hugging Face's shifted mean cross-entropy
     model.causal_lm_loss_backward()                            # gradients of every trainable parameter
+    samples = model.eval().generate(prompt, max_new_tokens=8, num_return_sequences=256, seed=0)  # KV cache
 """
 from __future__ import annotations
 
@@ -103,6 +104,37 @@ class GPT2Config:
         return self.n_layer * block + 2 * h
 
 
+class KVCache:
+    """The keys and values of every layer for decoding: ``keys[l]``, ``values[l]`` (B, capacity, H) float32, of
+    which the first ``length`` positions are filled. :meth:`GPT2LMHeadModel.forward_cached` appends to it.
+
+    >>> cache = KVCache(n_layer=2, batch=4, capacity=16, hidden=8)
+    >>> cache.length, cache.keys[0].shape
+    (0, (4, 16, 8))
+    """
+
+    def __init__(self, n_layer: int, batch: int, capacity: int, hidden: int) -> None:
+        self.keys = [np.zeros((batch, capacity, hidden), np.float32) for _ in range(n_layer)]
+        self.values = [np.zeros((batch, capacity, hidden), np.float32) for _ in range(n_layer)]
+        self.length = 0
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[1]
+
+    def repeat(self, times: int) -> KVCache:
+        """A new cache whose row b * times + j is row b of this one (one prompt, many continuations)."""
+        out = KVCache.__new__(KVCache)
+        out.keys = [np.repeat(k, times, axis=0) for k in self.keys]
+        out.values = [np.repeat(v, times, axis=0) for v in self.values]
+        out.length = self.length
+        return out
+
+
 class GPT2Attention(Module):
     """Causal multi-head self-attention on one fused projection: q, k, v = split(c_attn(x)), then c_proj.
 
@@ -129,6 +161,19 @@ class GPT2Attention(Module):
         ctx, att = F.attention_forward(q, k, v, self.num_heads, attention_mask, True, p, self.generator.seed, offset)
         self._cache = (q, k, v, att, p, offset)
         return self.resid_dropout(self.c_proj(ctx))
+
+    def forward_cached(self, x: np.ndarray, cache: KVCache, layer: int) -> np.ndarray:
+        """Inference on the new positions x (B, TQ, H): their keys and values go into the cache at
+        ``cache.length``, and they attend to everything cached before them (no backward)."""
+        b, t, h = x.shape
+        qkv = self.c_attn(x)
+        start = cache.length
+        cache.keys[layer][:, start:start + t] = qkv[..., h:2 * h]
+        cache.values[layer][:, start:start + t] = qkv[..., 2 * h:]
+        q = np.ascontiguousarray(qkv[..., :h])
+        self._cache = None
+        ctx = F.attention_cached_forward(q, cache.keys[layer], cache.values[layer], start + t, self.num_heads)
+        return self.c_proj(ctx)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the projections' gradients; d(x) as the module contract says (new, into ``dx``, or None)."""
@@ -180,6 +225,13 @@ class GPT2Block(Module):
         out += h
         return out
 
+    def forward_cached(self, x: np.ndarray, cache: KVCache, layer: int) -> np.ndarray:
+        h = self.attn.forward_cached(self.ln_1(x), cache, layer)
+        h += x
+        out = self.mlp(self.ln_2(h))
+        out += h
+        return out
+
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """d(x): new, added into ``dx``, or (``input_grad=False``) only the parameter gradients and None."""
         dh = self.ln_2.backward(self.mlp.backward(dy))
@@ -223,6 +275,25 @@ class GPT2Model(Module):
         x = self.drop(x)
         for block in self.h:
             x = block(x, attention_mask)
+        return self.ln_f(x)
+
+    def forward_cached(self, input_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """The new tokens (B, TQ) at positions cache.length .. cache.length + TQ - 1 -> hidden (B, TQ, H); the
+        cache grows by TQ. Inference only (eval mode)."""
+        b, t = input_ids.shape
+        start = cache.length
+        if cache.batch != b or start + t > cache.capacity:
+            raise ValueError(f"input_ids {input_ids.shape} do not fit the cache (batch {cache.batch}, "
+                             f"{start} of {cache.capacity} positions used)")
+        if start + t > self.wpe.num_embeddings:
+            raise ValueError(f"positions up to {start + t} exceed n_positions={self.wpe.num_embeddings}")
+        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= self.wte.num_embeddings):
+            raise ValueError(f"input_ids holds ids outside [0, {self.wte.num_embeddings})")
+        x = self.wte.weight.data[input_ids]
+        x += self.wpe.weight.data[None, start:start + t]
+        for layer, block in enumerate(self.h):
+            x = block.forward_cached(x, cache, layer)
+        cache.length = start + t
         return self.ln_f(x)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> None:
@@ -396,6 +467,73 @@ class GPT2LMHeadModel(Module):
         input_ids = _ids(input_ids, "input_ids")
         attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
         return self.lm_head(self.transformer(input_ids, attention_mask))
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty :class:`KVCache` for ``batch`` sequences of up to ``capacity`` positions."""
+        if capacity > self.config.n_positions:
+            raise ValueError(f"capacity {capacity} exceeds n_positions={self.config.n_positions}")
+        return KVCache(self.config.n_layer, batch, capacity, self.config.n_embd)
+
+    def forward_cached(self, input_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Logits (B, TQ, V) of the new tokens input_ids (B, TQ), which attend to the cached positions before them;
+        equal to the last TQ rows of :meth:`forward` on the whole sequence. Inference only (call ``eval()``).
+
+        >>> cache = model.new_cache(batch=1, capacity=8)
+        >>> model.forward_cached(np.array([[1, 2, 3]]), cache).shape, cache.length
+        ((1, 3, 20), 3)
+        """
+        if self.training:
+            raise ValueError("forward_cached is for inference: call eval() first (it keeps nothing for a backward)")
+        input_ids = _ids(input_ids, "input_ids")
+        return self.lm_head(self.transformer.forward_cached(input_ids, cache))
+
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int, num_return_sequences: int = 1,
+                 do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 eos_token_id: int | None = None) -> np.ndarray:
+        """Continue each prompt row (B, T) by ``max_new_tokens`` tokens, ``num_return_sequences`` times: returns
+        (B * num_return_sequences, T + max_new_tokens) int64, rows b * num_return_sequences + j continuing
+        prompt b, as transformers' ``generate`` orders them. The prompt runs once; its KV cache is then
+        repeated for the continuations. Sampling is :func:`peftc.functional.sample_tokens` (temperature, then
+        top_k, then top_p; ``do_sample=False`` is greedy), seeded by ``seed`` alone. Unlike transformers, top_k
+        defaults to 0 (off). A row that produced ``eos_token_id`` continues with it (transformers pads with it).
+
+        >>> model.eval().generate(np.array([[1, 2]]), max_new_tokens=3, num_return_sequences=4, seed=1).shape
+        (4, 5)
+        """
+        input_ids = _ids(input_ids, "input_ids")
+        b, t = input_ids.shape
+        for name, value in (("max_new_tokens", max_new_tokens), ("num_return_sequences", num_return_sequences)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if t < 1:
+            raise ValueError("input_ids must hold at least one prompt token")
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.new_cache(b, t + max_new_tokens)
+            logits = self.forward_cached(input_ids, cache)[:, -1]
+            if num_return_sequences > 1:
+                cache = cache.repeat(num_return_sequences)
+                logits = np.repeat(logits, num_return_sequences, axis=0)
+            rows = b * num_return_sequences
+            out = np.empty((rows, t + max_new_tokens), dtype=np.int64)
+            out[:, :t] = np.repeat(input_ids, num_return_sequences, axis=0)
+            done = np.zeros(rows, dtype=bool)
+            draws = Generator(seed)
+            for step in range(max_new_tokens):
+                tokens, _ = F.sample_tokens(np.ascontiguousarray(logits), temperature if do_sample else 0.0,
+                                            top_k, top_p, draws.seed, draws.take(rows))
+                if eos_token_id is not None:
+                    tokens[done] = eos_token_id
+                    done |= tokens == eos_token_id
+                out[:, t + step] = tokens
+                if step + 1 == max_new_tokens or (eos_token_id is not None and done.all()):
+                    out[:, t + step + 1:] = eos_token_id if eos_token_id is not None else 0
+                    break
+                logits = self.forward_cached(tokens[:, None], cache)[:, 0]
+            return out
+        finally:
+            self.train(was_training)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> None:
         """Accumulate the gradients of all trainable parameters given d(logits) (B, T, V). The input is token ids:
