@@ -225,45 +225,44 @@ def render(payload: dict) -> str:
     return "".join(parts)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline in minutes")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--name", default=None, help="results name (default passuntil_scaling[_quick])")
-    args = parser.parse_args(argv)
-    configure_threads(args.threads)
+def predict_largest(payload: dict, size: tuple[int, int, int], elapsed: float) -> None:
+    """Fit each task's law on the sizes measured so far and store its prediction for ``size``."""
+    from peftc.evaluation import fit_task_scaling_law
+    from peftc.models import GPT2Config
+
+    n = GPT2Config(n_layer=size[0], n_embd=size[1], n_head=size[2]).num_non_embedding_parameters()
+    for t in payload["tasks"].values():
+        sizes = t["sizes"]
+        try:
+            law = fit_task_scaling_law([s["params"] for s in sizes], [s["pu"] for s in sizes],
+                                       [max(s["pu_se"], 1e-12) for s in sizes])
+        except ValueError as exc:
+            t["prediction"] = {"error": str(exc)}
+            continue
+        pu, ci = law.predict(n)
+        t["prediction"] = {"params": n, "predicted_pu": pu, "ci95": list(ci), "alpha": law.alpha, "log_c": law.log_c,
+                           "fitted_on": [s["params"] for s in sizes], "excluded": list(law.excluded),
+                           "written_at": elapsed}
+
+
+def run(settings: Settings, command: str, on_prediction=None) -> dict:
+    """Train and evaluate the family; ``on_prediction(payload)`` is called once the law's prediction for the largest
+    size is in the payload and before that model is trained (the script writes the results file there)."""
     import numpy as np
 
-    from peftc.evaluation import fit_task_scaling_law
-
-    settings = QUICK if args.quick else FULL
-    name = args.name or ("passuntil_scaling_quick" if args.quick else "passuntil_scaling")
     start = time.time()
     rng = np.random.default_rng(10_000 + settings.seed)  # test instances: a stream apart from training's
     instances = {task: [make(rng) for _ in range(settings.instances)] for task, make in TASKS.items()}
-    payload = {"command": "python benchmarks/passuntil_scaling.py" + (" --quick" if args.quick else ""),
-               "settings": asdict(settings), "environment": environment(), "tasks": {t: {"sizes": []} for t in TASKS},
-               "verdicts": [], "note": "one training seed: the prediction is checked against its own interval, "
-                                       "not a paired claim over seeds"}
+    payload = {"command": command, "settings": asdict(settings), "environment": environment(),
+               "tasks": {t: {"sizes": []} for t in TASKS}, "verdicts": [],
+               "note": "one training seed: the prediction is checked against its own interval, not a paired claim "
+                       "over seeds"}
     payload["cpu"] = payload["environment"]["cpu"]
     for index, size in enumerate(settings.sizes):
-        last = index == len(settings.sizes) - 1
-        if last:  # the prediction is fitted and written before the largest model is trained
-            for task, t in payload["tasks"].items():
-                sizes = t["sizes"]
-                try:
-                    law = fit_task_scaling_law([s["params"] for s in sizes], [s["pu"] for s in sizes],
-                                               [max(s["pu_se"], 1e-12) for s in sizes])
-                except ValueError as exc:
-                    t["prediction"] = {"error": str(exc)}
-                    continue
-                from peftc.models import GPT2Config
-                n = GPT2Config(n_layer=size[0], n_embd=size[1], n_head=size[2]).num_non_embedding_parameters()
-                pu, ci = law.predict(n)
-                t["prediction"] = {"params": n, "predicted_pu": pu, "ci95": list(ci), "alpha": law.alpha,
-                                   "log_c": law.log_c, "fitted_on": [s["params"] for s in sizes],
-                                   "excluded": list(law.excluded), "written_at": time.time() - start}
-            write_results(name, payload, render({**payload, "wall_seconds": time.time() - start}))
+        if index == len(settings.sizes) - 1:
+            predict_largest(payload, size, time.time() - start)
+            if on_prediction is not None:
+                on_prediction({**payload, "wall_seconds": time.time() - start})
         model, loss = train(size, settings)
         for task in TASKS:
             row = evaluate(model, task, instances[task], settings, index)
@@ -281,12 +280,26 @@ def main(argv: list[str] | None = None) -> None:
             pred["verdict"] = ("inside the predicted interval" if pred["ci95"][0] <= measured["pu"] <= pred["ci95"][1]
                                else "outside the predicted interval")
     add = payload["tasks"]["add"]
-    covered = sum(s["covered"] for s in add["sizes"])
     total = len(add["sizes"]) * settings.instances
-    payload["coverage95"], payload["coverage_instances"] = covered / total, total
+    payload["coverage95"] = sum(s["covered"] for s in add["sizes"]) / total
+    payload["coverage_instances"] = total
     payload["sizes"] = add["sizes"]  # the issue's top-level keys: the unique-answer task
     payload["prediction"] = add.get("prediction")
     payload["wall_seconds"] = time.time() - start
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline in minutes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=None, help="results name (default passuntil_scaling[_quick])")
+    args = parser.parse_args(argv)
+    configure_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    name = args.name or ("passuntil_scaling_quick" if args.quick else "passuntil_scaling")
+    command = "python benchmarks/passuntil_scaling.py" + (" --quick" if args.quick else "")
+    payload = run(settings, command, lambda partial: write_results(name, partial, render(partial)))
     write_results(name, payload, render(payload))
 
 
