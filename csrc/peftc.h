@@ -220,10 +220,10 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
                                const float *tinv /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
 
 /* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
- * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
- * with N = B*T rows where a kernel does not care about sequences. Token ids are int64; a 0 in a key
- * mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
- * rows, NT token-type rows, S sequences packed back to back. */
+ * The layers of a BERT-style encoder (and of a GPT-2-style decoder) other than its linear layers:
+ * tokens laid out (B,T,H), or (N,H) with N = B*T rows where a kernel does not care about sequences.
+ * Token ids are int64; a 0 in a key mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP
+ * position-table rows, NT token-type rows, S sequences packed back to back. */
 
 /* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
 /* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
@@ -267,6 +267,11 @@ peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */
 peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
 peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, const float *x /* (P) */,
                                  int64_t P);
+/* ---- GELU, tanh approximation (gelu.c): out = x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 ----
+ * GPT-2's activation (Hugging Face "gelu_new", torch approximate="tanh"). Split over the threads. */
+peftc_status peftc_gelu_tanh_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_tanh_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
+                                      const float *x /* (P) */, int64_t P);
 
 /* ---- multi-head self-attention core (attention.c) ---------------------------------------------
  * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
@@ -307,6 +312,19 @@ peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
                                             const float *q /* (N,H) */, const float *k /* (N,H) */,
                                             const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
                                             int64_t N, int64_t H, int64_t NH);
+
+/* ---- causal attention against a KV cache (attention.c): the decoder's inference step ----------------
+ * TQ new queries per sequence attend to the first TK rows of a key / value cache of TC rows, which
+ * already holds the new tokens' own keys and values in rows TK-TQ .. TK-1 (the caller writes them):
+ * query i sits at position TK-TQ+i and sees keys 0 .. TK-TQ+i, softmax(q_h k_h^T / sqrt(HS)) v_h as
+ * peftc_attention_forward with causal = 1 computes it for the whole sequence. No mask, no dropout, no
+ * probabilities kept. Needs TQ <= TK <= TC; the (batch, head) pairs are split over the threads. */
+int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK); /* floats */
+peftc_status peftc_attention_cached_forward(float *out /* (B,TQ,H) overwritten */,
+                                            float *work /* peftc_attention_cached_forward_workspace_size() floats */,
+                                            const float *q /* (B,TQ,H) */, const float *kc /* (B,TC,H) */,
+                                            const float *vc /* (B,TC,H) */, int64_t B, int64_t TQ, int64_t TK,
+                                            int64_t TC, int64_t H, int64_t NH);
 
 /* ---- sentence-embedding head (sentence_mean.c): mean over the kept tokens, L2 normalisation ------ */
 /* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
@@ -629,7 +647,7 @@ peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_
 /* x = value everywhere (the explicit zeroing of accumulated gradient buffers); split over the threads */
 peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 
-/* ==== random numbers and dropout (rng.c, dropout.c) ==============================================
+/* ==== random numbers, dropout and token sampling (rng.c, dropout.c, sample.c) =====================
  * A counter-based generator: element i of a draw is a pure function of (seed, offset + i), so
  * results do not depend on threads or call order, and a dropout mask can be regenerated in the
  * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
@@ -638,6 +656,19 @@ peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float
                                int64_t P);
 peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed, uint64_t offset,
                               int64_t P);
+
+/* ---- token sampling (sample.c): the next token of each row of logits (V: vocabulary size) ------
+ * Hugging Face generate()'s sampling: logits / temperature, then top-k (keep the logits >= the k-th
+ * largest; top_k = 0 or >= V keeps all), softmax, then top-p (keep the most probable tokens until
+ * their mass reaches top_p, i.e. token i stays when the mass of the tokens more probable than it is
+ * below top_p; top_p = 1 keeps all), renormalise, and draw row n by the inverse CDF at
+ * uniform(seed, offset + n). temperature = 0 is greedy (the first largest logit). probs receives the
+ * distribution each token was drawn from (zeros where filtered). NaN or +inf logits, or a row of
+ * -inf only, give PEFTC_ERR_NONFINITE; temperature < 0, top_k < 0 or top_p outside (0, 1]
+ * PEFTC_ERR_ARG. Rows are split over the threads. */
+peftc_status peftc_sample_tokens(int64_t *tokens /* (N) overwritten */, float *probs /* (N,V) overwritten */,
+                                 const float *logits /* (N,V) */, float temperature, int64_t top_k, float top_p,
+                                 uint64_t seed, uint64_t offset, int64_t N, int64_t V);
 
 /* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ----------
  * Split over the threads (the mask is a function of the index alone). */

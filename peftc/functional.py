@@ -173,6 +173,25 @@ def lora_mixed_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, weight: np
                            index)
 
 
+def sample_tokens(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                  offset: int = 0, *, tokens: np.ndarray | None = None,
+                  probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One token per row of logits (N, V), as Hugging Face's sampling: logits / temperature, top-k, softmax,
+    top-p, renormalise, then row n draws by the inverse CDF at uniform(seed, offset + n). ``temperature=0``
+    is greedy; ``top_k=0`` and ``top_p=1`` switch those filters off. Returns ``(tokens (N,) int64, probs
+    (N, V))``, probs being the distribution each token was drawn from.
+
+    >>> tokens, probs = sample_tokens(np.log(np.array([[0.7, 0.2, 0.1]], np.float32)), top_p=0.8, seed=3)
+    >>> probs.round(3).tolist()
+    [[0.778, 0.222, 0.0]]
+    """
+    n, v = logits.shape
+    tok = np.empty(n, dtype=np.int64) if tokens is None else tokens
+    p = np.empty((n, v), dtype=np.float32) if probs is None else probs
+    _C.sample_tokens(tok, p, logits, temperature, top_k, top_p, seed, offset)
+    return tok, p
+
+
 def dropout_forward(x: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Inverted dropout with the counter-based mask (see :func:`lora_forward`)."""
@@ -552,6 +571,22 @@ def gelu_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     _C.gelu_backward(dx, dout, x)
 
 
+def gelu_tanh_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """GPT-2's GELU (tanh approximation), x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, elementwise.
+
+    >>> float(gelu_tanh_forward(np.array([1.0], dtype=np.float32))[0])  # doctest: +ELLIPSIS
+    0.841...
+    """
+    y = np.empty_like(x) if out is None else out
+    _C.gelu_tanh_forward(y, x)
+    return y
+
+
+def gelu_tanh_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dout * d/dx of :func:`gelu_tanh_forward` at x."""
+    _C.gelu_tanh_backward(dx, dout, x)
+
+
 def attention_forward_workspace_size(seq_len: int, dropout: float) -> int:
     """Floats of scratch :func:`attention_forward` needs."""
     return _C.attention_forward_workspace_size(seq_len, dropout)
@@ -640,6 +675,24 @@ def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.n
 
 
 # ---- packed-sequence attention -------------------------------------------------------------------
+
+def attention_cached_forward(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, length: int, num_heads: int, *,
+                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Causal attention of TQ new queries q (B, TQ, H) against the first ``length`` rows of a key / value cache
+    (B, TC, H) whose rows ``length - TQ .. length - 1`` already hold the new tokens' keys and values: query i
+    sees keys ``0 .. length - TQ + i``. Inference only (no dropout, no probabilities kept); for the whole
+    sequence in q it equals :func:`attention_forward` with ``causal=True``.
+
+    >>> q = np.ones((1, 1, 4), np.float32); kv = np.ones((1, 8, 4), np.float32)
+    >>> attention_cached_forward(q, kv, kv, 3, 2).shape
+    (1, 1, 4)
+    """
+    y = _empty(q.shape, out)
+    if work is None:
+        work = np.empty(_C.attention_cached_forward_workspace_size(q.shape[1], length), dtype=np.float32)
+    _C.attention_cached_forward(y, work, q, k_cache, v_cache, length, num_heads)
+    return y
+
 
 def attention_packed_forward_workspace_size(longest: int) -> int:
     """Floats of scratch :func:`attention_packed_forward` needs when the longest sequence has ``longest`` rows."""

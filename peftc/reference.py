@@ -419,6 +419,18 @@ def gelu_backward(dout, x, *, dx):
     dx += (dout * (cdf + x * pdf)).astype(dx.dtype)
 
 
+def gelu_tanh_forward(x, *, out=None):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    return (0.5 * x * (1.0 + np.tanh(u))).astype(x.dtype)
+
+
+def gelu_tanh_backward(dout, x, *, dx):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    th = np.tanh(u)
+    du = np.sqrt(2.0 / np.pi) * (1.0 + 3.0 * 0.044715 * x * x)
+    dx += (dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)).astype(dx.dtype)
+
+
 def attention_dropout_mask(b, nh, t, p, seed, offset):
     """Keep-mask (B, NH, T, T) of the attention-probability dropout."""
     return dropout_mask((b, nh, t, t), p, seed, offset)
@@ -879,3 +891,47 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
         cosine[...] = cos
     return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
             cos.astype(np.float32) if cosine is None else cosine)
+
+
+def attention_cached_forward(q, k_cache, v_cache, length, num_heads, *, out=None, work=None):
+    """Causal attention of the new queries against the cache's first ``length`` rows."""
+    b, tq, h = q.shape
+    hs = h // num_heads
+    out = np.zeros_like(q)
+    past = length - tq
+    for hd in range(num_heads):
+        cols = slice(hd * hs, (hd + 1) * hs)
+        s = q[:, :, cols] @ np.swapaxes(k_cache[:, :length, cols], 1, 2) / np.sqrt(hs)
+        visible = np.arange(length)[None, :] <= past + np.arange(tq)[:, None]
+        s = np.where(visible, s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        out[:, :, cols] = (s / s.sum(-1, keepdims=True)) @ v_cache[:, :length, cols]
+    return out
+
+
+def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, *, tokens=None, probs=None):
+    """Hugging Face's warpers as written (sorting), then the inverse-CDF draw at uniform(seed, offset + n)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n, v = logits.shape
+    if temperature == 0.0:
+        arg = logits.argmax(axis=1)
+        return arg.astype(np.int64), np.eye(v)[arg]
+    z = logits / temperature
+    if 0 < top_k < v:
+        kth = np.sort(z, axis=1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(p, axis=1, kind="stable")  # ascending, as TopPLogitsWarper sorts
+        cum = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+        remove_sorted = cum <= 1.0 - top_p
+        remove_sorted[:, -1] = False  # min_tokens_to_keep = 1
+        remove = np.zeros_like(remove_sorted)
+        np.put_along_axis(remove, order, remove_sorted, axis=1)
+        p = np.where(remove, 0.0, p)
+        p /= p.sum(axis=1, keepdims=True)
+    u = rng_uniform01(seed, offset + np.arange(n, dtype=np.uint64)).astype(np.float64)
+    cdf = np.cumsum(p, axis=1)
+    tok = np.array([min(int(np.searchsorted(cdf[i], u[i], side="right")), v - 1) for i in range(n)])
+    return tok.astype(np.int64), p

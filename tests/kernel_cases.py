@@ -96,6 +96,8 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
               {"weight", "bias"}, optional={"bias", "lora_bias"}),
         _case("rng_uniform", [("out", _f(rng, N, IC))], [-1.0, 2.0, 3, 5], {"out"}, any_shape={"out"}),
         _case("rng_normal", [("out", _f(rng, N, IC))], [0.5, 2.0, 3, 5], {"out"}, any_shape={"out"}),
+        _case("sample_tokens", [("tokens", rng.integers(0, C, N).astype(np.int64)), ("probs", _f(rng, N, C)),
+                                ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
         _case("cross_entropy_forward", [("probs", _f(rng, N, C)), ("logits", _f(rng, N, C)), ("labels", labels)],
@@ -291,6 +293,9 @@ def _encoder_cases(rng: np.random.Generator) -> list[KernelCase]:
               {"out", "mean", "rstd", "x"}),
         _case("gelu_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
         _case("gelu_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"dx"}),
+        _case("gelu_tanh_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("gelu_tanh_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [],
+              {"dx"}),
         _case("attention_forward", [("out", _f(rng, b, t, h)), ("att", _f(rng, b, nh, t, t)),
                                     ("work", _f(rng, _C.attention_forward_workspace_size(t, p))),
                                     ("q", _f(rng, b, t, h)), ("k", _f(rng, b, t, h)), ("v", _f(rng, b, t, h)),
@@ -383,6 +388,11 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
                                            ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
                                            ("offsets", offsets)], [nh], {"out", "work"},
               any_shape={"work", "offsets"}),
+        _case("attention_cached_forward", [("out", _f(rng, 2, 2, h)),
+                                           ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3))),
+                                           ("q", _f(rng, 2, 2, h)), ("k_cache", _f(rng, 2, 5, h)),
+                                           ("v_cache", _f(rng, 2, 5, h))], [3, nh], {"out", "work"},
+              any_shape={"work"}),
     ]
 
 
@@ -425,7 +435,7 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
 SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
-                "attention_packed_forward_workspace_size"}
+                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
 CASE_NAMES = sorted(make_cases())
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..nn import BoneLinear, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
+from ..nn import BoneLinear, Conv1D, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
 from ..nn.row_adapters import BASE_ADAPTER, RowAdapters
 from ..random import Generator
 from .adapter_files import load_adapter_weights, save_adapter_weights
@@ -146,6 +146,7 @@ class PeftModel(Module):
                                  init_lora_weights=config.init_lora_weights, generator=generator)
                 continue
             assert isinstance(base, Linear)
+            _match_fan_in_fan_out(config, base, name)
             layer = _make_layer(config, base, name, generator, adapter_name)
             layer.training = base.training
             if active_adapter is not None and isinstance(layer, LoraLinear):
@@ -667,6 +668,22 @@ def _rank_alpha(config: LoraConfig, name: str) -> tuple[int, float]:
     r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
     alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), config.lora_alpha)
     return r, alpha
+
+
+def _match_fan_in_fan_out(config: AdapterConfig, base: Linear, name: str) -> None:
+    """PEFT's rule: ``fan_in_fan_out`` follows the target's layout, True on a Conv1D and False on a Linear; a
+    config that says otherwise is changed (it is the model's own copy) with PEFT's warning."""
+    conv = isinstance(base, Conv1D)
+    if isinstance(config, BoneConfig):
+        if conv:
+            raise NotImplementedError(f"module {name!r} is a GPT-2 Conv1D; Bone / MiSS in peftc (as in PEFT) adapts "
+                                      f"Linear layers only")
+        return
+    if config.fan_in_fan_out != conv:
+        kind = "`Conv1D`" if conv else "`torch.nn.Linear`"
+        warnings.warn(f"fan_in_fan_out is set to {config.fan_in_fan_out} but the target module is {kind}. "
+                      f"Setting fan_in_fan_out to {conv}.", UserWarning, stacklevel=4)
+        config.fan_in_fan_out = conv
 
 
 def _make_layer(config: AdapterConfig, base: Linear, name: str, generator: Generator,
