@@ -83,7 +83,13 @@ _tokenizers: dict[tuple[str, int], Tokenizer] = {}
 def compute_shard(model_path: str, adapter_path: str | None, texts: Sequence[str], output: str, batch_size: int,
                   max_length: int, path: str | None = None) -> np.ndarray | str:
     """One shard: ``output`` of the adapted model for ``texts``, in their order; written atomically to ``path``
-    (and the path returned) when one is given, else returned as an array."""
+    (and the path returned) when one is given, else returned as an array (one task of :func:`map_corpus`).
+
+    Example:
+        >>> emb = compute_shard("minilm/", "adapter/", ["a dog", "a cat"], "embeddings", 64, 256)  # doctest: +SKIP
+        >>> emb.shape                                                                            # doctest: +SKIP
+        (2, 384)
+    """
     key = (model_path, max_length)
     if key not in _tokenizers:
         _tokenizers[key] = Tokenizer(model_path, max_length)

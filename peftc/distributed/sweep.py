@@ -44,7 +44,13 @@ class SweepResult:
 
 
 def config_seed(config: Any) -> int:
-    """The ``seed`` of a config: a mapping's ``"seed"`` or an object's ``.seed``, an int."""
+    """The ``seed`` of a config: a mapping's ``"seed"`` or an object's ``.seed``, an int.
+
+    Example:
+        >>> from peftc.distributed import config_seed
+        >>> config_seed({"lr": 1e-3, "seed": 4})
+        4
+    """
     seed = config.get("seed") if isinstance(config, Mapping) else getattr(config, "seed", None)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"every config needs an explicit int seed (config['seed'] or config.seed), "

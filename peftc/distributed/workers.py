@@ -36,7 +36,12 @@ class HoldBlasThreads(WorkerPlugin):
 
 
 def hold_blas_threads(client: Client, threads: int | None = None) -> None:
-    """Register :class:`HoldBlasThreads` on ``client``'s cluster (replacing an earlier registration)."""
+    """Register :class:`HoldBlasThreads` on ``client``'s cluster (replacing an earlier registration).
+
+    Example:
+        >>> hold_blas_threads(client)        # every worker: BLAS on its own thread count   # doctest: +SKIP
+        >>> hold_blas_threads(client, 2)     # every worker: 2 BLAS threads                  # doctest: +SKIP
+    """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"blas_threads must be None or an int >= 1, got {threads!r}")
     client.register_plugin(HoldBlasThreads(threads), name=PLUGIN_NAME)
@@ -45,7 +50,8 @@ def hold_blas_threads(client: Client, threads: int | None = None) -> None:
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **kwargs) -> LocalCluster:
     """A LocalCluster of worker processes on 127.0.0.1 whose BLAS variables are set to ``threads_per_worker``
     before the workers start (``n_workers`` defaults to the cores divided by ``threads_per_worker``); other
-    keyword arguments go to ``distributed.LocalCluster``.
+    keyword arguments go to ``distributed.LocalCluster``. The dashboard is Dask's, where Dask puts it (it
+    needs ``bokeh``).
 
     Example:
         >>> from distributed import Client
@@ -56,15 +62,19 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     if n_workers is None:
         n_workers = max(1, (os.cpu_count() or 1) // threads_per_worker)
     env = {**blas_env(threads_per_worker), **kwargs.pop("env", {})}
-    kwargs.setdefault("host", "127.0.0.1")
-    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("host", "127.0.0.1")  # the dashboard stays Dask's: its default address unless given
     return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, env=env, **kwargs)
 
 
 def wait_all(futures: Sequence[Future], timeout: float | None, show_progress: bool, what: str) -> None:
     """Wait until every future is finished or failed, with Dask's progress bar (a widget in a notebook, text
     in a terminal, drawn from a helper thread so that ``timeout`` still applies); on timeout cancel them all
-    and raise TimeoutError naming the unfinished positions."""
+    and raise TimeoutError naming the unfinished positions.
+
+    Example:
+        >>> futures = [client.submit(train, c, pure=False) for c in configs]    # doctest: +SKIP
+        >>> wait_all(futures, timeout=600, show_progress=True, what="my sweep")  # doctest: +SKIP
+    """
     if show_progress and futures:
         from distributed.utils import is_kernel
 
