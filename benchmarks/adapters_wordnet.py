@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds  # this folder: run as a script, or from the tests
+# this folder: run as a script, or from the tests
+from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.data.wordnet_job import tokenize

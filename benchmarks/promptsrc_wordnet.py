@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds  # this folder: run as a script, or from the tests
+# this folder: run as a script, or from the tests
+from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.io.atomic import write_bytes_atomic
 from peftc.models import BertModel, Tokenizer, minilm_path

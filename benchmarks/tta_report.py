@@ -26,7 +26,8 @@ Reduced run (the committed one; see the label in the output):
       --rounds 5 --per-segment 300 --open-rounds 5 --open-known 250 --open-batch 50 --label reduced
 Seeds may run in separate processes (``--seeds 0 --out STEM0`` ...) and be combined with
 ``--merge STEM0 STEM1 ...`` (same settings required), or run as tasks of peftc.distributed.run_sweep with
-``--scheduler local`` (a LocalCluster of one-thread workers) or a Dask scheduler's address, into one file. Writes benchmarks/results/tta_report.{json,md}.
+``--scheduler local`` (a LocalCluster of one-thread workers) or a Dask scheduler's address, into one file.
+Writes benchmarks/results/tta_report.{json,md}.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds  # this folder: run as a script
+from common import (add_scheduler_argument, check_seed_parts, merged_command,  # this folder: run as a script
+                    sweep_seeds)
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist

@@ -27,7 +27,8 @@ def _functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
     lib = ctypes.CDLL(_C.__file__)
     for prefix, suffix in _PREFIXES:
         try:
-            get, put = getattr(lib, f"{prefix}get_num_threads{suffix}"), getattr(lib, f"{prefix}set_num_threads{suffix}")
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}")
+            put = getattr(lib, f"{prefix}set_num_threads{suffix}")
         except AttributeError:
             continue
         get.restype, get.argtypes = ctypes.c_int, []

@@ -24,6 +24,7 @@ from ..io.atomic import write_atomic, write_bytes_atomic
 from ..io.safetensors import read_header
 from ..models import Tokenizer
 from ..models.classifier import SentenceClassifier
+from ..train import progress_disabled
 from ..tuners import PeftModel
 from .model_cache import base_model
 
@@ -207,7 +208,7 @@ def map_corpus(model_path: str | os.PathLike, adapter_path: str | os.PathLike | 
 
     results: dict[int, Any] = {}
     if client is None:
-        for i in tqdm(todo, desc="map_corpus", disable=not progress, dynamic_ncols=True):
+        for i in tqdm(todo, desc="map_corpus", disable=progress_disabled(progress), dynamic_ncols=True):
             results[i] = compute_shard(*task_args(i))
     else:
         from .workers import hold_blas_threads, wait_all

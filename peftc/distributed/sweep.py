@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..train import progress_disabled
+
 
 class SweepError(RuntimeError):
     """A sweep run failed; the message names its config."""
@@ -105,7 +107,8 @@ def run_sweep(train_fn: Callable[[Any], Any], configs: Sequence[Any], client: An
 
 def _run_serial(train_fn: Callable[[Any], Any], configs: Sequence[Any], progress: bool) -> list[SweepResult]:
     out = []
-    for i, config in enumerate(tqdm(configs, desc="sweep", disable=not progress, dynamic_ncols=True)):
+    bar = tqdm(configs, desc="sweep", disable=progress_disabled(progress), dynamic_ncols=True)
+    for i, config in enumerate(bar):
         try:
             out.append(SweepResult(i, config, value=train_fn(config)))
         except Exception as e:  # a failed run is reported, the others run
