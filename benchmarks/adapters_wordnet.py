@@ -20,6 +20,8 @@ Full run (3 seeds, 2 epochs of 100 glosses per class; about 5-7 minutes per run 
     OPENBLAS_NUM_THREADS=2 python benchmarks/adapters_wordnet.py --seeds 0 1 2
 Reduced run (what is committed unless the JSON says otherwise):
     OPENBLAS_NUM_THREADS=2 python benchmarks/adapters_wordnet.py --seeds 0 --max-steps 150 --test-per-class 25
+With ``--scheduler local`` (a LocalCluster of one-thread workers) or ``--scheduler tcp://host:8786`` each seed
+is a task of peftc.distributed.run_sweep, and all seeds land in one results file without ``--merge``.
 Writes benchmarks/results/adapters_wordnet.{json,md} (``--out`` to change the stem).
 """
 from __future__ import annotations
@@ -30,11 +32,13 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from common import check_seed_parts, merged_command  # this folder: run as a script, or from the tests
+# this folder: run as a script, or from the tests
+from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.data.wordnet_job import tokenize
@@ -301,13 +305,27 @@ def _write(result: dict, out_stem: Path | None) -> None:
     write_bytes_atomic(out_stem.with_suffix(".md"), markdown(result).encode())
 
 
-def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", command: str = "", log=print) -> dict:
-    """Train every (seed, adapter) pair; the results files are rewritten after each seed."""
+def seed_task(s: Settings, config: dict) -> list[dict]:
+    """Every adapter of one seed as a Dask task (``--scheduler``): the worker loads the data itself."""
+    data = load_data(s)
+    return [run_one(name, config["seed"], data, NUM_CLASSES, s) for name in s.adapters]
+
+
+def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", command: str = "", log=print,
+        scheduler: str | None = None) -> dict:
+    """Train every (seed, adapter) pair; the results files are rewritten after each seed. With ``scheduler``
+    ("local" or a Dask scheduler's address) each seed is a task of peftc.distributed.run_sweep instead."""
     t0 = time.perf_counter()
     data = load_data(s)
     sizes = {k: int(len(v["labels"])) for k, v in data.items()}
     log(f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
     runs: list[dict] = []
+    if scheduler:
+        done = sweep_seeds(partial(seed_task, s), s.seeds, scheduler, modules=("adapters_wordnet",))
+        runs = [r for seed in s.seeds for r in done[seed]]
+        result = _payload(s, command, sizes, runs, time.perf_counter() - t0)
+        _write(result, out_stem)
+        return result
     for seed in s.seeds:
         for name in s.adapters:
             runs.append(run_one(name, seed, data, NUM_CLASSES, s, log))
@@ -345,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "adapters_wordnet"), help="output path stem (.json and .md)")
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
                    help="combine these results files (same settings, other seeds) into --out, then stop")
+    add_scheduler_argument(p)
     a = p.parse_args(argv)
     if a.merge:
         print(markdown(merge([Path(m) for m in a.merge], Path(a.out))))
@@ -354,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                  batch_size=a.batch_size, eval_every=a.eval_every, log_every=a.log_every, learning_rate=a.lr,
                  reduced=a.reduced, progress=a.progress)
     command = "python benchmarks/adapters_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = run(s, Path(a.out), command.strip())
+    result = run(s, Path(a.out), command.strip(), scheduler=a.scheduler)
     print()
     print(markdown(result))
     return 0

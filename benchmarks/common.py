@@ -226,3 +226,46 @@ def check_seed_parts(settings: list[dict[str, Any]], names: list[Any], ignore: s
 def merged_command(commands: list[str], names: list[Any]) -> str:
     """The command line recorded for results combined with ``--merge names``."""
     return " + ".join(commands) + f"; merged with --merge {' '.join(map(str, names))}"
+
+
+def add_scheduler_argument(parser: Any) -> None:
+    """``--scheduler ADDRESS|local``: run the seeds as Dask tasks (peftc.distributed.run_sweep) instead of one
+    after the other in this process."""
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                        help="run the seeds on Dask: 'local' starts a LocalCluster of one-thread workers on this "
+                             "machine, an address (tcp://host:8786) uses that scheduler's workers; each seed is "
+                             "one task and the results land in one file (no --merge needed)")
+
+
+def sweep_seeds(task: Callable[[dict], Any], seeds: list[int], scheduler: str, modules: tuple[str, ...] = (),
+                timeout: float | None = None) -> dict[int, Any]:
+    """``{seed: task({"seed": seed})}`` for every seed, each seed one Dask task (peftc.distributed.run_sweep).
+
+    ``scheduler``: "local" starts a LocalCluster of one-thread workers, one per core (at most one per seed);
+    anything else is a scheduler address, whose workers need peftc installed: the benchmark modules named in
+    ``modules`` (and this one) are uploaded to them. Raises the first failed seed's error, naming it, after
+    all seeds have run.
+    """
+    from distributed import Client
+
+    from peftc.distributed import local_cluster, run_sweep
+
+    configs = [{"seed": int(s)} for s in seeds]
+    if scheduler == "local":
+        cluster = local_cluster(n_workers=max(1, min(len(seeds), os.cpu_count() or 1)), threads_per_worker=1)
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+        for name in ("common", *modules):
+            client.upload_file(str(Path(__file__).resolve().parent / f"{name}.py"))
+    try:
+        results = run_sweep(task, configs, client, timeout=timeout)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} seeds failed; first: {failed[0].error}\n"
+                           f"{failed[0].traceback or ''}")
+    return {r.config["seed"]: r.value for r in results}

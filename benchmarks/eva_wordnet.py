@@ -21,7 +21,9 @@ Reduced configurations that were run (labelled "reduced" in the results; about 6
     python benchmarks/eva_wordnet.py --seeds 0 1 2 --max-steps 100 --train-per-class 40 --val-per-class 5 \
         --test-per-class 10 --reduced --out eva_wordnet_3seeds          # -> results/eva_wordnet_3seeds.*
 Results go to benchmarks/results/<out>.json and .md; ``--render NAME`` recomputes a file's summary;
-seeds run in separate processes (``--seeds 0 --out NAME_s0`` ...) combine with ``--merge NAME_s0 NAME_s1 ...``.
+seeds run in separate processes (``--seeds 0 --out NAME_s0`` ...) combine with ``--merge NAME_s0 NAME_s1 ...``;
+with ``--scheduler local`` (or a Dask scheduler's address) each seed is a task of peftc.distributed.run_sweep
+and all seeds land in one results file.
 The verdict compares the arms per seed (paired: same data, order and head).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="combine results/NAME.json files (same settings, other seeds) into --out, then stop")
     ap.add_argument("--render", default=None, metavar="NAME",
                     help="recompute the summary, verdict and Markdown of results/NAME.json without training")
+    common.add_scheduler_argument(ap)
     return ap.parse_args(argv)
+
+
+def seed_task(args: argparse.Namespace, config: dict) -> list[dict]:
+    """Both arms of one seed as a Dask task (``--scheduler``)."""
+    return [run_arm(arm, config["seed"], args) for arm in ARMS]
 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, log=print) -> dict:
@@ -247,7 +256,8 @@ def merge(names: list[str], out: str) -> None:
     import json
     parts = [json.loads((common.RESULTS_DIR / f"{n}.json").read_text()) for n in names]
     first = parts[0]["settings"]
-    common.check_seed_parts([part["settings"] for part in parts], names, {"seeds", "out", "merge", "render"})
+    common.check_seed_parts([part["settings"] for part in parts], names,
+                            {"seeds", "out", "merge", "render", "scheduler"})
     runs = [r for part in parts for r in part["runs"]]
     seeds = [r["seed"] for r in runs if r["arm"] == ARMS[0]]
     if len(seeds) != len(set(seeds)):
@@ -267,10 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         merge(args.merge, args.out or NAME)
         return
     common.configure_threads(args.threads)
-    runs = []
-    for seed in args.seeds:
-        for arm in ARMS:
-            runs.append(run_arm(arm, seed, args))
+    if args.scheduler:
+        done = common.sweep_seeds(partial(seed_task, args), args.seeds, args.scheduler, modules=(NAME,))
+        runs = [r for seed in args.seeds for r in done[seed]]
+    else:
+        runs = [run_arm(arm, seed, args) for seed in args.seeds for arm in ARMS]
     summary = summarise(runs, args.ks)
     payload = {"command": "python benchmarks/eva_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "settings": {k: v for k, v in vars(args).items()}, "summary": summary,
