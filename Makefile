@@ -7,6 +7,7 @@ export OPENBLAS_NUM_THREADS ?= 2
 deps:
 	PYTHON=$(PYTHON) bash scripts/install_deps.sh
 
+# the extension against the scipy-openblas32 wheel's OpenBLAS; PEFTC_BLAS=system make build for the system's
 build: deps
 	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e .
 
@@ -37,4 +38,4 @@ format-check:
 	$(CLANG_FORMAT) --dry-run --Werror csrc/*.c csrc/*.h csrc/python/*.c csrc/python/*.h
 
 clean:
-	rm -rf build peftc/*.so *.egg-info
+	rm -rf build peftc/*.so peftc/_distributor_init.py *.egg-info
