@@ -8,6 +8,7 @@ product resolves, so the answer is right for either build (the scipy-openblas32 
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from typing import Any
 
@@ -38,9 +39,11 @@ def _resolve() -> tuple[ctypes.CDLL, str, str]:
     raise RuntimeError(f"peftc's extension {_C.__file__} resolves no cblas_sgemm, with or without a prefix")
 
 
+@functools.lru_cache(maxsize=4)
 def _symbol_values(path: str, names: tuple[str, ...]) -> dict[str, int]:
     """The values of the named symbols in an ELF64 file's full symbol table (.symtab), which also lists
-    those the library does not export; the names absent (or a stripped file) are left out."""
+    those the library does not export; the names absent (or a stripped file) are left out. Cached: the
+    file is read whole (25 MB for the wheel's library)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:  # 64-bit little-endian only
