@@ -6,7 +6,6 @@ lazily inside the functions below.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -107,39 +106,12 @@ def measure_sgemm(repeats: int = 7) -> dict[str, Any]:
     return out
 
 
-def _openblas_library() -> ctypes.CDLL | None:
-    """The OpenBLAS that peftc's extension linked, found among the libraries mapped into this process."""
-    import peftc._C  # noqa: F401  (maps the library)
-
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        maps = []
-    paths = sorted({line.split()[-1] for line in maps if "libopenblas" in line and "/" in line})
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-            lib.openblas_get_corename.restype = ctypes.c_char_p
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
 def openblas_info() -> dict[str, Any]:
-    """Core name, configuration, thread count and thread timeout of the OpenBLAS peftc runs on (None if
-    unknown)."""
-    lib = _openblas_library()
-    if lib is None:
-        return {"corename": None, "config": None, "num_threads": None, "thread_timeout": None}
-    lib.openblas_get_config.restype = ctypes.c_char_p
-    return {
-        "corename": lib.openblas_get_corename().decode(),
-        "config": lib.openblas_get_config().decode().strip(),
-        "num_threads": int(lib.openblas_get_num_threads()),
-        # log2 of the cycles an idle worker spins before it sleeps, as the library read it at load
-        "thread_timeout": int(lib.openblas_thread_timeout()),
-    }
+    """Build (scipy-openblas32 wheel or system), library, core name, configuration, thread count and thread
+    timeout of the OpenBLAS peftc runs on (peftc.openblas.openblas_info)."""
+    from peftc.openblas import openblas_info as peftc_openblas_info
+
+    return peftc_openblas_info()
 
 
 def _cpu_model() -> str:
