@@ -195,6 +195,24 @@ def check_seed_parts(settings: list[dict[str, Any]], names: list[Any], ignore: s
             raise ValueError(f"{name}: settings {differ} differ from {names[0]}; only seeds may differ")
 
 
+def merge_seed_parts(stems: list[str]) -> dict[str, Any]:
+    """The payload of per-seed results files ``stems`` of one configuration combined: the first file's keys,
+    its settings with every seed, the merged command, the summed seconds and ``per_seed`` of all files in
+    seed order. Raises ValueError when the settings differ outside the seeds or a seed appears twice."""
+    parts = [read_results(stem) for stem in stems]
+    check_seed_parts([p["settings"] for p in parts], stems, {"seeds"})
+    per_seed: dict[str, Any] = {}
+    for stem, part in zip(stems, parts):
+        clash = set(per_seed) & set(part["per_seed"])
+        if clash:
+            raise ValueError(f"{stem}: seeds {sorted(clash)} appear in more than one file")
+        per_seed.update(part["per_seed"])
+    per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
+    return dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
+                command=merged_command([p["command"] for p in parts], stems),
+                seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+
+
 def merged_command(commands: list[str], names: list[Any]) -> str:
     """The command line recorded for results combined with ``--merge names``."""
     return " + ".join(commands) + f"; merged with --merge {' '.join(map(str, names))}"

@@ -402,18 +402,8 @@ def run(s: Settings, out: str | None, command: str, log=print, scheduler: str | 
 
 def merge(stems: list[str], out: str) -> dict:
     """Combine results files of one configuration, each holding other seeds, into ``out``."""
-    parts = [common.read_results(stem) for stem in stems]
-    common.check_seed_parts([p["settings"] for p in parts], stems, {"seeds"})
-    per_seed: dict = {}
-    for stem, p in zip(stems, parts):
-        clash = set(per_seed) & set(p["per_seed"])
-        if clash:
-            raise ValueError(f"{stem}: seeds {sorted(clash)} appear in more than one file")
-        per_seed.update(p["per_seed"])
-    per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
-    payload = dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
-                   command=common.merged_command([p["command"] for p in parts], stems),
-                   seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+    payload = common.merge_seed_parts(stems)
+    per_seed = payload["per_seed"]
     payload["aggregate"] = aggregate(per_seed)
     payload["verdicts"] = payload["aggregate"]["verdicts"]
     common.write_results(out, payload, markdown(payload))

@@ -25,6 +25,7 @@ import numpy as np
 from .. import functional as F
 from ..nn import GELU, Conv1D, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
 from ..random import Generator
+from .hf_folder import read_checkpoint_folder
 from .bert import _ids
 
 
@@ -385,14 +386,8 @@ class GPT2LMHeadModel(Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0) -> GPT2LMHeadModel:
         """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder (eval mode)."""
-        from safetensors.numpy import load_file
-
-        folder = os.fspath(folder)
-        for name in ("config.json", "model.safetensors"):
-            if not os.path.isfile(os.path.join(folder, name)):
-                raise FileNotFoundError(f"{folder!r} has no {name} (expected a Hugging Face checkpoint folder)")
-        config = GPT2Config.from_json(os.path.join(folder, "config.json"))
-        model = cls.from_state_dict(config, load_file(os.path.join(folder, "model.safetensors")), seed)
+        config_path, state = read_checkpoint_folder(folder)
+        model = cls.from_state_dict(GPT2Config.from_json(config_path), state, seed)
         model.eval()
         return model
 
