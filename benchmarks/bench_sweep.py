@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -120,6 +121,17 @@ def markdown(p: dict) -> str:
         f"Command: `{p['command']}`", ""])
 
 
+def sweep_verdicts(serial_s: list[float], cluster_s: list[float]) -> dict[str, Any]:
+    """The claim "the cluster sweep takes less time than the serial one" over the alternated repeats (paired
+    t, Holm: peftc.evaluation), when there are the 5 repeats a verdict needs; otherwise an empty list and why."""
+    from peftc.evaluation import Claim, verdicts
+
+    if len(serial_s) < 5:
+        return {"verdicts": [], "verdicts_note": f"no claim tested: {len(serial_s)} repeat(s); a verdict needs 5"}
+    return {"verdicts": verdicts([Claim("the cluster sweep takes less time than the serial sweep (seconds)",
+                                        cluster_s, serial_s, expected="less")])}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=8)
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         "blas_threads": {"serial": sorted({r.value["blas_threads"] for r in serial}),
                          "cluster": sorted({r.value["blas_threads"] for r in parallel})},
         "identical_results": same_results(serial, parallel),
+        **sweep_verdicts(serial_s, cluster_s),
         "runs": [{"config": asdict(a.config), "serial": {k: a.value[k] for k in ("task_s", "setup_s", "train_s")},
                   "cluster": {k: b.value[k] for k in ("task_s", "setup_s", "train_s", "pid")},
                   "final_loss": a.value["losses"][-1]} for a, b in zip(serial, parallel)],
