@@ -9,15 +9,30 @@
 
 #include "peftc.h"
 
-/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T as trans_x says. */
+/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T as trans_x says. A product
+ * too small to gain from a second thread (under 2^23 flops, 2 M N K; blas.c says why) runs on one
+ * thread. Its result can differ from a split one in the last bits, as OpenBLAS's results at two
+ * thread counts do (its edge blocks change with the split). Meanwhile a product from another thread
+ * also runs on one thread. */
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                          int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* the thread count peftc_sgemm gives an (M,N) x K product: 1 below the size rule, else
+ * peftc_blas_threads() */
+int64_t peftc_sgemm_threads(int64_t M, int64_t N, int64_t K);
+
+/* products peftc_sgemm has run on one thread by the size rule since the process started */
+int64_t peftc_sgemm_single_thread_count(void);
 
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 
 /* the number of threads OpenBLAS runs a large GEMM on (outside any single-thread hold) */
 int64_t peftc_blas_threads(void);
+
+/* run OpenBLAS, and so peftc's own kernels, on n >= 1 threads from now on (PEFTC_ERR_ARG otherwise);
+ * set during a hold, the count takes effect when the hold ends */
+peftc_status peftc_blas_set_threads(int64_t n);
 
 /* Hold OpenBLAS at one thread until peftc_blas_single_thread_end(), for kernels that run BLAS or LAPACK
  * calls on threads of their own. The count is process-wide: the pair holds a lock, so two such
