@@ -92,9 +92,12 @@ else:
     cflags, libs, preload = wheel_blas()
 write_if_changed(DISTRIBUTOR_INIT, preload)
 
-# an implicit declaration is an error: with the wheel it is a BLAS name csrc/blas.h does not map yet
+# an implicit declaration is an error: with the wheel it is a BLAS name csrc/blas.h does not map yet.
+# -fno-trapping-math: no code reads the floating-point exception flags, and with them GCC keeps a loop whose
+# float select has an arithmetic arm (GELU's x >= 0 ? 1 - q : q, dropout's keep ? dy * s : 0) scalar and
+# branching ("control flow in loop"); it changes no value (no reassociation, no contraction).
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror=implicit-function-declaration", "-fno-math-errno",
-                *cflags]
+                "-fno-trapping-math", *cflags]
 link_args = [*libs]
 if os.environ.get("PEFTC_PORTABLE") != "1":
     compile_args.append("-march=native")
