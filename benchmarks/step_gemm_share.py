@@ -18,7 +18,14 @@ counts are a property of the step rather than of thread scheduling.
     PYTHONPATH=. python benchmarks/step_gemm_share.py [--steps 3] [--warmup 1] [--peftc CHECKOUT] [--out FILE]
 
 ``--peftc`` runs the step on another checkout (with its extension built in place), for a before/after pair.
-Takes some minutes (the step runs about 50 times slower under valgrind).
+Takes tens of minutes (the step runs about 50 times slower under valgrind, and slower still on a busy machine).
+
+``--cpu`` measures in CPU time instead, at full speed and without valgrind: the extension's GEMM accounting
+(``_C.sgemm_profile``: the calling thread's CPU time inside each cblas_sgemm) against the main thread's CPU time
+over the step (``time.thread_time``), median over ``--steps`` steps (at least 5). CPU time, unlike wall time, does
+not count the time other processes hold the cores, but it does grow with their cache and memory traffic, so on a
+loaded machine take it as a second opinion; it counts what callgrind cannot see (page faults of fresh buffers,
+kernel time) and weighs instructions by what they cost. Here attention's own products count as not GEMM.
 """
 from __future__ import annotations
 
@@ -27,9 +34,11 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,9 +62,10 @@ def mark() -> int:
     return int(count()) if count else 0
 
 
-def child(batches_file: str, warmup: int, steps: int) -> None:
+def child(batches_file: str, warmup: int, steps: int, cpu: bool = False) -> None:
     import numpy as np
 
+    from peftc import _C
     from peftc.data import wordnet_job as job
     from peftc.models import BertModel, minilm_path
     from peftc.models.classifier import SentenceClassifier
@@ -80,9 +90,19 @@ def child(batches_file: str, warmup: int, steps: int) -> None:
     for batch in batches[:warmup]:
         trainer.training_step(batch)
     first = mark()  # dump: everything so far
-    losses = [trainer.training_step(batch)[0] for batch in batches[warmup:]]
+    losses, cpu_steps = [], []
+    for batch in batches[warmup:]:
+        if cpu:
+            _C.sgemm_profile(True)
+            t0 = time.thread_time_ns()
+        losses.append(float(trainer.training_step(batch)[0]))
+        if cpu:
+            step_ns = time.thread_time_ns() - t0
+            calls, flops, gemm_ns = _C.sgemm_profile_read()
+            _C.sgemm_profile(False)
+            cpu_steps.append({"step_ns": step_ns, "gemm_ns": gemm_ns, "sgemm_calls": calls, "gemm_flops": flops})
     last = mark()  # dump: the measured steps
-    print(json.dumps({"losses": [float(x) for x in losses], "single_thread_products": last - first,
+    print(json.dumps({"losses": losses, "single_thread_products": last - first, "cpu_steps": cpu_steps,
                       "tokens": [int(b["attention_mask"].sum()) for b in batches[warmup:]],
                       "shapes": [list(b["input_ids"].shape) for b in batches[warmup:]]}))
 
@@ -184,12 +204,16 @@ def run(args: argparse.Namespace) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(PYTHONPATH=str(checkout), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
         out = work / "callgrind.out"
-        cmd = ["valgrind", "--tool=callgrind", f"--dump-before={MARKER}", f"--callgrind-out-file={out}",
-               sys.executable, str(Path(__file__).resolve()), "--child", str(batches), "--warmup", str(args.warmup),
-               "--steps", str(args.steps)]
+        step = [sys.executable, str(Path(__file__).resolve()), "--child", str(batches), "--warmup", str(args.warmup),
+                "--steps", str(args.steps)]
+        cmd = step + ["--cpu"] if args.cpu else ["valgrind", "--tool=callgrind", f"--dump-before={MARKER}",
+                                                 f"--callgrind-out-file={out}", *step]
         done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        if args.cpu:
+            return {"peftc": str(checkout), "steps": args.steps, "warmup": args.warmup,
+                    "child": json.loads(done.stdout.strip().splitlines()[-1])}
         measured = out.with_name(out.name + ".2")  # dump 1: up to the first marker; dump 2: the measured steps
         if not measured.exists():
             raise RuntimeError(f"no second callgrind dump in {work}: was {MARKER} called twice?")
@@ -200,6 +224,18 @@ def run(args: argparse.Namespace) -> dict:
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cpu_report(r: dict) -> str:
+    rows = r["child"]["cpu_steps"]
+    shares = [1.0 - x["gemm_ns"] / x["step_ns"] for x in rows]
+    r["non_gemm_share_cpu"] = statistics.median(shares)
+    return "\n".join([
+        f"peftc from {r['peftc']}; {r['steps']} steps after {r['warmup']} warm-up; batch shapes {r['child']['shapes']}",
+        "CPU s per step (this thread): " + " ".join(f"{x['step_ns'] / 1e9:.3f}" for x in rows),
+        "of which in cblas_sgemm:      " + " ".join(f"{x['gemm_ns'] / 1e9:.3f}" for x in rows),
+        f"NOT GEMM (CPU time, median of {len(rows)} steps): {100 * r['non_gemm_share_cpu']:.1f}% "
+        f"(per step: {', '.join(f'{100 * v:.1f}' for v in shares)})"])
 
 
 def report(r: dict) -> str:
@@ -224,17 +260,18 @@ def main() -> None:
     ap.add_argument("--peftc", default=str(ROOT), help="the checkout to run peftc from (default: this one)")
     ap.add_argument("--out", help="also write the result as JSON here")
     ap.add_argument("--keep", help="copy the measured callgrind dump here (for callgrind_annotate)")
+    ap.add_argument("--cpu", action="store_true", help="CPU-time shares, natively, instead of callgrind")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.warmup, args.steps)
+        child(args.child, args.warmup, args.steps, args.cpu)
         return
-    if args.steps < 1 or args.warmup < 0:
-        ap.error("--steps must be >= 1 and --warmup >= 0")
-    if shutil.which("valgrind") is None:
+    if args.steps < (5 if args.cpu else 1) or args.warmup < 0:
+        ap.error("--steps must be >= 1 (>= 5 with --cpu) and --warmup >= 0")
+    if not args.cpu and shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     r = run(args)
-    print(report(r))
+    print(cpu_report(r) if args.cpu else report(r))
     if args.out:
         Path(args.out).write_text(json.dumps(r, indent=1) + "\n", encoding="utf8")
 

@@ -1,12 +1,14 @@
 /* blas.c: thin, checked wrappers over CBLAS and LAPACKE. Holds no math of its own: each function
  * checks sizes against the 32-bit interface and maps the library's result to a peftc_status.
  * LAPACKE is called only through its column-major _work interface, which allocates nothing. */
-#define PEFTC_BLAS_LIBRARY /* blas.h adds the library's own headers, names mapped to the build's OpenBLAS */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime and the thread CPU clock under -std=c11 */
+#define PEFTC_BLAS_LIBRARY     /* blas.h adds the library's own headers, names mapped to the build's OpenBLAS */
 #include "blas.h"
 
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
 {
@@ -107,6 +109,32 @@ int64_t peftc_sgemm_single_thread_count(void)
     return atomic_load(&single_thread_products);
 }
 
+/* GEMM accounting, off unless asked for: calls, flops and the calling thread's CPU time inside cblas_sgemm */
+static _Atomic int profiling = 0;
+static _Atomic int64_t profile_calls = 0, profile_flops = 0, profile_ns = 0;
+
+void peftc_sgemm_profile(int on)
+{
+    atomic_store(&profile_calls, 0);
+    atomic_store(&profile_flops, 0);
+    atomic_store(&profile_ns, 0);
+    atomic_store(&profiling, on != 0);
+}
+
+void peftc_sgemm_profile_read(int64_t *calls, int64_t *flops, int64_t *thread_cpu_ns)
+{
+    *calls = atomic_load(&profile_calls);
+    *flops = atomic_load(&profile_flops);
+    *thread_cpu_ns = atomic_load(&profile_ns);
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (int64_t)t.tv_sec * 1000000000 + (int64_t)t.tv_nsec;
+}
+
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                          int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
@@ -126,8 +154,14 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
         atomic_fetch_add(&single_thread_products, 1);
         lower_begin();
     }
+    const int64_t t0 = atomic_load_explicit(&profiling, memory_order_relaxed) ? thread_cpu_ns() : -1;
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
                 (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    if (t0 >= 0) {
+        atomic_fetch_add(&profile_ns, thread_cpu_ns() - t0);
+        atomic_fetch_add(&profile_calls, 1);
+        atomic_fetch_add(&profile_flops, 2 * M * N * K);
+    }
     if (small)
         lower_end();
     return PEFTC_OK;

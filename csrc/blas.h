@@ -24,6 +24,13 @@ int64_t peftc_sgemm_threads(int64_t M, int64_t N, int64_t K);
 /* products peftc_sgemm has run on one thread by the size rule since the process started */
 int64_t peftc_sgemm_single_thread_count(void);
 
+/* GEMM accounting for profiles (benchmarks/step_gemm_share.py): peftc_sgemm_profile(1) zeroes the totals and
+ * starts counting, (0) zeroes and stops; _read gives the products, their flops (2 M N K) and the CPU time of
+ * the threads that called them, spent inside the BLAS call (OpenBLAS's own workers not included: profile at
+ * one BLAS thread). Two clock reads per product while on, one atomic load while off. */
+void peftc_sgemm_profile(int on);
+void peftc_sgemm_profile_read(int64_t *calls, int64_t *flops, int64_t *thread_cpu_ns);
+
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 

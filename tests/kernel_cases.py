@@ -437,7 +437,8 @@ SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "co
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
 # the BLAS thread settings take no arrays; their boundary cases are in test_blas_threads.py
-BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count"}
+BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count", "sgemm_profile",
+                 "sgemm_profile_read"}
 CASE_NAMES = sorted(make_cases())
 
 

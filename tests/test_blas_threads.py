@@ -148,3 +148,20 @@ def test_a_count_set_while_small_products_run_holds_afterwards(two_threads):
         stop.set()
         worker.join()
     assert peftc.get_num_threads() == 2 and library_threads() == 2
+
+
+def test_gemm_accounting_counts_the_products_their_flops_and_stops_when_off():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 48)).astype(np.float32)
+    w = rng.standard_normal((40, 48)).astype(np.float32)
+    _C.sgemm_profile(True)
+    try:
+        for _ in range(3):
+            F.linear_forward(x, w)
+        F.linear_forward(x[:0], w)  # M = 0: no product, not counted
+        calls, flops, ns = _C.sgemm_profile_read()
+        assert (calls, flops) == (3, 3 * 2 * 64 * 40 * 48) and ns >= 0
+    finally:
+        _C.sgemm_profile(False)
+    F.linear_forward(x, w)
+    assert _C.sgemm_profile_read() == (0, 0, 0)

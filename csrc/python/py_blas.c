@@ -1,6 +1,6 @@
-/* py_blas.c: Python entry points for the BLAS thread settings of blas.h: the thread count peftc's
- * OpenBLAS (and so peftc's own kernels) run on, and how peftc_sgemm threads a product of a given
- * size. No kernels here. */
+/* py_blas.c: Python entry points for the BLAS settings of blas.h: the thread count peftc's OpenBLAS
+ * (and so peftc's own kernels) run on, how peftc_sgemm threads a product of a given size, and its
+ * GEMM accounting. No kernels here. */
 #include "args.h"
 #include "../blas.h"
 
@@ -50,6 +50,25 @@ static PyObject *py_sgemm_single_thread_count(PyObject *self, PyObject *args)
     return PyLong_FromLongLong((long long)peftc_sgemm_single_thread_count());
 }
 
+static PyObject *py_sgemm_profile(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on))
+        return NULL;
+    peftc_sgemm_profile(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sgemm_profile_read(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    int64_t calls, flops, ns;
+    peftc_sgemm_profile_read(&calls, &flops, &ns);
+    return Py_BuildValue("(LLL)", (long long)calls, (long long)flops, (long long)ns);
+}
+
 PyMethodDef peftc_py_blas_methods[] = {
     {"blas_get_threads", py_blas_get_threads, METH_NOARGS, "blas_get_threads() -> int: OpenBLAS's thread count"},
     {"blas_set_threads", py_blas_set_threads, METH_VARARGS, "blas_set_threads(n): OpenBLAS on n >= 1 threads"},
@@ -57,5 +76,9 @@ PyMethodDef peftc_py_blas_methods[] = {
      "sgemm_threads(M, N, K) -> int: the threads peftc_sgemm runs an (M,N) x K product on"},
     {"sgemm_single_thread_count", py_sgemm_single_thread_count, METH_NOARGS,
      "sgemm_single_thread_count() -> int: products run on one thread by the size rule so far"},
+    {"sgemm_profile", py_sgemm_profile, METH_VARARGS,
+     "sgemm_profile(on): zero the GEMM totals and start (True) or stop (False) counting"},
+    {"sgemm_profile_read", py_sgemm_profile_read, METH_NOARGS,
+     "sgemm_profile_read() -> (calls, flops, thread_cpu_ns) of peftc_sgemm since sgemm_profile(True)"},
     {NULL, NULL, 0, NULL},
 };
