@@ -18,7 +18,8 @@ counts are a property of the step rather than of thread scheduling.
     PYTHONPATH=. python benchmarks/step_gemm_share.py [--steps 3] [--warmup 1] [--peftc CHECKOUT] [--out FILE]
 
 ``--peftc`` runs the step on another checkout (with its extension built in place), for a before/after pair.
-Takes tens of minutes (the step runs about 50 times slower under valgrind, and slower still on a busy machine).
+The step runs about 50 times slower under valgrind, and far slower on a busy machine (at load 10 on 2 cores a
+run had not reached its first measured step after 50 minutes): there, use ``--cpu``.
 
 ``--cpu`` measures in CPU time instead, at full speed and without valgrind: the extension's GEMM accounting
 (``_C.sgemm_profile``: the calling thread's CPU time inside each cblas_sgemm) against the main thread's CPU time
