@@ -436,6 +436,9 @@ SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "co
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
+# the BLAS thread settings take no arrays; their boundary cases are in test_blas_threads.py
+BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count", "sgemm_profile",
+                 "sgemm_profile_read"}
 CASE_NAMES = sorted(make_cases())
 
 
