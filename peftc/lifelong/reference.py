@@ -10,8 +10,8 @@ def lora_per_example_grad(x: np.ndarray, dy: np.ndarray, lora_A: np.ndarray, lor
 
     >>> x, dy = np.ones((2, 3)), np.ones((2, 2))
     >>> lora_per_example_grad(x, dy, np.ones((1, 3)), np.ones((2, 1)), np.array([0, 1, 2]), 1.0)[1][0]
-    array([[6.],
-           [6.]])
+    array([[3.],
+           [3.]])
     """
     x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
     a, b = np.asarray(lora_A, np.float64), np.asarray(lora_B, np.float64)
