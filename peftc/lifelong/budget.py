@@ -84,6 +84,8 @@ def ccs_sample(scores: np.ndarray, budget: int, rng: np.random.Generator, strata
     chosen: list[int] = []
     remaining, quota, right = budget, math.ceil(budget / strata), hi
     for i in range(strata):
+        if remaining <= 0 or quota <= 0:
+            break
         left = right - width
         cand = np.flatnonzero((x > left) & (x <= right))
         if cand.size < quota:

@@ -61,8 +61,7 @@ class PerExample:
 class StreamNetwork(Module):
     """``StreamNetwork(bert, adapted_blocks=2, r=8, lora_alpha=16, seed=0)``; heads are added per task.
 
-    >>> import sys; sys.path.insert(0, "tests")
-    >>> from fscil_toys import tiny_bert, tokenize
+    >>> from tests.fscil_toys import tiny_bert, tokenize  # a 2-block BERT and a word-hashing tokenizer
     >>> net = StreamNetwork(tiny_bert(), adapted_blocks=1, r=2)
     >>> net.add_task(3)
     0

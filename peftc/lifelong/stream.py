@@ -204,16 +204,17 @@ def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: T
 
 
 def accuracy_matrix(run: StreamRun, net: StreamNetwork, data: list[TaskData], split: str,
-                    batch: int = 128) -> np.ndarray:
-    """(T, T) accuracy: row t after step t, column j task j (NaN for j > t), on ``split`` of each task."""
+                    batch: int = 128, steps: list[int] | None = None) -> np.ndarray:
+    """(T, T) accuracy: row t after step t, column j task j (NaN for j > t), on ``split`` of each task; with
+    ``steps`` only those rows are computed (the others stay NaN)."""
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
-    steps = len(run.snapshots)
-    acc = np.full((steps, steps), np.nan)
+    total = len(run.snapshots)
+    acc = np.full((total, total), np.nan)
     current = [p.data.copy() for p in net.trainable()]
     net.eval()
     try:
-        for t in range(steps):
+        for t in (range(total) if steps is None else steps):
             params = net.trainable()
             for p, saved in zip(params, run.snapshots[t]):
                 if p.data.shape == saved.shape:
