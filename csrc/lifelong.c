@@ -72,7 +72,7 @@ peftc_status peftc_kmeans_assign(int64_t *labels, float *dist, float *work, cons
         return PEFTC_ERR_SIZE;
     if (N == 0)
         return PEFTC_OK;
-    float *dots = work;         /* (N,K) x c^T */
+    float *dots = work;          /* (N,K) x c^T */
     float *cnorm = work + N * K; /* (K) ||c_k||^2 */
     for (int64_t k = 0; k < K; k++) {
         double s = 0.0;
@@ -108,8 +108,8 @@ peftc_status peftc_kmeans_assign(int64_t *labels, float *dist, float *work, cons
     return PEFTC_OK;
 }
 
-peftc_status peftc_kmeans_update(float *c, int64_t *counts, const float *x, const int64_t *labels, int64_t N,
-                                 int64_t D, int64_t K)
+peftc_status peftc_kmeans_update(float *c, int64_t *counts, const float *x, const int64_t *labels, int64_t N, int64_t D,
+                                 int64_t K)
 {
     if (N < 0 || D <= 0 || K <= 0)
         return PEFTC_ERR_SIZE;

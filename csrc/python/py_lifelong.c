@@ -24,9 +24,10 @@ static PyObject *py_lora_per_example_grad(PyObject *self, PyObject *args)
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R"),
                   E = arg_dim(&ck, "E");
     if (arg_dim(&ck, "S") != E + 1) {
-        PyErr_Format(PyExc_ValueError, "lora_per_example_grad: 'offsets' has %lld entries, needs E + 1 = %lld "
-                     "('dlora_A' is (E, R, IC) = (%lld, %lld, %lld))", (long long)arg_dim(&ck, "S"),
-                     (long long)(E + 1), (long long)E, (long long)R, (long long)IC);
+        PyErr_Format(PyExc_ValueError,
+                     "lora_per_example_grad: 'offsets' has %lld entries, needs E + 1 = %lld "
+                     "('dlora_A' is (E, R, IC) = (%lld, %lld, %lld))",
+                     (long long)arg_dim(&ck, "S"), (long long)(E + 1), (long long)E, (long long)R, (long long)IC);
         return NULL;
     }
     if (arg_workspace(&ck, peftc_lora_per_example_grad_workspace_size(N, R)) < 0)
@@ -40,8 +41,7 @@ static PyObject *py_lora_per_example_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *workspace_size(PyObject *args, const char *fmt, const char *fn,
-                                int64_t (*size)(int64_t, int64_t))
+static PyObject *workspace_size(PyObject *args, const char *fmt, const char *fn, int64_t (*size)(int64_t, int64_t))
 {
     long long m, n;
     if (!PyArg_ParseTuple(args, fmt, &m, &n))

@@ -102,7 +102,7 @@ def prepare_task(name: str, num_classes: int, net: StreamNetwork, tokenize, spli
     return TaskData(name, int(num_classes), out["train"], out["validation"], out["test"])
 
 
-def _gather(data: list[TaskData], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def gather_pool(data: list[TaskData], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """States, mask, labels, tasks of pool references (n, 2) = (task, row), padded to a common width."""
     width = max(data[t].train.states.shape[1] for t in np.unique(refs[:, 0]))
     h = data[0].train.states.shape[2]
@@ -127,7 +127,7 @@ def _train(net: StreamNetwork, data: list[TaskData], refs: np.ndarray, s: TrainS
         order = rng.permutation(len(refs))
         for start in range(0, len(order), s.batch_size):
             batch = refs[order[start:start + s.batch_size]]
-            states, mask, labels, tasks = _gather(data, batch)
+            states, mask, labels, tasks = gather_pool(data, batch)
             net.zero_grad()
             net.loss_backward(states, mask, labels, tasks)
             opt.step()
@@ -139,7 +139,7 @@ def score_pool(net: StreamNetwork, data: list[TaskData], refs: np.ndarray, proje
     """(unit sample vectors (n, d), {selector: (n,)}) of the pool references with the current model."""
     vecs, parts = [], []
     for start in range(0, len(refs), batch):
-        states, mask, labels, tasks = _gather(data, refs[start:start + batch])
+        states, mask, labels, tasks = gather_pool(data, refs[start:start + batch])
         pe = net.per_example(states, mask, labels, tasks)
         v, norms = sample_vectors(pe.grads, projection)
         vecs.append(v)
