@@ -113,3 +113,24 @@ def test_accuracy_after_each_step_comes_from_that_steps_snapshot(data):
     assert acc[0, 0] == np.mean(z_step0.argmax(axis=1) == data[0].test.labels)
     z_last = net.logits(data[0].test.states, data[0].test.mask, np.zeros(len(data[0].test), np.int64))
     assert not np.allclose(z_last, z_step0, atol=1e-3)  # the later steps did move task 0's features
+
+
+def test_per_example_gradients_sum_to_the_networks_batch_gradient(data):
+    net = make_net(3)
+    net.add_task(data[0].num_classes)
+    rng = np.random.default_rng(0)
+    for layer in net.recording_layers():  # B = 0 at init would make dA vanish
+        layer.lora_B.data[...] = rng.standard_normal(layer.lora_B.shape).astype(np.float32)
+    split = data[0].train
+    tasks = np.zeros(len(split), np.int64)
+    pe = net.per_example(split.states, split.mask, split.labels, tasks)
+    assert net.training  # the scoring pass ran in eval mode and restored the mode
+    net.eval()
+    net.zero_grad()
+    net.loss_backward(split.states, split.mask, split.labels, tasks, reduction="sum", blocks=1)
+    batch = np.concatenate([np.concatenate([layer.lora_A.grad.ravel(), layer.lora_B.grad.ravel()])
+                            for layer in net.recording_layers()])
+    err = np.abs(pe.grads.sum(axis=0) - batch).max()
+    assert err < 1e-5 * max(1.0, np.abs(batch).max()), f"max abs error {err}"
+    assert np.abs(pe.grads).sum(axis=1).min() > 0  # every example has its own gradient
+    assert set(pe.scores) == {"entropy", "el2n", "loss"} and pe.correct.shape == (len(split),)

@@ -181,10 +181,12 @@ class StreamNetwork(Module):
 
     def per_example(self, states: np.ndarray, mask: np.ndarray, labels: np.ndarray,
                     tasks: np.ndarray) -> PerExample:
-        """Logits and the flat per-example gradients of the last block's LoRA parameters (A then B of query,
-        then of value), from one batched forward and a backward through the last block only. Leaves the
-        parameters' ``grad`` arrays zeroed."""
+        """Selector scores and the flat per-example gradients of the last block's LoRA parameters (A then B of
+        query, then of value), from one batched forward and a backward through the last block only, with
+        dropout off (a score must not depend on a dropout draw). Leaves the parameters' ``grad`` zeroed."""
         layers = self.recording_layers()
+        mode = self.training
+        self.eval()
         for layer in layers:
             layer.recording = True
         try:
@@ -192,6 +194,7 @@ class StreamNetwork(Module):
         finally:
             for layer in layers:
                 layer.recording = False
+            self.train(mode)
         self.zero_grad()
         n = len(labels)
         t = max(int(mask.sum(axis=1).max()), 1)  # the forward trimmed the padding columns to this width
