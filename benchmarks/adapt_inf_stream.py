@@ -35,7 +35,19 @@ Modes (from the repository root; the lead runs the full one, one process per see
         --out benchmarks/results/adapt_inf_stream_s0
     ... --seeds 1 --out ..._s1 (and so on), then
     python benchmarks/adapt_inf_stream.py --merge benchmarks/results/adapt_inf_stream_s0 ... _s4
-Results: benchmarks/results/adapt_inf_stream.{json,md}.
+Results: benchmarks/results/adapt_inf_stream.{json,md}; the --quick run's are adapt_inf_stream_quick.{json,md}
+(4 training examples per class, one epoch, one learning rate: a pipeline check, not evidence).
+
+Cost (an estimate from work counts and the --quick run, not a timing): the --quick run took about 200 s per
+seed for the seven methods on a 2-core machine shared by several jobs (load average about 12). The full
+defaults do about 6x the examples (1824 training rows over the stream), 2 epochs, 2 learning rates and
+sequences of up to 32 tokens instead of 16: roughly 30x the work, so about 1.5-2 hours per seed on such a
+machine (less on an idle core), plus a few minutes once for caching the frozen trunk and timing the
+per-example gradients. --lrs, --train-per-class and --methods cut it.
+Expected cost ratio, from the counts alone: Adapt-inf scores its whole pool every step (one backward per pool
+example), so with 2 epochs at 25% its example backward passes come to about 0.68x full replay's (0.46x when
+weighted by the blocks each backward runs through); the paper's < 0.35x needs fewer scoring passes than
+that (or more epochs per step).
 """
 from __future__ import annotations
 
@@ -69,7 +81,7 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
-    train_per_class: int = 40
+    train_per_class: int = 24
     val_per_class: int = 5
     test_per_class: int = 20
     max_length: int = 32
@@ -79,7 +91,7 @@ class Settings:
     epochs: int = 2
     batch_size: int = 32
     proj_dim: int = 1024
-    pool_bound: int = 1200
+    pool_bound: int = 1000
     dedup_threshold: float = 0.98
     k: int | None = None
     k_candidates: list[int] = field(default_factory=lambda: [4, 6, 8, 10, 12, 16])
@@ -88,7 +100,7 @@ class Settings:
 
 
 QUICK = dict(seeds=[0, 1], lrs=[2e-3], train_per_class=4, val_per_class=2, test_per_class=4, max_length=16,
-             epochs=1, proj_dim=256, pool_bound=60, k_candidates=[2, 4, 6], pe_cost=False)
+             epochs=1, proj_dim=256, pool_bound=160, k_candidates=[2, 4, 6], pe_cost=False)
 
 
 def method_table(s: Settings) -> dict[str, StreamMethod]:
