@@ -134,3 +134,22 @@ def test_per_example_gradients_sum_to_the_networks_batch_gradient(data):
     assert err < 1e-5 * max(1.0, np.abs(batch).max()), f"max abs error {err}"
     assert np.abs(pe.grads).sum(axis=1).min() > 0  # every example has its own gradient
     assert set(pe.scores) == {"entropy", "el2n", "loss"} and pe.correct.shape == (len(split),)
+
+
+def test_the_cost_measurement_runs_both_sides_on_one_batch(data, monkeypatch):
+    bench = load_benchmark("adapt_inf_stream")
+    ran = []
+
+    def run_once(fns, repeats=7, warmup=2):  # no timing in the suite: each side runs once, fixed "times"
+        out = {}
+        for name, fn in fns.items():
+            fn()
+            ran.append(name)
+            out[name] = {"median_s": 3.0 if name.startswith("per_example") else 2.0}
+        return out
+
+    monkeypatch.setattr(bench, "time_interleaved", run_once)
+    s = bench.Settings(proj_dim=16)
+    cost = bench.per_example_cost(s, data, lambda seed, _: make_net(seed))
+    assert ran == ["per_example_and_projection", "lora_training_step"]
+    assert cost["ratio"] == 1.5 and cost["meets"] and cost["batch"] == 32
