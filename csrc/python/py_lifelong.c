@@ -25,8 +25,8 @@ static PyObject *py_lora_per_example_grad(PyObject *self, PyObject *args)
                   E = arg_dim(&ck, "E");
     if (arg_dim(&ck, "S") != E + 1) {
         PyErr_Format(PyExc_ValueError,
-                     "lora_per_example_grad: 'offsets' has %lld entries, needs E + 1 = %lld "
-                     "('dlora_A' is (E, R, IC) = (%lld, %lld, %lld))",
+                     "lora_per_example_grad: 'offsets' has shape (%lld,), needs (E + 1,) = (%lld,): 'dlora_A' has "
+                     "shape (E, R, IC) = (%lld, %lld, %lld)",
                      (long long)arg_dim(&ck, "S"), (long long)(E + 1), (long long)E, (long long)R, (long long)IC);
         return NULL;
     }
