@@ -677,4 +677,33 @@ peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float
 peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
                                     uint64_t seed, uint64_t offset, int64_t P);
 
+/* ==== lifelong data selection (lifelong.c): Adapt-inf's sample vectors and pseudo-skill clusters ======
+ * Extra dimension letters for this section: E  examples (segments of rows)   D  sample-vector width
+ * K  clusters.
+ *
+ * Per-example LoRA gradients: rows [offsets[e], offsets[e+1]) of x and dy belong to example e (offsets
+ * non-decreasing, offsets[E] <= N; rows outside every segment are ignored). With u = x a^T and
+ * g = dy bm (both in work), da[e] += s g_e^T x_e and dbm[e] += s dy_e^T u_e: summed over e they are what
+ * peftc_lora_backward adds (p = 0). A NaN or Inf in dy gives PEFTC_ERR_NONFINITE; bad offsets
+ * PEFTC_ERR_ARG. */
+int64_t peftc_lora_per_example_grad_workspace_size(int64_t N, int64_t R); /* floats */
+peftc_status peftc_lora_per_example_grad(float *da /* (E,R,IC) accumulated */, float *dbm /* (E,OC,R) accumulated */,
+                                         float *work /* peftc_lora_per_example_grad_workspace_size() floats */,
+                                         const float *x /* (N,IC) */, const float *dy /* (N,OC) */,
+                                         const float *a /* (R,IC) */, const float *bm /* (OC,R) */,
+                                         const int64_t *offsets /* (E+1) */, float scale, int64_t N, int64_t IC,
+                                         int64_t OC, int64_t R, int64_t E);
+/* k-means assignment: labels[n] = argmin_k ||x_n - c_k||^2 (ties to the lowest k), dist[n] that squared
+ * distance (clamped at 0). A non-finite row of x gives PEFTC_ERR_NONFINITE. */
+int64_t peftc_kmeans_assign_workspace_size(int64_t N, int64_t K); /* floats */
+peftc_status peftc_kmeans_assign(int64_t *labels /* (N) overwritten */, float *dist /* (N) overwritten */,
+                                 float *work /* peftc_kmeans_assign_workspace_size() floats */,
+                                 const float *x /* (N,D) */, const float *c /* (K,D) */, int64_t N, int64_t D,
+                                 int64_t K);
+/* k-means update: counts[k] = |{n : labels[n] = k}|; c[k] = the mean of those rows (summed in row order),
+ * left as it was when the cluster is empty. A label outside [0, K) gives PEFTC_ERR_LABEL. */
+peftc_status peftc_kmeans_update(float *c /* (K,D) updated */, int64_t *counts /* (K) overwritten */,
+                                 const float *x /* (N,D) */, const int64_t *labels /* (N) */, int64_t N, int64_t D,
+                                 int64_t K);
+
 #endif

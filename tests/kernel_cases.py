@@ -213,6 +213,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     cases += _bn_relu_cases(rng)
     cases += _packed_attention_cases(rng)
     cases += _distill_cases(rng)
+    cases += _lifelong_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -431,11 +432,30 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
+def _lifelong_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Adapt-inf's per-example LoRA gradients (E = 2 examples over the N rows) and the k-means steps (K = 3)."""
+    k = 3
+    return [
+        _case("lora_per_example_grad", [("dlora_A", _f(rng, 2, R, IC)), ("dlora_B", _f(rng, 2, OC, R)),
+                                        ("work", _f(rng, 2 * N * R)), ("x", _f(rng, N, IC)), ("dy", _f(rng, N, OC)),
+                                        ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)),
+                                        ("offsets", np.array([0, 2, N], dtype=np.int64))], [0.5],
+              {"dlora_A", "dlora_B", "work"}, any_shape={"work"}),
+        _case("kmeans_assign", [("labels", np.zeros(N, dtype=np.int64)), ("dist", _f(rng, N)),
+                                ("work", _f(rng, N * k + k)), ("x", _f(rng, N, IC)), ("centroids", _f(rng, k, IC))],
+              [], {"labels", "dist", "work"}, any_shape={"work"}, any_rows={"centroids"}),  # any number of clusters
+        _case("kmeans_update", [("centroids", _f(rng, k, IC)), ("counts", np.zeros(k, dtype=np.int64)),
+                                ("x", _f(rng, N, IC)), ("labels", np.array([0, 2, 1, 0, 2], dtype=np.int64))], [],
+              {"centroids", "counts"}),
+    ]
+
+
 # functions of peftc._C that take only sizes, no arrays: not kernels, so no case
 SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
-                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
+                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size",
+                "lora_per_example_grad_workspace_size", "kmeans_assign_workspace_size"}
 # the BLAS thread settings take no arrays; their boundary cases are in test_blas_threads.py
 BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count", "sgemm_profile",
                  "sgemm_profile_read"}

@@ -15,6 +15,7 @@ extern PyMethodDef peftc_py_eva_methods[];
 extern PyMethodDef peftc_py_optim_methods[];
 extern PyMethodDef peftc_py_random_methods[];
 extern PyMethodDef peftc_py_blas_methods[];
+extern PyMethodDef peftc_py_lifelong_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_linear_lora_methods, /* linear layer and LoRA */
@@ -28,6 +29,7 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_optim_methods,       /* optimizers and the training loss */
     peftc_py_random_methods,      /* random numbers and dropout */
     peftc_py_blas_methods,        /* BLAS thread settings (blas.h) */
+    peftc_py_lifelong_methods,    /* lifelong data selection */
 };
 
 static struct PyModuleDef moduledef = {
