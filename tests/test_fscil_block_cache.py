@@ -58,8 +58,10 @@ def test_top_blocks_on_cached_states_give_the_full_forward_outputs_and_gradients
     full_grads = _grads(model)
     upper = {n for n in full_grads if any(f"encoder.layer.{i}." in n for i in range(start, 2))}
     model.zero_grad()
+    kept = hidden.copy()
     top(hidden, mask)
     assert top.backward(dy, input_grad=False) is None
+    np.testing.assert_array_equal(hidden, kept)  # cached states are read, never written: reused every step
     got = _grads(model)
     for name, g in got.items():
         if name in upper:
