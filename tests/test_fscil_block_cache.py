@@ -47,7 +47,8 @@ def test_top_blocks_on_cached_states_give_the_full_forward_outputs_and_gradients
     hidden = bert.hidden_states_before(start, ids, mask)
     assert hidden.shape == full.shape and not hidden[~real].any()  # padding skipped: zero there
     top = bert.top_blocks(start)
-    assert not list(top.named_parameters())  # the layers are the encoder's, listed there once
+    own = {id(p) for p in top.parameters()}  # the encoder's own top blocks, adapters included, not copies
+    assert own == {id(p) for n, p in bert.named_parameters() if any(f"layer.{i}." in n for i in range(start, 2))}
     assert_close(top(hidden, mask)[real], full[real], 1e-5, 1e-5, f"outputs from block {start}")
 
     dy = np.random.default_rng(4).standard_normal(full.shape).astype(np.float32) * real[..., None]

@@ -456,12 +456,13 @@ class BertTopBlocks(Module):
     trainable parameters and returns d(hidden_states) (new, added into ``dx``, or None with
     ``input_grad=False``, which also spares block ``start`` that product).
 
-    The layers are referenced, not owned: this module lists no children or parameters of its own (they are
-    the encoder's), and it follows the layers' train / eval mode.
+    Its children are the encoder's own layers, shared, not copied (``named_parameters()`` lists the top blocks'
+    parameters, adapters included, under ``layer.0...``): keep it out of another module's attributes, where
+    they would be listed twice. It follows the layers' train / eval mode.
     """
 
     def __init__(self, layers: list[BertLayer], start: int) -> None:
-        self._layers = list(layers)  # a plain list: not children, so nothing is listed twice
+        self.layer = ModuleList(list(layers))
         self.start = int(start)
 
     def forward(self, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -472,15 +473,16 @@ class BertTopBlocks(Module):
             raise TypeError(f"hidden_states must be a float32 (B, T, H) numpy.ndarray, got {got}")
         attention_mask = _ids(attention_mask, "attention_mask", hidden_states.shape[:2])
         x = hidden_states
-        for layer in self._layers:
+        for layer in self.layer:
             x = layer(x, attention_mask)
         return x
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
-        for i in reversed(range(len(self._layers))):
+        layers = list(self.layer)
+        for i in reversed(range(len(layers))):
             first = i == 0
-            dy = self._layers[i].backward(dy, dx=dx if first else None, input_grad=input_grad or not first)
-        if not self._layers:  # start = L: the states are the output
+            dy = layers[i].backward(dy, dx=dx if first else None, input_grad=input_grad or not first)
+        if not layers:  # start = L: the states are the output
             if not input_grad:
                 return None
             if dx is None:
