@@ -399,3 +399,95 @@ class BertModel(Module):
     def sentence_embedding_backward(self, demb: np.ndarray) -> None:
         """Backward of :meth:`sentence_embedding` through pooling, normalisation and the encoder."""
         self.backward(self.pooling.backward(demb))
+
+    # -- running the top blocks on cached inputs ------------------------------------------------------
+    def hidden_states_before(self, block: int, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                             token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """(B, T, H): the hidden states entering block ``block`` (0: the embeddings' output; L: the last hidden
+        state), for :meth:`top_blocks` to start from. Inference only (eval mode: no dropout, no backward), with
+        the padding skipped as in ``forward(..., skip_padding=True)``: zero at the padded positions.
+
+        When blocks 0 .. block-1 are frozen, these states are fixed per example: compute them once, keep them,
+        and run only the top blocks on them (training included).
+
+        >>> h = bert.eval().hidden_states_before(5, ids, mask)          # doctest: +SKIP
+        >>> np.allclose(bert.top_blocks(5)(h, mask), bert(ids, mask))   # doctest: +SKIP
+        """
+        self._check_block(block)
+        if self.training:
+            raise ValueError("hidden_states_before is for inference: call eval() first (it keeps nothing for a "
+                             "backward, and the cached states must not depend on dropout)")
+        input_ids = _ids(input_ids, "input_ids")
+        attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
+        token_type_ids = _ids(token_type_ids, "token_type_ids", input_ids.shape)
+        x = self.embeddings(input_ids, token_type_ids, None)
+        lower = list(self.encoder.layer)[:block]
+        if attention_mask is None or attention_mask.all():
+            for layer in lower:
+                x = layer(x, attention_mask)
+            return x
+        packed = PackedTokens(attention_mask)
+        rows = packed.gather(x)
+        for layer in lower:
+            rows = layer(rows, packed)
+        return packed.scatter(rows)
+
+    def top_blocks(self, start: int) -> BertTopBlocks:
+        """A module running blocks ``start`` .. L-1 of this encoder (the same layers and parameters, adapters
+        included) on the states entering block ``start`` (:meth:`hidden_states_before`), with their mask.
+
+        >>> top = bert.top_blocks(5)                                   # doctest: +SKIP
+        >>> out = top(h, mask); top.backward(dout, input_grad=False)    # the top block's gradients only
+        """
+        self._check_block(start)
+        return BertTopBlocks(list(self.encoder.layer)[start:], start)
+
+    def _check_block(self, block: int) -> None:
+        layers = self.config.num_hidden_layers
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or not 0 <= block <= layers:
+            raise ValueError(f"block must be an integer in [0, {layers}] (num_hidden_layers={layers}), got {block!r}")
+
+
+class BertTopBlocks(Module):
+    """Blocks ``start`` .. L-1 of a :class:`BertModel` (made by :meth:`BertModel.top_blocks`):
+    ``forward(hidden_states, attention_mask)`` with hidden_states (B, T, H) float32 entering block ``start`` and
+    the (B, T) int64 mask (or None) -> the last hidden state (B, T, H), as ``BertModel.forward`` computes it from
+    the tokens. ``backward(dy, *, dx=None, input_grad=True)`` accumulates the gradients of those blocks'
+    trainable parameters and returns d(hidden_states) (new, added into ``dx``, or None with
+    ``input_grad=False``, which also spares block ``start`` that product).
+
+    Its children are the encoder's own layers, shared, not copied (``named_parameters()`` lists the top blocks'
+    parameters, adapters included, under ``layer.0...``): keep it out of another module's attributes, where
+    they would be listed twice. It follows the layers' train / eval mode.
+    """
+
+    def __init__(self, layers: list[BertLayer], start: int) -> None:
+        self.layer = ModuleList(list(layers))
+        self.start = int(start)
+
+    def forward(self, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        if (not isinstance(hidden_states, np.ndarray) or hidden_states.dtype != np.float32
+                or hidden_states.ndim != 3):
+            got = (f"{hidden_states.dtype} {hidden_states.shape}" if isinstance(hidden_states, np.ndarray)
+                   else type(hidden_states).__name__)
+            raise TypeError(f"hidden_states must be a float32 (B, T, H) numpy.ndarray, got {got}")
+        attention_mask = _ids(attention_mask, "attention_mask", hidden_states.shape[:2])
+        x = hidden_states
+        for layer in self.layer:
+            x = layer(x, attention_mask)
+        return x
+
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        layers = list(self.layer)
+        for i in reversed(range(len(layers))):
+            first = i == 0
+            dy = layers[i].backward(dy, dx=dx if first else None, input_grad=input_grad or not first)
+        if not layers:  # start = L: the states are the output
+            if not input_grad:
+                return None
+            if dx is None:
+                return dy.copy()
+            dx = self._check_dx(dx, dy.shape)
+            dx += dy
+            return dx
+        return dy
