@@ -14,7 +14,10 @@ be checked against each other before timing.
                   one backward of the 4 batches stacked (4B rows), every frozen GEMM once over all rows and
                   the four adapters in one grouped kernel call per layer.
 
-Both sides start from the same adapter weights each time and run in one process at the same thread
+Both sides train on the real tokens only (BertModel packs a padded batch in training mode): a separate
+run's batch of B glosses and the stacked batch of 4B cost their real tokens, not B or 4B times the longest
+gloss (over an epoch of the job's batches of 32 the padded widths hold 2.8x the real tokens; the stacked
+4 x 32, padded to the longest of 128, held 3.6x). Both sides start from the same adapter weights each time and run in one process at the same thread
 count, timed in alternation (common.time_interleaved), median of ``--repeats``. Before timing, one short
 run of each side is compared: the adapters must end within ``CHECK_TOL`` of each other (but for
 AdamW sign flips of gradients within rounding of zero: :func:`check_same_adapters`). The results file

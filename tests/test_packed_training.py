@@ -161,12 +161,24 @@ def test_packed_mixed_adapter_batch_rejects_adapter_names_of_the_wrong_length():
         m(ids, mask, types, adapter_names=["default"] * 4)
 
 
-def test_packed_training_backward_refuses_a_gradient_at_the_padding():
+def test_a_gradient_at_the_padding_changes_nothing_as_the_outputs_there_are_constant_zeros():
     m = model()
     ids, mask, types = batch()
-    out = m(ids, mask, types)
-    with pytest.raises(ValueError, match="padding"):
-        m.backward(np.ones_like(out))
+    generator = m.encoder.layer[0].attention.self.generator
+    state = generator.state_dict()
+
+    def grads(dout):
+        generator.load_state_dict(state)  # the same dropout masks
+        m.zero_grad()
+        m(ids, mask, types)
+        m.backward(dout)
+        return {n: p.grad.copy() for n, p in m.named_parameters()}
+
+    dout = np.zeros((*ids.shape, CFG["hidden_size"]), dtype=np.float32)
+    dout[:, 0] = np.random.default_rng(9).standard_normal(dout.shape[::2])
+    want, got = grads(dout), grads((dout + 5.0 * (mask == 0)[..., None]).astype(np.float32))
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
 
 
 def test_a_mask_with_holes_trains_padded_and_refuses_an_explicit_skip_padding():
@@ -189,3 +201,22 @@ def test_an_eval_skip_padding_forward_refuses_a_later_backward():
         m.backward(np.zeros_like(out))
     m(ids, mask, types)  # a padded forward allows backward again
     m.backward(np.zeros_like(out))
+
+
+def test_the_backward_stops_at_the_lowest_block_with_a_trainable_parameter():
+    m = model(LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[1]))
+    bert = m.get_base_model()
+    calls = []
+    block0 = bert.encoder.layer[0]
+    original = block0.backward
+    block0.backward = lambda *a, **kw: (calls.append(1), original(*a, **kw))[1]
+    generator = block0.attention.self.generator  # the model's one generator: both steps draw the same dropout
+    state = generator.state_dict()
+    _, grads = step(m, *batch(), None)
+    assert calls == [], "block 0 holds nothing trainable and the embeddings are frozen: its backward must not run"
+    block0.attention.output.LayerNorm.weight.requires_grad = True  # now block 0 must run
+    generator.load_state_dict(state)
+    _, with_block0 = step(m, *batch(), None)
+    assert calls == [1]
+    for name, g in grads.items():
+        assert_close(with_block0[name], g, 1e-6, 1e-7, name)

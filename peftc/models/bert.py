@@ -186,11 +186,18 @@ class BertEncoder(Module):
         return x
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
-        """d(encoder input): new, added into ``dx``, or with ``input_grad=False`` the first block skips it and
-        None is returned (a hook's backward for block 0 then does not run)."""
+        """d(encoder input): new, added into ``dx``, or with ``input_grad=False`` None is returned and the backward
+        stops at the lowest block holding a trainable parameter (that block skips d(its input), the blocks below
+        it are not run, nor a hook's backward for them)."""
         blocks, hook = list(self.layer), self._hook
-        for i in reversed(range(len(blocks))):
-            first = i == 0
+        lowest = 0
+        if not input_grad:
+            trainable = [i for i, b in enumerate(blocks) if any(p.requires_grad for _, p in b.named_parameters())]
+            if hook is None and not trainable:
+                return None
+            lowest = trainable[0] if hook is None else 0
+        for i in reversed(range(lowest, len(blocks))):
+            first = i == lowest
             dy = blocks[i].backward(dy, dx=dx if first and hook is None else None, input_grad=input_grad or not first)
             if hook is not None and dy is not None:
                 dy = hook.backward(i, dy)
@@ -301,8 +308,9 @@ class BertModel(Module):
         padding: the layers' inputs are then the (N, H) rows of the N real tokens, so the products cost the
         real tokens only. The real tokens' outputs and, in training, every parameter gradient are those of the
         padded forward (up to float rounding; dropout draws the same masks, per padded position); the padding
-        positions' outputs are zero instead of the values a padded forward computes for them, and the backward
-        needs ``dy`` zero there (what mean pooling, a [CLS] read-out or a loss that ignores the padding give).
+        positions' outputs are zero instead of the values a padded forward computes for them (constants: the
+        backward ignores ``dy`` there, which is what mean pooling, a [CLS] read-out or a loss that ignores the
+        padding give anyway).
         ``None`` (default): on in training mode, off in eval mode (outputs at the padding as Hugging Face
         computes them). In training, rows whose real tokens are not one run (holes in the mask) and a
         ``block_input_hook`` run padded; an explicit ``skip_padding=True`` with a hook is an error.
@@ -320,7 +328,7 @@ class BertModel(Module):
         Example:
             >>> model.train()
             >>> out = model(ids, mask)          # real tokens only; zeros at the padding
-            >>> model.backward(dout)            # dout zero at the padding (e.g. MeanPooling's backward)
+            >>> model.backward(dout)            # dout at the padding is ignored
         """
         if inputs_embeds is None or input_ids is not None:
             input_ids = _ids(input_ids, "input_ids")
@@ -360,7 +368,7 @@ class BertModel(Module):
         The input is token ids, which have no gradient (None, and a ``dx`` is an error), unless the
         forward took ``inputs_embeds``: then their gradient is returned (new, added into ``dx``, or
         skipped with ``input_grad=False``). After a forward on the real tokens only (see :meth:`forward`)
-        ``dy`` must be zero at the padding positions.
+        ``dy`` at the padding positions is ignored (the outputs there were constant zeros).
         """
         packed = self._packed
         if packed is not None:
@@ -370,10 +378,6 @@ class BertModel(Module):
             if dy.shape != packed.mask.shape + (self.config.hidden_size,):
                 raise ValueError(f"dy has shape {dy.shape}, the forward's output was "
                                  f"{packed.mask.shape + (self.config.hidden_size,)}")
-            if not packed.padding_is_zero(dy):
-                raise ValueError("dy is nonzero at padding positions, but the forward ran on the real tokens only "
-                                 "(training with a padded attention_mask): use a loss that ignores the padding, or "
-                                 "forward with skip_padding=False")
         if not self._embeds:
             self._no_input_grad(dx, "integer token ids (the forward took no inputs_embeds)")
         want = input_grad and self._embeds

@@ -65,8 +65,3 @@ class PackedTokens:
         out = np.zeros((self.mask.size, rows.shape[-1]), dtype=rows.dtype)
         out[self.index] = rows
         return out.reshape(*self.mask.shape, rows.shape[-1])
-
-    def padding_is_zero(self, x: np.ndarray) -> bool:
-        """Whether the (B, T, H) array x is zero at every padding position."""
-        pad = np.flatnonzero(self.mask.reshape(-1) == 0)
-        return not np.any(np.take(x.reshape(-1, x.shape[-1]), pad, axis=0))
