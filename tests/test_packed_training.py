@@ -42,9 +42,9 @@ def state_dict(seed: int = 0) -> dict[str, np.ndarray]:
     return sd
 
 
-def model(config=None, **adapters):
+def model(config=None, bert_config=CFG, **adapters):
     """A tiny BERT in training mode, fully trainable, or frozen with an adapter (its parameters randomised)."""
-    m = BertModel.from_state_dict(BertConfig.from_dict(CFG), state_dict(), seed=5)
+    m = BertModel.from_state_dict(BertConfig.from_dict(bert_config), state_dict(), seed=5)
     if config is not None:
         m.requires_grad_(False)
         m = get_peft_model(m, config)
@@ -220,3 +220,36 @@ def test_the_backward_stops_at_the_lowest_block_with_a_trainable_parameter():
     assert calls == [1]
     for name, g in grads.items():
         assert_close(with_block0[name], g, 1e-6, 1e-7, name)
+
+
+@pytest.mark.parametrize("train_b,b_layers,dropout,shared", [(True, [1], 0.0, True), (False, [0, 1], 0.0, False),
+                                                             (True, [1], 0.1, False)],
+                         ids=["adapters_on_block_1", "a_frozen_adapter_on_block_0", "dropout_on"])
+def test_identical_rows_run_the_frozen_blocks_below_the_adapters_once_with_the_same_step(train_b, b_layers, dropout,
+                                                                                          shared):
+    no_dropout = dict(CFG, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    cfg = LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[1])
+    other = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], layers_to_transform=b_layers)
+    ids, mask, types = (np.concatenate([a, a]) for a in batch())  # two adapters, the same five glosses
+    names = ["default"] * 5 + ["b"] * 5
+    results = []
+    for share in (True, False):
+        m = model(cfg, no_dropout, b=other)
+        for p in m.get_adapter_parameters("b"):  # a frozen adapter still gives its rows other outputs
+            p.requires_grad = train_b
+        bert = m.get_base_model()
+        if not share:  # the reference: every row through every block
+            bert._shared_blocks = lambda: 0
+        seen = []
+        for j in (0, 1):
+            layer = bert.encoder.layer[j].intermediate.dense
+            layer.forward = (lambda f, j: lambda x: (seen.append((j, x.shape[0])), f(x))[1])(layer.forward, j)
+        results.append((step(m, ids, mask, types, None, adapter_names=names), seen))
+    (loss, grads), seen = results[0]
+    (want_loss, want), seen_all = results[1]
+    real = int(mask.sum())
+    assert seen == [(0, real // 2 if shared else real), (1, real)] and seen_all == [(0, real), (1, real)]
+    assert_close(loss, want_loss, RTOL, ATOL, "loss")
+    for name in want:
+        assert np.abs(want[name]).max() > 0, name
+        assert_close(grads[name], want[name], RTOL, ATOL, name)

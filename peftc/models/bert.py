@@ -174,12 +174,14 @@ class BertEncoder(Module):
         self._hook: BlockInputHook | None = None
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None,
-                block_input_hook: BlockInputHook | None = None) -> np.ndarray:
-        """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`."""
+                block_input_hook: BlockInputHook | None = None, blocks: range | None = None) -> np.ndarray:
+        """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`; ``blocks`` (default
+        all) the blocks to run, in order."""
         if block_input_hook is not None and isinstance(attention_mask, PackedTokens):
             raise ValueError("block_input_hook works on padded (B, T, H) states, not on a skip_padding forward")
         self._hook = block_input_hook
-        for j, block in enumerate(self.layer):
+        for j in blocks if blocks is not None else range(len(self.layer)):
+            block = self.layer[j]
             if block_input_hook is not None:
                 x = block_input_hook.forward(j, x)
             x = block(x, attention_mask)
@@ -217,6 +219,11 @@ def _ids(a: np.ndarray | None, name: str, shape: tuple[int, ...] | None = None) 
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, input_ids has {shape}")
     return a
+
+
+# the layer types of a block (and the embeddings) with no adapter in them: see BertModel._shared_blocks
+_PLAIN_LAYERS = frozenset({BertEmbeddings, Embedding, BertLayer, BertAttention, BertSelfAttention, BertResidualOutput,
+                           BertIntermediate, Linear, LayerNorm, Dropout, GELU})
 
 
 class BertModel(Module):
@@ -355,12 +362,62 @@ class BertModel(Module):
                     raise ValueError(f"skip_padding=True in training needs each row's real tokens in one run (right "
                                      f"or left padding); the attention_mask of shape {attention_mask.shape} has holes")
                 packed = None
-        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         if packed is None:
-            return self.encoder(x, attention_mask, block_input_hook)
+            return self.encoder(self.embeddings(input_ids, token_type_ids, inputs_embeds), attention_mask,
+                                block_input_hook)
         self._packed, self._packed_training = packed, self.training
+        shared = self._shared_blocks() if inputs_embeds is None else 0
+        h, start = None, 0
+        if shared:
+            h = self._shared_forward(input_ids, attention_mask, token_type_ids, packed, shared)
+            start = shared if h is not None else 0
+        if h is None:
+            h = packed.gather(self.embeddings(input_ids, token_type_ids, inputs_embeds))
         with packed_batch_rows(packed.batch_row, packed.mask.shape[0]):
-            return packed.scatter(self.encoder(packed.gather(x), packed))
+            return packed.scatter(self.encoder(h, packed, blocks=range(start, len(self.encoder.layer))))
+
+    def _shared_blocks(self) -> int:
+        """How many of the lowest blocks compute every row the same way from its tokens alone: plain frozen
+        layers (no adapter layer, nothing trainable, no active dropout; the embeddings likewise). Identical
+        rows of a batch (N adapters trained on the same inputs) give identical outputs there."""
+        def plain(m: Module) -> bool:
+            if any(p.requires_grad for _, p in m.named_parameters()):
+                return False
+            for _, c in m.named_modules():
+                if type(c) not in _PLAIN_LAYERS:
+                    return False
+                drop = c.p if isinstance(c, Dropout) else c.dropout if isinstance(c, SelfAttention) else 0.0
+                if self.training and drop > 0.0:
+                    return False
+            return True
+
+        if not plain(self.embeddings):
+            return 0
+        count = 0
+        for block in self.encoder.layer:
+            if not plain(block):
+                break
+            count += 1
+        return count
+
+    def _shared_forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None,
+                        packed: PackedTokens, shared: int) -> np.ndarray | None:
+        """The real-token rows entering block ``shared``, the embeddings and blocks below it run once per distinct
+        batch row (None when every row is distinct). Nothing there trains, so the backward stops above them."""
+        key = np.concatenate([a for a in (input_ids, attention_mask, token_type_ids) if a is not None], axis=1)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        if first.size == key.shape[0]:
+            return None
+        inverse = inverse.reshape(-1)
+        types = token_type_ids[first] if token_type_ids is not None else None
+        distinct = PackedTokens(np.ascontiguousarray(attention_mask[first]))
+        x = self.embeddings(np.ascontiguousarray(input_ids[first]), types)
+        h = self.encoder(distinct.gather(x), distinct, blocks=range(shared))
+        # row b's tokens are those of its distinct row inverse[b]
+        lengths = np.diff(packed.offsets)
+        source = np.repeat(distinct.offsets[:-1][inverse] - packed.offsets[:-1], lengths) + np.arange(packed.count)
+        return np.ascontiguousarray(h[source])
+
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the gradients of all trainable parameters given d(last hidden state).
