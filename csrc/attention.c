@@ -464,8 +464,8 @@ static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
 
 /* offsets start at 0, do not decrease and end at N; each sequence fits its padded row (starts[s] >= 0,
  * starts[s] + its length <= T) */
-static peftc_status packed_args(const int64_t *offsets, const int64_t *starts, float p, int64_t S, int64_t N,
-                                int64_t T, int64_t H, int64_t NH)
+static peftc_status packed_args(const int64_t *offsets, const int64_t *starts, float p, int64_t S, int64_t N, int64_t T,
+                                int64_t H, int64_t NH)
 {
     if (S < 0 || N < 0 || T < 0 || H < 0 || NH < 1 || H % NH != 0)
         return PEFTC_ERR_SIZE;

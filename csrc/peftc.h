@@ -329,9 +329,9 @@ peftc_status peftc_attention_packed_backward(float *dq /* (N,H) accumulated, or 
                                              const float *dout /* (N,H) */, const float *q /* (N,H) */,
                                              const float *k /* (N,H) */, const float *v /* (N,H) */,
                                              const float *att /* (NA) from the forward */,
-                                             const int64_t *offsets /* (S+1) */, const int64_t *starts /* (S) or NULL */,
-                                             float p, uint64_t seed, uint64_t offset, int64_t S, int64_t N, int64_t T,
-                                             int64_t H, int64_t NH);
+                                             const int64_t *offsets /* (S+1) */,
+                                             const int64_t *starts /* (S) or NULL */, float p, uint64_t seed,
+                                             uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH);
 
 /* ---- causal attention against a KV cache (attention.c): the decoder's inference step ----------------
  * TQ new queries per sequence attend to the first TK rows of a key / value cache of TC rows, which

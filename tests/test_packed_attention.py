@@ -151,8 +151,10 @@ def test_packed_backward_reference_matches_float64_finite_differences(rng):
     q, k, v, offsets, starts, t, _ = training_case(rng, lengths=(3, 0, 4), starts=(1, 0, 0), t=5)
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
     w = rng.standard_normal(q.shape)
-    loss = lambda: float((w * R.attention_packed_forward(q, k, v, offsets, NH, P, SEED, OFFSET, starts=starts,  # noqa: E731
-                                                         seq_len=t)).sum())
+    def loss():
+        return float((w * R.attention_packed_forward(q, k, v, offsets, NH, P, SEED, OFFSET, starts=starts,
+                                                     seq_len=t)).sum())
+
     want = grads(R.attention_packed_backward, w, q, k, v, None, offsets, NH, P, SEED, OFFSET, starts=starts, seq_len=t)
     for name, x, g in zip("qkv", (q, k, v), want):
         assert_close(g, numerical_grad(loss, x), 1e-6, 1e-8, f"d{name}")

@@ -518,12 +518,12 @@ static PyObject *py_attention_cached_forward(PyObject *self, PyObject *args)
 
 static PyObject *py_attention_packed_workspace_size(PyObject *args, int backward)
 {
-    const char *fn =
-        backward ? "attention_packed_backward_workspace_size" : "attention_packed_forward_workspace_size";
+    const char *fn = backward ? "attention_packed_backward_workspace_size" : "attention_packed_forward_workspace_size";
     long long T;
     float p = 0.0f;
-    if (!PyArg_ParseTuple(args, backward ? "Lf:attention_packed_backward_workspace_size"
-                                         : "L:attention_packed_forward_workspace_size",
+    if (!PyArg_ParseTuple(args,
+                          backward ? "Lf:attention_packed_backward_workspace_size"
+                                   : "L:attention_packed_forward_workspace_size",
                           &T, &p))
         return NULL;
     /* at most 64 threads (parallel.h) times 2 T^2 floats */
@@ -610,8 +610,10 @@ static PyObject *py_attention_packed_forward(PyObject *self, PyObject *args)
         attention_heads(&ck, NH) < 0)
         return NULL;
     if (p > 0.0f && !att) {
-        PyErr_Format(PyExc_ValueError, "%s: dropout %g needs 'att' (dropout is for training, which keeps the "
-                     "probabilities)", ck.fn, (double)p);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: dropout %g needs 'att' (dropout is for training, which keeps the "
+                     "probabilities)",
+                     ck.fn, (double)p);
         return NULL;
     }
     int64_t longest, scores;

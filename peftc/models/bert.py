@@ -314,7 +314,9 @@ class BertModel(Module):
         ``skip_padding`` runs the encoder on the real tokens alone (:class:`PackedTokens`) when the mask has
         padding: the layers' inputs are then the (N, H) rows of the N real tokens, so the products cost the
         real tokens only. The real tokens' outputs and, in training, every parameter gradient are those of the
-        padded forward (up to float rounding; dropout draws the same masks, per padded position); the padding
+        padded forward (up to float rounding; the hidden and attention dropouts draw the same masks, per padded
+        position; an adapter's own input dropout, ``lora_dropout``, draws over the rows its layer sees, so with
+        it a packed step is an equally distributed but different draw from the padded one); the padding
         positions' outputs are zero instead of the values a padded forward computes for them (constants: the
         backward ignores ``dy`` there, which is what mean pooling, a [CLS] read-out or a loss that ignores the
         padding give anyway).
