@@ -300,18 +300,38 @@ peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL 
                                       uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH);
 
 /* ---- packed-sequence attention (attention.c) -----------------------------------------------------
- * Inference-only self-attention of S sequences stored back to back as N = offsets[S] rows: sequence
- * s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those rows alone (no
- * mask, no dropout, no probabilities kept). Each sequence's output equals peftc_attention_forward on
- * it as a (1,T,H) batch, bit for bit, for any thread count; the (sequence, head) pairs are split over
- * the threads. offsets must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspace
- * is queried with T = the longest sequence. */
+ * Self-attention of S sequences stored back to back as N = offsets[S] rows (a padded batch without its
+ * padding): sequence s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those
+ * rows alone (no mask). Each sequence's output equals peftc_attention_forward on it as a (1,T,H) batch,
+ * bit for bit, for any thread count; the (sequence, head) pairs are split over the threads. offsets
+ * must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspaces are queried with
+ * T = the longest sequence.
+ * Training keeps the probabilities in att, NA = NH * (sum over s of T_s^2) floats: pair (s, h) is the
+ * row-major (T_s,T_s) block at NH * (T_0^2 + .. + T_{s-1}^2) + h T_s^2 (att NULL: inference, nothing
+ * kept, p must be 0). Dropout draws what peftc_attention_forward draws for the padded batch the
+ * sequences came from, of width T with sequence s in row s at positions starts[s] .. (starts NULL:
+ * at 0): element (s,h,i,j) is kept when uniform(seed, offset + ((s*NH + h)*T + starts[s] + i)*T +
+ * starts[s] + j) >= p, so a packed step drops what the padded step drops (p > 0 needs
+ * starts[s] + T_s <= T). */
 int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
 peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
+                                            float *att /* (NA) overwritten: probabilities before dropout, or NULL */,
                                             float *work /* peftc_attention_packed_forward_workspace_size() floats */,
                                             const float *q /* (N,H) */, const float *k /* (N,H) */,
-                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
-                                            int64_t N, int64_t H, int64_t NH);
+                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
+                                            const int64_t *starts /* (S) or NULL */, float p, uint64_t seed,
+                                            uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH);
+int64_t peftc_attention_packed_backward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_packed_backward(float *dq /* (N,H) accumulated, or NULL */,
+                                             float *dk /* (N,H) accumulated, or NULL */,
+                                             float *dv /* (N,H) accumulated, or NULL */,
+                                             float *work /* peftc_attention_packed_backward_workspace_size() floats */,
+                                             const float *dout /* (N,H) */, const float *q /* (N,H) */,
+                                             const float *k /* (N,H) */, const float *v /* (N,H) */,
+                                             const float *att /* (NA) from the forward */,
+                                             const int64_t *offsets /* (S+1) */,
+                                             const int64_t *starts /* (S) or NULL */, float p, uint64_t seed,
+                                             uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH);
 
 /* ---- causal attention against a KV cache (attention.c): the decoder's inference step ----------------
  * TQ new queries per sequence attend to the first TK rows of a key / value cache of TC rows, which
@@ -676,6 +696,15 @@ peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float
                                    uint64_t offset, int64_t P);
 peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
                                     uint64_t seed, uint64_t offset, int64_t P);
+/* The same masks on chosen rows of a larger (R,C) array: row n of x is row rows[n] of it, whose element
+ * (rows[n], c) is kept when uniform(seed, offset + rows[n]*C + c) >= p (what peftc_dropout_forward
+ * draws for the whole array; a packed batch drops what its padded batch drops). rows[n] >= 0. */
+peftc_status peftc_dropout_rows_forward(float *out /* (N,C) overwritten */, const float *x /* (N,C) */,
+                                        const int64_t *rows /* (N) */, float p, uint64_t seed, uint64_t offset,
+                                        int64_t N, int64_t C);
+peftc_status peftc_dropout_rows_backward(float *dx /* (N,C) accumulated */, const float *dout /* (N,C) */,
+                                         const int64_t *rows /* (N) */, float p, uint64_t seed, uint64_t offset,
+                                         int64_t N, int64_t C);
 
 /* ==== lifelong data selection (lifelong.c): Adapt-inf's sample vectors and pseudo-skill clusters ======
  * Extra dimension letters for this section: E  examples (segments of rows)   D  sample-vector width

@@ -205,6 +205,28 @@ def dropout_backward(dout: np.ndarray, p: float, seed: int = 0, offset: int = 0,
     _C.dropout_backward(dx, dout, p, seed, offset)
 
 
+def dropout_rows_forward(x: np.ndarray, rows: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """Dropout of x (N, C) as rows ``rows`` (int64 (N,)) of a larger (R, C) array: the mask
+    :func:`dropout_forward` draws for that array, at those rows (a packed batch drops what its padded
+    batch drops).
+
+    >>> x = np.ones((2, 3), np.float32)
+    >>> whole = dropout_forward(np.ones((4, 3), np.float32), 0.5, seed=1)
+    >>> bool((dropout_rows_forward(x, np.array([3, 1]), 0.5, seed=1) == whole[[3, 1]]).all())
+    True
+    """
+    y = np.empty_like(x) if out is None else out
+    _C.dropout_rows_forward(y, x, rows, p, seed, offset)
+    return y
+
+
+def dropout_rows_backward(dout: np.ndarray, rows: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
+                          dx: np.ndarray) -> None:
+    """dx += dout * mask / (1 - p) with the mask of :func:`dropout_rows_forward`."""
+    _C.dropout_rows_backward(dx, dout, rows, p, seed, offset)
+
+
 def rng_uniform(shape: tuple[int, ...], low: float, high: float, seed: int, offset: int = 0, *,
                 out: np.ndarray | None = None) -> np.ndarray:
     """Uniform [low, high) draws; element i depends only on (seed, offset + i)."""
@@ -699,21 +721,71 @@ def attention_packed_forward_workspace_size(longest: int) -> int:
     return _C.attention_packed_forward_workspace_size(longest)
 
 
-def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int, *,
-                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
-    """Inference self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
+def attention_packed_backward_workspace_size(longest: int, dropout: float) -> int:
+    """Floats of scratch :func:`attention_packed_backward` needs when the longest sequence has ``longest`` rows."""
+    return _C.attention_packed_backward_workspace_size(longest, dropout)
+
+
+def attention_packed_probs_size(offsets: np.ndarray, num_heads: int) -> int:
+    """Floats of the probabilities a training :func:`attention_packed_forward` keeps: NH * sum of T_s^2.
+
+    >>> attention_packed_probs_size(np.array([0, 2, 5]), 2)
+    26
+    """
+    lengths = np.diff(offsets)
+    return int(num_heads * np.dot(lengths, lengths))
+
+
+def _longest(offsets: np.ndarray) -> int:
+    return int(np.diff(offsets).max()) if offsets.size > 1 else 0
+
+
+def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int,
+                             dropout: float = 0.0, seed: int = 0, offset: int = 0, *, starts: np.ndarray | None = None,
+                             seq_len: int = 0, att: np.ndarray | None = None, out: np.ndarray | None = None,
+                             work: np.ndarray | None = None) -> np.ndarray:
+    """Self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
 
     Sequence s is rows ``offsets[s]:offsets[s+1]`` (``offsets`` int64, starting at 0, ending at N) and
-    attends among its own rows only, with no mask and no dropout; each sequence's output equals
-    :func:`attention_forward` on it as a (1, T, H) batch, bit for bit. One C call splits the
-    (sequence, head) pairs over the threads.
+    attends among its own rows only, with no mask; each sequence's output equals :func:`attention_forward`
+    on it as a (1, T, H) batch, bit for bit. One C call splits the (sequence, head) pairs over the threads.
+
+    Training passes ``att``, a float32 array of :func:`attention_packed_probs_size` floats, which receives
+    the probabilities before dropout (pair (s, h) a row-major (T_s, T_s) block, sequence after sequence)
+    for :func:`attention_packed_backward`. ``dropout`` (needs ``att``) drops what :func:`attention_forward`
+    drops for the padded (S, seq_len, H) batch the rows came from, sequence s in row s at positions
+    ``starts[s]`` .. (``starts`` int64 (S,), None: 0), with the same ``seed`` and ``offset``.
+
+    >>> q = np.ones((5, 4), np.float32); offsets = np.array([0, 2, 5])
+    >>> att = np.empty(attention_packed_probs_size(offsets, 2), np.float32)
+    >>> attention_packed_forward(q, q, q, offsets, 2, att=att).shape, float(att[0])
+    ((5, 4), 0.5)
     """
     y = _empty(q.shape, out)
     if work is None:
-        longest = int(np.diff(offsets).max()) if offsets.size > 1 else 0
-        work = np.empty(attention_packed_forward_workspace_size(longest), dtype=np.float32)
-    _C.attention_packed_forward(y, work, q, k, v, offsets, num_heads)
+        work = np.empty(attention_packed_forward_workspace_size(_longest(offsets)), dtype=np.float32)
+    _C.attention_packed_forward(y, att, work, q, k, v, offsets, starts, dropout, seed, offset, seq_len, num_heads)
     return y
+
+
+def attention_packed_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: np.ndarray,
+                              offsets: np.ndarray, num_heads: int, dropout: float = 0.0, seed: int = 0,
+                              offset: int = 0, *, starts: np.ndarray | None = None, seq_len: int = 0,
+                              dq: np.ndarray | None = None, dk: np.ndarray | None = None, dv: np.ndarray | None = None,
+                              work: np.ndarray | None = None) -> None:
+    """Accumulate dq, dk, dv (N, H) of a training :func:`attention_packed_forward` (its ``att`` and the same
+    ``offsets``, dropout, seed, offset, starts and seq_len); each may be None.
+
+    >>> q = np.ones((5, 4), np.float32); offsets = np.array([0, 2, 5])
+    >>> att = np.empty(attention_packed_probs_size(offsets, 2), np.float32)
+    >>> _ = attention_packed_forward(q, q, q, offsets, 2, att=att)
+    >>> dv = np.zeros_like(q); attention_packed_backward(q, q, q, q, att, offsets, 2, dv=dv); float(dv[0, 0])
+    1.0
+    """
+    if work is None:
+        work = np.empty(attention_packed_backward_workspace_size(_longest(offsets), dropout), dtype=np.float32)
+    _C.attention_packed_backward(dq, dk, dv, work, dout, q, k, v, att, offsets, starts, dropout, seed, offset,
+                                 seq_len, num_heads)
 
 
 # ---- Bone / MiSS and Bat ---------------------------------------------------------------------------

@@ -100,6 +100,10 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
                                 ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
+        _case("dropout_rows_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC)),
+                                       ("rows", np.arange(N, dtype=np.int64)[::-1].copy())], [0.25, 3, 5], {"out"}),
+        _case("dropout_rows_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)),
+                                        ("rows", np.arange(N, dtype=np.int64) * 2)], [0.25, 3, 5], {"dx"}),
         _case("cross_entropy_forward", [("probs", _f(rng, N, C)), ("logits", _f(rng, N, C)), ("labels", labels)],
               [-100], {"probs"}),
         _case("cross_entropy_backward", [("dlogits", _f(rng, N, C)), ("probs", probs), ("labels", labels.copy())],
@@ -383,12 +387,19 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
     """Packed-sequence attention: sequences of 2, 0 and 3 rows stored back to back."""
     n, h, nh = 5, 4, 2
     offsets = np.array([0, 2, 2, 5], dtype=np.int64)
+    starts = np.array([1, 0, 0], dtype=np.int64)  # padded rows of T = 4
     return [
-        _case("attention_packed_forward", [("out", _f(rng, n, h)),
+        _case("attention_packed_forward", [("out", _f(rng, n, h)), ("att", _f(rng, nh * 13)),
                                            ("work", _f(rng, _C.attention_packed_forward_workspace_size(3))),
                                            ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
-                                           ("offsets", offsets)], [nh], {"out", "work"},
-              any_shape={"work", "offsets"}),
+                                           ("offsets", offsets), ("starts", starts)], [0.2, 3, 5, 4, nh],
+              {"out", "att", "work"}, any_shape={"att", "work", "offsets", "starts"}, optional={"att", "starts"}),
+        _case("attention_packed_backward", [("dq", _f(rng, n, h)), ("dk", _f(rng, n, h)), ("dv", _f(rng, n, h)),
+                                            ("work", _f(rng, _C.attention_packed_backward_workspace_size(3, 0.2))),
+                                            ("dout", _f(rng, n, h)), ("q", _f(rng, n, h)), ("k", _f(rng, n, h)),
+                                            ("v", _f(rng, n, h)), ("att", _f(rng, nh * 13)), ("offsets", offsets),
+                                            ("starts", starts)], [0.2, 3, 5, 4, nh], {"dq", "dk", "dv", "work"},
+              any_shape={"att", "work", "offsets", "starts"}, optional={"dq", "dk", "dv", "starts"}),
         _case("attention_cached_forward", [("out", _f(rng, 2, 2, h)),
                                            ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3))),
                                            ("q", _f(rng, 2, 2, h)), ("k_cache", _f(rng, 2, 5, h)),
@@ -454,8 +465,9 @@ def _lifelong_cases(rng: np.random.Generator) -> list[KernelCase]:
 SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
-                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size",
-                "lora_per_example_grad_workspace_size", "kmeans_assign_workspace_size"}
+                "attention_packed_forward_workspace_size", "attention_packed_backward_workspace_size",
+                "attention_cached_forward_workspace_size", "lora_per_example_grad_workspace_size",
+                "kmeans_assign_workspace_size"}
 # the BLAS thread settings take no arrays; their boundary cases are in test_blas_threads.py
 BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count", "sgemm_profile",
                  "sgemm_profile_read"}
