@@ -65,6 +65,11 @@ def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def _h(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """bf16 bit patterns (uint16) of standard normal values: a packed weight's storage."""
+    return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
 def _case(fn: str, named: list[tuple[str, object]], scalars: list, outputs: set[str], **kw) -> KernelCase:
     names = {name: i for i, (name, _) in enumerate(named) if name is not None}
     return KernelCase(fn, [v for _, v in named] + scalars, names, outputs, **kw)
@@ -98,6 +103,14 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("rng_normal", [("out", _f(rng, N, IC))], [0.5, 2.0, 3, 5], {"out"}, any_shape={"out"}),
         _case("sample_tokens", [("tokens", rng.integers(0, C, N).astype(np.int64)), ("probs", _f(rng, N, C)),
                                 ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
+        _case("bf16_round", [("out", _h(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("bf16_pack", [("packed", _h(rng, OC, 32)), ("weight", _f(rng, OC, IC))], [], {"packed"}),
+        _case("bf16_unpack", [("weight", _f(rng, OC, IC)), ("packed", _h(rng, OC, 32))], [], {"weight"}),
+        _case("bf16_linear_forward", [("y", _f(rng, N, OC)), ("work", _f(rng, 4)), ("x", _f(rng, N, IC)),
+                                      ("packed_weight", _h(rng, OC, 32)), ("bias", _f(rng, OC))], [False, 0],
+              {"y", "work"}, any_shape={"work"}, optional={"work", "bias"}),
+        _case("bf16_linear_backward", [("dx", _f(rng, N, IC)), ("dy", _f(rng, N, OC)),
+                                       ("packed_weight", _h(rng, OC, 32))], [0], {"dx"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
         _case("cross_entropy_forward", [("probs", _f(rng, N, C)), ("logits", _f(rng, N, C)), ("labels", labels)],
@@ -431,8 +444,9 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
-# functions of peftc._C that take only sizes, no arrays: not kernels, so no case
-SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+# functions of peftc._C that take only sizes, no arrays (and the query of the bf16 paths the CPU runs): not
+# kernels, so no case
+SIZE_QUERIES = {"bf16_linear_workspace_size", "bf16_cpu_paths", "lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
