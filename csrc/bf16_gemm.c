@@ -480,7 +480,58 @@ AVX512BF16 static void fwd_tile_avx512bf16(const fwd_job *j, int64_t n0, int64_t
         }
     }
 }
+
+/* 16 chains of vdpbf16ps on constants: the instruction's throughput at its latency */
+AVX512BF16 static float dot_peak_run(int64_t iterations)
+{
+    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80); /* 1.0 */
+    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380); /* 2^-24: the sums stay finite */
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < iterations; i++)
+#pragma GCC unroll 16
+        for (int r = 0; r < 16; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], a, b);
+    __m512 s = acc[0];
+    for (int r = 1; r < 16; r++)
+        s = _mm512_add_ps(s, acc[r]);
+    return _mm512_reduce_add_ps(s);
+}
 #endif /* BF16_X86 */
+
+/* ---- the bf16 peak, for benchmarks ----------------------------------------------------------------------- */
+
+typedef struct {
+    float *checksum;
+    int64_t iterations;
+} peak_job;
+
+static peftc_status peak_part(void *ctx, int64_t t, int64_t nparts)
+{
+    (void)nparts;
+    peak_job *j = ctx;
+#ifdef BF16_X86
+    j->checksum[t] = dot_peak_run(j->iterations);
+    return PEFTC_OK;
+#else
+    (void)j;
+    (void)t;
+    return PEFTC_ERR_ARG;
+#endif
+}
+
+peftc_status peftc_bf16_dot_peak(float *checksum, int64_t *flops, int64_t iterations, int64_t threads)
+{
+    if (iterations < 0 || threads < 1 || threads > PEFTC_MAX_THREADS || iterations > INT64_MAX / 1024 / threads)
+        return PEFTC_ERR_SIZE;
+    if (!peftc_bf16_path_supported(PEFTC_BF16_AVX512BF16))
+        return PEFTC_ERR_ARG;
+    peak_job j = {.checksum = checksum, .iterations = iterations};
+    *flops = threads * iterations * 16 * 64;
+    return peftc_parallel_run(peak_part, &j, threads);
+}
 
 /* ---- dispatch and threads ---------------------------------------------------------------------------- */
 

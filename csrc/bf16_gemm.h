@@ -111,4 +111,11 @@ peftc_status peftc_bf16_linear_backward(float *dx /* (N,IC) accumulated */, cons
                                         const uint16_t *wp /* (OC,KP) */, peftc_bf16_path path, int64_t N, int64_t IC,
                                         int64_t OC);
 
+/* The machine's bf16 dot-product peak, for benchmarks: on each of `threads` threads (in [1, PEFTC_MAX_THREADS]),
+ * `iterations` rounds of 16 independent vdpbf16ps (16 accumulators, as many as keep the unit busy at its
+ * latency), 64 FLOPs each. *flops = the FLOPs done; checksum[t] = thread t's sum, so that the loop is kept.
+ * PEFTC_ERR_ARG where the CPU lacks AVX512-BF16 (and on other architectures). */
+peftc_status peftc_bf16_dot_peak(float *checksum /* (threads) overwritten */, int64_t *flops, int64_t iterations,
+                                 int64_t threads);
+
 #endif

@@ -444,9 +444,9 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
-# functions of peftc._C that take only sizes, no arrays (and the query of the bf16 paths the CPU runs): not
-# kernels, so no case
-SIZE_QUERIES = {"bf16_linear_workspace_size", "bf16_cpu_paths", "lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+# functions of peftc._C that take only sizes, no arrays (and the bf16 path query and peak loop): not kernels, so
+# no case
+SIZE_QUERIES = {"bf16_linear_workspace_size", "bf16_cpu_paths", "bf16_dot_peak", "lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}

@@ -185,6 +185,17 @@ def test_forcing_a_path_the_cpu_lacks_raises_instead_of_crashing(monkeypatch, rn
     with pytest.raises(RuntimeError, match="needs instructions"):
         _C.bf16_linear_backward(np.zeros((4, 8), np.float32), np.ones((4, 3), np.float32), w.packed,
                                 bf16.PATHS.index(missing))
+    if missing == "avx512bf16":
+        with pytest.raises(RuntimeError, match="'avx512bf16' needs instructions"):
+            _C.bf16_dot_peak(10, 1)
+
+
+@pytest.mark.skipif("avx512bf16" not in RUNNABLE, reason="the vdpbf16ps loop needs AVX512-BF16")
+def test_the_peak_loop_counts_its_flops():
+    flops, checksum = _C.bf16_dot_peak(100, 2)
+    assert flops == 2 * 100 * 16 * 64
+    # each lane adds 2 * 2^-24 per iteration: 16 chains x 16 lanes x 100 iterations, on each of 2 threads
+    assert checksum == pytest.approx(2 * 16 * 16 * 100 * 2 * 2.0 ** -24, rel=1e-3)
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

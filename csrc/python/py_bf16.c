@@ -200,6 +200,33 @@ static PyObject *py_bf16_linear_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_bf16_dot_peak(PyObject *self, PyObject *args)
+{
+    (void)self;
+    long long iterations, threads;
+    if (!PyArg_ParseTuple(args, "LL:bf16_dot_peak", &iterations, &threads))
+        return NULL;
+    if (check_path("bf16_dot_peak", PEFTC_BF16_AVX512BF16) < 0)
+        return NULL;
+    if (iterations < 0 || threads < 1 || threads > 64) {
+        PyErr_Format(PyExc_ValueError, "bf16_dot_peak: need iterations >= 0 and threads in [1, 64], got %lld, %lld",
+                     iterations, threads);
+        return NULL;
+    }
+    float checksum[64];
+    int64_t flops = 0;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_bf16_dot_peak(checksum, &flops, iterations, threads);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error("bf16_dot_peak", st);
+    double sum = 0.0;
+    for (long long t = 0; t < threads; t++)
+        sum += checksum[t];
+    return Py_BuildValue("(Ld)", (long long)flops, sum);
+}
+
 PyMethodDef peftc_py_bf16_methods[] = {
     {"bf16_cpu_paths", py_bf16_cpu_paths, METH_NOARGS, "names of the bf16 paths this CPU runs, fastest first"},
     {"bf16_round", py_bf16_round, METH_VARARGS, "bf16_round(out, x): out = bf16(x), round to nearest even"},
@@ -211,5 +238,7 @@ PyMethodDef peftc_py_bf16_methods[] = {
      "bf16_linear_forward(y, work, x, packed_weight, bias, accumulate, path)"},
     {"bf16_linear_backward", py_bf16_linear_backward, METH_VARARGS,
      "bf16_linear_backward(dx, dy, packed_weight, path): dx += dy w"},
+    {"bf16_dot_peak", py_bf16_dot_peak, METH_VARARGS,
+     "bf16_dot_peak(iterations, threads) -> (flops, checksum): the vdpbf16ps peak loop (AVX512-BF16 only)"},
     {NULL, NULL, 0, NULL},
 };
