@@ -25,8 +25,8 @@ two runs of ``python -m peftc.demo --out DIR [--dtype bfloat16]`` passed as ``--
 
 Run (the lead's full run; tens of minutes on 2 cores):
     python benchmarks/bench_bf16_step.py [--threads 2] [--repeats 5] [--steps 50] [--demo-fp32 D1 --demo-bf16 D2]
-``--quick`` runs every part on tiny shapes (2 real batches, batch 4 x 32 synthetic, 1 warm-up step, RSS
-children of 1 step) to check the script, and writes its results to a temporary folder, not benchmarks/results/.
+``--quick`` runs every part on tiny shapes (one real batch of 4 glosses, batch 4 x 16 synthetic, 1 step per
+repeat, 1 warm-up step, RSS children of 1 step) to check the script, and writes its results to a temporary folder, not benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ NAME = "bench_bf16_step"
 NUM_LABELS, RANK, ALPHA, LORA_DROPOUT, LR = 41, 8, 16.0, 0.1, 1e-4
 TARGETS = ["query", "value"]
 SYNTH = (32, 128)       # workload (b): batch x sequence
-QUICK_SYNTH = (4, 32)
+QUICK_SYNTH = (4, 16)
+QUICK_REAL_BATCH = 4  # glosses per real batch in --quick: torch's bf16 GEMM is a slow reference loop without AVX512-BF16
 TARGET = {"real_over_torch_bf16": 1.3, "real_over_torch_fp32": 2.0, "synth_off_over_torch_bf16": 1.5,
           "synth_off_over_torch_fp32": 2.0, "synth_on_over_torch_bf16": 2.0, "gemm_fraction_of_bf16_peak": 0.70,
           "rss_ratio_vs_torch_bf16": 0.5, "fallback_over_fp32": 1.0, "demo_acc_drop_points": 0.5}
@@ -362,12 +363,13 @@ def demo_accuracy(folder: str | None) -> float | None:
         return float(json.load(f)["lora"]["test"]["accuracy"])
 
 
-def speed_verdicts(synth: dict, real: dict) -> dict[str, Any]:
+def speed_verdicts(synth: dict, real: dict, shape: tuple[int, int] = SYNTH) -> dict[str, Any]:
     """Paired t / Holm (peftc.evaluation) over the alternated repeats: peftc bf16 steps take less time."""
     from peftc.evaluation import Claim, verdicts
 
     claims = []
-    for label, rows, modes in (("real batches", real, ("dropout_on",)), ("batch 32 x 128", synth,
+    synth_label = f"batch {shape[0]} x {shape[1]}"
+    for label, rows, modes in (("real batches", real, ("dropout_on",)), (synth_label, synth,
                                                                          ("dropout_on", "dropout_off"))):
         for mode in modes:
             t = rows[mode]["times_s_per_step"]
@@ -376,7 +378,7 @@ def speed_verdicts(synth: dict, real: dict) -> dict[str, Any]:
                                     t["peftc_bf16"], t[other], expected="less"))
     fb = synth["dropout_off"]["times_s_per_step"]
     fallback = "peftc_bf16_fallback" if "peftc_bf16_fallback" in fb else "peftc_bf16"
-    claims.append(Claim(f"batch 32 x 128, dropout_off: the bf16 widening path ({fallback}) takes less time than "
+    claims.append(Claim(f"{synth_label}, dropout_off: the bf16 widening path ({fallback}) takes less time than "
                         f"peftc float32 (s)", fb[fallback], fb["peftc_fp32"], expected="less"))
     return {"verdicts": verdicts(claims)}
 
@@ -439,9 +441,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     env = common.environment(torch)
     paths = bf16.cpu_paths()
     fallback = next(p for p in paths if p != "avx512bf16") if paths[0] == "avx512bf16" else None
-    steps = 2 if args.quick else args.steps
+    steps = 1 if args.quick else args.steps
     warmup = 1 if args.quick else args.warmup
-    real = real_batches(np, steps if args.quick else max(steps, 50))
+    real = (real_batches(np, steps, QUICK_REAL_BATCH) if args.quick else real_batches(np, max(steps, 50)))
     shape = QUICK_SYNTH if args.quick else SYNTH
     synth = [synthetic_batch(np, *shape)]
     print(f"CPU {env['cpu']}; bf16 path {bf16.selected_path()} (runs {paths}); {args.threads} threads", flush=True)
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "step_profile": {"real_batches": profile, "synthetic": synth_profile},
         "environment": env, "load_average_at_end": os.getloadavg(),
     }
-    payload.update(speed_verdicts(synth_rows, real_rows))
+    payload.update(speed_verdicts(synth_rows, real_rows, shape))
     if args.quick:
         folder = Path(tempfile.mkdtemp(prefix="bench_bf16_quick_"))
         (folder / f"{NAME}.json").write_text(common.results_json(payload) + "\n")

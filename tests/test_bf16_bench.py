@@ -32,7 +32,7 @@ def rows(peftc: float, fallback: bool) -> dict:
 def test_verdicts_follow_the_times():
     fast = bench.speed_verdicts(rows(1.0, fallback=True), rows(1.0, fallback=False))["verdicts"]
     assert len(fast) == 7 and all(v["holds"] for v in fast)
-    assert "peftc_bf16_fallback" in fast[-1]["claim"]
+    assert "peftc_bf16_fallback" in fast[-1]["claim"] and fast[-1]["claim"].startswith("batch 32 x 128")
     slow = bench.speed_verdicts(rows(3.0, fallback=False), rows(3.0, fallback=False))["verdicts"]
     assert not any(v["holds"] for v in slow[:-1]) and "(peftc_bf16)" in slow[-1]["claim"]
 
@@ -46,10 +46,10 @@ def test_report_says_why_a_number_is_missing():
                "bf16_peak": {"gflops": None, "why": "this CPU has no AVX512-BF16"}, "gemm_fraction_of_bf16_peak": None,
                "rss": {"peftc-bf16": {"peak_rss_mb": 400.0}, "torch-bf16": {"peak_rss_mb": 900.0}},
                "rss_ratio_vs_torch_bf16": 0.44, "demo_acc_fp32": None, "demo_acc_bf16": None, "demo_note": "pending",
-               **bench.speed_verdicts(synth, synth)}
+               **bench.speed_verdicts(synth, synth, (4, 32))}
     md = bench.render(payload)
     assert "test CPU" in md and "QUICK RUN" in md and "no AVX512-BF16" in md and "(pending)" in md
-    assert "| (b) 4 x 32 | dropout_off | 2.00 | 1.50 | 1.09 |" in md
+    assert "| (b) 4 x 32 | dropout_off | 2.00 | 1.50 | 1.09 |" in md and "| batch 4 x 32, dropout_off" in md
 
 
 def test_kernel_clock_counts_the_frozen_products_flops(rng):
