@@ -52,11 +52,12 @@ peftc_status peftc_linear_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                    const float *x /* (N,IC), may be NULL when dw is NULL */,
                                    const float *w /* (OC,IC) */, int64_t N, int64_t IC, int64_t OC);
 
-/* ---- LoRA (lora.c): y = x w^T + b + s * (dropout(x) a^T bm^T + bb) ---------------------------- */
+/* ---- LoRA (lora.c): y = x w^T + b + s * (dropout(x) a^T bm^T + bb) ----------------------------
+ * w NULL: the base products x w^T and dy w are left to the caller (a bf16 frozen base, bf16_gemm.h). */
 peftc_status peftc_lora_forward(float *y /* (N,OC) overwritten */,
                                 float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
                                 float *u /* (N,R) overwritten: xd a^T, kept for backward */,
-                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) or NULL */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
                                 const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */, float scale, float p,
                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
@@ -67,7 +68,7 @@ peftc_status peftc_lora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *dbb /* (OC) accumulated, or NULL */,
                                  float *work /* peftc_lora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
-                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) or NULL */,
                                  const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale, float p,
                                  uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 /* w += sign * s * bm a; b += sign * s * bb (b and bb both NULL or both given); sign is +1 or -1. */
@@ -124,7 +125,7 @@ peftc_status peftc_sora_forward(float *y /* (N,OC) overwritten */,
                                 float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
                                 float *u /* (N,R) overwritten: xd a^T (before the gate), kept for backward */,
                                 float *work /* peftc_sora_forward_workspace_size() floats */,
-                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) or NULL */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
                                 const float *bm /* (OC,R) */, const float *g /* (R) */, float scale, float p,
                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
@@ -134,7 +135,7 @@ peftc_status peftc_sora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *dbm /* (OC,R) accumulated, or NULL */, float *dg /* (R) accumulated, or NULL */,
                                  float *work /* peftc_sora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
-                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) or NULL */,
                                  const float *a /* (R,IC) */, const float *bm /* (OC,R) */, const float *g /* (R) */,
                                  float scale, float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC,
                                  int64_t OC, int64_t R);

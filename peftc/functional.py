@@ -51,7 +51,7 @@ def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
     return float(lora_alpha) / (float(np.sqrt(r)) if use_rslora else float(r))
 
 
-def lora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray,
+def lora_forward(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, lora_A: np.ndarray,
                  lora_B: np.ndarray, lora_bias: np.ndarray | None, scaling: float, dropout: float = 0.0,
                  seed: int = 0, offset: int = 0, *, out: np.ndarray | None = None, xd: np.ndarray | None = None,
                  u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -59,10 +59,11 @@ def lora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lor
 
     Returns ``(y, xd, u)``: the output, the dropped adapter input (None when ``dropout == 0``) and
     ``u = xd A^T``; the last two are what :func:`lora_backward` needs. The dropout mask is element
-    i -> uniform(seed, offset + i) >= dropout.
+    i -> uniform(seed, offset + i) >= dropout. ``weight=None`` leaves out the x W^T term (a bf16 frozen
+    base adds it with :func:`peftc.bf16.linear_forward`).
     """
     n, r = x.shape[0], lora_A.shape[0]
-    y = _empty((n, weight.shape[0]), out)
+    y = _empty((n, lora_B.shape[0]), out)
     if dropout > 0.0 and xd is None:
         xd = np.empty_like(x)
     u = _empty((n, r), u)
@@ -76,12 +77,13 @@ def lora_backward_workspace_size(n: int, in_features: int, r: int, dropout: floa
     return _C.lora_backward_workspace_size(n, in_features, r, dropout)
 
 
-def lora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray, lora_A: np.ndarray,
+def lora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray | None, lora_A: np.ndarray,
                   lora_B: np.ndarray, scaling: float, dropout: float = 0.0, seed: int = 0, offset: int = 0, *,
                   dx: np.ndarray | None = None, dlora_A: np.ndarray | None = None,
                   dlora_B: np.ndarray | None = None, dlora_bias: np.ndarray | None = None,
                   work: np.ndarray | None = None) -> None:
-    """Accumulate the LoRA gradients. ``xin`` is ``xd`` from the forward when dropout > 0, else x."""
+    """Accumulate the LoRA gradients. ``xin`` is ``xd`` from the forward when dropout > 0, else x.
+    ``weight=None`` leaves out the base term dy W of dx (a bf16 frozen base adds it)."""
     if work is None:
         work = np.empty(lora_backward_workspace_size(dy.shape[0], xin.shape[1], lora_A.shape[0], dropout),
                         dtype=np.float32)

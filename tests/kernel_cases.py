@@ -65,6 +65,11 @@ def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def _h(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """bf16 bit patterns (uint16) of standard normal values: a packed weight's storage."""
+    return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
 def _case(fn: str, named: list[tuple[str, object]], scalars: list, outputs: set[str], **kw) -> KernelCase:
     names = {name: i for i, (name, _) in enumerate(named) if name is not None}
     return KernelCase(fn, [v for _, v in named] + scalars, names, outputs, **kw)
@@ -84,13 +89,13 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("lora_forward", [("y", _f(rng, N, OC)), ("xd", _f(rng, N, IC)), ("u", _f(rng, N, R)),
                                ("x", _f(rng, N, IC)), ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)),
                                ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)), ("lora_bias", _f(rng, OC))],
-              [0.5, 0.3, 11, 2], {"y", "xd", "u"}, optional={"bias", "lora_bias"}),
+              [0.5, 0.3, 11, 2], {"y", "xd", "u"}, optional={"weight", "bias", "lora_bias"}),
         _case("lora_backward", [("dx", _f(rng, N, IC)), ("dlora_A", _f(rng, R, IC)), ("dlora_B", _f(rng, OC, R)),
                                 ("dlora_bias", _f(rng, OC)), ("work", _f(rng, N * R + N * IC)),
                                 ("dy", _f(rng, N, OC)), ("xin", _f(rng, N, IC)), ("u", _f(rng, N, R)),
                                 ("weight", _f(rng, OC, IC)), ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R))],
               [0.5, 0.3, 11, 2], {"dx", "dlora_A", "dlora_B", "dlora_bias", "work"},
-              any_shape={"work"}, optional={"dx", "dlora_A", "dlora_B", "dlora_bias"}),
+              any_shape={"work"}, optional={"dx", "dlora_A", "dlora_B", "dlora_bias", "weight"}),
         _case("lora_merge", [("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)), ("lora_A", _f(rng, R, IC)),
                              ("lora_B", _f(rng, OC, R)), ("lora_bias", _f(rng, OC))], [0.5, 1.0],
               {"weight", "bias"}, optional={"bias", "lora_bias"}),
@@ -98,6 +103,14 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("rng_normal", [("out", _f(rng, N, IC))], [0.5, 2.0, 3, 5], {"out"}, any_shape={"out"}),
         _case("sample_tokens", [("tokens", rng.integers(0, C, N).astype(np.int64)), ("probs", _f(rng, N, C)),
                                 ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
+        _case("bf16_round", [("out", _h(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("bf16_pack", [("packed", _h(rng, OC, 32)), ("weight", _f(rng, OC, IC))], [], {"packed"}),
+        _case("bf16_unpack", [("weight", _f(rng, OC, IC)), ("packed", _h(rng, OC, 32))], [], {"weight"}),
+        _case("bf16_linear_forward", [("y", _f(rng, N, OC)), ("work", _f(rng, 4)), ("x", _f(rng, N, IC)),
+                                      ("packed_weight", _h(rng, OC, 32)), ("bias", _f(rng, OC))], [False, 0],
+              {"y", "work"}, any_shape={"work"}, optional={"work", "bias"}),
+        _case("bf16_linear_backward", [("dx", _f(rng, N, IC)), ("dy", _f(rng, N, OC)),
+                                       ("packed_weight", _h(rng, OC, 32))], [0], {"dx"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
         _case("dropout_rows_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC)),
@@ -461,8 +474,9 @@ def _lifelong_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
-# functions of peftc._C that take only sizes, no arrays: not kernels, so no case
-SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+# functions of peftc._C that take only sizes, no arrays (and the bf16 path query and peak loop): not kernels, so
+# no case
+SIZE_QUERIES = {"bf16_linear_workspace_size", "bf16_cpu_paths", "bf16_dot_peak", "lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
                 "attention_packed_forward_workspace_size", "attention_packed_backward_workspace_size",

@@ -46,7 +46,8 @@ def test_left_out_cases_are_exactly_the_inapplicable_ones():
     assert len(SIZED_PARAMS) < len(RANKED_PARAMS) < len(arrays) and ALIASING_PARAMS
 
 
-BAD_DTYPES = {"float32": ["float64", "int32", ">f4", "float16"], "int64": ["int32", "float64", ">i8", "float32"]}
+BAD_DTYPES = {"float32": ["float64", "int32", ">f4", "float16"], "int64": ["int32", "float64", ">i8", "float32"],
+              "uint16": ["int16", "float32", ">u2", "float16"]}
 
 
 @pytest.mark.parametrize("fn,name", array_params())

@@ -5,6 +5,7 @@
 
 /* one method table per section of peftc.h, in the header's order */
 extern PyMethodDef peftc_py_linear_lora_methods[];
+extern PyMethodDef peftc_py_bf16_methods[];
 extern PyMethodDef peftc_py_adapters_methods[];
 extern PyMethodDef peftc_py_encoder_methods[];
 extern PyMethodDef peftc_py_cnn_methods[];
@@ -19,6 +20,7 @@ extern PyMethodDef peftc_py_lifelong_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_linear_lora_methods, /* linear layer and LoRA */
+    peftc_py_bf16_methods,        /* the bf16 frozen linear layer (bf16_gemm.h) */
     peftc_py_adapters_methods,    /* adapters beyond LoRA */
     peftc_py_encoder_methods,     /* transformer encoder ops */
     peftc_py_cnn_methods,         /* CNN ops */

@@ -297,10 +297,26 @@ class BertModel(Module):
         return cls(config, emb, BertEncoder(layers))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0) -> BertModel:
-        """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder."""
+    def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> BertModel:
+        """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder.
+
+        ``dtype="bfloat16"`` freezes every encoder linear layer's weight and keeps it in bf16 only (rounded
+        to nearest even, packed once for the bf16 kernels: half the bytes, no float32 copy; see
+        :meth:`peftc.nn.Linear.to_bfloat16` and :mod:`peftc.bf16`). Embeddings, LayerNorms, biases and any
+        adapter added later stay float32.
+
+        >>> model = BertModel.from_pretrained(folder, dtype="bfloat16")  # doctest: +SKIP
+        """
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         config_path, state = read_checkpoint_folder(folder)
         model = cls.from_state_dict(BertConfig.from_json(config_path), state, seed)
+        del state  # the layers hold the only references: packing a weight then frees its float32 array
+        if dtype == "bfloat16":
+            for _, module in model.named_modules():
+                if isinstance(module, Linear):
+                    module.weight.requires_grad = False
+                    module.to_bfloat16()
         model.eval()
         return model
 
