@@ -48,7 +48,10 @@ the papers' (DAFL's 200 epochs x 120 iterations with a 128-wide generator, here 
 real-data students); about 1 CPU-hour per seed on 2 threads is the target, not yet measured (each arm's
 seconds are recorded, knob selection included; deepinversion+fusion reuses the images deepinversion
 synthesised for the same knob, and the AF-STip arms after the first reuse its anchors, so their seconds
-leave that synthesis out).
+leave that synthesis out). The text side, estimated from its arithmetic (not measured): the teacher once
+(6000 glosses x 3 LoRA epochs, about 10 min, cached), then per seed about 100 TFLOP (the real-data students
+one epoch each, 4 x 400 AF-STip steps with a teacher forward each, the anchors, migration), some 30-40 min
+at the 50-60 GFLOP/s a MiniLM training step reaches on 2 threads.
 
 Run:  OPENBLAS_NUM_THREADS=2 PYTHONPATH=. python benchmarks/datafree_kd.py --seed 0   (then 1..4)
       PYTHONPATH=. python benchmarks/datafree_kd.py --merge datafree_kd_s0 ... datafree_kd_s4
