@@ -563,6 +563,22 @@ peftc_status peftc_kd_kl_backward(float *dzs /* (N,C) accumulated, or NULL */,
                                   const float *pt /* (N,C) */, const float *zs /* (N,C) */, const float *zt /* (N,C) */,
                                   float tau, int64_t N, int64_t C);
 
+/* ---- Adaptive DeepInversion's competition term: Jensen-Shannon of clamped softmaxes -----------------
+ * ps = softmax(zs / tau) (student), pt = softmax(zt / tau) (teacher), kept for the backward; m = (ps + pt)/2
+ * taken before clamping, then ps, pt and m each clamped to [0.01, 0.99] (the order of the reference
+ * code). loss = 1/N sum_n (1/2 KL(m || ps) + 1/2 KL(m || pt)) on the clamped values, "batchmean", not
+ * clamped (the caller forms 1 - clamp(loss, 0, 1)). The clamps pass gradient where the value lies in
+ * [0.01, 0.99] (ends included, as torch.clamp) and none outside. NaN or Inf in a logit gives
+ * PEFTC_ERR_NONFINITE; tau must be > 0. */
+peftc_status peftc_adi_js_forward(float *loss /* (1) overwritten */, float *ps /* (N,C) overwritten */,
+                                  float *pt /* (N,C) overwritten */, const float *zs /* (N,C) student logits */,
+                                  const float *zt /* (N,C) teacher logits */, float tau, int64_t N, int64_t C);
+/* dzs, dzt += dloss times the loss's gradient to the student's and the teacher's logits (either NULL) */
+peftc_status peftc_adi_js_backward(float *dzs /* (N,C) accumulated, or NULL */,
+                                   float *dzt /* (N,C) accumulated, or NULL */, float dloss,
+                                   const float *ps /* (N,C) */, const float *pt /* (N,C) */, float tau, int64_t N,
+                                   int64_t C);
+
 /* ---- BatchNorm-statistics matching (DeepInversion's R_feature for one BN layer) --------------------
  * loss = ||mean - running_mean||_2 + ||var - running_var||_2, mean and var the per-channel batch mean
  * and biased variance of the BN layer's input x over (N, IH, IW) (written out; the backward needs

@@ -1047,6 +1047,31 @@ def kd_kl_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.nd
                       teacher_logits, tau)
 
 
+def adi_js_forward(student_logits: np.ndarray, teacher_logits: np.ndarray, tau: float = 3.0, *,
+                   student_probs: np.ndarray | None = None,
+                   teacher_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Adaptive DeepInversion's Jensen-Shannon term: ``ps = softmax(zs/tau)``, ``pt = softmax(zt/tau)``,
+    ``m = (ps + pt) / 2``, all three clamped to [0.01, 0.99] (m after it is formed, as the reference code
+    does), then ``mean_n (KL(m || ps) + KL(m || pt)) / 2`` ("batchmean"). The competition loss is
+    ``1 - clamp(js, 0, 1)``. Returns ``(js, student_probs, teacher_probs)`` (the unclamped softmaxes).
+
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
+    >>> round(adi_js_forward(z, z)[0], 6)
+    0.0
+    """
+    ps = np.empty_like(student_logits) if student_probs is None else student_probs
+    pt = np.empty_like(teacher_logits) if teacher_probs is None else teacher_probs
+    loss = _C.adi_js_forward(ps, pt, student_logits, teacher_logits, tau)
+    return loss, ps, pt
+
+
+def adi_js_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.ndarray, tau: float = 3.0, *,
+                    dstudent_logits: np.ndarray | None = None, dteacher_logits: np.ndarray | None = None) -> None:
+    """dstudent_logits, dteacher_logits (either optional) += dloss * d(adi_js)/d(logits); a clamped value
+    passes no gradient."""
+    _C.adi_js_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, tau)
+
+
 def bn_stat_match_forward(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray, *,
                           mean: np.ndarray | None = None,
                           var: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:

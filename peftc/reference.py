@@ -825,6 +825,29 @@ def kd_kl_backward(dloss, student_probs, teacher_probs, student_logits, teacher_
         dteacher_logits += (dloss * tau / n * g).astype(dteacher_logits.dtype)
 
 
+def adi_js_forward(student_logits, teacher_logits, tau=3.0, *, student_probs=None, teacher_probs=None):
+    ps = np.exp(_log_softmax(student_logits.astype(np.float64) / tau))
+    pt = np.exp(_log_softmax(teacher_logits.astype(np.float64) / tau))
+    m = np.clip(0.5 * (ps + pt), 0.01, 0.99)
+    p, q = np.clip(ps, 0.01, 0.99), np.clip(pt, 0.01, 0.99)
+    js = 0.5 * (m * (np.log(m) - np.log(p))).sum() + 0.5 * (m * (np.log(m) - np.log(q))).sum()
+    return float(js / ps.shape[0]), ps.astype(student_logits.dtype), pt.astype(teacher_logits.dtype)
+
+
+def adi_js_backward(dloss, student_probs, teacher_probs, tau=3.0, *, dstudent_logits=None, dteacher_logits=None):
+    ps, pt = student_probs.astype(np.float64), teacher_probs.astype(np.float64)
+    inside = lambda v: ((v >= 0.01) & (v <= 0.99)).astype(np.float64)  # noqa: E731 (torch.clamp's pass-through)
+    mu = 0.5 * (ps + pt)
+    m, p, q = np.clip(mu, 0.01, 0.99), np.clip(ps, 0.01, 0.99), np.clip(pt, 0.01, 0.99)
+    dm = inside(mu) * (np.log(m) + 1.0 - 0.5 * (np.log(p) + np.log(q)))
+    scale = dloss / (ps.shape[0] * tau)
+    for probs, clamped, out in ((ps, p, dstudent_logits), (pt, q, dteacher_logits)):
+        if out is None:
+            continue
+        dprob = 0.5 * dm - 0.5 * inside(probs) * m / clamped
+        out += (scale * probs * (dprob - (probs * dprob).sum(axis=1, keepdims=True))).astype(out.dtype)
+
+
 def bn_stat_match_forward(x, running_mean, running_var, *, mean=None, var=None):
     m = x.astype(np.float64).mean(axis=(0, 2, 3))
     v = x.astype(np.float64).var(axis=(0, 2, 3))

@@ -437,6 +437,12 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
                    {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4,
                     "student_logits": 5, "teacher_logits": 6}, {"dstudent_logits", "dteacher_logits"},
                    optional={"dstudent_logits", "dteacher_logits"}),
+        _case("adi_js_forward", [("student_probs", _f(rng, N, C)), ("teacher_probs", _f(rng, N, C)),
+                                 ("student_logits", _f(rng, N, C)), ("teacher_logits", _f(rng, N, C))], [3.0],
+              {"student_probs", "teacher_probs"}),
+        KernelCase("adi_js_backward", [_f(rng, N, C), _f(rng, N, C), 0.5, probs.copy(), probs[::-1].copy(), 3.0],
+                   {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4},
+                   {"dstudent_logits", "dteacher_logits"}, optional={"dstudent_logits", "dteacher_logits"}),
         _case("bn_stat_match_forward", [("mean", _f(rng, ch)), ("var", _f(rng, ch)), ("x", _f(rng, n, ch, h, w)),
                                         ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch))], [],
               {"mean", "var"}, any_shape={"x"}),  # only x has the batch and plane sizes
