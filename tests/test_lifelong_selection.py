@@ -98,6 +98,26 @@ def test_ccs_spreads_over_the_score_range_and_meets_the_budget():
         budget.ccs_sample(np.arange(10.0), 11, np.random.default_rng(0))
 
 
+def test_ccs_covers_the_score_range_when_the_budget_is_not_a_multiple_of_the_strata():
+    # The paper's code gives each of 50 strata ceil(b / 50) walking down from the top, so a budget below 50
+    # takes the b highest strata ("hardest first") and b = 60 never reaches the bottom 20 strata.
+    x = np.arange(100.0)
+    idx = budget.ccs_sample(x, 10, np.random.default_rng(0), fill=False)
+    assert np.histogram(x[idx], bins=10, range=(5.0, 95.0))[0].tolist() == [1] * 10
+    x = np.random.default_rng(3).uniform(size=1000)
+    lo, hi = np.sort(x)[50], np.sort(x)[950]
+    idx = budget.ccs_sample(x, 60, np.random.default_rng(0), fill=False)
+    stratum = np.ceil((hi - x[idx]) / ((hi - lo) / 50)).astype(int) - 1
+    assert idx.size == 60 and np.bincount(stratum, minlength=50).min() >= 1
+    x = np.arange(100.0)
+    code = budget.ccs_sample(x, 10, np.random.default_rng(0), fill=False, compat=True)
+    assert code.size == 10 and (x[code] >= 78).all()  # the code's quotas, kept behind compat
+    # a cluster where a third of the rows (say a new task) score low: CCS must still reach them
+    s = np.concatenate([np.random.default_rng(1).uniform(0.0, 0.1, 30), np.random.default_rng(2).uniform(0.2, 1.0, 60)])
+    picked = budget.ccs_sample(s, 15, np.random.default_rng(0))
+    assert (picked < 30).sum() >= 2, picked
+
+
 def test_prune_drops_duplicates_first_and_respects_the_bound():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((30, 16)).astype(np.float32)

@@ -22,7 +22,8 @@ from .selectors import choose_selector
 class AdaptInfConfig:
     """``k``: clusters (None: chosen per step among ``k_candidates`` by ``k_rule``); ``pool_bound``: the most
     examples the pool keeps after pruning (None: no bound); ``dedup_threshold``: cosine above which a later
-    example of a cluster is a duplicate (None: none); ``prune``: whether to prune at all."""
+    example of a cluster is a duplicate (None: none); ``prune``: whether to prune at all; ``compat_ccs``: CCS with
+    the paper's code's front-loaded stratum quotas (:func:`peftc.lifelong.budget.ccs_sample`)."""
 
     k: int | None = None
     k_candidates: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16)
@@ -32,6 +33,7 @@ class AdaptInfConfig:
     dedup_threshold: float | None = 0.98
     strata: int = 50
     compat_hist: bool = False
+    compat_ccs: bool = False
 
 
 @dataclass
@@ -102,7 +104,8 @@ def sample_clusters(scores: dict[str, np.ndarray], labels: np.ndarray, rows: np.
             continue
         name, _ = choose_selector(scores, members, compat=config.compat_hist)
         chosen.append(name)
-        picked = ccs_sample(np.asarray(scores[name])[members], int(budgets[c]), rng, strata=config.strata)
+        picked = ccs_sample(np.asarray(scores[name])[members], int(budgets[c]), rng, strata=config.strata,
+                             compat=config.compat_ccs)
         train.append(members[picked])
     train_rows = np.sort(np.concatenate(train)) if train else np.zeros(0, np.int64)
     return train_rows, chosen, budgets.tolist()

@@ -6,10 +6,20 @@ it has and the shortfall is spread over the larger clusters). The code's ceiling
 trims the overshoot from the largest allocations (ours), so the allocation sums to min(B, pool).
 
 :func:`ccs_sample` stratifies the score range between the 5% and 95% quantiles into 50 equal-width strata,
-walks them from high to low and draws ceil(remaining / strata left) from each uniformly (all of a stratum
-that has fewer, moving its shortfall on). Scores at or below the low cut or above the high cut are outliers
-the paper's code never selects; when the strata cannot fill the budget, peftc fills the rest uniformly
-from the unselected rows (ours, so a cluster always meets its budget), which ``fill=False`` turns off.
+walks them from high to low and draws each stratum's quota uniformly (all of a stratum that has fewer,
+spreading its shortfall over the strata left). Scores at or below the low cut or above the high cut are
+outliers the paper's code never selects; when the strata cannot fill the budget, peftc fills the rest
+uniformly from the unselected rows (ours, so a cluster always meets its budget), which ``fill=False`` turns off.
+
+Quotas. The paper's code (``compat=True``) gives every stratum ceil(budget / 50), recomputed only after a
+short stratum, while walking from the highest scores down. When the budget is not a multiple of 50 this
+front-loads the picks: a budget b < 50 takes one example from each of the b *highest* strata and never
+reaches the lower scores, and b = 60 takes two from each of the top 30 strata and none from the bottom 20.
+The sample is then not coverage-centric but a "hardest first" selection (for grad_norm / loss / EL2N). With
+the million-sample pools of the paper, per-cluster budgets are in the thousands and the effect is small; at
+small budgets it dominates. peftc's default (ours) spreads the remaining budget evenly over the strata left
+(stratum j of a run of L strata sharing r picks gets floor(((j+1) r + L/2) / L) - floor((j r + L/2) / L),
+a centred Bresenham split), so every budget covers the whole score range; ``compat=True`` reproduces the code.
 """
 from __future__ import annotations
 
@@ -62,11 +72,16 @@ def allocate(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 
 def ccs_sample(scores: np.ndarray, budget: int, rng: np.random.Generator, strata: int = 50,
-               low_q: float = 0.05, high_q: float = 0.95, fill: bool = True) -> np.ndarray:
-    """Indices (sorted, distinct) of ``budget`` rows chosen by coverage-centric sampling over ``scores``.
+               low_q: float = 0.05, high_q: float = 0.95, fill: bool = True, compat: bool = False) -> np.ndarray:
+    """Indices (sorted, distinct) of ``budget`` rows chosen by coverage-centric sampling over ``scores``
+    (``compat=True``: the paper's code's front-loaded quotas, see the module docstring).
 
     >>> ccs_sample(np.arange(100.0), 10, np.random.default_rng(0)).size
     10
+    >>> ccs_sample(np.arange(100.0), 5, np.random.default_rng(0), fill=False).tolist()  # one per fifth
+    [15, 33, 51, 69, 87]
+    >>> ccs_sample(np.arange(100.0), 5, np.random.default_rng(0), fill=False, compat=True).tolist()  # the top
+    [87, 88, 91, 93, 95]
     """
     x = np.asarray(scores, np.float64)
     n = x.size
@@ -83,17 +98,23 @@ def ccs_sample(scores: np.ndarray, budget: int, rng: np.random.Generator, strata
     width = (hi - lo) / strata
     chosen: list[int] = []
     remaining, quota, right = budget, math.ceil(budget / strata), hi
+    run_start, run_budget = 0, budget  # the strata from run_start on share run_budget picks (default quotas)
     for i in range(strata):
-        if remaining <= 0 or quota <= 0:
+        if not compat:
+            j, span = i - run_start, strata - run_start
+            quota = ((j + 1) * run_budget + span // 2) // span - (j * run_budget + span // 2) // span
+        if remaining <= 0 or (compat and quota <= 0):
             break
         left = right - width
         cand = np.flatnonzero((x > left) & (x <= right))
         if cand.size < quota:
             chosen.extend(cand.tolist())
-            if i + 1 < strata:
-                quota = math.ceil((remaining - cand.size) / (strata - i - 1))
-                remaining -= cand.size
-        else:
+            remaining -= cand.size
+            if compat and i + 1 < strata:
+                quota = math.ceil(remaining / (strata - i - 1))
+            elif not compat:  # the shortfall is spread over the strata left
+                run_start, run_budget = i + 1, remaining
+        elif quota > 0:
             chosen.extend(rng.choice(cand, size=quota, replace=False).tolist())
             remaining -= quota
         right = left
