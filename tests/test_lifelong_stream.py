@@ -62,6 +62,19 @@ def test_adapt_inf_scores_the_pool_keeps_its_bound_and_is_deterministic(data):
     noprune = StreamMethod("np", "adapt_inf", 0.5, AdaptInfConfig(k=3, pool_bound=30, prune=False))
     c, _ = run_stream(make_net, data, noprune, SETTINGS, seed=1)
     assert c.pool_sizes == [24, 40, 64]
+    assert a.score_backward_passes == sum(a.scored) and a.train_backward_passes == 2 * sum(a.trained)
+    assert a.info[0]["pool_tasks"] == [24] and [sum(i["pool_tasks"]) for i in a.info] == a.pool_sizes
+    assert [sum(i["train_tasks"]) for i in a.info] == a.trained
+
+
+def test_scoring_on_arrival_scores_each_example_once(data):
+    cfg = AdaptInfConfig(k=3, pool_bound=30, dedup_threshold=None, rescore="arrival")
+    a, _ = run_stream(make_net, data, StreamMethod("ai", "adapt_inf", 0.5, cfg), SETTINGS, seed=1)
+    assert a.scored == [24, 16, 24] and a.pool_sizes == [24, 30, 30] and a.trained == [12, 20, 30]
+    assert a.score_backward_passes == 64 and a.score_block_backwards == 64
+    assert a.train_backward_passes == 2 * sum(a.trained) and a.backward_passes == 64 + 2 * sum(a.trained)
+    with pytest.raises(ValueError, match="rescore must be 'pool' or 'arrival'"):
+        AdaptInfConfig(rescore="never")
 
 
 def test_full_replay_learns_the_keyword_tasks_and_snapshots_restore(data):
@@ -93,6 +106,12 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(tmp_path):
         assert {"final_avg_acc", "forgetting", "backward_passes", "seconds"} <= set(m) and m["seeds"] == 2
         assert isinstance(m["backward_passes"], int) and 0.0 <= m["final_avg_acc"] <= 1.0
     assert merged["methods"]["full_replay"]["relative_gain"] == pytest.approx(100.0)
+    full, ai = merged["methods"]["full_replay"], merged["methods"]["adapt_inf_25"]
+    assert full["score_backward_passes"] == 0 and full["passes_vs_full_replay"] == pytest.approx(1.0)
+    for r in merged["runs"]:  # training and scoring are counted apart and add up
+        assert r["train_backward_passes"] + r["score_backward_passes"] == r["backward_passes"]
+        assert r["score_backward_passes"] == sum(r["scored_per_step"])
+    assert ai["score_backward_passes"] > 0 and ai["train_passes_vs_full_replay"] < ai["passes_vs_full_replay"]
     assert [v["claim"][:22] for v in merged["verdicts"]] == ["full replay final avg ", "Adapt-inf 25% forgetti"]
     assert all(v["n_seeds"] == 2 and not v["holds"] for v in merged["verdicts"])
     for r in merged["runs"]:

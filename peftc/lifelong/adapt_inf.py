@@ -23,7 +23,9 @@ class AdaptInfConfig:
     """``k``: clusters (None: chosen per step among ``k_candidates`` by ``k_rule``); ``pool_bound``: the most
     examples the pool keeps after pruning (None: no bound); ``dedup_threshold``: cosine above which a later
     example of a cluster is a duplicate (None: none); ``prune``: whether to prune at all; ``compat_ccs``: CCS with
-    the paper's code's front-loaded stratum quotas (:func:`peftc.lifelong.budget.ccs_sample`)."""
+    the paper's code's front-loaded stratum quotas (:func:`peftc.lifelong.budget.ccs_sample`); ``rescore``: which
+    examples a stream scores at each step, ``"pool"`` (all stored ones, with the current model) or
+    ``"arrival"`` (only the new task's; stored vectors and scores are reused, see :mod:`peftc.lifelong.stream`)."""
 
     k: int | None = None
     k_candidates: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16)
@@ -34,6 +36,11 @@ class AdaptInfConfig:
     strata: int = 50
     compat_hist: bool = False
     compat_ccs: bool = False
+    rescore: str = "pool"
+
+    def __post_init__(self) -> None:
+        if self.rescore not in ("pool", "arrival"):
+            raise ValueError(f"rescore must be 'pool' or 'arrival', got {self.rescore!r}")
 
 
 @dataclass

@@ -5,15 +5,20 @@ Methods (``StreamMethod.kind``):
 - ``sequential``: train on the new task only (no replay);
 - ``full_replay``: train on everything seen so far;
 - ``random``: a uniform random subset of everything seen, ``budget`` x (examples seen so far);
-- ``adapt_inf``: the same budget chosen by :func:`peftc.lifelong.adapt_inf.select_step` from the stored pool,
-  scored at every step with the current model (one forward and a last-block backward per pool example);
-  with pruning on, the pool is cut permanently after each clustering.
+- ``adapt_inf``: the same budget chosen by :func:`peftc.lifelong.adapt_inf.select_step` from the stored pool;
+  with pruning on, the pool is cut permanently after each clustering. Scoring (one forward and a last-block
+  backward per scored example, :func:`score_pool`) follows ``AdaptInfConfig.rescore``: ``"pool"`` (the
+  paper's description: every example of the current pool is scored again at every step with the current
+  model) or ``"arrival"`` (ours, cheaper: each example is scored once, with the model of the step it arrives
+  in, and its sample vector and scores are stored with it).
 
-Cost: ``backward_passes`` counts example backward passes (one per trained example per epoch, one per scored
-pool example: the gradient of the sample vector); ``block_backwards`` weighs them by the encoder blocks
+Cost, counted separately: ``train_backward_passes`` (one per trained example per epoch) and
+``score_backward_passes`` (one per scored example: the gradient of its sample vector);
+``backward_passes`` is their sum. ``block_backwards`` (and its two parts) weighs them by the encoder blocks
 they run through (training: all adapted blocks; scoring: the last one). After every step the trainable
 parameters (adapters and heads) are snapshotted, so accuracy on any split can be computed afterwards for
-every step: the test split is then read only for the run that validation chose.
+every step: the test split is then read only for the run that validation chose. ``info`` records per step
+the task histogram of the training rows and of the stored pool (``train_tasks``, ``pool_tasks``).
 """
 from __future__ import annotations
 
@@ -83,12 +88,24 @@ class StreamRun:
     seed: int
     snapshots: list[list[np.ndarray]] = field(default_factory=list)
     trained: list[int] = field(default_factory=list)  # examples trained on per step (one epoch)
-    scored: list[int] = field(default_factory=list)  # pool examples scored per step
+    scored: list[int] = field(default_factory=list)  # examples scored per step
     pool_sizes: list[int] = field(default_factory=list)  # stored pool after each step
-    backward_passes: int = 0
-    block_backwards: int = 0
+    train_backward_passes: int = 0
+    score_backward_passes: int = 0
+    train_block_backwards: int = 0
+    score_block_backwards: int = 0
     seconds: float = 0.0
     info: list[dict] = field(default_factory=list)
+
+    @property
+    def backward_passes(self) -> int:
+        """Example backward passes, training and scoring."""
+        return self.train_backward_passes + self.score_backward_passes
+
+    @property
+    def block_backwards(self) -> int:
+        """Example backward passes weighted by the encoder blocks each runs through."""
+        return self.train_block_backwards + self.score_block_backwards
 
 
 def prepare_task(name: str, num_classes: int, net: StreamNetwork, tokenize, splits: dict) -> TaskData:
@@ -148,6 +165,22 @@ def score_pool(net: StreamNetwork, data: list[TaskData], refs: np.ndarray, proje
     return np.concatenate(vecs), scores
 
 
+def _scored_pool(net: StreamNetwork, data: list[TaskData], pool: np.ndarray, new: np.ndarray,
+                 stored: tuple[np.ndarray, dict[str, np.ndarray]] | None, projection: np.ndarray,
+                 settings: TrainSettings, rescore: str) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """(vectors, scores, examples scored now) of ``pool`` (whose last rows are ``new``): all rows scored with
+    the current model (``"pool"``), or only ``new`` appended to the stored rows (``"arrival"``)."""
+    if rescore == "pool" or stored is None:
+        vectors, scores = score_pool(net, data, pool, projection, settings.score_batch)
+        return vectors, scores, len(pool)
+    v_new, s_new = score_pool(net, data, new, projection, settings.score_batch)
+    old_v, old_s = stored
+    if len(old_v) + len(new) != len(pool):
+        raise ValueError(f"the stored vectors ({len(old_v)}) and the new task ({len(new)}) must make the pool "
+                         f"({len(pool)})")
+    return (np.concatenate([old_v, v_new]), {k: np.concatenate([old_s[k], s_new[k]]) for k in s_new}, len(new))
+
+
 def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: TrainSettings, seed: int,
                log=None) -> tuple[StreamRun, StreamNetwork]:
     """Run ``method`` over the tasks in order; ``make_net(seed)`` gives a fresh :class:`StreamNetwork`."""
@@ -158,6 +191,7 @@ def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: T
     pool = np.zeros((0, 2), dtype=np.int64)
     seen = 0
     projection = None
+    stored = None  # (vectors, scores) of the pool rows, kept between steps when rescore == "arrival"
     for t, task in enumerate(data):
         net.add_task(task.num_classes)
         new = np.stack([np.full(len(task.train), t), np.arange(len(task.train))], axis=1).astype(np.int64)
@@ -177,10 +211,11 @@ def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: T
             if projection is None:
                 p = sum(layer.lora_A.size + layer.lora_B.size for layer in net.recording_layers())
                 projection = projection_matrix(p, settings.proj_dim, seed)
-            vectors, scores = score_pool(net, data, pool, projection, settings.score_batch)
-            run.scored.append(len(pool))
-            run.backward_passes += len(pool)
-            run.block_backwards += len(pool)
+            vectors, scores, scored = _scored_pool(net, data, pool, new, stored, projection, settings,
+                                                   method.adapt.rescore)
+            run.scored.append(scored)
+            run.score_backward_passes += scored
+            run.score_block_backwards += scored  # the sample vector's backward runs through the last block
             cfg = method.adapt
             if cfg.k is not None and cfg.k > len(pool):  # a first task smaller than k: one cluster a sample
                 cfg = replace(cfg, k=len(pool))
@@ -190,11 +225,14 @@ def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: T
             rows, selectors, budgets = sample_clusters(scores, labels, keep, k, size, step_seed, cfg)
             info.update(k=k, selectors=selectors, budgets=budgets)
             train, pool = pool[rows], pool[keep]
+            stored = (vectors[keep], {name: v[keep] for name, v in scores.items()})
         _train(net, data, train, settings, rng)
+        info.update(train_tasks=np.bincount(train[:, 0], minlength=t + 1).tolist(),
+                    pool_tasks=np.bincount(pool[:, 0], minlength=t + 1).tolist())
         run.trained.append(len(train))
         run.pool_sizes.append(len(pool))
-        run.backward_passes += settings.epochs * len(train)
-        run.block_backwards += settings.epochs * len(train) * len(net.blocks)
+        run.train_backward_passes += settings.epochs * len(train)
+        run.train_block_backwards += settings.epochs * len(train) * len(net.blocks)
         run.snapshots.append([p.data.copy() for p in net.trainable()])
         run.info.append(info)
         if log:
