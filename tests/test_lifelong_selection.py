@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -142,6 +143,22 @@ def test_pool_stays_under_the_bound_over_fifty_tasks():
         pool = pool[sel.keep]
         assert len(pool) <= 60, f"task {t}: pool {len(pool)}"
         assert len(sel.train) == min(10, len(sel.keep))
+
+
+def test_the_new_task_is_selected_from_before_the_pool_is_pruned():
+    # P_t = prune(P_{t-1}) + D_t: the new rows (last, and like stored rows, so SemDeDup's "most similar to an
+    # earlier row" ranks them first to go) must be available to this step's selection.
+    rng = np.random.default_rng(0)
+    old = rng.standard_normal((40, 16)).astype(np.float32)
+    v = np.concatenate([old, old[:20] + 0.3 * rng.standard_normal((20, 16)).astype(np.float32)])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    s = {"loss": rng.random(60), "el2n": rng.random(60)}
+    cfg = AdaptInfConfig(k=3, pool_bound=40, dedup_threshold=None)
+    sel = select_step(v, s, budget=15, seed=0, config=cfg)
+    first = select_step(v, s, budget=15, seed=0, config=replace(cfg, prune_first=True))
+    assert np.array_equal(sel.keep, first.keep) and (sel.keep >= 40).sum() <= 6  # pruning keeps few new rows
+    assert (sel.train >= 40).sum() >= 4 and len(sel.train) == 15  # about a third of the budget, as in the pool
+    assert set(first.train) <= set(first.keep) and (first.train >= 40).sum() <= 3
 
 
 def test_select_step_is_deterministic_and_checks_its_inputs():

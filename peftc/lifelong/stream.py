@@ -5,8 +5,8 @@ Methods (``StreamMethod.kind``):
 - ``sequential``: train on the new task only (no replay);
 - ``full_replay``: train on everything seen so far;
 - ``random``: a uniform random subset of everything seen, ``budget`` x (examples seen so far);
-- ``adapt_inf``: the same budget chosen by :func:`peftc.lifelong.adapt_inf.select_step` from the stored pool;
-  with pruning on, the pool is cut permanently after each clustering. Scoring (one forward and a last-block
+- ``adapt_inf``: the same budget chosen as :func:`peftc.lifelong.adapt_inf.select_step` does, from the stored
+  pool and the new task; with pruning on, the pool is then cut permanently (for the next step). Scoring (one forward and a last-block
   backward per scored example, :func:`score_pool`) follows ``AdaptInfConfig.rescore``: ``"pool"`` (the
   paper's description: every example of the current pool is scored again at every step with the current
   model) or ``"arrival"`` (ours, cheaper: each example is scored once, with the model of the step it arrives
@@ -221,8 +221,9 @@ def run_stream(make_net, data: list[TaskData], method: StreamMethod, settings: T
                 cfg = replace(cfg, k=len(pool))
             step_seed = int(rng.integers(2**31))
             k, labels, keep = cluster_and_prune(vectors, step_seed, cfg)
-            size = min(int(round(method.budget * seen)), len(keep))
-            rows, selectors, budgets = sample_clusters(scores, labels, keep, k, size, step_seed, cfg)
+            avail = keep if cfg.prune_first else np.arange(len(pool))
+            size = min(int(round(method.budget * seen)), len(avail))
+            rows, selectors, budgets = sample_clusters(scores, labels, avail, k, size, step_seed, cfg)
             info.update(k=k, selectors=selectors, budgets=budgets)
             train, pool = pool[rows], pool[keep]
             stored = (vectors[keep], {name: v[keep] for name, v in scores.items()})
