@@ -40,10 +40,14 @@ Modes (from the repository root; the lead runs the full one, one process per see
     ... --seeds 1 --out ..._s1 (and so on), then
     python benchmarks/adapt_inf_stream.py --merge benchmarks/results/adapt_inf_stream_s0 ... _s4
 Results: benchmarks/results/adapt_inf_stream.{json,md}; the --quick run's are adapt_inf_stream_quick.{json,md}
-(4 training examples per class, one epoch, one learning rate: a pipeline check, not evidence).
+(4 training examples per class, one epoch, one learning rate: a pipeline check, not evidence). Each run's
+"steps" hold, per step, the task histogram of the training rows and of the stored pool; the markdown shows
+the new task's share of each step's training rows per method (a selection that starves the new task, as the
+code's CCS quotas did at per-cluster budgets below 50, shows there).
 
 Cost (an estimate from work counts and the --quick run, not a timing): the --quick run took about 200 s per
-seed for the seven methods on a 2-core machine shared by several jobs (load average about 12). The full
+seed for seven methods on a 2-core machine shared by several jobs (load average about 12); the eighth,
+adapt_inf_25_score_once, adds about a seventh. The full
 defaults do about 6x the examples (1824 training rows over the stream), 2 epochs, 2 learning rates and
 sequences of up to 32 tokens instead of 16: roughly 30x the work, so about 1.5-2 hours per seed on such a
 machine (less on an idle core), plus a few minutes once for caching the frozen trunk and timing the
@@ -284,6 +288,20 @@ def claims(runs: list[dict]) -> list[Claim]:
     return out
 
 
+def new_task_shares(runs: list[dict]) -> dict[str, list[float]]:
+    """{method: per step, the mean over seeds of the fraction of the training rows from that step's new task}.
+
+    >>> new_task_shares([{"method": "m", "steps": [{"train_tasks": [4]}, {"train_tasks": [3, 1]}]}])
+    {'m': [1.0, 0.25]}
+    """
+    out: dict[str, list[list[float]]] = {}
+    for r in runs:
+        counts = [s.get("train_tasks") for s in r.get("steps", [])]
+        if counts and all(c and sum(c) > 0 for c in counts):
+            out.setdefault(r["method"], []).append([c[t] / sum(c) for t, c in enumerate(counts)])
+    return {name: np.mean(rows, axis=0).tolist() for name, rows in out.items()}
+
+
 def render(payload: dict) -> str:
     s = payload["settings"]
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
@@ -311,6 +329,13 @@ def render(payload: dict) -> str:
             ["task", "classes", "train", "validation", "test", "exact duplicates", "same first 3 words"],
             [[t["task"], t["classes"], t["train"], t["validation"], t["test"], t["exact_duplicates"],
               t["same_first_3_words"]] for t in payload["stream"]])
+    shares = new_task_shares(payload["runs"])
+    if shares:
+        steps = len(next(iter(shares.values())))
+        md += ("\nShare of each step's training rows that come from the task arriving at that step (mean over "
+               "seeds; a selection that starves the new task shows here):\n\n"
+               + markdown_table(["method"] + [f"step {t}" for t in range(steps)],
+                                [[name] + [f"{v:.2f}" for v in row] for name, row in shares.items()]))
     if payload.get("per_example_cost"):
         c = payload["per_example_cost"]
         md += (f"\nPer-example gradients + projection vs one LoRA step (batch 32): ratio {c['ratio']:.2f} "

@@ -117,6 +117,9 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(tmp_path):
     for r in merged["runs"]:
         assert r["lr"] in (5e-3, 1e-2) and len(r["acc"]) == 6 and len(r["val_final_avg_acc"]) == 2
     assert "| adapt_inf_25 |" in (tmp_path / "all.md").read_text()
+    shares = bench.new_task_shares(merged["runs"])
+    assert shares["sequential"] == [1.0] * 6 and all(0.0 < v < 1.0 for v in shares["full_replay"][1:])
+    assert "from the task arriving at that step" in (tmp_path / "all.md").read_text()
     with pytest.raises(ValueError, match="repeat"):
         bench.merge([tmp_path / "s0", tmp_path / "s0"], tmp_path / "bad")
 
