@@ -6,11 +6,11 @@ Methods (``StreamMethod.kind``):
 - ``full_replay``: train on everything seen so far;
 - ``random``: a uniform random subset of everything seen, ``budget`` x (examples seen so far);
 - ``adapt_inf``: the same budget chosen as :func:`peftc.lifelong.adapt_inf.select_step` does, from the stored
-  pool and the new task; with pruning on, the pool is then cut permanently (for the next step). Scoring (one forward and a last-block
-  backward per scored example, :func:`score_pool`) follows ``AdaptInfConfig.rescore``: ``"pool"`` (the
-  paper's description: every example of the current pool is scored again at every step with the current
-  model) or ``"arrival"`` (ours, cheaper: each example is scored once, with the model of the step it arrives
-  in, and its sample vector and scores are stored with it).
+  pool and the new task; with pruning on, the pool is then cut permanently (for the next step). Scoring
+  (one forward and a last-block backward per scored example, :func:`score_pool`) follows
+  ``AdaptInfConfig.rescore``: ``"pool"`` (the paper's description: every example of the current pool is
+  scored again at every step with the current model) or ``"arrival"`` (ours, cheaper: each example is
+  scored once, with the model of the step it arrives in, and its sample vector and scores are stored).
 
 Cost, counted separately: ``train_backward_passes`` (one per trained example per epoch) and
 ``score_backward_passes`` (one per scored example: the gradient of its sample vector);
