@@ -1,0 +1,127 @@
+"""multi_adapter_work: the flops of N adapters trained separately and together, checked against hand counts and
+against the products a training step of a tiny BERT actually runs (the BLAS accounting in peftc_sgemm)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peftc import _C
+from peftc.models import BertModel, SentenceClassifier
+from peftc.models.bert import BertConfig
+from peftc.multi_adapter_bound import adapter_placement, multi_adapter_work
+from peftc.random import Generator
+from peftc.tuners import LoraConfig, get_peft_model
+
+from .test_packed_training import CFG, state_dict
+
+TINY = BertConfig(hidden_size=4, num_hidden_layers=2, intermediate_size=6)
+TOP_QUERY = {1: {"query": 2}}
+
+
+def test_work_of_a_top_block_adapter_matches_the_hand_count():
+    # per block and token row: q, k, v, attention output 2*4*4 each, intermediate and output 2*4*6 each: 224;
+    # rows of 3 and 1 tokens: T = 4, sum n^2 = 10; attention core forward 4 H sum n^2 = 160 per block
+    bound = multi_adapter_work(TINY, [TOP_QUERY] * 2, [[3, 1], [3, 1]], shared_inputs=True)
+    one_forward = 2 * 224 * 4 + 2 * 4 * 2 * (4 + 4)          # two blocks + the adapter x A^T, u B^T
+    # backward, block 1 only: attention output, intermediate, output input gradients (no q, k, v ones);
+    # the adapter: dy B, dB, dA (its input gradient is not needed); attention core: dS and dQ only
+    one_backward = (2 * 4 * (16 + 24 + 24)) + 3 * (2 * 4 * 2 * 4)
+    assert bound.separate.gemm_forward == 2 * one_forward
+    assert bound.separate.gemm_backward == bound.together.gemm_backward == 2 * one_backward
+    assert bound.separate.attention_forward == 2 * 2 * 160
+    assert bound.separate.attention_backward == bound.together.attention_backward == 2 * (2 * 2 * 4 * 10)
+    # together, identical rows: block 0 and block 1's q, k, v products once, the rest of block 1 twice
+    assert bound.together.gemm_forward == 224 * 4 + 3 * 32 * 4 + 2 * (32 + 48 + 48) * 4 + 2 * 2 * 4 * 2 * 8
+    assert bound.together.attention_forward == 160 + 2 * 160
+    assert bound.ratio == pytest.approx((2 * one_forward + 2 * one_backward + 640 + 320)
+                                        / (bound.together.gemm_forward + 2 * one_backward + 480 + 320))
+    # sharing whole blocks only: block 1 twice
+    block = multi_adapter_work(TINY, [TOP_QUERY] * 2, [[3, 1], [3, 1]], shared_inputs=True, sharing="block")
+    assert block.together.gemm_forward == 224 * 4 + 2 * 224 * 4 + 2 * 2 * 4 * 2 * 8
+    # a head of 3 labels per adapter: 2 B H C forward, input and weight gradients backward
+    head = multi_adapter_work(TINY, [TOP_QUERY] * 2, [[3, 1], [3, 1]], shared_inputs=True, num_labels=3)
+    assert head.separate.gemm_forward - bound.separate.gemm_forward == 2 * (2 * 2 * 4 * 3)
+    assert head.together.gemm_backward - bound.together.gemm_backward == 2 * (4 * 2 * 4 * 3)
+
+
+def test_different_inputs_share_nothing_and_the_backward_stops_at_the_first_adapted_layer():
+    lowest_ffn = {0: {"output": 1}}
+    a = multi_adapter_work(TINY, [lowest_ffn] * 2, [[3, 1], [2, 2]], shared_inputs=False)
+    assert a.ratio == 1.0 and a.separate == a.together
+    # block 0's backward: the output layer's adapter (dy B, dB, dA: 2 * 4 * 1 * (4 + 4 + 6)) and nothing below it;
+    # block 1: every input gradient (224 per row) and the attention core (8 H sum n^2)
+    assert a.separate.gemm_backward == 2 * 4 * 1 * 14 + 224 * 4 + 2 * 4 * 1 * 14 + 224 * 4
+    assert a.separate.attention_backward == 8 * 4 * 10 + 8 * 4 * 8
+
+
+def test_bad_placements_and_lengths_are_refused():
+    with pytest.raises(ValueError, match="block 2"):
+        multi_adapter_work(TINY, [{2: {"query": 2}}], [[3]])
+    with pytest.raises(ValueError, match="'dense'"):
+        multi_adapter_work(TINY, [{1: {"dense": 2}}], [[3]])
+    with pytest.raises(ValueError, match="the lengths lists differ"):
+        multi_adapter_work(TINY, [TOP_QUERY] * 2, [[3], [2]], shared_inputs=True)
+    with pytest.raises(ValueError, match="one entry per adapter"):
+        multi_adapter_work(TINY, [TOP_QUERY] * 2, [[3]])
+
+
+def _classifier(layers, *ranks):
+    cfg = BertConfig.from_dict({**CFG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    base = SentenceClassifier(BertModel.from_state_dict(cfg, state_dict(), seed=5), 3, generator=Generator(2))
+    model = None
+    for k, r in enumerate(ranks):
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query", "value"], layers_to_transform=layers,
+                            modules_to_save=["classifier"])
+        if model is None:
+            model = get_peft_model(base, config, adapter_name=f"a{k}", generator=Generator(k))
+        else:
+            model.add_adapter(f"a{k}", config, generator=Generator(k))
+    return model.train()
+
+
+def _batch(lengths, seed):
+    mask = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    ids = np.where(mask == 1, np.random.default_rng(seed).integers(1, CFG["vocab_size"], mask.shape), 0)
+    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+
+
+def _gemm_flops(step) -> int:
+    _C.sgemm_profile(True)
+    try:
+        step()
+        return _C.sgemm_profile_read()[1]
+    finally:
+        _C.sgemm_profile(False)
+
+
+@pytest.mark.parametrize("layers,shared", [(None, False), ([1], True)], ids=["all_blocks", "top_block_same_rows"])
+def test_the_counted_products_are_those_a_training_step_runs(layers, shared):
+    from peftc.multi_adapter_train import stack_batches
+
+    model = _classifier(layers, 2, 3)
+    names = ["a0", "a1"]
+    batches = [_batch([5, 2, 7], 1), _batch([5, 2, 7] if shared else [3, 6], 1 if shared else 2)]
+    lengths = [b["attention_mask"].sum(axis=1).tolist() for b in batches]
+    placements = [adapter_placement(model, n) for n in names]
+    assert placements[1] == {b: {"query": 3, "value": 3} for b in (layers or [0, 1])}
+
+    def separate():
+        for name, b in zip(names, batches):
+            model.set_adapter(name)
+            out = model.forward(b)
+            model.backward(np.ones_like(out))
+
+    def together():
+        for name in names:
+            for p in model.get_adapter_parameters(name):
+                p.requires_grad = True
+        joint = stack_batches(batches)
+        out = model.forward(joint, adapter_names=[n for n, b in zip(names, batches) for _ in b["input_ids"]])
+        model.backward(np.ones_like(out))
+
+    counted = multi_adapter_work(BertConfig.from_dict(CFG), placements, lengths, shared_inputs=shared,
+                                 num_labels=3, sharing="block")
+    assert _gemm_flops(separate) == counted.separate.gemm
+    assert _gemm_flops(together) == counted.together.gemm
