@@ -94,7 +94,7 @@ def adapter_placement(model, adapter_name: str) -> dict[int, dict[str, int]]:
     (``...layer.<i>.attention.self.query`` ...): where :func:`multi_adapter_work` needs it.
 
     Example:
-        >>> adapter_placement(peft_model, "default")          # LoRA on query and value of blocks 4 and 5
+        >>> adapter_placement(peft_model, "default")  # doctest: +SKIP
         {4: {'query': 8, 'value': 8}, 5: {'query': 8, 'value': 8}}
     """
     from .nn import LoraLinear
