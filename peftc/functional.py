@@ -133,7 +133,9 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     that runs the base layer alone. The kernel groups the rows by adapter itself (one call per layer,
     one frozen GEMM for all rows). No dropout. Returns ``(y, u)``; ``u`` (N, max rank) is what
     :func:`lora_mixed_backward` needs. ``work`` (:func:`lora_mixed_workspace_size` floats) and ``iwork``
-    (N + K + 1 int64) are scratch a caller may keep between calls.
+    (N + K + 1 int64) are scratch a caller may keep between calls. ``weight=None`` (and ``bias=None``): ``out``
+    holds the base output x W^T + b on entry (the caller's product, e.g. made once for identical rows) and the
+    adapters are added into it.
 
     Example:
         >>> y, u = lora_mixed_forward(x, w, None, [a0, a1], [b0, b1], None, np.float32([2.0, 0.5]),
@@ -141,10 +143,12 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     """
     n, k = x.shape[0], len(lora_A)
     rm = max((a.shape[0] for a in lora_A), default=0)
-    y = _empty((n, weight.shape[0]), out)
+    if weight is None and out is None:
+        raise ValueError("lora_mixed_forward: weight=None needs out, holding the base output x W^T + b")
+    y = out if out is not None else np.empty((n, weight.shape[0]), dtype=np.float32)
     u = _empty((n, rm), u)
     if work is None:
-        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], weight.shape[0],
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], y.shape[1],
                                                   rm), dtype=np.float32)
     if iwork is None:
         iwork = np.empty(n + k + 1, dtype=np.int64)

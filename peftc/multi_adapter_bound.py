@@ -166,8 +166,10 @@ def multi_adapter_work(config: BertConfig, placements: Sequence[Placement], leng
     What the together side shares, with ``shared_inputs``: ``sharing="layer"`` (the bound) every frozen
     product whose input no adapter reaches, once for all the adapters still on the base path there: below
     each adapter's first adapted layer, and that layer's own frozen product; ``"block"`` only the whole
-    blocks below the lowest adapted block (what a model that shares whole frozen blocks runs); ``"none"``
-    nothing. Different inputs share nothing: the ratio is then 1 in flops (training together can only save
+    blocks below the lowest adapted block; ``"none"`` nothing. :class:`peftc.models.BertModel` runs what
+    ``"layer"`` counts when each adapter's first adapted layer is a query, key or value projection (it shares
+    the plain blocks below, then that block's q, k, v products of the identical rows,
+    :mod:`peftc.nn.shared_rows`), and what ``"block"`` counts plus those q, k, v products otherwise. Different inputs share nothing: the ratio is then 1 in flops (training together can only save
     per-call costs and run bigger, more efficient products).
 
     Example:

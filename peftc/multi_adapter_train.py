@@ -6,6 +6,10 @@ linear layer makes one GEMM over all N*B rows instead of N GEMMs over B rows, an
 run in the same kernel call, grouped by adapter (:func:`peftc.functional.lora_mixed_forward`). The base
 activations of different adapters' rows differ after the first adapted layer, so what is shared is the
 frozen weights' pass, not the activations: one set of per-call costs and bigger, more efficient GEMMs.
+Adapters trained on the same batches (a hyperparameter sweep) share more: the identical rows run the frozen
+blocks below the adapters, and the query, key and value products of the first adapted block, once
+(:mod:`peftc.nn.shared_rows`). :func:`peftc.multi_adapter_bound.multi_adapter_work` counts what can be shared
+and gives the most that training together can gain.
 The step runs on the real tokens only (a BERT encoder in training mode packs its batch, see
 :meth:`peftc.models.BertModel.forward`; each token runs its row's adapter), so stacking batches of
 different widths, and padding them to the widest, costs no padded rows in the encoder's products.

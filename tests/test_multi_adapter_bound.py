@@ -122,6 +122,60 @@ def test_the_counted_products_are_those_a_training_step_runs(layers, shared):
         model.backward(np.ones_like(out))
 
     counted = multi_adapter_work(BertConfig.from_dict(CFG), placements, lengths, shared_inputs=shared,
-                                 num_labels=3, sharing="block")
+                                 num_labels=3)
     assert _gemm_flops(separate) == counted.separate.gemm
     assert _gemm_flops(together) == counted.together.gemm
+
+
+def test_layers_given_identical_rows_multiply_the_distinct_rows_once_with_the_same_outputs():
+    from peftc.nn import Linear, LoraLinear
+    from peftc.nn.row_adapters import RowAdapters
+    from peftc.nn.shared_rows import shared_input_rows
+
+    rng = np.random.default_rng(4)
+    distinct = rng.standard_normal((3, 8)).astype(np.float32)
+    source = np.array([0, 1, 2, 1, 0, 2])
+    x = distinct[source]
+    plain = Linear(8, 5, generator=Generator(1))
+    lora = LoraLinear(Linear(8, 5, generator=Generator(2)), r=2, init_lora_weights=False, generator=Generator(3))
+    lora.add_adapter("b", r=3, init_lora_weights=False, generator=Generator(4))
+    mixed = RowAdapters.from_names(["default", "b", "__base__", "b", "default", "default"])
+
+    def run(layer, rows):
+        layer.row_adapters = rows
+        try:
+            return layer.forward(x)
+        finally:
+            layer.row_adapters = None
+
+    for layer, rows in ((plain, None), (lora, None), (lora, mixed)):
+        want = run(layer, rows)
+        with shared_input_rows(x, distinct, source):
+            flops = _gemm_flops(lambda: run(layer, rows))
+            got = run(layer, rows)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        adapters = 0 if layer is plain else (2 * 6 * 2 * 13 if rows is None else 2 * 3 * 2 * 13 + 2 * 2 * 3 * 13)
+        assert flops == 2 * 3 * 8 * 5 + adapters  # the frozen product on the 3 distinct rows, not the 6
+    with shared_input_rows(x, distinct, source):  # another array with the same values runs as usual
+        assert _gemm_flops(lambda: plain.forward(x.copy())) == 2 * 6 * 8 * 5
+
+
+def test_lora_mixed_forward_without_weight_adds_the_adapters_to_the_given_base_output():
+    from peftc import functional as F
+    from peftc import reference as R
+
+    rng = np.random.default_rng(6)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((5, 4), (3, 4), (3,)))
+    a, bm = [rng.standard_normal((2, 4)).astype(np.float32)], [rng.standard_normal((3, 2)).astype(np.float32)]
+    idx, scale = np.array([0, -1, 0, 0, -1]), np.float32([1.5])
+    want, _ = R.lora_mixed_forward(x, w, b, a, bm, None, scale, idx)
+    base = F.linear_forward(x, w, b)
+    got, _ = F.lora_mixed_forward(x, None, None, a, bm, None, scale, idx, out=base)
+    assert got is base
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(R.lora_mixed_forward(x, None, None, a, bm, None, scale, idx, out=F.linear_forward(
+        x, w, b))[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="bias must be None"):
+        F.lora_mixed_forward(x, None, b, a, bm, None, scale, idx, out=base)
+    with pytest.raises(ValueError, match="needs out"):
+        F.lora_mixed_forward(x, None, None, a, bm, None, scale, idx)

@@ -22,6 +22,7 @@ from ..random import Generator
 from .linear import Linear, kaiming_uniform
 from .module import Module, Parameter
 from .row_adapters import RowAdapters
+from .shared_rows import distinct_rows
 
 DEFAULT_ADAPTER = "default"
 
@@ -255,10 +256,14 @@ class LoraLinear(Module):
         p = ad.lora_dropout if self.training else 0.0
         offset = self.generator.take(rows.size) if p > 0.0 else 0
         packed = self._packed()
-        y, xd, u = F.lora_forward(rows, None if packed else self.base.weight.data, self._bias(), ad.lora_A.data,
-                                  ad.lora_B.data, ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling,
-                                  p, self.generator.seed, offset)
-        if packed:  # the frozen product, added into the adapter's output by the bf16 kernel
+        shared = distinct_rows(x)
+        y, xd, u = F.lora_forward(rows, None if packed or shared else self.base.weight.data, self._bias(),
+                                  ad.lora_A.data, ad.lora_B.data,
+                                  ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, p,
+                                  self.generator.seed, offset)
+        if shared:  # identical rows: the frozen product once per distinct row, added to every copy
+            y += self.base.product(rows, shared, bias=False)
+        elif packed:  # the frozen product, added into the adapter's output by the bf16 kernel
             bf16_linear_forward(rows, packed, out=y, accumulate=True)
         self._cache = (rows, xd, u, p, offset, ad)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -316,10 +321,14 @@ class LoraLinear(Module):
         scales = np.array([ad.scaling for ad in ads], dtype=np.float32)
         max_rank = max((ad.r for ad in ads), default=0)
         work, iwork = self._scratch(idx, len(ads), max_rank)
-        y, u = F.lora_mixed_forward(rows, self.base.weight.data, self._bias(), [ad.lora_A.data for ad in ads],
-                                    [ad.lora_B.data for ad in ads],
+        shared = distinct_rows(x)
+        # identical rows (N adapters on one batch): the frozen product once per distinct row, gathered into y,
+        # to which the kernel adds the adapters
+        base = self.base.product(rows, shared) if shared else None
+        y, u = F.lora_mixed_forward(rows, None if shared else self.base.weight.data, None if shared else self._bias(),
+                                    [ad.lora_A.data for ad in ads], [ad.lora_B.data for ad in ads],
                                     [ad.lora_bias.data if ad.lora_bias is not None else None for ad in ads],
-                                    scales, idx, work=work, iwork=iwork)
+                                    scales, idx, out=base, work=work, iwork=iwork)
         self._mixed_cache = (rows, u, idx, ads, scales)
         return y.reshape(*x.shape[:-1], self.out_features)
 
