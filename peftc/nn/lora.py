@@ -61,10 +61,13 @@ class LoraAdapter:
         return out
 
 
-def _active_field(name: str) -> property:
+def _active_field(name: str, settable: bool = False) -> property:
     def get(self: LoraLinear):
         return getattr(self._active_record(), name)
-    return property(get, doc=f"The active adapter's ``{name}``.")
+
+    def set_(self: LoraLinear, value) -> None:
+        setattr(self._active_record(), name, value)
+    return property(get, set_ if settable else None, doc=f"The active adapter's ``{name}``.")
 
 
 class LoraLinear(Module):
@@ -79,7 +82,8 @@ class LoraLinear(Module):
 
     The constructor makes the adapter ``adapter_name``; :meth:`add_adapter` adds more, :meth:`set_adapter`
     picks the one that runs. ``lora_A``, ``lora_B``, ``lora_bias``, ``r``, ``lora_alpha``, ``scaling``,
-    ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold one adapter.
+    ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold named adapters
+the same way (their records carry the gate, or the sequential branch, too).
     """
 
     lora_A = _active_field("lora_A")
@@ -113,7 +117,7 @@ class LoraLinear(Module):
         self._mixed_cache: tuple | None = None
         self._mixed_work = np.empty(0, dtype=np.float32)
         self._mixed_iwork = np.empty(0, dtype=np.int64)
-        self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+        self._new_adapter(adapter_name, self._record(r, lora_alpha, lora_dropout, use_rslora, lora_bias))
         self.reset_lora_parameters(init_lora_weights)
 
     @property
@@ -138,14 +142,16 @@ class LoraLinear(Module):
             raise KeyError(f"no adapter {adapter_name!r} on this layer (it holds {list(self.lora_adapters)})")
         return self.lora_adapters[adapter_name]
 
-    def _new_adapter(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
-                     lora_bias: bool) -> LoraAdapter:
+    def _record(self, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
+                lora_bias: bool) -> LoraAdapter:
+        return LoraAdapter(self.in_features, self.out_features, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+
+    def _new_adapter(self, adapter_name: str, adapter: LoraAdapter) -> LoraAdapter:
+        """Hold ``adapter`` (a record the subclass made) under ``adapter_name``."""
         if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
             raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
         if adapter_name in self.lora_adapters:
             raise ValueError(f"this layer already holds an adapter named {adapter_name!r}")
-        adapter = LoraAdapter(self.in_features, self.out_features, r, lora_alpha, lora_dropout, use_rslora,
-                              lora_bias)
         self.lora_adapters[adapter_name] = adapter
         if adapter_name == self.active_adapter:
             self._active = adapter
@@ -163,9 +169,14 @@ class LoraLinear(Module):
         (3, 4)
         """
         if type(self) is not LoraLinear:
-            raise NotImplementedError(f"{type(self).__name__} holds one adapter; several adapters per layer are "
-                                      f"supported for LoRA only")
-        adapter = self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+            raise TypeError(f"{type(self).__name__}.add_adapter takes its own settings; LoraLinear.add_adapter was "
+                            f"called")
+        adapter = self._new_adapter(adapter_name, self._record(r, lora_alpha, lora_dropout, use_rslora, lora_bias))
+        self._init_new(adapter_name, adapter, init_lora_weights, generator)
+
+    def _init_new(self, adapter_name: str, adapter: LoraAdapter, init_lora_weights: bool | str,
+                  generator: Generator | None) -> None:
+        """Initialise a just-added adapter (the subclasses' extra tensors too); on a bad setting remove it again."""
         try:
             self._init_adapter(adapter, init_lora_weights, generator)
         except ValueError:
