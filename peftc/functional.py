@@ -105,14 +105,14 @@ def lora_mixed_gathered_rows(index: np.ndarray, n_adapters: int) -> int:
         >>> lora_mixed_gathered_rows(np.array([0, 0, 1, 1, -1]), 2), lora_mixed_gathered_rows(np.array([0, 1, 0]), 2)
         (0, 2)
     """
-    valid = np.flatnonzero(index >= 0)
-    counts = np.bincount(index[valid], minlength=n_adapters)
-    first = np.full(n_adapters, index.size, dtype=np.int64)
-    last = np.full(n_adapters, -1, dtype=np.int64)
-    np.minimum.at(first, index[valid], valid)
-    np.maximum.at(last, index[valid], valid)
-    scattered = counts[(counts > 0) & (last - first + 1 != counts)]
-    return int(scattered.max(initial=0))
+    index = np.asarray(index)
+    if index.size == 0:
+        return 0
+    # a group is one block when its rows form one run of equal indices
+    runs = index[np.flatnonzero(np.r_[True, index[1:] != index[:-1]])]
+    runs = np.bincount(runs[runs >= 0], minlength=n_adapters)
+    counts = np.bincount(index[index >= 0], minlength=n_adapters)
+    return int(counts[runs > 1].max(initial=0))
 
 
 def lora_mixed_workspace_size(n: int, gathered: int, in_features: int, out_features: int, max_rank: int) -> int:

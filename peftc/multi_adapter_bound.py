@@ -131,7 +131,8 @@ def _check(config: BertConfig, placements: Sequence[Placement], lengths: Sequenc
             raise ValueError(f"placements[{k}] names no adapted layer: {dict(placement)!r}")
         for b, mods in placement.items():
             if not 0 <= b < config.num_hidden_layers:
-                raise ValueError(f"placements[{k}] has block {b}; the model has blocks 0..{config.num_hidden_layers - 1}")
+                raise ValueError(f"placements[{k}] has block {b}; the model has blocks "
+                                 f"0..{config.num_hidden_layers - 1}")
             for role, r in mods.items():
                 if role not in _STAGE or int(r) != r or r <= 0:
                     raise ValueError(f"placements[{k}][{b}] has {role!r}: {r!r}; expected a role in {MODULES} and a "
@@ -169,8 +170,9 @@ def multi_adapter_work(config: BertConfig, placements: Sequence[Placement], leng
     blocks below the lowest adapted block; ``"none"`` nothing. :class:`peftc.models.BertModel` runs what
     ``"layer"`` counts when each adapter's first adapted layer is a query, key or value projection (it shares
     the plain blocks below, then that block's q, k, v products of the identical rows,
-    :mod:`peftc.nn.shared_rows`), and what ``"block"`` counts plus those q, k, v products otherwise. Different inputs share nothing: the ratio is then 1 in flops (training together can only save
-    per-call costs and run bigger, more efficient products).
+    :mod:`peftc.nn.shared_rows`), and what ``"block"`` counts plus those q, k, v products otherwise.
+    Different inputs share nothing: the ratio is then 1 in flops (training together can only save per-call
+    costs and run bigger, more efficient products).
 
     Example:
         >>> cfg = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)

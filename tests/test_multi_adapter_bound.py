@@ -179,3 +179,19 @@ def test_lora_mixed_forward_without_weight_adds_the_adapters_to_the_given_base_o
         F.lora_mixed_forward(x, None, b, a, bm, None, scale, idx, out=base)
     with pytest.raises(ValueError, match="needs out"):
         F.lora_mixed_forward(x, None, None, a, bm, None, scale, idx)
+
+
+def test_lora_mixed_gathered_rows_is_the_largest_group_that_is_not_one_run():
+    from peftc import functional as F
+
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        k = int(rng.integers(1, 5))
+        idx = rng.integers(-1, k, int(rng.integers(0, 12))) if rng.random() < 0.5 else \
+            np.sort(rng.integers(-1, k, int(rng.integers(0, 12))))
+        want = 0
+        for a in range(k):
+            rows = np.flatnonzero(idx == a)
+            if rows.size and rows[-1] - rows[0] + 1 != rows.size:
+                want = max(want, rows.size)
+        assert F.lora_mixed_gathered_rows(idx, k) == want, idx

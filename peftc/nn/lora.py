@@ -299,12 +299,11 @@ the same way (their records carry the gate, or the sequential branch, too).
         return self._base_backward(drows, rows, out, dx, dy)
 
     # -- mixed-adapter batches ------------------------------------------------------------------------
-    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx``, grown when too small and
-        reused otherwise."""
+    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int, gathered: int) -> tuple[np.ndarray, np.ndarray]:
+        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx`` (``gathered``:
+        :func:`~peftc.functional.lora_mixed_gathered_rows` of them), grown when too small and reused otherwise."""
         rows = idx.size
-        size = F.lora_mixed_workspace_size(rows, F.lora_mixed_gathered_rows(idx, adapters), self.in_features,
-                                           self.out_features, max_rank)
+        size = F.lora_mixed_workspace_size(rows, gathered, self.in_features, self.out_features, max_rank)
         if self._mixed_work.size < size:
             self._mixed_work = np.empty(size, dtype=np.float32)
         if self._mixed_iwork.size < rows + adapters + 1:
@@ -331,7 +330,8 @@ the same way (their records carry the gate, or the sequential branch, too).
                                       f"lora_dropout=0")
         scales = np.array([ad.scaling for ad in ads], dtype=np.float32)
         max_rank = max((ad.r for ad in ads), default=0)
-        work, iwork = self._scratch(idx, len(ads), max_rank)
+        gathered = F.lora_mixed_gathered_rows(idx, len(ads))
+        work, iwork = self._scratch(idx, len(ads), max_rank, gathered)
         shared = distinct_rows(x)
         # identical rows (N adapters on one batch): the frozen product once per distinct row, gathered into y,
         # to which the kernel adds the adapters
@@ -340,14 +340,14 @@ the same way (their records carry the gate, or the sequential branch, too).
                                     [ad.lora_A.data for ad in ads], [ad.lora_B.data for ad in ads],
                                     [ad.lora_bias.data if ad.lora_bias is not None else None for ad in ads],
                                     scales, idx, out=base, work=work, iwork=iwork)
-        self._mixed_cache = (rows, u, idx, ads, scales)
+        self._mixed_cache = (rows, u, idx, ads, scales, gathered)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _backward_mixed(self, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool) -> np.ndarray | None:
-        rows, u, idx, ads, scales = self._mixed_cache
+        rows, u, idx, ads, scales, gathered = self._mixed_cache
         drows = as_rows(dy, "dy", self.out_features)
         out = self._input_rows(dx, dy) if input_grad else None
-        work, iwork = self._scratch(idx, len(ads), u.shape[1])
+        work, iwork = self._scratch(idx, len(ads), u.shape[1], gathered)
         F.lora_mixed_backward(drows, rows, u, self.base.weight.data, [ad.lora_A.data for ad in ads],
                               [ad.lora_B.data for ad in ads], scales, idx, dx=out,
                               dlora_A=[ad.lora_A.grad_buffer() for ad in ads],
