@@ -134,7 +134,7 @@ class PeftModel(Module):
         targets = find_target_modules(model, config, existing_lora=True)
         for name in targets:
             base = model.get_submodule(name)
-            if isinstance(base, layer_class(config)):  # a layer of this kind takes one more adapter
+            if type(base) is layer_class(config):  # a layer of this kind takes one more adapter
                 with _naming_module(name, base.base):
                     base.add_adapter(adapter_name, **_layer_settings(config, name), **_generator_kw(config, generator))
                 continue
