@@ -24,9 +24,17 @@ timed in alternation (common.time_interleaved), median of ``--repeats``. Before 
 each side is compared: the adapters must end within ``CHECK_TOL`` of each other (but for
 AdamW sign flips of gradients within rounding of zero: :func:`check_same_adapters`). The results file
 holds "four_separate_s", "four_together_s", "ratio" (separate / together; the issue's target is >= 2),
-"upper_same_inputs" (the same for the second workload), "cpu", and verdicts over the paired repeats
-(peftc.evaluation: paired t, Holm): "together is faster"
-and "together takes at most half the time", for each workload. The repeats are timing repetitions, not seeds.
+"upper_same_inputs" and "top_block_same_inputs" (the same for the second and third workloads), "cpu", and
+verdicts over the paired repeats (peftc.evaluation: paired t, Holm): "together is faster" and "together takes
+at most half the time", for each workload. The repeats are timing repetitions, not seeds.
+
+Beside each measured ratio, "bound": the most training together can gain by not repeating work, from
+:func:`peftc.multi_adapter_bound.multi_adapter_work` (the flops of the frozen products, the adapters, the heads
+and the attention core that each side must run, for the adapters' placement and the real token counts of the
+rows each adapter trains on), with the flops under "bound_work", and "fraction_of_bound" = ratio / bound.
+With different inputs nothing can be shared (an adapter changes everything above its first layer, and the rows
+differ below it): the bound is 1 in flops, and a measured ratio above it comes from per-call costs and bigger
+products, not from work saved.
 
 A second workload, clearly apart ("upper_same_inputs" in the results): the four adapters on blocks 3-5 only
 (``layers_to_transform``), all four on the same batches (one data seed: a hyperparameter sweep on one data
@@ -36,7 +44,12 @@ embeddings and the frozen blocks 0-2 once (:class:`peftc.models.BertModel` compu
 plain frozen blocks once), then blocks 3-5 on all rows, each copy with its adapter. The same check
 (adapters of the two sides compared after a few steps) runs before timing.
 
-Run (about 20 minutes on a quiet 2-core machine):
+A third workload, "top_block_same_inputs": the common sweep, four hyperparameter variants (the four ranks and
+learning rates) of LoRA on the top block (5) only, all on the same batches. Identical rows share the
+embeddings and blocks 0-4; only block 5 and the heads run per adapter, forward and backward, which is where
+sharing can pay (the bound is about 2.4).
+
+Run (about 30 minutes on a quiet 2-core machine):
     python benchmarks/bench_multi_adapter.py [--threads 2] [--steps 10] [--repeats 5]
 Check that it runs (tiny; writes bench_multi_adapter_quick.{json,md}, not a result):
     python benchmarks/bench_multi_adapter.py --quick
@@ -60,7 +73,9 @@ TARGETS = ["query", "value"]
 CHECK_TOL = 1e-4
 TARGET_RATIO = 2.0
 # workload name: (blocks carrying the adapters (None: all), one data seed for all adapters (None: their own))
-WORKLOADS = {"all_blocks": (None, None), "upper_same_inputs": ([3, 4, 5], 1)}
+WORKLOADS = {"all_blocks": (None, None), "upper_same_inputs": ([3, 4, 5], 1), "top_block_same_inputs": ([5], 1)}
+TITLES = {"all_blocks": "all blocks, own data", "upper_same_inputs": "blocks 3-5, same inputs",
+          "top_block_same_inputs": "top block, same inputs"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -167,26 +182,59 @@ def check_same_adapters(model, start, data, steps: int, batch_size: int,
     return worst, off
 
 
+def trained_lengths(data, steps: int, batch_size: int, data_seed: int | None) -> dict[str, list[int]]:
+    """{adapter: the real token count of every row it trains on in ``steps`` steps}, from the batches its Trainer
+    draws (the same sampler, seed and epochs)."""
+    from peftc.data.batching import BatchSampler
+
+    mask = data["attention_mask"]
+    out = {}
+    for name in ADAPTERS:
+        cfg = training_config(name, steps, batch_size, data_seed)
+        sampler = BatchSampler(mask.shape[0], cfg.batch_size, cfg.seed, shuffle=True, drop_last=cfg.drop_last)
+        batches, epoch = [], 0
+        while len(batches) < steps:
+            batches += list(sampler.batches(epoch))[:steps - len(batches)]
+            epoch += 1
+        out[name] = [int(n) for rows in batches for n in mask[rows].sum(axis=1)]
+    return out
+
+
+def work_bound(model, data, steps: int, batch_size: int, data_seed: int | None, num_classes: int):
+    """The work of the four separate runs and of the four together (multi_adapter_work, layer-level sharing)."""
+    from peftc.multi_adapter_bound import adapter_placement, multi_adapter_work
+
+    lengths = trained_lengths(data, steps, batch_size, data_seed)
+    bert = model.get_base_model().bert
+    return multi_adapter_work(bert.config, [adapter_placement(model, name) for name in ADAPTERS],
+                              [lengths[name] for name in ADAPTERS], shared_inputs=data_seed is not None,
+                              num_labels=num_classes)
+
+
 def render(payload: dict[str, Any]) -> str:
     from peftc.evaluation import verdicts_markdown
 
     s = payload["settings"]
-    upper = payload["upper_same_inputs"]
-    rows = [["four separate runs", payload["four_separate_s"], s["steps"] * len(ADAPTERS)],
-            ["four together (MultiAdapterTrainer)", payload["four_together_s"], s["steps"]],
-            ["blocks 3-5, same inputs: four separate runs", upper["four_separate_s"], s["steps"] * len(ADAPTERS)],
-            ["blocks 3-5, same inputs: four together", upper["four_together_s"], s["steps"]]]
+    runs = {"all_blocks": payload, **{w: payload[w] for w in WORKLOADS if w != "all_blocks"}}
+    rows, lines = [], []
+    for workload, r in runs.items():
+        rows += [[f"{TITLES[workload]}: four separate runs", r["four_separate_s"], s["steps"] * len(ADAPTERS)],
+                 [f"{TITLES[workload]}: four together", r["four_together_s"], s["steps"]]]
+        lines.append([TITLES[workload], f"{r['ratio']:.2f}x", f"{r['bound']:.2f}x", f"{r['fraction_of_bound']:.2f}",
+                      f"{r['check_max_abs_diff']:.2g}"])
     text = [f"# {NAME}{' (QUICK: checks the script, not a result)' if s['quick'] else ''}", "",
             f"Four LoRA adapters (ranks 8, 8, 4, 16 on query and value, a head each) on all-MiniLM-L6-v2, "
             f"WordNet gloss batches of {s['batch_size']} per adapter, {s['steps']} steps per adapter, "
             f"{s['threads']} threads, median of {s['repeats']} alternated repeats, real tokens only (packed). "
-            f"CPU: {payload['cpu']}. Second workload: the adapters on blocks 3-5 only, all four on the same "
-            f"batches (frozen blocks 0-2 run once for the four copies).", "",
+            f"CPU: {payload['cpu']}. Three workloads: the adapters on every block, each on its own data; on blocks "
+            f"3-5, all on the same batches (frozen blocks 0-2 run once for the four copies); on the top block, all "
+            f"on the same batches (a hyperparameter sweep: blocks 0-4 run once).", "",
             common.markdown_table(["run", "median seconds", "forward+backward passes"], rows),
-            f"ratio (separate / together): **{payload['ratio']:.2f}x** (target >= {TARGET_RATIO:g}x); "
-            f"blocks 3-5 with the same inputs: **{upper['ratio']:.2f}x**. "
-            f"Adapters of the two sides after {s['check_steps']} steps: max abs difference "
-            f"{payload['check_max_abs_diff']:.2g} ({upper['check_max_abs_diff']:.2g} for the second workload).", "",
+            f"Ratio = separate / together (target >= {TARGET_RATIO:g}x). Bound = the same ratio of the flops each "
+            f"side must run (frozen products, adapters, heads, attention core; multi_adapter_work), the most that "
+            f"not repeating work can gain; different inputs share nothing, so their bound is 1. Max abs difference "
+            f"of the adapters of the two sides after {s['check_steps']} steps in the last column.", "",
+            common.markdown_table(["workload", "ratio", "bound", "ratio / bound", "check"], lines),
             f"Command: `{payload['command']}`", "", verdicts_markdown(payload["verdicts"])]
     return "\n".join(text) + "\n"
 
@@ -201,50 +249,52 @@ def main() -> int:
     t0 = time.perf_counter()
     data = load_data(args.train_per_class)
     num_classes = int(data["labels"].max()) + 1
-    runs, checks = {}, {}
+    runs, checks, bounds = {}, {}, {}
     for workload, (layers, data_seed) in WORKLOADS.items():
         model, start = build_model(num_classes, layers=layers)
+        bounds[workload] = work_bound(model, data, args.steps, args.batch_size, data_seed, num_classes)
         checks[workload] = check_same_adapters(model, start, data, args.check_steps, args.batch_size, data_seed)
         print(f"{workload} check: adapters of the two sides within {checks[workload][0]:.3g} after "
-              f"{args.check_steps} steps ({checks[workload][1]:.2%} of the entries beyond {CHECK_TOL})")
+              f"{args.check_steps} steps ({checks[workload][1]:.2%} of the entries beyond {CHECK_TOL}); work bound "
+              f"{bounds[workload].ratio:.2f}x")
         runs[f"{workload}/four_separate"] = (lambda m=model, st=start, ds=data_seed:
                                              four_separate(m, st, data, args.steps, args.batch_size, ds))
         runs[f"{workload}/four_together"] = (lambda m=model, st=start, ds=data_seed:
                                              four_together(m, st, data, args.steps, args.batch_size, ds))
     times = common.time_interleaved(runs, repeats=args.repeats, warmup=1)
-    result = {}
+    result, claims = {}, []
     for workload in WORKLOADS:
         separate, together = times[f"{workload}/four_separate"], times[f"{workload}/four_together"]
+        ratio = separate["median_s"] / together["median_s"]
         result[workload] = {"four_separate_s": separate["median_s"], "four_together_s": together["median_s"],
-                            "ratio": separate["median_s"] / together["median_s"],
+                            "ratio": ratio, "bound": bounds[workload].ratio,
+                            "fraction_of_bound": ratio / bounds[workload].ratio,
+                            "bound_work": bounds[workload].as_dict(),
                             "check_max_abs_diff": checks[workload][0], "check_fraction_beyond_tol": checks[workload][1],
                             "together_times_s": together["times_s"], "separate_times_s": separate["times_s"]}
         print(f"{workload}: four separate {separate['median_s']:.2f} s, four together {together['median_s']:.2f} s, "
-              f"ratio {result[workload]['ratio']:.2f}x")
-    main_run, upper = result["all_blocks"], result["upper_same_inputs"]
-    a, b = np.array(main_run["together_times_s"]), np.array(main_run["separate_times_s"])
-    ua, ub = np.array(upper["together_times_s"]), np.array(upper["separate_times_s"])
+              f"ratio {ratio:.2f}x, bound {bounds[workload].ratio:.2f}x")
+        a, b = np.array(together["times_s"]), np.array(separate["times_s"])
+        where = "" if workload == "all_blocks" else f"{TITLES[workload]}: "
+        claims += [Claim(f"{where}four together take less time than four separate runs (seconds)", list(a), list(b),
+                         "less"),
+                   Claim(f"{where}four together take at most 1/{TARGET_RATIO:g} of the separate time "
+                         f"({TARGET_RATIO:g} x together < separate, seconds)", list(TARGET_RATIO * a), list(b), "less")]
+    main_run = result["all_blocks"]
     env = common.environment()
     payload = {
         "four_separate_s": main_run["four_separate_s"], "four_together_s": main_run["four_together_s"],
-        "ratio": main_run["ratio"], "cpu": env["cpu"], "target_ratio": TARGET_RATIO,
+        "ratio": main_run["ratio"], "bound": main_run["bound"], "fraction_of_bound": main_run["fraction_of_bound"],
+        "bound_work": main_run["bound_work"], "cpu": env["cpu"], "target_ratio": TARGET_RATIO,
         "check_max_abs_diff": main_run["check_max_abs_diff"],
-        "check_fraction_beyond_tol": main_run["check_fraction_beyond_tol"], "upper_same_inputs": upper,
+        "check_fraction_beyond_tol": main_run["check_fraction_beyond_tol"],
+        **{w: result[w] for w in WORKLOADS if w != "all_blocks"},
         "settings": {"threads": args.threads, "steps": args.steps, "batch_size": args.batch_size,
                      "repeats": args.repeats, "train_per_class": args.train_per_class,
                      "check_steps": args.check_steps, "quick": args.quick, "adapters": ADAPTERS,
                      "targets": TARGETS, "workloads": WORKLOADS},
         "times": times, "environment": env, "command": "python " + " ".join(sys.argv),
-        "verdicts": verdicts([Claim("four together take less time than four separate runs (seconds)",
-                                    list(a), list(b), "less"),
-                              Claim(f"four together take at most 1/{TARGET_RATIO:g} of the separate time "
-                                    f"({TARGET_RATIO:g} x together < separate, seconds)",
-                                    list(TARGET_RATIO * a), list(b), "less"),
-                              Claim("blocks 3-5, same inputs: four together take less time than four separate "
-                                    "runs (seconds)", list(ua), list(ub), "less"),
-                              Claim(f"blocks 3-5, same inputs: four together take at most 1/{TARGET_RATIO:g} of the "
-                                    f"separate time ({TARGET_RATIO:g} x together < separate, seconds)",
-                                    list(TARGET_RATIO * ua), list(ub), "less")]),
+        "verdicts": verdicts(claims),
         "total_seconds": time.perf_counter() - t0,
     }
     common.write_results(NAME + ("_quick" if args.quick else ""), payload, render(payload))

@@ -1,6 +1,7 @@
 /* lora_mixed.c: LoRA with one adapter per row (mixed-adapter batches), forward and backward.
  *   y[n] = x[n] w^T + b + s_k * (x[n] a_k^T bm_k^T + bb_k),   k = idx[n]   (idx[n] = -1: the base layer alone)
- * The frozen product runs once over all N rows (one GEMM); the rows are then grouped by adapter with a
+ * The frozen product runs once over all N rows (one GEMM; or the caller made it, w NULL, e.g. once per distinct
+ * row of a batch of identical rows); the rows are then grouped by adapter with a
  * counting sort into iwork, and each adapter's two GEMMs run on its rows: in place when its rows are
  * one contiguous block (a batch built adapter by adapter), else on rows gathered into the workspace and
  * added back, so the workspace grows with the largest group that is not a block (G rows), not with N. No dropout here
@@ -106,8 +107,10 @@ peftc_status peftc_lora_mixed_forward(float *y, float *u, float *work, int64_t *
     peftc_status st = group_checked(&order, &start, iwork, rank, idx, N, IC, OC, K, RM);
     if (st != PEFTC_OK)
         return st;
-    /* every row: y (N,OC) = x w^T + b, one GEMM for all the adapters */
-    if ((st = peftc_linear_forward(y, x, w, b, N, IC, OC)) != PEFTC_OK)
+    if (!w && b)
+        return PEFTC_ERR_ARG;
+    /* every row: y (N,OC) = x w^T + b, one GEMM for all the adapters (w NULL: y holds it already) */
+    if (w && (st = peftc_linear_forward(y, x, w, b, N, IC, OC)) != PEFTC_OK)
         return st;
     const int64_t G = gathered_rows(order, start, K);
     float *xg = work, *t = work + G * IC;

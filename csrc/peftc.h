@@ -89,12 +89,15 @@ peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) u
 int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t G, int64_t IC, int64_t OC,
                                         int64_t RM); /* floats, both passes */
 peftc_status peftc_lora_mixed_forward(
-    float *y /* (N,OC) overwritten */, float *u /* (N,RM) overwritten: adapters' rows, first R_k columns */,
+    float *y /* (N,OC) overwritten; with w NULL updated: it holds x w^T + b on entry, the adapters are added */,
+    float *u /* (N,RM) overwritten: adapters' rows, first R_k columns */,
     float *work /* peftc_lora_mixed_workspace_size() floats */, int64_t *iwork /* (N+K+1) scratch */,
-    const float *x /* (N,IC) */, const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
-    const float *const *a /* K pointers: (R_k,IC) */, const float *const *bm /* K pointers: (OC,R_k) */,
-    const float *const *bb /* K pointers: (OC) or NULL */, const float *scale /* (K) */, const int64_t *rank /* (K) */,
-    const int64_t *idx /* (N) in [-1, K) */, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM);
+    const float *x /* (N,IC) */,
+    const float *w /* (OC,IC), or NULL: the base product is the caller's (e.g. once for identical rows) */,
+    const float *b /* (OC) or NULL; NULL when w is */, const float *const *a /* K pointers: (R_k,IC) */,
+    const float *const *bm /* K pointers: (OC,R_k) */, const float *const *bb /* K pointers: (OC) or NULL */,
+    const float *scale /* (K) */, const int64_t *rank /* (K) */, const int64_t *idx /* (N) in [-1, K) */, int64_t N,
+    int64_t IC, int64_t OC, int64_t K, int64_t RM);
 peftc_status peftc_lora_mixed_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                        float *const *da /* K pointers: (R_k,IC) accumulated, or NULL */,
                                        float *const *dbm /* K pointers: (OC,R_k) accumulated, or NULL */,

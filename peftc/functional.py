@@ -105,14 +105,14 @@ def lora_mixed_gathered_rows(index: np.ndarray, n_adapters: int) -> int:
         >>> lora_mixed_gathered_rows(np.array([0, 0, 1, 1, -1]), 2), lora_mixed_gathered_rows(np.array([0, 1, 0]), 2)
         (0, 2)
     """
-    valid = np.flatnonzero(index >= 0)
-    counts = np.bincount(index[valid], minlength=n_adapters)
-    first = np.full(n_adapters, index.size, dtype=np.int64)
-    last = np.full(n_adapters, -1, dtype=np.int64)
-    np.minimum.at(first, index[valid], valid)
-    np.maximum.at(last, index[valid], valid)
-    scattered = counts[(counts > 0) & (last - first + 1 != counts)]
-    return int(scattered.max(initial=0))
+    index = np.asarray(index)
+    if index.size == 0:
+        return 0
+    # a group is one block when its rows form one run of equal indices
+    runs = index[np.flatnonzero(np.r_[True, index[1:] != index[:-1]])]
+    runs = np.bincount(runs[runs >= 0], minlength=n_adapters)
+    counts = np.bincount(index[index >= 0], minlength=n_adapters)
+    return int(counts[runs > 1].max(initial=0))
 
 
 def lora_mixed_workspace_size(n: int, gathered: int, in_features: int, out_features: int, max_rank: int) -> int:
@@ -133,7 +133,9 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     that runs the base layer alone. The kernel groups the rows by adapter itself (one call per layer,
     one frozen GEMM for all rows). No dropout. Returns ``(y, u)``; ``u`` (N, max rank) is what
     :func:`lora_mixed_backward` needs. ``work`` (:func:`lora_mixed_workspace_size` floats) and ``iwork``
-    (N + K + 1 int64) are scratch a caller may keep between calls.
+    (N + K + 1 int64) are scratch a caller may keep between calls. ``weight=None`` (and ``bias=None``): ``out``
+    holds the base output x W^T + b on entry (the caller's product, e.g. made once for identical rows) and the
+    adapters are added into it.
 
     Example:
         >>> y, u = lora_mixed_forward(x, w, None, [a0, a1], [b0, b1], None, np.float32([2.0, 0.5]),
@@ -141,10 +143,12 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     """
     n, k = x.shape[0], len(lora_A)
     rm = max((a.shape[0] for a in lora_A), default=0)
-    y = _empty((n, weight.shape[0]), out)
+    if weight is None and out is None:
+        raise ValueError("lora_mixed_forward: weight=None needs out, holding the base output x W^T + b")
+    y = out if out is not None else np.empty((n, weight.shape[0]), dtype=np.float32)
     u = _empty((n, rm), u)
     if work is None:
-        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], weight.shape[0],
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], y.shape[1],
                                                   rm), dtype=np.float32)
     if iwork is None:
         iwork = np.empty(n + k + 1, dtype=np.int64)

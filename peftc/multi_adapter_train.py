@@ -1,18 +1,24 @@
-"""MultiAdapterTrainer: several LoRA adapters trained at once on one frozen base model, one batch for all.
+"""MultiAdapterTrainer: several adapters trained at once on one frozen base model, one batch for all.
 
 Each step takes the next batch of every adapter's own data, stacks them along the batch axis and runs
 one forward and one backward of the model with ``adapter_names`` (a mixed-adapter batch): every frozen
 linear layer makes one GEMM over all N*B rows instead of N GEMMs over B rows, and the adapters' products
-run in the same kernel call, grouped by adapter (:func:`peftc.functional.lora_mixed_forward`). The base
+run in the same kernel call, grouped by adapter (:func:`peftc.functional.lora_mixed_forward`); SoRA, Hydra
+and Bone / MiSS layers run each adapter's own kernels on its rows (:mod:`peftc.nn.adapter_groups`). The base
 activations of different adapters' rows differ after the first adapted layer, so what is shared is the
 frozen weights' pass, not the activations: one set of per-call costs and bigger, more efficient GEMMs.
+Adapters trained on the same batches (a hyperparameter sweep) share more: the identical rows run the frozen
+blocks below the adapters, and the query, key and value products of the first adapted block, once
+(:mod:`peftc.nn.shared_rows`). :func:`peftc.multi_adapter_bound.multi_adapter_work` counts what can be shared
+and gives the most that training together can gain.
 The step runs on the real tokens only (a BERT encoder in training mode packs its batch, see
 :meth:`peftc.models.BertModel.forward`; each token runs its row's adapter), so stacking batches of
 different widths, and padding them to the widest, costs no padded rows in the encoder's products.
 
 Each adapter keeps what training it alone with :class:`peftc.train.Trainer` gives it: its data order
 (its config's seed), its loss (the mean over its own rows; its modules_to_save copy as its head), its
-AdamW state, learning-rate schedule and gradient clipping, its evaluations, callbacks and history. With
+AdamW state (SoRA: its gates in their own proximal group, as :class:`peftc.tuners.sora.SoraTrainer`),
+learning-rate schedule and gradient clipping, its evaluations, callbacks and history. With
 dropout off, the adapters end where separate runs would (up to float32 rounding): their parameters are
 disjoint and the base is frozen, so the gradient of the summed losses is each adapter's own.
 """
@@ -29,8 +35,11 @@ from .callbacks import Callback
 from .data.batching import num_rows, take
 from .nn.loss import CrossEntropyLoss
 from .train import Trainer, TrainingConfig, progress_disabled
-from .tuners.lora_config import LoraConfig
+from .nn import SoraLinear
+from .tuners.bone_config import BoneConfig
 from .tuners.peft_model import PeftModel
+from .tuners.sora import use_sparse_adamw
+from .tuners.sora_config import SoraConfig
 
 
 @dataclass
@@ -64,7 +73,8 @@ class _AdapterTrainer(Trainer):
 
 
 class MultiAdapterTrainer:
-    """Train the LoRA adapters of ``tasks`` together on ``model`` (a :class:`PeftModel` holding all of them).
+    """Train the adapters of ``tasks`` together on ``model`` (a :class:`PeftModel` holding all of them: LoRA, or
+    SoRA, Hydra or Bone / MiSS adapters).
 
     ``trainers[name]`` is each adapter's :class:`peftc.train.Trainer` (its optimizer, schedule, ``history``,
     ``evaluate``); ``train()`` runs until every adapter has made its steps (an adapter that is done, or that
@@ -108,7 +118,12 @@ class MultiAdapterTrainer:
         self.trainers: dict[str, _AdapterTrainer] = {}
         for t in tasks:  # each Trainer takes the parameters that are trainable when it is made: its adapter's
             self._train_only(t.adapter_name)
-            self.trainers[t.adapter_name] = _AdapterTrainer(model, t, copy.deepcopy(base_loss))
+            trainer = _AdapterTrainer(model, t, copy.deepcopy(base_loss))
+            config = model.peft_config[t.adapter_name]
+            if isinstance(config, SoraConfig):  # SoraTrainer's optimizer, for this adapter's gates
+                use_sparse_adamw(trainer, [m.lora_adapters[t.adapter_name].lora_gate for _, m in model.named_modules()
+                                           if isinstance(m, SoraLinear) and t.adapter_name in m.lora_adapters], config)
+            self.trainers[t.adapter_name] = trainer
         for trainer in self.trainers.values():
             for p in trainer.params:
                 p.requires_grad = True
@@ -193,15 +208,13 @@ def _check_trainable(model: PeftModel, adapter_name: str) -> None:
     if config is None:
         raise ValueError(f"AdapterTask.adapter_name={adapter_name!r} is not an adapter of the model; it has "
                          f"{list(model.peft_config)}")
-    if type(config) is not LoraConfig:
-        raise NotImplementedError(f"adapter {adapter_name!r} is a {type(config).__name__}: MultiAdapterTrainer trains "
-                                  f"LoRA adapters (mixed-adapter batches have no SoRA, Hydra or Bone kernel)")
     if config.bias != "none":
         raise ValueError(f"adapter {adapter_name!r} has bias={config.bias!r}: the base biases are shared by all the "
                          f"adapters, so none of them can train them here")
-    if config.lora_dropout > 0.0:
-        raise ValueError(f"adapter {adapter_name!r} has lora_dropout={config.lora_dropout}: mixed-adapter batches "
-                         f"train without dropout; set lora_dropout=0")
+    field = "miss_dropout" if isinstance(config, BoneConfig) else "lora_dropout"
+    if getattr(config, field) > 0.0:
+        raise ValueError(f"adapter {adapter_name!r} has {field}={getattr(config, field)}: mixed-adapter batches "
+                         f"train without dropout; set {field}=0")
 
 
 def stack_batches(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

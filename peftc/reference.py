@@ -123,7 +123,7 @@ def _adapter_rows(index, k):
 
 def lora_mixed_forward(x, weight, bias, lora_A, lora_B, lora_bias, scaling, index, *, out=None, u=None, work=None,
                        iwork=None):
-    y = linear_forward(x, weight, bias)
+    y = linear_forward(x, weight, bias) if weight is not None else out.copy()
     u = np.zeros((x.shape[0], max((a.shape[0] for a in lora_A), default=0)), dtype=x.dtype)
     for k, (a, b) in enumerate(zip(lora_A, lora_B)):
         rows, first = _adapter_rows(index, k)

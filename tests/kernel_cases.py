@@ -155,7 +155,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("lora_mixed_forward", [("y", _f(rng, N, OC)), ("u", _f(rng, N, R)), *scratch, ("x", _f(rng, N, IC)),
                                      ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)), *adapters("A", "B"),
                                      (None, (_f(rng, OC), None)), ("scale", np.float32([0.5, 2.0])), ("idx", idx)],
-              [], {"y", "u", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"bias"}),
+              [], {"y", "u", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"weight", "bias"}),
         _case("lora_mixed_backward", [("dx", _f(rng, N, IC)), *adapters("A", "B"), (None, (_f(rng, OC), None)),
                                       *scratch, ("dy", _f(rng, N, OC)), ("x", _f(rng, N, IC)), ("u", _f(rng, N, R)),
                                       ("weight", _f(rng, OC, IC)), *adapters("A", "B"),

@@ -120,8 +120,8 @@ def test_mixed_batch_bad_names_and_lengths_are_clear_errors(rng):
         dropping(x, adapter_names=["default"] * 3)
     dropping.eval()
     dropping(x, adapter_names=["default"] * 3)  # inference: dropout is off anyway
-    sora = get_peft_model(TinyBert(make_weights()), SoraConfig(r=2, target_modules=["query"]))
-    with pytest.raises(NotImplementedError, match="SoraConfig"):
+    sora = get_peft_model(TinyBert(make_weights()), SoraConfig(r=2, lora_dropout=0.1, target_modules=["query"]))
+    with pytest.raises(NotImplementedError, match="dropout"):  # SoRA's mixed batches train without dropout too
         sora(x, adapter_names=["default"] * 3)
     # a layer that sees a number of rows that is no multiple of the names
     layer = model.get_base_model().encoder.layer[0].attention.self.query

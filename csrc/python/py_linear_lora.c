@@ -356,10 +356,16 @@ static PyObject *py_lora_mixed_forward(PyObject *self, PyObject *args)
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 || arg_f32(&ck, "u", o_u, "N RM", ARG_OUT, &u) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
         arg_i64(&ck, "iwork", o_iwork, "IW", ARG_OUT, &iwork) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_OPTIONAL, &w) < 0 ||
+        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
         arg_f32(&ck, "scale", o_scale, "K", ARG_IN, &scale) < 0 || arg_i64(&ck, "idx", o_idx, "N", ARG_IN, &idx) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
+    if (!w && b) {
+        PyErr_SetString(PyExc_ValueError, "lora_mixed_forward: bias must be None when weight is None (y then holds "
+                                          "the caller's x weight^T + bias on entry)");
+        return NULL;
+    }
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), K = arg_dim(&ck, "K"),
                   RM = arg_dim(&ck, "RM");
     const MixedField fields[] = {
@@ -445,7 +451,8 @@ PyMethodDef peftc_py_linear_lora_methods[] = {
      "rows of the largest adapter group that is not one block of consecutive rows"},
     {"lora_mixed_forward", py_lora_mixed_forward, METH_VARARGS,
      "lora_mixed_forward(y, u, work, iwork, x, weight, bias, lora_A, lora_B, lora_bias, scale, idx): row n runs "
-     "adapter idx[n] (-1: none); lora_A, lora_B, lora_bias are sequences of K arrays (lora_bias entries or all None)"},
+     "adapter idx[n] (-1: none); lora_A, lora_B, lora_bias are sequences of K arrays (lora_bias entries or all None); "
+     "weight (and bias) None: y holds the base output on entry and the adapters are added into it"},
     {"lora_mixed_backward", py_lora_mixed_backward, METH_VARARGS,
      "lora_mixed_backward(dx, dlora_A, dlora_B, dlora_bias, work, iwork, dy, x, u, weight, lora_A, lora_B, scale, "
      "idx): accumulate (sequences of K arrays or None entries; a whole sequence may be None)"},

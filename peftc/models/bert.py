@@ -7,6 +7,7 @@ checkpoint's (``encoder.layer.0.attention.self.query`` ...), and every linear la
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, fields
@@ -18,6 +19,7 @@ from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, M
                   SelfAttention)
 from ..nn.packed_tokens import PackedTokens
 from ..nn.row_adapters import packed_batch_rows
+from ..nn.shared_rows import shared_input_rows
 from ..random import Generator
 from .hf_folder import read_checkpoint_folder
 
@@ -385,13 +387,17 @@ class BertModel(Module):
                                 block_input_hook)
         self._packed, self._packed_training = packed, self.training
         shared = self._shared_blocks() if inputs_embeds is None else 0
-        h, start = None, 0
+        h, start, rows = None, 0, None
         if shared:
-            h = self._shared_forward(input_ids, attention_mask, token_type_ids, packed, shared)
-            start = shared if h is not None else 0
-        if h is None:
+            rows = self._shared_forward(input_ids, attention_mask, token_type_ids, packed, shared)
+            start = shared if rows is not None else 0
+        if rows is None:
             h = packed.gather(self.embeddings(input_ids, token_type_ids, inputs_embeds))
-        with packed_batch_rows(packed.batch_row, packed.mask.shape[0]):
+            share = contextlib.nullcontext()
+        else:  # block `start` reads identical rows: its frozen products of them run once per distinct row
+            h, distinct, source = rows
+            share = shared_input_rows(h, distinct, source)
+        with packed_batch_rows(packed.batch_row, packed.mask.shape[0]), share:
             return packed.scatter(self.encoder(h, packed, blocks=range(start, len(self.encoder.layer))))
 
     def _shared_blocks(self) -> int:
@@ -419,9 +425,10 @@ class BertModel(Module):
         return count
 
     def _shared_forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None,
-                        packed: PackedTokens, shared: int) -> np.ndarray | None:
-        """The real-token rows entering block ``shared``, the embeddings and blocks below it run once per distinct
-        batch row (None when every row is distinct). Nothing there trains, so the backward stops above them."""
+                        packed: PackedTokens, shared: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(the real-token rows entering block ``shared``, the distinct ones, the distinct row of each): the
+        embeddings and blocks below it run once per distinct batch row (None when every row is distinct). Nothing
+        there trains, so the backward stops above them."""
         key = np.concatenate([a for a in (input_ids, attention_mask, token_type_ids) if a is not None], axis=1)
         _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
         if first.size == key.shape[0]:
@@ -434,7 +441,7 @@ class BertModel(Module):
         # row b's tokens are those of its distinct row inverse[b]
         lengths = np.diff(packed.offsets)
         source = np.repeat(distinct.offsets[:-1][inverse] - packed.offsets[:-1], lengths) + np.arange(packed.count)
-        return np.ascontiguousarray(h[source])
+        return np.ascontiguousarray(h[source]), h, source
 
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:

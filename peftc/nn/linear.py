@@ -10,6 +10,7 @@ from ..bf16 import linear_backward as bf16_linear_backward
 from ..bf16 import linear_forward as bf16_linear_forward
 from ..random import Generator
 from .module import Module, Parameter
+from .shared_rows import distinct_rows
 
 
 def kaiming_uniform(generator: Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -84,14 +85,25 @@ class Linear(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         rows = as_rows(x, "x", self.in_features)
-        bias = self.bias.data if self.bias is not None else None
-        y = (bf16_linear_forward(rows, self.weight, bias) if self.is_bfloat16
-             else F.linear_forward(rows, self.weight.data, bias))
+        y = self.product(rows, distinct_rows(x))
         # The input is kept only for the weight gradient: a frozen layer drops its reference, so a
         # large activation (the GELU output before output.dense) is freed once the forward is done.
         self._x = rows if self.weight.requires_grad else None
         self._rows_shape = rows.shape
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def product(self, rows: np.ndarray, shared: tuple[np.ndarray, np.ndarray] | None = None,
+                bias: bool = True) -> np.ndarray:
+        """rows (N, in) W^T (+ b with ``bias``) as a new (N, out) array, nothing cached; with ``shared`` =
+        (distinct, source) from :func:`peftc.nn.shared_rows.distinct_rows`, made on the distinct rows and gathered.
+
+        >>> Linear(4, 3).product(np.ones((2, 4), np.float32)).shape
+        (2, 3)
+        """
+        x = rows if shared is None else shared[0]
+        b = self.bias.data if bias and self.bias is not None else None
+        y = bf16_linear_forward(x, self.weight, b) if self.is_bfloat16 else F.linear_forward(x, self.weight.data, b)
+        return y if shared is None else np.take(y, shared[1], axis=0)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the parameter gradients and return dx = dy W.

@@ -22,6 +22,7 @@ from ..random import Generator
 from .linear import Linear, kaiming_uniform
 from .module import Module, Parameter
 from .row_adapters import RowAdapters
+from .shared_rows import distinct_rows
 
 DEFAULT_ADAPTER = "default"
 
@@ -60,10 +61,13 @@ class LoraAdapter:
         return out
 
 
-def _active_field(name: str) -> property:
+def _active_field(name: str, settable: bool = False) -> property:
     def get(self: LoraLinear):
         return getattr(self._active_record(), name)
-    return property(get, doc=f"The active adapter's ``{name}``.")
+
+    def set_(self: LoraLinear, value) -> None:
+        setattr(self._active_record(), name, value)
+    return property(get, set_ if settable else None, doc=f"The active adapter's ``{name}``.")
 
 
 class LoraLinear(Module):
@@ -78,7 +82,8 @@ class LoraLinear(Module):
 
     The constructor makes the adapter ``adapter_name``; :meth:`add_adapter` adds more, :meth:`set_adapter`
     picks the one that runs. ``lora_A``, ``lora_B``, ``lora_bias``, ``r``, ``lora_alpha``, ``scaling``,
-    ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold one adapter.
+    ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold named adapters
+the same way (their records carry the gate, or the sequential branch, too).
     """
 
     lora_A = _active_field("lora_A")
@@ -112,7 +117,7 @@ class LoraLinear(Module):
         self._mixed_cache: tuple | None = None
         self._mixed_work = np.empty(0, dtype=np.float32)
         self._mixed_iwork = np.empty(0, dtype=np.int64)
-        self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+        self._new_adapter(adapter_name, self._record(r, lora_alpha, lora_dropout, use_rslora, lora_bias))
         self.reset_lora_parameters(init_lora_weights)
 
     @property
@@ -137,14 +142,16 @@ class LoraLinear(Module):
             raise KeyError(f"no adapter {adapter_name!r} on this layer (it holds {list(self.lora_adapters)})")
         return self.lora_adapters[adapter_name]
 
-    def _new_adapter(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
-                     lora_bias: bool) -> LoraAdapter:
+    def _record(self, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
+                lora_bias: bool) -> LoraAdapter:
+        return LoraAdapter(self.in_features, self.out_features, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+
+    def _new_adapter(self, adapter_name: str, adapter: LoraAdapter) -> LoraAdapter:
+        """Hold ``adapter`` (a record the subclass made) under ``adapter_name``."""
         if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
             raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
         if adapter_name in self.lora_adapters:
             raise ValueError(f"this layer already holds an adapter named {adapter_name!r}")
-        adapter = LoraAdapter(self.in_features, self.out_features, r, lora_alpha, lora_dropout, use_rslora,
-                              lora_bias)
         self.lora_adapters[adapter_name] = adapter
         if adapter_name == self.active_adapter:
             self._active = adapter
@@ -162,9 +169,14 @@ class LoraLinear(Module):
         (3, 4)
         """
         if type(self) is not LoraLinear:
-            raise NotImplementedError(f"{type(self).__name__} holds one adapter; several adapters per layer are "
-                                      f"supported for LoRA only")
-        adapter = self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
+            raise TypeError(f"{type(self).__name__}.add_adapter takes its own settings; LoraLinear.add_adapter was "
+                            f"called")
+        adapter = self._new_adapter(adapter_name, self._record(r, lora_alpha, lora_dropout, use_rslora, lora_bias))
+        self._init_new(adapter_name, adapter, init_lora_weights, generator)
+
+    def _init_new(self, adapter_name: str, adapter: LoraAdapter, init_lora_weights: bool | str,
+                  generator: Generator | None) -> None:
+        """Initialise a just-added adapter (the subclasses' extra tensors too); on a bad setting remove it again."""
         try:
             self._init_adapter(adapter, init_lora_weights, generator)
         except ValueError:
@@ -255,10 +267,14 @@ class LoraLinear(Module):
         p = ad.lora_dropout if self.training else 0.0
         offset = self.generator.take(rows.size) if p > 0.0 else 0
         packed = self._packed()
-        y, xd, u = F.lora_forward(rows, None if packed else self.base.weight.data, self._bias(), ad.lora_A.data,
-                                  ad.lora_B.data, ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling,
-                                  p, self.generator.seed, offset)
-        if packed:  # the frozen product, added into the adapter's output by the bf16 kernel
+        shared = distinct_rows(x)
+        y, xd, u = F.lora_forward(rows, None if packed or shared else self.base.weight.data, self._bias(),
+                                  ad.lora_A.data, ad.lora_B.data,
+                                  ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, p,
+                                  self.generator.seed, offset)
+        if shared:  # identical rows: the frozen product once per distinct row, added to every copy
+            y += self.base.product(rows, shared, bias=False)
+        elif packed:  # the frozen product, added into the adapter's output by the bf16 kernel
             bf16_linear_forward(rows, packed, out=y, accumulate=True)
         self._cache = (rows, xd, u, p, offset, ad)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -283,12 +299,11 @@ class LoraLinear(Module):
         return self._base_backward(drows, rows, out, dx, dy)
 
     # -- mixed-adapter batches ------------------------------------------------------------------------
-    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx``, grown when too small and
-        reused otherwise."""
+    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int, gathered: int) -> tuple[np.ndarray, np.ndarray]:
+        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx`` (``gathered``:
+        :func:`~peftc.functional.lora_mixed_gathered_rows` of them), grown when too small and reused otherwise."""
         rows = idx.size
-        size = F.lora_mixed_workspace_size(rows, F.lora_mixed_gathered_rows(idx, adapters), self.in_features,
-                                           self.out_features, max_rank)
+        size = F.lora_mixed_workspace_size(rows, gathered, self.in_features, self.out_features, max_rank)
         if self._mixed_work.size < size:
             self._mixed_work = np.empty(size, dtype=np.float32)
         if self._mixed_iwork.size < rows + adapters + 1:
@@ -315,19 +330,24 @@ class LoraLinear(Module):
                                       f"lora_dropout=0")
         scales = np.array([ad.scaling for ad in ads], dtype=np.float32)
         max_rank = max((ad.r for ad in ads), default=0)
-        work, iwork = self._scratch(idx, len(ads), max_rank)
-        y, u = F.lora_mixed_forward(rows, self.base.weight.data, self._bias(), [ad.lora_A.data for ad in ads],
-                                    [ad.lora_B.data for ad in ads],
+        gathered = F.lora_mixed_gathered_rows(idx, len(ads))
+        work, iwork = self._scratch(idx, len(ads), max_rank, gathered)
+        shared = distinct_rows(x)
+        # identical rows (N adapters on one batch): the frozen product once per distinct row, gathered into y,
+        # to which the kernel adds the adapters
+        base = self.base.product(rows, shared) if shared else None
+        y, u = F.lora_mixed_forward(rows, None if shared else self.base.weight.data, None if shared else self._bias(),
+                                    [ad.lora_A.data for ad in ads], [ad.lora_B.data for ad in ads],
                                     [ad.lora_bias.data if ad.lora_bias is not None else None for ad in ads],
-                                    scales, idx, work=work, iwork=iwork)
-        self._mixed_cache = (rows, u, idx, ads, scales)
+                                    scales, idx, out=base, work=work, iwork=iwork)
+        self._mixed_cache = (rows, u, idx, ads, scales, gathered)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _backward_mixed(self, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool) -> np.ndarray | None:
-        rows, u, idx, ads, scales = self._mixed_cache
+        rows, u, idx, ads, scales, gathered = self._mixed_cache
         drows = as_rows(dy, "dy", self.out_features)
         out = self._input_rows(dx, dy) if input_grad else None
-        work, iwork = self._scratch(idx, len(ads), u.shape[1])
+        work, iwork = self._scratch(idx, len(ads), u.shape[1], gathered)
         F.lora_mixed_backward(drows, rows, u, self.base.weight.data, [ad.lora_A.data for ad in ads],
                               [ad.lora_B.data for ad in ads], scales, idx, dx=out,
                               dlora_A=[ad.lora_A.grad_buffer() for ad in ads],

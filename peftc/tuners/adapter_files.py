@@ -42,14 +42,12 @@ def _walk(module: Module, prefix: str = "") -> Iterator[tuple[str, Module]]:
 
 def _layer_parameters(module: LoraLinear | BoneLinear, adapter_name: str | None) -> dict[str, Parameter] | None:
     """The file-layout parameters of one adapter layer for ``adapter_name`` (None: the active adapter); None if
-    the layer does not hold that adapter. A Bone / MiSS layer holds one adapter, whatever its name."""
-    if isinstance(module, BoneLinear):
-        return module.adapter_parameters()
+    the layer does not hold that adapter."""
     name = module.active_adapter if adapter_name is None else adapter_name
-    if name not in module.lora_adapters:
+    held = module.miss_adapters if isinstance(module, BoneLinear) else module.lora_adapters
+    if name not in held:
         return None
-    # SoraLinear / HydraLinear hold only their active adapter and add their own tensors to it
-    return module.adapter_parameters() if name == module.active_adapter else module.adapter_parameters(name)
+    return module.adapter_parameters(name)
 
 
 def adapter_parameters(model: Module, bias: str, adapter_name: str | None = None) -> dict[str, Parameter]:

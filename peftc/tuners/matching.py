@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..nn import BoneLinear, Linear, LoraLinear, Module
+from ..nn import BoneLinear, HydraLinear, Linear, LoraLinear, Module, SoraLinear
+from .bone_config import BoneConfig
+from .hydra_config import HydraConfig
 from .lora_config import LoraConfig
+from .sora_config import SoraConfig
 
 ALL_LINEAR = "all-linear"
 # PEFT's names for a sequence-classification head (constants.SEQ_CLS_HEAD_NAMES)
@@ -125,20 +128,34 @@ def resolve_target_modules(model: Module, config: LoraConfig) -> list[str] | str
     return targets
 
 
+def layer_class(config: LoraConfig | BoneConfig) -> type[Module]:
+    """The adapter layer a config injects: LoraLinear, SoraLinear, HydraLinear or BoneLinear.
+
+    >>> layer_class(SoraConfig()).__name__
+    'SoraLinear'
+    """
+    for kind, layer in ((SoraConfig, SoraLinear), (HydraConfig, HydraLinear), (BoneConfig, BoneLinear)):
+        if isinstance(config, kind):
+            return layer
+    return LoraLinear
+
+
 def find_target_modules(model: Module, config: LoraConfig, existing_lora: bool = False) -> list[str]:
     """Names of the Linear modules the adapter replaces, in model order.
 
-    With ``existing_lora`` a matched LoraLinear is a target too (it takes one more adapter). Raises
-    ValueError if nothing matches, or if a matched module is not a Linear.
+    With ``existing_lora`` a matched adapter layer of the config's kind is a target too (it takes one more
+    adapter). Raises ValueError if nothing matches, or if a matched module is not a Linear.
     """
     inside = _adapter_internal_names(model)
+    existing_kind = layer_class(config)
     names = []
     for name, module in model.named_modules():
         if not name or name in inside or not check_target_module_exists(config, name):
             continue
-        if isinstance(module, (LoraLinear, BoneLinear)) and not (existing_lora and type(module) is LoraLinear):
-            raise ValueError(f"module {name!r} already has an adapter; peftc keeps one adapter per model")
-        if not isinstance(module, (Linear, LoraLinear)):
+        if isinstance(module, (LoraLinear, BoneLinear)) and not (existing_lora and type(module) is existing_kind):
+            raise ValueError(f"module {name!r} already has a {type(module).__name__} adapter; a layer holds "
+                             f"adapters of one kind")
+        if not isinstance(module, (Linear, LoraLinear, BoneLinear)):
             raise ValueError(f"target module {name!r} is a {type(module).__name__}; LoRA in peftc supports "
                              f"peftc.nn.Linear only")
         names.append(name)

@@ -14,8 +14,9 @@ Several LoRA adapters live side by side as in PEFT (``add_adapter``, ``load_adap
 ``delete_adapter``, ``add_weighted_adapter``); one of them is active, and each has its own modules_to_save
 copies. ``model(batch, adapter_names=[...])`` runs each batch row with its own adapter ("__base__": none)
 in one grouped kernel call per layer, forward and backward (:class:`peftc.MultiAdapterTrainer` trains
-several adapters that way). SoRA, Hydra and Bone / MiSS models hold one adapter, named "default": adding
-another, or adapter_names on them, raises NotImplementedError naming the type.
+several adapters that way). SoRA, Hydra and Bone / MiSS models hold named adapters the same way, of one kind
+per model (adding a LoRA adapter to a SoRA model raises NotImplementedError naming both); their mixed-adapter
+batches run each adapter's own kernels on its rows (:mod:`peftc.nn.adapter_groups`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..nn import BoneLinear, Conv1D, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
+from ..nn import BoneLinear, Conv1D, Linear, LoraLinear, Module, Parameter, SoraLinear
 from ..nn.row_adapters import BASE_ADAPTER, RowAdapters
 from ..random import Generator
 from .adapter_files import load_adapter_weights, save_adapter_weights
@@ -36,7 +37,7 @@ from .bone_config import BoneConfig
 from .configs import config_from_pretrained
 from .hydra_config import HydraConfig
 from .lora_config import LoraConfig
-from .matching import find_target_modules, get_pattern_key, resolve_target_modules
+from .matching import find_target_modules, get_pattern_key, layer_class, resolve_target_modules
 from .model_card import save_model_card
 from .modules_to_save import ModulesToSaveWrapper
 from .sora_config import SoraConfig
@@ -72,8 +73,8 @@ class LoraModel(Module):
         ``adapter_names[b]`` (a batch row spans input rows b*T .. b*T+T-1 of a layer that sees B*T rows).
 
         Checks the names (ValueError naming the unknown ones; "__base__" means no adapter), their count against
-        ``batch_rows`` when given (ValueError with both numbers), the adapter types (LoRA only:
-        NotImplementedError naming the others) and that nothing is merged.
+        ``batch_rows`` when given (ValueError with both numbers) and that nothing is merged. LoRA layers run the
+        grouped kernel; SoRA, Hydra and Bone / MiSS layers each adapter's own kernels on its rows.
 
         Example:
             >>> with model.base_model.mixed_batch(["task_a", "__base__", "task_b"]):
@@ -89,11 +90,8 @@ class LoraModel(Module):
         if batch_rows is not None and len(adapter_names) != batch_rows:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch_rows} rows: "
                              f"give one adapter name per row")
-        other = sorted({type(c).__name__ for c in self.peft_config.values() if type(c) is not LoraConfig})
-        if other:
-            raise NotImplementedError(f"adapter_names (mixed-adapter batches) runs LoRA adapters only; this model holds "
-                                      f"{', '.join(other)} adapters (SoRA, Hydra and Bone / MiSS have no grouped kernel)")
-        layers = [m for _, m in self.model.named_modules() if isinstance(m, (LoraLinear, ModulesToSaveWrapper))]
+        layers = [m for _, m in self.model.named_modules()
+                  if isinstance(m, (LoraLinear, BoneLinear, ModulesToSaveWrapper))]
         if any(getattr(m, "merged", False) for m in layers):
             raise RuntimeError("adapter_names on a merged model: call unmerge_adapter() first")
         rows = RowAdapters.from_names(list(adapter_names))
@@ -120,9 +118,6 @@ class PeftModel(Module):
     def __init__(self, model: Module, config: AdapterConfig, adapter_name: str = "default",
                  generator: Generator | None = None) -> None:
         _check_adapter_name(adapter_name)
-        if adapter_name != "default" and type(config) is not LoraConfig:
-            raise NotImplementedError(f"a {type(config).__name__} adapter must be named 'default' in peftc (named "
-                                      f"adapters are supported for LoraConfig); got adapter_name={adapter_name!r}")
         if not isinstance(model, Module):
             raise TypeError(f"get_peft_model needs a peftc.nn.Module, got {type(model).__name__}")
         config = dataclasses.replace(config, target_modules=resolve_target_modules(model, config))
@@ -136,28 +131,27 @@ class PeftModel(Module):
     @staticmethod
     def _inject(model: Module, config: AdapterConfig, generator: Generator, adapter_name: str = "default",
                 active_adapter: str | None = None) -> None:
-        targets = find_target_modules(model, config, existing_lora=type(config) is LoraConfig)
+        targets = find_target_modules(model, config, existing_lora=True)
         for name in targets:
             base = model.get_submodule(name)
-            if isinstance(base, LoraLinear):
-                r, alpha = _rank_alpha(config, name)
-                base.add_adapter(adapter_name, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout,
-                                 use_rslora=config.use_rslora, lora_bias=config.lora_bias,
-                                 init_lora_weights=config.init_lora_weights, generator=generator)
+            if type(base) is layer_class(config):  # a layer of this kind takes one more adapter
+                with _naming_module(name, base.base):
+                    base.add_adapter(adapter_name, **_layer_settings(config, name), **_generator_kw(config, generator))
                 continue
             assert isinstance(base, Linear)
             _match_fan_in_fan_out(config, base, name)
             layer = _make_layer(config, base, name, generator, adapter_name)
             layer.training = base.training
-            if active_adapter is not None and isinstance(layer, LoraLinear):
+            if active_adapter is not None:
                 layer.set_adapter(active_adapter)
             model.set_submodule(name, layer)
         if isinstance(config, SoraConfig):
-            # the L1 penalty lambda1 * sum|g| / P is over all gate entries of the model
-            gates = [m for _, m in model.named_modules() if isinstance(m, SoraLinear)]
-            total = sum(m.r for m in gates)
-            for m in gates:
-                m.l1_weight = config.sparse_lambda / total
+            # the L1 penalty lambda1 * sum|g| / P is over all gate entries of the adapter in the model
+            gates = [m.lora_adapters[adapter_name] for _, m in model.named_modules()
+                     if isinstance(m, SoraLinear) and adapter_name in m.lora_adapters]
+            total = sum(g.r for g in gates)
+            for g in gates:
+                g.l1_weight = config.sparse_lambda / total
         if config.modules_to_save:
             # PEFT's rule for modules_to_save is a plain (not dotted) suffix match
             names = [n for n, _ in model.named_modules()
@@ -186,11 +180,9 @@ class PeftModel(Module):
         if config.inference_mode:
             return
         for layer in layers:
-            if isinstance(layer, LoraLinear) and adapter_name not in layer.lora_adapters:
+            if adapter_name not in _held(layer):
                 continue
-            params = layer.adapter_parameters(adapter_name) if type(layer) is LoraLinear \
-                else layer.adapter_parameters()
-            for p in params.values():
+            for p in layer.adapter_parameters(adapter_name).values():
                 p.requires_grad = True
             if config.bias.endswith("_only") and layer.base.bias is not None:
                 layer.base.bias.requires_grad = True
@@ -328,26 +320,24 @@ class PeftModel(Module):
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter_name={adapter_name!r} already exists (adapters: {list(self.peft_config)})")
         current = self.active_peft_config
-        if type(current) is not LoraConfig:
-            raise NotImplementedError(f"this model holds a {type(current).__name__} adapter; peftc keeps one adapter "
-                                      f"per model for SoRA, Hydra and Bone / MiSS (several for LoraConfig only)")
-        if type(config) is not LoraConfig:
-            raise NotImplementedError(f"add_adapter with a {type(config).__name__}: several adapters on one model "
-                                      f"are supported for LoraConfig only")
+        if layer_class(config) is not layer_class(current):
+            raise NotImplementedError(f"add_adapter with a {type(config).__name__} on a model holding "
+                                      f"{type(current).__name__} adapters: a peftc model holds adapters of one kind")
         if any(layer.merged for layer in self._lora_layers()):
             raise RuntimeError("add_adapter on a merged model: call unmerge_adapter() first")
 
-    def add_adapter(self, adapter_name: str, peft_config: LoraConfig, generator: Generator | None = None) -> None:
-        """Add a new LoRA adapter beside the existing ones, as PEFT's ``add_adapter``: it is not made active
-        and stays frozen (use :meth:`set_adapter` to train or run it). ``generator`` seeds its
-        initialisation on new layers (default: the model's generator).
+    def add_adapter(self, adapter_name: str, peft_config: AdapterConfig, generator: Generator | None = None) -> None:
+        """Add a new adapter beside the existing ones (of the same kind: LoRA, SoRA, Hydra or Bone / MiSS), as
+        PEFT's ``add_adapter``: it is not made active and stays frozen (use :meth:`set_adapter` to train or run
+        it). ``generator`` seeds its initialisation (default: the model's generator).
 
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]))
         >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
         >>> model.set_adapter("task_b")   # now task_b runs and trains
         """
         if not isinstance(peft_config, (LoraConfig, BoneConfig)):
-            raise TypeError(f"peft_config must be a peftc LoraConfig, got {type(peft_config).__name__}")
+            raise TypeError(f"peft_config must be a peftc LoraConfig, SoraConfig, HydraConfig or BoneConfig, got "
+                            f"{type(peft_config).__name__}")
         self._check_can_add(adapter_name, peft_config)
         model = self.get_base_model()
         config = dataclasses.replace(peft_config, target_modules=resolve_target_modules(model, peft_config))
@@ -367,8 +357,8 @@ class PeftModel(Module):
 
         >>> sum(p.size for p in model.get_adapter_parameters("task_b"))
         """
-        params = [p for layer in self._lora_layers() if isinstance(layer, LoraLinear)
-                  and adapter_name in layer.lora_adapters for p in layer.adapter_parameters(adapter_name).values()]
+        params = [p for layer in self._lora_layers() if adapter_name in _held(layer)
+                  for p in layer.adapter_parameters(adapter_name).values()]
         params += [p for w in self._wrappers() if adapter_name in w.copies for p in w.copies[adapter_name].parameters()]
         return params
 
@@ -390,8 +380,7 @@ class PeftModel(Module):
         if any(layer.merged for layer in self._lora_layers()):
             raise RuntimeError(f"set_adapter({adapter_name!r}) on a merged model: call unmerge_adapter() first")
         for layer in self._lora_layers():
-            if isinstance(layer, LoraLinear):
-                layer.set_adapter(adapter_name)
+            layer.set_adapter(adapter_name)
         for wrapper in self._wrappers():
             wrapper.set_adapter(adapter_name)
         self.active_adapter = adapter_name
@@ -402,9 +391,9 @@ class PeftModel(Module):
         """Delete ``adapter_name`` from every layer; a layer left without adapters becomes its base Linear again."""
         model = self.get_base_model()
         for path, layer in list(model.named_modules()):
-            if isinstance(layer, LoraLinear) and adapter_name in layer.lora_adapters:
+            if isinstance(layer, ADAPTER_LAYERS) and adapter_name in _held(layer):
                 layer.delete_adapter(adapter_name)
-                if not layer.lora_adapters:
+                if not _held(layer):
                     model.set_submodule(path, layer.base)
             elif isinstance(layer, ModulesToSaveWrapper) and adapter_name in layer.copies:
                 layer.delete_copy(adapter_name)
@@ -690,27 +679,48 @@ def _match_fan_in_fan_out(config: AdapterConfig, base: Linear, name: str) -> Non
         config.fan_in_fan_out = conv
 
 
+def _layer_settings(config: AdapterConfig, name: str) -> dict:
+    """The adapter settings of the module ``name`` under ``config``, as the layer's constructor and add_adapter
+    take them."""
+    if isinstance(config, BoneConfig):
+        return dict(r=config.r, init_weights=config.init_weights, miss_dropout=config.miss_dropout,
+                    mini_r=config.mini_r)
+    r, alpha = _rank_alpha(config, name)
+    settings = dict(r=r, lora_alpha=alpha, use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights)
+    if isinstance(config, HydraConfig):
+        return {**settings, "seq_r": config.seq_r, "seq_alpha": config.seq_alpha}
+    settings["lora_dropout"] = config.lora_dropout
+    if not isinstance(config, SoraConfig):
+        settings["lora_bias"] = config.lora_bias
+    return settings
+
+
+def _generator_kw(config: AdapterConfig, generator: Generator) -> dict:
+    """Bone / MiSS blocks start at zero: their add_adapter draws nothing."""
+    return {} if isinstance(config, BoneConfig) else {"generator": generator}
+
+
+@contextlib.contextmanager
+def _naming_module(name: str, base: Linear) -> Iterator[None]:
+    """A ValueError from a layer's settings names the module and its sizes."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"module {name!r} (in_features={base.in_features}, "
+                         f"out_features={base.out_features}): {exc}") from None
+
+
+def _held(layer: Module) -> dict:
+    """{adapter name: record} of an adapter layer."""
+    return layer.miss_adapters if isinstance(layer, BoneLinear) else layer.lora_adapters
+
+
 def _make_layer(config: AdapterConfig, base: Linear, name: str, generator: Generator,
                 adapter_name: str = "default") -> Module:
     """The adapter layer ``config`` asks for on the module ``name`` (LoRA, SoRA, Hydra or Bone / MiSS)."""
-    if isinstance(config, BoneConfig):
-        try:
-            return BoneLinear(base, r=config.r, init_weights=config.init_weights, miss_dropout=config.miss_dropout,
-                              mini_r=config.mini_r, generator=generator)
-        except ValueError as exc:
-            raise ValueError(f"module {name!r} (in_features={base.in_features}, "
-                             f"out_features={base.out_features}): {exc}") from None
-    r, alpha = _rank_alpha(config, name)
-    if isinstance(config, SoraConfig):
-        return SoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
-                          init_lora_weights=config.init_lora_weights, generator=generator)
-    if isinstance(config, HydraConfig):
-        return HydraLinear(base, r=r, lora_alpha=alpha, seq_r=config.seq_r, seq_alpha=config.seq_alpha,
-                           use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights,
-                           generator=generator)
-    return LoraLinear(base, r=r, lora_alpha=alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
-                      lora_bias=config.lora_bias, init_lora_weights=config.init_lora_weights, generator=generator,
-                      adapter_name=adapter_name)
+    with _naming_module(name, base):
+        return layer_class(config)(base, **_layer_settings(config, name), generator=generator,
+                                   adapter_name=adapter_name)
 
 
 def _batch_rows(args: tuple, kwargs: dict) -> int | None:

@@ -66,10 +66,11 @@ class SparseAdamW(AdamW):
 
 
 def sora_layers(model: Module) -> dict[str, SoraLinear]:
-    """{module name: SoraLinear} of a model (a PeftModel or its base model), named by module path."""
+    """{module name: SoraLinear} of a model (a PeftModel or its base model), named by module path: the layers
+    holding their active adapter (with several SoRA adapters, those of the active one)."""
     if isinstance(model, PeftModel):
         model = model.get_base_model()
-    return {n: m for n, m in model.named_modules() if isinstance(m, SoraLinear)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, SoraLinear) and m.active_adapter in m.lora_adapters}
 
 
 def _sora_config(model: Module) -> SoraConfig:
@@ -92,22 +93,7 @@ class SoraTrainer(Trainer):
                  eval_data: dict[str, np.ndarray] | None = None, loss_fn=None, xi: float | None = None) -> None:
         sora = _sora_config(model)
         super().__init__(model, config, train_data, eval_data, loss_fn)
-        gate_ids = {id(layer.lora_gate) for layer in sora_layers(model).values()}
-        gates = [p for p in self.params if id(p) in gate_ids]
-        rest = [p for p in self.params if id(p) not in gate_ids]
-        if not gates:
-            raise ValueError("SoraTrainer: the model has no trainable SoRA gate")
-        gate_group = {"params": gates, "lr": sora.sparse_lr if sora.sparse_lr is not None else config.learning_rate,
-                      "weight_decay": 0.0, "sparse_xi": float(sora.sparse_lambda_2 if xi is None else xi),
-                      "sora_code_compat": sora.sora_code_compat}
-        groups = ([{"params": rest}] if rest else []) + [gate_group]
-        # the groups must list parameters in self.params order for checkpoints: rest first, then gates
-        self.named_params = [(n, p) for n, p in self.named_params if id(p) not in gate_ids] + \
-                            [(n, p) for n, p in self.named_params if id(p) in gate_ids]
-        self.optimizer = SparseAdamW(groups, lr=config.learning_rate, betas=config.betas, eps=config.eps,
-                                     weight_decay=config.weight_decay)
-        self.scheduler = LinearWarmupSchedule(self.optimizer, self.scheduler.num_warmup_steps,
-                                              self.scheduler.num_training_steps)
+        use_sparse_adamw(self, [layer.lora_gate for layer in sora_layers(model).values()], sora, xi)
 
     @property
     def gate_group(self) -> dict:
@@ -118,6 +104,34 @@ class SoraTrainer(Trainer):
         if not (np.isfinite(xi) and xi >= 0):
             raise ValueError(f"xi must be finite and >= 0, got {xi}")
         self.gate_group["sparse_xi"] = float(xi)
+
+
+def use_sparse_adamw(trainer: Trainer, gates: list, sora: SoraConfig, xi: float | None = None) -> None:
+    """Give ``trainer`` SoRA's optimizer: its trainable ``gates`` in a :class:`SparseAdamW` group of their own
+    (``sora.sparse_lr``, no weight decay, threshold ``xi`` or ``sora.sparse_lambda_2``), the rest as before, and
+    a new schedule of the same shape. :class:`SoraTrainer` does this for the model's active adapter;
+    :class:`peftc.MultiAdapterTrainer` for each SoRA adapter it trains.
+
+    Example:
+        >>> use_sparse_adamw(trainer, [m.lora_gate for m in sora_layers(model).values()], sora_config)
+    """
+    config = trainer.config
+    gate_ids = {id(g) for g in gates}
+    params = [p for p in trainer.params if id(p) in gate_ids]
+    rest = [p for p in trainer.params if id(p) not in gate_ids]
+    if not params:
+        raise ValueError("SoraTrainer: the model has no trainable SoRA gate")
+    gate_group = {"params": params, "lr": sora.sparse_lr if sora.sparse_lr is not None else config.learning_rate,
+                  "weight_decay": 0.0, "sparse_xi": float(sora.sparse_lambda_2 if xi is None else xi),
+                  "sora_code_compat": sora.sora_code_compat}
+    groups = ([{"params": rest}] if rest else []) + [gate_group]
+    # the groups must list parameters in trainer.params order for checkpoints: rest first, then gates
+    trainer.named_params = [(n, p) for n, p in trainer.named_params if id(p) not in gate_ids] + \
+                           [(n, p) for n, p in trainer.named_params if id(p) in gate_ids]
+    trainer.optimizer = SparseAdamW(groups, lr=config.learning_rate, betas=config.betas, eps=config.eps,
+                                    weight_decay=config.weight_decay)
+    trainer.scheduler = LinearWarmupSchedule(trainer.optimizer, trainer.scheduler.num_warmup_steps,
+                                             trainer.scheduler.num_training_steps)
 
 
 # -- the sparsifying schedule ----------------------------------------------------------------------
