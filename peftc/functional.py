@@ -138,8 +138,14 @@ def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
     adapters are added into it.
 
     Example:
-        >>> y, u = lora_mixed_forward(x, w, None, [a0, a1], [b0, b1], None, np.float32([2.0, 0.5]),
-        ...                           np.array([1, -1, 0]))   # row 0: adapter 1, row 1: none, row 2: adapter 0
+        >>> rng = np.random.default_rng(0)
+        >>> x, w = rng.standard_normal((3, 4), np.float32), rng.standard_normal((5, 4), np.float32)
+        >>> a = [rng.standard_normal((2, 4), np.float32) for _ in range(2)]    # two rank-2 adapters
+        >>> b = [rng.standard_normal((5, 2), np.float32) for _ in range(2)]
+        >>> scales, index = np.float32([2.0, 0.5]), np.array([1, -1, 0])  # row 0: adapter 1, 1: none, 2: adapter 0
+        >>> y, u = lora_mixed_forward(x, w, None, a, b, None, scales, index)
+        >>> bool(np.allclose(y[2], x[2] @ w.T + 2.0 * (x[2] @ a[0].T @ b[0].T), atol=1e-5))
+        True
     """
     n, k = x.shape[0], len(lora_A)
     rm = max((a.shape[0] for a in lora_A), default=0)
@@ -166,8 +172,17 @@ def lora_mixed_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, weight: np
     """Accumulate the gradients of :func:`lora_mixed_forward`: adapter k's from its own rows only, dx from all.
 
     Example:
-        >>> lora_mixed_backward(dy, x, u, w, [a0, a1], [b0, b1], scales, index, dx=dx, dlora_A=[da0, da1],
-        ...                     dlora_B=[db0, db1])
+        >>> rng = np.random.default_rng(0)
+        >>> x, w = rng.standard_normal((3, 4), np.float32), rng.standard_normal((5, 4), np.float32)
+        >>> a = [rng.standard_normal((2, 4), np.float32) for _ in range(2)]
+        >>> b = [rng.standard_normal((5, 2), np.float32) for _ in range(2)]
+        >>> scales, index = np.float32([2.0, 0.5]), np.array([1, -1, 0])
+        >>> _, u = lora_mixed_forward(x, w, None, a, b, None, scales, index)
+        >>> dy, dx = np.ones((3, 5), np.float32), np.zeros((3, 4), np.float32)
+        >>> da, db = [np.zeros_like(t) for t in a], [np.zeros_like(t) for t in b]
+        >>> lora_mixed_backward(dy, x, u, w, a, b, scales, index, dx=dx, dlora_A=da, dlora_B=db)
+        >>> bool(np.allclose(db[0], 2.0 * dy[2:].T @ (x[2:] @ a[0].T), atol=1e-5))  # row 2's alone
+        True
     """
     n, k = dy.shape[0], len(lora_A)
     if work is None:
@@ -188,8 +203,8 @@ def sample_tokens(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
     (N, V))``, probs being the distribution each token was drawn from.
 
     >>> tokens, probs = sample_tokens(np.log(np.array([[0.7, 0.2, 0.1]], np.float32)), top_p=0.8, seed=3)
-    >>> probs.round(3).tolist()
-    [[0.778, 0.222, 0.0]]
+    >>> [round(p, 3) for p in probs[0].tolist()]
+    [0.778, 0.222, 0.0]
     """
     n, v = logits.shape
     tok = np.empty(n, dtype=np.int64) if tokens is None else tokens

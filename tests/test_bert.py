@@ -220,3 +220,22 @@ def test_skip_padding_sentence_embedding_equals_the_padded_one(minilm):
     b = minilm.sentence_embedding(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                   skip_padding=True)
     assert_close(b, a, 1e-5, 1e-5, "sentence embeddings")
+
+
+def test_from_config_initialises_as_transformers_does():
+    from peftc.models.bert import BertConfig
+    cfg = BertConfig(**{**TINY, "hidden_size": 64, "intermediate_size": 96, "initializer_range": 0.05})
+    state = dict(BertModel.from_config(cfg, seed=3).named_parameters())
+    weights = [v.data for k, v in state.items() if k.endswith(".weight") and "LayerNorm" not in k]
+    assert len(weights) == 3 + 6 * cfg.num_hidden_layers
+    for w in weights:
+        assert abs(float(w.std()) - 0.05) < 0.01 and abs(float(w.mean())) < 0.01
+    for k, v in state.items():
+        if k.endswith(".bias"):
+            assert not v.data.any(), k
+        elif "LayerNorm" in k:
+            assert (v.data == 1).all(), k
+    again = dict(BertModel.from_config(cfg, seed=3).named_parameters())
+    other = dict(BertModel.from_config(cfg, seed=4).named_parameters())
+    key = "encoder.layer.1.attention.self.query.weight"
+    assert np.array_equal(state[key].data, again[key].data) and not np.array_equal(state[key].data, other[key].data)

@@ -157,7 +157,7 @@ def passuntil_score(estimates: Sequence[PassEstimate], *, seed: int | np.random.
 
     >>> score = passuntil_score([estimate_pass_probability(2, k, 2) for k in (11, 101, 1001)], seed=0)
     >>> round(score.pu, 4)
-    0.0370
+    0.037
     """
     if not estimates:
         raise ValueError("passuntil_score needs at least one instance estimate")

@@ -41,6 +41,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
+    initializer_range: float = 0.02
 
     @classmethod
     def from_dict(cls, d: dict) -> BertConfig:
@@ -299,6 +300,34 @@ class BertModel(Module):
         return cls(config, emb, BertEncoder(layers))
 
     @classmethod
+    def from_config(cls, config: BertConfig, seed: int = 0) -> BertModel:
+        """Random weights as transformers initialises BERT: N(0, initializer_range) tables and weights, zero
+        biases, unit LayerNorms (the padding row of the word table is not zeroed: peftc masks padding instead).
+
+        >>> model = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                          num_attention_heads=2, intermediate_size=16))
+        >>> model.eval()(np.array([[2, 7, 3]]), np.ones((1, 3), np.int64)).shape
+        (1, 3, 8)
+        """
+        g = Generator(seed)
+        h, inter, std = config.hidden_size, config.intermediate_size, config.initializer_range
+        state: dict[str, np.ndarray] = {
+            "embeddings.word_embeddings.weight": g.normal((config.vocab_size, h), 0.0, std),
+            "embeddings.position_embeddings.weight": g.normal((config.max_position_embeddings, h), 0.0, std),
+            "embeddings.token_type_embeddings.weight": g.normal((config.type_vocab_size, h), 0.0, std),
+            "embeddings.LayerNorm.weight": np.ones(h, np.float32), "embeddings.LayerNorm.bias": np.zeros(h, np.float32)}
+        shapes = {"attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
+                  "attention.output.dense": (h, h), "intermediate.dense": (inter, h), "output.dense": (h, inter)}
+        for i in range(config.num_hidden_layers):
+            p = f"encoder.layer.{i}."
+            for name, shape in shapes.items():
+                state[p + name + ".weight"] = g.normal(shape, 0.0, std)
+                state[p + name + ".bias"] = np.zeros(shape[0], np.float32)
+            for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+                state[p + ln + ".weight"], state[p + ln + ".bias"] = np.ones(h, np.float32), np.zeros(h, np.float32)
+        return cls.from_state_dict(config, state, seed)
+
+    @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> BertModel:
         """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder.
 
@@ -353,9 +382,13 @@ class BertModel(Module):
         gradient of x; the hook accumulates its own parameters' gradients there.
 
         Example:
-            >>> model.train()
+            >>> model = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+            ...                                          num_attention_heads=2, intermediate_size=16)).train()
+            >>> ids, mask = np.array([[2, 7, 3], [2, 3, 0]]), np.array([[1, 1, 1], [1, 1, 0]])
             >>> out = model(ids, mask)          # real tokens only; zeros at the padding
-            >>> model.backward(dout)            # dout at the padding is ignored
+            >>> float(np.abs(out[1, 2]).max())
+            0.0
+            >>> _ = model.backward(np.ones_like(out))   # dout at the padding is ignored
         """
         if inputs_embeds is None or input_ids is not None:
             input_ids = _ids(input_ids, "input_ids")
@@ -493,8 +526,13 @@ class BertModel(Module):
         When blocks 0 .. block-1 are frozen, these states are fixed per example: compute them once, keep them,
         and run only the top blocks on them (training included).
 
-        >>> h = bert.eval().hidden_states_before(5, ids, mask)          # doctest: +SKIP
-        >>> np.allclose(bert.top_blocks(5)(h, mask), bert(ids, mask))   # doctest: +SKIP
+        >>> bert = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+        ...                                         num_attention_heads=2, intermediate_size=16)).eval()
+        >>> ids, mask = np.array([[2, 7, 3], [2, 3, 0]]), np.array([[1, 1, 1], [1, 1, 0]])
+        >>> h = bert.hidden_states_before(1, ids, mask)
+        >>> real = mask == 1                # padded positions: zero here, as Hugging Face's in bert(ids, mask)
+        >>> bool(np.allclose(bert.top_blocks(1)(h, mask)[real], bert(ids, mask)[real], atol=1e-5))
+        True
         """
         self._check_block(block)
         if self.training:
@@ -519,8 +557,12 @@ class BertModel(Module):
         """A module running blocks ``start`` .. L-1 of this encoder (the same layers and parameters, adapters
         included) on the states entering block ``start`` (:meth:`hidden_states_before`), with their mask.
 
-        >>> top = bert.top_blocks(5)                                   # doctest: +SKIP
-        >>> out = top(h, mask); top.backward(dout, input_grad=False)    # the top block's gradients only
+        >>> bert = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> ids, mask = np.array([[2, 7, 3]]), np.ones((1, 3), np.int64)
+        >>> h = bert.eval().hidden_states_before(1, ids, mask)   # frozen lower blocks: computed once, in eval
+        >>> top = bert.top_blocks(1).train()
+        >>> out = top(h, mask); top.backward(np.ones_like(out), input_grad=False)  # the top block's gradients only
         """
         self._check_block(start)
         return BertTopBlocks(list(self.encoder.layer)[start:], start)

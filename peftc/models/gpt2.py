@@ -473,6 +473,7 @@ class GPT2LMHeadModel(Module):
         """Logits (B, TQ, V) of the new tokens input_ids (B, TQ), which attend to the cached positions before them;
         equal to the last TQ rows of :meth:`forward` on the whole sequence. Inference only (call ``eval()``).
 
+        >>> model = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1, n_head=2)).eval()
         >>> cache = model.new_cache(batch=1, capacity=8)
         >>> model.forward_cached(np.array([[1, 2, 3]]), cache).shape, cache.length
         ((1, 3, 20), 3)
@@ -492,6 +493,7 @@ class GPT2LMHeadModel(Module):
         top_k, then top_p; ``do_sample=False`` is greedy), seeded by ``seed`` alone. Unlike transformers, top_k
         defaults to 0 (off). A row that produced ``eos_token_id`` continues with it (transformers pads with it).
 
+        >>> model = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1, n_head=2))
         >>> model.eval().generate(np.array([[1, 2]]), max_new_tokens=3, num_return_sequences=4, seed=1).shape
         (4, 5)
         """
@@ -542,6 +544,7 @@ class GPT2LMHeadModel(Module):
         given tokens <= t over the positions whose next label is not -100 (``labels=None``: the input ids).
         :meth:`causal_lm_loss_backward` then runs the backward.
 
+        >>> model = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1, n_head=2))
         >>> ids = np.array([[1, 2, 3]], dtype=np.int64)
         >>> round(model.causal_lm_loss(ids), 1) > 0
         True

@@ -77,8 +77,11 @@ def model_card_text(configs: dict[str, Any], base_model: str | None, existing: s
 def save_model_card(directory: str | os.PathLike, configs: dict[str, Any], base_model: str | None) -> str:
     """Write (or update) directory/README.md atomically; return its path.
 
-    >>> save_model_card("out", {"default": LoraConfig(r=8)}, base_model=None)
-    'out/README.md'
+    >>> import tempfile
+    >>> from peftc import LoraConfig
+    >>> folder = tempfile.mkdtemp()
+    >>> save_model_card(folder, {"default": LoraConfig(r=8)}, base_model=None) == os.path.join(folder, "README.md")
+    True
     """
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, CARD_NAME)

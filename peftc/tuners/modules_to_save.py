@@ -27,6 +27,7 @@ class ModulesToSaveWrapper(Module):
     sends each group's gradient to its copy.
 
     Example:
+        >>> from peftc.nn import Linear
         >>> head = ModulesToSaveWrapper(Linear(8, 3))          # the copy of adapter "default"
         >>> head.add_copy("task_b"); head.set_adapter("task_b")
         >>> head.modules_to_save is head.copies["task_b"]
