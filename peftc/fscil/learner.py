@@ -48,10 +48,11 @@ from .objective import FSCILObjective
 from .prototypes import PrototypeClassifier, class_means
 from .etf import simplex_etf
 from .session import Session
-from .tricks import Tricks
+from .tricks import ORDER, Tricks
 from .views import mixed_class_texts
 
 PROTOTYPES_FILE, SETTINGS_FILE = "prototypes.safetensors", "fscil_config.json"
+SESSION_TRICKS = ("subnet",)  # the tricks that act in add_session only: fit_base never reads them
 
 
 @dataclass
@@ -227,8 +228,13 @@ class FSCILLearner:
         self.model = get_peft_model(self._network(num_outputs), lora, generator=Generator(c.seed + 2))
         self._pretrain(data)
         train = {**self._tokens(texts), "labels": labels}
-        self.history = self._train(self.model, train, self._objective(), c.learning_rate, c.base_epochs,
-                                   c.base_max_steps, c.seed)
+        net = self.network
+        net.views_active = self.tricks.supcon  # with ssl alone the projector stays, but no term reads a second view
+        try:
+            self.history = self._train(self.model, train, self._objective(), c.learning_rate, c.base_epochs,
+                                       c.base_max_steps, c.seed)
+        finally:
+            net.views_active = True
         self.model.requires_grad_(False)
         self.model.eval()
         self._frozen = True
@@ -328,6 +334,31 @@ class FSCILLearner:
         one base training can then run the sessions more than once (a validation pass, then the test pass)."""
         return {"params": {n: p.data.copy() for n, p in self.model.named_parameters() if ".lora_" in n},
                 "prototypes": self.classifier.prototypes.copy(), "classes": self.classifier.classes.copy()}
+
+    def with_tricks(self, tricks: Tricks) -> FSCILLearner:
+        """A learner on this one's base training whose sessions use ``tricks``: ``tricks`` may differ from this
+        learner's only in :data:`SESSION_TRICKS` (``subnet``), which ``fit_base`` does not read, so fitting the
+        base session anew would give this state bit for bit. The encoder and adapter are shared, not copied
+        (the prototypes are copied): run one learner's sessions at a time, from a :meth:`snapshot` taken after
+        ``fit_base`` (:meth:`restore` it first if the other learner ran sessions).
+
+        >>> plain.fit_base(base); state = plain.snapshot()                  # doctest: +SKIP
+        >>> tuned = plain.with_tricks(Tricks.only("subnet")); tuned.restore(state)  # doctest: +SKIP
+        """
+        if not isinstance(tricks, Tricks):
+            raise TypeError(f"tricks must be a peftc.fscil.Tricks, got {type(tricks).__name__}")
+        if self.model is None:
+            raise RuntimeError("call fit_base first")
+        differ = [n for n in ORDER if getattr(tricks, n) != getattr(self.tricks, n) and n not in SESSION_TRICKS]
+        if differ:
+            raise ValueError(f"with_tricks: tricks {differ} change base training; only {SESSION_TRICKS} may differ "
+                             f"(this learner: {self.tricks.enabled()}, asked: {tricks.enabled()})")
+        other = FSCILLearner(self.bert, self.tokenizer, tricks, dataclasses.replace(self.config))
+        other.model, other.base_classes, other.history, other._frozen = self.model, self.base_classes, self.history, True
+        other.classifier.add(self.classifier.prototypes.copy(), self.classifier.classes.copy())
+        if hasattr(self, "history_ssl"):
+            other.history_ssl = self.history_ssl
+        return other
 
     def restore(self, state: dict) -> None:
         """Return to a :meth:`snapshot` taken on this learner."""

@@ -1,0 +1,147 @@
+"""The FSCIL learner spends no work its numbers do not need: base training on the real tokens only equals the
+padded training, a phase without SupCon runs no second view, and a learner differing only in session tricks
+reuses a base training instead of repeating it."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from peftc.fscil import FSCILLearner, FSCILNetwork, FSCILObjective, Session, Tricks, run_fscil
+from peftc.fscil.etf import simplex_etf
+from peftc.models.bert import BertModel
+from peftc.random import Generator
+from peftc.tuners import LoraConfig, get_peft_model
+from tests.conftest import assert_close
+from tests.fscil_toys import ToySplit, tiny_bert, tokenize
+from tests.test_fscil_tricks import SMALL
+
+BATCH = ["key1 filler3 filler4 mark1 filler5 filler6 filler7 filler8", "key2 mark2", "key1 mark1 filler9",
+         "key3 filler2 mark3 filler6 filler0 filler1"]
+
+
+def _padded_training(monkeypatch) -> None:
+    """Make every training-mode BertModel forward run padded (the reference the packed step must equal)."""
+    forward = BertModel.forward
+
+    def padded(self, *args, skip_padding=None, **kwargs):
+        return forward(self, *args, skip_padding=False if self.training else skip_padding, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", padded)
+
+
+def _step(net, model, objective, labels, views_offset=None):
+    """One training forward and backward on BATCH: (loss, {parameter name: gradient})."""
+    model.train()
+    model.zero_grad()
+    if views_offset is not None:
+        net.views.offset = views_offset
+    loss = objective.forward(model.forward(tokenize(BATCH)), labels)
+    model.backward(objective.backward())
+    return loss, {n: p.grad.copy() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def _net(dropout: float, projection_dim: int = 6, pretext: bool = True):
+    net = FSCILNetwork(tiny_bert(1, dropout=dropout), 5, projection_dim=projection_dim, pretext=pretext,
+                       deletion=0.3, generator=Generator(4))
+    heads = ["classifier"] + (["projector"] if projection_dim else []) + (["pretext_head"] if pretext else [])
+    model = get_peft_model(net, LoraConfig(r=2, lora_alpha=4.0, target_modules=["query", "value"],
+                                           modules_to_save=heads), generator=Generator(5))
+    rng = np.random.default_rng(6)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data[...] = rng.standard_normal(p.shape).astype(np.float32) * 0.3
+    return net, model
+
+
+OBJECTIVE = dict(ce=1.0, supcon=0.7, temperature=0.5, etf=1.5, etf_targets=simplex_etf(5, 16), align_classes=3,
+                 pretext=0.4)
+
+
+def test_base_training_step_on_real_tokens_equals_the_padded_step(monkeypatch):
+    # hidden and attention dropout on: the packed step must draw the padded batch's masks at the real tokens
+    net, model = _net(dropout=0.2)
+    y = np.array([1, 2, 1, 3])
+    loss, grads = _step(net, model, FSCILObjective(**OBJECTIVE), y)
+    assert net.bert._packed is not None and net.bert._packed.count < net.bert._packed.positions  # it ran packed
+    net2, model2 = _net(dropout=0.2)  # the same weights, views and dropout streams
+    _padded_training(monkeypatch)
+    loss2, grads2 = _step(net2, model2, FSCILObjective(**OBJECTIVE), y)
+    assert net2.bert._packed is None
+    assert loss == pytest.approx(loss2, rel=1e-5)
+    assert grads.keys() == grads2.keys() and len(grads) > 0
+    for n in grads:
+        assert_close(grads[n], grads2[n], 1e-4, 1e-6, n)
+
+
+def test_fit_base_on_real_tokens_gives_the_padded_prototypes(monkeypatch):
+    split = ToySplit(seed=6)
+    config = dataclasses.replace(SMALL, base_epochs=1)
+    packed = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all().without("subnet"), config)
+    packed.fit_base(Session.from_split(split.base_train))
+    _padded_training(monkeypatch)
+    padded = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all().without("subnet"), config)
+    padded.fit_base(Session.from_split(split.base_train))
+    assert_close(packed.classifier.prototypes, padded.classifier.prototypes, 1e-4, 1e-5, "base prototypes")
+
+
+def test_a_phase_without_supcon_runs_no_second_view_and_keeps_its_gradient():
+    # supcon weight 0: the second views' rows get a zero gradient, so leaving them out changes nothing
+    objective = {**OBJECTIVE, "supcon": 0.0}
+    y = np.array([1, 2, 1, 3])
+    net, model = _net(dropout=0.0)
+    start = net.views.offset
+    loss, grads = _step(net, model, FSCILObjective(**objective), y, views_offset=start)
+    assert net._cache["rows"][0] == 3 * len(BATCH)  # rows, their views, their rotations
+    net2, model2 = _net(dropout=0.0)
+    net2.views_active = False
+    # the same rotations: the views' draws (one per row) come first when the views run
+    loss2, grads2 = _step(net2, model2, FSCILObjective(**objective), y, views_offset=start + len(BATCH))
+    assert net2._cache["rows"][0] == 2 * len(BATCH)  # rows and their rotations only
+    assert loss == pytest.approx(loss2, rel=1e-6)
+    assert grads.keys() == grads2.keys() and len(grads) > 0
+    for n in grads:
+        assert_close(grads[n], grads2[n], 1e-5, 1e-7, n)
+
+
+def test_fit_base_runs_second_views_only_with_supcon(monkeypatch):
+    split = ToySplit(seed=7)
+    rows, seen = [], []
+    forward = FSCILNetwork.forward
+
+    def counting(net, batch):
+        out = forward(net, batch)
+        seen.append((net.two_views, len(out["pooled"]), net._cache["rows"][0]))
+        return out
+
+    monkeypatch.setattr(FSCILNetwork, "forward", counting)
+    for tricks in (Tricks.only("ssl"), Tricks.only("ssl", "supcon")):
+        learner = FSCILLearner(tiny_bert(0), tokenize, tricks, dataclasses.replace(SMALL, base_epochs=1))
+        learner.fit_base(Session.from_split(split.base_train))
+        rows.append(list(seen))
+        seen.clear()
+    ssl_steps = -(-len(split.base_train.texts) // SMALL.batch_size)  # one epoch of each phase
+    assert len(rows[0]) == len(rows[1]) == 2 * ssl_steps and all(r == 2 * n for _, n, r in rows[0][:ssl_steps])  # SimCSE reads both views
+    assert all(not v and r == n for v, n, r in rows[0][ssl_steps:])  # then supervised CE alone: no second view
+    assert all(v and r == 2 * n for v, n, r in rows[1])  # with SupCon the views stay
+    assert learner.network.views_active
+
+
+def test_a_learner_differing_in_session_tricks_reuses_the_base_training():
+    split = ToySplit(seed=8)
+    full = FSCILLearner(tiny_bert(0), tokenize, Tricks.all().without("subnet"), SMALL)
+    full.fit_base(Session.from_split(split.base_train))
+    state = full.snapshot()
+    run_fscil(full, split, fit=False)
+    tuned = full.with_tricks(Tricks.all())
+    tuned.restore(state)
+    shared = run_fscil(tuned, split, fit=False)
+    alone = FSCILLearner(tiny_bert(0), tokenize, Tricks.all(), SMALL)
+    own = run_fscil(alone, split)
+    np.testing.assert_array_equal(tuned.classifier.classes, alone.classifier.classes)
+    assert_close(tuned.classifier.prototypes, alone.classifier.prototypes, 0.0, 0.0, "prototypes")
+    for a, b in zip(shared.predictions, own.predictions):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"tricks \['supcon'\] change base training"):
+        full.with_tricks(Tricks.all().without("supcon"))
