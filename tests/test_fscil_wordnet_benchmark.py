@@ -49,3 +49,26 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(ft, tmp_path
     assert "| full |" in (tmp_path / "all.md").read_text()
     with pytest.raises(ValueError, match="repeat a seed"):
         ft.merge([tmp_path / "s0", tmp_path / "s0"], tmp_path / "bad")
+
+
+def test_a_shared_base_training_and_a_resumed_run_repeat_the_separate_runs(ft, tmp_path, monkeypatch):
+    # subnet tuning moves the adapter hard here, so a kept learner not rewound to its base state would show
+    tiny = dict(lrs=[1e-3, 5e-3], base_train_per_class=2, test_per_class=1, val_per_class=1, max_length=16,
+                subnet_steps=3, subnet_lr=0.5)
+    quiet = dict(log=lambda *_: None, model=TINY_MODEL)
+    fits = []
+    fit_base = ft.FSCILLearner.fit_base
+    monkeypatch.setattr(ft.FSCILLearner, "fit_base", lambda self, data: fits.append(1) or fit_base(self, data))
+    shared = ft.run(ft.Settings(seeds=[0], methods=["full", "full-subnet"], **tiny), tmp_path / "shared", "a", **quiet)
+    assert len(fits) == 2  # one base training per learning rate, for both methods
+    alone = ft.run(ft.Settings(seeds=[0], methods=["full-subnet"], **tiny), tmp_path / "alone", "b", **quiet)
+    keys = ("lr", "val_avg_acc", "per_session", "predictions_last")
+    assert [shared["runs"][1][k] for k in keys] == [alone["runs"][0][k] for k in keys]
+    resumed = ft.run(ft.Settings(seeds=[0], methods=["full", "full-subnet", "baseline"], **tiny), tmp_path / "shared",
+                     "c", resume=True, **quiet)
+    assert [r["method"] for r in resumed["runs"]] == ["full", "full-subnet", "baseline"]
+    assert resumed["runs"][:2] == shared["runs"]  # kept, not run again (the seconds would differ)
+    assert resumed["command"] == "a; resumed with c"
+    with pytest.raises(ValueError, match=r"settings \['lrs'\] differ"):
+        ft.run(ft.Settings(seeds=[0], methods=["full"], **{**tiny, "lrs": [1e-3]}), tmp_path / "shared", "d",
+               resume=True, **quiet)

@@ -134,9 +134,11 @@ def test_a_learner_differing_in_session_tricks_reuses_the_base_training():
     full.fit_base(Session.from_split(split.base_train))
     state = full.snapshot()
     run_fscil(full, split, fit=False)
+    after_sessions = full.classifier.prototypes.copy()
     tuned = full.with_tricks(Tricks.all())
     tuned.restore(state)
     shared = run_fscil(tuned, split, fit=False)
+    np.testing.assert_array_equal(full.classifier.prototypes, after_sessions)  # prototypes copied, not shared
     alone = FSCILLearner(tiny_bert(0), tokenize, Tricks.all(), SMALL)
     own = run_fscil(alone, split)
     np.testing.assert_array_equal(tuned.classifier.classes, alone.classifier.classes)
