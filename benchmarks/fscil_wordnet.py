@@ -113,7 +113,9 @@ class SharedBaseFits:
     ``+subnet`` trains as ``baseline``, ``full`` as ``full-subnet``): fit_base does not read them, so the later
     method takes the kept learner (:meth:`FSCILLearner.with_tricks`, sharing its adapter) instead of training
     the same base again; ``run_method`` restores the state after fit_base before each pass of sessions, as for
-    a learner of its own. A kept learner is dropped after the last method that needs it.
+    a learner of its own. A kept learner is dropped after the last method that needs it. ``ssl`` is the
+    learners' shared ``ssl_cache``: the SimCSE phase of the methods with ``ssl`` depends only on the learning
+    rate and the classifier's width (with or without pseudo-classes), so it runs twice per learning rate.
 
     >>> fits = SharedBaseFits([Tricks(), Tricks.only("subnet")])  # doctest: +SKIP
     >>> learner, state = fits.learner(Tricks(), 1e-3, fit)       # trains, keeps it  # doctest: +SKIP
@@ -122,6 +124,7 @@ class SharedBaseFits:
     def __init__(self, plan: list[Tricks]) -> None:
         self.left = Counter(self.key(t) for t in plan)
         self.kept: dict[tuple[Tricks, float], tuple[FSCILLearner, dict]] = {}
+        self.ssl: dict = {}  # FSCILLearner.fit_base's ssl_cache: one SimCSE phase per learning rate and head width
 
     @staticmethod
     def key(tricks: Tricks) -> Tricks:
@@ -161,7 +164,7 @@ def run_method(name: str, tricks: Tricks, s: Settings, split, val: TaskSplit, se
                           ssl_epochs=s.ssl_epochs,
                           total_classes=split.num_seen(len(split.sessions)))
         learner = FSCILLearner(make_bert(seed), tokenizer, tricks, cfg)
-        learner.fit_base(Session.from_split(split.base_train))
+        learner.fit_base(Session.from_split(split.base_train), ssl_cache=fits.ssl)
         return learner
 
     def train(lr: float) -> FSCILLearner:

@@ -147,3 +147,38 @@ def test_a_learner_differing_in_session_tricks_reuses_the_base_training():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match=r"tricks \['supcon'\] change base training"):
         full.with_tricks(Tricks.all().without("supcon"))
+
+
+def _state(learner) -> dict[str, np.ndarray]:
+    return {n: p.data for n, p in learner.model.named_parameters()}
+
+
+def test_learners_differing_after_the_ssl_phase_run_it_once_through_the_cache():
+    split = ToySplit(seed=9)
+    base = Session.from_split(split.base_train)
+    config = dataclasses.replace(SMALL, base_epochs=1, lora_dropout=0.1)  # every random stream in use
+    cache: dict = {}
+    first = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all(), config)
+    first.fit_base(base, ssl_cache=cache)
+    (state,) = cache.values()
+    lora = {n for n in _state(first) if ".lora_" in n}
+    # what the phase trains; the classifier and the rotation head wait for supervised training
+    assert set(state["params"]) - lora == {f"base_model.model.projector.modules_to_save.{w}" for w in ("weight", "bias")}
+    assert lora <= set(state["params"])
+    for tricks in (Tricks.all().without("pretext"), Tricks.all().without("supcon", "etf")):
+        shared = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, tricks, config)
+        shared.fit_base(base, ssl_cache=cache)
+        own = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, tricks, config)
+        own.fit_base(base)
+        assert len(cache) == 1 and shared.history_ssl == own.history_ssl
+        mine, theirs = _state(shared), _state(own)
+        assert mine.keys() == theirs.keys()
+        for n in mine:
+            assert_close(mine[n], theirs[n], 0.0, 0.0, n)
+        assert_close(shared.classifier.prototypes, own.classifier.prototypes, 0.0, 0.0, f"{tricks} prototypes")
+    # a different classifier width (the projector's initialisation follows it) or learning rate: a phase of its own
+    FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all().without("pseudo_classes"), config).fit_base(
+        base, ssl_cache=cache)
+    FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all(), dataclasses.replace(config, learning_rate=1e-3)
+                 ).fit_base(base, ssl_cache=cache)
+    assert len(cache) == 3
