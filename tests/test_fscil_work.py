@@ -182,3 +182,22 @@ def test_learners_differing_after_the_ssl_phase_run_it_once_through_the_cache():
     FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, Tricks.all(), dataclasses.replace(config, learning_rate=1e-3)
                  ).fit_base(base, ssl_cache=cache)
     assert len(cache) == 3
+
+
+def test_subnet_sessions_run_the_cached_top_blocks_on_the_real_tokens_only(monkeypatch):
+    from peftc.models.bert import BertTopBlocks
+
+    split = ToySplit(seed=10)
+    learner = FSCILLearner(tiny_bert(0), tokenize, Tricks.only("subnet"), dataclasses.replace(SMALL, subnet_steps=2))
+    learner.fit_base(Session.from_split(split.base_train))
+    calls = []
+    forward = BertTopBlocks.forward
+
+    def recording(top, hidden, mask=None, skip_padding=False):
+        calls.append((top.layer[0].training, skip_padding))
+        return forward(top, hidden, mask, skip_padding)
+
+    monkeypatch.setattr(BertTopBlocks, "forward", recording)
+    learner.add_session(Session.from_split(split.sessions[0]))
+    assert (True, True) in calls and (False, True) in calls  # the tuning steps and the features
+    assert all(skip for _, skip in calls)

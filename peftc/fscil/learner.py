@@ -157,7 +157,7 @@ class FSCILLearner:
                 for s in range(0, len(order), bs):
                     rows = order[s:s + bs]
                     hidden, mask = frozen.inputs([texts[i] for i in rows])
-                    out[rows] = net.pooling(frozen.top(hidden, mask), mask)
+                    out[rows] = net.pooling(frozen.top(hidden, mask, skip_padding=True), mask)
                 return out
             tok = self._tokens(texts)
             order = np.argsort(tok["attention_mask"].sum(axis=1), kind="stable")
@@ -457,7 +457,7 @@ def subnet_step(net: FSCILNetwork, tokens: dict[str, np.ndarray], targets: np.nd
     same rows, only ``cache.top``'s blocks run, forward and backward (the blocks below must be frozen)."""
     if states is not None:
         hidden, mask = states
-        pooled = net.pooling(cache.top(hidden, mask), mask)
+        pooled = net.pooling(cache.top(hidden, mask, skip_padding=True), mask)  # real tokens only, as net.pooled
     else:
         pooled = net.pooled(tokens["input_ids"], tokens["attention_mask"])
     unit, norm = F.l2_normalize_forward(pooled)
