@@ -20,17 +20,22 @@ Modes (run from the repository root; the lead runs the full one, one process per
     PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_wordnet.py --seeds 0 \
         --out benchmarks/results/fscil_wordnet_s0
     ... --seeds 1 --out ..._s1, ..., then
-    python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4
+    python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4 \
+        --out benchmarks/results/fscil_wordnet
 The full mode is reduced: 10 base glosses per class (one epoch), 10 test and 2 validation glosses per class,
 max_length 32, two learning rates, 5 sub-network steps per session at 5e-4 (the trick knobs are not tuned).
-With sub-network tuning only the top block changes after base training, so each gloss's output of the five
-blocks below it is computed once (peftc.fscil.FrozenBlockCache) and every later session runs the top block
-alone; the base training of the tricks that enlarge it (pseudo-classes' 400 mixed texts, the second view, the
-rotated view, the SimCSE epoch) is then the largest part. Estimate, not a timing: counting block x token
-passes (a backward as two forwards), one full seed is 23e6 of them (35e6 before the cache), the full bag 2.9e6
-(4.5e6); at the rate of the --quick run on a machine shared by several jobs (2607 s for 28 method runs, about
-400 s per 1e6) that is about 2.6 hours per seed and 19 minutes for the full bag; an idle core is faster. Check
-the first seed's per-method seconds (in the results) and cut --test-per-class / --methods if it runs long.
+Work not needed for the numbers is skipped: training and evaluation run on the real tokens only; with
+sub-network tuning each gloss's output of the five frozen blocks below the tuned one is computed once
+(peftc.fscil.FrozenBlockCache); ``+subnet`` reuses ``baseline``'s base training and ``full-subnet`` ``full``'s
+(FSCILLearner.with_tricks; fit_base never reads subnet); the seven methods with ``ssl`` share the SimCSE phase
+(one per learning rate and head width, ``fit_base(ssl_cache=)``); no second view runs without SupCon.
+Counted, not timed (benchmarks/fscil_wordnet_cost.py, block x token passes, a backward as two forwards):
+one seed of the 14 methods is 17.4e6 passes (44.9e6 before these changes), 58% of them supervised base
+training (24 runs: 14 methods x 2 learning rates, less the 4 shared); the full bag alone 2.7e6 (5.4e6). A short
+real run on a machine shared by several jobs (load average 5 to 9 on 2 cores) took about 300 s per 1e6 passes
+with one thread, which puts a seed at about 1.5 h under such load; an idle core is several times faster. Run
+each seed in its own process (``--seeds N --out ..._sN``; ``--resume`` continues a stopped one), then
+``--merge``.
 Results: benchmarks/results/fscil_wordnet.{json,md}.
 """
 from __future__ import annotations

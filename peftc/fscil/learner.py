@@ -20,6 +20,11 @@ frozen from ``fit_base`` on, so with ``subnet`` their output for each text is co
 the top blocks alone. Those frozen blocks then run without dropout during the tuning steps (dropout still acts
 in the tuned blocks).
 
+No work is spent on what the numbers do not need: every encoder pass, training included, runs on the real
+tokens only (padding skipped); the second view runs only while a term reads it; ``with_tricks`` gives a
+learner with other session tricks on the same base training, and ``fit_base(..., ssl_cache=)`` lets learners
+that differ only after the SimCSE phase run it once.
+
 Nothing of an earlier session's data is kept beyond the prototypes. ``save_pretrained`` writes the adapter in
 PEFT's format (with the heads as ``modules_to_save``), the prototypes in safetensors and the settings as JSON.
 """
