@@ -122,7 +122,8 @@ def test_fit_base_runs_second_views_only_with_supcon(monkeypatch):
         rows.append(list(seen))
         seen.clear()
     ssl_steps = -(-len(split.base_train.texts) // SMALL.batch_size)  # one epoch of each phase
-    assert len(rows[0]) == len(rows[1]) == 2 * ssl_steps and all(r == 2 * n for _, n, r in rows[0][:ssl_steps])  # SimCSE reads both views
+    assert len(rows[0]) == len(rows[1]) == 2 * ssl_steps
+    assert all(r == 2 * n for _, n, r in rows[0][:ssl_steps])  # SimCSE reads both views
     assert all(not v and r == n for v, n, r in rows[0][ssl_steps:])  # then supervised CE alone: no second view
     assert all(v and r == 2 * n for v, n, r in rows[1])  # with SupCon the views stay
     assert learner.network.views_active
@@ -163,7 +164,8 @@ def test_learners_differing_after_the_ssl_phase_run_it_once_through_the_cache():
     (state,) = cache.values()
     lora = {n for n in _state(first) if ".lora_" in n}
     # what the phase trains; the classifier and the rotation head wait for supervised training
-    assert set(state["params"]) - lora == {f"base_model.model.projector.modules_to_save.{w}" for w in ("weight", "bias")}
+    head = "base_model.model.projector.modules_to_save"
+    assert set(state["params"]) - lora == {f"{head}.weight", f"{head}.bias"}
     assert lora <= set(state["params"])
     for tricks in (Tricks.all().without("pretext"), Tricks.all().without("supcon", "etf")):
         shared = FSCILLearner(tiny_bert(0, dropout=0.1), tokenize, tricks, config)

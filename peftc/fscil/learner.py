@@ -402,7 +402,8 @@ class FSCILLearner:
             raise ValueError(f"with_tricks: tricks {differ} change base training; only {SESSION_TRICKS} may differ "
                              f"(this learner: {self.tricks.enabled()}, asked: {tricks.enabled()})")
         other = FSCILLearner(self.bert, self.tokenizer, tricks, dataclasses.replace(self.config))
-        other.model, other.base_classes, other.history, other._frozen = self.model, self.base_classes, self.history, True
+        other.model, other.base_classes, other.history = self.model, self.base_classes, self.history
+        other._frozen = True
         other.classifier.add(self.classifier.prototypes.copy(), self.classifier.classes.copy())
         if hasattr(self, "history_ssl"):
             other.history_ssl = self.history_ssl
