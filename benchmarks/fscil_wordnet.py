@@ -20,17 +20,22 @@ Modes (run from the repository root; the lead runs the full one, one process per
     PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/fscil_wordnet.py --seeds 0 \
         --out benchmarks/results/fscil_wordnet_s0
     ... --seeds 1 --out ..._s1, ..., then
-    python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4
+    python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4 \
+        --out benchmarks/results/fscil_wordnet
 The full mode is reduced: 10 base glosses per class (one epoch), 10 test and 2 validation glosses per class,
 max_length 32, two learning rates, 5 sub-network steps per session at 5e-4 (the trick knobs are not tuned).
-With sub-network tuning only the top block changes after base training, so each gloss's output of the five
-blocks below it is computed once (peftc.fscil.FrozenBlockCache) and every later session runs the top block
-alone; the base training of the tricks that enlarge it (pseudo-classes' 400 mixed texts, the second view, the
-rotated view, the SimCSE epoch) is then the largest part. Estimate, not a timing: counting block x token
-passes (a backward as two forwards), one full seed is 23e6 of them (35e6 before the cache), the full bag 2.9e6
-(4.5e6); at the rate of the --quick run on a machine shared by several jobs (2607 s for 28 method runs, about
-400 s per 1e6) that is about 2.6 hours per seed and 19 minutes for the full bag; an idle core is faster. Check
-the first seed's per-method seconds (in the results) and cut --test-per-class / --methods if it runs long.
+Work not needed for the numbers is skipped: training and evaluation run on the real tokens only; with
+sub-network tuning each gloss's output of the five frozen blocks below the tuned one is computed once
+(peftc.fscil.FrozenBlockCache); ``+subnet`` reuses ``baseline``'s base training and ``full-subnet`` ``full``'s
+(FSCILLearner.with_tricks; fit_base never reads subnet); the seven methods with ``ssl`` share the SimCSE phase
+(one per learning rate and head width, ``fit_base(ssl_cache=)``); no second view runs without SupCon.
+Counted, not timed (benchmarks/fscil_wordnet_cost.py, block x token passes, a backward as two forwards):
+one seed of the 14 methods is 17.4e6 passes (44.9e6 before these changes), 58% of them supervised base
+training (24 runs: 14 methods x 2 learning rates, less the 4 shared); the full bag alone 2.7e6 (5.4e6). A short
+real run on a machine shared by several jobs (load average 5 to 9 on 2 cores) took about 300 s per 1e6 passes
+with one thread, which puts a seed at about 1.5 h under such load; an idle core is several times faster. Run
+each seed in its own process (``--seeds N --out ..._sN``; ``--resume`` continues a stopped one), then
+``--merge``.
 Results: benchmarks/results/fscil_wordnet.{json,md}.
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ import functools
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +56,7 @@ from peftc.data.fscil_wordnet import build_fscil_wordnet
 from peftc.data.text_tasks import TaskSplit
 from peftc.evaluation import Claim, select_on_validation, verdicts, verdicts_markdown
 from peftc.fscil import ORDER, FSCILConfig, FSCILLearner, Session, Tricks, run_fscil
+from peftc.fscil.learner import SESSION_TRICKS
 from peftc.io.atomic import write_bytes_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,20 +113,68 @@ def default_model():
     return (lambda seed: BertModel.from_pretrained(folder, seed=seed)), (lambda n: Tokenizer(folder, max_length=n))
 
 
+class SharedBaseFits:
+    """Base trainings kept for the later methods of a seed that differ only in session tricks (``subnet``:
+    ``+subnet`` trains as ``baseline``, ``full`` as ``full-subnet``): fit_base does not read them, so the later
+    method takes the kept learner (:meth:`FSCILLearner.with_tricks`, sharing its adapter) instead of training
+    the same base again; ``run_method`` restores the state after fit_base before each pass of sessions, as for
+    a learner of its own. A kept learner is dropped after the last method that needs it. ``ssl`` is the
+    learners' shared ``ssl_cache``: the SimCSE phase of the methods with ``ssl`` depends only on the learning
+    rate and the classifier's width (with or without pseudo-classes), so it runs twice per learning rate.
+
+    >>> fits = SharedBaseFits([Tricks(), Tricks.only("subnet")])  # doctest: +SKIP
+    >>> learner, state = fits.learner(Tricks(), 1e-3, fit)       # trains, keeps it  # doctest: +SKIP
+    """
+
+    def __init__(self, plan: list[Tricks]) -> None:
+        self.left = Counter(self.key(t) for t in plan)
+        self.kept: dict[tuple[Tricks, float], tuple[FSCILLearner, dict]] = {}
+        self.ssl: dict = {}  # FSCILLearner.fit_base's ssl_cache: one SimCSE phase per learning rate and head width
+
+    @staticmethod
+    def key(tricks: Tricks) -> Tricks:
+        return tricks.without(*SESSION_TRICKS)
+
+    def learner(self, tricks: Tricks, lr: float, fit) -> tuple[FSCILLearner, dict]:
+        """(learner, its state after fit_base) for ``tricks`` at ``lr``: a kept base training or ``fit()``."""
+        k = (self.key(tricks), lr)
+        if k in self.kept:
+            fitted, state = self.kept[k]
+            return fitted.with_tricks(tricks), state
+        learner = fit()
+        state = learner.snapshot()
+        if self.left[self.key(tricks)] > 1:
+            self.kept[k] = (learner, state)
+        return learner, state
+
+    def done(self, tricks: Tricks) -> None:
+        """A method with ``tricks`` has finished: forget the base trainings no later method needs."""
+        key = self.key(tricks)
+        self.left[key] -= 1
+        if self.left[key] <= 0:
+            self.kept = {k: v for k, v in self.kept.items() if k[0] != key}
+
+
 def run_method(name: str, tricks: Tricks, s: Settings, split, val: TaskSplit, seed: int, make_bert,
-               tokenizer) -> dict:
-    """select_on_validation over the learning rates; the chosen learner runs the sessions on test once."""
+               tokenizer, fits: SharedBaseFits | None = None) -> dict:
+    """select_on_validation over the learning rates; the chosen learner runs the sessions on test once.
+    ``fits``: base trainings shared with the seed's other methods (default: none kept)."""
     t0 = time.perf_counter()
     states: dict[int, dict] = {}
+    fits = fits or SharedBaseFits([])
 
-    def train(lr: float) -> FSCILLearner:
+    def fit(lr: float) -> FSCILLearner:
         cfg = FSCILConfig(max_length=s.max_length, batch_size=s.batch_size, base_epochs=s.base_epochs,
                           learning_rate=lr, seed=seed, subnet_steps=s.subnet_steps, subnet_lr=s.subnet_lr,
                           ssl_epochs=s.ssl_epochs,
                           total_classes=split.num_seen(len(split.sessions)))
         learner = FSCILLearner(make_bert(seed), tokenizer, tricks, cfg)
-        learner.fit_base(Session.from_split(split.base_train))
-        states[id(learner)] = learner.snapshot()
+        learner.fit_base(Session.from_split(split.base_train), ssl_cache=fits.ssl)
+        return learner
+
+    def train(lr: float) -> FSCILLearner:
+        learner, states_after_fit = fits.learner(tricks, lr, lambda: fit(lr))
+        states[id(learner)] = states_after_fit
         return learner
 
     def evaluate(learner: FSCILLearner, part: str):
@@ -196,20 +251,41 @@ def finish(runs: list[dict], s: Settings, command: str, cpu: str) -> dict:
     return payload
 
 
-def run(s: Settings, out: Path, command: str, log=print, model=None) -> dict:
-    """Every method on every seed; the results files are rewritten after each method."""
+def resumed_runs(s: Settings, out: Path, command: str) -> tuple[list[dict], str]:
+    """(the method runs of ``out``'s results file that this run would repeat, the command to record): the file
+    must hold the same settings apart from seeds and methods (ValueError naming the difference otherwise)."""
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return [], command
+    old = json.loads(path.read_text())
+    check_seed_parts([asdict(s), old["settings"]], ["this run", str(path)], ignore={"seeds", "methods"})
+    runs = [r for r in old["runs"] if r["seed"] in s.seeds and r["method"] in s.methods]
+    return runs, f"{old['command']}; resumed with {command}"
+
+
+def run(s: Settings, out: Path, command: str, log=print, model=None, resume: bool = False) -> dict:
+    """Every method on every seed; the results files are rewritten after each method. ``resume``: keep the
+    (method, seed) runs already in ``out`` (same settings) and run only the others."""
     make_bert, make_tokenizer = model or default_model()
     tokenizer = make_tokenizer(s.max_length)
     bench = benchmark_data(s.with_lemmas)
     cpu = environment()["cpu"]
     table = methods()
-    runs: list[dict] = []
+    runs, command = resumed_runs(s, out, command) if resume else ([], command)
+    done = {(r["method"], r["seed"]) for r in runs}
+    if done:
+        log(f"resuming {out}: {len(done)} method runs kept")
     for seed in s.seeds:
+        todo = [name for name in s.methods if (name, seed) not in done]
+        if not todo:
+            continue
         split = bench.split(seed, test_per_class=s.test_per_class, val_per_class=s.val_per_class,
                             base_train_per_class=s.base_train_per_class)
         val = validation_rows(split)
-        for name in s.methods:
-            r = run_method(name, table[name], s, split, val, seed, make_bert, tokenizer)
+        fits = SharedBaseFits([table[name] for name in todo])
+        for name in todo:
+            r = run_method(name, table[name], s, split, val, seed, make_bert, tokenizer, fits)
+            fits.done(table[name])
             runs.append(r)
             log(f"seed {seed} {name}: avg acc {100 * r['avg_acc']:.2f}, PD {100 * r['pd']:.2f}, last HM "
                 f"{100 * r['last_hm']:.2f} (lr {r['lr']}, {r['seconds']:.0f} s)")
@@ -246,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-lemmas", action="store_true", help='inputs "lemma, lemma: gloss" instead of the gloss')
     p.add_argument("--out", default=str(RESULTS / "fscil_wordnet"))
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the method runs already in --out (same settings) and run only the missing ones")
     a = p.parse_args(argv)
     if a.merge:
         merge([Path(m) for m in a.merge], Path(a.out))
@@ -256,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                  "subnet_steps": a.subnet_steps, "subnet_lr": a.subnet_lr, "with_lemmas": a.with_lemmas or None}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     command = "python benchmarks/fscil_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = run(s, Path(a.out), command)
+    payload = run(s, Path(a.out), command, resume=a.resume)
     print(render(payload))
     return 0
 

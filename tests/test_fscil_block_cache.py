@@ -156,3 +156,43 @@ def test_cached_subnet_tuning_equals_the_full_forward_tuning():
     for g, want in zip(cached_grads, full_grads):
         assert_close(g, want, 2e-4, 1e-6, "subnet gradient")
     assert max(np.abs(g).max() for g in full_grads) > 1e-4
+
+
+def test_top_blocks_on_the_real_tokens_only_equal_the_padded_top_blocks_in_training():
+    # hidden and attention dropout on: the packed blocks draw the padded batch's masks at the real tokens
+    states = {}
+    for skip in (False, True):
+        model = get_peft_model(tiny_bert(3, dropout=0.2), LoraConfig(r=2, lora_alpha=4.0,
+                                                                     target_modules=["query", "value", "dense"]),
+                               generator=Generator(1))
+        rng = np.random.default_rng(2)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data[...] = rng.standard_normal(p.shape).astype(np.float32) * 0.3
+        bert = model.get_base_model()
+        tok = tokenize(TEXTS)
+        mask = tok["attention_mask"]
+        bert.eval()
+        hidden = bert.hidden_states_before(1, tok["input_ids"], mask)
+        top = bert.top_blocks(1)
+        bert.train()
+        model.zero_grad()
+        out = top(hidden, mask, skip_padding=skip)
+        assert (top._packed is not None) == skip
+        # zero at the padding, as mean pooling gives (the padded blocks would pass it on to the real tokens)
+        dy = (np.random.default_rng(4).standard_normal(out.shape) * mask[..., None]).astype(np.float32)
+        dx = np.ones(hidden.shape, np.float32)
+        top.backward(dy, dx=dx)
+        states[skip] = (out, dx, _grads(model))
+    holes = mask.copy()
+    holes[0, 1] = 0
+    with pytest.raises(ValueError, match=r"has holes"):
+        top(hidden, holes, skip_padding=True)
+    real = tokenize(TEXTS)["attention_mask"].astype(bool)
+    (out, dx, grads), (p_out, p_dx, p_grads) = states[False], states[True]
+    assert_close(p_out[real], out[real], 1e-5, 1e-6, "outputs at the real tokens")
+    assert not p_out[~real].any() and (p_dx[~real] == 1.0).all()  # zeros at the padding, nothing flows there
+    assert_close(p_dx[real], dx[real], 1e-4, 1e-6, "d(states) at the real tokens")
+    assert grads.keys() == p_grads.keys() and len(grads) == 10
+    for n in grads:
+        assert_close(p_grads[n], grads[n], 1e-4, 1e-6, n)

@@ -49,3 +49,30 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(ft, tmp_path
     assert "| full |" in (tmp_path / "all.md").read_text()
     with pytest.raises(ValueError, match="repeat a seed"):
         ft.merge([tmp_path / "s0", tmp_path / "s0"], tmp_path / "bad")
+
+
+def test_a_shared_base_training_and_a_resumed_run_repeat_the_separate_runs(ft, tmp_path, monkeypatch):
+    # subnet tuning moves the adapter hard here, so a kept learner not rewound to its base state would show
+    tiny = dict(lrs=[1e-3, 5e-3], base_train_per_class=2, test_per_class=1, val_per_class=1, max_length=16,
+                subnet_steps=3, subnet_lr=0.5)
+    quiet = dict(log=lambda *_: None, model=TINY_MODEL)
+    fits, ssl = [], []
+    fit_base, phase_state = ft.FSCILLearner.fit_base, ft.FSCILLearner._phase_state
+    monkeypatch.setattr(ft.FSCILLearner, "fit_base", lambda self, *a, **k: fits.append(1) or fit_base(self, *a, **k))
+    monkeypatch.setattr(ft.FSCILLearner, "_phase_state", lambda self: ssl.append(1) or phase_state(self))
+    three = ["full", "full-subnet", "full-etf"]
+    shared = ft.run(ft.Settings(seeds=[0], methods=three, **tiny), tmp_path / "shared", "a", **quiet)
+    # one base training per learning rate for full and full-subnet, one for full-etf; one SimCSE phase for all
+    assert (len(fits), len(ssl)) == (4, 2)
+    keys = ("lr", "val_avg_acc", "per_session", "predictions_last")
+    for k, name in enumerate(three[1:], 1):
+        alone = ft.run(ft.Settings(seeds=[0], methods=[name], **tiny), tmp_path / name, "b", **quiet)
+        assert [shared["runs"][k][key] for key in keys] == [alone["runs"][0][key] for key in keys], name
+    resumed = ft.run(ft.Settings(seeds=[0], methods=three + ["baseline"], **tiny), tmp_path / "shared",
+                     "c", resume=True, **quiet)
+    assert [r["method"] for r in resumed["runs"]] == three + ["baseline"]
+    assert resumed["runs"][:3] == shared["runs"]  # kept, not run again (the seconds would differ)
+    assert resumed["command"] == "a; resumed with c"
+    with pytest.raises(ValueError, match=r"settings \['lrs'\] differ"):
+        ft.run(ft.Settings(seeds=[0], methods=["full"], **{**tiny, "lrs": [1e-3]}), tmp_path / "shared", "d",
+               resume=True, **quiet)

@@ -20,12 +20,18 @@ frozen from ``fit_base`` on, so with ``subnet`` their output for each text is co
 the top blocks alone. Those frozen blocks then run without dropout during the tuning steps (dropout still acts
 in the tuned blocks).
 
+No work is spent on what the numbers do not need: every encoder pass, training included, runs on the real
+tokens only (padding skipped); the second view runs only while a term reads it; ``with_tricks`` gives a
+learner with other session tricks on the same base training, and ``fit_base(..., ssl_cache=)`` lets learners
+that differ only after the SimCSE phase run it once.
+
 Nothing of an earlier session's data is kept beyond the prototypes. ``save_pretrained`` writes the adapter in
 PEFT's format (with the heads as ``modules_to_save``), the prototypes in safetensors and the settings as JSON.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -40,7 +46,7 @@ from ..models.bert import BertModel
 from ..nn.loss import CrossEntropyLoss
 from ..optim import AdamW, clip_grad_norm_
 from ..random import Generator
-from ..train import Trainer, TrainingConfig
+from ..train import Trainer, TrainingConfig, named_generators
 from ..tuners import LoraConfig, PeftModel, get_peft_model
 from .block_cache import FrozenBlockCache
 from .network import FSCILNetwork
@@ -48,10 +54,15 @@ from .objective import FSCILObjective
 from .prototypes import PrototypeClassifier, class_means
 from .etf import simplex_etf
 from .session import Session
-from .tricks import Tricks
+from .tricks import ORDER, Tricks
 from .views import mixed_class_texts
 
 PROTOTYPES_FILE, SETTINGS_FILE = "prototypes.safetensors", "fscil_config.json"
+SESSION_TRICKS = ("subnet",)  # the tricks that act in add_session only: fit_base never reads them
+# the FSCILConfig fields the ssl phase does not read (supervised training, the other tricks, sessions, evaluation)
+SSL_UNREAD = ("shots", "base_epochs", "base_max_steps", "eval_batch_size", "progress", "total_classes",
+              "supcon_weight", "temperature", "etf_weight", "pseudo_classes", "pseudo_per_class", "pretext_weight",
+              "subnet_layers", "subnet_steps", "subnet_lr", "subnet_guard", "subnet_scale")
 
 
 @dataclass
@@ -151,7 +162,7 @@ class FSCILLearner:
                 for s in range(0, len(order), bs):
                     rows = order[s:s + bs]
                     hidden, mask = frozen.inputs([texts[i] for i in rows])
-                    out[rows] = net.pooling(frozen.top(hidden, mask), mask)
+                    out[rows] = net.pooling(frozen.top(hidden, mask, skip_padding=True), mask)
                 return out
             tok = self._tokens(texts)
             order = np.argsort(tok["attention_mask"].sum(axis=1), kind="stable")
@@ -207,10 +218,14 @@ class FSCILLearner:
         trainer = Trainer(model, cfg, train, loss_fn=objective)
         return trainer.train()
 
-    def fit_base(self, data: Session) -> list[dict]:
+    def fit_base(self, data: Session, ssl_cache: dict | None = None) -> list[dict]:
         """Train on the base session (labels must be 0..C-1, each present), freeze, store base prototypes.
 
-        Returns the training log (one record per logged step).
+        ``ssl_cache``: a dict shared by learners on the same base model (weights and dropout): with ``ssl``,
+        the state after the self-supervised phase (the parameters it trained and every random stream) is looked
+        up there under everything the phase reads (:meth:`ssl_key`) and stored after the phase runs, so learners
+        whose tricks differ only in what comes after it run it once. Returns the training log (one record per
+        logged step).
         """
         if self.model is not None:
             raise RuntimeError("fit_base was already called on this learner")
@@ -225,10 +240,15 @@ class FSCILLearner:
         lora = LoraConfig(r=c.r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=list(c.target_modules), modules_to_save=self._heads())
         self.model = get_peft_model(self._network(num_outputs), lora, generator=Generator(c.seed + 2))
-        self._pretrain(data)
+        self._pretrain(data, ssl_cache, num_outputs)
         train = {**self._tokens(texts), "labels": labels}
-        self.history = self._train(self.model, train, self._objective(), c.learning_rate, c.base_epochs,
-                                   c.base_max_steps, c.seed)
+        net = self.network
+        net.views_active = self.tricks.supcon  # with ssl alone the projector stays, but no term reads a second view
+        try:
+            self.history = self._train(self.model, train, self._objective(), c.learning_rate, c.base_epochs,
+                                       c.base_max_steps, c.seed)
+        finally:
+            net.views_active = True
         self.model.requires_grad_(False)
         self.model.eval()
         self._frozen = True
@@ -239,12 +259,25 @@ class FSCILLearner:
         t = self.tricks
         return ["classifier"] + (["projector"] if t.supcon or t.ssl else []) + (["pretext_head"] if t.pretext else [])
 
-    def _pretrain(self, data: Session) -> None:
+    def ssl_key(self, texts: list[str], num_outputs: int) -> str:
+        """What the ``ssl`` phase reads besides the base model: the settings it uses (:data:`SSL_UNREAD` are the
+        ones it does not), the classifier's width (the heads' initialisations draw one stream in turn) and the
+        base texts."""
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in SSL_UNREAD}
+        digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
+        return json.dumps({"settings": settings, "outputs": int(num_outputs), "texts": digest}, sort_keys=True)
+
+    def _pretrain(self, data: Session, cache: dict | None = None, num_outputs: int = 0) -> None:
         """The ``ssl`` trick: contrastive training on the base texts without their labels (each row's only
-        positive is its second view; SupCon with the row index as label is SimCLR / SimCSE's NT-Xent)."""
+        positive is its second view; SupCon with the row index as label is SimCLR / SimCSE's NT-Xent). With a
+        ``cache`` (see :meth:`fit_base`) a stored state of the same phase is loaded instead of training."""
         if not self.tricks.ssl:
             return
         c = self.config
+        key = self.ssl_key(data.texts, num_outputs) if cache is not None else None
+        if key in (cache or {}):
+            self._load_phase(cache[key])
+            return
         net = self.network
         net.pretext_active = False  # the rotation head has no part in this phase
         try:
@@ -254,6 +287,27 @@ class FSCILLearner:
                                            c.ssl_max_steps, c.seed + 11)
         finally:
             net.pretext_active = True
+        if cache is not None:
+            cache[key] = self._phase_state()
+
+    def _phase_state(self) -> dict:
+        """Copies of the parameters a training phase moved (those holding a gradient) and of every random stream."""
+        return {"params": {n: p.data.copy() for n, p in self.model.named_parameters() if p.grad is not None},
+                "generators": {n: g.state_dict() for n, g in named_generators(self.model).items()},
+                "history": list(self.history_ssl)}
+
+    def _load_phase(self, state: dict) -> None:
+        params = dict(self.model.named_parameters())
+        generators = named_generators(self.model)
+        if not state["params"].keys() <= params.keys() or state["generators"].keys() != generators.keys():
+            raise ValueError(f"the cached ssl state holds parameters {sorted(state['params'])[:4]}... and random "
+                             f"streams {sorted(state['generators'])[:4]}... that this learner's model does not match")
+        for n, data in state["params"].items():
+            params[n].data[...] = data
+            params[n].grad_buffer().fill(0.0)  # as the phase leaves it: AdamW keeps stepping (decaying) it
+        for n, g in generators.items():
+            g.load_state_dict(state["generators"][n])
+        self.history_ssl = list(state["history"])
 
     # -- incremental sessions --------------------------------------------------------------------------
     def check_session(self, shots: Session) -> None:
@@ -329,6 +383,32 @@ class FSCILLearner:
         return {"params": {n: p.data.copy() for n, p in self.model.named_parameters() if ".lora_" in n},
                 "prototypes": self.classifier.prototypes.copy(), "classes": self.classifier.classes.copy()}
 
+    def with_tricks(self, tricks: Tricks) -> FSCILLearner:
+        """A learner on this one's base training whose sessions use ``tricks``: ``tricks`` may differ from this
+        learner's only in :data:`SESSION_TRICKS` (``subnet``), which ``fit_base`` does not read, so fitting the
+        base session anew would give this state bit for bit. The encoder and adapter are shared, not copied
+        (the prototypes are copied): run one learner's sessions at a time, from a :meth:`snapshot` taken after
+        ``fit_base`` (:meth:`restore` it first if the other learner ran sessions).
+
+        >>> plain.fit_base(base); state = plain.snapshot()                  # doctest: +SKIP
+        >>> tuned = plain.with_tricks(Tricks.only("subnet")); tuned.restore(state)  # doctest: +SKIP
+        """
+        if not isinstance(tricks, Tricks):
+            raise TypeError(f"tricks must be a peftc.fscil.Tricks, got {type(tricks).__name__}")
+        if self.model is None:
+            raise RuntimeError("call fit_base first")
+        differ = [n for n in ORDER if getattr(tricks, n) != getattr(self.tricks, n) and n not in SESSION_TRICKS]
+        if differ:
+            raise ValueError(f"with_tricks: tricks {differ} change base training; only {SESSION_TRICKS} may differ "
+                             f"(this learner: {self.tricks.enabled()}, asked: {tricks.enabled()})")
+        other = FSCILLearner(self.bert, self.tokenizer, tricks, dataclasses.replace(self.config))
+        other.model, other.base_classes, other.history = self.model, self.base_classes, self.history
+        other._frozen = True
+        other.classifier.add(self.classifier.prototypes.copy(), self.classifier.classes.copy())
+        if hasattr(self, "history_ssl"):
+            other.history_ssl = self.history_ssl
+        return other
+
     def restore(self, state: dict) -> None:
         """Return to a :meth:`snapshot` taken on this learner."""
         params = dict(self.model.named_parameters())
@@ -383,7 +463,7 @@ def subnet_step(net: FSCILNetwork, tokens: dict[str, np.ndarray], targets: np.nd
     same rows, only ``cache.top``'s blocks run, forward and backward (the blocks below must be frozen)."""
     if states is not None:
         hidden, mask = states
-        pooled = net.pooling(cache.top(hidden, mask), mask)
+        pooled = net.pooling(cache.top(hidden, mask, skip_padding=True), mask)  # real tokens only, as net.pooled
     else:
         pooled = net.pooled(tokens["input_ids"], tokens["attention_mask"])
     unit, norm = F.l2_normalize_forward(pooled)

@@ -5,7 +5,8 @@ combine the losses the switched-on tricks need; ``backward(douts)`` takes the di
 (a missing or None entry means no gradient) and runs the encoder's backward once. In training mode with
 ``two_views`` / ``pretext`` the batch is extended, inside one encoder pass, with a second view of every row
 (span deletion, :func:`peftc.fscil.views.span_deletion`) and with chunk-rotated rows; in eval mode only the
-rows themselves pass. Outputs (B rows in the batch, H the width):
+rows themselves pass. A phase whose loss reads neither turns them off (``views_active`` / ``pretext_active``):
+the encoder then spends nothing on rows whose gradient would be zero. Outputs (B rows in the batch, H the width):
 
 - ``pooled`` (B, H): the mean-pooled features (what the prototype classifier reads);
 - ``logits`` (B, C): the linear classifier on ``pooled`` (base classes and any pseudo-classes);
@@ -47,22 +48,25 @@ class FSCILNetwork(Module):
             self.pretext_head = Linear(hidden, PRETEXT_CLASSES, generator=g)
         self.deletion = float(deletion)
         self.pretext_active = True  # a phase without the rotation task (self-supervised pre-training) turns it off
+        self.views_active = True  # a phase whose loss reads no "z" (supervised training without SupCon) turns it off
         self.views = Generator(g.seed + 7919)
         self._cache: dict | None = None
 
     @property
     def two_views(self) -> bool:
-        return hasattr(self, "projector")
+        return hasattr(self, "projector") and self.views_active
 
     @property
     def pretext(self) -> bool:
         return hasattr(self, "pretext_head") and self.pretext_active
 
     def pooled(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, H) mean-pooled features (no heads, no views), in the current mode; in eval mode the encoder
-        runs on the real tokens only (``skip_padding``: no backward follows an eval forward)."""
+        """(B, H) mean-pooled features (no heads, no views), in the current mode. The encoder runs on the real
+        tokens only (``skip_padding``), in training too: the features and every gradient are the padded
+        forward's (the hidden and attention dropouts draw the padded batch's masks; LoRA's own input dropout
+        draws an equally distributed other mask), at about half the glosses' padded cost."""
         ids, mask = trim_padding(input_ids, attention_mask)
-        return self.pooling(self.bert(ids, mask, skip_padding=not self.training), mask)
+        return self.pooling(self.bert(ids, mask, skip_padding=True), mask)
 
     def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, mask = batch["input_ids"], batch["attention_mask"]

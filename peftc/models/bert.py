@@ -575,11 +575,14 @@ class BertModel(Module):
 
 class BertTopBlocks(Module):
     """Blocks ``start`` .. L-1 of a :class:`BertModel` (made by :meth:`BertModel.top_blocks`):
-    ``forward(hidden_states, attention_mask)`` with hidden_states (B, T, H) float32 entering block ``start`` and
-    the (B, T) int64 mask (or None) -> the last hidden state (B, T, H), as ``BertModel.forward`` computes it from
-    the tokens. ``backward(dy, *, dx=None, input_grad=True)`` accumulates the gradients of those blocks'
-    trainable parameters and returns d(hidden_states) (new, added into ``dx``, or None with
-    ``input_grad=False``, which also spares block ``start`` that product).
+    ``forward(hidden_states, attention_mask, skip_padding=False)`` with hidden_states (B, T, H) float32 entering
+    block ``start`` and the (B, T) int64 mask (or None) -> the last hidden state (B, T, H), as
+    ``BertModel.forward`` computes it from the tokens. ``skip_padding=True`` runs the blocks on the real tokens
+    only, in training too, as ``BertModel.forward(..., skip_padding=True)`` does (zeros at the padding, which
+    the backward ignores in ``dy``; each row's real tokens must be one run). ``backward(dy, *, dx=None,
+    input_grad=True)`` accumulates the gradients of those blocks' trainable parameters and returns
+    d(hidden_states) (new, added into ``dx``, or None with ``input_grad=False``, which also spares block
+    ``start`` that product); after a packed forward it is zero at the padding.
 
     Its children are the encoder's own layers, shared, not copied (``named_parameters()`` lists the top blocks'
     parameters, adapters included, under ``layer.0...``): keep it out of another module's attributes, where
@@ -589,14 +592,28 @@ class BertTopBlocks(Module):
     def __init__(self, layers: list[BertLayer], start: int) -> None:
         self.layer = ModuleList(list(layers))
         self.start = int(start)
+        self._packed: PackedTokens | None = None
 
-    def forward(self, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None,
+                skip_padding: bool = False) -> np.ndarray:
         if (not isinstance(hidden_states, np.ndarray) or hidden_states.dtype != np.float32
                 or hidden_states.ndim != 3):
             got = (f"{hidden_states.dtype} {hidden_states.shape}" if isinstance(hidden_states, np.ndarray)
                    else type(hidden_states).__name__)
             raise TypeError(f"hidden_states must be a float32 (B, T, H) numpy.ndarray, got {got}")
         attention_mask = _ids(attention_mask, "attention_mask", hidden_states.shape[:2])
+        self._packed = None
+        if skip_padding and attention_mask is not None and not attention_mask.all() and len(self.layer):
+            packed = PackedTokens(attention_mask)
+            if self.layer[0].training and not packed.contiguous:  # the layers' mode (this wrapper follows it)
+                raise ValueError(f"skip_padding=True in training needs each row's real tokens in one run; the "
+                                 f"attention_mask of shape {attention_mask.shape} has holes")
+            self._packed = packed
+            rows = packed.gather(hidden_states)
+            with packed_batch_rows(packed.batch_row, packed.mask.shape[0]):
+                for layer in self.layer:
+                    rows = layer(rows, packed)
+            return packed.scatter(rows)
         x = hidden_states
         for layer in self.layer:
             x = layer(x, attention_mask)
@@ -604,6 +621,20 @@ class BertTopBlocks(Module):
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         layers = list(self.layer)
+        packed = self._packed
+        if packed is not None:
+            if dy.shape != packed.mask.shape + (dy.shape[-1],):
+                raise ValueError(f"dy has shape {dy.shape}, the forward's output was {packed.mask.shape} x H")
+            rows = packed.gather(dy)
+            for i in reversed(range(len(layers))):
+                rows = layers[i].backward(rows, input_grad=input_grad or i > 0)
+            if not input_grad:
+                return None
+            if dx is None:
+                return packed.scatter(rows)
+            dx = self._check_dx(dx, dy.shape)
+            dx += packed.scatter(rows)
+            return dx
         for i in reversed(range(len(layers))):
             first = i == 0
             dy = layers[i].backward(dy, dx=dx if first else None, input_grad=input_grad or not first)
