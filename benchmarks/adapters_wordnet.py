@@ -382,7 +382,10 @@ def markdown(result: dict) -> str:
         for i, (c, acc) in enumerate(zip(v["candidates"], v["val_accuracy"])):
             ret = f", {100 * v['retention'][i]:.0f}% ranks kept" if "retention" in v else ""
             cells.append(f"{_knobs(c)}: {100 * acc:.1f}{ret}")
-        lines.append(f"| {name} | {v['steps']} | " + "; ".join(cells) + f" | {_knobs(v['chosen'])} |")
+        edge = len(v["candidates"]) > 1 and v["chosen"]["lr"] in (min(c["lr"] for c in v["candidates"]),
+                                                                   max(c["lr"] for c in v["candidates"]))
+        lines.append(f"| {name} | {v['steps']} | " + "; ".join(cells) + f" | {_knobs(v['chosen'])}"
+                     + (" (at the edge of the grid)" if edge and name != "sora" else "") + " |")
     names = list(summary)
     if names:
         lines += ["", "Mean validation accuracy % by step:", "",
@@ -430,7 +433,7 @@ def _payload(s: Settings, command: str, sizes: dict, runs: list[dict], seconds: 
     return {"settings": asdict(s), "command": command, "sizes": sizes,
             "threads": os.environ.get("OPENBLAS_NUM_THREADS"), "verdicts": seed_verdicts(paired_claims(runs)),
             "summary": summary, "selection": selection, "runs": runs, "total_seconds": seconds,
-            "reduced_note": (f"{s.max_steps or s.epochs} {'steps' if s.max_steps else 'epochs'} per seed run, "
+            "reduced_note": (f"REDUCED: {s.max_steps or s.epochs} {'steps' if s.max_steps else 'epochs'} per seed run, "
                              f"selection at "
                              f"{s.select_steps} steps; the full command is `{FULL_COMMAND}`" if s.reduced else None)}
 

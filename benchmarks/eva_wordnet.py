@@ -326,7 +326,10 @@ def markdown(payload: dict) -> str:
                   f"{next(iter(sel.values()))['steps']} steps; validation accuracy of every candidate):", "",
                   common.markdown_table(["arm", "candidates -> validation accuracy", "chosen"],
                                         [[arm, ", ".join(f"lr {c:g}: {100 * v:.1f}%" for c, v in
-                                                         zip(x["candidates"], x["val_accuracy"])), f"{x['chosen']:g}"]
+                                                         zip(x["candidates"], x["val_accuracy"])),
+                                          f"{x['chosen']:g}" + (" (at the edge of the grid)" if len(x["candidates"]) > 1
+                                                                and x["chosen"] in (min(x["candidates"]),
+                                                                                    max(x["candidates"])) else "")]
                                          for arm, x in sel.items()])]
     lines += ["## Losses and accuracies", "",
              f"Training loss = mean minibatch loss over the {WINDOW} steps ending at K; validation loss at the "
@@ -371,6 +374,8 @@ def render(name: str, payload: dict | None = None) -> None:
     payload["verdict"] = verdict(payload["runs"], ks, payload["settings"]["reduced"])
     payload["verdicts"] = seed_verdicts(paired_claims(payload["runs"], ks))
     payload = {"verdicts": payload.pop("verdicts"), **payload}
+    if payload["settings"]["reduced"]:
+        payload["reduced"] = {"label": "REDUCED", "full_command": FULL_COMMAND}
     text = markdown(payload)
     common.write_results(name, payload, text)
     print(text)
