@@ -34,8 +34,15 @@ on a shared machine, 2 s / step):
     OPENBLAS_NUM_THREADS=1 python benchmarks/adapters_wordnet.py --seeds 0 1 2 3 4 --select-steps 100
 Reduced run (what is committed; the JSON says REDUCED): 100 steps per seed run, selection at 50 steps:
     ... --max-steps 100 --select-steps 50 --sora-xi 3e-3 --reduced
-Split by seed: ``--select-only --out STEM_select`` once, then ``--selection STEM_select.json --seeds N
---out STEM_sN`` per seed, then ``--merge STEM_s0 ... --out STEM``.
+Split by seed (the selection runs once, every seed reads it; a selection file made with other settings,
+e.g. another ``--lr-grid``, is refused):
+    python benchmarks/adapters_wordnet.py ... --select-only --out benchmarks/results/STEM_select
+    python benchmarks/adapters_wordnet.py ... --selection benchmarks/results/STEM_select.json --seeds N \
+        --out benchmarks/results/STEM_sN                                        # one process per seed
+    python benchmarks/adapters_wordnet.py --merge benchmarks/results/STEM_s0 ... --out benchmarks/results/STEM
+With ``--scheduler local`` (a LocalCluster of one-thread workers) or ``--scheduler tcp://host:8786`` the
+selection runs here first (or comes from ``--selection``), then each seed of the chosen settings is a task of
+peftc.distributed.run_sweep, and all seeds land in one results file without ``--merge``.
 Writes benchmarks/results/adapters_wordnet.{json,md} (``--out`` to change the stem).
 """
 from __future__ import annotations
@@ -46,11 +53,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from common import check_seed_parts, merged_command, results_json  # this folder: run as a script, or from the tests
+# this folder: run as a script, or from the tests
+from common import (add_scheduler_argument, check_seed_parts, check_selection_settings, merged_command, results_json,
+                    sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.evaluation import Claim, select_on_validation
 from peftc.io.atomic import write_bytes_atomic
@@ -449,15 +459,46 @@ def _write(result: dict, out_stem: Path | None) -> None:
     write_bytes_atomic(out_stem.with_suffix(".md"), markdown(result).encode())
 
 
-def load_selection(path: Path) -> dict:
-    """The "selection" of a results file (a --select-only run or a seed file)."""
-    return json.loads(Path(path).read_text())["selection"]
+SELECTION_IGNORES = {"seeds", "progress"}  # settings a seed run may change against its --selection file
+
+
+def load_selection(path: Path, s: Settings | None = None) -> dict:
+    """The "selection" of a results file (a --select-only run or a seed file). With ``s``, raises ValueError
+    unless the file was made with the same settings as ``s`` outside ``SELECTION_IGNORES`` (a selection from
+    another grid or schedule is never reused silently)."""
+    payload = json.loads(Path(path).read_text())
+    if s is not None:
+        check_selection_settings(asdict(s), payload["settings"], path, SELECTION_IGNORES)
+    return payload["selection"]
+
+
+def seed_runs(s: Settings, seed: int, data: dict, selection: dict, log=print) -> list[dict]:
+    """Every arm of ``s.adapters`` for one seed at the knobs of ``selection`` (the control after SoRA, at the
+    ranks this seed's SoRA run ends with)."""
+    runs: list[dict] = []
+    pruned = None
+    for name in s.adapters:
+        knobs = arm_knobs(name, selection)
+        if name == "lora_sora_rank":
+            if pruned is None:
+                raise ValueError("lora_sora_rank needs the sora arm before it in --adapters")
+            knobs["pruned"] = pruned
+        runs.append(run_one(name, seed, data, NUM_CLASSES, s, knobs, log))
+        if name == "sora":
+            pruned = runs[-1]["pruned"]
+    return runs
+
+
+def seed_task(s: Settings, selection: dict, config: dict) -> list[dict]:
+    """Every arm of one seed as a Dask task (``--scheduler``): the worker loads the data itself."""
+    return seed_runs(s, config["seed"], load_data(s), selection)
 
 
 def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", command: str = "", log=print,
-        selection: dict | None = None, select_only: bool = False) -> dict:
+        selection: dict | None = None, select_only: bool = False, scheduler: str | None = None) -> dict:
     """Select knobs on validation (unless ``selection`` is given), then train every (seed, arm) pair with them;
-    the results files are rewritten after each seed."""
+    the results files are rewritten after each seed. With ``scheduler`` ("local" or a Dask scheduler's address)
+    the selection still runs here, once, and then each seed is a task of peftc.distributed.run_sweep."""
     t0 = time.perf_counter()
     data = load_data(s)
     sizes = {k: int(len(v["labels"])) for k, v in data.items()}
@@ -469,17 +510,15 @@ def run(s: Settings, out_stem: Path | None = RESULTS / "adapters_wordnet", comma
     if select_only:
         _write(result, out_stem)
         return result
+    if scheduler:
+        done = sweep_seeds(partial(seed_task, s, selection), s.seeds, scheduler,
+                           modules=("seed_verdicts", "adapters_wordnet"))
+        runs = [r for seed in s.seeds for r in done[seed]]
+        result = _payload(s, command, sizes, runs, time.perf_counter() - t0, selection)
+        _write(result, out_stem)
+        return result
     for seed in s.seeds:
-        pruned = None
-        for name in s.adapters:
-            knobs = arm_knobs(name, selection)
-            if name == "lora_sora_rank":
-                if pruned is None:
-                    raise ValueError("lora_sora_rank needs the sora arm before it in --adapters")
-                knobs["pruned"] = pruned
-            runs.append(run_one(name, seed, data, NUM_CLASSES, s, knobs, log))
-            if name == "sora":
-                pruned = runs[-1]["pruned"]
+        runs += seed_runs(s, seed, data, selection, log)
         result = _payload(s, command, sizes, runs, time.perf_counter() - t0, selection)
         _write(result, out_stem)
     return result
@@ -527,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "adapters_wordnet"), help="output path stem (.json and .md)")
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
                    help="combine these results files (same settings, other seeds) into --out, then stop")
+    add_scheduler_argument(p)
     a = p.parse_args(argv)
     if a.merge:
         print(markdown(merge([Path(m) for m in a.merge], Path(a.out))))
@@ -537,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
                  lr_grid=a.lr_grid, select_steps=a.select_steps, sora_lambdas=a.sora_lambdas, sora_xi=a.sora_xi,
                  reduced=a.reduced, progress=a.progress)
     command = "python benchmarks/adapters_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    selection = load_selection(Path(a.selection)) if a.selection else None
-    result = run(s, Path(a.out), command.strip(), selection=selection, select_only=a.select_only)
+    selection = load_selection(Path(a.selection), s) if a.selection else None
+    result = run(s, Path(a.out), command.strip(), selection=selection, select_only=a.select_only,
+                 scheduler=a.scheduler)
     print()
     print(markdown(result))
     return 0

@@ -6,7 +6,6 @@ lazily inside the functions below.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -107,39 +106,12 @@ def measure_sgemm(repeats: int = 7) -> dict[str, Any]:
     return out
 
 
-def _openblas_library() -> ctypes.CDLL | None:
-    """The OpenBLAS that peftc's extension linked, found among the libraries mapped into this process."""
-    import peftc._C  # noqa: F401  (maps the library)
-
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        maps = []
-    paths = sorted({line.split()[-1] for line in maps if "libopenblas" in line and "/" in line})
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-            lib.openblas_get_corename.restype = ctypes.c_char_p
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
 def openblas_info() -> dict[str, Any]:
-    """Core name, configuration, thread count and thread timeout of the OpenBLAS peftc runs on (None if
-    unknown)."""
-    lib = _openblas_library()
-    if lib is None:
-        return {"corename": None, "config": None, "num_threads": None, "thread_timeout": None}
-    lib.openblas_get_config.restype = ctypes.c_char_p
-    return {
-        "corename": lib.openblas_get_corename().decode(),
-        "config": lib.openblas_get_config().decode().strip(),
-        "num_threads": int(lib.openblas_get_num_threads()),
-        # log2 of the cycles an idle worker spins before it sleeps, as the library read it at load
-        "thread_timeout": int(lib.openblas_thread_timeout()),
-    }
+    """Build (scipy-openblas32 wheel or system), library, core name, configuration, thread count and thread
+    timeout of the OpenBLAS peftc runs on (peftc.openblas.openblas_info)."""
+    from peftc.openblas import openblas_info as peftc_openblas_info
+
+    return peftc_openblas_info()
 
 
 def _cpu_model() -> str:
@@ -223,6 +195,86 @@ def check_seed_parts(settings: list[dict[str, Any]], names: list[Any], ignore: s
             raise ValueError(f"{name}: settings {differ} differ from {names[0]}; only seeds may differ")
 
 
+def check_selection_settings(run: dict[str, Any], made_with: dict[str, Any], name: Any, ignore: set[str]) -> None:
+    """Raise ValueError unless the settings ``made_with`` of the selection file ``name`` equal this run's
+    settings ``run`` outside ``ignore`` (a key missing on one side differs): a selection chosen from another
+    grid, schedule or data size is never reused silently.
+
+    >>> check_selection_settings({"lr_grid": [1e-3], "seeds": [1]}, {"lr_grid": [1e-3], "seeds": [0]}, "s", {"seeds"})
+    >>> check_selection_settings({"lr_grid": [1e-3, 1e-2]}, {"lr_grid": [1e-3]}, "s", set())
+    Traceback (most recent call last):
+    ...
+    ValueError: --selection s was made with other settings: lr_grid (this run [0.001, 0.01], the file [0.001]); \
+run --select-only with this run's settings into a new --out
+    """
+    differ = sorted(k for k in set(run) | set(made_with) if k not in ignore and run.get(k) != made_with.get(k))
+    if differ:
+        detail = ", ".join(f"{k} (this run {run.get(k)!r}, the file {made_with.get(k)!r})" for k in differ)
+        raise ValueError(f"--selection {name} was made with other settings: {detail}; "
+                         "run --select-only with this run's settings into a new --out")
+
+
+def merge_seed_parts(stems: list[str]) -> dict[str, Any]:
+    """The payload of per-seed results files ``stems`` of one configuration combined: the first file's keys,
+    its settings with every seed, the merged command, the summed seconds and ``per_seed`` of all files in
+    seed order. Raises ValueError when the settings differ outside the seeds or a seed appears twice."""
+    parts = [read_results(stem) for stem in stems]
+    check_seed_parts([p["settings"] for p in parts], stems, {"seeds"})
+    per_seed: dict[str, Any] = {}
+    for stem, part in zip(stems, parts):
+        clash = set(per_seed) & set(part["per_seed"])
+        if clash:
+            raise ValueError(f"{stem}: seeds {sorted(clash)} appear in more than one file")
+        per_seed.update(part["per_seed"])
+    per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
+    return dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
+                command=merged_command([p["command"] for p in parts], stems),
+                seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+
+
 def merged_command(commands: list[str], names: list[Any]) -> str:
     """The command line recorded for results combined with ``--merge names``."""
     return " + ".join(commands) + f"; merged with --merge {' '.join(map(str, names))}"
+
+
+def add_scheduler_argument(parser: Any) -> None:
+    """``--scheduler ADDRESS|local``: run the seeds as Dask tasks (peftc.distributed.run_sweep) instead of one
+    after the other in this process."""
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                        help="run the seeds on Dask: 'local' starts a LocalCluster of one-thread workers on this "
+                             "machine, an address (tcp://host:8786) uses that scheduler's workers; each seed is "
+                             "one task and the results land in one file (no --merge needed)")
+
+
+def sweep_seeds(task: Callable[[dict], Any], seeds: list[int], scheduler: str, modules: tuple[str, ...] = (),
+                timeout: float | None = None) -> dict[int, Any]:
+    """``{seed: task({"seed": seed})}`` for every seed, each seed one Dask task (peftc.distributed.run_sweep).
+
+    ``scheduler``: "local" starts a LocalCluster of one-thread workers, one per core (at most one per seed);
+    anything else is a scheduler address, whose workers need peftc installed: the benchmark modules named in
+    ``modules`` (and this one) are uploaded to them. Raises the first failed seed's error, naming it, after
+    all seeds have run.
+    """
+    from distributed import Client
+
+    from peftc.distributed import local_cluster, run_sweep
+
+    configs = [{"seed": int(s)} for s in seeds]
+    if scheduler == "local":
+        cluster = local_cluster(n_workers=max(1, min(len(seeds), os.cpu_count() or 1)), threads_per_worker=1)
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+        for name in ("common", *modules):
+            client.upload_file(str(Path(__file__).resolve().parent / f"{name}.py"))
+    try:
+        results = run_sweep(task, configs, client, timeout=timeout)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} seeds failed; first: {failed[0].error}\n"
+                           f"{failed[0].traceback or ''}")
+    return {r.config["seed"]: r.value for r in results}

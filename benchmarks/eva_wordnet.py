@@ -23,13 +23,18 @@ training loss over the 10 steps ending at K for each K in ``--ks`` (the single-s
 the validation loss at the evaluation nearest K, and the test accuracy.
 
 Full configuration (5 seeds, the main job's data and 3 epochs; many hours on 2 cores):
-    python benchmarks/eva_wordnet.py --seeds 0 1 2 3 4 --epochs 3 --train-per-class 250 --val-per-class 20
-Reduced configuration (what is committed; labelled REDUCED; about 2 s per step at 1 thread):
+    python benchmarks/eva_wordnet.py --seeds 0 1 2 3 4 --epochs 3 --train-per-class 250 --val-per-class 20 \
+        --select-steps 100
+Reduced configuration (labelled REDUCED; about 2 s per step at 1 thread):
     python benchmarks/eva_wordnet.py --max-steps 150 --train-per-class 100 --val-per-class 10 \
         --test-per-class 50 --select-steps 50 --reduced --threads 1 ...
 Results go to benchmarks/results/<out>.json and .md; ``--render NAME`` recomputes a file's summary.
 Seeds run in separate processes: ``--select-only --out NAME_select`` once, then ``--selection NAME_select
---seeds N --out NAME_sN`` per seed, combined with ``--merge NAME_s0 NAME_s1 ...``.
+--seeds N --out NAME_sN`` per seed (the same settings: a selection file made with others, e.g. another
+``--lr-grid``, is refused), combined with ``--merge NAME_s0 NAME_s1 ... --out NAME``. With ``--scheduler
+local`` (or a Dask scheduler's address) the selection runs here first (or comes from ``--selection``), then
+each seed of the chosen learning rates is a task of peftc.distributed.run_sweep and all seeds land in one
+results file.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,7 +82,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="combine results/NAME.json files (same settings, other seeds) into --out, then stop")
     ap.add_argument("--render", default=None, metavar="NAME",
                     help="recompute the summary, verdict and Markdown of results/NAME.json without training")
+    common.add_scheduler_argument(ap)
     return ap.parse_args(argv)
+
+
+# settings that a seed run, a merge or a render may change against its selection file or the other seed files
+RUN_ONLY = {"seeds", "out", "merge", "render", "selection", "select_only", "scheduler"}
+
+
+def seed_task(args: argparse.Namespace, selection: dict, config: dict) -> list[dict]:
+    """Every arm of one seed at its chosen learning rate, as a Dask task (``--scheduler``)."""
+    return [run_arm(arm, config["seed"], args, selection[arm]["chosen"]) for arm in ARMS]
+
+
+def load_selection(name: str, args: argparse.Namespace) -> dict:
+    """The "selection" of results/<name>.json; raises ValueError unless that file was made with this run's
+    settings (outside ``RUN_ONLY`` and the thread count), so a selection from another grid is never reused."""
+    payload = common.read_results(name)
+    common.check_selection_settings(vars(args), payload["settings"], name, RUN_ONLY | {"threads"})
+    return payload["selection"]
 
 
 def orthonormal_a(model, seed: int) -> dict[str, float]:
@@ -387,7 +411,7 @@ def merge(names: list[str], out: str) -> None:
     parts = [json.loads((common.RESULTS_DIR / f"{n}.json").read_text()) for n in names]
     first = parts[0]["settings"]
     common.check_seed_parts([part["settings"] for part in parts], names,
-                            {"seeds", "out", "merge", "render", "selection", "select_only"})
+                            RUN_ONLY)
     for part, name in zip(parts[1:], names[1:]):
         if part.get("selection") != parts[0].get("selection"):
             raise ValueError(f"{name}: its selection differs from {names[0]}'s; seeds must share one selection")
@@ -411,10 +435,22 @@ def main(argv: list[str] | None = None) -> None:
         merge(args.merge, args.out or NAME)
         return
     common.configure_threads(args.threads)
-    command = "python benchmarks/eva_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    selection = common.read_results(args.selection)["selection"] if args.selection else select(args)
-    runs = [] if args.select_only else [run_arm(arm, seed, args, selection[arm]["chosen"])
-                                        for seed in args.seeds for arm in ARMS]
+    run(args, "python benchmarks/eva_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: argparse.Namespace, command: str) -> None:
+    """The selection on validation (or ``--selection``'s), then every seed and arm at the chosen learning rates,
+    one after the other here or, with ``--scheduler``, each seed a task of peftc.distributed.run_sweep; writes
+    results/<out>.json and .md (with ``--select-only`` the selection alone)."""
+    selection = load_selection(args.selection, args) if args.selection else select(args)
+    if args.select_only:
+        runs = []
+    elif args.scheduler:
+        done = common.sweep_seeds(partial(seed_task, args, selection), args.seeds, args.scheduler,
+                                  modules=("seed_verdicts", "wordnet_batches", NAME))
+        runs = [r for seed in args.seeds for r in done[seed]]
+    else:
+        runs = [run_arm(arm, seed, args, selection[arm]["chosen"]) for seed in args.seeds for arm in ARMS]
     payload = {"command": command, "settings": {k: v for k, v in vars(args).items()}, "selection": selection,
                "runs": runs, "environment": common.environment()}
     if args.select_only:

@@ -28,7 +28,10 @@ few-shot draw, and the adaptation run (LoRA initialisation, dropout, data order 
 adaptation pairs); the half of the noun synsets used for adaptation is fixed, so no seed tests on
 adaptation text.
 
-Full run (5 seeds, one process each, then merged; ``--seeds 0 1 2 3 4`` does it in one process):
+Full run on Dask (5 seeds, each a task of peftc.distributed.run_sweep, one results file; ``local`` starts a
+LocalCluster of one-thread workers, one per core, or give a scheduler's address):
+    PYTHONPATH=. python benchmarks/medical_protocol.py --scheduler local
+The same by hand (one process per seed, then merged; ``--seeds 0 1 2 3 4`` does it in one process):
     for s in 0 1 2 3 4; do PYTHONPATH=. OPENBLAS_NUM_THREADS=2 python benchmarks/medical_protocol.py --seed $s; done
     PYTHONPATH=. python benchmarks/medical_protocol.py --merge medical_protocol_s0 medical_protocol_s1 \\
         medical_protocol_s2 medical_protocol_s3 medical_protocol_s4
@@ -44,6 +47,7 @@ import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -367,12 +371,25 @@ def markdown(payload: dict) -> str:
 
 
 # -- entry points ------------------------------------------------------------------------------------
-def run(s: Settings, out: str | None, command: str, log=print) -> dict:
+def seed_task(s: Settings, config: dict) -> dict:
+    """One seed as a Dask task (``--scheduler``): the worker builds the tasks' splits itself."""
+    from peftc.data.text_tasks import build_tasks
+
+    return run_seed(config["seed"], s, build_tasks(tuple(s.tasks)))
+
+
+def run(s: Settings, out: str | None, command: str, log=print, scheduler: str | None = None) -> dict:
+    """Every seed of ``s``, one after the other here, or with ``scheduler`` ("local" or an address) each seed
+    a task of peftc.distributed.run_sweep; one results file either way."""
     from peftc.data.text_tasks import build_tasks
 
     t0 = time.perf_counter()
-    tasks = build_tasks(tuple(s.tasks))
-    per_seed = {str(seed): run_seed(seed, s, tasks, log) for seed in s.seeds}
+    if scheduler:
+        done = common.sweep_seeds(partial(seed_task, s), s.seeds, scheduler, modules=(NAME, "domain_adapted_minilm"))
+        per_seed = {str(seed): done[seed] for seed in s.seeds}
+    else:
+        tasks = build_tasks(tuple(s.tasks))
+        per_seed = {str(seed): run_seed(seed, s, tasks, log) for seed in s.seeds}
     payload = {"settings": asdict(s), "command": command, "templates": list(TEMPLATES),
                "environment": common.environment(), "seconds": time.perf_counter() - t0,
                "per_seed": per_seed}
@@ -385,18 +402,8 @@ def run(s: Settings, out: str | None, command: str, log=print) -> dict:
 
 def merge(stems: list[str], out: str) -> dict:
     """Combine results files of one configuration, each holding other seeds, into ``out``."""
-    parts = [common.read_results(stem) for stem in stems]
-    common.check_seed_parts([p["settings"] for p in parts], stems, {"seeds"})
-    per_seed: dict = {}
-    for stem, p in zip(stems, parts):
-        clash = set(per_seed) & set(p["per_seed"])
-        if clash:
-            raise ValueError(f"{stem}: seeds {sorted(clash)} appear in more than one file")
-        per_seed.update(p["per_seed"])
-    per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
-    payload = dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
-                   command=common.merged_command([p["command"] for p in parts], stems),
-                   seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+    payload = common.merge_seed_parts(stems)
+    per_seed = payload["per_seed"]
     payload["aggregate"] = aggregate(per_seed)
     payload["verdicts"] = payload["aggregate"]["verdicts"]
     common.write_results(out, payload, markdown(payload))
@@ -425,6 +432,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help=f"results name (default {NAME}, {NAME}_quick with --quick)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="NAME",
                     help="combine results/NAME.json files (same settings, other seeds) into --out, then stop")
+    common.add_scheduler_argument(ap)
     ap.add_argument("--render", default=None, metavar="NAME",
                     help="recompute the aggregate, verdicts and markdown of results/NAME.json, then stop")
     return ap.parse_args(argv)
@@ -459,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seed is not None and args.out is None:
         out += f"_s{args.seed}"
     command = "PYTHONPATH=. python benchmarks/medical_protocol.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    return run(settings_from(args), out, command)
+    return run(settings_from(args), out, command, scheduler=args.scheduler)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ seconds in the committed results):
     PYTHONPATH=. OPENBLAS_NUM_THREADS=2 python benchmarks/promptsrc_wordnet.py --seeds 1 2 3
 or one process per seed (``--seeds 1 --out results/promptsrc_wordnet_8ep_s1`` ...), then
 ``--merge results/promptsrc_wordnet_8ep_s1 results/promptsrc_wordnet_8ep_s2 results/promptsrc_wordnet_8ep_s3``
-into the default output. The committed ``promptsrc_wordnet_3epochs`` is the same at ``--epochs 3``.
+into the default output; or ``--scheduler local`` (a LocalCluster of one-thread workers) or a Dask scheduler's
+address: each seed a task of peftc.distributed.run_sweep, all seeds in one file. The committed ``promptsrc_wordnet_3epochs`` is the same at ``--epochs 3``.
 Results go to benchmarks/results/promptsrc_wordnet.{json,md}, rewritten after every method.
 """
 from __future__ import annotations
@@ -24,11 +25,13 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from common import check_seed_parts, merged_command  # this folder: run as a script, or from the tests
+# this folder: run as a script, or from the tests
+from common import add_scheduler_argument, check_seed_parts, merged_command, sweep_seeds
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.io.atomic import write_bytes_atomic
 from peftc.models import BertModel, Tokenizer, minilm_path
@@ -52,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(RESULTS, "promptsrc_wordnet"))
     p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
                    help="combine these results files (same settings, other seeds) into --out, then stop")
+    add_scheduler_argument(p)
     return p.parse_args()
 
 
@@ -142,7 +146,7 @@ def merge(stems: list[str], out: str) -> dict:
     parts = [json.loads(Path(stem + ".json").read_text()) for stem in stems]
     first = parts[0]
     check_seed_parts([{**part["args"], "base_classes": part["base_classes"]} for part in parts], stems,
-                     {"seeds", "out", "merge"})
+                     {"seeds", "out", "merge", "scheduler"})
     results: dict = {}
     for part in parts:
         for method, by_seed in part["results"].items():
@@ -161,13 +165,20 @@ def main() -> None:
     if args.merge:
         print(markdown(merge(args.merge, args.out)))
         return
+    data = load_wordnet_glosses()
+    results: dict = {m: {} for m in args.methods}
+    if args.scheduler:
+        done = sweep_seeds(partial(seed_task, args), args.seeds, args.scheduler, modules=("promptsrc_wordnet",))
+        for seed in args.seeds:
+            for method in args.methods:
+                results[method][str(seed)] = done[seed][method]
+        write_payload(args, make_protocol(data, args.shots, args.seeds[-1], args.split_seed, args.eval_per_class),
+                      results)
+        return
     model = BertModel.from_pretrained(minilm_path())
     tok = Tokenizer(minilm_path(), 64)
     label_texts = [label_text(n, d) for n, d in zip(CLASS_NAMES, CLASS_DESCRIPTIONS)]
     variants = [[label_text(n, d, t) for t in TEXT_TEMPLATES] for n, d in zip(CLASS_NAMES, CLASS_DESCRIPTIONS)]
-    data = load_wordnet_glosses()
-    results: dict = {m: {} for m in args.methods}
-    payload: dict = {}
     for seed in args.seeds:
         pd = make_protocol(data, args.shots, seed, args.split_seed, args.eval_per_class)
         for method in args.methods:
@@ -175,15 +186,31 @@ def main() -> None:
             results[method][str(seed)] = r
             print(f"seed {seed} {method:18s} base {r['base']:.3f} novel {r['novel']:.3f} hm {r['hm']:.3f} "
                   f"fewshot {r.get('fewshot_all', float('nan')):.3f} ({r['seconds']:.0f} s)", flush=True)
-            payload = {
-                "args": {**vars(args), "out": os.path.relpath(args.out)},
-                "command": "PYTHONPATH=. python benchmarks/promptsrc_wordnet.py " + " ".join(sys.argv[1:]),
-                "config": asdict(config_for("promptsrc", args, 0)), "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-                "class_names": list(CLASS_NAMES), "base_classes": pd.base.tolist(), "novel_classes": pd.novel.tolist(),
-                "test_size": len(pd.test), "summary": summarise(results), "results": results,
-            }
-            write_bytes_atomic(args.out + ".json", json.dumps(payload, indent=1).encode())
-            write_bytes_atomic(args.out + ".md", markdown(payload).encode())
+            write_payload(args, pd, results)
+
+
+def seed_task(args: argparse.Namespace, config: dict) -> dict:
+    """Every method of one seed as a Dask task (``--scheduler``): the worker loads the model and data itself."""
+    model = BertModel.from_pretrained(minilm_path())
+    tok = Tokenizer(minilm_path(), 64)
+    label_texts = [label_text(n, d) for n, d in zip(CLASS_NAMES, CLASS_DESCRIPTIONS)]
+    variants = [[label_text(n, d, t) for t in TEXT_TEMPLATES] for n, d in zip(CLASS_NAMES, CLASS_DESCRIPTIONS)]
+    pd = make_protocol(load_wordnet_glosses(), args.shots, config["seed"], args.split_seed, args.eval_per_class)
+    return {method: run_method(method, args, config["seed"], pd, model, tok, label_texts, variants)
+            for method in args.methods}
+
+
+def write_payload(args: argparse.Namespace, pd, results: dict) -> None:
+    """The results so far, written atomically to args.out (.json, .md)."""
+    payload = {
+        "args": {**vars(args), "out": os.path.relpath(args.out)},
+        "command": "PYTHONPATH=. python benchmarks/promptsrc_wordnet.py " + " ".join(sys.argv[1:]),
+        "config": asdict(config_for("promptsrc", args, 0)), "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "class_names": list(CLASS_NAMES), "base_classes": pd.base.tolist(), "novel_classes": pd.novel.tolist(),
+        "test_size": len(pd.test), "summary": summarise(results), "results": results,
+    }
+    write_bytes_atomic(args.out + ".json", json.dumps(payload, indent=1).encode())
+    write_bytes_atomic(args.out + ".md", markdown(payload).encode())
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ Reduced run (the committed one; see the label in the output):
   OPENBLAS_NUM_THREADS=2 python benchmarks/tta_report.py --seeds 0,1,2 --severities 5 --limit 1000 --batch 100 \
       --rounds 5 --per-segment 300 --open-rounds 5 --open-known 250 --open-batch 50 --label reduced
 Seeds may run in separate processes (``--seeds 0 --out STEM0`` ...) and be combined with
-``--merge STEM0 STEM1 ...`` (same settings required). Writes benchmarks/results/tta_report.{json,md}.
+``--merge STEM0 STEM1 ...`` (same settings required), or run as tasks of peftc.distributed.run_sweep with
+``--scheduler local`` (a LocalCluster of one-thread workers) or a Dask scheduler's address, into one file.
+Writes benchmarks/results/tta_report.{json,md}.
 """
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from common import check_seed_parts, merged_command  # this folder: run as a script
+from common import (add_scheduler_argument, check_seed_parts, merged_command,  # this folder: run as a script
+                    sweep_seeds)
 from peftc.io.atomic import write_bytes_atomic
 from peftc.data.corruptions import CORRUPTIONS, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
@@ -301,6 +305,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT / "tta_report"))
     ap.add_argument("--merge", nargs="+", default=None, metavar="STEM",
                     help="combine these results files (same settings, other seeds) into --out, then stop")
+    add_scheduler_argument(ap)
     args = ap.parse_args()
     if args.merge:
         merge([Path(m) for m in args.merge], args.out)
@@ -311,31 +316,51 @@ def main() -> None:
     args.parts = args.parts.split(",")
     args.open_methods = args.open_methods.split(",")
     t0 = time.perf_counter()
-    model, info = train_source_model()
+    model, info = train_source_model()  # trained once and cached: a --scheduler worker loads it from the cache
     model8, info8 = train_source_model(SourceConfig(classes=KNOWN))
     log(f"source models: 10 classes {info['test_accuracy']:.4f}, 8 classes {info8['test_accuracy']:.4f}")
-    train_x, train_y = load_fashion_mnist("train")
-    test_x, test_y = load_fashion_mnist("test")
-    train8_x, _ = select_classes(train_x, train_y, KNOWN)
-    results = {}
-    for seed in args.seeds:
-        fisher, fisher8 = fisher_images(train_x, seed), fisher_images(train8_x, seed)
-        pick = np.random.default_rng([seed, 4]).permutation(len(test_x))[:args.clean]
-        clean = (test_x[pick], test_y[pick])
-        runs = {"per_corruption": lambda: per_corruption(args, seed, model, fisher),
-                "continual": lambda: continual(args, seed, model, fisher, clean),
-                "open_set": lambda: open_set(args, seed, model8, fisher8)}
-        results[seed] = {part: runs[part]() for part in args.parts}
+    if args.scheduler:
+        results = sweep_seeds(partial(seed_task, args), args.seeds, args.scheduler, modules=("tta_report",))
+    else:
+        data = seed_data()
+        results = {seed: run_seed(args, seed, model, model8, data) for seed in args.seeds}
     threads = os.environ.get("OPENBLAS_NUM_THREADS")
     command = (f"OPENBLAS_NUM_THREADS={threads} " if threads else "") + " ".join(
         ["python", "benchmarks/tta_report.py"] + sys.argv[1:])
     finish(results, args, command, info, info8, time.perf_counter() - t0)
 
 
+def seed_data() -> dict:
+    """Fashion-MNIST train (all classes and the known 8) and test images, as every seed uses them."""
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    return {"train_x": train_x, "train8_x": select_classes(train_x, train_y, KNOWN)[0], "test_x": test_x,
+            "test_y": test_y}
+
+
+def run_seed(args, seed: int, model, model8, data: dict) -> dict:
+    """The experiments of ``args.parts`` for one seed."""
+    fisher, fisher8 = fisher_images(data["train_x"], seed), fisher_images(data["train8_x"], seed)
+    pick = np.random.default_rng([seed, 4]).permutation(len(data["test_x"]))[:args.clean]
+    clean = (data["test_x"][pick], data["test_y"][pick])
+    runs = {"per_corruption": lambda: per_corruption(args, seed, model, fisher),
+            "continual": lambda: continual(args, seed, model, fisher, clean),
+            "open_set": lambda: open_set(args, seed, model8, fisher8)}
+    return {part: runs[part]() for part in args.parts}
+
+
+def seed_task(args, config: dict) -> dict:
+    """One seed as a Dask task (``--scheduler``): the worker loads the cached source models and the data."""
+    model, _ = train_source_model()
+    model8, _ = train_source_model(SourceConfig(classes=KNOWN))
+    return run_seed(args, config["seed"], model, model8, seed_data())
+
+
 def finish(results: dict, args, command: str, info: dict, info8: dict, seconds: float) -> None:
     """Aggregate the per-seed results, write the JSON and markdown, print the verdicts."""
     agg = aggregate(results, args)
-    result = {"config": {**{k: v for k, v in vars(args).items() if k not in ("out", "merge")}, "command": command},
+    result = {"config": {**{k: v for k, v in vars(args).items() if k not in ("out", "merge", "scheduler")},
+                         "command": command},
               "full_command": FULL, "hyperparameters": HYPER, "source_accuracy": info["test_accuracy"],
               "source8_accuracy": info8["test_accuracy"], "seconds": seconds,
               "aggregate": agg, "verdicts": verdicts(agg), "per_seed": {str(s): r for s, r in results.items()}}

@@ -12,7 +12,8 @@
  * runs it.
  *
  * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
- * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds. */
+ * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds; and the
+ * decoder's forward against a KV cache (inference), new queries attending to the cached keys. */
 #include <math.h>
 
 #include "small_gemm.h"
@@ -135,9 +136,17 @@ static inline float exp_row_sum(float *row, const int64_t *keymask, int64_t n, f
  * place. Excluded keys get exactly 0; a row with no visible key becomes all zeros. Every loop is
  * branch-free so that it vectorises. The max is taken before scaling: scale > 0 and rounding is
  * monotonic, so max(row) * scale is exactly max(row * scale). */
+static void masked_softmax_prefix(float *row, const int64_t *keymask, int64_t last, float scale, int64_t T);
+
 static void masked_softmax_row(float *row, const int64_t *keymask, int causal, int64_t i, float scale, int64_t T)
 {
-    const int64_t last = causal ? i + 1 : T;
+    masked_softmax_prefix(row, keymask, causal ? i + 1 : T, scale, T);
+}
+
+/* the softmax of the first `last` entries of a row of T (the rest set to 0): the causal row of a
+ * query that sees keys 0 .. last-1, in a full block or against a KV cache */
+static void masked_softmax_prefix(float *row, const int64_t *keymask, int64_t last, float scale, int64_t T)
+{
     float mx = masked_row_max(row, keymask, last);
     if (mx == -INFINITY) {
         for (int64_t j = 0; j < T; j++)
@@ -438,4 +447,51 @@ peftc_status peftc_attention_packed_forward(float *out, float *work, const float
                       .NH = NH,
                       .Tmax = packed_longest(offsets, S)};
     return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
+}
+
+/* ---- causal attention of new queries against a KV cache (decoding) ------------------------------- */
+typedef struct {
+    float *out, *work;
+    const float *q, *kc, *vc;
+    int64_t B, TQ, TK, TC, H, NH;
+} cached_job;
+
+int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK)
+{
+    /* per thread, the (TQ,TK) probability block of one (b, h) pair */
+    return peftc_parallel_threads() * TQ * TK;
+}
+
+static peftc_status cached_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const cached_job *j = ctx;
+    const int64_t TQ = j->TQ, TK = j->TK, TC = j->TC, H = j->H, NH = j->NH, HS = H / NH;
+    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
+    float *a = j->work + t * TQ * TK;
+    int64_t first, last;
+    peftc_part_range(j->B * NH, t, nparts, &first, &last);
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / NH, h = bh % NH;
+        const int64_t qcol = b * TQ * H + h * HS, ccol = b * TC * H + h * HS;
+        /* a (TQ,TK) = q_h (TQ,HS) k_h^T: M=TQ, N=TK, K=HS, lda=H, ldb=H, ldc=TK */
+        peftc_small_gemm_abt(a, j->q + qcol, j->kc + ccol, TQ, TK, HS, H, H, TK);
+        /* query i sits at position TK - TQ + i and sees the keys up to it */
+        for (int64_t i = 0; i < TQ; i++)
+            masked_softmax_prefix(a + i * TK, NULL, TK - TQ + i + 1, scale, TK);
+        /* out_h (TQ,HS) = a (TQ,TK) v_h (TK,HS): M=TQ, N=HS, K=TK, lda=TK, ldb=H, ldc=H */
+        peftc_small_gemm_ab(j->out + qcol, a, j->vc + ccol, 0, 0, TQ, HS, TK, TK, H, H);
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_attention_cached_forward(float *out, float *work, const float *q, const float *kc, const float *vc,
+                                            int64_t B, int64_t TQ, int64_t TK, int64_t TC, int64_t H, int64_t NH)
+{
+    if (!attention_args_ok(0.0f, B, TQ, H, NH) || TK < TQ || TC < TK)
+        return PEFTC_ERR_SIZE;
+    if (B == 0 || TQ == 0)
+        return PEFTC_OK;
+    cached_job job = {
+        .out = out, .work = work, .q = q, .kc = kc, .vc = vc, .B = B, .TQ = TQ, .TK = TK, .TC = TC, .H = H, .NH = NH};
+    return peftc_parallel_run(cached_part, &job, attention_threads(B * NH));
 }

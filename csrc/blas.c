@@ -1,10 +1,9 @@
 /* blas.c: thin, checked wrappers over CBLAS and LAPACKE. Holds no math of its own: each function
  * checks sizes against the 32-bit interface and maps the library's result to a peftc_status.
  * LAPACKE is called only through its column-major _work interface, which allocates nothing. */
+#define PEFTC_BLAS_LIBRARY /* blas.h adds the library's own headers, names mapped to the build's OpenBLAS */
 #include "blas.h"
 
-#include <cblas.h>
-#include <lapacke.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>

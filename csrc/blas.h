@@ -1,5 +1,7 @@
 /* blas.h: the only door to BLAS and LAPACK. Row-major throughout; sizes are int64_t here and are
- * checked against the 32-bit interface of the system OpenBLAS before every call. */
+ * checked against OpenBLAS's 32-bit interface before every call. The OpenBLAS is the scipy-openblas32
+ * wheel's (the default build) or the system's (PEFTC_BLAS=system); only blas.c sees its headers, through
+ * the section at the end of this file. */
 #ifndef PEFTC_BLAS_H
 #define PEFTC_BLAS_H
 
@@ -40,5 +42,28 @@ peftc_status peftc_sym_eig_top(float *w /* (n) first k overwritten: eigenvalues,
                                float *v /* (k, n) overwritten: row i is the eigenvector of w[i] */,
                                float *a /* (n, n) destroyed */, float *work /* workspace_size() floats */, int64_t n,
                                int64_t k);
+
+/* ---- the library behind these wrappers (blas.c only) ----------------------------------------------
+ * The scipy-openblas32 wheel exports every symbol with a prefix (scipy_cblas_sgemm, scipy_LAPACKE_...,
+ * scipy_openblas_...), so that it never collides with another OpenBLAS in the process, and its headers
+ * declare only the prefixed names; its pkg-config text defines BLAS_SYMBOL_PREFIX=scipy_ (setup.py passes
+ * it on). Each plain name blas.c calls is mapped onto the prefixed one here, and nowhere else. A call to
+ * a name missing from this list is an implicit declaration in the wheel build, which setup.py makes an
+ * error. */
+#ifdef PEFTC_BLAS_LIBRARY
+#include <cblas.h>
+#include <lapacke.h>
+
+#ifdef BLAS_SYMBOL_PREFIX
+#define PEFTC_BLAS_PASTE_(prefix, name) prefix##name
+#define PEFTC_BLAS_PASTE(prefix, name) PEFTC_BLAS_PASTE_(prefix, name)
+#define cblas_sgemm PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, cblas_sgemm)
+#define cblas_ssyrk PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, cblas_ssyrk)
+#define LAPACKE_ssyevr_work PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, LAPACKE_ssyevr_work)
+#define LAPACKE_slamch_work PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, LAPACKE_slamch_work)
+#define openblas_get_num_threads PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, openblas_get_num_threads)
+#define openblas_set_num_threads PEFTC_BLAS_PASTE(BLAS_SYMBOL_PREFIX, openblas_set_num_threads)
+#endif
+#endif
 
 #endif

@@ -1,4 +1,5 @@
-/* gelu.c: the exact (erf) GELU that BERT uses, forward and backward. Not the tanh approximation.
+/* gelu.c: the GELUs of the two model families, forward and backward: the exact (erf) form BERT
+ * uses, and the tanh approximation GPT-2 uses (Hugging Face's "gelu_new", torch's approximate="tanh").
  *
  * libm's erff and expf are scalar calls that keep these loops from vectorising, and GELU runs on
  * the widest activation of the encoder (N x 4H). So the loops use inline branch-free versions:
@@ -86,4 +87,65 @@ peftc_status peftc_gelu_backward(float *dx, const float *dout, const float *x, i
         return PEFTC_ERR_SIZE;
     gelu_job job = {.out = dx, .x = x, .dout = dout, .P = P};
     return peftc_parallel_run(gelu_backward_part, &job, peftc_parallel_parts(P, GELU_MIN_PER_THREAD));
+}
+
+/* ---- the tanh approximation: out = x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3) ---------
+ * (1 + tanh(u)) / 2 = 1 / (1 + e^{-2u}), a logistic of 2u: one exp of fastmath.h, no libm tanhf, so
+ * the loops vectorise. The clamp inside peftc_exp_approx keeps e^{-2u} finite, so the far tails give
+ * exactly x (right) and a signed zero-sized value (left) instead of NaN. */
+#define SQRT_2_OVER_PI 0.79788456080286535588f
+#define GELU_TANH_C 0.044715f
+
+static inline float tanh_gate(float x) /* (1 + tanh(u)) / 2 */
+{
+    const float u = SQRT_2_OVER_PI * fmaf(GELU_TANH_C * x, x * x, x);
+    return 1.0f / (1.0f + peftc_exp_approx(-2.0f * u));
+}
+
+static peftc_status gelu_tanh_forward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const gelu_job *j = ctx;
+    int64_t i0, i1;
+    peftc_part_range(j->P, t, nparts, &i0, &i1);
+    const float *x = j->x;
+    float *out = j->out;
+    for (int64_t i = i0; i < i1; i++)
+        out[i] = x[i] * tanh_gate(x[i]);
+    return PEFTC_OK;
+}
+
+peftc_status peftc_gelu_tanh_forward(float *out, const float *x, int64_t P)
+{
+    if (P < 0)
+        return PEFTC_ERR_SIZE;
+    gelu_job job = {.out = out, .x = x, .P = P};
+    return peftc_parallel_run(gelu_tanh_forward_part, &job, peftc_parallel_parts(P, GELU_MIN_PER_THREAD));
+}
+
+/* with g = (1 + tanh u) / 2:  d/dx [x g] = g + x * 2 g (1 - g) * du/dx,  du/dx = sqrt(2/pi) (1 + 3c x^2),
+ * since d tanh(u)/du = 1 - tanh^2 = 4 g (1 - g) */
+static peftc_status gelu_tanh_backward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const gelu_job *j = ctx;
+    int64_t i0, i1;
+    peftc_part_range(j->P, t, nparts, &i0, &i1);
+    const float *x = j->x, *dout = j->dout;
+    float *dx = j->out;
+    for (int64_t i = i0; i < i1; i++) {
+        const float xi = x[i];
+        const float e = peftc_exp_approx(-2.0f * SQRT_2_OVER_PI * fmaf(GELU_TANH_C * xi, xi * xi, xi));
+        const float g = 1.0f / (1.0f + e);
+        const float gc = e * g; /* 1 - g without the cancellation of 1.0f - g where g is near 1 */
+        const float du = SQRT_2_OVER_PI * fmaf(3.0f * GELU_TANH_C * xi, xi, 1.0f);
+        dx[i] += dout[i] * fmaf(2.0f * xi * g * gc, du, g);
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_gelu_tanh_backward(float *dx, const float *dout, const float *x, int64_t P)
+{
+    if (P < 0)
+        return PEFTC_ERR_SIZE;
+    gelu_job job = {.out = dx, .x = x, .dout = dout, .P = P};
+    return peftc_parallel_run(gelu_tanh_backward_part, &job, peftc_parallel_parts(P, GELU_MIN_PER_THREAD));
 }

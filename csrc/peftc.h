@@ -76,6 +76,36 @@ peftc_status peftc_lora_merge(float *w /* (OC,IC) updated */, float *b /* (OC) u
                               const float *bb /* (OC) or NULL */, float scale, float sign, int64_t IC, int64_t OC,
                               int64_t R);
 
+/* ---- LoRA with one adapter per row (lora_mixed.c): mixed-adapter batches -----------------------
+ * K adapters on one frozen layer; row n runs adapter idx[n] (in [0,K)), or the base layer alone when
+ * idx[n] = -1:  y[n] = x[n] w^T + b + s_k * (x[n] a_k^T bm_k^T + bb_k),  k = idx[n].
+ * Adapter k: a[k] (R_k,IC), bm[k] (OC,R_k), bb[k] (OC) or NULL, scale[k], rank[k] = R_k <= RM. No dropout.
+ * The rows are grouped by adapter inside the call (counting sort into iwork, N + K + 1 int64); u holds
+ * each group's xk a_k^T in that group order (adapter 0's rows first, each group in row order), in its
+ * first R_k columns. The backward regroups from idx, so it takes the forward's idx, x and u. A group whose
+ * rows are one block of consecutive rows runs in place; the others are gathered into the workspace, whose
+ * size depends on G, the rows of the largest such group (0 when all groups are blocks, N at most). */
+int64_t peftc_lora_mixed_workspace_size(int64_t N, int64_t G, int64_t IC, int64_t OC,
+                                        int64_t RM); /* floats, both passes */
+peftc_status peftc_lora_mixed_forward(
+    float *y /* (N,OC) overwritten */, float *u /* (N,RM) overwritten: adapters' rows, first R_k columns */,
+    float *work /* peftc_lora_mixed_workspace_size() floats */, int64_t *iwork /* (N+K+1) scratch */,
+    const float *x /* (N,IC) */, const float *w /* (OC,IC) */, const float *b /* (OC) or NULL */,
+    const float *const *a /* K pointers: (R_k,IC) */, const float *const *bm /* K pointers: (OC,R_k) */,
+    const float *const *bb /* K pointers: (OC) or NULL */, const float *scale /* (K) */, const int64_t *rank /* (K) */,
+    const int64_t *idx /* (N) in [-1, K) */, int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM);
+peftc_status peftc_lora_mixed_backward(float *dx /* (N,IC) accumulated, or NULL */,
+                                       float *const *da /* K pointers: (R_k,IC) accumulated, or NULL */,
+                                       float *const *dbm /* K pointers: (OC,R_k) accumulated, or NULL */,
+                                       float *const *dbb /* K pointers: (OC) accumulated, or NULL */,
+                                       float *work /* peftc_lora_mixed_workspace_size() floats */,
+                                       int64_t *iwork /* (N+K+1) scratch */, const float *dy /* (N,OC) */,
+                                       const float *x /* (N,IC) */, const float *u /* (N,RM) from the forward */,
+                                       const float *w /* (OC,IC) */, const float *const *a /* K: (R_k,IC) */,
+                                       const float *const *bm /* K: (OC,R_k) */, const float *scale /* (K) */,
+                                       const int64_t *rank /* (K) */, const int64_t *idx /* (N) in [-1, K) */,
+                                       int64_t N, int64_t IC, int64_t OC, int64_t K, int64_t RM);
+
 /* ==== adapters beyond LoRA: SoRA, Hydra, Bone / MiSS, Bat (sora.c, hydra.c, bone.c) ==============
  * Each wraps one linear layer, w (OC,IC) and b (OC) or NULL, with a trainable low-rank or block
  * update: forward, backward (the frozen weight gets no gradient), and merge into w and unmerge (SoRA
@@ -190,10 +220,10 @@ peftc_status peftc_bat_unmerge(float *w /* (OC,IC) updated */,
                                const float *tinv /* (NB,R,R) */, int64_t IC, int64_t OC, int64_t R);
 
 /* ==== transformer encoder ops (embedding.c, layernorm.c, gelu.c, attention.c, sentence_mean.c) ====
- * The layers of a BERT-style encoder other than its linear layers: tokens laid out (B,T,H), or (N,H)
- * with N = B*T rows where a kernel does not care about sequences. Token ids are int64; a 0 in a key
- * mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP position-table
- * rows, NT token-type rows, S sequences packed back to back. */
+ * The layers of a BERT-style encoder (and of a GPT-2-style decoder) other than its linear layers:
+ * tokens laid out (B,T,H), or (N,H) with N = B*T rows where a kernel does not care about sequences.
+ * Token ids are int64; a 0 in a key mask (attention_mask) means padding. Extra dimension letters: V vocabulary size, NP
+ * position-table rows, NT token-type rows, S sequences packed back to back. */
 
 /* ---- embedding sum (embedding.c): out[b,t] = wte[ids[b,t]] + wpe[t] + wtt[types[b,t]] ------ */
 /* Ids outside their table give PEFTC_ERR_LABEL before anything is written; NULL types = all 0;
@@ -237,6 +267,11 @@ peftc_status peftc_layernorm_residual_forward(float *out /* (N,H) overwritten */
 peftc_status peftc_gelu_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
 peftc_status peftc_gelu_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, const float *x /* (P) */,
                                  int64_t P);
+/* ---- GELU, tanh approximation (gelu.c): out = x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 ----
+ * GPT-2's activation (Hugging Face "gelu_new", torch approximate="tanh"). Split over the threads. */
+peftc_status peftc_gelu_tanh_forward(float *out /* (P) overwritten */, const float *x /* (P) */, int64_t P);
+peftc_status peftc_gelu_tanh_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */,
+                                      const float *x /* (P) */, int64_t P);
 
 /* ---- multi-head self-attention core (attention.c) ---------------------------------------------
  * For each batch b and head h (columns h*HS .. h*HS+HS-1 of q, k, v):
@@ -277,6 +312,19 @@ peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
                                             const float *q /* (N,H) */, const float *k /* (N,H) */,
                                             const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
                                             int64_t N, int64_t H, int64_t NH);
+
+/* ---- causal attention against a KV cache (attention.c): the decoder's inference step ----------------
+ * TQ new queries per sequence attend to the first TK rows of a key / value cache of TC rows, which
+ * already holds the new tokens' own keys and values in rows TK-TQ .. TK-1 (the caller writes them):
+ * query i sits at position TK-TQ+i and sees keys 0 .. TK-TQ+i, softmax(q_h k_h^T / sqrt(HS)) v_h as
+ * peftc_attention_forward with causal = 1 computes it for the whole sequence. No mask, no dropout, no
+ * probabilities kept. Needs TQ <= TK <= TC; the (batch, head) pairs are split over the threads. */
+int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK); /* floats */
+peftc_status peftc_attention_cached_forward(float *out /* (B,TQ,H) overwritten */,
+                                            float *work /* peftc_attention_cached_forward_workspace_size() floats */,
+                                            const float *q /* (B,TQ,H) */, const float *kc /* (B,TC,H) */,
+                                            const float *vc /* (B,TC,H) */, int64_t B, int64_t TQ, int64_t TK,
+                                            int64_t TC, int64_t H, int64_t NH);
 
 /* ---- sentence-embedding head (sentence_mean.c): mean over the kept tokens, L2 normalisation ------ */
 /* out[b] = sum_t mask[b,t] x[b,t] / max(sum_t mask[b,t], 1) with mask values 0/1 (NULL: all 1);
@@ -445,6 +493,95 @@ peftc_status peftc_eata_select(float *weight /* (N) overwritten */, int64_t *cou
                                const float *ent /* (N) */, const float *probs /* (N,C) */, float e0, float d_margin,
                                float momentum, int64_t N, int64_t C);
 
+/* ==== few-shot class-incremental learning (fscil.c): representation losses of base training ========
+ * Both read unit rows (the caller L2-normalises with peftc_l2_normalize_forward and chains its backward).
+ * Extra dimension letter for this section: K  pre-assigned prototypes (classes, including future ones).
+ *
+ * SupCon (Khosla et al. 2020): s_ij = z_i . z_j / temperature; for every anchor i (a row with at least one
+ * other row of its label, P(i) those rows) l_i = -1/|P(i)| sum_{p in P(i)} log softmax_{j != i}(s_ij)_p;
+ * loss = mean of l_i over the anchors (0 and anchors = 0 when there is none). probs row i holds the
+ * softmax over j != i (probs_ii = 0), kept for the backward. Labels are any int64 (a SimCSE-style
+ * unsupervised pair passes the row's pair index). */
+peftc_status peftc_supcon_forward(float *loss /* (1) overwritten */, int64_t *anchors /* (1) overwritten */,
+                                  float *probs /* (N,N) overwritten */, const float *z /* (N,H) unit rows */,
+                                  const int64_t *labels /* (N) */, float temperature, int64_t N, int64_t H);
+/* dz += dloss * dloss/dz; work is (N,N) scratch */
+peftc_status peftc_supcon_backward(float *dz /* (N,H) accumulated */, float *work /* (N,N) scratch */, float dloss,
+                                   const float *probs /* (N,N) from the forward */, const float *z /* (N,H) */,
+                                   const int64_t *labels /* (N) */, float temperature, int64_t N, int64_t H);
+/* Dot-regression alignment to fixed prototypes (NC-FSCIL's loss for ETF targets): over the rows whose
+ * label is not ignore_index, loss = mean (feat_n . targets[label_n] - 1)^2 / 2; dots[n] keeps the dot
+ * (0 for ignored rows). A label outside [0, K) that is not ignore_index is PEFTC_ERR_LABEL. */
+peftc_status peftc_etf_align_forward(float *loss /* (1) overwritten */, int64_t *count /* (1) overwritten */,
+                                     float *dots /* (N) overwritten */, const float *feat /* (N,H) unit rows */,
+                                     const float *targets /* (K,H) */, const int64_t *labels /* (N) */,
+                                     int64_t ignore_index, int64_t N, int64_t H, int64_t K);
+/* dfeat[n] += dloss * (dots[n] - 1) * targets[label_n] / count */
+peftc_status peftc_etf_align_backward(float *dfeat /* (N,H) accumulated */, float dloss,
+                                      const float *dots /* (N) from the forward */, const float *targets /* (K,H) */,
+                                      const int64_t *labels /* (N) */, int64_t ignore_index, int64_t N, int64_t H,
+                                      int64_t K);
+
+/* ==== data-free knowledge distillation losses (distill.c) ========================================
+ * The losses that train a student without the teacher's data (DAFL, DeepInversion, noise-perturbed
+ * pseudo-samples). Each forward writes one scalar loss; each backward adds dloss times its gradient
+ * into the buffer(s) given. DAFL's one-hot term is peftc_cross_entropy_forward against the teacher's
+ * argmax; the networks' backward passes are the caller's. */
+
+/* ---- KD divergence (Hinton et al.): loss = tau^2 / N sum_n KL(pt_n || ps_n), "batchmean" ------------
+ * ps = softmax(zs / tau) (student), pt = softmax(zt / tau) (teacher), kept for the backward; a row whose
+ * KL rounds below 0 counts as 0. torch: tau^2 * F.kl_div(log_softmax(zs/tau), softmax(zt/tau),
+ * reduction="batchmean"). NaN or Inf in a logit gives PEFTC_ERR_NONFINITE; tau must be > 0. */
+peftc_status peftc_kd_kl_forward(float *loss /* (1) overwritten */, float *ps /* (N,C) overwritten */,
+                                 float *pt /* (N,C) overwritten */, const float *zs /* (N,C) student logits */,
+                                 const float *zt /* (N,C) teacher logits */, float tau, int64_t N, int64_t C);
+/* dzs += dloss tau/N (ps - pt); dzt (the gradient through the teacher's distribution, for adversarial
+ * or input-space uses) += dloss tau/N pt (r - sum pt r), r = log pt - log ps */
+peftc_status peftc_kd_kl_backward(float *dzs /* (N,C) accumulated, or NULL */,
+                                  float *dzt /* (N,C) accumulated, or NULL */, float dloss, const float *ps /* (N,C) */,
+                                  const float *pt /* (N,C) */, const float *zs /* (N,C) */, const float *zt /* (N,C) */,
+                                  float tau, int64_t N, int64_t C);
+
+/* ---- BatchNorm-statistics matching (DeepInversion's R_feature for one BN layer) --------------------
+ * loss = ||mean - running_mean||_2 + ||var - running_var||_2, mean and var the per-channel batch mean
+ * and biased variance of the BN layer's input x over (N, IH, IW) (written out; the backward needs
+ * them). A zero norm has gradient 0 (torch's subgradient). */
+peftc_status peftc_bn_stat_match_forward(float *loss /* (1) overwritten */, float *mean /* (CH) overwritten */,
+                                         float *var /* (CH) overwritten */, const float *x /* (N,CH,IH,IW) */,
+                                         const float *running_mean /* (CH) */, const float *running_var /* (CH) */,
+                                         int64_t N, int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_bn_stat_match_backward(float *dx /* (N,CH,IH,IW) accumulated */, float dloss,
+                                          const float *x /* (N,CH,IH,IW) */, const float *mean /* (CH) */,
+                                          const float *var /* (CH) */, const float *running_mean /* (CH) */,
+                                          const float *running_var /* (CH) */, int64_t N, int64_t CH, int64_t IH,
+                                          int64_t IW);
+
+/* ---- DAFL's generator terms (Chen et al. 2019) ------------------------------------------------------
+ * activation: loss = -mean |f| over the P values of the teacher's penultimate features.
+ * information entropy: loss = sum_c pbar_c ln pbar_c, pbar = mean over the rows of softmax(logits): the
+ * negative entropy of the batch-mean prediction (natural log; DAFL's code takes log10, a factor
+ * 1/ln 10 its caller folds into the weight). probs and pbar are kept for the backward. */
+peftc_status peftc_dafl_activation_forward(float *loss /* (1) overwritten */, const float *f /* (P) */, int64_t P);
+peftc_status peftc_dafl_activation_backward(float *df /* (P) accumulated */, float dloss, const float *f /* (P) */,
+                                            int64_t P);
+peftc_status peftc_dafl_entropy_forward(float *loss /* (1) overwritten */, float *probs /* (N,C) overwritten */,
+                                        float *pbar /* (C) overwritten */, const float *logits /* (N,C) */, int64_t N,
+                                        int64_t C);
+peftc_status peftc_dafl_entropy_backward(float *dlogits /* (N,C) accumulated */, float dloss,
+                                         const float *probs /* (N,C) */, const float *pbar /* (C) */, int64_t N,
+                                         int64_t C);
+
+/* ---- total variation (DeepInversion's image priors) -------------------------------------------------
+ * Over the four neighbour differences of each (IH,IW) plane (horizontal, vertical, both diagonals):
+ * l1 = sum over the directions of mean |difference|, l2 = sum over the directions of the Frobenius norm
+ * of the difference (norms, the four terms of l2, kept for the backward). Needs IH, IW >= 2. */
+peftc_status peftc_tv_forward(float *l1 /* (1) overwritten */, float *l2 /* (1) overwritten */,
+                              float *norms /* (4) overwritten */, const float *x /* (N,CH,IH,IW) */, int64_t N,
+                              int64_t CH, int64_t IH, int64_t IW);
+peftc_status peftc_tv_backward(float *dx /* (N,CH,IH,IW) accumulated */, float dl1, float dl2,
+                               const float *x /* (N,CH,IH,IW) */, const float *norms /* (4) */, int64_t N, int64_t CH,
+                               int64_t IH, int64_t IW);
+
 /* ==== EVA (eva.c): incremental PCA of one layer's input rows =====================================
  * The update follows scikit-learn's IncrementalPCA (and PEFT's torch port of it): running mean
  * and variance per feature, then the top K right-singular vectors of [diag(S) V; X - mean(X); mean
@@ -510,7 +647,7 @@ peftc_status peftc_scale_inplace(float *x /* (P) updated */, float alpha, int64_
 /* x = value everywhere (the explicit zeroing of accumulated gradient buffers); split over the threads */
 peftc_status peftc_fill(float *x /* (P) overwritten */, float value, int64_t P);
 
-/* ==== random numbers and dropout (rng.c, dropout.c) ==============================================
+/* ==== random numbers, dropout and token sampling (rng.c, dropout.c, sample.c) =====================
  * A counter-based generator: element i of a draw is a pure function of (seed, offset + i), so
  * results do not depend on threads or call order, and a dropout mask can be regenerated in the
  * backward pass instead of stored. Uniform draws use one counter per element, normal draws two. */
@@ -519,6 +656,19 @@ peftc_status peftc_rng_uniform(float *out /* (P) overwritten */, float lo, float
                                int64_t P);
 peftc_status peftc_rng_normal(float *out /* (P) overwritten */, float mean, float std, uint64_t seed, uint64_t offset,
                               int64_t P);
+
+/* ---- token sampling (sample.c): the next token of each row of logits (V: vocabulary size) ------
+ * Hugging Face generate()'s sampling: logits / temperature, then top-k (keep the logits >= the k-th
+ * largest; top_k = 0 or >= V keeps all), softmax, then top-p (keep the most probable tokens until
+ * their mass reaches top_p, i.e. token i stays when the mass of the tokens more probable than it is
+ * below top_p; top_p = 1 keeps all), renormalise, and draw row n by the inverse CDF at
+ * uniform(seed, offset + n). temperature = 0 is greedy (the first largest logit). probs receives the
+ * distribution each token was drawn from (zeros where filtered). NaN or +inf logits, or a row of
+ * -inf only, give PEFTC_ERR_NONFINITE; temperature < 0, top_k < 0 or top_p outside (0, 1]
+ * PEFTC_ERR_ARG. Rows are split over the threads. */
+peftc_status peftc_sample_tokens(int64_t *tokens /* (N) overwritten */, float *probs /* (N,V) overwritten */,
+                                 const float *logits /* (N,V) */, float temperature, int64_t top_k, float top_p,
+                                 uint64_t seed, uint64_t offset, int64_t N, int64_t V);
 
 /* ---- dropout (dropout.c): inverted dropout, the mask regenerated from (seed, offset) ----------
  * Split over the threads (the mask is a function of the index alone). */

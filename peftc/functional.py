@@ -13,6 +13,8 @@ Conventions (the same for every function here and in :mod:`peftc.reference`):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import _C
@@ -91,6 +93,103 @@ def lora_merge(weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray, 
                lora_bias: np.ndarray | None, scaling: float, sign: float = 1.0) -> None:
     """In place: weight += sign * scaling * B A (and bias += sign * scaling * lora_bias)."""
     _C.lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign)
+
+
+def lora_mixed_gathered_rows(index: np.ndarray, n_adapters: int) -> int:
+    """The rows of the largest adapter group of ``index`` that is not one block of consecutive rows: the rows the
+    lora_mixed kernels gather into their workspace (0 for a batch built adapter by adapter).
+
+    Example:
+        >>> lora_mixed_gathered_rows(np.array([0, 0, 1, 1, -1]), 2), lora_mixed_gathered_rows(np.array([0, 1, 0]), 2)
+        (0, 2)
+    """
+    valid = np.flatnonzero(index >= 0)
+    counts = np.bincount(index[valid], minlength=n_adapters)
+    first = np.full(n_adapters, index.size, dtype=np.int64)
+    last = np.full(n_adapters, -1, dtype=np.int64)
+    np.minimum.at(first, index[valid], valid)
+    np.maximum.at(last, index[valid], valid)
+    scattered = counts[(counts > 0) & (last - first + 1 != counts)]
+    return int(scattered.max(initial=0))
+
+
+def lora_mixed_workspace_size(n: int, gathered: int, in_features: int, out_features: int, max_rank: int) -> int:
+    """Floats of scratch :func:`lora_mixed_forward` and :func:`lora_mixed_backward` need (one buffer serves both);
+    ``gathered``: :func:`lora_mixed_gathered_rows` of the batch (``n`` is enough for any batch of n rows)."""
+    return _C.lora_mixed_workspace_size(n, gathered, in_features, out_features, max_rank)
+
+
+def lora_mixed_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: Sequence[np.ndarray],
+                       lora_B: Sequence[np.ndarray], lora_bias: Sequence[np.ndarray | None] | None,
+                       scaling: np.ndarray, index: np.ndarray, *, out: np.ndarray | None = None,
+                       u: np.ndarray | None = None, work: np.ndarray | None = None,
+                       iwork: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LoRA with one adapter per row: y[n] = x[n] W^T + b + s_k (x[n] A_k^T B_k^T + lora_bias_k), k = index[n].
+
+    ``lora_A`` / ``lora_B`` / ``lora_bias``: one array per adapter (K of them; ``lora_bias`` entries, or the
+    whole argument, may be None); ``scaling`` float32 (K,); ``index`` int64 (N,) in [-1, K), -1 for a row
+    that runs the base layer alone. The kernel groups the rows by adapter itself (one call per layer,
+    one frozen GEMM for all rows). No dropout. Returns ``(y, u)``; ``u`` (N, max rank) is what
+    :func:`lora_mixed_backward` needs. ``work`` (:func:`lora_mixed_workspace_size` floats) and ``iwork``
+    (N + K + 1 int64) are scratch a caller may keep between calls.
+
+    Example:
+        >>> y, u = lora_mixed_forward(x, w, None, [a0, a1], [b0, b1], None, np.float32([2.0, 0.5]),
+        ...                           np.array([1, -1, 0]))   # row 0: adapter 1, row 1: none, row 2: adapter 0
+    """
+    n, k = x.shape[0], len(lora_A)
+    rm = max((a.shape[0] for a in lora_A), default=0)
+    y = _empty((n, weight.shape[0]), out)
+    u = _empty((n, rm), u)
+    if work is None:
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], weight.shape[0],
+                                                  rm), dtype=np.float32)
+    if iwork is None:
+        iwork = np.empty(n + k + 1, dtype=np.int64)
+    _C.lora_mixed_forward(y, u, work, iwork, x, weight, bias, lora_A, lora_B, lora_bias, scaling, index)
+    return y, u
+
+
+def lora_mixed_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, weight: np.ndarray,
+                        lora_A: Sequence[np.ndarray], lora_B: Sequence[np.ndarray], scaling: np.ndarray,
+                        index: np.ndarray, *, dx: np.ndarray | None = None,
+                        dlora_A: Sequence[np.ndarray | None] | None = None,
+                        dlora_B: Sequence[np.ndarray | None] | None = None,
+                        dlora_bias: Sequence[np.ndarray | None] | None = None, work: np.ndarray | None = None,
+                        iwork: np.ndarray | None = None) -> None:
+    """Accumulate the gradients of :func:`lora_mixed_forward`: adapter k's from its own rows only, dx from all.
+
+    Example:
+        >>> lora_mixed_backward(dy, x, u, w, [a0, a1], [b0, b1], scales, index, dx=dx, dlora_A=[da0, da1],
+        ...                     dlora_B=[db0, db1])
+    """
+    n, k = dy.shape[0], len(lora_A)
+    if work is None:
+        work = np.empty(lora_mixed_workspace_size(n, lora_mixed_gathered_rows(index, k), x.shape[1], dy.shape[1],
+                                                  u.shape[1]), dtype=np.float32)
+    if iwork is None:
+        iwork = np.empty(n + k + 1, dtype=np.int64)
+    _C.lora_mixed_backward(dx, dlora_A, dlora_B, dlora_bias, work, iwork, dy, x, u, weight, lora_A, lora_B, scaling,
+                           index)
+
+
+def sample_tokens(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                  offset: int = 0, *, tokens: np.ndarray | None = None,
+                  probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One token per row of logits (N, V), as Hugging Face's sampling: logits / temperature, top-k, softmax,
+    top-p, renormalise, then row n draws by the inverse CDF at uniform(seed, offset + n). ``temperature=0``
+    is greedy; ``top_k=0`` and ``top_p=1`` switch those filters off. Returns ``(tokens (N,) int64, probs
+    (N, V))``, probs being the distribution each token was drawn from.
+
+    >>> tokens, probs = sample_tokens(np.log(np.array([[0.7, 0.2, 0.1]], np.float32)), top_p=0.8, seed=3)
+    >>> probs.round(3).tolist()
+    [[0.778, 0.222, 0.0]]
+    """
+    n, v = logits.shape
+    tok = np.empty(n, dtype=np.int64) if tokens is None else tokens
+    p = np.empty((n, v), dtype=np.float32) if probs is None else probs
+    _C.sample_tokens(tok, p, logits, temperature, top_k, top_p, seed, offset)
+    return tok, p
 
 
 def dropout_forward(x: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
@@ -472,6 +571,22 @@ def gelu_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
     _C.gelu_backward(dx, dout, x)
 
 
+def gelu_tanh_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """GPT-2's GELU (tanh approximation), x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, elementwise.
+
+    >>> float(gelu_tanh_forward(np.array([1.0], dtype=np.float32))[0])  # doctest: +ELLIPSIS
+    0.841...
+    """
+    y = np.empty_like(x) if out is None else out
+    _C.gelu_tanh_forward(y, x)
+    return y
+
+
+def gelu_tanh_backward(dout: np.ndarray, x: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dout * d/dx of :func:`gelu_tanh_forward` at x."""
+    _C.gelu_tanh_backward(dx, dout, x)
+
+
 def attention_forward_workspace_size(seq_len: int, dropout: float) -> int:
     """Floats of scratch :func:`attention_forward` needs."""
     return _C.attention_forward_workspace_size(seq_len, dropout)
@@ -560,6 +675,24 @@ def layernorm_residual_forward(x: np.ndarray, residual: np.ndarray, weight: np.n
 
 
 # ---- packed-sequence attention -------------------------------------------------------------------
+
+def attention_cached_forward(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, length: int, num_heads: int, *,
+                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Causal attention of TQ new queries q (B, TQ, H) against the first ``length`` rows of a key / value cache
+    (B, TC, H) whose rows ``length - TQ .. length - 1`` already hold the new tokens' keys and values: query i
+    sees keys ``0 .. length - TQ + i``. Inference only (no dropout, no probabilities kept); for the whole
+    sequence in q it equals :func:`attention_forward` with ``causal=True``.
+
+    >>> q = np.ones((1, 1, 4), np.float32); kv = np.ones((1, 8, 4), np.float32)
+    >>> attention_cached_forward(q, kv, kv, 3, 2).shape
+    (1, 1, 4)
+    """
+    y = _empty(q.shape, out)
+    if work is None:
+        work = np.empty(_C.attention_cached_forward_workspace_size(q.shape[1], length), dtype=np.float32)
+    _C.attention_cached_forward(y, work, q, k_cache, v_cache, length, num_heads)
+    return y
+
 
 def attention_packed_forward_workspace_size(longest: int) -> int:
     """Floats of scratch :func:`attention_packed_forward` needs when the longest sequence has ``longest`` rows."""
@@ -776,6 +909,145 @@ def eata_select(ent: np.ndarray, probs: np.ndarray, ema: np.ndarray, ema_set: bo
     weight = np.empty_like(ent) if weight is None else weight
     reliable, selected, ema_set = _C.eata_select(weight, ema, ema_set, ent, probs, e0, d_margin, momentum)
     return weight, reliable, selected, ema_set
+
+
+# -- few-shot class-incremental learning --------------------------------------------------------
+
+def supcon_forward(z: np.ndarray, labels: np.ndarray, temperature: float, *,
+                   probs: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Supervised contrastive loss of unit rows z (N, H) with int64 labels (N,): ``(loss, anchors, probs)``.
+
+    s = z z^T / temperature; an anchor is a row with another row of its label; its loss is minus the mean,
+    over those positives p, of log softmax_{j != i}(s_i)_p; ``loss`` is the mean over anchors (0 if none).
+    ``probs`` (N, N) holds the softmax rows (zero diagonal) for the backward.
+    """
+    p = np.empty((z.shape[0], z.shape[0]), dtype=np.float32) if probs is None else probs
+    loss, anchors = _C.supcon_forward(p, z, labels, temperature)
+    return loss, anchors, p
+
+
+def supcon_backward(dloss: float, probs: np.ndarray, z: np.ndarray, labels: np.ndarray, temperature: float, *,
+                    dz: np.ndarray, work: np.ndarray | None = None) -> None:
+    """dz += dloss * (G + G^T) z / (temperature * anchors), G_ij = q_ij - [j in P(i)] / |P(i)| on anchor rows."""
+    work = np.empty_like(probs) if work is None else work
+    _C.supcon_backward(dz, work, dloss, probs, z, labels, temperature)
+
+
+def etf_align_forward(feat: np.ndarray, targets: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX, *,
+                      dots: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Dot regression of unit rows feat (N, H) onto their class's fixed prototype targets (K, H):
+    ``(loss, count, dots)`` with loss = mean over counted rows of (feat_n . targets[label_n] - 1)^2 / 2."""
+    d = np.empty(feat.shape[0], dtype=np.float32) if dots is None else dots
+    loss, count = _C.etf_align_forward(d, feat, targets, labels, ignore_index)
+    return loss, count, d
+
+
+def etf_align_backward(dloss: float, dots: np.ndarray, targets: np.ndarray, labels: np.ndarray,
+                       ignore_index: int = IGNORE_INDEX, *, dfeat: np.ndarray) -> None:
+    """dfeat[n] += dloss * (dots[n] - 1) * targets[label_n] / count over the counted rows."""
+    _C.etf_align_backward(dfeat, dloss, dots, targets, labels, ignore_index)
+
+# ---- data-free distillation losses: KD divergence, BN-statistics matching, DAFL terms, TV -----------
+
+def kd_kl_forward(student_logits: np.ndarray, teacher_logits: np.ndarray, tau: float = 1.0, *,
+                  student_probs: np.ndarray | None = None,
+                  teacher_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Hinton's KD loss ``tau^2 * KL(softmax(zt/tau) || softmax(zs/tau))``, summed over classes and
+    averaged over rows (torch's ``reduction="batchmean"``). Returns ``(loss, student_probs, teacher_probs)``.
+
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
+    >>> round(kd_kl_forward(z, z, tau=4.0)[0], 6)
+    0.0
+    """
+    ps = np.empty_like(student_logits) if student_probs is None else student_probs
+    pt = np.empty_like(teacher_logits) if teacher_probs is None else teacher_probs
+    loss = _C.kd_kl_forward(ps, pt, student_logits, teacher_logits, tau)
+    return loss, ps, pt
+
+
+def kd_kl_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.ndarray, student_logits: np.ndarray,
+                   teacher_logits: np.ndarray, tau: float = 1.0, *, dstudent_logits: np.ndarray | None = None,
+                   dteacher_logits: np.ndarray | None = None) -> None:
+    """dstudent_logits += dloss * tau/N * (ps - pt); dteacher_logits (optional) += the gradient through pt."""
+    _C.kd_kl_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, student_logits,
+                      teacher_logits, tau)
+
+
+def bn_stat_match_forward(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray, *,
+                          mean: np.ndarray | None = None,
+                          var: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """DeepInversion's feature term for one BatchNorm layer: ``||mean - running_mean||_2 +
+    ||var - running_var||_2``, mean and (biased) var of the layer's input ``x`` (N, CH, H, W) per channel.
+    Returns ``(loss, mean, var)``.
+
+    >>> x = np.zeros((2, 3, 2, 2), np.float32)
+    >>> bn_stat_match_forward(x, np.zeros(3, np.float32), np.zeros(3, np.float32))[0]
+    0.0
+    """
+    ch = x.shape[1] if x.ndim == 4 else 0
+    mean = np.empty(ch, np.float32) if mean is None else mean
+    var = np.empty(ch, np.float32) if var is None else var
+    loss = _C.bn_stat_match_forward(mean, var, x, running_mean, running_var)
+    return loss, mean, var
+
+
+def bn_stat_match_backward(dloss: float, x: np.ndarray, mean: np.ndarray, var: np.ndarray, running_mean: np.ndarray,
+                           running_var: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dloss * d(bn_stat_match)/dx."""
+    _C.bn_stat_match_backward(dx, dloss, x, mean, var, running_mean, running_var)
+
+
+def dafl_activation_forward(features: np.ndarray) -> float:
+    """DAFL's activation loss ``-mean |features|`` (any shape).
+
+    >>> dafl_activation_forward(np.array([1.0, -3.0], np.float32))
+    -2.0
+    """
+    return _C.dafl_activation_forward(features)
+
+
+def dafl_activation_backward(dloss: float, features: np.ndarray, *, dfeatures: np.ndarray) -> None:
+    """dfeatures += -dloss * sign(features) / features.size."""
+    _C.dafl_activation_backward(dfeatures, dloss, features)
+
+
+def dafl_entropy_forward(logits: np.ndarray, *, probs: np.ndarray | None = None,
+                         mean_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """DAFL's information-entropy loss ``sum_c pbar_c ln pbar_c`` with ``pbar`` the batch-mean softmax:
+    the negative entropy of the mean prediction, lowest (``-ln C``) when the classes are balanced.
+    Natural log (DAFL's code takes log10: divide by ln 10 to match it). Returns ``(loss, probs, mean_probs)``.
+
+    >>> round(dafl_entropy_forward(np.eye(4, dtype=np.float32) * 50)[0], 4)
+    -1.3863
+    """
+    c = logits.shape[-1] if logits.ndim == 2 else 0
+    probs = np.empty_like(logits) if probs is None else probs
+    mean_probs = np.empty(c, np.float32) if mean_probs is None else mean_probs
+    loss = _C.dafl_entropy_forward(probs, mean_probs, logits)
+    return loss, probs, mean_probs
+
+
+def dafl_entropy_backward(dloss: float, probs: np.ndarray, mean_probs: np.ndarray, *, dlogits: np.ndarray) -> None:
+    """dlogits += dloss * d(sum pbar ln pbar)/dlogits."""
+    _C.dafl_entropy_backward(dlogits, dloss, probs, mean_probs)
+
+
+def tv_forward(x: np.ndarray, *, norms: np.ndarray | None = None) -> tuple[float, float, np.ndarray]:
+    """DeepInversion's total-variation priors of images ``x`` (N, CH, H, W), H and W >= 2, over the four
+    neighbour differences (horizontal, vertical, two diagonals): ``(l1, l2, norms)``, l1 the sum of the
+    mean absolute differences, l2 the sum of their Frobenius norms ``norms`` (4,).
+
+    >>> tv_forward(np.ones((1, 1, 3, 3), np.float32))[:2]
+    (0.0, 0.0)
+    """
+    norms = np.empty(4, np.float32) if norms is None else norms
+    l1, l2 = _C.tv_forward(norms, x)
+    return l1, l2, norms
+
+
+def tv_backward(dl1: float, dl2: float, x: np.ndarray, norms: np.ndarray, *, dx: np.ndarray) -> None:
+    """dx += dl1 * d(l1)/dx + dl2 * d(l2)/dx."""
+    _C.tv_backward(dx, dl1, dl2, x, norms)
 
 
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------

@@ -103,6 +103,43 @@ def lora_backward(dy, xin, u, weight, lora_A, lora_B, scaling, dropout=0.0, seed
         dx += gxd
 
 
+def _adapter_rows(index, k):
+    """The rows of adapter k, and where its group starts in the group order (adapters 0, 1, ... in turn)."""
+    return np.flatnonzero(index == k), int(np.count_nonzero((index >= 0) & (index < k)))
+
+
+def lora_mixed_forward(x, weight, bias, lora_A, lora_B, lora_bias, scaling, index, *, out=None, u=None, work=None,
+                       iwork=None):
+    y = linear_forward(x, weight, bias)
+    u = np.zeros((x.shape[0], max((a.shape[0] for a in lora_A), default=0)), dtype=x.dtype)
+    for k, (a, b) in enumerate(zip(lora_A, lora_B)):
+        rows, first = _adapter_rows(index, k)
+        uk = x[rows] @ a.T
+        y[rows] += scaling[k] * (uk @ b.T)
+        if lora_bias is not None and lora_bias[k] is not None:
+            y[rows] += scaling[k] * lora_bias[k]
+        u[first:first + rows.size, :a.shape[0]] = uk
+    return y, u
+
+
+def lora_mixed_backward(dy, x, u, weight, lora_A, lora_B, scaling, index, *, dx=None, dlora_A=None, dlora_B=None,
+                        dlora_bias=None, work=None, iwork=None):
+    if dx is not None:
+        dx += dy @ weight
+    for k, (a, b) in enumerate(zip(lora_A, lora_B)):
+        rows, first = _adapter_rows(index, k)
+        uk = u[first:first + rows.size, :a.shape[0]]
+        gu = dy[rows] @ b
+        if dlora_B is not None and dlora_B[k] is not None:
+            dlora_B[k] += scaling[k] * dy[rows].T @ uk
+        if dlora_bias is not None and dlora_bias[k] is not None:
+            dlora_bias[k] += scaling[k] * dy[rows].sum(axis=0)
+        if dlora_A is not None and dlora_A[k] is not None:
+            dlora_A[k] += scaling[k] * gu.T @ x[rows]
+        if dx is not None:
+            dx[rows] += scaling[k] * gu @ a
+
+
 def lora_merge(weight, bias, lora_A, lora_B, lora_bias, scaling, sign=1.0):
     weight += sign * scaling * lora_B @ lora_A
     if lora_bias is not None:
@@ -382,6 +419,18 @@ def gelu_backward(dout, x, *, dx):
     dx += (dout * (cdf + x * pdf)).astype(dx.dtype)
 
 
+def gelu_tanh_forward(x, *, out=None):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    return (0.5 * x * (1.0 + np.tanh(u))).astype(x.dtype)
+
+
+def gelu_tanh_backward(dout, x, *, dx):
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    th = np.tanh(u)
+    du = np.sqrt(2.0 / np.pi) * (1.0 + 3.0 * 0.044715 * x * x)
+    dx += (dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)).astype(dx.dtype)
+
+
 def attention_dropout_mask(b, nh, t, p, seed, offset):
     """Keep-mask (B, NH, T, T) of the attention-probability dropout."""
     return dropout_mask((b, nh, t, t), p, seed, offset)
@@ -654,6 +703,143 @@ def eata_select(ent, probs, ema, ema_set, e0, d_margin, momentum=0.9, *, weight=
     return w, reliable, int(keep.sum()), ema_set
 
 
+# -- few-shot class-incremental learning --------------------------------------------------------
+
+def supcon_forward(z, labels, temperature, *, probs=None):
+    n = z.shape[0]
+    s = z @ z.T / temperature
+    off = ~np.eye(n, dtype=bool)
+    s_off = np.where(off, s, -np.inf)
+    log_q = s_off - np.log(np.exp(s_off - s_off.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) \
+        - s_off.max(axis=1, keepdims=True)
+    pos = (labels[:, None] == labels[None, :]) & off
+    n_pos = pos.sum(axis=1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return 0.0, 0, np.where(off, np.exp(log_q), 0.0).astype(z.dtype)
+    per_anchor = -np.where(pos, log_q, 0.0).sum(axis=1)[anchors] / n_pos[anchors]
+    return float(per_anchor.mean()), int(anchors.sum()), np.where(off, np.exp(log_q), 0.0).astype(z.dtype)
+
+
+def supcon_backward(dloss, probs, z, labels, temperature, *, dz, work=None):
+    n = z.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    pos = (labels[:, None] == labels[None, :]) & off
+    n_pos = pos.sum(axis=1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return
+    g = (probs - pos / np.maximum(n_pos, 1)[:, None]) * anchors[:, None] * off
+    dz += (dloss / (temperature * anchors.sum())) * ((g + g.T) @ z)
+
+
+def etf_align_forward(feat, targets, labels, ignore_index=IGNORE_INDEX, *, dots=None):
+    keep = labels != ignore_index
+    d = np.zeros(feat.shape[0], dtype=feat.dtype)
+    d[keep] = (feat[keep] * targets[labels[keep]]).sum(axis=1)
+    if not keep.any():
+        return 0.0, 0, d
+    return float((0.5 * (d[keep] - 1.0) ** 2).mean()), int(keep.sum()), d
+
+
+def etf_align_backward(dloss, dots, targets, labels, ignore_index=IGNORE_INDEX, *, dfeat):
+    keep = labels != ignore_index
+    if not keep.any():
+        return
+    dfeat[keep] += (dloss / keep.sum()) * (dots[keep] - 1.0)[:, None] * targets[labels[keep]]
+
+# ---- data-free distillation losses -----------------------------------------------------------------
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def kd_kl_forward(student_logits, teacher_logits, tau=1.0, *, student_probs=None, teacher_probs=None):
+    ls = _log_softmax(student_logits.astype(np.float64) / tau)
+    lt = _log_softmax(teacher_logits.astype(np.float64) / tau)
+    rows = (np.exp(lt) * (lt - ls)).sum(axis=1)
+    loss = tau * tau * np.maximum(rows, 0.0).sum() / student_logits.shape[0]
+    return float(loss), np.exp(ls).astype(student_logits.dtype), np.exp(lt).astype(teacher_logits.dtype)
+
+
+def kd_kl_backward(dloss, student_probs, teacher_probs, student_logits, teacher_logits, tau=1.0, *,
+                   dstudent_logits=None, dteacher_logits=None):
+    n = student_logits.shape[0]
+    ps, pt = student_probs.astype(np.float64), teacher_probs.astype(np.float64)
+    if dstudent_logits is not None:
+        dstudent_logits += (dloss * tau / n * (ps - pt)).astype(dstudent_logits.dtype)
+    if dteacher_logits is not None:
+        lt = _log_softmax(teacher_logits.astype(np.float64) / tau)
+        r = lt - _log_softmax(student_logits.astype(np.float64) / tau)
+        g = pt * (r - (pt * r).sum(axis=1, keepdims=True))
+        dteacher_logits += (dloss * tau / n * g).astype(dteacher_logits.dtype)
+
+
+def bn_stat_match_forward(x, running_mean, running_var, *, mean=None, var=None):
+    m = x.astype(np.float64).mean(axis=(0, 2, 3))
+    v = x.astype(np.float64).var(axis=(0, 2, 3))
+    loss = np.linalg.norm(m - running_mean) + np.linalg.norm(v - running_var)
+    return float(loss), m.astype(x.dtype), v.astype(x.dtype)
+
+
+def bn_stat_match_backward(dloss, x, mean, var, running_mean, running_var, *, dx):
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    dm, dv = mean - running_mean, var - running_var
+    a = dm / np.linalg.norm(dm) if np.linalg.norm(dm) > 0 else np.zeros_like(dm)
+    b = dv / np.linalg.norm(dv) if np.linalg.norm(dv) > 0 else np.zeros_like(dv)
+    g = a[None, :, None, None] / count + 2.0 * b[None, :, None, None] * (x - mean[None, :, None, None]) / count
+    dx += (dloss * g).astype(dx.dtype)
+
+
+def dafl_activation_forward(features):
+    return float(-np.abs(features.astype(np.float64)).mean())
+
+
+def dafl_activation_backward(dloss, features, *, dfeatures):
+    dfeatures += (-dloss * np.sign(features) / features.size).astype(dfeatures.dtype)
+
+
+def dafl_entropy_forward(logits, *, probs=None, mean_probs=None):
+    p = np.exp(_log_softmax(logits.astype(np.float64)))
+    pbar = p.mean(axis=0)
+    loss = float((pbar * np.log(pbar)).sum())
+    return loss, p.astype(logits.dtype), pbar.astype(logits.dtype)
+
+
+def dafl_entropy_backward(dloss, probs, mean_probs, *, dlogits):
+    l = np.log(mean_probs.astype(np.float64))
+    p = probs.astype(np.float64)
+    g = p * (l[None, :] - (p * l[None, :]).sum(axis=1, keepdims=True)) / p.shape[0]
+    dlogits += (dloss * g).astype(dlogits.dtype)
+
+
+def _tv_differences(x):
+    """DeepInversion's four neighbour differences, in its code's order."""
+    return [x[:, :, :, :-1] - x[:, :, :, 1:], x[:, :, :-1, :] - x[:, :, 1:, :],
+            x[:, :, 1:, :-1] - x[:, :, :-1, 1:], x[:, :, :-1, :-1] - x[:, :, 1:, 1:]]
+
+
+def tv_forward(x, *, norms=None):
+    d = _tv_differences(x.astype(np.float64))
+    n = np.array([np.linalg.norm(v) for v in d])
+    return float(sum(np.abs(v).mean() for v in d)), float(n.sum()), n.astype(x.dtype)
+
+
+def tv_backward(dl1, dl2, x, norms, *, dx):
+    g = np.zeros(x.shape)
+    d = _tv_differences(x.astype(np.float64))
+    # the (row, column) slices of each difference's first and second operand
+    whole, head, tail = slice(None), slice(None, -1), slice(1, None)
+    ops = [((whole, head), (whole, tail)), ((head, whole), (tail, whole)),
+           ((tail, head), (head, tail)), ((head, head), (tail, tail))]
+    for v, n, (a, b) in zip(d, norms, ops):
+        gv = dl1 * np.sign(v) / v.size + (dl2 * v / n if n > 0 else 0.0)
+        g[(Ellipsis, *a)] += gv
+        g[(Ellipsis, *b)] -= gv
+    dx += g.astype(dx.dtype)
+
+
 # ---- EVA kernels: incremental PCA of a layer's input rows -------------------------------------------
 
 def ipca_workspace_size(n_rows, in_features, n_components):
@@ -705,3 +891,47 @@ def ipca_update(x, components, singular_values, mean, var, n_seen, *, explained_
         cosine[...] = cos
     return (evr.astype(np.float32) if explained_variance_ratio is None else explained_variance_ratio,
             cos.astype(np.float32) if cosine is None else cosine)
+
+
+def attention_cached_forward(q, k_cache, v_cache, length, num_heads, *, out=None, work=None):
+    """Causal attention of the new queries against the cache's first ``length`` rows."""
+    b, tq, h = q.shape
+    hs = h // num_heads
+    out = np.zeros_like(q)
+    past = length - tq
+    for hd in range(num_heads):
+        cols = slice(hd * hs, (hd + 1) * hs)
+        s = q[:, :, cols] @ np.swapaxes(k_cache[:, :length, cols], 1, 2) / np.sqrt(hs)
+        visible = np.arange(length)[None, :] <= past + np.arange(tq)[:, None]
+        s = np.where(visible, s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        out[:, :, cols] = (s / s.sum(-1, keepdims=True)) @ v_cache[:, :length, cols]
+    return out
+
+
+def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, *, tokens=None, probs=None):
+    """Hugging Face's warpers as written (sorting), then the inverse-CDF draw at uniform(seed, offset + n)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n, v = logits.shape
+    if temperature == 0.0:
+        arg = logits.argmax(axis=1)
+        return arg.astype(np.int64), np.eye(v)[arg]
+    z = logits / temperature
+    if 0 < top_k < v:
+        kth = np.sort(z, axis=1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(p, axis=1, kind="stable")  # ascending, as TopPLogitsWarper sorts
+        cum = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+        remove_sorted = cum <= 1.0 - top_p
+        remove_sorted[:, -1] = False  # min_tokens_to_keep = 1
+        remove = np.zeros_like(remove_sorted)
+        np.put_along_axis(remove, order, remove_sorted, axis=1)
+        p = np.where(remove, 0.0, p)
+        p /= p.sum(axis=1, keepdims=True)
+    u = rng_uniform01(seed, offset + np.arange(n, dtype=np.uint64)).astype(np.float64)
+    cdf = np.cumsum(p, axis=1)
+    tok = np.array([min(int(np.searchsorted(cdf[i], u[i], side="right")), v - 1) for i in range(n)])
+    return tok.astype(np.int64), p

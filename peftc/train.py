@@ -214,6 +214,14 @@ class Trainer:
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at step {self.global_step}")
         self.model.backward(self.loss_fn.backward())
+        norm, lr = self.apply_gradients()
+        return loss, norm, lr
+
+    def apply_gradients(self) -> tuple[float, float]:
+        """The step's end once the gradients are in: clip them, AdamW step, schedule step.
+
+        Returns (gradient norm before clipping, learning rate of the first group used by the step).
+        """
         if self.config.max_grad_norm is not None:
             norm = clip_grad_norm_(self.params, self.config.max_grad_norm)
         else:
@@ -221,7 +229,7 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
-        return loss, norm, lr
+        return norm, lr
 
     # -- evaluation --------------------------------------------------------------------------------
     def predict(self, data: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -270,38 +278,57 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.global_step, disable=progress_disabled(cfg.progress),
                    desc="train", dynamic_ncols=True)
         try:
-            while self.global_step < stop and not self.should_stop:
-                for rows in self.sampler.batches(self.epoch, self.batch_in_epoch):
-                    loss, norm, lr = self.training_step(take(self.train_data, rows))
-                    self.global_step += 1
-                    self.batch_in_epoch += 1
-                    bar.update(1)
-                    logs = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": norm}
-                    if self.global_step % cfg.log_every == 0 or self.global_step == 1:
-                        self._log(dict(logs))
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                    end_of_epoch = self.batch_in_epoch == len(self.sampler)
-                    if self.eval_data is not None and (
-                            (cfg.eval_every is not None and self.global_step % cfg.eval_every == 0)
-                            or (cfg.eval_every is None and end_of_epoch)):
-                        self._log_eval()
-                    if cfg.output_dir and cfg.save_every and self.global_step % cfg.save_every == 0:
-                        self._save(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
-                    self._call("on_step_end", self.global_step, logs)
-                    if self.global_step >= stop or self.should_stop:
-                        break
-                if self.batch_in_epoch == len(self.sampler):
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+            for rows in self.batch_rows():
+                if self.global_step >= stop or self.should_stop:
+                    break
+                self.end_step(*self.training_step(take(self.train_data, rows)), bar)
         finally:
             bar.close()
+        if self.batch_in_epoch == len(self.sampler):  # a run that ends with an epoch stands at the next one
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        self.end_training()
+        return self.log_history
+
+    def batch_rows(self) -> Iterator[np.ndarray]:
+        """The rows of each training batch from the current position on, epoch after epoch (endless); the
+        position advances as :meth:`end_step` counts the steps."""
+        while True:
+            for rows in self.sampler.batches(self.epoch, self.batch_in_epoch):
+                yield rows
+            if self.batch_in_epoch == len(self.sampler):
+                self.epoch += 1
+                self.batch_in_epoch = 0
+
+    def end_step(self, loss: float, norm: float, lr: float, bar=None) -> None:
+        """Count a finished step, then log, evaluate, checkpoint and call ``on_step_end`` as the loop says."""
+        cfg = self.config
+        self.global_step += 1
+        self.batch_in_epoch += 1
+        if bar is not None:
+            bar.update(1)
+        logs = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": norm}
+        if self.global_step % cfg.log_every == 0 or self.global_step == 1:
+            self._log(dict(logs))
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        end_of_epoch = self.batch_in_epoch == len(self.sampler)
+        if self.eval_data is not None and (
+                (cfg.eval_every is not None and self.global_step % cfg.eval_every == 0)
+                or (cfg.eval_every is None and end_of_epoch)):
+            self._log_eval()
+        if cfg.output_dir and cfg.save_every and self.global_step % cfg.save_every == 0:
+            self._save(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
+        self._call("on_step_end", self.global_step, logs)
+
+    def end_training(self) -> None:
+        """After the last step: the final evaluation (unless that step had one), the checkpoint, ``on_train_end``."""
         evaluated = any(e["step"] == self.global_step and "eval_accuracy" in e for e in self.log_history)
         if self.global_step >= self.total_steps and self.eval_data is not None and not evaluated:
             self._log_eval()
-        if cfg.output_dir:
-            self._save(os.path.join(cfg.output_dir, CHECKPOINT_NAME))
+        if self.config.output_dir:
+            self._save(os.path.join(self.config.output_dir, CHECKPOINT_NAME))
         self._call("on_train_end")
-        return self.log_history
 
     def _log_eval(self) -> None:
         result = self.evaluate()

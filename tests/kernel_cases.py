@@ -42,7 +42,7 @@ class KernelCase:
         return {name: self.args[i] for name, i in self.names.items()}
 
     def copy(self) -> KernelCase:
-        args = [a.copy() if isinstance(a, np.ndarray) else a for a in self.args]
+        args = [_copied(a) for a in self.args]
         return KernelCase(self.fn, args, self.names, self.outputs, self.any_shape, self.optional, self.any_rows,
                           self.one_job)
 
@@ -52,12 +52,21 @@ class KernelCase:
         return args
 
 
+def _copied(arg):
+    """An array copied; a tuple of arrays (one per adapter, lora_mixed_*) copied entry by entry."""
+    if isinstance(arg, np.ndarray):
+        return arg.copy()
+    if isinstance(arg, tuple):
+        return tuple(_copied(a) for a in arg)
+    return arg
+
+
 def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def _case(fn: str, named: list[tuple[str, object]], scalars: list, outputs: set[str], **kw) -> KernelCase:
-    names = {name: i for i, (name, _) in enumerate(named)}
+    names = {name: i for i, (name, _) in enumerate(named) if name is not None}
     return KernelCase(fn, [v for _, v in named] + scalars, names, outputs, **kw)
 
 
@@ -87,6 +96,8 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
               {"weight", "bias"}, optional={"bias", "lora_bias"}),
         _case("rng_uniform", [("out", _f(rng, N, IC))], [-1.0, 2.0, 3, 5], {"out"}, any_shape={"out"}),
         _case("rng_normal", [("out", _f(rng, N, IC))], [0.5, 2.0, 3, 5], {"out"}, any_shape={"out"}),
+        _case("sample_tokens", [("tokens", rng.integers(0, C, N).astype(np.int64)), ("probs", _f(rng, N, C)),
+                                ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
         _case("cross_entropy_forward", [("probs", _f(rng, N, C)), ("logits", _f(rng, N, C)), ("labels", labels)],
@@ -112,6 +123,27 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
                                    ("x", _f(rng, N, IC))],
               [0], {"components", "singular_values", "mean", "var", "explained_variance_ratio", "cosine", "work"},
               any_shape={"work"}, one_job=True),
+    ]
+    # LoRA with one adapter per row: two adapters of ranks R and 1, rows of adapter 1, none, 0, 1, 0; the
+    # per-adapter sequences are unnamed (None): the tests of lora_mixed swap their entries themselves
+    ranks, idx = (R, 1), np.array([1, -1, 0, 1, 0], dtype=np.int64)
+    mixed_work = _C.lora_mixed_workspace_size(N, N, IC, OC, R)  # G = N: enough for any grouping
+
+    def adapters(*fields: str) -> list[tuple[None, tuple]]:
+        shapes = {"A": lambda r: (r, IC), "B": lambda r: (OC, r)}
+        return [(None, tuple(_f(rng, *shapes[f](r)) for r in ranks)) for f in fields]
+
+    scratch = [("work", _f(rng, mixed_work)), ("iwork", np.zeros(N + len(ranks) + 1, dtype=np.int64))]
+    cases += [
+        _case("lora_mixed_forward", [("y", _f(rng, N, OC)), ("u", _f(rng, N, R)), *scratch, ("x", _f(rng, N, IC)),
+                                     ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)), *adapters("A", "B"),
+                                     (None, (_f(rng, OC), None)), ("scale", np.float32([0.5, 2.0])), ("idx", idx)],
+              [], {"y", "u", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"bias"}),
+        _case("lora_mixed_backward", [("dx", _f(rng, N, IC)), *adapters("A", "B"), (None, (_f(rng, OC), None)),
+                                      *scratch, ("dy", _f(rng, N, OC)), ("x", _f(rng, N, IC)), ("u", _f(rng, N, R)),
+                                      ("weight", _f(rng, OC, IC)), *adapters("A", "B"),
+                                      ("scale", np.float32([0.5, 2.0])), ("idx", idx.copy())],
+              [], {"dx", "work", "iwork"}, any_shape={"work", "iwork"}, optional={"dx"}),
     ]
     # Bone / MiSS and Bat (Bat needs r | in and r | out: a 4 x 4 weight, r = 2)
     bw = 4
@@ -177,9 +209,10 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     ce = next(c for c in cases if c.fn == "cross_entropy_backward")
     ce.args.insert(1, 0.7)
     ce.names = {"dlogits": 0, "probs": 2, "labels": 3}
-    cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng)
+    cases += _cnn_cases(rng) + _encoder_cases(rng) + _tta_cases(rng) + _fscil_cases(rng)
     cases += _bn_relu_cases(rng)
     cases += _packed_attention_cases(rng)
+    cases += _distill_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -260,6 +293,9 @@ def _encoder_cases(rng: np.random.Generator) -> list[KernelCase]:
               {"out", "mean", "rstd", "x"}),
         _case("gelu_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
         _case("gelu_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"dx"}),
+        _case("gelu_tanh_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("gelu_tanh_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [],
+              {"dx"}),
         _case("attention_forward", [("out", _f(rng, b, t, h)), ("att", _f(rng, b, nh, t, t)),
                                     ("work", _f(rng, _C.attention_forward_workspace_size(t, p))),
                                     ("q", _f(rng, b, t, h)), ("k", _f(rng, b, t, h)), ("v", _f(rng, b, t, h)),
@@ -294,6 +330,24 @@ def _tta_cases(rng: np.random.Generator) -> list[KernelCase]:
         KernelCase("eata_select", [_f(rng, N), ent_probs[0].copy(), True, _positive(rng, N), ent_probs.copy(),
                                    0.4 * np.log(C), 0.05, 0.9],
                    {"weight": 0, "ema": 1, "ent": 3, "probs": 4}, {"weight", "ema"}),
+    ]
+
+
+def _fscil_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """FSCIL losses: SupCon over unit rows and the alignment to fixed prototypes (dloss sits after the outputs)."""
+    z = _f(rng, N, IC)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    pair = np.array([0, 1, 0, 1, 2], dtype=np.int64)
+    probs = rng.random((N, N)).astype(np.float32)
+    feat_labels = np.array([0, 2, -100, 1, 2], dtype=np.int64)
+    return [
+        _case("supcon_forward", [("probs", _f(rng, N, N)), ("z", z), ("labels", pair)], [0.1], {"probs"}),
+        KernelCase("supcon_backward", [_f(rng, N, IC), _f(rng, N, N), 0.7, probs, z.copy(), pair.copy(), 0.1],
+                   {"dz": 0, "work": 1, "probs": 3, "z": 4, "labels": 5}, {"dz", "work"}),
+        _case("etf_align_forward", [("dots", _f(rng, N)), ("feat", z.copy()), ("targets", _f(rng, 3, IC)),
+                                    ("labels", feat_labels)], [-100], {"dots"}, any_rows={"targets"}),
+        KernelCase("etf_align_backward", [_f(rng, N, IC), 0.7, _f(rng, N), _f(rng, 3, IC), feat_labels.copy(), -100],
+                   {"dfeat": 0, "dots": 2, "targets": 3, "labels": 4}, {"dfeat"}, any_rows={"targets"}),
     ]
 
 
@@ -334,14 +388,54 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
                                            ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
                                            ("offsets", offsets)], [nh], {"out", "work"},
               any_shape={"work", "offsets"}),
+        _case("attention_cached_forward", [("out", _f(rng, 2, 2, h)),
+                                           ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3))),
+                                           ("q", _f(rng, 2, 2, h)), ("k_cache", _f(rng, 2, 5, h)),
+                                           ("v_cache", _f(rng, 2, 5, h))], [3, nh], {"out", "work"},
+              any_shape={"work"}),
+    ]
+
+
+def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Data-free distillation losses: logits (N, C), BN inputs and images (n, ch, h, w), none of size 1."""
+    n, ch, h, w = 2, 3, 4, 5
+    probs = rng.random((N, C)).astype(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    pbar = probs.mean(axis=0)
+    return [
+        _case("kd_kl_forward", [("student_probs", _f(rng, N, C)), ("teacher_probs", _f(rng, N, C)),
+                                ("student_logits", _f(rng, N, C)), ("teacher_logits", _f(rng, N, C))], [2.0],
+              {"student_probs", "teacher_probs"}),
+        # dloss sits between the gradients and the saved tensors
+        KernelCase("kd_kl_backward", [_f(rng, N, C), _f(rng, N, C), 0.5, probs.copy(), probs[::-1].copy(),
+                                      _f(rng, N, C), _f(rng, N, C), 2.0],
+                   {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4,
+                    "student_logits": 5, "teacher_logits": 6}, {"dstudent_logits", "dteacher_logits"},
+                   optional={"dstudent_logits", "dteacher_logits"}),
+        _case("bn_stat_match_forward", [("mean", _f(rng, ch)), ("var", _f(rng, ch)), ("x", _f(rng, n, ch, h, w)),
+                                        ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch))], [],
+              {"mean", "var"}, any_shape={"x"}),  # only x has the batch and plane sizes
+        KernelCase("bn_stat_match_backward", [_f(rng, n, ch, h, w), 0.5, _f(rng, n, ch, h, w), _f(rng, ch),
+                                              _positive(rng, ch), _f(rng, ch), _positive(rng, ch)],
+                   {"dx": 0, "x": 2, "mean": 3, "var": 4, "running_mean": 5, "running_var": 6}, {"dx"}),
+        _case("dafl_activation_forward", [("features", _f(rng, N, IC))], [], set(), any_shape={"features"}),
+        KernelCase("dafl_activation_backward", [_f(rng, N, IC), 0.5, _f(rng, N, IC)],
+                   {"dfeatures": 0, "features": 2}, {"dfeatures"}),
+        _case("dafl_entropy_forward", [("probs", _f(rng, N, C)), ("mean_probs", _f(rng, C)),
+                                       ("logits", _f(rng, N, C))], [], {"probs", "mean_probs"}),
+        KernelCase("dafl_entropy_backward", [_f(rng, N, C), 0.5, probs.copy(), pbar.copy()],
+                   {"dlogits": 0, "probs": 2, "mean_probs": 3}, {"dlogits"}),
+        _case("tv_forward", [("norms", _f(rng, 4)), ("x", _f(rng, n, ch, h, w))], [], {"norms"}, any_shape={"x"}),
+        KernelCase("tv_backward", [_f(rng, n, ch, h, w), 0.3, 0.7, _f(rng, n, ch, h, w), _positive(rng, 4)],
+                   {"dx": 0, "x": 3, "norms": 4}, {"dx"}),
     ]
 
 
 # functions of peftc._C that take only sizes, no arrays: not kernels, so no case
-SIZE_QUERIES = {"lora_backward_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
-                "attention_packed_forward_workspace_size"}
+                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
 CASE_NAMES = sorted(make_cases())
 
 

@@ -52,8 +52,8 @@ def test_known_config_file_loads_without_a_warning(tmp_path, rng):
         PeftModel.from_pretrained(TinyBert(weights), tmp_path)
 
 
-@pytest.mark.parametrize("field, value", [("use_dora", True), ("fan_in_fan_out", True),
-                                          ("layer_replication", [[0, 1]]), ("use_qalora", True)])
+@pytest.mark.parametrize("field, value", [("use_dora", True), ("layer_replication", [[0, 1]]),
+                                          ("use_qalora", True)])
 def test_variants_peftc_cannot_run_are_refused_naming_the_field(field, value, tmp_path, rng):
     weights, _ = _saved(tmp_path, rng, LoraConfig(r=2, target_modules=["query"]))
     _edit_config(tmp_path, **{field: value})
@@ -63,6 +63,15 @@ def test_variants_peftc_cannot_run_are_refused_naming_the_field(field, value, tm
     with pytest.raises(ValueError, match=field):
         model.load_adapter(tmp_path, "second")
     assert list(model.peft_config) == ["default"]
+
+
+def test_fan_in_fan_out_on_linear_layers_is_set_false_with_peft_warning(tmp_path, rng):
+    # PEFT's rule: the flag follows the target's layout (True only on GPT-2's Conv1D), with a warning
+    weights, _ = _saved(tmp_path, rng, LoraConfig(r=2, target_modules=["query"]))
+    _edit_config(tmp_path, fan_in_fan_out=True)
+    with pytest.warns(UserWarning, match="fan_in_fan_out is set to True but the target module is `torch.nn.Linear`"):
+        model = PeftModel.from_pretrained(TinyBert(weights), tmp_path)
+    assert model.peft_config["default"].fan_in_fan_out is False
 
 
 def test_model_card_has_peft_front_matter_and_the_config(tmp_path, rng):

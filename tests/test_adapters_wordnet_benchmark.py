@@ -131,7 +131,7 @@ def test_verdicts_follow_the_contract_and_pair_by_seed(aw):
         assert f"| {v['claim']} | yes |" in text and f"{v['p_holm']:.3g}" in text
 
 
-def test_tiny_run_with_selection_then_seed_files_merge(aw, tmp_path):
+def test_tiny_run_with_selection_then_seed_files_merge_or_one_scheduler_run(aw, tmp_path, monkeypatch):
     quiet = lambda *_: None  # noqa: E731
     s = aw.Settings(seeds=[0], adapters=["lora", "sora", "lora_sora_rank"], **TINY)
     sel = aw.run(s, tmp_path / "select", command="select", log=quiet, select_only=True)["selection"]
@@ -158,6 +158,37 @@ def test_tiny_run_with_selection_then_seed_files_merge(aw, tmp_path):
         aw.merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "bad")
     with pytest.raises(ValueError, match="repeat a seed"):
         aw.merge([tmp_path / "s0", tmp_path / "s0"], tmp_path / "bad")
+    # --scheduler: the stored selection, each seed a run_sweep task (pickled as for a worker), one file with
+    # the same runs as the per-seed processes
+    tasks: list = []
+
+    def sweep(task, seeds, scheduler, modules=(), timeout=None):
+        import cloudpickle
+
+        from peftc.distributed import run_sweep
+
+        tasks.append((scheduler, modules))
+        task = cloudpickle.loads(cloudpickle.dumps(task))
+        return {r.config["seed"]: r.unwrap() for r in run_sweep(task, [{"seed": k} for k in seeds], progress=False)}
+
+    monkeypatch.setattr(aw, "sweep_seeds", sweep)
+    swept = aw.run(aw.Settings(**dict(vars(s), seeds=[0, 1])), tmp_path / "swept", command="swept", log=quiet,
+                   selection=stored, scheduler="local")
+    assert tasks == [("local", ("seed_verdicts", "adapters_wordnet"))]
+    assert json.loads((tmp_path / "swept.json").read_text())["selection"] == stored
+    timing = {"step_seconds_median", "train_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in swept["runs"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in merged["runs"]]
+    assert swept["verdicts"] == merged["verdicts"]
+
+
+def test_a_selection_made_with_other_settings_is_refused(aw, tmp_path):
+    s = aw.Settings(seeds=[0], adapters=["lora"], **TINY)
+    (tmp_path / "sel.json").write_text(json.dumps({"settings": aw.asdict(s), "selection": {"lora": {}}}))
+    assert aw.load_selection(tmp_path / "sel.json", aw.Settings(**dict(vars(s), seeds=[3]))) == {"lora": {}}
+    for change in ({"lr_grid": [1e-3, 1e-2]}, {"select_steps": 2}, {"max_steps": 3}):
+        with pytest.raises(ValueError, match=f"--selection .*sel.json was made with other settings: {list(change)[0]}"):
+            aw.load_selection(tmp_path / "sel.json", aw.Settings(**dict(vars(s), **change)))
 
 
 def test_steps_to_reach_returns_first_step_at_or_above_target(aw):

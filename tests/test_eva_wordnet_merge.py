@@ -145,3 +145,41 @@ def test_verdicts_follow_the_contract_and_pair_by_seed(ew, monkeypatch, tmp_path
     assert [round(v["diff"], 6) for v in rows] == [-0.1, 0.01, -0.1, 0.01]
     text = (tmp_path / "five.md").read_text()
     assert "REDUCED" in text and all(f"| {v['claim']} | yes |" in text for v in rows)
+
+
+def test_scheduler_runs_the_selection_once_and_each_seed_as_a_task(ew, monkeypatch, tmp_path):
+    import cloudpickle
+
+    from peftc.distributed import run_sweep
+
+    monkeypatch.setattr(ew.common, "RESULTS_DIR", tmp_path)
+    chosen = {"random": 3e-3, "eva": 1e-3, "orthonormal": 1e-2}
+    selected, trained, swept = [], [], []
+
+    def select(args, log=print, build=None):
+        selected.append(args.select_seed)
+        return {arm: {"candidates": [1e-3, 3e-3, 1e-2], "val_accuracy": [0.1, 0.2, 0.3], "chosen": lr, "steps": 1}
+                for arm, lr in chosen.items()}
+
+    def run_arm(arm, seed, args, lr, log=print):
+        trained.append((arm, seed, lr))
+        run = _run(arm, seed, 2.0 - (0.1 if arm == "eva" else 0.0))
+        return dict(run, lr=lr, orthonormality_error=0.0) if arm == "orthonormal" else dict(run, lr=lr)
+
+    def sweep_seeds(task, seeds, scheduler, modules=(), timeout=None):
+        swept.append((list(seeds), scheduler, modules))
+        task = cloudpickle.loads(cloudpickle.dumps(task))  # as it travels to a worker
+        return {r.config["seed"]: r.unwrap() for r in run_sweep(task, [{"seed": k} for k in seeds], progress=False)}
+
+    monkeypatch.setattr(ew, "select", select)
+    monkeypatch.setattr(ew, "run_arm", run_arm)
+    monkeypatch.setattr(ew.common, "sweep_seeds", sweep_seeds)
+    args = _args(ew, seeds=[0, 1, 2, 3, 4], scheduler="local", out="swept", ks=[25])
+    ew.run(args, "cmd")
+    assert selected == [0]
+    assert swept == [([0, 1, 2, 3, 4], "local", ("seed_verdicts", "wordnet_batches", "eva_wordnet"))]
+    assert sorted(trained) == sorted((arm, k, lr) for arm, lr in chosen.items() for k in range(5))
+    saved = json.loads((tmp_path / "swept.json").read_text())
+    assert [r["seed"] for r in saved["runs"]] == [k for k in range(5) for _ in ew.ARMS]
+    assert saved["selection"]["orthonormal"]["chosen"] == 1e-2 and saved["settings"]["scheduler"] == "local"
+    assert all(v["n_seeds"] == 5 for v in saved["verdicts"]) and len(saved["verdicts"]) == 4

@@ -42,7 +42,7 @@ class Rule(NamedTuple):
 
 
 METHODS_AND_TRAINING = ("peftc.train", "peftc.optim", "peftc.schedule", "peftc.tuners", "peftc.tta", "peftc.prompt",
-                        "peftc.examples", "peftc.demo")
+                        "peftc.examples", "peftc.demo", "peftc.distill")
 RULES = [
     Rule("peftc.io", ("peftc",), allowed_under=("peftc.io", "peftc._deprecated")),
     # the package itself re-exports only the safetensors functions

@@ -269,6 +269,43 @@ FLOAT_INPUT = {
 }
 
 
+def tiny_gpt2(dropout: float = 0.1):
+    from peftc.models import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=9, n_positions=8, n_embd=8, n_layer=2, n_head=2, resid_pdrop=dropout,
+                     embd_pdrop=dropout, attn_pdrop=dropout)
+    return GPT2LMHeadModel.from_config(cfg, seed=3).train()
+
+
+def _gpt2_part(pick):
+    def build(rng):
+        m = pick(tiny_gpt2())
+        x = f32(rng, 2, 5, 8)
+        return m, lambda: m(x), x
+    return build
+
+
+def _conv1d(rng):
+    m = nn.Conv1D.from_hf_weight(f32(rng, 6, 4), f32(rng, 4))
+    x = f32(rng, 2, 3, 6)
+    return m, lambda: m(x), x
+
+
+FLOAT_INPUT.update({
+    "Conv1D": _conv1d,
+    "GPT2Attention": _gpt2_part(lambda m: m.transformer.h[0].attn),
+    "GPT2MLP": _gpt2_part(lambda m: m.transformer.h[1].mlp),
+    "GPT2Block": _gpt2_part(lambda m: m.transformer.h[1]),
+})
+
+
+def _ids_gpt2(pick):
+    def build(rng):
+        m = pick(tiny_gpt2())
+        return m, lambda: m(IDS), None
+    return build
+
+
 def _ids_embedding(rng):
     m = nn.Embedding(9, 4, generator=Generator(0))
     return m, lambda: m(IDS), None
@@ -307,6 +344,8 @@ ID_INPUT = {
     "BertModel": _ids_bert,
     "SentenceClassifier": _ids_classifier,
     "PromptedEncoder": _ids_prompted,
+    "GPT2Model": _ids_gpt2(lambda m: m.transformer),
+    "GPT2LMHeadModel": _ids_gpt2(lambda m: m),
 }
 
 # classes with no backward of their own to exercise: the abstract base, the container

@@ -9,6 +9,8 @@ extern PyMethodDef peftc_py_adapters_methods[];
 extern PyMethodDef peftc_py_encoder_methods[];
 extern PyMethodDef peftc_py_cnn_methods[];
 extern PyMethodDef peftc_py_tta_methods[];
+extern PyMethodDef peftc_py_fscil_methods[];
+extern PyMethodDef peftc_py_distill_methods[];
 extern PyMethodDef peftc_py_eva_methods[];
 extern PyMethodDef peftc_py_optim_methods[];
 extern PyMethodDef peftc_py_random_methods[];
@@ -19,6 +21,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_encoder_methods,     /* transformer encoder ops */
     peftc_py_cnn_methods,         /* CNN ops */
     peftc_py_tta_methods,         /* test-time adaptation */
+    peftc_py_fscil_methods,       /* few-shot class-incremental learning */
+    peftc_py_distill_methods,     /* data-free distillation losses */
     peftc_py_eva_methods,         /* EVA */
     peftc_py_optim_methods,       /* optimizers and the training loss */
     peftc_py_random_methods,      /* random numbers and dropout */

@@ -1,5 +1,5 @@
 /* py_encoder.c: Python entry points for the transformer encoder ops section of peftc.h (embedding
- * sum, LayerNorm, GELU, attention core and its packed-sequence forward, and sentence_mean.c's mean
+ * sum, LayerNorm, the two GELUs, attention core, its packed-sequence and KV-cache forwards, and sentence_mean.c's mean
  * over tokens and L2 normalisation). Every wrapper is parse, validate, release the GIL, call, map
  * the status. The encoder's linear layers are in py_linear_lora.c. */
 #include "args.h"
@@ -193,44 +193,71 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
+/* the exact GELU and its tanh approximation share the wrapper: same arguments, same checks */
+static PyObject *py_gelu_fwd(PyObject *args, int tanh_form)
 {
-    (void)self;
+    const char *fn = tanh_form ? "gelu_tanh_forward" : "gelu_forward";
     PyObject *o_out, *o_x;
-    if (!PyArg_ParseTuple(args, "OO:gelu_forward", &o_out, &o_x))
+    if (!PyArg_ParseTuple(args, tanh_form ? "OO:gelu_tanh_forward" : "OO:gelu_forward", &o_out, &o_x))
         return NULL;
-    ARG_CHECK(ck, "gelu_forward");
+    ARG_CHECK(ck, fn);
     float *out, *x;
     if (arg_f32(&ck, "out", o_out, "*", ARG_OUT, &out) < 0 || arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 ||
         arg_no_alias(&ck) < 0)
         return NULL;
+    const int64_t P = arg_dim(&ck, "P");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_gelu_forward(out, x, arg_dim(&ck, "P"));
+    st = tanh_form ? peftc_gelu_tanh_forward(out, x, P) : peftc_gelu_forward(out, x, P);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
+static PyObject *py_gelu_bwd(PyObject *args, int tanh_form)
 {
-    (void)self;
+    const char *fn = tanh_form ? "gelu_tanh_backward" : "gelu_backward";
     PyObject *o_dx, *o_dout, *o_x;
-    if (!PyArg_ParseTuple(args, "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
+    if (!PyArg_ParseTuple(args, tanh_form ? "OOO:gelu_tanh_backward" : "OOO:gelu_backward", &o_dx, &o_dout, &o_x))
         return NULL;
-    ARG_CHECK(ck, "gelu_backward");
+    ARG_CHECK(ck, fn);
     float *dx, *dout, *x;
     if (arg_f32(&ck, "dx", o_dx, "*", ARG_OUT, &dx) < 0 || arg_f32(&ck, "dout", o_dout, "*", ARG_IN, &dout) < 0 ||
         arg_f32(&ck, "x", o_x, "*", ARG_IN, &x) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
+    const int64_t P = arg_dim(&ck, "P");
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_gelu_backward(dx, dout, x, arg_dim(&ck, "P"));
+    st = tanh_form ? peftc_gelu_tanh_backward(dx, dout, x, P) : peftc_gelu_backward(dx, dout, x, P);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_fwd(args, 0);
+}
+
+static PyObject *py_gelu_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_bwd(args, 0);
+}
+
+static PyObject *py_gelu_tanh_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_fwd(args, 1);
+}
+
+static PyObject *py_gelu_tanh_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_gelu_bwd(args, 1);
 }
 
 static int attention_heads(ArgCheck *ck, long long NH)
@@ -439,6 +466,56 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
 
 /* ---- packed-sequence attention ---- */
 
+static PyObject *py_attention_cached_forward_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    long long TQ, TK;
+    if (!PyArg_ParseTuple(args, "LL:attention_cached_forward_workspace_size", &TQ, &TK))
+        return NULL;
+    /* at most 64 threads (parallel.h) times TQ * TK floats */
+    if (TQ < 0 || TK < 0 || (TQ > 0 && TK > LLONG_MAX / 64 / TQ)) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention_cached_forward_workspace_size: TQ, TK must be >= 0 and TQ TK times the threads "
+                     "must fit in 64 bits, got TQ=%lld, TK=%lld",
+                     TQ, TK);
+        return NULL;
+    }
+    return PyLong_FromLongLong(peftc_attention_cached_forward_workspace_size(TQ, TK));
+}
+
+static PyObject *py_attention_cached_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_out, *o_work, *o_q, *o_kc, *o_vc;
+    long long TK, NH;
+    if (!PyArg_ParseTuple(args, "OOOOOLL:attention_cached_forward", &o_out, &o_work, &o_q, &o_kc, &o_vc, &TK, &NH))
+        return NULL;
+    ARG_CHECK(ck, "attention_cached_forward");
+    float *out, *work, *q, *kc, *vc;
+    if (arg_f32(&ck, "out", o_out, "B TQ H", ARG_OUT, &out) < 0 || arg_bind(&ck, "NH", NH, "num_heads") < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "q", o_q, "B TQ H", ARG_IN, &q) < 0 ||
+        arg_f32(&ck, "k_cache", o_kc, "B TC H", ARG_IN, &kc) < 0 ||
+        arg_f32(&ck, "v_cache", o_vc, "B TC H", ARG_IN, &vc) < 0 || arg_no_alias(&ck) < 0 ||
+        attention_heads(&ck, NH) < 0)
+        return NULL;
+    const int64_t B = arg_dim(&ck, "B"), TQ = arg_dim(&ck, "TQ"), TC = arg_dim(&ck, "TC"), H = arg_dim(&ck, "H");
+    if (TK < TQ || TK > TC) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: length = %lld must be at least TQ = %lld (q) and at most TC = %lld (cache rows)", ck.fn, TK,
+                     (long long)TQ, (long long)TC);
+        return NULL;
+    }
+    if (arg_workspace(&ck, peftc_attention_cached_forward_workspace_size(TQ, TK)) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_attention_cached_forward(out, work, q, kc, vc, B, TQ, TK, TC, H, NH);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -512,6 +589,8 @@ PyMethodDef peftc_py_encoder_methods[] = {
      "layernorm_residual_forward(out, mean, rstd, x, residual, weight, bias, eps): x += residual, then LayerNorm"},
     {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(out, x): exact erf GELU"},
     {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dx, dout, x): dx +="},
+    {"gelu_tanh_forward", py_gelu_tanh_forward, METH_VARARGS, "gelu_tanh_forward(out, x): GPT-2's tanh GELU"},
+    {"gelu_tanh_backward", py_gelu_tanh_backward, METH_VARARGS, "gelu_tanh_backward(dx, dout, x): dx +="},
     {"attention_forward_workspace_size", py_attention_forward_workspace_size, METH_VARARGS,
      "attention_forward_workspace_size(T, p) -> floats"},
     {"attention_backward_workspace_size", py_attention_backward_workspace_size, METH_VARARGS,
@@ -522,6 +601,10 @@ PyMethodDef peftc_py_encoder_methods[] = {
      "attention_backward(dq, dk, dv, work, dout, q, k, v, att, p, seed, offset, num_heads): accumulate"},
     {"attention_packed_forward_workspace_size", py_attention_packed_forward_workspace_size, METH_VARARGS,
      "attention_packed_forward_workspace_size(T) -> floats (T: the longest sequence)"},
+    {"attention_cached_forward_workspace_size", py_attention_cached_forward_workspace_size, METH_VARARGS,
+     "attention_cached_forward_workspace_size(TQ, TK) -> floats"},
+    {"attention_cached_forward", py_attention_cached_forward, METH_VARARGS,
+     "attention_cached_forward(out, work, q, k_cache, v_cache, length, num_heads)"},
     {"attention_packed_forward", py_attention_packed_forward, METH_VARARGS,
      "attention_packed_forward(out, work, q, k, v, offsets, num_heads): each sequence's rows attend among themselves"},
     {"mean_pool_forward", py_mean_pool_forward, METH_VARARGS, "mean_pool_forward(out, x, attention_mask)"},

@@ -1,5 +1,5 @@
-/* py_random.c: Python entry points for the random numbers and dropout section of peftc.h: the
- * counter-based generator (rng.c) and dropout (dropout.c). */
+/* py_random.c: Python entry points for the random numbers, dropout and token sampling section of
+ * peftc.h: the counter-based generator (rng.c), dropout (dropout.c) and sampling (sample.c). */
 #include "args.h"
 
 static PyObject *py_rng_fill(PyObject *args, int normal)
@@ -78,10 +78,46 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
     return py_dropout(args, 1);
 }
 
+static PyObject *py_sample_tokens(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_tokens, *o_probs, *o_logits;
+    float temperature, top_p;
+    long long top_k;
+    unsigned long long seed, offset;
+    if (!PyArg_ParseTuple(args, "OOOfLfKK:sample_tokens", &o_tokens, &o_probs, &o_logits, &temperature, &top_k, &top_p,
+                          &seed, &offset))
+        return NULL;
+    ARG_CHECK(ck, "sample_tokens");
+    if (!(temperature >= 0.0f) || temperature == INFINITY || top_k < 0 || !(top_p > 0.0f && top_p <= 1.0f)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: needs a finite temperature >= 0, top_k >= 0 and top_p in (0, 1], got temperature=%g, "
+                     "top_k=%lld, top_p=%g",
+                     ck.fn, (double)temperature, top_k, (double)top_p);
+        return NULL;
+    }
+    int64_t *tokens;
+    float *probs, *logits;
+    if (arg_i64(&ck, "tokens", o_tokens, "N", ARG_OUT, &tokens) < 0 ||
+        arg_f32(&ck, "probs", o_probs, "N V", ARG_OUT, &probs) < 0 ||
+        arg_f32(&ck, "logits", o_logits, "N V", ARG_IN, &logits) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), V = arg_dim(&ck, "V");
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_sample_tokens(tokens, probs, logits, temperature, top_k, top_p, seed, offset, N, V);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef peftc_py_random_methods[] = {
     {"rng_uniform", py_rng_uniform, METH_VARARGS, "rng_uniform(out, low, high, seed, offset)"},
     {"rng_normal", py_rng_normal, METH_VARARGS, "rng_normal(out, mean, std, seed, offset); uses 2 counters each"},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out, x, p, seed, offset)"},
     {"dropout_backward", py_dropout_backward, METH_VARARGS, "dropout_backward(dx, dout, p, seed, offset): dx +="},
+    {"sample_tokens", py_sample_tokens, METH_VARARGS,
+     "sample_tokens(tokens, probs, logits, temperature, top_k, top_p, seed, offset): one token per row"},
     {NULL, NULL, 0, NULL},
 };

@@ -10,7 +10,9 @@
 - ``select_on_validation``: choose hyperparameters or prompts on validation data, test once
   (selection.py);
 - ``verdicts`` / ``verdicts_markdown``: the verdicts list of a benchmark's results file (verdicts.py);
-- the distributions behind the tests (distributions.py).
+- the distributions behind the tests (distributions.py);
+- PassUntil: ``pass_until`` sampling, per-instance ``estimate_pass_probability`` with exact intervals,
+  the task score ``passuntil_score`` and the task scaling law ``fit_task_scaling_law`` (passuntil.py).
 
 Example-level functions take (labels, pred_a, pred_b): integer class indices of the same examples
 in the same order; a prediction of -1 means "no answer". A correctness-only setting (exact-match
@@ -23,11 +25,15 @@ from .hypothesis import (McNemarResult, PairedScoresComparison, SignificanceResu
                          paired_permutation_test, paired_t_test, wilcoxon_signed_rank)
 from .metrics import METRICS, accuracy, macro_f1, metric_value
 from .multiple import benjamini_hochberg, holm
+from .passuntil import (PassEstimate, TaskScalingLaw, TaskScore, beta_ppf, estimate_pass_probability,
+                        fit_task_scaling_law, pass_until, passuntil_score)
 from .selection import Selection, select_on_validation
 from .verdicts import Claim, verdicts, verdicts_markdown
 from .wintieloss import TaskVerdict, WinTieLoss, win_tie_loss
 
-__all__ = ["ABSTAIN", "BootstrapResult", "Claim", "METRICS", "McNemarResult", "PairedScoresComparison", "Selection",
+__all__ = ["ABSTAIN", "BootstrapResult", "Claim", "METRICS", "McNemarResult", "PairedScoresComparison", "PassEstimate",
+           "Selection", "TaskScalingLaw", "TaskScore", "beta_ppf", "estimate_pass_probability", "fit_task_scaling_law",
+           "pass_until", "passuntil_score",
            "SignificanceResult", "TaskVerdict", "WinTieLoss", "accuracy", "benjamini_hochberg",
            "compare_paired_scores", "holm", "macro_f1", "mcnemar", "metric_value", "paired_bootstrap",
            "paired_permutation_test", "paired_t_test", "select_on_validation", "verdict_of", "verdicts",

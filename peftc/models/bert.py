@@ -18,6 +18,7 @@ from .. import functional as F
 from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, MeanPooling, Module, ModuleList,
                   SelfAttention)
 from ..random import Generator
+from .hf_folder import read_checkpoint_folder
 
 
 class PackedTokens:
@@ -317,14 +318,8 @@ class BertModel(Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0) -> BertModel:
         """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder."""
-        from safetensors.numpy import load_file
-
-        folder = os.fspath(folder)
-        for name in ("config.json", "model.safetensors"):
-            if not os.path.isfile(os.path.join(folder, name)):
-                raise FileNotFoundError(f"{folder!r} has no {name} (expected a Hugging Face checkpoint folder)")
-        config = BertConfig.from_json(os.path.join(folder, "config.json"))
-        model = cls.from_state_dict(config, load_file(os.path.join(folder, "model.safetensors")), seed)
+        config_path, state = read_checkpoint_folder(folder)
+        model = cls.from_state_dict(BertConfig.from_json(config_path), state, seed)
         model.eval()
         return model
 

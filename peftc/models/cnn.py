@@ -90,18 +90,41 @@ class SmallResNet(Module):
         self.head = Linear(widths[-1], num_classes, generator=g)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.head(self.forward_features(x))
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The pooled features (N, widths[-1]) the head reads (DAFL's activation loss reads them)."""
+        return self.pool(self.forward_map(x))
+
+    def forward_map(self, x: np.ndarray) -> np.ndarray:
+        """The last block's feature map before pooling (a fusion module's input): (N, widths[-1], 7, 7) for three
+        widths on 28x28 images.
+
+        >>> SmallResNet((4, 8), 3).forward_map(np.zeros((2, 1, 28, 28), np.float32)).shape
+        (2, 8, 14, 14)
+        """
         if x.ndim == 3:
             x = x[:, None]
         h = self.stem_bn(self.stem_conv(np.ascontiguousarray(x, dtype=np.float32)))
         for block in self.blocks:
             h = block(h)
-        return self.head(self.pool(h))
+        return h
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients, and the input gradient as the module contract says (new, added into ``dx``, or
         with ``input_grad=False`` None, the stem convolution's backward then skipped altogether when its
         weight is frozen)."""
-        d = self.pool.backward(self.head.backward(dy))
+        return self.backward_features(self.head.backward(dy), dx=dx, input_grad=input_grad)
+
+    def backward_features(self, dfeatures: np.ndarray, *, dx: np.ndarray | None = None,
+                          input_grad: bool = True) -> np.ndarray | None:
+        """:meth:`backward` from the gradient of :meth:`forward_features`' output (the head left out)."""
+        return self.backward_map(self.pool.backward(dfeatures), dx=dx, input_grad=input_grad)
+
+    def backward_map(self, dmap: np.ndarray, *, dx: np.ndarray | None = None,
+                     input_grad: bool = True) -> np.ndarray | None:
+        """:meth:`backward` from the gradient of :meth:`forward_map`'s output."""
+        d = dmap
         for block in reversed(list(self.blocks)):
             d = block.backward(d)
         need = input_grad or _trainable(self.stem_conv)

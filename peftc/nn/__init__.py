@@ -42,3 +42,8 @@ __all__ += ["HydraLinear", "SoraLinear"]
 from .batchnorm_relu import BatchNormReLU2d  # noqa: E402
 
 __all__ += ["BatchNormReLU2d"]
+
+# GPT-2's transposed linear layer
+from .conv1d import Conv1D  # noqa: E402
+
+__all__ += ["Conv1D"]

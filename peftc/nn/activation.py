@@ -1,4 +1,5 @@
-"""Elementwise activation layers: ReLU, and GELU (the exact erf form BERT uses)."""
+"""Elementwise activation layers: ReLU, and GELU (the exact erf form BERT uses, or the tanh approximation
+of GPT-2)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,13 +33,20 @@ class ReLU(Module):
 
 
 class GELU(Module):
-    """``torch.nn.GELU()`` (approximate="none")."""
+    """``torch.nn.GELU(approximate)``: "none" (the erf form, BERT) or "tanh" (GPT-2's ``gelu_new``).
 
-    def __init__(self) -> None:
+    >>> GELU("tanh")
+    GELU(approximate='tanh')
+    """
+
+    def __init__(self, approximate: str = "none") -> None:
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
         self._x: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = F.gelu_forward(x)
+        y = F.gelu_tanh_forward(x) if self.approximate == "tanh" else F.gelu_forward(x)
         self._x = x
         return y
 
@@ -49,8 +57,11 @@ class GELU(Module):
         if not input_grad:
             return None
         dx = self._input_grad_buffer(dx, self._x.shape)
-        F.gelu_backward(dy, self._x, dx=dx)
+        if self.approximate == "tanh":
+            F.gelu_tanh_backward(dy, self._x, dx=dx)
+        else:
+            F.gelu_backward(dy, self._x, dx=dx)
         return dx
 
     def __repr__(self) -> str:
-        return "GELU()"
+        return "GELU()" if self.approximate == "none" else f"GELU(approximate={self.approximate!r})"

@@ -32,6 +32,11 @@ class BatchNorm2d(Module):
     without its pass and buffer. :meth:`forward` and :meth:`forward_map` clear it,
     :meth:`forward_add_relu` sets it to its own output; after :meth:`forward_map` the module that
     applies the map (a residual block) sets it to the ReLU's output.
+
+    ``input_hook`` (attribute, None by default): an object with ``forward(x)``, called with the norm's
+    input on every forward (whichever forward), and ``backward(dx)``, called with the input gradient the
+    backward returns, into which it may add its own term. DeepInversion's statistics matching
+    (:mod:`peftc.distill.deepinversion`) is one: a loss on the input of each norm of a frozen network.
     """
 
     _forward_kernel = staticmethod(F.batchnorm2d_forward)  # BatchNormReLU2d: the fused kernel
@@ -51,6 +56,7 @@ class BatchNorm2d(Module):
         self.use_batch_stats: bool | None = None
         self.relu_out: np.ndarray | None = None
         self._relu_map: tuple[np.ndarray, np.ndarray] | None = None  # BatchNormReLU2d's forward sets it
+        self.input_hook = None
         self._cache: tuple | None = None
 
     @classmethod
@@ -118,6 +124,8 @@ class BatchNorm2d(Module):
 
     def _normalise(self, kernel, x: np.ndarray, *extra, **options) -> np.ndarray | None:
         """Run a forward kernel in this layer's mode (statistics, running buffers) and cache its backward's inputs."""
+        if self.input_hook is not None:
+            self.input_hook.forward(x)
         mode = self.mode
         batch_stats = mode != "eval"
         update = mode == "train" and self.running_mean is not None
@@ -156,6 +164,8 @@ class BatchNorm2d(Module):
             scale, shift = self._relu_map if self._relu_map is not None else (None, None)
             F.batchnorm2d_relu_backward(dy, self.relu_out, x, mean, rstd, weight, batch_stats, overwrite_dx=fresh,
                                         scale=scale, shift=shift, **grads)
+        if self.input_hook is not None and dx is not None:
+            self.input_hook.backward(dx)
         return dx
 
     def __repr__(self) -> str:

@@ -3,7 +3,9 @@
     y = x W^T + b + s * (dropout(x) A^T B^T + lora_bias),   s = alpha / r  (alpha / sqrt(r) with rsLoRA)
 
 A layer holds one or more named adapters (PEFT's ``lora_A[name]``); the forward and backward run the
-active one, with the same kernels and arrays as a layer with a single adapter.
+active one, with the same kernels and arrays as a layer with a single adapter. With ``row_adapters`` set
+(the model's ``forward(..., adapter_names=[...])`` does it) each row runs its own adapter instead, all of
+them in one kernel call (:func:`peftc.functional.lora_mixed_forward`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from .._checks import as_rows, check_probability
 from ..random import Generator
 from .linear import Linear, kaiming_uniform
 from .module import Module, Parameter
+from .row_adapters import RowAdapters
 
 DEFAULT_ADAPTER = "default"
 
@@ -94,6 +97,12 @@ class LoraLinear(Module):
         self.merged = False
         self.disabled = False
         self._cache: tuple | None = None
+        # mixed-adapter batches: which adapter each row runs (set by the model around a forward), the cache of
+        # such a forward, and the scratch its kernels reuse from call to call
+        self.row_adapters: RowAdapters | None = None
+        self._mixed_cache: tuple | None = None
+        self._mixed_work = np.empty(0, dtype=np.float32)
+        self._mixed_iwork = np.empty(0, dtype=np.int64)
         self._new_adapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, lora_bias)
         self.reset_lora_parameters(init_lora_weights)
 
@@ -223,6 +232,9 @@ class LoraLinear(Module):
     # -- running -------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         ad = self._active
+        self._mixed_cache = None
+        if self.row_adapters is not None and not self.disabled:
+            return self._forward_mixed(x)
         if self.merged or self.disabled or ad is None:
             self._cache = None
             return self.base.forward(x)
@@ -238,6 +250,8 @@ class LoraLinear(Module):
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the adapter (and any trainable base) gradients; return dx as :meth:`Linear.backward`
         does (accumulated into ``dx`` when given, skipped and None with ``input_grad=False``)."""
+        if self._mixed_cache is not None:
+            return self._backward_mixed(dy, dx, input_grad)
         if self._cache is None:
             return self.base.backward(dy, dx=dx, input_grad=input_grad)
         rows, xd, u, p, offset, ad = self._cache
@@ -247,6 +261,64 @@ class LoraLinear(Module):
                         ad.lora_B.data, ad.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=ad.lora_A.grad_buffer(), dlora_B=ad.lora_B.grad_buffer(),
                         dlora_bias=ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None)
+        return self._base_backward(drows, rows, out, dx, dy)
+
+    # -- mixed-adapter batches ------------------------------------------------------------------------
+    def _scratch(self, idx: np.ndarray, adapters: int, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """The lora_mixed kernels' float and int64 scratch for the row indices ``idx``, grown when too small and
+        reused otherwise."""
+        rows = idx.size
+        size = F.lora_mixed_workspace_size(rows, F.lora_mixed_gathered_rows(idx, adapters), self.in_features,
+                                           self.out_features, max_rank)
+        if self._mixed_work.size < size:
+            self._mixed_work = np.empty(size, dtype=np.float32)
+        if self._mixed_iwork.size < rows + adapters + 1:
+            self._mixed_iwork = np.empty(rows + adapters + 1, dtype=np.int64)
+        return self._mixed_work, self._mixed_iwork
+
+    def _forward_mixed(self, x: np.ndarray) -> np.ndarray:
+        """Each row with the adapter ``row_adapters`` gives it (the base layer alone for "__base__" and for
+        adapters this layer does not hold), in one lora_mixed kernel call. Training is supported without
+        dropout (each adapter's gradients come from its own rows)."""
+        if self.merged:
+            raise RuntimeError("adapter_names (a mixed-adapter batch) on a merged layer: call unmerge first")
+        rows = as_rows(x, "x", self.in_features)
+        self._cache = None
+        names, idx = self.row_adapters.row_index(rows.shape[0], self.lora_adapters, type(self).__name__)
+        ads = [self.lora_adapters[n] for n in names]
+        dropping = [n for n, ad in zip(names, ads) if ad.lora_dropout > 0.0]
+        if self.training and dropping:
+            raise NotImplementedError(f"adapter_names in training mode with lora_dropout > 0 (adapters {dropping}): "
+                                      f"mixed-adapter batches run without dropout; call eval() or set "
+                                      f"lora_dropout=0")
+        scales = np.array([ad.scaling for ad in ads], dtype=np.float32)
+        max_rank = max((ad.r for ad in ads), default=0)
+        work, iwork = self._scratch(idx, len(ads), max_rank)
+        y, u = F.lora_mixed_forward(rows, self.base.weight.data, self._bias(), [ad.lora_A.data for ad in ads],
+                                    [ad.lora_B.data for ad in ads],
+                                    [ad.lora_bias.data if ad.lora_bias is not None else None for ad in ads],
+                                    scales, idx, work=work, iwork=iwork)
+        self._mixed_cache = (rows, u, idx, ads, scales)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _backward_mixed(self, dy: np.ndarray, dx: np.ndarray | None, input_grad: bool) -> np.ndarray | None:
+        rows, u, idx, ads, scales = self._mixed_cache
+        drows = as_rows(dy, "dy", self.out_features)
+        out = self._input_rows(dx, dy) if input_grad else None
+        work, iwork = self._scratch(idx, len(ads), u.shape[1])
+        F.lora_mixed_backward(drows, rows, u, self.base.weight.data, [ad.lora_A.data for ad in ads],
+                              [ad.lora_B.data for ad in ads], scales, idx, dx=out,
+                              dlora_A=[ad.lora_A.grad_buffer() for ad in ads],
+                              dlora_B=[ad.lora_B.grad_buffer() for ad in ads],
+                              dlora_bias=[ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None
+                                          for ad in ads], work=work, iwork=iwork)
+        return self._base_backward(drows, rows, out, dx, dy)
+
+    def _base_backward(self, drows: np.ndarray, rows: np.ndarray, out: np.ndarray | None, dx: np.ndarray | None,
+                       dy: np.ndarray) -> np.ndarray | None:
+        """The end of every adapter backward: the trainable base weight / bias gradients (drows, rows: the
+        (N, out) and (N, in) rows), then the input gradient as the module contract returns it (``out`` holds
+        its rows, None when not wanted). The subclasses' backward use it too."""
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
         if dw is not None or db is not None:

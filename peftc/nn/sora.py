@@ -70,13 +70,7 @@ class SoraLinear(LoraLinear):
                         dlora_A=self.lora_A.grad_buffer(), dlora_B=self.lora_B.grad_buffer(), dgate=dgate)
         if dgate is not None and self.l1_weight > 0.0:
             dgate += np.float32(self.l1_weight) * np.sign(self.lora_gate.data)
-        dw = self.base.weight.grad_buffer()
-        db = self.base.bias.grad_buffer() if self.base.bias is not None else None
-        if dw is not None or db is not None:
-            F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
-        if out is None:
-            return None
-        return dx if dx is not None else out.reshape(*dy.shape[:-1], self.in_features)
+        return self._base_backward(drows, rows, out, dx, dy)
 
     def gated_B(self) -> np.ndarray:
         """B diag(g) as a new array: the gate folded into B."""

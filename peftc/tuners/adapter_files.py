@@ -66,7 +66,8 @@ def adapter_parameters(model: Module, bias: str, adapter_name: str | None = None
             if bias != "none" and module.base.bias is not None:
                 out[f"{key}.base_layer.bias"] = module.base.bias
         elif isinstance(module, ModulesToSaveWrapper):
-            for name, p in module.modules_to_save.named_parameters():
+            copy = module.copies.get(module.active_adapter if adapter_name is None else adapter_name)
+            for name, p in (copy.named_parameters() if copy is not None else ()):
                 out[f"{key}.{name}"] = p
         elif bias == "all":
             p = vars(module).get("bias")

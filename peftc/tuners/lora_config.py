@@ -23,12 +23,12 @@ _PEFT_METADATA_KEYS = frozenset({"peft_version", "auto_mapping", "revision", "ru
                                  "qalora_group_size"})
 # PEFT features peftc does not implement: accepted only with their neutral (off) value.
 _PEFT_UNSUPPORTED_KEYS = frozenset({
-    "fan_in_fan_out", "use_dora", "use_qalora", "target_parameters", "layer_replication",
+    "use_dora", "use_qalora", "target_parameters", "layer_replication",
     "trainable_token_indices", "alora_invocation_tokens", "megatron_config", "loftq_config",
     "corda_config", "lora_ga_config", "velora_config", "arrow_config", "kasa_config", "monteclora_config",
     "use_bdlora", "ensure_weight_tying"})
 # Keys peftc writes besides its own fields, with the neutral values PEFT expects.
-_PEFT_NEUTRAL_OUT = {"fan_in_fan_out": False, "use_dora": False, "revision": None}
+_PEFT_NEUTRAL_OUT = {"use_dora": False, "revision": None}
 
 
 def _is_str_list(value: Any) -> bool:
@@ -43,6 +43,8 @@ class LoraConfig(ConfigFiles):
     (exact or dotted suffix), or ``"all-linear"``; ``None`` uses the default for the model's
     ``config.model_type`` where one is known. Scaling is ``lora_alpha / r`` (``/ sqrt(r)`` with
     ``use_rslora``); ``rank_pattern`` / ``alpha_pattern`` override r and alpha per module.
+    ``fan_in_fan_out``: True when the targets store their weight (in, out), as GPT-2's Conv1D layers
+    do; as in PEFT, injecting sets it to match the targets (with a warning when it had to change).
     """
 
     r: int = 8
@@ -51,6 +53,7 @@ class LoraConfig(ConfigFiles):
     target_modules: list[str] | str | None = None
     exclude_modules: list[str] | str | None = None
     use_rslora: bool = False
+    fan_in_fan_out: bool = False
     bias: str = "none"
     lora_bias: bool = False
     modules_to_save: list[str] | None = None
@@ -80,7 +83,7 @@ class LoraConfig(ConfigFiles):
                 setattr(self, name, list(dict.fromkeys(sorted(value) if isinstance(value, set) else value)))
             elif value is not None and not isinstance(value, str):
                 raise ValueError(f"LoraConfig.{name} must be None, a regex string or a list of names, got {value!r}")
-        for name in ("use_rslora", "lora_bias", "inference_mode"):
+        for name in ("use_rslora", "fan_in_fan_out", "lora_bias", "inference_mode"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LoraConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.bias not in BIAS_OPTIONS:
@@ -170,7 +173,7 @@ class LoraConfig(ConfigFiles):
     def from_dict(cls, data: dict[str, Any], unknown: str = "error") -> LoraConfig:
         """Build a config from a dict such as PEFT's adapter_config.json.
 
-        Keys for PEFT features peftc lacks (``use_dora``, ``fan_in_fan_out``, ...) must hold their off value,
+        Keys for PEFT features peftc lacks (``use_dora``, ``use_qalora``, ...) must hold their off value,
         else a ValueError names the field. Keys nobody here knows are an error, or with ``unknown="warn"``
         (what reading a file does) dropped with a warning naming them.
 

@@ -19,10 +19,10 @@ from .lora_config import LoraConfig
 ALL_LINEAR = "all-linear"
 # PEFT's names for a sequence-classification head (constants.SEQ_CLS_HEAD_NAMES)
 SEQ_CLS_HEAD_NAMES = ("score", "classifier")
-# PEFT's default targets for the encoder families peftc can load (used when target_modules is None)
+# PEFT's default targets for the model families peftc can load (used when target_modules is None)
 DEFAULT_TARGET_MODULES = {"bert": ["query", "value"], "roberta": ["query", "value"],
                           "xlm-roberta": ["query", "value"], "electra": ["query", "value"],
-                          "distilbert": ["q_lin", "v_lin"]}
+                          "distilbert": ["q_lin", "v_lin"], "gpt2": ["c_attn"]}
 
 
 def is_excluded(config: LoraConfig, key: str) -> bool:

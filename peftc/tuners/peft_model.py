@@ -11,8 +11,11 @@ them alike; their files carry peft_type PEFTC_SORA / PEFTC_HYDRA, which PEFT ref
     model = PeftModel.from_pretrained(base, "out")     # also reads folders written by PEFT
 
 Several LoRA adapters live side by side as in PEFT (``add_adapter``, ``load_adapter``, ``set_adapter``,
-``delete_adapter``, ``add_weighted_adapter``); one of them is active. SoRA, Hydra and Bone / MiSS
-models hold one adapter, named "default": adding another raises NotImplementedError naming the type.
+``delete_adapter``, ``add_weighted_adapter``); one of them is active, and each has its own modules_to_save
+copies. ``model(batch, adapter_names=[...])`` runs each batch row with its own adapter ("__base__": none)
+in one grouped kernel call per layer, forward and backward (:class:`peftc.MultiAdapterTrainer` trains
+several adapters that way). SoRA, Hydra and Bone / MiSS models hold one adapter, named "default": adding
+another, or adapter_names on them, raises NotImplementedError naming the type.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..nn import BoneLinear, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
+from ..nn import BoneLinear, Conv1D, HydraLinear, Linear, LoraLinear, Module, Parameter, SoraLinear
+from ..nn.row_adapters import BASE_ADAPTER, RowAdapters
 from ..random import Generator
 from .adapter_files import load_adapter_weights, save_adapter_weights
 from .bone_config import BoneConfig
@@ -54,8 +58,52 @@ class LoraModel(Module):
         self.model = model
         self.peft_config = {adapter_name: config}
 
-    def forward(self, *args, **kwargs):
-        return self.model.forward(*args, **kwargs)
+    def forward(self, *args, adapter_names: Sequence[str] | None = None, **kwargs):
+        """The model's forward; ``adapter_names`` (one adapter name per batch row, "__base__" for none) runs a
+        mixed-adapter batch: see :meth:`PeftModel.forward`."""
+        if adapter_names is None:
+            return self.model.forward(*args, **kwargs)
+        with self.mixed_batch(adapter_names, _batch_rows(args, kwargs)):
+            return self.model.forward(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def mixed_batch(self, adapter_names: Sequence[str], batch_rows: int | None = None) -> Iterator[RowAdapters]:
+        """Inside the block every adapter layer and modules_to_save wrapper runs row b of its input with
+        ``adapter_names[b]`` (a batch row spans input rows b*T .. b*T+T-1 of a layer that sees B*T rows).
+
+        Checks the names (ValueError naming the unknown ones; "__base__" means no adapter), their count against
+        ``batch_rows`` when given (ValueError with both numbers), the adapter types (LoRA only:
+        NotImplementedError naming the others) and that nothing is merged.
+
+        Example:
+            >>> with model.base_model.mixed_batch(["task_a", "__base__", "task_b"]):
+            ...     logits = model.get_base_model()(batch)
+        """
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
+            raise TypeError(f"adapter_names must be a list of adapter names, one per batch row, got "
+                            f"{type(adapter_names).__name__} {adapter_names!r}")
+        unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER and n not in self.peft_config}, key=str)
+        if unknown:
+            raise ValueError(f"adapter_names holds unknown adapters {unknown}; this model has {list(self.peft_config)} "
+                             f"(and {BASE_ADAPTER!r} for no adapter)")
+        if batch_rows is not None and len(adapter_names) != batch_rows:
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch_rows} rows: "
+                             f"give one adapter name per row")
+        other = sorted({type(c).__name__ for c in self.peft_config.values() if type(c) is not LoraConfig})
+        if other:
+            raise NotImplementedError(f"adapter_names (mixed-adapter batches) runs LoRA adapters only; this model holds "
+                                      f"{', '.join(other)} adapters (SoRA, Hydra and Bone / MiSS have no grouped kernel)")
+        layers = [m for _, m in self.model.named_modules() if isinstance(m, (LoraLinear, ModulesToSaveWrapper))]
+        if any(getattr(m, "merged", False) for m in layers):
+            raise RuntimeError("adapter_names on a merged model: call unmerge_adapter() first")
+        rows = RowAdapters.from_names(list(adapter_names))
+        for m in layers:
+            m.row_adapters = rows
+        try:
+            yield rows
+        finally:
+            for m in layers:
+                m.row_adapters = None
 
     def backward(self, dy, *, dx=None, input_grad=True):
         return self.model.backward(dy, dx=dx, input_grad=input_grad)
@@ -98,6 +146,7 @@ class PeftModel(Module):
                                  init_lora_weights=config.init_lora_weights, generator=generator)
                 continue
             assert isinstance(base, Linear)
+            _match_fan_in_fan_out(config, base, name)
             layer = _make_layer(config, base, name, generator, adapter_name)
             layer.training = base.training
             if active_adapter is not None and isinstance(layer, LoraLinear):
@@ -119,8 +168,13 @@ class PeftModel(Module):
                 if any(name.startswith(w + ".") for w in wrapped):
                     continue
                 module = model.get_submodule(name)
-                if not isinstance(module, ModulesToSaveWrapper):
-                    model.set_submodule(name, ModulesToSaveWrapper(module))
+                if isinstance(module, ModulesToSaveWrapper):  # another adapter's: this adapter gets its own copy
+                    module.add_copy(adapter_name)
+                else:
+                    wrapper = ModulesToSaveWrapper(module, adapter_name)
+                    if active_adapter is not None:
+                        wrapper.set_adapter(active_adapter)
+                    model.set_submodule(name, wrapper)
                 wrapped.append(name)
 
     @staticmethod
@@ -145,8 +199,9 @@ class PeftModel(Module):
                 if name == "bias" or name.endswith(".bias"):
                     p.requires_grad = True
         for wrapper in wrappers:
-            wrapper.original_module.requires_grad_(False)
-            wrapper.modules_to_save.requires_grad_(True)
+            wrapper.requires_grad_(False)
+            if adapter_name in wrapper.copies:
+                wrapper.copies[adapter_name].requires_grad_(True)
 
     # -- running -----------------------------------------------------------------------------------
     @property
@@ -170,8 +225,18 @@ class PeftModel(Module):
         """The user's model (with the adapters in it)."""
         return self.base_model.model
 
-    def forward(self, *args, **kwargs):
-        return self.base_model.model.forward(*args, **kwargs)
+    def forward(self, *args, adapter_names: Sequence[str] | None = None, **kwargs):
+        """The adapted model's forward with the active adapter, or, with ``adapter_names``, a mixed-adapter batch:
+        row b of the batch runs the adapter ``adapter_names[b]`` ("__base__": none), every adapter layer in one
+        grouped kernel call (:func:`peftc.functional.lora_mixed_forward`) and each modules_to_save copy on its
+        own rows. The outputs equal running each row with its adapter alone. LoRA adapters only; the inputs
+        must be batch-major (no packed tokens). Backward is supported after a mixed forward (unlike PEFT,
+        where it is inference only) when no adapter in the batch has dropout in training mode: each
+        adapter's gradients come from its own rows (see :class:`peftc.train.MultiAdapterTrainer`).
+
+        >>> logits = model(batch, adapter_names=["task_a", "__base__", "task_b", "task_a"])
+        """
+        return self.base_model.forward(*args, adapter_names=adapter_names, **kwargs)
 
     def backward(self, dy, *, dx=None, input_grad=True):
         return self.base_model.model.backward(dy, dx=dx, input_grad=input_grad)
@@ -265,9 +330,6 @@ class PeftModel(Module):
         if type(config) is not LoraConfig:
             raise NotImplementedError(f"add_adapter with a {type(config).__name__}: several adapters on one model "
                                       f"are supported for LoraConfig only")
-        if config.modules_to_save or any(c.modules_to_save for c in self.peft_config.values()):
-            raise NotImplementedError("several adapters with modules_to_save: peftc keeps one trained copy of a "
-                                      "module, so neither the new nor an existing adapter may set modules_to_save")
         if any(layer.merged for layer in self._lora_layers()):
             raise RuntimeError("add_adapter on a merged model: call unmerge_adapter() first")
 
@@ -292,11 +354,19 @@ class PeftModel(Module):
             self._remove_from_layers(adapter_name)
             del self.peft_config[adapter_name]
             raise
-        for layer in self._lora_layers():
-            if adapter_name in layer.lora_adapters:
-                for p in layer.adapter_parameters(adapter_name).values():
-                    p.requires_grad = False
-                    p.grad = None
+        for p in self.get_adapter_parameters(adapter_name):
+            p.requires_grad = False
+            p.grad = None
+
+    def get_adapter_parameters(self, adapter_name: str) -> list[Parameter]:
+        """The parameters of one adapter: its LoRA tensors on every layer and its modules_to_save copies.
+
+        >>> sum(p.size for p in model.get_adapter_parameters("task_b"))
+        """
+        params = [p for layer in self._lora_layers() if isinstance(layer, LoraLinear)
+                  and adapter_name in layer.lora_adapters for p in layer.adapter_parameters(adapter_name).values()]
+        params += [p for w in self._wrappers() if adapter_name in w.copies for p in w.copies[adapter_name].parameters()]
+        return params
 
     def set_adapter(self, adapter_name: str | Sequence[str], inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter: the forward runs it, and it alone trains (its parameters,
@@ -318,6 +388,8 @@ class PeftModel(Module):
         for layer in self._lora_layers():
             if isinstance(layer, LoraLinear):
                 layer.set_adapter(adapter_name)
+        for wrapper in self._wrappers():
+            wrapper.set_adapter(adapter_name)
         self.active_adapter = adapter_name
         config = dataclasses.replace(self.peft_config[adapter_name], inference_mode=bool(inference_mode))
         self._mark_trainable(self.get_base_model(), config, adapter_name)
@@ -330,6 +402,10 @@ class PeftModel(Module):
                 layer.delete_adapter(adapter_name)
                 if not layer.lora_adapters:
                     model.set_submodule(path, layer.base)
+            elif isinstance(layer, ModulesToSaveWrapper) and adapter_name in layer.copies:
+                layer.delete_copy(adapter_name)
+                if not layer.copies:
+                    model.set_submodule(path, layer.original_module)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove the adapter ``adapter_name`` from the model. Deleting the active adapter makes the first of the
@@ -374,10 +450,8 @@ class PeftModel(Module):
             del self.peft_config[adapter_name]
             raise
         if is_trainable:
-            for layer in self._lora_layers():
-                if adapter_name in layer.lora_adapters:
-                    for p in layer.adapter_parameters(adapter_name).values():
-                        p.requires_grad = True
+            for p in self.get_adapter_parameters(adapter_name):
+                p.requires_grad = True
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str = "svd", svd_rank: int | None = None,
@@ -596,6 +670,22 @@ def _rank_alpha(config: LoraConfig, name: str) -> tuple[int, float]:
     return r, alpha
 
 
+def _match_fan_in_fan_out(config: AdapterConfig, base: Linear, name: str) -> None:
+    """PEFT's rule: ``fan_in_fan_out`` follows the target's layout, True on a Conv1D and False on a Linear; a
+    config that says otherwise is changed (it is the model's own copy) with PEFT's warning."""
+    conv = isinstance(base, Conv1D)
+    if isinstance(config, BoneConfig):
+        if conv:
+            raise NotImplementedError(f"module {name!r} is a GPT-2 Conv1D; Bone / MiSS in peftc (as in PEFT) adapts "
+                                      f"Linear layers only")
+        return
+    if config.fan_in_fan_out != conv:
+        kind = "`Conv1D`" if conv else "`torch.nn.Linear`"
+        warnings.warn(f"fan_in_fan_out is set to {config.fan_in_fan_out} but the target module is {kind}. "
+                      f"Setting fan_in_fan_out to {conv}.", UserWarning, stacklevel=4)
+        config.fan_in_fan_out = conv
+
+
 def _make_layer(config: AdapterConfig, base: Linear, name: str, generator: Generator,
                 adapter_name: str = "default") -> Module:
     """The adapter layer ``config`` asks for on the module ``name`` (LoRA, SoRA, Hydra or Bone / MiSS)."""
@@ -619,7 +709,20 @@ def _make_layer(config: AdapterConfig, base: Linear, name: str, generator: Gener
                       adapter_name=adapter_name)
 
 
+def _batch_rows(args: tuple, kwargs: dict) -> int | None:
+    """The batch size of a forward's inputs: axis 0 of the first array argument (or of the first array in a dict
+    batch); None when there is none."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, np.ndarray)), None)
+        if isinstance(value, np.ndarray) and value.ndim >= 1:
+            return int(value.shape[0])
+    return None
+
+
 def _check_adapter_name(adapter_name: object) -> None:
+    if adapter_name == BASE_ADAPTER:
+        raise ValueError(f"adapter_name {BASE_ADAPTER!r} is reserved: it means 'no adapter' in adapter_names")
     if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or os.sep in adapter_name:
         raise ValueError(f"adapter_name must be a non-empty string without '.' or '{os.sep}' (it names parameters "
                          f"and a subfolder), got {adapter_name!r}")

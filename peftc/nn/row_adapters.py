@@ -1,0 +1,56 @@
+"""RowAdapters: which adapter each row of a mixed-adapter batch runs (``model(batch, adapter_names=[...])``).
+
+The model sets one on every adapter layer and modules_to_save wrapper for the length of a forward; a
+layer that sees ``rows`` rows (a batch row is ``rows // B`` consecutive token rows) asks it for the
+adapters it runs and each row's index into them (-1: the base layer alone).
+"""
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+import numpy as np
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+
+class RowAdapters:
+    """Batch row b runs ``names[codes[b]]``, or no adapter where ``codes[b] == -1`` ("__base__").
+
+    Example:
+        >>> ra = RowAdapters.from_names(["a", "__base__", "b", "a"])
+        >>> ra.names, ra.codes.tolist()
+        (['a', 'b'], [0, -1, 1, 0])
+        >>> ra.row_index(8, held={"b"})[1].tolist()   # two token rows per batch row, a layer holding only "b"
+        [-1, -1, -1, -1, 0, 0, -1, -1]
+    """
+
+    def __init__(self, names: list[str], codes: np.ndarray) -> None:
+        self.names = names
+        self.codes = codes
+
+    @classmethod
+    def from_names(cls, adapter_names: Sequence[str]) -> RowAdapters:
+        names = list(dict.fromkeys(n for n in adapter_names if n != BASE_ADAPTER))
+        lookup = {n: k for k, n in enumerate(names)}
+        codes = np.array([lookup.get(n, -1) for n in adapter_names], dtype=np.int64)
+        return cls(names, codes)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.codes.size)
+
+    def rows_per_batch_row(self, rows: int, where: str) -> int:
+        """How many consecutive rows each batch row spans in an input of ``rows`` rows (ValueError if none fits)."""
+        b = self.batch_size
+        if b == 0 or rows % b:
+            raise ValueError(f"{where}: adapter_names has {b} entries, but the layer sees {rows} rows, which is not "
+                             f"a multiple of {b} (adapter_names needs one name per batch row, and batch-major "
+                             f"inputs: no skip_padding / packed tokens)")
+        return rows // b
+
+    def row_index(self, rows: int, held: Container[str], where: str = "adapter layer") -> tuple[list[str], np.ndarray]:
+        """(the adapters of this batch that a layer holding ``held`` runs, each row's index into them or -1)."""
+        used = [n for n in self.names if n in held]
+        local = {n: k for k, n in enumerate(used)}
+        lut = np.array([local.get(n, -1) for n in self.names] + [-1], dtype=np.int64)  # code -1 -> lut[-1] = -1
+        return used, np.repeat(lut[self.codes], self.rows_per_batch_row(rows, where))

@@ -1,0 +1,54 @@
+"""benchmarks/datafree_kd.py without running a model: the aggregate, its verdicts and the seed merge."""
+from __future__ import annotations
+
+import pytest
+
+from .benchmark_scripts import load_benchmark
+
+
+def _seed_payload(bench, seed: int, shift: float) -> dict:
+    methods = {}
+    for arm in bench.ARMS:
+        for fusion in (False, True):
+            acc = {"scratch": 0.1, "real_ce": 0.85, "real_kd": 0.86, "afstip": 0.80, "dafl": 0.70,
+                   "deepinversion": 0.78}[arm] + (0.01 if fusion else 0.0) + shift
+            methods[arm + ("+fusion" if fusion else "")] = {"acc": acc, "macro_f1": acc - 0.01, "student_params": 15,
+                                                            "teacher_params": 73, "seconds": 1.0, "selected": None}
+    migration = [{"shots": k, "old_acc": 0.8, "old_macro_f1": 0.7, "new_acc": 0.1 * k, "new_f1": 0.2,
+                  "all_acc": 0.75, "all_macro_f1": 0.7} for k in (5, 20)]
+    return {"settings": {"seeds": [seed], "student_widths": [8, 16, 28]}, "command": f"run {seed}", "seconds": 2.0,
+            "cpu": "test cpu", "per_seed": {str(seed): {"methods": methods, "migration": migration}}}
+
+
+def test_aggregate_states_the_claims_and_tests_them_over_seeds():
+    bench = load_benchmark("datafree_kd")
+    per_seed = {str(k): _seed_payload(bench, k, 0.002 * k * (-1) ** k)["per_seed"][str(k)] for k in range(5)}
+    agg = bench.aggregate(per_seed)
+    v = {row["claim"]: row for row in agg["verdicts"]}
+    assert len(v) == 3 * len(bench.DATA_FREE) and all(row["n_seeds"] == 5 for row in v.values())
+    assert v["afstip acc > untrained student acc"]["holds"]
+    assert not v["dafl acc > 0.9 x real-data KD acc"]["holds"]  # 0.70 < 0.9 * 0.86
+    assert v["afstip+fusion acc > afstip acc"]["diff"] == pytest.approx(0.01)
+    assert agg["methods"]["real_kd"]["acc"] == pytest.approx(0.86, abs=0.01)
+    assert [row["shots"] for row in agg["migration"]] == [5, 20]
+
+
+def test_one_seed_gives_no_verdicts():
+    bench = load_benchmark("datafree_kd")
+    assert bench.aggregate(_seed_payload(bench, 0, 0.0)["per_seed"])["verdicts"] == []
+
+
+def test_merge_combines_seeds_and_refuses_other_settings(tmp_path, monkeypatch):
+    bench = load_benchmark("datafree_kd")
+    monkeypatch.setattr(bench.common, "RESULTS_DIR", tmp_path)
+    for k in range(5):
+        bench.common.write_results(f"part{k}", _seed_payload(bench, k, 0.001 * k), "")
+    out = bench.merge([f"part{k}" for k in range(5)], "merged")
+    assert out["settings"]["seeds"] == [0, 1, 2, 3, 4] and len(out["verdicts"]) == 9
+    assert (tmp_path / "merged.md").read_text().count("| yes |") + (tmp_path / "merged.md").read_text().count(
+        "| **no** |") == 9
+    other = _seed_payload(bench, 9, 0.0)
+    other["settings"]["student_widths"] = [4, 8, 8]
+    bench.common.write_results("other", other, "")
+    with pytest.raises(ValueError, match="student_widths"):
+        bench.merge(["part0", "other"], "bad")
