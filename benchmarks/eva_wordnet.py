@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eva-batches", type=int, default=16)
     ap.add_argument("--eva-batch-size", type=int, default=16)
     ap.add_argument("--rho", type=float, default=2.0)
-    ap.add_argument("--lr-grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3],
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2],
                     help="candidate learning rates, chosen per arm on the validation split")
     ap.add_argument("--select-steps", type=int, default=50, help="steps of a selection run")
     ap.add_argument("--select-seed", type=int, default=0)
@@ -377,8 +377,10 @@ def markdown(payload: dict) -> str:
         lines.append(f"The control's A rows are orthonormal to within {max(r['orthonormality_error'] for r in orth):.1e}"
                      f" (max |A A^T - I| over layers and seeds), with EVA's rank pattern of the same seed.\n")
     lines.append("Per seed (EVA minus random): " + payload["verdict"] + "\n")
+    grid = payload["settings"].get("lr_grid")
+    grid = "the grid {" + ", ".join(f"{lr:g}" for lr in grid) + "}" if grid else "a grid"
     lines += ["Deviations from the paper's protocol: all-MiniLM-L6-v2 on WordNet supersenses with r = 8 on query and "
-              "value (the paper: LLaMA / Gemma with r = 16 on every attention projection); lr from a 3-point grid on "
+              f"value (the paper: LLaMA / Gemma with r = 16 on every attention projection); lr from {grid} on "
               "validation with a short schedule (the paper: 5e-4, cosine, 1 epoch); PEFT's alpha adjustment "
               "(alpha_l / r_l = alpha / r) rather than the official repo's alpha = 1; LoRA dropout 0.1 (the main job's "
               "value; EVA's runs used 0).\n"]

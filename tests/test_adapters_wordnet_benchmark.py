@@ -129,6 +129,7 @@ def test_verdicts_follow_the_contract_and_pair_by_seed(aw):
     text = aw.markdown(result)
     for v in rows:
         assert f"| {v['claim']} | yes |" in text and f"{v['p_holm']:.3g}" in text
+    assert "Learning rates come from the grid {0.0003, 0.001, 0.003, 0.01} on validation" in text
 
 
 def test_tiny_run_with_selection_then_seed_files_merge_or_one_scheduler_run(aw, tmp_path, monkeypatch):

@@ -147,6 +147,19 @@ def test_verdicts_follow_the_contract_and_pair_by_seed(ew, monkeypatch, tmp_path
     assert "REDUCED" in text and all(f"| {v['claim']} | yes |" in text for v in rows)
 
 
+def test_a_selection_made_with_other_settings_is_refused(ew):
+    # the committed selection was chosen from the 3-point grid: a run on the current default grid refuses it
+    committed = ew.common.read_results("eva_wordnet_select")
+    args = ew.parse_args(["--max-steps", "150", "--train-per-class", "100", "--val-per-class", "10",
+                          "--test-per-class", "50", "--select-steps", "50", "--reduced", "--threads", "1"])
+    assert committed["settings"]["lr_grid"] != args.lr_grid
+    with pytest.raises(ValueError, match=r"--selection eva_wordnet_select was made with other settings: lr_grid"):
+        ew.load_selection("eva_wordnet_select", args)
+    args.lr_grid = committed["settings"]["lr_grid"]  # its own settings (other seeds, out and threads may differ)
+    args.seeds, args.out, args.threads, args.selection = [3], "eva_s3", 2, "eva_wordnet_select"
+    assert ew.load_selection("eva_wordnet_select", args) == committed["selection"]
+
+
 def test_scheduler_runs_the_selection_once_and_each_seed_as_a_task(ew, monkeypatch, tmp_path):
     import cloudpickle
 
@@ -183,3 +196,4 @@ def test_scheduler_runs_the_selection_once_and_each_seed_as_a_task(ew, monkeypat
     assert [r["seed"] for r in saved["runs"]] == [k for k in range(5) for _ in ew.ARMS]
     assert saved["selection"]["orthonormal"]["chosen"] == 1e-2 and saved["settings"]["scheduler"] == "local"
     assert all(v["n_seeds"] == 5 for v in saved["verdicts"]) and len(saved["verdicts"]) == 4
+    assert "lr from the grid {0.003, 0.001} on validation" in (tmp_path / "swept.md").read_text()
