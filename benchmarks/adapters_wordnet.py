@@ -32,8 +32,11 @@ seed, paired (paired t over seeds, Holm over the file's claims): the ``verdicts`
 Full run (5 seeds, 2 epochs of 100 glosses per class, selection at 100 steps; about 1 h per seed at 1 thread
 on a shared machine, 2 s / step):
     OPENBLAS_NUM_THREADS=1 python benchmarks/adapters_wordnet.py --seeds 0 1 2 3 4 --select-steps 100
-Reduced run (what is committed; the JSON says REDUCED): 100 steps per seed run, selection at 50 steps:
-    ... --max-steps 100 --select-steps 50 --sora-xi 3e-3 --reduced
+Reduced run (the JSON says REDUCED; about 85 CPU-minutes at 1 thread and ~2 s / step: the selection about
+20 min, each seed about 13 min): 40 steps per seed run, selection at 20 steps, 5 validation and 25 test glosses per
+class, xi = 0.3 / 40:
+    ... --max-steps 40 --select-steps 20 --eval-every 20 --val-per-class 5 --test-per-class 25 --sora-xi 7.5e-3 \
+        --reduced
 Split by seed (the selection runs once, every seed reads it; a selection file made with other settings,
 e.g. another ``--lr-grid``, is refused):
     python benchmarks/adapters_wordnet.py ... --select-only --out benchmarks/results/STEM_select

@@ -25,9 +25,10 @@ the validation loss at the evaluation nearest K, and the test accuracy.
 Full configuration (5 seeds, the main job's data and 3 epochs; many hours on 2 cores):
     python benchmarks/eva_wordnet.py --seeds 0 1 2 3 4 --epochs 3 --train-per-class 250 --val-per-class 20 \
         --select-steps 100
-Reduced configuration (labelled REDUCED; about 2 s per step at 1 thread):
-    python benchmarks/eva_wordnet.py --max-steps 150 --train-per-class 100 --val-per-class 10 \
-        --test-per-class 50 --select-steps 50 --reduced --threads 1 ...
+Reduced configuration (labelled REDUCED; about 2 s per step at 1 thread, so about 85 CPU-minutes for 5 seeds:
+the selection about 20 min, each seed about 13 min):
+    python benchmarks/eva_wordnet.py --max-steps 100 --select-steps 40 --train-per-class 100 --val-per-class 10 \
+        --test-per-class 25 --eval-every 25 --reduced --threads 1 ...
 Results go to benchmarks/results/<out>.json and .md; ``--render NAME`` recomputes a file's summary.
 Seeds run in separate processes: ``--select-only --out NAME_select`` once, then ``--selection NAME_select
 --seeds N --out NAME_sN`` per seed (the same settings: a selection file made with others, e.g. another
