@@ -7,6 +7,9 @@ Environment knobs:
   PEFTC_SANITIZE=1   build with AddressSanitizer + UndefinedBehaviorSanitizer (make asan)
   PEFTC_PORTABLE=1   do not tune for the build machine's CPU (-march=native is the default)
 
+The runtime dependencies follow the choice (pyproject.toml declares them dynamic): the scipy-openblas32 wheel,
+pinned as in the build requirements, only for the build that loads its library.
+
 Either way the build writes peftc/_distributor_init.py, which peftc imports before the extension: for the
 wheel it imports scipy_openblas32, whose import loads the library (the wheel's documented preloading); for the
 system build it is empty. The file is also a dependency of the extension, so switching PEFTC_BLAS rebuilds it.
@@ -27,6 +30,9 @@ DEBIAN_HINT = (
     "scipy-openblas32 wheel)"
 )
 BLAS_CHOICES = ("scipy-openblas32", "system")
+DEPENDENCIES = ["numpy>=2", "safetensors>=0.4", "tokenizers>=0.15", "tqdm>=4.60"]
+# the release the extension is compiled against (pyproject.toml's build requirement; the two pins must agree)
+SCIPY_OPENBLAS32 = "scipy-openblas32==0.3.34.481.3"
 DISTRIBUTOR_INIT = os.path.join("peftc", "_distributor_init.py")
 SYSTEM_DISTRIBUTOR_INIT = (
     '"""peftc\'s extension was built against the system OpenBLAS (PEFTC_BLAS=system), which the dynamic loader\n'
@@ -92,9 +98,12 @@ else:
     cflags, libs, preload = wheel_blas()
 write_if_changed(DISTRIBUTOR_INIT, preload)
 
-# an implicit declaration is an error: with the wheel it is a BLAS name csrc/blas.h does not map yet
+# an implicit declaration is an error: with the wheel it is a BLAS name csrc/blas.h does not map yet.
+# -fno-trapping-math: no code reads the floating-point exception flags, and with them GCC keeps a loop whose
+# float select has an arithmetic arm (GELU's x >= 0 ? 1 - q : q, dropout's keep ? dy * s : 0) scalar and
+# branching ("control flow in loop"); it changes no value (no reassociation, no contraction).
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror=implicit-function-declaration", "-fno-math-errno",
-                *cflags]
+                "-fno-trapping-math", *cflags]
 link_args = [*libs]
 if os.environ.get("PEFTC_PORTABLE") != "1":
     compile_args.append("-march=native")
@@ -105,6 +114,7 @@ if os.environ.get("PEFTC_SANITIZE") == "1":
     link_args += sanitize
 
 setup(
+    install_requires=DEPENDENCIES + ([SCIPY_OPENBLAS32] if blas == "scipy-openblas32" else []),
     ext_modules=[
         Extension(
             "peftc._C",

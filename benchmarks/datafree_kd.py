@@ -1,4 +1,4 @@
-"""Data-free distillation on Fashion-MNIST: a small CNN student distilled from a SmallResNet teacher without
+"""Data-free distillation on Fashion-MNIST and on WordNet: a small student distilled from a teacher without
 the teacher's data, against students trained on the real data and a student that never saw any data.
 
 Protocol. The teacher (SmallResNet, widths 16-32-64) is trained on the Fashion-MNIST train split (its
@@ -22,9 +22,25 @@ second teacher is trained on classes 0-8; the student is distilled from it by AF
 selected above) and migrated to class 9 with 5, 20 or 100 labelled examples of it, rehearsing the old
 classes on pseudo-samples; accuracy and macro-F1 on the old classes, the new class and all ten.
 
-Claims (verdicts, paired t over seeds, Holm over the table): each data-free method beats the untrained
-student; each reaches 90% of the real-data KD student's accuracy; the fusion module raises each data-free
-method's accuracy.
+Text side. The teacher is the main job's classifier (all-MiniLM-L6-v2, mean pooling, a linear head, LoRA
+r 8 on query and value; peftc.demo's recipe) trained on 40 of the 41 WordNet lexicographer classes, the
+41st (``text_held_out``, noun.food) held out for migration; one teacher for all seeds, cached, merged into
+its weights. The splits are the main job's (seeded 80/10/10; ``text_*_per_class`` glosses per class). The
+student is a TextStudent: MiniLM's embeddings and first two blocks, then mean pooling or the adaptive fusion
+module, and a new head; its word table stays frozen (it is the teacher's too, and the pseudo-samples live in
+its space). Arms, each with and without fusion: scratch (the student untrained), real_ce, real_kd (as above,
+on the teacher's train glosses) and afstip: Gaussian-perturbed input embeddings around text anchors built
+from the teacher alone (random vocabulary tokens between [CLS] and [SEP], embedded by the word table and
+moved by normalised gradient steps until the teacher gives them their class), the teacher's pseudo-labels
+kept at confidence >= 0.5, 0.5 CE + tau^2 KL (tau 4; peftc.distill.text). sigma is a multiple of the word
+table's standard deviation (knob chosen on validation). Accuracy and macro-F1 over the old classes' test
+glosses. Migration: the selected afstip student (no fusion) gets a 41st output and 5, 20 or 100 labelled
+held-out glosses, rehearsing the old classes on pseudo-samples; accuracy and F1 on the old classes, the new
+one and all 41. DAFL and DeepInversion need a BatchNorm teacher and a pixel grid: image side only.
+
+Claims (verdicts, paired t over seeds, Holm over the table): each data-free method (image and text) beats
+the untrained student; each reaches 90% of the real-data KD student's accuracy; the fusion module raises
+each data-free method's accuracy.
 
 REDUCED configuration: one teacher for all seeds, two epochs; the students' budgets are a fraction of
 the papers' (DAFL's 200 epochs x 120 iterations with a 128-wide generator, here 400 iterations with a
@@ -32,12 +48,16 @@ the papers' (DAFL's 200 epochs x 120 iterations with a 128-wide generator, here 
 real-data students); about 1 CPU-hour per seed on 2 threads is the target, not yet measured (each arm's
 seconds are recorded, knob selection included; deepinversion+fusion reuses the images deepinversion
 synthesised for the same knob, and the AF-STip arms after the first reuse its anchors, so their seconds
-leave that synthesis out).
+leave that synthesis out). The text side, estimated from its arithmetic (not measured): the teacher once
+(6000 glosses x 3 LoRA epochs, about 10 min, cached), then per seed about 100 TFLOP (the real-data students
+one epoch each, 4 x 400 AF-STip steps with a teacher forward each, the anchors, migration), some 30-40 min
+at the 50-60 GFLOP/s a MiniLM training step reaches on 2 threads.
 
 Run:  OPENBLAS_NUM_THREADS=2 PYTHONPATH=. python benchmarks/datafree_kd.py --seed 0   (then 1..4)
       PYTHONPATH=. python benchmarks/datafree_kd.py --merge datafree_kd_s0 ... datafree_kd_s4
       PYTHONPATH=. python benchmarks/datafree_kd.py --quick    (tiny, to check the code)
-Writes benchmarks/results/datafree_kd.{json,md} (per seed: datafree_kd_s<seed>).
+Writes benchmarks/results/datafree_kd.{json,md} (per seed: datafree_kd_s<seed>). The text teacher is
+trained on the first run (cached under $PEFTC_CACHE or ~/.cache/peftc, models/wordnet_teacher_<hash>).
 """
 from __future__ import annotations
 
@@ -80,6 +100,26 @@ class Settings:
     di_kd_steps: int = 800
     migration_shots: tuple[int, ...] = (5, 20, 100)
     migration_steps: int = 300
+    # the text side: a MiniLM + LoRA teacher on 40 WordNet classes, 2-block MiniLM students
+    text_held_out: str = "noun.food"
+    text_train_per_class: int = 150  # the teacher's (and the real-data students') glosses per class
+    text_val_per_class: int = 10
+    text_test_per_class: int = 25
+    text_max_length: int = 64
+    text_teacher_epochs: int = 3
+    text_teacher_lr: float = 1e-3
+    text_student_blocks: int = 2
+    text_batch_size: int = 32
+    text_real_epochs: float = 1.0
+    text_real_lrs: tuple[float, ...] = (2e-4, 1e-3)
+    text_afstip_steps: int = 400
+    text_sigmas: tuple[float, ...] = (0.5, 1.0)  # in units of the word table's standard deviation
+    text_anchor_length: int = 16
+    text_anchors_per_class: int = 8
+    text_anchor_steps: int = 30
+    text_anchor_lr: float = 0.5  # in units of the word table's standard deviation
+    text_migration_steps: int = 150
+    text_student_lr: float = 5e-4
 
 
 QUICK = dict(teacher_widths=(8, 16, 32), teacher_epochs=1, teacher_train_limit=1000, student_widths=(4, 8, 8),
@@ -87,7 +127,11 @@ QUICK = dict(teacher_widths=(8, 16, 32), teacher_epochs=1, teacher_train_limit=1
              afstip_steps=4, afstip_sigmas=(0.1, 0.3), anchors_per_class=1, anchor_steps=2, dafl_iterations=4,
              dafl_width=8,
              dafl_lr_gs=(0.2,), di_batches=1, di_iterations=3, di_alpha_fs=(1.0,), di_kd_steps=4,
-             migration_shots=(5,), migration_steps=4)
+             migration_shots=(5,), migration_steps=4,
+             text_train_per_class=6, text_val_per_class=2, text_test_per_class=2, text_max_length=24,
+             text_teacher_epochs=1, text_batch_size=8, text_real_epochs=0.05, text_real_lrs=(1e-3,),
+             text_afstip_steps=2, text_sigmas=(0.5,), text_anchor_length=6, text_anchors_per_class=1,
+             text_anchor_steps=2, text_migration_steps=2)
 
 
 def splits(s: Settings):
@@ -127,25 +171,51 @@ def class_f1(labels, pred, c: int) -> float:
     return 2.0 * tp / denom if denom else 0.0
 
 
+def migration_row(shots: int, y, pred, old, new, num_classes: int) -> dict:
+    """Accuracy and F1 of a migrated student on the old classes, the new one (the last) and all together."""
+    from peftc.evaluation import accuracy, macro_f1
+
+    return {"shots": shots, "old_acc": accuracy(y[old], pred[old]),
+            "old_macro_f1": macro_f1(y[old], pred[old], num_classes), "new_acc": accuracy(y[new], pred[new]),
+            "new_f1": class_f1(y, pred, num_classes - 1),
+            "all_acc": accuracy(y, pred), "all_macro_f1": macro_f1(y, pred, num_classes)}
+
+
 def n_params(model) -> int:
     return int(sum(p.size for p in model.parameters()))
 
 
-def train_real(student, t, x, y, s: Settings, lr: float, kd: bool, seed: int) -> None:
-    """One pass (``real_epochs``) over the real train split: CE, or 0.5 CE + 0.5 tau^2 KL (tau 4) with the teacher."""
+def rows(x, idx):
+    """Rows ``idx`` of an image array, or of a token batch dict (its all-padding tail columns trimmed)."""
+    if not isinstance(x, dict):
+        return x[idx]
+    from peftc.models.classifier import trim_padding
+
+    ids, mask = trim_padding(x["input_ids"][idx], x["attention_mask"][idx])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def n_rows(x) -> int:
+    return len(x["input_ids"]) if isinstance(x, dict) else len(x)
+
+
+def train_real(student, t, x, y, lr: float, kd: bool, seed: int, epochs: float, batch_size: int) -> None:
+    """``epochs`` passes over the real train split (images, or a token batch dict): CE, or 0.5 CE + 0.5 tau^2 KL
+    (tau 4) with the teacher."""
     import numpy as np
 
     from peftc import functional as F
-    from peftc.distill.teacher import teacher_logits
+    from peftc.distill.teacher import frozen
     from peftc.optim import AdamW
 
     rng = np.random.default_rng(seed)
     opt = AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    steps = max(1, int(s.real_epochs * len(x) / s.batch_size))
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(int(np.ceil(s.real_epochs)) + 1)])
+    n = n_rows(x)
+    steps = max(1, int(epochs * n / batch_size))
+    order = np.concatenate([rng.permutation(n) for _ in range(int(np.ceil(epochs)) + 1)])
     for i in range(steps):
-        idx = order[i * s.batch_size:(i + 1) * s.batch_size]
-        xb, yb = x[idx], y[idx].astype(np.int64)
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        xb, yb = rows(x, idx), y[idx].astype(np.int64)
         student.train()
         opt.zero_grad()
         z = student.forward(xb)
@@ -153,7 +223,8 @@ def train_real(student, t, x, y, s: Settings, lr: float, kd: bool, seed: int) ->
         ce, _, probs = F.cross_entropy_forward(z, yb)
         F.cross_entropy_backward(0.5 if kd else 1.0, probs, yb, dlogits=d)
         if kd:
-            zt = teacher_logits(t, xb)
+            with frozen(t):
+                zt = t.forward(xb)
             _, ps, pt = F.kd_kl_forward(z, zt, 4.0)
             F.kd_kl_backward(0.5, ps, pt, z, zt, 4.0, dstudent_logits=d)
         student.backward(d, input_grad=False)
@@ -186,7 +257,7 @@ def train_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, num
                             memory_slots=s.memory_slots)
     shape = (1, 28, 28)
     if arm in ("real_ce", "real_kd"):
-        train_real(student, t, data[0], data[1], s, knob, arm == "real_kd", seed)
+        train_real(student, t, data[0], data[1], knob, arm == "real_kd", seed, s.real_epochs, s.batch_size)
     elif arm == "afstip":
         pools = {} if pools is None else pools
         cfg = afstip_config(s, knob, seed)
@@ -205,6 +276,204 @@ def train_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, num
                                     images=pools.get(knob))
         pools[knob] = out["images"]
     return student
+
+# -- the text side ------------------------------------------------------------------------------------------
+TEXT_ARMS = ("scratch", "real_ce", "real_kd", "afstip")
+TEXT_DATA_FREE = ("afstip",)
+
+
+def text_splits(s: Settings) -> dict:
+    """The WordNet glosses of the main job's seeded split, tokenised for MiniLM, with the held-out class last:
+    labels 0..39 are the 40 old classes (in lexicographer-file order), 40 is ``s.text_held_out``.
+    {"train", "val": the old classes' rows; "test": every class's; "new_train": the held-out class's train
+    rows; "num_old": 40, "class_names"}; each split a dict of input_ids, attention_mask, labels."""
+    import numpy as np
+
+    from peftc.data import wordnet_job as job
+    from peftc.models import Tokenizer, minilm_path
+
+    if s.text_train_per_class < max(s.migration_shots):
+        raise ValueError(f"text_train_per_class {s.text_train_per_class} < the largest migration shot count "
+                         f"{max(s.migration_shots)}: the held-out class has too few train glosses")
+    train, val, test = job.load_splits(job.JobSettings(seed=0, train_per_class=s.text_train_per_class,
+                                                       test_per_class=s.text_test_per_class,
+                                                       max_length=s.text_max_length))
+    val = val.subsample_per_class(s.text_val_per_class, seed=0)
+    names = list(train.class_names)
+    held = names.index(s.text_held_out)
+    order = [c for c in range(len(names)) if c != held] + [held]
+    relabel = np.empty(len(names), np.int64)
+    relabel[order] = np.arange(len(names))
+    tok = Tokenizer(minilm_path(), max_length=s.text_max_length)
+    num_old = len(names) - 1
+
+    def encode(glosses, keep=None):
+        d = job.tokenize(tok, glosses, by_length=True)
+        d["labels"] = relabel[d["labels"]]
+        sel = np.ones(len(d["labels"]), bool) if keep is None else keep(d["labels"])
+        return {k: np.ascontiguousarray(v[sel]) for k, v in d.items()}
+
+    return {"train": encode(train, lambda y: y < num_old), "val": encode(val, lambda y: y < num_old),
+            "test": encode(test), "new_train": encode(train, lambda y: y == num_old), "num_old": num_old,
+            "class_names": [names[c] for c in order]}
+
+
+def text_teacher(s: Settings, text: dict):
+    """The main job's classifier (MiniLM, mean pooling, a linear head; LoRA r 8 alpha 16 dropout 0.1 on query and
+    value, the head trained; AdamW with warm-up, decay and clipping as peftc.demo) trained on the 40 old
+    classes' train glosses. Cached (the adapter in PEFT's format) under <cache>/models/wordnet_teacher_<hash>;
+    returned merged into its weights (the same function without the adapter's extra products) as an
+    EmbeddingClassifier, with {"test_accuracy" (old classes), "path", "cached"}."""
+    import hashlib
+    import json
+    import os
+
+    from peftc.data.corruptions import cache_root
+    from peftc.distill.text import EmbeddingClassifier
+    from peftc.io.atomic import write_bytes_atomic
+    from peftc.models import BertModel, minilm_path
+    from peftc.models.classifier import SentenceClassifier
+    from peftc.random import Generator
+    from peftc.train import Trainer, TrainingConfig
+    from peftc.tuners import LoraConfig, PeftModel, get_peft_model
+
+    fields = {k: getattr(s, k) for k in ("text_held_out", "text_train_per_class", "text_max_length",
+                                         "text_teacher_epochs", "text_teacher_lr")}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_root(), "models", f"wordnet_teacher_{key}")
+    num_old = text["num_old"]
+    base = SentenceClassifier(BertModel.from_pretrained(minilm_path()), num_old, generator=Generator(1))
+    old_test = {k: v[text["test"]["labels"] < num_old] for k, v in text["test"].items()}
+    info_path = os.path.join(path, "teacher.json")
+    if os.path.isfile(info_path):
+        model = PeftModel.from_pretrained(base, path)
+        with open(info_path, encoding="utf-8") as f:
+            info = {**json.load(f), "cached": True}
+    else:
+        config = LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.1, target_modules=["query", "value"],
+                            modules_to_save=["classifier"])
+        model = get_peft_model(base, config, generator=Generator(2))
+        trainer = Trainer(model, TrainingConfig(learning_rate=s.text_teacher_lr, batch_size=32,
+                                                num_epochs=s.text_teacher_epochs, warmup_ratio=0.06,
+                                                weight_decay=0.01, max_grad_norm=1.0, seed=0, progress=False,
+                                                eval_batch_size=128), text["train"])
+        trainer.train()
+        info = {"test_accuracy": trainer.evaluate(old_test)["accuracy"], "settings": fields}
+        model.save_pretrained(path)
+        write_bytes_atomic(info_path, json.dumps(info).encode())
+        info["cached"] = False
+    merged = model.merge_and_unload()
+    merged.eval()
+    return EmbeddingClassifier(merged), {**info, "path": path}
+
+
+def vocabulary_context(folder) -> dict:
+    """What the text anchors draw from: the ids of the tokenizer's ordinary tokens (not [CLS], [unused7], ...)
+    and the [CLS] / [SEP] ids that frame a sequence."""
+    import os
+    import re
+
+    import numpy as np
+    from tokenizers import Tokenizer as HFTokenizer
+
+    vocab = HFTokenizer.from_file(os.path.join(os.fspath(folder), "tokenizer.json")).get_vocab()
+    ids = np.array(sorted(i for w, i in vocab.items() if not re.fullmatch(r"\[.*\]", w)), np.int64)
+    return {"vocab_ids": ids, "cls_id": vocab["[CLS]"], "sep_id": vocab["[SEP]"]}
+
+
+def predict_text(model, data: dict, batch: int = 128):
+    """Predicted classes of a token split, in order (eval mode)."""
+    import numpy as np
+
+    model.eval()
+    n = n_rows(data)
+    return np.concatenate([model.forward(rows(data, np.arange(i, min(i + batch, n)))).argmax(1)
+                           for i in range(0, n, batch)])
+
+
+def text_candidates(arm: str, s: Settings) -> list:
+    return {"scratch": [None], "real_ce": list(s.text_real_lrs), "real_kd": list(s.text_real_lrs),
+            "afstip": list(s.text_sigmas)}[arm]
+
+
+def train_text_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, make_bert, vocab: dict,
+                   num_classes: int, pools: dict):
+    """A fresh TextStudent (``make_bert()``: the first blocks of MiniLM) trained by ``arm`` with knob ``knob``;
+    the data-free arm gets no data (``data`` None is fine): it reads the teacher and ``vocab`` only. ``pools``
+    keeps the AF-STip anchors (teacher and seed only), so the students with and without fusion share them."""
+    from peftc.distill import AFSTipConfig, KDConfig, afstip_distill
+    from peftc.distill.text import TextStudent, token_anchors
+
+    student = TextStudent(make_bert(), num_classes, fusion=fusion, memory_slots=s.memory_slots, seed=seed)
+    if arm in ("real_ce", "real_kd"):
+        train_real(student, t, data["train"], data["train"]["labels"], knob, arm == "real_kd", seed,
+                   s.text_real_epochs, s.text_batch_size)
+    elif arm == "afstip":
+        std = float(t.word_embeddings.std())
+        if "text_anchors" not in pools:
+            pools["text_anchors"] = token_anchors(t, num_classes, s.text_anchor_length, s.text_anchors_per_class,
+                                                  s.text_anchor_steps, s.text_anchor_lr * std, seed, **vocab)[0]
+        anchors = pools["text_anchors"]
+        cfg = AFSTipConfig(sigma=knob * std, steps=s.text_afstip_steps, batch_size=s.text_batch_size,
+                           lr=s.text_student_lr, kd=KDConfig(tau=4.0, lambda_kd=1.0, lambda_cls=0.5, confidence=0.5),
+                           pixel_range=None, seed=seed)
+        afstip_distill(t, student, num_classes, anchors.shape[1:], cfg, centres=anchors)
+    return student
+
+
+def run_text_seed(s: Settings, seed: int, text: dict, t, make_bert, vocab: dict) -> dict:
+    """The text arms (each with and without fusion, knobs chosen on validation) and the migration of the
+    selected AF-STip student (without fusion) to the held-out class."""
+    import numpy as np
+
+    from peftc.distill.migrate import MigrationConfig, migrate_to_new_class
+    from peftc.distill.text import embed_tokens
+    from peftc.evaluation import accuracy, macro_f1, select_on_validation
+
+    num_old = text["num_old"]
+    test = text["test"]
+    old_test = {k: v[test["labels"] < num_old] for k, v in test.items()}
+
+    def evaluate(model, split):
+        d = text["val"] if split == "validation" else old_test
+        pred = predict_text(model, d)
+        if split == "validation":
+            return accuracy(d["labels"], pred)
+        return {"acc": accuracy(d["labels"], pred), "macro_f1": macro_f1(d["labels"], pred, num_old)}
+
+    methods, pools, base = {}, {}, None
+    for arm in TEXT_ARMS:
+        for fusion in (False, True):
+            name = arm + ("+fusion" if fusion else "")
+            t0 = time.perf_counter()
+            sel = select_on_validation(text_candidates(arm, s),
+                                       lambda k: train_text_arm(arm, k, t, text, s, fusion, seed, make_bert, vocab,
+                                                                num_old, pools), evaluate)
+            methods[name] = {**sel.test_score, "student_params": n_params(sel.model), "teacher_params": n_params(t),
+                             "seconds": time.perf_counter() - t0, "selected": sel.best_candidate,
+                             "validation": list(sel.scores)}
+            if name == "afstip":
+                base = sel.model
+            print(f"seed {seed} text {name}: test acc {sel.test_score['acc']:.4f} (knob {sel.best_candidate}, "
+                  f"{methods[name]['seconds']:.0f} s)", flush=True)
+    t0 = time.perf_counter()
+    sigma = methods["afstip"]["selected"] * float(t.word_embeddings.std())
+    table = base.bert.embeddings.word_embeddings.weight.data
+    rng = np.random.default_rng(seed)
+    y = test["labels"]
+    old, new = y < num_old, y == num_old
+    migration = []
+    for k in s.migration_shots:
+        student = copy.deepcopy(base)
+        shots = embed_tokens(table, rows(text["new_train"], rng.choice(n_rows(text["new_train"]), k, replace=False)))
+        migrate_to_new_class(student, t, shots, pools["text_anchors"],
+                             MigrationConfig(steps=s.text_migration_steps, new_per_batch=s.text_batch_size // 4,
+                                             pseudo_per_batch=s.text_batch_size - s.text_batch_size // 4,
+                                             sigma=sigma, lr=s.text_student_lr, seed=seed))
+        pred = predict_text(student, test)
+        migration.append(migration_row(k, y, pred, old, new, num_old + 1))
+    print(f"seed {seed} text migration: {migration} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"text_methods": methods, "text_migration": migration}
 
 
 def run_seed(s: Settings, seed: int, data, t, t9) -> dict:
@@ -251,41 +520,57 @@ def run_seed(s: Settings, seed: int, data, t, t9) -> dict:
         migrate_to_new_class(student, t9, shots, anchors,
                              MigrationConfig(steps=s.migration_steps, sigma=sigma, seed=seed))
         pred = predict(student, ex)
-        migration.append({"shots": k, "old_acc": accuracy(ey[old], pred[old]),
-                          "old_macro_f1": macro_f1(ey[old], pred[old], 10), "new_acc": accuracy(ey[new], pred[new]),
-                          "new_f1": class_f1(ey, pred, 9),
-                          "all_acc": accuracy(ey, pred), "all_macro_f1": macro_f1(ey, pred, 10)})
+        migration.append(migration_row(k, ey, pred, old, new, 10))
     print(f"seed {seed} migration: {migration} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"methods": methods, "migration": migration}
 
 
-def aggregate(per_seed: dict) -> dict:
-    """Means over seeds, and the verdicts (when there are at least two seeds)."""
+def mean_tables(per_seed: dict, methods_key: str, migration_key: str) -> tuple[dict, list]:
+    """Means over seeds of one side's methods table and migration rows."""
     import numpy as np
 
-    from peftc.evaluation import Claim, verdicts
+    seeds = sorted(per_seed, key=int)
+    first = per_seed[seeds[0]]
+    methods = {n: {key: float(np.mean([per_seed[k][methods_key][n][key] for k in seeds]))
+                   for key in ("acc", "macro_f1", "seconds")} for n in first[methods_key]}
+    for n, m in methods.items():
+        m["student_params"] = first[methods_key][n]["student_params"]
+        m["teacher_params"] = first[methods_key][n]["teacher_params"]
+    keys = [key for key in first[migration_key][0] if key != "shots"]
+    migration = [{"shots": row["shots"], **{key: float(np.mean([per_seed[k][migration_key][i][key] for k in seeds]))
+                                          for key in keys}}
+                 for i, row in enumerate(first[migration_key])]
+    return methods, migration
+
+
+def side_claims(per_seed: dict, methods_key: str, data_free: tuple[str, ...], prefix: str = "") -> list:
+    """Each data-free method beats the untrained student, reaches 90% of the real-data KD student's accuracy,
+    and gains from the fusion module."""
+    from peftc.evaluation import Claim
 
     seeds = sorted(per_seed, key=int)
-    names = list(per_seed[seeds[0]]["methods"])
-    acc = {n: [per_seed[k]["methods"][n]["acc"] for k in seeds] for n in names}
-    methods = {n: {key: float(np.mean([per_seed[k]["methods"][n][key] for k in seeds]))
-                   for key in ("acc", "macro_f1", "seconds")} for n in names}
-    for n in names:
-        methods[n]["student_params"] = per_seed[seeds[0]]["methods"][n]["student_params"]
-        methods[n]["teacher_params"] = per_seed[seeds[0]]["methods"][n]["teacher_params"]
-    keys = [key for key in per_seed[seeds[0]]["migration"][0] if key != "shots"]
-    migration = [{"shots": row["shots"], **{key: float(np.mean([per_seed[k]["migration"][i][key] for k in seeds]))
-                                          for key in keys}}
-                 for i, row in enumerate(per_seed[seeds[0]]["migration"])]
+    acc = {n: [per_seed[k][methods_key][n]["acc"] for k in seeds] for n in per_seed[seeds[0]][methods_key]}
     claims = []
-    for m in DATA_FREE:
-        claims.append(Claim(f"{m} acc > untrained student acc", acc[m], acc["scratch"], "greater"))
-        claims.append(Claim(f"{m} acc > 0.9 x real-data KD acc", acc[m], [0.9 * a for a in acc["real_kd"]],
+    for m in data_free:
+        claims.append(Claim(f"{prefix}{m} acc > untrained student acc", acc[m], acc["scratch"], "greater"))
+        claims.append(Claim(f"{prefix}{m} acc > 0.9 x real-data KD acc", acc[m], [0.9 * a for a in acc["real_kd"]],
                             "greater"))
-        claims.append(Claim(f"{m}+fusion acc > {m} acc", acc[m + "+fusion"], acc[m], "greater"))
-    out = {"methods": methods, "migration": migration, "verdicts": []}
-    if len(seeds) >= 2:
-        out["verdicts"] = verdicts(claims)
+        claims.append(Claim(f"{prefix}{m}+fusion acc > {m} acc", acc[m + "+fusion"], acc[m], "greater"))
+    return claims
+
+
+def aggregate(per_seed: dict) -> dict:
+    """Means over seeds, and the verdicts (when there are at least two seeds); the text side's tables and
+    claims when the seeds carry it."""
+    from peftc.evaluation import verdicts
+
+    methods, migration = mean_tables(per_seed, "methods", "migration")
+    claims = side_claims(per_seed, "methods", DATA_FREE)
+    out = {"methods": methods, "migration": migration}
+    if all("text_methods" in part for part in per_seed.values()):
+        out["text_methods"], out["text_migration"] = mean_tables(per_seed, "text_methods", "text_migration")
+        claims += side_claims(per_seed, "text_methods", TEXT_DATA_FREE, "text ")
+    out["verdicts"] = verdicts(claims) if len(per_seed) >= 2 else []
     return out
 
 
@@ -293,19 +578,29 @@ def markdown(payload: dict) -> str:
     from peftc.evaluation import verdicts_markdown
 
     agg = payload["aggregate"]
-    lines = [f"# Data-free distillation on Fashion-MNIST ({len(payload['per_seed'])} seeds, REDUCED)", "",
-             f"CPU: {payload['cpu']}. Command: `{payload['command']}`.", "",
+    lines = [f"# Data-free distillation on Fashion-MNIST and WordNet ({len(payload['per_seed'])} seeds, REDUCED)",
+             "", f"CPU: {payload['cpu']}. Command: `{payload['command']}`.", "",
              "Accuracy and macro-F1 on the test half of the official test split (means over seeds); knobs "
              "chosen on the validation half.", ""]
-    rows = [[n, m["acc"], m["macro_f1"], m["student_params"], m["teacher_params"], m["seconds"]]
-            for n, m in agg["methods"].items()]
-    lines.append(common.markdown_table(["method", "acc", "macro-F1", "student params", "teacher params", "seconds"],
-                                       rows))
-    lines += ["## Migration to class 9 (teacher on classes 0-8, AF-STip student)", ""]
-    mrows = [[r["shots"], r["old_acc"], r["old_macro_f1"], r["new_acc"], r["new_f1"], r["all_acc"], r["all_macro_f1"]]
-             for r in agg["migration"]]
-    lines.append(common.markdown_table(["shots", "old acc", "old macro-F1", "new acc", "new F1", "all acc",
-                                        "all macro-F1"], mrows))
+    method_header = ["method", "acc", "macro-F1", "student params", "teacher params", "seconds"]
+    migration_header = ["shots", "old acc", "old macro-F1", "new acc", "new F1", "all acc", "all macro-F1"]
+
+    def tables(methods: dict, migration: list) -> list[str]:
+        rows = [[n, m["acc"], m["macro_f1"], m["student_params"], m["teacher_params"], m["seconds"]]
+                for n, m in methods.items()]
+        mrows = [[r["shots"], r["old_acc"], r["old_macro_f1"], r["new_acc"], r["new_f1"], r["all_acc"],
+                  r["all_macro_f1"]] for r in migration]
+        return [common.markdown_table(method_header, rows), common.markdown_table(migration_header, mrows)]
+
+    image, image_migration = tables(agg["methods"], agg["migration"])
+    lines += [image, "## Migration to class 9 (teacher on classes 0-8, AF-STip student)", "", image_migration]
+    if "text_methods" in agg:
+        text, text_migration = tables(agg["text_methods"], agg["text_migration"])
+        held = payload["settings"].get("text_held_out", "the held-out class")
+        lines += ["## WordNet: 2-block MiniLM students of a MiniLM + LoRA teacher on 40 classes", "",
+                  "Accuracy and macro-F1 over the 40 old classes' test glosses; student params count the frozen "
+                  "word table (shared with the teacher).", "", text,
+                  f"## WordNet migration to {held} (AF-STip student)", "", text_migration]
     lines += ["## Verdicts", ""]
     if agg["verdicts"]:
         lines.append(verdicts_markdown(agg["verdicts"]))
@@ -314,36 +609,46 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finish(payload: dict, out: str) -> dict:
+    """Add the aggregate of ``payload["per_seed"]`` (its tables and verdicts also at the top level), write it."""
+    payload["aggregate"] = aggregate(payload["per_seed"])
+    for key in ("methods", "migration", "text_methods", "text_migration", "verdicts"):
+        if key in payload["aggregate"]:
+            payload[key] = payload["aggregate"][key]
+    common.write_results(out, payload, markdown(payload))
+    return payload
+
+
 def run(s: Settings, out: str, command: str) -> dict:
+    from peftc.distill.text import truncated_bert
+    from peftc.models import BertModel, minilm_path
+
     t0 = time.perf_counter()
     data = splits(s)
     t, info = teacher(s)
     t9, info9 = teacher(s, tuple(range(9)))
     print(f"teacher test acc {info['test_accuracy']:.4f}, 9-class teacher {info9['test_accuracy']:.4f}", flush=True)
-    per_seed = {str(seed): run_seed(s, seed, data, t, t9) for seed in s.seeds}
+    text = text_splits(s)
+    tt, tinfo = text_teacher(s, text)
+    print(f"text teacher (40 classes) test acc {tinfo['test_accuracy']:.4f}", flush=True)
+    student_bert = truncated_bert(BertModel.from_pretrained(minilm_path()), s.text_student_blocks)
+    vocab = vocabulary_context(minilm_path())
+    per_seed = {str(seed): {**run_seed(s, seed, data, t, t9),
+                            **run_text_seed(s, seed, text, tt, lambda: copy.deepcopy(student_bert), vocab)}
+                for seed in s.seeds}
     env = common.environment()
     payload = {"benchmark": NAME, "cpu": env["cpu"], "command": command, "settings": asdict(s),
                "teacher": {"test_accuracy": info["test_accuracy"], "test_accuracy_9_classes": info9["test_accuracy"],
                            "params": n_params(t)},
+               "text_teacher": {"test_accuracy_40_classes": tinfo["test_accuracy"], "params": n_params(tt),
+                                "cached": tinfo["cached"]},
                "environment": env, "seconds": time.perf_counter() - t0, "per_seed": per_seed}
-    payload["aggregate"] = aggregate(per_seed)
-    payload["methods"] = payload["aggregate"]["methods"]
-    payload["migration"] = payload["aggregate"]["migration"]
-    payload["verdicts"] = payload["aggregate"]["verdicts"]
-    common.write_results(out, payload, markdown(payload))
-    return payload
+    return finish(payload, out)
 
 
 def merge(stems: list[str], out: str) -> dict:
     """Combine per-seed results files of one configuration into ``out``, with the verdicts."""
-    payload = common.merge_seed_parts(stems)
-    per_seed = payload["per_seed"]
-    payload["aggregate"] = aggregate(per_seed)
-    payload["methods"] = payload["aggregate"]["methods"]
-    payload["migration"] = payload["aggregate"]["migration"]
-    payload["verdicts"] = payload["aggregate"]["verdicts"]
-    common.write_results(out, payload, markdown(payload))
-    return payload
+    return finish(common.merge_seed_parts(stems), out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,13 +21,16 @@ Modes (run from the repository root; the lead runs the full one, one process per
         --out benchmarks/results/fscil_wordnet_s0
     ... --seeds 1 --out ..._s1, ..., then
     python benchmarks/fscil_wordnet.py --merge benchmarks/results/fscil_wordnet_s0 ... _s4
-The full mode is reduced to aim at about one CPU-hour per seed on an otherwise idle core: 10 base glosses per
-class (one epoch), 10 test and 2 validation glosses per class, max_length 32, two learning rates, 5 sub-network
-steps per session at 5e-4 (the trick knobs are not tuned). This is an estimate from the work counted in
-encoder passes and the --quick run's seconds on a machine shared by several jobs (there the full bag took 245 s
-for 2 training steps and 100 validation + 100 test glosses), not a timing: the methods with sub-network tuning
-re-encode the validation and test glosses after every session and dominate; check the first seed's per-method
-seconds (in the results) and cut --test-per-class / --methods if it runs long.
+The full mode is reduced: 10 base glosses per class (one epoch), 10 test and 2 validation glosses per class,
+max_length 32, two learning rates, 5 sub-network steps per session at 5e-4 (the trick knobs are not tuned).
+With sub-network tuning only the top block changes after base training, so each gloss's output of the five
+blocks below it is computed once (peftc.fscil.FrozenBlockCache) and every later session runs the top block
+alone; the base training of the tricks that enlarge it (pseudo-classes' 400 mixed texts, the second view, the
+rotated view, the SimCSE epoch) is then the largest part. Estimate, not a timing: counting block x token
+passes (a backward as two forwards), one full seed is 23e6 of them (35e6 before the cache), the full bag 2.9e6
+(4.5e6); at the rate of the --quick run on a machine shared by several jobs (2607 s for 28 method runs, about
+400 s per 1e6) that is about 2.6 hours per seed and 19 minutes for the full bag; an idle core is faster. Check
+the first seed's per-method seconds (in the results) and cut --test-per-class / --methods if it runs long.
 Results: benchmarks/results/fscil_wordnet.{json,md}.
 """
 from __future__ import annotations

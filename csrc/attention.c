@@ -11,9 +11,10 @@
  * Results do not depend on the thread count: every pair is computed the same way whichever thread
  * runs it.
  *
- * Also here: the packed-sequence forward (inference), where sequences of different lengths are stored
- * back to back as rows, each (sequence, head) pair a block of a few thousand multiply-adds; and the
- * decoder's forward against a KV cache (inference), new queries attending to the cached keys. */
+ * Also here: the packed-sequence forward and backward, where sequences of different lengths are stored
+ * back to back as rows (a padded batch without its padding), each (sequence, head) pair a block of a few
+ * thousand multiply-adds; and the decoder's forward against a KV cache (inference), new queries
+ * attending to the cached keys. */
 #include <math.h>
 
 #include "small_gemm.h"
@@ -361,13 +362,15 @@ peftc_status peftc_attention_backward(float *dq, float *dk, float *dv, float *wo
     return peftc_parallel_run(backward_part, &job, attention_threads(B * NH));
 }
 
-/* ---- packed sequences (inference): each sequence's rows attend among themselves ---------------- */
+/* ---- packed sequences: each sequence's rows attend among themselves ------------------------------ */
 
 typedef struct {
-    float *out, *work;
-    const float *q, *k, *v;
-    const int64_t *offsets;
-    int64_t S, H, NH, Tmax;
+    float *out, *att, *work, *dq, *dk, *dv;
+    const float *q, *k, *v, *dout, *att_in;
+    const int64_t *offsets, *starts;
+    float p;
+    uint64_t key, offset;
+    int64_t S, T, H, NH, Tmax;
 } packed_job;
 
 static int64_t packed_longest(const int64_t *offsets, int64_t S)
@@ -395,58 +398,205 @@ static int64_t packed_threads(const int64_t *offsets, int64_t S, int64_t NH)
 
 int64_t peftc_attention_packed_forward_workspace_size(int64_t T)
 {
-    /* per thread, the probabilities of one (sequence, head) block of the longest sequence */
+    /* per thread, the probabilities (or their dropped copy) of one (sequence, head) block of the longest
+     * sequence */
     return peftc_parallel_threads() * T * T;
 }
 
-/* the (sequence, head) pairs of part t: the same arithmetic as forward_part with B=1, no mask and no
- * dropout, so a sequence's output does not depend on its neighbours or on the thread count */
+int64_t peftc_attention_packed_backward_workspace_size(int64_t T, float p)
+{
+    /* per thread, d(probabilities) of one block, plus its dropped probabilities when dropout is on */
+    return peftc_parallel_threads() * T * T * (p > 0.0f ? 2 : 1);
+}
+
+/* where the probabilities of pair sh = s*NH + h start in att: NH * (sum of the earlier sequences' T^2) + h T^2 */
+static int64_t packed_att_start(const int64_t *offsets, int64_t sh, int64_t NH)
+{
+    const int64_t s = sh / NH, T = offsets[s + 1] - offsets[s];
+    int64_t before = 0;
+    for (int64_t r = 0; r < s; r++)
+        before += (offsets[r + 1] - offsets[r]) * (offsets[r + 1] - offsets[r]);
+    return NH * before + (sh % NH) * T * T;
+}
+
+/* the dropout counter of query i, key 0 of pair (s, h): that of the same element of the padded batch
+ * the sequences came from, row s of width j->T with the sequence at positions starts[s] .. */
+static uint64_t packed_counter(const packed_job *j, int64_t s, int64_t h, int64_t i)
+{
+    const int64_t start = j->starts ? j->starts[s] : 0;
+    return j->offset + (uint64_t)(((s * j->NH + h) * j->T + start + i) * j->T + start);
+}
+
+/* the (sequence, head) pairs of part t: the arithmetic of forward_part with B=1 and no mask, so a
+ * sequence's output does not depend on its neighbours or on the thread count */
 static peftc_status packed_part(void *ctx, int64_t t, int64_t nparts)
 {
     const packed_job *j = ctx;
     const int64_t H = j->H, NH = j->NH, HS = H / NH;
     const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
-    float *a = j->work + t * j->Tmax * j->Tmax;
+    const float p = j->p, keep_scale = 1.0f / (1.0f - p);
+    float *work = j->work + t * j->Tmax * j->Tmax;
     int64_t first, last;
     peftc_part_range(j->S * NH, t, nparts, &first, &last);
+    int64_t at = first < last ? packed_att_start(j->offsets, first, NH) : 0;
     for (int64_t sh = first; sh < last; sh++) {
         const int64_t s = sh / NH, h = sh % NH, row = j->offsets[s], T = j->offsets[s + 1] - row;
         const int64_t col = row * H + h * HS;
         if (T == 0)
             continue;
+        float *a = j->att ? j->att + at : work;
+        at += T * T;
         /* a (T,T) = q_h (T,HS) k_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
         peftc_small_gemm_abt(a, j->q + col, j->k + col, T, T, HS, H, H, T);
         for (int64_t i = 0; i < T; i++)
             masked_softmax_row(a + i * T, NULL, 0, i, scale, T);
-        /* out_h (T,HS) = a (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
-        peftc_small_gemm_ab(j->out + col, a, j->v + col, 0, 0, T, HS, T, T, H, H);
+        const float *pv = a;
+        if (p > 0.0f) {
+            for (int64_t i = 0; i < T; i++)
+                peftc_dropout_row(work + i * T, a + i * T, p, keep_scale, j->key, packed_counter(j, s, h, i), T);
+            pv = work;
+        }
+        /* out_h (T,HS) = pv (T,T) v_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+        peftc_small_gemm_ab(j->out + col, pv, j->v + col, 0, 0, T, HS, T, T, H, H);
     }
     return PEFTC_OK;
 }
 
-peftc_status peftc_attention_packed_forward(float *out, float *work, const float *q, const float *k, const float *v,
-                                            const int64_t *offsets, int64_t S, int64_t N, int64_t H, int64_t NH)
+/* offsets start at 0, do not decrease and end at N; each sequence fits its padded row (starts[s] >= 0,
+ * starts[s] + its length <= T) */
+static peftc_status packed_args(const int64_t *offsets, const int64_t *starts, float p, int64_t S, int64_t N, int64_t T,
+                                int64_t H, int64_t NH)
 {
-    if (S < 0 || N < 0 || H < 0 || NH < 1 || H % NH != 0)
+    if (S < 0 || N < 0 || T < 0 || H < 0 || NH < 1 || H % NH != 0)
         return PEFTC_ERR_SIZE;
-    if (offsets[0] != 0 || offsets[S] != N)
+    if (!(p >= 0.0f && p < 1.0f) || offsets[0] != 0 || offsets[S] != N)
         return PEFTC_ERR_ARG;
-    for (int64_t s = 0; s < S; s++)
-        if (offsets[s + 1] < offsets[s])
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t len = offsets[s + 1] - offsets[s], start = starts ? starts[s] : 0;
+        if (len < 0 || start < 0 || (p > 0.0f && start + len > T))
             return PEFTC_ERR_ARG;
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_attention_packed_forward(float *out, float *att, float *work, const float *q, const float *k,
+                                            const float *v, const int64_t *offsets, const int64_t *starts, float p,
+                                            uint64_t seed, uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H,
+                                            int64_t NH)
+{
+    const peftc_status st = packed_args(offsets, starts, p, S, N, T, H, NH);
+    if (st != PEFTC_OK)
+        return st;
+    if (p > 0.0f && !att)
+        return PEFTC_ERR_ARG; /* dropout is for training, which keeps the probabilities */
     if (S == 0 || N == 0)
         return PEFTC_OK;
     packed_job job = {.out = out,
+                      .att = att,
                       .work = work,
                       .q = q,
                       .k = k,
                       .v = v,
                       .offsets = offsets,
+                      .starts = starts,
+                      .p = p,
+                      .key = peftc_rng_key(seed),
+                      .offset = offset,
                       .S = S,
+                      .T = T,
                       .H = H,
                       .NH = NH,
                       .Tmax = packed_longest(offsets, S)};
     return peftc_parallel_run(packed_part, &job, packed_threads(offsets, S, NH));
+}
+
+/* backward_part's arithmetic on each (sequence, head) pair of part t, its probabilities read from att */
+static peftc_status packed_backward_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const packed_job *j = ctx;
+    const int64_t H = j->H, NH = j->NH, HS = H / NH, Tmax = j->Tmax;
+    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
+    const float p = j->p, keep_scale = 1.0f / (1.0f - p);
+    float *ds = j->work + t * Tmax * Tmax * (p > 0.0f ? 2 : 1);
+    float *pd = ds + Tmax * Tmax;
+    int64_t first, last;
+    peftc_part_range(j->S * NH, t, nparts, &first, &last);
+    int64_t at = first < last ? packed_att_start(j->offsets, first, NH) : 0;
+    for (int64_t sh = first; sh < last; sh++) {
+        const int64_t s = sh / NH, h = sh % NH, row = j->offsets[s], T = j->offsets[s + 1] - row;
+        const int64_t col = row * H + h * HS;
+        if (T == 0)
+            continue;
+        const float *a = j->att_in + at;
+        at += T * T;
+        const float *pv = a;
+        if (p > 0.0f) {
+            for (int64_t i = 0; i < T; i++)
+                peftc_dropout_row(pd + i * T, a + i * T, p, keep_scale, j->key, packed_counter(j, s, h, i), T);
+            pv = pd;
+        }
+        if (j->dv) {
+            /* dv_h (T,HS) += pv^T (T,T) G (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            peftc_small_gemm_ab(j->dv + col, pv, j->dout + col, 1, 1, T, HS, T, T, H, H);
+        }
+        if (!j->dq && !j->dk)
+            continue;
+        /* ds (T,T) = G (T,HS) v_h^T: M=T, N=T, K=HS, lda=H, ldb=H, ldc=T */
+        peftc_small_gemm_abt(ds, j->dout + col, j->v + col, T, T, HS, H, H, T);
+        for (int64_t i = 0; i < T; i++) {
+            float *d = ds + i * T;
+            const float *pr = a + i * T;
+            if (p > 0.0f) {
+                const float *pdr = pd + i * T; /* pd != 0 is the keep-mask, as in backward_part */
+                for (int64_t c = 0; c < T; c++)
+                    d[c] = pdr[c] != 0.0f ? d[c] * keep_scale : 0.0f;
+            }
+            const float dot = row_dot(pr, d, T);
+            for (int64_t c = 0; c < T; c++)
+                d[c] = scale * pr[c] * (d[c] - dot);
+        }
+        if (j->dq) {
+            /* dq_h (T,HS) += ds (T,T) k_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            peftc_small_gemm_ab(j->dq + col, ds, j->k + col, 0, 1, T, HS, T, T, H, H);
+        }
+        if (j->dk) {
+            /* dk_h (T,HS) += ds^T (T,T) q_h (T,HS): M=T, N=HS, K=T, lda=T, ldb=H, ldc=H */
+            peftc_small_gemm_ab(j->dk + col, ds, j->q + col, 1, 1, T, HS, T, T, H, H);
+        }
+    }
+    return PEFTC_OK;
+}
+
+peftc_status peftc_attention_packed_backward(float *dq, float *dk, float *dv, float *work, const float *dout,
+                                             const float *q, const float *k, const float *v, const float *att,
+                                             const int64_t *offsets, const int64_t *starts, float p, uint64_t seed,
+                                             uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH)
+{
+    const peftc_status st = packed_args(offsets, starts, p, S, N, T, H, NH);
+    if (st != PEFTC_OK)
+        return st;
+    if (S == 0 || N == 0)
+        return PEFTC_OK;
+    packed_job job = {.work = work,
+                      .dq = dq,
+                      .dk = dk,
+                      .dv = dv,
+                      .q = q,
+                      .k = k,
+                      .v = v,
+                      .dout = dout,
+                      .att_in = att,
+                      .offsets = offsets,
+                      .starts = starts,
+                      .p = p,
+                      .key = peftc_rng_key(seed),
+                      .offset = offset,
+                      .S = S,
+                      .T = T,
+                      .H = H,
+                      .NH = NH,
+                      .Tmax = packed_longest(offsets, S)};
+    return peftc_parallel_run(packed_backward_part, &job, packed_threads(offsets, S, NH));
 }
 
 /* ---- causal attention of new queries against a KV cache (decoding) ------------------------------- */

@@ -1,45 +1,138 @@
 /* blas.c: thin, checked wrappers over CBLAS and LAPACKE. Holds no math of its own: each function
  * checks sizes against the 32-bit interface and maps the library's result to a peftc_status.
  * LAPACKE is called only through its column-major _work interface, which allocates nothing. */
-#define PEFTC_BLAS_LIBRARY /* blas.h adds the library's own headers, names mapped to the build's OpenBLAS */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime and the thread CPU clock under -std=c11 */
+#define PEFTC_BLAS_LIBRARY     /* blas.h adds the library's own headers, names mapped to the build's OpenBLAS */
 #include "blas.h"
 
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c)
 {
     return a >= 0 && b >= 0 && c >= 0 && a <= INT_MAX && b <= INT_MAX && c <= INT_MAX;
 }
 
-/* the thread count from before a single-thread hold, 0 when none is active: workspace queries and
- * part counts made meanwhile (from other threads) see the count the process runs with */
-static _Atomic int held_threads = 0;
-static pthread_mutex_t single_thread_lock = PTHREAD_MUTEX_INITIALIZER;
+/* OpenBLAS's thread count is one process-wide number, and peftc lowers it to 1 for two reasons: a hold
+ * (peftc_blas_single_thread_begin) and products too small to split (peftc_sgemm). While either is in
+ * force, `configured` keeps the count to come back to, and peftc_blas_threads() reports it, so that
+ * part counts and workspace sizes computed meanwhile (on other threads) see the count the process runs
+ * with. Guarded by state_lock, which is held for a few calls, never over a product. */
+static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
+static int configured = 0;   /* the count outside the lowered spans; read from OpenBLAS when one begins */
+static int64_t lowered = 0;  /* holds and small products in flight */
+static pthread_mutex_t single_thread_lock = PTHREAD_MUTEX_INITIALIZER; /* one hold at a time */
+static _Atomic int64_t single_thread_products = 0; /* products run on one thread by the size rule */
+
+/* Start a lowered span. The count is read afresh when no span is active, so that a count set behind
+ * peftc's back (through ctypes, say) is the one restored. */
+static void lower_begin(void)
+{
+    pthread_mutex_lock(&state_lock);
+    if (lowered++ == 0) {
+        configured = openblas_get_num_threads();
+        if (configured != 1)
+            openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&state_lock);
+}
+
+static void lower_end(void)
+{
+    pthread_mutex_lock(&state_lock);
+    if (--lowered == 0 && configured != 1)
+        openblas_set_num_threads(configured);
+    pthread_mutex_unlock(&state_lock);
+}
 
 int64_t peftc_blas_threads(void)
 {
-    const int held = atomic_load(&held_threads);
-    return held ? held : openblas_get_num_threads();
+    pthread_mutex_lock(&state_lock);
+    const int n = lowered ? configured : openblas_get_num_threads();
+    pthread_mutex_unlock(&state_lock);
+    return n;
+}
+
+peftc_status peftc_blas_set_threads(int64_t n)
+{
+    if (n < 1 || n > INT_MAX)
+        return PEFTC_ERR_ARG;
+    pthread_mutex_lock(&state_lock);
+    if (lowered)
+        configured = (int)n; /* applied when the last lowered span ends */
+    else
+        openblas_set_num_threads((int)n);
+    pthread_mutex_unlock(&state_lock);
+    return PEFTC_OK;
 }
 
 void peftc_blas_single_thread_begin(void)
 {
     pthread_mutex_lock(&single_thread_lock);
-    const int n = openblas_get_num_threads();
-    atomic_store(&held_threads, n);
-    if (n != 1)
-        openblas_set_num_threads(1);
+    lower_begin();
 }
 
 void peftc_blas_single_thread_end(void)
 {
-    const int n = atomic_load(&held_threads);
-    if (n != 1)
-        openblas_set_num_threads(n);
-    atomic_store(&held_threads, 0);
+    lower_end();
     pthread_mutex_unlock(&single_thread_lock);
+}
+
+/* Products below this many flops (2 M N K) run on one thread. A core of the machines peftc runs on
+ * does at most about 100 GFLOP/s of sgemm (Zen 3 with AVX2: 2 FMA pipes x 8 lanes x 2 flops x ~3 GHz;
+ * 265 GFLOP/s was measured on two Zen 4/5 threads), so a second thread can save at most 2^22 flops
+ * / 100 GFLOP/s, about 40 us, on a product below 2^23 flops. Handing it its half costs a wake-up:
+ * OPENBLAS_THREAD_TIMEOUT=14 (set by peftc) puts an idle OpenBLAS worker to sleep after some
+ * microseconds, so between the products of a training step it is asleep, and waking it takes tens
+ * of microseconds on a quiet machine and up to a scheduler slice (35 ms measured) on a loaded one.
+ * In the main job's step (N = 32 x T rows, hidden 384) this keeps the LoRA products (N x 384 x 8:
+ * 2^23 flops only from T = 43) and the head (32 x 384 x 41) on one thread and splits every frozen
+ * product (N x 384 x 384 and up: 2^23 flops from T = 1). OpenBLAS's own cut-off (M N K <= 2^18)
+ * is 16 times lower. */
+#define SGEMM_SPLIT_MIN_FLOPS (1 << 23)
+
+static int sgemm_small(int64_t M, int64_t N, int64_t K)
+{
+    /* M, N, K < 2^31 each: the product fits a double exactly enough for the comparison */
+    return 2.0 * (double)M * (double)N * (double)K < (double)SGEMM_SPLIT_MIN_FLOPS;
+}
+
+int64_t peftc_sgemm_threads(int64_t M, int64_t N, int64_t K)
+{
+    return sgemm_small(M, N, K) ? 1 : peftc_blas_threads();
+}
+
+int64_t peftc_sgemm_single_thread_count(void)
+{
+    return atomic_load(&single_thread_products);
+}
+
+/* GEMM accounting, off unless asked for: calls, flops and the calling thread's CPU time inside cblas_sgemm */
+static _Atomic int profiling = 0;
+static _Atomic int64_t profile_calls = 0, profile_flops = 0, profile_ns = 0;
+
+void peftc_sgemm_profile(int on)
+{
+    atomic_store(&profile_calls, 0);
+    atomic_store(&profile_flops, 0);
+    atomic_store(&profile_ns, 0);
+    atomic_store(&profiling, on != 0);
+}
+
+void peftc_sgemm_profile_read(int64_t *calls, int64_t *flops, int64_t *thread_cpu_ns)
+{
+    *calls = atomic_load(&profile_calls);
+    *flops = atomic_load(&profile_flops);
+    *thread_cpu_ns = atomic_load(&profile_ns);
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (int64_t)t.tv_sec * 1000000000 + (int64_t)t.tv_nsec;
 }
 
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
@@ -56,8 +149,21 @@ peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t
                 C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
         return PEFTC_OK;
     }
+    const int small = sgemm_small(M, N, K);
+    if (small) {
+        atomic_fetch_add(&single_thread_products, 1);
+        lower_begin();
+    }
+    const int64_t t0 = atomic_load_explicit(&profiling, memory_order_relaxed) ? thread_cpu_ns() : -1;
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
                 (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    if (t0 >= 0) {
+        atomic_fetch_add(&profile_ns, thread_cpu_ns() - t0);
+        atomic_fetch_add(&profile_calls, 1);
+        atomic_fetch_add(&profile_flops, 2 * M * N * K);
+    }
+    if (small)
+        lower_end();
     return PEFTC_OK;
 }
 

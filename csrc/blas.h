@@ -9,15 +9,37 @@
 
 #include "peftc.h"
 
-/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T as trans_x says. */
+/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, op(X) = X or X^T as trans_x says. A product
+ * too small to gain from a second thread (under 2^23 flops, 2 M N K; blas.c says why) runs on one
+ * thread. Its result can differ from a split one in the last bits, as OpenBLAS's results at two
+ * thread counts do (its edge blocks change with the split). Meanwhile a product from another thread
+ * also runs on one thread. */
 peftc_status peftc_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                          int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* the thread count peftc_sgemm gives an (M,N) x K product: 1 below the size rule, else
+ * peftc_blas_threads() */
+int64_t peftc_sgemm_threads(int64_t M, int64_t N, int64_t K);
+
+/* products peftc_sgemm has run on one thread by the size rule since the process started */
+int64_t peftc_sgemm_single_thread_count(void);
+
+/* GEMM accounting for profiles (benchmarks/step_gemm_share.py): peftc_sgemm_profile(1) zeroes the totals and
+ * starts counting, (0) zeroes and stops; _read gives the products, their flops (2 M N K) and the CPU time of
+ * the threads that called them, spent inside the BLAS call (OpenBLAS's own workers not included: profile at
+ * one BLAS thread). Two clock reads per product while on, one atomic load while off. */
+void peftc_sgemm_profile(int on);
+void peftc_sgemm_profile_read(int64_t *calls, int64_t *flops, int64_t *thread_cpu_ns);
 
 /* true when every size fits the BLAS integer */
 int peftc_blas_sizes_ok(int64_t a, int64_t b, int64_t c);
 
 /* the number of threads OpenBLAS runs a large GEMM on (outside any single-thread hold) */
 int64_t peftc_blas_threads(void);
+
+/* run OpenBLAS, and so peftc's own kernels, on n >= 1 threads from now on (PEFTC_ERR_ARG otherwise);
+ * set during a hold, the count takes effect when the hold ends */
+peftc_status peftc_blas_set_threads(int64_t n);
 
 /* Hold OpenBLAS at one thread until peftc_blas_single_thread_end(), for kernels that run BLAS or LAPACK
  * calls on threads of their own. The count is process-wide: the pair holds a lock, so two such

@@ -1,9 +1,10 @@
 /* distill.c: the losses of data-free knowledge distillation: the temperature-scaled KD divergence
- * (Hinton et al.), DeepInversion's BatchNorm-statistics matching and total-variation prior, and DAFL's
- * activation and information-entropy terms. DAFL's third term, the one-hot loss, is the softmax
- * cross-entropy against the teacher's own argmax (loss.c), and DeepInversion's L2 prior a plain norm:
- * neither lives here. Each kernel computes one scalar loss; its backward adds dloss times the loss's
- * gradient into the caller's buffer. The networks' backward passes are the caller's (peftc.nn). */
+ * (Hinton et al.), DeepInversion's BatchNorm-statistics matching, total-variation prior and adaptive
+ * (ADI) competition term, and DAFL's activation and information-entropy terms. DAFL's third term, the
+ * one-hot loss, is the softmax cross-entropy against the teacher's own argmax (loss.c), and
+ * DeepInversion's L2 prior a plain norm: neither lives here. Each kernel computes one scalar loss; its
+ * backward adds dloss times the loss's gradient into the caller's buffer. The networks' backward passes
+ * are the caller's (peftc.nn). */
 #include <math.h>
 
 #include "peftc.h"
@@ -77,6 +78,94 @@ peftc_status peftc_kd_kl_backward(float *dzs, float *dzt, float dloss, const flo
             mean_r += (double)p[c] * ((double)t[c] - s[c]) / tau;
         for (int64_t c = 0; c < C; c++)
             dzt[n * C + c] += (float)(g * p[c] * (((double)t[c] - s[c]) / tau - mean_r));
+    }
+    return PEFTC_OK;
+}
+
+/* softmax(z / tau) of one row of C logits into p, in double, written as float */
+static void softmax_row(float *p, const float *z, float tau, int64_t C)
+{
+    double mx = (double)z[0] / tau;
+    for (int64_t c = 1; c < C; c++)
+        mx = fmax(mx, (double)z[c] / tau);
+    double sum = 0.0;
+    for (int64_t c = 0; c < C; c++)
+        sum += exp((double)z[c] / tau - mx);
+    for (int64_t c = 0; c < C; c++)
+        p[c] = (float)(exp((double)z[c] / tau - mx) / sum);
+}
+
+/* ADI's clamp range for the probabilities (the reference code's constants) */
+#define ADI_LO 0.01
+#define ADI_HI 0.99
+
+static double adi_clamp(double v)
+{
+    return v < ADI_LO ? ADI_LO : (v > ADI_HI ? ADI_HI : v);
+}
+
+static double adi_pass(double v)
+{
+    return v >= ADI_LO && v <= ADI_HI ? 1.0 : 0.0;
+}
+
+/* dJS/dp and dJS/dq of one class's term m (log m - (log p' + log q') / 2), p' q' m the clamped values and
+ * m = (p + q) / 2 before its clamp: through m (half each) and through p', q' themselves */
+static void adi_prob_grads(double *dp, double *dq, double p, double q)
+{
+    const double mu = 0.5 * (p + q), m = adi_clamp(mu), cp = adi_clamp(p), cq = adi_clamp(q);
+    const double dm = 0.5 * adi_pass(mu) * (log(m) + 1.0 - 0.5 * (log(cp) + log(cq)));
+    *dp = dm - 0.5 * adi_pass(p) * m / cp;
+    *dq = dm - 0.5 * adi_pass(q) * m / cq;
+}
+
+peftc_status peftc_adi_js_forward(float *loss, float *ps, float *pt, const float *zs, const float *zt, float tau,
+                                  int64_t N, int64_t C)
+{
+    if (N <= 0 || C <= 0)
+        return PEFTC_ERR_SIZE;
+    if (!(tau > 0.0f) || !isfinite(tau))
+        return PEFTC_ERR_ARG;
+    double total = 0.0;
+    for (int64_t n = 0; n < N; n++) {
+        if (!row_finite(zs + n * C, C) || !row_finite(zt + n * C, C))
+            return PEFTC_ERR_NONFINITE;
+        float *p = ps + n * C, *q = pt + n * C;
+        softmax_row(p, zs + n * C, tau, C);
+        softmax_row(q, zt + n * C, tau, C);
+        for (int64_t c = 0; c < C; c++) {
+            const double m = adi_clamp(0.5 * ((double)p[c] + q[c]));
+            total += m * (log(m) - 0.5 * (log(adi_clamp(p[c])) + log(adi_clamp(q[c]))));
+        }
+    }
+    *loss = (float)(total / (double)N);
+    return PEFTC_OK;
+}
+
+peftc_status peftc_adi_js_backward(float *dzs, float *dzt, float dloss, const float *ps, const float *pt, float tau,
+                                   int64_t N, int64_t C)
+{
+    if (N <= 0 || C <= 0)
+        return PEFTC_ERR_SIZE;
+    if (!(tau > 0.0f) || !isfinite(tau))
+        return PEFTC_ERR_ARG;
+    const double g = (double)dloss / ((double)N * tau);
+    for (int64_t n = 0; n < N; n++) {
+        const float *p = ps + n * C, *q = pt + n * C;
+        /* the softmax Jacobian: dz_k = (1/tau) p_k (dp_k - sum_c p_c dp_c) */
+        double sp = 0.0, sq = 0.0, dp, dq;
+        for (int64_t c = 0; c < C; c++) {
+            adi_prob_grads(&dp, &dq, p[c], q[c]);
+            sp += p[c] * dp;
+            sq += q[c] * dq;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            adi_prob_grads(&dp, &dq, p[c], q[c]);
+            if (dzs)
+                dzs[n * C + c] += (float)(g * p[c] * (dp - sp));
+            if (dzt)
+                dzt[n * C + c] += (float)(g * q[c] * (dq - sq));
+        }
     }
     return PEFTC_OK;
 }

@@ -5,7 +5,8 @@
  * the widest activation of the encoder (N x 4H). So the loops use inline branch-free versions:
  * Phi from the Chebyshev-fitted erfc of Numerical Recipes (fractional error below 1.2e-7 on all
  * reals, so the left tail stays accurate), and the exp of fastmath.h, both with explicit fmaf
- * Horner steps. The compiler turns both loops into SIMD code. Large inputs are split into
+ * Horner steps. The compiler turns the loops into SIMD code (given -fno-trapping-math, setup.py: else
+ * the select on the sign of x keeps them scalar). Large inputs are split into
  * contiguous ranges run on the BLAS thread count (parallel.h); each element is computed the same
  * way on any thread. */
 #include <math.h>

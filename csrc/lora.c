@@ -2,7 +2,9 @@
  *   y = x w^T + b + s * (xd a^T bm^T + bb),   xd = dropout_p(x)
  * The frozen base product and the adapter share one output buffer: the adapter GEMM accumulates
  * into y with beta = 1, so there is no temporary of size (N,OC). The dropout mask is regenerated
- * from (seed, offset) in the backward. Gradient math: ../shared spec, adapters.md section 1.2. */
+ * from (seed, offset) in the backward. Gradient math: ../shared spec, adapters.md section 1.2.
+ * w may be NULL: the base layer's products are then the caller's (a bf16 frozen base, bf16_gemm.h, adds
+ * x w^T into y after the forward and dy w into dx after the backward). */
 #include "bias_rows.h"
 #include "blas.h"
 
@@ -20,10 +22,14 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
     peftc_status st = has_bias ? peftc_bias_rows_fill(y, b, bb, scale, N, OC) : PEFTC_OK;
     if (st != PEFTC_OK)
         return st;
-    /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
-    st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, has_bias ? 1.0f : 0.0f, y, OC);
-    if (st != PEFTC_OK)
-        return st;
+    int filled = has_bias; /* y holds values the next GEMM adds to */
+    if (w) {
+        /* y (N,OC) (+)= x (N,IC) w^T: M=N, N=OC, K=IC, lda=IC, ldb=IC, ldc=OC */
+        st = peftc_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, filled ? 1.0f : 0.0f, y, OC);
+        if (st != PEFTC_OK)
+            return st;
+        filled = 1;
+    }
     const float *xin = x;
     if (p > 0.0f) {
         st = peftc_dropout_forward(xd, x, p, seed, offset, N * IC);
@@ -35,8 +41,8 @@ peftc_status peftc_lora_forward(float *y, float *xd, float *u, const float *x, c
     st = peftc_sgemm(0, 1, N, R, IC, 1.0f, xin, IC, a, IC, 0.0f, u, R);
     if (st != PEFTC_OK)
         return st;
-    /* y (N,OC) += s * u (N,R) bm^T: M=N, N=OC, K=R, lda=R, ldb=R, ldc=OC */
-    return peftc_sgemm(0, 1, N, OC, R, scale, u, R, bm, R, 1.0f, y, OC);
+    /* y (N,OC) (+)= s * u (N,R) bm^T: M=N, N=OC, K=R, lda=R, ldb=R, ldc=OC */
+    return peftc_sgemm(0, 1, N, OC, R, scale, u, R, bm, R, filled ? 1.0f : 0.0f, y, OC);
 }
 
 int64_t peftc_lora_backward_workspace_size(int64_t N, int64_t IC, int64_t R, float p)
@@ -78,8 +84,8 @@ peftc_status peftc_lora_backward(float *dx, float *da, float *dbm, float *dbb, f
     }
     if (!dx)
         return PEFTC_OK;
-    /* base path: dx (N,IC) += dy (N,OC) w (OC,IC) */
-    st = peftc_linear_backward(dx, NULL, NULL, dy, NULL, w, N, IC, OC);
+    /* base path: dx (N,IC) += dy (N,OC) w (OC,IC), unless the caller does it (w NULL) */
+    st = w ? peftc_linear_backward(dx, NULL, NULL, dy, NULL, w, N, IC, OC) : PEFTC_OK;
     if (st != PEFTC_OK)
         return st;
     if (p == 0.0f) {

@@ -52,11 +52,12 @@ peftc_status peftc_linear_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                    const float *x /* (N,IC), may be NULL when dw is NULL */,
                                    const float *w /* (OC,IC) */, int64_t N, int64_t IC, int64_t OC);
 
-/* ---- LoRA (lora.c): y = x w^T + b + s * (dropout(x) a^T bm^T + bb) ---------------------------- */
+/* ---- LoRA (lora.c): y = x w^T + b + s * (dropout(x) a^T bm^T + bb) ----------------------------
+ * w NULL: the base products x w^T and dy w are left to the caller (a bf16 frozen base, bf16_gemm.h). */
 peftc_status peftc_lora_forward(float *y /* (N,OC) overwritten */,
                                 float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
                                 float *u /* (N,R) overwritten: xd a^T, kept for backward */,
-                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) or NULL */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
                                 const float *bm /* (OC,R) */, const float *bb /* (OC) or NULL */, float scale, float p,
                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
@@ -67,7 +68,7 @@ peftc_status peftc_lora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *dbb /* (OC) accumulated, or NULL */,
                                  float *work /* peftc_lora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
-                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) or NULL */,
                                  const float *a /* (R,IC) */, const float *bm /* (OC,R) */, float scale, float p,
                                  uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
 /* w += sign * s * bm a; b += sign * s * bb (b and bb both NULL or both given); sign is +1 or -1. */
@@ -124,7 +125,7 @@ peftc_status peftc_sora_forward(float *y /* (N,OC) overwritten */,
                                 float *xd /* (N,IC) overwritten: dropped adapter input; NULL iff p == 0 */,
                                 float *u /* (N,R) overwritten: xd a^T (before the gate), kept for backward */,
                                 float *work /* peftc_sora_forward_workspace_size() floats */,
-                                const float *x /* (N,IC) */, const float *w /* (OC,IC) */,
+                                const float *x /* (N,IC) */, const float *w /* (OC,IC) or NULL */,
                                 const float *b /* (OC) or NULL */, const float *a /* (R,IC) */,
                                 const float *bm /* (OC,R) */, const float *g /* (R) */, float scale, float p,
                                 uint64_t seed, uint64_t offset, int64_t N, int64_t IC, int64_t OC, int64_t R);
@@ -134,7 +135,7 @@ peftc_status peftc_sora_backward(float *dx /* (N,IC) accumulated, or NULL */,
                                  float *dbm /* (OC,R) accumulated, or NULL */, float *dg /* (R) accumulated, or NULL */,
                                  float *work /* peftc_sora_backward_workspace_size() floats */,
                                  const float *dy /* (N,OC) */, const float *xin /* (N,IC): xd if p > 0, else x */,
-                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) */,
+                                 const float *u /* (N,R) from the forward */, const float *w /* (OC,IC) or NULL */,
                                  const float *a /* (R,IC) */, const float *bm /* (OC,R) */, const float *g /* (R) */,
                                  float scale, float p, uint64_t seed, uint64_t offset, int64_t N, int64_t IC,
                                  int64_t OC, int64_t R);
@@ -300,18 +301,38 @@ peftc_status peftc_attention_backward(float *dq /* (B,T,H) accumulated, or NULL 
                                       uint64_t offset, int64_t B, int64_t T, int64_t H, int64_t NH);
 
 /* ---- packed-sequence attention (attention.c) -----------------------------------------------------
- * Inference-only self-attention of S sequences stored back to back as N = offsets[S] rows: sequence
- * s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those rows alone (no
- * mask, no dropout, no probabilities kept). Each sequence's output equals peftc_attention_forward on
- * it as a (1,T,H) batch, bit for bit, for any thread count; the (sequence, head) pairs are split over
- * the threads. offsets must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspace
- * is queried with T = the longest sequence. */
+ * Self-attention of S sequences stored back to back as N = offsets[S] rows (a padded batch without its
+ * padding): sequence s is rows offsets[s] .. offsets[s+1]-1 of q, k, v (N,H) and attends among those
+ * rows alone (no mask). Each sequence's output equals peftc_attention_forward on it as a (1,T,H) batch,
+ * bit for bit, for any thread count; the (sequence, head) pairs are split over the threads. offsets
+ * must start at 0, not decrease and end at N (else PEFTC_ERR_ARG). The workspaces are queried with
+ * T = the longest sequence.
+ * Training keeps the probabilities in att, NA = NH * (sum over s of T_s^2) floats: pair (s, h) is the
+ * row-major (T_s,T_s) block at NH * (T_0^2 + .. + T_{s-1}^2) + h T_s^2 (att NULL: inference, nothing
+ * kept, p must be 0). Dropout draws what peftc_attention_forward draws for the padded batch the
+ * sequences came from, of width T with sequence s in row s at positions starts[s] .. (starts NULL:
+ * at 0): element (s,h,i,j) is kept when uniform(seed, offset + ((s*NH + h)*T + starts[s] + i)*T +
+ * starts[s] + j) >= p, so a packed step drops what the padded step drops (p > 0 needs
+ * starts[s] + T_s <= T). */
 int64_t peftc_attention_packed_forward_workspace_size(int64_t T); /* floats */
 peftc_status peftc_attention_packed_forward(float *out /* (N,H) overwritten */,
+                                            float *att /* (NA) overwritten: probabilities before dropout, or NULL */,
                                             float *work /* peftc_attention_packed_forward_workspace_size() floats */,
                                             const float *q /* (N,H) */, const float *k /* (N,H) */,
-                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */, int64_t S,
-                                            int64_t N, int64_t H, int64_t NH);
+                                            const float *v /* (N,H) */, const int64_t *offsets /* (S+1) */,
+                                            const int64_t *starts /* (S) or NULL */, float p, uint64_t seed,
+                                            uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH);
+int64_t peftc_attention_packed_backward_workspace_size(int64_t T, float p); /* floats */
+peftc_status peftc_attention_packed_backward(float *dq /* (N,H) accumulated, or NULL */,
+                                             float *dk /* (N,H) accumulated, or NULL */,
+                                             float *dv /* (N,H) accumulated, or NULL */,
+                                             float *work /* peftc_attention_packed_backward_workspace_size() floats */,
+                                             const float *dout /* (N,H) */, const float *q /* (N,H) */,
+                                             const float *k /* (N,H) */, const float *v /* (N,H) */,
+                                             const float *att /* (NA) from the forward */,
+                                             const int64_t *offsets /* (S+1) */,
+                                             const int64_t *starts /* (S) or NULL */, float p, uint64_t seed,
+                                             uint64_t offset, int64_t S, int64_t N, int64_t T, int64_t H, int64_t NH);
 
 /* ---- causal attention against a KV cache (attention.c): the decoder's inference step ----------------
  * TQ new queries per sequence attend to the first TK rows of a key / value cache of TC rows, which
@@ -542,6 +563,22 @@ peftc_status peftc_kd_kl_backward(float *dzs /* (N,C) accumulated, or NULL */,
                                   const float *pt /* (N,C) */, const float *zs /* (N,C) */, const float *zt /* (N,C) */,
                                   float tau, int64_t N, int64_t C);
 
+/* ---- Adaptive DeepInversion's competition term: Jensen-Shannon of clamped softmaxes -----------------
+ * ps = softmax(zs / tau) (student), pt = softmax(zt / tau) (teacher), kept for the backward; m = (ps + pt)/2
+ * taken before clamping, then ps, pt and m each clamped to [0.01, 0.99] (the order of the reference
+ * code). loss = 1/N sum_n (1/2 KL(m || ps) + 1/2 KL(m || pt)) on the clamped values, "batchmean", not
+ * clamped (the caller forms 1 - clamp(loss, 0, 1)). The clamps pass gradient where the value lies in
+ * [0.01, 0.99] (ends included, as torch.clamp) and none outside. NaN or Inf in a logit gives
+ * PEFTC_ERR_NONFINITE; tau must be > 0. */
+peftc_status peftc_adi_js_forward(float *loss /* (1) overwritten */, float *ps /* (N,C) overwritten */,
+                                  float *pt /* (N,C) overwritten */, const float *zs /* (N,C) student logits */,
+                                  const float *zt /* (N,C) teacher logits */, float tau, int64_t N, int64_t C);
+/* dzs, dzt += dloss times the loss's gradient to the student's and the teacher's logits (either NULL) */
+peftc_status peftc_adi_js_backward(float *dzs /* (N,C) accumulated, or NULL */,
+                                   float *dzt /* (N,C) accumulated, or NULL */, float dloss,
+                                   const float *ps /* (N,C) */, const float *pt /* (N,C) */, float tau, int64_t N,
+                                   int64_t C);
+
 /* ---- BatchNorm-statistics matching (DeepInversion's R_feature for one BN layer) --------------------
  * loss = ||mean - running_mean||_2 + ||var - running_var||_2, mean and var the per-channel batch mean
  * and biased variance of the BN layer's input x over (N, IH, IW) (written out; the backward needs
@@ -676,5 +713,43 @@ peftc_status peftc_dropout_forward(float *out /* (P) overwritten */, const float
                                    uint64_t offset, int64_t P);
 peftc_status peftc_dropout_backward(float *dx /* (P) accumulated */, const float *dout /* (P) */, float p,
                                     uint64_t seed, uint64_t offset, int64_t P);
+/* The same masks on chosen rows of a larger (R,C) array: row n of x is row rows[n] of it, whose element
+ * (rows[n], c) is kept when uniform(seed, offset + rows[n]*C + c) >= p (what peftc_dropout_forward
+ * draws for the whole array; a packed batch drops what its padded batch drops). rows[n] >= 0. */
+peftc_status peftc_dropout_rows_forward(float *out /* (N,C) overwritten */, const float *x /* (N,C) */,
+                                        const int64_t *rows /* (N) */, float p, uint64_t seed, uint64_t offset,
+                                        int64_t N, int64_t C);
+peftc_status peftc_dropout_rows_backward(float *dx /* (N,C) accumulated */, const float *dout /* (N,C) */,
+                                         const int64_t *rows /* (N) */, float p, uint64_t seed, uint64_t offset,
+                                         int64_t N, int64_t C);
+
+/* ==== lifelong data selection (lifelong.c): Adapt-inf's sample vectors and pseudo-skill clusters ======
+ * Extra dimension letters for this section: E  examples (segments of rows)   D  sample-vector width
+ * K  clusters.
+ *
+ * Per-example LoRA gradients: rows [offsets[e], offsets[e+1]) of x and dy belong to example e (offsets
+ * non-decreasing, offsets[E] <= N; rows outside every segment are ignored). With u = x a^T and
+ * g = dy bm (both in work), da[e] += s g_e^T x_e and dbm[e] += s dy_e^T u_e: summed over e they are what
+ * peftc_lora_backward adds (p = 0). A NaN or Inf in dy gives PEFTC_ERR_NONFINITE; bad offsets
+ * PEFTC_ERR_ARG. */
+int64_t peftc_lora_per_example_grad_workspace_size(int64_t N, int64_t R); /* floats */
+peftc_status peftc_lora_per_example_grad(float *da /* (E,R,IC) accumulated */, float *dbm /* (E,OC,R) accumulated */,
+                                         float *work /* peftc_lora_per_example_grad_workspace_size() floats */,
+                                         const float *x /* (N,IC) */, const float *dy /* (N,OC) */,
+                                         const float *a /* (R,IC) */, const float *bm /* (OC,R) */,
+                                         const int64_t *offsets /* (E+1) */, float scale, int64_t N, int64_t IC,
+                                         int64_t OC, int64_t R, int64_t E);
+/* k-means assignment: labels[n] = argmin_k ||x_n - c_k||^2 (ties to the lowest k), dist[n] that squared
+ * distance (clamped at 0). A non-finite row of x gives PEFTC_ERR_NONFINITE. */
+int64_t peftc_kmeans_assign_workspace_size(int64_t N, int64_t K); /* floats */
+peftc_status peftc_kmeans_assign(int64_t *labels /* (N) overwritten */, float *dist /* (N) overwritten */,
+                                 float *work /* peftc_kmeans_assign_workspace_size() floats */,
+                                 const float *x /* (N,D) */, const float *c /* (K,D) */, int64_t N, int64_t D,
+                                 int64_t K);
+/* k-means update: counts[k] = |{n : labels[n] = k}|; c[k] = the mean of those rows (summed in row order),
+ * left as it was when the cluster is empty. A label outside [0, K) gives PEFTC_ERR_LABEL. */
+peftc_status peftc_kmeans_update(float *c /* (K,D) updated */, int64_t *counts /* (K) overwritten */,
+                                 const float *x /* (N,D) */, const int64_t *labels /* (N) */, int64_t N, int64_t D,
+                                 int64_t K);
 
 #endif

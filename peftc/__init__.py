@@ -21,6 +21,7 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "14")
 from . import _distributor_init  # noqa: E402,F401  (isort: skip)
 
 from . import data, functional, io, models, nn, openblas, optim, reference, schedule, tuners
+from .openblas import get_num_threads, set_num_threads
 from .random import Generator
 from .train import Trainer, TrainingConfig
 from .multi_adapter_train import AdapterTask, MultiAdapterTrainer
@@ -29,6 +30,6 @@ from .tuners import (BoneConfig, EvaConfig, HydraConfig, LoraConfig, MissConfig,
 
 __version__ = "0.1.0"
 __all__ = ["AdapterTask", "BoneConfig", "EvaConfig", "Generator", "HydraConfig", "LoraConfig", "MissConfig", "MultiAdapterTrainer", "PeftModel",
-           "SoraConfig", "Trainer", "TrainingConfig", "data", "functional", "get_eva_state_dict", "get_peft_model",
-           "initialize_lora_eva_weights", "io", "models", "nn", "openblas", "optim", "reference", "schedule", "tuners",
+           "SoraConfig", "Trainer", "TrainingConfig", "data", "functional", "get_eva_state_dict", "get_num_threads", "get_peft_model",
+           "initialize_lora_eva_weights", "io", "models", "nn", "openblas", "optim", "reference", "schedule", "set_num_threads", "tuners",
            "__version__"]

@@ -12,6 +12,9 @@
 5. Report: test accuracy of both, trainable parameters, times; the adapter is saved in PEFT's
    format and the numbers are written as JSON and Markdown when ``--out`` is given.
 
+``--dtype bfloat16`` runs the LoRA model on a bf16 frozen encoder (``BertModel.from_pretrained(...,
+dtype="bfloat16")``); the linear probe's features stay float32.
+
 This module only runs the job; its data recipe (settings, splits, tokenisation), which the
 benchmarks share, is :mod:`peftc.data.wordnet_job`.
 """
@@ -65,7 +68,8 @@ def per_class_accuracy(trainer: Trainer, data: dict[str, np.ndarray], num_classe
     return [float(c / t) if t else None for c, t in zip(correct, total)]
 
 
-def run(s: job.JobSettings, out_dir: str | None = None, log=print) -> dict:
+def run(s: job.JobSettings, out_dir: str | None = None, log=print, dtype: str = "float32") -> dict:
+    """The whole job; ``dtype`` ("float32" or "bfloat16") is the LoRA model's frozen encoder weights'."""
     t_start = time.perf_counter()
     train, val, test = job.load_splits(s)
     folder = minilm_path()
@@ -98,7 +102,7 @@ def run(s: job.JobSettings, out_dir: str | None = None, log=print) -> dict:
 
     # -- LoRA on query and value, plus the head -------------------------------------------------------
     t0 = time.perf_counter()
-    base = SentenceClassifier(BertModel.from_pretrained(folder, seed=s.seed), num_classes,
+    base = SentenceClassifier(BertModel.from_pretrained(folder, seed=s.seed, dtype=dtype), num_classes,
                               generator=Generator(s.seed + 1))
     config = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                         target_modules=["query", "value"], modules_to_save=["classifier"])
@@ -114,7 +118,7 @@ def run(s: job.JobSettings, out_dir: str | None = None, log=print) -> dict:
                    "per_class_accuracy": per_class_accuracy(trainer, data["test"], num_classes),
                    "trainable_params": model.get_nb_trainable_parameters()[0], "seconds": time.perf_counter() - t0,
                    "train_seconds": train_seconds, "steps": trainer.global_step}
-    log(f"LoRA r={s.r} (query, value) + head: test accuracy {lora_result['test']['accuracy']:.4f} "
+    log(f"LoRA r={s.r} (query, value) + head, {dtype} encoder: test accuracy {lora_result['test']['accuracy']:.4f} "
         f"({lora_result['seconds']:.0f} s, {trainer.global_step} steps)")
 
     gain = lora_result["test"]["accuracy"] - probe_result["test"]["accuracy"]
@@ -123,7 +127,7 @@ def run(s: job.JobSettings, out_dir: str | None = None, log=print) -> dict:
         f"(total {time.perf_counter() - t_start:.0f} s)")
     result = {"settings": asdict(s), "num_classes": num_classes, "class_names": list(train.class_names),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
-              "linear_probe": probe_result, "lora": lora_result, "lora_history": history,
+              "lora_dtype": dtype, "linear_probe": probe_result, "lora": lora_result, "lora_history": history,
               "total_seconds": time.perf_counter() - t_start}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -157,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--out", default=None, help="folder for the adapter and result.json / result.md")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the LoRA model's frozen encoder weights (bfloat16: packed bf16 kernels)")
     a = p.parse_args(argv)
     s = job.JobSettings(seed=a.seed, train_per_class=a.train_per_class, test_per_class=a.test_per_class,
                         epochs=a.epochs, learning_rate=a.lr, progress=not a.no_progress)
-    result = run(s, a.out)
+    result = run(s, a.out, dtype=a.dtype)
     print()
     print(markdown_table(result))
     return 0

@@ -51,7 +51,7 @@ def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
     return float(lora_alpha) / (float(np.sqrt(r)) if use_rslora else float(r))
 
 
-def lora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lora_A: np.ndarray,
+def lora_forward(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, lora_A: np.ndarray,
                  lora_B: np.ndarray, lora_bias: np.ndarray | None, scaling: float, dropout: float = 0.0,
                  seed: int = 0, offset: int = 0, *, out: np.ndarray | None = None, xd: np.ndarray | None = None,
                  u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -59,10 +59,11 @@ def lora_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, lor
 
     Returns ``(y, xd, u)``: the output, the dropped adapter input (None when ``dropout == 0``) and
     ``u = xd A^T``; the last two are what :func:`lora_backward` needs. The dropout mask is element
-    i -> uniform(seed, offset + i) >= dropout.
+    i -> uniform(seed, offset + i) >= dropout. ``weight=None`` leaves out the x W^T term (a bf16 frozen
+    base adds it with :func:`peftc.bf16.linear_forward`).
     """
     n, r = x.shape[0], lora_A.shape[0]
-    y = _empty((n, weight.shape[0]), out)
+    y = _empty((n, lora_B.shape[0]), out)
     if dropout > 0.0 and xd is None:
         xd = np.empty_like(x)
     u = _empty((n, r), u)
@@ -76,12 +77,13 @@ def lora_backward_workspace_size(n: int, in_features: int, r: int, dropout: floa
     return _C.lora_backward_workspace_size(n, in_features, r, dropout)
 
 
-def lora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray, lora_A: np.ndarray,
+def lora_backward(dy: np.ndarray, xin: np.ndarray, u: np.ndarray, weight: np.ndarray | None, lora_A: np.ndarray,
                   lora_B: np.ndarray, scaling: float, dropout: float = 0.0, seed: int = 0, offset: int = 0, *,
                   dx: np.ndarray | None = None, dlora_A: np.ndarray | None = None,
                   dlora_B: np.ndarray | None = None, dlora_bias: np.ndarray | None = None,
                   work: np.ndarray | None = None) -> None:
-    """Accumulate the LoRA gradients. ``xin`` is ``xd`` from the forward when dropout > 0, else x."""
+    """Accumulate the LoRA gradients. ``xin`` is ``xd`` from the forward when dropout > 0, else x.
+    ``weight=None`` leaves out the base term dy W of dx (a bf16 frozen base adds it)."""
     if work is None:
         work = np.empty(lora_backward_workspace_size(dy.shape[0], xin.shape[1], lora_A.shape[0], dropout),
                         dtype=np.float32)
@@ -203,6 +205,28 @@ def dropout_forward(x: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
 def dropout_backward(dout: np.ndarray, p: float, seed: int = 0, offset: int = 0, *, dx: np.ndarray) -> None:
     """dx += dout * mask / (1 - p), the mask regenerated from (seed, offset)."""
     _C.dropout_backward(dx, dout, p, seed, offset)
+
+
+def dropout_rows_forward(x: np.ndarray, rows: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """Dropout of x (N, C) as rows ``rows`` (int64 (N,)) of a larger (R, C) array: the mask
+    :func:`dropout_forward` draws for that array, at those rows (a packed batch drops what its padded
+    batch drops).
+
+    >>> x = np.ones((2, 3), np.float32)
+    >>> whole = dropout_forward(np.ones((4, 3), np.float32), 0.5, seed=1)
+    >>> bool((dropout_rows_forward(x, np.array([3, 1]), 0.5, seed=1) == whole[[3, 1]]).all())
+    True
+    """
+    y = np.empty_like(x) if out is None else out
+    _C.dropout_rows_forward(y, x, rows, p, seed, offset)
+    return y
+
+
+def dropout_rows_backward(dout: np.ndarray, rows: np.ndarray, p: float, seed: int = 0, offset: int = 0, *,
+                          dx: np.ndarray) -> None:
+    """dx += dout * mask / (1 - p) with the mask of :func:`dropout_rows_forward`."""
+    _C.dropout_rows_backward(dx, dout, rows, p, seed, offset)
 
 
 def rng_uniform(shape: tuple[int, ...], low: float, high: float, seed: int, offset: int = 0, *,
@@ -699,21 +723,71 @@ def attention_packed_forward_workspace_size(longest: int) -> int:
     return _C.attention_packed_forward_workspace_size(longest)
 
 
-def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int, *,
-                             out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
-    """Inference self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
+def attention_packed_backward_workspace_size(longest: int, dropout: float) -> int:
+    """Floats of scratch :func:`attention_packed_backward` needs when the longest sequence has ``longest`` rows."""
+    return _C.attention_packed_backward_workspace_size(longest, dropout)
+
+
+def attention_packed_probs_size(offsets: np.ndarray, num_heads: int) -> int:
+    """Floats of the probabilities a training :func:`attention_packed_forward` keeps: NH * sum of T_s^2.
+
+    >>> attention_packed_probs_size(np.array([0, 2, 5]), 2)
+    26
+    """
+    lengths = np.diff(offsets)
+    return int(num_heads * np.dot(lengths, lengths))
+
+
+def _longest(offsets: np.ndarray) -> int:
+    return int(np.diff(offsets).max()) if offsets.size > 1 else 0
+
+
+def attention_packed_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, offsets: np.ndarray, num_heads: int,
+                             dropout: float = 0.0, seed: int = 0, offset: int = 0, *, starts: np.ndarray | None = None,
+                             seq_len: int = 0, att: np.ndarray | None = None, out: np.ndarray | None = None,
+                             work: np.ndarray | None = None) -> np.ndarray:
+    """Self-attention of sequences stored back to back: q, k, v (N, H) -> (N, H).
 
     Sequence s is rows ``offsets[s]:offsets[s+1]`` (``offsets`` int64, starting at 0, ending at N) and
-    attends among its own rows only, with no mask and no dropout; each sequence's output equals
-    :func:`attention_forward` on it as a (1, T, H) batch, bit for bit. One C call splits the
-    (sequence, head) pairs over the threads.
+    attends among its own rows only, with no mask; each sequence's output equals :func:`attention_forward`
+    on it as a (1, T, H) batch, bit for bit. One C call splits the (sequence, head) pairs over the threads.
+
+    Training passes ``att``, a float32 array of :func:`attention_packed_probs_size` floats, which receives
+    the probabilities before dropout (pair (s, h) a row-major (T_s, T_s) block, sequence after sequence)
+    for :func:`attention_packed_backward`. ``dropout`` (needs ``att``) drops what :func:`attention_forward`
+    drops for the padded (S, seq_len, H) batch the rows came from, sequence s in row s at positions
+    ``starts[s]`` .. (``starts`` int64 (S,), None: 0), with the same ``seed`` and ``offset``.
+
+    >>> q = np.ones((5, 4), np.float32); offsets = np.array([0, 2, 5])
+    >>> att = np.empty(attention_packed_probs_size(offsets, 2), np.float32)
+    >>> attention_packed_forward(q, q, q, offsets, 2, att=att).shape, float(att[0])
+    ((5, 4), 0.5)
     """
     y = _empty(q.shape, out)
     if work is None:
-        longest = int(np.diff(offsets).max()) if offsets.size > 1 else 0
-        work = np.empty(attention_packed_forward_workspace_size(longest), dtype=np.float32)
-    _C.attention_packed_forward(y, work, q, k, v, offsets, num_heads)
+        work = np.empty(attention_packed_forward_workspace_size(_longest(offsets)), dtype=np.float32)
+    _C.attention_packed_forward(y, att, work, q, k, v, offsets, starts, dropout, seed, offset, seq_len, num_heads)
     return y
+
+
+def attention_packed_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: np.ndarray,
+                              offsets: np.ndarray, num_heads: int, dropout: float = 0.0, seed: int = 0,
+                              offset: int = 0, *, starts: np.ndarray | None = None, seq_len: int = 0,
+                              dq: np.ndarray | None = None, dk: np.ndarray | None = None, dv: np.ndarray | None = None,
+                              work: np.ndarray | None = None) -> None:
+    """Accumulate dq, dk, dv (N, H) of a training :func:`attention_packed_forward` (its ``att`` and the same
+    ``offsets``, dropout, seed, offset, starts and seq_len); each may be None.
+
+    >>> q = np.ones((5, 4), np.float32); offsets = np.array([0, 2, 5])
+    >>> att = np.empty(attention_packed_probs_size(offsets, 2), np.float32)
+    >>> _ = attention_packed_forward(q, q, q, offsets, 2, att=att)
+    >>> dv = np.zeros_like(q); attention_packed_backward(q, q, q, q, att, offsets, 2, dv=dv); float(dv[0, 0])
+    1.0
+    """
+    if work is None:
+        work = np.empty(attention_packed_backward_workspace_size(_longest(offsets), dropout), dtype=np.float32)
+    _C.attention_packed_backward(dq, dk, dv, work, dout, q, k, v, att, offsets, starts, dropout, seed, offset,
+                                 seq_len, num_heads)
 
 
 # ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
@@ -971,6 +1045,31 @@ def kd_kl_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.nd
     """dstudent_logits += dloss * tau/N * (ps - pt); dteacher_logits (optional) += the gradient through pt."""
     _C.kd_kl_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, student_logits,
                       teacher_logits, tau)
+
+
+def adi_js_forward(student_logits: np.ndarray, teacher_logits: np.ndarray, tau: float = 3.0, *,
+                   student_probs: np.ndarray | None = None,
+                   teacher_probs: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Adaptive DeepInversion's Jensen-Shannon term: ``ps = softmax(zs/tau)``, ``pt = softmax(zt/tau)``,
+    ``m = (ps + pt) / 2``, all three clamped to [0.01, 0.99] (m after it is formed, as the reference code
+    does), then ``mean_n (KL(m || ps) + KL(m || pt)) / 2`` ("batchmean"). The competition loss is
+    ``1 - clamp(js, 0, 1)``. Returns ``(js, student_probs, teacher_probs)`` (the unclamped softmaxes).
+
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
+    >>> round(adi_js_forward(z, z)[0], 6)
+    0.0
+    """
+    ps = np.empty_like(student_logits) if student_probs is None else student_probs
+    pt = np.empty_like(teacher_logits) if teacher_probs is None else teacher_probs
+    loss = _C.adi_js_forward(ps, pt, student_logits, teacher_logits, tau)
+    return loss, ps, pt
+
+
+def adi_js_backward(dloss: float, student_probs: np.ndarray, teacher_probs: np.ndarray, tau: float = 3.0, *,
+                    dstudent_logits: np.ndarray | None = None, dteacher_logits: np.ndarray | None = None) -> None:
+    """dstudent_logits, dteacher_logits (either optional) += dloss * d(adi_js)/d(logits); a clamped value
+    passes no gradient."""
+    _C.adi_js_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, tau)
 
 
 def bn_stat_match_forward(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray, *,

@@ -6,6 +6,9 @@ linear layer makes one GEMM over all N*B rows instead of N GEMMs over B rows, an
 run in the same kernel call, grouped by adapter (:func:`peftc.functional.lora_mixed_forward`). The base
 activations of different adapters' rows differ after the first adapted layer, so what is shared is the
 frozen weights' pass, not the activations: one set of per-call costs and bigger, more efficient GEMMs.
+The step runs on the real tokens only (a BERT encoder in training mode packs its batch, see
+:meth:`peftc.models.BertModel.forward`; each token runs its row's adapter), so stacking batches of
+different widths, and padding them to the widest, costs no padded rows in the encoder's products.
 
 Each adapter keeps what training it alone with :class:`peftc.train.Trainer` gives it: its data order
 (its config's seed), its loss (the mean over its own rows; its modules_to_save copy as its head), its
@@ -70,7 +73,8 @@ class MultiAdapterTrainer:
     have one shape (the same number of classes), they share ``input_keys`` and ``label_key``, none has
     dropout (mixed batches train without it), the configs train no base bias, and a run is not
     checkpointed (``output_dir`` unset; save the adapters with ``model.save_pretrained``). Integer (B, T)
-    arrays of different widths are right-padded with 0 (the padding token id; mask 0) to stack the batches.
+    arrays of different widths are right-padded with 0 (the padding token id; mask 0) to stack the batches;
+    a packing encoder (BERT in training mode) then computes the real tokens only.
 
     Example:
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]), adapter_name="a")

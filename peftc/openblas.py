@@ -1,4 +1,5 @@
-"""Which OpenBLAS peftc's extension runs on, and what that library reports about itself.
+"""Which OpenBLAS peftc's extension runs on, what that library reports about itself, and the thread count it
+runs on (:func:`get_num_threads`, :func:`set_num_threads`, also as ``peftc.get_num_threads`` / ``peftc.set_num_threads``).
 
 A process often holds several OpenBLAS copies (NumPy's, SciPy's, peftc's), each with its own thread pool
 and settings; this module finds peftc's by asking the dynamic loader where the extension's own matrix
@@ -80,6 +81,40 @@ def _thread_timeout(lib: ctypes.CDLL, path: str, prefix: str) -> int | None:
     return int(ctypes.CFUNCTYPE(ctypes.c_int)(bias + values["openblas_thread_timeout"])())
 
 
+def get_num_threads() -> int:
+    """The number of threads peftc's OpenBLAS runs a large matrix product on, and peftc's own kernels split
+    their work over (``OPENBLAS_NUM_THREADS`` or the core count at start-up, or the last
+    :func:`set_num_threads`). Products too small to gain from a second thread run on one whatever it says.
+
+    Example:
+        >>> import peftc
+        >>> peftc.get_num_threads() >= 1
+        True
+    """
+    return int(_C.blas_get_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Run peftc's OpenBLAS, and peftc's own kernels, on ``n`` threads from now on in this process.
+
+    Only peftc's copy of OpenBLAS changes; NumPy's own copy keeps its count. Raises ``ValueError`` for
+    ``n < 1`` and ``TypeError`` for a non-integer.
+
+    Example:
+        >>> import peftc
+        >>> old = peftc.get_num_threads()
+        >>> peftc.set_num_threads(1)
+        >>> peftc.get_num_threads()
+        1
+        >>> peftc.set_num_threads(old)
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _C.blas_set_threads(n)
+
+
 def openblas_info() -> dict[str, Any]:
     """The OpenBLAS peftc's kernels call: which build, which file, and what the library reports.
 
@@ -102,6 +137,6 @@ def openblas_info() -> dict[str, Any]:
         "library": path,
         "config": getattr(lib, prefix + "openblas_get_config")().decode().strip(),
         "corename": getattr(lib, prefix + "openblas_get_corename")().decode(),
-        "num_threads": int(getattr(lib, prefix + "openblas_get_num_threads")()),
+        "num_threads": get_num_threads(),
         "thread_timeout": _thread_timeout(lib, path, prefix),
     }

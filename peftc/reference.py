@@ -57,6 +57,19 @@ def dropout_backward(dout, p, seed=0, offset=0, *, dx):
     dx += dout * dropout_mask(dout.shape, p, seed, offset) / (1.0 - p)
 
 
+def dropout_rows_forward(x, rows, p, seed=0, offset=0, *, out=None):
+    if p == 0.0:
+        return x.copy()
+    c = x.shape[1]
+    counters = (np.asarray(rows, dtype=np.uint64)[:, None] * np.uint64(c) + np.arange(c, dtype=np.uint64)
+                + np.uint64(offset))
+    return x * (rng_uniform01(seed, counters) >= np.float32(p)) / (1.0 - p)
+
+
+def dropout_rows_backward(dout, rows, p, seed=0, offset=0, *, dx):
+    dx += dropout_rows_forward(dout, rows, p, seed, offset)
+
+
 def linear_forward(x, weight, bias=None, *, out=None):
     y = x @ weight.T
     return y + bias if bias is not None else y
@@ -512,12 +525,48 @@ def layernorm_residual_forward(x, residual, weight, bias, eps=LAYER_NORM_EPS, *,
 
 # ---- packed-sequence attention -------------------------------------------------------------------
 
-def attention_packed_forward(q, k, v, offsets, num_heads, *, out=None, work=None):
+def _packed_as_padded(arrays, offsets, starts, seq_len):
+    """The packed (N, H) arrays as a padded (S, T, H) batch (zeros at the padding) and its (S, T) mask."""
+    lengths = np.diff(offsets)
+    first = np.zeros(lengths.size, dtype=np.int64) if starts is None else np.asarray(starts)
+    t = max(int(seq_len), int((first + lengths).max(initial=0)))
+    mask = np.zeros((lengths.size, t), dtype=np.int64)
+    padded = [np.zeros((lengths.size, t, a.shape[1]), dtype=a.dtype) for a in arrays]
+    for s, (a, e) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        mask[s, first[s]:first[s] + e - a] = 1
+        for x, p in zip(arrays, padded):
+            p[s, first[s]:first[s] + e - a] = x[a:e]
+    return padded, mask, first
+
+
+def attention_packed_forward(q, k, v, offsets, num_heads, dropout=0.0, seed=0, offset=0, *, starts=None, seq_len=0,
+                             att=None, out=None, work=None):
+    """The padded batch's attention (attention_forward with its key mask) at the real tokens; ``att`` (if given)
+    receives the real tokens' probability blocks."""
+    (pq, pk, pv), mask, first = _packed_as_padded((q, k, v), offsets, starts, seq_len)
+    o, probs = attention_forward(pq, pk, pv, num_heads, mask, False, dropout, seed, offset)
     y = np.zeros_like(q)
-    for a, e in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        if e > a:
-            y[a:e] = attention_forward(q[a:e][None], k[a:e][None], v[a:e][None], num_heads)[0][0]
+    blocks = []
+    for s, (a, e) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        y[a:e] = o[s, first[s]:first[s] + e - a]
+        blocks.append(probs[s, :, first[s]:first[s] + e - a, first[s]:first[s] + e - a].reshape(-1))
+    if att is not None:
+        att[:] = np.concatenate(blocks) if blocks else att[:0]
     return y
+
+
+def attention_packed_backward(dout, q, k, v, att, offsets, num_heads, dropout=0.0, seed=0, offset=0, *, starts=None,
+                              seq_len=0, dq=None, dk=None, dv=None, work=None):
+    """The padded batch's attention_backward (dout zero at the padding) at the real tokens; ``att`` is recomputed
+    from q, k (the padded probabilities are what it holds at the real tokens)."""
+    (pd, pq, pk, pv), mask, first = _packed_as_padded((dout, q, k, v), offsets, starts, seq_len)
+    _, probs = attention_forward(pq, pk, pv, num_heads, mask, False)
+    grads = [None if g is None else np.zeros_like(pq) for g in (dq, dk, dv)]
+    attention_backward(pd, pq, pk, pv, probs, num_heads, dropout, seed, offset, dq=grads[0], dk=grads[1], dv=grads[2])
+    for g, pg in zip((dq, dk, dv), grads):
+        if g is not None:
+            for s, (a, e) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+                g[a:e] += pg[s, first[s]:first[s] + e - a]
 
 
 # ---- Bone / MiSS and Bat ---------------------------------------------------------------------------
@@ -774,6 +823,29 @@ def kd_kl_backward(dloss, student_probs, teacher_probs, student_logits, teacher_
         r = lt - _log_softmax(student_logits.astype(np.float64) / tau)
         g = pt * (r - (pt * r).sum(axis=1, keepdims=True))
         dteacher_logits += (dloss * tau / n * g).astype(dteacher_logits.dtype)
+
+
+def adi_js_forward(student_logits, teacher_logits, tau=3.0, *, student_probs=None, teacher_probs=None):
+    ps = np.exp(_log_softmax(student_logits.astype(np.float64) / tau))
+    pt = np.exp(_log_softmax(teacher_logits.astype(np.float64) / tau))
+    m = np.clip(0.5 * (ps + pt), 0.01, 0.99)
+    p, q = np.clip(ps, 0.01, 0.99), np.clip(pt, 0.01, 0.99)
+    js = 0.5 * (m * (np.log(m) - np.log(p))).sum() + 0.5 * (m * (np.log(m) - np.log(q))).sum()
+    return float(js / ps.shape[0]), ps.astype(student_logits.dtype), pt.astype(teacher_logits.dtype)
+
+
+def adi_js_backward(dloss, student_probs, teacher_probs, tau=3.0, *, dstudent_logits=None, dteacher_logits=None):
+    ps, pt = student_probs.astype(np.float64), teacher_probs.astype(np.float64)
+    inside = lambda v: ((v >= 0.01) & (v <= 0.99)).astype(np.float64)  # noqa: E731 (torch.clamp's pass-through)
+    mu = 0.5 * (ps + pt)
+    m, p, q = np.clip(mu, 0.01, 0.99), np.clip(ps, 0.01, 0.99), np.clip(pt, 0.01, 0.99)
+    dm = inside(mu) * (np.log(m) + 1.0 - 0.5 * (np.log(p) + np.log(q)))
+    scale = dloss / (ps.shape[0] * tau)
+    for probs, clamped, out in ((ps, p, dstudent_logits), (pt, q, dteacher_logits)):
+        if out is None:
+            continue
+        dprob = 0.5 * dm - 0.5 * inside(probs) * m / clamped
+        out += (scale * probs * (dprob - (probs * dprob).sum(axis=1, keepdims=True))).astype(out.dtype)
 
 
 def bn_stat_match_forward(x, running_mean, running_var, *, mean=None, var=None):

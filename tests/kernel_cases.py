@@ -65,6 +65,11 @@ def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def _h(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """bf16 bit patterns (uint16) of standard normal values: a packed weight's storage."""
+    return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
 def _case(fn: str, named: list[tuple[str, object]], scalars: list, outputs: set[str], **kw) -> KernelCase:
     names = {name: i for i, (name, _) in enumerate(named) if name is not None}
     return KernelCase(fn, [v for _, v in named] + scalars, names, outputs, **kw)
@@ -84,13 +89,13 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("lora_forward", [("y", _f(rng, N, OC)), ("xd", _f(rng, N, IC)), ("u", _f(rng, N, R)),
                                ("x", _f(rng, N, IC)), ("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)),
                                ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)), ("lora_bias", _f(rng, OC))],
-              [0.5, 0.3, 11, 2], {"y", "xd", "u"}, optional={"bias", "lora_bias"}),
+              [0.5, 0.3, 11, 2], {"y", "xd", "u"}, optional={"weight", "bias", "lora_bias"}),
         _case("lora_backward", [("dx", _f(rng, N, IC)), ("dlora_A", _f(rng, R, IC)), ("dlora_B", _f(rng, OC, R)),
                                 ("dlora_bias", _f(rng, OC)), ("work", _f(rng, N * R + N * IC)),
                                 ("dy", _f(rng, N, OC)), ("xin", _f(rng, N, IC)), ("u", _f(rng, N, R)),
                                 ("weight", _f(rng, OC, IC)), ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R))],
               [0.5, 0.3, 11, 2], {"dx", "dlora_A", "dlora_B", "dlora_bias", "work"},
-              any_shape={"work"}, optional={"dx", "dlora_A", "dlora_B", "dlora_bias"}),
+              any_shape={"work"}, optional={"dx", "dlora_A", "dlora_B", "dlora_bias", "weight"}),
         _case("lora_merge", [("weight", _f(rng, OC, IC)), ("bias", _f(rng, OC)), ("lora_A", _f(rng, R, IC)),
                              ("lora_B", _f(rng, OC, R)), ("lora_bias", _f(rng, OC))], [0.5, 1.0],
               {"weight", "bias"}, optional={"bias", "lora_bias"}),
@@ -98,8 +103,20 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
         _case("rng_normal", [("out", _f(rng, N, IC))], [0.5, 2.0, 3, 5], {"out"}, any_shape={"out"}),
         _case("sample_tokens", [("tokens", rng.integers(0, C, N).astype(np.int64)), ("probs", _f(rng, N, C)),
                                 ("logits", _f(rng, N, C))], [0.8, 2, 0.9, 3, 5], {"tokens", "probs"}),
+        _case("bf16_round", [("out", _h(rng, N, IC)), ("x", _f(rng, N, IC))], [], {"out"}),
+        _case("bf16_pack", [("packed", _h(rng, OC, 32)), ("weight", _f(rng, OC, IC))], [], {"packed"}),
+        _case("bf16_unpack", [("weight", _f(rng, OC, IC)), ("packed", _h(rng, OC, 32))], [], {"weight"}),
+        _case("bf16_linear_forward", [("y", _f(rng, N, OC)), ("work", _f(rng, 4)), ("x", _f(rng, N, IC)),
+                                      ("packed_weight", _h(rng, OC, 32)), ("bias", _f(rng, OC))], [False, 0],
+              {"y", "work"}, any_shape={"work"}, optional={"work", "bias"}),
+        _case("bf16_linear_backward", [("dx", _f(rng, N, IC)), ("dy", _f(rng, N, OC)),
+                                       ("packed_weight", _h(rng, OC, 32))], [0], {"dx"}),
         _case("dropout_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC))], [0.25, 3, 5], {"out"}),
         _case("dropout_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC))], [0.25, 3, 5], {"dx"}),
+        _case("dropout_rows_forward", [("out", _f(rng, N, IC)), ("x", _f(rng, N, IC)),
+                                       ("rows", np.arange(N, dtype=np.int64)[::-1].copy())], [0.25, 3, 5], {"out"}),
+        _case("dropout_rows_backward", [("dx", _f(rng, N, IC)), ("dout", _f(rng, N, IC)),
+                                        ("rows", np.arange(N, dtype=np.int64) * 2)], [0.25, 3, 5], {"dx"}),
         _case("cross_entropy_forward", [("probs", _f(rng, N, C)), ("logits", _f(rng, N, C)), ("labels", labels)],
               [-100], {"probs"}),
         _case("cross_entropy_backward", [("dlogits", _f(rng, N, C)), ("probs", probs), ("labels", labels.copy())],
@@ -213,6 +230,7 @@ def make_cases(seed: int = 7) -> dict[str, KernelCase]:
     cases += _bn_relu_cases(rng)
     cases += _packed_attention_cases(rng)
     cases += _distill_cases(rng)
+    cases += _lifelong_cases(rng)
     return {c.fn: c for c in cases}
 
 
@@ -382,12 +400,19 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
     """Packed-sequence attention: sequences of 2, 0 and 3 rows stored back to back."""
     n, h, nh = 5, 4, 2
     offsets = np.array([0, 2, 2, 5], dtype=np.int64)
+    starts = np.array([1, 0, 0], dtype=np.int64)  # padded rows of T = 4
     return [
-        _case("attention_packed_forward", [("out", _f(rng, n, h)),
+        _case("attention_packed_forward", [("out", _f(rng, n, h)), ("att", _f(rng, nh * 13)),
                                            ("work", _f(rng, _C.attention_packed_forward_workspace_size(3))),
                                            ("q", _f(rng, n, h)), ("k", _f(rng, n, h)), ("v", _f(rng, n, h)),
-                                           ("offsets", offsets)], [nh], {"out", "work"},
-              any_shape={"work", "offsets"}),
+                                           ("offsets", offsets), ("starts", starts)], [0.2, 3, 5, 4, nh],
+              {"out", "att", "work"}, any_shape={"att", "work", "offsets", "starts"}, optional={"att", "starts"}),
+        _case("attention_packed_backward", [("dq", _f(rng, n, h)), ("dk", _f(rng, n, h)), ("dv", _f(rng, n, h)),
+                                            ("work", _f(rng, _C.attention_packed_backward_workspace_size(3, 0.2))),
+                                            ("dout", _f(rng, n, h)), ("q", _f(rng, n, h)), ("k", _f(rng, n, h)),
+                                            ("v", _f(rng, n, h)), ("att", _f(rng, nh * 13)), ("offsets", offsets),
+                                            ("starts", starts)], [0.2, 3, 5, 4, nh], {"dq", "dk", "dv", "work"},
+              any_shape={"att", "work", "offsets", "starts"}, optional={"dq", "dk", "dv", "starts"}),
         _case("attention_cached_forward", [("out", _f(rng, 2, 2, h)),
                                            ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3))),
                                            ("q", _f(rng, 2, 2, h)), ("k_cache", _f(rng, 2, 5, h)),
@@ -412,6 +437,12 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
                    {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4,
                     "student_logits": 5, "teacher_logits": 6}, {"dstudent_logits", "dteacher_logits"},
                    optional={"dstudent_logits", "dteacher_logits"}),
+        _case("adi_js_forward", [("student_probs", _f(rng, N, C)), ("teacher_probs", _f(rng, N, C)),
+                                 ("student_logits", _f(rng, N, C)), ("teacher_logits", _f(rng, N, C))], [3.0],
+              {"student_probs", "teacher_probs"}),
+        KernelCase("adi_js_backward", [_f(rng, N, C), _f(rng, N, C), 0.5, probs.copy(), probs[::-1].copy(), 3.0],
+                   {"dstudent_logits": 0, "dteacher_logits": 1, "student_probs": 3, "teacher_probs": 4},
+                   {"dstudent_logits", "dteacher_logits"}, optional={"dstudent_logits", "dteacher_logits"}),
         _case("bn_stat_match_forward", [("mean", _f(rng, ch)), ("var", _f(rng, ch)), ("x", _f(rng, n, ch, h, w)),
                                         ("running_mean", _f(rng, ch)), ("running_var", _positive(rng, ch))], [],
               {"mean", "var"}, any_shape={"x"}),  # only x has the batch and plane sizes
@@ -431,11 +462,35 @@ def _distill_cases(rng: np.random.Generator) -> list[KernelCase]:
     ]
 
 
-# functions of peftc._C that take only sizes, no arrays: not kernels, so no case
-SIZE_QUERIES = {"lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
+def _lifelong_cases(rng: np.random.Generator) -> list[KernelCase]:
+    """Adapt-inf's per-example LoRA gradients (E = 2 examples over the N rows) and the k-means steps (K = 3)."""
+    k = 3
+    return [
+        _case("lora_per_example_grad", [("dlora_A", _f(rng, 2, R, IC)), ("dlora_B", _f(rng, 2, OC, R)),
+                                        ("work", _f(rng, 2 * N * R)), ("x", _f(rng, N, IC)), ("dy", _f(rng, N, OC)),
+                                        ("lora_A", _f(rng, R, IC)), ("lora_B", _f(rng, OC, R)),
+                                        ("offsets", np.array([0, 2, N], dtype=np.int64))], [0.5],
+              {"dlora_A", "dlora_B", "work"}, any_shape={"work"}),
+        _case("kmeans_assign", [("labels", np.zeros(N, dtype=np.int64)), ("dist", _f(rng, N)),
+                                ("work", _f(rng, N * k + k)), ("x", _f(rng, N, IC)), ("centroids", _f(rng, k, IC))],
+              [], {"labels", "dist", "work"}, any_shape={"work"}, any_rows={"centroids"}),  # any number of clusters
+        _case("kmeans_update", [("centroids", _f(rng, k, IC)), ("counts", np.zeros(k, dtype=np.int64)),
+                                ("x", _f(rng, N, IC)), ("labels", np.array([0, 2, 1, 0, 2], dtype=np.int64))], [],
+              {"centroids", "counts"}),
+    ]
+
+
+# functions of peftc._C that take only sizes, no arrays (and the bf16 path query and peak loop): not kernels, so
+# no case
+SIZE_QUERIES = {"bf16_linear_workspace_size", "bf16_cpu_paths", "bf16_dot_peak", "lora_backward_workspace_size", "lora_mixed_workspace_size", "conv2d_workspace_size", "attention_forward_workspace_size",
                 "attention_backward_workspace_size", "bone_backward_workspace_size", "sora_forward_workspace_size",
                 "sora_backward_workspace_size", "hydra_backward_workspace_size", "hydra_merge_workspace_size", "ipca_workspace_size",
-                "attention_packed_forward_workspace_size", "attention_cached_forward_workspace_size"}
+                "attention_packed_forward_workspace_size", "attention_packed_backward_workspace_size",
+                "attention_cached_forward_workspace_size", "lora_per_example_grad_workspace_size",
+                "kmeans_assign_workspace_size"}
+# the BLAS thread settings take no arrays; their boundary cases are in test_blas_threads.py
+BLAS_SETTINGS = {"blas_get_threads", "blas_set_threads", "sgemm_threads", "sgemm_single_thread_count", "sgemm_profile",
+                 "sgemm_profile_read"}
 CASE_NAMES = sorted(make_cases())
 
 

@@ -186,7 +186,7 @@ def test_frozen_embeddings_skip_the_first_block_input_gradient_and_keep_lora_gra
         assert_close(skipped[name], g, 1e-6, 1e-6, name)
 
 
-# -- skip_padding: the inference forward on the real tokens only ---------------------------------------------
+# -- skip_padding: the forward on the real tokens only (training: tests/test_packed_training.py) ---------------------------------------------
 
 def test_skip_padding_matches_transformers_on_real_tokens_and_zeroes_padding(rng, torch, tmp_path):
     hf, model = tiny_pair(torch, tmp_path)
@@ -220,17 +220,3 @@ def test_skip_padding_sentence_embedding_equals_the_padded_one(minilm):
     b = minilm.sentence_embedding(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                   skip_padding=True)
     assert_close(b, a, 1e-5, 1e-5, "sentence embeddings")
-
-
-def test_skip_padding_refuses_training_mode_and_a_later_backward(rng, torch, tmp_path):
-    _, model = tiny_pair(torch, tmp_path)
-    ids, mask, types = tiny_batch(rng)
-    model.train()
-    with pytest.raises(ValueError, match="eval"):
-        model(ids, mask, types, skip_padding=True)
-    model.eval()
-    out = model(ids, mask, types, skip_padding=True)
-    with pytest.raises(RuntimeError, match="skip_padding"):
-        model.backward(np.ones_like(out))
-    model(ids, mask, types)  # a padded forward allows backward again
-    model.backward(np.ones_like(out))

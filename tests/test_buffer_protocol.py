@@ -24,7 +24,7 @@ CALLS = 1000
 
 
 def _code(arr: np.ndarray) -> str:
-    return "f" if arr.dtype == np.float32 else "q"
+    return {"float32": "f", "int64": "q", "uint16": "H"}[arr.dtype.name]
 
 
 def _foreign(arr: np.ndarray) -> tuple[object, memoryview]:
@@ -105,7 +105,8 @@ def _raises(case, args, exc, *fragments: str) -> str:
     return message
 
 
-BAD_FORMATS = {"float32": ["float64", "int32", ">f4"], "int64": ["int32", "float64", ">i8"]}
+BAD_FORMATS = {"float32": ["float64", "int32", ">f4"], "int64": ["int32", "float64", ">i8"],
+               "uint16": ["int16", "float32", ">u2"]}
 
 
 @pytest.mark.parametrize("fn,name", array_params())

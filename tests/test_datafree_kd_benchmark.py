@@ -52,3 +52,31 @@ def test_merge_combines_seeds_and_refuses_other_settings(tmp_path, monkeypatch):
     bench.common.write_results("other", other, "")
     with pytest.raises(ValueError, match="student_widths"):
         bench.merge(["part0", "other"], "bad")
+
+
+def test_aggregate_adds_the_text_tables_and_claims_when_the_seeds_carry_them():
+    bench = load_benchmark("datafree_kd")
+    per_seed = {}
+    for k in range(5):
+        part = _seed_payload(bench, k, 0.002 * k * (-1) ** k)["per_seed"][str(k)]
+        text = {}
+        for arm in bench.TEXT_ARMS:
+            for fusion in (False, True):
+                acc = {"scratch": 0.02, "real_ce": 0.6, "real_kd": 0.62, "afstip": 0.3}[arm] - (0.02 if fusion else 0)
+                text[arm + ("+fusion" if fusion else "")] = {"acc": acc + 0.003 * k, "macro_f1": acc, "seconds": 1.0,
+                                                             "student_params": 9, "teacher_params": 20}
+        part["text_methods"] = text
+        part["text_migration"] = [{"shots": 5, "old_acc": 0.3, "old_macro_f1": 0.2, "new_acc": 0.1 * k, "new_f1": 0.1,
+                                   "all_acc": 0.3, "all_macro_f1": 0.2}]
+        per_seed[str(k)] = part
+    agg = bench.aggregate(per_seed)
+    v = {row["claim"]: row for row in agg["verdicts"]}
+    assert len(v) == 3 * (len(bench.DATA_FREE) + len(bench.TEXT_DATA_FREE))
+    assert v["text afstip acc > untrained student acc"]["holds"]
+    assert not v["text afstip acc > 0.9 x real-data KD acc"]["holds"]
+    assert v["text afstip+fusion acc > afstip acc"]["diff"] == pytest.approx(-0.02)
+    assert agg["text_migration"][0]["new_acc"] == pytest.approx(0.2)
+    assert v["afstip+fusion acc > afstip acc"]["diff"] == pytest.approx(0.01)  # the image claims unchanged
+    md = bench.markdown({"aggregate": agg, "per_seed": per_seed, "cpu": "c", "command": "x",
+                         "settings": {"text_held_out": "noun.food"}})
+    assert "WordNet migration to noun.food" in md and "text afstip acc" in md

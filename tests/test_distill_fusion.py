@@ -59,3 +59,22 @@ def test_fusion_student_input_gradient_matches_finite_differences(rng):
         num = (float((s.forward(x + eps * v) * w).sum()) - float((s.forward(x - eps * v) * w).sum())) / (2 * eps)
         ana = float((dx.astype(np.float64) * v).sum())
         assert abs(num - ana) <= 0.03 * abs(ana) + 1e-3, (num, ana)
+
+
+def test_adaptive_fusion_with_a_mask_is_the_fusion_of_each_rows_kept_positions(rng):
+    d = 6
+    f = AdaptiveFusion(d, memory_slots=5, seed=3)
+    f.gate.weight.data[...] = f32(rng, 3, 3 * d, scale=0.3)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    x, dy = f32(rng, 3, d, 5), f32(rng, 3, d)
+    f.zero_grad()
+    y = f.forward(x, mask)
+    dx = f.backward(dy)
+    grads = {name: p.grad.copy() for name, p in f.named_parameters()}
+    f.zero_grad()
+    for i, n in enumerate(mask.sum(axis=1)):
+        assert_close(y[i:i + 1], f.forward(np.ascontiguousarray(x[i:i + 1, :, :n])), 1e-5, 1e-6, f"row {i}")
+        assert_close(dx[i:i + 1, :, :n], f.backward(dy[i:i + 1]), 1e-5, 1e-6, f"dx row {i}")
+        assert not dx[i, :, n:].any()
+    for name, p in f.named_parameters():
+        assert_close(grads[name], p.grad, 1e-4, 1e-6, f"d{name}")

@@ -92,6 +92,78 @@ def test_kd_kl_rejects_bad_temperature_and_nonfinite_logits(rng):
         F.kd_kl_forward(z, f32(rng, 3, 5), 1.0, teacher_probs=np.empty((3, 4), np.float32))
 
 
+# ---- ADI's Jensen-Shannon competition term ------------------------------------------------------------
+
+def _adi_logits(rng, n: int = 6, c: int = 5):
+    """Logits whose softmaxes at tau 3 hold values inside, below and above the clamp range [0.01, 0.99], none
+    within 1e-3 of its ends (where a finite difference would straddle a kink)."""
+    zs = rng.standard_normal((n, c)) * 2.0
+    zt = rng.standard_normal((n, c)) * 2.0
+    zs[0] = [30.0, 0.0, 0.0, -5.0, 1.0]  # a student probability above 0.99, the others of the row below 0.01
+    zt[0] = [25.0, 1.0, 0.0, -4.0, 0.0]  # with it, m of row 0 above 0.99 and below 0.01 too
+    zt[1] = [-30.0, 0.0, 0.0, 0.0, 0.0]  # a teacher probability below 0.01
+    # m clamped while the student's probability is not, below and above the range (rows 2 and 3)
+    zs[2], zt[2] = 3.0 * np.log([0.015, 0.5, 0.2, 0.185, 0.1]), 3.0 * np.log([0.002, 0.3, 0.3, 0.198, 0.2])
+    zs[3] = 3.0 * np.log([0.985, 0.005, 0.004, 0.003, 0.003])
+    zt[3] = 3.0 * np.log([0.9991, 0.0003, 0.0002, 0.0002, 0.0002])
+    ps, pt = (np.exp(R._log_softmax(z / 3.0)) for z in (zs, zt))
+    m = 0.5 * (ps + pt)
+    for p in (ps, pt, m):
+        assert not (np.abs(p - 0.01) < 1e-3).any() and not (np.abs(p - 0.99) < 1e-3).any()
+    assert (ps > 0.99).any() and (pt < 0.01).any() and ((ps > 0.01) & (ps < 0.99)).any()
+    assert (m > 0.99).any() and (m < 0.01).any()
+    return zs, zt
+
+
+def test_adi_js_matches_reference_and_accumulates(rng):
+    zs, zt = (z.astype(np.float32) for z in _adi_logits(rng))
+    js, ps, pt = F.adi_js_forward(zs, zt, 3.0)
+    js_r, ps_r, pt_r = R.adi_js_forward(zs, zt, 3.0)
+    assert_close(js, js_r, 1e-5, 1e-7, "js")
+    assert_close(ps, ps_r, 1e-6, 1e-8, "student probs")
+    ds, dt = np.full_like(zs, 0.25), np.full_like(zt, -0.5)
+    F.adi_js_backward(0.7, ps, pt, 3.0, dstudent_logits=ds, dteacher_logits=dt)
+    ds_r, dt_r = np.full_like(zs, 0.25), np.full_like(zt, -0.5)
+    R.adi_js_backward(0.7, ps_r, pt_r, 3.0, dstudent_logits=ds_r, dteacher_logits=dt_r)
+    assert_close(ds, ds_r, 1e-5, 1e-7, "dstudent")
+    assert_close(dt, dt_r, 1e-5, 1e-7, "dteacher")
+    assert F.adi_js_forward(zs, zs.copy(), 3.0)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adi_js_gradients_match_finite_differences(rng):
+    zs, zt = _adi_logits(rng)
+    _, ps, pt = R.adi_js_forward(zs, zt, 3.0)
+    ds, dt = np.zeros_like(zs), np.zeros_like(zt)
+    R.adi_js_backward(1.0, ps, pt, 3.0, dstudent_logits=ds, dteacher_logits=dt)
+    num_s = numerical_grad(lambda: R.adi_js_forward(zs, zt, 3.0)[0], zs)
+    num_t = numerical_grad(lambda: R.adi_js_forward(zs, zt, 3.0)[0], zt)
+    assert_close(ds, num_s, 1e-6, 1e-8, "float64 dJS/dzs")
+    assert_close(dt, num_t, 1e-6, 1e-8, "float64 dJS/dzt")
+    zs32, zt32 = zs.astype(np.float32), zt.astype(np.float32)
+    _, ps32, pt32 = F.adi_js_forward(zs32, zt32, 3.0)
+    cs, ct = np.zeros_like(zs32), np.zeros_like(zt32)
+    F.adi_js_backward(1.0, ps32, pt32, 3.0, dstudent_logits=cs, dteacher_logits=ct)
+    assert_close(cs, num_s, 1e-4, 1e-6, "C dJS/dzs")
+    assert_close(ct, num_t, 1e-4, 1e-6, "C dJS/dzt")
+
+
+def test_adi_js_matches_the_deepinversion_code_in_torch(rng, torch):
+    zs, zt = (z.astype(np.float32) for z in _adi_logits(rng))
+    ts, tt = torch.tensor(zs, requires_grad=True), torch.tensor(zt, requires_grad=True)
+    p, q = torch.softmax(ts / 3.0, 1), torch.softmax(tt / 3.0, 1)
+    m = torch.clamp(0.5 * (p + q), 0.01, 0.99)
+    p, q = torch.clamp(p, 0.01, 0.99), torch.clamp(q, 0.01, 0.99)
+    kl = torch.nn.KLDivLoss(reduction="batchmean")
+    ref = 0.5 * kl(torch.log(p), m) + 0.5 * kl(torch.log(q), m)
+    ref.backward()
+    js, ps, pt = F.adi_js_forward(zs, zt, 3.0)
+    ds, dt = np.zeros_like(zs), np.zeros_like(zt)
+    F.adi_js_backward(1.0, ps, pt, 3.0, dstudent_logits=ds, dteacher_logits=dt)
+    assert_close(js, ref.item(), 1e-5, 1e-7, "js")
+    assert_close(ds, ts.grad.numpy(), 1e-4, 1e-7, "dstudent")
+    assert_close(dt, tt.grad.numpy(), 1e-4, 1e-7, "dteacher")
+
+
 # ---- BN-statistics matching ----------------------------------------------------------------------
 
 def _bn_inputs(rng, n=3, ch=4, h=3, w=5):

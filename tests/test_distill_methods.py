@@ -195,3 +195,38 @@ def test_migration_learns_the_new_class_and_keeps_the_old_ones():
     probe_new = (2.0 + 0.3 * rng.standard_normal((20, 1, 12, 12))).astype(np.float32)
     assert (teacher_logits(s, probe_new).argmax(1) == 3).mean() >= 0.9
     assert (teacher_logits(s, probe_old).argmax(1) == old_target).mean() >= 0.8
+
+
+@pytest.mark.parametrize("only", ["adi", "all"])
+def test_adi_inversion_loss_gradient_matches_finite_differences(rng, only):
+    t, s = _teacher(), _teacher(seed=7)  # the student: another BN CNN, frozen in eval mode during synthesis
+    for net in (t, s):
+        net.head.weight.data *= 20.0  # logits that move with the input, so both networks' paths count
+    x = f32(rng, 4, 1, 12, 12)
+    y = np.array([0, 1, 2, 0])
+    cfg = DeepInversionConfig(alpha_adi=50.0, adi_tau=3.0)
+    if only == "adi":  # the competition term alone, so that a missing path cannot hide behind the others
+        cfg = DeepInversionConfig(alpha_ce=0.0, alpha_f=0.0, alpha_tv2=0.0, alpha_adi=50.0)
+    loss, dx, parts = inversion_loss(t, x, y, cfg, student=s)
+    assert 0.0 < parts["adi"] < 50.0 and not s.training and all(p.requires_grad for p in s.parameters())
+    _directional_check(lambda z: inversion_loss(t, z, y, cfg, student=s)[0], x, dx, rng, eps=2e-3)
+
+
+def test_adi_rounds_alternate_synthesis_and_kd_without_reading_data(monkeypatch):
+    import peftc.data.fashion_mnist as fm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ADI read the data set")
+
+    monkeypatch.setattr(fm, "load_fashion_mnist", refuse)
+    monkeypatch.setattr(fm, "read_idx", refuse)
+    t, s = _teacher(), SmallResNet((4, 4), 3, seed=2)
+    cfg = DeepInversionConfig(batch_size=3, iterations=2, batches=2, kd_steps=5, kd_batch_size=2, alpha_adi=1.0,
+                              pixel_range=None)
+    out = deepinversion_distill(t, s, 3, (1, 12, 12), cfg)
+    assert out["images"].shape == (6, 1, 12, 12) and len(out["loss"]) == 5
+    assert all("adi" in h for h in out["synthesis"])
+    with pytest.raises(ValueError, match="student"):
+        inversion_loss(t, out["images"][:3], np.arange(3), cfg)
+    with pytest.raises(ValueError, match="images"):
+        deepinversion_distill(t, s, 3, (1, 12, 12), cfg, images=out["images"])

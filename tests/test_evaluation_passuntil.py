@@ -76,6 +76,16 @@ def test_censored_instances_keep_their_draws_and_an_upper_bound():
     assert score.ci95[0] <= score.pu <= score.ci95[1]
 
 
+def test_a_budget_spent_with_every_draw_passing_is_censored_with_upper_bound_one():
+    """max_draws below r: the budget ends before the r-th pass although every draw passed (j = K < r)."""
+    for j, k, r in ((1, 1, 2), (2, 2, 3)):
+        e = estimate_pass_probability(j, k, r)
+        assert e.censored and e.estimate == 1.0 and e.ci95[1] == 1.0
+        assert 0.0 < e.ci95[0] == pytest.approx(0.025 ** (1 / k), rel=1e-9)  # Clopper-Pearson lower bound
+    j, k = pass_until(lambda n: np.ones(n, bool), target_passes=3, max_draws=2)
+    assert (j, k) == (2, 2) and estimate_pass_probability(j, k, 3).censored
+
+
 def test_scaling_law_recovers_c_and_alpha_and_predicts_the_largest_size():
     rng = np.random.default_rng(3)
     c, alpha = 40.0, 0.35

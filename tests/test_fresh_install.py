@@ -84,11 +84,33 @@ def _needed(library: Path) -> list[str]:
 
 
 def test_build_and_runtime_pins_of_scipy_openblas32_agree():
-    """The extension is compiled against one release of the wheel and loads whichever is installed: the two
-    pins in pyproject.toml must name the same release."""
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    pins = re.findall(r'"scipy-openblas32==([^"]+)"', text)
-    assert len(pins) == 2 and pins[0] == pins[1], f"scipy-openblas32 pins in pyproject.toml: {pins}"
+    """The extension is compiled against one release of the wheel and loads whichever is installed: the build
+    requirement (pyproject.toml) and the runtime dependency (setup.py) must name the same release."""
+    pins = [re.findall(r'"scipy-openblas32==([^"]+)"', (ROOT / name).read_text(encoding="utf-8"))
+            for name in ("pyproject.toml", "setup.py")]
+    assert len(pins[0]) == 1 and pins[1] == pins[0], f"scipy-openblas32 pins in pyproject.toml, setup.py: {pins}"
+
+
+def _runtime_requirements(src: Path, tmp_path: Path, blas: str) -> list[str]:
+    """The Requires-Dist lines setuptools writes for a build with PEFTC_BLAS=blas (its egg-info metadata)."""
+    base = tmp_path / f"egg-{blas}"
+    base.mkdir()
+    _run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(base)], tmp_path / f"egg-{blas}.log",
+         env=_isolated_env(PEFTC_BLAS=blas), cwd=src)
+    return (base / "peftc.egg-info" / "requires.txt").read_text().split("\n\n")[0].split()
+
+
+def test_runtime_dependencies_follow_the_blas_choice(tmp_path):
+    src = clean_copy(tmp_path / "src")
+    wheel = _runtime_requirements(src, tmp_path, "scipy-openblas32")
+    assert [r for r in wheel if r.startswith("scipy-openblas32")] == ["scipy-openblas32==0.3.34.481.3"], wheel
+    assert "numpy>=2" in wheel, wheel
+    missing = _system_blas_missing()
+    if missing:
+        pytest.skip(f"PEFTC_BLAS=system needs the system OpenBLAS and LAPACKE ({missing})")
+    system = _runtime_requirements(src, tmp_path, "system")
+    assert not [r for r in system if "openblas" in r], system
+    assert sorted(system) == sorted(r for r in wheel if not r.startswith("scipy-openblas32")), (system, wheel)
 
 
 def test_pip_install_in_a_fresh_venv_links_the_wheel_openblas_and_runs_the_readme_example(tmp_path):

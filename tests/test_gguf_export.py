@@ -264,3 +264,61 @@ def test_failed_gguf_write_keeps_the_previous_file(tmp_path, rng, monkeypatch):
         save_gguf(_model(rng, **CASES["rslora"]), path)
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["a.gguf"]
+
+
+# -- GPT-2: the Conv1D layers ------------------------------------------------------------------------
+GPT2_CASES = {
+    "lora": dict(r=4, lora_alpha=8),
+    "rslora_patterns": dict(r=3, lora_alpha=5, use_rslora=True, rank_pattern={"c_fc": 5},
+                            alpha_pattern={"attn.c_proj": 0.5, "h.1.mlp.c_proj": 12.0}),
+}
+GPT2_TABLE = {"attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+
+
+def _gpt2_model(rng, **config):
+    from peftc.models import GPT2Config, GPT2LMHeadModel
+
+    base = GPT2LMHeadModel.from_config(GPT2Config(vocab_size=23, n_positions=8, n_embd=8, n_layer=2, n_head=2), seed=3)
+    config.setdefault("target_modules", ["c_attn", "c_proj", "c_fc"])
+    model = get_peft_model(base, LoraConfig(init_lora_weights=False, fan_in_fan_out=True, **config),
+                           generator=Generator(7))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data[...] = f32(rng, *p.shape, scale=0.25)
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(GPT2_CASES))
+def test_gpt2_gguf_file_rebuilds_the_merged_conv1d_weights(case, tmp_path, rng):
+    """Base tensors as llama.cpp's convert_hf_to_gguf writes GPT-2's (the Hugging Face (IC, OC) Conv1D weight,
+    transposed); the rebuilt weights, transposed back, equal the merged model's Hugging Face state dict."""
+    model = _gpt2_model(rng, **GPT2_CASES[case])
+    hf_base = model.get_base_model()
+    original = {f"transformer.h.{i}.{hf}": copy.deepcopy(hf_base.get_submodule(f"transformer.h.{i}.{hf}").base)
+                for i in range(2) for hf in GPT2_TABLE}
+    names = save_gguf(model, tmp_path / "gpt2.gguf")
+    assert names == {f"transformer.h.{i}.{hf}": f"blk.{i}.{g}.weight" for i in range(2) for hf, g in GPT2_TABLE.items()}
+    reference = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, 2)
+    for module, gguf_name in names.items():  # gguf-py names the checkpoint's weight as we do
+        assert gguf_name == reference.get_name(module + ".weight", try_suffixes=(".weight",)), module
+    fields, _ = _read(tmp_path / "gpt2.gguf")
+    assert fields["general.architecture"] == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2] == "gpt2"
+
+    base = {names[m]: np.ascontiguousarray(conv.hf_weight().T) for m, conv in original.items()}
+    scales = {model.get_base_model().get_submodule(m).scaling for m in names}
+    assert len(scales) > 1 or case == "lora"
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
+    rebuilt = _rebuild(tmp_path / "gpt2.gguf", base)
+    for module, gguf_name in names.items():
+        want = merged[module + ".weight"]  # Hugging Face's (IC, OC) layout
+        assert want.shape == (original[module].in_features, original[module].out_features)
+        err = np.max(np.abs(rebuilt[gguf_name].T - want))
+        assert err <= 1e-6, f"{module} -> {gguf_name}: max abs error {err:.3g}"
+
+
+def test_gpt2_lm_head_has_no_gguf_lora_name(tmp_path, rng):
+    with pytest.warns(UserWarning, match="fan_in_fan_out"):  # lm_head is a Linear: PEFT's rule sets it False
+        model = _gpt2_model(rng, target_modules=["c_attn", "lm_head"])
+    with pytest.raises(ValueError, match=r"\['lm_head'\] have no llama.cpp 'gpt2' tensor name"):
+        save_gguf(model, tmp_path / "x.gguf")
+    assert not os.listdir(tmp_path)

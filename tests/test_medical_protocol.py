@@ -208,12 +208,12 @@ def test_contrastive_loss_gradient_matches_finite_differences_and_skips_same_wor
 # -- the runner ------------------------------------------------------------------------------------------
 @needs_data
 def test_quick_run_writes_the_results_contract(tmp_path):
-    """--quick on the smallest task, 2 seeds, 2 adaptation steps; must finish within 60 s (the subprocess timeout)."""
+    """--quick on the smallest task, 2 seeds, 2 adaptation steps; the subprocess timeout (300 s) only guards against a hang."""
     out = tmp_path / "mpq"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PEFTC_CACHE": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "medical_protocol.py"), "--quick", "--tasks",
                           "adjective_adverb", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60)  # about 12 s on 2 loaded cores
+                         timeout=300)  # 12 s on a quiet machine, 49-60 s at load 10 on 2 cores
     assert run.returncode == 0, run.stderr[-3000:]
     payload = json.loads(out.with_suffix(".json").read_text())
     md = out.with_suffix(".md").read_text()

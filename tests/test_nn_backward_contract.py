@@ -259,6 +259,7 @@ FLOAT_INPUT = {
     "BertIntermediate": _bert_part(lambda m: m.encoder.layer[1].intermediate),
     "BertLayer": _bert_part(lambda m: m.encoder.layer[1], masked=True),
     "BertEncoder": _bert_part(lambda m: m.encoder, masked=True),
+    "BertTopBlocks": _bert_part(lambda m: m.top_blocks(1), masked=True),
     "BertModel[inputs_embeds]": _bert_from_vectors,
     "BasicBlock[identity]": _block("identity"),
     "BasicBlock[conv]": _block("conv"),

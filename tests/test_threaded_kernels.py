@@ -1,4 +1,5 @@
-"""Kernels that split their work over threads (attention, packed-sequence attention, GELU, LayerNorm and its
+"""Kernels that split their work over threads (attention, packed-sequence attention and its training forward and
+backward, GELU, LayerNorm and its
 residual fusion, dropout, the bias rows of linear outputs, convolutions) give the same bits on one thread and on
 two. OpenBLAS reads its thread
 count once, at load, so each count runs in its own process."""
@@ -66,6 +67,19 @@ lens = np.array([40, 3, 60, 17, 1, 90, 33], dtype=np.int64)
 offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
 qp, kp, vp = (rng.standard_normal((int(offs[-1]), 96), dtype=np.float32) for _ in range(3))
 res["packed"] = F.attention_packed_forward(qp, kp, vp, offs, 3)
+# training: probabilities kept (their block of a part's first pair found by the part), dropout, backward
+starts = np.arange(lens.size, dtype=np.int64)
+attp = np.empty(F.attention_packed_probs_size(offs, 3), dtype=np.float32)
+res["packed_train"] = F.attention_packed_forward(qp, kp, vp, offs, 3, 0.2, 3, 5, starts=starts, seq_len=100, att=attp)
+res["packed_att"] = attp
+gp = [np.zeros_like(qp) for _ in range(3)]
+F.attention_packed_backward(vp, qp, kp, vp, attp, offs, 3, 0.2, 3, 5, starts=starts, seq_len=100, dq=gp[0], dk=gp[1],
+                            dv=gp[2])
+res.update({"packed_dq": gp[0], "packed_dk": gp[1], "packed_dv": gp[2]})
+rows = rng.permutation(3000)[:1500].astype(np.int64)
+res["drop_rows"] = F.dropout_rows_forward(xz[:1500] * 1.0, rows, 0.3, 9, 17)
+res["ddrop_rows"] = np.ones((1500, 64), np.float32)
+F.dropout_rows_backward(xz[:1500] * 1.0, rows, 0.3, 9, 17, dx=res["ddrop_rows"])
 # decoding: attention against a KV cache (pairs split over threads) and token sampling (rows split)
 kc, vc = (rng.standard_normal((64, 40, 32), dtype=np.float32) for _ in range(2))
 res["cached"] = F.attention_cached_forward(rng.standard_normal((64, 2, 32), dtype=np.float32), kc, vc, 30, 4)

@@ -163,6 +163,7 @@ typedef struct {
 
 static const ItemType F32 = {NPY_FLOAT32, "float32", 'f', 4};
 static const ItemType I64 = {NPY_INT64, "int64", 'q', 8};
+static const ItemType U16 = {NPY_UINT16, "uint16", 'H', 2};
 
 static int ndarray_layout(ArgCheck *ck, const char *name, PyArrayObject *arr, const ItemType *t, Layout *l)
 {
@@ -342,6 +343,11 @@ int arg_f32(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int
 int arg_i64(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int flags, int64_t **ptr)
 {
     return check_array(ck, name, obj, dims, flags, &I64, (void **)ptr);
+}
+
+int arg_u16(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int flags, uint16_t **ptr)
+{
+    return check_array(ck, name, obj, dims, flags, &U16, (void **)ptr);
 }
 
 int arg_workspace(const ArgCheck *ck, int64_t need)

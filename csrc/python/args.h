@@ -69,6 +69,8 @@ void arg_init(ArgCheck *ck, const char *fn);
 int arg_f32(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int flags, float **ptr);
 /* the same for an int64 array (an ndarray, or a buffer of format "q", or "l" where long is 8 bytes) */
 int arg_i64(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int flags, int64_t **ptr);
+/* the same for a uint16 array (an ndarray, or a buffer of format "H"): bf16 values (bf16_gemm.h) */
+int arg_u16(ArgCheck *ck, const char *name, PyObject *obj, const char *dims, int flags, uint16_t **ptr);
 /* The size bound to a letter, or -1 when no argument named it. */
 int64_t arg_dim(const ArgCheck *ck, const char *letter);
 /* Bind a letter to a size that comes from a scalar argument rather than an array. */

@@ -1,8 +1,8 @@
 /* buffer.c: peftc._C.Buffer, memory the C side allocates and owns, lent to Python through the buffer
  * protocol (PEP 3118) so that np.asarray(buf) and every kernel use it in place.
  *
- * A Buffer holds one 64-byte aligned, zero-filled block of float32 or int64 items in C order. Each
- * buffer view it gives out holds a reference to it and is counted; while any view lives the memory
+ * A Buffer holds one 64-byte aligned, zero-filled block of float32, int64 or uint16 (bf16) items in C
+ * order. Each buffer view it gives out holds a reference to it and is counted; while any view lives the memory
  * cannot be resized, freed or frozen, so no view ever outlives its memory. freeze() makes the
  * storage read-only for good (later views are read-only; a writeable one is refused). free() gives
  * the memory back early; a freed Buffer refuses to give views, so a kernel called with it raises.
@@ -18,7 +18,7 @@
 typedef struct {
     PyObject_HEAD char *data; /* BUFFER_ALIGN-aligned, nbytes long (rounded up); NULL once freed */
     Py_ssize_t nbytes;        /* product of shape times itemsize */
-    int typenum;              /* NPY_FLOAT32 or NPY_INT64 */
+    int typenum;              /* NPY_FLOAT32, NPY_INT64 or NPY_UINT16 */
     int readonly;             /* frozen: views are read-only from then on */
     Py_ssize_t exports;       /* views given out and not yet released */
     int ndim;
@@ -28,7 +28,7 @@ typedef struct {
 
 static Py_ssize_t itemsize_of(int typenum)
 {
-    return typenum == NPY_INT64 ? 8 : 4;
+    return typenum == NPY_INT64 ? 8 : typenum == NPY_UINT16 ? 2 : 4;
 }
 
 /* Parse an int or a sequence of ints >= 0 into shape; the number of dimensions, or -1. */
@@ -101,12 +101,13 @@ static int type_from_dtype(PyObject *dtype, int *typenum)
     if (!PyArray_DescrConverter(dtype, &descr))
         return -1;
     /* 'q' and 'l' are distinct type numbers of the same int64 */
-    *typenum = PyArray_EquivTypenums(descr->type_num, NPY_FLOAT32) ? NPY_FLOAT32
-               : PyArray_EquivTypenums(descr->type_num, NPY_INT64) ? NPY_INT64
-                                                                   : NPY_NOTYPE;
+    *typenum = PyArray_EquivTypenums(descr->type_num, NPY_FLOAT32)  ? NPY_FLOAT32
+               : PyArray_EquivTypenums(descr->type_num, NPY_INT64)  ? NPY_INT64
+               : PyArray_EquivTypenums(descr->type_num, NPY_UINT16) ? NPY_UINT16
+                                                                    : NPY_NOTYPE;
     const int ok = *typenum != NPY_NOTYPE && PyArray_ISNBO(descr->byteorder);
     if (!ok)
-        PyErr_Format(PyExc_TypeError, "Buffer: dtype must be float32 or int64 in native byte order, got %R",
+        PyErr_Format(PyExc_TypeError, "Buffer: dtype must be float32, int64 or uint16 in native byte order, got %R",
                      (PyObject *)descr);
     Py_DECREF(descr);
     return ok ? 0 : -1;
@@ -171,7 +172,10 @@ static int buffer_getbuffer(BufferObject *self, Py_buffer *view, int flags)
     view->len = self->nbytes;
     view->readonly = self->readonly;
     view->itemsize = itemsize_of(self->typenum);
-    view->format = (flags & PyBUF_FORMAT) ? (self->typenum == NPY_INT64 ? "q" : "f") : NULL;
+    view->format = (flags & PyBUF_FORMAT) ? (self->typenum == NPY_INT64    ? "q"
+                                             : self->typenum == NPY_UINT16 ? "H"
+                                                                           : "f")
+                                          : NULL;
     view->ndim = nd ? self->ndim : 1; /* without ND the consumer sees bytes */
     view->shape = nd ? self->shape : NULL;
     view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? self->strides : NULL;
@@ -302,11 +306,13 @@ static PyObject *buffer_repr(BufferObject *self)
     PyObject *shape = shape_of(self);
     if (!shape)
         return NULL;
-    PyObject *repr =
-        PyUnicode_FromFormat("Buffer(%R, dtype=%s%s)", shape, self->typenum == NPY_INT64 ? "int64" : "float32",
-                             !self->data      ? ", freed"
-                             : self->readonly ? ", readonly"
-                                              : "");
+    PyObject *repr = PyUnicode_FromFormat("Buffer(%R, dtype=%s%s)", shape,
+                                          self->typenum == NPY_INT64    ? "int64"
+                                          : self->typenum == NPY_UINT16 ? "uint16"
+                                                                        : "float32",
+                                          !self->data      ? ", freed"
+                                          : self->readonly ? ", readonly"
+                                                           : "");
     Py_DECREF(shape);
     return repr;
 }
@@ -349,7 +355,7 @@ static PyObject *get_exports(BufferObject *self, void *closure)
 
 static PyGetSetDef buffer_getset[] = {
     {"shape", (getter)get_shape, NULL, "the shape, a tuple of ints ((0,) once freed)", NULL},
-    {"dtype", (getter)get_dtype, NULL, "numpy.dtype: float32 or int64", NULL},
+    {"dtype", (getter)get_dtype, NULL, "numpy.dtype: float32, int64 or uint16", NULL},
     {"nbytes", (getter)get_nbytes, NULL, "bytes of storage (0 once freed)", NULL},
     {"readonly", (getter)get_readonly, NULL, "True once frozen", NULL},
     {"freed", (getter)get_freed, NULL, "True after free()", NULL},
@@ -374,7 +380,7 @@ static PyMethodDef buffer_methods[] = {
 
 static PyType_Slot buffer_slots[] = {
     {Py_tp_doc, "Buffer(shape, dtype='float32', *, readonly=False)\n--\n\n"
-                "Zero-filled, 64-byte aligned C-ordered storage of float32 or int64 items that the C side "
+                "Zero-filled, 64-byte aligned C-ordered storage of float32, int64 or uint16 items that the C side "
                 "owns and lends out through the buffer protocol: np.asarray(buf) and the kernels use it in "
                 "place. While any view of it is alive it cannot be resized, freed or frozen (BufferError), "
                 "and each view keeps the Buffer alive. A kernel workspace kept between calls is the typical "

@@ -5,6 +5,7 @@
 
 /* one method table per section of peftc.h, in the header's order */
 extern PyMethodDef peftc_py_linear_lora_methods[];
+extern PyMethodDef peftc_py_bf16_methods[];
 extern PyMethodDef peftc_py_adapters_methods[];
 extern PyMethodDef peftc_py_encoder_methods[];
 extern PyMethodDef peftc_py_cnn_methods[];
@@ -14,9 +15,12 @@ extern PyMethodDef peftc_py_distill_methods[];
 extern PyMethodDef peftc_py_eva_methods[];
 extern PyMethodDef peftc_py_optim_methods[];
 extern PyMethodDef peftc_py_random_methods[];
+extern PyMethodDef peftc_py_blas_methods[];
+extern PyMethodDef peftc_py_lifelong_methods[];
 
 static PyMethodDef *const method_tables[] = {
     peftc_py_linear_lora_methods, /* linear layer and LoRA */
+    peftc_py_bf16_methods,        /* the bf16 frozen linear layer (bf16_gemm.h) */
     peftc_py_adapters_methods,    /* adapters beyond LoRA */
     peftc_py_encoder_methods,     /* transformer encoder ops */
     peftc_py_cnn_methods,         /* CNN ops */
@@ -26,6 +30,8 @@ static PyMethodDef *const method_tables[] = {
     peftc_py_eva_methods,         /* EVA */
     peftc_py_optim_methods,       /* optimizers and the training loss */
     peftc_py_random_methods,      /* random numbers and dropout */
+    peftc_py_blas_methods,        /* BLAS thread settings (blas.h) */
+    peftc_py_lifelong_methods,    /* lifelong data selection */
 };
 
 static struct PyModuleDef moduledef = {

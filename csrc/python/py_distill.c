@@ -1,7 +1,7 @@
 /* py_distill.c: wrappers of the data-free distillation losses (distill.c), the distillation section of
- * peftc.h: the KD divergence, BatchNorm-statistics matching, DAFL's activation and entropy terms, total
- * variation. Parse, validate, release the GIL, call, map the status; no math here. Forwards return the
- * scalar loss(es) as Python floats. */
+ * peftc.h: the KD divergence, ADI's Jensen-Shannon competition term, BatchNorm-statistics matching, DAFL's
+ * activation and entropy terms, total variation. Parse, validate, release the GIL, call, map the status; no
+ * math here. Forwards return the scalar loss(es) as Python floats. */
 #include "args.h"
 
 static int check_tau(const char *fn, float tau)
@@ -57,6 +57,55 @@ static PyObject *py_kd_kl_backward(PyObject *self, PyObject *args)
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
     st = peftc_kd_kl_backward(dzs, dzt, dloss, ps, pt, zs, zt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_adi_js_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_ps, *o_pt, *o_zs, *o_zt;
+    float tau;
+    if (!PyArg_ParseTuple(args, "OOOOf:adi_js_forward", &o_ps, &o_pt, &o_zs, &o_zt, &tau))
+        return NULL;
+    ARG_CHECK(ck, "adi_js_forward");
+    float *ps, *pt, *zs, *zt;
+    if (arg_f32(&ck, "student_probs", o_ps, "N C", ARG_OUT, &ps) < 0 ||
+        arg_f32(&ck, "teacher_probs", o_pt, "N C", ARG_OUT, &pt) < 0 ||
+        arg_f32(&ck, "student_logits", o_zs, "N C", ARG_IN, &zs) < 0 ||
+        arg_f32(&ck, "teacher_logits", o_zt, "N C", ARG_IN, &zt) < 0 || arg_no_alias(&ck) < 0 ||
+        check_tau(ck.fn, tau) < 0)
+        return NULL;
+    float loss = 0.0f;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_adi_js_forward(&loss, ps, pt, zs, zt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    return PyFloat_FromDouble((double)loss);
+}
+
+static PyObject *py_adi_js_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dzs, *o_dzt, *o_ps, *o_pt;
+    float dloss, tau;
+    if (!PyArg_ParseTuple(args, "OOfOOf:adi_js_backward", &o_dzs, &o_dzt, &dloss, &o_ps, &o_pt, &tau))
+        return NULL;
+    ARG_CHECK(ck, "adi_js_backward");
+    float *dzs, *dzt, *ps, *pt;
+    if (arg_f32(&ck, "dstudent_logits", o_dzs, "N C", ARG_OUT | ARG_OPTIONAL, &dzs) < 0 ||
+        arg_f32(&ck, "dteacher_logits", o_dzt, "N C", ARG_OUT | ARG_OPTIONAL, &dzt) < 0 ||
+        arg_f32(&ck, "student_probs", o_ps, "N C", ARG_IN, &ps) < 0 ||
+        arg_f32(&ck, "teacher_probs", o_pt, "N C", ARG_IN, &pt) < 0 || arg_no_alias(&ck) < 0 ||
+        check_tau(ck.fn, tau) < 0)
+        return NULL;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_adi_js_backward(dzs, dzt, dloss, ps, pt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -248,6 +297,11 @@ PyMethodDef peftc_py_distill_methods[] = {
     {"kd_kl_backward", py_kd_kl_backward, METH_VARARGS,
      "kd_kl_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, student_logits, "
      "teacher_logits, tau): accumulate"},
+    {"adi_js_forward", py_adi_js_forward, METH_VARARGS,
+     "adi_js_forward(student_probs, teacher_probs, student_logits, teacher_logits, tau) -> batchmean JS of the "
+     "clamped softmaxes"},
+    {"adi_js_backward", py_adi_js_backward, METH_VARARGS,
+     "adi_js_backward(dstudent_logits, dteacher_logits, dloss, student_probs, teacher_probs, tau): accumulate"},
     {"bn_stat_match_forward", py_bn_stat_match_forward, METH_VARARGS,
      "bn_stat_match_forward(mean, var, x, running_mean, running_var) -> ||mean - rm|| + ||var - rv||"},
     {"bn_stat_match_backward", py_bn_stat_match_backward, METH_VARARGS,

@@ -516,60 +516,167 @@ static PyObject *py_attention_cached_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_attention_packed_workspace_size(PyObject *args, int backward)
+{
+    const char *fn = backward ? "attention_packed_backward_workspace_size" : "attention_packed_forward_workspace_size";
+    long long T;
+    float p = 0.0f;
+    if (!PyArg_ParseTuple(args,
+                          backward ? "Lf:attention_packed_backward_workspace_size"
+                                   : "L:attention_packed_forward_workspace_size",
+                          &T, &p))
+        return NULL;
+    /* at most 64 threads (parallel.h) times 2 T^2 floats */
+    if (T < 0 || (T > 0 && T > LLONG_MAX / 128 / T)) {
+        PyErr_Format(PyExc_ValueError, "%s: T must be >= 0 and 2 T^2 times the threads must fit in 64 bits, got T=%lld",
+                     fn, T);
+        return NULL;
+    }
+    return PyLong_FromLongLong(backward ? peftc_attention_packed_backward_workspace_size(T, p)
+                                        : peftc_attention_packed_forward_workspace_size(T));
+}
+
 static PyObject *py_attention_packed_forward_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
-    long long T;
-    if (!PyArg_ParseTuple(args, "L:attention_packed_forward_workspace_size", &T))
-        return NULL;
-    /* at most 64 threads (parallel.h) times T^2 floats */
-    if (T < 0 || (T > 0 && T > LLONG_MAX / 64 / T)) {
-        PyErr_Format(PyExc_ValueError,
-                     "attention_packed_forward_workspace_size: T must be >= 0 and T^2 times the threads must fit "
-                     "in 64 bits, got T=%lld",
-                     T);
-        return NULL;
+    return py_attention_packed_workspace_size(args, 0);
+}
+
+static PyObject *py_attention_packed_backward_workspace_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_attention_packed_workspace_size(args, 1);
+}
+
+/* offsets (P = S+1) start at 0, end at N and do not decrease; starts (S) or NULL are >= 0 and, with dropout,
+ * place each sequence inside its padded row of width T. Sets *longest and *scores (sum of T_s^2). */
+static int packed_offsets_ok(const ArgCheck *ck, const int64_t *offsets, const int64_t *starts, float p, int64_t T,
+                             int64_t *longest, int64_t *scores)
+{
+    const int64_t N = arg_dim(ck, "N"), S = arg_dim(ck, "P") - 1;
+    if (S < 0 || offsets[0] != 0 || offsets[S] != N) {
+        PyErr_Format(PyExc_ValueError, "%s: offsets (P=%lld) must start at 0 and end at N=%lld", ck->fn,
+                     (long long)(S + 1), (long long)N);
+        return -1;
     }
-    return PyLong_FromLongLong(peftc_attention_packed_forward_workspace_size(T));
+    if (starts && arg_dim(ck, "S") != S) {
+        PyErr_Format(PyExc_ValueError, "%s: starts has %lld entries, offsets (P=%lld) gives %lld sequences", ck->fn,
+                     (long long)arg_dim(ck, "S"), (long long)(S + 1), (long long)S);
+        return -1;
+    }
+    *longest = 0;
+    *scores = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t len = offsets[s + 1] - offsets[s], start = starts ? starts[s] : 0;
+        if (len < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: offsets must not decrease (offsets[%lld] > offsets[%lld])", ck->fn,
+                         (long long)s, (long long)(s + 1));
+            return -1;
+        }
+        if (start < 0 || (p > 0.0f && start + len > T)) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: sequence %lld (%lld rows from position starts[%lld]=%lld) does not fit a padded row of "
+                         "T=%lld",
+                         ck->fn, (long long)s, (long long)len, (long long)s, (long long)start, (long long)T);
+            return -1;
+        }
+        *longest = len > *longest ? len : *longest;
+        *scores += len * len;
+    }
+    return 0;
 }
 
 static PyObject *py_attention_packed_forward(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *o_out, *o_work, *o_q, *o_k, *o_v, *o_offsets;
-    long long NH;
-    if (!PyArg_ParseTuple(args, "OOOOOOL:attention_packed_forward", &o_out, &o_work, &o_q, &o_k, &o_v, &o_offsets, &NH))
+    PyObject *o_out, *o_att, *o_work, *o_q, *o_k, *o_v, *o_offsets, *o_starts;
+    float p;
+    unsigned long long seed, offset;
+    long long T, NH;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOfKKLL:attention_packed_forward", &o_out, &o_att, &o_work, &o_q, &o_k, &o_v,
+                          &o_offsets, &o_starts, &p, &seed, &offset, &T, &NH))
         return NULL;
     ARG_CHECK(ck, "attention_packed_forward");
-    float *out, *work, *q, *k, *v;
-    int64_t *offsets;
+    if (arg_probability(ck.fn, "dropout", p) < 0)
+        return NULL;
+    float *out, *att, *work, *q, *k, *v;
+    int64_t *offsets, *starts;
     if (arg_f32(&ck, "out", o_out, "N H", ARG_OUT, &out) < 0 || arg_bind(&ck, "NH", NH, "num_heads") < 0 ||
+        arg_f32(&ck, "att", o_att, "NA", ARG_OUT | ARG_OPTIONAL, &att) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "q", o_q, "N H", ARG_IN, &q) < 0 ||
         arg_f32(&ck, "k", o_k, "N H", ARG_IN, &k) < 0 || arg_f32(&ck, "v", o_v, "N H", ARG_IN, &v) < 0 ||
-        arg_i64(&ck, "offsets", o_offsets, "P", 0, &offsets) < 0 || arg_no_alias(&ck) < 0 ||
+        arg_i64(&ck, "offsets", o_offsets, "P", 0, &offsets) < 0 ||
+        arg_i64(&ck, "starts", o_starts, "S", ARG_OPTIONAL, &starts) < 0 || arg_no_alias(&ck) < 0 ||
         attention_heads(&ck, NH) < 0)
         return NULL;
-    const int64_t N = arg_dim(&ck, "N"), H = arg_dim(&ck, "H"), S = arg_dim(&ck, "P") - 1;
-    if (S < 0 || offsets[0] != 0 || offsets[S] != N) {
-        PyErr_Format(PyExc_ValueError, "%s: offsets (P=%lld) must start at 0 and end at N=%lld", ck.fn,
-                     (long long)(S + 1), (long long)N);
+    if (p > 0.0f && !att) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: dropout %g needs 'att' (dropout is for training, which keeps the "
+                     "probabilities)",
+                     ck.fn, (double)p);
         return NULL;
     }
-    int64_t longest = 0;
-    for (int64_t s = 0; s < S; s++) {
-        const int64_t T = offsets[s + 1] - offsets[s];
-        if (T < 0) {
-            PyErr_Format(PyExc_ValueError, "%s: offsets must not decrease (offsets[%lld] > offsets[%lld])", ck.fn,
-                         (long long)s, (long long)(s + 1));
-            return NULL;
-        }
-        longest = T > longest ? T : longest;
+    int64_t longest, scores;
+    if (packed_offsets_ok(&ck, offsets, starts, p, T, &longest, &scores) < 0)
+        return NULL;
+    if (att && arg_dim(&ck, "NA") != NH * scores) {
+        PyErr_Format(PyExc_ValueError, "%s: att has %lld floats, the sequences need NH * sum(T_s^2) = %lld", ck.fn,
+                     (long long)arg_dim(&ck, "NA"), (long long)(NH * scores));
+        return NULL;
     }
     if (arg_workspace(&ck, peftc_attention_packed_forward_workspace_size(longest)) < 0)
         return NULL;
+    const int64_t N = arg_dim(&ck, "N"), H = arg_dim(&ck, "H"), S = arg_dim(&ck, "P") - 1;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_attention_packed_forward(out, work, q, k, v, offsets, S, N, H, NH);
+    st = peftc_attention_packed_forward(out, att, work, q, k, v, offsets, starts, p, seed, offset, S, N, T, H, NH);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(ck.fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_attention_packed_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o_dq, *o_dk, *o_dv, *o_work, *o_dout, *o_q, *o_k, *o_v, *o_att, *o_offsets, *o_starts;
+    float p;
+    unsigned long long seed, offset;
+    long long T, NH;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOfKKLL:attention_packed_backward", &o_dq, &o_dk, &o_dv, &o_work, &o_dout,
+                          &o_q, &o_k, &o_v, &o_att, &o_offsets, &o_starts, &p, &seed, &offset, &T, &NH))
+        return NULL;
+    ARG_CHECK(ck, "attention_packed_backward");
+    if (arg_probability(ck.fn, "dropout", p) < 0)
+        return NULL;
+    float *dq, *dk, *dv, *work, *dout, *q, *k, *v, *att;
+    int64_t *offsets, *starts;
+    if (arg_f32(&ck, "dq", o_dq, "N H", ARG_OUT | ARG_OPTIONAL, &dq) < 0 ||
+        arg_f32(&ck, "dk", o_dk, "N H", ARG_OUT | ARG_OPTIONAL, &dk) < 0 ||
+        arg_f32(&ck, "dv", o_dv, "N H", ARG_OUT | ARG_OPTIONAL, &dv) < 0 ||
+        arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 ||
+        arg_f32(&ck, "dout", o_dout, "N H", ARG_IN, &dout) < 0 || arg_f32(&ck, "q", o_q, "N H", ARG_IN, &q) < 0 ||
+        arg_f32(&ck, "k", o_k, "N H", ARG_IN, &k) < 0 || arg_f32(&ck, "v", o_v, "N H", ARG_IN, &v) < 0 ||
+        arg_bind(&ck, "NH", NH, "num_heads") < 0 || arg_f32(&ck, "att", o_att, "NA", ARG_IN, &att) < 0 ||
+        arg_i64(&ck, "offsets", o_offsets, "P", 0, &offsets) < 0 ||
+        arg_i64(&ck, "starts", o_starts, "S", ARG_OPTIONAL, &starts) < 0 || arg_no_alias(&ck) < 0 ||
+        attention_heads(&ck, NH) < 0)
+        return NULL;
+    int64_t longest, scores;
+    if (packed_offsets_ok(&ck, offsets, starts, p, T, &longest, &scores) < 0)
+        return NULL;
+    if (arg_dim(&ck, "NA") != NH * scores) {
+        PyErr_Format(PyExc_ValueError, "%s: att has %lld floats, the sequences need NH * sum(T_s^2) = %lld", ck.fn,
+                     (long long)arg_dim(&ck, "NA"), (long long)(NH * scores));
+        return NULL;
+    }
+    if (arg_workspace(&ck, peftc_attention_packed_backward_workspace_size(longest, p)) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), H = arg_dim(&ck, "H"), S = arg_dim(&ck, "P") - 1;
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = peftc_attention_packed_backward(dq, dk, dv, work, dout, q, k, v, att, offsets, starts, p, seed, offset, S, N,
+                                         T, H, NH);
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
@@ -606,7 +713,13 @@ PyMethodDef peftc_py_encoder_methods[] = {
     {"attention_cached_forward", py_attention_cached_forward, METH_VARARGS,
      "attention_cached_forward(out, work, q, k_cache, v_cache, length, num_heads)"},
     {"attention_packed_forward", py_attention_packed_forward, METH_VARARGS,
-     "attention_packed_forward(out, work, q, k, v, offsets, num_heads): each sequence's rows attend among themselves"},
+     "attention_packed_forward(out, att, work, q, k, v, offsets, starts, p, seed, offset, T, num_heads): each "
+     "sequence's rows attend among themselves"},
+    {"attention_packed_backward_workspace_size", py_attention_packed_backward_workspace_size, METH_VARARGS,
+     "attention_packed_backward_workspace_size(T, p) -> floats (T: the longest sequence)"},
+    {"attention_packed_backward", py_attention_packed_backward, METH_VARARGS,
+     "attention_packed_backward(dq, dk, dv, work, dout, q, k, v, att, offsets, starts, p, seed, offset, T, "
+     "num_heads): accumulate"},
     {"mean_pool_forward", py_mean_pool_forward, METH_VARARGS, "mean_pool_forward(out, x, attention_mask)"},
     {"mean_pool_backward", py_mean_pool_backward, METH_VARARGS, "mean_pool_backward(dx, dout, attention_mask): dx +="},
     {"l2_normalize_forward", py_l2_normalize_forward, METH_VARARGS, "l2_normalize_forward(out, norm, x, eps)"},

@@ -71,8 +71,9 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     if (arg_f32(&ck, "y", o_y, "N OC", ARG_OUT, &y) < 0 ||
         arg_f32(&ck, "xd", o_xd, "N IC", ARG_OUT | (p > 0.0f ? 0 : ARG_OPTIONAL), &xd) < 0 ||
         arg_f32(&ck, "u", o_u, "N R", ARG_OUT, &u) < 0 || arg_f32(&ck, "x", o_x, "N IC", ARG_IN, &x) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 ||
-        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 || arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN | ARG_OPTIONAL, &w) < 0 ||
+        arg_f32(&ck, "bias", o_b, "OC", ARG_OPTIONAL, &b) < 0 || arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
+        arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
         arg_f32(&ck, "lora_bias", o_bb, "OC", ARG_OPTIONAL, &bb) < 0 || arg_no_alias(&ck) < 0)
         return NULL;
     if (p == 0.0f && xd) {
@@ -129,8 +130,9 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
         arg_f32(&ck, "dlora_bias", o_dbb, "OC", ARG_OUT | ARG_OPTIONAL, &dbb) < 0 ||
         arg_f32(&ck, "work", o_work, "W", ARG_OUT, &work) < 0 || arg_f32(&ck, "dy", o_dy, "N OC", ARG_IN, &dy) < 0 ||
         arg_f32(&ck, "xin", o_xin, "N IC", ARG_IN, &xin) < 0 || arg_f32(&ck, "u", o_u, "N R", ARG_IN, &u) < 0 ||
-        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN, &w) < 0 || arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 ||
-        arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 || arg_no_alias(&ck) < 0)
+        arg_f32(&ck, "weight", o_w, "OC IC", ARG_IN | ARG_OPTIONAL, &w) < 0 ||
+        arg_f32(&ck, "lora_A", o_a, "R IC", ARG_IN, &a) < 0 || arg_f32(&ck, "lora_B", o_bm, "OC R", ARG_IN, &bm) < 0 ||
+        arg_no_alias(&ck) < 0)
         return NULL;
     const int64_t N = arg_dim(&ck, "N"), IC = arg_dim(&ck, "IC"), OC = arg_dim(&ck, "OC"), R = arg_dim(&ck, "R");
     if (arg_workspace(&ck, peftc_lora_backward_workspace_size(N, IC, R, p)) < 0)

@@ -78,6 +78,51 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
     return py_dropout(args, 1);
 }
 
+static PyObject *py_dropout_rows(PyObject *args, int backward)
+{
+    const char *fn = backward ? "dropout_rows_backward" : "dropout_rows_forward";
+    PyObject *o_out, *o_in, *o_rows;
+    float p;
+    unsigned long long seed, offset;
+    if (!PyArg_ParseTuple(args, "OOOfKK", &o_out, &o_in, &o_rows, &p, &seed, &offset))
+        return NULL;
+    if (arg_probability(fn, "p", p) < 0)
+        return NULL;
+    ARG_CHECK(ck, fn);
+    float *out, *in;
+    int64_t *rows;
+    if (arg_f32(&ck, backward ? "dx" : "out", o_out, "N C", ARG_OUT, &out) < 0 ||
+        arg_f32(&ck, backward ? "dout" : "x", o_in, "N C", ARG_IN, &in) < 0 ||
+        arg_i64(&ck, "rows", o_rows, "N", 0, &rows) < 0 || arg_no_alias(&ck) < 0)
+        return NULL;
+    const int64_t N = arg_dim(&ck, "N"), C = arg_dim(&ck, "C");
+    for (int64_t n = 0; n < N; n++)
+        if (rows[n] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: rows[%lld] = %lld is negative", fn, (long long)n, (long long)rows[n]);
+            return NULL;
+        }
+    peftc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = backward ? peftc_dropout_rows_backward(out, in, rows, p, seed, offset, N, C)
+                  : peftc_dropout_rows_forward(out, in, rows, p, seed, offset, N, C);
+    Py_END_ALLOW_THREADS
+    if (st != PEFTC_OK)
+        return arg_status_error(fn, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_dropout_rows_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_dropout_rows(args, 0);
+}
+
+static PyObject *py_dropout_rows_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return py_dropout_rows(args, 1);
+}
+
 static PyObject *py_sample_tokens(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -117,6 +162,10 @@ PyMethodDef peftc_py_random_methods[] = {
     {"rng_normal", py_rng_normal, METH_VARARGS, "rng_normal(out, mean, std, seed, offset); uses 2 counters each"},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out, x, p, seed, offset)"},
     {"dropout_backward", py_dropout_backward, METH_VARARGS, "dropout_backward(dx, dout, p, seed, offset): dx +="},
+    {"dropout_rows_forward", py_dropout_rows_forward, METH_VARARGS,
+     "dropout_rows_forward(out, x, rows, p, seed, offset): row n masked as row rows[n] of a larger array"},
+    {"dropout_rows_backward", py_dropout_rows_backward, METH_VARARGS,
+     "dropout_rows_backward(dx, dout, rows, p, seed, offset): dx +="},
     {"sample_tokens", py_sample_tokens, METH_VARARGS,
      "sample_tokens(tokens, probs, logits, temperature, top_k, top_p, seed, offset): one token per row"},
     {NULL, NULL, 0, NULL},

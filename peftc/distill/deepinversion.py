@@ -12,7 +12,15 @@ with w_1 = ``first_bn_multiplier`` and w_l = 1 after (:func:`peftc.functional.bn
 :func:`peftc.functional.tv_forward`). The BN terms reach the input through each norm's ``input_hook``; the
 gradient to the pixels through the teacher's ``backward(dy)``. Adam on the pixels; the learning rate is
 constant (the reference code's cosine schedule and its half-resolution warm-up phase are left out: 28x28
-inputs). The adaptive (ADI) competition term is not implemented.
+inputs).
+
+Adaptive DeepInversion (ADI) adds ``alpha_adi (1 - clamp(JS, 0, 1))`` with JS the Jensen-Shannon divergence
+between the student's and the teacher's softmaxes at temperature ``adi_tau`` (3 in the reference code),
+probabilities clamped to [0.01, 0.99] (:func:`peftc.functional.adi_js_forward`): minimising it makes inputs on
+which the current student disagrees with the teacher. Its gradient reaches the pixels through both networks
+(the student frozen, in eval mode, as the reference code's). With ``alpha_adi > 0``,
+:func:`deepinversion_distill` alternates: each synthesised batch is made against the student as it is, then
+the student takes its share of the KD steps on everything synthesised so far.
 """
 from __future__ import annotations
 
@@ -113,6 +121,8 @@ class DeepInversionConfig:
     kd_batch_size: int = 64
     kd_lr: float = 2e-3
     kd: KDConfig = field(default_factory=lambda: KDConfig(tau=4.0))
+    alpha_adi: float = 0.0  # ADI's competition weight (0: plain DeepInversion, the reference code's default)
+    adi_tau: float = 3.0
     seed: int = 0
 
 
@@ -146,10 +156,29 @@ def image_prior_losses(x: np.ndarray, cfg: DeepInversionConfig) -> tuple[float, 
     return float(loss), d
 
 
+def competition_loss(student_logits: np.ndarray, teacher_logits: np.ndarray, alpha: float, tau: float = 3.0
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+    """ADI's ``alpha (1 - clamp(JS, 0, 1))`` and its gradients to the student's and the teacher's logits
+    (zero where JS is clamped).
+
+    >>> z = np.array([[3.0, 0.0], [0.0, 3.0]], np.float32)
+    >>> loss, ds, dt = competition_loss(z, z, 2.0)
+    >>> loss, float(np.abs(ds).max())
+    (2.0, 0.0)
+    """
+    js, ps, pt = F.adi_js_forward(student_logits, teacher_logits, tau)
+    ds, dt = np.zeros_like(ps), np.zeros_like(pt)
+    if 0.0 < js < 1.0:
+        F.adi_js_backward(-alpha, ps, pt, tau, dstudent_logits=ds, dteacher_logits=dt)
+    return alpha * (1.0 - min(max(js, 0.0), 1.0)), ds, dt
+
+
 def inversion_loss(teacher: Module, x: np.ndarray, targets: np.ndarray,
-                   config: DeepInversionConfig | None = None) -> tuple[float, np.ndarray, dict]:
+                   config: DeepInversionConfig | None = None, student: Module | None = None
+                   ) -> tuple[float, np.ndarray, dict]:
     """DeepInversion's objective on images ``x`` (no jitter: the caller's) and its gradient to the pixels:
-    ``(loss, dx, parts)``, parts {"ce", "bn", "prior"}. The teacher is frozen meanwhile.
+    ``(loss, dx, parts)``, parts {"ce", "bn", "prior"} and "adi" when ``config.alpha_adi > 0`` (then a
+    ``student`` is needed). Teacher and student are frozen meanwhile.
 
     >>> from peftc.models import SmallResNet
     >>> x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -159,23 +188,37 @@ def inversion_loss(teacher: Module, x: np.ndarray, targets: np.ndarray,
     """
     cfg = config or DeepInversionConfig()
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if cfg.alpha_adi > 0 and student is None:
+        raise ValueError("inversion_loss: alpha_adi > 0 needs the student")
+    parts: dict = {}
     with frozen(teacher):
         hooks = attach_bn_hooks(teacher, cfg.alpha_f, cfg.first_bn_multiplier)
         try:
-            ce, dlogits = ce_to_targets(teacher.forward(x), targets, cfg.alpha_ce)
-            bn = float(sum(h.scale * h.loss for h in hooks))
+            zt = teacher.forward(x)
+            parts["ce"], dlogits = ce_to_targets(zt, targets, cfg.alpha_ce)
+            parts["bn"] = float(sum(h.scale * h.loss for h in hooks))
+            dx_student = None
+            if cfg.alpha_adi > 0:
+                with frozen(student):
+                    parts["adi"], dzs, dzt = competition_loss(student.forward(x), zt, cfg.alpha_adi, cfg.adi_tau)
+                    dx_student = student.backward(dzs)
+                dlogits += dzt
             dx = teacher.backward(dlogits)  # the BN hooks add their gradients on the way
         finally:
             detach_bn_hooks(hooks)
-    prior, dprior = image_prior_losses(x, cfg)
+    if dx_student is not None:
+        dx += dx_student
+    parts["prior"], dprior = image_prior_losses(x, cfg)
     dx += dprior
-    return ce + bn + prior, dx, {"ce": ce, "bn": bn, "prior": prior}
+    return float(sum(parts.values())), dx, parts
 
 
 def synthesize(teacher: Module, targets: np.ndarray, input_shape: tuple[int, ...],
-               config: DeepInversionConfig | None = None, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+               config: DeepInversionConfig | None = None, seed: int = 0,
+               student: Module | None = None) -> tuple[np.ndarray, list[dict]]:
     """DeepInversion images for the class ``targets`` (one image each): ``(images, history)``, history one
-    dict per iteration (total, ce, bn and prior losses).
+    dict per iteration (total, ce, bn and prior losses, and adi with ``config.alpha_adi > 0``, which needs
+    the ``student`` to compete with).
 
     >>> from peftc.models import SmallResNet
     >>> imgs, h = synthesize(SmallResNet((4, 8), 3), np.array([0, 1]), (1, 28, 28),
@@ -195,7 +238,7 @@ def synthesize(teacher: Module, targets: np.ndarray, input_shape: tuple[int, ...
     for _ in range(cfg.iterations):
         off = (int(rng.integers(-cfg.jitter, cfg.jitter + 1)), int(rng.integers(-cfg.jitter, cfg.jitter + 1)))
         flip = bool(cfg.flip and rng.random() < 0.5)
-        loss, dxj, parts = inversion_loss(teacher, _jitter(x.data, off, flip), targets, cfg)
+        loss, dxj, parts = inversion_loss(teacher, _jitter(x.data, off, flip), targets, cfg, student)
         opt.zero_grad()
         x.grad_buffer()[...] = _unjitter(dxj, off, flip)
         opt.step()
@@ -209,7 +252,8 @@ def deepinversion_distill(teacher: Module, student: Module, num_classes: int, in
                           config: DeepInversionConfig | None = None, images: np.ndarray | None = None) -> dict:
     """Synthesise ``config.batches`` class-balanced batches from the teacher (or take ``images``, an earlier
     call's synthesised pool, to train another student on the same images), then train ``student`` by KD on
-    them; returns ``{"images": ..., "synthesis": [...], "loss": [...]}``.
+    them; returns ``{"images": ..., "synthesis": [...], "loss": [...]}``. With ``config.alpha_adi > 0`` (ADI)
+    synthesis and KD alternate batch by batch (see the module docstring; ``images`` cannot be given then).
 
     >>> from peftc.models import SmallResNet
     >>> cfg = DeepInversionConfig(batch_size=3, iterations=1, batches=1, kd_steps=2, kd_batch_size=2)
@@ -220,6 +264,11 @@ def deepinversion_distill(teacher: Module, student: Module, num_classes: int, in
     cfg = config or DeepInversionConfig()
     rng = np.random.default_rng(cfg.seed)
     synthesis: list[dict] = []
+    if cfg.alpha_adi > 0:
+        if images is not None:
+            raise ValueError("deepinversion_distill: ADI (alpha_adi > 0) synthesises against the student being "
+                             "trained; its images cannot be given")
+        return _adi_rounds(teacher, student, num_classes, input_shape, cfg, rng)
     if images is None:
         batches = []
         for b in range(cfg.batches):
@@ -236,3 +285,24 @@ def deepinversion_distill(teacher: Module, student: Module, num_classes: int, in
         pick = rng.choice(len(pool), min(cfg.kd_batch_size, len(pool)), replace=False)
         losses.append(distill_step(student, opt, pool[pick], zt[pick], cfg.kd))
     return {"images": pool, "synthesis": synthesis, "loss": losses}
+
+
+def _adi_rounds(teacher: Module, student: Module, num_classes: int, input_shape: tuple[int, ...],
+                cfg: DeepInversionConfig, rng: np.random.Generator) -> dict:
+    """ADI: per batch, synthesise against the current student, then its share of the KD steps on the pool."""
+    opt = AdamW(student.parameters(), lr=cfg.kd_lr, weight_decay=0.0)
+    batches: list[np.ndarray] = []
+    synthesis: list[dict] = []
+    losses: list[float] = []
+    for b in range(cfg.batches):
+        targets = rng.permutation(np.arange(cfg.batch_size) % num_classes)
+        imgs, hist = synthesize(teacher, targets, input_shape, cfg, seed=cfg.seed * 1000 + b, student=student)
+        batches.append(imgs)
+        synthesis.append(hist[-1] if hist else {})
+        pool = np.concatenate(batches)
+        zt = teacher_logits(teacher, pool)
+        steps = cfg.kd_steps // cfg.batches + (cfg.kd_steps % cfg.batches if b == cfg.batches - 1 else 0)
+        for _ in range(steps):
+            pick = rng.choice(len(pool), min(cfg.kd_batch_size, len(pool)), replace=False)
+            losses.append(distill_step(student, opt, pool[pick], zt[pick], cfg.kd))
+    return {"images": np.concatenate(batches), "synthesis": synthesis, "loss": losses}

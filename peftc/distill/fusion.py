@@ -3,7 +3,9 @@ what we could read. The paper names three parts (multi-dimensional query enhance
 multi-stage convolutional fusion) and says the module captures local and global features at modest cost;
 the gated form below is the generic one of the method spec, not the paper's equation.
 
-On a convolutional feature map X (N, d, H, W), with P = H W positions:
+On a convolutional feature map X (N, d, H, W), with P = H W positions (or a sequence's hidden states
+(N, d, T), P = T, with a (N, T) mask of the positions that count: then the mean and the softmax run over
+those positions alone):
 
     h1 = mean_p X[:, :, p]                                  local (convolutional) stream
     a = softmax_p(w_att . X[:, :, p]),  h2 = sum_p a_p X[:, :, p]     global, attention-pooled stream
@@ -13,7 +15,7 @@ On a convolutional feature map X (N, d, H, W), with P = H W positions:
 
 W_g starts at zero (equal gates). :class:`FusionStudent` puts it between a small CNN's last block and its
 head, switchable (``fusion=False`` is the plain CNN with global average pooling) so that its contribution
-can be measured.
+can be measured; :class:`peftc.distill.text.TextStudent` puts it on a small encoder's hidden states.
 """
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ def _softmax_backward(p: np.ndarray, dp: np.ndarray, axis: int) -> np.ndarray:
 
 
 class AdaptiveFusion(Module):
-    """Gated fusion of a local, a global (attention-pooled) and a memory stream: (N, d, H, W) -> (N, d).
+    """Gated fusion of a local, a global (attention-pooled) and a memory stream: (N, d, H, W) or (N, d, P) ->
+    (N, d); ``forward(x, mask=None)``, mask (N, P) nonzero at the positions that count (each row needs one).
 
     >>> f = AdaptiveFusion(8, memory_slots=4)
     >>> f.forward(np.ones((2, 8, 3, 3), np.float32)).shape
+    (2, 8)
+    >>> f.forward(np.ones((2, 8, 5), np.float32), mask=np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])).shape
     (2, 8)
     """
 
@@ -52,13 +57,23 @@ class AdaptiveFusion(Module):
         self.norm = LayerNorm(dim)
         self._cache: tuple | None = None
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"AdaptiveFusion: x must be (N, {self.dim}, H, W), got {x.shape}")
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        if x.ndim not in (3, 4) or x.shape[1] != self.dim:
+            raise ValueError(f"AdaptiveFusion: x must be (N, {self.dim}, H, W) or (N, {self.dim}, P), got {x.shape}")
         n = x.shape[0]
         xf = x.reshape(n, self.dim, -1).astype(np.float32)
-        h1 = xf.mean(axis=2)
-        a = _softmax(np.einsum("ndp,d->np", xf, self.att.data), axis=1)
+        logits = np.einsum("ndp,d->np", xf, self.att.data)
+        if mask is None:
+            keep = None
+            h1 = xf.mean(axis=2)
+        else:
+            if mask.shape != (n, xf.shape[2]) or not np.all(np.count_nonzero(mask, axis=1)):
+                raise ValueError(f"AdaptiveFusion: mask must be (N, P) = {(n, xf.shape[2])} with a kept position "
+                                 f"in every row, got {mask.shape}")
+            keep = (mask != 0).astype(np.float32) / np.count_nonzero(mask, axis=1, keepdims=True).astype(np.float32)
+            h1 = np.einsum("ndp,np->nd", xf, keep)
+            logits = np.where(mask != 0, logits, -np.inf)
+        a = _softmax(logits, axis=1)
         h2 = np.einsum("ndp,np->nd", xf, a)
         q = self.query(h1)
         scale = np.float32(1.0 / np.sqrt(self.dim))
@@ -67,13 +82,13 @@ class AdaptiveFusion(Module):
         r = att @ m
         alpha = _softmax(self.gate(np.ascontiguousarray(np.concatenate([h1, h2, r], axis=1))), axis=1)
         u = h1 + alpha[:, :1] * h1 + alpha[:, 1:2] * h2 + alpha[:, 2:] * r
-        self._cache = (x.shape, xf, h1, a, h2, q, att, r, alpha)
+        self._cache = (x.shape, xf, keep, h1, a, h2, q, att, r, alpha)
         return self.norm(np.ascontiguousarray(u, dtype=np.float32))
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         if self._cache is None:
             raise RuntimeError("AdaptiveFusion.backward called before forward")
-        shape, xf, h1, a, h2, q, att, r, alpha = self._cache
+        shape, xf, keep, h1, a, h2, q, att, r, alpha = self._cache
         d = self.dim
         du = self.norm.backward(np.ascontiguousarray(dy, dtype=np.float32))
         streams = (h1, h2, r)
@@ -100,7 +115,7 @@ class AdaptiveFusion(Module):
         if not input_grad:
             return None
         g = dh2[:, :, None] * a[:, None, :] + self.att.data[None, :, None] * ds[:, None, :]
-        g += dh1[:, :, None] / xf.shape[2]
+        g += dh1[:, :, None] / xf.shape[2] if keep is None else dh1[:, :, None] * keep[:, None, :]
         g = g.reshape(shape).astype(np.float32)
         if dx is None:
             return g

@@ -2,6 +2,10 @@
 output, then the student trains on a few labelled examples of the new class mixed with pseudo-samples of the
 old classes, which keep their teacher labels (CE) and the teacher's distribution (KD on the old logits)
 against forgetting. Neither the old classes' data nor the teacher's is read.
+
+The new examples are an array shaped like the pseudo-samples (images), or, for text, a dict of
+``inputs_embeds`` (k, T, H) and ``attention_mask`` (k, T) (:func:`peftc.distill.text.embed_tokens`): each batch
+then joins them with the (N, T', H) pseudo-samples, padded to the longer length with masked positions.
 """
 from __future__ import annotations
 
@@ -35,6 +39,32 @@ def extend_head(model: Module, extra: int = 1, seed: int = 0) -> None:
     model.head = Linear.from_weights(np.ascontiguousarray(w), b)
 
 
+def _count(x: np.ndarray | dict) -> int:
+    return len(x["attention_mask"]) if isinstance(x, dict) else len(x)
+
+
+def _rows(x: np.ndarray | dict, idx: np.ndarray) -> np.ndarray | dict:
+    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+
+
+def _join(new: np.ndarray | dict, pseudo: np.ndarray) -> np.ndarray | dict:
+    """One batch: the new examples first, then the pseudo-samples (see the module docstring)."""
+    if not isinstance(new, dict):
+        return np.ascontiguousarray(np.concatenate([new.reshape(len(new), *pseudo.shape[1:]), pseudo]),
+                                    dtype=np.float32)
+    emb, mask = new["inputs_embeds"], new["attention_mask"]
+    if pseudo.ndim != 3 or emb.ndim != 3 or emb.shape[2] != pseudo.shape[2]:
+        raise ValueError(f"migrate_to_new_class: new inputs_embeds {emb.shape} and pseudo-samples {pseudo.shape} "
+                         f"must both be (N, T, H) with one H")
+    t = max(emb.shape[1], pseudo.shape[1])
+    k, n = len(emb), len(pseudo)
+    x = np.zeros((k + n, t, emb.shape[2]), np.float32)
+    m = np.zeros((k + n, t), np.int64)
+    x[:k, :emb.shape[1]], m[:k, :emb.shape[1]] = emb, mask
+    x[k:, :pseudo.shape[1]], m[k:, :pseudo.shape[1]] = pseudo, 1
+    return {"inputs_embeds": x, "attention_mask": m}
+
+
 @dataclass
 class MigrationConfig:
     steps: int = 200
@@ -46,10 +76,11 @@ class MigrationConfig:
     seed: int = 0
 
 
-def migrate_to_new_class(student: Module, teacher: Module, new_x: np.ndarray, centres: np.ndarray,
+def migrate_to_new_class(student: Module, teacher: Module, new_x: np.ndarray | dict, centres: np.ndarray,
                          config: MigrationConfig | None = None) -> dict:
     """Extend ``student`` (C old classes, the teacher's) by one class, label C, learnt from ``new_x``; old
-    classes rehearsed on pseudo-samples around ``centres``. Returns ``{"loss": [...]}``.
+    classes rehearsed on pseudo-samples around ``centres``. ``new_x``: an array, or for text a dict (see the
+    module docstring). Returns ``{"loss": [...]}``.
 
     >>> from peftc.models import SmallResNet
     >>> t, s = SmallResNet((4, 8), 3), SmallResNet((4, 4), 3, seed=1)
@@ -59,7 +90,8 @@ def migrate_to_new_class(student: Module, teacher: Module, new_x: np.ndarray, ce
     (4, 2)
     """
     cfg = config or MigrationConfig()
-    if len(new_x) == 0:
+    n_new = _count(new_x)
+    if n_new == 0:
         raise ValueError("migrate_to_new_class: needs at least one example of the new class")
     old_c = student.head.out_features
     extend_head(student, 1, cfg.seed)
@@ -67,19 +99,20 @@ def migrate_to_new_class(student: Module, teacher: Module, new_x: np.ndarray, ce
     opt = AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     history: dict = {"loss": []}
     for _ in range(cfg.steps):
-        xn = new_x[rng.integers(0, len(new_x), cfg.new_per_batch)]
+        xn = _rows(new_x, rng.integers(0, n_new, cfg.new_per_batch))
         xp = perturb(centres, cfg.sigma, cfg.pseudo_per_batch, rng)
         zt = teacher_logits(teacher, xp)
-        x = np.ascontiguousarray(np.concatenate([xn.reshape(len(xn), *xp.shape[1:]), xp]), dtype=np.float32)
-        labels = np.concatenate([np.full(len(xn), old_c), zt.argmax(axis=1)]).astype(np.int64)
+        x = _join(xn, xp)
+        k = cfg.new_per_batch
+        labels = np.concatenate([np.full(k, old_c), zt.argmax(axis=1)]).astype(np.int64)
         student.train()
         opt.zero_grad()
         z = student.forward(x)
         ce, _, probs = F.cross_entropy_forward(z, labels)
         dz = np.zeros_like(z)
         F.cross_entropy_backward(1.0, probs, labels, dlogits=dz)
-        kd, dkd, _ = student_loss(np.ascontiguousarray(z[len(xn):, :old_c]), zt, cfg.kd)
-        dz[len(xn):, :old_c] += dkd
+        kd, dkd, _ = student_loss(np.ascontiguousarray(z[k:, :old_c]), zt, cfg.kd)
+        dz[k:, :old_c] += dkd
         student.backward(dz, input_grad=False)
         opt.step()
         history["loss"].append(ce + kd)

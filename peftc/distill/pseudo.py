@@ -25,11 +25,13 @@ from .teacher import ce_to_targets, frozen, teacher_logits
 
 def class_anchors(teacher: Module, num_classes: int, input_shape: tuple[int, ...], per_class: int = 8,
                   steps: int = 20, lr: float = 0.1, seed: int = 0,
-                  pixel_range: tuple[float, float] | None = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                  pixel_range: tuple[float, float] | None = (0.0, 1.0), start: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """``(anchors, labels)``: ``per_class`` inputs per class, each drawn uniformly from the valid input range
-    (N(0, 1) with ``pixel_range=None``, for standardised inputs) and moved by ``steps`` normalised gradient
-    steps (step ``lr`` times g / mean|g| per sample) down the teacher's cross-entropy to its class, clipped
-    to the range after each. Only the teacher is read.
+    (N(0, 1) with ``pixel_range=None``, for standardised inputs), or taken from ``start`` (num_classes *
+    per_class, *input_shape; rows of one class together, not modified), and moved by ``steps`` normalised
+    gradient steps (step ``lr`` times g / mean|g| per sample) down the teacher's cross-entropy to its class,
+    clipped to the range after each. Only the teacher is read.
 
     >>> from peftc.models import SmallResNet
     >>> a, y = class_anchors(SmallResNet((4, 8), 3), 3, (1, 28, 28), per_class=2, steps=2)
@@ -42,7 +44,12 @@ def class_anchors(teacher: Module, num_classes: int, input_shape: tuple[int, ...
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(num_classes), per_class)
     shape = (len(labels), *input_shape)
-    x = (rng.standard_normal(shape) if pixel_range is None else rng.uniform(*pixel_range, shape)).astype(np.float32)
+    if start is not None:
+        if start.shape != shape:
+            raise ValueError(f"class_anchors: start must be {shape}, got {start.shape}")
+        x = np.array(start, dtype=np.float32)
+    else:
+        x = (rng.standard_normal(shape) if pixel_range is None else rng.uniform(*pixel_range, shape)).astype(np.float32)
     with frozen(teacher):
         for _ in range(steps):
             _, d = ce_to_targets(teacher.forward(x), labels)

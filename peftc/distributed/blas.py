@@ -3,55 +3,33 @@
 OpenBLAS reads ``OPENBLAS_NUM_THREADS`` once, when it is loaded; a Dask worker process has usually
 loaded it before its first task arrives, so a worker holds its BLAS at its own thread count by
 calling :func:`set_blas_threads` (peftc's own kernels follow the same count: csrc/parallel.h).
-The library is found through the extension's own symbol lookup, which searches the libraries it
-was linked against, so NumPy's bundled OpenBLAS (another copy, loaded beside it) is not the one
-changed; the variables of :data:`BLAS_THREAD_VARS` cover that copy in processes started later.
+The count is set through the extension (:func:`peftc.set_num_threads`), which calls the OpenBLAS it was
+linked against, so NumPy's bundled OpenBLAS (another copy, loaded beside it) is not the one changed;
+the variables of :data:`BLAS_THREAD_VARS` cover that copy in processes started later.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
+from ..openblas import get_num_threads, set_num_threads
 
 # what a process started with these variables gives every BLAS / OpenMP library it loads
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-# the system OpenBLAS's names, then the scipy-openblas wheels' prefixed ones (32- and 64-bit integer flavours)
-_PREFIXES = (("openblas_", ""), ("scipy_openblas_", ""), ("scipy_openblas_", "64_"))
-
-
-@functools.cache
-def _functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
-    """(get_num_threads, set_num_threads) of the OpenBLAS the extension links."""
-    from .. import _C
-
-    lib = ctypes.CDLL(_C.__file__)
-    for prefix, suffix in _PREFIXES:
-        try:
-            get = getattr(lib, f"{prefix}get_num_threads{suffix}")
-            put = getattr(lib, f"{prefix}set_num_threads{suffix}")
-        except AttributeError:
-            continue
-        get.restype, get.argtypes = ctypes.c_int, []
-        put.restype, put.argtypes = None, [ctypes.c_int]
-        return get, put
-    raise RuntimeError(f"no OpenBLAS thread functions found through {_C.__file__} "
-                       f"(looked for {[p + 'set_num_threads' + s for p, s in _PREFIXES]})")
-
 
 def blas_threads() -> int:
-    """The number of threads OpenBLAS (and so peftc's kernels) use in this process.
+    """The number of threads OpenBLAS (and so peftc's kernels) use in this process
+    (:func:`peftc.get_num_threads`).
 
     Example:
         >>> from peftc.distributed import blas_threads
         >>> blas_threads() >= 1
         True
     """
-    return int(_functions()[0]())
+    return get_num_threads()
 
 
 def set_blas_threads(n: int) -> int:
-    """Run OpenBLAS (and peftc's kernels) on ``n`` threads from now on in this process; returns the
-    previous count.
+    """Run OpenBLAS (and peftc's kernels) on ``n`` threads from now on in this process
+    (:func:`peftc.set_num_threads`); returns the previous count.
 
     Example:
         >>> from peftc.distributed import blas_threads, set_blas_threads
@@ -62,9 +40,8 @@ def set_blas_threads(n: int) -> int:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    get, put = _functions()
-    old = int(get())
-    put(n)
+    old = get_num_threads()
+    set_num_threads(n)
     return old
 
 

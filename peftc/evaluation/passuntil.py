@@ -11,6 +11,23 @@ The task scaling law is PU(N) = exp(-c N^-alpha), i.e. log(-log PU) = log c - al
 log N; :func:`fit_task_scaling_law` fits it on the smaller models (weighted by the delta-method
 variance of each point when standard errors are given) and :meth:`TaskScalingLaw.predict` extrapolates
 to a larger N with an interval from the fit's covariance.
+
+Against the paper (arXiv 2310.03262v3, Sec. 4.1, Eq. 2 and Thm 1; checked against verbatim quotes): it samples
+"until r (a constant) samples have passed" and records K, scores PU = r / K, "a maximum likelihood estimate"
+(f = K - r negative binomial), sets "r to as small as 1 or 2" and caps K at a budget "such as 10^5"; its
+smallest models score "0 PassUntil ... even with 10^5 sampling time" (Sec. 6). Here:
+
+- ``target_passes`` (r) defaults to 2, the larger of the paper's two values: the unbiased (r - 1) / (K - 1)
+  needs r >= 2, and r / K at r = 1 overstates p by about ln(1/p) (4.6x at p = 1e-2, 11.5x at 1e-5), a
+  p-dependent factor that bends log(-log PU) against log N. ``estimator="mle"`` gives the paper's r / K (and
+  r = 1); at r = 2 it is about twice the unbiased value for small p, so PU numbers compare with the paper's
+  only under ``estimator="mle"``.
+- ``max_draws`` (K_max) defaults to 10^5, the paper's cap. A completed r = 2 run measures p down to about
+  r / K_max; below that the instance is censored: its estimate is j / K (0 with no pass, the paper's "0
+  PassUntil") with the binomial Clopper-Pearson interval of j in K, and it stays in the task mean
+  (dropping it would bias PU upward).
+- The paper's decoding temperature and top-p were not found (benchmarks sample at temperature 1, no top-k /
+  top-p), nor whether its N counts embedding parameters (benchmarks use non-embedding parameters).
 """
 from __future__ import annotations
 
@@ -89,7 +106,7 @@ def estimate_pass_probability(passes: int, draws: int, target_passes: int, *, es
         hi = 1.0 if k == r else beta_ppf(1 - alpha / 2, r, k - r)
         return PassEstimate(j, k, False, float(est), (lo, hi))
     lo = 0.0 if j == 0 else beta_ppf(alpha / 2, j, k - j + 1)
-    hi = beta_ppf(1 - alpha / 2, j + 1, k - j)
+    hi = 1.0 if j == k else beta_ppf(1 - alpha / 2, j + 1, k - j)  # every draw passed: no upper bound below 1
     return PassEstimate(j, k, True, j / k, (lo, hi))
 
 

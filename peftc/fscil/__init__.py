@@ -7,10 +7,13 @@
 - :func:`run_fscil` (protocol.py) and :func:`fscil_scores` (metrics.py): the protocol and its scores (A_t per
   session, average accuracy, performance drop, last-session base / novel accuracy and harmonic mean);
 - :class:`Tricks` (tricks.py): the bag of tricks' six switches (stability, adaptability, training);
-- :class:`FSCILNetwork` (network.py), :class:`FSCILObjective` (objective.py), views.py: base training.
+- :class:`FSCILNetwork` (network.py), :class:`FSCILObjective` (objective.py), views.py: base training;
+- :class:`FrozenBlockCache` (block_cache.py): each text's output of the frozen lower blocks, kept once, so the
+  ``subnet`` trick's sessions run the tuned top blocks alone.
 
 The benchmark is :mod:`peftc.data.fscil_wordnet`.
 """
+from .block_cache import FrozenBlockCache
 from .learner import FSCILConfig, FSCILLearner
 from .metrics import FSCILScores, fscil_scores
 from .network import FSCILNetwork
@@ -21,4 +24,5 @@ from .session import Session
 from .tricks import GROUPS, ORDER, Tricks
 
 __all__ = ["GROUPS", "ORDER", "FSCILConfig", "FSCILLearner", "FSCILNetwork", "FSCILObjective", "FSCILRun",
-           "FSCILScores", "PrototypeClassifier", "Session", "Tricks", "class_means", "fscil_scores", "run_fscil"]
+           "FSCILScores", "FrozenBlockCache", "PrototypeClassifier", "Session", "Tricks", "class_means",
+           "fscil_scores", "run_fscil"]

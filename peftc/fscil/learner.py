@@ -14,7 +14,11 @@ SimCSE-style contrastive phase before step 1 (each text's positive is its own se
 blocks' LoRA on each session's shots before their prototypes are taken (step 2): cosine-prototype CE over
 every seen class with the stored prototypes fixed, a low learning rate, few steps, and an L2 pull of the
 tuned values back to their pre-session values (the guard: no old data is kept, so the stored prototypes
-stay valid only while the encoder moves little).
+stay valid only while the encoder moves little). The blocks below the tuned ones and the embeddings stay
+frozen from ``fit_base`` on, so with ``subnet`` their output for each text is computed once
+(:class:`peftc.fscil.block_cache.FrozenBlockCache`): the tuning steps and every later encoding of a text run
+the top blocks alone. Those frozen blocks then run without dropout during the tuning steps (dropout still acts
+in the tuned blocks).
 
 Nothing of an earlier session's data is kept beyond the prototypes. ``save_pretrained`` writes the adapter in
 PEFT's format (with the heads as ``modules_to_save``), the prototypes in safetensors and the settings as JSON.
@@ -38,6 +42,7 @@ from ..optim import AdamW, clip_grad_norm_
 from ..random import Generator
 from ..train import Trainer, TrainingConfig
 from ..tuners import LoraConfig, PeftModel, get_peft_model
+from .block_cache import FrozenBlockCache
 from .network import FSCILNetwork
 from .objective import FSCILObjective
 from .prototypes import PrototypeClassifier, class_means
@@ -112,6 +117,8 @@ class FSCILLearner:
         self.classifier = PrototypeClassifier(base_model.config.hidden_size)
         self.base_classes = 0
         self.history: list[dict] = []
+        self._block_cache: FrozenBlockCache | None = None
+        self._frozen = False  # set once base training is over: from then on the encoder changes only by subnet
 
     # -- data ------------------------------------------------------------------------------------------
     def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -125,24 +132,46 @@ class FSCILLearner:
             raise RuntimeError("call fit_base first")
         return self.model.get_base_model()
 
-    def features(self, texts: list[str]) -> np.ndarray:
-        """(N, H) float32 pooled features in eval mode, in the order given (batched by length)."""
+    def features(self, texts: list[str], cache: bool = True) -> np.ndarray:
+        """(N, H) float32 pooled features in eval mode, in the order given (batched by length). With ``subnet``
+        the frozen lower blocks' output of each text is cached for later sessions; ``cache=False`` keeps
+        nothing (texts encoded once, as the base session's for its prototypes)."""
         if not len(texts):
             raise ValueError("features: texts is empty")
         net = self.network
+        frozen = self._frozen_cache() if cache else None
         was = net.training
         net.eval()
         try:
-            tok = self._tokens(texts)
-            order = np.argsort(tok["attention_mask"].sum(axis=1), kind="stable")
             out = np.empty((len(texts), self.bert.config.hidden_size), np.float32)
             bs = self.config.eval_batch_size
+            if frozen is not None:  # the frozen lower blocks' output is cached: run the top blocks only
+                frozen.fill(texts)  # the new texts' lower blocks first, in length-sorted batches
+                order = np.argsort([frozen.length(t) for t in texts], kind="stable")
+                for s in range(0, len(order), bs):
+                    rows = order[s:s + bs]
+                    hidden, mask = frozen.inputs([texts[i] for i in rows])
+                    out[rows] = net.pooling(frozen.top(hidden, mask), mask)
+                return out
+            tok = self._tokens(texts)
+            order = np.argsort(tok["attention_mask"].sum(axis=1), kind="stable")
             for s in range(0, len(order), bs):
                 rows = order[s:s + bs]
                 out[rows] = net.pooled(tok["input_ids"][rows], tok["attention_mask"][rows])
         finally:
             net.train(was)
         return out
+
+    def _frozen_cache(self) -> FrozenBlockCache | None:
+        """With ``subnet``, after ``fit_base``: the cache of the states entering the first tuned block (the
+        blocks below it and the embeddings are frozen for good); otherwise None (the whole encoder runs)."""
+        if not self.tricks.subnet or not self._frozen:
+            return None
+        if self._block_cache is None:
+            layers = self.bert.config.num_hidden_layers
+            self._block_cache = FrozenBlockCache(self.bert, max(layers - self.config.subnet_layers, 0), self._tokens,
+                                                 self.config.eval_batch_size)
+        return self._block_cache
 
     # -- base session ----------------------------------------------------------------------------------
     def _network(self, num_classes: int) -> FSCILNetwork:
@@ -202,7 +231,8 @@ class FSCILLearner:
                                    c.base_max_steps, c.seed)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.classifier.add(class_means(self.features(data.texts), data.labels, classes), classes)
+        self._frozen = True
+        self.classifier.add(class_means(self.features(data.texts, cache=False), data.labels, classes), classes)
         return self.history
 
     def _heads(self) -> list[str]:
@@ -267,6 +297,8 @@ class FSCILLearner:
         index = {int(k): i for i, k in enumerate(np.concatenate([self.classifier.classes, classes]))}
         y = np.array([index[int(k)] for k in shots.labels], np.int64)
         tok = self._tokens(shots.texts)
+        cache = self._frozen_cache()
+        states = cache.inputs(shots.texts) if cache is not None else None
         for p in params:
             p.requires_grad = True
         optimizer = AdamW(params, lr=c.subnet_lr, weight_decay=0.0)
@@ -276,7 +308,7 @@ class FSCILLearner:
             for _ in range(c.subnet_steps):
                 for p in params:
                     p.grad_buffer().fill(0.0)
-                self.subnet_loss = subnet_step(net, tok, targets, y, loss_fn)
+                self.subnet_loss = subnet_step(net, tok, targets, y, loss_fn, states, cache)
                 for p, p0 in zip(params, start):
                     p.grad += np.float32(c.subnet_guard) * (p.data - p0)  # the L2 pull to the pre-session values
                 clip_grad_norm_(params, 1.0)
@@ -329,6 +361,7 @@ class FSCILLearner:
         learner = cls(base_model, tokenizer, **kwargs)
         learner.model = PeftModel.from_pretrained(learner._network(int(settings["num_outputs"])), folder)
         learner.model.requires_grad_(False)
+        learner._frozen = True
         learner.base_classes = int(settings["base_classes"])
         arrays = load_file(os.path.join(folder, PROTOTYPES_FILE))
         learner.classifier.add(arrays["prototypes"], np.rint(arrays["classes"]).astype(np.int64))
@@ -342,15 +375,24 @@ class FSCILLearner:
 
 
 def subnet_step(net: FSCILNetwork, tokens: dict[str, np.ndarray], targets: np.ndarray, labels: np.ndarray,
-                loss_fn: CrossEntropyLoss) -> float:
+                loss_fn: CrossEntropyLoss, states: tuple[np.ndarray, np.ndarray] | None = None,
+                cache: FrozenBlockCache | None = None) -> float:
     """One forward and backward of the cosine-prototype CE: logits = normalize(pooled) @ targets^T, with
     ``targets`` (K, H) the unit prototypes times the logit scale; gradients accumulate into the trainable
-    parameters. Returns the loss."""
-    pooled = net.pooled(tokens["input_ids"], tokens["attention_mask"])
+    parameters. Returns the loss. With ``states`` (hidden (B, T, H), mask (B, T)) from ``cache.inputs`` for the
+    same rows, only ``cache.top``'s blocks run, forward and backward (the blocks below must be frozen)."""
+    if states is not None:
+        hidden, mask = states
+        pooled = net.pooling(cache.top(hidden, mask), mask)
+    else:
+        pooled = net.pooled(tokens["input_ids"], tokens["attention_mask"])
     unit, norm = F.l2_normalize_forward(pooled)
     loss = loss_fn.forward(F.linear_forward(unit, targets), labels)
     dunit = loss_fn.backward() @ targets
     dpooled = F.zeros(pooled.shape)
     F.l2_normalize_backward(np.ascontiguousarray(dunit, np.float32), unit, norm, dx=dpooled)
-    net.bert.backward(net.pooling.backward(dpooled))
+    if states is not None:
+        cache.top.backward(net.pooling.backward(dpooled), input_grad=False)
+    else:
+        net.bert.backward(net.pooling.backward(dpooled))
     return loss

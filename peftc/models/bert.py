@@ -14,44 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import functional as F
 from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, MeanPooling, Module, ModuleList,
                   SelfAttention)
+from ..nn.packed_tokens import PackedTokens
+from ..nn.row_adapters import packed_batch_rows
 from ..random import Generator
 from .hf_folder import read_checkpoint_folder
-
-
-class PackedTokens:
-    """The real token positions of a padded (B, T) batch, for a ``skip_padding`` forward.
-
-    Such a forward holds its hidden states as (N, H) rows, N the number of real tokens in row-major
-    order of the mask; every per-token layer (the linear maps, LayerNorm, GELU) runs on those rows
-    only, and the attention, the one step that mixes tokens, on each sequence's rows (a contiguous
-    block of them) by themselves, which is what the mask leaves of a padded batch's attention.
-    """
-
-    def __init__(self, attention_mask: np.ndarray) -> None:
-        self.mask = attention_mask
-        self.index = np.flatnonzero(attention_mask.reshape(-1))
-        self.offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(attention_mask, axis=1))]).astype(np.int64)
-
-    @property
-    def count(self) -> int:
-        return int(self.index.size)
-
-    def gather(self, x: np.ndarray) -> np.ndarray:
-        """(B, T, H) -> the (N, H) rows of the real tokens (a new C-contiguous array)."""
-        return np.take(x.reshape(-1, x.shape[-1]), self.index, axis=0)
-
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int) -> np.ndarray:
-        """Self-attention (no dropout) of each sequence's real tokens among themselves: q, k, v (N, H) -> (N, H)."""
-        return F.attention_packed_forward(q, k, v, self.offsets, num_heads)
-
-    def scatter(self, rows: np.ndarray) -> np.ndarray:
-        """(N, H) rows -> (B, T, H), zero at the padding."""
-        out = np.zeros((self.mask.size, rows.shape[-1]), dtype=rows.dtype)
-        out[self.index] = rows
-        return out.reshape(*self.mask.shape, rows.shape[-1])
 
 
 @dataclass
@@ -91,17 +59,11 @@ class BertConfig:
 
 class BertSelfAttention(SelfAttention):
     """query, key, value projections and the attention core (HF ``attention.self``); a :class:`PackedTokens`
-    mask runs each sequence's real tokens by themselves (inference only)."""
+    mask runs each sequence's real tokens by themselves (:class:`~peftc.nn.SelfAttention`)."""
 
     def __init__(self, query: Linear, key: Linear, value: Linear, num_heads: int, dropout: float,
                  generator: Generator) -> None:
         super().__init__(query, key, value, num_heads, dropout, generator=generator)
-
-    def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
-        if isinstance(attention_mask, PackedTokens):
-            self._cache = None  # a packed forward has no backward
-            return attention_mask.attention(self.query(x), self.key(x), self.value(x), self.num_heads)
-        return super().forward(x, attention_mask)
 
 
 class BertResidualOutput(Module):
@@ -118,8 +80,10 @@ class BertResidualOutput(Module):
         self.dropout = Dropout(dropout, generator)
         self._residual_grad: np.ndarray | None = None
 
-    def forward(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        h = self.dropout(self.dense(x))  # a fresh array either way: safe to add into
+    def forward(self, x: np.ndarray, residual: np.ndarray, packed: PackedTokens | None = None) -> np.ndarray:
+        """x, residual: (B, T, .) or, with ``packed``, the (N, .) rows of its real tokens (dropout then draws the
+        padded batch's mask at them)."""
+        h = self.dropout(self.dense(x), packed)  # a fresh array either way: safe to add into
         return self.LayerNorm.forward_residual(h, residual)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
@@ -143,7 +107,8 @@ class BertAttention(Module):
         self.output = output
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
-        return self.output(getattr(self, "self")(x, attention_mask), x)
+        packed = attention_mask if isinstance(attention_mask, PackedTokens) else None
+        return self.output(getattr(self, "self")(x, attention_mask), x, packed)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """d(input) = d(residual) + the attention's input gradient (new, added into ``dx``, or None)."""
@@ -180,7 +145,8 @@ class BertLayer(Module):
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None) -> np.ndarray:
         h = self.attention(x, attention_mask)
-        return self.output(self.intermediate(h), h)
+        packed = attention_mask if isinstance(attention_mask, PackedTokens) else None
+        return self.output(self.intermediate(h), h, packed)
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """d(block input): new, added into ``dx``, or with ``input_grad=False`` only the parameter
@@ -208,23 +174,32 @@ class BertEncoder(Module):
         self._hook: BlockInputHook | None = None
 
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | PackedTokens | None,
-                block_input_hook: BlockInputHook | None = None) -> np.ndarray:
-        """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`."""
+                block_input_hook: BlockInputHook | None = None, blocks: range | None = None) -> np.ndarray:
+        """x (B, T, H) with a (B, T) mask, or the (N, H) rows of :class:`PackedTokens`; ``blocks`` (default
+        all) the blocks to run, in order."""
         if block_input_hook is not None and isinstance(attention_mask, PackedTokens):
             raise ValueError("block_input_hook works on padded (B, T, H) states, not on a skip_padding forward")
         self._hook = block_input_hook
-        for j, block in enumerate(self.layer):
+        for j in blocks if blocks is not None else range(len(self.layer)):
+            block = self.layer[j]
             if block_input_hook is not None:
                 x = block_input_hook.forward(j, x)
             x = block(x, attention_mask)
         return x
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
-        """d(encoder input): new, added into ``dx``, or with ``input_grad=False`` the first block skips it and
-        None is returned (a hook's backward for block 0 then does not run)."""
+        """d(encoder input): new, added into ``dx``, or with ``input_grad=False`` None is returned and the backward
+        stops at the lowest block holding a trainable parameter (that block skips d(its input), the blocks below
+        it are not run, nor a hook's backward for them)."""
         blocks, hook = list(self.layer), self._hook
-        for i in reversed(range(len(blocks))):
-            first = i == 0
+        lowest = 0
+        if not input_grad:
+            trainable = [i for i, b in enumerate(blocks) if any(p.requires_grad for _, p in b.named_parameters())]
+            if hook is None and not trainable:
+                return None
+            lowest = trainable[0] if hook is None else 0
+        for i in reversed(range(lowest, len(blocks))):
+            first = i == lowest
             dy = blocks[i].backward(dy, dx=dx if first and hook is None else None, input_grad=input_grad or not first)
             if hook is not None and dy is not None:
                 dy = hook.backward(i, dy)
@@ -244,6 +219,11 @@ def _ids(a: np.ndarray | None, name: str, shape: tuple[int, ...] | None = None) 
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, input_ids has {shape}")
     return a
+
+
+# the layer types of a block (and the embeddings) with no adapter in them: see BertModel._shared_blocks
+_PLAIN_LAYERS = frozenset({BertEmbeddings, Embedding, BertLayer, BertAttention, BertSelfAttention, BertResidualOutput,
+                           BertIntermediate, Linear, LayerNorm, Dropout, GELU})
 
 
 class BertModel(Module):
@@ -268,7 +248,8 @@ class BertModel(Module):
         self.encoder = encoder
         self.pooling = MeanPooling(normalize=True)
         self._mask: np.ndarray | None = None
-        self._packed = False
+        self._packed: PackedTokens | None = None
+        self._packed_training = False
         self._embeds = False
 
     # -- construction ------------------------------------------------------------------------------
@@ -316,24 +297,48 @@ class BertModel(Module):
         return cls(config, emb, BertEncoder(layers))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0) -> BertModel:
-        """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder."""
+    def from_pretrained(cls, folder: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> BertModel:
+        """Load ``config.json`` and ``model.safetensors`` from a Hugging Face checkpoint folder.
+
+        ``dtype="bfloat16"`` freezes every encoder linear layer's weight and keeps it in bf16 only (rounded
+        to nearest even, packed once for the bf16 kernels: half the bytes, no float32 copy; see
+        :meth:`peftc.nn.Linear.to_bfloat16` and :mod:`peftc.bf16`). Embeddings, LayerNorms, biases and any
+        adapter added later stay float32.
+
+        >>> model = BertModel.from_pretrained(folder, dtype="bfloat16")  # doctest: +SKIP
+        """
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         config_path, state = read_checkpoint_folder(folder)
         model = cls.from_state_dict(BertConfig.from_json(config_path), state, seed)
+        del state  # the layers hold the only references: packing a weight then frees its float32 array
+        if dtype == "bfloat16":
+            for _, module in model.named_modules():
+                if isinstance(module, Linear):
+                    module.weight.requires_grad = False
+                    module.to_bfloat16()
         model.eval()
         return model
 
     # -- forward / backward ------------------------------------------------------------------------
     def forward(self, input_ids: np.ndarray | None, attention_mask: np.ndarray | None = None,
-                token_type_ids: np.ndarray | None = None, skip_padding: bool = False,
+                token_type_ids: np.ndarray | None = None, skip_padding: bool | None = None,
                 inputs_embeds: np.ndarray | None = None, block_input_hook: BlockInputHook | None = None
                 ) -> np.ndarray:
         """input_ids, attention_mask (1 keep, 0 pad), token_type_ids: int64 (B, T) -> (B, T, H) float32.
 
-        ``skip_padding=True`` (inference only: eval mode, no backward afterwards) runs the encoder on
-        the real tokens alone (:class:`PackedTokens`): the linear layers' inputs are then (N, H) rows,
-        the real tokens' outputs are those of the padded forward (up to float rounding) and the
-        padding positions' outputs are zero instead of the values a padded forward computes for them.
+        ``skip_padding`` runs the encoder on the real tokens alone (:class:`PackedTokens`) when the mask has
+        padding: the layers' inputs are then the (N, H) rows of the N real tokens, so the products cost the
+        real tokens only. The real tokens' outputs and, in training, every parameter gradient are those of the
+        padded forward (up to float rounding; the hidden and attention dropouts draw the same masks, per padded
+        position; an adapter's own input dropout, ``lora_dropout``, draws over the rows its layer sees, so with
+        it a packed step is an equally distributed but different draw from the padded one); the padding
+        positions' outputs are zero instead of the values a padded forward computes for them (constants: the
+        backward ignores ``dy`` there, which is what mean pooling, a [CLS] read-out or a loss that ignores the
+        padding give anyway).
+        ``None`` (default): on in training mode, off in eval mode (outputs at the padding as Hugging Face
+        computes them). In training, rows whose real tokens are not one run (holes in the mask) and a
+        ``block_input_hook`` run padded; an explicit ``skip_padding=True`` with a hook is an error.
 
         ``inputs_embeds`` (B, T, H) float32, as in Hugging Face: used instead of the word embeddings of
         ``input_ids`` (which may then be None); :meth:`backward` returns their gradient.
@@ -344,6 +349,11 @@ class BertModel(Module):
         have cached, so it is never written into. The backward hands ``backward(j, .)`` the gradient of
         what block j took in (an array the hook may modify) and continues with what it returns, the
         gradient of x; the hook accumulates its own parameters' gradients there.
+
+        Example:
+            >>> model.train()
+            >>> out = model(ids, mask)          # real tokens only; zeros at the padding
+            >>> model.backward(dout)            # dout at the padding is ignored
         """
         if inputs_embeds is None or input_ids is not None:
             input_ids = _ids(input_ids, "input_ids")
@@ -357,40 +367,106 @@ class BertModel(Module):
         attention_mask = _ids(attention_mask, "attention_mask", shape)
         token_type_ids = _ids(token_type_ids, "token_type_ids", shape)
         self._mask = attention_mask
-        self._packed = False
+        self._packed = None
         self._embeds = inputs_embeds is not None
-        if skip_padding and self.training:
-            raise ValueError("skip_padding=True is for inference: call eval() first (a packed forward has no backward)")
-        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
-        if skip_padding and attention_mask is not None and not attention_mask.all():
-            if block_input_hook is not None:
-                raise ValueError("block_input_hook works on padded (B, T, H) states: call without skip_padding")
+        if skip_padding and block_input_hook is not None:
+            raise ValueError("block_input_hook works on padded (B, T, H) states: call with skip_padding=False")
+        packed = None
+        if attention_mask is not None and (self.training if skip_padding is None else skip_padding) \
+                and block_input_hook is None and not attention_mask.all():
             packed = PackedTokens(attention_mask)
-            self._packed = True
-            return packed.scatter(self.encoder(packed.gather(x), packed))
-        return self.encoder(x, attention_mask, block_input_hook)
+            if self.training and not packed.contiguous:
+                if skip_padding:
+                    raise ValueError(f"skip_padding=True in training needs each row's real tokens in one run (right "
+                                     f"or left padding); the attention_mask of shape {attention_mask.shape} has holes")
+                packed = None
+        if packed is None:
+            return self.encoder(self.embeddings(input_ids, token_type_ids, inputs_embeds), attention_mask,
+                                block_input_hook)
+        self._packed, self._packed_training = packed, self.training
+        shared = self._shared_blocks() if inputs_embeds is None else 0
+        h, start = None, 0
+        if shared:
+            h = self._shared_forward(input_ids, attention_mask, token_type_ids, packed, shared)
+            start = shared if h is not None else 0
+        if h is None:
+            h = packed.gather(self.embeddings(input_ids, token_type_ids, inputs_embeds))
+        with packed_batch_rows(packed.batch_row, packed.mask.shape[0]):
+            return packed.scatter(self.encoder(h, packed, blocks=range(start, len(self.encoder.layer))))
+
+    def _shared_blocks(self) -> int:
+        """How many of the lowest blocks compute every row the same way from its tokens alone: plain frozen
+        layers (no adapter layer, nothing trainable, no active dropout; the embeddings likewise). Identical
+        rows of a batch (N adapters trained on the same inputs) give identical outputs there."""
+        def plain(m: Module) -> bool:
+            if any(p.requires_grad for _, p in m.named_parameters()):
+                return False
+            for _, c in m.named_modules():
+                if type(c) not in _PLAIN_LAYERS:
+                    return False
+                drop = c.p if isinstance(c, Dropout) else c.dropout if isinstance(c, SelfAttention) else 0.0
+                if self.training and drop > 0.0:
+                    return False
+            return True
+
+        if not plain(self.embeddings):
+            return 0
+        count = 0
+        for block in self.encoder.layer:
+            if not plain(block):
+                break
+            count += 1
+        return count
+
+    def _shared_forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None,
+                        packed: PackedTokens, shared: int) -> np.ndarray | None:
+        """The real-token rows entering block ``shared``, the embeddings and blocks below it run once per distinct
+        batch row (None when every row is distinct). Nothing there trains, so the backward stops above them."""
+        key = np.concatenate([a for a in (input_ids, attention_mask, token_type_ids) if a is not None], axis=1)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        if first.size == key.shape[0]:
+            return None
+        inverse = inverse.reshape(-1)
+        types = token_type_ids[first] if token_type_ids is not None else None
+        distinct = PackedTokens(np.ascontiguousarray(attention_mask[first]))
+        x = self.embeddings(np.ascontiguousarray(input_ids[first]), types)
+        h = self.encoder(distinct.gather(x), distinct, blocks=range(shared))
+        # row b's tokens are those of its distinct row inverse[b]
+        lengths = np.diff(packed.offsets)
+        source = np.repeat(distinct.offsets[:-1][inverse] - packed.offsets[:-1], lengths) + np.arange(packed.count)
+        return np.ascontiguousarray(h[source])
+
 
     def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the gradients of all trainable parameters given d(last hidden state).
 
         The input is token ids, which have no gradient (None, and a ``dx`` is an error), unless the
         forward took ``inputs_embeds``: then their gradient is returned (new, added into ``dx``, or
-        skipped with ``input_grad=False``).
+        skipped with ``input_grad=False``). After a forward on the real tokens only (see :meth:`forward`)
+        ``dy`` at the padding positions is ignored (the outputs there were constant zeros).
         """
-        if self._packed:
-            raise RuntimeError("BertModel.backward after a skip_padding=True forward; run the forward without it")
+        packed = self._packed
+        if packed is not None:
+            if not self._packed_training:
+                raise RuntimeError("BertModel.backward after an eval-mode skip_padding forward (inference keeps "
+                                   "nothing for a backward); run the forward in training mode or without it")
+            if dy.shape != packed.mask.shape + (self.config.hidden_size,):
+                raise ValueError(f"dy has shape {dy.shape}, the forward's output was "
+                                 f"{packed.mask.shape + (self.config.hidden_size,)}")
         if not self._embeds:
             self._no_input_grad(dx, "integer token ids (the forward took no inputs_embeds)")
         want = input_grad and self._embeds
         # frozen embeddings and no inputs_embeds gradient: the first block need not compute d(its input) at all
         need = want or self.embeddings.trainable()
-        d = self.encoder.backward(dy, input_grad=need)
+        d = self.encoder.backward(dy if packed is None else packed.gather(dy), input_grad=need)
         if not need:
             return None
+        if packed is not None:
+            d = packed.scatter(d)
         return self.embeddings.backward(d, dx=dx, input_grad=want)
 
     def sentence_embedding(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                           token_type_ids: np.ndarray | None = None, skip_padding: bool = False) -> np.ndarray:
+                           token_type_ids: np.ndarray | None = None, skip_padding: bool | None = None) -> np.ndarray:
         """Mean of the last hidden state over unmasked tokens, L2-normalised: (B, H) (sentence-transformers).
         ``skip_padding`` as in :meth:`forward` (the padding is excluded from the mean either way)."""
         hidden = self.forward(input_ids, attention_mask, token_type_ids, skip_padding)
@@ -399,3 +475,95 @@ class BertModel(Module):
     def sentence_embedding_backward(self, demb: np.ndarray) -> None:
         """Backward of :meth:`sentence_embedding` through pooling, normalisation and the encoder."""
         self.backward(self.pooling.backward(demb))
+
+    # -- running the top blocks on cached inputs ------------------------------------------------------
+    def hidden_states_before(self, block: int, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                             token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """(B, T, H): the hidden states entering block ``block`` (0: the embeddings' output; L: the last hidden
+        state), for :meth:`top_blocks` to start from. Inference only (eval mode: no dropout, no backward), with
+        the padding skipped as in ``forward(..., skip_padding=True)``: zero at the padded positions.
+
+        When blocks 0 .. block-1 are frozen, these states are fixed per example: compute them once, keep them,
+        and run only the top blocks on them (training included).
+
+        >>> h = bert.eval().hidden_states_before(5, ids, mask)          # doctest: +SKIP
+        >>> np.allclose(bert.top_blocks(5)(h, mask), bert(ids, mask))   # doctest: +SKIP
+        """
+        self._check_block(block)
+        if self.training:
+            raise ValueError("hidden_states_before is for inference: call eval() first (it keeps nothing for a "
+                             "backward, and the cached states must not depend on dropout)")
+        input_ids = _ids(input_ids, "input_ids")
+        attention_mask = _ids(attention_mask, "attention_mask", input_ids.shape)
+        token_type_ids = _ids(token_type_ids, "token_type_ids", input_ids.shape)
+        x = self.embeddings(input_ids, token_type_ids, None)
+        lower = list(self.encoder.layer)[:block]
+        if attention_mask is None or attention_mask.all():
+            for layer in lower:
+                x = layer(x, attention_mask)
+            return x
+        packed = PackedTokens(attention_mask)
+        rows = packed.gather(x)
+        for layer in lower:
+            rows = layer(rows, packed)
+        return packed.scatter(rows)
+
+    def top_blocks(self, start: int) -> BertTopBlocks:
+        """A module running blocks ``start`` .. L-1 of this encoder (the same layers and parameters, adapters
+        included) on the states entering block ``start`` (:meth:`hidden_states_before`), with their mask.
+
+        >>> top = bert.top_blocks(5)                                   # doctest: +SKIP
+        >>> out = top(h, mask); top.backward(dout, input_grad=False)    # the top block's gradients only
+        """
+        self._check_block(start)
+        return BertTopBlocks(list(self.encoder.layer)[start:], start)
+
+    def _check_block(self, block: int) -> None:
+        layers = self.config.num_hidden_layers
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or not 0 <= block <= layers:
+            raise ValueError(f"block must be an integer in [0, {layers}] (num_hidden_layers={layers}), got {block!r}")
+
+
+class BertTopBlocks(Module):
+    """Blocks ``start`` .. L-1 of a :class:`BertModel` (made by :meth:`BertModel.top_blocks`):
+    ``forward(hidden_states, attention_mask)`` with hidden_states (B, T, H) float32 entering block ``start`` and
+    the (B, T) int64 mask (or None) -> the last hidden state (B, T, H), as ``BertModel.forward`` computes it from
+    the tokens. ``backward(dy, *, dx=None, input_grad=True)`` accumulates the gradients of those blocks'
+    trainable parameters and returns d(hidden_states) (new, added into ``dx``, or None with
+    ``input_grad=False``, which also spares block ``start`` that product).
+
+    Its children are the encoder's own layers, shared, not copied (``named_parameters()`` lists the top blocks'
+    parameters, adapters included, under ``layer.0...``): keep it out of another module's attributes, where
+    they would be listed twice. It follows the layers' train / eval mode.
+    """
+
+    def __init__(self, layers: list[BertLayer], start: int) -> None:
+        self.layer = ModuleList(list(layers))
+        self.start = int(start)
+
+    def forward(self, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        if (not isinstance(hidden_states, np.ndarray) or hidden_states.dtype != np.float32
+                or hidden_states.ndim != 3):
+            got = (f"{hidden_states.dtype} {hidden_states.shape}" if isinstance(hidden_states, np.ndarray)
+                   else type(hidden_states).__name__)
+            raise TypeError(f"hidden_states must be a float32 (B, T, H) numpy.ndarray, got {got}")
+        attention_mask = _ids(attention_mask, "attention_mask", hidden_states.shape[:2])
+        x = hidden_states
+        for layer in self.layer:
+            x = layer(x, attention_mask)
+        return x
+
+    def backward(self, dy: np.ndarray, *, dx: np.ndarray | None = None, input_grad: bool = True) -> np.ndarray | None:
+        layers = list(self.layer)
+        for i in reversed(range(len(layers))):
+            first = i == 0
+            dy = layers[i].backward(dy, dx=dx if first else None, input_grad=input_grad or not first)
+        if not layers:  # start = L: the states are the output
+            if not input_grad:
+                return None
+            if dx is None:
+                return dy.copy()
+            dx = self._check_dx(dx, dy.shape)
+            dx += dy
+            return dx
+        return dy

@@ -15,6 +15,9 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import as_rows, check_probability
+from ..bf16 import PackedWeight
+from ..bf16 import linear_backward as bf16_linear_backward
+from ..bf16 import linear_forward as bf16_linear_forward
 from ..random import Generator
 from .linear import Linear, kaiming_uniform
 from .module import Module, Parameter
@@ -70,6 +73,9 @@ class LoraLinear(Module):
     (A ~ N(0, 1/r^2), zero B), False (both random; the layer is then not a no-op) or "eva" (as True
     until :func:`peftc.tuners.initialize_lora_eva_weights` sets A).
 
+    On a bf16 base (:meth:`Linear.to_bfloat16`) the frozen product runs in the bf16 kernels and the adapter
+    in float32, forward and backward; :meth:`merge` then merges in float32 and rounds the sum to bf16 once.
+
     The constructor makes the adapter ``adapter_name``; :meth:`add_adapter` adds more, :meth:`set_adapter`
     picks the one that runs. ``lora_A``, ``lora_B``, ``lora_bias``, ``r``, ``lora_alpha``, ``scaling``,
     ``lora_dropout`` and ``use_rslora`` read the active adapter's. SoraLinear and HydraLinear hold one adapter.
@@ -89,6 +95,9 @@ class LoraLinear(Module):
                  generator: Generator | None = None, adapter_name: str = DEFAULT_ADAPTER) -> None:
         if not isinstance(base, Linear):
             raise TypeError(f"LoraLinear wraps a peftc.nn.Linear, got {type(base).__name__}")
+        if base.is_bfloat16 and type(self) is not LoraLinear:
+            raise NotImplementedError(f"{type(self).__name__} on a bf16 base layer: only LoRA runs on bf16 frozen "
+                                      f"weights; load the model in float32")
         self.base = base
         self.generator = generator or Generator(0)
         self.lora_adapters: dict[str, LoraAdapter] = {}
@@ -229,6 +238,10 @@ class LoraLinear(Module):
     def _bias(self) -> np.ndarray | None:
         return self.base.bias.data if self.base.bias is not None else None
 
+    def _packed(self) -> PackedWeight | None:
+        """The base layer's bf16 weight, or None for a float32 one."""
+        return self.base.weight if self.base.is_bfloat16 else None
+
     # -- running -------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         ad = self._active
@@ -241,9 +254,12 @@ class LoraLinear(Module):
         rows = as_rows(x, "x", self.in_features)
         p = ad.lora_dropout if self.training else 0.0
         offset = self.generator.take(rows.size) if p > 0.0 else 0
-        y, xd, u = F.lora_forward(rows, self.base.weight.data, self._bias(), ad.lora_A.data, ad.lora_B.data,
-                                  ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, p,
-                                  self.generator.seed, offset)
+        packed = self._packed()
+        y, xd, u = F.lora_forward(rows, None if packed else self.base.weight.data, self._bias(), ad.lora_A.data,
+                                  ad.lora_B.data, ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling,
+                                  p, self.generator.seed, offset)
+        if packed:  # the frozen product, added into the adapter's output by the bf16 kernel
+            bf16_linear_forward(rows, packed, out=y, accumulate=True)
         self._cache = (rows, xd, u, p, offset, ad)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -257,10 +273,13 @@ class LoraLinear(Module):
         rows, xd, u, p, offset, ad = self._cache
         drows = as_rows(dy, "dy", self.out_features)
         out = self._input_rows(dx, dy) if input_grad else None
-        F.lora_backward(drows, xd if p > 0.0 else rows, u, self.base.weight.data, ad.lora_A.data,
-                        ad.lora_B.data, ad.scaling, p, self.generator.seed, offset, dx=out,
+        packed = self._packed()
+        F.lora_backward(drows, xd if p > 0.0 else rows, u, None if packed else self.base.weight.data,
+                        ad.lora_A.data, ad.lora_B.data, ad.scaling, p, self.generator.seed, offset, dx=out,
                         dlora_A=ad.lora_A.grad_buffer(), dlora_B=ad.lora_B.grad_buffer(),
                         dlora_bias=ad.lora_bias.grad_buffer() if ad.lora_bias is not None else None)
+        if packed and out is not None:
+            bf16_linear_backward(drows, packed, dx=out)
         return self._base_backward(drows, rows, out, dx, dy)
 
     # -- mixed-adapter batches ------------------------------------------------------------------------
@@ -282,6 +301,9 @@ class LoraLinear(Module):
         dropout (each adapter's gradients come from its own rows)."""
         if self.merged:
             raise RuntimeError("adapter_names (a mixed-adapter batch) on a merged layer: call unmerge first")
+        if self.base.is_bfloat16:
+            raise NotImplementedError("adapter_names (a mixed-adapter batch) on a bf16 base layer: mixed batches "
+                                      "run on float32 base weights")
         rows = as_rows(x, "x", self.in_features)
         self._cache = None
         names, idx = self.row_adapters.row_index(rows.shape[0], self.lora_adapters, type(self).__name__)
@@ -321,7 +343,10 @@ class LoraLinear(Module):
         its rows, None when not wanted). The subclasses' backward use it too."""
         dw = self.base.weight.grad_buffer()
         db = self.base.bias.grad_buffer() if self.base.bias is not None else None
-        if dw is not None or db is not None:
+        if self.base.is_bfloat16:  # a bf16 weight never trains: at most the bias has a gradient
+            if db is not None:
+                db += drows.sum(axis=0, dtype=np.float32)
+        elif dw is not None or db is not None:
             F.linear_backward(drows, rows, self.base.weight.data, dweight=dw, dbias=db)
         if out is None:
             return None
@@ -339,18 +364,24 @@ class LoraLinear(Module):
         ad = self._active_record()
         if ad.lora_bias is not None and self.base.bias is None:
             raise ValueError("cannot merge lora_bias into a base layer without bias")
-        F.lora_merge(self.base.weight.data, self._bias() if ad.lora_bias is not None else None, ad.lora_A.data,
+        packed = self._packed()
+        weight = packed.to_float32() if packed else self.base.weight.data
+        F.lora_merge(weight, self._bias() if ad.lora_bias is not None else None, ad.lora_A.data,
                      ad.lora_B.data, ad.lora_bias.data if ad.lora_bias is not None else None, ad.scaling, sign)
+        if packed:  # the float32 sum, rounded to bf16 once
+            self.base.weight = PackedWeight(weight)
 
     def merge(self) -> None:
         """Fold the active adapter's s * B A into the base weight: the forward then costs what the base layer
-        costs. A layer that does not hold the active adapter is left as it is."""
+        costs. A layer that does not hold the active adapter is left as it is. On a bf16 base the weight is
+        widened to float32, the update added there, and the sum rounded to bf16 once."""
         if not self.merged and self._active is not None:
             self._merge(1.0)
             self.merged = True
 
     def unmerge(self) -> None:
-        """Subtract the folded update again (exact up to float32 rounding)."""
+        """Subtract the folded update again (exact up to float32 rounding; on a bf16 base up to one more bf16
+        rounding of the weight)."""
         if self.merged:
             self._merge(-1.0)
             self.merged = False

@@ -2,15 +2,39 @@
 
 The model sets one on every adapter layer and modules_to_save wrapper for the length of a forward; a
 layer that sees ``rows`` rows (a batch row is ``rows // B`` consecutive token rows) asks it for the
-adapters it runs and each row's index into them (-1: the base layer alone).
+adapters it runs and each row's index into them (-1: the base layer alone). Inside
+:func:`packed_batch_rows` (a forward on a batch's real tokens only) a layer's rows are tokens, and each
+token runs the adapter of its batch row.
 """
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+import contextlib
+from collections.abc import Container, Iterator, Sequence
+from contextvars import ContextVar
 
 import numpy as np
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+# (batch row of each token row, batch size) while a model runs packed tokens (see packed_batch_rows)
+_PACKED_ROWS: ContextVar[tuple[np.ndarray, int] | None] = ContextVar("peftc_packed_batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def packed_batch_rows(batch_row: np.ndarray, batch_size: int) -> Iterator[None]:
+    """Inside the block the layers' inputs are the real-token rows of a packed batch of ``batch_size`` rows:
+    input row n belongs to batch row ``batch_row[n]`` (a model's packed forward says so around its layers).
+
+    Example:
+        >>> with packed_batch_rows(np.array([0, 0, 1]), 2):
+        ...     RowAdapters.from_names(["a", "b"]).row_index(3, held={"a", "b"})[1].tolist()
+        [0, 0, 1]
+    """
+    token = _PACKED_ROWS.set((batch_row, int(batch_size)))
+    try:
+        yield
+    finally:
+        _PACKED_ROWS.reset(token)
 
 
 class RowAdapters:
@@ -53,4 +77,11 @@ class RowAdapters:
         used = [n for n in self.names if n in held]
         local = {n: k for k, n in enumerate(used)}
         lut = np.array([local.get(n, -1) for n in self.names] + [-1], dtype=np.int64)  # code -1 -> lut[-1] = -1
-        return used, np.repeat(lut[self.codes], self.rows_per_batch_row(rows, where))
+        packed = _PACKED_ROWS.get()
+        if packed is None:
+            return used, np.repeat(lut[self.codes], self.rows_per_batch_row(rows, where))
+        batch_row, batch_size = packed
+        if batch_size != self.batch_size or rows != batch_row.size:
+            raise ValueError(f"{where}: adapter_names has {self.batch_size} entries and the layer sees {rows} rows, "
+                             f"but the packed batch has {batch_size} rows holding {batch_row.size} real tokens")
+        return used, lut[self.codes][batch_row]

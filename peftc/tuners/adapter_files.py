@@ -8,15 +8,19 @@ Tensor keys follow PEFT with the adapter name removed:
 ``<path>.lora_B.bias`` (out,) with lora_bias, ``<path>.miss_block`` for Bone / MiSS ((r, out),
 (r, mini_r) or Bat's (out/r, r, r); no ``.weight`` suffix: a bare parameter in PEFT),
 ``<path>.base_layer.bias`` for a trained bias of an adapter layer, ``<name>.bias`` for other trained biases (bias="all"), and
-``<module>.<param>`` for the trained copy of a modules_to_save module.
+``<module>.<param>`` for the trained copy of a modules_to_save module. A GPT-2 ``Conv1D`` inside such a copy
+is written in Hugging Face's (in, out) layout, as PEFT writes it, and transposed back on loading (peftc holds
+it (out, in), see :class:`peftc.nn.Conv1D`).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..io.safetensors import load_file, read_header, save_file
-from ..nn import BoneLinear, LoraLinear, Module, Parameter
+from ..nn import BoneLinear, Conv1D, LoraLinear, Module, Parameter
 from .modules_to_save import ModulesToSaveWrapper
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -76,6 +80,19 @@ def adapter_parameters(model: Module, bias: str, adapter_name: str | None = None
     return out
 
 
+def _hf_layout_keys(model: Module, adapter_name: str | None = None) -> set[str]:
+    """The file keys (as :func:`adapter_parameters` names them) of Conv1D weights in modules_to_save copies:
+    files hold them as Hugging Face's (in, out), peftc's parameter as (out, in)."""
+    keys = set()
+    for path, module in _walk(model):
+        if isinstance(module, ModulesToSaveWrapper):
+            copy = module.copies.get(module.active_adapter if adapter_name is None else adapter_name)
+            for name, sub in (copy.named_modules() if copy is not None else ()):
+                if isinstance(sub, Conv1D):
+                    keys.add(f"{PREFIX}{path}.{_join(name, 'weight')}")
+    return keys
+
+
 def _peft_extra_keys(model: Module) -> set[str]:
     """Keys PEFT writes with bias="all" for the internals of a modules_to_save wrapper; not needed to load."""
     keys = set()
@@ -92,8 +109,9 @@ def save_adapter_weights(model: Module, bias: str, save_directory: str | os.Path
     return its path."""
     os.makedirs(save_directory, exist_ok=True)
     path = os.path.join(save_directory, WEIGHTS_NAME)
-    save_file({key: p.data for key, p in adapter_parameters(model, bias, adapter_name).items()}, path,
-              {"format": "pt"})
+    transposed = _hf_layout_keys(model, adapter_name)
+    save_file({key: np.ascontiguousarray(p.data.T) if key in transposed else p.data
+               for key, p in adapter_parameters(model, bias, adapter_name).items()}, path, {"format": "pt"})
     return path
 
 
@@ -113,10 +131,11 @@ def load_adapter_weights(model: Module, bias: str, directory: str | os.PathLike,
                              f"adapter_model.safetensors (save with safe_serialization=True)")
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {os.fspath(directory)}")
     params = adapter_parameters(model, bias, adapter_name)
-    expected = {key: p.shape for key, p in params.items()}
+    transposed = _hf_layout_keys(model, adapter_name)
+    expected = {key: p.shape[::-1] if key in transposed else p.shape for key, p in params.items()}
     header, _ = read_header(path)
     for key in _peft_extra_keys(model) & set(header):
         expected[key] = header[key][1]
     tensors = load_file(path, expected)
     for key, p in params.items():
-        p.data[...] = tensors[key]
+        p.data[...] = tensors[key].T if key in transposed else tensors[key]

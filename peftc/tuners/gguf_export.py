@@ -2,7 +2,7 @@
 
 The file holds, per adapted weight, two float32 tensors named ``<gguf weight name>.lora_a`` and
 ``.lora_b`` (``blk.0.attn_q.weight.lora_a``), and the keys ``general.type = "adapter"``,
-``general.architecture`` (``"bert"``), ``adapter.type = "lora"`` and ``adapter.lora.alpha``.
+``general.architecture`` (``"bert"`` or ``"gpt2"``), ``adapter.type = "lora"`` and ``adapter.lora.alpha``.
 ``lora_a`` is A as a NumPy (R, IC) array and ``lora_b`` is B as an (OC, R) array, the layout of
 PEFT's files; GGUF lists dimensions fastest first, so llama.cpp sees A as ne = [IC, R] and B as
 ne = [R, OC], which is what its loader checks against the base weight (ne = [IC, OC]).
@@ -34,10 +34,28 @@ BERT names:
 ``encoder.layer.N.output.dense``           ``blk.N.ffn_down``
 =====================================  =====================
 
-:data:`TENSOR_MAPS` has one entry per architecture; a GPT-2 entry goes there once peftc has a GPT-2
-model (HF's ``h.N.attn.c_attn`` -> ``blk.N.attn_qkv``, ``attn.c_proj`` -> ``attn_output``,
-``mlp.c_fc`` -> ``ffn_up``, ``mlp.c_proj`` -> ``ffn_down``; HF GPT-2 stores Conv1D weights as
-(IC, OC), so its adapter needs PEFT's ``fan_in_fan_out`` handling before A and B are written).
+GPT-2 (:class:`peftc.models.GPT2LMHeadModel`, paths from the model root, as in PEFT's keys after the
+``base_model.model.`` prefix llama.cpp's converter strips) maps as gguf-py's ``TensorNameMap`` maps
+``GPT2LMHeadModel`` names:
+
+=====================================  =====================
+``transformer.h.N.attn.c_attn``            ``blk.N.attn_qkv``
+``transformer.h.N.attn.c_proj``            ``blk.N.attn_output``
+``transformer.h.N.mlp.c_fc``               ``blk.N.ffn_up``
+``transformer.h.N.mlp.c_proj``             ``blk.N.ffn_down``
+=====================================  =====================
+
+GPT-2's ``Conv1D`` layout. Hugging Face stores these weights as (IC, OC); llama.cpp's ``convert_hf_to_gguf``
+transposes them, so the base GGUF tensor is the (OC, IC) matrix of a plain linear map (ne = [IC, OC]), the
+same orientation as every other architecture's. A LoRA on a Conv1D (PEFT's ``fan_in_fan_out=True``) keeps
+A (R, IC) and B (OC, R) in PEFT's file and in peftc (peftc's Conv1D holds the transposed (OC, IC) weight,
+see :class:`peftc.nn.Conv1D`): its update is ``B A`` in that orientation already, so A and B are written
+unchanged, and llama.cpp's loader checks (A ne = [IC, R], B ne = [R, OC]) pass. (llama.cpp's own
+``convert_lora_to_gguf.py``, read but not run here, sends the PEFT pair through the GPT-2 class's base-weight
+transpose, which swaps and transposes A and B: for ``c_attn``, ``c_fc`` and ``mlp.c_proj`` its loader then
+refuses the shapes, and for the square ``attn.c_proj`` it would add the transposed update. peftc does not
+copy that.) The LM head is GPT-2's token table (tied) and has no LoRA tensor name: llama.cpp's converter
+refuses a LoRA on ``lm_head`` too.
 
 What cannot be exported raises: other adapters (Bone / MiSS, SoRA before pruning, Hydra), LoRA
 biases or trained base biases, modules outside the table, a merged model, and (unless
@@ -52,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.atomic import write_atomic
-from ..models import BertModel
+from ..models import BertModel, GPT2LMHeadModel
 from ..nn import LoraLinear
 from .lora_config import LoraConfig
 from .modules_to_save import ModulesToSaveWrapper
@@ -95,6 +113,12 @@ TENSOR_MAPS: dict[str, TensorMap] = {
         ("encoder.layer.{bid}.attention.output.dense", "blk.{bid}.attn_output"),
         ("encoder.layer.{bid}.intermediate.dense", "blk.{bid}.ffn_up"),
         ("encoder.layer.{bid}.output.dense", "blk.{bid}.ffn_down"),
+    )),
+    "gpt2": TensorMap("gpt2", GPT2LMHeadModel, (
+        ("transformer.h.{bid}.attn.c_attn", "blk.{bid}.attn_qkv"),
+        ("transformer.h.{bid}.attn.c_proj", "blk.{bid}.attn_output"),
+        ("transformer.h.{bid}.mlp.c_fc", "blk.{bid}.ffn_up"),
+        ("transformer.h.{bid}.mlp.c_proj", "blk.{bid}.ffn_down"),
     )),
 }
 

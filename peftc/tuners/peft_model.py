@@ -291,7 +291,11 @@ class PeftModel(Module):
         return model
 
     def merge_and_unload(self) -> Module:
-        """The base model with each LoRA layer merged into a plain Linear (modules_to_save copies kept)."""
+        """The base model with each LoRA layer merged into a plain Linear (modules_to_save copies kept).
+
+        On a bf16 base (``from_pretrained(..., dtype="bfloat16")``) each merge happens in float32 (the bf16
+        weight widened exactly, s * B A added) and the sum is rounded to bf16 once.
+        """
         return self._unload(merge=True)
 
     def unload(self) -> Module:
