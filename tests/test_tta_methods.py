@@ -10,7 +10,7 @@ import pytest
 
 from peftc import functional as F
 from peftc.models import SmallResNet
-from peftc.tta import EATA, SAR, TENT, BNAdapt, Source
+from peftc.tta import EATA, SAR, TENT, BNAdapt, Source, configure_for_tta
 from peftc.tta.methods import diversity_backward
 
 from .conftest import assert_close, numerical_grad
@@ -218,6 +218,43 @@ def test_open_set_filter_keeps_all_samples_before_any_update(tiny):
     probs = F.softmax_entropy_forward(tent.model.forward(x))[1]
     keep = tent._keep_mask(x, probs)
     assert keep.dtype == bool and keep.shape == (16,)
+
+
+@pytest.fixture(scope="module")
+def varied(tiny):
+    """The tiny model with a head that predicts different classes for the rows of the shifted batch (the random
+    model alone predicts one class for all of them): the head scaled by 10, its bias centred on the batch."""
+    model, x = tiny
+    model = copy.deepcopy(model)
+    model.head.weight.data *= 10.0
+    probe = copy.deepcopy(model)
+    configure_for_tta(probe)
+    model.head.bias.data -= probe.forward(x).mean(0)
+    return model, x
+
+
+def test_open_set_filter_keeps_exactly_the_samples_whose_original_class_gained_probability(varied):
+    """After one update, the filter keeps sample i iff p_adapted(c_o) >= p_original(c_o), c_o the original model's
+    class, the original being the configured model at construction (never updated). A reversed comparison keeps
+    the complement; comparing against the adapted model (no frozen copy, or one that follows the updates) keeps
+    every sample. Both change the kept set, which is checked as the mask and as the next step's backward count."""
+    model, x = varied
+    tent = TENT(model, optimizer="sgd", lr=0.1, momentum=0.0, open_set=True, diversity_weight=0.0)
+    original = copy.deepcopy(tent.model)
+    tent.forward_and_adapt(x)
+    p_a = F.softmax_entropy_forward(tent.model.forward(x))[1]
+    p_o = F.softmax_entropy_forward(original.forward(x))[1]
+    rows, c_o = np.arange(len(x)), p_o.argmax(1)
+    assert len(set(c_o)) > 3  # the original model predicts several classes
+    want = p_a[rows, c_o] >= p_o[rows, c_o]
+    assert 0 < want.sum() < len(x)
+    assert np.abs(p_a[rows, c_o] - p_o[rows, c_o]).min() > 1e-5  # no near-tie that float rounding could flip
+    assert np.array_equal(tent._keep_mask(x, p_a), want)
+    back = tent.stats["backward_samples"]
+    tent.forward_and_adapt(x)
+    assert tent.stats["backward_samples"] - back == int(want.sum())
+    for name, p in original.named_parameters():  # the frozen copy still holds the original parameters
+        assert np.array_equal(dict(tent.frozen.named_parameters())[name].data, p.data), name
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
