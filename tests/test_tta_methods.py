@@ -366,6 +366,44 @@ def test_eata_with_open_set_filter_averages_over_the_samples_both_filters_keep(t
         assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_eata_with_diversity_steps_on_the_weighted_mean_entropy_minus_alpha_times_the_diversity(varied, alpha):
+    """Loss (1/|S2|) sum_{i in S2} exp(E0 - H_i) H_i - alpha H(mean_i p_i), the mean prediction over the whole
+    batch (the reference's EATA baseline with alpha 0.5): the update (SGD, lr 1) is minus its hand-built gradient,
+    and with alpha > 0 every sample of the batch counts as a backward sample."""
+    model, x = varied
+    probe = copy.deepcopy(model)
+    configure_for_tta(probe)
+    median = float(np.median(F.softmax_entropy_forward(probe.forward(x))[0]))  # E0 between the rows' entropies
+    eata = EATA(model, e0_factor=median / math.log(10), optimizer="sgd", lr=1.0, momentum=0.0, diversity_weight=alpha)
+    twin = copy.deepcopy(eata.model)
+    logits = twin.forward(x)
+    ent, probs = F.softmax_entropy_forward(logits)
+    reliable = ent < eata.e0  # first batch: no redundancy filter yet
+    assert 0 < reliable.sum() < len(x)
+    before = [p.data.copy() for p in eata.params]
+    eata.forward_and_adapt(x)
+    assert eata.stats["steps"] == 1 and eata.stats["backward_samples"] == (len(x) if alpha else int(reliable.sum()))
+    dlogits = np.zeros_like(logits)
+    diversity_backward(probs, -alpha, dlogits)
+    dent = np.where(reliable, np.exp(eata.e0 - ent.astype(np.float64)), 0.0) / reliable.sum()
+    F.softmax_entropy_backward(dent.astype(np.float32), probs, logits, dlogits=dlogits)
+    twin.backward(dlogits)
+    names = {id(p): n for n, p in eata.model.named_parameters()}
+    grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    for p, b in zip(eata.params, before):
+        assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7, name=names[id(p)])
+
+
+def test_eata_with_diversity_steps_when_no_sample_is_reliable(tiny):
+    model, x = tiny
+    strict = EATA(model, e0_factor=1e-6, optimizer="sgd", lr=1.0, momentum=0.0, diversity_weight=0.5)
+    before = [p.data.copy() for p in strict.params]
+    strict.forward_and_adapt(x)
+    assert strict.stats["steps"] == 1 and strict.stats["backward_samples"] == len(x)
+    assert any(not np.array_equal(b, p.data) for b, p in zip(before, strict.params))
+
+
 def test_eata_step_computes_no_convolution_or_head_gradients_and_no_input_gradient(tiny):
     model, x = tiny
     eata = EATA(model, e0_factor=1.0)
