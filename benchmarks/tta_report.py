@@ -456,10 +456,14 @@ def markdown(result: dict) -> str:
                   f"{cfg['per_segment']} images per visit, open-set {cfg['open_rounds']} rounds x {cfg['open_known']} "
                   f"known + as many unknown images per visit. Full-configuration command:", "",
                   "```", result["full_command"], "```", ""]
+    if cfg["label"].lower() == "tiny":
+        lines += ["A tiny smoke configuration that exercises the code path (few corruptions, a few batches per "
+                  "stream): its numbers are not evidence for or against any claim.", ""]
     lines += [f"Command: `{cfg['command']}`", "",
               f"Source models: 10-class clean test accuracy {100 * result['source_accuracy']:.2f} %, "
               f"8-class (classes 0-7) {100 * result['source8_accuracy']:.2f} %. {HYPER}", "",
-              f"Wall time {result['seconds']:.0f} s (the seeds' sum; the selection's is in its own file).", "",
+              f"Wall time {result['seconds']:.0f} s (of this process, the selection included unless it came from "
+              "--selection; summed over the processes of merged files).", "",
               "## Verdicts", "", seed_verdicts_markdown(result["verdicts"]),
               "Scores: error % (lower is better; every claim is A < B, so a negative diff favours the claim), "
               "backward samples per corruption run or stream, clean error % after the stream.", ""]
@@ -489,7 +493,7 @@ def markdown(result: dict) -> str:
                   f"{cost['units_per_seed']:,.0f}; "
                   f"selection: {cost['selection_units']:,.0f}. At {1e3 * cost['rate_s_per_unit']:.3f} ms per unit (the "
                   f"committed full run's seconds over its counted units, 1 thread) that is about "
-                  f"{cost['seconds_per_seed'] / 60:.0f} min per seed and {cost['selection_seconds'] / 60:.0f} min for "
+                  f"{cost['seconds_per_seed'] / 60:.1f} min per seed and {cost['selection_seconds'] / 60:.1f} min for "
                   f"the selection.", ""]
     return "\n".join(lines) + "\n"
 
