@@ -195,6 +195,25 @@ def check_seed_parts(settings: list[dict[str, Any]], names: list[Any], ignore: s
             raise ValueError(f"{name}: settings {differ} differ from {names[0]}; only seeds may differ")
 
 
+def check_selection_settings(run: dict[str, Any], made_with: dict[str, Any], name: Any, ignore: set[str]) -> None:
+    """Raise ValueError unless the settings ``made_with`` of the selection file ``name`` equal this run's
+    settings ``run`` outside ``ignore`` (a key missing on one side differs): a selection chosen from another
+    grid, schedule or data size is never reused silently.
+
+    >>> check_selection_settings({"lr_grid": [1e-3], "seeds": [1]}, {"lr_grid": [1e-3], "seeds": [0]}, "s", {"seeds"})
+    >>> check_selection_settings({"lr_grid": [1e-3, 1e-2]}, {"lr_grid": [1e-3]}, "s", set())
+    Traceback (most recent call last):
+    ...
+    ValueError: --selection s was made with other settings: lr_grid (this run [0.001, 0.01], the file [0.001]); \
+run --select-only with this run's settings into a new --out
+    """
+    differ = sorted(k for k in set(run) | set(made_with) if k not in ignore and run.get(k) != made_with.get(k))
+    if differ:
+        detail = ", ".join(f"{k} (this run {run.get(k)!r}, the file {made_with.get(k)!r})" for k in differ)
+        raise ValueError(f"--selection {name} was made with other settings: {detail}; "
+                         "run --select-only with this run's settings into a new --out")
+
+
 def merge_seed_parts(stems: list[str]) -> dict[str, Any]:
     """The payload of per-seed results files ``stems`` of one configuration combined: the first file's keys,
     its settings with every seed, the merged command, the summed seconds and ``per_seed`` of all files in

@@ -50,3 +50,150 @@ def test_merge_refuses_other_settings_and_repeated_seeds(ew, monkeypatch, tmp_pa
         ew.merge(names, "all")
     with pytest.raises(ValueError, match="repeat a seed"):
         ew.merge([_part(ew, monkeypatch, tmp_path, 0), "part0"], "all")
+
+
+# -- the per-arm learning-rate selection, the orthonormal control arm, and the verdicts contract ----------------
+def _args(ew, **over):
+    args = ew.parse_args(["--lr-grid", "3e-3", "1e-3", "--select-steps", "1", "--train-per-class", "2",
+                          "--val-per-class", "1", "--test-per-class", "1", "--eva-batches", "2",
+                          "--eva-batch-size", "8", "--max-steps", "1", "--ks", "1"])
+    for k, v in over.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_selection_scores_each_arm_on_validation_only(ew):
+    calls = []
+
+    class Fake:
+        def __init__(self, lr, data):
+            self.lr, self.data = lr, data
+
+        def train(self):
+            return []
+
+        def evaluate(self, split):
+            which = "val" if split is self.data["val"] else "test"
+            calls.append(which)
+            return {"accuracy": 0.9 if self.lr == (1e-3 if which == "val" else 3e-3) else 0.5}
+
+    def build(arm, seed, args, lr, steps, with_eval):
+        data = {"train": object(), "val": object(), "test": object()}
+        assert steps == args.select_steps and not with_eval and seed == args.select_seed
+        return None, Fake(lr, data), data, {}
+
+    sel = ew.select(_args(ew), log=lambda *_: None, build=build)
+    assert list(sel) == list(ew.ARMS)
+    for arm in ew.ARMS:
+        assert sel[arm]["chosen"] == 1e-3 and sel[arm]["val_accuracy"] == [0.5, 0.9]  # test prefers 3e-3
+    assert calls == ["val"] * 2 * len(ew.ARMS)
+
+
+def test_orthonormal_control_keeps_eva_ranks_and_scales_with_unit_norm_orthonormal_rows(ew):
+    import numpy as np
+
+    from peftc.models import BertModel, minilm_path
+    from peftc.models.classifier import SentenceClassifier
+    from peftc.nn import LoraLinear
+    from peftc.random import Generator
+    from peftc.tuners import EvaConfig, LoraConfig, get_peft_model
+
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1000, 5000, (4, 10)), "attention_mask": np.ones((4, 10), np.int64)}
+               for _ in range(3)]
+    models = {}
+    for arm in ("eva", "orthonormal"):
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
+                            layers_to_transform=[0, 1], init_lora_weights="eva", eva_config=EvaConfig(rho=2, tau=0.5))
+        bert = BertModel.from_pretrained(minilm_path())
+        model = get_peft_model(SentenceClassifier(bert, 41, generator=Generator(1)), config, generator=Generator(2))
+        models[arm] = (model, ew.initialise_a(arm, model, batches, seed=0))
+    (eva, eva_facts), (ctrl, facts) = models["eva"], models["orthonormal"]
+    assert facts["rank_pattern"] == eva_facts["rank_pattern"] and facts["orthonormality_error"] < 1e-5
+    layers = lambda m: {n: x for n, x in m.get_base_model().named_modules() if isinstance(x, LoraLinear)}  # noqa
+    ours, theirs = layers(ctrl), layers(eva)
+    assert set(ours) == set(theirs) and ours
+    for name, layer in ours.items():
+        a, e = layer.lora_A.data.astype(np.float64), theirs[name].lora_A.data.astype(np.float64)
+        assert a.shape == e.shape and layer.scaling == theirs[name].scaling
+        np.testing.assert_allclose(a @ a.T, np.eye(a.shape[0]), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)  # EVA's rows: the same norms
+        assert np.abs(a @ e.T).max() < 0.5  # new directions, not EVA's
+        assert not layer.lora_B.data.any()
+
+
+def test_verdicts_follow_the_contract_and_pair_by_seed(ew, monkeypatch, tmp_path):
+    monkeypatch.setattr(ew.common, "RESULTS_DIR", tmp_path)
+    base = [2.0, 3.0, 2.5, 3.5, 2.2]  # seeds differ a lot; EVA is 0.1 below each arm in every seed
+    runs = []
+    for seed in (4, 2, 0, 3, 1):
+        for arm, shift in (("random", 0.1), ("eva", 0.0), ("orthonormal", 0.1)):
+            run = _run(arm, seed, base[seed] + shift)
+            run["test"]["accuracy"] = 0.5 + base[seed] / 10 + (0.0 if arm == "eva" else -0.01)
+            if arm == "orthonormal":
+                run["orthonormality_error"] = 1e-7
+            runs.append(run)
+    settings = {"seeds": [0, 1, 2, 3, 4], "ks": [25], "reduced": True, "select_seed": 0}
+    ew.render("five", {"command": "c", "settings": settings, "runs": runs, "selection": {},
+                       "environment": {"load_average_at_start": [0.0, 0.0, 0.0]}})
+    saved = json.loads((tmp_path / "five.json").read_text())
+    rows = saved["verdicts"]
+    assert list(saved)[0] == "verdicts" and len(rows) == 4
+    for v in rows:
+        assert list(v)[:6] == ["claim", "holds", "p_holm", "diff", "ci95", "n_seeds"]
+        assert v["n_seeds"] == 5 and v["holds"], v  # paired by seed, every claim holds
+    assert [round(v["diff"], 6) for v in rows] == [-0.1, 0.01, -0.1, 0.01]
+    text = (tmp_path / "five.md").read_text()
+    assert "REDUCED" in text and all(f"| {v['claim']} | yes |" in text for v in rows)
+
+
+def test_a_selection_made_with_other_settings_is_refused(ew):
+    # the committed selection was chosen from the 3-point grid: a run on the current default grid refuses it
+    committed = ew.common.read_results("eva_wordnet_select")
+    args = ew.parse_args(["--max-steps", "150", "--train-per-class", "100", "--val-per-class", "10",
+                          "--test-per-class", "50", "--select-steps", "50", "--reduced", "--threads", "1"])
+    assert committed["settings"]["lr_grid"] != args.lr_grid
+    with pytest.raises(ValueError, match=r"--selection eva_wordnet_select was made with other settings: lr_grid"):
+        ew.load_selection("eva_wordnet_select", args)
+    args.lr_grid = committed["settings"]["lr_grid"]  # its own settings (other seeds, out and threads may differ)
+    args.seeds, args.out, args.threads, args.selection = [3], "eva_s3", 2, "eva_wordnet_select"
+    assert ew.load_selection("eva_wordnet_select", args) == committed["selection"]
+
+
+def test_scheduler_runs_the_selection_once_and_each_seed_as_a_task(ew, monkeypatch, tmp_path):
+    import cloudpickle
+
+    from peftc.distributed import run_sweep
+
+    monkeypatch.setattr(ew.common, "RESULTS_DIR", tmp_path)
+    chosen = {"random": 3e-3, "eva": 1e-3, "orthonormal": 1e-2}
+    selected, trained, swept = [], [], []
+
+    def select(args, log=print, build=None):
+        selected.append(args.select_seed)
+        return {arm: {"candidates": [1e-3, 3e-3, 1e-2], "val_accuracy": [0.1, 0.2, 0.3], "chosen": lr, "steps": 1}
+                for arm, lr in chosen.items()}
+
+    def run_arm(arm, seed, args, lr, log=print):
+        trained.append((arm, seed, lr))
+        run = _run(arm, seed, 2.0 - (0.1 if arm == "eva" else 0.0))
+        return dict(run, lr=lr, orthonormality_error=0.0) if arm == "orthonormal" else dict(run, lr=lr)
+
+    def sweep_seeds(task, seeds, scheduler, modules=(), timeout=None):
+        swept.append((list(seeds), scheduler, modules))
+        task = cloudpickle.loads(cloudpickle.dumps(task))  # as it travels to a worker
+        return {r.config["seed"]: r.unwrap() for r in run_sweep(task, [{"seed": k} for k in seeds], progress=False)}
+
+    monkeypatch.setattr(ew, "select", select)
+    monkeypatch.setattr(ew, "run_arm", run_arm)
+    monkeypatch.setattr(ew.common, "sweep_seeds", sweep_seeds)
+    args = _args(ew, seeds=[0, 1, 2, 3, 4], scheduler="local", out="swept", ks=[25])
+    ew.run(args, "cmd")
+    assert selected == [0]
+    assert swept == [([0, 1, 2, 3, 4], "local", ("seed_verdicts", "wordnet_batches", "eva_wordnet"))]
+    assert sorted(trained) == sorted((arm, k, lr) for arm, lr in chosen.items() for k in range(5))
+    saved = json.loads((tmp_path / "swept.json").read_text())
+    assert [r["seed"] for r in saved["runs"]] == [k for k in range(5) for _ in ew.ARMS]
+    assert saved["selection"]["orthonormal"]["chosen"] == 1e-2 and saved["settings"]["scheduler"] == "local"
+    assert all(v["n_seeds"] == 5 for v in saved["verdicts"]) and len(saved["verdicts"]) == 4
+    assert "lr from the grid {0.003, 0.001} on validation" in (tmp_path / "swept.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from peftc import functional as F
 from peftc.models import SmallResNet
-from peftc.tta import EATA, SAR, TENT, BNAdapt, Source
+from peftc.tta import EATA, SAR, TENT, BNAdapt, Source, configure_for_tta
 from peftc.tta.methods import diversity_backward
 
 from .conftest import assert_close, numerical_grad
@@ -220,6 +220,43 @@ def test_open_set_filter_keeps_all_samples_before_any_update(tiny):
     assert keep.dtype == bool and keep.shape == (16,)
 
 
+@pytest.fixture(scope="module")
+def varied(tiny):
+    """The tiny model with a head that predicts different classes for the rows of the shifted batch (the random
+    model alone predicts one class for all of them): the head scaled by 10, its bias centred on the batch."""
+    model, x = tiny
+    model = copy.deepcopy(model)
+    model.head.weight.data *= 10.0
+    probe = copy.deepcopy(model)
+    configure_for_tta(probe)
+    model.head.bias.data -= probe.forward(x).mean(0)
+    return model, x
+
+
+def test_open_set_filter_keeps_exactly_the_samples_whose_original_class_gained_probability(varied):
+    """After one update, the filter keeps sample i iff p_adapted(c_o) >= p_original(c_o), c_o the original model's
+    class, the original being the configured model at construction (never updated). A reversed comparison keeps
+    the complement; comparing against the adapted model (no frozen copy, or one that follows the updates) keeps
+    every sample. Both change the kept set, which is checked as the mask and as the next step's backward count."""
+    model, x = varied
+    tent = TENT(model, optimizer="sgd", lr=0.1, momentum=0.0, open_set=True, diversity_weight=0.0)
+    original = copy.deepcopy(tent.model)
+    tent.forward_and_adapt(x)
+    p_a = F.softmax_entropy_forward(tent.model.forward(x))[1]
+    p_o = F.softmax_entropy_forward(original.forward(x))[1]
+    rows, c_o = np.arange(len(x)), p_o.argmax(1)
+    assert len(set(c_o)) > 3  # the original model predicts several classes
+    want = p_a[rows, c_o] >= p_o[rows, c_o]
+    assert 0 < want.sum() < len(x)
+    assert np.abs(p_a[rows, c_o] - p_o[rows, c_o]).min() > 1e-5  # no near-tie that float rounding could flip
+    assert np.array_equal(tent._keep_mask(x, p_a), want)
+    back = tent.stats["backward_samples"]
+    tent.forward_and_adapt(x)
+    assert tent.stats["backward_samples"] - back == int(want.sum())
+    for name, p in original.named_parameters():  # the frozen copy still holds the original parameters
+        assert np.array_equal(dict(tent.frozen.named_parameters())[name].data, p.data), name
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
 def test_open_set_tent_step_is_the_kept_mean_entropy_minus_alpha_times_the_diversity(tiny, alpha):
     """Loss (1/|S|) sum_{i in S} H_i - alpha H(mean_i p_i), the mean prediction over the whole batch: the
@@ -327,6 +364,44 @@ def test_eata_with_open_set_filter_averages_over_the_samples_both_filters_keep(t
     grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
     for p, b in zip(eata.params, before):  # SGD, lr 1, no momentum: the update is minus the gradient
         assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_eata_with_diversity_steps_on_the_weighted_mean_entropy_minus_alpha_times_the_diversity(varied, alpha):
+    """Loss (1/|S2|) sum_{i in S2} exp(E0 - H_i) H_i - alpha H(mean_i p_i), the mean prediction over the whole
+    batch (the reference's EATA baseline with alpha 0.5): the update (SGD, lr 1) is minus its hand-built gradient,
+    and with alpha > 0 every sample of the batch counts as a backward sample."""
+    model, x = varied
+    probe = copy.deepcopy(model)
+    configure_for_tta(probe)
+    median = float(np.median(F.softmax_entropy_forward(probe.forward(x))[0]))  # E0 between the rows' entropies
+    eata = EATA(model, e0_factor=median / math.log(10), optimizer="sgd", lr=1.0, momentum=0.0, diversity_weight=alpha)
+    twin = copy.deepcopy(eata.model)
+    logits = twin.forward(x)
+    ent, probs = F.softmax_entropy_forward(logits)
+    reliable = ent < eata.e0  # first batch: no redundancy filter yet
+    assert 0 < reliable.sum() < len(x)
+    before = [p.data.copy() for p in eata.params]
+    eata.forward_and_adapt(x)
+    assert eata.stats["steps"] == 1 and eata.stats["backward_samples"] == (len(x) if alpha else int(reliable.sum()))
+    dlogits = np.zeros_like(logits)
+    diversity_backward(probs, -alpha, dlogits)
+    dent = np.where(reliable, np.exp(eata.e0 - ent.astype(np.float64)), 0.0) / reliable.sum()
+    F.softmax_entropy_backward(dent.astype(np.float32), probs, logits, dlogits=dlogits)
+    twin.backward(dlogits)
+    names = {id(p): n for n, p in eata.model.named_parameters()}
+    grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    for p, b in zip(eata.params, before):
+        assert_close(b - p.data, grads[names[id(p)]], rtol=1e-4, atol=1e-7, name=names[id(p)])
+
+
+def test_eata_with_diversity_steps_when_no_sample_is_reliable(tiny):
+    model, x = tiny
+    strict = EATA(model, e0_factor=1e-6, optimizer="sgd", lr=1.0, momentum=0.0, diversity_weight=0.5)
+    before = [p.data.copy() for p in strict.params]
+    strict.forward_and_adapt(x)
+    assert strict.stats["steps"] == 1 and strict.stats["backward_samples"] == len(x)
+    assert any(not np.array_equal(b, p.data) for b, p in zip(before, strict.params))
 
 
 def test_eata_step_computes_no_convolution_or_head_gradients_and_no_input_gradient(tiny):

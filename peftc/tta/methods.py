@@ -228,14 +228,25 @@ class EATA(TTAMethod):
     ``fisher_images`` (clean in-distribution images, 2,000 in the paper's code) give the Fisher
     and theta0; without them the penalty is off (that is "ETA"). E0 = ``e0_factor`` * ln C.
     With ``open_set=True`` the weights are also masked by the open-set filter and the entropy term
-    is a mean over the samples both filters keep.
+    is a mean over the samples both filters keep. ``diversity_weight`` (alpha, default 0) subtracts
+    alpha * H(mean prediction over the whole batch), as the UniEnt re-implementation's EATA baseline
+    does with alpha 0.5; with it a step is taken even when no sample passes the filters, and every
+    sample of the batch counts as a backward sample.
+
+    >>> from peftc.models import SmallResNet
+    >>> eata = EATA(SmallResNet((4, 8), num_classes=10, seed=0), e0_factor=1.0, diversity_weight=0.5)
+    >>> eata.forward_and_adapt(np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)).shape
+    (8, 10)
+    >>> eata.stats["steps"], eata.stats["backward_samples"]
+    (1, 8)
     """
 
     def __init__(self, model: Module, fisher_images: np.ndarray | None = None, optimizer: str = "sgd",
                  lr: float = 2.5e-4, momentum: float = 0.9, num_classes: int = 10, e0_factor: float = 0.4,
                  d_margin: float = 0.4, fisher_alpha: float = 1.0, fisher_batch_size: int = 200,
-                 open_set: bool = False) -> None:
+                 open_set: bool = False, diversity_weight: float = 0.0) -> None:
         super().__init__(model, optimizer, lr, momentum, open_set)
+        self.diversity_weight = float(diversity_weight)
         self.e0 = e0_factor * math.log(num_classes)
         self.d_margin, self.fisher_alpha = d_margin, fisher_alpha
         self.ema = np.zeros(num_classes, dtype=np.float32)
@@ -268,15 +279,19 @@ class EATA(TTAMethod):
         # Filtered-out rows get a zero logit gradient, but BN on batch statistics couples the rows:
         # below the last BN every row carries gradient, so the backward runs over the whole batch
         # (as the reference implementation's autograd does).
-        if n > 0:
-            self._entropy_backward(logits, probs, weight / np.float32(n))
+        extra = None
+        if self.diversity_weight:
+            extra = np.zeros_like(logits)
+            diversity_backward(probs, -self.diversity_weight, extra)
+        if n > 0 or extra is not None:
+            self._entropy_backward(logits, probs, weight / np.float32(max(n, 1)), extra)
             if self.fisher is not None:
                 for p, f, t0 in zip(self.params, self.fisher, self.theta0):
                     p.grad += (2.0 * self.fisher_alpha) * f * (p.data - t0)
             self.optimizer.step()
             self._zero_grads()
             self.stats["steps"] += 1
-            self.stats["backward_samples"] += n
+            self.stats["backward_samples"] += n if extra is None else batch_rows(x)
         self.stats["batches"] += 1
         self.stats["samples"] += batch_rows(x)
         return logits
