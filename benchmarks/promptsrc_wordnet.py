@@ -29,20 +29,31 @@ Claims (CLAIMS) are tested per seed, paired: paired t over seeds, Holm over the 
 Cost (CPU time at one thread, counted as steps x the per-step cost of a tiny run: 0.57 CPU-s per step of
 batch 4 over the 21 base classes, label branch included; evaluation 0.015 CPU-s per gloss; CoOp's steps
 are a little cheaper, counted the same):
-  Full (the paper's 20 epochs = 1,680 steps, five rates, fewshot arms) -- about 11 CPU-hours:
+  Full (the paper's 20 epochs = 1,680 steps, five rates, the few-shot arms) -- about 22 CPU-hours:
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=. python benchmarks/promptsrc_wordnet.py --seeds 1 2 3 4 5 \\
         --epochs 20 --lr-grid 1.25e-3 2.5e-3 5e-3 1e-2 2e-2 --fewshot-methods coop promptsrc
-    selection 4 arms x 5 rates x 1,680 steps = 33,600 steps (5.3 h); each seed <= 4 x 1,680 base steps +
-    the 41-class few-shot runs (about 1.3 h per seed).
+    selection 4 arms x 5 rates x 1,680 steps = 33,600 steps (about 6 h with the validation curves); each seed
+    at most 4 x 1,680 base steps + 2 x 3,280 few-shot steps over 41 classes, counted at twice the cost
+    (about 3.2 h per seed).
   REDUCED (the JSON and markdown say REDUCED with the full command beside them) -- about 2.8 CPU-hours:
     6 epochs (504 steps, the cap of the step-count grid), three rates, 10 validation and 25 test glosses per
     class, the five arms zero_shot coop ivlp promptsrc no_l1, no few-shot runs:
     ... --epochs 6 --lr-grid 2.5e-3 1e-2 4e-2 --val-per-class 10 --test-per-class 25 --reduced
-    selection 4 x 3 x 504 = 6,048 steps (57 min) + 72 validation curves points of 410 glosses (7 min);
+    selection 4 x 3 x 504 = 6,048 steps (57 min) + 72 validation curve points of 410 glosses (7 min);
     each seed <= 4 x 504 = 2,016 steps (19 min) + 5 test evaluations of 1,025 glosses (1.3 min), i.e.
     at most about 21 min per seed (less when E* < 6).
-Split by seed (the selection runs once, every seed reads it; a selection file made with other settings
-is refused):
+The REDUCED run, split by seed (from the repository root; one process per line, each at one thread):
+    R="--epochs 6 --lr-grid 2.5e-3 1e-2 4e-2 --val-per-class 10 --test-per-class 25 --reduced"
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=. python benchmarks/promptsrc_wordnet.py $R --select-only \\
+        --out benchmarks/results/promptsrc_wordnet_r6_select
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=. python benchmarks/promptsrc_wordnet.py $R \\
+        --selection benchmarks/results/promptsrc_wordnet_r6_select.json --seeds 1 \\
+        --out benchmarks/results/promptsrc_wordnet_r6_s1                       # and seeds 2, 3, 4, 5
+    PYTHONPATH=. python benchmarks/promptsrc_wordnet.py --merge benchmarks/results/promptsrc_wordnet_r6_s1 \\
+        benchmarks/results/promptsrc_wordnet_r6_s2 ... benchmarks/results/promptsrc_wordnet_r6_s5 \\
+        --out benchmarks/results/promptsrc_wordnet
+In general (the selection runs once, every seed reads it; a selection file made with other settings is
+refused):
     python benchmarks/promptsrc_wordnet.py ... --select-only --out benchmarks/results/STEM_select
     python benchmarks/promptsrc_wordnet.py ... --selection benchmarks/results/STEM_select.json --seeds N \\
         --out benchmarks/results/STEM_sN                                        # one process per seed
