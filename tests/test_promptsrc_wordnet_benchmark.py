@@ -168,7 +168,7 @@ def test_a_gpa_arms_stop_epoch_score_is_what_a_seed_run_at_that_stop_trains(pw):
 
     full = pw.load_context()
     ctx = pw.Context(full.model, full.tokenizer, full.label_texts, [[t] for t in full.label_texts])
-    s = pw.Settings(shots=1, batch_size=16, epochs=3, val_per_class=1, test_per_class=1, select_seed=2)
+    s = pw.Settings(shots=1, batch_size=32, epochs=3, val_per_class=1, test_per_class=1, select_seed=2)  # 1 step/epoch
     pd = pw.protocol(s, s.select_seed)
     run = pw.CurveRun("promptsrc", 0.05, s, pd, ctx)
     assert [c["epoch"] for c in run.curve] == [1, 2, 3] and len(run.snapshots) == 3
