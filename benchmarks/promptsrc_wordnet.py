@@ -23,6 +23,7 @@ per (seed, arm):
      peak at the last epoch means the cap of the grid was reached (the markdown says so).
   3. Every other arm's rate: the best validation HM at E* (for GPA arms, of the Gaussian aggregate of the
      epoch snapshots 1..E*, centred at 3/4 of E*, sigma 1, exactly what a seed run at E* loads).
+  The few-shot runs (41 classes, twice the steps per epoch) reuse each arm's rate and stop epoch.
 Claims (CLAIMS) are tested per seed, paired: paired t over seeds, Holm over the file's claims (the
 ``verdicts`` list; the markdown renders the same table).
 
@@ -78,8 +79,8 @@ from typing import Any, Callable
 import numpy as np
 
 # this folder: run as a script, or from the tests
-from common import (add_scheduler_argument, check_seed_parts, check_selection_settings, environment, merged_command,
-                    results_json, sweep_seeds)
+from common import (add_seed_protocol_arguments, check_seed_parts, check_selection_settings, environment,
+                    merged_command, results_json, sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.evaluation import Claim, select_on_validation
@@ -260,8 +261,8 @@ def select_knobs(s: Settings, pd: ProtocolData, ctx: Context | None, log=print,
                                    lambda run, split: score(run) if split == VALIDATION else None)
         out["methods"][method] = {"candidates": list(sel.candidates), "val_hm": [float(v) for v in sel.scores],
                                   "chosen": dict(sel.best_candidate), "curves": curves, "cpu_seconds": cpu}
-        log(f"select {method}: " + ", ".join(f"lr {c['lr']:g} -> HM {v:.4f}" for c, v in zip(sel.candidates, sel.scores))
-            + f"; chose {sel.best_candidate}")
+        tried = ", ".join(f"lr {c['lr']:g} -> HM {v:.4f}" for c, v in zip(sel.candidates, sel.scores))
+        log(f"select {method}: {tried}; chose {sel.best_candidate}")
         return sel.model
 
     ivlp = choose(STEP_ARM, lambda run: run.curve[peak_epoch(run.curve, first) - 1]["hm"])
@@ -367,14 +368,15 @@ def markdown(result: dict) -> str:
     lines = [head + "# PromptSRC on the MiniLM dual encoder: WordNet supersenses, base-to-novel", "",
              f"Seeds {s['seeds']}; K = {s['shots']} shots; batch {s['batch_size']}; logit scale {s['logit_scale']:g}; "
              f"a {s['epochs']}-epoch schedule ({spe} steps per epoch) stopped after epoch {sel.get('stop_epoch')} "
-             f"(chosen on validation); per-arm SGD rate chosen on validation from {s['lr_grid'] if s['lr'] is None else [s['lr']]}; "
+             f"(chosen on validation); per-arm SGD rate chosen on validation from "
+             f"{s['lr_grid'] if s['lr'] is None else [s['lr']]}; "
              f"{s['val_per_class']} validation and {s['test_per_class']} test glosses per class; base/novel split "
              f"seed {s['split_seed']} (base = {result['base_classes']}). Command: `{result['command']}`", "",
              "## Verdicts", "", seed_verdicts_markdown(result["verdicts"]),
              "## Test accuracy", "",
-             "Accuracy in %, mean ± sample std (ddof 1) over seeds. Base: base test glosses among the 21 base classes; "
-             "novel: novel test glosses among the 20 novel classes (never trained on); HM: harmonic mean; few-shot: "
-             "K shots of all 41 classes, 41-way accuracy.", "",
+             "Accuracy in %, mean ± sample std (ddof 1) over seeds. Base: base test glosses among the 21 base "
+             "classes; novel: novel test glosses among the 20 novel classes (never trained on); HM: harmonic mean; "
+             "few-shot: K shots of all 41 classes, 41-way accuracy.", "",
              "| arm | knobs (chosen on validation) | base | novel | HM | few-shot (41-way) | CPU-s per seed |",
              "|---|---|---|---|---|---|---|"]
     for m, v in result["summary"].items():
@@ -410,7 +412,8 @@ def markdown(result: dict) -> str:
             lines.append("")
     cost = result["cost_estimate"]
     lines += ["## Cost", "", f"Estimated from step counts at {STEP_CPU_SECONDS} CPU-s per step and "
-              f"{GLOSS_CPU_SECONDS} CPU-s per evaluated gloss (one thread): selection {cost['selection_steps']:,} steps, "
+              f"{GLOSS_CPU_SECONDS} CPU-s per evaluated gloss (one thread): selection "
+              f"{cost['selection_steps']:,} steps, "
               f"about {cost['selection_cpu_minutes']:.0f} CPU-min; each seed at most {cost['seed_steps_max']:,} steps, "
               f"about {cost['seed_cpu_minutes_max']:.0f} CPU-min. CPU time measured here: "
               f"{result['cpu_seconds'] / 60:.1f} min.", ""]
@@ -538,13 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="one rate for every arm (skips the grid)")
     p.add_argument("--logit-scale", type=float, default=d.logit_scale,
                    help=f"fixed logit scale (default the paper's {PAPER_LOGIT_SCALE:g}; 20 is the old setting)")
-    p.add_argument("--select-only", action="store_true", help="run the validation selection, write it, stop")
-    p.add_argument("--selection", default=None, metavar="JSON", help="reuse the selection stored in this file")
-    p.add_argument("--reduced", action="store_true", help="label the results as a reduced run")
-    p.add_argument("--out", default=str(RESULTS / "promptsrc_wordnet"), help="output path stem (.json and .md)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
-                   help="combine these results files (same settings, other seeds) into --out, then stop")
-    add_scheduler_argument(p)
+    add_seed_protocol_arguments(p, str(RESULTS / "promptsrc_wordnet"))
     a = p.parse_args(argv)
     if a.merge:
         print(markdown(merge([Path(m) for m in a.merge], Path(a.out))))

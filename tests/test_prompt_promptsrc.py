@@ -131,7 +131,8 @@ def test_stop_epoch_trains_the_first_epochs_of_the_full_schedule_and_reports_eac
     again = PromptSRCDualEncoder(model, tok, texts, variants, cfg)
     again.fit(TEXTS, Y, np.array(LABELS), on_epoch_end=lambda e, m: seen.append((e, m.prompt_params()[0].data.copy())))
     assert [h["epoch"] for h in history] == [1, 2] and [e for e, _ in seen] == [1, 2]
-    assert [h["lr"] for h in history] == [lr_at_epoch(cfg, 0), lr_at_epoch(cfg, 1)] == [h["lr"] for h in full_history[:2]]
+    rates = [h["lr"] for h in history]
+    assert rates == [lr_at_epoch(cfg, 0), lr_at_epoch(cfg, 1)] == [h["lr"] for h in full_history[:2]]
     assert history == full_history[:2]  # the same steps as the full run, cut after epoch 2
     np.testing.assert_array_equal(seen[-1][1], enc.prompt_params()[0].data)
     assert not np.array_equal(seen[0][1], seen[1][1])
@@ -146,7 +147,8 @@ def test_gpa_of_a_stopped_run_weighs_only_the_epochs_trained(parts):
     model, tok, texts, variants = parts
     cfg = PromptSRCConfig(**{**TINY_RUN, "epochs": 3, "stop_epoch": 2, "gpa": (1.5, 1.0)})
     enc = PromptSRCDualEncoder(model, tok, texts, variants, cfg)
-    enc.fit(TEXTS, Y, np.array(LABELS), on_epoch_end=lambda e, m: snaps.append([p.data.copy() for p in m.prompt_params()]))
+    enc.fit(TEXTS, Y, np.array(LABELS),
+            on_epoch_end=lambda e, m: snaps.append([p.data.copy() for p in m.prompt_params()]))
     w = gaussian_epoch_weights(2, 1.5, 1.0)
     for i, p in enumerate(enc.prompt_params()):
         np.testing.assert_allclose(p.data, w[0] * snaps[0][i] + w[1] * snaps[1][i], rtol=1e-6, atol=1e-7)

@@ -42,7 +42,8 @@ from .losses import PAPER_LOGIT_SCALE, LossWeights, promptsrc_loss
 from .promptsrc import METHODS, PromptSRCConfig, PromptSRCDualEncoder, lr_at_epoch, with_logit_scale
 from .templates import LABEL_TEMPLATE, TEXT_TEMPLATES, label_text
 
-__all__ = ["LABEL_TEMPLATE", "METHODS", "PAPER_LOGIT_SCALE", "TEXT_TEMPLATES", "GaussianPromptAggregator", "LossWeights",
+__all__ = ["LABEL_TEMPLATE", "METHODS", "PAPER_LOGIT_SCALE", "TEXT_TEMPLATES", "GaussianPromptAggregator",
+           "LossWeights",
            "PromptSRCConfig", "PromptSRCDualEncoder", "PromptedEncoder", "gaussian_epoch_weights",
            "insert_prompt_slots", "label_text", "lr_at_epoch", "phrase_prompts", "promptsrc_loss", "twin_encoder",
            "with_logit_scale"]

@@ -89,8 +89,8 @@ def with_logit_scale(config: PromptSRCConfig, scale: float) -> PromptSRCConfig:
     """``config`` with the logit scale ``scale`` for the prompted and the frozen (teacher) logits alike.
 
     The scale multiplies every logit gradient (CE and KL) but not the L1 terms', so it sets how strong the L1
-    regularisers are against the CE: the paper's CLIP scale :data:`peftc.prompt.PAPER_LOGIT_SCALE` (100) against MiniLM's
-    training scale 20 makes the L1 terms 5x weaker relative to the CE.
+    regularisers are against the CE: the paper's CLIP scale :data:`peftc.prompt.PAPER_LOGIT_SCALE` (100) against
+    MiniLM's training scale 20 makes the L1 terms 5x weaker relative to the CE.
 
     >>> with_logit_scale(PromptSRCConfig(), 100.0).weights.scale
     100.0
