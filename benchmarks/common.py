@@ -278,3 +278,22 @@ def sweep_seeds(task: Callable[[dict], Any], seeds: list[int], scheduler: str, m
         raise RuntimeError(f"{len(failed)} of {len(results)} seeds failed; first: {failed[0].error}\n"
                            f"{failed[0].traceback or ''}")
     return {r.config["seed"]: r.value for r in results}
+
+
+def add_seed_protocol_arguments(parser: Any, out: str) -> None:
+    """The arguments of a benchmark run split into a validation selection, one process per seed and a merge:
+    ``--select-only``, ``--selection JSON``, ``--reduced``, ``--out STEM`` (default ``out``), ``--merge STEM ...``
+    and ``--scheduler`` (:func:`add_scheduler_argument`).
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); add_seed_protocol_arguments(p, "results/x")
+    >>> a = p.parse_args(["--selection", "s.json", "--reduced"]); (a.selection, a.reduced, a.out, a.merge)
+    ('s.json', True, 'results/x', None)
+    """
+    parser.add_argument("--select-only", action="store_true", help="run the validation selection, write it, stop")
+    parser.add_argument("--selection", default=None, metavar="JSON", help="reuse the selection stored in this file")
+    parser.add_argument("--reduced", action="store_true", help="label the results as a reduced run")
+    parser.add_argument("--out", default=out, help="output path stem (.json and .md)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="STEM",
+                        help="combine these results files (same settings, other seeds) into --out, then stop")
+    add_scheduler_argument(parser)

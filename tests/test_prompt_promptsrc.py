@@ -100,6 +100,10 @@ def test_protocol_takes_k_shots_of_base_classes_only():
     assert not set(pd.test.ids) & set(pd.train_all.ids)
     again = make_protocol(load_wordnet_glosses(), shots=4, seed=3, eval_per_class=5)
     assert again.train_all.ids == pd.train_all.ids and again.test.ids == pd.test.ids
+    assert pd.validation is None
+    with_val = make_protocol(load_wordnet_glosses(), shots=4, seed=3, eval_per_class=5, val_per_class=2)
+    assert (with_val.validation.class_counts() == 2).all() and with_val.test.ids == pd.test.ids
+    assert not set(with_val.validation.ids) & (set(pd.test.ids) | set(pd.train_all.ids))
 
 
 def test_label_targets_average_raw_pooled_features_over_templates(parts):
@@ -114,3 +118,47 @@ def test_label_targets_average_raw_pooled_features_over_templates(parts):
     single = PromptSRCDualEncoder(model, tok, texts, variants, PromptSRCConfig(**TINY_RUN, text_diversity=False))
     np.testing.assert_allclose(single.label_targets[:3], enc.frozen_features(texts[:3]), rtol=1e-4, atol=1e-5)
     assert np.abs(single.label_targets - enc.label_targets).max() > 1e-3
+
+
+def test_stop_epoch_trains_the_first_epochs_of_the_full_schedule_and_reports_each(parts):
+    from peftc.prompt import lr_at_epoch
+
+    seen = []
+    enc, history = trained(parts, epochs=3, stop_epoch=2, gpa=None)
+    full, full_history = trained(parts, epochs=3, gpa=None)
+    model, tok, texts, variants = parts
+    cfg = PromptSRCConfig(**{**TINY_RUN, "epochs": 3, "stop_epoch": 2, "gpa": None})
+    again = PromptSRCDualEncoder(model, tok, texts, variants, cfg)
+    again.fit(TEXTS, Y, np.array(LABELS), on_epoch_end=lambda e, m: seen.append((e, m.prompt_params()[0].data.copy())))
+    assert [h["epoch"] for h in history] == [1, 2] and [e for e, _ in seen] == [1, 2]
+    rates = [h["lr"] for h in history]
+    assert rates == [lr_at_epoch(cfg, 0), lr_at_epoch(cfg, 1)] == [h["lr"] for h in full_history[:2]]
+    assert history == full_history[:2]  # the same steps as the full run, cut after epoch 2
+    np.testing.assert_array_equal(seen[-1][1], enc.prompt_params()[0].data)
+    assert not np.array_equal(seen[0][1], seen[1][1])
+    with pytest.raises(ValueError, match="stop_epoch"):
+        PromptSRCConfig(epochs=3, stop_epoch=4)
+
+
+def test_gpa_of_a_stopped_run_weighs_only_the_epochs_trained(parts):
+    from peftc.prompt import gaussian_epoch_weights
+
+    snaps = []
+    model, tok, texts, variants = parts
+    cfg = PromptSRCConfig(**{**TINY_RUN, "epochs": 3, "stop_epoch": 2, "gpa": (1.5, 1.0)})
+    enc = PromptSRCDualEncoder(model, tok, texts, variants, cfg)
+    enc.fit(TEXTS, Y, np.array(LABELS),
+            on_epoch_end=lambda e, m: snaps.append([p.data.copy() for p in m.prompt_params()]))
+    w = gaussian_epoch_weights(2, 1.5, 1.0)
+    for i, p in enumerate(enc.prompt_params()):
+        np.testing.assert_allclose(p.data, w[0] * snaps[0][i] + w[1] * snaps[1][i], rtol=1e-6, atol=1e-7)
+
+
+def test_logit_scale_and_the_no_l1_ablation():
+    from peftc.prompt import PAPER_LOGIT_SCALE, with_logit_scale
+
+    cfg = with_logit_scale(PromptSRCConfig(**METHODS["no_l1"]), PAPER_LOGIT_SCALE)
+    assert cfg.weights.scale == 100.0 and cfg.weights.text_l1 == 0.0 and cfg.weights.input_l1 == 0.0
+    assert cfg.weights.kl == PromptSRCConfig().weights.kl and cfg.gpa == PromptSRCConfig().gpa
+    with pytest.raises(ValueError, match="scale"):
+        with_logit_scale(cfg, 0.0)

@@ -54,6 +54,9 @@ def kl_teacher_backward(z: np.ndarray, z0: np.ndarray, denom: float) -> np.ndarr
     return (np.exp(_log_softmax(z)) - np.exp(_log_softmax(z0))) / denom
 
 
+PAPER_LOGIT_SCALE = 100.0  # CLIP's frozen exp(logit_scale), PromptSRC's teacher and student alike
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the regularisers; ``scale`` is the fixed logit scale s (teacher and student alike)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class PromptSRCConfig:
     ``gpa``: (mean, std) over epochs 1..epochs, or None for the last epoch's prompts.
     ``text_diversity``: frozen label targets averaged over :data:`TEXT_TEMPLATES` (else the label
     template alone).
+    ``stop_epoch``: train only epochs 1..stop_epoch of the ``epochs``-epoch schedule (early stopping at
+    a step count chosen on validation; the learning rates are those of the full schedule, GPA weighs
+    epochs 1..stop_epoch); None trains every epoch.
     """
 
     label_depth: int = 4
@@ -53,6 +57,16 @@ class PromptSRCConfig:
     seed: int = 0
     max_length: int = 64
     eval_batch_size: int = 64
+    stop_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise ValueError(f"stop_epoch must be in [1, epochs={self.epochs}], got {self.stop_epoch}")
+
+    @property
+    def trained_epochs(self) -> int:
+        """The number of epochs :meth:`PromptSRCDualEncoder.fit` runs (``stop_epoch`` or ``epochs``)."""
+        return self.epochs if self.stop_epoch is None else self.stop_epoch
 
 
 # Methods of the comparison: name -> overrides of the default config (None = zero-shot, no training).
@@ -64,10 +78,26 @@ METHODS: dict[str, dict | None] = {
     "no_text_l1": dict(weights=replace(LossWeights.for_dim(384), text_l1=0.0)),
     "no_input_l1": dict(weights=replace(LossWeights.for_dim(384), input_l1=0.0)),
     "no_kl": dict(weights=replace(LossWeights.for_dim(384), kl=0.0)),
+    "no_l1": dict(weights=replace(LossWeights.for_dim(384), text_l1=0.0, input_l1=0.0)),  # both L1 terms off
     "no_gpa": dict(gpa=None),
     "no_text_diversity": dict(text_diversity=False),
     "normal_deep_init": dict(deep_init="normal"),  # the paper's N(0, 0.02^2) deep prompts
 }
+
+
+def with_logit_scale(config: PromptSRCConfig, scale: float) -> PromptSRCConfig:
+    """``config`` with the logit scale ``scale`` for the prompted and the frozen (teacher) logits alike.
+
+    The scale multiplies every logit gradient (CE and KL) but not the L1 terms', so it sets how strong the L1
+    regularisers are against the CE: the paper's CLIP scale :data:`peftc.prompt.PAPER_LOGIT_SCALE` (100) against
+    MiniLM's training scale 20 makes the L1 terms 5x weaker relative to the CE.
+
+    >>> with_logit_scale(PromptSRCConfig(), 100.0).weights.scale
+    100.0
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return replace(config, weights=replace(config.weights, scale=float(scale)))
 
 
 def lr_at_epoch(config: PromptSRCConfig, epoch: int) -> float:
@@ -182,9 +212,14 @@ class PromptSRCDualEncoder:
         self.label_branch.backward(dv)
         return terms
 
-    def fit(self, texts: list[str], labels: np.ndarray, classes: np.ndarray) -> list[dict[str, float]]:
+    def fit(self, texts: list[str], labels: np.ndarray, classes: np.ndarray,
+            on_epoch_end: Callable[[int, PromptSRCDualEncoder], None] | None = None) -> list[dict[str, float]]:
         """Train the prompts on (texts, labels) over ``classes`` (labels are global class ids); returns
-        per-epoch mean loss terms. The batch order is drawn from ``config.seed``."""
+        per-epoch mean loss terms. The batch order is drawn from ``config.seed``.
+
+        ``on_epoch_end(epoch, self)`` (1-based epoch) runs after each epoch on the raw prompts (before GPA
+        is loaded), e.g. to record a validation curve or snapshot the prompts.
+        """
         cfg = self.config
         classes = np.asarray(classes, dtype=np.int64)
         index_of = {int(c): i for i, c in enumerate(classes)}
@@ -194,10 +229,10 @@ class PromptSRCDualEncoder:
             raise ValueError("nothing to train: both branches have depth 0")
         u0_all = self.frozen_features(texts)
         opt = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        gpa = GaussianPromptAggregator(params, cfg.epochs, *cfg.gpa) if cfg.gpa else None
+        gpa = GaussianPromptAggregator(params, cfg.trained_epochs, *cfg.gpa) if cfg.gpa else None
         rng = np.random.default_rng(cfg.seed)
         history = []
-        for epoch in range(cfg.epochs):
+        for epoch in range(cfg.trained_epochs):
             for g in opt.param_groups:
                 g["lr"] = lr_at_epoch(cfg, epoch)
             order = rng.permutation(len(texts))
@@ -215,6 +250,8 @@ class PromptSRCDualEncoder:
                 gpa.update()
             history.append({"epoch": epoch + 1, "lr": lr_at_epoch(cfg, epoch),
                             **{k: val / steps for k, val in sums.items()}})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, self)
         if gpa is not None:
             gpa.load()
         return history

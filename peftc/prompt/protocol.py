@@ -5,7 +5,9 @@
   split of the paper's datasets).
 * Training data: K examples per class (K = 16) from the train split of
   :meth:`WordNetGlosses.split`, drawn by the training seed; evaluation: the test split, at most
-  ``eval_per_class`` examples per class (a seeded subsample, to keep CPU runs short).
+  ``eval_per_class`` examples per class (a seeded subsample, to keep CPU runs short); with
+  ``val_per_class`` also a validation subsample of the validation split, for choosing knobs (base
+  and novel validation accuracy are measured like the test's, on the validation glosses).
 * Base accuracy: base test examples classified among the base classes; novel accuracy: novel
   test examples among the novel classes (the model never saw them); harmonic mean
   ``HM = 2 B N / (B + N)``. Few-shot: train on K shots of all classes, accuracy over all classes.
@@ -45,18 +47,21 @@ class ProtocolData:
     train_base: WordNetGlosses
     train_all: WordNetGlosses
     test: WordNetGlosses
+    validation: WordNetGlosses | None = None
 
 
 def make_protocol(data: WordNetGlosses, shots: int = 16, seed: int = 0, split_seed: int = 0,
-                  eval_per_class: int = 25, data_seed: int = 0) -> ProtocolData:
+                  eval_per_class: int = 25, data_seed: int = 0, val_per_class: int = 0) -> ProtocolData:
     """Build the protocol's data. ``data_seed`` fixes the train/validation/test split of the glosses,
-    ``seed`` the K-shot draw, ``split_seed`` the base/novel classes; the test subsample uses
-    ``data_seed`` so every training seed is scored on the same examples."""
+    ``seed`` the K-shot draw, ``split_seed`` the base/novel classes; the test subsample (and the
+    validation subsample of ``val_per_class`` glosses per class, when > 0) use ``data_seed`` so every
+    training seed is scored on the same examples."""
     parts = data.split(seed=data_seed)
     base, novel = base_novel_split(data.num_classes, split_seed)
     train_all = parts["train"].subsample_per_class(shots, seed=seed)
+    val = parts["validation"].subsample_per_class(val_per_class, seed=data_seed) if val_per_class > 0 else None
     return ProtocolData(base, novel, restrict(train_all, base), train_all,
-                        parts["test"].subsample_per_class(eval_per_class, seed=data_seed))
+                        parts["test"].subsample_per_class(eval_per_class, seed=data_seed), val)
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
