@@ -3,13 +3,14 @@
  * set of functions compiled for its instruction set with target attributes, whatever the flags of the
  * rest of the build, and called only after peftc_bf16_path_supported says the CPU runs it.
  *
- * Blocking: the forward walks blocks of FWD_OB weight rows (at most 192 KB of bf16 at KP = 1536, held
- * in L2) and, inside one, the rows of x MR at a time (a few KB, held in L1 while every weight row of
- * the block passes); a register block is MR rows of x by NO rows of w, its MR x NO vector accumulators
- * summed across lanes once at the end of the k loop. The backward walks blocks of BWD_NB rows of dy (in
- * L2) and, inside one, strips of SW columns of dx; a register block is MR rows by SW columns of dx
- * held in registers over the whole o loop, each step one widened strip of a weight row times MR
- * broadcast entries of dy. Not here: the adapters' float32 products (lora.c), any float32 GEMM (blas.c). */
+ * Blocking, widening paths (AVX2, AVX-512F): both products run as panel products (see "packed panels"):
+ * row blocks of the activations held in L2, per-call packed blocks of the weight (on the stack, read from L2),
+ * register blocks of MR rows by NR columns held over a whole reduction block. The AVX512-BF16 forward and the
+ * generic path walk blocks of FWD_OB weight rows and, inside one, the rows of x a few at a time; the
+ * AVX512-BF16 forward's register block is MR rows of x by NO rows of w, its vector accumulators summed across
+ * lanes once at the end of the k loop (vdpbf16ps pairs along k). The old dot-product AVX-512F backward walks
+ * blocks of BWD_NB rows of dy and, inside one, strips of 32 columns of dx held in registers over the whole o
+ * loop. Not here: the adapters' float32 products (lora.c), any float32 GEMM (blas.c). */
 #include "bf16_gemm.h"
 
 #include "parallel.h"
@@ -181,6 +182,17 @@ static void bwd_tile_generic(const bwd_job *j, int64_t n0, int64_t n1, int64_t k
     }
 }
 
+#ifdef BF16_X86
+/* ---- AVX2 + FMA ------------------------------------------------------------------------------------ */
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* lanes l < n set (n in [0, 8]) */
+AVX2 static inline __m256i mask8(int64_t n)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+}
+
 /* ---- packed panels: the widening paths' products ---------------------------------------------------------
 
  * Both products are c (rows x columns) += a (rows x reduction, row-major, the activations as they are) times a
@@ -194,8 +206,9 @@ static void bwd_tile_generic(const bwd_job *j, int64_t n0, int64_t n1, int64_t k
  * are read in place and broadcast one entry at a time (MR rows per register block). Each output entry is one
  * chain: its base (the entry itself, or for a forward's first block 0 or y, plus the bias), then one
  * multiply-add per reduction step in order, whatever the blocks or the thread split. */
-#define PANEL_KC 256 /* reduction steps per packed block */
-#define PANEL_BYTES (64 * 1024) /* a packed block, on the stack of the thread that runs the part */
+#define PANEL_KC 384 /* reduction steps per packed block (every product of a 384-wide model in one) */
+#define PANEL_MC 192 /* rows per row block: their activations, 192 x PANEL_KC floats, stay in L2 */
+#define PANEL_BYTES (96 * 1024) /* a packed block, on the stack of the thread that runs the part */
 
 /* c[0:mr, 0:nr] (row stride ldc) = base + a[0:mr, 0:kc] (row stride lda) panel (kc steps of NR columns) */
 typedef void (*panel_kernel_fn)(float *c, int64_t ldc, const float *a, int64_t lda, const uint32_t *panel,
@@ -203,83 +216,149 @@ typedef void (*panel_kernel_fn)(float *c, int64_t ldc, const float *a, int64_t l
 
 static const uint16_t zero_row[PANEL_KC]; /* the weight rows past the part's last output column */
 
-/* the forward's block: w's rows [o0, o1) (zero past o1), columns [k0, k0 + kc), as panels of NR rows of w */
-static void pack_fwd(uint32_t *blk, const fwd_job *j, int64_t o0, int64_t o1, int64_t k0, int64_t kc, int64_t NR)
+/* the 8 x 8 transpose of r (r[i][l] becomes r[l][i]) */
+AVX2 static inline void transpose8(__m256 r[8])
 {
-    const int64_t half = NR / 2;
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* the words of 8 bf16 at a (low halves) and 8 at b (high halves), in order */
+AVX2 static inline __m256i pair8(const uint16_t *a, const uint16_t *b)
+{
+    const __m128i x = _mm_loadu_si128((const __m128i *)a), y = _mm_loadu_si128((const __m128i *)b);
+    return _mm256_set_m128i(_mm_unpackhi_epi16(x, y), _mm_unpacklo_epi16(x, y));
+}
+
+/* the forward's block: w's rows [o0, o1) (zero past o1), columns [k0, k0 + kc), as panels of NR rows of w:
+ * 8 rows at a time, 8 steps of k paired into words and transposed */
+AVX2 static void pack_fwd(uint32_t *blk, const fwd_job *j, int64_t o0, int64_t o1, int64_t k0, int64_t kc, int64_t NR)
+{
+    const int64_t half = NR / 2, k8 = kc / 8 * 8;
     for (int64_t g = o0; g < o1; g += NR) {
         uint32_t *p = blk + (g - o0) * kc / 2;
-        for (int64_t c = 0; c < half; c++) {
-            const uint16_t *lo = g + c < o1 ? j->wp + (g + c) * j->KP + k0 : zero_row;
-            const uint16_t *hi = g + c + half < o1 ? j->wp + (g + c + half) * j->KP + k0 : zero_row;
-            for (int64_t s = 0; s < kc; s++)
-                p[s * half + c] = (uint32_t)lo[s] | (uint32_t)hi[s] << 16;
+        for (int64_t cb = 0; cb < half; cb += 8) {
+            const uint16_t *lo[8], *hi[8];
+            for (int64_t c = 0; c < 8; c++) {
+                const int64_t o = g + cb + c;
+                lo[c] = o < o1 ? j->wp + o * j->KP + k0 : zero_row;
+                hi[c] = o + half < o1 ? j->wp + (o + half) * j->KP + k0 : zero_row;
+            }
+            for (int64_t s = 0; s < k8; s += 8) {
+                __m256 r[8];
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++)
+                    r[c] = _mm256_castsi256_ps(pair8(lo[c] + s, hi[c] + s));
+                transpose8(r);
+#pragma GCC unroll 8
+                for (int l = 0; l < 8; l++)
+                    _mm256_store_ps((float *)(p + (s + l) * half + cb), r[l]);
+            }
+            for (int64_t s = k8; s < kc; s++)
+                for (int64_t c = 0; c < 8; c++)
+                    p[s * half + cb + c] = (uint32_t)lo[c][s] | (uint32_t)hi[c][s] << 16;
         }
     }
 }
 
 /* the backward's block: w's rows [o0, o0 + kc), columns [k0, k1) (k0 a multiple of NR: whole panels lie
  * inside the padded rows, zero past IC), as panels of NR columns */
-static void pack_bwd(uint32_t *blk, const bwd_job *j, int64_t k0, int64_t k1, int64_t o0, int64_t kc, int64_t NR)
+AVX2 static void pack_bwd(uint32_t *blk, const bwd_job *j, int64_t k0, int64_t k1, int64_t o0, int64_t kc, int64_t NR)
 {
     const int64_t half = NR / 2;
     for (int64_t g = k0; g < k1; g += NR) {
         uint32_t *p = blk + (g - k0) * kc / 2;
         for (int64_t s = 0; s < kc; s++) {
             const uint16_t *row = j->wp + (o0 + s) * j->KP + g;
-            for (int64_t c = 0; c < half; c++)
-                p[s * half + c] = (uint32_t)row[c] | (uint32_t)row[c + half] << 16;
+            for (int64_t cb = 0; cb < half; cb += 8)
+                _mm256_store_si256((__m256i *)(p + s * half + cb), pair8(row + cb, row + cb + half));
         }
     }
 }
 
-/* y[n0:n1, o0:o1] through panel blocks of PANEL_BYTES / 2 / PANEL_KC output columns by PANEL_KC steps of k */
-static void fwd_panels(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0, int64_t o1, panel_kernel_fn kernel,
-                       int64_t MR, int64_t NR)
+/* the next register row block's output rows (cols floats each) and the heads of its activation rows into the
+ * cache while this one computes: a block starts by loading its outputs, and every multiply-add waits for them */
+AVX2 static inline void prefetch_rows(const float *c, int64_t ldc, int64_t cols, const float *a, int64_t lda, int64_t rows)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t l = 0; l < cols; l += 16)
+            _mm_prefetch((const char *)(c + i * ldc + l), _MM_HINT_T0);
+        _mm_prefetch((const char *)(a + i * lda), _MM_HINT_T0);
+        _mm_prefetch((const char *)(a + i * lda + 16), _MM_HINT_T0);
+    }
+}
+
+/* the rows of the next row block: at most PANEL_MC, blocks of about equal size */
+static inline int64_t row_block(int64_t n, int64_t n1)
+{
+    const int64_t blocks = (n1 - n + PANEL_MC - 1) / PANEL_MC;
+    return (n1 - n + blocks - 1) / blocks;
+}
+
+/* y[n0:n1, o0:o1]: per row block (its x rows kept in L2 across the column blocks), per block of
+ * PANEL_BYTES / 2 / PANEL_KC output columns, per PANEL_KC steps of k, one packed block */
+AVX2 static void fwd_panels(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0, int64_t o1, panel_kernel_fn kernel,
+                            int64_t MR, int64_t NR)
 {
     uint32_t blk[PANEL_BYTES / 4] __attribute__((aligned(64)));
     const int64_t IC = j->IC, OC = j->OC, NC = PANEL_BYTES / 2 / PANEL_KC;
-    for (int64_t ob = o0; ob < o1; ob += NC) {
-        const int64_t ob1 = min64(ob + NC, o1);
-        for (int64_t kb = 0; kb == 0 || kb < IC; kb += PANEL_KC) { /* IC = 0: one empty block writes the base */
-            const int64_t kc = min64(PANEL_KC, IC - kb);
-            pack_fwd(blk, j, ob, ob1, kb, kc, NR);
-            for (int64_t n = n0; n < n1; n += MR)
-                for (int64_t g = ob; g < ob1; g += NR)
-                    kernel(j->y + n * OC + g, OC, j->x + n * IC + kb, IC, blk + (g - ob) * kc / 2, kc, min64(MR, n1 - n),
-                           min64(NR, ob1 - g), kb == 0 && j->b ? j->b + g : NULL, kb > 0 || j->accumulate);
+    for (int64_t nb = n0; nb < n1; nb += row_block(nb, n1)) {
+        const int64_t nb1 = nb + row_block(nb, n1);
+        for (int64_t ob = o0; ob < o1; ob += NC) {
+            const int64_t ob1 = min64(ob + NC, o1);
+            for (int64_t kb = 0; kb == 0 || kb < IC; kb += PANEL_KC) { /* IC = 0: one empty block writes the base */
+                const int64_t kc = min64(PANEL_KC, IC - kb);
+                pack_fwd(blk, j, ob, ob1, kb, kc, NR);
+                for (int64_t n = nb; n < nb1; n += MR) {
+                    prefetch_rows(j->y + (n + MR) * OC + ob, OC, ob1 - ob, j->x + (n + MR) * IC + kb, IC,
+                                  min64(MR, nb1 - n - MR));
+                    for (int64_t g = ob; g < ob1; g += NR)
+                        kernel(j->y + n * OC + g, OC, j->x + n * IC + kb, IC, blk + (g - ob) * kc / 2, kc,
+                               min64(MR, nb1 - n), min64(NR, ob1 - g), kb == 0 && j->b ? j->b + g : NULL,
+                               kb > 0 || j->accumulate);
+                }
+            }
         }
     }
 }
 
-/* dx[n0:n1, k0:k1] through panel blocks of PANEL_BYTES / 2 / PANEL_KC columns of dx by PANEL_KC steps of o */
-static void bwd_panels(const bwd_job *j, int64_t n0, int64_t n1, int64_t k0, int64_t k1, panel_kernel_fn kernel,
-                       int64_t MR, int64_t NR)
+/* dx[n0:n1, k0:k1]: per row block (its dy rows kept in L2), per block of PANEL_BYTES / 2 / PANEL_KC columns of
+ * dx, per PANEL_KC steps of o, one packed block */
+AVX2 static void bwd_panels(const bwd_job *j, int64_t n0, int64_t n1, int64_t k0, int64_t k1, panel_kernel_fn kernel,
+                            int64_t MR, int64_t NR)
 {
     uint32_t blk[PANEL_BYTES / 4] __attribute__((aligned(64)));
     const int64_t IC = j->IC, OC = j->OC, NC = PANEL_BYTES / 2 / PANEL_KC;
-    for (int64_t kb = k0; kb < k1; kb += NC) {
-        const int64_t kb1 = min64(kb + NC, k1);
-        for (int64_t ob = 0; ob < OC; ob += PANEL_KC) {
-            const int64_t kc = min64(PANEL_KC, OC - ob);
-            pack_bwd(blk, j, kb, kb1, ob, kc, NR);
-            for (int64_t n = n0; n < n1; n += MR)
-                for (int64_t g = kb; g < kb1; g += NR)
-                    kernel(j->dx + n * IC + g, IC, j->dy + n * OC + ob, OC, blk + (g - kb) * kc / 2, kc, min64(MR, n1 - n),
-                           min64(NR, kb1 - g), NULL, 1);
+    for (int64_t nb = n0; nb < n1; nb += row_block(nb, n1)) {
+        const int64_t nb1 = nb + row_block(nb, n1);
+        for (int64_t kb = k0; kb < k1; kb += NC) {
+            const int64_t kb1 = min64(kb + NC, k1);
+            for (int64_t ob = 0; ob < OC; ob += PANEL_KC) {
+                const int64_t kc = min64(PANEL_KC, OC - ob);
+                pack_bwd(blk, j, kb, kb1, ob, kc, NR);
+                for (int64_t n = nb; n < nb1; n += MR) {
+                    prefetch_rows(j->dx + (n + MR) * IC + kb, IC, kb1 - kb, j->dy + (n + MR) * OC + ob, OC,
+                                  min64(MR, nb1 - n - MR));
+                    for (int64_t g = kb; g < kb1; g += NR)
+                        kernel(j->dx + n * IC + g, IC, j->dy + n * OC + ob, OC, blk + (g - kb) * kc / 2, kc,
+                               min64(MR, nb1 - n), min64(NR, kb1 - g), NULL, 1);
+                }
+            }
         }
     }
-}
-
-#ifdef BF16_X86
-/* ---- AVX2 + FMA ------------------------------------------------------------------------------------ */
-#define AVX2 __attribute__((target("avx2,fma")))
-
-/* lanes l < n set (n in [0, 8]) */
-AVX2 static inline __m256i mask8(int64_t n)
-{
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
 }
 
 /* register block: 6 rows by 16 columns, 12 accumulators of the 16 vector registers (and a panel step's two
