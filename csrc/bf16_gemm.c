@@ -8,9 +8,8 @@
  * register blocks of MR rows by NR columns held over a whole reduction block. The AVX512-BF16 forward and the
  * generic path walk blocks of FWD_OB weight rows and, inside one, the rows of x a few at a time; the
  * AVX512-BF16 forward's register block is MR rows of x by NO rows of w, its vector accumulators summed across
- * lanes once at the end of the k loop (vdpbf16ps pairs along k). The old dot-product AVX-512F backward walks
- * blocks of BWD_NB rows of dy and, inside one, strips of 32 columns of dx held in registers over the whole o
- * loop. Not here: the adapters' float32 products (lora.c), any float32 GEMM (blas.c). */
+ * lanes once at the end of the k loop (vdpbf16ps pairs along k); its backward is the AVX-512F one.
+ * Not here: the adapters' float32 products (lora.c), any float32 GEMM (blas.c). */
 #include "bf16_gemm.h"
 
 #include "parallel.h"
@@ -23,7 +22,6 @@
 /* multiply-adds per thread below which one thread does all (a part costs microseconds to hand over) */
 #define MIN_FMAS_PER_THREAD (1 << 19)
 #define FWD_OB 64 /* weight rows per forward block */
-#define BWD_NB 48 /* dy rows per backward block */
 
 /* ---- CPU features ------------------------------------------------------------------------------ */
 
@@ -437,12 +435,6 @@ AVX2 static void bwd_tile_avx2(const bwd_job *j, int64_t n0, int64_t n1, int64_t
 /* ---- AVX-512F: bf16 widened to float32, 16 lanes ---------------------------------------------------- */
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-AVX512 static inline __m512 widen16(const uint16_t *p)
-{
-    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 /* the 8-lane sum of a vector's two halves */
 AVX512 static inline __m256 halves(__m512 a)
 {
@@ -456,108 +448,70 @@ AVX512 static inline __m128 hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-/* register block: 4 rows of x by 4 rows of w, 16 of the 32 vector registers */
+/* the AVX512-BF16 forward's register block: 4 rows of x by 4 rows of w, 16 of the 32 vector registers */
 #define A5_MR 4
 #define A5_NO 4
 
-AVX512 static void fwd_tile_avx512f(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0, int64_t o1)
+/* the panel kernel's register block: 8 rows by 32 columns, 16 accumulators of the 32 vector registers */
+#define A5_PMR 8
+#define A5_NR 32
+
+/* panel_kernel_avx2 with 16 lanes: each step one 64-byte panel row, columns 0-15 in the low halves and 16-31 in
+ * the high halves */
+AVX512 static void panel_kernel_avx512f(float *c, int64_t ldc, const float *a, int64_t lda, const uint32_t *panel,
+                                       int64_t kc, int64_t mr, int64_t nr, const float *bias, int load_c)
 {
-    const int64_t IC = j->IC, KP = j->KP, k16 = IC / 16 * 16;
-    const __mmask16 tail = (__mmask16)((1u << (IC - k16)) - 1u);
-    for (int64_t n = n0; n < n1; n += A5_MR) {
-        const int64_t mr = min64(A5_MR, n1 - n);
-        const float *xr[A5_MR];
-        for (int i = 0; i < A5_MR; i++)
-            xr[i] = j->x + (n + (i < mr ? i : mr - 1)) * IC;
-        for (int64_t o = o0; o < o1; o += A5_NO) {
-            const int64_t no = min64(A5_NO, o1 - o);
-            const uint16_t *wr[A5_NO];
-            for (int c = 0; c < A5_NO; c++)
-                wr[c] = j->wp + (o + (c < no ? c : no - 1)) * KP;
-            __m512 acc[A5_MR][A5_NO];
-#pragma GCC unroll 4
-            for (int i = 0; i < A5_MR; i++)
-#pragma GCC unroll 4
-                for (int c = 0; c < A5_NO; c++)
-                    acc[i][c] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < k16; k += 16) {
-                __m512 w[A5_NO];
-#pragma GCC unroll 4
-                for (int c = 0; c < A5_NO; c++)
-                    w[c] = widen16(wr[c] + k);
-#pragma GCC unroll 4
-                for (int i = 0; i < A5_MR; i++) {
-                    const __m512 xv = _mm512_loadu_ps(xr[i] + k);
-#pragma GCC unroll 4
-                    for (int c = 0; c < A5_NO; c++)
-                        acc[i][c] = _mm512_fmadd_ps(xv, w[c], acc[i][c]);
-                }
-            }
-            if (k16 < IC) {
-                __m512 w[A5_NO];
-#pragma GCC unroll 4
-                for (int c = 0; c < A5_NO; c++)
-                    w[c] = widen16(wr[c] + k16);
-#pragma GCC unroll 4
-                for (int i = 0; i < A5_MR; i++) {
-                    const __m512 xv = _mm512_maskz_loadu_ps(tail, xr[i] + k16);
-#pragma GCC unroll 4
-                    for (int c = 0; c < A5_NO; c++)
-                        acc[i][c] = _mm512_fmadd_ps(xv, w[c], acc[i][c]);
-                }
-            }
-            for (int64_t i = 0; i < mr; i++) {
-                float s[4];
-                _mm_storeu_ps(s, hsum4_512(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-                for (int64_t c = 0; c < no; c++)
-                    j->y[(n + i) * j->OC + o + c] = fwd_base(j, n + i, o + c) + s[c];
-            }
+    const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1u);
+    const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffffu : nr > 16 ? (1u << (nr - 16)) - 1u : 0u);
+    const float *ar[A5_PMR]; /* rows past mr repeat the last one: computed, not stored */
+    float *cr[A5_PMR];
+    for (int i = 0; i < A5_PMR; i++) {
+        ar[i] = a + (i < mr ? i : mr - 1) * lda;
+        cr[i] = c + (i < mr ? i : mr - 1) * ldc;
+    }
+    __m512 acc[A5_PMR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < A5_PMR; i++) {
+        acc[i][0] = load_c ? _mm512_maskz_loadu_ps(m0, cr[i]) : _mm512_setzero_ps();
+        acc[i][1] = load_c ? _mm512_maskz_loadu_ps(m1, cr[i] + 16) : _mm512_setzero_ps();
+    }
+    if (bias) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+#pragma GCC unroll 8
+        for (int i = 0; i < A5_PMR; i++) {
+            acc[i][0] = _mm512_add_ps(acc[i][0], b0);
+            acc[i][1] = _mm512_add_ps(acc[i][1], b1);
         }
+    }
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+    for (int64_t s = 0; s < kc; s++) {
+        const __m512i w = _mm512_load_si512((const void *)(panel + 16 * s));
+        const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+        const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+#pragma GCC unroll 8
+        for (int i = 0; i < A5_PMR; i++) {
+            const __m512 av = _mm512_set1_ps(ar[i][s]);
+            acc[i][0] = _mm512_fmadd_ps(av, lo, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, hi, acc[i][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < A5_PMR; i++) { /* constant indices keep acc in registers */
+        if (i >= mr)
+            break;
+        _mm512_mask_storeu_ps(cr[i], m0, acc[i][0]);
+        _mm512_mask_storeu_ps(cr[i] + 16, m1, acc[i][1]);
     }
 }
 
-/* register block: 8 rows of dx by 2 vectors (32 columns, one KP step), 16 accumulators */
-#define A5_BMR 8
+AVX512 static void fwd_tile_avx512f(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0, int64_t o1)
+{
+    fwd_panels(j, n0, n1, o0, o1, panel_kernel_avx512f, A5_PMR, A5_NR);
+}
 
 AVX512 static void bwd_tile_avx512f(const bwd_job *j, int64_t n0, int64_t n1, int64_t k0, int64_t k1)
 {
-    const int64_t IC = j->IC, KP = j->KP, OC = j->OC;
-    for (int64_t nb = n0; nb < n1; nb += BWD_NB) {
-        const int64_t nb1 = min64(nb + BWD_NB, n1);
-        for (int64_t k = k0; k < k1; k += 32) {
-            const int64_t nk = min64(32, IC - k);
-            const __mmask16 m0 = (__mmask16)(nk >= 16 ? 0xffffu : (1u << nk) - 1u);
-            const __mmask16 m1 = (__mmask16)(nk >= 32 ? 0xffffu : nk > 16 ? (1u << (nk - 16)) - 1u : 0u);
-            for (int64_t n = nb; n < nb1; n += A5_BMR) {
-                const int64_t mr = min64(A5_BMR, nb1 - n);
-                const float *dyr[A5_BMR];
-                for (int i = 0; i < A5_BMR; i++)
-                    dyr[i] = j->dy + (n + (i < mr ? i : mr - 1)) * OC;
-                __m512 acc[A5_BMR][2];
-#pragma GCC unroll 8
-                for (int i = 0; i < A5_BMR; i++) {
-                    const float *d = j->dx + (n + (i < mr ? i : mr - 1)) * IC + k;
-                    acc[i][0] = _mm512_maskz_loadu_ps(m0, d);
-                    acc[i][1] = _mm512_maskz_loadu_ps(m1, d + 16);
-                }
-                const uint16_t *wk = j->wp + k;
-                for (int64_t o = 0; o < OC; o++) {
-                    const __m512 w0 = widen16(wk + o * KP), w1 = widen16(wk + o * KP + 16);
-#pragma GCC unroll 8
-                    for (int i = 0; i < A5_BMR; i++) {
-                        const __m512 d = _mm512_set1_ps(dyr[i][o]);
-                        acc[i][0] = _mm512_fmadd_ps(d, w0, acc[i][0]);
-                        acc[i][1] = _mm512_fmadd_ps(d, w1, acc[i][1]);
-                    }
-                }
-                for (int64_t i = 0; i < mr; i++) {
-                    float *d = j->dx + (n + i) * IC + k;
-                    _mm512_mask_storeu_ps(d, m0, acc[i][0]);
-                    _mm512_mask_storeu_ps(d + 16, m1, acc[i][1]);
-                }
-            }
-        }
-    }
+    bwd_panels(j, n0, n1, k0, k1, panel_kernel_avx512f, A5_PMR, A5_NR);
 }
 
 /* ---- AVX512-BF16: vdpbf16ps on x and w both in bf16 ------------------------------------------------ */
@@ -568,7 +522,8 @@ AVX512BF16 static inline __m512bh load_bh(const uint16_t *p)
     return (__m512bh)_mm512_loadu_si512((const void *)p);
 }
 
-/* as fwd_tile_avx512f, on x's bf16 rows (padded to KP like the weight's, so no tail) */
+/* the AVX512-BF16 forward on x's bf16 rows (padded to KP like the weight's, so no tail): a register block of
+ * A5_MR rows of x by A5_NO rows of w, dot products along k */
 AVX512BF16 static void fwd_tile_avx512bf16(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0, int64_t o1)
 {
     const int64_t KP = j->KP;
@@ -683,9 +638,9 @@ static path_tiles tiles(peftc_bf16_path path)
     case PEFTC_BF16_AVX2:
         return (path_tiles){fwd_tile_avx2, bwd_tile_avx2, A2_NR, INT64_MAX};
     case PEFTC_BF16_AVX512F:
-        return (path_tiles){fwd_tile_avx512f, bwd_tile_avx512f, 32, FWD_OB};
+        return (path_tiles){fwd_tile_avx512f, bwd_tile_avx512f, A5_NR, INT64_MAX};
     case PEFTC_BF16_AVX512BF16:
-        return (path_tiles){fwd_tile_avx512bf16, bwd_tile_avx512f, 32, FWD_OB};
+        return (path_tiles){fwd_tile_avx512bf16, bwd_tile_avx512f, A5_NR, FWD_OB};
 #endif
     default:
         return (path_tiles){fwd_tile_generic, bwd_tile_generic, 16, FWD_OB};
