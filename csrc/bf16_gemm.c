@@ -204,13 +204,13 @@ AVX2 static inline __m256i mask8(int64_t n)
  * are read in place and broadcast one entry at a time (MR rows per register block). Each output entry is one
  * chain: its base (the entry itself, or for a forward's first block 0 or y, plus the bias), then one
  * multiply-add per reduction step in order, whatever the blocks or the thread split. */
-#define PANEL_KC 384 /* reduction steps per packed block (every product of a 384-wide model in one) */
-#define PANEL_MC 192 /* rows per row block: their activations, 192 x PANEL_KC floats, stay in L2 */
+#define PANEL_KC 384            /* reduction steps per packed block (every product of a 384-wide model in one) */
+#define PANEL_MC 192            /* rows per row block: their activations, 192 x PANEL_KC floats, stay in L2 */
 #define PANEL_BYTES (96 * 1024) /* a packed block, on the stack of the thread that runs the part */
 
 /* c[0:mr, 0:nr] (row stride ldc) = base + a[0:mr, 0:kc] (row stride lda) panel (kc steps of NR columns) */
-typedef void (*panel_kernel_fn)(float *c, int64_t ldc, const float *a, int64_t lda, const uint32_t *panel,
-                                int64_t kc, int64_t mr, int64_t nr, const float *bias, int load_c);
+typedef void (*panel_kernel_fn)(float *c, int64_t ldc, const float *a, int64_t lda, const uint32_t *panel, int64_t kc,
+                                int64_t mr, int64_t nr, const float *bias, int load_c);
 
 static const uint16_t zero_row[PANEL_KC]; /* the weight rows past the part's last output column */
 
@@ -289,7 +289,8 @@ AVX2 static void pack_bwd(uint32_t *blk, const bwd_job *j, int64_t k0, int64_t k
 
 /* the next register row block's output rows (cols floats each) and the heads of its activation rows into the
  * cache while this one computes: a block starts by loading its outputs, and every multiply-add waits for them */
-AVX2 static inline void prefetch_rows(const float *c, int64_t ldc, int64_t cols, const float *a, int64_t lda, int64_t rows)
+AVX2 static inline void prefetch_rows(const float *c, int64_t ldc, int64_t cols, const float *a, int64_t lda,
+                                      int64_t rows)
 {
     for (int64_t i = 0; i < rows; i++) {
         for (int64_t l = 0; l < cols; l += 16)
@@ -321,8 +322,9 @@ AVX2 static void fwd_panels(const fwd_job *j, int64_t n0, int64_t n1, int64_t o0
                 const int64_t kc = min64(PANEL_KC, IC - kb);
                 pack_fwd(blk, j, ob, ob1, kb, kc, NR);
                 for (int64_t n = nb; n < nb1; n += MR) {
-                    prefetch_rows(j->y + (n + MR) * OC + ob, OC, ob1 - ob, j->x + (n + MR) * IC + kb, IC,
-                                  min64(MR, nb1 - n - MR));
+                    if (n + MR < nb1)
+                        prefetch_rows(j->y + (n + MR) * OC + ob, OC, ob1 - ob, j->x + (n + MR) * IC + kb, IC,
+                                      min64(MR, nb1 - n - MR));
                     for (int64_t g = ob; g < ob1; g += NR)
                         kernel(j->y + n * OC + g, OC, j->x + n * IC + kb, IC, blk + (g - ob) * kc / 2, kc,
                                min64(MR, nb1 - n), min64(NR, ob1 - g), kb == 0 && j->b ? j->b + g : NULL,
@@ -348,8 +350,9 @@ AVX2 static void bwd_panels(const bwd_job *j, int64_t n0, int64_t n1, int64_t k0
                 const int64_t kc = min64(PANEL_KC, OC - ob);
                 pack_bwd(blk, j, kb, kb1, ob, kc, NR);
                 for (int64_t n = nb; n < nb1; n += MR) {
-                    prefetch_rows(j->dx + (n + MR) * IC + kb, IC, kb1 - kb, j->dy + (n + MR) * OC + ob, OC,
-                                  min64(MR, nb1 - n - MR));
+                    if (n + MR < nb1)
+                        prefetch_rows(j->dx + (n + MR) * IC + kb, IC, kb1 - kb, j->dy + (n + MR) * OC + ob, OC,
+                                      min64(MR, nb1 - n - MR));
                     for (int64_t g = kb; g < kb1; g += NR)
                         kernel(j->dx + n * IC + g, IC, j->dy + n * OC + ob, OC, blk + (g - kb) * kc / 2, kc,
                                min64(MR, nb1 - n), min64(NR, kb1 - g), NULL, 1);
@@ -459,7 +462,7 @@ AVX512 static inline __m128 hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d)
 /* panel_kernel_avx2 with 16 lanes: each step one 64-byte panel row, columns 0-15 in the low halves and 16-31 in
  * the high halves */
 AVX512 static void panel_kernel_avx512f(float *c, int64_t ldc, const float *a, int64_t lda, const uint32_t *panel,
-                                       int64_t kc, int64_t mr, int64_t nr, const float *bias, int load_c)
+                                        int64_t kc, int64_t mr, int64_t nr, const float *bias, int load_c)
 {
     const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1u);
     const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffffu : nr > 16 ? (1u << (nr - 16)) - 1u : 0u);
