@@ -192,7 +192,7 @@ AVX2 static inline __m256i mask8(int64_t n)
 }
 
 /* ---- packed panels: the widening paths' products ---------------------------------------------------------
-
+ *
  * Both products are c (rows x columns) += a (rows x reduction, row-major, the activations as they are) times a
  * (reduction x columns) stretch of the weight: for the forward, c = y, a = x, the reduction runs along IC and
  * the columns along OC (w^T); for the backward, c = dx, a = dy, the reduction runs along OC and the columns along
