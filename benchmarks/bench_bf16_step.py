@@ -7,8 +7,10 @@ One step = forward, cross-entropy, backward, AdamW. Sides:
     kernels on the path peftc.bf16.selected_path() picks);
   - torch float32: transformers + PEFT with the same LoRA factors and head;
   - torch bf16: the same model under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
-  - peftc float32, and peftc bf16 with the path forced to the best widening path (avx512f / avx2), for "the
-    fallback is not slower than float32" where the CPU has no AVX512-BF16.
+  - peftc float32, and peftc bf16 with the path forced (PEFTC_BF16_PATH) to each widening path the CPU runs
+    (avx512f, avx2: the fallbacks where a CPU has no AVX512-BF16), on both workloads, for "the fallback is not
+    slower than float32": ``fallback_over_fp32[path]`` = peftc float32 time / forced-path time (the generic C
+    path is the portable reference, not a fast fallback, and is not timed).
 Workloads: (a) the main job's real batches (WordNet training glosses, batch 32, its tokenizer and truncation,
 padding trimmed per batch; random labels), ``--steps`` steps per timed repeat after warm-up; (b) the synthetic
 batch 32 x 128 (full attention). Modes: train (the checkpoint's dropouts and LoRA dropout on) and eval (all
@@ -89,35 +91,9 @@ def peftc_model(dtype: str, seed: int = 3):
 
 
 def torch_model(torch: Any, copy_from: Any):
-    """transformers' BertModel + PEFT LoRA, mean pooling, a head: the LoRA factors and head of ``copy_from``."""
-    import peft
-    import transformers
-
-    from peftc.models import minilm_path
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-    class Classifier(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = transformers.AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)
-            self.classifier = torch.nn.Linear(self.bert.config.hidden_size, NUM_LABELS)
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask[..., None].to(hidden.dtype)
-            return self.classifier((hidden * m).sum(1) / m.sum(1))
-
-    model = peft.get_peft_model(Classifier(), peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=LORA_DROPOUT,
-                                                              target_modules=TARGETS, modules_to_save=["classifier"]))
-    ours = {k: v.data for k, v in copy_from.named_trainable_parameters()}
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                key = name.replace(".default", "")
-                param.copy_(torch.from_numpy(ours[key.rsplit(".weight", 1)[0] if ".lora_" in key else key]))
-    return model
+    """transformers' BertModel + PEFT LoRA, mean pooling, a head (common.py's twin): the LoRA factors and head of
+    ``copy_from``."""
+    return common.torch_lora_classifier(torch, NUM_LABELS, RANK, ALPHA, LORA_DROPOUT, TARGETS, copy_from)
 
 
 @contextlib.contextmanager
@@ -216,28 +192,35 @@ def alternate(sides: dict[str, Callable[[int], None]], steps: int, repeats: int,
     return times
 
 
+WIDENING = ("avx512f", "avx2")  # the bf16 paths that widen bf16 to float32: the fallbacks without vdpbf16ps
+
+
+def fallback_side(path: str, selected: str) -> str:
+    """The side that runs the bf16 base on ``path``: the unforced peftc bf16 side when that is the path selected."""
+    return "peftc_bf16" if path == selected else f"peftc_bf16_{path}"
+
+
 def workload_rows(np: Any, torch: Any, batches: list[dict], steps: int, repeats: int, warmup: int,
-                  fallback: str | None, with_fp32: bool) -> dict[str, Any]:
-    """Both modes of one workload: per-step times of every side and the ratios."""
+                  fallbacks: list[str], selected: str) -> dict[str, Any]:
+    """Both modes of one workload: per-step times of every side and the ratios. ``fallbacks``: the widening paths
+    to force, each against peftc float32; ``selected``: the path the unforced peftc bf16 side runs on."""
     out: dict[str, Any] = {}
     for mode, train in (("dropout_on", True), ("dropout_off", False)):
         ours = peftc_model("bfloat16")
         sides: dict[str, Callable[[int], None]] = {"peftc_bf16": PeftcSteps(ours, batches, train)}
-        if fallback is not None:
-            sides["peftc_bf16_fallback"] = PeftcSteps(peftc_model("bfloat16"), batches, train, path=fallback)
-        if with_fp32:
-            sides["peftc_fp32"] = PeftcSteps(peftc_model("float32"), batches, train)
+        for path in fallbacks:
+            if fallback_side(path, selected) != "peftc_bf16":
+                sides[fallback_side(path, selected)] = PeftcSteps(peftc_model("bfloat16"), batches, train, path=path)
+        sides["peftc_fp32"] = PeftcSteps(peftc_model("float32"), batches, train)
         sides["torch_fp32"] = TorchSteps(torch, torch_model(torch, ours), batches, train, autocast=False)
         sides["torch_bf16"] = TorchSteps(torch, torch_model(torch, ours), batches, train, autocast=True)
         times = alternate(sides, steps, repeats, warmup)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"median_s_per_step": med, "times_s_per_step": times,
-               "peftc_over_torch_fp32": med["torch_fp32"] / med["peftc_bf16"],
-               "peftc_over_torch_bf16": med["torch_bf16"] / med["peftc_bf16"]}
-        if with_fp32:
-            fb = "peftc_bf16_fallback" if fallback is not None else "peftc_bf16"
-            row["fallback_over_fp32"] = med["peftc_fp32"] / med[fb]
-        out[mode] = row
+        out[mode] = {"median_s_per_step": med, "times_s_per_step": times,
+                     "peftc_over_torch_fp32": med["torch_fp32"] / med["peftc_bf16"],
+                     "peftc_over_torch_bf16": med["torch_bf16"] / med["peftc_bf16"],
+                     "fallback_sides": {p: fallback_side(p, selected) for p in fallbacks},
+                     "fallback_over_fp32": {p: med["peftc_fp32"] / med[fallback_side(p, selected)] for p in fallbacks}}
         print(f"{mode}: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in med.items()), flush=True)
     return out
 
@@ -364,7 +347,8 @@ def demo_accuracy(folder: str | None) -> float | None:
 
 
 def speed_verdicts(synth: dict, real: dict, shape: tuple[int, int] = SYNTH) -> dict[str, Any]:
-    """Paired t / Holm (peftc.evaluation) over the alternated repeats: peftc bf16 steps take less time."""
+    """Paired t / Holm (peftc.evaluation) over the alternated repeats: peftc bf16 steps take less time than
+    torch's, and each forced widening path's less than peftc float32's."""
     from peftc.evaluation import Claim, verdicts
 
     claims = []
@@ -376,10 +360,12 @@ def speed_verdicts(synth: dict, real: dict, shape: tuple[int, int] = SYNTH) -> d
             for other in ("torch_fp32", "torch_bf16"):
                 claims.append(Claim(f"{label}, {mode}: a peftc bf16 step takes less time than {other} (s)",
                                     t["peftc_bf16"], t[other], expected="less"))
-    fb = synth["dropout_off"]["times_s_per_step"]
-    fallback = "peftc_bf16_fallback" if "peftc_bf16_fallback" in fb else "peftc_bf16"
-    claims.append(Claim(f"{synth_label}, dropout_off: the bf16 widening path ({fallback}) takes less time than "
-                        f"peftc float32 (s)", fb[fallback], fb["peftc_fp32"], expected="less"))
+    for label, row in (("real batches, dropout_on", real["dropout_on"]),
+                       (f"{synth_label}, dropout_off", synth["dropout_off"])):
+        t = row["times_s_per_step"]
+        for path, side in row["fallback_sides"].items():
+            claims.append(Claim(f"{label}: peftc bf16 forced to the {path} widening path ({side}) takes less time "
+                                f"than peftc float32 (s)", t[side], t["peftc_fp32"], expected="less"))
     return {"verdicts": verdicts(claims)}
 
 
@@ -395,15 +381,18 @@ def render(p: dict) -> str:
           f"{p['threads']} threads each side; medians of {p['repeats']} alternated repeats; ratios are torch time / "
           f"peftc time.{' QUICK RUN (tiny shapes): not a measurement.' if p['quick'] else ''}", "",
           f"Command: `{p['command']}`", "",
-          "| workload | mode | peftc / torch fp32 | peftc / torch bf16 | fallback / peftc fp32 |", "|---|---|---|---|---|"]
-    for mode in ("dropout_on", "dropout_off"):
-        r = p["real_rows"][mode]
-        md.append(f"| (a) real batches | {mode} | {f(r['peftc_over_torch_fp32'])} | {f(r['peftc_over_torch_bf16'])} | |")
-    for mode in ("dropout_on", "dropout_off"):
-        r = synth[mode]
-        md.append(f"| (b) {p['synthetic_shape'][0]} x {p['synthetic_shape'][1]} | {mode} | "
-                  f"{f(r['peftc_over_torch_fp32'])} | {f(r['peftc_over_torch_bf16'])} | "
-                  f"{f(r.get('fallback_over_fp32'))} |")
+          "| workload | mode | peftc / torch fp32 | peftc / torch bf16 | peftc fp32 / forced widening path |",
+          "|---|---|---|---|---|"]
+
+    def fallbacks(r: dict) -> str:
+        return ", ".join(f"{path} {f(v)}" for path, v in r["fallback_over_fp32"].items()) or "(none)"
+
+    for label, rows in (("(a) real batches", p["real_rows"]),
+                        (f"(b) {p['synthetic_shape'][0]} x {p['synthetic_shape'][1]}", synth)):
+        for mode in ("dropout_on", "dropout_off"):
+            r = rows[mode]
+            md.append(f"| {label} | {mode} | {f(r['peftc_over_torch_fp32'])} | {f(r['peftc_over_torch_bf16'])} | "
+                      f"{fallbacks(r)} |")
     peak = p["bf16_peak"]
     md += ["", f"- real batches, dropout on: non-GEMM share of the peftc bf16 step {f(real['non_gemm_share'])} "
                f"(outside the frozen bf16 products, the LoRA kernels and the head)",
@@ -440,16 +429,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     common.configure_torch_threads(torch, args.threads)
     env = common.environment(torch)
     paths = bf16.cpu_paths()
-    fallback = next(p for p in paths if p != "avx512bf16") if paths[0] == "avx512bf16" else None
+    fallbacks = [p for p in WIDENING if p in paths]
     steps = 1 if args.quick else args.steps
     warmup = 1 if args.quick else args.warmup
     real = (real_batches(np, steps, QUICK_REAL_BATCH) if args.quick else real_batches(np, max(steps, 50)))
     shape = QUICK_SYNTH if args.quick else SYNTH
     synth = [synthetic_batch(np, *shape)]
     print(f"CPU {env['cpu']}; bf16 path {bf16.selected_path()} (runs {paths}); {args.threads} threads", flush=True)
-    real_rows = workload_rows(np, torch, real, steps, args.repeats, warmup, fallback=None, with_fp32=False)
-    synth_rows = workload_rows(np, torch, synth, 1 if args.quick else 3, args.repeats, warmup, fallback,
-                               with_fp32=True)
+    selected = bf16.selected_path()
+    real_rows = workload_rows(np, torch, real, steps, args.repeats, warmup, fallbacks, selected)
+    synth_rows = workload_rows(np, torch, synth, 1 if args.quick else 3, args.repeats, warmup, fallbacks, selected)
     profile = step_profile(real, steps)
     synth_profile = step_profile(synth, 1 if args.quick else 3)
     peak = bf16_peak(args.threads, args.repeats, args.quick)
@@ -459,14 +448,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     payload = {
         "cpu": env["cpu"], "quick": args.quick, "threads": args.threads, "repeats": args.repeats,
         "command": "python benchmarks/bench_bf16_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "bf16_path": bf16.selected_path(), "bf16_cpu_paths": paths, "fallback_path": fallback or paths[0],
+        "bf16_path": selected, "bf16_cpu_paths": paths, "fallback_paths": fallbacks,
         "synthetic_shape": list(shape), "real_steps_per_repeat": steps,
         "peftc_over_torch_fp32": {m: synth_rows[m]["peftc_over_torch_fp32"] for m in synth_rows},
         "peftc_over_torch_bf16": {m: synth_rows[m]["peftc_over_torch_bf16"] for m in synth_rows},
         "real_batches": {"peftc_over_torch_fp32": real_rows["dropout_on"]["peftc_over_torch_fp32"],
                          "peftc_over_torch_bf16": real_rows["dropout_on"]["peftc_over_torch_bf16"],
                          "non_gemm_share": profile["non_gemm_share"]},
-        "fallback_over_fp32": {m: synth_rows[m]["fallback_over_fp32"] for m in synth_rows},
+        "fallback_over_fp32": {path: {workload: {m: rows[m]["fallback_over_fp32"][path] for m in rows}
+                                      for workload, rows in (("real_batches", real_rows), ("synthetic", synth_rows))}
+                               for path in fallbacks},
         "gemm_fraction_of_bf16_peak": frozen / peak["gflops"] if peak["gflops"] and frozen else None,
         "frozen_gemm_gflops": frozen, "bf16_peak": peak,
         "rss_ratio_vs_torch_bf16": rss["ratio"], "rss": rss,

@@ -109,42 +109,8 @@ def peftc_model(p: float, seed: int = 3):
 
 
 def torch_model(torch: Any, p: float, copy_from: Any = None):
-    """transformers' BertModel + PEFT LoRA on query/value, mean pooling, a linear head."""
-    import peft
-    import transformers
-
-    from peftc.models import minilm_path
-
-    transformers.logging.set_verbosity_error()  # the checkpoint's unused pooler is reported otherwise
-    transformers.logging.disable_progress_bar()
-
-    class Classifier(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = transformers.AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)
-            self.classifier = torch.nn.Linear(self.bert.config.hidden_size, NUM_LABELS)
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask[..., None].to(hidden.dtype)
-            return self.classifier((hidden * m).sum(1) / m.sum(1))
-
-    model = peft.get_peft_model(Classifier(), peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=p,
-                                                              target_modules=TARGETS,
-                                                              modules_to_save=["classifier"]))
-    if copy_from is not None:
-        ours = {k: v.data for k, v in copy_from.named_trainable_parameters()}
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if param.requires_grad:
-                    param.copy_(torch.from_numpy(ours[peftc_name(name)]))
-    return model
-
-
-def peftc_name(torch_name: str) -> str:
-    """...query.lora_A.default.weight (PEFT) -> ...query.lora_A (peftc); head names alike."""
-    name = torch_name.replace(".default", "")
-    return name.rsplit(".weight", 1)[0] if ".lora_" in name else name
+    """transformers' BertModel + PEFT LoRA on query/value, mean pooling, a linear head (common.py's twin)."""
+    return common.torch_lora_classifier(torch, NUM_LABELS, RANK, ALPHA, p, TARGETS, copy_from)
 
 
 class PeftcStep:
@@ -211,7 +177,8 @@ def check_same_step(np: Any, torch: Any, model: Any, twin: Any, batch: dict) -> 
         return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-30))
 
     ours = {k: v.grad for k, v in model.named_trainable_parameters()}
-    grad_err = max(rel(ours[peftc_name(n)], p.grad.numpy()) for n, p in twin.named_parameters() if p.requires_grad)
+    grad_err = max(rel(ours[common.peft_to_peftc_name(n)], p.grad.numpy()) for n, p in twin.named_parameters()
+                   if p.requires_grad)
     t_loss_value = t_loss.item()
     errs = {"loss": abs(loss - t_loss_value) / abs(t_loss_value),
             "logits": rel(logits, t_logits.detach().numpy()), "worst_gradient": grad_err}

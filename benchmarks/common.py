@@ -83,6 +83,59 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup
     return {name: _stats(t) for name, t in times.items()}
 
 
+def peft_to_peftc_name(torch_name: str) -> str:
+    """A PEFT parameter name as peftc names it: ...query.lora_A.default.weight -> ...query.lora_A; the head's
+    (modules_to_save) names alike.
+
+    >>> peft_to_peftc_name("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight")
+    'base_model.model.bert.encoder.layer.0.attention.self.query.lora_A'
+    """
+    name = torch_name.replace(".default", "")
+    return name.rsplit(".weight", 1)[0] if ".lora_" in name else name
+
+
+def torch_lora_classifier(torch: Any, num_labels: int, r: int, lora_alpha: float, lora_dropout: float,
+                          target_modules: list[str], copy_from: Any = None) -> Any:
+    """The torch twin of the benchmarks' peftc MiniLM classifier: transformers' BertModel (all-MiniLM-L6-v2, no
+    pooler), mean pooling over the attention mask, a linear head of ``num_labels``, PEFT LoRA on
+    ``target_modules`` with the head as modules_to_save. With ``copy_from`` (a peftc PeftModel of the same
+    recipe) its LoRA factors and head are copied in, so both sides start from the same weights.
+
+    >>> model = torch_lora_classifier(torch, 41, 8, 16.0, 0.1, ["query", "value"])  # doctest: +SKIP
+    >>> model(input_ids, attention_mask).shape  # doctest: +SKIP
+    torch.Size([32, 41])
+    """
+    import peft
+    import transformers
+
+    from peftc.models import minilm_path
+
+    transformers.logging.set_verbosity_error()  # the checkpoint's unused pooler is reported otherwise
+    transformers.logging.disable_progress_bar()
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = transformers.AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)
+            self.classifier = torch.nn.Linear(self.bert.config.hidden_size, num_labels)
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            m = attention_mask[..., None].to(hidden.dtype)
+            return self.classifier((hidden * m).sum(1) / m.sum(1))
+
+    model = peft.get_peft_model(Classifier(), peft.LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                              target_modules=target_modules,
+                                                              modules_to_save=["classifier"]))
+    if copy_from is not None:
+        ours = {k: v.data for k, v in copy_from.named_trainable_parameters()}
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    param.copy_(torch.from_numpy(ours[peft_to_peftc_name(name)]))
+    return model
+
+
 def measure_sgemm(repeats: int = 7) -> dict[str, Any]:
     """The machine's float32 GEMM speed through peftc's own linear_forward, in GFLOP/s.
 

@@ -19,8 +19,12 @@
  *   AVX512BF16  forward: x rounded to bf16 into the workspace, then vdpbf16ps (pairs of bf16 products
  *               summed into float32 lanes); backward: the AVX512F kernel (vdpbf16ps pairs along the
  *               reduction axis, which for dx is OC, and this layout pairs along IC).
- *   AVX512F     bf16 weights widened to float32 in registers, float32 FMAs, 16 lanes.
- *   AVX2        the same with AVX2 + FMA, 8 lanes.
+ *   AVX512F     per call, blocks of the packed weight are copied into panels (each panel row pairs two
+ *               columns' bf16 in one 32-bit word, so a shift and an AND widen it to float32); an 8 x 32
+ *               register block of outputs then takes one float32 FMA per reduction step, the activations
+ *               broadcast in place: per output entry its base (y_in and b, or dx_in), then one FMA per step
+ *               of k (forward) or o (backward) in order. 16 lanes.
+ *   AVX2        the same with AVX2 + FMA, a 6 x 16 register block, 8 lanes.
  *   GENERIC     plain C, the same arithmetic one float at a time (any CPU).
  *
  * Error bounds, stated against float64 arithmetic on the same bf16-rounded weight wr = bf16(w), for
@@ -33,8 +37,10 @@
  * tests/test_bf16_gemm.py checks each path the machine runs against these bounds. Each entry is one fixed
  * chain of operations over k (or o), so results do not depend on the thread count or the split.
  *
- * Threads: the products split their rows (or, for few rows, the other axis) into contiguous ranges on
- * the BLAS thread count (parallel.h). Kernels allocate nothing; the forward's scratch is the caller's. */
+ * Threads: the products split their output columns (y's or dx's) into contiguous ranges of whole strips of
+ * 16 or 32 (or, where there are fewer strips than threads, their rows) on the BLAS thread count (parallel.h).
+ * Kernels allocate nothing: the AVX512-BF16 forward's scratch is the caller's, the widening paths' packed
+ * blocks (96 KB) are on the stack of the thread that runs the part. */
 #ifndef PEFTC_BF16_GEMM_H
 #define PEFTC_BF16_GEMM_H
 

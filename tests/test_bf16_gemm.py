@@ -98,6 +98,29 @@ def test_backward_accumulates_within_the_stated_bound_of_float64(rng, path, n, i
 
 
 @pytest.mark.parametrize("path", RUNNABLE)
+def test_products_spanning_many_packed_blocks_stay_within_the_bound(rng, path):
+    """Shapes past every block of the widening paths' packed panels (rows past a row block, k past a reduction
+    block, output columns past a column block, tails of each): the blocks join into one chain per entry."""
+    n, ic, oc = 203, 811, 530
+    x = rng.standard_normal((n, ic)).astype(np.float32)
+    w = rng.standard_normal((oc, ic)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    wr, pw = rounded(w), bf16.PackedWeight(w)
+    for accumulate in (False, True):
+        y_in = rng.standard_normal((n, oc)).astype(np.float32) if accumulate else np.zeros((n, oc), np.float32)
+        y = y_in + 1.0 if not accumulate else y_in.copy()  # overwritten: what it held must not show
+        bf16.linear_forward(x, pw, b, out=y, accumulate=accumulate, path=path)
+        err, bound = np.abs(y - (x.astype(np.float64) @ wr.T + b + y_in)), forward_bound(path, x, wr, b, y_in)
+        assert np.all(err <= bound), f"{path} forward ({accumulate=}): worst error/bound {(err / bound).max():.3g}"
+    dy = rng.standard_normal((n, oc)).astype(np.float32)
+    dx = x.copy()
+    bf16.linear_backward(dy, pw, dx=dx, path=path)
+    err = np.abs(dx - (x + dy.astype(np.float64) @ wr))
+    bound = (oc + 1) * U * (np.abs(dy.astype(np.float64)) @ np.abs(wr) + np.abs(x))
+    assert np.all(err <= bound), f"{path} backward: worst error/bound {(err / bound).max():.3g}"
+
+
+@pytest.mark.parametrize("path", RUNNABLE)
 def test_error_against_the_float32_weight_is_the_bf16_rounding(rng, path):
     """Against the unrounded weight the error is bf16's (about 2^-9 relative), not float32's: the kernel
     really does use bf16 weights, and the stated extra u_bf term covers it."""

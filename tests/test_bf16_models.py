@@ -166,6 +166,19 @@ def lora_bert(folder: str, dtype: str):
     return model
 
 
+def test_parameter_counts_of_a_bf16_base_are_those_of_the_float32_base(tiny_folder, capsys):
+    """A packed bf16 weight counts its out x in elements (not its padded storage), as its float32 original did."""
+    m32, m16 = lora_bert(tiny_folder, "float32"), lora_bert(tiny_folder, "bfloat16")
+    assert m16.get_nb_trainable_parameters() == m32.get_nb_trainable_parameters()
+    packed = dict(m16.named_packed_weights())
+    assert len(packed) == 12 and not dict(m32.named_packed_weights())
+    assert sum(w.packed.size for w in packed.values()) > sum(w.shape[0] * w.shape[1] for w in packed.values())
+    m32.print_trainable_parameters()
+    m16.print_trainable_parameters()
+    line32, line16 = capsys.readouterr().out.splitlines()
+    assert line16 == line32
+
+
 def test_lora_bert_on_a_bf16_base_trains_like_float32(tiny_folder):
     ids, mask = tiny_batch()
     grads = {}

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import functional as F
+from ..bf16 import PackedWeight
 
 
 class Parameter:
@@ -118,6 +119,22 @@ class Module:
                 yield (f"{prefix}.{name}" if prefix else name), value
         for name, child in self.named_children():
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def named_packed_weights(self, prefix: str = "") -> Iterator[tuple[str, PackedWeight]]:
+        """Frozen weights kept in bf16 (:class:`peftc.bf16.PackedWeight`, e.g. after ``Linear.to_bfloat16``) by
+        dotted name: not Parameters (they never train), so not in :meth:`named_parameters`.
+
+        >>> from peftc.nn import Linear
+        >>> layer = Linear(4, 3)
+        >>> layer.weight.requires_grad = False
+        >>> [(n, w.shape) for n, w in layer.to_bfloat16().named_packed_weights()]
+        [('weight', (3, 4))]
+        """
+        for name, value in vars(self).items():
+            if isinstance(value, PackedWeight):
+                yield (f"{prefix}.{name}" if prefix else name), value
+        for name, child in self.named_children():
+            yield from child.named_packed_weights(f"{prefix}.{name}" if prefix else name)
 
     def _own_buffers(self) -> list[tuple[str, np.ndarray]]:
         """Non-trainable state arrays of this module itself (running statistics); none by default."""

@@ -249,9 +249,11 @@ class PeftModel(Module):
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) parameter counts; the frozen originals of modules_to_save count too, as in PEFT."""
+        """(trainable, all) parameter counts; the frozen originals of modules_to_save count too, as in PEFT, and
+        so does each frozen bf16 weight of a bf16 base (its out x in elements, as its float32 original would)."""
         params = self.parameters()
-        return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params)
+        packed = sum(w.shape[0] * w.shape[1] for _, w in self.named_packed_weights())
+        return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params) + packed
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
