@@ -191,12 +191,14 @@ the same way (their records carry the gate, or the sequential branch, too).
         >>> import numpy as np
         >>> from peftc.nn import Linear, LoraLinear
         >>> layer = LoraLinear(Linear(4, 3), r=2)
-        >>> layer.add_adapter("other", r=3)
+        >>> layer.add_adapter("other", r=3, init_lora_weights=False)   # random B: it changes the output
         >>> layer.set_adapter("other")
         >>> layer.active_adapter, layer.lora_A.shape
         ('other', (3, 4))
-        >>> layer.set_adapter("absent")            # no such adapter here: the base layer runs
         >>> x = np.ones((2, 4), np.float32)
+        >>> bool(np.allclose(layer(x), layer.base(x)))
+        False
+        >>> layer.set_adapter("absent")            # no such adapter here: the base layer runs
         >>> bool(np.allclose(layer(x), layer.base(x)))
         True
         """

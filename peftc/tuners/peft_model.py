@@ -245,14 +245,18 @@ class PeftModel(Module):
         >>> from peftc.models import BertConfig, BertModel
         >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
         ...                                         num_attention_heads=2, intermediate_size=16))
-        >>> model = get_peft_model(base, LoraConfig(target_modules=["query"]), adapter_name="task_a").eval()
-        >>> model.add_adapter("task_b", LoraConfig(target_modules=["query"]))
+        >>> config = LoraConfig(target_modules=["query"], init_lora_weights=False)   # random B: adapters differ
+        >>> model = get_peft_model(base, config, adapter_name="task_a").eval()
+        >>> model.add_adapter("task_b", config)
         >>> ids, mask = np.array([[2, 7, 3], [2, 3, 0], [4, 5, 6]]), np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
         >>> hidden = model(ids, mask, adapter_names=["task_a", "__base__", "task_b"])
         >>> hidden.shape
         (3, 3, 8)
-        >>> bool(np.allclose(hidden[0], model(ids[:1], mask[:1])[0], atol=1e-5))  # row 0 ran task_a, the active one
+        >>> model.set_adapter("task_b")
+        >>> bool(np.allclose(hidden[2], model(ids[2:], mask[2:])[0], atol=1e-5))  # row 2 as task_b alone
         True
+        >>> bool(np.allclose(hidden[0], model(ids[:1], mask[:1])[0], atol=1e-5))  # row 0 ran task_a, not task_b
+        False
         """
         return self.base_model.forward(*args, adapter_names=adapter_names, **kwargs)
 
