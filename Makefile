@@ -15,7 +15,7 @@ demo: build
 	$(PYTHON) -m peftc.demo
 
 test: build
-	$(PYTHON) -m pytest -q tests --nbmake notebooks
+	$(PYTHON) -m pytest -q --doctest-modules peftc tests --nbmake notebooks
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the extension, then the suite under it.
 # torch-backed parity tests are skipped there (torch's own allocator does not run under ASan); so are the

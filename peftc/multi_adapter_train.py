@@ -47,7 +47,15 @@ class AdapterTask:
     """One adapter of a :class:`MultiAdapterTrainer` run: its name in the model, its data and its settings.
 
     Example:
+        >>> import numpy as np
+        >>> from peftc import AdapterTask, TrainingConfig
+        >>> train = {"input_ids": np.array([[2, 7, 3], [2, 5, 3]]), "attention_mask": np.ones((2, 3), np.int64),
+        ...          "labels": np.array([0, 1])}
+        >>> val = {"input_ids": np.array([[2, 6, 3]]), "attention_mask": np.ones((1, 3), np.int64),
+        ...        "labels": np.array([1])}
         >>> task = AdapterTask("nouns", train, TrainingConfig(learning_rate=1e-3, max_steps=200), val)
+        >>> task.adapter_name, task.config.max_steps
+        ('nouns', 200)
     """
 
     adapter_name: str
@@ -87,11 +95,26 @@ class MultiAdapterTrainer:
     a packing encoder (BERT in training mode) then computes the real tokens only.
 
     Example:
+        >>> import numpy as np
+        >>> from peftc import AdapterTask, LoraConfig, MultiAdapterTrainer, TrainingConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel, SentenceClassifier
+        >>> bert = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> base = SentenceClassifier(bert, num_labels=2)
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]), adapter_name="a")
         >>> model.add_adapter("b", LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
-        >>> trainer = MultiAdapterTrainer(model, [AdapterTask("a", data_a, TrainingConfig(learning_rate=1e-3)),
-        ...                                       AdapterTask("b", data_b, TrainingConfig(learning_rate=3e-4))])
-        >>> trainer.train()["b"]["loss"]
+        >>> rng = np.random.default_rng(0)
+        >>> def data(n):   # n random 5-token texts with random labels
+        ...     return {"input_ids": rng.integers(1, 50, (n, 5)), "attention_mask": np.ones((n, 5), np.int64),
+        ...             "labels": rng.integers(0, 2, n)}
+        >>> data_a, data_b = data(8), data(6)
+        >>> config_a = TrainingConfig(learning_rate=1e-3, batch_size=4, max_steps=3, progress=False)
+        >>> config_b = TrainingConfig(learning_rate=3e-4, batch_size=4, max_steps=2, progress=False)
+        >>> tasks = [AdapterTask("a", data_a, config_a), AdapterTask("b", data_b, config_b)]
+        >>> trainer = MultiAdapterTrainer(model, tasks)
+        >>> histories = trainer.train()          # {adapter: its Trainer's history}
+        >>> {name: t.global_step for name, t in trainer.trainers.items()}   # each adapter made its own steps
+        {'a': 3, 'b': 2}
     """
 
     def __init__(self, model: PeftModel, tasks: Sequence[AdapterTask], loss_fn=None,

@@ -24,9 +24,28 @@ class FrozenBlockCache:
     """``FrozenBlockCache(bert, start, tokenize, batch_size=128)``: ``tokenize`` maps texts to {"input_ids",
     "attention_mask"} int64 (B, T) (right-padded); ``batch_size`` bounds the rows of one lower-block pass.
 
-    >>> cache = FrozenBlockCache(bert, 5, learner._tokens)           # doctest: +SKIP
-    >>> h, mask = cache.inputs(["a gloss", "another gloss"])          # (2, T, H), (2, T)
-    >>> pooled = MeanPooling()(bert.top_blocks(5)(h, mask), mask)     # doctest: +SKIP
+    >>> import numpy as np
+    >>> from peftc.fscil.block_cache import FrozenBlockCache
+    >>> from peftc.models import BertConfig, BertModel
+    >>> bert = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+    ...                                         num_attention_heads=2, intermediate_size=16))
+    >>> def tokenize(texts):    # a toy tokenizer: [CLS]=2, then one id per word, right-padded with 0
+    ...     rows = [[2] + [3 + len(w) for w in t.split()] for t in texts]
+    ...     ids = np.zeros((len(rows), max(map(len, rows))), np.int64)
+    ...     for i, r in enumerate(rows):
+    ...         ids[i, :len(r)] = r
+    ...     return {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)}
+    >>> cache = FrozenBlockCache(bert, 1, tokenize)      # block 0 frozen, block 1 trains
+    >>> h, mask = cache.inputs(["a gloss", "another longer gloss"])
+    >>> h.shape, mask.shape                              # (2, T, H), (2, T)
+    ((2, 4, 8), (2, 4))
+    >>> from peftc.nn import MeanPooling
+    >>> MeanPooling()(bert.top_blocks(1)(h, mask), mask).shape   # the top block alone, then pooled
+    (2, 8)
+    >>> tok = tokenize(["a gloss", "another longer gloss"])     # the same as the whole encoder:
+    >>> full = bert.eval()(tok["input_ids"], tok["attention_mask"])
+    >>> bool(np.allclose(bert.top_blocks(1)(h, mask)[mask == 1], full[mask == 1], atol=1e-5))
+    True
     """
 
     def __init__(self, bert: BertModel, start: int, tokenize: Callable[[list[str]], dict[str, np.ndarray]],

@@ -188,7 +188,19 @@ the same way (their records carry the gate, or the sequential branch, too).
     def set_adapter(self, adapter_name: str) -> None:
         """Make ``adapter_name`` the adapter the forward runs; a layer without it runs its base layer.
 
+        >>> import numpy as np
+        >>> from peftc.nn import Linear, LoraLinear
+        >>> layer = LoraLinear(Linear(4, 3), r=2)
+        >>> layer.add_adapter("other", r=3, init_lora_weights=False)   # random B: it changes the output
         >>> layer.set_adapter("other")
+        >>> layer.active_adapter, layer.lora_A.shape
+        ('other', (3, 4))
+        >>> x = np.ones((2, 4), np.float32)
+        >>> bool(np.allclose(layer(x), layer.base(x)))
+        False
+        >>> layer.set_adapter("absent")            # no such adapter here: the base layer runs
+        >>> bool(np.allclose(layer(x), layer.base(x)))
+        True
         """
         if self.merged:
             raise RuntimeError(f"set_adapter({adapter_name!r}) on a merged layer: unmerge it first")
@@ -199,7 +211,12 @@ the same way (their records carry the gate, or the sequential branch, too).
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove the adapter ``adapter_name`` from this layer (KeyError naming the adapters it holds if absent).
 
+        >>> from peftc.nn import Linear, LoraLinear
+        >>> layer = LoraLinear(Linear(4, 3), r=2)
+        >>> layer.add_adapter("other", r=3)
         >>> layer.delete_adapter("other")
+        >>> list(layer.lora_adapters)
+        ['default']
         """
         adapter = self._adapter(adapter_name)
         if self.merged and adapter is self._active:

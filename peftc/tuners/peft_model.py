@@ -77,8 +77,18 @@ class LoraModel(Module):
         grouped kernel; SoRA, Hydra and Bone / MiSS layers each adapter's own kernels on its rows.
 
         Example:
+            >>> import numpy as np
+            >>> from peftc import LoraConfig, get_peft_model
+            >>> from peftc.models import BertConfig, BertModel
+            >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+            ...                                         num_attention_heads=2, intermediate_size=16))
+            >>> model = get_peft_model(base, LoraConfig(target_modules=["query"]), adapter_name="task_a")
+            >>> model.add_adapter("task_b", LoraConfig(target_modules=["query"]))
+            >>> ids, mask = np.array([[2, 7, 3], [2, 3, 0], [4, 5, 6]]), np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
             >>> with model.base_model.mixed_batch(["task_a", "__base__", "task_b"]):
-            ...     logits = model.get_base_model()(batch)
+            ...     hidden = model.get_base_model().eval()(ids, mask)
+            >>> hidden.shape
+            (3, 3, 8)
         """
         if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
             raise TypeError(f"adapter_names must be a list of adapter names, one per batch row, got "
@@ -208,6 +218,10 @@ class PeftModel(Module):
     def active_adapters(self) -> list[str]:
         """The names of the active adapters (one in peftc), as PEFT's ``active_adapters``.
 
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
         >>> get_peft_model(base, LoraConfig(target_modules=["query"])).active_adapters
         ['default']
         """
@@ -226,7 +240,23 @@ class PeftModel(Module):
         where it is inference only) when no adapter in the batch has dropout in training mode: each
         adapter's gradients come from its own rows (see :class:`peftc.train.MultiAdapterTrainer`).
 
-        >>> logits = model(batch, adapter_names=["task_a", "__base__", "task_b", "task_a"])
+        >>> import numpy as np
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> config = LoraConfig(target_modules=["query"], init_lora_weights=False)   # random B: adapters differ
+        >>> model = get_peft_model(base, config, adapter_name="task_a").eval()
+        >>> model.add_adapter("task_b", config)
+        >>> ids, mask = np.array([[2, 7, 3], [2, 3, 0], [4, 5, 6]]), np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+        >>> hidden = model(ids, mask, adapter_names=["task_a", "__base__", "task_b"])
+        >>> hidden.shape
+        (3, 3, 8)
+        >>> model.set_adapter("task_b")
+        >>> bool(np.allclose(hidden[2], model(ids[2:], mask[2:])[0], atol=1e-5))  # row 2 as task_b alone
+        True
+        >>> bool(np.allclose(hidden[0], model(ids[:1], mask[:1])[0], atol=1e-5))  # row 0 ran task_a, not task_b
+        False
         """
         return self.base_model.forward(*args, adapter_names=adapter_names, **kwargs)
 
@@ -333,8 +363,14 @@ class PeftModel(Module):
         PEFT's ``add_adapter``: it is not made active and stays frozen (use :meth:`set_adapter` to train or run
         it). ``generator`` seeds its initialisation (default: the model's generator).
 
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]))
         >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
+        >>> list(model.peft_config), model.active_adapters
+        (['default', 'task_b'], ['default'])
         >>> model.set_adapter("task_b")   # now task_b runs and trains
         """
         if not isinstance(peft_config, (LoraConfig, BoneConfig)):
@@ -357,7 +393,14 @@ class PeftModel(Module):
     def get_adapter_parameters(self, adapter_name: str) -> list[Parameter]:
         """The parameters of one adapter: its LoRA tensors on every layer and its modules_to_save copies.
 
-        >>> sum(p.size for p in model.get_adapter_parameters("task_b"))
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]))
+        >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
+        >>> sum(p.size for p in model.get_adapter_parameters("task_b"))  # A (4, 8) and B (8, 4) on one query
+        64
         """
         params = [p for layer in self._lora_layers() if adapter_name in _held(layer)
                   for p in layer.adapter_parameters(adapter_name).values()]
@@ -369,9 +412,17 @@ class PeftModel(Module):
         plus the biases its config's ``bias`` names, get requires_grad; the other adapters are frozen and
         every gradient is cleared). ``inference_mode=True`` freezes it too. Layers without it run their base.
 
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query", "value"]))
+        >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
         >>> model.set_adapter("task_b")
         >>> model.active_adapters
         ['task_b']
+        >>> sum(p.size for p in model.trainable_parameters())  # task_b's alone
+        64
         """
         if isinstance(adapter_name, (list, tuple)):
             if len(adapter_name) != 1:
@@ -406,7 +457,15 @@ class PeftModel(Module):
         """Remove the adapter ``adapter_name`` from the model. Deleting the active adapter makes the first of the
         others active (with a warning, as PEFT); the only adapter cannot be deleted (use :meth:`unload`).
 
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> model = get_peft_model(base, LoraConfig(target_modules=["query"]))
+        >>> model.add_adapter("task_b", LoraConfig(target_modules=["query"]))
         >>> model.delete_adapter("task_b")
+        >>> list(model.peft_config)
+        ['default']
         """
         self._check_known(adapter_name)
         if len(self.peft_config) == 1:
@@ -428,9 +487,21 @@ class PeftModel(Module):
         name ``adapter_name``, as PEFT's ``load_adapter``: it is not made active, and it is frozen unless
         ``is_trainable``.
 
-        >>> model = PeftModel.from_pretrained(base, "out/task_a", adapter_name="task_a")
-        >>> model.load_adapter("out/task_b", adapter_name="task_b")
+        >>> import os, tempfile
+        >>> from peftc import LoraConfig, PeftModel, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> def new_base():
+        ...     return BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                             num_attention_heads=2, intermediate_size=16))
+        >>> trained = get_peft_model(new_base(), LoraConfig(target_modules=["query"]), adapter_name="task_a")
+        >>> trained.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
+        >>> out = tempfile.mkdtemp()
+        >>> trained.save_pretrained(out)                               # out/task_a/, out/task_b/
+        >>> model = PeftModel.from_pretrained(new_base(), os.path.join(out, "task_a"), adapter_name="task_a")
+        >>> model.load_adapter(os.path.join(out, "task_b"), adapter_name="task_b")
         >>> model.set_adapter("task_b")
+        >>> list(model.peft_config), model.active_adapters
+        (['task_a', 'task_b'], ['task_b'])
         """
         folder = os.path.join(model_id, subfolder) if subfolder else model_id
         if not os.path.isdir(folder):
@@ -471,8 +542,16 @@ class PeftModel(Module):
         PEFT's signature: the first is CUDA-only in PEFT, the others belong to the TIES / DARE types
         peftc lacks.
 
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["query"]), adapter_name="task_a")
+        >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
         >>> model.add_weighted_adapter(["task_a", "task_b"], [0.7, 0.3], "mix", combination_type="cat")
         >>> model.set_adapter("mix")
+        >>> model.peft_config["mix"].r          # "cat": the ranks add up
+        12
         """
         adapters = list(adapters) if isinstance(adapters, (list, tuple)) else adapters
         if not isinstance(adapters, list) or not adapters:
@@ -583,8 +662,21 @@ class PeftModel(Module):
         subfolder ``save_directory/<name>`` for any other adapter (PEFT's rule), plus the model card
         README.md in ``save_directory``. ``selected_adapters`` (default: all) picks the adapters.
 
-        >>> model.save_pretrained("out")                               # out/, out/task_b/
-        >>> model.save_pretrained("out", selected_adapters=["task_b"])  # out/task_b/ only (+ out/README.md)
+        >>> import os, tempfile
+        >>> from peftc import LoraConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> base = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> model = get_peft_model(base, LoraConfig(target_modules=["query"]))
+        >>> model.add_adapter("task_b", LoraConfig(r=4, target_modules=["query"]))
+        >>> out = tempfile.mkdtemp()
+        >>> model.save_pretrained(out)                               # out/, out/task_b/
+        >>> sorted(os.listdir(out))
+        ['README.md', 'adapter_config.json', 'adapter_model.safetensors', 'task_b']
+        >>> out = tempfile.mkdtemp()
+        >>> model.save_pretrained(out, selected_adapters=["task_b"])  # out/task_b/ only (+ out/README.md)
+        >>> sorted(os.listdir(out))
+        ['README.md', 'task_b']
         """
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {os.fspath(save_directory)} is a file, not a folder")
@@ -614,7 +706,17 @@ class PeftModel(Module):
         """Inject the adapter saved in the folder ``model_id`` (by peftc or PEFT) into ``model``, named
         ``adapter_name``. Without ``is_trainable`` the result is frozen and in eval mode, as in PEFT.
 
-        >>> model = PeftModel.from_pretrained(base, "out")
+        >>> import tempfile
+        >>> from peftc import LoraConfig, PeftModel, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel
+        >>> def new_base():
+        ...     return BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                             num_attention_heads=2, intermediate_size=16))
+        >>> out = tempfile.mkdtemp()
+        >>> get_peft_model(new_base(), LoraConfig(target_modules=["query"])).save_pretrained(out)
+        >>> model = PeftModel.from_pretrained(new_base(), out)
+        >>> model.active_adapters, model.get_nb_trainable_parameters()[0]   # frozen: nothing trains
+        (['default'], 0)
         """
         if not os.path.isdir(model_id):
             raise FileNotFoundError(f"adapter folder not found: {os.fspath(model_id)} (peftc never downloads)")

@@ -113,7 +113,20 @@ def use_sparse_adamw(trainer: Trainer, gates: list, sora: SoraConfig, xi: float 
     :class:`peftc.MultiAdapterTrainer` for each SoRA adapter it trains.
 
     Example:
+        >>> import numpy as np
+        >>> from peftc import SoraConfig, Trainer, TrainingConfig, get_peft_model
+        >>> from peftc.models import BertConfig, BertModel, SentenceClassifier
+        >>> from peftc.tuners.sora import sora_layers, use_sparse_adamw
+        >>> bert = BertModel.from_config(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, intermediate_size=16))
+        >>> sora_config = SoraConfig(r=4, target_modules=["query", "value"], sparse_lr=0.1)
+        >>> model = get_peft_model(SentenceClassifier(bert, num_labels=2), sora_config)
+        >>> data = {"input_ids": np.array([[2, 7, 3], [2, 3, 4]]), "attention_mask": np.ones((2, 3), np.int64),
+        ...         "labels": np.array([0, 1])}
+        >>> trainer = Trainer(model, TrainingConfig(max_steps=2, progress=False), data)
         >>> use_sparse_adamw(trainer, [m.lora_gate for m in sora_layers(model).values()], sora_config)
+        >>> [(len(g["params"]), g["lr"]) for g in trainer.optimizer.param_groups]   # the rest, then the 2 gates
+        [(4, 0.001), (2, 0.1)]
     """
     config = trainer.config
     gate_ids = {id(g) for g in gates}
