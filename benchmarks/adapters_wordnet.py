@@ -67,6 +67,7 @@ from common import (add_scheduler_argument, check_seed_parts, check_selection_se
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.evaluation import Claim, select_on_validation
 from peftc.io.atomic import write_bytes_atomic
+from peftc.machine import cpu_model
 from peftc.data.wordnet import NUM_CLASSES, load_wordnet_glosses
 from peftc.data.wordnet_job import tokenize
 from peftc.models import BertModel, SentenceClassifier, Tokenizer, minilm_path
@@ -443,10 +444,13 @@ DEVIATIONS = (
 )
 
 
-def _payload(s: Settings, command: str, sizes: dict, runs: list[dict], seconds: float, selection: dict) -> dict:
+def _payload(s: Settings, command: str, sizes: dict, runs: list[dict], seconds: float, selection: dict,
+             cpu: str | None = None) -> dict:
+    """The results payload; ``cpu`` is the machine the runs ran on (default: this one)."""
     summary = summarize(runs, s.adapters)
     return {"settings": asdict(s), "command": command, "sizes": sizes,
-            "threads": os.environ.get("OPENBLAS_NUM_THREADS"), "verdicts": seed_verdicts(paired_claims(runs)),
+            "threads": os.environ.get("OPENBLAS_NUM_THREADS"), "cpu": cpu or cpu_model(),
+            "verdicts": seed_verdicts(paired_claims(runs)),
             "summary": summary, "selection": selection, "runs": runs, "total_seconds": seconds,
             "reduced_note": (f"REDUCED: {s.max_steps or s.epochs} {'steps' if s.max_steps else 'epochs'} per seed run, "
                              f"selection at "
@@ -544,8 +548,9 @@ def merge(stems: list[Path], out_stem: Path) -> dict:
     settings = dict(first["settings"], seeds=sorted(seeds))
     s = Settings(**settings)
     command = merged_command([part["command"] for part in parts], stems)
+    cpus = sorted({part.get("cpu") or "not recorded" for part in parts})
     result = _payload(s, command, first["sizes"], runs, sum(part["total_seconds"] for part in parts),
-                      first["selection"])
+                      first["selection"], cpu=" / ".join(cpus))
     _write(result, out_stem)
     return result
 

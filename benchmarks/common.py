@@ -167,22 +167,14 @@ def openblas_info() -> dict[str, Any]:
     return peftc_openblas_info()
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def environment(torch: Any | None = None) -> dict[str, Any]:
     """What a reader needs to reproduce a number: CPU, BLAS core, threads, relevant variables."""
     import numpy as np
 
+    from peftc.machine import cpu_model
+
     env = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -34,6 +34,7 @@ from ._deprecated import moved
 from .data import wordnet_job as job
 from .data.batching import BatchSampler, take
 from .io.atomic import write_bytes_atomic
+from .machine import cpu_model
 from .models import BertModel, Tokenizer, minilm_path
 from .models.classifier import SentenceClassifier
 from .nn import Linear
@@ -128,7 +129,7 @@ def run(s: job.JobSettings, out_dir: str | None = None, log=print, dtype: str = 
     result = {"settings": asdict(s), "num_classes": num_classes, "class_names": list(train.class_names),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "lora_dtype": dtype, "linear_probe": probe_result, "lora": lora_result, "lora_history": history,
-              "total_seconds": time.perf_counter() - t_start}
+              "total_seconds": time.perf_counter() - t_start, "cpu": cpu_model()}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         model.save_pretrained(os.path.join(out_dir, "adapter"))

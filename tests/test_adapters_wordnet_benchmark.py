@@ -149,8 +149,13 @@ def test_tiny_run_with_selection_then_seed_files_merge_or_one_scheduler_run(aw, 
     assert sora_run["pruned_test_accuracy"] == sora_run["test_accuracy"]
     assert control["adapter_params"] == sora_run["retained_adapter_params"]
     assert all(r["steps"] == 2 and [st for st, _ in r["val_curve"]] == [1, 2] for r in one["runs"])
+    assert one["cpu"]
+    for seed in (0, 1):  # a merge records the machine the seeds ran on, not the one merging them
+        part = json.loads((tmp_path / f"s{seed}.json").read_text())
+        (tmp_path / f"s{seed}.json").write_text(json.dumps(dict(part, cpu="the seeds' CPU")))
     merged = aw.merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all")
     assert merged["settings"]["seeds"] == [0, 1] and [v["n_seeds"] for v in merged["verdicts"]] == [2, 2]
+    assert merged["cpu"] == "the seeds' CPU"
     assert "## Verdicts" in (tmp_path / "all.md").read_text()
     bad = json.loads((tmp_path / "s1.json").read_text())
     bad["selection"]["lora"]["chosen"] = {"lr": 3e-3}
