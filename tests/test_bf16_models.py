@@ -271,3 +271,15 @@ def test_state_dict_of_a_bf16_bert_holds_every_weight_and_loads_back(tiny_folder
         m16.load_state_dict({q: w[:, :8].copy()}, strict=False)
     with pytest.raises(KeyError, match="missing keys"):
         m16.load_state_dict({k: v for k, v in snapshot.items() if k != q})
+
+
+def test_twin_encoder_of_a_bf16_bert_shares_its_weights(tiny_folder):
+    from peftc.prompt import twin_encoder
+
+    m16 = BertModel.from_pretrained(tiny_folder, dtype="bfloat16").eval()
+    twin = twin_encoder(m16)
+    ours, theirs = linear_layers(m16), linear_layers(twin)
+    assert len(ours) == len(theirs) == 12 and all(t.weight is o.weight for o, t in zip(ours, theirs))
+    assert all(np.shares_memory(p.data, q.data) for p, q in zip(m16.parameters(), twin.parameters()))
+    ids, mask = tiny_batch()
+    np.testing.assert_array_equal(twin(ids, mask), m16(ids, mask))
