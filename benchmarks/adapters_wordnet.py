@@ -62,8 +62,8 @@ from pathlib import Path
 import numpy as np
 
 # this folder: run as a script, or from the tests
-from common import (add_scheduler_argument, check_seed_parts, check_selection_settings, merged_command, results_json,
-                    sweep_seeds)
+from common import (add_seed_protocol_arguments, check_seed_parts, check_selection_settings, merged_command,
+                    results_json, sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.evaluation import Claim, select_on_validation
 from peftc.io.atomic import write_bytes_atomic
@@ -569,14 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-steps", type=int, default=d.select_steps, help="steps of a selection run")
     p.add_argument("--sora-lambdas", type=float, nargs="+", default=d.sora_lambdas)
     p.add_argument("--sora-xi", type=float, default=d.sora_xi)
-    p.add_argument("--select-only", action="store_true", help="run the validation selection, write it, stop")
-    p.add_argument("--selection", default=None, metavar="JSON", help="reuse the selection stored in this file")
-    p.add_argument("--reduced", action="store_true", help="label the results as a reduced run")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--out", default=str(RESULTS / "adapters_wordnet"), help="output path stem (.json and .md)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="STEM",
-                   help="combine these results files (same settings, other seeds) into --out, then stop")
-    add_scheduler_argument(p)
+    add_seed_protocol_arguments(p, str(RESULTS / "adapters_wordnet"))
     a = p.parse_args(argv)
     if a.merge:
         print(markdown(merge([Path(m) for m in a.merge], Path(a.out))))

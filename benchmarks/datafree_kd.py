@@ -15,6 +15,10 @@ stand-in; see peftc.distill.fusion). Arms:
                    teacher alone (a short DeepInversion run per anchor)
   dafl             DAFL (generator with the one-hot, activation and information-entropy losses)
   deepinversion    DeepInversion (images optimised against the teacher's BN statistics), then KD
+  adi              Adaptive DeepInversion: DeepInversion plus the competition term (the student-teacher
+                   Jensen-Shannon divergence rewarded), synthesis and KD rounds alternating; alpha_f the one
+                   DeepInversion (no fusion) selected, the competition weight alpha_adi chosen on validation
+                   (the reference code's get_images default 0.01, and 0.1)
 
 The data-free arms read no image of any split while training (tests/test_distill_methods.py runs them with
 the loaders patched to raise); only the knob selection scores them on the validation split. Migration: a
@@ -70,8 +74,8 @@ from dataclasses import asdict, dataclass, field, replace
 import common
 
 NAME = "datafree_kd"
-ARMS = ("scratch", "real_ce", "real_kd", "afstip", "dafl", "deepinversion")
-DATA_FREE = ("afstip", "dafl", "deepinversion")
+ARMS = ("scratch", "real_ce", "real_kd", "afstip", "dafl", "deepinversion", "adi")
+DATA_FREE = ("afstip", "dafl", "deepinversion", "adi")
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Settings:
     di_iterations: int = 150
     di_alpha_fs: tuple[float, ...] = (1.0, 10.0)
     di_kd_steps: int = 800
+    adi_alphas: tuple[float, ...] = (0.01, 0.1)
     migration_shots: tuple[int, ...] = (5, 20, 100)
     migration_steps: int = 300
     # the text side: a MiniLM + LoRA teacher on 40 WordNet classes, 2-block MiniLM students
@@ -126,7 +131,7 @@ QUICK = dict(teacher_widths=(8, 16, 32), teacher_epochs=1, teacher_train_limit=1
              memory_slots=4, val_size=200, test_size=200, real_epochs=0.05, real_lrs=(3e-3,), batch_size=16,
              afstip_steps=4, afstip_sigmas=(0.1, 0.3), anchors_per_class=1, anchor_steps=2, dafl_iterations=4,
              dafl_width=8,
-             dafl_lr_gs=(0.2,), di_batches=1, di_iterations=3, di_alpha_fs=(1.0,), di_kd_steps=4,
+             dafl_lr_gs=(0.2,), di_batches=1, di_iterations=3, di_alpha_fs=(1.0,), di_kd_steps=4, adi_alphas=(0.1,),
              migration_shots=(5,), migration_steps=4,
              text_train_per_class=6, text_val_per_class=2, text_test_per_class=2, text_max_length=24,
              text_teacher_epochs=1, text_batch_size=8, text_real_epochs=0.05, text_real_lrs=(1e-3,),
@@ -233,7 +238,8 @@ def train_real(student, t, x, y, lr: float, kd: bool, seed: int, epochs: float, 
 
 def candidates(arm: str, s: Settings) -> list:
     return {"scratch": [None], "real_ce": list(s.real_lrs), "real_kd": list(s.real_lrs),
-            "afstip": list(s.afstip_sigmas), "dafl": list(s.dafl_lr_gs), "deepinversion": list(s.di_alpha_fs)}[arm]
+            "afstip": list(s.afstip_sigmas), "dafl": list(s.dafl_lr_gs), "deepinversion": list(s.di_alpha_fs),
+            "adi": list(s.adi_alphas)}[arm]
 
 
 def afstip_config(s: Settings, sigma: float, seed: int):
@@ -248,7 +254,8 @@ def train_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, num
               pools: dict | None = None):
     """A fresh student trained by ``arm`` with knob ``knob``; the data-free arms get no data argument.
     ``pools`` keeps DeepInversion's synthesised images per knob and AF-STip's anchors, so the students with and
-    without fusion learn from the same images (neither depends on the student)."""
+    without fusion learn from the same images (neither depends on the student); ADI's images depend on the
+    student, so it shares none, and it takes alpha_f from ``pools["adi_alpha_f"]`` (DeepInversion's choice)."""
     from peftc.distill import (DAFLConfig, DeepInversionConfig, FusionStudent, KDConfig, afstip_distill,
                                dafl_distill, deepinversion_distill)
     from peftc.distill.pseudo import build_anchors
@@ -275,6 +282,13 @@ def train_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, num
                                                         kd_batch_size=s.batch_size, kd=KDConfig(tau=4.0), seed=seed),
                                     images=pools.get(knob))
         pools[knob] = out["images"]
+    elif arm == "adi":  # the images depend on the student: none are shared
+        deepinversion_distill(t, student, num_classes, shape,
+                              DeepInversionConfig(batch_size=s.batch_size, iterations=s.di_iterations,
+                                                  batches=s.di_batches, alpha_adi=knob,
+                                                  alpha_f=(pools or {}).get("adi_alpha_f", s.di_alpha_fs[0]),
+                                                  kd_steps=s.di_kd_steps, kd_batch_size=s.batch_size,
+                                                  kd=KDConfig(tau=4.0), seed=seed))
     return student
 
 # -- the text side ------------------------------------------------------------------------------------------
@@ -493,6 +507,8 @@ def run_seed(s: Settings, seed: int, data, t, t9) -> dict:
 
     methods, pools = {}, {}
     for arm in ARMS:
+        if arm == "adi":  # ADI is DeepInversion plus a term: it keeps the alpha_f DeepInversion selected
+            pools["adi_alpha_f"] = methods["deepinversion"]["selected"]
         for fusion in (False, True):
             name = arm + ("+fusion" if fusion else "")
             t0 = time.perf_counter()

@@ -125,6 +125,36 @@ class PackedWeight:
     def grad_buffer(self) -> None:
         return None
 
+    @property
+    def bits(self) -> np.ndarray:
+        """The bf16 values as their raw 16-bit patterns: a (out_features, in_features) uint16 view of the
+        packed array (no copy, rows strided past the padding). ``bits.view`` of float32 is not valid: widen
+        with :meth:`to_float32`.
+
+        >>> PackedWeight(np.full((2, 3), 1.0, np.float32)).bits[0]  # 1.0 in bf16 is 0x3F80
+        array([16256, 16256, 16256], dtype=uint16)
+        """
+        return self.packed[:, :self.in_features]
+
+    def copy_(self, value: np.ndarray, name: str = "weight") -> None:
+        """Overwrite the values in place from ``value``, shaped like the weight: uint16 bf16 bit patterns (as
+        :attr:`bits` gives them) are copied, float32 values are rounded to nearest even. Any other dtype or
+        shape raises ValueError naming ``name``.
+
+        >>> w = PackedWeight(np.zeros((2, 3), np.float32)); w.copy_(np.full((2, 3), 1.5, np.float32))
+        >>> w.to_float32()[1]
+        array([1.5, 1.5, 1.5], dtype=float32)
+        """
+        if not isinstance(value, np.ndarray) or value.shape != self.shape:
+            got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+            raise ValueError(f"{name}: a bf16 weight of shape {self.shape} needs an array of that shape, got {got}")
+        if value.dtype == np.uint16:
+            self.bits[...] = value
+        elif value.dtype == np.float32:
+            _C.bf16_pack(self.packed, np.ascontiguousarray(value))
+        else:
+            raise ValueError(f"{name}: a bf16 weight takes uint16 bit patterns or float32 values, got {value.dtype}")
+
     def to_float32(self) -> np.ndarray:
         """A new (out_features, in_features) float32 array of the bf16 values."""
         out = np.empty(self.shape, dtype=np.float32)

@@ -240,3 +240,46 @@ def test_the_cnn_head_runs_on_a_bf16_weight_once_frozen(rng):
     net.head.to_bfloat16()
     assert_close(net(x), want, 1e-5, 1e-5, "logits")
     net.backward(np.ones_like(want))  # the frozen bf16 head passes the gradient on to the trainable convolutions
+
+
+def test_state_dict_of_a_bf16_bert_holds_every_weight_and_loads_back(tiny_folder):
+    m32 = BertModel.from_pretrained(tiny_folder)
+    m16 = BertModel.from_pretrained(tiny_folder, dtype="bfloat16")
+    state = m16.state_dict()
+    assert set(state) == set(m32.state_dict())  # the bf16 weights are in it, under the float32 names
+    q = "encoder.layer.0.attention.self.query.weight"
+    layer = dict(m16.named_modules())["encoder.layer.0.attention.self.query"]
+    assert state[q].dtype == np.uint16 and np.shares_memory(state[q], layer.weight.packed)  # a view, no copy
+    np.testing.assert_array_equal(bf16.bf16_to_float32(state[q]), layer.weight.to_float32())
+    # a float32 model from that state holds the bf16 values exactly, and computes what the bf16 model does
+    widened = BertModel.from_state_dict(m16.config, state)
+    ids, mask = tiny_batch()
+    np.testing.assert_array_equal(dict(widened.named_parameters())[q].data, layer.weight.to_float32())
+    assert_close(widened.eval()(ids, mask), m16.eval()(ids, mask), rtol=1e-5, atol=1e-5)
+    # loading: bit patterns are copied, float32 values rounded to nearest even, other dtypes refused by name
+    snapshot = {k: v.copy() for k, v in state.items()}
+    m16.load_state_dict({k: (v.copy() if k != q else np.zeros_like(v)) for k, v in snapshot.items()})
+    assert not layer.weight.to_float32().any()
+    m16.load_state_dict(snapshot)
+    np.testing.assert_array_equal(layer.weight.bits, snapshot[q])
+    m16.load_state_dict(m32.state_dict())
+    w = dict(m32.named_parameters())[q].data
+    np.testing.assert_array_equal(layer.weight.bits, bf16.round_bf16(np.ascontiguousarray(w)))
+    with pytest.raises(ValueError, match=rf"load_state_dict: {q}: .*uint16 bit patterns or float32.*float64"):
+        m16.load_state_dict({q: w.astype(np.float64)}, strict=False)
+    with pytest.raises(ValueError, match=rf"load_state_dict: {q}: .*shape \(16, 16\).*\(16, 8\)"):
+        m16.load_state_dict({q: w[:, :8].copy()}, strict=False)
+    with pytest.raises(KeyError, match="missing keys"):
+        m16.load_state_dict({k: v for k, v in snapshot.items() if k != q})
+
+
+def test_twin_encoder_of_a_bf16_bert_shares_its_weights(tiny_folder):
+    from peftc.prompt import twin_encoder
+
+    m16 = BertModel.from_pretrained(tiny_folder, dtype="bfloat16").eval()
+    twin = twin_encoder(m16)
+    ours, theirs = linear_layers(m16), linear_layers(twin)
+    assert len(ours) == len(theirs) == 12 and all(t.weight is o.weight for o, t in zip(ours, theirs))
+    assert all(np.shares_memory(p.data, q.data) for p, q in zip(m16.parameters(), twin.parameters()))
+    ids, mask = tiny_batch()
+    np.testing.assert_array_equal(twin(ids, mask), m16(ids, mask))

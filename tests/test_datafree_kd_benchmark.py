@@ -6,12 +6,20 @@ import pytest
 from .benchmark_scripts import load_benchmark
 
 
+JITTER = (0.001, -0.001, 0.002, -0.002, 0.0)  # per arm and seed, mean 0 over the five seeds
+
+
+def _jitter(i: int, seed: int) -> float:
+    """Arm i's own wobble with ``seed``, so that no difference between arms is the same with every seed."""
+    return JITTER[(seed + i) % len(JITTER)]
+
+
 def _seed_payload(bench, seed: int, shift: float) -> dict:
     methods = {}
-    for arm in bench.ARMS:
+    for i, arm in enumerate(bench.ARMS):
         for fusion in (False, True):
             acc = {"scratch": 0.1, "real_ce": 0.85, "real_kd": 0.86, "afstip": 0.80, "dafl": 0.70,
-                   "deepinversion": 0.78}[arm] + (0.01 if fusion else 0.0) + shift
+                   "deepinversion": 0.78, "adi": 0.79}[arm] + (0.01 if fusion else 0.0) + shift + _jitter(i, seed)
             methods[arm + ("+fusion" if fusion else "")] = {"acc": acc, "macro_f1": acc - 0.01, "student_params": 15,
                                                             "teacher_params": 73, "seconds": 1.0, "selected": None}
     migration = [{"shots": k, "old_acc": 0.8, "old_macro_f1": 0.7, "new_acc": 0.1 * k, "new_f1": 0.2,
@@ -44,9 +52,9 @@ def test_merge_combines_seeds_and_refuses_other_settings(tmp_path, monkeypatch):
     for k in range(5):
         bench.common.write_results(f"part{k}", _seed_payload(bench, k, 0.001 * k), "")
     out = bench.merge([f"part{k}" for k in range(5)], "merged")
-    assert out["settings"]["seeds"] == [0, 1, 2, 3, 4] and len(out["verdicts"]) == 9
+    assert out["settings"]["seeds"] == [0, 1, 2, 3, 4] and len(out["verdicts"]) == 3 * len(bench.DATA_FREE)
     assert (tmp_path / "merged.md").read_text().count("| yes |") + (tmp_path / "merged.md").read_text().count(
-        "| **no** |") == 9
+        "| **no** |") == 3 * len(bench.DATA_FREE)
     other = _seed_payload(bench, 9, 0.0)
     other["settings"]["student_widths"] = [4, 8, 8]
     bench.common.write_results("other", other, "")
@@ -60,9 +68,10 @@ def test_aggregate_adds_the_text_tables_and_claims_when_the_seeds_carry_them():
     for k in range(5):
         part = _seed_payload(bench, k, 0.002 * k * (-1) ** k)["per_seed"][str(k)]
         text = {}
-        for arm in bench.TEXT_ARMS:
+        for i, arm in enumerate(bench.TEXT_ARMS):
             for fusion in (False, True):
                 acc = {"scratch": 0.02, "real_ce": 0.6, "real_kd": 0.62, "afstip": 0.3}[arm] - (0.02 if fusion else 0)
+                acc += _jitter(i, k)
                 text[arm + ("+fusion" if fusion else "")] = {"acc": acc + 0.003 * k, "macro_f1": acc, "seconds": 1.0,
                                                              "student_params": 9, "teacher_params": 20}
         part["text_methods"] = text
@@ -80,3 +89,19 @@ def test_aggregate_adds_the_text_tables_and_claims_when_the_seeds_carry_them():
     md = bench.markdown({"aggregate": agg, "per_seed": per_seed, "cpu": "c", "command": "x",
                          "settings": {"text_held_out": "noun.food"}})
     assert "WordNet migration to noun.food" in md and "text afstip acc" in md
+
+
+def test_the_adi_arm_is_deepinversion_with_the_competition_weight_and_its_selected_alpha_f(monkeypatch):
+    import peftc.distill as distill
+
+    bench = load_benchmark("datafree_kd")
+    seen = []
+    monkeypatch.setattr(distill, "deepinversion_distill", lambda t, student, n, shape, cfg, images=None:
+                        seen.append((cfg, images)) or {"images": "synthesised"})
+    s = bench.Settings(**bench.QUICK)
+    bench.train_arm("adi", 0.1, None, None, s, False, 3, pools={"adi_alpha_f": 10.0, 0.1: "images of another arm"})
+    bench.train_arm("adi", 0.01, None, None, s, True, 3)
+    (first, images), (second, _) = seen
+    assert (first.alpha_adi, first.alpha_f, first.seed, images) == (0.1, 10.0, 3, None)  # no shared images
+    assert (second.alpha_adi, second.alpha_f) == (0.01, s.di_alpha_fs[0])
+    assert bench.candidates("adi", bench.Settings()) == [0.01, 0.1] and "adi" in bench.DATA_FREE

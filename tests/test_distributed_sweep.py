@@ -153,3 +153,28 @@ def test_bad_sweep_arguments_raise_naming_the_argument():
         run_sweep(None, [{"seed": 0}], progress=False)
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         set_blas_threads(0)
+
+
+class FlakyFuture:
+    """A future that settles on the first wait and, like one whose worker dies right after, turns 'lost' once."""
+
+    def __init__(self, lose_once: bool) -> None:
+        self.status, self.lose_once = "pending", lose_once
+
+
+def test_wait_all_waits_again_for_a_result_lost_with_its_worker(monkeypatch):
+    from peftc.distributed import workers
+
+    futures = [FlakyFuture(False), FlakyFuture(True)]
+    calls = []
+
+    def fake_wait(fs, timeout):
+        calls.append(sum(f is g for f in futures for g in fs))
+        for f in fs:
+            f.status = "lost" if f.lose_once else "finished"
+            f.lose_once = False
+
+    monkeypatch.setattr(workers, "wait", fake_wait)
+    workers.wait_all(futures, timeout=5, show_progress=False, what="run_sweep")
+    assert [f.status for f in futures] == ["finished", "finished"]
+    assert calls == [2, 1]  # the second wait is for the lost future only

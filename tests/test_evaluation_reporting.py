@@ -207,3 +207,12 @@ def test_verdicts_reject_bad_claims():
         verdicts([{"claim": "x", "a": [1, 2], "b": [1, 2], "direction": "less"}])
     with pytest.raises(ValueError, match="claims must not be empty"):
         verdicts([])
+
+
+def test_verdicts_give_no_evidence_to_a_difference_without_spread_across_seeds():
+    # a method that ignores the seed: the same gain with every seed (up to rounding), where SciPy's t gives p = 0
+    same = Claim("same gain every seed", [a + 0.03 for a in A], A, "greater")
+    (v, gain, _, _) = verdicts([same] + family())
+    assert v["p"] == 1.0 and v["p_holm"] == 1.0 and v["holds"] is False and "every seed" in v["why"]
+    assert v["diff"] == pytest.approx(0.03) and gain["holds"] is True
+    assert verdicts([same], test="wilcoxon")[0]["p"] == pytest.approx(0.0625)  # ranks are still a valid test

@@ -12,14 +12,17 @@ static int check_tau(const char *fn, float tau)
     return -1;
 }
 
-static PyObject *py_kd_kl_forward(PyObject *self, PyObject *args)
+/* The two divergences of a student and a teacher distribution share one forward signature. */
+typedef peftc_status (*pair_loss_forward)(float *, float *, float *, const float *, const float *, float, int64_t,
+                                          int64_t);
+
+static PyObject *pair_forward(PyObject *args, const char *format, const char *fn, pair_loss_forward kernel)
 {
-    (void)self;
     PyObject *o_ps, *o_pt, *o_zs, *o_zt;
     float tau;
-    if (!PyArg_ParseTuple(args, "OOOOf:kd_kl_forward", &o_ps, &o_pt, &o_zs, &o_zt, &tau))
+    if (!PyArg_ParseTuple(args, format, &o_ps, &o_pt, &o_zs, &o_zt, &tau))
         return NULL;
-    ARG_CHECK(ck, "kd_kl_forward");
+    ARG_CHECK(ck, fn);
     float *ps, *pt, *zs, *zt;
     if (arg_f32(&ck, "student_probs", o_ps, "N C", ARG_OUT, &ps) < 0 ||
         arg_f32(&ck, "teacher_probs", o_pt, "N C", ARG_OUT, &pt) < 0 ||
@@ -30,11 +33,17 @@ static PyObject *py_kd_kl_forward(PyObject *self, PyObject *args)
     float loss = 0.0f;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = peftc_kd_kl_forward(&loss, ps, pt, zs, zt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
+    st = kernel(&loss, ps, pt, zs, zt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
     Py_END_ALLOW_THREADS
     if (st != PEFTC_OK)
         return arg_status_error(ck.fn, st);
     return PyFloat_FromDouble((double)loss);
+}
+
+static PyObject *py_kd_kl_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return pair_forward(args, "OOOOf:kd_kl_forward", "kd_kl_forward", peftc_kd_kl_forward);
 }
 
 static PyObject *py_kd_kl_backward(PyObject *self, PyObject *args)
@@ -66,26 +75,7 @@ static PyObject *py_kd_kl_backward(PyObject *self, PyObject *args)
 static PyObject *py_adi_js_forward(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *o_ps, *o_pt, *o_zs, *o_zt;
-    float tau;
-    if (!PyArg_ParseTuple(args, "OOOOf:adi_js_forward", &o_ps, &o_pt, &o_zs, &o_zt, &tau))
-        return NULL;
-    ARG_CHECK(ck, "adi_js_forward");
-    float *ps, *pt, *zs, *zt;
-    if (arg_f32(&ck, "student_probs", o_ps, "N C", ARG_OUT, &ps) < 0 ||
-        arg_f32(&ck, "teacher_probs", o_pt, "N C", ARG_OUT, &pt) < 0 ||
-        arg_f32(&ck, "student_logits", o_zs, "N C", ARG_IN, &zs) < 0 ||
-        arg_f32(&ck, "teacher_logits", o_zt, "N C", ARG_IN, &zt) < 0 || arg_no_alias(&ck) < 0 ||
-        check_tau(ck.fn, tau) < 0)
-        return NULL;
-    float loss = 0.0f;
-    peftc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = peftc_adi_js_forward(&loss, ps, pt, zs, zt, tau, arg_dim(&ck, "N"), arg_dim(&ck, "C"));
-    Py_END_ALLOW_THREADS
-    if (st != PEFTC_OK)
-        return arg_status_error(ck.fn, st);
-    return PyFloat_FromDouble((double)loss);
+    return pair_forward(args, "OOOOf:adi_js_forward", "adi_js_forward", peftc_adi_js_forward);
 }
 
 static PyObject *py_adi_js_backward(PyObject *self, PyObject *args)

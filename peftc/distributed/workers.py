@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Sequence
 
 from distributed import Client, Future, LocalCluster, WorkerPlugin, progress, wait
@@ -15,6 +16,7 @@ from distributed import Client, Future, LocalCluster, WorkerPlugin, progress, wa
 from .blas import blas_env, set_blas_threads
 
 PLUGIN_NAME = "peftc-hold-blas-threads"
+SETTLED = ("finished", "error", "cancelled")  # the future states that no longer change by themselves
 
 
 class HoldBlasThreads(WorkerPlugin):
@@ -67,9 +69,10 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
 
 
 def wait_all(futures: Sequence[Future], timeout: float | None, show_progress: bool, what: str) -> None:
-    """Wait until every future is finished or failed, with Dask's progress bar (a widget in a notebook, text
-    in a terminal, drawn from a helper thread so that ``timeout`` still applies); on timeout cancel them all
-    and raise TimeoutError naming the unfinished positions.
+    """Wait until every future is finished, failed or cancelled, with Dask's progress bar (a widget in a
+    notebook, text in a terminal, drawn from a helper thread so that ``timeout`` still applies); on timeout
+    cancel them all and raise TimeoutError naming the unfinished positions. A future whose result was lost
+    with its worker after it finished is waited for again while the scheduler recomputes it.
 
     Example:
         >>> futures = [client.submit(train, c, pure=False) for c in configs]    # doctest: +SKIP
@@ -83,8 +86,12 @@ def wait_all(futures: Sequence[Future], timeout: float | None, show_progress: bo
         else:
             threading.Thread(target=progress, args=(list(futures),), kwargs={"notebook": False},
                              daemon=True, name="peftc-progress").start()
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        wait(list(futures), timeout=timeout)
+        # A worker that dies after the wait returned takes the results it held with it: their futures turn
+        # "lost" and the scheduler recomputes them. Wait again until none is left unsettled.
+        while unsettled := [f for f in futures if f.status not in SETTLED]:
+            wait(unsettled, timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
     except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
         late = [i for i, f in enumerate(futures) if f.status not in ("finished", "error")]
         for f in futures:

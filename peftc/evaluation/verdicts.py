@@ -11,7 +11,9 @@ JSON-ready dict whose first six keys are the results contract:
 
 followed by "expected" ("greater": mean(a) > mean(b) is claimed, "less": mean(a) < mean(b)),
 "test", "p" (unadjusted), "p_wilcoxon" and "why" (the reason for the verdict in words). ``diff``
-is mean(a - b) over seeds and ``ci95`` its 95% t interval (not adjusted for multiplicity).
+is mean(a - b) over seeds and ``ci95`` its 95% t interval (not adjusted for multiplicity). A non-zero
+difference that is identical with every seed gives the t test nothing to weigh (SciPy says p = 0); such a
+claim gets p = 1 and does not hold, since its seeds are no evidence.
 ``verdicts_markdown`` renders the same list as the table the markdown file shows. In a benchmark:
 
     claims = [Claim("EATA error < TENT error", eata_error_per_seed, tent_error_per_seed, "less"), ...]
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from ._inputs import check_count
 from .hypothesis import paired_t_test, wilcoxon_signed_rank
@@ -59,6 +63,12 @@ def _as_claim(item: Any, i: int) -> Claim:
     return claim
 
 
+def _flat(c: Claim) -> bool:
+    """Whether a - b is non-zero and the same with every seed, up to rounding."""
+    d = np.asarray(c.a, dtype=np.float64) - np.asarray(c.b, dtype=np.float64)
+    return bool(np.any(d != 0.0)) and float(np.ptp(d)) <= 1e-12 * float(np.max(np.abs(d)))
+
+
 def verdicts(claims: Sequence[Claim | Mapping[str, Any]], *, alpha: float = 0.05, test: str = "t",
              min_seeds: int = 5) -> list[dict[str, Any]]:
     """The verdict of each claim, Holm-corrected over ``claims`` (one results file's family)."""
@@ -78,15 +88,21 @@ def verdicts(claims: Sequence[Claim | Mapping[str, Any]], *, alpha: float = 0.05
         except (TypeError, ValueError) as e:
             raise type(e)(f"claims[{i}] ({c.claim!r}): {e}") from None
         rows.append((c, t, w))
-    p_raw = [(t if test == "t" else w).p_value for _, t, w in rows]
+    # a difference that is the same with every seed has no spread for the t test to weigh (t = +-inf, p = 0):
+    # the seeds then carry no evidence at all, so the claim gets p = 1 (Wilcoxon's ranks stay valid)
+    flat = [test == "t" and _flat(c) for c, _, _ in rows]
+    p_raw = [1.0 if f else (t if test == "t" else w).p_value for (_, t, w), f in zip(rows, flat)]
     p_adj = holm(p_raw)
     out = []
-    for (c, t, w), p, q in zip(rows, p_raw, p_adj):
+    for (c, t, w), p, q, f in zip(rows, p_raw, p_adj, flat):
         right_sign = t.estimate > 0 if c.expected == "greater" else t.estimate < 0
         enough = t.n >= min_seeds
         holds = bool(enough and q < alpha and right_sign)
         if not enough:
             why = f"only {t.n} seeds (at least {min_seeds} needed)"
+        elif f:
+            why = (f"the difference is {t.estimate:+.4g} with every seed: no spread to test across seeds "
+                   "(compare per example instead)")
         elif not right_sign:
             why = f"the mean difference {t.estimate:+.4g} has the wrong sign"
         elif q >= alpha:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..bf16 import bf16_to_float32
 from ..nn import (GELU, BertEmbeddings, Dropout, Embedding, LayerNorm, Linear, MeanPooling, Module, ModuleList,
                   SelfAttention)
 from ..nn.packed_tokens import PackedTokens
@@ -258,7 +259,10 @@ class BertModel(Module):
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, config: BertConfig, state: dict[str, np.ndarray], seed: int = 0) -> BertModel:
-        """Wrap the arrays of a Hugging Face BERT state dict in place (keys may carry a ``bert.`` prefix)."""
+        """Wrap the arrays of a Hugging Face BERT state dict in place (keys may carry a ``bert.`` prefix).
+
+        Arrays that are not C-contiguous float32 are converted once; uint16 arrays are bf16 bit patterns (what
+        :meth:`state_dict` gives for a bf16 weight) and are widened exactly to float32."""
         state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
         used: set[str] = set()
 
@@ -266,7 +270,9 @@ class BertModel(Module):
             if name not in state:
                 raise KeyError(f"checkpoint has no tensor {name!r}")
             a = state[name]
-            if a.dtype != np.float32 or not a.flags.c_contiguous:
+            if a.dtype == np.uint16:
+                a = bf16_to_float32(a)
+            elif a.dtype != np.float32 or not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a, dtype=np.float32)  # a half-precision file must be widened once
             used.add(name)
             return a

@@ -189,20 +189,36 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and buffers by dotted name (the arrays themselves, not copies)."""
+        """Parameters, buffers and frozen bf16 weights by dotted name (the arrays themselves, not copies).
+
+        A bf16 weight (:meth:`named_packed_weights`) appears as its uint16 bit patterns
+        (:attr:`peftc.bf16.PackedWeight.bits`, a view), since NumPy has no bfloat16 type.
+
+        >>> from peftc.nn import Linear
+        >>> layer = Linear(4, 3); layer.weight.requires_grad = False
+        >>> {k: str(v.dtype) for k, v in layer.to_bfloat16().state_dict().items()}
+        {'bias': 'float32', 'weight': 'uint16'}
+        """
         state = {name: p.data for name, p in self.named_parameters()}
         state.update(self.named_buffers())
+        state.update((name, w.bits) for name, w in self.named_packed_weights())
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the existing parameters and buffers (shapes must match)."""
+        """Copy arrays into the existing parameters and buffers (shapes must match). A frozen bf16 weight takes
+        uint16 bit patterns (as :meth:`state_dict` gives them) or float32 values, rounded to nearest even."""
         params = {name: p.data for name, p in self.named_parameters()}
         params.update(self.named_buffers())
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
+        packed = dict(self.named_packed_weights())
+        known = set(params) | set(packed)
+        missing = sorted(known - set(state))
+        unexpected = sorted(set(state) - known)
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         for name, value in state.items():
+            if name in packed:
+                packed[name].copy_(value, f"load_state_dict: {name}")
+                continue
             if name not in params:
                 continue
             target = params[name]

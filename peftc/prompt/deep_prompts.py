@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.bert import BertModel
-from ..nn import MeanPooling
+from ..nn import Linear, MeanPooling
 from ..nn.module import Module, Parameter
 from ..random import Generator
 
@@ -37,6 +37,10 @@ from ..random import Generator
 def twin_encoder(model: BertModel) -> BertModel:
     """A second BertModel on the same weight arrays (no copy) with its own forward caches, frozen, eval mode."""
     twin = BertModel.from_state_dict(model.config, model.state_dict())
+    ours = dict(twin.named_modules())
+    for name, layer in model.named_modules():  # bf16 weights: the same packed arrays, not widened copies
+        if isinstance(layer, Linear) and layer.is_bfloat16:
+            ours[name].weight = layer.weight
     twin.requires_grad_(False)
     twin.eval()
     return twin
