@@ -385,8 +385,9 @@ def markdown(payload: dict) -> str:
               "validation with a short schedule (the paper: 5e-4, cosine, 1 epoch); PEFT's alpha adjustment "
               "(alpha_l / r_l = alpha / r) rather than the official repo's alpha = 1; LoRA dropout 0.1 (the main job's "
               "value; EVA's runs used 0).\n"]
-    lines.append(f"Load average at start {tuple(round(x, 1) for x in payload['environment']['load_average_at_start'])}"
-                 f" on {os.cpu_count()} logical CPUs. Command: `{payload['command']}`\n")
+    lines.append(f"CPU: {payload['environment'].get('cpu', 'not recorded')}. Load average at start "
+                 f"{tuple(round(x, 1) for x in payload['environment']['load_average_at_start'])} on "
+                 f"{os.cpu_count()} logical CPUs. Command: `{payload['command']}`\n")
     return "\n".join(lines)
 
 
@@ -400,7 +401,7 @@ def render(name: str, payload: dict | None = None) -> None:
     payload["paired_train_loss_differences"] = paired_differences(payload["runs"], ks)
     payload["verdict"] = verdict(payload["runs"], ks, payload["settings"]["reduced"])
     payload["verdicts"] = seed_verdicts(paired_claims(payload["runs"], ks))
-    payload = {"verdicts": payload.pop("verdicts"), **payload}
+    payload = {"verdicts": payload.pop("verdicts"), **payload, "cpu": payload["environment"].get("cpu")}
     if payload["settings"]["reduced"]:
         payload["reduced"] = {"label": "REDUCED", "full_command": FULL_COMMAND}
     text = markdown(payload)
@@ -425,7 +426,8 @@ def merge(names: list[str], out: str) -> None:
     payload = {"command": common.merged_command([part["command"] for part in parts], names),
                "settings": {**first, "seeds": sorted(seeds), "out": out}, "runs": runs,
                "selection": parts[0].get("selection"),
-               "environment": parts[0]["environment"]}
+               "environment": {**parts[0]["environment"], "cpu": " + ".join(
+                   dict.fromkeys(str(part["environment"].get("cpu")) for part in parts))}}  # the parts' CPUs
     render(out, payload)
 
 

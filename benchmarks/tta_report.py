@@ -78,6 +78,7 @@ from peftc.data.corruptions import CORRUPTIONS, _linear_matrix, corrupt, load_fa
 from peftc.data.fashion_mnist import load_fashion_mnist
 from peftc.evaluation import Claim, select_on_validation
 from peftc.io.atomic import write_bytes_atomic
+from peftc.machine import cpu_model
 from peftc.tta import EATA, SAR, TENT, BNAdapt, Source, SourceConfig, train_source_model
 from peftc.tta.evaluate import (clean_error, continual_stream, evaluate_corruptions, open_set_stream, rounds_of,
                                 run_stream, summarize)
@@ -459,7 +460,7 @@ def markdown(result: dict) -> str:
     if cfg["label"].lower() == "tiny":
         lines += ["A tiny smoke configuration that exercises the code path (few corruptions, a few batches per "
                   "stream): its numbers are not evidence for or against any claim.", ""]
-    lines += [f"Command: `{cfg['command']}`", "",
+    lines += [f"CPU: {result.get('cpu', 'not recorded')}. Command: `{cfg['command']}`", "",
               f"Source models: 10-class clean test accuracy {100 * result['source_accuracy']:.2f} %, "
               f"8-class (classes 0-7) {100 * result['source8_accuracy']:.2f} %. {HYPER}", "",
               f"Wall time {result['seconds']:.0f} s (of this process, the selection included unless it came from "
@@ -524,8 +525,11 @@ def settings_of(args) -> dict:
 SELECTION_IGNORES = {"seeds"}  # a seed run may differ from its --selection file in these only
 
 
-def payload(args, command: str, per_seed: dict, selection: dict, info: dict, info8: dict, seconds: float) -> dict:
-    result = {"config": {**settings_of(args), "command": command}, "reduced": args.label.lower() != "full",
+def payload(args, command: str, per_seed: dict, selection: dict, info: dict, info8: dict, seconds: float,
+            cpu: str | None = None) -> dict:
+    """The results file; ``cpu`` is the machine's (:func:`peftc.machine.cpu_model`) unless given (a merge)."""
+    result = {"config": {**settings_of(args), "command": command}, "cpu": cpu or cpu_model(),
+              "reduced": args.label.lower() != "full",
               "full_command": FULL, "hyperparameters": HYPER, "source_accuracy": info["test_accuracy"],
               "source8_accuracy": info8["test_accuracy"], "seconds": seconds, "selection": selection}
     if per_seed:
@@ -575,7 +579,8 @@ def merge(stems: list[Path], out: str) -> dict:
     args.seeds = [int(s) for s in per_seed]
     command = merged_command([p["config"]["command"] for p in parts], stems)
     result = payload(args, command, per_seed, first["selection"], {"test_accuracy": first["source_accuracy"]},
-                     {"test_accuracy": first["source8_accuracy"]}, sum(p["seconds"] for p in parts))
+                     {"test_accuracy": first["source8_accuracy"]}, sum(p["seconds"] for p in parts),
+                     " + ".join(dict.fromkeys(str(p.get("cpu", "not recorded")) for p in parts)))  # the parts' CPUs
     write(result, out)
     return result
 

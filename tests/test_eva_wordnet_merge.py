@@ -22,26 +22,31 @@ def _run(arm: str, seed: int, loss: float) -> dict:
     return run
 
 
-def _part(ew, monkeypatch, tmp_path, seed: int, epochs: int = 3) -> str:
+def _part(ew, monkeypatch, tmp_path, seed: int, epochs: int = 3, cpu: str = "Zen 3") -> str:
     monkeypatch.setattr(ew.common, "RESULTS_DIR", tmp_path)
     settings = {"seeds": [seed], "threads": 1, "epochs": epochs, "ks": [25], "reduced": False,
                 "out": f"part{seed}", "merge": None, "render": None}
     payload = {"command": f"seed {seed}", "settings": settings, "runs": [_run("random", seed, 2.0),
                                                                           _run("eva", seed, 1.5 + seed)],
-               "environment": {"load_average_at_start": [0.0, 0.0, 0.0]}}
+               "environment": {"load_average_at_start": [0.0, 0.0, 0.0], "cpu": cpu}}
     (tmp_path / f"part{seed}.json").write_text(json.dumps(payload))
     return f"part{seed}"
 
 
 def test_merge_pools_the_runs_and_recomputes_the_verdict(ew, monkeypatch, tmp_path):
-    names = [_part(ew, monkeypatch, tmp_path, 0), _part(ew, monkeypatch, tmp_path, 1)]
-    ew.merge(names, "all")
+    names = [_part(ew, monkeypatch, tmp_path, 0), _part(ew, monkeypatch, tmp_path, 1, cpu="Zen 4"),
+             _part(ew, monkeypatch, tmp_path, 2)]
+    ew.merge(names[:2], "all")
     merged = json.loads((tmp_path / "all.json").read_text())
     assert merged["settings"]["seeds"] == [0, 1] and len(merged["runs"]) == 4
     assert merged["paired_train_loss_differences"] == {"25": [-0.5, 0.5]}
     assert "NOT lower" in merged["verdict"]  # seed 1's EVA loss (2.5) is above random's (2.0)
     assert merged["command"] == "seed 0 + seed 1; merged with --merge part0 part1"
     assert "| eva |" in (tmp_path / "all.md").read_text()
+    assert merged["cpu"] == merged["environment"]["cpu"] == "Zen 3 + Zen 4"  # the parts' CPUs, not this machine's
+    assert "CPU: Zen 3 + Zen 4." in (tmp_path / "all.md").read_text()
+    ew.merge([names[0], names[2]], "same")
+    assert json.loads((tmp_path / "same.json").read_text())["cpu"] == "Zen 3"
 
 
 def test_merge_refuses_other_settings_and_repeated_seeds(ew, monkeypatch, tmp_path):

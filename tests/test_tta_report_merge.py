@@ -53,7 +53,7 @@ def _part(report, tmp_path: Path, seed: int, extra: list[str] = (), selection: d
     stem = tmp_path / f"s{seed}"
     per_seed = {seed: _seed(report, args, seed, np.random.default_rng(seed))}
     result = report.payload(args, f"seed {seed}", per_seed, selection or _selection(report, args),
-                            {"test_accuracy": 0.9}, {"test_accuracy": 0.88}, 1.0)
+                            {"test_accuracy": 0.9}, {"test_accuracy": 0.88}, 1.0, "Zen 4" if seed == 3 else "Zen 3")
     report.write(result, str(stem))
     return stem
 
@@ -150,6 +150,7 @@ def test_merge_gives_paired_verdicts_over_the_seeds(report, tmp_path):
     md = (tmp_path / "all.md").read_text()
     assert "| claim | holds | diff (A - B) | 95% CI | p (Holm) |" in md and "| tent+filter+div | 0.0003 |" in md
     assert merged["aggregate"]["per_corruption"]["tent"]["error"][0] == pytest.approx(23.0, abs=0.5)
+    assert merged["cpu"] == "Zen 3 + Zen 4" and "CPU: Zen 3 + Zen 4." in md  # the parts' CPUs, not this machine's
 
 
 def test_merge_refuses_other_settings_another_selection_and_repeated_seeds(report, tmp_path):
