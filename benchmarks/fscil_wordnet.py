@@ -225,9 +225,14 @@ def render(payload: dict) -> str:
     rows = [[name, f"{100 * m['avg_acc']:.2f}", f"{100 * m['pd']:.2f}", f"{100 * m['last_hm']:.2f}",
              " ".join(f"{100 * a:.1f}" for a in m["per_session"]), m["seeds"]]
             for name, m in payload["methods"].items()]
+    reduced = ("" if s["base_train_per_class"] is None else
+               f"**REDUCED run**: base training on {s['base_train_per_class']} glosses per base class, not all of "
+               f"each class's training glosses; {s['base_epochs']} epoch(s), max_length {s['max_length']}, trick "
+               "knobs not tuned.\n\n")
     md = (f"# FSCIL bag of tricks, WordNet 100 classes (60 base + 8 x 5-way 5-shot), all-MiniLM-L6-v2 + LoRA\n\n"
-          f"Seeds {s['seeds']}; {s['base_train_per_class']} base glosses per class, {s['test_per_class']} test "
-          f"glosses per class; learning rate chosen per method and seed on validation among {s['lrs']}. "
+          + reduced + f"Seeds {s['seeds']}; {s['base_train_per_class'] or 'all'} base glosses per class, "
+          f"{s['test_per_class']} test glosses per class; learning rate chosen per method and seed on validation "
+          f"among {s['lrs']}. "
           f"CPU: {payload['cpu']}. Command: `{payload['command']}`\n\n"
           + markdown_table(["method", "avg acc %", "PD %", "last HM %", "A_t per session %", "seeds"], rows))
     if payload.get("verdicts"):

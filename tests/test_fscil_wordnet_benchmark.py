@@ -47,6 +47,7 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(ft, tmp_path
     for r in merged["runs"]:
         assert r["lr"] in (1e-3, 5e-3) and len(r["val_avg_acc"]) == 2 and len(r["predictions_last"]) == 100
     assert "| full |" in (tmp_path / "all.md").read_text()
+    assert "**REDUCED run**: base training on 2 glosses per base class" in (tmp_path / "all.md").read_text()
     with pytest.raises(ValueError, match="repeat a seed"):
         ft.merge([tmp_path / "s0", tmp_path / "s0"], tmp_path / "bad")
 
