@@ -65,6 +65,22 @@ def test_cached_attention_equals_the_causal_block_rows(rng, past, tq):
     assert_close(got, ref, 1e-5, 1e-6, "cached vs reference")
 
 
+@pytest.mark.parametrize("hs", [36, 72])
+@pytest.mark.parametrize("tq", [1, 4, 5])
+def test_cached_attention_of_wide_heads_equals_the_reference(rng, tq, hs):
+    # head sizes past 4 vectors with a tail (AVX2: 32 + 4 and 2 x 32 + 8; AVX-512: 2 x 16 + 4 and 64 + 8):
+    # decoding's row-by-row path (tq <= 4) and the blocked one (tq = 5) against float64
+    b, nh, past, tc = 3, 2, 7, 14
+    h = hs * nh
+    q = f32(rng, b, tq, h)
+    kc, vc = f32(rng, b, tc, h), f32(rng, b, tc, h)
+    kc[:, past + tq:] = np.nan
+    vc[:, past + tq:] = np.nan
+    got = F.attention_cached_forward(q, kc, vc, past + tq, nh)
+    ref = R.attention_cached_forward(q.astype(np.float64), kc.astype(np.float64), vc.astype(np.float64), past + tq, nh)
+    assert_close(got, ref, 1e-5, 1e-6, "cached vs reference")
+
+
 def test_cached_attention_refuses_a_length_outside_the_cache(rng):
     q, kc = f32(rng, 1, 2, 4), f32(rng, 1, 5, 4)
     with pytest.raises(ValueError, match="length = 1 must be at least TQ = 2"):
