@@ -1,9 +1,11 @@
 /* loss.c: softmax cross-entropy, mean over the rows whose label is not ignore_index (torch's
  * F.cross_entropy with reduction="mean"). When every row is ignored the loss is 0 and count is 0:
- * no gradient flows, where torch would return NaN. */
+ * no gradient flows, where torch would return NaN. The row softmax is softmax_row.h's vectorised
+ * passes (fastmath.h's exp); the loss itself is log(sum) minus the shifted label logit, in double. */
 #include <math.h>
 
 #include "peftc.h"
+#include "softmax_row.h"
 
 peftc_status peftc_cross_entropy_forward(float *loss, int64_t *count, float *probs, const float *logits,
                                          const int64_t *labels, int64_t ignore_index, int64_t N, int64_t C)
@@ -18,14 +20,8 @@ peftc_status peftc_cross_entropy_forward(float *loss, int64_t *count, float *pro
     for (int64_t n = 0; n < N; n++) {
         const float *row = logits + n * C;
         float *prow = probs + n * C;
-        float mx = row[0];
-        for (int64_t c = 1; c < C; c++)
-            mx = row[c] > mx ? row[c] : mx;
-        double sum = 0.0;
-        for (int64_t c = 0; c < C; c++) {
-            prow[c] = expf(row[c] - mx);
-            sum += prow[c];
-        }
+        const float mx = peftc_row_max(row, C);
+        const double sum = peftc_exp_row(prow, row, C, 1.0f, mx, -INFINITY);
         const float inv = (float)(1.0 / sum);
         for (int64_t c = 0; c < C; c++)
             prow[c] *= inv;

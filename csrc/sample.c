@@ -12,31 +12,27 @@
 #include <math.h>
 #include <string.h>
 
-#include "fastmath.h"
 #include "parallel.h"
 #include "peftc.h"
 #include "rng.h"
+#include "softmax_row.h"
 
 /* rows per thread below which one thread samples all rows */
 #define SAMPLE_MIN_ROWS 16
 
-/* The passes over a row keep LANES partial results, so that they vectorise: a plain loop carries one
- * accumulator, which the compiler may not reorder. */
-#define LANES 16
-
 /* the largest and smallest of x (V values); returns 0 when one of them is NaN or +inf */
 static int row_range(const float *x, int64_t V, float *mx, float *mn)
 {
-    float hi[LANES], lo[LANES];
-    int bad[LANES];
-    for (int l = 0; l < LANES; l++) {
+    float hi[PEFTC_ROW_LANES], lo[PEFTC_ROW_LANES];
+    int bad[PEFTC_ROW_LANES];
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
         hi[l] = -INFINITY;
         lo[l] = INFINITY;
         bad[l] = 0;
     }
     int64_t i = 0;
-    for (; i + LANES <= V; i += LANES)
-        for (int l = 0; l < LANES; l++) {
+    for (; i + PEFTC_ROW_LANES <= V; i += PEFTC_ROW_LANES)
+        for (int l = 0; l < PEFTC_ROW_LANES; l++) {
             const float v = x[i + l];
             bad[l] |= !(v < INFINITY); /* NaN or +inf */
             hi[l] = v > hi[l] ? v : hi[l];
@@ -51,36 +47,12 @@ static int row_range(const float *x, int64_t V, float *mx, float *mn)
     int any = 0;
     *mx = -INFINITY;
     *mn = INFINITY;
-    for (int l = 0; l < LANES; l++) {
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
         any |= bad[l];
         *mx = hi[l] > *mx ? hi[l] : *mx;
         *mn = lo[l] < *mn ? lo[l] : *mn;
     }
     return !any;
-}
-
-/* p[i] = exp(s[i] - top) where s[i] = z[i] * inv_t >= cut, else exactly 0 (also where s[i] - top < -87,
- * below which the approximation would clamp: such tokens are never drawn); returns the sum in double */
-static double exp_row(float *p, const float *z, int64_t V, float inv_t, float top, float cut)
-{
-    double acc[LANES] = {0.0};
-    int64_t i = 0;
-    for (; i + LANES <= V; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-            const float s = z[i + l] * inv_t, d = s - top;
-            const float e = s >= cut && d >= -87.0f ? peftc_exp_approx(d) : 0.0f;
-            p[i + l] = e;
-            acc[l] += (double)e;
-        }
-    double sum = 0.0;
-    for (int l = 0; l < LANES; l++)
-        sum += acc[l];
-    for (; i < V; i++) {
-        const float s = z[i] * inv_t, d = s - top;
-        p[i] = s >= cut && d >= -87.0f ? peftc_exp_approx(d) : 0.0f;
-        sum += (double)p[i];
-    }
-    return sum;
 }
 
 /* a float's bit pattern as an int32 that orders like the float (-0 just below +0) */
@@ -181,7 +153,7 @@ static peftc_status sample_row(const sample_job *j, int64_t n)
         cut = kth_largest(p, j->top_k, ordered_key(mn * inv_t), ordered_key(mx * inv_t), V);
     }
     /* softmax over the kept logits; removed ones get exactly 0 */
-    double sum = exp_row(p, z, V, inv_t, mx * inv_t, cut);
+    double sum = peftc_exp_row(p, z, V, inv_t, mx * inv_t, cut);
     float inv = (float)(1.0 / sum);
     for (int64_t i = 0; i < V; i++)
         p[i] *= inv;
