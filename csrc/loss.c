@@ -56,7 +56,8 @@ peftc_status peftc_cross_entropy_forward(float *loss, int64_t *count, float *pro
             return PEFTC_ERR_LABEL;
     softmax_job job = {.probs = probs, .logits = logits, .N = N, .C = C};
     const int64_t min_rows = CE_MIN_PART_LOGITS / C;
-    const peftc_status st = peftc_parallel_run(softmax_part, &job, peftc_parallel_parts(N, min_rows > 1 ? min_rows : 1));
+    const peftc_status st =
+        peftc_parallel_run(softmax_part, &job, peftc_parallel_parts(N, min_rows > 1 ? min_rows : 1));
     if (st != PEFTC_OK)
         return st;
     /* the mean over the counted rows, summed in row order (the same on any thread count): -log of the label's
