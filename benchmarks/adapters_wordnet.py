@@ -63,7 +63,7 @@ import numpy as np
 
 # this folder: run as a script, or from the tests
 from common import (add_seed_protocol_arguments, check_seed_parts, check_selection_settings, merged_command,
-                    results_json, sweep_seeds)
+                    merged_cpu, results_json, sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.evaluation import Claim, select_on_validation
 from peftc.io.atomic import write_bytes_atomic
@@ -548,9 +548,8 @@ def merge(stems: list[Path], out_stem: Path) -> dict:
     settings = dict(first["settings"], seeds=sorted(seeds))
     s = Settings(**settings)
     command = merged_command([part["command"] for part in parts], stems)
-    cpus = sorted({part.get("cpu") or "not recorded" for part in parts})
     result = _payload(s, command, first["sizes"], runs, sum(part["total_seconds"] for part in parts),
-                      first["selection"], cpu=" / ".join(cpus))
+                      first["selection"], cpu=merged_cpu([part.get("cpu") for part in parts]))
     _write(result, out_stem)
     return result
 

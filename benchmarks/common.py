@@ -261,8 +261,9 @@ run --select-only with this run's settings into a new --out
 
 def merge_seed_parts(stems: list[str]) -> dict[str, Any]:
     """The payload of per-seed results files ``stems`` of one configuration combined: the first file's keys,
-    its settings with every seed, the merged command, the summed seconds and ``per_seed`` of all files in
-    seed order. Raises ValueError when the settings differ outside the seeds or a seed appears twice."""
+    its settings with every seed, the merged command, the summed seconds, ``per_seed`` of all files in seed
+    order and (when the files record one) the parts' ``cpu`` (:func:`merged_cpu`). Raises ValueError when the
+    settings differ outside the seeds or a seed appears twice."""
     parts = [read_results(stem) for stem in stems]
     check_seed_parts([p["settings"] for p in parts], stems, {"seeds"})
     per_seed: dict[str, Any] = {}
@@ -272,9 +273,22 @@ def merge_seed_parts(stems: list[str]) -> dict[str, Any]:
             raise ValueError(f"{stem}: seeds {sorted(clash)} appear in more than one file")
         per_seed.update(part["per_seed"])
     per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
-    return dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
-                command=merged_command([p["command"] for p in parts], stems),
-                seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+    merged = dict(parts[0], settings={**parts[0]["settings"], "seeds": [int(k) for k in per_seed]},
+                  command=merged_command([p["command"] for p in parts], stems),
+                  seconds=sum(p["seconds"] for p in parts), per_seed=per_seed)
+    if "cpu" in parts[0]:
+        merged["cpu"] = merged_cpu([p.get("cpu") for p in parts])
+    return merged
+
+
+def merged_cpu(cpus: list[Any]) -> str:
+    """The CPU recorded for results combined from parts that ran on ``cpus``: each distinct CPU once, in the
+    order the parts give them, joined with " + " (a missing one is "not recorded").
+
+    >>> merged_cpu(["AMD EPYC (family 25, model 1)", None, "AMD EPYC (family 25, model 1)"])
+    'AMD EPYC (family 25, model 1) + not recorded'
+    """
+    return " + ".join(dict.fromkeys(str(c) if c else "not recorded" for c in cpus))
 
 
 def merged_command(commands: list[str], names: list[Any]) -> str:

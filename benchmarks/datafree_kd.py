@@ -283,10 +283,13 @@ def train_arm(arm: str, knob, t, data, s: Settings, fusion: bool, seed: int, num
                                     images=pools.get(knob))
         pools[knob] = out["images"]
     elif arm == "adi":  # the images depend on the student: none are shared
+        if "adi_alpha_f" not in (pools or {}):
+            raise ValueError("train_arm('adi'): pools['adi_alpha_f'] (the alpha_f DeepInversion selected) is missing; "
+                             "run the deepinversion arm first")
         deepinversion_distill(t, student, num_classes, shape,
                               DeepInversionConfig(batch_size=s.batch_size, iterations=s.di_iterations,
                                                   batches=s.di_batches, alpha_adi=knob,
-                                                  alpha_f=(pools or {}).get("adi_alpha_f", s.di_alpha_fs[0]),
+                                                  alpha_f=pools["adi_alpha_f"],
                                                   kd_steps=s.di_kd_steps, kd_batch_size=s.batch_size,
                                                   kd=KDConfig(tau=4.0), seed=seed))
     return student

@@ -426,8 +426,8 @@ def merge(names: list[str], out: str) -> None:
     payload = {"command": common.merged_command([part["command"] for part in parts], names),
                "settings": {**first, "seeds": sorted(seeds), "out": out}, "runs": runs,
                "selection": parts[0].get("selection"),
-               "environment": {**parts[0]["environment"], "cpu": " + ".join(
-                   dict.fromkeys(str(part["environment"].get("cpu")) for part in parts))}}  # the parts' CPUs
+               "environment": {**parts[0]["environment"], "cpu": common.merged_cpu(
+                   [part["environment"].get("cpu") for part in parts])}}
     render(out, payload)
 
 
@@ -441,6 +441,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     common.configure_threads(args.threads)
     run(args, "python benchmarks/eva_wordnet.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+def write_selection(out: str, payload: dict) -> None:
+    """Write a ``--select-only`` results file: the selection, with the results contract's ``cpu`` and an empty
+    ``verdicts`` list (no test split was touched; the claims are tested in the merged seed files)."""
+    payload = {"verdicts": [], **payload, "cpu": payload["environment"].get("cpu"),
+               "note": "selection only: no seed was run on the test split; the claims are tested where the seeds "
+                       "that use this selection are merged"}
+    common.write_results(out, payload, f"Selection only (CPU: {payload['cpu']}; no claims tested here): "
+                                       f"{payload['selection']}\n")
 
 
 def run(args: argparse.Namespace, command: str) -> None:
@@ -459,7 +469,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     payload = {"command": command, "settings": {k: v for k, v in vars(args).items()}, "selection": selection,
                "runs": runs, "environment": common.environment()}
     if args.select_only:
-        common.write_results(args.out or NAME, payload, f"Selection only: {selection}\n")
+        write_selection(args.out or NAME, payload)
         return
     render(args.out or NAME, payload)
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import check_seed_parts, environment, markdown_table, merged_command  # this folder
+from common import check_seed_parts, environment, markdown_table, merged_command, merged_cpu  # this folder
 from peftc.data.fscil_wordnet import build_fscil_wordnet
 from peftc.data.text_tasks import TaskSplit
 from peftc.evaluation import Claim, select_on_validation, verdicts, verdicts_markdown
@@ -307,7 +307,8 @@ def merge(stems: list[Path], out: Path) -> dict:
     if len(seeds) != len(runs) / max(len({r["method"] for r in runs}), 1):
         raise ValueError(f"the files repeat a seed: {[r['seed'] for r in runs]}")
     s = Settings(**{**parts[0]["settings"], "seeds": seeds})
-    payload = finish(runs, s, merged_command([p["command"] for p in parts], [str(p) for p in stems]), parts[0]["cpu"])
+    payload = finish(runs, s, merged_command([p["command"] for p in parts], [str(p) for p in stems]),
+                     merged_cpu([p["cpu"] for p in parts]))
     write(payload, out)
     return payload
 

@@ -80,7 +80,7 @@ import numpy as np
 
 # this folder: run as a script, or from the tests
 from common import (add_seed_protocol_arguments, check_seed_parts, check_selection_settings, environment,
-                    merged_command, results_json, sweep_seeds)
+                    merged_command, merged_cpu, results_json, sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.data.wordnet import CLASS_DESCRIPTIONS, CLASS_NAMES, load_wordnet_glosses
 from peftc.evaluation import Claim, select_on_validation
@@ -521,7 +521,8 @@ def merge(stems: list[Path], out_stem: Path) -> dict:
     seeds = sorted({r["seed"] for r in runs})
     result = dict(first, settings={**first["settings"], "seeds": seeds},
                   command=merged_command([p["command"] for p in parts], [str(s) for s in stems]),
-                  cpu_seconds=sum(p["cpu_seconds"] for p in parts), runs=runs)
+                  cpu_seconds=sum(p["cpu_seconds"] for p in parts), runs=runs,
+                  cpu=merged_cpu([p.get("cpu") for p in parts]))
     s = Settings(**result["settings"])
     result.update(verdicts=seed_verdicts(paired_claims(runs)), summary=summarize(runs, s.methods),
                   cost_estimate=cost_estimate(s))

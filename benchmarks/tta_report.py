@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (add_scheduler_argument, check_seed_parts, check_selection_settings,  # this folder: a script
-                    merged_command, results_json, sweep_seeds)
+                    merged_command, merged_cpu, results_json, sweep_seeds)
 from seed_verdicts import seed_verdicts, seed_verdicts_markdown
 from peftc.data.corruptions import CORRUPTIONS, _linear_matrix, corrupt, load_fashion_mnist_c
 from peftc.data.fashion_mnist import load_fashion_mnist
@@ -580,7 +580,7 @@ def merge(stems: list[Path], out: str) -> dict:
     command = merged_command([p["config"]["command"] for p in parts], stems)
     result = payload(args, command, per_seed, first["selection"], {"test_accuracy": first["source_accuracy"]},
                      {"test_accuracy": first["source8_accuracy"]}, sum(p["seconds"] for p in parts),
-                     " + ".join(dict.fromkeys(str(p.get("cpu", "not recorded")) for p in parts)))  # the parts' CPUs
+                     merged_cpu([p.get("cpu") for p in parts]))
     write(result, out)
     return result
 

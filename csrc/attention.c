@@ -21,6 +21,7 @@
 #include "fastmath.h"
 #include "parallel.h"
 #include "rng.h"
+#include "vec.h"
 
 static int attention_args_ok(float p, int64_t B, int64_t T, int64_t H, int64_t NH)
 {
@@ -600,16 +601,82 @@ peftc_status peftc_attention_packed_backward(float *dq, float *dk, float *dv, fl
 }
 
 /* ---- causal attention of new queries against a KV cache (decoding) ------------------------------- */
+/* Up to FEW_QUERIES new queries per sequence (decoding: one) go row by row, all heads of a sequence
+ * together: its cached keys and values are then read as they lie, whole rows of H floats one after the
+ * other. Pair by pair, each head would read only its HS floats of every row, H floats apart, and the
+ * blocked products would transpose the keys into a panel and compute MR query rows of which all but
+ * these few repeat the last. Decoding is bound by reading the cache, so this is its inner loop. */
+#define FEW_QUERIES 4
+
+/* x . y over n floats: PEFTC_VL partial sums, then the lanes and the tail in order */
+static float dot_row(const float *x, const float *y, int64_t n)
+{
+    peftc_vf s = {0.0f};
+    int64_t c = 0;
+    for (; c + PEFTC_VL <= n; c += PEFTC_VL)
+        s = vec_fma(vec_load(x + c), vec_load(y + c), s);
+    float r = 0.0f;
+    for (int l = 0; l < PEFTC_VL; l++)
+        r += s[l];
+    for (; c < n; c++)
+        r = fmaf(x[c], y[c], r);
+    return r;
+}
+
+/* y (n floats) += alpha * x */
+static void axpy_row(float *y, float alpha, const float *x, int64_t n)
+{
+    const peftc_vf va = (peftc_vf){0.0f} + alpha;
+    int64_t c = 0;
+    for (; c + PEFTC_VL <= n; c += PEFTC_VL)
+        vec_store(y + c, vec_fma(va, vec_load(x + c), vec_load(y + c)));
+    for (; c < n; c++)
+        y[c] = fmaf(alpha, x[c], y[c]);
+}
+
 typedef struct {
     float *out, *work;
     const float *q, *kc, *vc;
     int64_t B, TQ, TK, TC, H, NH;
 } cached_job;
 
-int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK)
+int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK, int64_t NH)
 {
-    /* per thread, the (TQ,TK) probability block of one (b, h) pair */
-    return peftc_parallel_threads() * TQ * TK;
+    /* per thread, the (TQ,TK) probability block of one (b, h) pair, or with few queries the (NH,TK)
+     * probabilities of one query's heads */
+    return peftc_parallel_threads() * TK * (TQ <= FEW_QUERIES ? NH : TQ);
+}
+
+/* the few queries of the sequences [first, last) (cached_rows_part): each query's scores for every head
+ * (a, NH rows of TK), their softmax, then out = sum over keys of p v, both passes reading the sequence's
+ * cache rows in order; every output entry is one chain over the keys in order */
+static peftc_status cached_rows_part(void *ctx, int64_t t, int64_t nparts)
+{
+    const cached_job *j = ctx;
+    const int64_t TQ = j->TQ, TK = j->TK, TC = j->TC, H = j->H, NH = j->NH, HS = H / NH;
+    const float scale = HS > 0 ? 1.0f / sqrtf((float)HS) : 1.0f;
+    float *a = j->work + t * NH * TK;
+    int64_t first, end;
+    peftc_part_range(j->B, t, nparts, &first, &end);
+    for (int64_t b = first; b < end; b++) {
+        const float *kb = j->kc + b * TC * H, *vb = j->vc + b * TC * H;
+        for (int64_t i = 0; i < TQ; i++) {
+            const float *qi = j->q + (b * TQ + i) * H;
+            float *oi = j->out + (b * TQ + i) * H;
+            const int64_t last = TK - TQ + i + 1; /* query i sits at position last - 1 */
+            for (int64_t n = 0; n < last; n++)
+                for (int64_t h = 0; h < NH; h++)
+                    a[h * TK + n] = dot_row(qi + h * HS, kb + n * H + h * HS, HS);
+            for (int64_t h = 0; h < NH; h++)
+                masked_softmax_prefix(a + h * TK, NULL, last, scale, TK);
+            for (int64_t c = 0; c < H; c++)
+                oi[c] = 0.0f;
+            for (int64_t n = 0; n < last; n++)
+                for (int64_t h = 0; h < NH; h++)
+                    axpy_row(oi + h * HS, a[h * TK + n], vb + n * H + h * HS, HS);
+        }
+    }
+    return PEFTC_OK;
 }
 
 static peftc_status cached_part(void *ctx, int64_t t, int64_t nparts)
@@ -643,5 +710,7 @@ peftc_status peftc_attention_cached_forward(float *out, float *work, const float
         return PEFTC_OK;
     cached_job job = {
         .out = out, .work = work, .q = q, .kc = kc, .vc = vc, .B = B, .TQ = TQ, .TK = TK, .TC = TC, .H = H, .NH = NH};
+    if (TQ <= FEW_QUERIES)
+        return peftc_parallel_run(cached_rows_part, &job, attention_threads(B));
     return peftc_parallel_run(cached_part, &job, attention_threads(B * NH));
 }

@@ -342,8 +342,9 @@ peftc_status peftc_attention_packed_backward(float *dq /* (N,H) accumulated, or 
  * already holds the new tokens' own keys and values in rows TK-TQ .. TK-1 (the caller writes them):
  * query i sits at position TK-TQ+i and sees keys 0 .. TK-TQ+i, softmax(q_h k_h^T / sqrt(HS)) v_h as
  * peftc_attention_forward with causal = 1 computes it for the whole sequence. No mask, no dropout, no
- * probabilities kept. Needs TQ <= TK <= TC; the (batch, head) pairs are split over the threads. */
-int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK); /* floats */
+ * probabilities kept. Needs TQ <= TK <= TC; the (batch, head) pairs are split over the threads, or with
+ * at most 4 new queries (decoding) the sequences, each read row by row of its cache for all heads at once. */
+int64_t peftc_attention_cached_forward_workspace_size(int64_t TQ, int64_t TK, int64_t NH); /* floats */
 peftc_status peftc_attention_cached_forward(float *out /* (B,TQ,H) overwritten */,
                                             float *work /* peftc_attention_cached_forward_workspace_size() floats */,
                                             const float *q /* (B,TQ,H) */, const float *kc /* (B,TC,H) */,

@@ -5,16 +5,55 @@
  *
  * Neither filter sorts. The k-th largest logit and the top-p probability threshold are each found by
  * bisection over the float's ordered bit pattern (32 passes over the row at most): exact, with no
- * scratch memory and no allocation, and cheap at the vocabularies decoding tasks here use. */
+ * scratch memory and no allocation, and cheap at the vocabularies decoding tasks here use.
+ *
+ * The softmax uses fastmath.h's exp (about 2 ulp) in vectorised passes; a token whose scaled logit is
+ * more than 87 below the largest (probability under 1.7e-38) gets exactly 0 and is never drawn. */
 #include <math.h>
 #include <string.h>
 
 #include "parallel.h"
 #include "peftc.h"
 #include "rng.h"
+#include "softmax_row.h"
 
 /* rows per thread below which one thread samples all rows */
 #define SAMPLE_MIN_ROWS 16
+
+/* the largest and smallest of x (V values); returns 0 when one of them is NaN or +inf */
+static int row_range(const float *x, int64_t V, float *mx, float *mn)
+{
+    float hi[PEFTC_ROW_LANES], lo[PEFTC_ROW_LANES];
+    int bad[PEFTC_ROW_LANES];
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+        hi[l] = -INFINITY;
+        lo[l] = INFINITY;
+        bad[l] = 0;
+    }
+    int64_t i = 0;
+    for (; i + PEFTC_ROW_LANES <= V; i += PEFTC_ROW_LANES)
+        for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+            const float v = x[i + l];
+            bad[l] |= !(v < INFINITY); /* NaN or +inf */
+            hi[l] = v > hi[l] ? v : hi[l];
+            lo[l] = v < lo[l] ? v : lo[l];
+        }
+    for (; i < V; i++) {
+        const float v = x[i];
+        bad[0] |= !(v < INFINITY);
+        hi[0] = v > hi[0] ? v : hi[0];
+        lo[0] = v < lo[0] ? v : lo[0];
+    }
+    int any = 0;
+    *mx = -INFINITY;
+    *mn = INFINITY;
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+        any |= bad[l];
+        *mx = hi[l] > *mx ? hi[l] : *mx;
+        *mn = lo[l] < *mn ? lo[l] : *mn;
+    }
+    return !any;
+}
 
 /* a float's bit pattern as an int32 that orders like the float (-0 just below +0) */
 static inline int32_t ordered_key(float f)
@@ -91,21 +130,14 @@ static peftc_status sample_row(const sample_job *j, int64_t n)
     const int64_t V = j->V;
     const float *z = j->logits + n * V;
     float *p = j->probs + n * V;
-    float mx = -INFINITY, mn = INFINITY;
-    int64_t arg = -1;
-    for (int64_t i = 0; i < V; i++) {
-        if (isnan(z[i]) || z[i] == INFINITY)
-            return PEFTC_ERR_NONFINITE;
-        if (z[i] > mx) {
-            mx = z[i];
-            arg = i;
-        }
-        mn = z[i] < mn ? z[i] : mn;
-    }
-    if (arg < 0)
-        return PEFTC_ERR_NONFINITE; /* every logit -inf: nothing can be drawn */
+    float mx, mn;
+    if (!row_range(z, V, &mx, &mn) || mx == -INFINITY)
+        return PEFTC_ERR_NONFINITE; /* a NaN or +inf, or every logit -inf: nothing can be drawn */
     if (j->temperature == 0.0f) {
         /* greedy: the first largest logit, with probability one */
+        int64_t arg = 0;
+        while (z[arg] != mx)
+            arg++;
         for (int64_t i = 0; i < V; i++)
             p[i] = i == arg ? 1.0f : 0.0f;
         j->tokens[n] = arg;
@@ -114,19 +146,14 @@ static peftc_status sample_row(const sample_job *j, int64_t n)
     /* temperature, then top-k on the scaled logits (kept: >= the k-th largest, ties included, as the
      * warper's "remove below the k-th value") */
     const float inv_t = 1.0f / j->temperature;
-    for (int64_t i = 0; i < V; i++)
-        p[i] = z[i] * inv_t;
     float cut = -INFINITY;
-    if (j->top_k > 0 && j->top_k < V)
+    if (j->top_k > 0 && j->top_k < V) {
+        for (int64_t i = 0; i < V; i++)
+            p[i] = z[i] * inv_t;
         cut = kth_largest(p, j->top_k, ordered_key(mn * inv_t), ordered_key(mx * inv_t), V);
-    /* softmax over the kept logits; removed ones get exactly 0 */
-    const float top = mx * inv_t;
-    double sum = 0.0;
-    for (int64_t i = 0; i < V; i++) {
-        const float e = p[i] >= cut ? expf(p[i] - top) : 0.0f;
-        p[i] = e;
-        sum += e;
     }
+    /* softmax over the kept logits; removed ones get exactly 0 */
+    double sum = peftc_exp_row(p, z, V, inv_t, mx * inv_t, cut);
     float inv = (float)(1.0 / sum);
     for (int64_t i = 0; i < V; i++)
         p[i] *= inv;

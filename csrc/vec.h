@@ -30,4 +30,20 @@ static inline void vec_store(float *p, peftc_vf v)
     memcpy(p, &v, sizeof v);
 }
 
+/* c + a * b lane by lane, rounded once on targets with FMA (ISO C does not contract a * b + c by itself;
+ * the fmaf loop compiles to one instruction). Without FMA, fmaf is a library call per lane, so there it
+ * is a multiply and an add. */
+static inline peftc_vf vec_fma(peftc_vf a, peftc_vf b, peftc_vf c)
+{
+#ifdef __FMA__
+    peftc_vf r;
+#pragma GCC unroll 16
+    for (int l = 0; l < PEFTC_VL; l++)
+        r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+    return r;
+#else
+    return a * b + c;
+#endif
+}
+
 #endif

@@ -732,7 +732,7 @@ def attention_cached_forward(q: np.ndarray, k_cache: np.ndarray, v_cache: np.nda
     """
     y = _empty(q.shape, out)
     if work is None:
-        work = np.empty(_C.attention_cached_forward_workspace_size(q.shape[1], length), dtype=np.float32)
+        work = np.empty(_C.attention_cached_forward_workspace_size(q.shape[1], length, num_heads), dtype=np.float32)
     _C.attention_cached_forward(y, work, q, k_cache, v_cache, length, num_heads)
     return y
 

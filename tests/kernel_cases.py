@@ -414,7 +414,7 @@ def _packed_attention_cases(rng: np.random.Generator) -> list[KernelCase]:
                                             ("starts", starts)], [0.2, 3, 5, 4, nh], {"dq", "dk", "dv", "work"},
               any_shape={"att", "work", "offsets", "starts"}, optional={"dq", "dk", "dv", "starts"}),
         _case("attention_cached_forward", [("out", _f(rng, 2, 2, h)),
-                                           ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3))),
+                                           ("work", _f(rng, _C.attention_cached_forward_workspace_size(2, 3, nh))),
                                            ("q", _f(rng, 2, 2, h)), ("k_cache", _f(rng, 2, 5, h)),
                                            ("v_cache", _f(rng, 2, 5, h))], [3, nh], {"out", "work"},
               any_shape={"work"}),

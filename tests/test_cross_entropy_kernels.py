@@ -92,3 +92,31 @@ def test_cross_entropy_matches_torch(rng, torch, ignore_index):
     (0.6 * loss_t).backward()
     assert_close(loss, loss_t.item(), 1e-6, 1e-6, "loss")
     assert_close(dlogits, lt.grad.numpy(), 1e-5, 1e-7, "dlogits")
+
+
+def _many_classes(rng, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    # the vectorised row passes: 16 lanes, then a tail; the largest logit sits in the tail in one row and in
+    # the lanes in another, and one row holds logits 100 below its top (their probability is exactly 0)
+    logits = f32(rng, 6, classes, scale=3.0)
+    logits[0, -1] = 200.0  # the softmax shift must be this one: exp(200 - a smaller max) would overflow
+    logits[1, 3] = 200.0
+    logits[2, : classes // 2] -= 100.0
+    return logits, np.array([0, classes - 1, 1, -100, 5, classes // 2], dtype=np.int64)
+
+
+@pytest.mark.parametrize("classes", [16, 37, 300])
+def test_cross_entropy_over_many_classes_matches_reference(rng, classes):
+    logits, labels = _many_classes(rng, classes)
+    loss, count, probs = F.cross_entropy_forward(logits, labels)
+    loss_ref, _, probs_ref = R.cross_entropy_forward(logits.astype(np.float64), labels)
+    assert count == 5
+    assert_close(loss, loss_ref, 1e-6, 1e-6, "loss")
+    assert_close(probs, probs_ref, 1e-6, 1e-7, "probs")
+    assert np.all(probs[2, : classes // 2] == 0.0)
+
+
+def test_cross_entropy_over_many_classes_matches_torch(rng, torch):
+    logits, labels = _many_classes(rng, 300)
+    loss, _, _ = F.cross_entropy_forward(logits, labels)
+    lt = torch.tensor(logits)
+    assert_close(loss, torch.nn.functional.cross_entropy(lt, torch.tensor(labels)).item(), 1e-6, 1e-6, "torch")

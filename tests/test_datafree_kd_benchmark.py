@@ -100,8 +100,12 @@ def test_the_adi_arm_is_deepinversion_with_the_competition_weight_and_its_select
                         seen.append((cfg, images)) or {"images": "synthesised"})
     s = bench.Settings(**bench.QUICK)
     bench.train_arm("adi", 0.1, None, None, s, False, 3, pools={"adi_alpha_f": 10.0, 0.1: "images of another arm"})
-    bench.train_arm("adi", 0.01, None, None, s, True, 3)
+    bench.train_arm("adi", 0.01, None, None, s, True, 3, pools={"adi_alpha_f": 1.0})
     (first, images), (second, _) = seen
     assert (first.alpha_adi, first.alpha_f, first.seed, images) == (0.1, 10.0, 3, None)  # no shared images
-    assert (second.alpha_adi, second.alpha_f) == (0.01, s.di_alpha_fs[0])
+    assert (second.alpha_adi, second.alpha_f) == (0.01, 1.0)
+    for pools in (None, {}, {0.1: "images"}):  # no default alpha_f is picked silently
+        with pytest.raises(ValueError, match="adi_alpha_f.*run the deepinversion arm first"):
+            bench.train_arm("adi", 0.1, None, None, s, False, 3, pools=pools)
+    assert len(seen) == 2
     assert bench.candidates("adi", bench.Settings()) == [0.01, 0.1] and "adi" in bench.DATA_FREE

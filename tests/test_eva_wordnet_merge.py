@@ -203,3 +203,16 @@ def test_scheduler_runs_the_selection_once_and_each_seed_as_a_task(ew, monkeypat
     assert saved["selection"]["orthonormal"]["chosen"] == 1e-2 and saved["settings"]["scheduler"] == "local"
     assert all(v["n_seeds"] == 5 for v in saved["verdicts"]) and len(saved["verdicts"]) == 4
     assert "lr from the grid {0.003, 0.001} on validation" in (tmp_path / "swept.md").read_text()
+
+
+def test_a_selection_only_file_carries_the_cpu_and_an_empty_verdicts_list(ew, monkeypatch, tmp_path):
+    monkeypatch.setattr(ew.common, "RESULTS_DIR", tmp_path)
+    chosen = {arm: {"candidates": [1e-3, 1e-2], "val_accuracy": [0.4, 0.5], "chosen": 1e-2, "steps": 4}
+              for arm in ew.ARMS}
+    monkeypatch.setattr(ew, "select", lambda args: chosen)
+    args = ew.parse_args(["--select-only", "--out", "sel"])
+    ew.run(args, "select")
+    payload = json.loads((tmp_path / "sel.json").read_text())
+    assert payload["verdicts"] == [] and payload["cpu"] == payload["environment"]["cpu"] and payload["cpu"]
+    assert payload["selection"] == chosen and payload["runs"] == []
+    assert "no claims tested here" in (tmp_path / "sel.md").read_text()

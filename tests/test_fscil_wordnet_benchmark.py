@@ -36,8 +36,10 @@ def test_the_benchmark_writes_the_results_contract_and_merges_seeds(ft, tmp_path
                model=TINY_MODEL)
     one = json.loads((tmp_path / "s0.json").read_text())
     assert "verdicts" not in one and one["cpu"]
+    s1 = json.loads((tmp_path / "s1.json").read_text())
+    (tmp_path / "s1.json").write_text(json.dumps(dict(s1, cpu="Zen 4")))
     merged = ft.merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all")
-    assert set(merged["methods"]) == {"baseline", "full"}
+    assert set(merged["methods"]) == {"baseline", "full"} and merged["cpu"] == f"{one['cpu']} + Zen 4"
     for m in merged["methods"].values():
         assert set(m) == {"avg_acc", "pd", "last_hm", "per_session", "seeds"}
         assert len(m["per_session"]) == 9 and m["seeds"] == 2

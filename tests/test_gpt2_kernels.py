@@ -65,6 +65,22 @@ def test_cached_attention_equals_the_causal_block_rows(rng, past, tq):
     assert_close(got, ref, 1e-5, 1e-6, "cached vs reference")
 
 
+@pytest.mark.parametrize("hs", [36, 72])
+@pytest.mark.parametrize("tq", [1, 4, 5])
+def test_cached_attention_of_wide_heads_equals_the_reference(rng, tq, hs):
+    # head sizes past 4 vectors with a tail (AVX2: 32 + 4 and 2 x 32 + 8; AVX-512: 2 x 16 + 4 and 64 + 8):
+    # decoding's row-by-row path (tq <= 4) and the blocked one (tq = 5) against float64
+    b, nh, past, tc = 3, 2, 7, 14
+    h = hs * nh
+    q = f32(rng, b, tq, h)
+    kc, vc = f32(rng, b, tc, h), f32(rng, b, tc, h)
+    kc[:, past + tq:] = np.nan
+    vc[:, past + tq:] = np.nan
+    got = F.attention_cached_forward(q, kc, vc, past + tq, nh)
+    ref = R.attention_cached_forward(q.astype(np.float64), kc.astype(np.float64), vc.astype(np.float64), past + tq, nh)
+    assert_close(got, ref, 1e-5, 1e-6, "cached vs reference")
+
+
 def test_cached_attention_refuses_a_length_outside_the_cache(rng):
     q, kc = f32(rng, 1, 2, 4), f32(rng, 1, 5, 4)
     with pytest.raises(ValueError, match="length = 1 must be at least TQ = 2"):
@@ -141,3 +157,31 @@ def test_sampling_refuses_nan_logits_and_bad_settings(rng):
     masked = logits.copy()
     masked[:, :4] = -np.inf  # -inf logits are masked tokens: the last one is certain
     np.testing.assert_array_equal(F.sample_tokens(masked, 1.0, seed=1)[0], [4, 4, 4])
+    wide = f32(rng, 2, 37)  # 37 = two blocks of 16 lanes and a tail of 5: a bad value anywhere is seen
+    for where, value in [(0, np.nan), (20, np.inf), (36, np.nan), (35, np.inf)]:
+        row = wide.copy()
+        row[1, where] = value
+        with pytest.raises(ValueError, match="sample_tokens"):
+            F.sample_tokens(row, 1.0)
+    every = np.full((1, 37), -np.inf, np.float32)
+    with pytest.raises(ValueError, match="sample_tokens"):
+        F.sample_tokens(every, 1.0)
+
+
+def test_sampling_a_wide_vocabulary_matches_the_reference_and_never_draws_what_is_87_nats_down(rng):
+    logits = f32(rng, 48, 300, scale=3.0)
+    greedy_row = np.full(300, -5.0, np.float32)
+    greedy_row[[12, 250]] = 4.0  # a tie for the largest logit: greedy takes the first
+    logits[0] = greedy_row
+    far = np.r_[0:10, 290:300]  # in the first block of lanes and in the tail
+    logits[:, far] -= 120.0  # e^-120 relative to the top: probability 0, never drawn
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.8, 40, 1.0), (1.2, 0, 0.9)]:
+        tok, probs = F.sample_tokens(logits, temperature, top_k, top_p, seed=5, offset=2)
+        want_tok, want = R.sample_tokens(logits, temperature, top_k, top_p, seed=5, offset=2)
+        assert_close(probs, want, 1e-5, 1e-7, f"probs at {temperature, top_k, top_p}")
+        np.testing.assert_array_equal(tok, want_tok)
+        assert np.all(probs[:, far] == 0.0) and not np.isin(tok, far).any()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    greedy, probs = F.sample_tokens(logits, 0.0)
+    assert greedy[0] == 12 and probs[0, 12] == 1.0 and probs.sum() == 48
+    np.testing.assert_array_equal(greedy[1:], logits[1:].argmax(axis=1))

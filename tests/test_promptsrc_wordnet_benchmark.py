@@ -116,19 +116,19 @@ def _selection(stop: int = 2) -> dict:
             "stop_at_cap": False, "steps_per_epoch": 84}
 
 
-def _part(pw, tmp_path: Path, seeds, epochs: int = 4, selection=None) -> Path:
+def _part(pw, tmp_path: Path, seeds, epochs: int = 4, selection=None, cpu: str = "AMD EPYC") -> Path:
     s = pw.Settings(seeds=list(seeds), methods=["zero_shot", "coop", "ivlp", "promptsrc"], epochs=epochs, reduced=True)
     pd = SimpleNamespace(base=np.arange(21), novel=np.arange(21, 41), train_base=[0] * 336, validation=[0] * 410,
                          test=[0] * 1025)
     sel = selection or _selection()
-    payload = pw._payload(s, f"seeds {seeds}", pd, _runs(seeds), 60.0, sel, "AMD EPYC")
+    payload = pw._payload(s, f"seeds {seeds}", pd, _runs(seeds), 60.0, sel, cpu)
     stem = tmp_path / f"s{seeds[0]}"
     pw._write(payload, stem)
     return stem
 
 
 def test_seed_files_merge_into_real_verdicts_and_other_settings_are_refused(pw, tmp_path):
-    stems = [_part(pw, tmp_path, [k]) for k in range(1, 6)]
+    stems = [_part(pw, tmp_path, [k], cpu="Zen 4" if k == 4 else "AMD EPYC") for k in range(1, 6)]
     one = json.loads(stems[0].with_suffix(".json").read_text())
     assert one["verdicts"][0]["ci95"] == [None, None] and one["cpu"] == "AMD EPYC"  # one seed: not tested yet
     assert "REDUCED" in stems[0].with_suffix(".md").read_text()
@@ -136,6 +136,7 @@ def test_seed_files_merge_into_real_verdicts_and_other_settings_are_refused(pw, 
     assert pw.main(["--merge", *map(str, stems), "--out", str(out)]) == 0
     merged = json.loads(out.with_suffix(".json").read_text())
     assert merged["settings"]["seeds"] == [1, 2, 3, 4, 5] and merged["cpu_seconds"] == 300.0
+    assert merged["cpu"] == "AMD EPYC + Zen 4"  # every part's CPU, not only the first's
     assert all(v["n_seeds"] == 5 and None not in v["ci95"] for v in merged["verdicts"])
     assert merged["summary"]["promptsrc"]["novel"]["std"] is not None
     md = out.with_suffix(".md").read_text()

@@ -84,6 +84,11 @@ F.dropout_rows_backward(xz[:1500] * 1.0, rows, 0.3, 9, 17, dx=res["ddrop_rows"])
 kc, vc = (rng.standard_normal((64, 40, 32), dtype=np.float32) for _ in range(2))
 res["cached"] = F.attention_cached_forward(rng.standard_normal((64, 2, 32), dtype=np.float32), kc, vc, 30, 4)
 res["tokens"], res["sample_probs"] = F.sample_tokens(rng.standard_normal((300, 50), dtype=np.float32), 0.9, 10, 0.8, 7)
+# the cross-entropy's row softmax (rows split once a part holds 64k logits), its loss summed in row order
+ce_labels = rng.integers(0, 4096, 64).astype(np.int64)
+ce_labels[::7] = -100
+ce_loss, _, res["ce_probs"] = F.cross_entropy_forward(3 * rng.standard_normal((64, 4096), dtype=np.float32), ce_labels)
+res["ce_loss"] = np.array([ce_loss])
 np.savez(sys.argv[1], **res)
 """
 

@@ -469,18 +469,19 @@ static PyObject *py_l2_normalize_backward(PyObject *self, PyObject *args)
 static PyObject *py_attention_cached_forward_workspace_size(PyObject *self, PyObject *args)
 {
     (void)self;
-    long long TQ, TK;
-    if (!PyArg_ParseTuple(args, "LL:attention_cached_forward_workspace_size", &TQ, &TK))
+    long long TQ, TK, NH;
+    if (!PyArg_ParseTuple(args, "LLL:attention_cached_forward_workspace_size", &TQ, &TK, &NH))
         return NULL;
-    /* at most 64 threads (parallel.h) times TQ * TK floats */
-    if (TQ < 0 || TK < 0 || (TQ > 0 && TK > LLONG_MAX / 64 / TQ)) {
+    /* at most 64 threads (parallel.h) times TK * max(TQ, NH) floats */
+    const long long rows = TQ > NH ? TQ : NH;
+    if (TQ < 0 || TK < 0 || NH < 1 || (rows > 0 && TK > LLONG_MAX / 64 / rows)) {
         PyErr_Format(PyExc_ValueError,
-                     "attention_cached_forward_workspace_size: TQ, TK must be >= 0 and TQ TK times the threads "
-                     "must fit in 64 bits, got TQ=%lld, TK=%lld",
-                     TQ, TK);
+                     "attention_cached_forward_workspace_size: TQ, TK must be >= 0, NH >= 1, and TK max(TQ, NH) "
+                     "times the threads must fit in 64 bits, got TQ=%lld, TK=%lld, NH=%lld",
+                     TQ, TK, NH);
         return NULL;
     }
-    return PyLong_FromLongLong(peftc_attention_cached_forward_workspace_size(TQ, TK));
+    return PyLong_FromLongLong(peftc_attention_cached_forward_workspace_size(TQ, TK, NH));
 }
 
 static PyObject *py_attention_cached_forward(PyObject *self, PyObject *args)
@@ -505,7 +506,7 @@ static PyObject *py_attention_cached_forward(PyObject *self, PyObject *args)
                      (long long)TQ, (long long)TC);
         return NULL;
     }
-    if (arg_workspace(&ck, peftc_attention_cached_forward_workspace_size(TQ, TK)) < 0)
+    if (arg_workspace(&ck, peftc_attention_cached_forward_workspace_size(TQ, TK, NH)) < 0)
         return NULL;
     peftc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -709,7 +710,7 @@ PyMethodDef peftc_py_encoder_methods[] = {
     {"attention_packed_forward_workspace_size", py_attention_packed_forward_workspace_size, METH_VARARGS,
      "attention_packed_forward_workspace_size(T) -> floats (T: the longest sequence)"},
     {"attention_cached_forward_workspace_size", py_attention_cached_forward_workspace_size, METH_VARARGS,
-     "attention_cached_forward_workspace_size(TQ, TK) -> floats"},
+     "attention_cached_forward_workspace_size(TQ, TK, NH) -> floats"},
     {"attention_cached_forward", py_attention_cached_forward, METH_VARARGS,
      "attention_cached_forward(out, work, q, k_cache, v_cache, length, num_heads)"},
     {"attention_packed_forward", py_attention_packed_forward, METH_VARARGS,

@@ -93,7 +93,7 @@ def wait_all(futures: Sequence[Future], timeout: float | None, show_progress: bo
         while unsettled := [f for f in futures if f.status not in SETTLED]:
             wait(unsettled, timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
     except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
-        late = [i for i, f in enumerate(futures) if f.status not in ("finished", "error")]
+        late = [i for i, f in enumerate(futures) if f.status not in SETTLED]
         for f in futures:
             f.cancel()
         raise TimeoutError(f"{what}: {len(late)} of {len(futures)} tasks unfinished after {timeout} s "

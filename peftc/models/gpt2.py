@@ -517,9 +517,10 @@ class GPT2LMHeadModel(Module):
             out[:, :t] = np.repeat(input_ids, num_return_sequences, axis=0)
             done = np.zeros(rows, dtype=bool)
             draws = Generator(seed)
+            probs = np.empty((rows, self.config.vocab_size), np.float32)  # one buffer for every step
             for step in range(max_new_tokens):
                 tokens, _ = F.sample_tokens(np.ascontiguousarray(logits), temperature if do_sample else 0.0,
-                                            top_k, top_p, draws.seed, draws.take(rows))
+                                            top_k, top_p, draws.seed, draws.take(rows), probs=probs)
                 if eos_token_id is not None:
                     tokens[done] = eos_token_id
                     done |= tokens == eos_token_id
