@@ -1,7 +1,8 @@
 /* loss.c: softmax cross-entropy, mean over the rows whose label is not ignore_index (torch's
  * F.cross_entropy with reduction="mean"). When every row is ignored the loss is 0 and count is 0:
  * no gradient flows, where torch would return NaN. The rows' softmax is softmax_row.h's vectorised
- * passes (fastmath.h's exp), the rows split over the threads; the loss is summed in row order. */
+ * passes (fastmath.h's exp), the rows split over the threads; the loss is summed in row order. A NaN or
+ * +inf logit, or a row of -inf only, is refused (PEFTC_ERR_NONFINITE) rather than passed on as NaN. */
 #include <math.h>
 
 #include "parallel.h"
@@ -27,7 +28,9 @@ static peftc_status softmax_part(void *ctx, int64_t t, int64_t nparts)
     for (int64_t n = first; n < last; n++) {
         const float *row = j->logits + n * j->C;
         float *prow = j->probs + n * j->C;
-        const float mx = peftc_row_max(row, j->C);
+        float mx, mn;
+        if (!peftc_row_range(row, j->C, &mx, &mn) || mx == -INFINITY)
+            return PEFTC_ERR_NONFINITE; /* NaN, +inf, or every logit -inf: no distribution */
         const float inv = (float)(1.0 / peftc_exp_row(prow, row, j->C, 1.0f, mx, -INFINITY));
         for (int64_t c = 0; c < j->C; c++)
             prow[c] *= inv;

@@ -20,41 +20,6 @@
 /* rows per thread below which one thread samples all rows */
 #define SAMPLE_MIN_ROWS 16
 
-/* the largest and smallest of x (V values); returns 0 when one of them is NaN or +inf */
-static int row_range(const float *x, int64_t V, float *mx, float *mn)
-{
-    float hi[PEFTC_ROW_LANES], lo[PEFTC_ROW_LANES];
-    int bad[PEFTC_ROW_LANES];
-    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
-        hi[l] = -INFINITY;
-        lo[l] = INFINITY;
-        bad[l] = 0;
-    }
-    int64_t i = 0;
-    for (; i + PEFTC_ROW_LANES <= V; i += PEFTC_ROW_LANES)
-        for (int l = 0; l < PEFTC_ROW_LANES; l++) {
-            const float v = x[i + l];
-            bad[l] |= !(v < INFINITY); /* NaN or +inf */
-            hi[l] = v > hi[l] ? v : hi[l];
-            lo[l] = v < lo[l] ? v : lo[l];
-        }
-    for (; i < V; i++) {
-        const float v = x[i];
-        bad[0] |= !(v < INFINITY);
-        hi[0] = v > hi[0] ? v : hi[0];
-        lo[0] = v < lo[0] ? v : lo[0];
-    }
-    int any = 0;
-    *mx = -INFINITY;
-    *mn = INFINITY;
-    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
-        any |= bad[l];
-        *mx = hi[l] > *mx ? hi[l] : *mx;
-        *mn = lo[l] < *mn ? lo[l] : *mn;
-    }
-    return !any;
-}
-
 /* a float's bit pattern as an int32 that orders like the float (-0 just below +0) */
 static inline int32_t ordered_key(float f)
 {
@@ -131,7 +96,7 @@ static peftc_status sample_row(const sample_job *j, int64_t n)
     const float *z = j->logits + n * V;
     float *p = j->probs + n * V;
     float mx, mn;
-    if (!row_range(z, V, &mx, &mn) || mx == -INFINITY)
+    if (!peftc_row_range(z, V, &mx, &mn) || mx == -INFINITY)
         return PEFTC_ERR_NONFINITE; /* a NaN or +inf, or every logit -inf: nothing can be drawn */
     if (j->temperature == 0.0f) {
         /* greedy: the first largest logit, with probability one */

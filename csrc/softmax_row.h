@@ -30,6 +30,41 @@ static inline float peftc_row_max(const float *x, int64_t n)
     return mx;
 }
 
+/* the largest and smallest of x (V values); returns 0 when a value is NaN or +inf */
+static inline int peftc_row_range(const float *x, int64_t V, float *mx, float *mn)
+{
+    float hi[PEFTC_ROW_LANES], lo[PEFTC_ROW_LANES];
+    int bad[PEFTC_ROW_LANES];
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+        hi[l] = -INFINITY;
+        lo[l] = INFINITY;
+        bad[l] = 0;
+    }
+    int64_t i = 0;
+    for (; i + PEFTC_ROW_LANES <= V; i += PEFTC_ROW_LANES)
+        for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+            const float v = x[i + l];
+            bad[l] |= !(v < INFINITY); /* NaN or +inf */
+            hi[l] = v > hi[l] ? v : hi[l];
+            lo[l] = v < lo[l] ? v : lo[l];
+        }
+    for (; i < V; i++) {
+        const float v = x[i];
+        bad[0] |= !(v < INFINITY);
+        hi[0] = v > hi[0] ? v : hi[0];
+        lo[0] = v < lo[0] ? v : lo[0];
+    }
+    int any = 0;
+    *mx = -INFINITY;
+    *mn = INFINITY;
+    for (int l = 0; l < PEFTC_ROW_LANES; l++) {
+        any |= bad[l];
+        *mx = hi[l] > *mx ? hi[l] : *mx;
+        *mn = lo[l] < *mn ? lo[l] : *mn;
+    }
+    return !any;
+}
+
 /* p[i] = exp(s[i] - top) where s[i] = z[i] * inv_t >= cut, else exactly 0 (also where s[i] - top < -87,
  * below which the approximation would clamp: probability under 1.7e-38, such tokens are never drawn);
  * returns the sum in double. inv_t = 1 and cut = -inf give the plain softmax numerators of z. */

@@ -120,3 +120,22 @@ def test_cross_entropy_over_many_classes_matches_torch(rng, torch):
     loss, _, _ = F.cross_entropy_forward(logits, labels)
     lt = torch.tensor(logits)
     assert_close(loss, torch.nn.functional.cross_entropy(lt, torch.tensor(labels)).item(), 1e-6, 1e-6, "torch")
+
+
+def test_cross_entropy_refuses_nan_and_inf_logits_but_takes_masked_ones(rng):
+    logits = f32(rng, 3, 37)  # two blocks of 16 lanes and a tail of 5
+    labels = np.array([0, 5, 36], dtype=np.int64)
+    for where, value in [(0, np.nan), (20, np.inf), (36, np.nan), (35, np.inf)]:
+        bad = logits.copy()
+        bad[1, where] = value
+        with pytest.raises(ValueError, match="cross_entropy_forward: input holds NaN or Inf"):
+            F.cross_entropy_forward(bad, labels)
+    every = logits.copy()
+    every[2] = -np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        F.cross_entropy_forward(every, labels)
+    masked = logits.copy()
+    masked[:, 10:30] = -np.inf  # masked classes: probability 0, the rest a softmax
+    loss, _, probs = F.cross_entropy_forward(masked, labels)
+    assert np.isfinite(loss) and np.all(probs[:, 10:30] == 0.0)
+    assert_close(probs.sum(axis=1), np.ones(3), 1e-6, 0, "row sums")
