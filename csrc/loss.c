@@ -42,7 +42,8 @@ static peftc_status softmax_part(void *ctx, int64_t t, int64_t nparts)
  * probability rounded to 0 (its logit 87 or more below the top) */
 static double row_nll(const float *row, int64_t label, int64_t C)
 {
-    const float mx = peftc_row_max(row, C);
+    float mx, mn;
+    peftc_row_range(row, C, &mx, &mn); /* the row was found finite by softmax_part */
     double sum = 0.0;
     for (int64_t c = 0; c < C; c++)
         sum += exp((double)row[c] - (double)mx);

@@ -12,24 +12,6 @@
 
 #define PEFTC_ROW_LANES 16
 
-/* the largest of x (n >= 1 values; NaNs are skipped, -inf when all are -inf or NaN) */
-static inline float peftc_row_max(const float *x, int64_t n)
-{
-    float m[PEFTC_ROW_LANES];
-    for (int l = 0; l < PEFTC_ROW_LANES; l++)
-        m[l] = -INFINITY;
-    int64_t i = 0;
-    for (; i + PEFTC_ROW_LANES <= n; i += PEFTC_ROW_LANES)
-        for (int l = 0; l < PEFTC_ROW_LANES; l++)
-            m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
-    float mx = -INFINITY;
-    for (int l = 0; l < PEFTC_ROW_LANES; l++)
-        mx = m[l] > mx ? m[l] : mx;
-    for (; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    return mx;
-}
-
 /* the largest and smallest of x (V values); returns 0 when a value is NaN or +inf */
 static inline int peftc_row_range(const float *x, int64_t V, float *mx, float *mn)
 {
